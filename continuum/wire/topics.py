@@ -1,0 +1,155 @@
+"""The MQTT topic scheme of DESIGN.md §5: the only place that spells a topic.
+
+Every topic sits under ``ctm/{tenant}/`` so a broker ACL of ``ctm/{tenant}/#``
+isolates a tenant.  Both the edge agent and the cloud head build and parse
+topics here; neither writes a topic string of its own.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from continuum.errors import ProtocolError
+
+PREFIX = "ctm"
+INGEST_SHARE_GROUP = "ingest"
+
+#: Tenant, node, pipeline and model names appear as single topic levels, so they
+#: may not contain MQTT wildcards or separators.
+NAME_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$")
+
+TopicKind = Literal[
+    "status", "reported", "desired", "samples", "telemetry", "feedback", "artifact"
+]
+
+
+def check_name(value: str, what: str) -> str:
+    """Return ``value`` if it is a valid topic level name, else raise ``ProtocolError``."""
+    if not NAME_PATTERN.match(value):
+        raise ProtocolError(
+            f"invalid {what} name {value!r}: use 1-64 lowercase letters, digits, '.', '_' "
+            "or '-', starting and ending with a letter or digit",
+            reason="bad_name",
+        )
+    return value
+
+
+def node_status(tenant: str, node: str) -> str:
+    """Retained node status (labels, capabilities); the last will marks it offline."""
+    return f"{PREFIX}/{check_name(tenant, 'tenant')}/nodes/{check_name(node, 'node')}/status"
+
+
+def node_reported(tenant: str, node: str) -> str:
+    """Retained reported state: models loaded per pipeline, health."""
+    return f"{PREFIX}/{check_name(tenant, 'tenant')}/nodes/{check_name(node, 'node')}/reported"
+
+
+def node_desired(tenant: str, node: str) -> str:
+    """Retained desired state: model version per pipeline, digest, signature."""
+    return f"{PREFIX}/{check_name(tenant, 'tenant')}/nodes/{check_name(node, 'node')}/desired"
+
+
+def _pipeline_topic(tenant: str, pipeline: str, kind: str, node: str) -> str:
+    return (
+        f"{PREFIX}/{check_name(tenant, 'tenant')}/pipelines/{check_name(pipeline, 'pipeline')}"
+        f"/{kind}/{check_name(node, 'node')}"
+    )
+
+
+def samples(tenant: str, pipeline: str, node: str) -> str:
+    """Selected samples of one node, batched (binary codec)."""
+    return _pipeline_topic(tenant, pipeline, "samples", node)
+
+
+def telemetry(tenant: str, pipeline: str, node: str) -> str:
+    """Windowed metrics of one node for one pipeline."""
+    return _pipeline_topic(tenant, pipeline, "telemetry", node)
+
+
+def feedback(tenant: str, pipeline: str, node: str) -> str:
+    """Delayed ground-truth labels from the edge, joined to samples by sample id."""
+    return _pipeline_topic(tenant, pipeline, "feedback", node)
+
+
+def artifact_prefix(tenant: str, model: str, version: str) -> str:
+    """Root of one model version's artifact transfer (manifest and chunks)."""
+    return (
+        f"{PREFIX}/{check_name(tenant, 'tenant')}/models/{check_name(model, 'model')}"
+        f"/{check_name(version, 'version')}"
+    )
+
+
+def artifact_manifest(tenant: str, model: str, version: str) -> str:
+    """Retained manifest of one artifact: size, chunk count, digest, signature."""
+    return f"{artifact_prefix(tenant, model, version)}/manifest"
+
+
+def artifact_chunk(tenant: str, model: str, version: str, index: int) -> str:
+    """Retained chunk ``index`` of one artifact; a re-subscribe resends what was missed."""
+    if index < 0:
+        raise ProtocolError(f"chunk index must be >= 0, got {index}", reason="bad_topic")
+    return f"{artifact_prefix(tenant, model, version)}/chunks/{index}"
+
+
+def tenant_filter(tenant: str) -> str:
+    """Subscription filter for everything of one tenant (the ACL scope)."""
+    return f"{PREFIX}/{check_name(tenant, 'tenant')}/#"
+
+
+def shared(filter_: str, group: str = INGEST_SHARE_GROUP) -> str:
+    """Wrap a filter as an MQTT 5 shared subscription so ingest scales out."""
+    return f"$share/{group}/{filter_}"
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedTopic:
+    """A topic taken apart; fields that do not apply to its kind are empty strings."""
+
+    tenant: str
+    kind: TopicKind
+    node: str = ""
+    pipeline: str = ""
+    model: str = ""
+    version: str = ""
+    chunk: int = -1
+
+
+def parse(topic: str) -> ParsedTopic:
+    """Take a continuum topic apart; raise ``ProtocolError`` for anything else."""
+    parts = topic.split("/")
+    try:
+        if len(parts) < 4 or parts[0] != PREFIX:
+            raise ValueError
+        tenant = check_name(parts[1], "tenant")
+        section = parts[2]
+        if section == "nodes" and len(parts) == 5 and parts[4] in ("status", "reported", "desired"):
+            kind: TopicKind = parts[4]  # type: ignore[assignment]
+            return ParsedTopic(tenant, kind, node=check_name(parts[3], "node"))
+        if (
+            section == "pipelines"
+            and len(parts) == 6
+            and parts[4] in ("samples", "telemetry", "feedback")
+        ):
+            kind = parts[4]  # type: ignore[assignment]
+            return ParsedTopic(
+                tenant,
+                kind,
+                pipeline=check_name(parts[3], "pipeline"),
+                node=check_name(parts[5], "node"),
+            )
+        if section == "models" and len(parts) >= 6:
+            model = check_name(parts[3], "model")
+            version = check_name(parts[4], "version")
+            if len(parts) == 6 and parts[5] == "manifest":
+                return ParsedTopic(tenant, "artifact", model=model, version=version)
+            if len(parts) == 7 and parts[5] == "chunks" and parts[6].isdigit():
+                return ParsedTopic(
+                    tenant, "artifact", model=model, version=version, chunk=int(parts[6])
+                )
+    except ProtocolError:
+        raise
+    except ValueError:
+        pass
+    raise ProtocolError(f"not a continuum topic: {topic!r}", reason="bad_topic")

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# One entry point for the README's two commands on a fresh Debian/Ubuntu machine:
+#   scripts/bootstrap.sh demo [ARGS]   install everything, then run `continuum demo`
+#   scripts/bootstrap.sh test [ARGS]   install what tests need, then run the whole suite
+# Idempotent: a second run reuses .venv and skips what is already installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode="${1:-}"
+case "$mode" in
+  demo|test) shift ;;
+  *) echo "usage: scripts/bootstrap.sh demo|test [args...]" >&2; exit 2 ;;
+esac
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+apt_updated=0
+apt_install() {
+  if [ "$apt_updated" -eq 0 ]; then as_root apt-get update -qq; apt_updated=1; fi
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
+}
+
+# The broker comes from Debian's packages; the tests and the demo start their own
+# mosquitto process on a free loopback port, so the system service is not needed.
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+  echo "==> installing mosquitto from Debian's packages"
+  apt_install mosquitto
+fi
+
+PY="${PYTHON:-python3.11}"
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv with $PY"
+  if ! "$PY" -m venv .venv 2>/dev/null; then
+    rm -rf .venv
+    apt_install python3-venv
+    "$PY" -m venv .venv
+  fi
+fi
+
+stamp=".venv/.continuum-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "==> installing continuum and its dependencies into .venv (about a minute)"
+  .venv/bin/python -m pip install -q --upgrade pip
+  # torch==2.13.0 is pinned in pyproject: pip takes the CPU wheel, not a multi-GB CUDA build.
+  .venv/bin/python -m pip install -q -e '.[dev]'
+  touch "$stamp"
+fi
+
+export PATH="$PWD/.venv/bin:$PATH"
+case "$mode" in
+  demo) exec continuum demo "$@" ;;
+  test) exec python -m pytest "$@" ;;
+esac
