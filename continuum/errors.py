@@ -82,3 +82,7 @@ class NotReadyError(ContinuumError, RuntimeError):
 
 class OperationTimeoutError(ContinuumError, TimeoutError):
     """A bounded wait ran out; the message says what was waited for."""
+
+
+class NotFoundError(ContinuumError, LookupError):
+    """A named thing (model version, pipeline, node, tenant) does not exist; the message says which."""

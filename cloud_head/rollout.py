@@ -1,0 +1,338 @@
+"""Rollout of a gated model: desired state per node, canary first, then promote or roll back.
+
+The controller is protocol logic only: it reads the fleet (who runs the pipeline, what
+they report, their telemetry) and writes desired state through ``DesiredStateBook``; a
+service calls ``tick()`` periodically. Every decision is returned as a ``RolloutState``
+with its reason so the CLI, the demo and the audit log can show it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from continuum.wire import topics
+from continuum.wire.messages import DesiredModel, DesiredState, Telemetry
+
+if TYPE_CHECKING:
+    from cloud_head.fleet import FleetRegistry
+    from cloud_head.registry import ModelRegistry, ModelVersion
+    from continuum.spec import PipelineSpec
+
+Stage = Literal["idle", "canary", "promoted", "rolled_back"]
+
+#: A canary decision needs at least this many labelled frames on the candidate.
+MIN_LABELLED_FOR_DECISION = 40
+
+
+class DesiredStateBook:
+    """The desired model per node and pipeline, persisted, published retained on change.
+
+    ``publish(topic, payload)`` must deliver retained at QoS 1 (it raises if it cannot).
+    """
+
+    def __init__(self, path: Path, tenant: str, publish: Callable[[str, bytes], None]) -> None:
+        self.tenant = tenant
+        self._publish = publish
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS desired (tenant TEXT, node TEXT, generation INTEGER, "
+            "pipelines TEXT, PRIMARY KEY (tenant, node))"
+        )
+
+    def get(self, node: str) -> DesiredState | None:
+        """Return the node's desired state, if any was ever set."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT generation, pipelines FROM desired WHERE tenant=? AND node=?",
+                (self.tenant, node),
+            ).fetchone()
+        if row is None:
+            return None
+        pipelines = {k: DesiredModel(**v) for k, v in json.loads(row[1]).items()}
+        return DesiredState(
+            node=node, pipelines=pipelines, issued_at=time.time(), generation=int(row[0])
+        )
+
+    def assign(self, node: str, pipeline: str, model: DesiredModel) -> DesiredState:
+        """Set what ``node`` should serve for ``pipeline`` and publish its whole desired state."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT generation, pipelines FROM desired WHERE tenant=? AND node=?",
+                (self.tenant, node),
+            ).fetchone()
+            generation = 1 if row is None else int(row[0]) + 1
+            pipelines = {} if row is None else json.loads(row[1])
+            pipelines[pipeline] = model.model_dump(mode="json")
+            state = DesiredState(
+                node=node,
+                pipelines={k: DesiredModel(**v) for k, v in pipelines.items()},
+                issued_at=time.time(),
+                generation=generation,
+            )
+            self._publish(topics.node_desired(self.tenant, node), state.to_payload())
+            self._db.execute(
+                "INSERT INTO desired VALUES (?,?,?,?) ON CONFLICT(tenant, node) DO UPDATE SET "
+                "generation=excluded.generation, pipelines=excluded.pipelines",
+                (self.tenant, node, generation, json.dumps(pipelines, sort_keys=True)),
+            )
+        return state
+
+    def serving_target(self, node: str, pipeline: str) -> str | None:
+        """Return the version ``node`` is told to serve for ``pipeline``."""
+        state = self.get(node)
+        if state is None or pipeline not in state.pipelines:
+            return None
+        return state.pipelines[pipeline].version
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    """Where the rollout of one pipeline stands, and why."""
+
+    pipeline: str
+    stage: Stage = "idle"
+    candidate: str | None = None
+    baseline: str | None = None
+    canary_nodes: tuple[str, ...] = ()
+    started_at: float = 0.0
+    decided_at: float | None = None
+    canary_accuracy: float | None = None
+    baseline_accuracy: float | None = None
+    reason: str = "no rollout yet"
+    history: tuple[str, ...] = field(default=())
+
+
+def desired_model(version: ModelVersion, chunk_size: int, chunks: int) -> DesiredModel:
+    """Return the desired-state entry that tells a node to fetch and serve ``version``."""
+    return DesiredModel(
+        model=version.model,
+        version=version.version,
+        sha256=version.sha256,
+        signature=version.signature,
+        size_bytes=version.size_bytes,
+        chunk_size=chunk_size,
+        chunks=chunks,
+    )
+
+
+def _accuracy(windows: Sequence[Telemetry], version: str) -> tuple[float | None, int]:
+    labelled = sum(w.labelled for w in windows if w.model_version == version)
+    correct = sum(w.correct for w in windows if w.model_version == version)
+    return (correct / labelled if labelled else None), labelled
+
+
+class RolloutController:
+    """Canary a candidate on a fraction of the pipeline's nodes, then promote or roll back."""
+
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        registry: ModelRegistry,
+        fleet: FleetRegistry,
+        book: DesiredStateBook,
+        *,
+        chunk_size: int,
+        clock: Callable[[], float] = time.time,
+        serve_timeout_s: float = 120.0,
+    ) -> None:
+        self.spec = spec
+        self.tenant = spec.tenant
+        self.registry = registry
+        self.fleet = fleet
+        self.book = book
+        self.chunk_size = chunk_size
+        self.clock = clock
+        self.serve_timeout_s = serve_timeout_s
+        self._chunks: dict[str, int] = {}
+        self.state = RolloutState(pipeline=spec.name)
+
+    # -- fleet view ----------------------------------------------------------------------
+
+    def eligible_nodes(self) -> list[str]:
+        """Online nodes that run this pipeline and match its edge placement, sorted by name."""
+        nodes = self.fleet.nodes(self.spec.edge.where)
+        return sorted(n.node for n in nodes if n.online and self.spec.name in n.pipelines)
+
+    def _choose_canaries(self, nodes: list[str]) -> tuple[str, ...]:
+        """Pick the canaries: the nodes whose recent drift is highest, where a fix matters most."""
+        count = max(1, math.ceil(self.spec.rollout.canary * len(nodes)))
+
+        def drift_of(node: str) -> float:
+            recent = self.fleet.telemetry(node, self.spec.name, self.clock() - 60.0)
+            return max((w.drift_score for w in recent), default=0.0)
+
+        ranked = sorted(nodes, key=lambda n: (-drift_of(n), n))
+        return tuple(ranked[:count])
+
+    # -- actions -------------------------------------------------------------------------
+
+    def remember_chunks(self, version: str, chunks: int) -> None:
+        """Record how many chunks a published version has (needed for desired state)."""
+        self._chunks[version] = chunks
+
+    def _assign(self, node: str, version: ModelVersion) -> None:
+        chunks = self._chunks.get(version.version)
+        if chunks is None:
+            chunks = max(1, math.ceil(version.size_bytes / self.chunk_size))
+        self.book.assign(node, self.spec.name, desired_model(version, self.chunk_size, chunks))
+
+    def ensure_current_everywhere(self) -> list[str]:
+        """Tell every eligible node without an assignment to serve the current version.
+
+        Returns the nodes that were assigned (new nodes joining the fleet).
+        """
+        current = self.registry.current(self.tenant, self.spec.name)
+        if current is None:
+            return []
+        assigned = []
+        canaries = set(self.state.canary_nodes) if self.state.stage == "canary" else set()
+        for node in self.eligible_nodes():
+            if node in canaries:
+                continue
+            if self.book.serving_target(node, self.spec.name) is None:
+                self._assign(node, current)
+                assigned.append(node)
+        return assigned
+
+    def begin(self, candidate: ModelVersion) -> RolloutState:
+        """Start a canary of ``candidate``; with no current version it is promoted at once."""
+        now = self.clock()
+        current = self.registry.current(self.tenant, self.spec.name)
+        nodes = self.eligible_nodes()
+        if current is None or not nodes:
+            return self._promote(candidate, now, "first model of the pipeline: no canary needed")
+        canaries = self._choose_canaries(nodes)
+        self.registry.set_status(self.tenant, self.spec.name, candidate.version, "canary")
+        for node in canaries:
+            self._assign(node, candidate)
+        self.state = RolloutState(
+            pipeline=self.spec.name,
+            stage="canary",
+            candidate=candidate.version,
+            baseline=current.version,
+            canary_nodes=canaries,
+            started_at=now,
+            reason=f"canary on {', '.join(canaries)}",
+            history=(*self.state.history, f"canary {candidate.version} on {', '.join(canaries)}"),
+        )
+        return self.state
+
+    def tick(self) -> RolloutState:
+        """Advance a running canary: promote, roll back or keep waiting."""
+        self.ensure_current_everywhere()
+        state = self.state
+        if state.stage != "canary" or state.candidate is None or state.baseline is None:
+            return state
+        now = self.clock()
+        rollout = self.spec.rollout
+        candidate = self.registry.get(self.tenant, self.spec.name, state.candidate)
+
+        for node in state.canary_nodes:
+            reported = self.fleet.reported_model(node, self.spec.name)
+            if (
+                reported is not None
+                and reported.version == state.candidate
+                and reported.state in ("rejected", "failed")
+            ):
+                return self._rollback(
+                    candidate,
+                    now,
+                    f"{node} {reported.state} the candidate: {reported.error or 'no reason given'}",
+                )
+
+        windows: list[Telemetry] = []
+        before: list[Telemetry] = []
+        first_served: float | None = None
+        for node in state.canary_nodes:
+            recent = self.fleet.telemetry(node, self.spec.name, state.started_at)
+            served = [w for w in recent if w.model_version == state.candidate]
+            if served:
+                start = min(w.ts for w in served)
+                first_served = start if first_served is None else max(first_served, start)
+            windows.extend(served)
+            before.extend(
+                self.fleet.telemetry(
+                    node, self.spec.name, state.started_at - max(rollout.promote_after_s, 30.0)
+                )
+            )
+        if first_served is None:
+            if now - state.started_at > self.serve_timeout_s:
+                return self._rollback(
+                    candidate,
+                    now,
+                    f"no canary served {state.candidate} within {self.serve_timeout_s:g} s",
+                )
+            return state
+
+        canary_acc, labelled = _accuracy(windows, state.candidate)
+        baseline_acc, _ = _accuracy(
+            [w for w in before if w.ts <= state.started_at or w.model_version == state.baseline],
+            state.baseline,
+        )
+        self.state = state = replace(
+            state, canary_accuracy=canary_acc, baseline_accuracy=baseline_acc
+        )
+        if now - first_served < rollout.promote_after_s or labelled < MIN_LABELLED_FOR_DECISION:
+            return state
+        if (
+            canary_acc is not None
+            and baseline_acc is not None
+            and canary_acc < baseline_acc - rollout.rollback_on_drop
+        ):
+            return self._rollback(
+                candidate,
+                now,
+                f"canary accuracy {canary_acc:.3f} fell more than {rollout.rollback_on_drop:g} "
+                f"below the baseline's {baseline_acc:.3f}",
+            )
+        held = "n/a" if canary_acc is None else f"{canary_acc:.3f}"
+        base = "n/a" if baseline_acc is None else f"{baseline_acc:.3f}"
+        return self._promote(
+            candidate,
+            now,
+            f"canary held for {now - first_served:.0f} s "
+            f"(accuracy {held} vs baseline {base} over {labelled} labelled frames)",
+        )
+
+    def rollback_to(self, version: ModelVersion, reason: str) -> RolloutState:
+        """Make an older version current again everywhere (an operator's rollback)."""
+        return self._promote(version, self.clock(), f"rollback by request: {reason}")
+
+    def _promote(self, version: ModelVersion, now: float, reason: str) -> RolloutState:
+        self.registry.set_current(self.tenant, self.spec.name, version.version, reason)
+        for node in self.eligible_nodes():
+            self._assign(node, version)
+        self.state = replace(
+            self.state,
+            stage="promoted",
+            candidate=version.version,
+            decided_at=now,
+            reason=reason,
+            history=(*self.state.history, f"promoted {version.version}: {reason}"),
+        )
+        return self.state
+
+    def _rollback(self, candidate: ModelVersion, now: float, reason: str) -> RolloutState:
+        self.registry.set_status(self.tenant, self.spec.name, candidate.version, "rolled_back")
+        current = self.registry.current(self.tenant, self.spec.name)
+        if current is not None:
+            for node in self.state.canary_nodes:
+                self._assign(node, current)
+        self.state = replace(
+            self.state,
+            stage="rolled_back",
+            decided_at=now,
+            reason=reason,
+            history=(*self.state.history, f"rolled back {candidate.version}: {reason}"),
+        )
+        return self.state

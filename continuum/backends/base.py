@@ -1,0 +1,143 @@
+"""The one protocol every inference backend implements, and the input check they share.
+
+A backend loads one model file and runs batches through it.  It knows the
+model's input and output tensors (``TensorMeta``) and refuses a batch whose
+rank, fixed dimensions or dtype do not match, before the runtime sees it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from continuum.errors import BackendError, InputMismatchError
+
+#: The backend names a pipeline may ask for; "auto" resolves to one of the others.
+BackendKind = Literal["auto", "onnxruntime", "tensorrt"]
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    """Name, shape and dtype of one model input or output.
+
+    ``shape`` includes the batch dimension; ``None`` marks a dynamic dimension
+    (any size accepted).  ``dtype`` is a numpy dtype name such as ``"float32"``.
+    """
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+    @property
+    def rank(self) -> int:
+        """Return the number of dimensions, batch included."""
+        return len(self.shape)
+
+    def describe(self) -> str:
+        """Return a compact spelling such as ``float32[N,1,8,8]`` (``N``/``?`` are dynamic)."""
+        dims = [
+            str(d) if d is not None else ("N" if axis == 0 else "?")
+            for axis, d in enumerate(self.shape)
+        ]
+        return f"{self.dtype}[{','.join(dims)}]"
+
+
+def describe_array(array: np.ndarray) -> str:
+    """Return the spelling of an actual array in the same form as ``TensorMeta.describe``."""
+    return f"{array.dtype.name}[{','.join(str(d) for d in array.shape)}]"
+
+
+def check_batch(batch: object, meta: TensorMeta, *, max_batch: int | None = None) -> np.ndarray:
+    """Return ``batch`` as a C-contiguous array if it fits ``meta``, else raise.
+
+    Args:
+        batch: the tensor handed to ``infer``; its first axis is the batch.
+        meta: the model's input.
+        max_batch: the largest batch the backend can run (TensorRT's profile), if bounded.
+
+    Raises:
+        InputMismatchError: wrong type, rank, fixed dimension, dtype or batch size; the
+            message names the expected and the actual tensor.
+    """
+    expected = meta.describe()
+    if not isinstance(batch, np.ndarray):
+        raise InputMismatchError(
+            f"input {meta.name!r} must be a numpy array", expected=expected, got=type(batch).__name__
+        )
+    got = describe_array(batch)
+    if batch.ndim != meta.rank:
+        raise InputMismatchError(
+            f"input {meta.name!r} has rank {batch.ndim}, the model takes rank {meta.rank}",
+            expected=expected,
+            got=got,
+        )
+    for axis, (want, have) in enumerate(zip(meta.shape, batch.shape, strict=True)):
+        if want is not None and want != have:
+            raise InputMismatchError(
+                f"input {meta.name!r} has size {have} on axis {axis}, the model takes {want}",
+                expected=expected,
+                got=got,
+            )
+    if batch.dtype.name != meta.dtype:
+        raise InputMismatchError(
+            f"input {meta.name!r} has dtype {batch.dtype.name}, the model takes {meta.dtype} "
+            f"(convert with .astype(np.{meta.dtype}))",
+            expected=expected,
+            got=got,
+        )
+    if batch.ndim and batch.shape[0] < 1:
+        raise InputMismatchError(
+            f"input {meta.name!r} is an empty batch", expected=expected, got=got
+        )
+    if max_batch is not None and batch.ndim and batch.shape[0] > max_batch:
+        raise InputMismatchError(
+            f"input {meta.name!r} batch of {batch.shape[0]} exceeds max_batch={max_batch} "
+            "(split the batch, or rebuild the engine with a larger max_batch)",
+            expected=f"{expected} with N<={max_batch}",
+            got=got,
+        )
+    return np.ascontiguousarray(batch)
+
+
+def single_input(inputs: Sequence[TensorMeta], path: Path) -> TensorMeta:
+    """Return the model's only input; edge stages feed exactly one tensor."""
+    if len(inputs) != 1:
+        names = ", ".join(m.name for m in inputs) or "none"
+        raise BackendError(
+            f"cannot use model {path}: it has {len(inputs)} inputs ({names}); "
+            "a continuum edge stage feeds exactly one tensor"
+        )
+    return inputs[0]
+
+
+@runtime_checkable
+class InferenceBackend(Protocol):
+    """A loaded model that runs batches: ONNX Runtime, TensorRT, or anything alike."""
+
+    name: str
+
+    def load(self, path: Path) -> None:
+        """Load the model at ``path``; raise ``BackendError`` naming the path and the reason."""
+        ...
+
+    @property
+    def inputs(self) -> list[TensorMeta]:
+        """Return the model's inputs (batch dimension first)."""
+        ...
+
+    @property
+    def outputs(self) -> list[TensorMeta]:
+        """Return the model's outputs (batch dimension first)."""
+        ...
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Run one batch and return the first output; raise ``InputMismatchError`` on a bad batch."""
+        ...
+
+    def close(self) -> None:
+        """Release the model and any device memory; the backend cannot infer afterwards."""
+        ...

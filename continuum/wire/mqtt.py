@@ -1,0 +1,156 @@
+"""Broker connection settings and a connected paho-mqtt 2.x client, shared by both sides.
+
+One home for how continuum speaks MQTT 5: protocol version, TLS and credentials, session
+expiry, the connect handshake with a timeout, and publishing that waits for the broker's
+acknowledgement with a bound. paho is imported lazily so the core stays importable without it.
+"""
+
+from __future__ import annotations
+
+import ssl
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from continuum.errors import NotReadyError, OperationTimeoutError
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
+
+
+class BrokerSettings(BaseModel):
+    """Where the broker is and how to authenticate to it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Broker host name or address.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker TCP port (8883 for TLS).")
+    username: str | None = Field(None, description="MQTT username (the tenant credential).")
+    password: str | None = Field(None, description="MQTT password.")
+    tls_ca: Path | None = Field(None, description="CA bundle; setting it turns TLS on.")
+    tls_cert: Path | None = Field(None, description="Client certificate for mutual TLS.")
+    tls_key: Path | None = Field(None, description="Private key of the client certificate.")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive interval.")
+    session_expiry_s: int = Field(
+        3600,
+        ge=0,
+        le=7 * 24 * 3600,
+        description="How long the broker keeps this client's session and QoS 1 queue offline.",
+    )
+    connect_timeout_s: float = Field(10.0, gt=0, le=300, description="Bound on one connect.")
+
+
+def make_client(
+    client_id: str,
+    settings: BrokerSettings,
+    *,
+    manual_ack: bool = False,
+    will: tuple[str, bytes] | None = None,
+    max_inflight: int = 1000,
+) -> mqtt.Client:
+    """Return a configured, unconnected MQTT 5 client with a persistent session.
+
+    ``will`` is (topic, payload), published retained at QoS 1 if the connection dies.
+    """
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5,
+        manual_ack=manual_ack,
+    )
+    client.max_inflight_messages_set(max_inflight)
+    client.reconnect_delay_set(min_delay=1, max_delay=30)
+    if settings.username is not None:
+        client.username_pw_set(settings.username, settings.password)
+    if settings.tls_ca is not None:
+        client.tls_set(
+            ca_certs=str(settings.tls_ca),
+            certfile=str(settings.tls_cert) if settings.tls_cert else None,
+            keyfile=str(settings.tls_key) if settings.tls_key else None,
+            cert_reqs=ssl.CERT_REQUIRED,
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
+    if will is not None:
+        client.will_set(will[0], will[1], qos=1, retain=True)
+    connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    connect_props.SessionExpiryInterval = settings.session_expiry_s
+    client._continuum_connect_props = connect_props  # type: ignore[attr-defined]
+    return client
+
+
+def connect(client: mqtt.Client, settings: BrokerSettings) -> None:
+    """Connect with ``clean_start=False`` and wait for CONNACK, bounded by the settings.
+
+    Raises NotReadyError when the broker refuses or cannot be reached (retry with backoff).
+    Starts paho's network thread, which then reconnects by itself after drops.
+    """
+    done = threading.Event()
+    outcome: dict[str, Any] = {}
+    previous: Any = client.on_connect
+
+    def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        outcome["reason"] = reason
+        done.set()
+        if previous is not None:
+            previous(c, userdata, flags, reason, props)
+
+    client.on_connect = on_connect
+    try:
+        client.connect(
+            settings.host,
+            settings.port,
+            keepalive=settings.keepalive_s,
+            clean_start=False,
+            properties=getattr(client, "_continuum_connect_props", None),
+        )
+    except OSError as exc:
+        raise NotReadyError(
+            f"cannot reach the MQTT broker at {settings.host}:{settings.port}: {exc}; "
+            "check that it runs and the address is right"
+        ) from exc
+    client.loop_start()
+    try:
+        if not done.wait(settings.connect_timeout_s):
+            raise NotReadyError(
+                f"no CONNACK from {settings.host}:{settings.port} within "
+                f"{settings.connect_timeout_s:g} s"
+            )
+        reason = outcome["reason"]
+        if reason.is_failure:
+            raise NotReadyError(
+                f"the broker at {settings.host}:{settings.port} refused the connection: {reason}"
+                " (check the username, password and certificates)"
+            )
+    except BaseException:
+        client.loop_stop()
+        client.disconnect()
+        raise
+    finally:
+        client.on_connect = previous
+
+
+def publish_and_wait(
+    client: mqtt.Client,
+    topic: str,
+    payload: bytes,
+    *,
+    qos: int = 1,
+    retain: bool = False,
+    timeout_s: float = 10.0,
+) -> None:
+    """Publish and wait until the broker acknowledged it (QoS 1) or the bound runs out."""
+    info = client.publish(topic, payload, qos=qos, retain=retain)
+    if info.rc != 0:
+        raise NotReadyError(f"publish to {topic} failed with rc={info.rc}; is the client up?")
+    info.wait_for_publish(timeout=timeout_s)
+    if not info.is_published():
+        raise OperationTimeoutError(
+            f"the broker did not acknowledge a message on {topic} within {timeout_s:g} s"
+        )

@@ -1,0 +1,211 @@
+"""How the digits model is trained: the recipe, a plain-torch ``fit`` and the Ray Train loop.
+
+The recipe was chosen with ``benchmarks/selection_recovery.py``: a fresh model learns the
+training split from scratch; a retrain fine-tunes the serving model on the training split
+(replayed, so clean accuracy holds) plus the uplinked samples repeated ``oversample`` times.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from pipelines.digits.data import IMAGE_SHAPE, load_splits
+from pipelines.digits.model import DigitsCNN, export_onnx
+
+PT_NAME = "model.pt"
+ONNX_NAME = "model.onnx"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Hyper-parameters of one training run."""
+
+    epochs: int = 30
+    lr: float = 3e-3
+    batch_size: int = 64
+    weight_decay: float = 1e-4
+    oversample: int = 1
+    shift_augment: bool = True
+
+
+SCRATCH = Recipe(epochs=30, lr=3e-3, oversample=1)
+FINE_TUNE = Recipe(epochs=8, lr=1e-3, oversample=3)
+
+
+def _shift(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Translate each image by -1..1 pixel in each axis (zero padded): camera framing jitter."""
+    n = batch.shape[0]
+    padded = nn.functional.pad(batch, (1, 1, 1, 1))
+    dy = torch.randint(0, 3, (n,), generator=generator)
+    dx = torch.randint(0, 3, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(8)[None, :])[:, None, :, None].expand(n, 1, 8, 10)
+    picked = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(8)[None, :])[:, None, None, :].expand(n, 1, 8, 8)
+    return picked.gather(3, cols)
+
+
+def fit(
+    x: NDArray[np.float32],
+    y: NDArray[np.int64],
+    *,
+    new_x: NDArray[np.float32] | None = None,
+    new_y: NDArray[np.int64] | None = None,
+    base_state: Mapping[str, torch.Tensor] | None = None,
+    recipe: Recipe = SCRATCH,
+    seed: int = 0,
+    threads: int = 1,
+) -> DigitsCNN:
+    """Train a ``DigitsCNN`` on ``x, y`` plus ``new_x, new_y`` repeated ``recipe.oversample`` times.
+
+    With ``base_state`` the model starts from those weights (fine-tuning), else from scratch.
+    """
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model = DigitsCNN()
+    if base_state is not None:
+        model.load_state_dict(dict(base_state))
+    xs = [np.asarray(x, dtype=np.float32).reshape(-1, *IMAGE_SHAPE)]
+    ys = [np.asarray(y, dtype=np.int64)]
+    if new_x is not None and new_y is not None and len(new_x) > 0:
+        for _ in range(max(1, recipe.oversample)):
+            xs.append(np.asarray(new_x, dtype=np.float32).reshape(-1, *IMAGE_SHAPE))
+            ys.append(np.asarray(new_y, dtype=np.int64))
+    data_x = torch.from_numpy(np.concatenate(xs))
+    data_y = torch.from_numpy(np.concatenate(ys))
+    if len(data_x) == 0:
+        raise ValueError("nothing to train on: no rows and no replay data")
+    optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    steps = recipe.epochs * max(1, -(-len(data_x) // recipe.batch_size))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=recipe.lr, total_steps=steps)
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    for _ in range(recipe.epochs):
+        order = torch.randperm(len(data_x), generator=generator)
+        for start in range(0, len(order), recipe.batch_size):
+            idx = order[start : start + recipe.batch_size]
+            batch = data_x[idx]
+            if recipe.shift_augment:
+                batch = _shift(batch, generator)
+            optimiser.zero_grad()
+            loss = loss_fn(model(batch), data_y[idx])
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+    return model.eval()
+
+
+def predict_proba(model: nn.Module, x: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Return softmax probabilities (n, 10) of ``model`` on images ``x``."""
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(np.asarray(x, dtype=np.float32).reshape(-1, *IMAGE_SHAPE)))
+        return torch.softmax(logits, dim=1).numpy()
+
+
+def accuracy(model: nn.Module, x: NDArray[np.float32], y: NDArray[np.int64]) -> float:
+    """Return the share of ``x`` that ``model`` classifies as ``y``."""
+    return float((predict_proba(model, x).argmax(axis=1) == y).mean())
+
+
+def save(model: nn.Module, directory: Path) -> tuple[Path, Path]:
+    """Write ``model.pt`` (state dict) and ``model.onnx`` into ``directory``; return both paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    pt_path = directory / PT_NAME
+    torch.save(model.state_dict(), pt_path)
+    return pt_path, export_onnx(model, directory / ONNX_NAME)
+
+
+def load_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a state dict written by ``save``."""
+    state: dict[str, torch.Tensor] = torch.load(Path(path), map_location="cpu", weights_only=True)
+    return state
+
+
+def rows_to_arrays(
+    tensors: list[Any] | NDArray[Any], labels: list[Any] | NDArray[Any]
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """Turn dataset columns (flat float32 lists or raw float32 bytes per row) into arrays."""
+    images = [
+        np.frombuffer(t, dtype=np.float32) if isinstance(t, bytes | bytearray) else np.asarray(t)
+        for t in tensors
+    ]
+    x = (
+        np.stack(images).astype(np.float32).reshape(-1, *IMAGE_SHAPE)
+        if images
+        else np.zeros((0, *IMAGE_SHAPE), dtype=np.float32)
+    )
+    return x, np.asarray(labels, dtype=np.int64).reshape(-1)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point: retrain on the ``train`` dataset shard and report a checkpoint.
+
+    Config keys: ``base_model`` (path of the parent's ``model.pt`` or None: train from scratch),
+    ``epochs``, ``seed``, ``shape`` ([1, 8, 8]); optional ``replay`` (default True: add the
+    pipeline's own training split), ``oversample``, ``lr``, ``threads``.  The checkpoint holds
+    ``model.pt`` and ``model.onnx``.
+    """
+    import ray.train
+
+    started = time.monotonic()
+    shape = tuple(config.get("shape", IMAGE_SHAPE))
+    if shape != IMAGE_SHAPE:
+        raise ValueError(f"the digits trainer takes images shaped {IMAGE_SHAPE}, got {shape}")
+    seed = int(config.get("seed", 0))
+    base_model = config.get("base_model")
+    recipe = FINE_TUNE if base_model else SCRATCH
+    recipe = replace(
+        recipe,
+        epochs=int(config.get("epochs") or recipe.epochs),
+        oversample=int(config.get("oversample") or recipe.oversample),
+        lr=float(config.get("lr") or recipe.lr),
+    )
+    shard = ray.train.get_dataset_shard("train")
+    tensors: list[Any] = []
+    labels: list[Any] = []
+    if shard is not None:
+        for batch in shard.iter_batches(batch_size=1024, batch_format="numpy"):
+            tensors.extend(list(batch["tensor"]))
+            labels.extend(batch["label"].tolist())
+    new_x, new_y = rows_to_arrays(tensors, labels)
+    if config.get("replay", True):
+        splits = load_splits(int(config.get("split_seed", 0)))
+        base_x, base_y = splits.train_x, splits.train_y
+    else:
+        base_x = np.zeros((0, *IMAGE_SHAPE), dtype=np.float32)
+        base_y = np.zeros((0,), dtype=np.int64)
+    model = fit(
+        base_x,
+        base_y,
+        new_x=new_x,
+        new_y=new_y,
+        base_state=load_state(base_model) if base_model else None,
+        recipe=recipe,
+        seed=seed,
+        threads=int(config.get("threads", 2)),
+    )
+    all_x = np.concatenate([base_x, new_x])
+    all_y = np.concatenate([base_y, new_y])
+    metrics: dict[str, Any] = {
+        "train_accuracy": accuracy(model, all_x, all_y) if len(all_x) else float("nan"),
+        "new_accuracy": accuracy(model, new_x, new_y) if len(new_x) else float("nan"),
+        "new_samples": len(new_x),
+        "replay_samples": len(base_x),
+        "fine_tuned": bool(base_model),
+        "train_seconds": time.monotonic() - started,
+        **{f"recipe_{k}": v for k, v in asdict(recipe).items()},
+    }
+    with tempfile.TemporaryDirectory(prefix="digits-ckpt-") as tmp:
+        save(model, Path(tmp))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
