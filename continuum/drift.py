@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from continuum._spec_errors import build
+from continuum._validation import validate
 from continuum.errors import InputMismatchError, SpecError
 
 __all__ = [
@@ -53,10 +53,11 @@ class _DetectorBase(BaseModel):
     def _at_least_two(cls, value: int, info: ValidationInfo) -> int:
         name = info.field_name or "window"
         if value < 2:
+            default = cls.model_fields[name].default
             raise SpecError(
                 f"must be at least 2 values, got {value}",
                 field=name,
-                fix=f"use {name}=200 or more for a stable estimate",
+                fix=f"use {name}={default} or more for a stable estimate",
             )
         return value
 
@@ -76,12 +77,13 @@ class PSISpec(_DetectorBase):
     """
 
     kind: Literal["psi"] = "psi"
-    window: int = Field(200, description=_WINDOW_DOC)
-    reference: int = Field(300, description=_REFERENCE_DOC)
-    threshold: float = Field(0.2, description="PSI above which the window has drifted.")
-    bins: int = Field(10, description="Number of histogram bins.")
+    window: int = Field(default=200, description=_WINDOW_DOC)
+    reference: int = Field(default=300, description=_REFERENCE_DOC)
+    threshold: float = Field(default=0.2, description="PSI above which the window has drifted.")
+    bins: int = Field(default=10, description="Number of histogram bins.")
     binning: Literal["quantile", "uniform"] = Field(
-        "quantile", description="Bin edges from reference quantiles, or equal-width on [0, 1]."
+        default="quantile",
+        description="Bin edges from reference quantiles, or equal-width on [0, 1].",
     )
 
     @field_validator("threshold")
@@ -123,9 +125,11 @@ class KSSpec(_DetectorBase):
     """
 
     kind: Literal["ks"] = "ks"
-    window: int = Field(200, description=_WINDOW_DOC)
-    reference: int = Field(300, description=_REFERENCE_DOC)
-    alpha: float = Field(0.01, description="Significance level: p-value below it means drift.")
+    window: int = Field(default=200, description=_WINDOW_DOC)
+    reference: int = Field(default=300, description=_REFERENCE_DOC)
+    alpha: float = Field(
+        default=0.01, description="Significance level: p-value below it means drift."
+    )
 
     @field_validator("alpha")
     @classmethod
@@ -150,14 +154,15 @@ def psi(
     binning: Literal["quantile", "uniform"] = "quantile",
 ) -> PSISpec:
     """Declare a population-stability-index detector; raise ``SpecError`` on bad arguments."""
-    return build(
-        PSISpec, threshold=threshold, window=window, reference=reference, bins=bins, binning=binning
+    return validate(
+        PSISpec,
+        dict(threshold=threshold, window=window, reference=reference, bins=bins, binning=binning),
     )
 
 
 def ks(alpha: float = 0.01, window: int = 200, reference: int = 300) -> KSSpec:
     """Declare a two-sample Kolmogorov-Smirnov detector; raise ``SpecError`` on bad arguments."""
-    return build(KSSpec, alpha=alpha, window=window, reference=reference)
+    return validate(KSSpec, dict(alpha=alpha, window=window, reference=reference))
 
 
 @dataclass(frozen=True)
@@ -328,7 +333,10 @@ class DriftMonitor:
                 self._freeze_reference()
         if values.size:
             self._push_window(values)
-        if self._reference_count == self._spec.reference and self._window_count == self._spec.window:
+        if (
+            self._reference_count == self._spec.reference
+            and self._window_count == self._spec.window
+        ):
             self._state = self._score()
         return self._state
 

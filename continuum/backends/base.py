@@ -66,7 +66,9 @@ def check_batch(batch: object, meta: TensorMeta, *, max_batch: int | None = None
     expected = meta.describe()
     if not isinstance(batch, np.ndarray):
         raise InputMismatchError(
-            f"input {meta.name!r} must be a numpy array", expected=expected, got=type(batch).__name__
+            f"input {meta.name!r} must be a numpy array",
+            expected=expected,
+            got=type(batch).__name__,
         )
     got = describe_array(batch)
     if batch.ndim != meta.rank:
@@ -135,7 +137,7 @@ class InferenceBackend(Protocol):
         ...
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Run one batch and return the first output; raise ``InputMismatchError`` on a bad batch."""
+        """Run one batch and return the first output; ``InputMismatchError`` on a bad batch."""
         ...
 
     def close(self) -> None:

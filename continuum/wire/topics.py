@@ -20,14 +20,16 @@ INGEST_SHARE_GROUP = "ingest"
 #: may not contain MQTT wildcards or separators.
 NAME_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$")
 
-TopicKind = Literal[
-    "status", "reported", "desired", "samples", "telemetry", "feedback", "artifact"
-]
+#: A chunk index as artifact_chunk writes it: ASCII decimal without leading zeros.
+_CHUNK_INDEX = re.compile(r"0|[1-9][0-9]*")
+
+TopicKind = Literal["status", "reported", "desired", "samples", "telemetry", "feedback", "artifact"]
 
 
 def check_name(value: str, what: str) -> str:
     """Return ``value`` if it is a valid topic level name, else raise ``ProtocolError``."""
-    if not NAME_PATTERN.match(value):
+    # fullmatch, not match: "$" also matches before a trailing newline.
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
         raise ProtocolError(
             f"invalid {what} name {value!r}: use 1-64 lowercase letters, digits, '.', '_' "
             "or '-', starting and ending with a letter or digit",
@@ -144,7 +146,7 @@ def parse(topic: str) -> ParsedTopic:
             version = check_name(parts[4], "version")
             if len(parts) == 6 and parts[5] == "manifest":
                 return ParsedTopic(tenant, "artifact", model=model, version=version)
-            if len(parts) == 7 and parts[5] == "chunks" and parts[6].isdigit():
+            if len(parts) == 7 and parts[5] == "chunks" and _CHUNK_INDEX.fullmatch(parts[6]):
                 return ParsedTopic(
                     tenant, "artifact", model=model, version=version, chunk=int(parts[6])
                 )

@@ -109,14 +109,14 @@ def apply_drift(
     s = float(severity)
     if kind in ("blur", "blur_contrast"):
         # A defocused lens: Gaussian blur within each image only.
-        out = ndimage.gaussian_filter(out, sigma=(0, 0, 0.9 * s, 0.9 * s), mode="constant")
+        out = ndimage.gaussian_filter(out, sigma=(0, 0, 0.75 * s, 0.75 * s), mode="constant")
         # Renormalise the peak so blur alone does not also darken the image.
         peak = out.max(axis=(1, 2, 3), keepdims=True)
         src_peak = x.max(axis=(1, 2, 3), keepdims=True)
         out = np.where(peak > 0, out * (src_peak / np.maximum(peak, 1e-6)), out)
     if kind in ("contrast", "blur_contrast"):
         # A washed-out sensor: pixel values pulled towards grey.
-        keep = max(0.0, 1.0 - 0.6 * s)
+        keep = max(0.0, 1.0 - 0.3 * s)
         out = 0.5 + (out - 0.5) * keep
     elif kind == "rotation":
         angle = 35.0 * s

@@ -1,0 +1,226 @@
+"""Labels for stored samples, and the join that turns samples into a labelled training set.
+
+Labels arrive on their own (delayed feedback from the edge, a cloud teacher, a human) and
+may arrive before or after the sample they belong to; they are kept by sample id in SQLite
+and joined with the sample store when a training set is read.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Literal, get_args
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cloud_head.store import SampleStore, to_numpy
+from continuum.wire import topics
+from continuum.wire.codec import FeedbackBatch
+
+__all__ = ["Label", "LabelSource", "LabelStore", "labelled", "to_xy"]
+
+LabelSource = Literal["delayed_feedback", "teacher", "human", "edge"]
+
+# A label never replaces one from a more trusted source: a teacher's guess must not overwrite
+# the ground truth that came back from the line, nor that a human's correction. "edge" is the
+# label a sample carried when it was captured; it lives in the sample store, not here.
+_PRIORITY: dict[str, int] = {"teacher": 0, "edge": 1, "delayed_feedback": 1, "human": 2}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS labels (
+    tenant TEXT NOT NULL,
+    pipeline TEXT NOT NULL,
+    sample_id TEXT NOT NULL,
+    label INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    PRIMARY KEY (tenant, pipeline, sample_id)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    """One sample's label, where it came from and when it was recorded (Unix seconds)."""
+
+    sample_id: str
+    label: int
+    source: str
+    ts: float
+
+
+class LabelStore:
+    """Keep labels by (tenant, pipeline, sample id) in SQLite; the most trusted source wins."""
+
+    def __init__(self, path: str | Path) -> None:
+        """Open (or create) the label database at ``path``."""
+        self._path = Path(path)
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # Ingest acks feedback once it is recorded: sync on commit so an ack survives a crash.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.executescript(_SCHEMA)
+
+    def record(
+        self,
+        tenant: str,
+        batch: FeedbackBatch,
+        *,
+        source: LabelSource = "delayed_feedback",
+        ts: float | None = None,
+    ) -> int:
+        """Record every (seq, label) of a feedback batch; return how many labels were written."""
+        items = ((f"{batch.node}:{seq}", label) for seq, label in batch.items)
+        return self.put_many(tenant, batch.pipeline, items, source=source, ts=ts)
+
+    def put(
+        self,
+        tenant: str,
+        pipeline: str,
+        sample_id: str,
+        label: int,
+        *,
+        source: LabelSource,
+        ts: float | None = None,
+    ) -> bool:
+        """Record one label; return False if a more trusted label was already there."""
+        return self.put_many(tenant, pipeline, [(sample_id, label)], source=source, ts=ts) == 1
+
+    def put_many(
+        self,
+        tenant: str,
+        pipeline: str,
+        items: Iterable[tuple[str, int]],
+        *,
+        source: LabelSource,
+        ts: float | None = None,
+    ) -> int:
+        """Record labels in one transaction; return how many were written (not outranked)."""
+        if source not in get_args(LabelSource):
+            raise ValueError(f"unknown label source {source!r}; use one of {get_args(LabelSource)}")
+        topics.check_name(tenant, "tenant")
+        topics.check_name(pipeline, "pipeline")
+        stamp = time.time() if ts is None else ts
+        priority = _PRIORITY[source]
+        rows = [
+            (tenant, pipeline, sample_id, int(label), source, priority, stamp)
+            for sample_id, label in items
+        ]
+        with self._lock:
+            before = self._db.total_changes
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT INTO labels VALUES (?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (tenant, pipeline, sample_id) DO UPDATE SET "
+                    "label = excluded.label, source = excluded.source, "
+                    "priority = excluded.priority, ts = excluded.ts "
+                    "WHERE excluded.priority >= labels.priority",
+                    rows,
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return self._db.total_changes - before
+
+    def get(self, tenant: str, pipeline: str, sample_id: str) -> Label | None:
+        """Return one sample's label, or None when it has none yet."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT sample_id, label, source, ts FROM labels "
+                "WHERE tenant = ? AND pipeline = ? AND sample_id = ?",
+                (tenant, pipeline, sample_id),
+            ).fetchone()
+        return None if row is None else Label(row[0], int(row[1]), str(row[2]), float(row[3]))
+
+    def labels(self, tenant: str, pipeline: str) -> dict[str, Label]:
+        """Return every label of one pipeline by sample id."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT sample_id, label, source, ts FROM labels WHERE tenant = ? AND pipeline = ?",
+                (tenant, pipeline),
+            ).fetchall()
+        return {r[0]: Label(r[0], int(r[1]), str(r[2]), float(r[3])) for r in rows}
+
+    def count(self, tenant: str, pipeline: str) -> int:
+        """Return the number of labelled sample ids of one pipeline."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(*) FROM labels WHERE tenant = ? AND pipeline = ?",
+                (tenant, pipeline),
+            ).fetchone()
+        return int(row[0])
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> LabelStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def labelled(
+    samples: SampleStore,
+    labels: LabelStore,
+    tenant: str,
+    pipeline: str,
+    *,
+    edge_labels: bool = True,
+) -> pa.Table:
+    """Return the stored samples of a pipeline that have a label, with ``label`` filled in.
+
+    A label from the label store wins; otherwise, with ``edge_labels``, the label the sample
+    carried from the edge is used. The table has the store's columns plus ``label_source``,
+    ordered by ingest time then sample id, ready for ``ray.data.from_arrow`` or ``to_xy``.
+    """
+    table = samples.read(tenant, pipeline)
+    known = labels.labels(tenant, pipeline)
+    ids = pa.array(list(known), type=pa.string())
+    values = pa.array([lab.label for lab in known.values()], type=pa.int64())
+    sources = pa.array([lab.source for lab in known.values()], type=pa.string())
+    index = pc.index_in(table.column("sample_id"), value_set=ids)
+    joined = pc.take(values, index)
+    joined_source = pc.take(sources, index)
+    if edge_labels:
+        edge = table.column("label")
+        label = pc.coalesce(joined, edge)
+        source = pc.if_else(
+            pc.is_valid(joined), joined_source, pc.if_else(pc.is_valid(edge), "edge", None)
+        )
+    else:
+        label, source = joined, joined_source
+    column = table.schema.get_field_index("label")
+    table = table.set_column(column, table.schema.field("label"), label)
+    table = table.append_column(pa.field("label_source", pa.string()), source)
+    table = table.filter(pc.is_valid(table.column("label")))
+    return table.sort_by([("ingested_at_ns", "ascending"), ("sample_id", "ascending")])
+
+
+def to_xy(
+    table: pa.Table, *, shape: tuple[int, ...] | None = None, dtype: str | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Rebuild ``(x, y, sample_ids)`` from a labelled table (see ``labelled``)."""
+    x, ids = to_numpy(table, shape=shape, dtype=dtype)
+    y = np.asarray(table.column("label").to_pylist(), dtype=np.int64)
+    return x, y, ids

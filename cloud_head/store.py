@@ -1,0 +1,408 @@
+"""The sample store: uplinked samples as Parquet, partitioned by tenant, pipeline and date.
+
+Layout (hive style, readable as is by Ray Data and pyarrow datasets)::
+
+    {root}/tenant={T}/pipeline={P}/date={YYYY-MM-DD}/part-{ns}-{uid}.parquet
+
+The date is the UTC day the cloud ingested the rows, so past days only change by compaction.
+Every file is complete when it becomes visible: on filesystems with an atomic rename (a local
+disk) it is written under a hidden temporary name and renamed; on object stores (S3, GCS) an
+object is only visible once its upload has completed, so it is written in place. All I/O goes
+through ``pyarrow.fs``, so the same code serves a local directory and S3-compatible storage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from continuum.errors import InputMismatchError
+from continuum.wire import topics
+from continuum.wire.codec import SampleBatch
+
+__all__ = ["SCHEMA", "CompactionResult", "SampleStore", "to_numpy"]
+
+#: The columns of every sample file. ``label`` is the label the edge attached at capture time,
+#: if any; delayed labels live in the label store and are joined at read time.
+SCHEMA = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("node", pa.string(), nullable=False),
+        pa.field("seq", pa.int64(), nullable=False),
+        pa.field("pipeline", pa.string(), nullable=False),
+        pa.field("model_version", pa.string(), nullable=False),
+        pa.field("data_class", pa.string(), nullable=False),
+        pa.field("captured_at_ns", pa.int64(), nullable=False),
+        pa.field("ingested_at_ns", pa.int64(), nullable=False),
+        pa.field("prediction", pa.int64(), nullable=False),
+        pa.field("confidence", pa.float64(), nullable=False),
+        pa.field("label", pa.int64(), nullable=True),
+        pa.field("dtype", pa.string(), nullable=False),
+        pa.field("shape", pa.list_(pa.int32()), nullable=False),
+        pa.field("tensor", pa.binary(), nullable=False),
+    ]
+)
+
+_SUFFIX = ".parquet"
+_TEMP_SUFFIX = ".tmp"
+# Filesystems whose uploads become visible atomically and whose "rename" is a copy.
+_OBJECT_STORES = frozenset({"s3", "gcs"})
+
+
+@dataclass(frozen=True, slots=True)
+class CompactionResult:
+    """What one compaction did: files merged into one, rows kept, the new file (if any)."""
+
+    files_merged: int
+    rows: int
+    path: str | None
+
+
+@dataclass(slots=True)
+class _Pending:
+    """Rows buffered for one partition, column by column."""
+
+    columns: dict[str, list[Any]] = field(default_factory=lambda: {n: [] for n in SCHEMA.names})
+    rows: int = 0
+
+
+class SampleStore:
+    """Append sample batches to partitioned Parquet and read them back de-duplicated."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        filesystem: pafs.FileSystem | None = None,
+        *,
+        flush_rows: int = 10_000,
+        row_group_rows: int = 65_536,
+        fsync: bool = True,
+    ) -> None:
+        """Open a store at ``root`` (a local path, or a URI such as ``s3://bucket/prefix``).
+
+        Args:
+            root: the store root; a path inside ``filesystem`` when one is given.
+            filesystem: the pyarrow filesystem; inferred from ``root`` when omitted.
+            flush_rows: buffered rows of one partition that trigger a write on ``append``.
+            row_group_rows: the largest row group written by ``compact``.
+            fsync: on a local disk, sync each file and its directory before a write returns,
+                so a write that returned survives a power cut (ingest acks after it).
+        """
+        if flush_rows < 1:
+            raise ValueError(f"flush_rows must be >= 1, got {flush_rows}")
+        if filesystem is None:
+            text = str(root)
+            if "://" in text:
+                filesystem, text = pafs.FileSystem.from_uri(text)
+            else:
+                filesystem, text = pafs.LocalFileSystem(), Path(text).resolve().as_posix()
+            root = text
+        self._fs = filesystem
+        self._root = str(root).rstrip("/") or "/"
+        self._flush_rows = flush_rows
+        self._row_group_rows = row_group_rows
+        self._atomic_rename = self._fs.type_name not in _OBJECT_STORES
+        self._fsync = fsync and isinstance(self._fs, pafs.LocalFileSystem)
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[str, str, str], _Pending] = {}
+
+    @property
+    def filesystem(self) -> pafs.FileSystem:
+        """The pyarrow filesystem the store writes to (pass it to Ray Data along with a path)."""
+        return self._fs
+
+    @property
+    def root(self) -> str:
+        """The store root, as a path inside ``filesystem``."""
+        return self._root
+
+    def dataset_path(self, tenant: str, pipeline: str) -> str:
+        """Return the directory holding every file of one pipeline, inside ``filesystem``."""
+        return _join(
+            self._root,
+            f"tenant={topics.check_name(tenant, 'tenant')}",
+            f"pipeline={topics.check_name(pipeline, 'pipeline')}",
+        )
+
+    def partition_path(self, tenant: str, pipeline: str, date: str) -> str:
+        """Return the directory of one day of one pipeline."""
+        return _join(self.dataset_path(tenant, pipeline), f"date={_check_date(date)}")
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def append(self, tenant: str, batch: SampleBatch, *, ingested_at_ns: int | None = None) -> int:
+        """Buffer the batch's records; write a partition once it holds ``flush_rows`` rows.
+
+        Returns the number of rows buffered. Rows become readable after ``flush``.
+        """
+        topics.check_name(tenant, "tenant")
+        topics.check_name(batch.pipeline, "pipeline")
+        now_ns = time.time_ns() if ingested_at_ns is None else ingested_at_ns
+        key = (tenant, batch.pipeline, _utc_date(now_ns))
+        with self._lock:
+            pending = self._pending.setdefault(key, _Pending())
+            cols = pending.columns
+            for record in batch.records:
+                tensor = np.ascontiguousarray(record.tensor)
+                little = tensor.astype(tensor.dtype.newbyteorder("<"), copy=False)
+                cols["sample_id"].append(batch.sample_id(record))
+                cols["node"].append(batch.node)
+                cols["seq"].append(record.seq)
+                cols["pipeline"].append(batch.pipeline)
+                cols["model_version"].append(batch.model_version)
+                cols["data_class"].append(str(batch.data_class))
+                cols["captured_at_ns"].append(record.captured_at_ns)
+                cols["ingested_at_ns"].append(now_ns)
+                cols["prediction"].append(record.prediction)
+                cols["confidence"].append(float(record.confidence))
+                cols["label"].append(record.label)
+                cols["dtype"].append(tensor.dtype.name)
+                cols["shape"].append(list(tensor.shape))
+                cols["tensor"].append(little.tobytes())
+            pending.rows += len(batch.records)
+            if pending.rows >= self._flush_rows:
+                self._write_pending(key)
+        return len(batch.records)
+
+    @property
+    def buffered_rows(self) -> int:
+        """Rows appended but not yet written."""
+        with self._lock:
+            return sum(p.rows for p in self._pending.values())
+
+    def flush(self) -> list[str]:
+        """Write every buffered partition to its own new file; return the paths written.
+
+        A partition whose write fails keeps its rows buffered and the error propagates.
+        """
+        with self._lock:
+            return [path for key in list(self._pending) if (path := self._write_pending(key))]
+
+    def discard(self) -> int:
+        """Drop every buffered row (after a failed write whose messages will be redelivered)."""
+        with self._lock:
+            dropped = sum(p.rows for p in self._pending.values())
+            self._pending.clear()
+            return dropped
+
+    def _write_pending(self, key: tuple[str, str, str]) -> str | None:
+        pending = self._pending.get(key)
+        if pending is None or pending.rows == 0:
+            self._pending.pop(key, None)
+            return None
+        table = pa.Table.from_pydict(pending.columns, schema=SCHEMA)
+        directory = self.partition_path(*key)
+        path = self._write_file(directory, table, time.time_ns())
+        del self._pending[key]
+        return path
+
+    def _write_file(self, directory: str, table: pa.Table, stamp_ns: int) -> str:
+        name = f"part-{stamp_ns:020d}-{uuid.uuid4().hex[:12]}{_SUFFIX}"
+        final = _join(directory, name)
+        self._fs.create_dir(directory, recursive=True)
+        if not self._atomic_rename:
+            pq.write_table(table, final, filesystem=self._fs, row_group_size=self._row_group_rows)
+            return final
+        temp = _join(directory, f".{name}{_TEMP_SUFFIX}")
+        try:
+            pq.write_table(table, temp, filesystem=self._fs, row_group_size=self._row_group_rows)
+            if self._fsync:
+                _fsync_local(temp)
+            self._fs.move(temp, final)
+        except BaseException:
+            _delete_quietly(self._fs, temp)
+            raise
+        if self._fsync:
+            _fsync_local(directory)
+        return final
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def dates(self, tenant: str, pipeline: str) -> list[str]:
+        """Return the days (``YYYY-MM-DD``) that hold files of one pipeline, oldest first."""
+        base = self.dataset_path(tenant, pipeline)
+        infos = self._fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+        found = []
+        for info in infos:
+            name = info.base_name
+            if info.type == pafs.FileType.Directory and name.startswith("date="):
+                found.append(name.removeprefix("date="))
+        return sorted(found)
+
+    def files(self, tenant: str, pipeline: str, date: str | None = None) -> list[str]:
+        """Return the visible data files of one pipeline (or one day of it), oldest first."""
+        base = (
+            self.dataset_path(tenant, pipeline)
+            if date is None
+            else self.partition_path(tenant, pipeline, date)
+        )
+        selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+        paths = [
+            info.path
+            for info in self._fs.get_file_info(selector)
+            if info.type == pafs.FileType.File and _is_data_file(info.base_name)
+        ]
+        # Names start with the write time, so sorting by name orders files by write time.
+        return sorted(paths, key=lambda p: (p.rsplit("/", 1)[-1], p))
+
+    def read(
+        self,
+        tenant: str,
+        pipeline: str,
+        *,
+        columns: Iterable[str] | None = None,
+        dates: Iterable[str] | None = None,
+    ) -> pa.Table:
+        """Read one pipeline's written samples, each sample id once (its first write wins)."""
+        wanted = list(SCHEMA.names if columns is None else columns)
+        unknown = sorted(set(wanted) - set(SCHEMA.names))
+        if unknown:
+            raise ValueError(f"unknown columns {unknown}; the store has {SCHEMA.names}")
+        read_cols = wanted if "sample_id" in wanted else ["sample_id", *wanted]
+        if dates is None:
+            paths = self.files(tenant, pipeline)
+        else:
+            paths = [p for d in sorted(set(dates)) for p in self.files(tenant, pipeline, d)]
+        table = self._read_files(paths, read_cols)
+        return _dedup(table).select(wanted)
+
+    def count(self, tenant: str, pipeline: str) -> int:
+        """Return the number of distinct samples written for one pipeline."""
+        return int(self.read(tenant, pipeline, columns=["sample_id"]).num_rows)
+
+    def _read_files(self, paths: list[str], columns: list[str]) -> pa.Table:
+        schema = pa.schema([SCHEMA.field(c) for c in columns])
+        if not paths:
+            return schema.empty_table()
+        tables = [
+            pq.read_table(p, columns=columns, filesystem=self._fs, schema=SCHEMA) for p in paths
+        ]
+        return pa.concat_tables(tables).select(columns)
+
+    # -- maintenance -----------------------------------------------------------------------
+
+    def compact(
+        self, tenant: str, pipeline: str, date: str, *, stale_temp_s: float = 3600.0
+    ) -> CompactionResult:
+        """Merge one day's files into one de-duplicated file; readers never see a gap.
+
+        The merged file becomes visible before the files it replaces are deleted, and ``read``
+        de-duplicates, so a reader sees the same samples before, during and after (a crash in
+        between leaves duplicates that the next compaction removes). Files written while this
+        runs are left alone. Temporary files older than ``stale_temp_s`` (left by a crashed
+        writer) are deleted.
+        """
+        directory = self.partition_path(tenant, pipeline, date)
+        self._delete_stale_temps(directory, stale_temp_s)
+        paths = self.files(tenant, pipeline, date)
+        if len(paths) < 2:
+            return CompactionResult(files_merged=0, rows=0, path=None)
+        table = _dedup(self._read_files(paths, list(SCHEMA.names)))
+        first_stamp = min(_stamp_of(p) for p in paths)
+        merged = self._write_file(directory, table, first_stamp)
+        for path in paths:
+            self._fs.delete_file(path)
+        return CompactionResult(files_merged=len(paths), rows=table.num_rows, path=merged)
+
+    def _delete_stale_temps(self, directory: str, stale_temp_s: float) -> None:
+        selector = pafs.FileSelector(directory, allow_not_found=True)
+        cutoff = time.time() - stale_temp_s
+        for info in self._fs.get_file_info(selector):
+            name = info.base_name
+            if info.type != pafs.FileType.File or not name.endswith(_TEMP_SUFFIX):
+                continue
+            if info.mtime is None or info.mtime.timestamp() < cutoff:
+                _delete_quietly(self._fs, info.path)
+
+
+def to_numpy(
+    table: pa.Table, *, shape: tuple[int, ...] | None = None, dtype: str | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """Rebuild the batch tensor ``(n, *shape)`` and the sample ids from store rows.
+
+    Every row must share one dtype and shape (``shape``/``dtype`` when given, which also
+    type an empty table); otherwise ``InputMismatchError`` names the first odd row.
+    """
+    ids = [str(i) for i in table.column("sample_id").to_pylist()]
+    dtypes = table.column("dtype").to_pylist()
+    shapes = [tuple(s) for s in table.column("shape").to_pylist()]
+    want_dtype = dtype if dtype is not None else (dtypes[0] if dtypes else "float32")
+    want_shape = shape if shape is not None else (shapes[0] if shapes else (0,))
+    for i, (d, s) in enumerate(zip(dtypes, shapes, strict=True)):
+        if d != want_dtype or s != tuple(want_shape):
+            raise InputMismatchError(
+                f"row {i} ({ids[i]}) does not match the others",
+                expected=f"{want_dtype}{list(want_shape)}",
+                got=f"{d}{list(s)}",
+            )
+    np_dtype = np.dtype(want_dtype).newbyteorder("<")
+    raw = b"".join(table.column("tensor").to_pylist())
+    x = np.frombuffer(raw, dtype=np_dtype).reshape((len(ids), *want_shape))
+    return x.astype(np.dtype(want_dtype), copy=True), ids
+
+
+def _dedup(table: pa.Table) -> pa.Table:
+    if table.num_rows == 0:
+        return table
+    ids = np.asarray(table.column("sample_id").to_pylist(), dtype=object)
+    _, first = np.unique(ids, return_index=True)
+    if len(first) == table.num_rows:
+        return table
+    return table.take(pa.array(np.sort(first)))
+
+
+def _join(*parts: str) -> str:
+    head, *rest = parts
+    return "/".join([head.rstrip("/"), *(p.strip("/") for p in rest)])
+
+
+def _utc_date(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, tz=UTC).strftime("%Y-%m-%d")
+
+
+def _check_date(date: str) -> str:
+    try:
+        datetime.strptime(date, "%Y-%m-%d")
+    except ValueError as exc:
+        raise ValueError(f"date must be YYYY-MM-DD, got {date!r}") from exc
+    return date
+
+
+def _is_data_file(name: str) -> bool:
+    return name.endswith(_SUFFIX) and not name.startswith((".", "_"))
+
+
+def _stamp_of(path: str) -> int:
+    name = path.rsplit("/", 1)[-1]
+    try:
+        return int(name.split("-")[1])
+    except (IndexError, ValueError):
+        return time.time_ns()
+
+
+def _fsync_local(path: str) -> None:
+    # pyarrow.fs has no fsync; on a local disk the OS call is the only way to make a write
+    # (or, for a directory, a rename) durable before ingest acknowledges it.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _delete_quietly(fs: pafs.FileSystem, path: str) -> None:
+    with contextlib.suppress(OSError):
+        fs.delete_file(path)

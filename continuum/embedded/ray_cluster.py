@@ -1,0 +1,529 @@
+"""A real multi-node Ray cluster on one machine: a head labelled cloud plus edge worker nodes.
+
+Each node is one ``ray start --block`` process in its own session, so ``stop()``
+ends exactly the processes this cluster started and never another Ray cluster
+on the same machine.  Every Ray process gets an explicit ``RAY_AUTH_MODE``
+(DESIGN.md §10); in token mode the token lives in the workdir, not in
+``~/.ray``.  Production runs the Ray cluster launcher or KubeRay (``deploy/``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+from continuum.embedded._process import free_port, log_tail, port_accepts
+from continuum.errors import ConfigError, NotReadyError, OperationTimeoutError
+
+AuthMode = Literal["token", "disabled"]
+
+# The label keys of DESIGN.md §6 (continuum.labels owns them; spelled here so this
+# module works without the DSL).
+_TIER = "continuum.io/tier"
+_SITE = "continuum.io/site"
+
+DEFAULT_HEAD_LABELS: Mapping[str, str] = {_TIER: "cloud"}
+DEFAULT_EDGE_NODES: Sequence[Mapping[str, str]] = ({_TIER: "edge", _SITE: "lux-1"},)
+
+#: ``ray start`` prints this once the node's processes run (``--log-style=record``).
+_STARTED_MARKER = "Ray runtime started"
+#: Ray puts unix sockets at ``{temp_dir}/session_<date>_<time>_<us>_<pid>/sockets/plasma_store.N``;
+#: that suffix is about 66 characters and Linux allows 107, so the temp dir must stay short.
+MAX_TEMP_DIR_CHARS = 40
+
+_LABEL_PART = r"[a-zA-Z0-9]([a-zA-Z0-9_.-]{0,61}[a-zA-Z0-9])?"
+_LABEL_VALUE = re.compile(rf"^{_LABEL_PART}$")
+_LABEL_PREFIX = re.compile(rf"^{_LABEL_PART}(\.{_LABEL_PART})*$")
+
+
+@dataclass(frozen=True)
+class RayNodeInfo:
+    """One node this cluster started: its name, labels, CPUs, ports and log."""
+
+    name: str
+    labels: Mapping[str, str]
+    num_cpus: int
+    metrics_export_port: int
+    log_path: Path
+    pid: int
+
+
+@dataclass
+class _NodeProcess:
+    info: RayNodeInfo
+    process: subprocess.Popen[bytes]
+    started_at: float = field(default_factory=time.monotonic)
+
+
+def check_labels(labels: Mapping[str, str], where: str) -> dict[str, str]:
+    """Return ``labels`` as a dict if every key and value is a valid Ray node label.
+
+    Raises:
+        ConfigError: a key or value breaks Ray's (Kubernetes-style) label syntax.
+    """
+    checked: dict[str, str] = {}
+    for key, value in labels.items():
+        prefix, _, name = key.rpartition("/")
+        if (prefix and (len(prefix) > 253 or not _LABEL_PREFIX.match(prefix))) or not (
+            len(name) <= 63 and _LABEL_VALUE.match(name)
+        ):
+            raise ConfigError(
+                f"{where}: invalid label key {key!r}: use an optional DNS prefix and '/', then "
+                "1-63 letters, digits, '-', '_' or '.', e.g. 'continuum.io/tier'"
+            )
+        if len(value) > 63 or not _LABEL_VALUE.match(value):
+            raise ConfigError(
+                f"{where}: invalid value {value!r} for label {key!r}: use 1-63 letters, digits, "
+                "'-', '_' or '.', starting and ending with a letter or digit"
+            )
+        checked[key] = value
+    return checked
+
+
+def find_ray_cli() -> str:
+    """Return the path of the ``ray`` CLI of this interpreter's environment."""
+    beside_python = Path(sys.executable).with_name("ray")
+    if beside_python.is_file() and os.access(beside_python, os.X_OK):
+        return str(beside_python)
+    found = shutil.which("ray")
+    if found:
+        return found
+    raise NotReadyError("the ray CLI was not found: pip install 'continuum[cloud]'")
+
+
+class LocalRayCluster:
+    """Start and stop a local Ray cluster: one head node and one worker node per edge label set.
+
+    ``head_labels`` label the head (default ``continuum.io/tier=cloud``); each mapping
+    in ``edge_nodes`` becomes one worker node with those labels.  All nodes bind to
+    127.0.0.1 where Ray lets them (the GCS and raylets listen on all interfaces, which
+    is why token auth is the default), use free ports, and share one short temp dir.
+    """
+
+    def __init__(
+        self,
+        workdir: Path | str,
+        *,
+        edge_nodes: Sequence[Mapping[str, str]] = DEFAULT_EDGE_NODES,
+        head_labels: Mapping[str, str] = DEFAULT_HEAD_LABELS,
+        dashboard: bool = False,
+        auth_mode: AuthMode = "token",
+        head_cpus: int = 2,
+        edge_cpus: int = 1,
+        object_store_bytes: int = 128 * 1024 * 1024,
+        temp_dir: Path | str | None = None,
+        start_timeout_s: float = 60.0,
+        stop_timeout_s: float = 15.0,
+    ) -> None:
+        if auth_mode not in ("token", "disabled"):
+            raise ConfigError(f"auth_mode must be 'token' or 'disabled', got {auth_mode!r}")
+        if head_cpus < 0 or edge_cpus < 0:
+            raise ConfigError("head_cpus and edge_cpus must be >= 0")
+        if object_store_bytes < 80 * 1024 * 1024:
+            # Ray refuses object stores under ~75 MiB.
+            raise ConfigError(f"object_store_bytes must be >= 80 MiB, got {object_store_bytes}")
+        self.workdir = Path(workdir)
+        self.head_labels = check_labels(head_labels, "head_labels")
+        self.edge_nodes = [
+            check_labels(labels, f"edge_nodes[{index}]") for index, labels in enumerate(edge_nodes)
+        ]
+        self.dashboard = dashboard
+        self.auth_mode: AuthMode = auth_mode
+        self.head_cpus = head_cpus
+        self.edge_cpus = edge_cpus
+        self.object_store_bytes = object_store_bytes
+        self.start_timeout_s = start_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        self._temp_dir_arg = Path(temp_dir) if temp_dir is not None else None
+        if self._temp_dir_arg is not None:
+            _check_temp_dir(self._temp_dir_arg)
+        self._temp_dir: Path | None = None
+        self._owns_temp_dir = False
+        self._gcs_port: int | None = None
+        self._dashboard_port: int | None = None
+        self._nodes: list[_NodeProcess] = []
+        self._connected = False
+
+    # -- what callers read -------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        """The GCS address (``127.0.0.1:port``) for ``ray.init(address=...)``."""
+        if self._gcs_port is None:
+            raise NotReadyError("the Ray cluster is not started: call start() first")
+        return f"127.0.0.1:{self._gcs_port}"
+
+    @property
+    def dashboard_url(self) -> str | None:
+        """The dashboard's URL, or None when started without one."""
+        if self._dashboard_port is None:
+            return None
+        return f"http://127.0.0.1:{self._dashboard_port}"
+
+    @property
+    def token_path(self) -> Path | None:
+        """The auth token file in token mode (dashboard: ``Authorization: Bearer <token>``)."""
+        return self.workdir / "ray_auth_token" if self.auth_mode == "token" else None
+
+    @property
+    def auth_token(self) -> str | None:
+        """The auth token in token mode, else None."""
+        path = self.token_path
+        return path.read_text().strip() if path is not None and path.exists() else None
+
+    @property
+    def client_env(self) -> dict[str, str]:
+        """Environment variables a Ray client process needs to connect to this cluster."""
+        env: dict[str, str] = {"RAY_AUTH_MODE": self.auth_mode}
+        if self.token_path is not None:
+            env["RAY_AUTH_TOKEN_PATH"] = str(self.token_path)
+        return env
+
+    @property
+    def temp_dir(self) -> Path | None:
+        """Ray's temp dir (sessions, sockets, logs) while the cluster runs."""
+        return self._temp_dir
+
+    @property
+    def nodes(self) -> tuple[RayNodeInfo, ...]:
+        """The nodes this cluster started, head first."""
+        return tuple(node.info for node in self._nodes)
+
+    @property
+    def running(self) -> bool:
+        """Whether every node process this cluster started is alive."""
+        return bool(self._nodes) and all(n.process.poll() is None for n in self._nodes)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> str:
+        """Start the head and the edge worker nodes; return the cluster address.
+
+        Raises:
+            NotReadyError: the ray CLI is missing or a node exited while starting.
+            OperationTimeoutError: a node did not start within ``start_timeout_s``.
+        """
+        if self._nodes:
+            return self.address
+        ray_cli = find_ray_cli()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._prepare_temp_dir()
+        self._ensure_token()
+        env = self._process_env()
+        try:
+            head = self._launch(ray_cli, env, "head", self.head_labels, self.head_cpus, head=True)
+            self._wait_started(head)
+            # Edge nodes only need the GCS; they start side by side.
+            edges = [
+                self._launch(ray_cli, env, f"edge-{index}", labels, self.edge_cpus, head=False)
+                for index, labels in enumerate(self.edge_nodes)
+            ]
+            for edge in edges:
+                self._wait_started(edge)
+            if self._dashboard_port is not None:
+                self._wait_dashboard()
+        except BaseException:
+            self.stop()
+            raise
+        return self.address
+
+    def connect(self, namespace: str, **init_kwargs: Any) -> None:
+        """Connect this process to the cluster with ``ray.init`` and wait for all nodes.
+
+        Sets ``client_env`` in ``os.environ`` first: ray.init reads the auth mode and
+        token from this process's environment.
+        """
+        import ray  # the cloud extra; imported here so the core stays Ray-free
+
+        os.environ.pop("RAY_AUTH_TOKEN", None)  # would override the token path
+        os.environ.update(self.client_env)
+        _reload_ray_auth_config()
+        ray.init(address=self.address, namespace=namespace, **init_kwargs)
+        self._connected = True
+        self.wait_for_nodes()
+
+    def wait_for_nodes(self, timeout_s: float | None = None) -> None:
+        """Wait until the GCS reports every node of this cluster alive (needs ``connect``)."""
+        import ray
+
+        expected = 1 + len(self.edge_nodes)
+        deadline = time.monotonic() + (self.start_timeout_s if timeout_s is None else timeout_s)
+        alive = 0
+        while time.monotonic() < deadline:
+            nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
+            alive = len([node for node in nodes if node.get("Alive")])
+            if alive >= expected:
+                return
+            time.sleep(0.1)
+        raise OperationTimeoutError(
+            f"only {alive} of {expected} Ray nodes alive after waiting; logs under {self.workdir}"
+        )
+
+    def stop(self) -> None:
+        """Stop every process this cluster started (SIGTERM, then SIGKILL after a bound)."""
+        if self._connected:
+            import ray
+
+            ray.shutdown()
+            self._connected = False
+        sessions = [node.process.pid for node in self._nodes]
+        for node in self._nodes:
+            _signal_group(node.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout_s
+        for node in self._nodes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                node.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        # Whatever is left of our sessions (the ray start process, raylet children that
+        # outlived it) is killed; other sessions are never touched.
+        _kill_sessions(sessions, timeout_s=self.stop_timeout_s)
+        for node in self._nodes:
+            if node.process.poll() is None:
+                node.process.kill()
+                node.process.wait(timeout=self.stop_timeout_s)
+        self._nodes = []
+        self._gcs_port = None
+        self._dashboard_port = None
+        self._release_temp_dir()
+
+    def __enter__(self) -> LocalRayCluster:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        where = self.address if self._gcs_port is not None else "stopped"
+        return f"LocalRayCluster({where}, nodes={[n.name for n in self.nodes]})"
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _prepare_temp_dir(self) -> None:
+        if self._temp_dir_arg is not None:
+            self._temp_dir_arg.mkdir(parents=True, exist_ok=True)
+            self._temp_dir, self._owns_temp_dir = self._temp_dir_arg, False
+        else:
+            # Under /tmp, not the workdir: pytest's tmp paths are too long for Ray's sockets.
+            self._temp_dir = Path(tempfile.mkdtemp(prefix="ctm-ray-", dir="/tmp"))
+            self._owns_temp_dir = True
+        _check_temp_dir(self._temp_dir)
+
+    def _release_temp_dir(self) -> None:
+        temp_dir, self._temp_dir = self._temp_dir, None
+        if temp_dir is None or not self._owns_temp_dir:
+            return
+        # Keep Ray's own logs with ours in the workdir, then drop sockets and spill files.
+        logs = temp_dir / "session_latest" / "logs"
+        if logs.is_dir():
+            target = self.workdir / "ray-logs"
+            suffix = 1
+            while target.exists():
+                suffix += 1
+                target = self.workdir / f"ray-logs.{suffix}"
+            shutil.move(str(logs.resolve()), target)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+    def _ensure_token(self) -> None:
+        path = self.token_path
+        if path is not None and not path.exists():
+            # A private token per cluster: ~/.ray/auth_token is neither read nor written.
+            path.touch(mode=0o600)
+            path.write_text(secrets.token_hex(32))
+
+    def _process_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        for name in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+            env.pop(name, None)
+        env.update(self.client_env)
+        env["RAY_USAGE_STATS_ENABLED"] = "0"
+        # On SIGTERM a node would otherwise wait up to 30 s for Serve-style draining.
+        env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
+        return env
+
+    def _launch(
+        self,
+        ray_cli: str,
+        env: Mapping[str, str],
+        name: str,
+        labels: Mapping[str, str],
+        num_cpus: int,
+        *,
+        head: bool,
+    ) -> _NodeProcess:
+        assert self._temp_dir is not None
+        metrics_port = free_port()
+        args = [
+            ray_cli,
+            "start",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--node-name={name}",
+            f"--temp-dir={self._temp_dir}",
+            f"--num-cpus={num_cpus}",
+            "--num-gpus=0",
+            f"--object-store-memory={self.object_store_bytes}",
+            # 0/0: workers bind random ports instead of a range other clusters share.
+            "--min-worker-port=0",
+            "--max-worker-port=0",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--metrics-export-port={metrics_port}",
+            "--disable-usage-stats",
+            "--log-style=record",
+            "--log-color=false",
+        ]
+        if labels:
+            args.append("--labels=" + ",".join(f"{k}={v}" for k, v in labels.items()))
+        if head:
+            self._gcs_port = free_port()
+            dashboard_port = free_port()
+            args += [
+                "--head",
+                f"--port={self._gcs_port}",
+                f"--ray-client-server-port={free_port()}",
+                f"--include-dashboard={'true' if self.dashboard else 'false'}",
+                "--dashboard-host=127.0.0.1",
+                # Even without the dashboard Ray runs a head process on this port
+                # (default 8265, which a second cluster on the machine would collide on).
+                f"--dashboard-port={dashboard_port}",
+            ]
+            if self.dashboard:
+                self._dashboard_port = dashboard_port
+        else:
+            args.append(f"--address={self.address}")
+        log_path = self.workdir / f"ray-{name}.log"
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                args,
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                # Own session: stop() signals exactly this node's processes.
+                start_new_session=True,
+            )
+        node = _NodeProcess(
+            info=RayNodeInfo(
+                name=name,
+                labels=dict(labels),
+                num_cpus=num_cpus,
+                metrics_export_port=metrics_port,
+                log_path=log_path,
+                pid=process.pid,
+            ),
+            process=process,
+        )
+        self._nodes.append(node)
+        return node
+
+    def _wait_started(self, node: _NodeProcess) -> None:
+        deadline = node.started_at + self.start_timeout_s
+        log_path = node.info.log_path
+        while time.monotonic() < deadline:
+            code = node.process.poll()
+            if code is not None:
+                raise NotReadyError(
+                    f"ray start for node {node.info.name!r} exited with code {code}; "
+                    f"log {log_path}:\n{log_tail(log_path)}"
+                )
+            if _STARTED_MARKER in log_path.read_text(errors="replace"):
+                return
+            time.sleep(0.1)
+        raise OperationTimeoutError(
+            f"Ray node {node.info.name!r} did not start within {self.start_timeout_s:g} s; "
+            f"log {log_path}:\n{log_tail(log_path)}"
+        )
+
+    def _wait_dashboard(self) -> None:
+        assert self._dashboard_port is not None
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if port_accepts("127.0.0.1", self._dashboard_port):
+                return
+            time.sleep(0.1)
+        raise OperationTimeoutError(
+            f"the Ray dashboard did not accept on port {self._dashboard_port} within "
+            f"{self.start_timeout_s:g} s; logs under {self._temp_dir}"
+        )
+
+
+def _reload_ray_auth_config() -> None:
+    """Make an already imported Ray see the auth settings just put in ``os.environ``.
+
+    Ray reads ``RAY_AUTH_MODE`` into its C++ config when it is first imported; a
+    process that imported ray earlier would otherwise connect without the token and
+    fail after ~20 s with InvalidAuthToken.  Ray's own ``_enable_token_auth`` does
+    the same reload.
+    """
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def _check_temp_dir(path: Path) -> None:
+    if len(str(path)) > MAX_TEMP_DIR_CHARS:
+        raise ConfigError(
+            f"Ray temp dir {str(path)!r} is {len(str(path))} characters; Ray's unix sockets need "
+            f"it to be at most {MAX_TEMP_DIR_CHARS} (fix: pass a short one such as /tmp/ctm-ray)"
+        )
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
+
+
+def _session_members(session_ids: Sequence[int]) -> list[int]:
+    """Return the pids of live processes whose session id is one of ``session_ids``."""
+    wanted = set(session_ids)
+    members: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Fields after the parenthesised command: state ppid pgrp session ...
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 3 and fields[0] != "Z" and int(fields[3]) in wanted:
+            members.append(int(entry.name))
+    return members
+
+
+def _kill_sessions(session_ids: Sequence[int], timeout_s: float) -> None:
+    if not session_ids:
+        return
+    if not Path("/proc/self/stat").exists():  # not Linux: the process groups must do
+        for sid in session_ids:
+            _signal_group(sid, signal.SIGKILL)
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        members = _session_members(session_ids)
+        if not members or time.monotonic() > deadline:
+            return
+        for pid in members:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)

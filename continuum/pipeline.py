@@ -1,0 +1,306 @@
+"""The pipeline DSL: ``Pipeline`` collects declarations and yields a frozen ``PipelineSpec``.
+
+Declaring runs nothing: each call validates its part at once (raising ``SpecError`` with the
+field and the fix) and records it; ``pipe.spec`` assembles the whole, immutable spec.
+
+    pipe = Pipeline("line-7-inspection", tenant="acme", data_class="confidential")
+
+    @pipe.edge(model="inspector", shape=(1, 8, 8), where={"continuum.io/site": "lux-*"})
+    def preprocess(frame): ...
+
+    pipe.uplink(select.low_confidence(0.6) | select.random(0.01), budget_kbps=256)
+    pipe.retrain(trainer=train_loop, when="500 new samples", gpus=1)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ParamSpec, Protocol, TypeVar, overload
+
+from continuum._validation import check_partial, validate
+from continuum.drift import KSSpec, PSISpec
+from continuum.errors import SpecError
+from continuum.labels import TIER, LabelSelector
+from continuum.select import Policy
+from continuum.spec import (
+    BackendKind,
+    DataClass,
+    EdgeStageSpec,
+    GateSpec,
+    LabelSpec,
+    PipelineSpec,
+    RetrainSpec,
+    RolloutSpec,
+    TensorSchema,
+    UplinkSpec,
+    parse_duration,
+    parse_rollback,
+    parse_trigger,
+    ref_of,
+)
+
+__all__ = ["EdgeDecorator", "Pipeline"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_EDGE_EXAMPLE = '@pipe.edge(model="inspector", shape=(1, 8, 8), dtype="float32")'
+_UPLINK_EXAMPLE = "pipe.uplink(select.low_confidence(0.6) | select.random(0.01), budget_kbps=256)"
+
+
+class EdgeDecorator(Protocol):
+    """What ``pipe.edge(...)`` returns: a decorator that keeps the function's type."""
+
+    def __call__(self, fn: Callable[P, R], /) -> Callable[P, R]: ...
+
+
+class Pipeline:
+    """Collect one pipeline's declarations; ``spec`` returns the frozen ``PipelineSpec``.
+
+    Each stage is declared once.  Errors are raised by the declaring call, naming the field
+    (``edge.where["tier"]``) and the fix.
+    """
+
+    def __init__(self, name: str, *, tenant: str, data_class: DataClass | str) -> None:
+        """Start declaring pipeline ``name`` of ``tenant`` with data of ``data_class``."""
+        head = {"name": name, "tenant": tenant, "data_class": data_class}
+        check_partial(PipelineSpec, head, prefix="", missing_ok={"edge", "uplink"})
+        self._name = name
+        self._tenant = tenant
+        self._data_class = DataClass.parse(data_class)
+        self._edge: dict[str, Any] | None = None
+        self._uplink: UplinkSpec | None = None
+        self._label: LabelSpec | None = None
+        self._retrain: RetrainSpec | None = None
+        self._gate: GateSpec | None = None
+        self._rollout: RolloutSpec | None = None
+
+    @property
+    def name(self) -> str:
+        """The pipeline name (a topic level)."""
+        return self._name
+
+    @property
+    def tenant(self) -> str:
+        """The tenant that owns the pipeline."""
+        return self._tenant
+
+    @property
+    def data_class(self) -> DataClass:
+        """The class of the pipeline's data."""
+        return self._data_class
+
+    @overload
+    def edge(self, fn: Callable[P, R], /) -> Callable[P, R]: ...
+
+    @overload
+    def edge(
+        self,
+        fn: None = None,
+        /,
+        *,
+        model: str | None = None,
+        backend: BackendKind = "auto",
+        shape: Sequence[int] | None = None,
+        dtype: str = "float32",
+        input: TensorSchema | Mapping[str, Any] | None = None,
+        where: Mapping[str, str] | LabelSelector | None = None,
+        max_batch: int = 8,
+        max_wait_ms: float = 5.0,
+    ) -> EdgeDecorator: ...
+
+    def edge(
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        model: str | None = None,
+        backend: BackendKind = "auto",
+        shape: Sequence[int] | None = None,
+        dtype: str = "float32",
+        input: TensorSchema | Mapping[str, Any] | None = None,
+        where: Mapping[str, str] | LabelSelector | None = None,
+        max_batch: int = 8,
+        max_wait_ms: float = 5.0,
+    ) -> Callable[..., Any]:
+        """Declare the edge inference stage; decorate its preprocess function, or call it plain.
+
+        ``@pipe.edge`` (model named like the pipeline) and ``@pipe.edge(model=..., ...)``
+        both return the function unchanged; its import ref is recorded as ``preprocess``.
+        ``pipe.edge(model=..., shape=...)`` without decorating declares a stage with no
+        preprocess.  ``shape`` and ``dtype`` describe one sample (no batch axis); ``input``
+        gives the whole ``TensorSchema`` instead.  ``where`` defaults to edge-tier nodes.
+        """
+        if fn is not None and not callable(fn):
+            raise SpecError(
+                f"expected the preprocess function, got {fn!r}",
+                field="edge",
+                fix=f"pass the stage's settings by keyword: {_EDGE_EXAMPLE}",
+            )
+        if self._edge is not None:
+            raise SpecError(
+                "the edge stage is declared twice",
+                field="edge",
+                fix="declare one edge stage per pipeline",
+            )
+        if shape is not None and input is not None:
+            raise SpecError(
+                "both shape and input are given",
+                field="edge.input",
+                fix="give shape= and dtype=, or input=TensorSchema(...), not both",
+            )
+        data: dict[str, Any] = {
+            "model": self._name if model is None else model,
+            "backend": backend,
+            "where": {TIER: "edge"} if where is None else _selector_data(where),
+            "max_batch": max_batch,
+            "max_wait_ms": max_wait_ms,
+        }
+        if input is not None:
+            data["input"] = input
+        elif shape is not None:
+            data["input"] = {"shape": tuple(shape), "dtype": dtype}
+        check_partial(EdgeStageSpec, data, prefix="edge", missing_ok={"input"})
+        self._edge = data
+
+        def attach(function: Callable[P, R], /) -> Callable[P, R]:
+            if "preprocess" in data:
+                raise SpecError(
+                    "the edge stage already has a preprocess function",
+                    field="edge.preprocess",
+                    fix="decorate one function per pipeline",
+                )
+            data["preprocess"] = ref_of(function, field="edge.preprocess")
+            return function
+
+        return attach if fn is None else attach(fn)
+
+    def uplink(
+        self,
+        policy: Policy,
+        /,
+        *,
+        budget_kbps: float | None = None,
+        drift: PSISpec | KSSpec | None = None,
+    ) -> None:
+        """Declare which edge samples go up the link, the link budget and the drift detector."""
+        self._once("uplink", self._uplink, "combine policies with | and & in one call")
+        if not isinstance(policy, Policy):
+            raise SpecError(
+                f"expected a selection policy, got {type(policy).__name__}",
+                field="uplink.policy",
+                fix=f"build it with continuum.select: {_UPLINK_EXAMPLE}",
+            )
+        if drift is not None and not isinstance(drift, PSISpec | KSSpec):
+            raise SpecError(
+                f"expected a drift detector, got {type(drift).__name__}",
+                field="uplink.drift",
+                fix="pass continuum.drift.psi(0.2) or continuum.drift.ks(0.01)",
+            )
+        data = {"policy": policy, "budget_kbps": budget_kbps, "drift": drift}
+        self._uplink = validate(UplinkSpec, data, prefix="uplink")
+
+    def label(
+        self,
+        source: str = "delayed_feedback",
+        *,
+        teacher_model: str | None = None,
+    ) -> None:
+        """Declare where labels come from: ``"delayed_feedback"``, ``"teacher"`` or ``"human"``."""
+        self._once("label", self._label, "keep one label source")
+        data = {"source": source, "teacher_model": teacher_model}
+        self._label = validate(LabelSpec, data, prefix="label")
+
+    def retrain(
+        self,
+        trainer: Callable[..., Any] | str,
+        *,
+        when: str = "manual",
+        gpus: float = 0.0,
+        cpus: float = 1.0,
+        where: Mapping[str, str] | LabelSelector | None = None,
+    ) -> None:
+        """Declare retraining: the Ray Train loop, when it runs, its resources and placement.
+
+        ``when`` is ``"500 new samples"``, ``"drift > 0.2"``, ``"every 1 h"`` or
+        ``"manual"``, or several joined with ``" or "``.  ``where`` defaults to any node.
+        """
+        self._once("retrain", self._retrain, "put all triggers in one when=... or ...")
+        data = {
+            "trainer": ref_of(trainer, field="retrain.trainer"),
+            "trigger": parse_trigger(when, field="retrain.when"),
+            "gpus": gpus,
+            "cpus": cpus,
+            "where": {} if where is None else _selector_data(where),
+        }
+        self._retrain = validate(RetrainSpec, data, prefix="retrain")
+
+    def gate(self, metric: str = "accuracy", *, min_gain: float = 0.0) -> None:
+        """Declare the evaluation gate: the candidate must gain ``min_gain`` on ``metric``."""
+        self._once("gate", self._gate, "keep one gate")
+        self._gate = validate(GateSpec, {"metric": metric, "min_gain": min_gain}, prefix="gate")
+
+    def rollout(
+        self,
+        *,
+        canary: float = 0.1,
+        promote_after: str | float = "10 min",
+        rollback_on: str | float = "accuracy drop 0.02",
+    ) -> None:
+        """Declare the canary rollout: share of nodes, when to promote, when to roll back."""
+        self._once("rollout", self._rollout, "keep one rollout")
+        data = {
+            "canary": canary,
+            "promote_after_s": parse_duration(promote_after, field="rollout.promote_after"),
+            "rollback_on_drop": parse_rollback(rollback_on, field="rollout.rollback_on"),
+        }
+        self._rollout = validate(RolloutSpec, data, prefix="rollout")
+
+    @property
+    def spec(self) -> PipelineSpec:
+        """Return the frozen, validated spec; raise ``SpecError`` naming what is missing."""
+        if self._edge is None:
+            raise SpecError(
+                "no edge stage declared",
+                field="edge",
+                fix=f"decorate the preprocess function with {_EDGE_EXAMPLE}",
+            )
+        if "input" not in self._edge:
+            raise SpecError(
+                "the edge stage has no input schema",
+                field="edge.input",
+                fix=f"give the shape of one sample: {_EDGE_EXAMPLE}",
+            )
+        if self._uplink is None:
+            raise SpecError("no uplink declared", field="uplink", fix=f"call {_UPLINK_EXAMPLE}")
+        data: dict[str, Any] = {
+            "name": self._name,
+            "tenant": self._tenant,
+            "data_class": self._data_class,
+            "edge": self._edge,
+            "uplink": self._uplink,
+            "retrain": self._retrain,
+        }
+        for key, part in (("label", self._label), ("gate", self._gate), ("rollout", self._rollout)):
+            if part is not None:
+                data[key] = part
+        return validate(PipelineSpec, data)
+
+    def __repr__(self) -> str:
+        parts = ("edge", "uplink", "label", "retrain", "gate", "rollout")
+        declared = [p for p in parts if getattr(self, f"_{p}") is not None]
+        return (
+            f"Pipeline({self._name!r}, tenant={self._tenant!r}, "
+            f"data_class={self._data_class.value!r}, declared={declared})"
+        )
+
+    def _once(self, part: str, current: object, fix: str) -> None:
+        if current is not None:
+            raise SpecError(f"{part} is declared twice", field=part, fix=fix)
+
+
+def _selector_data(where: Mapping[str, str] | LabelSelector) -> Any:
+    """Return ``where`` as selector input (a copy, so later edits of the caller's dict are moot)."""
+    if isinstance(where, Mapping) and not isinstance(where, LabelSelector):
+        return dict(where)
+    return where

@@ -1,0 +1,223 @@
+"""The JSON control messages of DESIGN.md §5: node status, desired and reported state,
+telemetry and artifact manifests, as frozen pydantic models with bounded fields.
+
+Both sides encode with ``to_payload()`` and decode with ``from_payload()``, which parses the
+JSON strictly (no "5" for 5) and raises ``ProtocolError`` naming every bad field.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Final, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+from continuum.errors import ProtocolError
+from continuum.wire.topics import check_name
+
+#: The message schema this build writes and the newest it reads.
+SCHEMA_VERSION: Final = 1
+#: Largest control message accepted; real ones are a few KiB.
+MAX_MESSAGE_BYTES: Final = 1024 * 1024
+#: Largest model artifact a manifest may describe.
+MAX_ARTIFACT_BYTES: Final = 16 * 1024**3
+#: Largest artifact chunk (one MQTT message).
+MAX_CHUNK_BYTES: Final = 16 * 1024**2
+_MAX_PIPELINES: Final = 256
+_MAX_INT: Final = 2**63 - 1
+_MAX_ERRORS_SHOWN: Final = 5
+
+
+def _named(what: str) -> AfterValidator:
+    return AfterValidator(lambda value: check_name(value, what))
+
+
+NodeName = Annotated[str, _named("node")]
+TenantName = Annotated[str, _named("tenant")]
+PipelineName = Annotated[str, _named("pipeline")]
+ModelName = Annotated[str, _named("model")]
+VersionName = Annotated[str, _named("version")]
+Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+#: An Ed25519 signature (64 bytes) as lowercase hex.
+SignatureHex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{128}$")]
+ShortText = Annotated[str, StringConstraints(max_length=128)]
+Count = Annotated[int, Field(ge=0, le=_MAX_INT)]
+Timestamp = Annotated[float, Field(ge=0.0, description="Unix time in seconds.")]
+Milliseconds = Annotated[float, Field(ge=0.0, le=3.6e6)]
+
+
+class _WireModel(BaseModel):
+    """A frozen, closed, finite model that travels as UTF-8 JSON."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    def to_payload(self) -> bytes:
+        """Return this message as a UTF-8 JSON payload."""
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_payload(cls, data: bytes) -> Self:
+        """Parse a JSON payload strictly.
+
+        Raises:
+            ProtocolError: ``reason`` is "too_large", "invalid_json" or "schema"; the message
+                names the bad fields.
+        """
+        if len(data) > MAX_MESSAGE_BYTES:
+            raise ProtocolError(
+                f"{cls.__name__} payload of {len(data)} bytes exceeds MAX_MESSAGE_BYTES "
+                f"({MAX_MESSAGE_BYTES})",
+                reason="too_large",
+            )
+        try:
+            return cls.model_validate_json(data, strict=True)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_input=False)
+            if any(error["type"] == "json_invalid" for error in errors):
+                raise ProtocolError(
+                    f"{cls.__name__} payload is not valid JSON: {errors[0]['msg']}",
+                    reason="invalid_json",
+                ) from exc
+            problems = [
+                f"{'.'.join(map(str, error['loc'])) or '(message)'}: {error['msg']}"
+                for error in errors[:_MAX_ERRORS_SHOWN]
+            ]
+            more = len(errors) - len(problems)
+            raise ProtocolError(
+                f"invalid {cls.__name__} payload: {'; '.join(problems)}"
+                + (f" (and {more} more)" if more else ""),
+                reason="schema",
+            ) from exc
+
+
+class _Message(_WireModel):
+    """A top-level message: carries the schema version it was written with."""
+
+    schema_version: int = Field(
+        SCHEMA_VERSION,
+        ge=1,
+        le=SCHEMA_VERSION,
+        description="Schema of this message; newer ones are rejected, not half-read.",
+    )
+
+
+class NodeStatus(_Message):
+    """Retained status of an edge node: who it is, what it can run, whether it is online."""
+
+    node: NodeName
+    tenant: TenantName
+    online: bool
+    labels: dict[
+        Annotated[str, StringConstraints(min_length=1, max_length=253)],
+        Annotated[str, StringConstraints(max_length=253)],
+    ] = Field(default_factory=dict, max_length=64)
+    backends: list[Annotated[str, StringConstraints(min_length=1, max_length=32)]] = Field(
+        default_factory=list, max_length=16
+    )
+    gpu: ShortText | None = None
+    tensorrt_version: ShortText | None = None
+    agent_version: ShortText
+    pipelines: list[PipelineName] = Field(default_factory=list, max_length=_MAX_PIPELINES)
+    ts: Timestamp
+
+
+class _ArtifactRef(_WireModel):
+    """Which artifact, how to check it and how it is chunked."""
+
+    model: ModelName
+    version: VersionName
+    sha256: Sha256Hex
+    signature: SignatureHex
+    size_bytes: int = Field(ge=1, le=MAX_ARTIFACT_BYTES)
+    chunk_size: int = Field(ge=1, le=MAX_CHUNK_BYTES)
+    chunks: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _chunks_cover_size(self) -> Self:
+        expected = math.ceil(self.size_bytes / self.chunk_size)
+        if self.chunks != expected:
+            raise ValueError(
+                f"chunks is {self.chunks} but size_bytes {self.size_bytes} in chunks of "
+                f"chunk_size {self.chunk_size} makes {expected}"
+            )
+        return self
+
+
+class DesiredModel(_ArtifactRef):
+    """The model version one pipeline on a node should serve."""
+
+
+class ArtifactManifest(_ArtifactRef, _Message):
+    """Retained manifest of one model artifact; its chunks follow on their own topics."""
+
+
+class DesiredState(_Message):
+    """Retained desired state of one node (device-shadow style), written by the cloud."""
+
+    node: NodeName
+    pipelines: dict[PipelineName, DesiredModel] = Field(max_length=_MAX_PIPELINES)
+    issued_at: Timestamp
+    generation: Count
+
+
+class ReportedModel(_WireModel):
+    """What one pipeline on a node actually serves, or why it does not."""
+
+    model: ModelName
+    version: VersionName
+    sha256: Sha256Hex
+    state: Literal["serving", "fetching", "rejected", "failed"]
+    error: Annotated[str, StringConstraints(max_length=2000)] | None = None
+
+
+class ReportedState(_Message):
+    """Retained reported state of one node, written by the node."""
+
+    node: NodeName
+    pipelines: dict[PipelineName, ReportedModel] = Field(max_length=_MAX_PIPELINES)
+    ts: Timestamp
+
+
+class Telemetry(_Message):
+    """Metrics of one pipeline on one node over one window.
+
+    Latencies and mean confidence are ``None`` when the window saw no frames.
+    """
+
+    node: NodeName
+    pipeline: PipelineName
+    model_version: VersionName
+    window_s: float = Field(gt=0.0, le=86_400.0)
+    frames: Count
+    uplinked: Count
+    dropped: Count
+    latency_p50_ms: Milliseconds | None = None
+    latency_p95_ms: Milliseconds | None = None
+    mean_confidence: float | None = Field(None, ge=0.0, le=1.0)
+    drift_score: float = Field(0.0, ge=0.0)
+    drifted: bool = False
+    labelled: Count = 0
+    correct: Count = 0
+    ts: Timestamp
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.correct > self.labelled:
+            raise ValueError(f"correct ({self.correct}) exceeds labelled ({self.labelled})")
+        p50, p95 = self.latency_p50_ms, self.latency_p95_ms
+        if p50 is not None and p95 is not None and p50 > p95:
+            raise ValueError(f"latency_p50_ms ({p50}) exceeds latency_p95_ms ({p95})")
+        return self
+
+    @property
+    def accuracy(self) -> float | None:
+        """Return ``correct / labelled``, or ``None`` when nothing was labelled."""
+        return self.correct / self.labelled if self.labelled else None

@@ -1,0 +1,313 @@
+"""The edge agent's configuration: one YAML file plus ``CONTINUUM_EDGE_*`` overrides.
+
+``AgentSettings.load(path)`` is the only way the agent reads its settings; it
+turns every problem into one ``ConfigError`` that lists one line per problem.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+from continuum.errors import ConfigError, ProtocolError
+from continuum.wire import mqtt, topics
+
+ENV_PREFIX = "CONTINUUM_EDGE_"
+
+_IMPORT_REF = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class BrokerSettings(mqtt.BrokerSettings):
+    """The shared MQTT broker settings plus the edge link's reconnect backoff."""
+
+    reconnect_min_s: float = Field(
+        default=0.5, gt=0, le=60, description="First reconnect delay; doubles on each failure."
+    )
+    reconnect_max_s: float = Field(
+        default=60.0, gt=0, le=3600, description="Cap of the reconnect delay (before jitter)."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BrokerSettings:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        if self.password is not None and self.username is None:
+            raise ValueError("password given without username")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        if self.tls_cert is not None and self.tls_ca is None:
+            raise ValueError("tls_cert needs tls_ca (setting tls_ca turns TLS on)")
+        for name in ("tls_ca", "tls_cert", "tls_key"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name} {str(path)!r} is not a file")
+        return self
+
+
+class SourceSettings(_Section):
+    """Which frame source feeds a pipeline: an import reference and its keyword arguments."""
+
+    ref: str = Field(
+        pattern=_IMPORT_REF,
+        description="Import reference 'module:Class' of a Source (see edge_agent.sources).",
+    )
+    args: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments for the source constructor (JSON)."
+    )
+
+
+class PipelineSettings(_Section):
+    """One pipeline this node serves: its spec file and its frame source."""
+
+    spec: Path = Field(description="Pipeline spec: a .py declaring one Pipeline, or .yaml/.json.")
+    source: SourceSettings = Field(description="The frame source of this pipeline.")
+
+    @field_validator("spec")
+    @classmethod
+    def _spec_exists(cls, value: Path) -> Path:
+        if not value.is_file():
+            raise ValueError(f"pipeline spec file {str(value)!r} does not exist")
+        if value.suffix not in (".py", ".yaml", ".yml", ".json"):
+            raise ValueError(f"pipeline spec {str(value)!r} must be a .py, .yaml or .json file")
+        return value
+
+
+class AgentSettings(BaseSettings):
+    """Every setting of one edge agent; see ``docs`` in each field's description."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+    )
+
+    node_id: str = Field(description="This node's id; one MQTT topic level, unique per tenant.")
+    tenant: str = Field(description="The tenant this node belongs to (its topic prefix).")
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Node labels (continuum.io/tier, /site, ...) a pipeline's 'where' must match.",
+    )
+    broker: BrokerSettings = Field(
+        default_factory=BrokerSettings, description="The MQTT broker and session."
+    )
+    state_dir: Path = Field(
+        description="Durable state: outbox database, verified models, partial downloads."
+    )
+    pipelines: list[PipelineSettings] = Field(
+        min_length=1, max_length=64, description="The pipelines this node serves."
+    )
+    trusted_public_key: Path = Field(
+        description="PEM Ed25519 public key of the tenant; only models it signed are run."
+    )
+    metrics_host: str = Field(
+        default="0.0.0.0", description="Address the Prometheus endpoint listens on."
+    )
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Prometheus endpoint port; 0 turns it off."
+    )
+    telemetry_interval_s: float = Field(
+        default=10.0, ge=0.05, le=3600, description="Length of one telemetry window."
+    )
+    heartbeat_interval_s: float = Field(
+        default=30.0, ge=1.0, le=3600, description="How often the retained status is refreshed."
+    )
+    outbox_max_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=64 * 1024,
+        le=1024**4,
+        description="Bound of the durable outbox; beyond it outbox_full_policy applies.",
+    )
+    outbox_ttl_s: float = Field(
+        default=7 * 86_400.0,
+        ge=1.0,
+        le=365 * 86_400.0,
+        description="Records older than this are dropped (counted) instead of sent.",
+    )
+    outbox_full_policy: Literal["drop_oldest", "drop_newest", "block"] = Field(
+        default="drop_oldest",
+        description="When the outbox is full: drop the oldest records, refuse the new one, or "
+        "block the pipeline up to outbox_block_timeout_s and then refuse it.",
+    )
+    outbox_block_timeout_s: float = Field(
+        default=5.0, ge=0.0, le=600, description="Longest wait of the 'block' policy."
+    )
+    outbox_synchronous: Literal["normal", "full"] = Field(
+        default="normal",
+        description="SQLite synchronous mode of the outbox (WAL): 'normal' survives any process "
+        "crash; 'full' also survives power loss at one fsync per commit.",
+    )
+    max_inflight: int = Field(
+        default=32, ge=1, le=65_535, description="Most QoS 1 publishes waiting for PUBACK."
+    )
+    uplink_batch_max_records: int = Field(
+        default=64, ge=1, le=10_000, description="Most samples in one samples message."
+    )
+    uplink_batch_max_bytes: int = Field(
+        default=512 * 1024,
+        ge=1024,
+        le=4 * 1024 * 1024,
+        description="Most tensor bytes in one samples message (a single bigger sample still "
+        "goes alone).",
+    )
+    keep_versions: int = Field(
+        default=3, ge=1, le=100, description="Verified model versions kept per pipeline."
+    )
+    shutdown_timeout_s: float = Field(
+        default=10.0, ge=0.0, le=300, description="Bound on draining and flushing at SIGTERM."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init kwargs; the environment overrides it field by
+        # field (nested values are deep-merged), so an operator can change one setting
+        # of a packaged config without editing it.
+        return env_settings, init_settings, file_secret_settings
+
+    @field_validator("node_id", "tenant")
+    @classmethod
+    def _topic_level_name(cls, value: str, info: Any) -> str:
+        try:
+            return topics.check_name(value, str(info.field_name))
+        except ProtocolError as exc:
+            raise ValueError(str(exc)) from exc
+
+    @field_validator("labels")
+    @classmethod
+    def _qualified_label_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if "/" not in key:
+                raise ValueError(
+                    f"label key {key!r} is not domain-qualified: use 'continuum.io/{key}' "
+                    "or your own 'example.com/{key}'"
+                )
+        return value
+
+    @field_validator("trusted_public_key")
+    @classmethod
+    def _key_exists(cls, value: Path) -> Path:
+        if not value.is_file():
+            raise ValueError(f"trusted public key {str(value)!r} does not exist")
+        return value
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> AgentSettings:
+        """Read the YAML file at ``path``, apply ``CONTINUUM_EDGE_*`` overrides and validate.
+
+        Relative paths inside the file are taken relative to the file's folder.
+        ``overrides`` (used by tests and tools) win over the file but not over the
+        environment.
+
+        Raises:
+            ConfigError: one line per problem, naming the setting.
+        """
+        data: dict[str, Any] = {}
+        where = "environment"
+        if path is not None:
+            file = Path(path)
+            where = str(file)
+            try:
+                text = file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError(f"cannot read edge agent config {where}: {exc}") from exc
+            try:
+                loaded = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"edge agent config {where} is not valid YAML: {exc}") from exc
+            if loaded is None:
+                loaded = {}
+            if not isinstance(loaded, dict):
+                raise ConfigError(
+                    f"edge agent config {where} must be a mapping of settings, "
+                    f"got {type(loaded).__name__}"
+                )
+            data = _resolve_paths(loaded, file.resolve().parent)
+        data.update(overrides)
+        try:
+            return cls(**data)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, where)) from exc
+        except SettingsError as exc:
+            raise ConfigError(
+                f"invalid edge agent config ({where}): an {ENV_PREFIX}* variable cannot be "
+                f"parsed: {exc}"
+            ) from exc
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Return ``data`` with its relative file paths made absolute against ``base``."""
+
+    def fix(value: Any) -> Any:
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            return str(base / value)
+        return value
+
+    out = dict(data)
+    for key in ("state_dir", "trusted_public_key"):
+        if key in out:
+            out[key] = fix(out[key])
+    broker = out.get("broker")
+    if isinstance(broker, dict):
+        out["broker"] = {
+            key: fix(value) if key in ("tls_ca", "tls_cert", "tls_key") else value
+            for key, value in broker.items()
+        }
+    pipelines = out.get("pipelines")
+    if isinstance(pipelines, list):
+        out["pipelines"] = [
+            {**item, "spec": fix(item["spec"])} if isinstance(item, dict) and "spec" in item else item
+            for item in pipelines
+        ]
+    return out
+
+
+def _describe(exc: ValidationError, where: str) -> str:
+    lines = [f"invalid edge agent config ({where}), {exc.error_count()} problem(s):"]
+    for error in exc.errors(include_url=False):
+        loc = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = error["msg"]
+        if message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        if error["type"] == "missing":
+            env = ENV_PREFIX + "__".join(str(p) for p in error["loc"]).upper()
+            message = f"required setting is missing (set it in the file or as {env})"
+        elif error["type"] == "extra_forbidden":
+            message = "unknown setting (check the spelling)"
+        elif "input" in error and not isinstance(error["input"], dict | list):
+            shown = repr(error["input"])
+            if "password" in loc:
+                shown = "'***'"
+            if len(shown) > 60:
+                shown = shown[:57] + "..."
+            message = f"{message} (got {shown})"
+        lines.append(f"  {loc}: {message}")
+    return "\n".join(lines)

@@ -1,0 +1,170 @@
+"""The agent's Prometheus metrics: one private registry per agent, served on ``metrics_port``.
+
+A private registry (not prometheus_client's global one) keeps two agents in one process
+(tests, a multi-tenant box) from mixing their numbers.
+"""
+
+from __future__ import annotations
+
+import threading
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+    start_http_server,
+)
+
+__all__ = ["AgentMetrics"]
+
+_NS = "continuum_edge"
+#: Edge inference on small models takes tens of microseconds to tens of milliseconds.
+_LATENCY_BUCKETS_S = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class AgentMetrics:
+    """Every metric the edge agent exports, registered in its own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.inference_latency = Histogram(
+            f"{_NS}_inference_latency_seconds",
+            "Per-frame latency from arrival at the agent to the model's result.",
+            ["pipeline"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.frames = Counter(
+            f"{_NS}_frames", "Frames inferred.", ["pipeline"], registry=r
+        )
+        self.frames_rejected = Counter(
+            f"{_NS}_frames_rejected",
+            "Frames not inferred, by reason (bad_input, preprocess_error, inference_error).",
+            ["pipeline", "reason"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            f"{_NS}_batch_size",
+            "Frames per inference batch.",
+            ["pipeline"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.selected = Counter(
+            f"{_NS}_samples_selected", "Samples the uplink policy selected.", ["pipeline"], registry=r
+        )
+        self.budget_dropped = Counter(
+            f"{_NS}_samples_over_budget",
+            "Selected samples not uplinked because the bandwidth budget was spent.",
+            ["pipeline"],
+            registry=r,
+        )
+        self.outbox_depth = Gauge(
+            f"{_NS}_outbox_depth", "Records waiting in the outbox.", ["kind"], registry=r
+        )
+        self.outbox_bytes = Gauge(f"{_NS}_outbox_bytes", "Bytes held by the outbox.", registry=r)
+        self.outbox_oldest_age = Gauge(
+            f"{_NS}_outbox_oldest_age_seconds", "Age of the oldest outbox record.", registry=r
+        )
+        self.published = Counter(
+            f"{_NS}_messages_published",
+            "QoS 1 messages handed to the broker, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.acked = Counter(
+            f"{_NS}_messages_acked",
+            "Messages the broker acknowledged (PUBACK with success), by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.publish_failed = Counter(
+            f"{_NS}_messages_not_acked",
+            "Messages the broker refused or did not route (retried later), by kind and reason.",
+            ["kind", "reason"],
+            registry=r,
+        )
+        self.dropped = Counter(
+            f"{_NS}_records_dropped",
+            "Outbox records dropped without being sent, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.uplink_bytes = Counter(
+            f"{_NS}_uplink_bytes", "Payload bytes acknowledged by the broker, by kind.", ["kind"],
+            registry=r,
+        )
+        self.drift_score = Gauge(
+            f"{_NS}_drift_score", "Latest drift score of the pipeline's detector.", ["pipeline"],
+            registry=r,
+        )
+        self.drifted = Gauge(
+            f"{_NS}_drifted", "1 while the drift detector says the input drifted.", ["pipeline"],
+            registry=r,
+        )
+        self.model = Info(
+            f"{_NS}_model", "The model version each pipeline serves.", ["pipeline"], registry=r
+        )
+        self.model_swaps = Counter(
+            f"{_NS}_model_swaps", "Models swapped in.", ["pipeline"], registry=r
+        )
+        self.model_rejected = Counter(
+            f"{_NS}_models_rejected",
+            "Model versions rejected (digest, signature, load), by reason.",
+            ["pipeline", "reason"],
+            registry=r,
+        )
+        self.connected = Gauge(f"{_NS}_broker_connected", "1 while connected.", registry=r)
+        self.reconnects = Counter(
+            f"{_NS}_broker_reconnects", "Successful connections after the first.", registry=r
+        )
+        self.rejected_messages = Counter(
+            f"{_NS}_messages_rejected",
+            "Incoming messages rejected (malformed, stale, unexpected), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> int:
+        """Serve ``/metrics`` on ``host:port`` in a daemon thread; return the bound port."""
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        thread.name = "ctm-edge-metrics"
+        self._server, self._thread = server, thread
+        return int(server.server_port)
+
+    def render(self) -> bytes:
+        """Return the current metrics in the Prometheus text format."""
+        return generate_latest(self.registry)
+
+    def close(self) -> None:
+        """Stop the HTTP endpoint, if serving."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+            self._thread = None

@@ -1,0 +1,645 @@
+"""The durable outbox: selected samples and their delayed labels wait here until the broker
+has acknowledged them.
+
+One SQLite database in WAL mode under the agent's state dir.  A record is deleted only
+after its PUBACK (``ack_*``); a crash before that resends it, and ingest de-duplicates by
+sample id, so delivery is at-least-once end to end and exactly-once in the store.
+
+Durability choice: WAL with ``synchronous=NORMAL`` (the default here).  A committed
+transaction is in the WAL file as soon as ``COMMIT`` returns, so it survives any crash or
+kill of the agent process (invariant 7.1); only an OS crash or power cut can roll back the
+last few commits, and never corrupts the database.  ``synchronous=FULL`` closes that gap
+at one fsync per commit (milliseconds on eMMC/SD cards, paid on the inference thread), so
+it is an opt-in (``outbox_synchronous: full``) for boxes without a reliable power supply.
+
+Sample sequence numbers come from a hi/lo allocator persisted in the same database: they
+never repeat or go back, across restarts too.  A new database starts them at the current
+Unix time in microseconds, so a box whose state dir was wiped does not reuse sample ids
+that the cloud already holds (ingest would drop the new samples as duplicates).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from continuum.errors import ConfigError, NotReadyError
+
+__all__ = [
+    "AppendResult",
+    "FeedbackEntry",
+    "Outbox",
+    "OutboxStats",
+    "PendingFeedback",
+    "PendingSamples",
+    "SampleEntry",
+]
+
+log = logging.getLogger(__name__)
+
+FullPolicy = Literal["drop_oldest", "drop_newest", "block"]
+
+_SCHEMA_VERSION = 1
+#: Seqs reserved per database write; a restart skips the unused rest of a block.
+_SEQ_BLOCK = 4096
+#: Bytes counted per record on top of its tensor (row, index and metadata overhead).
+_SAMPLE_OVERHEAD = 96
+_FEEDBACK_SIZE = 48
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS samples (
+    seq            INTEGER PRIMARY KEY,
+    pipeline       TEXT    NOT NULL,
+    model_version  TEXT    NOT NULL,
+    data_class     TEXT    NOT NULL,
+    captured_at_ns INTEGER NOT NULL,
+    enqueued_at    REAL    NOT NULL,
+    prediction     INTEGER NOT NULL,
+    confidence     REAL,
+    label          INTEGER,
+    dtype          TEXT    NOT NULL,
+    shape          TEXT    NOT NULL,
+    tensor         BLOB    NOT NULL,
+    size           INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS feedback (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    pipeline    TEXT    NOT NULL,
+    seq         INTEGER NOT NULL,
+    label       INTEGER NOT NULL,
+    due_at      REAL    NOT NULL,
+    enqueued_at REAL    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS feedback_due ON feedback (due_at, id);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SampleEntry:
+    """A selected sample to keep until acknowledged; ``seq`` comes from ``reserve_seqs``."""
+
+    pipeline: str
+    model_version: str
+    data_class: str
+    seq: int
+    captured_at_ns: int
+    tensor: np.ndarray
+    prediction: int
+    confidence: float
+    label: int | None = None
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes this record counts against the outbox bound."""
+        return int(self.tensor.nbytes) + _SAMPLE_OVERHEAD
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackEntry:
+    """A delayed label for uplinked sample ``seq``, to send once ``due_at`` (Unix s) passed."""
+
+    pipeline: str
+    seq: int
+    label: int
+    due_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSample:
+    """A sample read back from the outbox."""
+
+    seq: int
+    captured_at_ns: int
+    tensor: np.ndarray
+    prediction: int
+    confidence: float
+    label: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingSamples:
+    """The next samples to send: all of one pipeline, model version and data class."""
+
+    pipeline: str
+    model_version: str
+    data_class: str
+    records: tuple[StoredSample, ...]
+
+    @property
+    def seqs(self) -> tuple[int, ...]:
+        """The outbox keys of these records (their sample seqs)."""
+        return tuple(r.seq for r in self.records)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingFeedback:
+    """The next due feedback items of one pipeline."""
+
+    pipeline: str
+    ids: tuple[int, ...]
+    items: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """What ``append_samples`` did: how many records it kept and which it had to drop."""
+
+    appended: int
+    refused: int
+    evicted: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    """Depth and age of the outbox, for the metrics gauges."""
+
+    samples: int
+    feedback: int
+    bytes: int
+    oldest_age_s: float
+    dropped: dict[str, int]
+
+
+class Outbox:
+    """Durable FIFO of samples and feedback, bounded by bytes and age.
+
+    Thread-safe: the runtime threads append, the uplink thread reads, acks and maintains.
+    Records handed out by ``next_*`` are leased (in memory) until ``ack_*`` deletes them or
+    ``release_*`` makes them eligible again; a reopened outbox has no leases, so everything
+    not acknowledged is sent again.
+
+    Args:
+        path: the database file (its folder is created).
+        max_bytes: bound on stored records; beyond it ``full_policy`` applies.
+        ttl_s: records older than this are dropped by ``expire``.
+        full_policy: ``drop_oldest`` evicts the oldest unleased samples, ``drop_newest``
+            refuses what does not fit, ``block`` waits up to ``block_timeout_s`` for acks
+            to free space and then refuses.
+        synchronous: SQLite synchronous mode, "normal" or "full" (see module docstring).
+        on_drop: called with (reason, count) whenever records are dropped; reasons are
+            "full_newest", "full_oldest" and "expired".
+        clock: Unix time in seconds (tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int,
+        ttl_s: float,
+        full_policy: FullPolicy = "drop_oldest",
+        block_timeout_s: float = 5.0,
+        synchronous: Literal["normal", "full"] = "normal",
+        on_drop: Callable[[str, int], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_bytes < 1 or not math.isfinite(ttl_s) or ttl_s <= 0:
+            raise ConfigError(f"outbox bounds must be positive, got {max_bytes=} {ttl_s=}")
+        self.path = Path(path)
+        self.max_bytes = int(max_bytes)
+        self.ttl_s = float(ttl_s)
+        self.full_policy: FullPolicy = full_policy
+        self.block_timeout_s = float(block_timeout_s)
+        self._on_drop = on_drop
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._space = threading.Condition(self._lock)
+        self._leased_samples: set[int] = set()
+        self._leased_feedback: set[int] = set()
+        self._dropped: Counter[str] = Counter()
+        self._closed = False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=10.0
+            )
+            self._setup(synchronous)
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(
+                f"cannot open the outbox database {self.path}: {exc} (if the file is corrupt, "
+                "move it aside; its unsent samples are lost)"
+            ) from exc
+
+    # -- setup -----------------------------------------------------------------------------
+
+    def _setup(self, synchronous: str) -> None:
+        db = self._db
+        # auto_vacuum must be chosen before the first table exists; it lets `reclaim`
+        # give freed pages back to the file system without a full VACUUM.
+        db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise ConfigError(f"the outbox at {self.path} cannot use WAL mode (got {mode})")
+        db.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}")
+        db.execute("PRAGMA busy_timeout = 10000")
+        db.execute("PRAGMA journal_size_limit = 67108864")
+        db.executescript(_SCHEMA)
+        with self._transaction():
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta VALUES ('schema', ?)", (_SCHEMA_VERSION,))
+            elif row[0] > _SCHEMA_VERSION:
+                raise ConfigError(
+                    f"the outbox at {self.path} has schema {row[0]}, newer than this agent "
+                    f"({_SCHEMA_VERSION}); upgrade the agent"
+                )
+            row = db.execute("SELECT value FROM meta WHERE key = 'seq_hi'").fetchone()
+            max_seq = db.execute("SELECT MAX(seq) FROM samples").fetchone()[0] or 0
+            if row is None:
+                start = max(time.time_ns() // 1000, max_seq + 1)
+                db.execute("INSERT INTO meta VALUES ('seq_hi', ?)", (start,))
+                hi = start
+            else:
+                hi = max(int(row[0]), max_seq + 1)
+        self._seq_next = hi
+        self._seq_limit = hi
+        samples_bytes = db.execute("SELECT COALESCE(SUM(size), 0) FROM samples").fetchone()[0]
+        feedback_rows = db.execute("SELECT COUNT(*) FROM feedback").fetchone()[0]
+        self._bytes = int(samples_bytes) + int(feedback_rows) * _FEEDBACK_SIZE
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+    # -- seqs ------------------------------------------------------------------------------
+
+    def reserve_seqs(self, count: int) -> range:
+        """Return ``count`` new sample seqs, strictly above every seq handed out before."""
+        if count < 0:
+            raise ValueError(f"count must be >= 0, got {count}")
+        with self._lock:
+            self._check_open()
+            if self._seq_next + count > self._seq_limit:
+                new_limit = self._seq_next + max(count, _SEQ_BLOCK)
+                with self._transaction():
+                    self._db.execute(
+                        "UPDATE meta SET value = ? WHERE key = 'seq_hi'", (new_limit,)
+                    )
+                self._seq_limit = new_limit
+            start = self._seq_next
+            self._seq_next += count
+            return range(start, start + count)
+
+    # -- samples ---------------------------------------------------------------------------
+
+    def append_samples(self, entries: Sequence[SampleEntry]) -> AppendResult:
+        """Store ``entries`` durably, applying the full policy; return what was kept.
+
+        Returns once the records are committed (see the module docstring for what that
+        guarantees).  Never raises for a full outbox: refused and evicted records are
+        counted (``on_drop``) and reported in the result.
+        """
+        if not entries:
+            return AppendResult(0, 0, 0)
+        now = self._clock()
+        with self._space:
+            self._check_open()
+            incoming = sum(e.size_bytes for e in entries)
+            evicted = 0
+            if self._bytes + incoming > self.max_bytes:
+                if self.full_policy == "block":
+                    deadline = time.monotonic() + self.block_timeout_s
+                    while self._bytes + incoming > self.max_bytes and not self._closed:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        self._space.wait(min(remaining, 0.5))
+                    self._check_open()
+                elif self.full_policy == "drop_oldest":
+                    evicted = self._evict_oldest(self._bytes + incoming - self.max_bytes)
+            kept: list[SampleEntry] = []
+            budget = self.max_bytes - self._bytes
+            for entry in entries:
+                if entry.size_bytes <= budget:
+                    kept.append(entry)
+                    budget -= entry.size_bytes
+            refused = len(entries) - len(kept)
+            if kept:
+                rows = [
+                    (
+                        e.seq,
+                        e.pipeline,
+                        e.model_version,
+                        str(e.data_class),
+                        int(e.captured_at_ns),
+                        now,
+                        int(e.prediction),
+                        float(e.confidence) if math.isfinite(e.confidence) else None,
+                        None if e.label is None else int(e.label),
+                        e.tensor.dtype.str,
+                        json.dumps(list(e.tensor.shape)),
+                        np.ascontiguousarray(e.tensor).tobytes(),
+                        e.size_bytes,
+                    )
+                    for e in kept
+                ]
+                with self._transaction():
+                    self._db.executemany(
+                        "INSERT INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
+                    )
+                self._bytes += sum(e.size_bytes for e in kept)
+        if evicted:
+            self._notify_drop("full_oldest", evicted)
+        if refused:
+            self._count_drop("full_newest", refused)
+        return AppendResult(len(kept), refused, evicted)
+
+    def _evict_oldest(self, need_bytes: int) -> int:
+        """Delete the oldest unleased samples until ``need_bytes`` are freed (lock held)."""
+        freed = 0
+        victims: list[int] = []
+        cursor = self._db.execute("SELECT seq, size FROM samples ORDER BY seq")
+        for seq, size in cursor:
+            if freed >= need_bytes:
+                break
+            if seq in self._leased_samples:
+                continue
+            victims.append(seq)
+            freed += size
+        cursor.close()
+        if victims:
+            with self._transaction():
+                self._db.execute(
+                    "DELETE FROM samples WHERE seq IN (SELECT value FROM json_each(?))",
+                    (json.dumps(victims),),
+                )
+            self._bytes -= freed
+            self._dropped["full_oldest"] += len(victims)
+        return len(victims)
+
+    def next_samples(self, max_records: int, max_bytes: int) -> PendingSamples | None:
+        """Lease and return the oldest unleased samples of one (pipeline, version, class).
+
+        At most ``max_records`` records and ``max_bytes`` tensor bytes, but always at
+        least one record when any is pending.  ``None`` when nothing is pending.
+        """
+        with self._lock:
+            self._check_open()
+            leased = json.dumps(sorted(self._leased_samples))
+            head = self._db.execute(
+                "SELECT pipeline, model_version, data_class FROM samples "
+                "WHERE seq NOT IN (SELECT value FROM json_each(?)) ORDER BY seq LIMIT 1",
+                (leased,),
+            ).fetchone()
+            if head is None:
+                return None
+            cursor = self._db.execute(
+                "SELECT seq, captured_at_ns, prediction, confidence, label, dtype, shape, tensor "
+                "FROM samples WHERE pipeline = ? AND model_version = ? AND data_class = ? "
+                "AND seq NOT IN (SELECT value FROM json_each(?)) ORDER BY seq LIMIT ?",
+                (*head, leased, max_records),
+            )
+            records: list[StoredSample] = []
+            total = 0
+            for seq, captured, prediction, confidence, label, dtype, shape, blob in cursor:
+                if records and total + len(blob) > max_bytes:
+                    break
+                total += len(blob)
+                tensor = np.frombuffer(blob, dtype=np.dtype(dtype)).reshape(json.loads(shape))
+                records.append(
+                    StoredSample(
+                        seq=seq,
+                        captured_at_ns=captured,
+                        tensor=tensor,
+                        prediction=prediction,
+                        confidence=math.nan if confidence is None else confidence,
+                        label=label,
+                    )
+                )
+            cursor.close()
+            self._leased_samples.update(r.seq for r in records)
+            return PendingSamples(head[0], head[1], head[2], tuple(records))
+
+    def ack_samples(self, seqs: Sequence[int]) -> None:
+        """Delete acknowledged samples and end their lease."""
+        if not seqs:
+            return
+        with self._space:
+            self._check_open()
+            ids = json.dumps(list(seqs))
+            with self._transaction():
+                freed = self._db.execute(
+                    "SELECT COALESCE(SUM(size), 0) FROM samples "
+                    "WHERE seq IN (SELECT value FROM json_each(?))",
+                    (ids,),
+                ).fetchone()[0]
+                self._db.execute(
+                    "DELETE FROM samples WHERE seq IN (SELECT value FROM json_each(?))", (ids,)
+                )
+            self._bytes -= int(freed)
+            self._leased_samples.difference_update(seqs)
+            self._space.notify_all()
+
+    def release_samples(self, seqs: Sequence[int]) -> None:
+        """End the lease of samples that were not acknowledged, so they are sent again."""
+        with self._lock:
+            self._leased_samples.difference_update(seqs)
+
+    # -- feedback --------------------------------------------------------------------------
+
+    def append_feedback(self, entries: Sequence[FeedbackEntry]) -> int:
+        """Store delayed labels durably; return how many were kept (the rest are counted).
+
+        Feedback is small and only exists for uplinked samples, so it is never evicted to
+        make room, only refused when the outbox is full.
+        """
+        if not entries:
+            return 0
+        now = self._clock()
+        with self._lock:
+            self._check_open()
+            room = max(0, (self.max_bytes - self._bytes) // _FEEDBACK_SIZE)
+            kept = list(entries[:room])
+            if kept:
+                with self._transaction():
+                    self._db.executemany(
+                        "INSERT INTO feedback (pipeline, seq, label, due_at, enqueued_at) "
+                        "VALUES (?,?,?,?,?)",
+                        [(e.pipeline, e.seq, int(e.label), float(e.due_at), now) for e in kept],
+                    )
+                self._bytes += len(kept) * _FEEDBACK_SIZE
+        if len(kept) < len(entries):
+            self._count_drop("full_newest", len(entries) - len(kept))
+        return len(kept)
+
+    def next_feedback(self, max_items: int) -> PendingFeedback | None:
+        """Lease and return due feedback items of one pipeline, oldest due first."""
+        now = self._clock()
+        with self._lock:
+            self._check_open()
+            leased = json.dumps(sorted(self._leased_feedback))
+            head = self._db.execute(
+                "SELECT pipeline FROM feedback WHERE due_at <= ? "
+                "AND id NOT IN (SELECT value FROM json_each(?)) ORDER BY due_at, id LIMIT 1",
+                (now, leased),
+            ).fetchone()
+            if head is None:
+                return None
+            rows = self._db.execute(
+                "SELECT id, seq, label FROM feedback WHERE pipeline = ? AND due_at <= ? "
+                "AND id NOT IN (SELECT value FROM json_each(?)) ORDER BY due_at, id LIMIT ?",
+                (head[0], now, leased, max_items),
+            ).fetchall()
+            ids = tuple(r[0] for r in rows)
+            self._leased_feedback.update(ids)
+            return PendingFeedback(head[0], ids, tuple((r[1], r[2]) for r in rows))
+
+    def next_feedback_due(self) -> float | None:
+        """Return the Unix time the earliest unleased feedback item falls due, if any."""
+        with self._lock:
+            self._check_open()
+            row = self._db.execute(
+                "SELECT MIN(due_at) FROM feedback WHERE id NOT IN (SELECT value FROM json_each(?))",
+                (json.dumps(sorted(self._leased_feedback)),),
+            ).fetchone()
+            return None if row[0] is None else float(row[0])
+
+    def ack_feedback(self, ids: Sequence[int]) -> None:
+        """Delete acknowledged feedback items and end their lease."""
+        if not ids:
+            return
+        with self._space:
+            self._check_open()
+            with self._transaction():
+                deleted = self._db.execute(
+                    "DELETE FROM feedback WHERE id IN (SELECT value FROM json_each(?))",
+                    (json.dumps(list(ids)),),
+                ).rowcount
+            self._bytes -= max(0, deleted) * _FEEDBACK_SIZE
+            self._leased_feedback.difference_update(ids)
+            self._space.notify_all()
+
+    def release_feedback(self, ids: Sequence[int]) -> None:
+        """End the lease of feedback items that were not acknowledged."""
+        with self._lock:
+            self._leased_feedback.difference_update(ids)
+
+    # -- maintenance -----------------------------------------------------------------------
+
+    def expire(self) -> int:
+        """Drop unleased records older than ``ttl_s``; return how many were dropped."""
+        cutoff = self._clock() - self.ttl_s
+        with self._space:
+            self._check_open()
+            with self._transaction():
+                rows = self._db.execute(
+                    "SELECT seq, size FROM samples WHERE enqueued_at < ? "
+                    "AND seq NOT IN (SELECT value FROM json_each(?))",
+                    (cutoff, json.dumps(sorted(self._leased_samples))),
+                ).fetchall()
+                if rows:
+                    self._db.execute(
+                        "DELETE FROM samples WHERE seq IN (SELECT value FROM json_each(?))",
+                        (json.dumps([r[0] for r in rows]),),
+                    )
+                feedback = self._db.execute(
+                    "DELETE FROM feedback WHERE enqueued_at < ? "
+                    "AND id NOT IN (SELECT value FROM json_each(?))",
+                    (cutoff, json.dumps(sorted(self._leased_feedback))),
+                ).rowcount
+            self._bytes -= sum(r[1] for r in rows) + max(0, feedback) * _FEEDBACK_SIZE
+            if rows or feedback:
+                self._space.notify_all()
+        dropped = len(rows) + max(0, feedback)
+        if dropped:
+            self._count_drop("expired", dropped)
+        return dropped
+
+    def reclaim(self) -> None:
+        """Checkpoint the WAL and give free pages back to the file system."""
+        with self._lock:
+            self._check_open()
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.execute("PRAGMA incremental_vacuum")
+
+    def stats(self) -> OutboxStats:
+        """Return depth, bytes, age of the oldest record and drop counts."""
+        now = self._clock()
+        with self._lock:
+            self._check_open()
+            samples, oldest_sample = self._db.execute(
+                "SELECT COUNT(*), MIN(enqueued_at) FROM samples"
+            ).fetchone()
+            feedback, oldest_feedback = self._db.execute(
+                "SELECT COUNT(*), MIN(enqueued_at) FROM feedback"
+            ).fetchone()
+            oldest = min(
+                (t for t in (oldest_sample, oldest_feedback) if t is not None), default=None
+            )
+            return OutboxStats(
+                samples=int(samples),
+                feedback=int(feedback),
+                bytes=self._bytes,
+                oldest_age_s=0.0 if oldest is None else max(0.0, now - float(oldest)),
+                dropped=dict(self._dropped),
+            )
+
+    @property
+    def bytes_used(self) -> int:
+        """Bytes currently counted against ``max_bytes``."""
+        with self._lock:
+            return self._bytes
+
+    def close(self) -> None:
+        """Checkpoint and close the database; wake any appender blocked on space."""
+        with self._space:
+            if self._closed:
+                return
+            self._closed = True
+            self._space.notify_all()
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:  # closing must not fail on a busy checkpoint
+                log.warning("outbox checkpoint at close failed: %s", exc)
+            self._db.close()
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise NotReadyError(f"the outbox {self.path} is closed")
+
+    def _count_drop(self, reason: str, count: int) -> None:
+        with self._lock:
+            self._dropped[reason] += count
+        self._notify_drop(reason, count)
+
+    def _notify_drop(self, reason: str, count: int) -> None:
+        # Called without the lock held: the callback may take locks of its own.
+        if self._on_drop is not None:
+            self._on_drop(reason, count)
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on an exception."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._db.execute("BEGIN IMMEDIATE")
+        return self._db
+
+    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+        if exc_type is None:
+            self._db.execute("COMMIT")
+        else:
+            self._db.execute("ROLLBACK")

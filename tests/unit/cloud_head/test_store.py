@@ -1,0 +1,274 @@
+"""The sample store: partitioned, atomic, de-duplicated Parquet on any pyarrow filesystem."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from cloud_head.store import SCHEMA, SampleStore, to_numpy
+from continuum.errors import InputMismatchError
+from continuum.spec import DataClass
+from continuum.wire.codec import SampleBatch, SampleRecord
+
+# 2026-11-22T12:00:00Z
+NOON_NS = 1_795_348_800_000_000_000
+DAY = "2026-11-22"
+
+
+def make_batch(
+    seqs: range | list[int],
+    *,
+    node: str = "cam-1",
+    pipeline: str = "digits",
+    labels: dict[int, int] | None = None,
+) -> SampleBatch:
+    labels = labels or {}
+    records = tuple(
+        SampleRecord(
+            seq=s,
+            captured_at_ns=NOON_NS - 1_000 + s,
+            tensor=np.full((1, 8, 8), s / 100.0, dtype=np.float32),
+            prediction=s % 10,
+            confidence=0.5,
+            label=labels.get(s),
+        )
+        for s in seqs
+    )
+    return SampleBatch(pipeline, node, "v1", DataClass.CONFIDENTIAL, records)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SampleStore:
+    return SampleStore(tmp_path / "samples")
+
+
+class TestLayout:
+    def test_files_land_in_hive_partitions_by_tenant_pipeline_and_ingest_day(
+        self, store: SampleStore, tmp_path: Path
+    ) -> None:
+        store.append("acme", make_batch(range(3)), ingested_at_ns=NOON_NS)
+        [path] = store.flush()
+        expected_dir = tmp_path / "samples" / "tenant=acme" / "pipeline=digits" / f"date={DAY}"
+        assert Path(path).parent == expected_dir
+        assert Path(path).name.startswith("part-") and path.endswith(".parquet")
+        assert store.dates("acme", "digits") == [DAY]
+
+    def test_every_file_has_the_store_schema(self, store: SampleStore) -> None:
+        store.append("acme", make_batch(range(2)), ingested_at_ns=NOON_NS)
+        [path] = store.flush()
+        assert pq.read_schema(path).remove_metadata() == SCHEMA
+
+    def test_tenants_and_pipelines_do_not_see_each_other(self, store: SampleStore) -> None:
+        store.append("acme", make_batch(range(3)))
+        store.append("acme", make_batch(range(5), pipeline="other"))
+        store.append("globex", make_batch(range(7)))
+        store.flush()
+        assert store.count("acme", "digits") == 3
+        assert store.count("acme", "other") == 5
+        assert store.count("globex", "digits") == 7
+
+    def test_a_name_that_is_not_a_topic_level_is_refused(self, store: SampleStore) -> None:
+        with pytest.raises(ValueError, match="tenant"):
+            store.append("../etc", make_batch(range(1)))
+
+
+class TestBuffering:
+    def test_rows_are_invisible_until_flushed(self, store: SampleStore) -> None:
+        assert store.append("acme", make_batch(range(4))) == 4
+        assert store.buffered_rows == 4
+        assert store.count("acme", "digits") == 0
+        store.flush()
+        assert store.buffered_rows == 0
+        assert store.count("acme", "digits") == 4
+
+    def test_each_flush_writes_one_file_per_partition(self, store: SampleStore) -> None:
+        store.append("acme", make_batch(range(0, 3)))
+        store.append("acme", make_batch(range(3, 6)))
+        assert len(store.flush()) == 1
+        store.append("acme", make_batch(range(6, 9)))
+        assert len(store.flush()) == 1
+        assert len(store.files("acme", "digits")) == 2
+        assert store.flush() == []
+
+    def test_a_partition_is_written_once_it_reaches_flush_rows(self, tmp_path: Path) -> None:
+        store = SampleStore(tmp_path, flush_rows=5)
+        store.append("acme", make_batch(range(3)))
+        assert store.files("acme", "digits") == []
+        store.append("acme", make_batch(range(3, 6)))
+        assert len(store.files("acme", "digits")) == 1
+        assert store.count("acme", "digits") == 6
+
+    def test_discard_drops_buffered_rows(self, store: SampleStore) -> None:
+        store.append("acme", make_batch(range(4)))
+        assert store.discard() == 4
+        assert store.flush() == []
+        assert store.count("acme", "digits") == 0
+
+
+class TestRead:
+    def test_tensors_and_fields_round_trip(self, store: SampleStore) -> None:
+        batch = make_batch(range(5), labels={2: 7})
+        store.append("acme", batch, ingested_at_ns=NOON_NS)
+        store.flush()
+        table = store.read("acme", "digits")
+        x, ids = to_numpy(table)
+        assert ids == [f"cam-1:{s}" for s in range(5)]
+        np.testing.assert_array_equal(x, np.stack([r.tensor for r in batch.records]))
+        assert x.dtype == np.float32
+        row = table.slice(2, 1).to_pylist()[0]
+        assert row["node"] == "cam-1" and row["seq"] == 2 and row["pipeline"] == "digits"
+        assert row["model_version"] == "v1" and row["data_class"] == "confidential"
+        assert row["label"] == 7 and row["prediction"] == 2 and row["shape"] == [1, 8, 8]
+        assert row["ingested_at_ns"] == NOON_NS
+        assert table.column("label").null_count == 4
+
+    def test_a_sample_written_twice_is_read_once_with_its_first_write(
+        self, store: SampleStore
+    ) -> None:
+        store.append("acme", make_batch(range(3)), ingested_at_ns=NOON_NS)
+        store.flush()
+        store.append("acme", make_batch(range(2, 5)), ingested_at_ns=NOON_NS + 1)
+        store.flush()
+        table = store.read("acme", "digits")
+        assert sorted(table.column("sample_id").to_pylist()) == [f"cam-1:{s}" for s in range(5)]
+        twice = table.filter(table.column("seq").to_numpy() == 2)
+        assert twice.column("ingested_at_ns").to_pylist() == [NOON_NS]
+        assert store.count("acme", "digits") == 5
+
+    def test_a_column_subset_can_be_read(self, store: SampleStore) -> None:
+        store.append("acme", make_batch(range(3)))
+        store.flush()
+        table = store.read("acme", "digits", columns=["seq", "label"])
+        assert table.column_names == ["seq", "label"]
+        assert table.num_rows == 3
+
+    def test_an_unknown_column_is_refused(self, store: SampleStore) -> None:
+        with pytest.raises(ValueError, match="unknown columns"):
+            store.read("acme", "digits", columns=["nope"])
+
+    def test_a_pipeline_without_data_reads_as_an_empty_table(self, store: SampleStore) -> None:
+        table = store.read("acme", "digits")
+        assert table.num_rows == 0
+        assert table.schema == SCHEMA
+
+    def test_reads_can_be_limited_to_days(self, store: SampleStore) -> None:
+        day_ns = 86_400 * 10**9
+        store.append("acme", make_batch(range(3)), ingested_at_ns=NOON_NS)
+        store.append("acme", make_batch(range(3, 5)), ingested_at_ns=NOON_NS + day_ns)
+        store.flush()
+        assert store.dates("acme", "digits") == [DAY, "2026-11-23"]
+        assert store.read("acme", "digits", dates=["2026-11-23"]).num_rows == 2
+
+
+class TestAtomicity:
+    def test_no_temporary_file_is_left_after_a_flush(self, store: SampleStore) -> None:
+        store.append("acme", make_batch(range(3)), ingested_at_ns=NOON_NS)
+        [path] = store.flush()
+        names = sorted(p.name for p in Path(path).parent.iterdir())
+        assert names == [Path(path).name]
+
+    def test_a_half_written_temporary_file_is_never_read(self, store: SampleStore) -> None:
+        store.append("acme", make_batch(range(3)), ingested_at_ns=NOON_NS)
+        [path] = store.flush()
+        crashed = Path(path).parent / ".part-00000000000000000001-deadbeef.parquet.tmp"
+        crashed.write_bytes(b"PAR1 half a file")
+        assert store.count("acme", "digits") == 3
+        assert len(store.files("acme", "digits")) == 1
+
+
+class TestCompaction:
+    def test_small_files_are_merged_into_one_with_the_same_samples(
+        self, store: SampleStore
+    ) -> None:
+        for start in (0, 3, 6):
+            store.append("acme", make_batch(range(start, start + 4)), ingested_at_ns=NOON_NS)
+            store.flush()
+        before = store.read("acme", "digits")
+        result = store.compact("acme", "digits", DAY)
+        assert result.files_merged == 3
+        assert result.rows == 10
+        assert store.files("acme", "digits") == [result.path]
+        assert store.read("acme", "digits").equals(before)
+
+    def test_one_file_is_left_as_it_is(self, store: SampleStore) -> None:
+        store.append("acme", make_batch(range(3)), ingested_at_ns=NOON_NS)
+        [path] = store.flush()
+        result = store.compact("acme", "digits", DAY)
+        assert result.files_merged == 0
+        assert store.files("acme", "digits") == [path]
+
+    def test_a_stale_temporary_file_is_removed(self, store: SampleStore) -> None:
+        store.append("acme", make_batch(range(3)), ingested_at_ns=NOON_NS)
+        [path] = store.flush()
+        crashed = Path(path).parent / ".part-00000000000000000001-deadbeef.parquet.tmp"
+        crashed.write_bytes(b"PAR1 half a file")
+        store.compact("acme", "digits", DAY, stale_temp_s=0.0)
+        assert not crashed.exists()
+        assert Path(path).exists()
+
+    def test_other_days_are_untouched(self, store: SampleStore) -> None:
+        day_ns = 86_400 * 10**9
+        for offset in (0, 1):
+            store.append("acme", make_batch(range(offset, offset + 2)), ingested_at_ns=NOON_NS)
+            store.flush()
+        store.append("acme", make_batch(range(10, 12)), ingested_at_ns=NOON_NS + day_ns)
+        [other] = store.flush()
+        store.compact("acme", "digits", DAY)
+        assert other in store.files("acme", "digits", "2026-11-23")
+        assert store.count("acme", "digits") == 5
+
+
+class TestOtherFilesystems:
+    def test_the_store_works_on_a_non_local_pyarrow_filesystem(self) -> None:
+        memory = pafs.PyFileSystem(pafs.FSSpecHandler(fsspec.filesystem("memory")))
+        root = f"/continuum-test-{uuid.uuid4().hex}"
+        store = SampleStore(root, filesystem=memory)
+        try:
+            store.append("acme", make_batch(range(3)), ingested_at_ns=NOON_NS)
+            store.flush()
+            store.append("acme", make_batch(range(2, 6)), ingested_at_ns=NOON_NS)
+            store.flush()
+            assert store.count("acme", "digits") == 6
+            assert store.compact("acme", "digits", DAY).files_merged == 2
+            x, ids = to_numpy(store.read("acme", "digits"))
+            assert x.shape == (6, 1, 8, 8)
+            assert ids == [f"cam-1:{s}" for s in range(6)]
+            assert store.dataset_path("acme", "digits") == f"{root}/tenant=acme/pipeline=digits"
+        finally:
+            memory.delete_dir(root)
+
+    def test_a_file_uri_opens_a_local_store(self, tmp_path: Path) -> None:
+        store = SampleStore(f"file://{tmp_path}")
+        store.append("acme", make_batch(range(2)))
+        [path] = store.flush()
+        assert Path(path).is_file()
+        assert store.root == str(tmp_path)
+
+
+class TestToNumpy:
+    def test_rows_of_different_shapes_are_refused(self, store: SampleStore) -> None:
+        odd = SampleBatch(
+            "digits",
+            "cam-2",
+            "v1",
+            DataClass.CONFIDENTIAL,
+            (SampleRecord(seq=1, captured_at_ns=1, tensor=np.zeros((2, 2), np.float32)),),
+        )
+        store.append("acme", make_batch(range(2)))
+        store.append("acme", odd)
+        store.flush()
+        with pytest.raises(InputMismatchError, match=r"cam-2:1"):
+            to_numpy(store.read("acme", "digits"))
+
+    def test_an_empty_table_gives_an_empty_batch_of_the_given_shape(
+        self, store: SampleStore
+    ) -> None:
+        x, ids = to_numpy(store.read("acme", "digits"), shape=(1, 8, 8), dtype="float32")
+        assert x.shape == (0, 1, 8, 8) and x.dtype == np.float32
+        assert ids == []

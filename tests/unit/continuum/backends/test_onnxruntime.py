@@ -1,0 +1,208 @@
+"""The ONNX Runtime backend on real models: outputs, metadata, input checks, load errors."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime
+import pytest
+
+from continuum.backends import InferenceBackend, OnnxRuntimeBackend, TensorMeta
+from continuum.errors import BackendError, BackendUnavailableError, InputMismatchError
+
+
+def loaded(path: Path, **kwargs: Any) -> OnnxRuntimeBackend:
+    backend = OnnxRuntimeBackend(**kwargs)
+    backend.load(path)
+    return backend
+
+
+class TestOutputs:
+    def test_outputs_match_the_numpy_reference(self, classifier: Any, frames: np.ndarray) -> None:
+        probs = loaded(classifier.path).infer(frames)
+
+        assert probs.shape == (5, 4)
+        assert probs.dtype == np.float32
+        np.testing.assert_allclose(probs, classifier.reference(frames), rtol=1e-5, atol=1e-6)
+
+    @pytest.mark.parametrize("batch", [1, 3, 17])
+    def test_any_batch_size_runs_on_the_dynamic_axis(self, classifier: Any, batch: int) -> None:
+        x = np.random.default_rng(batch).random((batch, 1, 8, 8), dtype=np.float32)
+
+        probs = loaded(classifier.path).infer(x)
+
+        np.testing.assert_allclose(probs, classifier.reference(x), rtol=1e-5, atol=1e-6)
+
+    def test_a_non_contiguous_batch_gives_the_same_outputs(
+        self, classifier: Any, frames: np.ndarray
+    ) -> None:
+        backend = loaded(classifier.path)
+        transposed = np.ascontiguousarray(frames.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+        assert not transposed.flags.c_contiguous
+
+        np.testing.assert_allclose(backend.infer(transposed), backend.infer(frames), rtol=1e-6)
+
+    def test_loading_another_model_swaps_what_infer_runs(
+        self, classifier: Any, make_classifier: Any, frames: np.ndarray
+    ) -> None:
+        backend = loaded(classifier.path)
+        other = make_classifier("seed7.onnx", seed=7)
+
+        backend.load(other.path)
+
+        np.testing.assert_allclose(
+            backend.infer(frames), other.reference(frames), rtol=1e-5, atol=1e-6
+        )
+
+
+class TestMetadata:
+    def test_input_and_output_metadata_describe_the_model(self, classifier: Any) -> None:
+        backend = loaded(classifier.path)
+
+        assert backend.inputs == [TensorMeta("input", (None, 1, 8, 8), "float32")]
+        assert backend.outputs == [TensorMeta("probs", (None, 4), "float32")]
+        assert backend.inputs[0].describe() == "float32[N,1,8,8]"
+
+    def test_the_backend_satisfies_the_protocol(self, classifier: Any) -> None:
+        backend = loaded(classifier.path)
+
+        assert isinstance(backend, InferenceBackend)
+        assert backend.name == "onnxruntime"
+
+    def test_the_cpu_provider_runs_here(self, classifier: Any) -> None:
+        assert "CPUExecutionProvider" in loaded(classifier.path).providers
+
+    def test_a_fixed_batch_model_reports_its_fixed_batch(self, make_classifier: Any) -> None:
+        fixed = make_classifier("fixed.onnx", batch=1)
+
+        assert loaded(fixed.path).inputs[0].shape == (1, 1, 8, 8)
+
+
+class TestInputChecks:
+    def test_wrong_dtype_names_expected_and_got(self, classifier: Any) -> None:
+        backend = loaded(classifier.path)
+
+        with pytest.raises(InputMismatchError) as caught:
+            backend.infer(np.zeros((4, 1, 8, 8), dtype=np.float64))
+
+        assert "expected float32[N,1,8,8], got float64[4,1,8,8]" in str(caught.value)
+        assert caught.value.expected == "float32[N,1,8,8]"
+        assert caught.value.got == "float64[4,1,8,8]"
+
+    def test_wrong_rank_names_expected_and_got(self, classifier: Any) -> None:
+        with pytest.raises(
+            InputMismatchError, match=r"expected float32\[N,1,8,8\], got float64\[4,8,8\]"
+        ):
+            loaded(classifier.path).infer(np.zeros((4, 8, 8), dtype=np.float64))
+
+    def test_wrong_fixed_dimension_names_the_axis(self, classifier: Any) -> None:
+        with pytest.raises(InputMismatchError, match=r"axis 2.*got float32\[2,1,9,8\]"):
+            loaded(classifier.path).infer(np.zeros((2, 1, 9, 8), dtype=np.float32))
+
+    def test_a_fixed_batch_model_refuses_another_batch_size(self, make_classifier: Any) -> None:
+        fixed = make_classifier("fixed.onnx", batch=1)
+
+        with pytest.raises(InputMismatchError, match=r"axis 0.*expected float32\[1,1,8,8\]"):
+            loaded(fixed.path).infer(np.zeros((2, 1, 8, 8), dtype=np.float32))
+
+    def test_an_empty_batch_is_refused(self, classifier: Any) -> None:
+        with pytest.raises(InputMismatchError, match="empty batch"):
+            loaded(classifier.path).infer(np.zeros((0, 1, 8, 8), dtype=np.float32))
+
+    def test_a_list_is_refused_naming_its_type(self, classifier: Any) -> None:
+        with pytest.raises(InputMismatchError, match="got list"):
+            loaded(classifier.path).infer([[0.0] * 8] * 8)
+
+    def test_a_mismatch_is_also_a_value_error(self, classifier: Any) -> None:
+        with pytest.raises(ValueError):
+            loaded(classifier.path).infer(np.zeros((1, 1, 8, 8), dtype=np.int64))
+
+
+class TestLoadErrors:
+    def test_a_missing_file_names_the_path(self, tmp_path: Path) -> None:
+        missing = tmp_path / "absent.onnx"
+
+        with pytest.raises(BackendError, match=re.escape(f"{missing}: file not found")):
+            OnnxRuntimeBackend().load(missing)
+
+    def test_a_directory_is_refused(self, tmp_path: Path) -> None:
+        with pytest.raises(BackendError, match="is a directory"):
+            OnnxRuntimeBackend().load(tmp_path)
+
+    def test_random_bytes_are_refused_with_the_reason(self, tmp_path: Path) -> None:
+        garbage = tmp_path / "garbage.onnx"
+        garbage.write_bytes(np.random.default_rng(0).bytes(4096))
+
+        with pytest.raises(BackendError) as caught:
+            OnnxRuntimeBackend().load(garbage)
+
+        assert str(garbage) in str(caught.value)
+        assert "protobuf" in str(caught.value).lower()
+        assert caught.value.__cause__ is not None
+
+    def test_a_truncated_model_is_refused(self, classifier: Any, tmp_path: Path) -> None:
+        truncated = tmp_path / "truncated.onnx"
+        truncated.write_bytes(classifier.path.read_bytes()[:300])
+
+        with pytest.raises(BackendError, match=re.escape(str(truncated))):
+            OnnxRuntimeBackend().load(truncated)
+
+    def test_a_text_file_is_not_onnx(self, tmp_path: Path) -> None:
+        text = tmp_path / "model.onnx"
+        text.write_text("this is not a model\n")
+
+        with pytest.raises(BackendError, match=re.escape(str(text))):
+            OnnxRuntimeBackend().load(text)
+
+    def test_a_failed_load_keeps_the_previous_model_serving(
+        self, classifier: Any, tmp_path: Path, frames: np.ndarray
+    ) -> None:
+        backend = loaded(classifier.path)
+        bad = tmp_path / "bad.onnx"
+        bad.write_bytes(b"\x00" * 64)
+
+        with pytest.raises(BackendError):
+            backend.load(bad)
+
+        np.testing.assert_allclose(
+            backend.infer(frames), classifier.reference(frames), rtol=1e-5, atol=1e-6
+        )
+
+    def test_a_model_with_two_inputs_is_refused(self, two_input_model: Path) -> None:
+        with pytest.raises(BackendError, match="2 inputs"):
+            OnnxRuntimeBackend().load(two_input_model)
+
+    def test_infer_before_load_says_to_load(self) -> None:
+        with pytest.raises(BackendError, match="call load"):
+            OnnxRuntimeBackend().infer(np.zeros((1, 1, 8, 8), dtype=np.float32))
+
+    def test_infer_after_close_says_to_load(self, classifier: Any) -> None:
+        backend = loaded(classifier.path)
+        backend.close()
+
+        with pytest.raises(BackendError, match="call load"):
+            backend.infer(np.zeros((1, 1, 8, 8), dtype=np.float32))
+
+
+class TestSettings:
+    def test_zero_threads_is_refused(self) -> None:
+        with pytest.raises(ValueError, match="intra_op_threads"):
+            OnnxRuntimeBackend(intra_op_threads=0)
+
+    def test_more_threads_give_the_same_outputs(self, classifier: Any, frames: np.ndarray) -> None:
+        probs = loaded(classifier.path, intra_op_threads=2).infer(frames)
+
+        np.testing.assert_allclose(probs, classifier.reference(frames), rtol=1e-5, atol=1e-6)
+
+    @pytest.mark.skipif(
+        "CUDAExecutionProvider" in onnxruntime.get_available_providers(),
+        reason="this onnxruntime build has the CUDA provider",
+    )
+    def test_an_unavailable_provider_is_named(self, classifier: Any) -> None:
+        backend = OnnxRuntimeBackend(providers=["CUDAExecutionProvider"])
+
+        with pytest.raises(BackendUnavailableError, match="CUDAExecutionProvider"):
+            backend.load(classifier.path)

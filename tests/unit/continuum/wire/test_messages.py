@@ -1,0 +1,223 @@
+"""The JSON control messages: strict round trips and clear rejections naming the bad field."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pydantic
+import pytest
+
+from continuum.errors import ProtocolError
+from continuum.wire.messages import (
+    MAX_MESSAGE_BYTES,
+    ArtifactManifest,
+    DesiredModel,
+    DesiredState,
+    NodeStatus,
+    ReportedModel,
+    ReportedState,
+    Telemetry,
+    _WireModel,
+)
+
+SHA = "ab" * 32
+SIG = "cd" * 64
+
+
+def artifact(**changes: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "model": "inspector",
+        "version": "v12",
+        "sha256": SHA,
+        "signature": SIG,
+        "size_bytes": 1_000_000,
+        "chunk_size": 262_144,
+        "chunks": 4,
+    }
+    return fields | changes
+
+
+def telemetry(**changes: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "node": "cam-lux1-a",
+        "pipeline": "line-7-inspection",
+        "model_version": "v12",
+        "window_s": 10.0,
+        "frames": 300,
+        "uplinked": 12,
+        "dropped": 0,
+        "latency_p50_ms": 0.8,
+        "latency_p95_ms": 2.5,
+        "mean_confidence": 0.91,
+        "drift_score": 0.05,
+        "drifted": False,
+        "labelled": 40,
+        "correct": 37,
+        "ts": 1_763_800_000.25,
+    }
+    return fields | changes
+
+
+EXAMPLES: list[_WireModel] = [
+    NodeStatus(
+        node="cam-lux1-a",
+        tenant="acme",
+        online=True,
+        labels={"continuum.io/tier": "edge", "continuum.io/site": "lux-1"},
+        backends=["onnxruntime"],
+        gpu=None,
+        tensorrt_version=None,
+        agent_version="0.1.0",
+        pipelines=["line-7-inspection"],
+        ts=1_763_800_000.5,
+    ),
+    DesiredModel(**artifact()),
+    ArtifactManifest(**artifact()),
+    DesiredState(
+        node="cam-lux1-a",
+        pipelines={"line-7-inspection": DesiredModel(**artifact())},
+        issued_at=1_763_800_000.0,
+        generation=3,
+    ),
+    ReportedModel(model="inspector", version="v12", sha256=SHA, state="serving"),
+    ReportedState(
+        node="cam-lux1-a",
+        pipelines={
+            "line-7-inspection": ReportedModel(
+                model="inspector", version="v13", sha256=SHA, state="rejected", error="bad sig"
+            )
+        },
+        ts=1_763_800_001.0,
+    ),
+    Telemetry(**telemetry()),
+    Telemetry(
+        **telemetry(
+            frames=0,
+            latency_p50_ms=None,
+            latency_p95_ms=None,
+            mean_confidence=None,
+            labelled=0,
+            correct=0,
+        )
+    ),
+]
+
+
+def schema_error(cls: type[_WireModel], document: object) -> ProtocolError:
+    with pytest.raises(ProtocolError) as info:
+        cls.from_payload(json.dumps(document).encode())
+    assert info.value.reason == "schema"
+    return info.value
+
+
+class TestRoundTrip:
+    @pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: type(m).__name__)
+    def test_from_payload_returns_an_equal_message(self, message: _WireModel) -> None:
+        assert type(message).from_payload(message.to_payload()) == message
+
+    def test_payload_is_utf8_json_carrying_the_schema_version(self) -> None:
+        document = json.loads(Telemetry(**telemetry()).to_payload().decode("utf-8"))
+        assert document["schema_version"] == 1
+        assert document["frames"] == 300
+
+    def test_messages_are_frozen(self) -> None:
+        status = EXAMPLES[0]
+        with pytest.raises(pydantic.ValidationError):
+            status.online = False  # type: ignore[attr-defined]
+
+    def test_accuracy_is_correct_over_labelled_or_none(self) -> None:
+        assert Telemetry(**telemetry()).accuracy == pytest.approx(37 / 40)
+        assert Telemetry(**telemetry(labelled=0, correct=0)).accuracy is None
+
+
+class TestMalformedPayloads:
+    @pytest.mark.parametrize(
+        "payload", [b"not json", b"", b'{"node": "cam"', b"\xff\xfe{}", b"{'node': 1}"]
+    )
+    def test_bytes_that_are_not_json_are_invalid_json(self, payload: bytes) -> None:
+        with pytest.raises(ProtocolError, match="not valid JSON") as info:
+            NodeStatus.from_payload(payload)
+        assert info.value.reason == "invalid_json"
+
+    def test_a_json_array_is_a_schema_error(self) -> None:
+        assert "Telemetry" in str(schema_error(Telemetry, [1, 2, 3]))
+
+    def test_a_number_sent_as_a_string_names_the_field(self) -> None:
+        error = schema_error(Telemetry, telemetry(frames="300"))
+        assert "frames" in str(error)
+
+    def test_a_boolean_sent_as_a_string_names_the_field(self) -> None:
+        document = json.loads(EXAMPLES[0].to_payload())
+        error = schema_error(NodeStatus, document | {"online": "yes"})
+        assert "online" in str(error)
+
+    def test_missing_fields_are_all_named(self) -> None:
+        document = telemetry()
+        del document["pipeline"], document["ts"]
+        error = schema_error(Telemetry, document)
+        assert "pipeline: Field required" in str(error)
+        assert "ts: Field required" in str(error)
+
+    def test_an_unknown_field_is_named(self) -> None:
+        error = schema_error(Telemetry, telemetry(accuracy=0.9))
+        assert "accuracy" in str(error)
+
+    @pytest.mark.parametrize("node", ["cam/+", "#", "Cam-1", ""])
+    def test_a_name_that_cannot_be_a_topic_level_is_rejected(self, node: str) -> None:
+        error = schema_error(Telemetry, telemetry(node=node))
+        assert "node: Value error, invalid node name" in str(error)
+
+    def test_a_bad_name_as_a_dict_key_is_rejected(self) -> None:
+        document = json.loads(EXAMPLES[3].to_payload())
+        document["pipelines"] = {"line/7": document["pipelines"]["line-7-inspection"]}
+        error = schema_error(DesiredState, document)
+        assert "pipelines.line/7" in str(error)
+
+    def test_a_nested_bad_digest_is_named_by_its_path(self) -> None:
+        document = json.loads(EXAMPLES[3].to_payload())
+        document["pipelines"]["line-7-inspection"]["sha256"] = "XYZ"
+        error = schema_error(DesiredState, document)
+        assert "pipelines.line-7-inspection.sha256" in str(error)
+
+    @pytest.mark.parametrize(
+        ("changes", "field"),
+        [
+            ({"frames": -1}, "frames"),
+            ({"window_s": 0}, "window_s"),
+            ({"mean_confidence": 1.5}, "mean_confidence"),
+            ({"latency_p50_ms": 9.0, "latency_p95_ms": 2.0}, "latency_p50_ms"),
+            ({"correct": 41}, "correct"),
+            ({"frames": 2**63}, "frames"),
+            ({"schema_version": 2}, "schema_version"),
+        ],
+    )
+    def test_out_of_bounds_numbers_are_rejected_naming_the_field(
+        self, changes: dict[str, Any], field: str
+    ) -> None:
+        assert field in str(schema_error(Telemetry, telemetry(**changes)))
+
+    def test_chunks_must_cover_the_artifact_size(self) -> None:
+        error = schema_error(ArtifactManifest, artifact(chunks=5))
+        assert "chunks is 5" in str(error)
+
+    def test_an_unknown_reported_state_is_rejected(self) -> None:
+        document = {"model": "m", "version": "v1", "sha256": SHA, "state": "exploded"}
+        assert "state" in str(schema_error(ReportedModel, document))
+
+    @pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"1e999"])
+    def test_non_finite_numbers_are_rejected(self, number: bytes) -> None:
+        payload = Telemetry(**telemetry()).to_payload()
+        payload = payload.replace(b'"drift_score":0.05', b'"drift_score":' + number)
+        with pytest.raises(ProtocolError, match="drift_score: Input should be a finite number"):
+            Telemetry.from_payload(payload)
+
+    def test_a_huge_payload_is_rejected_before_parsing(self) -> None:
+        payload = b'{"node": "' + b"a" * MAX_MESSAGE_BYTES + b'"}'
+        with pytest.raises(ProtocolError, match="MAX_MESSAGE_BYTES") as info:
+            NodeStatus.from_payload(payload)
+        assert info.value.reason == "too_large"
+
+    def test_long_lists_of_errors_are_summarised(self) -> None:
+        error = schema_error(Telemetry, {})
+        assert "more)" in str(error)
