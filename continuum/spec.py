@@ -399,7 +399,7 @@ class TensorSchema(_Spec):
     """One sample's tensor: ``shape`` without the batch axis, numpy ``dtype`` name."""
 
     shape: tuple[int, ...] = Field(description="Per-sample shape, no batch axis, e.g. (1, 8, 8).")
-    dtype: str = Field("float32", description="numpy dtype name, e.g. float32, uint8.")
+    dtype: str = Field(default="float32", description="numpy dtype name, e.g. float32, uint8.")
     fields: dict[str, DataClassField] = Field(
         default_factory=dict, description="Data class of named fields (field-level residency)."
     )
@@ -437,15 +437,19 @@ class EdgeStageSpec(_Spec):
     """Real-time inference on edge nodes: the model, its input and where it runs."""
 
     model: str = Field(description="Model name in the registry (a topic level).")
-    backend: BackendKind = Field("auto", description="auto prefers tensorrt, then onnxruntime.")
+    backend: BackendKind = Field(
+        default="auto", description="auto prefers tensorrt, then onnxruntime."
+    )
     input: TensorSchema
-    preprocess: str | None = Field(None, description="Import ref 'module:qualname' or null.")
+    preprocess: str | None = Field(
+        default=None, description="Import ref 'module:qualname' or null."
+    )
     where: LabelSelector = Field(
         default_factory=lambda: LabelSelector({TIER: "edge"}),
         description="Nodes that run the stage; must allow continuum.io/tier=edge.",
     )
-    max_batch: int = Field(8, description="Largest micro-batch, in samples.")
-    max_wait_ms: float = Field(5.0, description="Longest wait to fill a micro-batch.")
+    max_batch: int = Field(default=8, description="Largest micro-batch, in samples.")
+    max_wait_ms: float = Field(default=5.0, description="Longest wait to fill a micro-batch.")
 
     @field_validator("model")
     @classmethod
@@ -482,9 +486,11 @@ class UplinkSpec(_Spec):
     """Which edge samples go up the link (``policy``), at what rate, and the drift detector."""
 
     policy: PolicySpec
-    budget_kbps: float | None = Field(None, description="Link budget in kbit/s; null: unlimited.")
+    budget_kbps: float | None = Field(
+        default=None, description="Link budget in kbit/s; null: unlimited."
+    )
     drift: DriftSpec | None = Field(
-        None, description="Detector the edge runs; defaults to the policy's drift(...) one."
+        default=None, description="Detector the edge runs; defaults to the policy's drift(...) one."
     )
 
     @field_validator("budget_kbps")
@@ -521,7 +527,9 @@ class LabelSpec(_Spec):
     """Where labels for uplinked samples come from."""
 
     source: Literal["delayed_feedback", "teacher", "human"] = "delayed_feedback"
-    teacher_model: str | None = Field(None, description="Cloud model that labels (teacher only).")
+    teacher_model: str | None = Field(
+        default=None, description="Cloud model that labels (teacher only)."
+    )
 
     @model_validator(mode="after")
     def _teacher(self) -> Self:
@@ -545,9 +553,13 @@ class LabelSpec(_Spec):
 class TriggerSpec(_Spec):
     """When to retrain: any set condition fires; ``manual`` allows an operator to start it."""
 
-    new_samples: int | None = Field(None, description="Fire after this many new labelled samples.")
-    drift_score: float | None = Field(None, description="Fire when an edge drift score exceeds it.")
-    every_s: float | None = Field(None, description="Fire on this period, in seconds.")
+    new_samples: int | None = Field(
+        default=None, description="Fire after this many new labelled samples."
+    )
+    drift_score: float | None = Field(
+        default=None, description="Fire when an edge drift score exceeds it."
+    )
+    every_s: float | None = Field(default=None, description="Fire on this period, in seconds.")
     manual: bool = True
 
     @model_validator(mode="before")
@@ -605,8 +617,8 @@ class RetrainSpec(_Spec):
 
     trainer: str = Field(description="Import ref of the Ray Train loop, 'module:function'.")
     trigger: TriggerSpec = TriggerSpec()
-    gpus: float = Field(0.0, description="GPUs per training worker.")
-    cpus: float = Field(1.0, description="CPUs per training worker.")
+    gpus: float = Field(default=0.0, description="GPUs per training worker.")
+    cpus: float = Field(default=1.0, description="CPUs per training worker.")
     where: LabelSelector = Field(
         default_factory=LabelSelector, description="Nodes the job may use; empty: any node."
     )
@@ -631,7 +643,9 @@ class GateSpec(_Spec):
     """The evaluation gate: a candidate must beat the current model by ``min_gain``."""
 
     metric: Literal["accuracy", "f1_macro"] = "accuracy"
-    min_gain: float = Field(0.0, description="Required gain on the held-out set, in [0, 1].")
+    min_gain: float = Field(
+        default=0.0, description="Required gain on the held-out set, in [0, 1]."
+    )
 
     @field_validator("min_gain")
     @classmethod
@@ -642,9 +656,15 @@ class GateSpec(_Spec):
 class RolloutSpec(_Spec):
     """Canary rollout: share of nodes first, when to promote, when to roll back."""
 
-    canary: float = Field(0.1, description="Share of the fleet that gets a new model first.")
-    promote_after_s: float = Field(600.0, description="Canary time without regression, seconds.")
-    rollback_on_drop: float = Field(0.02, description="Roll back if accuracy drops by this.")
+    canary: float = Field(
+        default=0.1, description="Share of the fleet that gets a new model first."
+    )
+    promote_after_s: float = Field(
+        default=600.0, description="Canary time without regression, seconds."
+    )
+    rollback_on_drop: float = Field(
+        default=0.02, description="Roll back if accuracy drops by this."
+    )
 
     @field_validator("canary")
     @classmethod
@@ -866,7 +886,7 @@ def _exec_file(file: Path) -> ModuleType:
         )
     existing = sys.modules.get(name)
     origin = getattr(existing, "__file__", None)
-    if origin is not None and Path(origin).resolve() == file.resolve():
+    if existing is not None and origin is not None and Path(origin).resolve() == file.resolve():
         return existing
     other = existing or importlib.util.find_spec(name)
     if other is not None:

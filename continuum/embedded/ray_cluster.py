@@ -225,14 +225,15 @@ class LocalRayCluster:
         env = self._process_env()
         try:
             head = self._launch(ray_cli, env, "head", self.head_labels, self.head_cpus, head=True)
-            self._wait_started(head)
-            # Edge nodes only need the GCS; they start side by side.
+            # Edge nodes need only the GCS (they retry until the head registers), so they
+            # start while the head brings up its raylet and agents: ~3 s sooner.
+            self._wait_started(head, until_gcs=True)
             edges = [
                 self._launch(ray_cli, env, f"edge-{index}", labels, self.edge_cpus, head=False)
                 for index, labels in enumerate(self.edge_nodes)
             ]
-            for edge in edges:
-                self._wait_started(edge)
+            for node in (head, *edges):
+                self._wait_started(node)
             if self._dashboard_port is not None:
                 self._wait_dashboard()
         except BaseException:
@@ -435,9 +436,10 @@ class LocalRayCluster:
         self._nodes.append(node)
         return node
 
-    def _wait_started(self, node: _NodeProcess) -> None:
+    def _wait_started(self, node: _NodeProcess, *, until_gcs: bool = False) -> None:
         deadline = node.started_at + self.start_timeout_s
         log_path = node.info.log_path
+        what = "start its GCS" if until_gcs else "start"
         while time.monotonic() < deadline:
             code = node.process.poll()
             if code is not None:
@@ -445,11 +447,15 @@ class LocalRayCluster:
                     f"ray start for node {node.info.name!r} exited with code {code}; "
                     f"log {log_path}:\n{log_tail(log_path)}"
                 )
-            if _STARTED_MARKER in log_path.read_text(errors="replace"):
+            if until_gcs:
+                assert self._gcs_port is not None
+                if port_accepts("127.0.0.1", self._gcs_port):
+                    return
+            elif _STARTED_MARKER in log_path.read_text(errors="replace"):
                 return
-            time.sleep(0.1)
+            time.sleep(0.05)
         raise OperationTimeoutError(
-            f"Ray node {node.info.name!r} did not start within {self.start_timeout_s:g} s; "
+            f"Ray node {node.info.name!r} did not {what} within {self.start_timeout_s:g} s; "
             f"log {log_path}:\n{log_tail(log_path)}"
         )
 

@@ -1,0 +1,348 @@
+"""The cloud side of one pipeline's loop: trigger, retrain, gate, register, roll out.
+
+``PipelineController`` is protocol logic driven by ``tick()``; the Ray actor in
+``cloud_head.services`` calls it on a timer. Training runs in a background thread so a tick
+never blocks; every step leaves a record in ``status()`` (and later the audit log) and a
+failed step registers nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from cloud_head.artifacts import DEFAULT_CHUNK_BYTES, publish_artifact
+from cloud_head.gate import GateResult, evaluate, gate
+from cloud_head.labelling import LabelStore, labelled, to_xy
+from cloud_head.rollout import DesiredStateBook, RolloutController, RolloutState
+from cloud_head.training import run_training
+from continuum.errors import ContinuumError
+from continuum.signing import sign_artifact
+from continuum.spec import resolve_ref
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
+
+    from cloud_head.fleet import FleetRegistry
+    from cloud_head.registry import ModelRegistry, ModelVersion
+    from cloud_head.store import SampleStore
+    from continuum.spec import PipelineSpec
+
+log = logging.getLogger(__name__)
+
+TrainingStage = Literal["idle", "training", "gating", "registering", "failed"]
+
+#: One labelled edge sample in this many is held out of training for the gate.
+HOLDOUT_EVERY = 5
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    """One retraining attempt and how it ended."""
+
+    started_at: float
+    reason: str
+    parent: str | None
+    edge_samples: int
+    finished_at: float | None = None
+    outcome: str = "running"
+    version: str | None = None
+    gate: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def is_holdout(sample_id: str) -> bool:
+    """Return whether a labelled edge sample belongs to the gate's holdout, never to training.
+
+    A stable hash keeps the split the same across retrainings, so no sample moves from
+    the holdout into training later.
+    """
+    digest = hashlib.blake2b(sample_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % HOLDOUT_EVERY == 0
+
+
+class PipelineController:
+    """Drive retraining and rollout of one pipeline from its spec."""
+
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        *,
+        workdir: Path,
+        registry: ModelRegistry,
+        store: SampleStore,
+        labels: LabelStore,
+        fleet: FleetRegistry,
+        client: mqtt.Client,
+        private_key_pem: bytes,
+        code_version: str,
+        clock: Callable[[], float] = time.time,
+        chunk_size: int = DEFAULT_CHUNK_BYTES,
+    ) -> None:
+        if spec.retrain is None:
+            raise ContinuumError(
+                f"pipeline {spec.name!r} declares no retrain stage; nothing to control"
+            )
+        self.spec = spec
+        self.workdir = workdir
+        self.registry = registry
+        self.store = store
+        self.labels = labels
+        self.fleet = fleet
+        self.client = client
+        self.code_version = code_version
+        self.clock = clock
+        self._private_key = private_key_pem
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stage: TrainingStage = "idle"
+        self._records: list[TrainingRecord] = []
+        self._trained_on = 0
+        self._last_trained_at = clock()
+        self._manual_reason: str | None = None
+        self.book = DesiredStateBook(
+            workdir / "desired.sqlite3", spec.tenant, self._publish_retained
+        )
+        self.rollout = RolloutController(
+            spec, registry, fleet, self.book, chunk_size=chunk_size, clock=clock
+        )
+        self.chunk_size = chunk_size
+        for version in registry.list(spec.tenant, spec.name):
+            self.rollout.remember_chunks(
+                version.version, max(1, -(-version.size_bytes // chunk_size))
+            )
+
+    # -- public ----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Return a JSON-able snapshot: training stage, records, rollout, versions."""
+        with self._lock:
+            records = [asdict(r) for r in self._records]
+            stage = self._stage
+        current = self.registry.current(self.spec.tenant, self.spec.name)
+        rollout = asdict(self.rollout.state)
+        return {
+            "pipeline": self.spec.name,
+            "training": stage,
+            "trainings": records,
+            "current": None if current is None else current.version,
+            "rollout": rollout,
+            "labelled_samples": self._labelled_count(),
+            "trained_on": self._trained_on,
+        }
+
+    def request_retrain(self, reason: str = "requested by hand") -> None:
+        """Ask for a retraining at the next tick (``continuum retrain``)."""
+        with self._lock:
+            self._manual_reason = reason
+
+    def bootstrap(self) -> ModelVersion:
+        """Train, register and roll out the first model when the pipeline has none.
+
+        Blocks until the first model is published; returns the current version.
+        """
+        current = self.registry.current(self.spec.tenant, self.spec.name)
+        if current is not None:
+            self.rollout.ensure_current_everywhere()
+            return current
+        self._retrain("first model of the pipeline")
+        current = self.registry.current(self.spec.tenant, self.spec.name)
+        if current is None:
+            last = self._records[-1] if self._records else None
+            raise ContinuumError(
+                f"the first model of {self.spec.name!r} was not registered: "
+                f"{last.outcome if last else 'no training ran'}"
+            )
+        return current
+
+    def tick(self) -> RolloutState:
+        """Advance the rollout and start a retraining when its trigger fires."""
+        state = self.rollout.tick()
+        with self._lock:
+            busy = self._thread is not None and self._thread.is_alive()
+        if busy or state.stage == "canary":
+            return state
+        reason = self._trigger_reason()
+        if reason is not None:
+            thread = threading.Thread(
+                target=self._retrain, args=(reason,), name=f"retrain-{self.spec.name}", daemon=True
+            )
+            with self._lock:
+                self._thread = thread
+                self._manual_reason = None
+            thread.start()
+        return state
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait for a running retraining to end; return whether it did within the bound."""
+        with self._lock:
+            thread = self._thread
+        if thread is None:
+            return True
+        thread.join(timeout_s)
+        return not thread.is_alive()
+
+    # -- triggers ----------------------------------------------------------------------------
+
+    def _labelled_count(self) -> int:
+        return int(labelled(self.store, self.labels, self.spec.tenant, self.spec.name).num_rows)
+
+    def _trigger_reason(self) -> str | None:
+        assert self.spec.retrain is not None
+        trigger = self.spec.retrain.trigger
+        with self._lock:
+            if self._manual_reason is not None:
+                return self._manual_reason
+        if trigger.new_samples is not None:
+            new = self._labelled_count() - self._trained_on
+            if new >= trigger.new_samples:
+                return f"{new} new labelled samples (trigger: {trigger.new_samples})"
+        if trigger.drift_score is not None:
+            for node in self.rollout.eligible_nodes():
+                last = self.fleet.last_telemetry(node, self.spec.name)
+                if (
+                    last is not None
+                    and last.ts > self._last_trained_at
+                    and last.drift_score > trigger.drift_score
+                ):
+                    return f"drift {last.drift_score:.2f} on {node} > {trigger.drift_score:g}"
+        if trigger.every_s is not None and self.clock() - self._last_trained_at >= trigger.every_s:
+            return f"schedule: every {trigger.every_s:g} s"
+        return None
+
+    # -- the retraining step ---------------------------------------------------------------
+
+    def _set_stage(self, stage: TrainingStage) -> None:
+        with self._lock:
+            self._stage = stage
+
+    def _retrain(self, reason: str) -> None:
+        assert self.spec.retrain is not None
+        spec = self.spec
+        tenant = spec.tenant
+        current = self.registry.current(tenant, spec.name)
+        table = labelled(self.store, self.labels, tenant, spec.name)
+        shape = tuple(spec.edge.input.shape)
+        x, y, ids = to_xy(table, shape=shape, dtype=spec.edge.input.dtype)
+        held = np.array([is_holdout(i) for i in ids], dtype=bool)
+        train_x, train_y = x[~held], y[~held]
+        record = TrainingRecord(
+            started_at=self.clock(),
+            reason=reason,
+            parent=None if current is None else current.version,
+            edge_samples=len(train_x),
+        )
+        with self._lock:
+            self._records.append(record)
+            index = len(self._records) - 1
+            self._trained_on = int(table.num_rows)
+            self._last_trained_at = self.clock()
+        self._set_stage("training")
+        log.info("retraining %s: %s (%d edge samples)", spec.name, reason, len(train_x))
+        try:
+            run_dir = self.workdir / "training" / f"run-{int(record.started_at * 1000)}"
+            base_pt = None if current is None else current.lineage.get("checkpoint")
+            result = run_training(
+                spec.retrain.trainer,
+                train_x,
+                train_y,
+                base_model=Path(base_pt) if base_pt else None,
+                workdir=run_dir,
+                label_selector=spec.retrain.where,
+                gpus=spec.retrain.gpus,
+                cpus=spec.retrain.cpus,
+            )
+            self._set_stage("gating")
+            hold_x, hold_y = self._holdout(x[held], y[held])
+            if current is None:
+                score = evaluate(result.onnx_path, hold_x, hold_y, spec.gate.metric)
+                verdict = GateResult(
+                    passed=True,
+                    candidate_score=score,
+                    current_score=None,
+                    margin=spec.gate.min_gain,
+                    reason="no current model: the first model passes",
+                )
+            else:
+                verdict = gate(result.onnx_path, current.artifact_path, (hold_x, hold_y), spec.gate)
+            gate_record = asdict(verdict) | {"holdout_size": len(hold_y)}
+            if not verdict.passed:
+                self._finish(
+                    index,
+                    "rejected by the gate: " + verdict.reason,
+                    gate=gate_record,
+                    metrics=dict(result.metrics),
+                )
+                self._set_stage("idle")
+                return
+            self._set_stage("registering")
+            version = self.registry.register(
+                tenant,
+                spec.name,
+                spec.edge.model,
+                result.onnx_path,
+                sign=lambda model, ver, digest: sign_artifact(
+                    self._private_key, model, ver, digest
+                ),
+                parent=record.parent,
+                code_version=self.code_version,
+                metrics=dict(result.metrics),
+                gate=gate_record,
+                lineage={
+                    "checkpoint": str(result.pt_path),
+                    "trained_on_edge_samples": len(train_x),
+                    "holdout_edge_samples": int(held.sum()),
+                    "store_rows": int(table.num_rows),
+                    "store_partitions": self.store.dates(tenant, spec.name),
+                    "reason": reason,
+                    "ray": result.ray_info,
+                },
+            )
+            manifest = publish_artifact(self.client, version, chunk_size=self.chunk_size)
+            self.rollout.remember_chunks(version.version, manifest.chunks)
+            self.rollout.begin(version)
+            self._finish(
+                index,
+                "registered",
+                version=version.version,
+                gate=gate_record,
+                metrics=dict(result.metrics),
+            )
+            self._set_stage("idle")
+        except Exception as error:  # a failed run is reported, never half-registered
+            log.error("retraining %s failed: %s\n%s", spec.name, error, traceback.format_exc())
+            self._finish(index, f"failed: {type(error).__name__}: {error}")
+            self._set_stage("failed")
+
+    def _holdout(self, edge_x: np.ndarray, edge_y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mix the pipeline's reference holdout with the held-out recent edge samples."""
+        ref = self.spec.gate.holdout
+        if ref is None:
+            return edge_x, edge_y
+        ref_x, ref_y = resolve_ref(ref, field="gate.holdout")()
+        return (
+            np.concatenate(
+                [np.asarray(ref_x, dtype=edge_x.dtype).reshape(-1, *edge_x.shape[1:]), edge_x]
+            ),
+            np.concatenate([np.asarray(ref_y, dtype=np.int64), edge_y]),
+        )
+
+    def _finish(self, index: int, outcome: str, **changes: Any) -> None:
+        with self._lock:
+            self._records[index] = replace(
+                self._records[index], finished_at=self.clock(), outcome=outcome, **changes
+            )
+
+    def _publish_retained(self, topic: str, payload: bytes) -> None:
+        from continuum.wire.mqtt import publish_and_wait
+
+        publish_and_wait(self.client, topic, payload, retain=True)

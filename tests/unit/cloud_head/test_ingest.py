@@ -1,0 +1,281 @@
+"""Ingest protocol logic: validation, de-duplication, durable writes and reject counting."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cloud_head.ingest import IngestService, Outcome
+from cloud_head.labelling import LabelStore
+from cloud_head.store import SampleStore
+from continuum import select
+from continuum.errors import ConfigError
+from continuum.spec import DataClass, EdgeStageSpec, PipelineSpec, TensorSchema, UplinkSpec
+from continuum.wire import codec, topics
+
+TENANT = "acme"
+
+
+def make_spec(name: str = "digits", tenant: str = TENANT) -> PipelineSpec:
+    return PipelineSpec(
+        name=name,
+        tenant=tenant,
+        data_class="confidential",
+        edge=EdgeStageSpec(model="inspector", input=TensorSchema(shape=(1, 8, 8))),
+        uplink=UplinkSpec(policy=select.random(0.1)),
+    )
+
+
+def make_batch(
+    seqs: range | list[int],
+    *,
+    node: str = "cam-1",
+    pipeline: str = "digits",
+    shape: tuple[int, ...] = (1, 8, 8),
+    dtype: str = "float32",
+    data_class: DataClass = DataClass.CONFIDENTIAL,
+) -> codec.SampleBatch:
+    records = tuple(
+        codec.SampleRecord(
+            seq=s,
+            captured_at_ns=1_000 + s,
+            tensor=np.full(shape, s, dtype=dtype),
+            prediction=s % 10,
+            confidence=0.25,
+        )
+        for s in seqs
+    )
+    return codec.SampleBatch(pipeline, node, "v1", data_class, records)
+
+
+def samples_msg(batch: codec.SampleBatch, *, tenant: str = TENANT) -> tuple[str, bytes]:
+    return topics.samples(tenant, batch.pipeline, batch.node), codec.encode_samples(batch)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SampleStore:
+    return SampleStore(tmp_path / "samples")
+
+
+@pytest.fixture
+def labels(tmp_path: Path) -> Iterator[LabelStore]:
+    with LabelStore(tmp_path / "labels.db") as store:
+        yield store
+
+
+@pytest.fixture
+def service(tmp_path: Path, store: SampleStore, labels: LabelStore) -> Iterator[IngestService]:
+    with IngestService(TENANT, [make_spec()], store, labels, tmp_path / "seen.db") as svc:
+        yield svc
+
+
+class TestGoodBatches:
+    def test_a_valid_batch_is_stored_and_readable(
+        self, service: IngestService, store: SampleStore
+    ) -> None:
+        outcome = service.handle(*samples_msg(make_batch(range(4))))
+        assert outcome == Outcome("stored", stored=4)
+        assert outcome.ack
+        table = store.read(TENANT, "digits")
+        assert sorted(table.column("sample_id").to_pylist()) == [f"cam-1:{s}" for s in range(4)]
+        assert store.buffered_rows == 0
+        assert service.stats()["stored"] == 4
+
+    def test_many_messages_are_written_with_one_file(
+        self, service: IngestService, store: SampleStore
+    ) -> None:
+        messages = [samples_msg(make_batch(range(i * 3, i * 3 + 3))) for i in range(5)]
+        outcomes = service.handle_many(messages)
+        assert [o.stored for o in outcomes] == [3] * 5
+        assert len(store.files(TENANT, "digits")) == 1
+        assert store.count(TENANT, "digits") == 15
+
+    def test_a_pipeline_added_later_is_accepted(self, service: IngestService) -> None:
+        assert service.handle(*samples_msg(make_batch([1], pipeline="gauges"))).kind == "rejected"
+        service.add_pipeline(make_spec("gauges"))
+        assert service.handle(*samples_msg(make_batch([1], pipeline="gauges"))).stored == 1
+
+    def test_a_pipeline_of_another_tenant_is_refused_at_configuration(
+        self, service: IngestService
+    ) -> None:
+        with pytest.raises(ConfigError, match="tenant"):
+            service.add_pipeline(make_spec(tenant="globex"))
+
+
+class TestDuplicates:
+    def test_a_batch_delivered_twice_is_stored_once(
+        self, service: IngestService, store: SampleStore
+    ) -> None:
+        message = samples_msg(make_batch(range(4)))
+        service.handle(*message)
+        again = service.handle(*message)
+        assert again == Outcome("stored", stored=0, duplicates=4)
+        assert again.ack
+        assert store.read(TENANT, "digits").num_rows == 4
+        assert service.stats()["duplicates"] == 4
+
+    def test_overlapping_batches_store_only_the_new_samples(
+        self, service: IngestService, store: SampleStore
+    ) -> None:
+        service.handle(*samples_msg(make_batch(range(0, 4))))
+        outcome = service.handle(*samples_msg(make_batch(range(2, 6))))
+        assert (outcome.stored, outcome.duplicates) == (2, 2)
+        assert store.count(TENANT, "digits") == 6
+
+    def test_duplicates_within_one_group_are_stored_once(
+        self, service: IngestService, store: SampleStore
+    ) -> None:
+        message = samples_msg(make_batch(range(3)))
+        first, second = service.handle_many([message, message])
+        assert (first.stored, second.duplicates) == (3, 3)
+        assert store.read(TENANT, "digits").num_rows == 3
+
+    def test_sample_ids_are_remembered_across_a_restart(
+        self, tmp_path: Path, store: SampleStore, labels: LabelStore, service: IngestService
+    ) -> None:
+        message = samples_msg(make_batch(range(3)))
+        service.handle(*message)
+        service.close()
+        with IngestService(TENANT, [make_spec()], store, labels, tmp_path / "seen.db") as again:
+            assert again.handle(*message).duplicates == 3
+            assert again.is_seen("digits", "cam-1:2")
+        assert store.read(TENANT, "digits").num_rows == 3
+
+    def test_the_same_seq_from_two_nodes_is_two_samples(
+        self, service: IngestService, store: SampleStore
+    ) -> None:
+        service.handle(*samples_msg(make_batch([7], node="cam-1")))
+        service.handle(*samples_msg(make_batch([7], node="cam-2")))
+        assert store.count(TENANT, "digits") == 2
+
+
+def _feedback_on_samples_topic() -> tuple[str, bytes]:
+    payload = codec.encode_feedback(codec.FeedbackBatch("digits", "cam-1", ((1, 3),)))
+    return topics.samples(TENANT, "digits", "cam-1"), payload
+
+
+def _corrupt() -> tuple[str, bytes]:
+    topic, payload = samples_msg(make_batch(range(2)))
+    return topic, payload[:-1] + bytes([payload[-1] ^ 0xFF])
+
+
+REJECTS: dict[str, tuple[str, bytes]] = {
+    "wrong_tenant": samples_msg(make_batch([1]), tenant="globex"),
+    "unknown_pipeline": samples_msg(make_batch([1], pipeline="nope")),
+    "node_mismatch": (
+        topics.samples(TENANT, "digits", "cam-2"),
+        codec.encode_samples(make_batch([1], node="cam-1")),
+    ),
+    "pipeline_mismatch": (
+        topics.samples(TENANT, "digits", "cam-1"),
+        codec.encode_samples(make_batch([1], pipeline="other")),
+    ),
+    "schema_mismatch": samples_msg(make_batch([1], shape=(8, 8))),
+    "data_class_mismatch": samples_msg(make_batch([1], data_class=DataClass.RESTRICTED)),
+    "bad_magic": (topics.samples(TENANT, "digits", "cam-1"), b"not a continuum payload"),
+    "truncated": (topics.samples(TENANT, "digits", "cam-1"), codec.MAGIC),
+    "corrupt": _corrupt(),
+    "bad_kind": _feedback_on_samples_topic(),
+    "bad_topic": ("somewhere/else", codec.encode_samples(make_batch([1]))),
+    "unexpected_topic": (topics.telemetry(TENANT, "digits", "cam-1"), b"{}"),
+}
+
+
+class TestRejects:
+    @pytest.mark.parametrize("reason", sorted(REJECTS))
+    def test_each_bad_message_is_rejected_counted_and_acked(
+        self, service: IngestService, store: SampleStore, reason: str
+    ) -> None:
+        outcome = service.handle(*REJECTS[reason])
+        assert outcome.kind == "rejected"
+        assert outcome.reason == reason
+        assert outcome.ack
+        assert service.stats()["rejected"] == {reason: 1}
+        assert store.count(TENANT, "digits") == 0
+
+    def test_a_wrong_dtype_is_a_schema_mismatch(self, service: IngestService) -> None:
+        outcome = service.handle(*samples_msg(make_batch([1], dtype="float64")))
+        assert outcome.reason == "schema_mismatch"
+        assert "float64" in outcome.detail
+
+    def test_one_bad_message_does_not_spoil_its_group(
+        self, service: IngestService, store: SampleStore
+    ) -> None:
+        outcomes = service.handle_many(
+            [samples_msg(make_batch([1])), REJECTS["corrupt"], samples_msg(make_batch([2]))]
+        )
+        assert [o.kind for o in outcomes] == ["stored", "rejected", "stored"]
+        assert store.count(TENANT, "digits") == 2
+
+    def test_a_less_sensitive_batch_is_accepted(self, service: IngestService) -> None:
+        outcome = service.handle(*samples_msg(make_batch([1], data_class=DataClass.PUBLIC)))
+        assert outcome.stored == 1
+
+
+class TestGarbage:
+    @settings(
+        max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
+    @given(
+        topic=st.one_of(
+            st.text(max_size=80),
+            st.sampled_from(
+                [topics.samples(TENANT, "digits", "cam-1"), topics.feedback(TENANT, "digits", "x")]
+            ),
+        ),
+        payload=st.binary(max_size=512),
+    )
+    def test_garbage_never_raises_and_is_rejected(
+        self, service: IngestService, topic: str, payload: bytes
+    ) -> None:
+        outcome = service.handle(topic, payload)
+        assert outcome.kind == "rejected"
+        assert outcome.reason
+
+
+class TestFeedback:
+    def test_feedback_is_recorded_as_labels(
+        self, service: IngestService, labels: LabelStore
+    ) -> None:
+        batch = codec.FeedbackBatch("digits", "cam-1", ((1, 3), (2, 5)))
+        outcome = service.handle(
+            topics.feedback(TENANT, "digits", "cam-1"), codec.encode_feedback(batch)
+        )
+        assert outcome == Outcome("labelled", labels=2)
+        assert labels.labels(TENANT, "digits")["cam-1:2"].label == 5
+        assert service.stats()["labels"] == 2
+
+    def test_feedback_from_another_node_is_rejected(
+        self, service: IngestService, labels: LabelStore
+    ) -> None:
+        batch = codec.FeedbackBatch("digits", "cam-1", ((1, 3),))
+        topic = topics.feedback(TENANT, "digits", "cam-9")
+        outcome = service.handle(topic, codec.encode_feedback(batch))
+        assert outcome.reason == "node_mismatch"
+        assert labels.count(TENANT, "digits") == 0
+
+
+class TestFailedWrites:
+    def test_a_failed_store_write_is_not_acked_and_succeeds_on_retry(
+        self, tmp_path: Path, labels: LabelStore
+    ) -> None:
+        blocked = tmp_path / "blocked"
+        blocked.write_bytes(b"a file where the store wants a directory")
+        store = SampleStore(blocked / "samples")
+        with IngestService(TENANT, [make_spec()], store, labels, tmp_path / "s.db") as service:
+            message = samples_msg(make_batch(range(3)))
+            failed = service.handle(*message)
+            assert failed.kind == "failed"
+            assert not failed.ack
+            assert not service.is_seen("digits", "cam-1:0")
+            assert store.buffered_rows == 0
+            blocked.unlink()
+            retried = service.handle(*message)
+            assert retried == Outcome("stored", stored=3)
+            assert store.count(TENANT, "digits") == 3
+            assert service.stats()["failed"] == 1
