@@ -235,10 +235,25 @@ class Pipeline:
         }
         self._retrain = validate(RetrainSpec, data, prefix="retrain")
 
-    def gate(self, metric: str = "accuracy", *, min_gain: float = 0.0) -> None:
-        """Declare the evaluation gate: the candidate must gain ``min_gain`` on ``metric``."""
+    def gate(
+        self,
+        metric: str = "accuracy",
+        *,
+        min_gain: float = 0.0,
+        holdout: Callable[[], tuple[Any, Any]] | str | None = None,
+    ) -> None:
+        """Declare the evaluation gate: the candidate must gain ``min_gain`` on ``metric``.
+
+        ``holdout`` is a module-level function (or its ref) returning a fixed reference set
+        ``(x, y)`` that the gate scores on besides the held-out recent edge samples.
+        """
         self._once("gate", self._gate, "keep one gate")
-        self._gate = validate(GateSpec, {"metric": metric, "min_gain": min_gain}, prefix="gate")
+        data = {
+            "metric": metric,
+            "min_gain": min_gain,
+            "holdout": None if holdout is None else ref_of(holdout, field="gate.holdout"),
+        }
+        self._gate = validate(GateSpec, data, prefix="gate")
 
     def rollout(
         self,

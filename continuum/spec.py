@@ -640,12 +640,26 @@ class RetrainSpec(_Spec):
 
 
 class GateSpec(_Spec):
-    """The evaluation gate: a candidate must beat the current model by ``min_gain``."""
+    """The evaluation gate: a candidate must beat the current model by ``min_gain``.
+
+    Both are scored on held-out recent edge samples, plus ``holdout`` (a fixed reference
+    set) when given, so a model that forgets the old distribution does not pass.
+    """
 
     metric: Literal["accuracy", "f1_macro"] = "accuracy"
     min_gain: float = Field(
         default=0.0, description="Required gain on the held-out set, in [0, 1]."
     )
+
+    holdout: str | None = Field(
+        default=None,
+        description="Import ref of a function returning a reference holdout (x, y), or null.",
+    )
+
+    @field_validator("holdout")
+    @classmethod
+    def _check_holdout(cls, value: str | None) -> str | None:
+        return None if value is None else _check_ref(value, "holdout")
 
     @field_validator("min_gain")
     @classmethod

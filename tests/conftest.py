@@ -1,0 +1,106 @@
+"""Session fixtures for the whole suite: a real mosquitto, a real local Ray cluster, the gpu skip.
+
+Both fixtures start only when a test asks for them, so ``tests/unit`` needs neither.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+from continuum.embedded import EmbeddedBroker, LocalRayCluster
+
+#: The Ray namespace the test process joins; services under test run as actors in it.
+RAY_TEST_NAMESPACE = "continuum-tests"
+
+
+@pytest.fixture(scope="session")
+def mqtt_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """Yield one mosquitto on a free loopback port, shared by the session.
+
+    A test that stops or kills it must start it again (``restart()``) before it
+    returns; tests that want to kill a broker should take ``private_mqtt_broker``.
+    """
+    broker = EmbeddedBroker(tmp_path_factory.mktemp("mqtt-broker"))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def private_mqtt_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
+    """Yield a mosquitto of this test's own (about 50 ms), free to stop, kill and restart."""
+    broker = EmbeddedBroker(tmp_path / "mqtt-broker")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRayCluster]:
+    """Yield a local Ray cluster this process is connected to (namespace ``continuum-tests``).
+
+    Head: ``continuum.io/tier=cloud``, 2 CPUs.  One worker node:
+    ``continuum.io/tier=edge``, ``continuum.io/site=lux-1``, 1 CPU.  No dashboard.
+    """
+    cluster = LocalRayCluster(
+        tmp_path_factory.mktemp("ray-cluster"),
+        head_labels={"continuum.io/tier": "cloud"},
+        edge_nodes=[{"continuum.io/tier": "edge", "continuum.io/site": "lux-1"}],
+        dashboard=False,
+    )
+    try:
+        cluster.start()
+        # The driver's own log lines would interleave with pytest's output.
+        cluster.connect(RAY_TEST_NAMESPACE, log_to_driver=False)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@cache
+def _gpu_missing() -> str | None:
+    """Return why TensorRT tests cannot run here, or None when they can."""
+    missing = [
+        name for name in ("tensorrt", "pycuda") if importlib.util.find_spec(name) is None
+    ]
+    has_gpu = Path("/dev/nvidia0").exists()
+    smi = shutil.which("nvidia-smi")
+    if not has_gpu and smi is not None:
+        try:
+            listed = subprocess.run(
+                [smi, "-L"], capture_output=True, text=True, timeout=10, check=False
+            )
+            has_gpu = listed.returncode == 0 and "GPU" in listed.stdout
+        except (OSError, subprocess.TimeoutExpired):
+            has_gpu = False
+    if os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1"):
+        has_gpu = False
+    if not has_gpu:
+        missing.insert(0, "an NVIDIA GPU")
+    if not missing:
+        return None
+    return f"needs an NVIDIA GPU with tensorrt and pycuda; missing: {', '.join(missing)}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip tests marked ``gpu`` unless an NVIDIA GPU, tensorrt and pycuda are all present."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_items:
+        return
+    reason = _gpu_missing()
+    if reason is None:
+        return
+    for item in gpu_items:
+        item.add_marker(pytest.mark.skip(reason=reason))

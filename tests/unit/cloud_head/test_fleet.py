@@ -1,0 +1,209 @@
+"""The fleet registry: nodes from retained status and reported state, telemetry history."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cloud_head.fleet import FleetRegistry, FleetUpdate
+from continuum.labels import LabelSelector
+from continuum.wire import topics
+from continuum.wire.messages import NodeStatus, ReportedModel, ReportedState, Telemetry
+
+TENANT = "acme"
+SHA = "ab" * 32
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def status(node: str, *, online: bool = True, site: str = "lux-1", tenant: str = TENANT) -> bytes:
+    return NodeStatus(
+        node=node,
+        tenant=tenant,
+        online=online,
+        labels={"continuum.io/tier": "edge", "continuum.io/site": site},
+        backends=["onnxruntime"],
+        gpu=None,
+        tensorrt_version=None,
+        agent_version="0.1.0",
+        pipelines=["digits"],
+        ts=900.0,
+    ).to_payload()
+
+
+def reported(node: str, version: str = "v1", state: str = "serving") -> bytes:
+    model = ReportedModel(model="inspector", version=version, sha256=SHA, state=state)  # type: ignore[arg-type]
+    return ReportedState(node=node, pipelines={"digits": model}, ts=900.0).to_payload()
+
+
+def telemetry(node: str, ts: float, *, version: str = "v1", correct: int = 9) -> Telemetry:
+    return Telemetry(
+        node=node,
+        pipeline="digits",
+        model_version=version,
+        window_s=10.0,
+        frames=100,
+        uplinked=5,
+        dropped=0,
+        labelled=10,
+        correct=correct,
+        ts=ts,
+    )
+
+
+def send_telemetry(fleet: FleetRegistry, t: Telemetry) -> FleetUpdate:
+    return fleet.handle(topics.telemetry(TENANT, t.pipeline, t.node), t.to_payload())
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, clock: Clock) -> Iterator[FleetRegistry]:
+    with FleetRegistry(TENANT, tmp_path / "fleet.db", clock=clock) as registry:
+        yield registry
+
+
+class TestNodeStatus:
+    def test_a_status_registers_the_node_with_its_labels_and_capabilities(
+        self, fleet: FleetRegistry
+    ) -> None:
+        update = fleet.handle(topics.node_status(TENANT, "cam-1"), status("cam-1"))
+        assert update == FleetUpdate("status", node="cam-1")
+        [node] = fleet.nodes()
+        assert node.node == "cam-1" and node.online
+        assert node.labels["continuum.io/site"] == "lux-1"
+        assert node.status is not None and node.status.backends == ["onnxruntime"]
+        assert node.pipelines == ["digits"]
+        assert node.last_seen == 1_000.0
+
+    def test_the_last_will_marks_the_node_offline_and_keeps_it(
+        self, fleet: FleetRegistry, clock: Clock
+    ) -> None:
+        fleet.handle(topics.node_status(TENANT, "cam-1"), status("cam-1"))
+        clock.now = 1_050.0
+        fleet.handle(topics.node_status(TENANT, "cam-1"), status("cam-1", online=False))
+        [node] = fleet.nodes()
+        assert not node.online
+        assert node.labels["continuum.io/tier"] == "edge"
+        assert fleet.nodes(online=True) == []
+        assert fleet.stats()["online"] == 0
+
+    def test_an_empty_retained_status_removes_the_node(self, fleet: FleetRegistry) -> None:
+        fleet.handle(topics.node_status(TENANT, "cam-1"), status("cam-1"))
+        send_telemetry(fleet, telemetry("cam-1", 950.0))
+        assert fleet.handle(topics.node_status(TENANT, "cam-1"), b"").kind == "removed"
+        assert fleet.nodes() == []
+        assert fleet.telemetry("cam-1", "digits") == []
+
+    def test_nodes_are_selected_by_labels(self, fleet: FleetRegistry) -> None:
+        fleet.handle(topics.node_status(TENANT, "cam-1"), status("cam-1", site="lux-1"))
+        fleet.handle(topics.node_status(TENANT, "cam-2"), status("cam-2", site="par-1"))
+        fleet.handle(topics.node_status(TENANT, "cam-3"), status("cam-3", site="lux-2"))
+        chosen = fleet.nodes(LabelSelector({"continuum.io/site": "lux-*"}))
+        assert [n.node for n in chosen] == ["cam-1", "cam-3"]
+        assert len(fleet.nodes()) == 3
+
+
+class TestReportedState:
+    def test_reported_models_are_kept_per_pipeline(self, fleet: FleetRegistry) -> None:
+        fleet.handle(topics.node_status(TENANT, "cam-1"), status("cam-1"))
+        fleet.handle(topics.node_reported(TENANT, "cam-1"), reported("cam-1", "v2"))
+        model = fleet.reported_model("cam-1", "digits")
+        assert model is not None and (model.version, model.state) == ("v2", "serving")
+        node = fleet.get("cam-1")
+        assert node is not None and node.model("digits") == model
+        assert fleet.reported_model("cam-1", "other") is None
+        assert fleet.reported_model("cam-9", "digits") is None
+
+    def test_a_newer_report_replaces_the_old(self, fleet: FleetRegistry) -> None:
+        fleet.handle(topics.node_reported(TENANT, "cam-1"), reported("cam-1", "v1"))
+        fleet.handle(topics.node_reported(TENANT, "cam-1"), reported("cam-1", "v2", "failed"))
+        model = fleet.reported_model("cam-1", "digits")
+        assert model is not None and (model.version, model.state) == ("v2", "failed")
+
+
+class TestTelemetry:
+    def test_history_is_returned_from_a_time_on_oldest_first(self, fleet: FleetRegistry) -> None:
+        for ts in (30.0, 10.0, 20.0):
+            send_telemetry(fleet, telemetry("cam-1", ts))
+        assert [t.ts for t in fleet.telemetry("cam-1", "digits", since_ts=15.0)] == [20.0, 30.0]
+        assert len(fleet.telemetry("cam-1", "digits")) == 3
+
+    def test_history_can_be_limited_to_one_model_version(self, fleet: FleetRegistry) -> None:
+        send_telemetry(fleet, telemetry("cam-1", 10.0, version="v1"))
+        send_telemetry(fleet, telemetry("cam-1", 20.0, version="v2", correct=4))
+        [window] = fleet.telemetry("cam-1", "digits", model_version="v2")
+        assert window.accuracy == pytest.approx(0.4)
+
+    def test_the_newest_window_is_the_nodes_last_telemetry(self, fleet: FleetRegistry) -> None:
+        send_telemetry(fleet, telemetry("cam-1", 20.0, version="v2"))
+        send_telemetry(fleet, telemetry("cam-1", 10.0, version="v1"))
+        last = fleet.last_telemetry("cam-1", "digits")
+        assert last is not None and last.model_version == "v2"
+        [node] = fleet.nodes()
+        assert node.telemetry["digits"].model_version == "v2"
+        assert fleet.last_telemetry("cam-2", "digits") is None
+
+    def test_telemetry_refreshes_last_seen(self, fleet: FleetRegistry, clock: Clock) -> None:
+        fleet.handle(topics.node_status(TENANT, "cam-1"), status("cam-1"))
+        clock.now = 2_000.0
+        send_telemetry(fleet, telemetry("cam-1", 1_990.0))
+        node = fleet.get("cam-1")
+        assert node is not None and node.last_seen == 2_000.0
+
+
+class TestRejects:
+    @pytest.mark.parametrize(
+        ("topic", "payload", "reason"),
+        [
+            (
+                topics.node_status("globex", "cam-1"),
+                status("cam-1", tenant="globex"),
+                "wrong_tenant",
+            ),
+            (topics.node_status(TENANT, "cam-1"), status("cam-1", tenant="globex"), "wrong_tenant"),
+            (topics.node_status(TENANT, "cam-2"), status("cam-1"), "node_mismatch"),
+            (topics.node_reported(TENANT, "cam-2"), reported("cam-1"), "node_mismatch"),
+            (
+                topics.telemetry(TENANT, "other", "cam-1"),
+                telemetry("cam-1", 1.0).to_payload(),
+                "pipeline_mismatch",
+            ),
+            (topics.node_status(TENANT, "cam-1"), b"{not json", "invalid_json"),
+            (topics.node_status(TENANT, "cam-1"), b'{"node": "cam-1"}', "schema"),
+            (topics.node_desired(TENANT, "cam-1"), b"{}", "unexpected_topic"),
+            ("not/a/topic", b"{}", "bad_topic"),
+        ],
+    )
+    def test_a_bad_message_is_rejected_and_counted(
+        self, fleet: FleetRegistry, topic: str, payload: bytes, reason: str
+    ) -> None:
+        update = fleet.handle(topic, payload)
+        assert (update.kind, update.reason) == ("rejected", reason)
+        assert fleet.stats()["rejected"] == {reason: 1}
+        assert fleet.nodes() == []
+
+    def test_garbage_bytes_never_raise(self, fleet: FleetRegistry) -> None:
+        for payload in (b"\x00\xff" * 50, b"null", b"[]", b'{"online": true}'):
+            assert fleet.handle(topics.node_status(TENANT, "cam-1"), payload).kind == "rejected"
+
+
+class TestPersistence:
+    def test_the_registry_survives_a_restart(self, tmp_path: Path) -> None:
+        with FleetRegistry(TENANT, tmp_path / "f.db") as fleet:
+            fleet.handle(topics.node_status(TENANT, "cam-1"), status("cam-1"))
+            send_telemetry(fleet, telemetry("cam-1", 5.0))
+        with FleetRegistry(TENANT, tmp_path / "f.db") as fleet:
+            assert [n.node for n in fleet.nodes()] == ["cam-1"]
+            assert len(fleet.telemetry("cam-1", "digits")) == 1
