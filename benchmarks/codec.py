@@ -12,6 +12,7 @@ import os
 import platform
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -112,13 +113,13 @@ def throughput_table() -> list[list[str]]:
         raw = sum(t.nbytes for t in tensors)
         payload = encode_samples(batch)
         npy_payloads = npy_encode(tensors)
-        encode_base_s = seconds_per_call(lambda t=tensors: npy_encode(t))
+        encode_base_s = seconds_per_call(partial(npy_encode, tensors))
         # np.load returns fresh writable arrays: the like-for-like row is "decode copy=True".
-        decode_base_s = seconds_per_call(lambda p=npy_payloads: npy_decode(p))
+        decode_base_s = seconds_per_call(partial(npy_decode, npy_payloads))
         cases: list[tuple[str, Callable[[], object], float]] = [
-            ("encode", lambda b=batch: encode_samples(b), encode_base_s),
-            ("decode (views)", lambda p=payload: decode_samples(p), decode_base_s),
-            ("decode copy=True", lambda p=payload: decode_samples(p, copy=True), decode_base_s),
+            ("encode", partial(encode_samples, batch), encode_base_s),
+            ("decode (views)", partial(decode_samples, payload), decode_base_s),
+            ("decode copy=True", partial(decode_samples, payload, copy=True), decode_base_s),
         ]
         for op, ours_fn, base_s in cases:
             ours_s = seconds_per_call(ours_fn)

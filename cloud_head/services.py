@@ -211,7 +211,7 @@ class FleetActor:
         self._worker.stop()
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=4)
 class ControllerActor:
     """One pipeline's loop on the cloud: trigger, retrain on Ray Train, gate, register, roll out."""
 
@@ -332,7 +332,7 @@ class CloudHead:
         ingest_replicas: int = 1,
         ready_timeout_s: float = 60.0,
     ) -> CloudHead:
-        """Start the services as named, detached actors in namespace ``tenant`` on the cloud tier."""
+        """Start the services as named, detached actors in namespace ``tenant`` (cloud tier)."""
         dumped = [s.model_dump(mode="json") for s in specs]
         broker_dict = broker.model_dump(mode="json")
         common: dict[str, Any] = {

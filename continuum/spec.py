@@ -33,7 +33,7 @@ from pydantic import (
     model_validator,
 )
 
-from continuum._validation import spec_error
+from continuum._validation import key_path, spec_error
 from continuum.drift import DriftSpec, KSSpec, PSISpec
 from continuum.errors import ProtocolError, SpecError
 from continuum.labels import TIER, LabelSelector
@@ -466,7 +466,8 @@ class EdgeStageSpec(_Spec):
     def _check_where(cls, value: LabelSelector) -> LabelSelector:
         if not value.can_match(TIER, "edge"):
             raise SpecError(
-                f"{TIER}={value.root[TIER]!r} excludes edge nodes, where the edge stage runs",
+                f"{value.root[TIER]!r} excludes edge nodes, where the edge stage runs",
+                field=key_path(TIER),
                 fix=f'use {{"{TIER}": "edge"}} or leave the key out',
             )
         return value
@@ -757,7 +758,7 @@ class PipelineSpec(_Spec):
 
     def to_yaml(self) -> str:
         """Return the spec as YAML, fields in declaration order."""
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+        return yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False, allow_unicode=True)
 
     def to_json(self) -> str:
         """Return the spec as indented JSON."""
@@ -792,6 +793,17 @@ class PipelineSpec(_Spec):
             f"{rollout.rollback_on_drop:g}"
         )
         return "\n".join(lines)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Write lists of scalars (a shape) on one line: ``shape: [1, 8, 8]``."""
+
+    def represent_list(self, data: Any) -> yaml.SequenceNode:
+        flow = all(isinstance(item, int | float | str | bool) for item in data)
+        return self.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_Dumper.add_representer(list, _Dumper.represent_list)
 
 
 def _topic_name(value: str, what: str, example: str) -> str:

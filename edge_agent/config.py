@@ -111,7 +111,8 @@ class AgentSettings(BaseSettings):
         description="Node labels (continuum.io/tier, /site, ...) a pipeline's 'where' must match.",
     )
     broker: BrokerSettings = Field(
-        default_factory=BrokerSettings, description="The MQTT broker and session."
+        default_factory=lambda: BrokerSettings.model_validate({}),
+        description="The MQTT broker and session.",
     )
     state_dir: Path = Field(
         description="Durable state: outbox database, verified models, partial downloads."
@@ -284,7 +285,9 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     pipelines = out.get("pipelines")
     if isinstance(pipelines, list):
         out["pipelines"] = [
-            {**item, "spec": fix(item["spec"])} if isinstance(item, dict) and "spec" in item else item
+            {**item, "spec": fix(item["spec"])}
+            if isinstance(item, dict) and "spec" in item
+            else item
             for item in pipelines
         ]
     return out

@@ -352,6 +352,15 @@ class MqttLink:
         if new and self.connected:
             self._send_subscribe(new, qos)
 
+    def resubscribe(self, topics: Iterable[str], qos: int = 1) -> None:
+        """Subscribe again (if connected) so the broker resends the retained messages."""
+        again = list(topics)
+        with self._lock:
+            for topic in again:
+                self._subscriptions.setdefault(topic, qos)
+        if again and self.connected:
+            self._send_subscribe(again, qos)
+
     def unsubscribe(self, topics: Iterable[str]) -> None:
         """Forget subscriptions (also on the broker, if connected)."""
         gone = []
@@ -371,7 +380,7 @@ class MqttLink:
     def _send_subscribe(self, topics: list[str], qos: int) -> None:
         for start in range(0, len(topics), _SUBSCRIBE_BATCH):
             batch = [
-                (topic, SubscribeOptions(qos=qos))  # type: ignore[no-untyped-call]
+                (topic, SubscribeOptions(qos=qos))
                 for topic in topics[start : start + _SUBSCRIBE_BATCH]
             ]
             self._client.subscribe(batch)
@@ -476,7 +485,9 @@ class MqttLink:
             except Exception:
                 log.exception("publish callback failed")
 
-    def _handle_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+    def _handle_message(
+        self, client: paho.Client, userdata: Any, message: paho.MQTTMessage
+    ) -> None:
         try:
             topic = message.topic
         except UnicodeDecodeError:

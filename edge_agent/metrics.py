@@ -55,9 +55,7 @@ class AgentMetrics:
             buckets=_LATENCY_BUCKETS_S,
             registry=r,
         )
-        self.frames = Counter(
-            f"{_NS}_frames", "Frames inferred.", ["pipeline"], registry=r
-        )
+        self.frames = Counter(f"{_NS}_frames", "Frames inferred.", ["pipeline"], registry=r)
         self.frames_rejected = Counter(
             f"{_NS}_frames_rejected",
             "Frames not inferred, by reason (bad_input, preprocess_error, inference_error).",
@@ -72,7 +70,10 @@ class AgentMetrics:
             registry=r,
         )
         self.selected = Counter(
-            f"{_NS}_samples_selected", "Samples the uplink policy selected.", ["pipeline"], registry=r
+            f"{_NS}_samples_selected",
+            "Samples the uplink policy selected.",
+            ["pipeline"],
+            registry=r,
         )
         self.budget_dropped = Counter(
             f"{_NS}_samples_over_budget",
@@ -112,15 +113,21 @@ class AgentMetrics:
             registry=r,
         )
         self.uplink_bytes = Counter(
-            f"{_NS}_uplink_bytes", "Payload bytes acknowledged by the broker, by kind.", ["kind"],
+            f"{_NS}_uplink_bytes",
+            "Payload bytes acknowledged by the broker, by kind.",
+            ["kind"],
             registry=r,
         )
         self.drift_score = Gauge(
-            f"{_NS}_drift_score", "Latest drift score of the pipeline's detector.", ["pipeline"],
+            f"{_NS}_drift_score",
+            "Latest drift score of the pipeline's detector.",
+            ["pipeline"],
             registry=r,
         )
         self.drifted = Gauge(
-            f"{_NS}_drifted", "1 while the drift detector says the input drifted.", ["pipeline"],
+            f"{_NS}_drifted",
+            "1 while the drift detector says the input drifted.",
+            ["pipeline"],
             registry=r,
         )
         self.model = Info(

@@ -162,6 +162,7 @@ class AppendResult:
     appended: int
     refused: int
     evicted: int
+    kept: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,9 +287,7 @@ class Outbox:
             if self._seq_next + count > self._seq_limit:
                 new_limit = self._seq_next + max(count, _SEQ_BLOCK)
                 with self._transaction():
-                    self._db.execute(
-                        "UPDATE meta SET value = ? WHERE key = 'seq_hi'", (new_limit,)
-                    )
+                    self._db.execute("UPDATE meta SET value = ? WHERE key = 'seq_hi'", (new_limit,))
                 self._seq_limit = new_limit
             start = self._seq_next
             self._seq_next += count
@@ -356,7 +355,7 @@ class Outbox:
             self._notify_drop("full_oldest", evicted)
         if refused:
             self._count_drop("full_newest", refused)
-        return AppendResult(len(kept), refused, evicted)
+        return AppendResult(len(kept), refused, evicted, tuple(e.seq for e in kept))
 
     def _evict_oldest(self, need_bytes: int) -> int:
         """Delete the oldest unleased samples until ``need_bytes`` are freed (lock held)."""

@@ -55,7 +55,9 @@ def load_source(ref: str, args: Mapping[str, Any] | None = None) -> Source:
     try:
         source = factory(**dict(args or {}))
     except TypeError as exc:
-        raise ConfigError(f"source {ref!r} does not accept args {dict(args or {})!r}: {exc}") from exc
+        raise ConfigError(
+            f"source {ref!r} does not accept args {dict(args or {})!r}: {exc}"
+        ) from exc
     except ConfigError:
         raise
     except Exception as exc:

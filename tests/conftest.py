@@ -9,6 +9,7 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -59,6 +60,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRayCl
         head_labels={"continuum.io/tier": "cloud"},
         edge_nodes=[{"continuum.io/tier": "edge", "continuum.io/site": "lux-1"}],
         dashboard=False,
+        env={"PYTHONPATH": _test_python_path()},
     )
     try:
         cluster.start()
@@ -69,12 +71,23 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRayCl
         cluster.stop()
 
 
+def _test_python_path() -> str:
+    """Return a PYTHONPATH under which Ray workers import test modules as pytest did.
+
+    pytest imports ``tests/integration/x/test_y.py`` as ``test_y`` with its folder put
+    on sys.path; Ray workers unpickle remote functions by module name, so they need
+    the same folders.
+    """
+    tests_root = Path(__file__).resolve().parent
+    test_dirs = [p for p in sys.path if p and Path(p).resolve().is_relative_to(tests_root)]
+    inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.pathsep.join(dict.fromkeys([*test_dirs, *inherited]))
+
+
 @cache
 def _gpu_missing() -> str | None:
     """Return why TensorRT tests cannot run here, or None when they can."""
-    missing = [
-        name for name in ("tensorrt", "pycuda") if importlib.util.find_spec(name) is None
-    ]
+    missing = [name for name in ("tensorrt", "pycuda") if importlib.util.find_spec(name) is None]
     has_gpu = Path("/dev/nvidia0").exists()
     smi = shutil.which("nvidia-smi")
     if not has_gpu and smi is not None:

@@ -111,6 +111,8 @@ class LocalRayCluster:
     in ``edge_nodes`` becomes one worker node with those labels.  All nodes bind to
     127.0.0.1 where Ray lets them (the GCS and raylets listen on all interfaces, which
     is why token auth is the default), use free ports, and share one short temp dir.
+    ``env`` is added to every Ray process's environment (e.g. ``PYTHONPATH`` for code
+    that tasks import by module name).
     """
 
     def __init__(
@@ -125,6 +127,7 @@ class LocalRayCluster:
         edge_cpus: int = 1,
         object_store_bytes: int = 128 * 1024 * 1024,
         temp_dir: Path | str | None = None,
+        env: Mapping[str, str] | None = None,
         start_timeout_s: float = 60.0,
         stop_timeout_s: float = 15.0,
     ) -> None:
@@ -147,6 +150,7 @@ class LocalRayCluster:
         self.object_store_bytes = object_store_bytes
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
+        self.extra_env = dict(env or {})
         self._temp_dir_arg = Path(temp_dir) if temp_dir is not None else None
         if self._temp_dir_arg is not None:
             _check_temp_dir(self._temp_dir_arg)
@@ -353,6 +357,7 @@ class LocalRayCluster:
         env = dict(os.environ)
         for name in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
             env.pop(name, None)
+        env.update(self.extra_env)
         env.update(self.client_env)
         env["RAY_USAGE_STATS_ENABLED"] = "0"
         # On SIGTERM a node would otherwise wait up to 30 s for Serve-style draining.

@@ -215,7 +215,7 @@ def encode_samples(batch: SampleBatch) -> bytes:
         _pack_name(batch.model_version, "version"),
         _U32.pack(len(batch.records)),
     ]
-    size = sum(len(p) for p in parts)
+    size = _HEADER.size + sum(len(p) for p in parts)
     for index, record in enumerate(batch.records):
         head, tensor = _pack_record(index, record)
         parts.append(head)

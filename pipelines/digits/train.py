@@ -39,7 +39,7 @@ class Recipe:
 
 
 SCRATCH = Recipe(epochs=30, lr=3e-3, oversample=1)
-FINE_TUNE = Recipe(epochs=8, lr=1e-3, oversample=3)
+FINE_TUNE = Recipe(epochs=15, lr=3e-3, oversample=5)
 
 
 def _shift(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -397,6 +397,16 @@ class TestEncodeRejection:
         assert info.value.reason == reason
         assert words in str(info.value)
 
+    def test_the_largest_payload_encode_allows_is_one_decode_accepts(self) -> None:
+        # frame header 15 + batch header 12 + record fields 29 (one dimension) + tensor bytes
+        largest = MAX_PAYLOAD_BYTES - 15 - 12 - 29
+        payload = encode_samples(short_batch(record(tensor=np.zeros(largest, np.uint8))))
+        assert len(payload) == MAX_PAYLOAD_BYTES
+        assert decode_samples(payload).records[0].tensor.nbytes == largest
+        with pytest.raises(ProtocolError, match="MAX_PAYLOAD_BYTES") as info:
+            encode_samples(short_batch(record(tensor=np.zeros(largest + 1, np.uint8))))
+        assert info.value.reason == "too_large"
+
     def test_encode_refuses_more_than_max_records(self) -> None:
         tiny = record(tensor=np.zeros(0, np.uint8))
         with pytest.raises(ProtocolError, match="MAX_RECORDS") as info:

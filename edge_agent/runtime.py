@@ -1,0 +1,479 @@
+"""One pipeline's real-time loop: frames in, predictions out, the selected slice to the outbox.
+
+Per pipeline, a source thread pulls frames at the source's own pace into a short queue and
+an inference thread runs adaptive micro-batches (up to ``max_batch`` frames or
+``max_wait_ms`` after the first one), then: latency per frame (arrival to result), drift
+monitor on the max probability, the uplink policy, the bandwidth budget, the durable
+outbox, delayed labels, and one ``Telemetry`` message per window.  A new model is swapped
+in between two batches, never during one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from continuum.drift import DriftMonitor, DriftState
+from continuum.errors import ConfigError, ContinuumError, SpecError
+from continuum.select import SelectionContext, TokenBucket
+from continuum.spec import PipelineSpec, resolve_ref
+from continuum.wire.codec import sample_id
+from continuum.wire.messages import SCHEMA_VERSION, Telemetry
+from edge_agent.metrics import AgentMetrics
+from edge_agent.model_manager import ServingModel
+from edge_agent.outbox import FeedbackEntry, Outbox, SampleEntry
+from edge_agent.sources import Frame, Source
+
+__all__ = ["PipelineRuntime", "as_probabilities"]
+
+log = logging.getLogger(__name__)
+
+#: Approximate wire bytes of one sample record besides its tensor (codec record header).
+_RECORD_OVERHEAD_BYTES = 40
+#: Seconds of budget the token bucket may save up for a burst.
+_BUDGET_BURST_S = 2.0
+_POLL_S = 0.1
+_MAX_LATENCIES_PER_WINDOW = 100_000
+
+
+def as_probabilities(outputs: np.ndarray) -> np.ndarray:
+    """Return ``outputs`` as class probabilities (rows of non-negatives summing to 1).
+
+    Models are expected to end in a softmax; a model that returns logits gets one here so
+    that confidence, drift and selection still mean what they say.
+    """
+    out = np.asarray(outputs, dtype=np.float64)
+    if out.ndim != 2:
+        raise ValueError(f"model output must be (batch, classes), got shape {out.shape}")
+    if not np.all(np.isfinite(out)):
+        raise ValueError("model output holds NaN or infinite values")
+    if np.all(out >= 0.0) and np.allclose(out.sum(axis=1), 1.0, atol=1e-3):
+        return out
+    shifted = np.exp(out - out.max(axis=1, keepdims=True))
+    probs: np.ndarray = shifted / shifted.sum(axis=1, keepdims=True)
+    return probs
+
+
+@dataclass
+class _Window:
+    """Counters of the current telemetry window."""
+
+    started: float
+    frames: int = 0
+    uplinked: int = 0
+    dropped: int = 0
+    labelled: int = 0
+    correct: int = 0
+    confidence_sum: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Arrival:
+    frame: Frame
+    arrived_ns: int
+
+
+class PipelineRuntime:
+    """Run one pipeline on this node until its source ends or ``stop`` is called.
+
+    Args:
+        spec: the pipeline.
+        node: this node's id (sample ids are ``f"{node}:{seq}"``).
+        source: the frames.
+        outbox: where selected samples and delayed labels go.
+        metrics: the agent's metrics.
+        on_telemetry: receives each window's ``Telemetry`` (from the inference thread).
+        on_enqueued: called after samples or labels went into the outbox (wakes the uplink).
+        telemetry_interval_s: window length.
+    """
+
+    def __init__(
+        self,
+        *,
+        spec: PipelineSpec,
+        node: str,
+        source: Source,
+        outbox: Outbox,
+        metrics: AgentMetrics,
+        on_telemetry: Callable[[Telemetry], None],
+        on_enqueued: Callable[[], None] = lambda: None,
+        telemetry_interval_s: float = 10.0,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.node = node
+        self._source = source
+        self._outbox = outbox
+        self._metrics = metrics
+        self._on_telemetry = on_telemetry
+        self._on_enqueued = on_enqueued
+        self._interval_s = telemetry_interval_s
+        self._wall = wall_clock
+        edge = spec.edge
+        self._input_shape = tuple(edge.input.shape)
+        self._input_dtype = edge.input.numpy_dtype()
+        self._max_batch = edge.max_batch
+        self._max_wait_s = edge.max_wait_ms / 1000.0
+        self._preprocess: Callable[[Any], Any] | None = None
+        if edge.preprocess is not None:
+            try:
+                self._preprocess = resolve_ref(edge.preprocess, field="edge.preprocess")
+            except SpecError as exc:
+                raise ConfigError(f"pipeline {spec.name}: {exc}") from exc
+        self._policy = spec.uplink.policy
+        detector = spec.uplink.detector
+        self._monitor = DriftMonitor(detector) if detector is not None else None
+        self._drift = DriftState(score=0.0, drifted=False, ready=False)
+        self._bucket = (
+            TokenBucket.from_kbps(spec.uplink.budget_kbps, burst_s=_BUDGET_BURST_S)
+            if spec.uplink.budget_kbps is not None
+            else None
+        )
+        self._frames: queue.Queue[_Arrival] = queue.Queue(maxsize=max(16, 4 * edge.max_batch))
+        self._model: ServingModel | None = None
+        self._pending: ServingModel | None = None
+        self._swap_lock = threading.Lock()
+        self._model_ready = threading.Event()
+        self._stopping = threading.Event()
+        self._source_done = threading.Event()
+        self._finished = threading.Event()
+        self._window = _Window(started=time.monotonic())
+        self._warned: set[str] = set()
+        self._threads: list[threading.Thread] = []
+
+    # -- control ---------------------------------------------------------------------------
+
+    def swap_model(self, model: ServingModel) -> None:
+        """Serve ``model`` from the next batch on (thread-safe; the old one is closed then)."""
+        with self._swap_lock:
+            replaced = self._pending
+            self._pending = model
+        if replaced is not None:
+            replaced.backend.close()
+        self._model_ready.set()
+
+    @property
+    def model_version(self) -> str | None:
+        """The version serving now (None before the first model)."""
+        model = self._model
+        return model.version if model is not None else None
+
+    @property
+    def finished(self) -> bool:
+        """Whether the loop has ended (source exhausted or stopped) and drained."""
+        return self._finished.is_set()
+
+    def start(self) -> None:
+        """Start the source and inference threads (frames flow once a model is served)."""
+        if self._threads:
+            return
+        self._threads = [
+            threading.Thread(target=self._pull, name=f"ctm-source-{self.name}", daemon=True),
+            threading.Thread(target=self._infer_loop, name=f"ctm-infer-{self.name}", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        """Stop pulling frames; frames already queued are still inferred (see ``join``)."""
+        self._stopping.set()
+
+    def join(self, timeout_s: float) -> bool:
+        """Wait for the inference thread to drain and end; return whether it did in time."""
+        done = self._finished.wait(timeout_s)
+        close = getattr(self._source, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception:
+                log.exception("pipeline %s: closing the source failed", self.name)
+        return done
+
+    def close(self) -> None:
+        """Release the model (call after ``join``)."""
+        with self._swap_lock:
+            models = [m for m in (self._model, self._pending) if m is not None]
+            self._model = self._pending = None
+        for model in models:
+            model.backend.close()
+
+    # -- source thread ---------------------------------------------------------------------
+
+    def _pull(self) -> None:
+        # Frames only flow once there is a model to run them through.
+        while not self._model_ready.wait(_POLL_S):
+            if self._stopping.is_set():
+                self._source_done.set()
+                return
+        try:
+            for frame in self._source:
+                if self._stopping.is_set():
+                    break
+                item = _Arrival(frame, time.monotonic_ns())
+                while not self._stopping.is_set():
+                    try:
+                        self._frames.put(item, timeout=_POLL_S)
+                        break
+                    except queue.Full:
+                        continue
+            else:
+                log.info("pipeline %s: source ended", self.name)
+        except Exception:
+            log.exception("pipeline %s: source failed; the pipeline stops", self.name)
+        finally:
+            self._source_done.set()
+
+    # -- inference thread ------------------------------------------------------------------
+
+    def _infer_loop(self) -> None:
+        try:
+            while True:
+                self._apply_swap()
+                if self._model is None:
+                    if self._stopping.is_set() or self._source_done.is_set():
+                        break
+                    self._model_ready.wait(_POLL_S)
+                    continue
+                batch = self._collect()
+                if batch:
+                    self._process(batch)
+                elif self._source_done.is_set() and self._frames.empty():
+                    break
+                self._maybe_emit()
+            self._emit_window(final=True)
+        except Exception:
+            log.exception("pipeline %s: inference loop failed; the pipeline stops", self.name)
+        finally:
+            self._finished.set()
+
+    def _apply_swap(self) -> None:
+        with self._swap_lock:
+            new, self._pending = self._pending, None
+        if new is None:
+            return
+        old = self._model
+        if old is not None:
+            # Close the old version's window so every telemetry message names one model.
+            self._emit_window(final=True)
+        self._model = new
+        if self._monitor is not None:
+            self._monitor.reset()
+        self._drift = DriftState(score=0.0, drifted=False, ready=False)
+        self._metrics.model.labels(self.name).info(
+            {"model": new.model, "version": new.version, "sha256": new.sha256}
+        )
+        self._metrics.model_swaps.labels(self.name).inc()
+        if old is not None:
+            old.backend.close()
+            log.info("pipeline %s: swapped %s -> %s", self.name, old.version, new.version)
+
+    def _collect(self) -> list[_Arrival]:
+        try:
+            first = self._frames.get(timeout=_POLL_S)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self._max_wait_s
+        while len(batch) < self._max_batch:
+            remaining = deadline - time.monotonic()
+            try:
+                item = (
+                    self._frames.get(timeout=remaining)
+                    if remaining > 0
+                    else (self._frames.get_nowait())
+                )
+            except queue.Empty:
+                break
+            batch.append(item)
+        return batch
+
+    def _prepare(self, arrivals: list[_Arrival]) -> tuple[list[_Arrival], np.ndarray | None]:
+        kept: list[_Arrival] = []
+        tensors: list[np.ndarray] = []
+        for item in arrivals:
+            frame = item.frame
+            try:
+                if not isinstance(frame, Frame):
+                    raise TypeError(f"source yielded {type(frame).__name__}, not a Frame")
+                x = frame.tensor if self._preprocess is None else self._preprocess(frame.tensor)
+                x = np.asarray(x, dtype=self._input_dtype)
+                if x.shape != self._input_shape:
+                    raise ValueError(f"shape {x.shape}, the model takes {self._input_shape}")
+            except Exception as exc:
+                self._reject_frame("bad_input", str(exc))
+                continue
+            kept.append(item)
+            tensors.append(x)
+        if not kept:
+            return [], None
+        return kept, np.stack(tensors)
+
+    def _process(self, arrivals: list[_Arrival]) -> None:
+        model = self._model
+        assert model is not None
+        kept, inputs = self._prepare(arrivals)
+        if inputs is None:
+            return
+        try:
+            probs = as_probabilities(model.backend.infer(inputs))
+            if probs.shape[0] != len(kept):
+                raise ValueError(f"model returned {probs.shape[0]} rows for {len(kept)} inputs")
+        except (ContinuumError, ValueError) as exc:
+            for _ in kept:
+                self._reject_frame("inference_error", str(exc))
+            return
+        done_ns = time.monotonic_ns()
+        n = len(kept)
+        confidence = probs.max(axis=1)
+        prediction = probs.argmax(axis=1)
+        latency_ms = [(done_ns - item.arrived_ns) / 1e6 for item in kept]
+        if self._monitor is not None:
+            self._drift = self._monitor.update(confidence)
+        seqs = self._outbox.reserve_seqs(n)
+        ctx = SelectionContext.for_ids(
+            [sample_id(self.node, s) for s in seqs],
+            drift_active=self._drift.drifted,
+            drift_score=self._drift.score,
+        )
+        selected = np.flatnonzero(self._policy.decide(probs, ctx))
+        over_budget = 0
+        entries: list[SampleEntry] = []
+        now_s = time.monotonic()
+        for i in selected:
+            frame = kept[i].frame
+            tensor = inputs[i]
+            if self._bucket is not None:
+                size = tensor.nbytes + _RECORD_OVERHEAD_BYTES
+                if not self._bucket.try_take(size, now_s):
+                    if not self._bucket.fits(size):
+                        self._warn_once(
+                            "budget_too_small",
+                            f"a {size}-byte sample never fits the {self._bucket.burst_bytes}-byte "
+                            "budget burst: raise budget_kbps",
+                        )
+                    over_budget += 1
+                    continue
+            immediate = frame.label is not None and frame.label_delay_s <= 0
+            entries.append(
+                SampleEntry(
+                    pipeline=self.name,
+                    model_version=model.version,
+                    data_class=str(self.spec.data_class),
+                    seq=seqs[i],
+                    captured_at_ns=frame.captured_at_ns,
+                    tensor=tensor,
+                    prediction=int(prediction[i]),
+                    confidence=float(confidence[i]),
+                    label=int(frame.label) if immediate and frame.label is not None else None,
+                )
+            )
+        result = self._outbox.append_samples(entries)
+        stored = set(result.kept)
+        feedback = [
+            FeedbackEntry(
+                pipeline=self.name,
+                seq=seqs[i],
+                label=int(kept[i].frame.label),  # type: ignore[arg-type]
+                due_at=kept[i].frame.captured_at_ns / 1e9 + kept[i].frame.label_delay_s,
+            )
+            for i in selected
+            if seqs[i] in stored
+            and kept[i].frame.label is not None
+            and kept[i].frame.label_delay_s > 0
+        ]
+        self._outbox.append_feedback(feedback)
+        if result.appended or feedback:
+            self._on_enqueued()
+
+        labels = [item.frame.label for item in kept]
+        labelled = [i for i, label in enumerate(labels) if label is not None]
+        correct = sum(1 for i in labelled if int(prediction[i]) == labels[i])
+
+        w = self._window
+        w.frames += n
+        w.uplinked += result.appended
+        w.dropped += over_budget + result.refused
+        w.labelled += len(labelled)
+        w.correct += correct
+        w.confidence_sum += float(confidence.sum())
+        if len(w.latencies_ms) < _MAX_LATENCIES_PER_WINDOW:
+            w.latencies_ms.extend(latency_ms)
+
+        m = self._metrics
+        m.frames.labels(self.name).inc(n)
+        m.batch_size.labels(self.name).observe(n)
+        hist = m.inference_latency.labels(self.name)
+        for value in latency_ms:
+            hist.observe(value / 1000.0)
+        if len(selected):
+            m.selected.labels(self.name).inc(len(selected))
+        if over_budget:
+            m.budget_dropped.labels(self.name).inc(over_budget)
+        m.drift_score.labels(self.name).set(self._drift.score)
+        m.drifted.labels(self.name).set(1.0 if self._drift.drifted else 0.0)
+
+    # -- telemetry -------------------------------------------------------------------------
+
+    def _maybe_emit(self) -> None:
+        if time.monotonic() - self._window.started >= self._interval_s:
+            self._emit_window(final=False)
+
+    def _emit_window(self, *, final: bool) -> None:
+        w = self._window
+        now = time.monotonic()
+        self._window = _Window(started=now)
+        model = self._model
+        elapsed = now - w.started
+        if model is None or elapsed <= 0 or (final and w.frames == 0):
+            return
+        latencies = np.asarray(w.latencies_ms, dtype=np.float64)
+        p50 = p95 = None
+        if latencies.size:
+            p50, p95 = (min(float(v), 3.6e6) for v in np.percentile(latencies, [50, 95]))
+        mean_conf = None
+        if w.frames:
+            mean_conf = min(1.0, max(0.0, w.confidence_sum / w.frames))
+        score = self._drift.score
+        message = Telemetry(
+            schema_version=SCHEMA_VERSION,
+            node=self.node,
+            pipeline=self.name,
+            model_version=model.version,
+            window_s=min(max(elapsed, 1e-6), 86_400.0),
+            frames=w.frames,
+            uplinked=w.uplinked,
+            dropped=w.dropped,
+            latency_p50_ms=p50,
+            latency_p95_ms=p95,
+            mean_confidence=mean_conf,
+            drift_score=score if math.isfinite(score) and score >= 0 else 0.0,
+            drifted=self._drift.drifted,
+            labelled=w.labelled,
+            correct=w.correct,
+            ts=self._wall(),
+        )
+        try:
+            self._on_telemetry(message)
+        except Exception:
+            log.exception("pipeline %s: telemetry handler failed", self.name)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _reject_frame(self, reason: str, detail: str) -> None:
+        self._metrics.frames_rejected.labels(self.name, reason).inc()
+        self._warn_once(reason, f"frame rejected ({reason}): {detail}")
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("pipeline %s: %s (further ones are only counted)", self.name, message)

@@ -1,0 +1,470 @@
+"""PipelineSpec and its parts: data classes, the small grammars, round trips and loading."""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from continuum import select
+from continuum.errors import SpecError
+from continuum.spec import (
+    DataClass,
+    EdgeStageSpec,
+    GateSpec,
+    PipelineSpec,
+    RetrainSpec,
+    RolloutSpec,
+    TensorSchema,
+    TriggerSpec,
+    UplinkSpec,
+    format_duration,
+    load_pipeline,
+    parse_duration,
+    parse_rollback,
+    parse_trigger,
+    ref_of,
+    resolve_ref,
+)
+
+EXAMPLE = Path(__file__).parent / "fixtures" / "line_7_inspection.py"
+
+
+def minimal_spec() -> PipelineSpec:
+    return PipelineSpec(
+        name="p",
+        tenant="acme",
+        data_class=DataClass.INTERNAL,
+        edge=EdgeStageSpec(model="m", input=TensorSchema(shape=(3,))),
+        uplink=UplinkSpec(policy=select.random(0.1)),
+    )
+
+
+def module_level_function() -> None:
+    """A function other processes can import."""
+
+
+@pytest.fixture
+def write_module(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """Write Python source to a uniquely named file; forget the module afterwards."""
+    names: list[str] = []
+
+    def write(source: str) -> Path:
+        name = f"ctm_test_{uuid.uuid4().hex[:12]}"
+        names.append(name)
+        path = tmp_path / f"{name}.py"
+        path.write_text(source, encoding="utf-8")
+        return path
+
+    yield write
+    for name in names:
+        sys.modules.pop(name, None)
+
+
+class TestDataClass:
+    def test_classes_are_ordered_by_sensitivity(self) -> None:
+        assert DataClass.PUBLIC < DataClass.INTERNAL < DataClass.CONFIDENTIAL
+        assert DataClass.CONFIDENTIAL < DataClass.RESTRICTED
+        assert [c.rank for c in DataClass] == [0, 1, 2, 3]
+        assert max(DataClass) is DataClass.RESTRICTED
+
+    def test_comparison_with_a_name_uses_the_rank(self) -> None:
+        assert DataClass.RESTRICTED > "internal"
+        assert not DataClass.RESTRICTED < "internal"
+        assert DataClass.INTERNAL <= "internal"
+
+    def test_unknown_name_lists_the_valid_ones(self) -> None:
+        with pytest.raises(SpecError) as caught:
+            DataClass.parse("secret")
+        assert caught.value.field == "data_class"
+        assert "public < internal < confidential < restricted" in str(caught.value)
+
+    def test_comparing_with_an_unknown_name_raises(self) -> None:
+        with pytest.raises(SpecError, match="unknown data class 'secret'"):
+            _ = DataClass.PUBLIC < "secret"
+
+    def test_parse_is_case_insensitive(self) -> None:
+        assert DataClass.parse(" Confidential ") is DataClass.CONFIDENTIAL
+
+
+class TestDurations:
+    @pytest.mark.parametrize(
+        ("text", "seconds"),
+        [
+            ("10 min", 600.0),
+            ("30 s", 30.0),
+            ("2 h", 7200.0),
+            ("1.5h", 5400.0),
+            ("250 ms", 0.25),
+            ("1 day", 86400.0),
+            ("45", 45.0),
+            (90, 90.0),
+            (0.5, 0.5),
+        ],
+    )
+    def test_accepted_forms(self, text: str | float, seconds: float) -> None:
+        assert parse_duration(text) == seconds
+
+    @pytest.mark.parametrize("text", ["10 minutes?", "ten min", "10 fortnights", "", "-5 s"])
+    def test_unreadable_duration_shows_the_accepted_forms(self, text: str) -> None:
+        with pytest.raises(SpecError) as caught:
+            parse_duration(text, field="rollout.promote_after")
+        assert caught.value.field == "rollout.promote_after"
+        assert '"10 min"' in str(caught.value)
+
+    @pytest.mark.parametrize("value", [0, -1, float("inf"), float("nan"), True])
+    def test_non_positive_or_non_finite_numbers_are_refused(self, value: float) -> None:
+        with pytest.raises(SpecError):
+            parse_duration(value)
+
+    @pytest.mark.parametrize(
+        ("seconds", "text"), [(3600.0, "1 h"), (600.0, "10 min"), (90.0, "90 s"), (0.25, "0.25 s")]
+    )
+    def test_format_uses_the_largest_whole_unit(self, seconds: float, text: str) -> None:
+        assert format_duration(seconds) == text
+        assert parse_duration(text) == seconds
+
+
+class TestTriggers:
+    def test_each_form_sets_its_field(self) -> None:
+        assert parse_trigger("500 new samples").new_samples == 500
+        assert parse_trigger("drift > 0.2").drift_score == 0.2
+        assert parse_trigger("every 1 h").every_s == 3600.0
+        manual = parse_trigger("manual")
+        assert manual.manual
+        assert manual.conditions() == []
+
+    def test_clauses_combine_with_or(self) -> None:
+        trigger = parse_trigger("500 new samples or drift > 0.2 or every 30 min")
+        assert (trigger.new_samples, trigger.drift_score, trigger.every_s) == (500, 0.2, 1800.0)
+        assert trigger.describe() == "500 new samples or drift > 0.2 or every 30 min or manual"
+
+    def test_description_parses_back_to_the_same_trigger(self) -> None:
+        trigger = parse_trigger("every 2 h or 100 new samples")
+        assert parse_trigger(trigger.describe()) == trigger
+
+    @pytest.mark.parametrize(
+        ("when", "hint"),
+        [
+            ("500 samples", 'did you mean "500 new samples"'),
+            ("drift >= 0.2", 'did you mean "drift > 0.2"'),
+            ("500 new samples or 1 h", 'did you mean "every 1 h"'),
+            ("hourly", ""),
+        ],
+    )
+    def test_unreadable_trigger_shows_the_accepted_forms(self, when: str, hint: str) -> None:
+        with pytest.raises(SpecError) as caught:
+            parse_trigger(when, field="retrain.when")
+        message = str(caught.value)
+        assert caught.value.field == "retrain.when"
+        for form in ('"500 new samples"', '"drift > 0.2"', '"every 1 h"', '"manual"'):
+            assert form in message
+        assert hint in message
+
+    def test_a_condition_named_twice_is_refused(self) -> None:
+        with pytest.raises(SpecError, match="new samples twice"):
+            parse_trigger("5 new samples or 10 new samples")
+
+    @pytest.mark.parametrize("when", ["0 new samples", "drift > 0", "every 0 s"])
+    def test_out_of_range_values_are_refused(self, when: str) -> None:
+        with pytest.raises(SpecError, match="retrain.when"):
+            parse_trigger(when, field="retrain.when")
+
+    def test_a_trigger_that_never_fires_is_refused(self) -> None:
+        with pytest.raises(ValidationError, match="never fires"):
+            TriggerSpec(manual=False)
+
+    def test_yaml_may_write_the_trigger_as_text(self) -> None:
+        retrain = RetrainSpec.model_validate({"trainer": "a.b:c", "trigger": "every 1 h"})
+        assert retrain.trigger == TriggerSpec(every_s=3600.0)
+
+
+class TestRollback:
+    @pytest.mark.parametrize(
+        ("rule", "drop"),
+        [("accuracy drop 0.02", 0.02), ("accuracy drop 2%", 0.02), ("Accuracy Drop 0.1", 0.1)],
+    )
+    def test_accepted_forms(self, rule: str, drop: float) -> None:
+        assert parse_rollback(rule) == pytest.approx(drop)
+
+    @pytest.mark.parametrize("rule", ["acc drop 2", "accuracy falls 0.02", "drop"])
+    def test_unreadable_rule_shows_the_accepted_form(self, rule: str) -> None:
+        with pytest.raises(SpecError, match='"accuracy drop 0.02"'):
+            parse_rollback(rule)
+
+    @pytest.mark.parametrize("rule", ["accuracy drop 2", 0.0, 1.5])
+    def test_drop_outside_zero_one_is_refused(self, rule: str | float) -> None:
+        with pytest.raises(SpecError, match=r"must be in \(0, 1\]"):
+            parse_rollback(rule)
+
+
+class TestImportRefs:
+    def test_module_level_function_gives_module_and_qualname(self) -> None:
+        assert ref_of(module_level_function) == f"{__name__}:module_level_function"
+
+    def test_lambda_is_refused_with_the_fix(self) -> None:
+        with pytest.raises(SpecError, match="define a named function at module level"):
+            ref_of(lambda: None, field="edge.preprocess")
+
+    def test_nested_function_is_refused_with_the_fix(self) -> None:
+        def nested() -> None:
+            pass
+
+        with pytest.raises(SpecError, match="move it to module level") as caught:
+            ref_of(nested, field="edge.preprocess")
+        assert caught.value.field == "edge.preprocess"
+
+    def test_callable_object_without_import_path_is_refused(self) -> None:
+        with pytest.raises(SpecError, match="no import path"):
+            ref_of(select.random(0.1))
+
+    @pytest.mark.parametrize("ref", ["train.py", "pkg.mod.fn", "pkg.mod:", ":fn", "a b:c"])
+    def test_malformed_ref_shows_the_module_function_form(self, ref: str) -> None:
+        with pytest.raises(SpecError, match='"package.module:function"'):
+            ref_of(ref, field="retrain.trainer")
+
+    def test_dotted_ref_suggests_the_colon(self) -> None:
+        with pytest.raises(SpecError, match='did you mean "pkg.mod:fn"'):
+            ref_of("pkg.mod.fn")
+
+    def test_resolve_returns_the_object(self) -> None:
+        assert resolve_ref("continuum.spec:PipelineSpec.from_yaml") == PipelineSpec.from_yaml
+
+    @pytest.mark.parametrize(
+        ("ref", "message"),
+        [("no_such_module_xyz:f", "cannot import module"), ("continuum.spec:nope", "has no")],
+    )
+    def test_resolve_names_what_is_missing(self, ref: str, message: str) -> None:
+        with pytest.raises(SpecError, match=message):
+            resolve_ref(ref)
+
+
+class TestTensorSchema:
+    @pytest.mark.parametrize(
+        ("dtype", "name"), [("float32", "float32"), ("f4", "float32"), ("uint8", "uint8")]
+    )
+    def test_dtype_is_stored_by_its_numpy_name(self, dtype: str, name: str) -> None:
+        assert TensorSchema(shape=(1, 8, 8), dtype=dtype).dtype == name
+
+    @pytest.mark.parametrize("dtype", ["float33", "object", "U8", "datetime64"])
+    def test_unknown_or_non_numeric_dtype_is_refused(self, dtype: str) -> None:
+        with pytest.raises(ValidationError, match="numpy dtype name such as float32"):
+            TensorSchema(shape=(1,), dtype=dtype)
+
+    @pytest.mark.parametrize("shape", [(), (0, 8), (-1,)])
+    def test_shape_needs_positive_sizes(self, shape: tuple[int, ...]) -> None:
+        with pytest.raises(ValidationError, match="positive sizes"):
+            TensorSchema(shape=shape)
+
+
+class TestStageSpecs:
+    def test_canary_outside_zero_one_says_the_interval(self) -> None:
+        with pytest.raises(ValidationError, match=r"must be in \(0, 1\], got 1.5"):
+            RolloutSpec(canary=1.5)
+
+    def test_rollout_fields_accept_the_user_grammar(self) -> None:
+        rollout = RolloutSpec.model_validate(
+            {"promote_after_s": "10 min", "rollback_on_drop": "accuracy drop 2%"}
+        )
+        assert (rollout.promote_after_s, rollout.rollback_on_drop) == (600.0, 0.02)
+
+    def test_edge_stage_must_be_able_to_run_on_edge_nodes(self) -> None:
+        with pytest.raises(ValidationError, match="excludes edge nodes"):
+            EdgeStageSpec.model_validate(
+                {"model": "m", "input": {"shape": [1]}, "where": {"continuum.io/tier": "cloud"}}
+            )
+
+    def test_edge_stage_runs_on_edge_tier_by_default(self) -> None:
+        stage = EdgeStageSpec(model="m", input=TensorSchema(shape=(1,)))
+        assert stage.where.root == {"continuum.io/tier": "edge"}
+
+    def test_uplink_detector_defaults_to_the_policys(self) -> None:
+        from continuum import drift
+
+        detector = drift.psi(0.3)
+        uplink = UplinkSpec(policy=select.random(0.1) | select.drift(detector))
+        assert uplink.detector == detector
+        assert UplinkSpec(policy=select.random(0.1)).detector is None
+
+    def test_uplink_with_two_different_detectors_is_refused(self) -> None:
+        from continuum import drift
+
+        with pytest.raises(ValidationError, match="2 different drift detectors"):
+            UplinkSpec(policy=select.drift(drift.psi(0.3)), drift=drift.ks(0.01))
+
+    def test_gate_holdout_must_be_an_import_ref(self) -> None:
+        assert GateSpec(holdout="pipelines.digits.data:holdout").holdout is not None
+        with pytest.raises(ValidationError, match="not an import ref"):
+            GateSpec(holdout="holdout.npz")
+
+    def test_specs_are_frozen(self) -> None:
+        spec = minimal_spec()
+        with pytest.raises(ValidationError, match="frozen"):
+            spec.name = "q"
+
+
+class TestRoundTrip:
+    def test_design_example_round_trips_through_yaml_and_json(self) -> None:
+        spec = load_pipeline(EXAMPLE)
+        assert PipelineSpec.from_yaml(spec.to_yaml()) == spec
+        assert PipelineSpec.from_json(spec.to_json()) == spec
+        assert PipelineSpec.from_yaml(spec.to_yaml()).to_yaml() == spec.to_yaml()
+
+    def test_yaml_is_plain_data_starting_with_the_api_version(self) -> None:
+        text = load_pipeline(EXAMPLE).to_yaml()
+        data = yaml.safe_load(text)
+        assert text.startswith("api_version: continuum.io/v1\n")
+        assert data["edge"]["input"]["shape"] == [1, 8, 8]
+        assert data["uplink"]["policy"]["kind"] == "any_of"
+        assert "shape: [1, 8, 8]" in text
+
+    def test_minimal_spec_fills_defaults_and_round_trips(self) -> None:
+        spec = minimal_spec()
+        assert spec.retrain is None
+        assert spec.rollout == RolloutSpec()
+        assert PipelineSpec.from_json(spec.to_json()) == spec
+
+
+class TestSpecErrors:
+    def test_missing_fields_are_named(self) -> None:
+        with pytest.raises(SpecError, match=r"^tenant: is required \(also invalid: data_class"):
+            PipelineSpec.from_yaml("name: p\n")
+
+    def test_unknown_field_lists_the_known_ones(self) -> None:
+        data = minimal_spec().to_dict()
+        data["edge"]["modle"] = "m"
+        with pytest.raises(SpecError) as caught:
+            PipelineSpec.from_dict(data)
+        assert caught.value.field == "edge.modle"
+        assert "known fields here: model, backend, input" in str(caught.value)
+
+    def test_nested_error_carries_the_full_path_and_the_fix(self) -> None:
+        data = minimal_spec().to_dict()
+        data["edge"]["where"] = {"tier": "edge"}
+        with pytest.raises(SpecError) as caught:
+            PipelineSpec.from_dict(data)
+        assert caught.value.field == 'edge.where["tier"]'
+        assert caught.value.fix == 'use "continuum.io/tier"'
+
+    def test_error_inside_a_policy_names_the_policy_path(self) -> None:
+        data = minimal_spec().to_dict()
+        data["uplink"]["policy"] = {"kind": "random", "rate": 2}
+        with pytest.raises(SpecError) as caught:
+            PipelineSpec.from_dict(data)
+        assert caught.value.field == "uplink.policy.random.rate"
+
+    def test_bad_name_follows_the_topic_rules(self) -> None:
+        data = minimal_spec().to_dict() | {"name": "Line 7/inspection"}
+        with pytest.raises(SpecError, match="lowercase letters") as caught:
+            PipelineSpec.from_dict(data)
+        assert caught.value.field == "name"
+
+    @pytest.mark.parametrize("text", ["a: [", "- 1\n", "42"])
+    def test_bad_yaml_or_non_mapping_is_a_spec_error(self, text: str) -> None:
+        with pytest.raises(SpecError, match="fix:"):
+            PipelineSpec.from_yaml(text)
+
+    def test_bad_json_is_a_spec_error(self) -> None:
+        with pytest.raises(SpecError, match="not valid JSON"):
+            PipelineSpec.from_json("{")
+
+
+class TestLoadPipeline:
+    def test_python_file_yields_its_pipeline_without_running_it(self) -> None:
+        spec = load_pipeline(EXAMPLE)
+        module = sys.modules[spec.edge.preprocess.partition(":")[0]]  # type: ignore[union-attr]
+        assert spec.name == "line-7-inspection"
+        assert module.CALLS == []
+
+    def test_refs_in_a_loaded_file_resolve_to_its_functions(self) -> None:
+        spec = load_pipeline(EXAMPLE)
+        assert spec.retrain is not None
+        assert resolve_ref(spec.retrain.trainer).__name__ == "train_fn"
+        assert resolve_ref(spec.edge.preprocess or "").__name__ == "preprocess"
+
+    def test_yaml_and_json_files_load(self, tmp_path: Path) -> None:
+        spec = minimal_spec()
+        (tmp_path / "p.yaml").write_text(spec.to_yaml(), encoding="utf-8")
+        (tmp_path / "p.json").write_text(spec.to_json(), encoding="utf-8")
+        assert load_pipeline(tmp_path / "p.yaml") == spec
+        assert load_pipeline(str(tmp_path / "p.json")) == spec
+
+    def test_a_module_level_spec_object_is_found(self, write_module: Callable[[str], Path]) -> None:
+        path = write_module(
+            "from continuum.spec import PipelineSpec\n"
+            f"SPEC = PipelineSpec.from_json({minimal_spec().to_json()!r})\n"
+        )
+        assert load_pipeline(path) == minimal_spec()
+
+    def test_file_without_a_pipeline_says_how_to_declare_one(
+        self, write_module: Callable[[str], Path]
+    ) -> None:
+        path = write_module("x = 1\n")
+        with pytest.raises(SpecError, match=r"defines no Pipeline.*pipe = Pipeline\("):
+            load_pipeline(path)
+
+    def test_file_with_two_pipelines_names_both(self, write_module: Callable[[str], Path]) -> None:
+        path = write_module(
+            "from continuum import Pipeline\n"
+            "a = Pipeline('a', tenant='t', data_class='public')\n"
+            "b = Pipeline('b', tenant='t', data_class='public')\n"
+            "alias = a\n"
+        )
+        with pytest.raises(SpecError, match=r"defines 2 pipelines \(a, b\)"):
+            load_pipeline(path)
+
+    def test_declaration_error_names_the_file_and_line(
+        self, write_module: Callable[[str], Path]
+    ) -> None:
+        path = write_module(
+            "from continuum import Pipeline\n"
+            "pipe = Pipeline('p', tenant='t', data_class='public')\n"
+            "pipe.rollout(canary=1.5)\n"
+        )
+        with pytest.raises(SpecError) as caught:
+            load_pipeline(path)
+        assert str(caught.value).startswith(f"{path}:3: rollout.canary: must be in (0, 1]")
+        assert caught.value.field == "rollout.canary"
+
+    def test_incomplete_pipeline_names_what_is_missing(
+        self, write_module: Callable[[str], Path]
+    ) -> None:
+        path = write_module(
+            "from continuum import Pipeline\npipe = Pipeline('p', tenant='t', data_class='public')\n"
+        )
+        with pytest.raises(SpecError, match="no edge stage declared"):
+            load_pipeline(path)
+
+    def test_import_failure_is_a_spec_error_with_the_cause(
+        self, write_module: Callable[[str], Path]
+    ) -> None:
+        path = write_module("import no_such_module_xyz\n")
+        with pytest.raises(SpecError, match="ModuleNotFoundError.*no_such_module_xyz"):
+            load_pipeline(path)
+        assert path.stem not in sys.modules
+
+    def test_file_named_like_another_module_is_refused(self, tmp_path: Path) -> None:
+        path = tmp_path / "json.py"
+        path.write_text("x = 1\n", encoding="utf-8")
+        with pytest.raises(SpecError, match="module name 'json' is taken"):
+            load_pipeline(path)
+        assert sys.modules["json"] is json
+
+    @pytest.mark.parametrize("name", ["missing.py", "pipe.toml"])
+    def test_missing_file_or_unknown_suffix_is_refused(self, tmp_path: Path, name: str) -> None:
+        if name.endswith(".toml"):
+            (tmp_path / name).write_text("", encoding="utf-8")
+        with pytest.raises(SpecError, match="fix:"):
+            load_pipeline(tmp_path / name)
+
+    def test_spec_error_in_yaml_file_names_the_file(self, tmp_path: Path) -> None:
+        path = tmp_path / "bad.yaml"
+        path.write_text("name: p\n", encoding="utf-8")
+        with pytest.raises(SpecError, match=rf"^{path}: tenant: is required"):
+            load_pipeline(path)
