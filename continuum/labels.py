@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -69,6 +70,7 @@ class _Expr:
         return hit != self.negated
 
 
+@functools.lru_cache(maxsize=4096)
 def _parse(key: str, expression: str) -> _Expr:
     """Parse a value expression; raise ``SpecError`` naming the key and the accepted forms."""
     text = expression.strip()
@@ -166,7 +168,7 @@ class LabelSelector(RootModel[dict[str, str]]):
             if not isinstance(key, str) or not isinstance(expression, str):
                 raise SpecError(
                     f"keys and values must be strings, got {key!r}: {expression!r}",
-                    fix='write e.g. {"continuum.io/tier": "edge"}',
+                    fix='quote them (in YAML too: a bare NO or 7 is not a string), e.g. "7"',
                 )
             _check_key(key)
             parsed = _parse(key, expression)

@@ -14,7 +14,6 @@ import importlib.util
 import json
 import math
 import re
-import sys
 import warnings
 from enum import StrEnum
 from pathlib import Path
@@ -33,7 +32,8 @@ from pydantic import (
     model_validator,
 )
 
-from continuum._validation import key_path, spec_error
+from continuum._loading import import_file, located
+from continuum._validation import key_path, raw_message, spec_error
 from continuum.drift import DriftSpec, KSSpec, PSISpec
 from continuum.errors import ProtocolError, SpecError
 from continuum.labels import TIER, LabelSelector
@@ -271,7 +271,9 @@ def parse_trigger(when: str | TriggerSpec, *, field: str = "when") -> TriggerSpe
     try:
         return TriggerSpec.model_validate(_trigger_fields(when, field))
     except ValidationError as error:
-        raise spec_error(error, prefix=field, model=TriggerSpec) from error
+        # The user wrote one string; name it rather than the TriggerSpec field inside.
+        inner = spec_error(error, model=TriggerSpec)
+        raise SpecError(f"in {when!r}: {raw_message(inner)}", field=field, fix=inner.fix) from error
 
 
 _IDENTIFIER_PATH = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*$")
@@ -840,97 +842,13 @@ def load_pipeline(path: str | Path) -> PipelineSpec:
         if suffix == ".json":
             return PipelineSpec.from_json(file.read_text(encoding="utf-8"))
         if suffix == ".py":
-            return _from_module(_import_file(file), file)
+            return _from_module(import_file(file), file)
     except SpecError as error:
-        raise _located(error, file) from error
+        raise located(error, file) from error
     raise SpecError(
         f"cannot load a pipeline from {file}",
         fix="pass a .py file that declares a Pipeline, or a .yaml or .json spec",
     )
-
-
-def _located(error: SpecError, file: Path) -> SpecError:
-    """Return ``error`` with the file, and the line of ``file`` that raised it, in front."""
-    where = str(file)
-    frame = error.__traceback__
-    resolved = file.resolve()
-    while frame is not None:
-        if Path(frame.tb_frame.f_code.co_filename).resolve() == resolved:
-            where = f"{file}:{frame.tb_lineno}"
-        frame = frame.tb_next
-    located = SpecError(f"{where}: {error}")
-    located.field, located.fix = error.field, error.fix
-    return located
-
-
-def _module_name(file: Path) -> str | None:
-    """Return the longest dotted name that imports ``file`` (``pipelines.digits_inspection``)."""
-    resolved = file.resolve()
-    parts = [resolved.stem]
-    best: str | None = None
-    for folder in resolved.parents:
-        if not all(p.isidentifier() for p in parts) or len(parts) > 6:
-            break
-        name = ".".join(reversed(parts))
-        try:
-            found = importlib.util.find_spec(name)
-        except (ImportError, ValueError):
-            found = None
-        if found is not None and found.origin and Path(found.origin).resolve() == resolved:
-            best = name
-        parts.append(folder.name)
-    return best
-
-
-def _import_file(file: Path) -> ModuleType:
-    """Import ``file`` so that refs to its functions resolve in this and other processes.
-
-    A file that is importable (its package is on the path) imports under its dotted name,
-    e.g. ``pipelines.digits_inspection``; any other under its stem, as ``python FILE``
-    would import a sibling module.
-    """
-    try:
-        name = _module_name(file)
-        if name is not None:
-            return importlib.import_module(name)
-        return _exec_file(file)
-    except SpecError:
-        raise
-    except Exception as error:
-        raise SpecError(
-            f"failed to import: {type(error).__name__}: {error}",
-            fix=f"run `python {file}` to see the full traceback",
-        ) from error
-
-
-def _exec_file(file: Path) -> ModuleType:
-    name = file.stem
-    if not name.isidentifier():
-        raise SpecError(
-            f"{file.name} is not an importable module name",
-            fix="rename the file to a Python identifier, e.g. line_7.py",
-        )
-    existing = sys.modules.get(name)
-    origin = getattr(existing, "__file__", None)
-    if existing is not None and origin is not None and Path(origin).resolve() == file.resolve():
-        return existing
-    other = existing or importlib.util.find_spec(name)
-    if other is not None:
-        raise SpecError(
-            f"the module name {name!r} is taken by another module",
-            fix="rename the file, or put it in a package on the Python path",
-        )
-    loader_spec = importlib.util.spec_from_file_location(name, file)
-    if loader_spec is None or loader_spec.loader is None:
-        raise SpecError(f"cannot import {file}", fix="check that it is a Python file")
-    module = importlib.util.module_from_spec(loader_spec)
-    sys.modules[name] = module
-    try:
-        loader_spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
 
 
 def _from_module(module: ModuleType, file: Path) -> PipelineSpec:

@@ -198,7 +198,7 @@ class AgentSettings(BaseSettings):
     @classmethod
     def _topic_level_name(cls, value: str, info: Any) -> str:
         try:
-            return topics.check_name(value, str(info.field_name))
+            return topics.check_name(value, "node" if info.field_name == "node_id" else "tenant")
         except ProtocolError as exc:
             raise ValueError(str(exc)) from exc
 

@@ -15,14 +15,6 @@ from continuum.spec import PipelineSpec, load_pipeline
 EXAMPLE = Path(__file__).parent / "fixtures" / "line_7_inspection.py"
 
 
-def write_bad_yaml(tmp_path: Path) -> Path:
-    data = load_pipeline(EXAMPLE).to_dict()
-    data["rollout"]["canary"] = 1.5
-    path = tmp_path / "bad.json"
-    path.write_text(PipelineSpec.model_construct(**data).model_dump_json(), encoding="utf-8")
-    return path
-
-
 class TestValidate:
     def test_valid_file_prints_a_summary_and_exits_zero(
         self, capsys: pytest.CaptureFixture[str]
@@ -50,7 +42,9 @@ class TestValidate:
             "(fix: use e.g. canary=0.1 (10% of nodes))\n"
         )
 
-    def test_missing_file_exits_two(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def test_missing_file_exits_two(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
         assert main(["validate", str(tmp_path / "none.py")]) == 2
         assert "no such file" in capsys.readouterr().err
 

@@ -44,7 +44,7 @@ class TestLabelKeys:
         assert selector.root == {"example.com/line": "7", "ray.io/node-id": "!abc"}
 
     def test_direct_construction_raises_pydantic_error_with_the_same_fix(self) -> None:
-        with pytest.raises(ValidationError, match="continuum.io/tier"):
+        with pytest.raises(ValidationError, match=r"continuum\.io/tier"):
             LabelSelector({"tier": "edge"})
 
 

@@ -76,7 +76,9 @@ class TestDesignExample:
         }
         assert spec.edge.preprocess is not None
         assert spec.edge.preprocess.endswith("line_7_inspection:preprocess")
-        assert spec.uplink.policy.describe() == "low_confidence(0.6) | drift(psi(0.2)) | random(0.01)"
+        assert (
+            spec.uplink.policy.describe() == "low_confidence(0.6) | drift(psi(0.2)) | random(0.01)"
+        )
         assert spec.uplink.budget_kbps == 256.0
         assert spec.uplink.detector == drift.psi(0.2)
         assert spec.label.source == "delayed_feedback"

@@ -1,0 +1,100 @@
+"""Import a pipeline file so that refs to its functions resolve, and point errors at it.
+
+``continuum.spec.load_pipeline`` uses it; a file importable from the path imports under its
+dotted name, so ``"pipelines.digits_inspection:preprocess"`` is the same ref on the edge.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from continuum.errors import SpecError
+
+
+def located(error: SpecError, file: Path) -> SpecError:
+    """Return ``error`` with the file, and the line of ``file`` that raised it, in front."""
+    where = str(file)
+    resolved = file.resolve()
+    for exc in (error.__cause__, error):  # an import failure carries its line in the cause
+        frame = exc.__traceback__ if exc is not None else None
+        while frame is not None:
+            if Path(frame.tb_frame.f_code.co_filename).resolve() == resolved:
+                where = f"{file}:{frame.tb_lineno}"
+            frame = frame.tb_next
+    result = SpecError(f"{where}: {error}")
+    result.field, result.fix = error.field, error.fix
+    return result
+
+
+def _module_name(file: Path) -> str | None:
+    """Return the longest dotted name that imports ``file`` (``pipelines.digits_inspection``)."""
+    resolved = file.resolve()
+    parts = [resolved.stem]
+    best: str | None = None
+    for folder in resolved.parents:
+        if not all(p.isidentifier() for p in parts) or len(parts) > 6:
+            break
+        name = ".".join(reversed(parts))
+        try:
+            found = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            found = None
+        if found is not None and found.origin and Path(found.origin).resolve() == resolved:
+            best = name
+        parts.append(folder.name)
+    return best
+
+
+def import_file(file: Path) -> ModuleType:
+    """Import ``file`` so that refs to its functions resolve in this and other processes.
+
+    A file that is importable (its package is on the path) imports under its dotted name,
+    e.g. ``pipelines.digits_inspection``; any other under its stem, as ``python FILE``
+    would import a sibling module.
+    """
+    try:
+        name = _module_name(file)
+        if name is not None:
+            return importlib.import_module(name)
+        return _exec_file(file)
+    except SpecError:
+        raise
+    except Exception as error:
+        raise SpecError(
+            f"failed to import: {type(error).__name__}: {error}",
+            fix=f"run `python {file}` to see the full traceback",
+        ) from error
+
+
+def _exec_file(file: Path) -> ModuleType:
+    name = file.stem
+    if not name.isidentifier():
+        raise SpecError(
+            f"{file.name} is not an importable module name",
+            fix="rename the file to a Python identifier, e.g. line_7.py",
+        )
+    existing = sys.modules.get(name)
+    origin = getattr(existing, "__file__", None)
+    if existing is not None and origin is not None and Path(origin).resolve() == file.resolve():
+        return existing
+    other = existing or importlib.util.find_spec(name)
+    if other is not None:
+        raise SpecError(
+            f"the module name {name!r} is taken by another module",
+            fix="rename the file, or put it in a package on the Python path",
+        )
+    loader_spec = importlib.util.spec_from_file_location(name, file)
+    if loader_spec is None or loader_spec.loader is None:
+        raise SpecError(f"cannot import {file}", fix="check that it is a Python file")
+    module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[name] = module
+    try:
+        loader_spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module

@@ -1,0 +1,304 @@
+"""Test kit of the edge agent tests: tiny real ONNX models, pipeline specs, frame sources,
+agent configs and a stand-in for the cloud side that publishes signed models over MQTT.
+
+It lives at the root of ``tests/`` (on ``sys.path`` through the root conftest) so the unit
+and integration tests share it, and so that agents can load ``edge_agent_kit:PatternSource``
+by import reference like any real source.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import yaml
+from onnx import TensorProto, helper, numpy_helper
+
+from continuum import Pipeline, select
+from continuum.select import Policy
+from continuum.signing import sha256_file, sign_artifact
+from continuum.wire import mqtt, topics
+from continuum.wire.messages import (
+    SCHEMA_VERSION,
+    ArtifactManifest,
+    DesiredModel,
+    DesiredState,
+)
+from edge_agent.sources import Frame
+
+SHAPE = (1, 8, 8)
+CLASSES = 10
+
+
+def build_model(path: Path, *, favour: int = 0, gain: float = 10.0, opset: int = 17) -> Path:
+    """Write a real ONNX classifier: softmax(flatten(x) @ W + b), 10 classes, input (N,1,8,8).
+
+    Every pixel adds ``gain / 64`` to the logit of class ``favour``: an all-ones frame is
+    predicted ``favour`` with confidence ~1, an all-zeros frame gets the uniform 0.1.
+    """
+    features = math.prod(SHAPE)
+    weights = np.zeros((features, CLASSES), dtype=np.float32)
+    weights[:, favour] = gain / features
+    bias = np.zeros((CLASSES,), dtype=np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+            helper.make_node("MatMul", ["flat", "W"], ["logits_raw"]),
+            helper.make_node("Add", ["logits_raw", "b"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *SHAPE])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", CLASSES])],
+        initializer=[numpy_helper.from_array(weights, "W"), numpy_helper.from_array(bias, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def build_wrong_input_model(path: Path) -> Path:
+    """Write a valid ONNX model whose input is (N, 3) floats: it loads but cannot serve SHAPE."""
+    weights = np.ones((3, CLASSES), dtype=np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["input", "W"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+        ],
+        "wrong",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", CLASSES])],
+        initializer=[numpy_helper.from_array(weights, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def write_pipeline(
+    folder: Path,
+    *,
+    name: str = "inspect",
+    tenant: str = "acme",
+    model: str = "inspector",
+    policy: Policy | None = None,
+    budget_kbps: float | None = None,
+    max_batch: int = 8,
+    max_wait_ms: float = 5.0,
+    where: Mapping[str, str] | None = None,
+    data_class: str = "internal",
+) -> Path:
+    """Declare a pipeline with the DSL and write it as YAML; return the file."""
+    pipe = Pipeline(name, tenant=tenant, data_class=data_class)
+    pipe.edge(
+        model=model,
+        backend="onnxruntime",
+        shape=SHAPE,
+        where=dict(where or {"continuum.io/tier": "edge"}),
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+    )
+    pipe.uplink(policy or select.low_confidence(0.5), budget_kbps=budget_kbps)
+    path = folder / f"{name}.yaml"
+    path.write_text(pipe.spec.to_yaml(), encoding="utf-8")
+    return path
+
+
+class PatternSource:
+    """Frames filled with ``pattern[i % len(pattern)]``; ``count`` < 0 never ends.
+
+    ``fps`` > 0 paces the frames like a camera; ``labels`` (cycled like the pattern) are
+    attached with ``label_delay_s``.  Constructor arguments are plain JSON, as the agent
+    config requires.
+    """
+
+    def __init__(
+        self,
+        pattern: list[float],
+        count: int = 10,
+        fps: float = 0.0,
+        labels: list[int] | None = None,
+        label_delay_s: float = 0.0,
+        shape: list[int] | None = None,
+    ) -> None:
+        self.pattern = [float(v) for v in pattern]
+        self.count = count
+        self.fps = fps
+        self.labels = labels
+        self.label_delay_s = label_delay_s
+        self.shape = tuple(shape or SHAPE)
+        self.closed = threading.Event()
+
+    def __iter__(self) -> Iterator[Frame]:
+        index = 0
+        start = time.monotonic()
+        while (self.count < 0 or index < self.count) and not self.closed.is_set():
+            if self.fps > 0:
+                delay = start + index / self.fps - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            value = self.pattern[index % len(self.pattern)]
+            label = None if self.labels is None else self.labels[index % len(self.labels)]
+            yield Frame(
+                tensor=np.full(self.shape, value, dtype=np.float32),
+                label=label,
+                label_delay_s=self.label_delay_s,
+            )
+            index += 1
+
+    def close(self) -> None:
+        """Stop yielding (the agent calls this at shutdown)."""
+        self.closed.set()
+
+
+def write_key(folder: Path, public_pem: bytes) -> Path:
+    """Write the trusted public key file."""
+    path = folder / "tenant.pub.pem"
+    path.write_bytes(public_pem)
+    return path
+
+
+def agent_config(
+    folder: Path,
+    *,
+    spec: Path,
+    key: Path,
+    source: Mapping[str, Any],
+    host: str = "127.0.0.1",
+    port: int = 1883,
+    node: str = "edge-1",
+    tenant: str = "acme",
+    **settings: Any,
+) -> Path:
+    """Write an agent config YAML with one pipeline; ``settings`` add or override fields."""
+    data: dict[str, Any] = {
+        "node_id": node,
+        "tenant": tenant,
+        "labels": {"continuum.io/tier": "edge", "continuum.io/site": "lux-1"},
+        "broker": {"host": host, "port": port, "reconnect_min_s": 0.1, "reconnect_max_s": 1.0},
+        "state_dir": str(folder / "state"),
+        "trusted_public_key": str(key),
+        "telemetry_interval_s": 0.5,
+        "pipelines": [{"spec": str(spec), "source": dict(source)}],
+    }
+    data.update(settings)
+    path = folder / "agent.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def desired_for(
+    artifact: Path,
+    private_pem: bytes,
+    *,
+    model: str,
+    version: str,
+    chunk_size: int = 1024,
+    signature: str | None = None,
+) -> DesiredModel:
+    """Return the signed desired-model entry for ``artifact``."""
+    sha = sha256_file(artifact)
+    size = artifact.stat().st_size
+    return DesiredModel(
+        model=model,
+        version=version,
+        sha256=sha,
+        signature=signature or sign_artifact(private_pem, model, version, sha),
+        size_bytes=size,
+        chunk_size=chunk_size,
+        chunks=max(1, math.ceil(size / chunk_size)),
+    )
+
+
+class CloudStandIn:
+    """The cloud side of the tests: publishes artifacts and desired state, collects messages."""
+
+    def __init__(self, host: str, port: int, tenant: str = "acme") -> None:
+        self.tenant = tenant
+        self.settings = mqtt.BrokerSettings(host=host, port=port, session_expiry_s=0)
+        self.client = mqtt.make_client(f"cloud-standin-{id(self)}", self.settings)
+        self.received: list[tuple[str, bytes, bool]] = []
+        self._lock = threading.Lock()
+        self.client.on_message = self._on_message
+        mqtt.connect(self.client, self.settings)
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        with self._lock:
+            self.received.append((message.topic, bytes(message.payload), bool(message.retain)))
+
+    def subscribe(self, *filters: str) -> None:
+        """Subscribe at QoS 1 and give the broker a moment to confirm."""
+        done = threading.Event()
+        self.client.on_subscribe = lambda *args: done.set()
+        self.client.subscribe([(f, 1) for f in filters])
+        assert done.wait(5.0), "no SUBACK"
+
+    def messages(self, topic_part: str) -> list[tuple[str, bytes, bool]]:
+        """Return received messages whose topic contains ``topic_part``."""
+        with self._lock:
+            return [m for m in self.received if topic_part in m[0]]
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """Publish at QoS 1 and wait for the PUBACK."""
+        mqtt.publish_and_wait(self.client, topic, payload, retain=retain, timeout_s=5.0)
+
+    def publish_artifact(
+        self, artifact: Path, want: DesiredModel, *, tamper_chunk: int | None = None
+    ) -> None:
+        """Publish ``artifact`` as retained chunks and manifest; optionally flip a byte."""
+        data = artifact.read_bytes()
+        for index in range(want.chunks):
+            piece = bytearray(data[index * want.chunk_size : (index + 1) * want.chunk_size])
+            if index == tamper_chunk:
+                piece[len(piece) // 2] ^= 0xFF
+            topic = topics.artifact_chunk(self.tenant, want.model, want.version, index)
+            self.publish(topic, bytes(piece), retain=True)
+        manifest = ArtifactManifest(
+            schema_version=SCHEMA_VERSION,
+            **want.model_dump(),
+        )
+        self.publish(
+            topics.artifact_manifest(self.tenant, want.model, want.version),
+            manifest.to_payload(),
+            retain=True,
+        )
+
+    def set_desired(
+        self, node: str, pipelines: Mapping[str, DesiredModel], generation: int
+    ) -> None:
+        """Publish the node's retained desired state."""
+        state = DesiredState(
+            schema_version=SCHEMA_VERSION,
+            node=node,
+            pipelines=dict(pipelines),
+            issued_at=time.time(),
+            generation=generation,
+        )
+        self.publish(topics.node_desired(self.tenant, node), state.to_payload(), retain=True)
+
+    def close(self) -> None:
+        """Disconnect."""
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def wait_for(condition: Any, timeout_s: float = 10.0, interval_s: float = 0.05) -> Any:
+    """Poll ``condition()`` until it returns something truthy; return it or fail the test."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        time.sleep(interval_s)

@@ -1,0 +1,239 @@
+"""The durable outbox: survives reopening, bounded by bytes and age, leases until acked."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent.outbox import FeedbackEntry, Outbox, SampleEntry
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _entry(outbox: Outbox, *, version: str = "v1", value: float = 1.0, size: int = 64) -> SampleEntry:
+    (seq,) = outbox.reserve_seqs(1)
+    return SampleEntry(
+        pipeline="inspect",
+        model_version=version,
+        data_class="internal",
+        seq=seq,
+        captured_at_ns=time.time_ns(),
+        tensor=np.full((size,), value, dtype=np.float32),
+        prediction=3,
+        confidence=0.25,
+        label=None,
+    )
+
+
+def _open(path: Path, **kwargs: object) -> Outbox:
+    options: dict[str, object] = {"max_bytes": 1 << 20, "ttl_s": 3600.0}
+    options.update(kwargs)
+    return Outbox(path, **options)  # type: ignore[arg-type]
+
+
+class TestSequenceNumbers:
+    def test_seqs_keep_increasing_across_reopen(self, tmp_path: Path) -> None:
+        path = tmp_path / "outbox.db"
+        with _open(path) as outbox:
+            first = list(outbox.reserve_seqs(5))
+        with _open(path) as outbox:
+            second = list(outbox.reserve_seqs(5))
+        assert first == sorted(first) and len(set(first)) == 5
+        assert min(second) > max(first)
+
+    def test_a_new_database_starts_at_the_current_time_in_microseconds(
+        self, tmp_path: Path
+    ) -> None:
+        before = time.time_ns() // 1000
+        with _open(tmp_path / "outbox.db") as outbox:
+            (seq,) = outbox.reserve_seqs(1)
+        assert before <= seq <= time.time_ns() // 1000
+
+    def test_concurrent_reservations_never_overlap(self, tmp_path: Path) -> None:
+        seen: list[int] = []
+        lock = threading.Lock()
+        with _open(tmp_path / "outbox.db") as outbox:
+
+            def reserve() -> None:
+                for _ in range(200):
+                    got = list(outbox.reserve_seqs(7))
+                    with lock:
+                        seen.extend(got)
+
+            threads = [threading.Thread(target=reserve) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        assert len(seen) == len(set(seen)) == 4 * 200 * 7
+
+
+class TestDurability:
+    def test_unacked_samples_are_sent_again_after_reopen(self, tmp_path: Path) -> None:
+        path = tmp_path / "outbox.db"
+        with _open(path) as outbox:
+            entries = [_entry(outbox, value=float(i)) for i in range(3)]
+            outbox.append_samples(entries)
+            leased = outbox.next_samples(10, 1 << 20)
+            assert leased is not None and len(leased.records) == 3
+            outbox.ack_samples([entries[0].seq])
+        with _open(path) as outbox:
+            pending = outbox.next_samples(10, 1 << 20)
+        assert pending is not None
+        assert pending.seqs == (entries[1].seq, entries[2].seq)
+        assert pending.records[1].tensor.tolist() == [2.0] * 64
+        assert pending.records[0].prediction == 3
+        assert pending.records[0].confidence == pytest.approx(0.25)
+        assert (pending.pipeline, pending.model_version, pending.data_class) == (
+            "inspect",
+            "v1",
+            "internal",
+        )
+
+    def test_feedback_survives_reopen_and_waits_until_due(self, tmp_path: Path) -> None:
+        clock = FakeClock()
+        path = tmp_path / "outbox.db"
+        with _open(path, clock=clock) as outbox:
+            outbox.append_feedback([FeedbackEntry("inspect", 42, 7, clock.now + 5.0)])
+            assert outbox.next_feedback(10) is None
+        with _open(path, clock=clock) as outbox:
+            assert outbox.next_feedback_due() == pytest.approx(clock.now + 5.0)
+            clock.now += 5.0
+            pending = outbox.next_feedback(10)
+            assert pending is not None and pending.items == ((42, 7),)
+            outbox.ack_feedback(pending.ids)
+            assert outbox.next_feedback(10) is None
+            assert outbox.stats().feedback == 0
+
+
+class TestLeases:
+    def test_leased_samples_are_not_handed_out_twice(self, tmp_path: Path) -> None:
+        with _open(tmp_path / "outbox.db") as outbox:
+            outbox.append_samples([_entry(outbox) for _ in range(4)])
+            first = outbox.next_samples(2, 1 << 20)
+            second = outbox.next_samples(2, 1 << 20)
+            assert first is not None and second is not None
+            assert not set(first.seqs) & set(second.seqs)
+            assert outbox.next_samples(2, 1 << 20) is None
+
+    def test_released_samples_come_back_oldest_first(self, tmp_path: Path) -> None:
+        with _open(tmp_path / "outbox.db") as outbox:
+            outbox.append_samples([_entry(outbox) for _ in range(3)])
+            first = outbox.next_samples(3, 1 << 20)
+            assert first is not None
+            outbox.release_samples(first.seqs)
+            again = outbox.next_samples(3, 1 << 20)
+            assert again is not None and again.seqs == first.seqs
+
+    def test_a_batch_holds_one_model_version_and_respects_its_bounds(
+        self, tmp_path: Path
+    ) -> None:
+        with _open(tmp_path / "outbox.db") as outbox:
+            outbox.append_samples([_entry(outbox, version="v1") for _ in range(5)])
+            outbox.append_samples([_entry(outbox, version="v2") for _ in range(2)])
+            by_count = outbox.next_samples(2, 1 << 20)
+            by_bytes = outbox.next_samples(10, 300)  # one 256-byte tensor fits, two do not
+            rest = outbox.next_samples(10, 1 << 20)
+            other = outbox.next_samples(10, 1 << 20)
+            tiny = outbox.next_samples(10, 1)
+        assert by_count is not None and len(by_count.records) == 2
+        assert by_bytes is not None and len(by_bytes.records) == 1
+        assert rest is not None and rest.model_version == "v1" and len(rest.records) == 2
+        assert other is not None and other.model_version == "v2" and len(other.records) == 2
+        assert tiny is None
+
+
+class TestBounds:
+    def test_drop_oldest_evicts_the_oldest_unleased_samples(self, tmp_path: Path) -> None:
+        drops: list[tuple[str, int]] = []
+        size = 64 * 4 + 96  # one record's accounted bytes
+        with _open(
+            tmp_path / "outbox.db", max_bytes=3 * size, on_drop=lambda r, n: drops.append((r, n))
+        ) as outbox:
+            entries = [_entry(outbox) for _ in range(3)]
+            outbox.append_samples(entries)
+            leased = outbox.next_samples(1, 1 << 20)  # the oldest is in flight: keep it
+            newest = _entry(outbox)
+            result = outbox.append_samples([newest])
+            assert leased is not None and leased.seqs == (entries[0].seq,)
+            assert (result.appended, result.evicted, result.refused) == (1, 1, 0)
+            outbox.release_samples(leased.seqs)
+            left = outbox.next_samples(10, 1 << 20)
+            assert left is not None
+            assert left.seqs == (entries[0].seq, entries[2].seq, newest.seq)
+            assert outbox.stats().dropped == {"full_oldest": 1}
+        assert drops == [("full_oldest", 1)]
+
+    def test_drop_newest_refuses_what_does_not_fit(self, tmp_path: Path) -> None:
+        size = 64 * 4 + 96
+        with _open(tmp_path / "outbox.db", max_bytes=2 * size, full_policy="drop_newest") as box:
+            entries = [_entry(box) for _ in range(3)]
+            result = box.append_samples(entries)
+            assert (result.appended, result.refused) == (2, 1)
+            assert result.kept == (entries[0].seq, entries[1].seq)
+            assert box.stats().dropped == {"full_newest": 1}
+            assert box.bytes_used == 2 * size
+
+    def test_block_waits_for_an_ack_to_free_space(self, tmp_path: Path) -> None:
+        size = 64 * 4 + 96
+        with _open(
+            tmp_path / "outbox.db", max_bytes=size, full_policy="block", block_timeout_s=5.0
+        ) as outbox:
+            first = _entry(outbox)
+            outbox.append_samples([first])
+            timer = threading.Timer(0.2, outbox.ack_samples, args=([first.seq],))
+            timer.start()
+            started = time.monotonic()
+            result = outbox.append_samples([_entry(outbox)])
+            waited = time.monotonic() - started
+            timer.join()
+        assert result.appended == 1
+        assert 0.1 < waited < 4.0
+
+    def test_block_gives_up_after_its_timeout_and_counts_the_drop(self, tmp_path: Path) -> None:
+        size = 64 * 4 + 96
+        with _open(
+            tmp_path / "outbox.db", max_bytes=size, full_policy="block", block_timeout_s=0.2
+        ) as outbox:
+            outbox.append_samples([_entry(outbox)])
+            result = outbox.append_samples([_entry(outbox)])
+            assert (result.appended, result.refused) == (0, 1)
+            assert outbox.stats().dropped == {"full_newest": 1}
+
+    def test_records_older_than_the_ttl_expire_and_are_counted(self, tmp_path: Path) -> None:
+        clock = FakeClock()
+        with _open(tmp_path / "outbox.db", ttl_s=60.0, clock=clock) as outbox:
+            outbox.append_samples([_entry(outbox)])
+            outbox.append_feedback([FeedbackEntry("inspect", 1, 2, clock.now)])
+            clock.now += 30.0
+            fresh = _entry(outbox)
+            outbox.append_samples([fresh])
+            clock.now += 40.0
+            assert outbox.expire() == 2
+            pending = outbox.next_samples(10, 1 << 20)
+            stats = outbox.stats()
+        assert pending is not None and pending.seqs == (fresh.seq,)
+        assert stats.dropped == {"expired": 2}
+        assert stats.oldest_age_s == pytest.approx(40.0)
+
+    def test_reclaim_gives_space_back_after_acks(self, tmp_path: Path) -> None:
+        path = tmp_path / "outbox.db"
+        with _open(path) as outbox:
+            entries = [_entry(outbox, size=4096) for _ in range(64)]
+            outbox.append_samples(entries)
+            outbox.reclaim()
+            full = path.stat().st_size
+            outbox.ack_samples([e.seq for e in entries])
+            outbox.reclaim()
+            assert path.stat().st_size < full / 2
+            assert outbox.bytes_used == 0
