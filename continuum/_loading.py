@@ -33,9 +33,10 @@ def located(error: SpecError, file: Path) -> SpecError:
 def _module_name(file: Path) -> str | None:
     """Return the longest dotted name that imports ``file`` (``pipelines.digits_inspection``)."""
     resolved = file.resolve()
-    parts = [resolved.stem]
+    package = resolved.stem == "__init__"  # a package's own file imports as the package
+    parts = [resolved.parent.name] if package else [resolved.stem]
     best: str | None = None
-    for folder in resolved.parents:
+    for folder in resolved.parents[1:] if package else resolved.parents:
         if not all(p.isidentifier() for p in parts) or len(parts) > 6:
             break
         name = ".".join(reversed(parts))

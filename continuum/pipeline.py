@@ -26,7 +26,9 @@ from continuum.spec import (
     BackendKind,
     DataClass,
     EdgeStageSpec,
+    GateMetric,
     GateSpec,
+    LabelSource,
     LabelSpec,
     PipelineSpec,
     RetrainSpec,
@@ -202,7 +204,7 @@ class Pipeline:
 
     def label(
         self,
-        source: str = "delayed_feedback",
+        source: LabelSource = "delayed_feedback",
         *,
         teacher_model: str | None = None,
     ) -> None:
@@ -237,7 +239,7 @@ class Pipeline:
 
     def gate(
         self,
-        metric: str = "accuracy",
+        metric: GateMetric = "accuracy",
         *,
         min_gain: float = 0.0,
         holdout: Callable[[], tuple[Any, Any]] | str | None = None,

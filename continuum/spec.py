@@ -45,7 +45,9 @@ __all__ = [
     "BackendKind",
     "DataClass",
     "EdgeStageSpec",
+    "GateMetric",
     "GateSpec",
+    "LabelSource",
     "LabelSpec",
     "PipelineSpec",
     "RetrainSpec",
@@ -65,6 +67,8 @@ __all__ = [
 API_VERSION: Final = "continuum.io/v1"
 
 BackendKind = Literal["auto", "onnxruntime", "tensorrt"]
+LabelSource = Literal["delayed_feedback", "teacher", "human"]
+GateMetric = Literal["accuracy", "f1_macro"]
 
 DURATION_FORMS = 'a number of seconds, or "30 s", "10 min", "2 h", "1 d"'
 TRIGGER_FORMS = '"500 new samples", "drift > 0.2", "every 1 h" or "manual", joined with " or "'
@@ -529,7 +533,7 @@ class UplinkSpec(_Spec):
 class LabelSpec(_Spec):
     """Where labels for uplinked samples come from."""
 
-    source: Literal["delayed_feedback", "teacher", "human"] = "delayed_feedback"
+    source: LabelSource = "delayed_feedback"
     teacher_model: str | None = Field(
         default=None, description="Cloud model that labels (teacher only)."
     )
@@ -649,7 +653,7 @@ class GateSpec(_Spec):
     set) when given, so a model that forgets the old distribution does not pass.
     """
 
-    metric: Literal["accuracy", "f1_macro"] = "accuracy"
+    metric: GateMetric = "accuracy"
     min_gain: float = Field(
         default=0.0, description="Required gain on the held-out set, in [0, 1]."
     )

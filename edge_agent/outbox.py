@@ -562,8 +562,11 @@ class Outbox:
         """Checkpoint the WAL and give free pages back to the file system."""
         with self._lock:
             self._check_open()
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self._db.execute("PRAGMA incremental_vacuum")
+            # incremental_vacuum frees one page per step of its statement and execute()
+            # steps once; executescript() runs it to the end.  The checkpoint then carries
+            # the shrink into the database file.
+            self._db.executescript("PRAGMA incremental_vacuum;")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def stats(self) -> OutboxStats:
         """Return depth, bytes, age of the oldest record and drop counts."""

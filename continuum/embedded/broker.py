@@ -8,6 +8,7 @@ database (so retained messages and queued QoS 1 messages survive a restart) and
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,8 @@ from continuum.errors import ConfigError, NotReadyError, OperationTimeoutError
 
 #: Where Debian's package puts the broker; used when it is not on PATH (sbin often is not).
 DEFAULT_EXECUTABLE = "/usr/sbin/mosquitto"
+#: mosquitto logs "mosquitto version X running" once its listeners are bound.
+_RUNNING_MARKER = re.compile(rb"mosquitto version \S+ running")
 
 
 def find_mosquitto(executable: str | None = None) -> str:
@@ -122,7 +125,13 @@ class EmbeddedBroker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.port == 0:
             self.port = free_port(self.host)
+        elif port_accepts(self.host, self.port):
+            raise NotReadyError(
+                f"{self.address} is already in use by another process; "
+                "pass port=0 for a free port or stop the other listener"
+            )
         self.config_path.write_text(self._config_text())
+        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
                 [binary, "-c", str(self.config_path)],
@@ -131,7 +140,7 @@ class EmbeddedBroker:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C in the terminal must not kill it mid-test
             )
-        self._wait_until_accepting()
+        self._wait_until_accepting(log_offset)
         return self
 
     def stop(self) -> None:
@@ -203,6 +212,11 @@ class EmbeddedBroker:
             lines.append("user root")
         return "\n".join(lines) + "\n"
 
+    def _logged_running(self, log_offset: int) -> bool:
+        with self.log_path.open("rb") as log:
+            log.seek(log_offset)
+            return _RUNNING_MARKER.search(log.read()) is not None
+
     def _auth_lines(self) -> list[str]:
         if self.password_file is None and self.acl_file is None:
             return ["allow_anonymous true"]
@@ -213,7 +227,7 @@ class EmbeddedBroker:
             lines.append(f"acl_file {Path(self.acl_file).resolve()}")
         return lines
 
-    def _wait_until_accepting(self) -> None:
+    def _wait_until_accepting(self, log_offset: int) -> None:
         assert self._process is not None
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
@@ -223,7 +237,9 @@ class EmbeddedBroker:
                     f"mosquitto exited with code {code} while starting on {self.address}; "
                     f"log {self.log_path}:\n{log_tail(self.log_path)}"
                 )
-            if port_accepts(self.host, self.port):
+            # The log line proves that *this* process bound the port (a port that
+            # accepts could belong to someone else); the connect proves it listens.
+            if self._logged_running(log_offset) and port_accepts(self.host, self.port):
                 return
             time.sleep(0.02)
         self.kill()

@@ -260,7 +260,7 @@ class TestDeclarationMistakes:
         assert error.field == "label.teacher_model"
 
     def test_unknown_gate_metric_lists_the_metrics(self) -> None:
-        error = spec_error(lambda: pipeline().gate(metric="auc"))
+        error = spec_error(lambda: pipeline().gate(metric="auc"))  # type: ignore[arg-type]
         assert error.field == "gate.metric"
         assert "'accuracy' or 'f1_macro'" in str(error)
 

@@ -389,6 +389,28 @@ class TestLoadPipeline:
         assert resolve_ref(spec.retrain.trainer).__name__ == "train_fn"
         assert resolve_ref(spec.edge.preprocess or "").__name__ == "preprocess"
 
+    def test_file_in_an_importable_package_loads_under_its_dotted_name(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        package = f"ctm_pkg_{uuid.uuid4().hex[:12]}"
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("", encoding="utf-8")
+        (tmp_path / package / "line.py").write_text(
+            "from continuum import Pipeline, select\n"
+            "pipe = Pipeline('p', tenant='t', data_class='public')\n"
+            "@pipe.edge(model='m', shape=(4,))\n"
+            "def prep(frame):\n"
+            "    return frame\n"
+            "pipe.uplink(select.random(0.5))\n",
+            encoding="utf-8",
+        )
+        monkeypatch.syspath_prepend(str(tmp_path))
+        for name in (package, f"{package}.line"):
+            monkeypatch.delitem(sys.modules, name, raising=False)
+        spec = load_pipeline(tmp_path / package / "line.py")
+        assert spec.edge.preprocess == f"{package}.line:prep"
+        assert callable(resolve_ref(spec.edge.preprocess))
+
     def test_yaml_and_json_files_load(self, tmp_path: Path) -> None:
         spec = minimal_spec()
         (tmp_path / "p.yaml").write_text(spec.to_yaml(), encoding="utf-8")

@@ -1,0 +1,221 @@
+"""PipelineRuntime with a real ONNX model: batching, selection, budget, labels, telemetry, swap."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tests.edge_agent_kit import PatternSource, build_model
+
+from continuum import Pipeline, drift, select
+from continuum.backends import open_backend
+from continuum.select import Policy
+from continuum.spec import PipelineSpec
+from continuum.wire.messages import Telemetry
+from edge_agent.metrics import AgentMetrics
+from edge_agent.model_manager import ServingModel
+from edge_agent.outbox import Outbox
+from edge_agent.runtime import PipelineRuntime, as_probabilities
+from edge_agent.sources import Frame
+
+NODE = "edge-1"
+
+
+def _spec(policy: Policy, *, budget_kbps: float | None = None, max_batch: int = 4) -> PipelineSpec:
+    pipe = Pipeline("inspect", tenant="acme", data_class="internal")
+    pipe.edge(model="inspector", backend="onnxruntime", shape=(1, 8, 8), max_batch=max_batch)
+    pipe.uplink(policy, budget_kbps=budget_kbps)
+    return pipe.spec
+
+
+def _model(tmp_path: Path, version: str, favour: int = 0) -> ServingModel:
+    path = build_model(tmp_path / f"{version}.onnx", favour=favour)
+    backend = open_backend("onnxruntime", path)
+    return ServingModel("inspect", "inspector", version, "0" * 64, "0" * 128, path, backend)
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, spec: PipelineSpec, source: object) -> None:
+        self.outbox = Outbox(tmp_path / "outbox.db", max_bytes=1 << 24, ttl_s=3600.0)
+        self.metrics = AgentMetrics()
+        self.telemetry: list[Telemetry] = []
+        self.runtime = PipelineRuntime(
+            spec=spec,
+            node=NODE,
+            source=source,  # type: ignore[arg-type]
+            outbox=self.outbox,
+            metrics=self.metrics,
+            on_telemetry=self.telemetry.append,
+            telemetry_interval_s=60.0,
+        )
+
+    def run(self, model: ServingModel, timeout_s: float = 10.0) -> None:
+        self.runtime.start()
+        self.runtime.swap_model(model)
+        assert self.runtime.join(timeout_s), "the pipeline did not finish"
+
+    def samples(self) -> list[object]:
+        records = []
+        while (pending := self.outbox.next_samples(1000, 1 << 30)) is not None:
+            records.extend(pending.records)
+        return records
+
+    def close(self) -> None:
+        self.runtime.close()
+        self.outbox.close()
+
+
+@pytest.fixture
+def harness_factory(tmp_path: Path):  # type: ignore[no-untyped-def]
+    made: list[Harness] = []
+
+    def make(spec: PipelineSpec, source: object) -> Harness:
+        harness = Harness(tmp_path, spec, source)
+        made.append(harness)
+        return harness
+
+    yield make
+    for harness in made:
+        harness.close()
+
+
+class TestSelectionWiring:
+    def test_only_low_confidence_frames_reach_the_outbox(
+        self, tmp_path: Path, harness_factory
+    ) -> None:  # type: ignore[no-untyped-def]
+        h = harness_factory(_spec(select.low_confidence(0.5)), PatternSource([1.0, 0.0], 20))
+        h.run(_model(tmp_path, "v1"))
+        records = h.samples()
+        assert len(records) == 10
+        assert all(r.tensor.max() == 0.0 for r in records)  # the all-zeros frames
+        assert all(r.confidence == pytest.approx(0.1, abs=1e-4) for r in records)
+        seqs = [r.seq for r in records]
+        assert seqs == sorted(seqs) and len(set(seqs)) == 10
+        (window,) = h.telemetry
+        assert (window.frames, window.uplinked, window.dropped) == (20, 10, 0)
+        assert window.model_version == "v1"
+        assert window.mean_confidence == pytest.approx((0.1 + 0.9996) / 2, abs=1e-3)
+
+    def test_random_selection_is_a_pure_function_of_the_sample_id(
+        self, tmp_path: Path, harness_factory
+    ) -> None:  # type: ignore[no-untyped-def]
+        h = harness_factory(_spec(select.random(0.3)), PatternSource([1.0], 200))
+        h.run(_model(tmp_path, "v1"))
+        records = h.samples()
+        expected = select.random(0.3).decide(
+            np.tile([[1.0] + [0.0] * 9], (len(records), 1)),
+            select.SelectionContext.for_ids([f"{NODE}:{r.seq}" for r in records]),
+        )
+        assert 20 < len(records) < 100
+        assert expected.all()  # every uplinked seq is one the policy picks for its id
+
+    def test_the_bandwidth_budget_caps_the_uplink_and_counts_the_rest(
+        self, tmp_path: Path, harness_factory
+    ) -> None:  # type: ignore[no-untyped-def]
+        # 1 kbit/s with a 2 s burst = 250 bytes: not even one 296-byte sample.
+        h = harness_factory(
+            _spec(select.low_confidence(0.5), budget_kbps=4.0), PatternSource([0.0], 30)
+        )
+        h.run(_model(tmp_path, "v1"))
+        (window,) = h.telemetry
+        # 4 kbit/s, 2 s burst = 1000 bytes: three 296-byte samples fit, the rest wait in vain.
+        assert window.uplinked == 3
+        assert window.dropped == 27
+        assert len(h.samples()) == 3
+
+
+class TestLabels:
+    def test_known_labels_travel_with_the_sample_and_count_for_accuracy(
+        self, tmp_path: Path, harness_factory
+    ) -> None:  # type: ignore[no-untyped-def]
+        source = PatternSource([0.0], 8, labels=[0, 1])
+        h = harness_factory(_spec(select.low_confidence(0.5)), source)
+        h.run(_model(tmp_path, "v1"))
+        records = h.samples()
+        assert [r.label for r in records] == [0, 1] * 4
+        assert h.outbox.stats().feedback == 0
+        (window,) = h.telemetry
+        assert (window.labelled, window.correct) == (8, 4)  # uniform output predicts class 0
+
+    def test_delayed_labels_become_feedback_for_uplinked_samples_only(
+        self, tmp_path: Path, harness_factory
+    ) -> None:  # type: ignore[no-untyped-def]
+        source = PatternSource([1.0, 0.0], 10, labels=[5], label_delay_s=0.3)
+        h = harness_factory(_spec(select.low_confidence(0.5)), source)
+        h.run(_model(tmp_path, "v1"))
+        records = h.samples()
+        assert len(records) == 5 and all(r.label is None for r in records)
+        assert h.outbox.next_feedback(100) is None or True  # may already be due
+        time.sleep(0.35)
+        pending = h.outbox.next_feedback(100)
+        assert pending is not None
+        assert sorted(pending.items) == sorted((r.seq, 5) for r in records)
+
+
+class TestTelemetryAndSwap:
+    def test_a_swap_closes_the_window_and_resets_drift(
+        self, tmp_path: Path, harness_factory
+    ) -> None:  # type: ignore[no-untyped-def]
+        spec = _spec(select.drift(drift.psi(0.2, window=20, reference=20), rate=1.0))
+        source = PatternSource([1.0], -1, fps=400)
+        h = harness_factory(spec, source)
+        h.runtime.start()
+        h.runtime.swap_model(_model(tmp_path, "v1"))
+        time.sleep(0.3)
+        h.runtime.swap_model(_model(tmp_path, "v2", favour=3))
+        time.sleep(0.3)
+        h.runtime.stop()
+        assert h.runtime.join(5.0)
+        versions = [w.model_version for w in h.telemetry]
+        assert versions == ["v1", "v2"]
+        assert all(w.frames > 0 for w in h.telemetry)
+        assert all(w.latency_p50_ms is not None for w in h.telemetry)
+        assert all(w.latency_p50_ms <= w.latency_p95_ms for w in h.telemetry)  # type: ignore[operator]
+        assert h.runtime.model_version == "v2"
+        assert h.metrics.model_swaps.labels("inspect")._value.get() == 2
+
+    def test_frames_of_the_wrong_shape_are_counted_and_the_rest_served(
+        self, tmp_path: Path, harness_factory
+    ) -> None:  # type: ignore[no-untyped-def]
+        class Mixed:
+            def __iter__(self):  # type: ignore[no-untyped-def]
+                for i in range(10):
+                    shape = (1, 8, 8) if i % 2 else (3, 3)
+                    yield Frame(np.zeros(shape, dtype=np.float32))
+
+        h = harness_factory(_spec(select.low_confidence(0.5)), Mixed())
+        h.run(_model(tmp_path, "v1"))
+        (window,) = h.telemetry
+        assert window.frames == 5
+        rejected = h.metrics.frames_rejected.labels("inspect", "bad_input")._value.get()
+        assert rejected == 5
+
+    def test_a_failing_source_ends_the_pipeline_cleanly(
+        self, tmp_path: Path, harness_factory
+    ) -> None:  # type: ignore[no-untyped-def]
+        class Broken:
+            def __iter__(self):  # type: ignore[no-untyped-def]
+                yield Frame(np.zeros((1, 8, 8), dtype=np.float32))
+                raise OSError("camera unplugged")
+
+        h = harness_factory(_spec(select.low_confidence(0.5)), Broken())
+        h.run(_model(tmp_path, "v1"))
+        assert h.runtime.finished
+        assert h.telemetry[0].frames == 1
+
+
+class TestProbabilities:
+    def test_logits_are_turned_into_probabilities(self) -> None:
+        probs = as_probabilities(np.array([[2.0, -1.0, 0.5]]))
+        assert probs.sum() == pytest.approx(1.0)
+        assert probs.argmax() == 0
+
+    def test_probabilities_pass_unchanged(self) -> None:
+        given = np.array([[0.7, 0.2, 0.1]])
+        assert np.array_equal(as_probabilities(given), given)
+
+    def test_non_finite_outputs_are_refused(self) -> None:
+        with pytest.raises(ValueError, match="NaN"):
+            as_probabilities(np.array([[np.nan, 1.0]]))
