@@ -226,8 +226,9 @@ class PipelineController:
             self._stage = stage
 
     def _retrain(self, reason: str) -> None:
-        assert self.spec.retrain is not None
         spec = self.spec
+        retrain = spec.retrain
+        assert retrain is not None
         tenant = spec.tenant
         current = self.registry.current(tenant, spec.name)
         table = labelled(self.store, self.labels, tenant, spec.name)
@@ -252,14 +253,14 @@ class PipelineController:
             run_dir = self.workdir / "training" / f"run-{int(record.started_at * 1000)}"
             base_pt = None if current is None else current.lineage.get("checkpoint")
             result = run_training(
-                spec.retrain.trainer,
+                retrain.trainer,
                 train_x,
                 train_y,
                 base_model=Path(base_pt) if base_pt else None,
                 workdir=run_dir,
-                label_selector=spec.retrain.where,
-                gpus=spec.retrain.gpus,
-                cpus=spec.retrain.cpus,
+                label_selector=retrain.where,
+                gpus=retrain.gpus,
+                cpus=retrain.cpus,
             )
             self._set_stage("gating")
             hold_x, hold_y = self._holdout(x[held], y[held])

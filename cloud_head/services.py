@@ -211,7 +211,7 @@ class FleetActor:
         self._worker.stop()
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=4)
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class ControllerActor:
     """One pipeline's loop on the cloud: trigger, retrain on Ray Train, gate, register, roll out."""
 
@@ -351,8 +351,9 @@ class CloudHead:
             tenant, paths, broker_dict
         )
         controllers = {
+            # Threaded (max_concurrency): status() answers while bootstrap() trains.
             s.name: ControllerActor.options(  # type: ignore[attr-defined]
-                name=f"controller-{s.name}", **common
+                name=f"controller-{s.name}", max_concurrency=4, **common
             ).remote(s.model_dump(mode="json"), paths, broker_dict, private_key_pem, code_version)
             for s in specs
             if s.retrain is not None

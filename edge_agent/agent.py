@@ -125,14 +125,18 @@ class EdgeAgent:
             on_drop=lambda reason, n: self.metrics.dropped.labels(reason).inc(n),
         )
         self._status_topic = topics.node_status(self.tenant, self.node)
-        self.link = MqttLink(
-            client_id=f"ctm-edge-{self.tenant}-{self.node}",
-            broker=settings.broker,
-            will=(self._status_topic, self._status(online=False)),
-            max_inflight=settings.max_inflight,
-            on_message=self._on_message,
-            on_connect=self._on_connect,
-        )
+        try:
+            self.link = MqttLink(
+                client_id=f"ctm-edge-{self.tenant}-{self.node}",
+                broker=settings.broker,
+                will=(self._status_topic, self._status(online=False)),
+                max_inflight=settings.max_inflight,
+                on_message=self._on_message,
+                on_connect=self._on_connect,
+            )
+        except (OSError, ValueError) as exc:  # unreadable TLS files, bad TLS settings
+            self.outbox.close()
+            raise ConfigError(f"broker: cannot set up the MQTT client: {exc}") from exc
         self.uplink = Uplink(
             node=self.node,
             tenant=self.tenant,
@@ -184,9 +188,15 @@ class EdgeAgent:
             return
         self._started = True
         if self.settings.metrics_port:
-            self.metrics_port = self.metrics.serve(
-                self.settings.metrics_port, self.settings.metrics_host
-            )
+            try:
+                self.metrics_port = self.metrics.serve(
+                    self.settings.metrics_port, self.settings.metrics_host
+                )
+            except OSError as exc:
+                raise ConfigError(
+                    f"metrics_port: cannot listen on {self.settings.metrics_host}:"
+                    f"{self.settings.metrics_port}: {exc}"
+                ) from exc
             log.info(
                 "metrics on http://%s:%d/metrics", self.settings.metrics_host, self.metrics_port
             )
@@ -214,8 +224,8 @@ class EdgeAgent:
 
     def run(self) -> None:
         """Start, serve until ``request_stop``, then stop within ``shutdown_timeout_s``."""
-        self.start()
         try:
+            self.start()
             while not self._stop_requested.wait(1.0):
                 pass
         finally:

@@ -17,7 +17,8 @@ from typing import TextIO
 
 from continuum import signing
 from continuum.backends import select_backend
-from continuum.errors import ConfigError, ContinuumError, NotReadyError
+from continuum.errors import ConfigError, ContinuumError, NotReadyError, SpecError
+from continuum.spec import resolve_ref
 from continuum.wire import mqtt
 from edge_agent import capabilities
 from edge_agent.config import AgentSettings
@@ -144,6 +145,12 @@ def _check(settings: AgentSettings, timeout_s: float, out: TextIO) -> int:
     report(bool(caps.backends), "backends", ", ".join(caps.backends) or "none usable")
     report(True, "gpu", caps.gpu or "none")
     report(True, "tensorrt", caps.tensorrt_version or "not installed")
+    for index, entry in enumerate(settings.pipelines):
+        try:
+            resolve_ref(entry.source.ref, field=f"pipelines.{index}.source.ref")
+            report(True, f"source {index}", f"{entry.source.ref} imports")
+        except SpecError as exc:
+            report(False, f"source {index}", str(exc))
     for spec in specs:
         try:
             kind = select_backend(spec.edge.backend)

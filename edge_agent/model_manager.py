@@ -383,7 +383,9 @@ class ModelManager:
             self._refused[key] = "bad_signature"
             self._rejected(name, want, "bad_signature", str(exc), "rejected")
             return
-        folder = self._downloads_dir / f"{want.model}-{want.version}-{want.sha256[:16]}"
+        # One folder per pipeline: two pipelines fetching the same artifact must not
+        # delete each other's chunks when one of them finishes first.
+        folder = self._downloads_dir / name / f"{want.model}-{want.version}-{want.sha256[:16]}"
         folder.mkdir(parents=True, exist_ok=True)
         fetch = _Fetch(name, want, generation, folder, set(), time.monotonic())
         for index in range(want.chunks):
@@ -462,7 +464,7 @@ class ModelManager:
             return
         fetch.received.add(index)
         fetch.last_progress = time.monotonic()
-        self._link.unsubscribe(fetch.chunk_topics(self.tenant, [index]))
+        self._release_topics(fetch.chunk_topics(self.tenant, [index]))
         if len(fetch.received) == fetch.want.chunks:
             self._finish(fetch)
 
@@ -597,7 +599,7 @@ class ModelManager:
         want = fetch.want
         if self._fetches.get(fetch.pipeline) is fetch:
             del self._fetches[fetch.pipeline]
-        self._link.unsubscribe(
+        self._release_topics(
             [
                 topics.artifact_manifest(self.tenant, want.model, want.version),
                 *fetch.chunk_topics(self.tenant, range(want.chunks)),
@@ -644,7 +646,7 @@ class ModelManager:
         if fetch is None:
             return
         want = fetch.want
-        self._link.unsubscribe(
+        self._release_topics(
             [
                 topics.artifact_manifest(self.tenant, want.model, want.version),
                 *fetch.chunk_topics(self.tenant, fetch.missing()),
@@ -660,6 +662,16 @@ class ModelManager:
                     state="serving",
                 )
         self._publish_report()
+
+    def _release_topics(self, names: list[str]) -> None:
+        """Unsubscribe from ``names`` except those another active fetch still waits for."""
+        needed: set[str] = set()
+        for other in self._fetches.values():
+            needed.add(topics.artifact_manifest(self.tenant, other.want.model, other.want.version))
+            needed.update(other.chunk_topics(self.tenant, other.missing()))
+        unused = [name for name in names if name not in needed]
+        if unused:
+            self._link.unsubscribe(unused)
 
     def _discard_chunks(self, fetch: _Fetch) -> None:
         shutil.rmtree(fetch.folder, ignore_errors=True)

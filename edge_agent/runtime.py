@@ -190,7 +190,7 @@ class PipelineRuntime:
 
     def join(self, timeout_s: float) -> bool:
         """Wait for the inference thread to drain and end; return whether it did in time."""
-        done = self._finished.wait(timeout_s)
+        done = self._finished.wait(timeout_s) if self._threads else True
         close = getattr(self._source, "close", None)
         if callable(close):
             try:

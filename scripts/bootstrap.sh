@@ -32,7 +32,9 @@ if [ ! -x .venv/bin/python ]; then
   echo "==> creating .venv with $PY"
   if ! "$PY" -m venv .venv 2>/dev/null; then
     rm -rf .venv
-    apt_install python3-venv
+    # Debian/Ubuntu ship venv separately: python3.11-venv for that interpreter,
+    # python3-venv where python3.11 is the system python.
+    apt_install "$(basename "$PY")-venv" 2>/dev/null || apt_install python3-venv
     "$PY" -m venv .venv
   fi
 fi

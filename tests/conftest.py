@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from continuum.embedded import EmbeddedBroker, LocalRayCluster
+from continuum.labels import SITE, TIER
 
 #: The Ray namespace the test process joins; services under test run as actors in it.
 RAY_TEST_NAMESPACE = "continuum-tests"
@@ -57,8 +58,8 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRayCl
     """
     cluster = LocalRayCluster(
         tmp_path_factory.mktemp("ray-cluster"),
-        head_labels={"continuum.io/tier": "cloud"},
-        edge_nodes=[{"continuum.io/tier": "edge", "continuum.io/site": "lux-1"}],
+        head_labels={TIER: "cloud"},
+        edge_nodes=[{TIER: "edge", SITE: "lux-1"}],
         dashboard=False,
         env={"PYTHONPATH": _test_python_path()},
     )
@@ -74,14 +75,15 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRayCl
 def _test_python_path() -> str:
     """Return a PYTHONPATH under which Ray workers import test modules as pytest did.
 
-    pytest imports ``tests/integration/x/test_y.py`` as ``test_y`` with its folder put
-    on sys.path; Ray workers unpickle remote functions by module name, so they need
-    the same folders.
+    Ray workers unpickle a remote function defined in a test module by importing that
+    module by name.  With ``--import-mode=importlib`` (pyproject) the name is
+    ``tests.integration.x.test_y``, importable from the repository root; with pytest's
+    prepend mode it is ``test_y``, importable from the folder pytest put on sys.path.
     """
     tests_root = Path(__file__).resolve().parent
     test_dirs = [p for p in sys.path if p and Path(p).resolve().is_relative_to(tests_root)]
     inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    return os.pathsep.join(dict.fromkeys([*test_dirs, *inherited]))
+    return os.pathsep.join(dict.fromkeys([str(tests_root.parent), *test_dirs, *inherited]))
 
 
 @cache

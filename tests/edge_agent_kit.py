@@ -1,9 +1,9 @@
 """Test kit of the edge agent tests: tiny real ONNX models, pipeline specs, frame sources,
 agent configs and a stand-in for the cloud side that publishes signed models over MQTT.
 
-It lives at the root of ``tests/`` (on ``sys.path`` through the root conftest) so the unit
-and integration tests share it, and so that agents can load ``edge_agent_kit:PatternSource``
-by import reference like any real source.
+It lives at the root of ``tests/`` so the unit and integration tests share it (imported as
+``tests.edge_agent_kit``, the repository root being the working directory), and so agents can
+load ``tests.edge_agent_kit:PatternSource`` by import reference like any real source.
 """
 
 from __future__ import annotations
@@ -223,17 +223,25 @@ def desired_for(
 class CloudStandIn:
     """The cloud side of the tests: publishes artifacts and desired state, collects messages."""
 
-    def __init__(self, host: str, port: int, tenant: str = "acme") -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        tenant: str = "acme",
+        *,
+        client_id: str | None = None,
+        session_expiry_s: int = 0,
+    ) -> None:
         self.tenant = tenant
-        self.settings = mqtt.BrokerSettings(host=host, port=port, session_expiry_s=0)
-        self.client = mqtt.make_client(f"cloud-standin-{id(self)}", self.settings)
+        self.settings = mqtt.BrokerSettings(host=host, port=port, session_expiry_s=session_expiry_s)
+        self.client = mqtt.make_client(client_id or f"cloud-standin-{id(self)}", self.settings)
         self.received: list[tuple[str, bytes, bool]] = []
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
         self.client.on_message = self._on_message
         mqtt.connect(self.client, self.settings)
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
-        with self._lock:
+        with self.lock:
             self.received.append((message.topic, bytes(message.payload), bool(message.retain)))
 
     def subscribe(self, *filters: str) -> None:
@@ -245,7 +253,7 @@ class CloudStandIn:
 
     def messages(self, topic_part: str) -> list[tuple[str, bytes, bool]]:
         """Return received messages whose topic contains ``topic_part``."""
-        with self._lock:
+        with self.lock:
             return [m for m in self.received if topic_part in m[0]]
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:

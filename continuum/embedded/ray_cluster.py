@@ -10,6 +10,7 @@ on the same machine.  Every Ray process gets an explicit ``RAY_AUTH_MODE``
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import re
 import secrets
@@ -27,16 +28,12 @@ from typing import Any, Literal
 
 from continuum.embedded._process import free_port, log_tail, port_accepts
 from continuum.errors import ConfigError, NotReadyError, OperationTimeoutError
+from continuum.labels import SITE, TIER
 
 AuthMode = Literal["token", "disabled"]
 
-# The label keys of DESIGN.md §6 (continuum.labels owns them; spelled here so this
-# module works without the DSL).
-_TIER = "continuum.io/tier"
-_SITE = "continuum.io/site"
-
-DEFAULT_HEAD_LABELS: Mapping[str, str] = {_TIER: "cloud"}
-DEFAULT_EDGE_NODES: Sequence[Mapping[str, str]] = ({_TIER: "edge", _SITE: "lux-1"},)
+DEFAULT_HEAD_LABELS: Mapping[str, str] = {TIER: "cloud"}
+DEFAULT_EDGE_NODES: Sequence[Mapping[str, str]] = ({TIER: "edge", SITE: "lux-1"},)
 
 #: ``ray start`` prints this once the node's processes run (``--log-style=record``).
 _STARTED_MARKER = "Ray runtime started"
@@ -108,9 +105,10 @@ class LocalRayCluster:
     """Start and stop a local Ray cluster: one head node and one worker node per edge label set.
 
     ``head_labels`` label the head (default ``continuum.io/tier=cloud``); each mapping
-    in ``edge_nodes`` becomes one worker node with those labels.  All nodes bind to
-    127.0.0.1 where Ray lets them (the GCS and raylets listen on all interfaces, which
-    is why token auth is the default), use free ports, and share one short temp dir.
+    in ``edge_nodes`` becomes one worker node with those labels.  The dashboard binds
+    to 127.0.0.1; Ray replaces ``--node-ip-address=127.0.0.1`` with the machine's own IP
+    and its GCS and raylets listen on all interfaces, which is why token auth is the
+    default.  All nodes use free ports and share one short temp dir.
     ``env`` is added to every Ray process's environment (e.g. ``PYTHONPATH`` for code
     that tasks import by module name).
     """
@@ -485,10 +483,10 @@ def _reload_ray_auth_config() -> None:
     fail after ~20 s with InvalidAuthToken.  Ray's own ``_enable_token_auth`` does
     the same reload.
     """
-    from ray._raylet import AuthenticationTokenLoader, Config
-
-    Config.initialize("")
-    AuthenticationTokenLoader.instance().reset_cache()
+    # Private Cython names the ray stubs do not declare; looked up at run time.
+    raylet: Any = importlib.import_module("ray._raylet")
+    raylet.Config.initialize("")
+    raylet.AuthenticationTokenLoader.instance().reset_cache()
 
 
 def _check_temp_dir(path: Path) -> None:

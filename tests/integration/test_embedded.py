@@ -18,11 +18,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from continuum.embedded import EmbeddedBroker, LocalRayCluster
 from continuum.errors import ConfigError, NotReadyError
+from continuum.labels import SITE, TIER
 
 pytestmark = pytest.mark.integration
 
-TIER = "continuum.io/tier"
-SITE = "continuum.io/site"
 WAIT_S = 10.0
 
 

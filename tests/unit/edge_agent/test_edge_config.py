@@ -95,7 +95,7 @@ class TestInvalidConfig:
             AgentSettings.load(_write(tmp_path, {**valid, "node_id": "Edge/1"}))
 
     def test_label_keys_need_a_domain(self, tmp_path: Path, valid: dict[str, object]) -> None:
-        with pytest.raises(ConfigError, match="continuum.io/tier"):
+        with pytest.raises(ConfigError, match=r"continuum\.io/tier"):
             AgentSettings.load(_write(tmp_path, {**valid, "labels": {"tier": "edge"}}))
 
     def test_missing_files_are_named(self, tmp_path: Path, valid: dict[str, object]) -> None:
@@ -110,7 +110,7 @@ class TestInvalidConfig:
         self, tmp_path: Path, valid: dict[str, object]
     ) -> None:
         data = {**valid, "pipelines": [{"spec": "specs/p.yaml", "source": {"ref": "m.Camera"}}]}
-        with pytest.raises(ConfigError, match="pipelines.0.source.ref"):
+        with pytest.raises(ConfigError, match=r"pipelines\.0\.source\.ref"):
             AgentSettings.load(_write(tmp_path, data))
 
     def test_tls_certificate_without_key_is_refused(

@@ -20,7 +20,9 @@ class FakeClock:
         return self.now
 
 
-def _entry(outbox: Outbox, *, version: str = "v1", value: float = 1.0, size: int = 64) -> SampleEntry:
+def _entry(
+    outbox: Outbox, *, version: str = "v1", value: float = 1.0, size: int = 64
+) -> SampleEntry:
     (seq,) = outbox.reserve_seqs(1)
     return SampleEntry(
         pipeline="inspect",
@@ -135,9 +137,7 @@ class TestLeases:
             again = outbox.next_samples(3, 1 << 20)
             assert again is not None and again.seqs == first.seqs
 
-    def test_a_batch_holds_one_model_version_and_respects_its_bounds(
-        self, tmp_path: Path
-    ) -> None:
+    def test_a_batch_holds_one_model_version_and_respects_its_bounds(self, tmp_path: Path) -> None:
         with _open(tmp_path / "outbox.db") as outbox:
             outbox.append_samples([_entry(outbox, version="v1") for _ in range(5)])
             outbox.append_samples([_entry(outbox, version="v2") for _ in range(2)])

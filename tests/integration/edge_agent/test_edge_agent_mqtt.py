@@ -1,0 +1,398 @@
+"""The edge agent against a real mosquitto: samples out, signed models in, bad input survived."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from continuum.embedded import EmbeddedBroker
+from continuum.signing import generate_keypair
+from continuum.wire import topics
+from continuum.wire.codec import decode_feedback, decode_samples
+from continuum.wire.messages import NodeStatus, ReportedState, Telemetry
+from edge_agent.agent import EdgeAgent
+from edge_agent.cli import main
+from edge_agent.config import AgentSettings
+from tests.edge_agent_kit import (
+    CloudStandIn,
+    agent_config,
+    build_model,
+    desired_for,
+    wait_for,
+    write_key,
+    write_pipeline,
+)
+
+pytestmark = pytest.mark.integration
+
+TENANT, PIPELINE = "acme", "inspect"
+REPO = Path(__file__).resolve().parents[3]
+
+
+class Rig:
+    """One agent config, the tenant's keys and a cloud stand-in on the shared broker."""
+
+    def __init__(self, tmp_path: Path, broker: EmbeddedBroker, node: str) -> None:
+        self.tmp = tmp_path
+        self.node = node
+        self.private, public = generate_keypair()
+        self.key = write_key(tmp_path, public)
+        self.spec = write_pipeline(tmp_path, name=PIPELINE, tenant=TENANT)
+        self.broker = broker
+        self.cloud = CloudStandIn(broker.host, broker.port, TENANT)
+        self.agents: list[EdgeAgent] = []
+
+    def config(
+        self, *, pattern: list[float], count: int = -1, fps: float = 200.0, **settings: object
+    ) -> Path:
+        source = {
+            "ref": "tests.edge_agent_kit:PatternSource",
+            "args": {
+                "pattern": pattern,
+                "count": count,
+                "fps": fps,
+                "labels": [0, 1],
+                "label_delay_s": 0.2,
+            },
+        }
+        return agent_config(
+            self.tmp,
+            spec=self.spec,
+            key=self.key,
+            source=source,
+            host=self.broker.host,
+            port=self.broker.port,
+            node=self.node,
+            tenant=TENANT,
+            **settings,
+        )
+
+    def agent(self, **kwargs: object) -> EdgeAgent:
+        agent = EdgeAgent(AgentSettings.load(self.config(**kwargs)))  # type: ignore[arg-type]
+        self.agents.append(agent)
+        agent.start()
+        return agent
+
+    def roll_out(
+        self,
+        version: str,
+        generation: int,
+        *,
+        favour: int = 0,
+        tamper_chunk: int | None = None,
+        signer: bytes | None = None,
+    ) -> None:
+        artifact = build_model(self.tmp / f"{version}.onnx", favour=favour)
+        want = desired_for(artifact, signer or self.private, model="inspector", version=version)
+        self.cloud.publish_artifact(artifact, want, tamper_chunk=tamper_chunk)
+        self.cloud.set_desired(self.node, {PIPELINE: want}, generation)
+
+    def reported(self) -> str | None:
+        found = self.cloud.messages(topics.node_reported(TENANT, self.node))
+        if not found or not found[-1][1]:
+            return None
+        entry = ReportedState.from_payload(found[-1][1]).pipelines.get(PIPELINE)
+        return None if entry is None else f"{entry.version}:{entry.state}"
+
+    def sample_versions(self) -> list[str]:
+        return [
+            decode_samples(p).model_version
+            for _, p, _ in self.cloud.messages(f"/samples/{self.node}")
+        ]
+
+    def close(self) -> None:
+        for agent in self.agents:
+            agent.stop(timeout_s=5.0)
+        # Clear what this test left retained so other tests start clean.
+        for topic in {t for t, _, retained in self.cloud.received if retained} | {
+            topics.node_desired(TENANT, self.node),
+            topics.node_status(TENANT, self.node),
+            topics.node_reported(TENANT, self.node),
+        }:
+            self.cloud.publish(topic, b"", retain=True)
+        self.cloud.close()
+
+
+@pytest.fixture
+def rig(
+    request: pytest.FixtureRequest, tmp_path: Path, mqtt_broker: EmbeddedBroker
+) -> Iterator[Rig]:
+    node = "n-" + request.node.name.lower().replace("_", "-")[5:40].strip("-")
+    made = Rig(tmp_path, mqtt_broker, node)
+    made.cloud.subscribe(f"ctm/{TENANT}/#")
+    yield made
+    made.close()
+
+
+class TestSamplesReachTheCloud:
+    def test_selected_samples_feedback_telemetry_and_status_arrive_decodable(
+        self, rig: Rig
+    ) -> None:
+        agent = rig.agent(pattern=[1.0, 0.0])
+        rig.roll_out("v1", 1)
+        wait_for(lambda: rig.reported() == "v1:serving")
+        batches = wait_for(
+            lambda: (
+                [decode_samples(p) for _, p, _ in rig.cloud.messages("/samples/")]
+                if len(rig.cloud.messages("/samples/")) >= 3
+                else None
+            )
+        )
+        records = [r for b in batches for r in b.records]
+        assert all(b.node == rig.node and b.model_version == "v1" for b in batches)
+        assert all(b.data_class == "internal" for b in batches)
+        assert all(r.tensor.shape == (1, 8, 8) and r.tensor.max() == 0.0 for r in records)
+        ids = [b.sample_id(r) for b in batches for r in b.records]
+        assert len(ids) == len(set(ids))
+        feedback = wait_for(lambda: rig.cloud.messages("/feedback/"))
+        items = decode_feedback(feedback[0][1]).items
+        assert {seq for seq, _ in items} <= {r.seq for r in records} | {
+            r.seq
+            for b in (decode_samples(p) for _, p, _ in rig.cloud.messages("/samples/"))
+            for r in b.records
+        }
+        windows = wait_for(
+            lambda: [Telemetry.from_payload(p) for _, p, _ in rig.cloud.messages("/telemetry/")]
+        )
+        assert windows[0].model_version == "v1" and windows[0].frames > 0
+        status = NodeStatus.from_payload(
+            rig.cloud.messages(topics.node_status(TENANT, rig.node))[-1][1]
+        )
+        assert status.online and status.pipelines == [PIPELINE]
+        assert "onnxruntime" in status.backends
+        agent.stop(timeout_s=5.0)
+        last = rig.cloud.messages(topics.node_status(TENANT, rig.node))[-1][1]
+        assert NodeStatus.from_payload(last).online is False
+
+    def test_nothing_selected_is_lost_when_the_broker_restarts(
+        self, tmp_path: Path, private_mqtt_broker: EmbeddedBroker
+    ) -> None:
+        broker = private_mqtt_broker
+        rig = Rig(tmp_path, broker, "edge-restart")
+        # The cloud side holds a persistent session, as ingest does, so the broker keeps
+        # what arrives for it while it is away.
+        rig.cloud.close()
+        rig.cloud = CloudStandIn(
+            broker.host, broker.port, TENANT, client_id="ingest-1", session_expiry_s=300
+        )
+        try:
+            rig.cloud.subscribe(f"ctm/{TENANT}/#")
+            agent = rig.agent(pattern=[0.0], count=300, fps=150.0)
+            rig.roll_out("v1", 1)
+            wait_for(lambda: len(rig.cloud.messages("/samples/")) >= 2)
+            rig.cloud.close()
+            before = list(rig.cloud.received)
+            broker.restart()
+            time.sleep(0.5)  # the agent publishes into the broker while the cloud is away
+            rig.cloud = CloudStandIn(
+                broker.host, broker.port, TENANT, client_id="ingest-1", session_expiry_s=300
+            )
+            with rig.cloud.lock:
+                rig.cloud.received[:0] = before
+            wait_for(lambda: agent.runtimes[PIPELINE].finished, timeout_s=15.0)
+            seen = wait_for(
+                lambda: (
+                    ids
+                    if len(
+                        ids := {
+                            r.seq
+                            for _, p, _ in rig.cloud.messages("/samples/")
+                            for r in decode_samples(p).records
+                        }
+                    )
+                    >= 300
+                    else None
+                ),
+                timeout_s=15.0,
+            )
+            assert agent.link.connects >= 2
+            assert len(seen) == 300  # every frame was selected; each arrived (dupes merged)
+            assert agent.outbox.stats().samples == 0
+        finally:
+            rig.close()
+
+
+def _telemetry(rig: Rig) -> list[Telemetry]:
+    return [Telemetry.from_payload(p) for _, p, _ in rig.cloud.messages("/telemetry/")]
+
+
+class TestFollowsSignedDesiredState:
+    def test_a_new_version_is_fetched_verified_and_swapped_in(self, rig: Rig) -> None:
+        agent = rig.agent(pattern=[0.0])
+        rig.roll_out("v1", 1)
+        wait_for(lambda: rig.reported() == "v1:serving")
+        wait_for(lambda: "v1" in rig.sample_versions())
+        rig.roll_out("v2", 2, favour=3)
+        wait_for(lambda: rig.reported() == "v2:serving")
+        wait_for(lambda: "v2" in rig.sample_versions())
+        assert agent.runtimes[PIPELINE].model_version == "v2"
+        models = sorted(p.name for p in (rig.tmp / "state" / "models" / PIPELINE).glob("*.onnx"))
+        assert models == ["v1.onnx", "v2.onnx"]
+        versions = wait_for(
+            lambda: v if "v2" in (v := [w.model_version for w in _telemetry(rig)]) else None
+        )
+        assert versions.index("v2") > versions.index("v1")
+
+    def test_a_tampered_artifact_is_rejected_and_the_old_model_keeps_serving(
+        self, rig: Rig
+    ) -> None:
+        agent = rig.agent(pattern=[0.0])
+        rig.roll_out("v1", 1)
+        wait_for(lambda: rig.reported() == "v1:serving")
+        rig.roll_out("v2", 2, tamper_chunk=0)
+        wait_for(lambda: rig.reported() == "v2:rejected")
+        count = len(rig.sample_versions())
+        wait_for(lambda: len(rig.sample_versions()) > count + 2)
+        assert set(rig.sample_versions()) == {"v1"}
+        assert agent.runtimes[PIPELINE].model_version == "v1"
+        assert not (rig.tmp / "state" / "models" / PIPELINE / "v2.onnx").exists()
+        assert b'reason="digest_mismatch"' in agent.metrics.render()
+
+    def test_a_wrong_signature_is_rejected_and_reported(self, rig: Rig) -> None:
+        agent = rig.agent(pattern=[0.0])
+        rig.roll_out("v1", 1)
+        wait_for(lambda: rig.reported() == "v1:serving")
+        stranger, _ = generate_keypair()
+        rig.roll_out("v2", 2, signer=stranger)
+        wait_for(lambda: rig.reported() == "v2:rejected")
+        last = ReportedState.from_payload(
+            rig.cloud.messages(topics.node_reported(TENANT, rig.node))[-1][1]
+        )
+        assert (last.pipelines[PIPELINE].error or "").startswith("bad_signature")
+        assert agent.runtimes[PIPELINE].model_version == "v1"
+
+
+class TestBadInputOnTheWire:
+    def test_garbage_on_the_desired_topic_is_counted_and_the_agent_keeps_running(
+        self, rig: Rig
+    ) -> None:
+        agent = rig.agent(pattern=[0.0])
+        # The status is published after the subscriptions: once it is here, they are active.
+        wait_for(lambda: rig.cloud.messages(topics.node_status(TENANT, rig.node)))
+        desired = topics.node_desired(TENANT, rig.node)
+        for garbage in (b"\x00\x01garbage", b"[]", b'{"node": 5}', b"{" * 5000):
+            rig.cloud.publish(desired, garbage)
+        wait_for(lambda: sum(agent.models.rejected_messages.values()) == 4)
+        rendered = agent.metrics.render()
+        assert b'continuum_edge_messages_rejected_total{reason="desired_invalid_json"}' in rendered
+        rig.roll_out("v1", 1)
+        wait_for(lambda: rig.reported() == "v1:serving")
+        wait_for(lambda: rig.sample_versions())
+
+
+class TestCommandLine:
+    def test_check_probes_the_broker_and_backends(
+        self, rig: Rig, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        config = rig.config(pattern=[0.0])
+        assert main(["check", "--config", str(config)]) == 0
+        out = capsys.readouterr().out
+        assert "[ok] broker:" in out and "[ok] backends: " in out and "onnxruntime" in out
+        assert "[ok] pipeline inspect:" in out
+
+    def test_check_fails_when_the_broker_is_unreachable(
+        self, rig: Rig, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        config = rig.config(pattern=[0.0], broker={"host": "127.0.0.1", "port": 1})
+        assert main(["check", "--config", str(config), "--timeout", "2"]) == 1
+        assert "[FAIL] broker:" in capsys.readouterr().out
+
+    def test_sigterm_drains_flushes_and_exits_zero(self, rig: Rig) -> None:
+        config = rig.config(pattern=[0.0], shutdown_timeout_s=5.0)
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "edge_agent", "run", "--config", str(config)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            rig.roll_out("v1", 1)
+            wait_for(lambda: rig.reported() == "v1:serving", timeout_s=15.0)
+            wait_for(lambda: rig.sample_versions())
+            started = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            raw, _ = process.communicate(timeout=10.0)
+            took = time.monotonic() - started
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+        output = raw.decode()
+        code = process.returncode
+        assert code == 0, output
+        assert took < 7.0
+        assert "Traceback" not in output
+        last = rig.cloud.messages(topics.node_status(TENANT, rig.node))[-1][1]
+        assert NodeStatus.from_payload(last).online is False
+
+
+class TestPipelinesAreIndependent:
+    def test_a_source_that_ends_stops_its_pipeline_and_the_others_keep_serving(
+        self, rig: Rig
+    ) -> None:
+        other = write_pipeline(rig.tmp, name="count", tenant=TENANT)
+        finite = {
+            "ref": "tests.edge_agent_kit:PatternSource",
+            "args": {"pattern": [0.0], "count": 5},
+        }
+        endless = {
+            "ref": "tests.edge_agent_kit:PatternSource",
+            "args": {"pattern": [0.0], "count": -1, "fps": 100.0},
+        }
+        config = rig.config(
+            pattern=[0.0],
+            pipelines=[
+                {"spec": str(rig.spec), "source": finite},
+                {"spec": str(other), "source": endless},
+            ],
+        )
+        agent = EdgeAgent(AgentSettings.load(config))
+        rig.agents.append(agent)
+        agent.start()
+        artifact = build_model(rig.tmp / "v1.onnx")
+        want = desired_for(artifact, rig.private, model="inspector", version="v1")
+        rig.cloud.publish_artifact(artifact, want)
+        rig.cloud.set_desired(rig.node, {PIPELINE: want, "count": want}, 1)
+        wait_for(lambda: agent.runtimes[PIPELINE].finished)
+        assert not agent.runtimes["count"].finished
+        before = len(rig.cloud.messages("/pipelines/count/samples/"))
+        wait_for(lambda: len(rig.cloud.messages("/pipelines/count/samples/")) > before + 3)
+        finished = [
+            Telemetry.from_payload(p)
+            for _, p, _ in rig.cloud.messages(f"/pipelines/{PIPELINE}/telemetry/")
+        ]
+        assert sum(w.frames for w in finished) == 5
+
+
+class TestMetricsEndpoint:
+    def test_the_agent_serves_its_metrics_over_http(self, rig: Rig) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        agent = rig.agent(pattern=[0.0], metrics_port=port, metrics_host="127.0.0.1")
+        rig.roll_out("v1", 1)
+        wait_for(lambda: rig.sample_versions())
+
+        def scrape() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+                return str(reply.read().decode())
+
+        text = wait_for(
+            lambda: t if "continuum_edge_messages_acked_total" in (t := scrape()) else None
+        )
+        assert agent.metrics_port == port
+        assert 'continuum_edge_frames_total{pipeline="inspect"}' in text
+        assert 'continuum_edge_model_info{model="inspector",pipeline="inspect"' in text
+        assert "continuum_edge_inference_latency_seconds_bucket" in text
+        assert "continuum_edge_outbox_depth" in text

@@ -1,0 +1,320 @@
+"""ModelManager without a broker: desired state in, verified models out, rejections reported."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+
+from continuum import Pipeline, select
+from continuum.signing import generate_keypair
+from continuum.spec import PipelineSpec
+from continuum.wire import topics
+from continuum.wire.messages import SCHEMA_VERSION, DesiredModel, DesiredState, ReportedState
+from edge_agent.model_manager import ModelManager, ServingModel
+from tests.edge_agent_kit import build_model, build_wrong_input_model, desired_for, wait_for
+
+TENANT, NODE, PIPELINE = "acme", "edge-1", "inspect"
+
+
+class RecordingLink:
+    """Stands in for the MQTT link: records what the manager subscribes to."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.subscribed: set[str] = set()
+        self.resubscribed: list[str] = []
+
+    def subscribe(self, topics: Iterable[str], qos: int = 1) -> None:
+        with self.lock:
+            self.subscribed.update(topics)
+
+    def unsubscribe(self, topics: Iterable[str]) -> None:
+        with self.lock:
+            self.subscribed.difference_update(topics)
+
+    def resubscribe(self, topics: Iterable[str], qos: int = 1) -> None:
+        with self.lock:
+            self.resubscribed.extend(topics)
+
+    def chunk_topics(self) -> list[str]:
+        with self.lock:
+            return sorted(t for t in self.subscribed if "/chunks/" in t)
+
+
+def _spec() -> PipelineSpec:
+    pipe = Pipeline(PIPELINE, tenant=TENANT, data_class="internal")
+    pipe.edge(model="inspector", backend="onnxruntime", shape=(1, 8, 8))
+    pipe.uplink(select.low_confidence(0.5))
+    return pipe.spec
+
+
+class Node:
+    """One manager on a state dir, with everything it hands out recorded."""
+
+    def __init__(self, state_dir: Path, public_pem: bytes, keep_versions: int = 3) -> None:
+        self.link = RecordingLink()
+        self.models: list[ServingModel] = []
+        self.reports: list[ReportedState] = []
+        self.manager = ModelManager(
+            node=NODE,
+            tenant=TENANT,
+            state_dir=state_dir,
+            public_key_pem=public_pem,
+            pipelines={PIPELINE: _spec()},
+            link=self.link,
+            on_model=self.models.append,
+            on_report=self.reports.append,
+            keep_versions=keep_versions,
+        )
+
+    def desire(self, want: DesiredModel, generation: int = 1) -> None:
+        state = DesiredState(
+            schema_version=SCHEMA_VERSION,
+            node=NODE,
+            pipelines={PIPELINE: want},
+            issued_at=time.time(),
+            generation=generation,
+        )
+        self.manager.offer(self.manager.desired_topic, state.to_payload())
+
+    def send_chunks(
+        self,
+        artifact: Path,
+        want: DesiredModel,
+        only: Iterable[int] | None = None,
+        tamper: int | None = None,
+    ) -> None:
+        data = artifact.read_bytes()
+        for index in range(want.chunks) if only is None else only:
+            piece = bytearray(data[index * want.chunk_size : (index + 1) * want.chunk_size])
+            if index == tamper:
+                piece[0] ^= 0xFF
+            topic = topics.artifact_chunk(TENANT, want.model, want.version, index)
+            self.manager.offer(topic, bytes(piece))
+
+    def state(self) -> str | None:
+        if not self.reports:
+            return None
+        entry = self.reports[-1].pipelines.get(PIPELINE)
+        return None if entry is None else f"{entry.version}:{entry.state}"
+
+    def close(self) -> None:
+        self.manager.stop()
+        for model in self.models:
+            model.backend.close()
+
+
+@pytest.fixture
+def keys() -> tuple[bytes, bytes]:
+    return generate_keypair()
+
+
+@pytest.fixture
+def node(tmp_path: Path, keys: tuple[bytes, bytes]):  # type: ignore[no-untyped-def]
+    made = Node(tmp_path / "state", keys[1])
+    made.manager.start()
+    yield made
+    made.close()
+
+
+class TestFollowingDesiredState:
+    def test_a_signed_artifact_is_fetched_verified_installed_and_handed_over(
+        self, tmp_path: Path, keys: tuple[bytes, bytes], node: Node
+    ) -> None:
+        artifact = build_model(tmp_path / "v1.onnx")
+        want = desired_for(artifact, keys[0], model="inspector", version="v1")
+        assert node.manager.desired_topic in node.link.subscribed
+        node.desire(want)
+        wait_for(lambda: len(node.link.chunk_topics()) == want.chunks)
+        assert topics.artifact_manifest(TENANT, "inspector", "v1") in node.link.subscribed
+        assert node.state() == "v1:fetching"
+        node.send_chunks(artifact, want)
+        wait_for(lambda: node.models)
+        (model,) = node.models
+        assert (model.version, model.sha256) == ("v1", want.sha256)
+        assert model.path == tmp_path / "state" / "models" / PIPELINE / "v1.onnx"
+        assert model.path.read_bytes() == artifact.read_bytes()
+        wait_for(lambda: node.state() == "v1:serving")
+        assert node.link.chunk_topics() == []  # nothing left subscribed for the transfer
+        assert not list((tmp_path / "state" / "downloads").rglob("*.chunk"))
+
+    def test_the_same_desired_state_again_changes_nothing(
+        self, tmp_path: Path, keys: tuple[bytes, bytes], node: Node
+    ) -> None:
+        artifact = build_model(tmp_path / "v1.onnx")
+        want = desired_for(artifact, keys[0], model="inspector", version="v1")
+        node.desire(want)
+        node.send_chunks(artifact, want)
+        wait_for(lambda: node.state() == "v1:serving")
+        node.desire(want)
+        time.sleep(0.3)
+        assert len(node.models) == 1
+        assert node.link.chunk_topics() == []
+
+    def test_only_the_newest_versions_are_kept_on_disk(
+        self, tmp_path: Path, keys: tuple[bytes, bytes]
+    ) -> None:
+        made = Node(tmp_path / "state", keys[1], keep_versions=2)
+        made.manager.start()
+        try:
+            for generation, version in enumerate(("v1", "v2", "v3"), start=1):
+                artifact = build_model(tmp_path / f"{version}.onnx", favour=generation)
+                want = desired_for(artifact, keys[0], model="inspector", version=version)
+                made.desire(want, generation)
+                made.send_chunks(artifact, want)
+                wait_for(lambda v=version: made.state() == f"{v}:serving")  # type: ignore[misc]
+            files = sorted(p.name for p in (tmp_path / "state" / "models" / PIPELINE).glob("*"))
+        finally:
+            made.close()
+        assert files == ["current.json", "v2.onnx", "v3.onnx"]
+
+    def test_chunks_already_on_disk_are_not_fetched_again_after_a_restart(
+        self, tmp_path: Path, keys: tuple[bytes, bytes]
+    ) -> None:
+        artifact = build_model(tmp_path / "v1.onnx")
+        want = desired_for(artifact, keys[0], model="inspector", version="v1", chunk_size=256)
+        first = Node(tmp_path / "state", keys[1])
+        first.manager.start()
+        first.desire(want)
+        wait_for(lambda: len(first.link.chunk_topics()) == want.chunks)
+        first.send_chunks(artifact, want, only=range(0, want.chunks, 2))
+        wait_for(lambda: len(first.link.chunk_topics()) == want.chunks // 2)
+        first.close()
+
+        second = Node(tmp_path / "state", keys[1])
+        second.manager.start()
+        try:
+            second.desire(want)
+            wait_for(lambda: second.link.chunk_topics())
+            missing = second.link.chunk_topics()
+            assert missing == sorted(
+                topics.artifact_chunk(TENANT, "inspector", "v1", i)
+                for i in range(1, want.chunks, 2)
+            )
+            second.send_chunks(artifact, want, only=range(1, want.chunks, 2))
+            wait_for(lambda: second.state() == "v1:serving")
+        finally:
+            second.close()
+
+    def test_a_restarted_node_serves_its_saved_model_only_if_it_still_verifies(
+        self, tmp_path: Path, keys: tuple[bytes, bytes], node: Node
+    ) -> None:
+        artifact = build_model(tmp_path / "v1.onnx")
+        want = desired_for(artifact, keys[0], model="inspector", version="v1")
+        node.desire(want)
+        node.send_chunks(artifact, want)
+        wait_for(lambda: node.state() == "v1:serving")
+
+        again = Node(tmp_path / "state", keys[1])
+        restored = again.manager.restore()
+        assert restored[PIPELINE].version == "v1"
+        restored[PIPELINE].backend.close()
+
+        saved = tmp_path / "state" / "models" / PIPELINE / "v1.onnx"
+        saved.write_bytes(saved.read_bytes() + b"\x00")
+        tampered = Node(tmp_path / "state", keys[1])
+        assert tampered.manager.restore() == {}
+
+
+class TestRejections:
+    def test_a_tampered_chunk_is_rejected_and_reported(
+        self, tmp_path: Path, keys: tuple[bytes, bytes], node: Node
+    ) -> None:
+        artifact = build_model(tmp_path / "v1.onnx")
+        want = desired_for(artifact, keys[0], model="inspector", version="v1")
+        node.desire(want)
+        node.send_chunks(artifact, want, tamper=0)
+        wait_for(lambda: node.state() == "v1:rejected")
+        error = node.reports[-1].pipelines[PIPELINE].error or ""
+        assert error.startswith("digest_mismatch")
+        assert node.models == []
+        assert not (tmp_path / "state" / "models" / PIPELINE / "v1.onnx").exists()
+
+    def test_a_signature_by_another_key_is_rejected_before_any_download(
+        self, tmp_path: Path, keys: tuple[bytes, bytes], node: Node
+    ) -> None:
+        other_private, _ = generate_keypair()
+        artifact = build_model(tmp_path / "v1.onnx")
+        want = desired_for(artifact, other_private, model="inspector", version="v1")
+        node.desire(want)
+        wait_for(lambda: node.state() == "v1:rejected")
+        assert (node.reports[-1].pipelines[PIPELINE].error or "").startswith("bad_signature")
+        assert node.link.chunk_topics() == []
+
+    def test_a_signed_model_that_does_not_fit_the_pipeline_is_rejected(
+        self, tmp_path: Path, keys: tuple[bytes, bytes], node: Node
+    ) -> None:
+        artifact = build_wrong_input_model(tmp_path / "wrong.onnx")
+        want = desired_for(artifact, keys[0], model="inspector", version="v9")
+        node.desire(want)
+        node.send_chunks(artifact, want)
+        wait_for(lambda: node.state() == "v9:rejected")
+        assert (node.reports[-1].pipelines[PIPELINE].error or "").startswith("load_failed")
+        assert node.models == []
+        assert not (tmp_path / "state" / "models" / PIPELINE / "v9.onnx").exists()
+
+    def test_a_rejection_keeps_the_serving_model(
+        self, tmp_path: Path, keys: tuple[bytes, bytes], node: Node
+    ) -> None:
+        good = build_model(tmp_path / "v1.onnx")
+        want = desired_for(good, keys[0], model="inspector", version="v1")
+        node.desire(want, 1)
+        node.send_chunks(good, want)
+        wait_for(lambda: node.state() == "v1:serving")
+        bad = build_model(tmp_path / "v2.onnx", favour=4)
+        want2 = desired_for(bad, keys[0], model="inspector", version="v2")
+        node.desire(want2, 2)
+        node.send_chunks(bad, want2, tamper=1)
+        wait_for(lambda: node.state() == "v2:rejected")
+        assert node.manager.serving()[PIPELINE].version == "v1"
+        pointer = json.loads(
+            (tmp_path / "state" / "models" / PIPELINE / "current.json").read_text()
+        )
+        assert pointer["version"] == "v1"
+
+
+class TestBadInput:
+    def test_garbage_is_counted_by_reason_and_the_manager_keeps_working(
+        self, tmp_path: Path, keys: tuple[bytes, bytes], node: Node
+    ) -> None:
+        desired = node.manager.desired_topic
+        node.manager.offer(desired, b"\x00\xffnot json")
+        node.manager.offer(desired, b'{"node": "edge-1"}')
+        other = DesiredState(
+            schema_version=SCHEMA_VERSION, node="edge-2", pipelines={}, issued_at=1.0, generation=1
+        )
+        node.manager.offer(desired, other.to_payload())
+        node.manager.offer("ctm/acme/nodes/edge-1/whatever", b"x")
+        node.manager.offer(topics.artifact_chunk(TENANT, "inspector", "v7", 0), b"stray")
+        wait_for(lambda: sum(node.manager.rejected_messages.values()) == 5)
+        assert node.manager.rejected_messages == {
+            "desired_invalid_json": 1,
+            "desired_schema": 1,
+            "desired_wrong_node": 1,
+            "unexpected_topic": 1,
+            "unexpected_artifact": 1,
+        }
+        artifact = build_model(tmp_path / "v1.onnx")
+        want = desired_for(artifact, keys[0], model="inspector", version="v1")
+        node.desire(want, generation=5)
+        node.send_chunks(artifact, want)
+        wait_for(lambda: node.state() == "v1:serving")
+        node.desire(want, generation=4)
+        wait_for(lambda: node.manager.rejected_messages.get("desired_stale") == 1)
+
+    def test_a_chunk_of_the_wrong_size_is_ignored_and_counted(
+        self, tmp_path: Path, keys: tuple[bytes, bytes], node: Node
+    ) -> None:
+        artifact = build_model(tmp_path / "v1.onnx")
+        want = desired_for(artifact, keys[0], model="inspector", version="v1")
+        node.desire(want)
+        wait_for(lambda: node.link.chunk_topics())
+        node.manager.offer(topics.artifact_chunk(TENANT, "inspector", "v1", 0), b"short")
+        wait_for(lambda: node.manager.rejected_messages.get("bad_chunk") == 1)
+        node.send_chunks(artifact, want)
+        wait_for(lambda: node.state() == "v1:serving")
