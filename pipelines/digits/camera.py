@@ -1,0 +1,114 @@
+"""A simulated inspection camera: the digits stream pool at a fixed frame rate, with a fault onset.
+
+``DigitsCamera`` is an edge-agent source (``edge_agent.sources``): its keyword arguments are
+plain JSON so an agent config can name it.  It never shows the reserved test split.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from continuum.errors import ConfigError
+from edge_agent.sources import Frame
+from pipelines.digits.data import DRIFT_KINDS, apply_drift, load_splits
+
+
+class DigitsCamera:
+    """Yield the stream pool's digits as frames at ``fps``, each with its delayed true label.
+
+    Every camera walks the pool in its own order (``seed``) and loops over it.  From the drift
+    onset on (``drift_start_unix``, a wall-clock time, or ``drift_after_s`` after the first
+    frame) it shows the images as a camera with fault ``drift_kind`` at ``drift_severity``.
+    ``max_frames`` ends the stream (None: endless).
+    """
+
+    def __init__(
+        self,
+        fps: float = 20.0,
+        seed: int = 0,
+        label_delay_s: float = 3.0,
+        drift_kind: str | None = None,
+        drift_start_unix: float | None = None,
+        drift_after_s: float | None = None,
+        drift_severity: float = 1.0,
+        max_frames: int | None = None,
+        split_seed: int = 0,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not 0 < fps <= 10_000:
+            raise ConfigError(f"fps must be in (0, 10000], got {fps}")
+        if label_delay_s < 0:
+            raise ConfigError(f"label_delay_s must be >= 0, got {label_delay_s}")
+        if drift_kind is not None and drift_kind not in DRIFT_KINDS:
+            raise ConfigError(
+                f"drift_kind {drift_kind!r} is not a camera fault; use one of "
+                f"{', '.join(DRIFT_KINDS)} or null"
+            )
+        if drift_kind is not None and drift_start_unix is None and drift_after_s is None:
+            raise ConfigError("drift_kind needs an onset: drift_start_unix or drift_after_s")
+        if max_frames is not None and max_frames < 0:
+            raise ConfigError(f"max_frames must be >= 0 or null, got {max_frames}")
+        self.fps = float(fps)
+        self.label_delay_s = float(label_delay_s)
+        self.drift_kind = drift_kind
+        self.drift_start_unix = drift_start_unix
+        self.drift_after_s = drift_after_s
+        self.max_frames = max_frames
+        self._clock = clock
+        self._sleep = sleep
+        splits = load_splits(split_seed)
+        rng = np.random.default_rng(seed)
+        self._order = rng.permutation(len(splits.stream_y))
+        self._images = splits.stream_x
+        self._labels = splits.stream_y
+        # Precompute the faulty view once: the fault is a property of the camera, not the frame.
+        self._drifted = (
+            apply_drift(splits.stream_x, drift_kind, drift_severity, np.random.default_rng(seed))
+            if drift_kind is not None
+            else splits.stream_x
+        )
+
+    def _onset(self, first_frame_at: float) -> float | None:
+        if self.drift_kind is None:
+            return None
+        onsets = [
+            t
+            for t in (
+                self.drift_start_unix,
+                None if self.drift_after_s is None else first_frame_at + self.drift_after_s,
+            )
+            if t is not None
+        ]
+        return min(onsets)
+
+    def __iter__(self) -> Iterator[Frame]:
+        """Yield frames paced at ``fps``; a late consumer is not made up for with a burst."""
+        period = 1.0 / self.fps
+        start = self._clock()
+        onset = self._onset(start)
+        next_at = start
+        n = 0
+        while self.max_frames is None or n < self.max_frames:
+            now = self._clock()
+            if next_at > now:
+                self._sleep(next_at - now)
+                now = self._clock()
+            elif now - next_at > 1.0:
+                # More than a second behind: a real camera drops the frames it could not
+                # deliver rather than bursting them.
+                next_at = now
+            index = int(self._order[n % len(self._order)])
+            drifted = onset is not None and now >= onset
+            pool = self._drifted if drifted else self._images
+            yield Frame(
+                tensor=pool[index].copy(),
+                label=int(self._labels[index]),
+                label_delay_s=self.label_delay_s,
+                captured_at_ns=int(now * 1e9),
+            )
+            n += 1
+            next_at += period
