@@ -161,10 +161,14 @@ def decision_table(seeds: int, budgets: list[int]) -> None:
     worlds = [make_world(s, kind, severity, cache) for s in range(seeds)]
     clean = np.array([w.clean_acc for w in worlds])
     drifted = np.array([w.drifted_acc for w in worlds])
-    print(f"\n== demo drift {kind} severity {severity}; {seeds} seeds; reserved test split (447) ==")
+    print(
+        f"\n== demo drift {kind} severity {severity}; {seeds} seeds; reserved test split (447) =="
+    )
     print(f"pre-drift accuracy   {clean.mean():.3f} (min {clean.min():.3f})")
     print(f"drifted, before fix  {drifted.mean():.3f} (max {drifted.max():.3f})")
-    print(f"drop                 {(clean - drifted).mean():.3f} (min {(clean - drifted).min():.3f})")
+    print(
+        f"drop                 {(clean - drifted).mean():.3f} (min {(clean - drifted).min():.3f})"
+    )
     print("\nrecovered accuracy on the reserved test split under the drift, mean over seeds")
     scratch_all = replace(SCRATCH, oversample=FINE_TUNE.oversample)
     rows: list[tuple[str, str, Recipe, bool]] = [

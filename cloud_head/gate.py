@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -73,7 +74,10 @@ def _predict(model: Path, x: NDArray[np.generic]) -> NDArray[np.int64]:
 
 
 def evaluate(
-    model: Path | str, x: NDArray[np.generic], y: NDArray[np.integer], metric: GateMetric = "accuracy"
+    model: Path | str,
+    x: NDArray[np.generic],
+    y: NDArray[np.integer],
+    metric: GateMetric = "accuracy",
 ) -> float:
     """Score the ONNX model at ``model`` on holdout images ``x`` with labels ``y``.
 

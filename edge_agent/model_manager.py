@@ -385,6 +385,8 @@ class ModelManager:
             return
         # One folder per pipeline: two pipelines fetching the same artifact must not
         # delete each other's chunks when one of them finishes first.
+        if self._serve_kept(name, want):
+            return
         folder = self._downloads_dir / name / f"{want.model}-{want.version}-{want.sha256[:16]}"
         folder.mkdir(parents=True, exist_ok=True)
         fetch = _Fetch(name, want, generation, folder, set(), time.monotonic())
@@ -492,28 +494,51 @@ class ModelManager:
             self._end_fetch(fetch, exc)
             return
         self._end_fetch(fetch, None)
+        self._serve(model)
+
+    def _serve(self, model: ServingModel) -> None:
+        """Hand ``model`` to the runtime, report it and prune old versions."""
         with self._lock:
-            old = self._serving.get(fetch.pipeline)
-            self._serving[fetch.pipeline] = model
+            old = self._serving.get(model.pipeline)
+            self._serving[model.pipeline] = model
         log.info(
             "pipeline %s: model %s %s verified and loaded (was %s)",
-            fetch.pipeline,
+            model.pipeline,
             model.model,
             model.version,
             old.version if old else "none",
         )
         self._on_model(model)
         self._set_reported(
-            fetch.pipeline,
+            model.pipeline,
             ReportedModel(
                 model=model.model, version=model.version, sha256=model.sha256, state="serving"
             ),
         )
-        self._prune(fetch.pipeline, keep=model.path)
+        self._prune(model.pipeline, keep=model.path)
+
+    def _serve_kept(self, name: str, want: DesiredModel) -> bool:
+        """Serve ``want`` from a version kept on disk (a rollback); return whether it did."""
+        kept = self._models_dir / name / f"{want.version}.onnx"
+        if not kept.is_file():
+            return False
+        try:
+            if signing.sha256_file(kept) != want.sha256:
+                return False
+        except ArtifactError:
+            return False
+        try:
+            model = self._activate(name, want, kept, remove_on_failure=False)
+        except _RejectedError as exc:
+            self._refused[(want.model, want.version, want.sha256, want.signature)] = exc.reason
+            self._rejected(name, want, exc.reason, str(exc), exc.state)
+            return True
+        log.info("pipeline %s: %s %s was kept on disk; no download", name, want.model, want.version)
+        self._serve(model)
+        return True
 
     def _install(self, fetch: _Fetch) -> ServingModel:
         want = fetch.want
-        spec = self._specs[fetch.pipeline]
         part = fetch.folder / "artifact.part"
         try:
             with open(part, "wb") as out:
@@ -549,26 +574,33 @@ class ModelManager:
         target = folder / f"{want.version}.onnx"
         os.replace(part, target)
         _fsync_dir(folder)
+        return self._activate(fetch.pipeline, want, target, remove_on_failure=True)
+
+    def _activate(
+        self, pipeline: str, want: DesiredModel, path: Path, *, remove_on_failure: bool
+    ) -> ServingModel:
+        """Load a verified artifact, probe it, and record it as the pipeline's current model."""
         try:
-            backend = self._load(spec, target)
+            backend = self._load(self._specs[pipeline], path)
         except ContinuumError as exc:
-            with contextlib.suppress(OSError):
-                target.unlink()
+            if remove_on_failure:
+                with contextlib.suppress(OSError):
+                    path.unlink()
             raise _RejectedError("load_failed", str(exc), retry=False) from exc
         _write_atomically(
-            folder / "current.json",
+            path.parent / "current.json",
             json.dumps(
                 {
                     "model": want.model,
                     "version": want.version,
-                    "sha256": sha,
+                    "sha256": want.sha256,
                     "signature": want.signature,
-                    "file": target.name,
+                    "file": path.name,
                 }
             ).encode(),
         )
         return ServingModel(
-            fetch.pipeline, want.model, want.version, sha, want.signature, target, backend
+            pipeline, want.model, want.version, want.sha256, want.signature, path, backend
         )
 
     def _load(self, spec: PipelineSpec, path: Path) -> InferenceBackend:

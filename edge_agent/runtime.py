@@ -42,6 +42,8 @@ _RECORD_OVERHEAD_BYTES = 40
 _BUDGET_BURST_S = 2.0
 _POLL_S = 0.1
 _MAX_LATENCIES_PER_WINDOW = 100_000
+#: Weight of the newest inter-arrival gap in its moving average.
+_GAP_SMOOTHING = 0.1
 
 
 def as_probabilities(outputs: np.ndarray) -> np.ndarray:
@@ -64,7 +66,13 @@ def as_probabilities(outputs: np.ndarray) -> np.ndarray:
 
 @dataclass
 class _Window:
-    """Counters of the current telemetry window."""
+    """Counters of the current telemetry window.
+
+    ``dropped`` counts selected samples that were not uplinked (bandwidth budget spent or
+    outbox full).  ``labelled``/``correct`` count frames that carry a label in the window
+    in which they were inferred, so accuracy is attributed to the model version that made
+    the prediction even when the label only becomes known ``label_delay_s`` later.
+    """
 
     started: float
     frames: int = 0
@@ -149,6 +157,8 @@ class PipelineRuntime:
         self._finished = threading.Event()
         self._window = _Window(started=time.monotonic())
         self._warned: set[str] = set()
+        #: Smoothed time between frame arrivals (written by the source thread only).
+        self._arrival_gap_s = 0.0
         self._threads: list[threading.Thread] = []
 
     # -- control ---------------------------------------------------------------------------
@@ -215,11 +225,19 @@ class PipelineRuntime:
             if self._stopping.is_set():
                 self._source_done.set()
                 return
+        last_ns: int | None = None
         try:
             for frame in self._source:
                 if self._stopping.is_set():
                     break
                 item = _Arrival(frame, time.monotonic_ns())
+                if last_ns is not None:
+                    gap_s = (item.arrived_ns - last_ns) / 1e9
+                    if self._arrival_gap_s == 0.0:
+                        self._arrival_gap_s = gap_s  # the first gap is the first estimate
+                    else:
+                        self._arrival_gap_s += _GAP_SMOOTHING * (gap_s - self._arrival_gap_s)
+                last_ns = item.arrived_ns
                 while not self._stopping.is_set():
                     try:
                         self._frames.put(item, timeout=_POLL_S)
@@ -278,20 +296,24 @@ class PipelineRuntime:
             log.info("pipeline %s: swapped %s -> %s", self.name, old.version, new.version)
 
     def _collect(self) -> list[_Arrival]:
+        """Return the next micro-batch: up to ``max_batch`` frames, waiting at most
+        ``max_wait_ms`` after the first one arrived, and not at all when frames come
+        further apart than that (waiting would only add latency, never batch size).
+        """
         try:
             first = self._frames.get(timeout=_POLL_S)
         except queue.Empty:
             return []
         batch = [first]
-        deadline = time.monotonic() + self._max_wait_s
+        wait = self._max_wait_s if self._arrival_gap_s < self._max_wait_s else 0.0
+        deadline_ns = first.arrived_ns + int(wait * 1e9)
         while len(batch) < self._max_batch:
-            remaining = deadline - time.monotonic()
+            remaining = (deadline_ns - time.monotonic_ns()) / 1e9
             try:
-                item = (
-                    self._frames.get(timeout=remaining)
-                    if remaining > 0
-                    else (self._frames.get_nowait())
-                )
+                if remaining > 0:
+                    item = self._frames.get(timeout=remaining)
+                else:
+                    item = self._frames.get_nowait()
             except queue.Empty:
                 break
             batch.append(item)

@@ -85,7 +85,9 @@ def fit(
     data_y = torch.from_numpy(np.concatenate(ys))
     if len(data_x) == 0:
         raise ValueError("nothing to train on: no rows and no replay data")
-    optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    optimiser = torch.optim.AdamW(
+        model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay
+    )
     steps = recipe.epochs * max(1, -(-len(data_x) // recipe.batch_size))
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=recipe.lr, total_steps=steps)
     loss_fn = nn.CrossEntropyLoss()
@@ -159,7 +161,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
 
     started = time.monotonic()
-    shape = tuple(config.get("shape", IMAGE_SHAPE))
+    shape = tuple(config.get("shape") or IMAGE_SHAPE)
     if shape != IMAGE_SHAPE:
         raise ValueError(f"the digits trainer takes images shaped {IMAGE_SHAPE}, got {shape}")
     seed = int(config.get("seed", 0))

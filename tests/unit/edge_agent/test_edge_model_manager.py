@@ -173,6 +173,24 @@ class TestFollowingDesiredState:
             made.close()
         assert files == ["current.json", "v2.onnx", "v3.onnx"]
 
+    def test_a_rollback_to_a_kept_version_needs_no_download(
+        self, tmp_path: Path, keys: tuple[bytes, bytes], node: Node
+    ) -> None:
+        wants = {}
+        for generation, version in enumerate(("v1", "v2"), start=1):
+            artifact = build_model(tmp_path / f"{version}.onnx", favour=generation)
+            wants[version] = desired_for(artifact, keys[0], model="inspector", version=version)
+            node.desire(wants[version], generation)
+            node.send_chunks(artifact, wants[version])
+            wait_for(lambda v=version: node.state() == f"{v}:serving")  # type: ignore[misc]
+        subscribed: list[str] = []
+        original = node.link.subscribe
+        node.link.subscribe = lambda t, qos=1: (subscribed.extend(t), original(t, qos))  # type: ignore[method-assign]
+        node.desire(wants["v1"], 3)
+        wait_for(lambda: node.state() == "v1:serving")
+        assert [m.version for m in node.models] == ["v1", "v2", "v1"]
+        assert subscribed == []  # served from disk: no manifest, no chunks
+
     def test_chunks_already_on_disk_are_not_fetched_again_after_a_restart(
         self, tmp_path: Path, keys: tuple[bytes, bytes]
     ) -> None:

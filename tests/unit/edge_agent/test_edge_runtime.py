@@ -140,6 +140,34 @@ class TestSelectionWiring:
         assert h.metrics.budget_dropped.labels("inspect")._value.get() == 29
 
 
+class TestMicroBatching:
+    def test_a_backlog_is_inferred_in_full_batches(self, tmp_path: Path, harness_factory) -> None:  # type: ignore[no-untyped-def]
+        h = harness_factory(_spec(select.random(0.0), max_batch=8), PatternSource([1.0], 400))
+        h.run(_model(tmp_path, "v1"))
+        sizes = h.metrics.batch_size.labels("inspect")
+        count = h.metrics.registry.get_sample_value(
+            "continuum_edge_batch_size_count", {"pipeline": "inspect"}
+        )
+        total = h.metrics.registry.get_sample_value(
+            "continuum_edge_batch_size_sum", {"pipeline": "inspect"}
+        )
+        assert sizes is not None and count is not None and total == 400
+        assert total / count > 2.0
+
+    def test_sparse_frames_do_not_wait_for_a_batch_that_will_not_come(
+        self, tmp_path: Path, harness_factory
+    ) -> None:  # type: ignore[no-untyped-def]
+        # Frames 100 ms apart and a 50 ms batching window: waiting would cost every frame
+        # 50 ms and never batch two; the runtime learns the gap and sends frames on at once.
+        spec = _spec(select.random(0.0), max_batch=8)
+        spec = spec.model_copy(update={"edge": spec.edge.model_copy(update={"max_wait_ms": 50.0})})
+        h = harness_factory(spec, PatternSource([1.0], 20, fps=10.0))
+        h.run(_model(tmp_path, "v1"))
+        (window,) = h.telemetry
+        assert window.frames == 20
+        assert window.latency_p50_ms is not None and window.latency_p50_ms < 25.0
+
+
 class TestLabels:
     def test_known_labels_travel_with_the_sample_and_count_for_accuracy(
         self, tmp_path: Path, harness_factory
