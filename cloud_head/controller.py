@@ -109,6 +109,7 @@ class PipelineController:
         self._trained_on = 0
         self._last_trained_at = clock()
         self._manual_reason: str | None = None
+        self._labelled = 0
         self.book = DesiredStateBook(
             workdir / "desired.sqlite3", spec.tenant, self._publish_retained
         )
@@ -136,7 +137,7 @@ class PipelineController:
             "trainings": records,
             "current": None if current is None else current.version,
             "rollout": rollout,
-            "labelled_samples": self._labelled_count(),
+            "labelled_samples": self._labelled,
             "trained_on": self._trained_on,
         }
 
@@ -194,7 +195,10 @@ class PipelineController:
     # -- triggers ----------------------------------------------------------------------------
 
     def _labelled_count(self) -> int:
-        return int(labelled(self.store, self.labels, self.spec.tenant, self.spec.name).num_rows)
+        """Count the pipeline's labelled samples (reads the store; ticks cache it)."""
+        count = int(labelled(self.store, self.labels, self.spec.tenant, self.spec.name).num_rows)
+        self._labelled = count
+        return count
 
     def _trigger_reason(self) -> str | None:
         assert self.spec.retrain is not None

@@ -83,7 +83,8 @@ def run_training(
         train_x: the labelled samples' tensors, (n, *shape); n may be 0 when the loop brings
             its own data.
         train_y: their integer labels, (n,).
-        base_model: the parent's ``model.pt`` to fine-tune, or None to train from scratch.
+        base_model: the parent's ``model.pt`` to fine-tune, or None to train from scratch; a
+            path the worker can read (shared storage on a multi-node cluster).
         workdir: this run's directory: Ray's run storage and, on success only,
             ``candidate/model.onnx`` and ``candidate/model.pt``.
         epochs, seed: passed to the loop (``epochs`` None: the loop's own default).
@@ -119,6 +120,8 @@ def run_training(
         raise InputMismatchError(
             "training images and labels differ in length", expected=f"{len(x)}", got=f"{len(y)}"
         )
+    if base_model is not None and not Path(base_model).is_file():
+        raise TrainingError(f"the parent checkpoint {base_model} does not exist")
     workdir = Path(workdir).resolve()
     out_dir = workdir / CANDIDATE_DIR
     if out_dir.exists():
@@ -149,6 +152,7 @@ def run_training(
         "base_model": None if base_model is None else str(Path(base_model).resolve()),
         "epochs": epochs,
         "seed": seed,
+        "threads": max(1, int(cpus_)),
         "shape": list(x.shape[1:]) if x.ndim > 1 else shape,
         **dict(config or {}),
     }

@@ -35,9 +35,9 @@ pipe.uplink(
 pipe.label(source="delayed_feedback")
 pipe.retrain(
     trainer="pipelines.digits.train:train_loop_per_worker",
-    when="150 new samples or manual",
+    when="400 new samples or manual",
     cpus=1,
     where={TIER: "cloud"},
 )
-pipe.gate(metric="accuracy", min_gain=0.0, holdout="pipelines.digits.data:validation_set")
-pipe.rollout(canary=0.34, promote_after="20 s", rollback_on="accuracy drop 0.05")
+pipe.gate(metric="accuracy", min_gain=0.0, holdout="pipelines.digits.data:reference_holdout")
+pipe.rollout(canary=0.25, promote_after="20 s", rollback_on="accuracy drop 0.05")

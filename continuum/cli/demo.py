@@ -34,7 +34,7 @@ TENANT = "acme"
 class DemoOptions:
     """What one demo run does; every field has a command-line flag."""
 
-    duration_s: float = 150.0
+    duration_s: float = 180.0
     agents: int = 3
     drift: str = "blur_contrast"
     drift_at_s: float = 40.0
@@ -251,7 +251,8 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     from continuum.spec import load_pipeline
     from continuum.wire.mqtt import BrokerSettings
 
-    console = Console()
+    # A terminal gets the live table; a log file gets wide, plain progress lines.
+    console = Console() if options.live else Console(width=120, force_terminal=False)
     workdir = prepare_workdir(options.workdir)
     console.print(f"[bold]continuum demo[/] working directory: {workdir}")
     module = importlib.import_module(PIPELINE_MODULE)
@@ -278,8 +279,9 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
             cluster.start()
             cluster.connect(namespace=spec.tenant, log_to_driver=False)
         console.print(
-            f"  mosquitto on {broker.host}:{broker.port}; Ray at {cluster.address}; "
-            f"dashboard {cluster.dashboard_url}"
+            f"  mosquitto on {broker.host}:{broker.port}; Ray at {cluster.address}\n"
+            f"  Ray dashboard {cluster.dashboard_url} (token auth: the token is in "
+            f"{cluster.token_path})"
         )
         timeline.event("infrastructure up", dashboard=cluster.dashboard_url)
 

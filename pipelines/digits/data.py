@@ -8,6 +8,7 @@ real camera develops: defocus, lost contrast, a knocked mount, a swapped sensor 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,20 +50,28 @@ class Splits:
     test_idx: NDArray[np.int64]
 
 
-def load_splits(seed: int = 0) -> Splits:
-    """Load the digits and split them 700 / 650 / 447, stratified by class and fixed by ``seed``."""
+@functools.cache
+def _digits() -> tuple[FloatImages, Labels]:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     images = (np.asarray(digits.images, dtype=np.float32) / 16.0).reshape(-1, *IMAGE_SHAPE)
-    labels = np.asarray(digits.target, dtype=np.int64)
+    return images, np.asarray(digits.target, dtype=np.int64)
+
+
+def load_splits(seed: int = 0) -> Splits:
+    """Load the digits and split them 700 / 650 / 447, stratified by class and fixed by ``seed``.
+
+    Each call returns fresh arrays (the raw data set is read once per process).
+    """
+    images, labels = _digits()
     rng = np.random.default_rng(seed)
-    # Stratify by hand: deal each class's shuffled members into the splits in proportion, so the
-    # split is a pure function of the seed and every split sees every class.
+    # Stratify by hand: walk the shuffled members class by class and give each to the split
+    # furthest below its share, so every split sees every class in proportion and the result
+    # is a pure function of the seed.
     sizes = np.array([N_TRAIN, N_STREAM, N_TEST])
     parts: list[list[int]] = [[], [], []]
     order = np.concatenate([rng.permutation(np.flatnonzero(labels == c)) for c in range(N_CLASSES)])
-    # Round-robin over a class-major ordering with weights keeps every split stratified.
     quotas = sizes / sizes.sum()
     counts = np.zeros(3)
     for position, index in enumerate(order):
@@ -82,6 +91,16 @@ def load_splits(seed: int = 0) -> Splits:
         stream_idx=stream_idx,
         test_idx=test_idx,
     )
+
+
+def reference_holdout(size: int = 200, seed: int = 0) -> tuple[FloatImages, Labels]:
+    """Return a fixed clean labelled set for the gate: the first ``size`` of the stream pool.
+
+    It is the kind of labelled history a team keeps; with it the gate refuses a candidate that
+    fixed the drifted site by forgetting the clean ones.  Never the reserved test split.
+    """
+    splits = load_splits(seed)
+    return splits.stream_x[:size], splits.stream_y[:size]
 
 
 def apply_drift(
@@ -107,6 +126,8 @@ def apply_drift(
     rng = rng if rng is not None else np.random.default_rng(0)
     out = np.array(x, dtype=np.float32, copy=True)
     s = float(severity)
+    if s <= 0:
+        return out
     if kind in ("blur", "blur_contrast"):
         # A defocused lens: Gaussian blur within each image only.
         out = ndimage.gaussian_filter(out, sigma=(0, 0, 0.75 * s, 0.75 * s), mode="constant")

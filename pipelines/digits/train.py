@@ -35,7 +35,19 @@ class Recipe:
     batch_size: int = 64
     weight_decay: float = 1e-4
     oversample: int = 1
+    # The repeated new samples stay within this multiple of the base set (one copy at least):
+    # a few new samples weigh in, a flood of them neither swamps the base nor slows training.
+    new_to_base_cap: float = 1.5
     shift_augment: bool = True
+
+
+def copies(recipe: Recipe, n_base: int, n_new: int) -> int:
+    """Return how many times to repeat ``n_new`` new samples next to ``n_base`` base ones."""
+    if n_new == 0:
+        return 0
+    if n_base == 0:
+        return 1
+    return max(1, min(recipe.oversample, round(recipe.new_to_base_cap * n_base / n_new)))
 
 
 SCRATCH = Recipe(epochs=30, lr=3e-3, oversample=1)
@@ -65,7 +77,7 @@ def fit(
     seed: int = 0,
     threads: int = 1,
 ) -> DigitsCNN:
-    """Train a ``DigitsCNN`` on ``x, y`` plus ``new_x, new_y`` repeated ``recipe.oversample`` times.
+    """Train a ``DigitsCNN`` on ``x, y`` plus ``new_x, new_y`` repeated (see ``copies``).
 
     With ``base_state`` the model starts from those weights (fine-tuning), else from scratch.
     """
@@ -78,7 +90,7 @@ def fit(
     xs = [np.asarray(x, dtype=np.float32).reshape(-1, *IMAGE_SHAPE)]
     ys = [np.asarray(y, dtype=np.int64)]
     if new_x is not None and new_y is not None and len(new_x) > 0:
-        for _ in range(max(1, recipe.oversample)):
+        for _ in range(copies(recipe, len(x), len(new_x))):
             xs.append(np.asarray(new_x, dtype=np.float32).reshape(-1, *IMAGE_SHAPE))
             ys.append(np.asarray(new_y, dtype=np.int64))
     data_x = torch.from_numpy(np.concatenate(xs))

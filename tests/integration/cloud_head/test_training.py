@@ -59,26 +59,36 @@ class TestTrainingPlacedByLabel:
         assert result.metrics["new_samples"] == len(x)
         assert result.onnx_path.parent == tmp_path / "run" / "candidate"
 
-    def test_fine_tunes_from_the_parent_checkpoint(
+    def test_first_model_from_no_rows_then_a_fine_tune_from_its_checkpoint(
         self, ray_cluster: LocalRayCluster, tmp_path: Path
     ) -> None:
-        x, y = some_samples()
+        empty_x = np.zeros((0, 1, 8, 8), dtype=np.float32)
         parent = run_training(
-            TRAINER, x, y, base_model=None, workdir=tmp_path / "a", epochs=1, seed=0, cpus=1
+            TRAINER,
+            empty_x,
+            np.zeros(0, dtype=np.int64),
+            base_model=None,
+            workdir=tmp_path / "first",
+            epochs=1,
+            seed=0,
+            cpus=1,
         )
+        assert parent.metrics["new_samples"] == 0
+        assert parent.metrics["replay_samples"] == 700
+        x, y = some_samples()
         child = run_training(
             TRAINER,
             x,
             y,
             base_model=parent.pt_path,
-            workdir=tmp_path / "b",
+            workdir=tmp_path / "second",
             epochs=1,
             seed=0,
             label_selector={TIER: "!edge"},
             cpus=1,
         )
-        assert child.metrics["fine_tuned"] is True
         assert parent.metrics["fine_tuned"] is False
+        assert child.metrics["fine_tuned"] is True
         assert child.ray_info["node_labels"][TIER] == "cloud"
 
 
