@@ -94,7 +94,8 @@ def live_view(
     )
     cloud.add_row(
         "rollout",
-        f"{rollout.get('stage', '-')} {rollout.get('candidate') or ''} — {rollout.get('reason', '')}",
+        f"{rollout.get('stage', '-')} {rollout.get('candidate') or ''}"
+        f" — {rollout.get('reason', '')}",
     )
     return Group(table, cloud)
 

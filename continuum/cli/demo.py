@@ -185,6 +185,8 @@ def run(args: argparse.Namespace) -> int:
         live=not args.no_live and sys.stdout.isatty(),
     )
     report = run_demo(options)
+    if report.get("interrupted"):
+        return 130
     return 0 if report.get("targets_met") else 1
 
 
@@ -237,30 +239,18 @@ def _code_version() -> str:
 
 
 def run_demo(options: DemoOptions) -> dict[str, Any]:
-    """Run the closed loop and return the report (also written to the working directory)."""
-    import importlib
-
-    import ray
+    """Start the embedded defaults, run the closed loop, stop them; return the report."""
     from rich.console import Console
 
-    from cloud_head.services import CloudHead, HeadPaths
     from continuum.embedded.broker import EmbeddedBroker
     from continuum.embedded.ray_cluster import LocalRayCluster
     from continuum.labels import SITE, TIER
-    from continuum.signing import generate_keypair
-    from continuum.spec import load_pipeline
     from continuum.wire.mqtt import BrokerSettings
 
     # A terminal gets the live table; a log file gets wide, plain progress lines.
     console = Console() if options.live else Console(width=120, force_terminal=False)
     workdir = prepare_workdir(options.workdir)
     console.print(f"[bold]continuum demo[/] working directory: {workdir}")
-    module = importlib.import_module(PIPELINE_MODULE)
-    spec_path = Path(module.__file__ or "")
-    spec = load_pipeline(spec_path)
-    timeline = Timeline()
-    agents: list[AgentProcess] = []
-    head: CloudHead | None = None
     broker = EmbeddedBroker(workdir / "broker")
     cluster = LocalRayCluster(
         workdir / "ray",
@@ -269,34 +259,74 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
         head_cpus=3,
         edge_cpus=1,
     )
-    telemetry: dict[str, list[dict[str, Any]]] = {}
-    controller_status: dict[str, Any] = {}
-    interrupted = False
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         with console.status("starting mosquitto and the local Ray cluster"):
             broker.start()
             cluster.start()
-            cluster.connect(namespace=spec.tenant, log_to_driver=False)
+            cluster.connect(namespace=TENANT, log_to_driver=False)
         console.print(
             f"  mosquitto on {broker.host}:{broker.port}; Ray at {cluster.address}\n"
             f"  Ray dashboard {cluster.dashboard_url} (token auth: the token is in "
             f"{cluster.token_path})"
         )
-        timeline.event("infrastructure up", dashboard=cluster.dashboard_url)
+        return run_loop(
+            options,
+            workdir,
+            BrokerSettings(host=broker.host, port=broker.port),
+            console=console,
+            dashboard=cluster.dashboard_url,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
+        with console.status("stopping Ray and mosquitto"):
+            cluster.stop()
+            broker.stop()
 
+
+def run_loop(
+    options: DemoOptions,
+    workdir: Path,
+    broker: Any,
+    *,
+    console: Any,
+    dashboard: str | None,
+) -> dict[str, Any]:
+    """Run the loop on a broker and a Ray cluster this process is connected to.
+
+    Deploys the cloud head, trains the first model, streams from edge-agent processes with
+    drift at one site, watches, then stops agents and services and writes the report.
+    """
+    import importlib
+
+    import ray
+
+    from cloud_head.services import CloudHead, HeadPaths
+    from continuum.signing import generate_keypair
+    from continuum.spec import load_pipeline
+
+    module = importlib.import_module(PIPELINE_MODULE)
+    spec_path = Path(module.__file__ or "")
+    spec = load_pipeline(spec_path)
+    timeline = Timeline()
+    agents: list[AgentProcess] = []
+    head: CloudHead | None = None
+    telemetry: dict[str, list[dict[str, Any]]] = {}
+    controller_status: dict[str, Any] = {}
+    interrupted = False
+    timeline.event("infrastructure up", dashboard=dashboard)
+    try:
         keys = workdir / "keys"
-        keys.mkdir()
+        keys.mkdir(exist_ok=True)
         private_pem, public_pem = generate_keypair()
         (keys / f"{spec.tenant}.key").write_bytes(private_pem)
         os.chmod(keys / f"{spec.tenant}.key", 0o600)
         (keys / f"{spec.tenant}.pub").write_bytes(public_pem)
 
-        settings = BrokerSettings(host=broker.host, port=broker.port)
         paths = HeadPaths(workdir / "cloud")
         with console.status("deploying the cloud head on Ray (ingest, fleet, controller)"):
             head = CloudHead.deploy(
-                spec.tenant, [spec], paths, settings, private_pem, code_version=_code_version()
+                spec.tenant, [spec], paths, broker, private_pem, code_version=_code_version()
             )
         controller = head.controllers[spec.name]
         with console.status("training the first model on Ray Train (placed on the cloud node)"):
@@ -314,7 +344,7 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
                     site,
                     drifted,
                     spec_path,
-                    settings,
+                    broker,
                     options,
                     keys / f"{spec.tenant}.pub",
                     timeline.drift_at,
@@ -325,28 +355,21 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
             f"drift ({options.drift}) at site lux-2 in {options.drift_at_s:g} s"
         )
         timeline.event("agents started", nodes=[a.node for a in agents])
-
-        try:
-            controller_status = _watch(console, head, spec.name, agents, timeline, options)
-        except KeyboardInterrupt:
-            interrupted = True
-            console.print("[yellow]interrupted: shutting down cleanly[/]")
-        telemetry = _collect_telemetry(head, spec.name, agents)
-        with contextlib.suppress(Exception):
-            controller_status = ray.get(controller.status.remote(), timeout=10)
+        controller_status = _watch(console, head, spec.name, agents, timeline, options)
     except KeyboardInterrupt:
         interrupted = True
         console.print("[yellow]interrupted: shutting down cleanly[/]")
     finally:
-        signal.signal(signal.SIGTERM, previous_sigterm)
-        with console.status("stopping agents, cloud services, Ray and mosquitto"):
+        with console.status("stopping the edge agents and the cloud services"):
             _stop_agents(agents)
             if head is not None:
+                telemetry = _collect_telemetry(head, spec.name, agents)
+                with contextlib.suppress(Exception):
+                    controller_status = ray.get(
+                        head.controllers[spec.name].status.remote(), timeout=10
+                    )
                 with contextlib.suppress(Exception):
                     head.stop(timeout_s=30)
-            dashboard = cluster.dashboard_url
-            cluster.stop()
-            broker.stop()
     from continuum.cli._demo_report import build_report, print_summary, write_plot
 
     report = build_report(
