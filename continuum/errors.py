@@ -85,4 +85,4 @@ class OperationTimeoutError(ContinuumError, TimeoutError):
 
 
 class NotFoundError(ContinuumError, LookupError):
-    """A named thing (model version, pipeline, node, tenant) does not exist; the message says which."""
+    """A named thing (model version, pipeline, node, tenant) does not exist; says which."""
