@@ -1,33 +1,10 @@
-"""What the cloud head's MQTT runners share: their subscription filters and reject logging."""
+"""What the cloud head's MQTT runners share: reject logging and reason codes."""
 
 from __future__ import annotations
 
 import logging
 import threading
 from typing import Any
-
-from continuum.wire import topics
-
-
-def samples_filter(tenant: str) -> str:
-    """Return the filter matching every samples topic of a tenant."""
-    # Wildcard filters are built from topics.PREFIX so the scheme stays spelled in one place.
-    return f"{topics.PREFIX}/{topics.check_name(tenant, 'tenant')}/pipelines/+/samples/+"
-
-
-def feedback_filter(tenant: str) -> str:
-    """Return the filter matching every feedback topic of a tenant."""
-    return f"{topics.PREFIX}/{topics.check_name(tenant, 'tenant')}/pipelines/+/feedback/+"
-
-
-def telemetry_filter(tenant: str) -> str:
-    """Return the filter matching every telemetry topic of a tenant."""
-    return f"{topics.PREFIX}/{topics.check_name(tenant, 'tenant')}/pipelines/+/telemetry/+"
-
-
-def node_filter(tenant: str, kind: str) -> str:
-    """Return the filter matching the ``kind`` (status, reported) topic of every node."""
-    return f"{topics.PREFIX}/{topics.check_name(tenant, 'tenant')}/nodes/+/{kind}"
 
 
 class RejectLog:

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
-from cloud_head._mqtt import RejectLog, node_filter, reason_code_failed, telemetry_filter
+from cloud_head._mqtt import RejectLog, reason_code_failed
 from continuum.errors import ProtocolError
 from continuum.labels import LabelSelector
 from continuum.wire import topics
@@ -386,9 +386,9 @@ class FleetWorker:
         self._broker = broker
         self._client_id = client_id or f"ctm-fleet-{registry.tenant}"
         self._filters = [
-            node_filter(registry.tenant, "status"),
-            node_filter(registry.tenant, "reported"),
-            telemetry_filter(registry.tenant),
+            topics.nodes_filter(registry.tenant, "status"),
+            topics.nodes_filter(registry.tenant, "reported"),
+            topics.pipeline_filter(registry.tenant, "telemetry"),
         ]
         self._client: mqtt.Client | None = None
         self._connected = threading.Event()

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
-from cloud_head._mqtt import RejectLog, feedback_filter, reason_code_failed, samples_filter
+from cloud_head._mqtt import RejectLog, reason_code_failed
 from cloud_head.labelling import LabelStore
 from cloud_head.store import SampleStore
 from continuum.errors import ConfigError, ProtocolError
@@ -417,8 +417,8 @@ class IngestWorker:
         self._broker = broker
         self._client_id = client_id or f"ctm-ingest-{service.tenant}"
         self._filters = [
-            topics.shared(samples_filter(service.tenant), share_group),
-            topics.shared(feedback_filter(service.tenant), share_group),
+            topics.shared(topics.pipeline_filter(service.tenant, "samples"), share_group),
+            topics.shared(topics.pipeline_filter(service.tenant, "feedback"), share_group),
         ]
         self._max_group = max_group
         self._retry_max_s = retry_max_s

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from cloud_head.store import SampleStore, to_numpy
 from continuum.wire import topics
-from continuum.wire.codec import FeedbackBatch
+from continuum.wire.codec import FeedbackBatch, sample_id
 
 __all__ = ["Label", "LabelSource", "LabelStore", "labelled", "to_xy"]
 
@@ -81,7 +81,7 @@ class LabelStore:
         ts: float | None = None,
     ) -> int:
         """Record every (seq, label) of a feedback batch; return how many labels were written."""
-        items = ((f"{batch.node}:{seq}", label) for seq, label in batch.items)
+        items = ((sample_id(batch.node, seq), label) for seq, label in batch.items)
         return self.put_many(tenant, batch.pipeline, items, source=source, ts=ts)
 
     def put(

@@ -95,6 +95,16 @@ def artifact_chunk(tenant: str, model: str, version: str, index: int) -> str:
     return f"{artifact_prefix(tenant, model, version)}/chunks/{index}"
 
 
+def pipeline_filter(tenant: str, kind: Literal["samples", "telemetry", "feedback"]) -> str:
+    """Subscription filter for one kind of pipeline topic of every pipeline and node."""
+    return f"{PREFIX}/{check_name(tenant, 'tenant')}/pipelines/+/{kind}/+"
+
+
+def nodes_filter(tenant: str, kind: Literal["status", "reported", "desired"]) -> str:
+    """Subscription filter for one kind of node topic of every node of a tenant."""
+    return f"{PREFIX}/{check_name(tenant, 'tenant')}/nodes/+/{kind}"
+
+
 def tenant_filter(tenant: str) -> str:
     """Subscription filter for everything of one tenant (the ACL scope)."""
     return f"{PREFIX}/{check_name(tenant, 'tenant')}/#"

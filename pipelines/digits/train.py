@@ -212,10 +212,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     all_x = np.concatenate([base_x, new_x])
     all_y = np.concatenate([base_y, new_y])
     metrics: dict[str, Any] = {
-        "train_accuracy": accuracy(model, all_x, all_y) if len(all_x) else float("nan"),
-        "new_accuracy": accuracy(model, new_x, new_y) if len(new_x) else float("nan"),
+        "train_accuracy": accuracy(model, all_x, all_y) if len(all_x) else None,
+        "new_accuracy": accuracy(model, new_x, new_y) if len(new_x) else None,
         "new_samples": len(new_x),
         "replay_samples": len(base_x),
+        "new_copies": copies(recipe, len(base_x), len(new_x)),
         "fine_tuned": bool(base_model),
         "train_seconds": time.monotonic() - started,
         **{f"recipe_{k}": v for k, v in asdict(recipe).items()},

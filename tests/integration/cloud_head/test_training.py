@@ -16,6 +16,8 @@ from continuum.embedded import LocalRayCluster
 from continuum.errors import OperationTimeoutError, PlacementError
 from continuum.labels import SITE, TIER
 from pipelines.digits.data import load_splits
+from pipelines.digits.model import DigitsCNN
+from pipelines.digits.train import save
 
 pytestmark = pytest.mark.integration
 
@@ -59,37 +61,42 @@ class TestTrainingPlacedByLabel:
         assert result.metrics["new_samples"] == len(x)
         assert result.onnx_path.parent == tmp_path / "run" / "candidate"
 
-    def test_first_model_from_no_rows_then_a_fine_tune_from_its_checkpoint(
+    def test_the_first_model_trains_from_no_rows_on_the_pipelines_own_data(
         self, ray_cluster: LocalRayCluster, tmp_path: Path
     ) -> None:
-        empty_x = np.zeros((0, 1, 8, 8), dtype=np.float32)
-        parent = run_training(
+        result = run_training(
             TRAINER,
-            empty_x,
+            np.zeros((0, 1, 8, 8), dtype=np.float32),
             np.zeros(0, dtype=np.int64),
             base_model=None,
-            workdir=tmp_path / "first",
+            workdir=tmp_path / "run",
             epochs=1,
             seed=0,
             cpus=1,
         )
-        assert parent.metrics["new_samples"] == 0
-        assert parent.metrics["replay_samples"] == 700
+        assert result.metrics["new_samples"] == 0
+        assert result.metrics["replay_samples"] == 700
+        assert result.metrics["fine_tuned"] is False
+        assert result.onnx_path.is_file()
+
+    def test_a_retrain_fine_tunes_the_parent_checkpoint(
+        self, ray_cluster: LocalRayCluster, tmp_path: Path
+    ) -> None:
+        parent_pt, _ = save(DigitsCNN(), tmp_path / "parent")
         x, y = some_samples()
-        child = run_training(
+        result = run_training(
             TRAINER,
             x,
             y,
-            base_model=parent.pt_path,
-            workdir=tmp_path / "second",
+            base_model=parent_pt,
+            workdir=tmp_path / "run",
             epochs=1,
             seed=0,
             label_selector={TIER: "!edge"},
             cpus=1,
         )
-        assert parent.metrics["fine_tuned"] is False
-        assert child.metrics["fine_tuned"] is True
-        assert child.ray_info["node_labels"][TIER] == "cloud"
+        assert result.metrics["fine_tuned"] is True
+        assert result.ray_info["node_labels"][TIER] == "cloud"
 
 
 class TestTrainingThatCannotRun:
