@@ -17,6 +17,7 @@ from typing import Any
 
 import ray
 
+from cloud_head.metrics import ControllerMetrics, FleetMetrics, IngestMetrics, MetricsExporter
 from continuum.errors import NotReadyError, OperationTimeoutError
 from continuum.labels import TIER
 from continuum.spec import PipelineSpec
@@ -26,7 +27,6 @@ log = logging.getLogger(__name__)
 
 #: Cloud services run on the cloud tier only (DESIGN §6).
 CLOUD_SELECTOR = {TIER: "cloud"}
-METRICS_PERIOD_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -63,46 +63,6 @@ class HeadPaths:
         return self.root / "controllers" / pipeline
 
 
-class _MetricsPump:
-    """Copy a service's ``stats()`` into ray.util.metrics gauges on a named thread."""
-
-    def __init__(self, service: str, tenant: str, stats: Any, names: dict[str, str]) -> None:
-        from ray.util.metrics import Gauge
-
-        self._stats = stats
-        self._tags = {"tenant": tenant, "service": service}
-        self._gauges = {
-            key: Gauge(
-                f"continuum_{name}", description=f"{service}: {key}", tag_keys=("tenant", "service")
-            )
-            for key, name in names.items()
-        }
-        self._rejects = Gauge(
-            "continuum_rejected_messages",
-            description="Messages rejected by a cloud service, by reason",
-            tag_keys=("tenant", "service", "reason"),
-        )
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"metrics-{service}", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(METRICS_PERIOD_S):
-            try:
-                snapshot = self._stats()
-                for key, gauge in self._gauges.items():
-                    value = snapshot.get(key)
-                    if isinstance(value, int | float):
-                        gauge.set(float(value), tags=self._tags)
-                for reason, count in (snapshot.get("rejected") or {}).items():
-                    self._rejects.set(float(count), tags=self._tags | {"reason": str(reason)})
-            except Exception:  # metrics must never take a service down
-                log.debug("metrics export failed", exc_info=True)
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class IngestActor:
     """One ingest replica: shared subscription, de-duplication, durable store writes."""
@@ -135,15 +95,9 @@ class IngestActor:
             client_id=f"ctm-ingest-{tenant}-{replica}",
         )
         self._worker.start()
-        self._pump = _MetricsPump(
-            f"ingest-{replica}",
-            tenant,
-            self._worker.stats,
-            {
-                "stored": "ingest_samples_stored",
-                "duplicates": "ingest_duplicates",
-                "labels": "ingest_labels_stored",
-            },
+        metrics = IngestMetrics(tenant, replica)
+        self._pump = MetricsExporter(
+            f"ingest-{replica}", lambda: metrics.update(self._worker.stats())
         )
 
     def stats(self) -> dict[str, Any]:
@@ -167,9 +121,13 @@ class FleetActor:
         self._registry = FleetRegistry(tenant, paths.fleet_db)
         self._worker = FleetWorker(self._registry, BrokerSettings.model_validate(broker))
         self._worker.start()
-        self._pump = _MetricsPump(
-            "fleet", tenant, self._stats, {"online": "fleet_nodes_online", "nodes": "fleet_nodes"}
-        )
+        metrics = FleetMetrics(tenant)
+
+        def export() -> None:
+            stats = self._stats()
+            metrics.update(stats["nodes"], stats["online"])
+
+        self._pump = MetricsExporter("fleet", export)
 
     def _stats(self) -> dict[str, Any]:
         snapshot = self._worker.stats()
@@ -252,25 +210,10 @@ class ControllerActor:
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
         self._last_error: str | None = None
-        self._pump = _MetricsPump(
-            f"controller-{pipeline.name}",
-            pipeline.tenant,
-            self._metrics,
-            {
-                "trainings": "training_runs",
-                "rollout_stage": "rollout_stage",
-                "labelled_samples": "labelled_samples",
-            },
+        metrics = ControllerMetrics(pipeline.tenant, pipeline.name)
+        self._pump = MetricsExporter(
+            f"controller-{pipeline.name}", lambda: metrics.update(self._controller.status())
         )
-
-    def _metrics(self) -> dict[str, Any]:
-        status = self._controller.status()
-        stages = {"idle": 0, "canary": 1, "promoted": 2, "rolled_back": 3}
-        return {
-            "trainings": len(status["trainings"]),
-            "rollout_stage": stages.get(status["rollout"]["stage"], -1),
-            "labelled_samples": status["labelled_samples"],
-        }
 
     def bootstrap(self) -> str:
         """Train and roll out the first model if there is none; start ticking; return it."""
