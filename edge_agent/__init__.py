@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from continuum.sources import Frame, Source
 from edge_agent.config import AgentSettings
-from edge_agent.sources import Frame, Source, load_source
+from edge_agent.sources import load_source
 
 if TYPE_CHECKING:
     from edge_agent.agent import EdgeAgent

@@ -16,6 +16,7 @@ from pathlib import Path
 from continuum import signing
 from continuum.backends import open_backend
 from continuum.errors import ArtifactError, ConfigError, SpecError
+from continuum.sources import Source
 from continuum.spec import PipelineSpec, load_pipeline
 from continuum.wire import topics
 from continuum.wire.messages import SCHEMA_VERSION, NodeStatus, Telemetry
@@ -26,7 +27,7 @@ from edge_agent.metrics import AgentMetrics
 from edge_agent.model_manager import BackendOpener, ModelManager, ServingModel
 from edge_agent.outbox import Outbox
 from edge_agent.runtime import PipelineRuntime
-from edge_agent.sources import Source, load_source
+from edge_agent.sources import load_source
 from edge_agent.uplink import Uplink
 
 __all__ = ["EdgeAgent", "load_pipelines"]

@@ -70,7 +70,7 @@ class SourceSettings(_Section):
 
     ref: str = Field(
         pattern=_IMPORT_REF,
-        description="Import reference 'module:Class' of a Source (see edge_agent.sources).",
+        description="Import reference 'module:Class' of a Source (see continuum.sources).",
     )
     args: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments for the source constructor (JSON)."

@@ -24,13 +24,13 @@ import numpy as np
 from continuum.drift import DriftMonitor, DriftState
 from continuum.errors import ConfigError, ContinuumError, SpecError
 from continuum.select import SelectionContext, TokenBucket
+from continuum.sources import Frame, Source
 from continuum.spec import PipelineSpec, resolve_ref
 from continuum.wire.codec import sample_id
 from continuum.wire.messages import SCHEMA_VERSION, Telemetry
 from edge_agent.metrics import AgentMetrics
 from edge_agent.model_manager import ServingModel
 from edge_agent.outbox import FeedbackEntry, Outbox, SampleEntry
-from edge_agent.sources import Frame, Source
 
 __all__ = ["PipelineRuntime", "as_probabilities"]
 

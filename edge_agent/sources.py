@@ -1,4 +1,4 @@
-"""Where frames come from: the ``Frame`` record, the ``Source`` protocol and its loader.
+"""Where frames come from: loading the ``Source`` named in the agent config.
 
 A source is any iterable of frames (a camera, a file replay, a sensor bus)
 named in the agent config as ``{"ref": "module:Class", "args": {...}}``.
@@ -6,37 +6,12 @@ named in the agent config as ``{"ref": "module:Class", "args": {...}}``.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
-
-import numpy as np
+from collections.abc import Mapping
+from typing import Any
 
 from continuum.errors import ConfigError, SpecError
+from continuum.sources import Source
 from continuum.spec import resolve_ref
-
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """One captured input: its tensor and, where the scene provides one, a delayed label.
-
-    ``label_delay_s`` is how long after capture the ground truth becomes known
-    (an inspection verdict, a later sensor reading); the agent sends it as
-    feedback for the samples it uplinked once that time has passed.
-    """
-
-    tensor: np.ndarray
-    label: int | None = None
-    label_delay_s: float = 0.0
-    captured_at_ns: int = field(default_factory=time.time_ns)
-
-
-@runtime_checkable
-class Source(Protocol):
-    """An iterable of frames, produced at the source's own pace."""
-
-    def __iter__(self) -> Iterator[Frame]: ...
 
 
 def load_source(ref: str, args: Mapping[str, Any] | None = None) -> Source:

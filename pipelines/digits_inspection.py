@@ -28,7 +28,7 @@ pipe.edge(
 
 pipe.uplink(
     select.low_confidence(0.7)
-    | select.drift(drift.psi(0.25, window=100, reference=200), rate=0.7)
+    | select.drift(drift.psi(0.25, window=100, reference=200), rate=0.5)
     | select.random(0.02),
     budget_kbps=256,
 )

@@ -23,6 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 from continuum import Pipeline, select
 from continuum.select import Policy
 from continuum.signing import sha256_file, sign_artifact
+from continuum.sources import Frame
 from continuum.wire import mqtt, topics
 from continuum.wire.messages import (
     SCHEMA_VERSION,
@@ -30,7 +31,6 @@ from continuum.wire.messages import (
     DesiredModel,
     DesiredState,
 )
-from edge_agent.sources import Frame
 
 SHAPE = (1, 8, 8)
 CLASSES = 10

@@ -1,6 +1,6 @@
 """A simulated inspection camera: the digits stream pool at a fixed frame rate, with a fault onset.
 
-``DigitsCamera`` is an edge-agent source (``edge_agent.sources``): its keyword arguments are
+``DigitsCamera`` is an edge-agent source (``continuum.sources``): its keyword arguments are
 plain JSON so an agent config can name it.  It never shows the reserved test split.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from continuum.errors import ConfigError
-from edge_agent.sources import Frame
+from continuum.sources import Frame
 from pipelines.digits.data import DRIFT_KINDS, apply_drift, load_splits
 
 

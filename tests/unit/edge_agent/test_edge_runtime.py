@@ -11,13 +11,13 @@ import pytest
 from continuum import Pipeline, drift, select
 from continuum.backends import open_backend
 from continuum.select import Policy
+from continuum.sources import Frame
 from continuum.spec import PipelineSpec
 from continuum.wire.messages import Telemetry
 from edge_agent.metrics import AgentMetrics
 from edge_agent.model_manager import ServingModel
 from edge_agent.outbox import Outbox
 from edge_agent.runtime import PipelineRuntime, as_probabilities
-from edge_agent.sources import Frame
 from tests.edge_agent_kit import PatternSource, build_model
 
 NODE = "edge-1"

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from continuum.errors import ConfigError
-from edge_agent.sources import Frame, Source, load_source
+from continuum.sources import Frame, Source
+from edge_agent.sources import load_source
 from pipelines.digits.camera import DigitsCamera
 from pipelines.digits.data import (
     DRIFT_KINDS,
