@@ -53,6 +53,7 @@ class AgentProcess:
     drifted: bool
     config: Path
     log: Path
+    metrics_port: int
     process: subprocess.Popen[bytes] | None = None
 
 
@@ -354,7 +355,15 @@ def run_loop(
             f"  {len(agents)} edge agents streaming at {options.fps:g} frames/s; "
             f"drift ({options.drift}) at site lux-2 in {options.drift_at_s:g} s"
         )
-        timeline.event("agents started", nodes=[a.node for a in agents])
+        console.print(
+            "  agent metrics (Prometheus): "
+            + ", ".join(f"{a.node} http://127.0.0.1:{a.metrics_port}/metrics" for a in agents)
+        )
+        timeline.event(
+            "agents started",
+            nodes=[a.node for a in agents],
+            metrics={a.node: f"http://127.0.0.1:{a.metrics_port}/metrics" for a in agents},
+        )
         controller_status = _watch(console, head, spec.name, agents, timeline, options)
     except KeyboardInterrupt:
         interrupted = True
@@ -408,10 +417,12 @@ def _start_agent(
 ) -> AgentProcess:
     import yaml
 
+    from continuum.embedded._process import free_port
     from continuum.labels import COUNTRY, JURISDICTION, SITE, TIER
 
     home = workdir / "edge" / node
     home.mkdir(parents=True)
+    metrics_port = free_port()
     config = {
         "node_id": node,
         "tenant": TENANT,
@@ -420,6 +431,8 @@ def _start_agent(
         "state_dir": str(home / "state"),
         "trusted_public_key": str(public_key),
         "telemetry_interval_s": 2.0,
+        "metrics_host": "127.0.0.1",
+        "metrics_port": metrics_port,
         "pipelines": [
             {
                 "spec": str(spec_path),
@@ -438,7 +451,7 @@ def _start_agent(
     }
     path = home / "agent.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    agent = AgentProcess(node, site, drifted, path, home / "agent.log")
+    agent = AgentProcess(node, site, drifted, path, home / "agent.log", metrics_port)
     with open(agent.log, "wb") as log:
         agent.process = subprocess.Popen(
             [sys.executable, "-m", "edge_agent", "run", "--config", str(path)],
