@@ -353,7 +353,10 @@ def print_summary(console: Any, report: dict[str, Any]) -> None:
         )
     for event in report["rollout"].get("history", []):
         console.print(f"  rollout: {event}")
-    for name, ok in report["targets"].items():
-        console.print(f"  [{'green' if ok else 'red'}]{'ok ' if ok else 'MISS'}[/] {name}")
+    if report.get("interrupted"):
+        console.print("  [yellow]the run was interrupted: targets are not judged[/]")
+    else:
+        for name, ok in report["targets"].items():
+            console.print(f"  [{'green' if ok else 'red'}]{'ok ' if ok else 'MISS'}[/] {name}")
     console.print(f"Ray dashboard was at {report['dashboard']}")
     console.print(f"report: {Path(report['options']['workdir']) / 'report.json'} and report.png")
