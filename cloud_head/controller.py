@@ -146,6 +146,15 @@ class PipelineController:
         with self._lock:
             self._manual_reason = reason
 
+    def set_version(self, version: str, reason: str) -> RolloutState:
+        """Make a registered ``version`` current on every node (operator promote or rollback).
+
+        Raises:
+            NotFoundError: the version is not registered.
+        """
+        chosen = self.registry.get(self.spec.tenant, self.spec.name, version)
+        return self.rollout.rollback_to(chosen, reason)
+
     def bootstrap(self) -> ModelVersion:
         """Train, register and roll out the first model when the pipeline has none.
 

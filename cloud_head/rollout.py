@@ -305,8 +305,8 @@ class RolloutController:
         )
 
     def rollback_to(self, version: ModelVersion, reason: str) -> RolloutState:
-        """Make an older version current again everywhere (an operator's rollback)."""
-        return self._promote(version, self.clock(), f"rollback by request: {reason}")
+        """Make ``version`` current everywhere at once, ending any canary (an operator's call)."""
+        return self._promote(version, self.clock(), f"set by operator: {reason}")
 
     def _promote(self, version: ModelVersion, now: float, reason: str) -> RolloutState:
         self.registry.set_current(self.tenant, self.spec.name, version.version, reason)

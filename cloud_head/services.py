@@ -240,6 +240,12 @@ class ControllerActor:
         """Return the controller's snapshot (training, rollout, versions)."""
         return self._controller.status() | {"last_error": self._last_error}
 
+    def set_version(self, version: str, reason: str) -> dict[str, Any]:
+        """Make ``version`` current everywhere (operator promote or rollback)."""
+        from dataclasses import asdict
+
+        return asdict(self._controller.set_version(version, reason))
+
     def request_retrain(self, reason: str) -> None:
         """Retrain at the next tick."""
         self._controller.request_retrain(reason)

@@ -1,0 +1,96 @@
+"""What the operator commands share: where the cloud head's state is, and reaching its actors.
+
+Read-only commands read the cloud head's stores directly (``--root``, by default the demo's
+``./continuum-demo/cloud``); commands that change something call the running services,
+which are named Ray actors in the tenant's namespace, so every change goes through the
+one controller that owns the pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from continuum.errors import ConfigError, NotReadyError
+
+DEFAULT_ROOT = Path("continuum-demo") / "cloud"
+DEFAULT_TOKEN = Path("continuum-demo") / "ray" / "ray_auth_token"
+
+
+def add_root(parser: argparse.ArgumentParser) -> None:
+    """Add ``--root``: the cloud head's state directory."""
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=DEFAULT_ROOT,
+        help=f"the cloud head's state directory (default ./{DEFAULT_ROOT}, the demo's)",
+    )
+
+
+def add_tenant(parser: argparse.ArgumentParser, *, pipeline: bool = True) -> None:
+    """Add ``--tenant`` (and ``--pipeline``)."""
+    parser.add_argument("--tenant", default="acme", help="tenant name (default acme)")
+    if pipeline:
+        parser.add_argument(
+            "--pipeline", default="digits-inspection", help="pipeline (default digits-inspection)"
+        )
+
+
+def add_cluster(parser: argparse.ArgumentParser) -> None:
+    """Add ``--address`` and ``--ray-token`` for commands that talk to the running services."""
+    parser.add_argument(
+        "--address",
+        required=True,
+        help="Ray cluster address (host:port of the GCS), as `continuum demo` prints it",
+    )
+    parser.add_argument(
+        "--ray-token",
+        type=Path,
+        default=DEFAULT_TOKEN,
+        help=f"Ray auth token file (default ./{DEFAULT_TOKEN}); 'none' for a cluster without "
+        "token auth",
+    )
+
+
+def state_dir(root: Path, name: str) -> Path:
+    """Return ``root/name``, or raise ConfigError saying how to point at the right root."""
+    path = root / name
+    if not path.exists():
+        raise ConfigError(
+            f"no cloud head state at {path}; pass --root with the cloud head's state directory "
+            "(for a demo run: <workdir>/cloud)"
+        )
+    return path
+
+
+def controller(args: argparse.Namespace) -> Any:
+    """Connect to the cluster and return the pipeline's controller actor."""
+    import_ray_with_auth(args.ray_token)
+    import ray
+
+    ray.init(address=args.address, namespace=args.tenant, log_to_driver=False)
+    name = f"controller-{args.pipeline}"
+    try:
+        return ray.get_actor(name, namespace=args.tenant)
+    except ValueError as error:
+        raise NotReadyError(
+            f"no running controller {name!r} in namespace {args.tenant!r} at {args.address}: "
+            "is the cloud head deployed (e.g. `continuum demo` running)?"
+        ) from error
+
+
+def import_ray_with_auth(token: Path) -> None:
+    """Set Ray's auth environment before ray is imported (it reads it once, at import)."""
+    if str(token).lower() == "none":
+        os.environ["RAY_AUTH_MODE"] = "disabled"
+        return
+    if not token.is_file():
+        raise ConfigError(
+            f"Ray auth token {token} not found; pass --ray-token with the cluster's token file "
+            "(a demo writes it to <workdir>/ray/ray_auth_token) or 'none'"
+        )
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token.resolve())
