@@ -1,0 +1,557 @@
+"""The audit log: an append-only, hash-chained record per tenant of every decision that moves
+data or models (DESIGN.md §6; EU AI Act Art. 12 record-keeping).
+
+Each tenant has its own SQLite file, ``root/<tenant>/audit.sqlite3`` (WAL).  SQLite rather
+than JSONL because an append is one transaction: the new record and the head anchor commit
+together or not at all, a crash never leaves a half-written line, and ``BEGIN IMMEDIATE``
+serialises writers across threads *and* processes, so two writers can never both chain onto
+the same previous record.  The schema is plain SQL (PostgreSQL in production).
+
+Every record's ``hash`` is the sha256 of the canonical JSON of all its other fields,
+``prev_hash`` included, so editing any byte of a record or removing, inserting or reordering
+records breaks the chain at the first bad record.  A chain alone cannot show that its *last*
+records were removed; the head anchor (the latest ``seq`` and ``hash``, written in the same
+transaction) does, and when the log is given the tenant's Ed25519 key the anchor is signed, so
+rewriting it also needs the key.  What the anchor cannot show is the whole file being replaced
+by an older copy of itself (an older, validly signed head): against that, copy the signed head
+somewhere the operator cannot rewrite (WORM storage, the tenant's own system) — production
+counterpart, not done here.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from continuum.errors import ArtifactError, ContinuumError, NotFoundError, SpecError
+from continuum.signing import key_fingerprint, public_pem_of, sha256_bytes, sign, verify
+from continuum.wire.topics import check_name
+
+__all__ = [
+    "GENESIS_HASH",
+    "AuditAction",
+    "AuditLog",
+    "AuditRecord",
+    "AuditTamperedError",
+    "VerifyResult",
+    "canonical_json",
+    "default_actor",
+    "head_message",
+    "model_subject",
+    "record_hash",
+]
+
+#: The ``prev_hash`` of a tenant's first record.
+GENESIS_HASH = "0" * 64
+
+#: Tag and format version inside every hashed record and signed head.
+RECORD_FORMAT = "continuum-audit-v1"
+HEAD_TAG = "continuum-audit-head-v1"
+
+#: Longest accepted actor or subject; both are one line.
+MAX_FIELD_CHARS = 256
+
+_FILENAME = "audit.sqlite3"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY,
+    ts TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    details TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_subject ON records (subject);
+CREATE TABLE IF NOT EXISTS head (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    signature TEXT,
+    key_fingerprint TEXT
+);
+-- A guard against accidents (a stray UPDATE from a SQL shell), not against an attacker, who
+-- can drop the triggers: the hash chain and the head anchor are what detect tampering.
+CREATE TRIGGER IF NOT EXISTS records_no_update BEFORE UPDATE ON records
+BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS records_no_delete BEFORE DELETE ON records
+BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+"""
+
+
+class AuditTamperedError(ContinuumError, ValueError):
+    """A stored record cannot even be read back; run ``continuum audit verify`` for details."""
+
+    def __init__(self, message: str, *, seq: int) -> None:
+        self.seq = seq
+        super().__init__(message)
+
+
+class AuditAction(StrEnum):
+    """What a record is about.  Extend by adding a member; records keep the string value."""
+
+    DEPLOY = "deploy"
+    POLICY_REFUSAL = "policy_refusal"
+    UPLINK_BATCH = "uplink_batch"
+    TRAINING_RUN = "training_run"
+    GATE = "gate"
+    REGISTER = "register"
+    SIGN = "sign"
+    ROLLOUT = "rollout"
+    ROLLBACK = "rollback"
+    TENANT_CHANGE = "tenant_change"
+    KEY_CHANGE = "key_change"
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One entry of a tenant's audit log, as stored."""
+
+    seq: int
+    ts: str
+    tenant: str
+    actor: str
+    action: str
+    subject: str
+    details: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """The outcome of checking one tenant's log.
+
+    ``first_bad_seq`` is the sequence number of the first record that is missing, edited or
+    out of place (None when the log is intact, or when only the head anchor is at fault and
+    no record can be named); ``reason`` says what was found.  ``signature_checked`` is true
+    when the head anchor's signature was verified against the tenant's public key.
+    """
+
+    ok: bool
+    count: int
+    first_bad_seq: int | None
+    reason: str
+    head_hash: str | None = None
+    signature_checked: bool = False
+
+
+def default_actor() -> str:
+    """Return who is asking when no service name is given: ``user@host``."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name in a container without /etc/passwd entry
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def model_subject(pipeline: str, version: str) -> str:
+    """Return the subject that names one model version in the log (``digits/v3``)."""
+    return f"{check_name(pipeline, 'pipeline')}/{version}"
+
+
+def canonical_json(value: Any) -> str:
+    """Return the one JSON text of ``value``: sorted keys, no spaces, no NaN.
+
+    Raises:
+        SpecError: ``value`` is not JSON (a NaN, a set, an object).
+    """
+    try:
+        return json.dumps(
+            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except (TypeError, ValueError) as exc:
+        raise SpecError(f"audit details must be plain JSON: {exc}", field="details") from exc
+
+
+def record_hash(
+    *,
+    seq: int,
+    ts: str,
+    tenant: str,
+    actor: str,
+    action: str,
+    subject: str,
+    details: str,
+    prev_hash: str,
+) -> str:
+    """Return the sha256 of a record's canonical encoding; ``details`` is its stored JSON text.
+
+    The details are hashed as stored, not re-parsed, so even a whitespace edit shows.
+    """
+    encoded = canonical_json(
+        {
+            "format": RECORD_FORMAT,
+            "seq": seq,
+            "ts": ts,
+            "tenant": tenant,
+            "actor": actor,
+            "action": action,
+            "subject": subject,
+            "details": details,
+            "prev_hash": prev_hash,
+        }
+    )
+    return sha256_bytes(encoded.encode())
+
+
+def head_message(tenant: str, seq: int, head_hash: str) -> bytes:
+    """Return the bytes a head anchor's signature covers."""
+    return f"{HEAD_TAG}\n{tenant}\n{seq}\n{head_hash}".encode()
+
+
+def _utc_iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _one_line(value: str, what: str) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_FIELD_CHARS:
+        raise SpecError(
+            f"audit {what} must be a non-empty string of at most {MAX_FIELD_CHARS} characters, "
+            f"got {value!r}",
+            field=what,
+        )
+    if "\n" in value or "\r" in value:
+        raise SpecError(f"audit {what} {value!r} must be on one line", field=what)
+    return value
+
+
+def _action(value: AuditAction | str) -> str:
+    try:
+        return AuditAction(value).value
+    except ValueError:
+        known = ", ".join(a.value for a in AuditAction)
+        raise SpecError(
+            f"unknown audit action {value!r}",
+            field="action",
+            fix=f"use one of {known}, or add a member to AuditAction",
+        ) from None
+
+
+class _TenantLog:
+    """One tenant's open database and the lock that makes this process its one writer."""
+
+    def __init__(self, path: Path) -> None:
+        self.lock = threading.Lock()
+        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(_SCHEMA)
+
+    @contextmanager
+    def transaction(self, mode: str) -> Iterator[sqlite3.Connection]:
+        with self.lock:
+            self.db.execute(f"BEGIN {mode}")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+
+
+class AuditLog:
+    """Per-tenant, append-only, hash-chained audit logs under one root directory.
+
+    Every method takes the tenant: a caller reads and writes exactly the log it names, and
+    tenant names are checked like topic levels, so no name reaches outside ``root``.
+
+    Args:
+        root: the directory holding ``<tenant>/audit.sqlite3``.
+        signing_keys: tenant -> Ed25519 private key PEM; a tenant listed here gets a signed
+            head anchor after every append.
+        clock: seconds since the epoch (tests pin it).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        signing_keys: Mapping[str, bytes] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.root = Path(root)
+        self.clock = clock
+        self._keys = dict(signing_keys or {})
+        self._lock = threading.Lock()
+        self._logs: dict[str, _TenantLog] = {}
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every open tenant database."""
+        with self._lock:
+            logs, self._logs = list(self._logs.values()), {}
+        for log in logs:
+            with log.lock:
+                log.db.close()
+
+    def path(self, tenant: str) -> Path:
+        """Return the database file of ``tenant``'s log."""
+        return self.root / check_name(tenant, "tenant") / _FILENAME
+
+    def exists(self, tenant: str) -> bool:
+        """Return whether ``tenant`` has a log under this root."""
+        return self.path(tenant).is_file()
+
+    def _open(self, tenant: str, *, create: bool) -> _TenantLog:
+        path = self.path(tenant)
+        with self._lock:
+            log = self._logs.get(tenant)
+            if log is None:
+                if not path.is_file():
+                    if not create:
+                        raise NotFoundError(
+                            f"no audit log for tenant {tenant!r} under {self.root} "
+                            "(nothing was recorded for it, or --root points elsewhere)"
+                        )
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                log = self._logs[tenant] = _TenantLog(path)
+            return log
+
+    def append(
+        self,
+        tenant: str,
+        action: AuditAction | str,
+        subject: str,
+        details: Mapping[str, Any] | None = None,
+        actor: str | None = None,
+    ) -> AuditRecord:
+        """Append one record to ``tenant``'s log and move its head anchor; return the record.
+
+        Args:
+            tenant: whose log.
+            action: an ``AuditAction`` (or its string value).
+            subject: what it is about, one line (``model_subject(pipeline, version)`` for a
+                model version).
+            details: plain JSON, stored canonically.
+            actor: who asked: a service name or ``user@host``; default ``default_actor()``.
+
+        Raises:
+            SpecError: an unknown action, or a field that is empty, multi-line or not JSON.
+            ProtocolError: the tenant name is invalid.
+        """
+        check_name(tenant, "tenant")
+        action_value = _action(action)
+        _one_line(subject, "subject")
+        who = _one_line(actor if actor is not None else default_actor(), "actor")
+        details_json = canonical_json(dict(details or {}))
+        key = self._keys.get(tenant)
+        log = self._open(tenant, create=True)
+        with log.transaction("IMMEDIATE") as db:
+            row = db.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
+            seq, prev = (1, GENESIS_HASH) if row is None else (int(row[0]) + 1, str(row[1]))
+            ts = _utc_iso(self.clock())
+            digest = record_hash(
+                seq=seq,
+                ts=ts,
+                tenant=tenant,
+                actor=who,
+                action=action_value,
+                subject=subject,
+                details=details_json,
+                prev_hash=prev,
+            )
+            db.execute(
+                "INSERT INTO records VALUES (?,?,?,?,?,?,?,?,?)",
+                (seq, ts, tenant, who, action_value, subject, details_json, prev, digest),
+            )
+            signature = fingerprint = None
+            if key is not None:
+                signature = sign(key, head_message(tenant, seq, digest))
+                fingerprint = key_fingerprint(public_pem_of(key))
+            db.execute(
+                "INSERT INTO head VALUES (1,?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
+                "seq=excluded.seq, hash=excluded.hash, signature=excluded.signature, "
+                "key_fingerprint=excluded.key_fingerprint",
+                (seq, digest, signature, fingerprint),
+            )
+        return AuditRecord(
+            seq=seq,
+            ts=ts,
+            tenant=tenant,
+            actor=who,
+            action=action_value,
+            subject=subject,
+            details=json.loads(details_json),
+            prev_hash=prev,
+            hash=digest,
+        )
+
+    def records(
+        self,
+        tenant: str,
+        *,
+        subject: str | None = None,
+        action: AuditAction | str | None = None,
+        since_seq: int = 0,
+    ) -> list[AuditRecord]:
+        """Return ``tenant``'s records in order, optionally only one subject or action.
+
+        Records are returned as stored; run ``verify`` to know they are intact.
+
+        Raises:
+            NotFoundError: the tenant has no log under this root.
+        """
+        query = "SELECT * FROM records WHERE seq > ?"
+        args: list[Any] = [since_seq]
+        if subject is not None:
+            query += " AND subject = ?"
+            args.append(subject)
+        if action is not None:
+            query += " AND action = ?"
+            args.append(_action(action))
+        log = self._open(tenant, create=False)
+        with log.lock:
+            rows = log.db.execute(query + " ORDER BY seq", args).fetchall()
+        return [_to_record(r) for r in rows]
+
+    def verify(self, tenant: str, *, public_key_pem: bytes | None = None) -> VerifyResult:
+        """Check ``tenant``'s whole chain and its head anchor; name the first bad record.
+
+        Args:
+            tenant: whose log.
+            public_key_pem: the tenant's Ed25519 public key; when given, the head anchor must
+                carry a valid signature by it.
+
+        Raises:
+            NotFoundError: the tenant has no log under this root.
+        """
+        log = self._open(tenant, create=False)
+        with log.transaction("DEFERRED") as db:  # one snapshot of records and head
+            rows = db.execute("SELECT * FROM records ORDER BY seq").fetchall()
+            head = db.execute("SELECT seq, hash, signature FROM head WHERE id = 1").fetchone()
+        return _check(tenant, rows, head, public_key_pem)
+
+
+def _to_record(row: tuple[Any, ...]) -> AuditRecord:
+    seq, ts, tenant, actor, action, subject, details, prev_hash, digest = row
+    try:
+        parsed = json.loads(details)
+    except (TypeError, ValueError) as exc:
+        raise AuditTamperedError(
+            f"audit record {seq} has unreadable details ({exc}); the log was altered, run "
+            "`continuum audit verify`",
+            seq=int(seq),
+        ) from exc
+    return AuditRecord(
+        seq=int(seq),
+        ts=str(ts),
+        tenant=str(tenant),
+        actor=str(actor),
+        action=str(action),
+        subject=str(subject),
+        details=parsed if isinstance(parsed, dict) else {"value": parsed},
+        prev_hash=str(prev_hash),
+        hash=str(digest),
+    )
+
+
+def _check(
+    tenant: str,
+    rows: list[tuple[Any, ...]],
+    head: tuple[Any, ...] | None,
+    public_key_pem: bytes | None,
+) -> VerifyResult:
+    count = len(rows)
+
+    def bad(seq: int | None, reason: str) -> VerifyResult:
+        return VerifyResult(ok=False, count=count, first_bad_seq=seq, reason=reason)
+
+    prev = GENESIS_HASH
+    hashes: dict[int, str] = {}
+    for expected, row in enumerate(rows, start=1):
+        seq, ts, owner, actor, action, subject, details, prev_hash, stored = row
+        if not isinstance(seq, int) or not all(
+            isinstance(v, str) for v in (ts, owner, actor, action, subject, details, prev_hash)
+        ):
+            return bad(expected, f"record {expected} is malformed (a field has the wrong type)")
+        if seq != expected:
+            return bad(
+                expected,
+                f"record {expected} is missing: the record after {expected - 1} is {seq} "
+                "(removed, or the log was reordered)",
+            )
+        if owner != tenant:
+            return bad(seq, f"record {seq} belongs to tenant {owner!r}, not {tenant!r}")
+        computed = record_hash(
+            seq=seq,
+            ts=ts,
+            tenant=owner,
+            actor=actor,
+            action=action,
+            subject=subject,
+            details=details,
+            prev_hash=prev_hash,
+        )
+        if computed != stored:
+            return bad(
+                seq,
+                f"record {seq} does not match its hash: a field was edited, or the record "
+                "was moved from another position",
+            )
+        if prev_hash != prev:
+            return bad(
+                seq,
+                f"record {seq} does not chain onto record {seq - 1} (prev_hash differs): a "
+                "record before it was removed, rewritten or reordered",
+            )
+        prev = stored
+        hashes[seq] = stored
+    last = count
+    if head is None:
+        if count:
+            return bad(None, "the head anchor is missing, so a removed tail cannot be ruled out")
+        return VerifyResult(ok=True, count=0, first_bad_seq=None, reason="empty log")
+    head_seq, head_hash, signature = head
+    if not isinstance(head_seq, int) or not isinstance(head_hash, str):
+        return bad(None, "the head anchor is malformed")
+    if head_seq > last:
+        return bad(
+            last + 1,
+            f"record {last + 1} is missing: the log ends at record {last} but its head anchor "
+            f"records {head_seq} (the tail was removed)",
+        )
+    if head_seq < last:
+        return bad(
+            head_seq + 1,
+            f"record {head_seq + 1} is not covered by the head anchor (which ends at "
+            f"{head_seq}): it was added outside the audit log",
+        )
+    if head_seq and hashes[head_seq] != head_hash:
+        return bad(head_seq, f"record {head_seq}'s hash differs from the head anchor's")
+    checked = False
+    if public_key_pem is not None:
+        if signature is None:
+            return bad(None, "the head anchor is not signed, but a public key was given")
+        try:
+            verify(public_key_pem, head_message(tenant, head_seq, head_hash), signature)
+        except ArtifactError as exc:
+            return bad(None, f"the head anchor's signature does not verify: {exc}")
+        checked = True
+    return VerifyResult(
+        ok=True,
+        count=count,
+        first_bad_seq=None,
+        reason=f"{count} records intact, chain and head anchor match",
+        head_hash=head_hash,
+        signature_checked=checked,
+    )

@@ -1,0 +1,293 @@
+"""A model version's lineage and model card: what the registry and the audit log say about it.
+
+``export_model`` joins the registry's record of one version (parent, digest, signature, code
+version, metrics, gate, data lineage) with the audit records whose subject names it (training
+run, gate, signature, rollouts and rollbacks) and writes both a JSON lineage and a Markdown
+model card.  The card states whether the tenant's audit log verified when it was exported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cloud_head.audit import (
+    AuditAction,
+    AuditLog,
+    AuditRecord,
+    AuditTamperedError,
+    VerifyResult,
+    model_subject,
+)
+from continuum.wire.topics import check_name
+
+if TYPE_CHECKING:
+    from cloud_head.registry import ModelRegistry, ModelVersion
+
+__all__ = ["LINEAGE_FORMAT", "ModelCardFiles", "export_model", "model_lineage", "render_model_card"]
+
+LINEAGE_FORMAT = "continuum-model-lineage-v1"
+
+_ROLLOUT_ACTIONS = (AuditAction.ROLLOUT.value, AuditAction.ROLLBACK.value)
+_TBD = "_not stated: to be filled in by the model owner_"
+
+
+@dataclass(frozen=True)
+class ModelCardFiles:
+    """Where ``export_model`` wrote the lineage and the card."""
+
+    lineage_json: Path
+    model_card_md: Path
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def model_lineage(
+    version: ModelVersion,
+    records: Sequence[AuditRecord],
+    audit_check: VerifyResult | None,
+    *,
+    intended_use: str | None = None,
+    exported_at: float | None = None,
+) -> dict[str, Any]:
+    """Return the JSON-able lineage of ``version`` with its audit ``records``.
+
+    ``audit_check`` is the tenant log's verification at export time; None when the tenant
+    has no audit log.
+    """
+    lineage = dict(version.lineage)
+    signs = [r for r in records if r.action == AuditAction.SIGN.value]
+    return {
+        "format": LINEAGE_FORMAT,
+        "exported_at": _iso(
+            exported_at if exported_at is not None else datetime.now(UTC).timestamp()
+        ),
+        "tenant": version.tenant,
+        "pipeline": version.pipeline,
+        "version": version.version,
+        "model": version.model,
+        "status": version.status,
+        "created_at": _iso(version.created_at),
+        "parent": version.parent,
+        "code_version": version.code_version,
+        "intended_use": intended_use,
+        "artifact": {
+            "sha256": version.sha256,
+            "size_bytes": version.size_bytes,
+            "signature": version.signature,
+            "key_fingerprint": signs[-1].details.get("key_fingerprint") if signs else None,
+            "path": str(version.artifact_path),
+        },
+        "data": {
+            "store_partitions": lineage.get("store_partitions", []),
+            "store_rows": lineage.get("store_rows"),
+            "trained_on_edge_samples": lineage.get("trained_on_edge_samples"),
+            "holdout_edge_samples": lineage.get("holdout_edge_samples"),
+        },
+        "training": {
+            "reason": lineage.get("reason"),
+            "checkpoint": lineage.get("checkpoint"),
+            "ray": lineage.get("ray"),
+            "metrics": dict(version.metrics),
+        },
+        "gate": dict(version.gate),
+        "lineage": lineage,
+        "rollout_history": [
+            {"seq": r.seq, "ts": r.ts, "action": r.action, "actor": r.actor, "details": r.details}
+            for r in records
+            if r.action in _ROLLOUT_ACTIONS
+        ],
+        "audit": {
+            "log": "absent" if audit_check is None else "present",
+            "verified": None if audit_check is None else audit_check.ok,
+            "reason": None if audit_check is None else audit_check.reason,
+            "first_bad_seq": None if audit_check is None else audit_check.first_bad_seq,
+            "head_hash": None if audit_check is None else audit_check.head_hash,
+            "records": [asdict(r) for r in records],
+        },
+    }
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _table(rows: Sequence[tuple[str, Any]]) -> list[str]:
+    return ["| | |", "|---|---|", *(f"| {k} | {_cell(v)} |" for k, v in rows)]
+
+
+def render_model_card(lineage: Mapping[str, Any]) -> str:
+    """Return a readable Markdown model card for a lineage from ``model_lineage``."""
+    art, data, training = lineage["artifact"], lineage["data"], lineage["training"]
+    gate, audit = lineage["gate"], lineage["audit"]
+    title = f"{lineage['pipeline']} {lineage['version']}"
+    out = [
+        f"# Model card: {title}",
+        "",
+        f"Tenant `{lineage['tenant']}`, model `{lineage['model']}`, status "
+        f"**{lineage['status']}**, registered {lineage['created_at']}, exported "
+        f"{lineage['exported_at']}.",
+        "",
+        "## Intended use",
+        "",
+        lineage.get("intended_use") or _TBD,
+        "",
+        "## Provenance",
+        "",
+        *_table(
+            [
+                ("Parent version", lineage["parent"]),
+                ("Code version", lineage["code_version"]),
+                ("Training reason", training["reason"]),
+                ("Checkpoint", training["checkpoint"]),
+            ]
+        ),
+        "",
+        "## Data snapshot",
+        "",
+        *_table(
+            [
+                ("Store partitions", ", ".join(map(str, data["store_partitions"])) or None),
+                ("Store rows", data["store_rows"]),
+                ("Edge samples trained on", data["trained_on_edge_samples"]),
+                ("Edge samples held out", data["holdout_edge_samples"]),
+            ]
+        ),
+        "",
+        "## Training run",
+        "",
+        *(
+            _table([(f"Metric `{k}`", v) for k, v in sorted(training["metrics"].items())])
+            if training["metrics"]
+            else ["No training metrics recorded."]
+        ),
+        "",
+    ]
+    if training.get("ray"):
+        out += [f"Ray: `{_cell(training['ray'])}`", ""]
+    if gate:
+        verdict = "passed" if gate.get("passed") else "failed"
+        out += [
+            "## Evaluation gate",
+            "",
+            f"The gate **{verdict}**: {gate.get('reason', 'no reason recorded')}",
+            "",
+            *_table(
+                [
+                    ("Candidate score", gate.get("candidate_score")),
+                    ("Current model's score", gate.get("current_score")),
+                    ("Required gain", gate.get("margin")),
+                    ("Gain achieved", gate.get("gain")),
+                    ("Holdout size", gate.get("holdout_size")),
+                ]
+            ),
+            "",
+        ]
+    else:
+        out += ["## Evaluation gate", "", "No gate result recorded.", ""]
+    out += [
+        "## Integrity",
+        "",
+        *_table(
+            [
+                ("Artifact sha256", f"`{art['sha256']}`"),
+                ("Size (bytes)", art["size_bytes"]),
+                ("Ed25519 signature", f"`{art['signature']}`"),
+                ("Signing key fingerprint", art["key_fingerprint"]),
+            ]
+        ),
+        "",
+        "## Rollout history",
+        "",
+    ]
+    history = lineage["rollout_history"]
+    if history:
+        out += ["| seq | time (UTC) | action | by | details |", "|---|---|---|---|---|"]
+        out += [
+            f"| {h['seq']} | {h['ts']} | {h['action']} | {_cell(h['actor'])} | "
+            f"{_cell(h['details'])} |"
+            for h in history
+        ]
+    else:
+        out.append("No rollout or rollback recorded in the audit log.")
+    out += ["", "## Audit trail", ""]
+    if audit["log"] == "absent":
+        out.append("The tenant has no audit log: nothing below is backed by a verified record.")
+    elif audit["verified"]:
+        out.append(
+            f"The tenant's audit log verified at export ({audit['reason']}); head hash "
+            f"`{audit['head_hash']}`. {len(audit['records'])} records name this version."
+        )
+    else:
+        out.append(
+            f"**The tenant's audit log FAILED verification** at record "
+            f"{audit['first_bad_seq']}: {audit['reason']}. Do not rely on this card."
+        )
+    if audit["records"]:
+        out += ["", "| seq | time (UTC) | action | by | hash |", "|---|---|---|---|---|"]
+        out += [
+            f"| {r['seq']} | {r['ts']} | {r['action']} | {_cell(r['actor'])} | `{r['hash'][:16]}` |"
+            for r in audit["records"]
+        ]
+    return "\n".join(out) + "\n"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def export_model(
+    registry: ModelRegistry,
+    audit: AuditLog,
+    tenant: str,
+    pipeline: str,
+    version: str,
+    out_dir: Path,
+    *,
+    intended_use: str | None = None,
+    public_key_pem: bytes | None = None,
+) -> ModelCardFiles:
+    """Write ``<pipeline>-<version>.lineage.json`` and ``.model-card.md`` into ``out_dir``.
+
+    The tenant's audit log is verified first; a log that fails is still exported, with the
+    failure stated on the card, since that is what an auditor needs to see.
+
+    Raises:
+        NotFoundError: the version is not registered for this tenant and pipeline.
+    """
+    chosen = registry.get(check_name(tenant, "tenant"), check_name(pipeline, "pipeline"), version)
+    records: list[AuditRecord] = []
+    check: VerifyResult | None = None
+    if audit.exists(tenant):
+        check = audit.verify(tenant, public_key_pem=public_key_pem)
+        try:
+            records = audit.records(tenant, subject=model_subject(pipeline, version))
+        except AuditTamperedError:
+            records = []  # unreadable rows: the card already says the log failed
+    lineage = model_lineage(chosen, records, check, intended_use=intended_use)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{pipeline}-{version}"
+    files = ModelCardFiles(
+        lineage_json=out_dir / f"{stem}.lineage.json",
+        model_card_md=out_dir / f"{stem}.model-card.md",
+    )
+    _write_atomic(files.lineage_json, json.dumps(lineage, indent=2, sort_keys=True) + "\n")
+    _write_atomic(files.model_card_md, render_model_card(lineage))
+    return files
