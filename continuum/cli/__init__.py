@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import Protocol
 
-from continuum.cli import audit, demo, fleet, models, rollout, show, validate
+from continuum.cli import audit, certs, demo, fleet, models, rollout, show, tenant, validate
 from continuum.errors import ConfigError, ContinuumError, SpecError
 
 __all__ = ["SUBCOMMANDS", "Subcommand", "build_parser", "main"]
@@ -35,7 +35,17 @@ class Subcommand(Protocol):
 
 
 #: The registration point: every subcommand module, in the order ``--help`` lists them.
-SUBCOMMANDS: tuple[Subcommand, ...] = (validate, show, demo, fleet, models, rollout, audit)
+SUBCOMMANDS: tuple[Subcommand, ...] = (
+    validate,
+    show,
+    demo,
+    fleet,
+    models,
+    rollout,
+    audit,
+    tenant,
+    certs,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

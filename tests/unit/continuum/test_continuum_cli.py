@@ -111,5 +111,14 @@ class TestCommandLine:
         actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
         assert set(actions[0].choices) >= {"validate", "show"}
         assert len(actions[0].choices) >= len(SUBCOMMANDS)
+
+        def runnable(parser: argparse.ArgumentParser, path: str) -> None:
+            nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+            if not nested:  # a leaf: it must say what runs
+                assert callable(parser.get_default("run")), path
+                return
+            for name, sub in nested[0].choices.items():
+                runnable(sub, f"{path} {name}")
+
         for command, sub in actions[0].choices.items():
-            assert callable(sub.get_default("run")), command
+            runnable(sub, command)

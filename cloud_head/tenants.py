@@ -1,0 +1,605 @@
+"""The tenant registry: who may use the continuum, with which credential, key and quotas.
+
+A tenant (DESIGN.md §6) owns an MQTT credential limited by the broker ACL to
+``ctm/{tenant}/#``, a read-only ingest credential for its samples and feedback, an
+Ed25519 signing key pair, a Ray namespace, a store partition and resource quotas.  The
+registry keeps them under one root directory::
+
+    {root}/_tenants.sqlite        tenants and deleted tenants (SQLite, WAL)
+    {root}/_broker/passwd         mosquitto password file: hashes only, never a password
+    {root}/_broker/acl            mosquitto ACL file, regenerated from the registry
+    {root}/{tenant}/keys/         signing.key (0600) and signing.pub
+    {root}/_archive/{tenant}-{UTC time}/   what a deleted tenant left behind
+
+Names starting with ``_`` are not valid tenant names, so a tenant can never collide
+with the registry's own files.
+
+Passwords are generated here, handed out once (``create`` and ``rotate_credentials``)
+and kept only as mosquitto's PBKDF2 hash in the password file.
+
+Deleting a tenant revokes it and archives its identity, and keeps its data:
+
+- its two MQTT users leave the password file and the ACL; ``apply_to_broker`` makes the
+  running broker reload, which also disconnects sessions that are already open;
+- ``{root}/{tenant}`` moves to ``{root}/_archive/``; the private signing key is
+  destroyed (nothing new can be signed as the tenant) and the public key is kept, so
+  old artifacts and audit records still verify;
+- samples in the store partition, models in the registry and audit records stay where
+  they are: regulated users must keep them for a retention period, and erasing them is
+  a separate, audited decision;
+- the name is never reused, so a new tenant cannot inherit the old one's topics,
+  partition, namespace or records.
+"""
+
+from __future__ import annotations
+
+import builtins
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import signal
+import sqlite3
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal, get_args
+
+from continuum.errors import (
+    ConfigError,
+    ContinuumError,
+    NotFoundError,
+    NotReadyError,
+    ProtocolError,
+    SpecError,
+)
+from continuum.signing import generate_keypair, key_fingerprint
+from continuum.wire import topics
+
+__all__ = [
+    "QuotaExceededError",
+    "QuotaKind",
+    "Quotas",
+    "TenantCredentials",
+    "TenantRecord",
+    "TenantRegistry",
+    "check_tenant_name",
+    "ingest_username",
+]
+
+QuotaKind = Literal["edge_nodes", "samples_per_day", "training_gpu_hours"]
+QUOTA_KINDS: tuple[QuotaKind, ...] = get_args(QuotaKind)
+
+#: Where Debian's mosquitto package puts the tool; used when it is not on PATH.
+DEFAULT_MOSQUITTO_PASSWD = "/usr/bin/mosquitto_passwd"
+#: The MQTT 5 shared-subscription group that ingest workers join (DESIGN.md §5).
+INGEST_USER_PREFIX = "ingest@"
+_PASSWORD_BYTES = 32
+_SUBPROCESS_TIMEOUT_S = 10.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tenants (
+    name TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    edge_nodes INTEGER NOT NULL,
+    samples_per_day INTEGER NOT NULL,
+    training_gpu_hours REAL NOT NULL,
+    key_fingerprint TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deleted_tenants (
+    name TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    deleted_at REAL NOT NULL,
+    archive_path TEXT NOT NULL,
+    key_fingerprint TEXT NOT NULL
+);
+"""
+
+
+class QuotaExceededError(ContinuumError, RuntimeError):
+    """A tenant asked for more than its quota allows; free some or raise the quota.
+
+    Retrying does not help until the quota is raised or usage goes down.
+    """
+
+    def __init__(
+        self, tenant: str, kind: QuotaKind, *, limit: float, current: float, requested: float
+    ) -> None:
+        self.tenant = tenant
+        self.kind = kind
+        self.limit = limit
+        self.current = current
+        self.requested = requested
+        flag = "--" + kind.replace("_", "-").replace("training-gpu", "gpu")
+        needed = _number(current + requested)
+        super().__init__(
+            f"tenant {tenant!r} is over its {kind} quota: limit {_number(limit)}, current "
+            f"{_number(current)}, requested {_number(requested)}; free some, or raise the "
+            f"limit with `continuum tenant quota {tenant} {flag} {needed}`"
+        )
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+@dataclass(frozen=True, slots=True)
+class Quotas:
+    """What a tenant may use: edge nodes enrolled, samples stored per UTC day, GPU-hours."""
+
+    edge_nodes: int = 10
+    samples_per_day: int = 1_000_000
+    training_gpu_hours: float = 100.0
+
+    def __post_init__(self) -> None:
+        for kind in QUOTA_KINDS:
+            value = getattr(self, kind)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise SpecError(
+                    f"must be a number >= 0, got {value!r}",
+                    field=f"quotas.{kind}",
+                    fix="give 0 to forbid it entirely",
+                )
+        for kind in ("edge_nodes", "samples_per_day"):
+            if not isinstance(getattr(self, kind), int):
+                raise SpecError(
+                    f"must be a whole number, got {getattr(self, kind)!r}", field=f"quotas.{kind}"
+                )
+
+    def check(self, tenant: str, kind: QuotaKind, current: float, requested: float = 1) -> None:
+        """Return if ``current + requested`` fits the ``kind`` limit, else raise.
+
+        Raises:
+            QuotaExceededError: it does not fit; the message names the limit and the fix.
+            SpecError: ``kind`` is not a quota, or a count is negative.
+        """
+        if kind not in QUOTA_KINDS:
+            raise SpecError(f"unknown quota {kind!r}", field="kind", fix=f"one of {QUOTA_KINDS}")
+        if current < 0 or requested < 0:
+            raise SpecError(f"current ({current}) and requested ({requested}) must be >= 0")
+        limit: float = getattr(self, kind)
+        if current + requested > limit:
+            raise QuotaExceededError(
+                tenant, kind, limit=limit, current=current, requested=requested
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class TenantCredentials:
+    """The MQTT passwords of a tenant, handed out once; the registry keeps only hashes."""
+
+    username: str
+    password: str = field(repr=False)
+    ingest_username: str
+    ingest_password: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantRecord:
+    """One tenant and what it owns.  ``credentials`` is set only on what ``create`` returns."""
+
+    name: str
+    created_at: float
+    quotas: Quotas
+    key_fingerprint: str
+    signing_key_path: Path
+    public_key_path: Path
+    credentials: TenantCredentials | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def mqtt_username(self) -> str:
+        """The tenant's own MQTT user: read and write on ``ctm/{tenant}/#``."""
+        return self.name
+
+    @property
+    def ingest_username(self) -> str:
+        """The tenant's ingest service user: read on its samples and feedback only."""
+        return ingest_username(self.name)
+
+    @property
+    def ray_namespace(self) -> str:
+        """The Ray namespace the tenant's services run in."""
+        return self.name
+
+    @property
+    def store_partition(self) -> str:
+        """The tenant's partition, relative to the sample store root (``cloud_head.store``)."""
+        return f"tenant={self.name}"
+
+    @property
+    def topic_filter(self) -> str:
+        """The topic tree the ACL limits the tenant to."""
+        return topics.tenant_filter(self.name)
+
+
+def check_tenant_name(name: str) -> str:
+    """Return ``name`` if it is a valid tenant name (a topic level), else raise SpecError."""
+    try:
+        return topics.check_name(name, "tenant")
+    except ProtocolError as error:
+        raise SpecError(str(error), field="tenant") from error
+
+
+def ingest_username(tenant: str) -> str:
+    """Return the ingest service user of ``tenant``; ``@`` cannot occur in a tenant name."""
+    return f"{INGEST_USER_PREFIX}{tenant}"
+
+
+class TenantRegistry:
+    """Create, list and delete tenants under ``root``, and apply them to the MQTT broker.
+
+    Changes are serialised across processes with a lock file; each one leaves the
+    password and ACL files matching the registry.  The running broker sees them after
+    ``apply_to_broker`` (a SIGHUP).
+    """
+
+    def __init__(self, root: Path | str, *, mosquitto_passwd: str | None = None) -> None:
+        self.root = Path(root)
+        self._mosquitto_passwd = mosquitto_passwd
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "_broker").mkdir(mode=0o750, exist_ok=True)
+        with self._locked():
+            for path in (self.password_file, self.acl_file):
+                if not path.exists():
+                    _write_file(path, b"", mode=0o640)
+            with closing(self._connect()) as db, db:
+                db.executescript(_SCHEMA)
+
+    @property
+    def db_path(self) -> Path:
+        """The SQLite database of tenants and deleted tenants."""
+        return self.root / "_tenants.sqlite"
+
+    @property
+    def password_file(self) -> Path:
+        """The mosquitto password file (``password_file`` in mosquitto.conf)."""
+        return self.root / "_broker" / "passwd"
+
+    @property
+    def acl_file(self) -> Path:
+        """The mosquitto ACL file (``acl_file`` in mosquitto.conf)."""
+        return self.root / "_broker" / "acl"
+
+    @property
+    def archive_dir(self) -> Path:
+        """Where deleted tenants' directories go."""
+        return self.root / "_archive"
+
+    def tenant_dir(self, name: str) -> Path:
+        """Return the directory of tenant ``name`` (its keys)."""
+        return self.root / check_tenant_name(name)
+
+    def create(self, name: str, quotas: Quotas | None = None) -> TenantRecord:
+        """Create tenant ``name``; the returned record carries its passwords, once.
+
+        Raises:
+            SpecError: the name is not a valid topic level, or a quota is negative.
+            ConfigError: the tenant exists, or existed once (names are never reused).
+            NotReadyError: mosquitto_passwd is missing or failed.
+        """
+        check_tenant_name(name)
+        quotas = quotas if quotas is not None else Quotas()
+        with self._locked(), closing(self._connect()) as db:
+            self._refuse_taken(db, name)
+            directory = self.tenant_dir(name)
+            keys = directory / "keys"
+            credentials = TenantCredentials(
+                username=name,
+                password=secrets.token_urlsafe(_PASSWORD_BYTES),
+                ingest_username=ingest_username(name),
+                ingest_password=secrets.token_urlsafe(_PASSWORD_BYTES),
+            )
+            try:
+                keys.mkdir(parents=True, mode=0o700)
+                private_pem, public_pem = generate_keypair()
+                _write_file(keys / "signing.key", private_pem, mode=0o600)
+                _write_file(keys / "signing.pub", public_pem, mode=0o644)
+                record = TenantRecord(
+                    name=name,
+                    created_at=time.time(),
+                    quotas=quotas,
+                    key_fingerprint=key_fingerprint(public_pem),
+                    signing_key_path=keys / "signing.key",
+                    public_key_path=keys / "signing.pub",
+                    credentials=credentials,
+                )
+                with db:
+                    db.execute(
+                        "INSERT INTO tenants VALUES (?, ?, ?, ?, ?, ?)",
+                        (
+                            name,
+                            record.created_at,
+                            quotas.edge_nodes,
+                            quotas.samples_per_day,
+                            quotas.training_gpu_hours,
+                            record.key_fingerprint,
+                        ),
+                    )
+                    self._set_password(credentials.username, credentials.password)
+                    self._set_password(credentials.ingest_username, credentials.ingest_password)
+            except BaseException:
+                shutil.rmtree(directory, ignore_errors=True)
+                self._remove_passwords([credentials.username, credentials.ingest_username])
+                raise
+            self._write_acl()
+        return record
+
+    def get(self, name: str) -> TenantRecord:
+        """Return tenant ``name``; ``NotFoundError`` naming the known tenants if it is unknown."""
+        check_tenant_name(name)
+        with closing(self._connect()) as db:
+            row = db.execute("SELECT * FROM tenants WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                known = [r["name"] for r in db.execute("SELECT name FROM tenants ORDER BY name")]
+                raise NotFoundError(
+                    f"no tenant {name!r} in {self.root}; known tenants: "
+                    f"{', '.join(known) or 'none'} (create one with `continuum tenant create`)"
+                )
+        return self._record(row)
+
+    def list(self) -> list[TenantRecord]:
+        """Return every tenant, by name."""
+        with closing(self._connect()) as db:
+            rows = db.execute("SELECT * FROM tenants ORDER BY name").fetchall()
+        return [self._record(row) for row in rows]
+
+    def set_quotas(self, name: str, quotas: Quotas) -> TenantRecord:
+        """Replace the quotas of tenant ``name``; return the updated record."""
+        with self._locked(), closing(self._connect()) as db, db:
+            self.get(name)
+            db.execute(
+                "UPDATE tenants SET edge_nodes = ?, samples_per_day = ?, training_gpu_hours = ? "
+                "WHERE name = ?",
+                (quotas.edge_nodes, quotas.samples_per_day, quotas.training_gpu_hours, name),
+            )
+        return self.get(name)
+
+    def check_quota(
+        self, tenant: str, kind: QuotaKind, current: float, requested: float = 1
+    ) -> None:
+        """Return if ``tenant`` may add ``requested`` to ``current`` of ``kind``, else raise.
+
+        Raises:
+            QuotaExceededError: over the limit; the message names it and how to raise it.
+            NotFoundError: no such tenant.
+        """
+        self.get(tenant).quotas.check(tenant, kind, current, requested)
+
+    def rotate_credentials(self, name: str) -> TenantCredentials:
+        """Give tenant ``name`` new MQTT passwords (returned once); the old ones stop working
+        at the broker's next reload (``apply_to_broker``)."""
+        with self._locked():
+            record = self.get(name)
+            credentials = TenantCredentials(
+                username=record.mqtt_username,
+                password=secrets.token_urlsafe(_PASSWORD_BYTES),
+                ingest_username=record.ingest_username,
+                ingest_password=secrets.token_urlsafe(_PASSWORD_BYTES),
+            )
+            self._set_password(credentials.username, credentials.password)
+            self._set_password(credentials.ingest_username, credentials.ingest_password)
+        return credentials
+
+    def delete(self, name: str) -> Path:
+        """Revoke tenant ``name`` and archive its identity; return the archive directory.
+
+        Its MQTT users leave the password and ACL files (effective at the broker's next
+        reload), its private key is destroyed, its public key and record are archived,
+        its data stays (see the module docstring) and its name is never reused.
+
+        Raises:
+            NotFoundError: no such tenant.
+        """
+        with self._locked(), closing(self._connect()) as db:
+            record = self.get(name)
+            self._remove_passwords([record.mqtt_username, record.ingest_username])
+            deleted_at = time.time()
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(deleted_at))
+            archive = self.archive_dir / f"{name}-{stamp}"
+            self.archive_dir.mkdir(mode=0o700, exist_ok=True)
+            directory = self.tenant_dir(name)
+            if directory.exists():
+                directory.rename(archive)
+            else:
+                archive.mkdir(mode=0o700)
+            (archive / "keys" / "signing.key").unlink(missing_ok=True)
+            summary = {
+                **{k: v for k, v in asdict(record).items() if k != "credentials"},
+                "deleted_at": deleted_at,
+                "ray_namespace": record.ray_namespace,
+                "store_partition": record.store_partition,
+            }
+            (archive / "tenant.json").write_text(json.dumps(summary, indent=2, default=str))
+            with db:
+                db.execute(
+                    "INSERT INTO deleted_tenants VALUES (?, ?, ?, ?, ?)",
+                    (name, record.created_at, deleted_at, str(archive), record.key_fingerprint),
+                )
+                db.execute("DELETE FROM tenants WHERE name = ?", (name,))
+            self._write_acl()
+        return archive
+
+    def apply_to_broker(
+        self, *, pid: int | None = None, pid_file: Path | None = None
+    ) -> int | None:
+        """Bring the broker files in line with the registry and make the broker reload them.
+
+        Users in the password file that belong to no tenant are removed; the ACL is
+        rewritten.  With ``pid`` or ``pid_file`` (mosquitto's ``pid_file``) the broker gets
+        a SIGHUP: mosquitto 2.0 then re-reads both files and disconnects sessions whose
+        user is gone.  Returns the pid signalled, or None when none was given.
+
+        Raises:
+            ConfigError: a tenant has no entry in the password file (rotate its credentials).
+            NotReadyError: the pid file or the process does not exist.
+        """
+        with self._locked():
+            tenants = self.list()
+            expected = {u for t in tenants for u in (t.mqtt_username, t.ingest_username)}
+            present = set(self._password_users())
+            self._remove_passwords(sorted(present - expected))
+            missing = sorted(expected - present)
+            if missing:
+                raise ConfigError(
+                    f"{self.password_file} lacks {', '.join(missing)}; give them new passwords "
+                    "with TenantRegistry.rotate_credentials (`continuum tenant rotate NAME`)"
+                )
+            self._write_acl()
+        if pid is None and pid_file is not None:
+            pid = _read_pid(pid_file)
+        if pid is None:
+            return None
+        try:
+            os.kill(pid, signal.SIGHUP)
+        except ProcessLookupError as error:
+            raise NotReadyError(
+                f"no broker process with pid {pid} to reload; the files are written, start "
+                "the broker or pass its current pid"
+            ) from error
+        return pid
+
+    def acl_text(self) -> str:
+        """Return the ACL file for the current tenants (mosquitto ``acl_file`` format)."""
+        lines = [
+            "# Written by cloud_head.tenants from the tenant registry; edits are overwritten.",
+            "# Each tenant user reads and writes its own tree only; each ingest user reads",
+            "# its tenant's samples and feedback only (also through $share/ingest/...).",
+            "# A user without a block here may connect but can neither read nor write.",
+        ]
+        for tenant in self.list():
+            name = tenant.name
+            lines += [
+                "",
+                f"user {tenant.mqtt_username}",
+                f"topic readwrite {topics.tenant_filter(name)}",
+                f"user {tenant.ingest_username}",
+                f"topic read {topics.pipeline_filter(name, 'samples')}",
+                f"topic read {topics.pipeline_filter(name, 'feedback')}",
+            ]
+        return "\n".join(lines) + "\n"
+
+    def _record(self, row: sqlite3.Row) -> TenantRecord:
+        keys = self.root / row["name"] / "keys"
+        return TenantRecord(
+            name=row["name"],
+            created_at=row["created_at"],
+            quotas=Quotas(
+                edge_nodes=row["edge_nodes"],
+                samples_per_day=row["samples_per_day"],
+                training_gpu_hours=row["training_gpu_hours"],
+            ),
+            key_fingerprint=row["key_fingerprint"],
+            signing_key_path=keys / "signing.key",
+            public_key_path=keys / "signing.pub",
+        )
+
+    def _refuse_taken(self, db: sqlite3.Connection, name: str) -> None:
+        if db.execute("SELECT 1 FROM tenants WHERE name = ?", (name,)).fetchone():
+            raise ConfigError(f"tenant {name!r} already exists (see `continuum tenant list`)")
+        gone = db.execute(
+            "SELECT deleted_at FROM deleted_tenants WHERE name = ?", (name,)
+        ).fetchone()
+        if gone is not None:
+            when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(gone["deleted_at"]))
+            raise ConfigError(
+                f"tenant name {name!r} was deleted at {when} and is not reused, so a new "
+                "tenant cannot inherit its retained samples, models and audit records; "
+                "choose another name"
+            )
+        if self.tenant_dir(name).exists():
+            raise ConfigError(
+                f"{self.tenant_dir(name)} exists but belongs to no tenant; move it away first"
+            )
+
+    def _write_acl(self) -> None:
+        _write_file(self.acl_file, self.acl_text().encode(), mode=0o640)
+
+    def _password_users(self) -> builtins.list[str]:
+        text = self.password_file.read_text() if self.password_file.exists() else ""
+        return [line.split(":", 1)[0] for line in text.splitlines() if ":" in line]
+
+    def _set_password(self, user: str, password: str) -> None:
+        # -b puts the password on mosquitto_passwd's command line for a moment; only
+        # local users who can list processes could see it there.
+        self._run_passwd(["-b", str(self.password_file), user, password], what=f"set {user}")
+
+    def _remove_passwords(self, users: builtins.list[str]) -> None:
+        present = set(self._password_users())
+        for user in users:
+            if user in present:
+                self._run_passwd(["-D", str(self.password_file), user], what=f"remove {user}")
+
+    def _run_passwd(self, args: builtins.list[str], *, what: str) -> None:
+        tool = _find_mosquitto_passwd(self._mosquitto_passwd)
+        try:
+            done = subprocess.run(
+                [tool, *args],
+                capture_output=True,
+                text=True,
+                timeout=_SUBPROCESS_TIMEOUT_S,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as error:
+            raise NotReadyError(f"mosquitto_passwd did not {what} within 10 s") from error
+        if done.returncode != 0:
+            raise NotReadyError(
+                f"mosquitto_passwd could not {what} in {self.password_file} "
+                f"(exit {done.returncode}): {(done.stderr or done.stdout).strip()}"
+            )
+        os.chmod(self.password_file, 0o640)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.db_path, timeout=10.0)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        return db
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self.root / "_tenants.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _find_mosquitto_passwd(executable: str | None) -> str:
+    candidates = [executable] if executable else ["mosquitto_passwd", DEFAULT_MOSQUITTO_PASSWD]
+    for candidate in candidates:
+        found = shutil.which(candidate)
+        if found:
+            return found
+    raise NotReadyError(
+        f"mosquitto_passwd not found (looked for {', '.join(candidates)}): "
+        "apt-get install mosquitto"
+    )
+
+
+def _read_pid(pid_file: Path) -> int:
+    try:
+        return int(Path(pid_file).read_text().strip())
+    except FileNotFoundError as error:
+        raise NotReadyError(f"broker pid file {pid_file} does not exist: is it running?") from error
+    except ValueError as error:
+        raise ConfigError(f"broker pid file {pid_file} does not hold a pid") from error
+
+
+def _write_file(path: Path, data: bytes, *, mode: int) -> None:
+    """Write ``data`` to ``path`` atomically, created with ``mode`` (never wider, even briefly)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,205 @@
+"""``continuum tenant create|list|quota|rotate|delete``: the tenant registry of the cloud head.
+
+The registry lives in ``<root>/tenants`` (``cloud_head.tenants``).  Commands that change
+credentials rewrite the broker's password and ACL files there; with ``--broker-pid`` or
+``--broker-pid-file`` they also make the running mosquitto reload them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from continuum.cli._cloud import add_root, state_dir
+from continuum.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cloud_head.tenants import Quotas, TenantCredentials, TenantRegistry
+
+#: The registry's directory under the cloud head's state directory.
+TENANTS_DIR = "tenants"
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``tenant`` subcommand and its actions."""
+    parser = subparsers.add_parser(
+        "tenant",
+        help="create, list or delete tenants (MQTT credential, signing key, quotas)",
+        description="Manage tenants: each gets an MQTT credential limited to ctm/TENANT/#, "
+        "an ingest credential, an Ed25519 signing key, a Ray namespace, a store partition "
+        "and quotas.",
+    )
+    actions = parser.add_subparsers(title="actions", metavar="ACTION", required=True)
+
+    create = actions.add_parser("create", help="create a tenant and print its credentials once")
+    create.add_argument("name", help="tenant name: lowercase letters, digits, '.', '_', '-'")
+    _add_quota_flags(create, defaults=True)
+    add_root(create)
+    _add_broker(create)
+    create.set_defaults(run=run_create)
+
+    listing = actions.add_parser("list", help="list tenants and their quotas")
+    add_root(listing)
+    listing.set_defaults(run=run_list)
+
+    quota = actions.add_parser("quota", help="change a tenant's quotas")
+    quota.add_argument("name", help="tenant name")
+    _add_quota_flags(quota, defaults=False)
+    add_root(quota)
+    quota.set_defaults(run=run_quota)
+
+    rotate = actions.add_parser("rotate", help="give a tenant new MQTT passwords (printed once)")
+    rotate.add_argument("name", help="tenant name")
+    add_root(rotate)
+    _add_broker(rotate)
+    rotate.set_defaults(run=run_rotate)
+
+    delete = actions.add_parser(
+        "delete",
+        help="revoke a tenant's credentials and archive its keys (its data is kept)",
+    )
+    delete.add_argument("name", help="tenant name")
+    delete.add_argument("--yes", action="store_true", help="confirm: the credentials stop working")
+    add_root(delete)
+    _add_broker(delete)
+    delete.set_defaults(run=run_delete)
+
+
+def _add_quota_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    # cloud_head is imported only when a command runs (the CLI starts fast, and edge-only
+    # installs still parse); the defaults shown are those of cloud_head.tenants.Quotas.
+    for flag, kind, type_, text, default in (
+        ("--edge-nodes", "edge_nodes", int, "edge nodes the tenant may enrol", "10"),
+        ("--samples-per-day", "samples_per_day", int, "samples stored per UTC day", "1000000"),
+        ("--gpu-hours", "training_gpu_hours", float, "training GPU-hours", "100"),
+    ):
+        shown = f" (default {default})" if defaults else " (unchanged if not given)"
+        parser.add_argument(flag, dest=kind, type=type_, default=None, help=text + shown)
+
+
+def _quotas(args: argparse.Namespace, base: Quotas) -> Quotas:
+    """Return ``base`` with the quotas given on the command line."""
+    from cloud_head.tenants import Quotas
+
+    return Quotas(
+        edge_nodes=base.edge_nodes if args.edge_nodes is None else args.edge_nodes,
+        samples_per_day=(
+            base.samples_per_day if args.samples_per_day is None else args.samples_per_day
+        ),
+        training_gpu_hours=(
+            base.training_gpu_hours if args.training_gpu_hours is None else args.training_gpu_hours
+        ),
+    )
+
+
+def _add_broker(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--broker-pid", type=int, help="pid of the running mosquitto to reload (SIGHUP)"
+    )
+    group.add_argument(
+        "--broker-pid-file", type=Path, help="mosquitto's pid_file, to reload it (SIGHUP)"
+    )
+
+
+def _registry(root: Path, *, create: bool = False) -> TenantRegistry:
+    from cloud_head.tenants import TenantRegistry
+
+    if create:
+        return TenantRegistry(root / TENANTS_DIR)
+    return TenantRegistry(state_dir(root, TENANTS_DIR))
+
+
+def _apply(registry: TenantRegistry, args: argparse.Namespace) -> None:
+    pid = registry.apply_to_broker(pid=args.broker_pid, pid_file=args.broker_pid_file)
+    if pid is None:
+        print(
+            f"broker files: {registry.password_file} and {registry.acl_file}; reload the "
+            "broker (SIGHUP) for the change to take effect"
+        )
+    else:
+        print(f"broker (pid {pid}) reloaded {registry.password_file} and {registry.acl_file}")
+
+
+def _print_credentials(credentials: TenantCredentials) -> None:
+    print("MQTT credentials (shown once; only their hashes are kept):")
+    print(f"  tenant  {credentials.username}  password {credentials.password}")
+    print(f"  ingest  {credentials.ingest_username}  password {credentials.ingest_password}")
+
+
+def run_create(args: argparse.Namespace) -> int:
+    """Create a tenant, print what it owns and its credentials, once."""
+    from cloud_head.tenants import Quotas
+
+    registry = _registry(args.root, create=True)
+    record = registry.create(args.name, _quotas(args, Quotas()))
+    assert record.credentials is not None  # create always hands them out
+    print(f"created tenant {record.name}")
+    print(f"  topics          {record.topic_filter}")
+    print(f"  ray namespace   {record.ray_namespace}")
+    print(f"  store partition {record.store_partition}")
+    print(f"  signing key     {record.signing_key_path} (fingerprint {record.key_fingerprint})")
+    print(
+        f"  quotas          edge_nodes={record.quotas.edge_nodes} "
+        f"samples_per_day={record.quotas.samples_per_day} "
+        f"training_gpu_hours={record.quotas.training_gpu_hours:g}"
+    )
+    _print_credentials(record.credentials)
+    _apply(registry, args)
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    """Print every tenant with its quotas."""
+    tenants = _registry(args.root).list()
+    if not tenants:
+        print("no tenants")
+        return 0
+    print(f"{'tenant':24} {'created':20} {'edge_nodes':>10} {'samples/day':>12} {'gpu_h':>8} key")
+    for t in tenants:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t.created_at))
+        q = t.quotas
+        print(
+            f"{t.name:24} {created:20} {q.edge_nodes:>10} {q.samples_per_day:>12} "
+            f"{q.training_gpu_hours:>8g} {t.key_fingerprint[:16]}"
+        )
+    return 0
+
+
+def run_quota(args: argparse.Namespace) -> int:
+    """Change the quotas given on the command line; keep the others."""
+    if all(
+        getattr(args, kind) is None
+        for kind in ("edge_nodes", "samples_per_day", "training_gpu_hours")
+    ):
+        raise ConfigError("give at least one of --edge-nodes, --samples-per-day, --gpu-hours")
+    registry = _registry(args.root)
+    record = registry.set_quotas(args.name, _quotas(args, registry.get(args.name).quotas))
+    print(f"tenant {record.name} quotas: {record.quotas}")
+    return 0
+
+
+def run_rotate(args: argparse.Namespace) -> int:
+    """Give a tenant new passwords, print them once, and reload the broker if asked."""
+    registry = _registry(args.root)
+    _print_credentials(registry.rotate_credentials(args.name))
+    _apply(registry, args)
+    return 0
+
+
+def run_delete(args: argparse.Namespace) -> int:
+    """Revoke a tenant and archive its identity; refuses without ``--yes``."""
+    if not args.yes:
+        raise ConfigError(
+            f"deleting tenant {args.name!r} revokes its credentials and its signing key; "
+            "pass --yes to confirm"
+        )
+    registry = _registry(args.root)
+    archive = registry.delete(args.name)
+    print(f"deleted tenant {args.name}: credentials revoked, private signing key destroyed")
+    print(f"  archived public key and record in {archive}")
+    print("  its samples, models and audit records are kept; the name will not be reused")
+    _apply(registry, args)
+    return 0
