@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import Protocol
 
-from continuum.cli import audit, certs, demo, fleet, models, rollout, show, tenant, validate
+from continuum.cli import audit, certs, demo, fleet, models, policy, rollout, show, tenant, validate
 from continuum.errors import ConfigError, ContinuumError, SpecError
 
 __all__ = ["SUBCOMMANDS", "Subcommand", "build_parser", "main"]
@@ -43,6 +43,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     models,
     rollout,
     audit,
+    policy,
     tenant,
     certs,
 )
