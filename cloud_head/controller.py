@@ -3,7 +3,9 @@
 ``PipelineController`` is protocol logic driven by ``tick()``; the Ray actor in
 ``cloud_head.services`` calls it on a timer. Training runs in a background thread so a tick
 never blocks; every step leaves a record in ``status()`` (and later the audit log) and a
-failed step registers nothing.
+failed step registers nothing. The trigger bookkeeping and the training records are kept in
+the desired-state book's file with the rollout state, so a controller built again on the
+same workdir carries on where the last one stopped.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ TrainingStage = Literal["idle", "training", "gating", "registering", "failed"]
 
 #: One labelled edge sample in this many is held out of training for the gate.
 HOLDOUT_EVERY = 5
+
+#: The ``DesiredStateBook`` record kind that holds the trigger bookkeeping and training records.
+TRAINING_RECORD = "training"
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,7 @@ class PipelineController:
         self.book = DesiredStateBook(
             workdir / "desired.sqlite3", spec.tenant, self._publish_retained
         )
+        self._restore()
         self.rollout = RolloutController(
             spec, registry, fleet, self.book, chunk_size=chunk_size, clock=clock
         )
@@ -121,6 +127,40 @@ class PipelineController:
             self.rollout.remember_chunks(
                 version.version, max(1, -(-version.size_bytes // chunk_size))
             )
+
+    # -- persistence -----------------------------------------------------------------------
+
+    def _restore(self) -> None:
+        """Load the bookkeeping the last controller of this workdir stored, if any.
+
+        A training that was running when that controller died registered nothing; it is
+        recorded as interrupted and asked for again at the next tick.
+        """
+        saved = self.book.load_record(self.spec.name, TRAINING_RECORD)
+        if saved is None:
+            return
+        self._trained_on = int(saved["trained_on"])
+        self._last_trained_at = float(saved["last_trained_at"])
+        self._records = [TrainingRecord(**r) for r in saved.get("records", [])]
+        for i, record in enumerate(self._records):
+            if record.outcome == "running":
+                self._records[i] = replace(
+                    record,
+                    finished_at=self.clock(),
+                    outcome="interrupted: the cloud head restarted during the run",
+                )
+                self._manual_reason = f"rerun after a restart interrupted: {record.reason}"
+        self._save()
+
+    def _save(self) -> None:
+        """Store the trigger bookkeeping and training records (call with changes made)."""
+        with self._lock:
+            body = {
+                "trained_on": self._trained_on,
+                "last_trained_at": self._last_trained_at,
+                "records": [asdict(r) for r in self._records],
+            }
+        self.book.save_record(self.spec.name, TRAINING_RECORD, body)
 
     # -- public ----------------------------------------------------------------------------
 
@@ -260,6 +300,7 @@ class PipelineController:
             index = len(self._records) - 1
             self._trained_on = int(table.num_rows)
             self._last_trained_at = self.clock()
+        self._save()
         self._set_stage("training")
         log.info("retraining %s: %s (%d edge samples)", spec.name, reason, len(train_x))
         try:
@@ -355,6 +396,7 @@ class PipelineController:
             self._records[index] = replace(
                 self._records[index], finished_at=self.clock(), outcome=outcome, **changes
             )
+        self._save()
 
     def _publish_retained(self, topic: str, payload: bytes) -> None:
         from continuum.wire.mqtt import publish_and_wait

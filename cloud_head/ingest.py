@@ -3,13 +3,17 @@
 ``IngestService`` is the protocol logic: it checks each message against the tenant, the known
 pipelines and their input schema, drops samples it has already stored (sample ids kept in
 SQLite), writes the store durably and records labels; it counts every reject by reason and
-never raises. ``IngestWorker`` is the thin MQTT runner around it: a persistent MQTT 5 session
+never raises. The seen-id database also lists the store files whose ids it holds; a file
+written before a crash could record its ids is found and adopted before that pipeline's
+next write, so a redelivered message is not stored twice. ``IngestWorker`` is the thin MQTT
+runner around it: a persistent MQTT 5 session
 on a shared subscription, with each message acknowledged only after its durable write.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import queue
 import sqlite3
@@ -21,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
 
 from cloud_head._mqtt import RejectLog, reason_code_failed
 from cloud_head.labelling import LabelStore
@@ -46,6 +52,9 @@ CREATE TABLE IF NOT EXISTS seen (
     sample_id TEXT NOT NULL,
     ingested_at_ns INTEGER NOT NULL,
     PRIMARY KEY (tenant, pipeline, sample_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS stored_files (
+    path TEXT PRIMARY KEY
 ) WITHOUT ROWID;
 """
 _SQL_CHUNK = 500  # stays well under SQLite's bound-parameter limit
@@ -81,6 +90,11 @@ class _Accepted:
     index: int
     samples: codec.SampleBatch | None = None
     feedback: codec.FeedbackBatch | None = None
+
+
+@functools.cache
+def _dtype(name: str) -> np.dtype[Any]:
+    return np.dtype(name)
 
 
 class _RejectedError(Exception):
@@ -123,6 +137,7 @@ class IngestService:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(_SEEN_SCHEMA)
+        self._adopted: set[str] = set()  # pipelines whose unrecorded files were adopted
 
     @property
     def tenant(self) -> str:
@@ -271,9 +286,10 @@ class IngestService:
     def _check_schema(spec: PipelineSpec, batch: codec.SampleBatch) -> None:
         schema = spec.edge.input
         want_shape = tuple(schema.shape)
+        want_dtype = _dtype(schema.dtype)  # comparing dtypes is cheap; dtype.name is not
         for record in batch.records:
             tensor = record.tensor
-            if tuple(tensor.shape) != want_shape or tensor.dtype.name != schema.dtype:
+            if tensor.shape != want_shape or tensor.dtype != want_dtype:
                 raise _RejectedError(
                     "schema_mismatch",
                     f"sample {batch.sample_id(record)}: expected {schema.dtype}"
@@ -289,6 +305,10 @@ class IngestService:
         claimed: dict[str, set[str]] = {}  # pipeline -> ids stored by earlier messages here
         new_by_pipeline: dict[str, list[str]] = {}
         try:
+            for pipeline in {item.samples.pipeline for item in items if item.samples}:
+                if pipeline not in self._adopted:
+                    self._adopt_unrecorded_files(pipeline, now_ns)
+                    self._adopted.add(pipeline)
             for item in items:
                 batch = item.samples
                 assert batch is not None
@@ -311,17 +331,20 @@ class IngestService:
                 outcomes[item.index] = Outcome(
                     "stored", stored=len(fresh), duplicates=len(ids) - len(fresh)
                 )
-            self._store.flush()
+            written = self._store.flush()
         except Exception as exc:
-            # Nothing is acknowledged, so the broker redelivers; drop the rows not yet written.
+            # Nothing is acknowledged, so the broker redelivers; drop the rows not yet written
+            # and adopt the files that were, so the redelivery does not store them again.
             self._store.discard()
             _log.error("writing the sample store failed, will retry: %r", exc)
+            self._adopt_quietly(now_ns)
             return {item.index: Outcome("failed", detail=repr(exc)) for item in items}
         try:
-            self._record_seen(new_by_pipeline, now_ns)
+            self._record_seen(new_by_pipeline, now_ns, written)
         except sqlite3.Error as exc:
-            # The samples are durable, so acknowledging is safe; a resend would only add a
-            # duplicate row that the store's de-duplicating read hides.
+            # The samples are durable, so acknowledging is safe; the next write adopts the
+            # unrecorded files before it de-duplicates, so a resend is not stored again.
+            self._adopted.clear()
             _log.error("recording stored sample ids failed: %r", exc)
         return outcomes
 
@@ -349,18 +372,55 @@ class IngestService:
                 found.update(r[0] for r in rows)
         return found
 
-    def _record_seen(self, ids_by_pipeline: Mapping[str, list[str]], now_ns: int) -> None:
+    def _adopt_unrecorded_files(self, pipeline: str, now_ns: int) -> int:
+        """Record the ids of store files no seen-id commit covers (a crash came in between).
+
+        Returns the number of files adopted.
+        """
+        paths = self._store.files(self._tenant, pipeline)
+        with self._lock:
+            known = {r[0] for r in self._db.execute("SELECT path FROM stored_files")}
+        unrecorded = [p for p in paths if p not in known]
+        self._adopt(unrecorded, now_ns)
+        if unrecorded:
+            _log.warning(
+                "adopted %d store file(s) of %s written before a crash recorded their ids",
+                len(unrecorded),
+                pipeline,
+            )
+        return len(unrecorded)
+
+    def _adopt(self, paths: Sequence[str], now_ns: int) -> None:
+        ids: dict[str, list[str]] = {}
+        for path in paths:
+            for pipeline, sample_id in self._store.file_sample_ids(path):
+                ids.setdefault(pipeline, []).append(sample_id)
+        self._record_seen(ids, now_ns, paths)
+
+    def _adopt_quietly(self, now_ns: int) -> None:
+        try:
+            self._adopt(self._store.flush(), now_ns)
+        except Exception as exc:  # the next write adopts them (see _adopted) or reads dedup
+            self._adopted.clear()
+            _log.error("recording the files of a failed write failed: %r", exc)
+
+    def _record_seen(
+        self, ids_by_pipeline: Mapping[str, list[str]], now_ns: int, paths: Sequence[str] = ()
+    ) -> None:
         rows = [
             (self._tenant, pipeline, sample_id, now_ns)
             for pipeline, ids in ids_by_pipeline.items()
             for sample_id in ids
         ]
-        if not rows:
+        if not rows and not paths:
             return
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?, ?, ?)", rows)
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO stored_files VALUES (?)", [(p,) for p in paths]
+                )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")

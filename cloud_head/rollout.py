@@ -4,6 +4,10 @@ The controller is protocol logic only: it reads the fleet (who runs the pipeline
 they report, their telemetry) and writes desired state through ``DesiredStateBook``; a
 service calls ``tick()`` periodically. Every decision is returned as a ``RolloutState``
 with its reason so the CLI, the demo and the audit log can show it.
+
+The book's SQLite file also keeps each pipeline's rollout state (written before the step it
+announces is carried out), so a controller built again on the same file resumes a canary in
+progress and ``tick()`` finishes a step a crash interrupted.
 """
 
 from __future__ import annotations
@@ -14,16 +18,16 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from continuum.wire import topics
 from continuum.wire.messages import DesiredModel, DesiredState, Telemetry
 
 if TYPE_CHECKING:
     from cloud_head.fleet import FleetRegistry
-    from cloud_head.registry import ModelRegistry, ModelVersion
+    from cloud_head.registry import ModelRegistry, ModelStatus, ModelVersion
     from continuum.spec import PipelineSpec
 
 Stage = Literal["idle", "canary", "promoted", "rolled_back"]
@@ -31,23 +35,60 @@ Stage = Literal["idle", "canary", "promoted", "rolled_back"]
 #: A canary decision needs at least this many labelled frames on the candidate.
 MIN_LABELLED_FOR_DECISION = 40
 
+#: The ``DesiredStateBook`` record kind that holds a pipeline's ``RolloutState``.
+ROLLOUT_RECORD = "rollout"
+
 
 class DesiredStateBook:
     """The desired model per node and pipeline, persisted, published retained on change.
 
     ``publish(topic, payload)`` must deliver retained at QoS 1 (it raises if it cannot).
+    The same file keeps each pipeline's controller records (``save_record``), so the
+    cloud head restarts from it with nothing lost.
     """
 
     def __init__(self, path: Path, tenant: str, publish: Callable[[str, bytes], None]) -> None:
         self.tenant = tenant
         self._publish = publish
         self._lock = threading.Lock()
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS desired (tenant TEXT, node TEXT, generation INTEGER, "
             "pipelines TEXT, PRIMARY KEY (tenant, node))"
         )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS pipeline_records (tenant TEXT, pipeline TEXT, "
+            "kind TEXT, body TEXT NOT NULL, saved_at REAL NOT NULL, "
+            "PRIMARY KEY (tenant, pipeline, kind))"
+        )
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+    def save_record(self, pipeline: str, kind: str, body: dict[str, Any]) -> None:
+        """Durably store one JSON record of ``pipeline`` (its rollout, its bookkeeping)."""
+        text = json.dumps(body, sort_keys=True)
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO pipeline_records VALUES (?,?,?,?,?) "
+                "ON CONFLICT(tenant, pipeline, kind) DO UPDATE SET body=excluded.body, "
+                "saved_at=excluded.saved_at",
+                (self.tenant, pipeline, kind, text, time.time()),
+            )
+
+    def load_record(self, pipeline: str, kind: str) -> dict[str, Any] | None:
+        """Return the record ``save_record`` stored last, or None if there is none."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT body FROM pipeline_records WHERE tenant=? AND pipeline=? AND kind=?",
+                (self.tenant, pipeline, kind),
+            ).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
 
     def get(self, node: str) -> DesiredState | None:
         """Return the node's desired state, if any was ever set."""
@@ -111,6 +152,19 @@ class RolloutState:
     reason: str = "no rollout yet"
     history: tuple[str, ...] = field(default=())
 
+    def to_record(self) -> dict[str, Any]:
+        """Return the state as a JSON-able mapping (``from_record`` reads it back)."""
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> RolloutState:
+        """Rebuild a state from ``to_record``'s mapping; keys it does not know are ignored."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in record.items() if k in known}
+        values["canary_nodes"] = tuple(values.get("canary_nodes", ()))
+        values["history"] = tuple(values.get("history", ()))
+        return cls(**values)
+
 
 def desired_model(version: ModelVersion, chunk_size: int, chunks: int) -> DesiredModel:
     """Return the desired-state entry that tells a node to fetch and serve ``version``."""
@@ -154,7 +208,21 @@ class RolloutController:
         self.clock = clock
         self.serve_timeout_s = serve_timeout_s
         self._chunks: dict[str, int] = {}
-        self.state = RolloutState(pipeline=spec.name)
+        saved = book.load_record(spec.name, ROLLOUT_RECORD)
+        self._state = (
+            RolloutState(pipeline=spec.name) if saved is None else RolloutState.from_record(saved)
+        )
+
+    @property
+    def state(self) -> RolloutState:
+        """Where the rollout stands; every change is stored in the book before it is kept."""
+        return self._state
+
+    @state.setter
+    def state(self, value: RolloutState) -> None:
+        if value != self._state:
+            self.book.save_record(self.spec.name, ROLLOUT_RECORD, value.to_record())
+        self._state = value
 
     # -- fleet view ----------------------------------------------------------------------
 
@@ -187,9 +255,10 @@ class RolloutController:
         self.book.assign(node, self.spec.name, desired_model(version, self.chunk_size, chunks))
 
     def ensure_current_everywhere(self) -> list[str]:
-        """Tell every eligible node without an assignment to serve the current version.
+        """Tell every eligible node that is not a running canary to serve the current version.
 
-        Returns the nodes that were assigned (new nodes joining the fleet).
+        Returns the nodes that were assigned: new nodes joining the fleet, and nodes whose
+        assignment a crash left behind (a promotion or a rollback cut short).
         """
         current = self.registry.current(self.tenant, self.spec.name)
         if current is None:
@@ -199,10 +268,39 @@ class RolloutController:
         for node in self.eligible_nodes():
             if node in canaries:
                 continue
-            if self.book.serving_target(node, self.spec.name) is None:
+            if self.book.serving_target(node, self.spec.name) != current.version:
                 self._assign(node, current)
                 assigned.append(node)
         return assigned
+
+    def _finish_interrupted_step(self) -> None:
+        """Carry out the registry side of the stored state, in case a crash cut it short.
+
+        The state is stored before its step runs, so after a restart the registry may lag
+        behind it; each call here is a no-op when it does not.
+        """
+        state = self.state
+        if state.candidate is None:
+            return
+        current = self.registry.current(self.tenant, self.spec.name)
+        current_version = None if current is None else current.version
+        if state.stage == "promoted" and current_version != state.candidate:
+            self.registry.set_current(self.tenant, self.spec.name, state.candidate, state.reason)
+            return
+        wanted: ModelStatus
+        if state.stage == "canary":
+            wanted = "canary"
+        elif state.stage == "rolled_back":
+            wanted = "rolled_back"
+        else:
+            return
+        candidate = self.registry.get(self.tenant, self.spec.name, state.candidate)
+        if candidate.status != wanted:
+            self.registry.set_status(self.tenant, self.spec.name, state.candidate, wanted)
+        if state.stage == "canary":
+            for node in state.canary_nodes:
+                if self.book.serving_target(node, self.spec.name) != state.candidate:
+                    self._assign(node, candidate)
 
     def begin(self, candidate: ModelVersion) -> RolloutState:
         """Start a canary of ``candidate``; with no current version it is promoted at once."""
@@ -212,9 +310,6 @@ class RolloutController:
         if current is None or not nodes:
             return self._promote(candidate, now, "first model of the pipeline: no canary needed")
         canaries = self._choose_canaries(nodes)
-        self.registry.set_status(self.tenant, self.spec.name, candidate.version, "canary")
-        for node in canaries:
-            self._assign(node, candidate)
         self.state = RolloutState(
             pipeline=self.spec.name,
             stage="canary",
@@ -225,10 +320,14 @@ class RolloutController:
             reason=f"canary on {', '.join(canaries)}",
             history=(*self.state.history, f"canary {candidate.version} on {', '.join(canaries)}"),
         )
+        self.registry.set_status(self.tenant, self.spec.name, candidate.version, "canary")
+        for node in canaries:
+            self._assign(node, candidate)
         return self.state
 
     def tick(self) -> RolloutState:
         """Advance a running canary: promote, roll back or keep waiting."""
+        self._finish_interrupted_step()
         self.ensure_current_everywhere()
         state = self.state
         if state.stage != "canary" or state.candidate is None or state.baseline is None:
@@ -309,9 +408,6 @@ class RolloutController:
         return self._promote(version, self.clock(), f"set by operator: {reason}")
 
     def _promote(self, version: ModelVersion, now: float, reason: str) -> RolloutState:
-        self.registry.set_current(self.tenant, self.spec.name, version.version, reason)
-        for node in self.eligible_nodes():
-            self._assign(node, version)
         self.state = replace(
             self.state,
             stage="promoted",
@@ -320,14 +416,13 @@ class RolloutController:
             reason=reason,
             history=(*self.state.history, f"promoted {version.version}: {reason}"),
         )
+        self.registry.set_current(self.tenant, self.spec.name, version.version, reason)
+        for node in self.eligible_nodes():
+            self._assign(node, version)
         return self.state
 
     def _rollback(self, candidate: ModelVersion, now: float, reason: str) -> RolloutState:
-        self.registry.set_status(self.tenant, self.spec.name, candidate.version, "rolled_back")
-        current = self.registry.current(self.tenant, self.spec.name)
-        if current is not None:
-            for node in self.state.canary_nodes:
-                self._assign(node, current)
+        canaries = self.state.canary_nodes
         self.state = replace(
             self.state,
             stage="rolled_back",
@@ -335,4 +430,9 @@ class RolloutController:
             reason=reason,
             history=(*self.state.history, f"rolled back {candidate.version}: {reason}"),
         )
+        self.registry.set_status(self.tenant, self.spec.name, candidate.version, "rolled_back")
+        current = self.registry.current(self.tenant, self.spec.name)
+        if current is not None:
+            for node in canaries:
+                self._assign(node, current)
         return self.state

@@ -14,6 +14,7 @@ through ``pyarrow.fs``, so the same code serves a local directory and S3-compati
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import time
@@ -118,6 +119,7 @@ class SampleStore:
         self._fsync = fsync and isinstance(self._fs, pafs.LocalFileSystem)
         self._lock = threading.Lock()
         self._pending: dict[tuple[str, str, str], _Pending] = {}
+        self._written: list[str] = []  # files written since the last flush
 
     @property
     def filesystem(self) -> pafs.FileSystem:
@@ -157,7 +159,11 @@ class SampleStore:
             cols = pending.columns
             for record in batch.records:
                 tensor = np.ascontiguousarray(record.tensor)
-                little = tensor.astype(tensor.dtype.newbyteorder("<"), copy=False)
+                little = (
+                    tensor.astype(tensor.dtype.newbyteorder("<"))
+                    if tensor.dtype.byteorder == ">"
+                    else tensor
+                )
                 cols["sample_id"].append(batch.sample_id(record))
                 cols["node"].append(batch.node)
                 cols["seq"].append(record.seq)
@@ -169,7 +175,7 @@ class SampleStore:
                 cols["prediction"].append(record.prediction)
                 cols["confidence"].append(float(record.confidence))
                 cols["label"].append(record.label)
-                cols["dtype"].append(tensor.dtype.name)
+                cols["dtype"].append(_dtype_name(tensor.dtype))
                 cols["shape"].append(list(tensor.shape))
                 cols["tensor"].append(little.tobytes())
             pending.rows += len(batch.records)
@@ -184,15 +190,23 @@ class SampleStore:
             return sum(p.rows for p in self._pending.values())
 
     def flush(self) -> list[str]:
-        """Write every buffered partition to its own new file; return the paths written.
+        """Write every buffered partition to its own new file.
 
-        A partition whose write fails keeps its rows buffered and the error propagates.
+        Returns the paths of every file written since the last flush: this one's, and those
+        ``append`` wrote when a partition reached ``flush_rows``. A partition whose write
+        fails keeps its rows buffered and the error propagates.
         """
         with self._lock:
-            return [path for key in list(self._pending) if (path := self._write_pending(key))]
+            for key in list(self._pending):
+                self._write_pending(key)
+            written, self._written = self._written, []
+            return written
 
     def discard(self) -> int:
-        """Drop every buffered row (after a failed write whose messages will be redelivered)."""
+        """Drop every buffered row (after a failed write whose messages will be redelivered).
+
+        Files already written stay written, and the next ``flush`` still returns them.
+        """
         with self._lock:
             dropped = sum(p.rows for p in self._pending.values())
             self._pending.clear()
@@ -207,6 +221,7 @@ class SampleStore:
         directory = self.partition_path(*key)
         path = self._write_file(directory, table, time.time_ns())
         del self._pending[key]
+        self._written.append(path)
         return path
 
     def _write_file(self, directory: str, table: pa.Table, stamp_ns: int) -> str:
@@ -278,6 +293,17 @@ class SampleStore:
             paths = [p for d in sorted(set(dates)) for p in self.files(tenant, pipeline, d)]
         table = self._read_files(paths, read_cols)
         return _dedup(table).select(wanted)
+
+    def file_sample_ids(self, path: str) -> list[tuple[str, str]]:
+        """Return ``(pipeline, sample_id)`` of every row of one data file, as written."""
+        table = pq.read_table(path, columns=["pipeline", "sample_id"], filesystem=self._fs)
+        return list(
+            zip(
+                table.column("pipeline").to_pylist(),
+                table.column("sample_id").to_pylist(),
+                strict=True,
+            )
+        )
 
     def count(self, tenant: str, pipeline: str) -> int:
         """Return the number of distinct samples written for one pipeline."""
@@ -352,6 +378,12 @@ def to_numpy(
     raw = b"".join(table.column("tensor").to_pylist())
     x = np.frombuffer(raw, dtype=np_dtype).reshape((len(ids), *want_shape))
     return x.astype(np.dtype(want_dtype), copy=True), ids
+
+
+@functools.cache
+def _dtype_name(dtype: np.dtype[Any]) -> str:
+    # numpy computes dtype.name in Python on every access; ingest asks once per sample.
+    return dtype.name
 
 
 def _dedup(table: pa.Table) -> pa.Table:

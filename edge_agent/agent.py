@@ -175,6 +175,8 @@ class EdgeAgent:
             on_message_rejected=lambda reason: self.metrics.rejected_messages.labels(reason).inc(),
             keep_versions=settings.keep_versions,
             backend_opener=backend_opener,
+            is_connected=lambda: self.link.connected,
+            stall_s=settings.artifact_stall_s,
         )
         self._stop_requested = threading.Event()
         self._started = False

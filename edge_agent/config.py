@@ -173,6 +173,14 @@ class AgentSettings(BaseSettings):
         description="Most tensor bytes in one samples message (a single bigger sample still "
         "goes alone).",
     )
+    artifact_stall_s: float = Field(
+        default=10.0,
+        ge=0.1,
+        le=3600,
+        description="A model download without progress for this long asks the broker again "
+        "for the missing chunks; three such periods in a row after the manifest arrived "
+        "reject the transfer as truncated (time offline does not count).",
+    )
     keep_versions: int = Field(
         default=3, ge=1, le=100, description="Verified model versions kept per pipeline."
     )

@@ -6,8 +6,11 @@ retained chunks (resumable: chunks already on disk are kept across reconnects an
 restarts), checks size and sha256, moves the file atomically into
 ``models/<pipeline>/<version>.onnx``, loads it and runs one probe batch, and only then
 hands it to the runtime, which swaps between batches.  Anything that fails is reported
-as rejected (or failed) with the reason and the old model keeps serving.  Malformed or
-unexpected messages are counted by reason and dropped; nothing received can stop it.
+as rejected (or failed) with the reason and the old model keeps serving: a wrong digest or
+signature, a model that does not load, and a truncated transfer (the broker's retained
+copy of a chunk has the wrong size, or chunks stay missing after the manifest arrived and
+the broker was asked again).  Malformed or unexpected messages are counted by reason and
+dropped; nothing received can stop it.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ log = logging.getLogger(__name__)
 _INBOX_MAX_BYTES = 64 * 1024 * 1024
 #: A fetch that got nothing new for this long asks the broker for its missing chunks again.
 _STALL_S = 10.0
+#: Stalls in a row (while connected, after the manifest arrived) that make a fetch truncated.
+_STALL_LIMIT = 3
 _TICK_S = 0.5
 
 BackendOpener = Callable[..., InferenceBackend]
@@ -94,6 +99,10 @@ class _Fetch:
     folder: Path
     received: set[int]
     last_progress: float
+    #: Whether the manifest arrived: the upload is complete on the broker (it comes last).
+    manifest_seen: bool = False
+    #: Stall periods in a row, counted only while connected and after the manifest.
+    stalls: int = 0
 
     def chunk_topics(self, tenant: str, indices: Iterable[int]) -> list[str]:
         return [
@@ -135,6 +144,11 @@ class ModelManager:
         on_message_rejected: called with a reason for every dropped incoming message.
         keep_versions: verified versions kept on disk per pipeline.
         backend_opener: ``open_backend`` or a stand-in with its signature.
+        is_connected: whether the link is up; a fetch only counts as stalled while it is.
+        stall_s: a fetch without progress for this long asks the broker again for what
+            is missing; after ``stall_limit`` such periods in a row with the manifest
+            present it is rejected as a truncated transfer.
+        stall_limit: see ``stall_s``.
     """
 
     def __init__(
@@ -153,8 +167,15 @@ class ModelManager:
         keep_versions: int = 3,
         backend_opener: BackendOpener = open_backend,
         clock: Callable[[], float] = time.time,
+        is_connected: Callable[[], bool] = lambda: True,
+        stall_s: float = _STALL_S,
+        stall_limit: int = _STALL_LIMIT,
     ) -> None:
         signing.load_public_key(public_key_pem)  # fail at start, not at the first model
+        if stall_s <= 0 or stall_limit < 1:
+            raise ValueError(
+                f"need stall_s > 0 and stall_limit >= 1, got {stall_s=} {stall_limit=}"
+            )
         self.node = node
         self.tenant = tenant
         self.desired_topic = topics.node_desired(tenant, node)
@@ -168,12 +189,15 @@ class ModelManager:
         self._keep_versions = keep_versions
         self._open = backend_opener
         self._clock = clock
+        self._is_connected = is_connected
+        self._stall_s = stall_s
+        self._stall_limit = stall_limit
         self._models_dir = state_dir / "models"
         self._downloads_dir = state_dir / "downloads"
         self._engines_dir = state_dir / "engines"
         for folder in (self._models_dir, self._downloads_dir, self._engines_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self._inbox: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
         self._inbox_bytes = 0
         self._inbox_lock = threading.Lock()
         self._lock = threading.Lock()
@@ -204,7 +228,12 @@ class ModelManager:
             self._thread = None
 
     def offer(self, topic: str, payload: bytes, retained: bool = False) -> None:
-        """Queue an incoming message for the worker (called on the network thread)."""
+        """Queue an incoming message for the worker (called on the network thread).
+
+        ``retained`` says the broker sent its stored copy (after a subscribe), not a live
+        publish: a retained chunk of the wrong size means the artifact on the broker is
+        truncated, while a live one may be a stray message and is only counted.
+        """
         size = len(payload)
         with self._inbox_lock:
             if self._inbox_bytes + size > _INBOX_MAX_BYTES:
@@ -216,7 +245,7 @@ class ModelManager:
             # A dropped chunk is asked for again when its fetch stalls.
             self._reject_message("inbox_full", f"inbox full, dropped a message on {topic!r}")
             return
-        self._inbox.put((topic, payload))
+        self._inbox.put((topic, payload, retained))
 
     @property
     def rejected_messages(self) -> dict[str, int]:
@@ -280,20 +309,20 @@ class ModelManager:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                topic, payload = self._inbox.get(timeout=_TICK_S)
+                topic, payload, retained = self._inbox.get(timeout=_TICK_S)
             except queue.Empty:
                 self._tick()
                 continue
             with self._inbox_lock:
                 self._inbox_bytes -= len(payload)
             try:
-                self._handle(topic, payload)
+                self._handle(topic, payload, retained)
             except Exception:  # a bug here must not stop model updates for good
                 log.exception("handling a message on %r failed", topic)
                 self._reject_message("internal_error", f"internal error on {topic!r}")
             self._tick()
 
-    def _handle(self, topic: str, payload: bytes) -> None:
+    def _handle(self, topic: str, payload: bytes, retained: bool = False) -> None:
         if topic == self.desired_topic:
             self._handle_desired(payload)
             return
@@ -318,7 +347,7 @@ class ModelManager:
             return
         for fetch in fetches:
             if parsed.chunk >= 0:
-                self._handle_chunk(fetch, parsed.chunk, payload)
+                self._handle_chunk(fetch, parsed.chunk, payload, retained)
             else:
                 self._handle_manifest(fetch, payload)
 
@@ -405,14 +434,16 @@ class ModelManager:
             len(fetch.received),
             want.chunks,
         )
+        manifest = topics.artifact_manifest(self.tenant, want.model, want.version)
+        self._link.subscribe([manifest, *fetch.chunk_topics(self.tenant, fetch.missing())])
+        # Reported after subscribing: the link sends packets in order, so by the time the
+        # cloud reads "fetching" the broker already routes the artifact's topics to us.
         self._set_reported(
             name,
             ReportedModel(
                 model=want.model, version=want.version, sha256=want.sha256, state="fetching"
             ),
         )
-        manifest = topics.artifact_manifest(self.tenant, want.model, want.version)
-        self._link.subscribe([manifest, *fetch.chunk_topics(self.tenant, fetch.missing())])
         if not fetch.missing():
             self._finish(fetch)
 
@@ -438,19 +469,29 @@ class ModelManager:
                 "manifest_mismatch",
                 f"manifest of {want.model} {want.version} does not match the desired state",
             )
+            return
+        fetch.manifest_seen = True
 
-    def _handle_chunk(self, fetch: _Fetch, index: int, payload: bytes) -> None:
+    def _handle_chunk(self, fetch: _Fetch, index: int, payload: bytes, retained: bool) -> None:
         if index >= fetch.want.chunks:
             self._reject_message("bad_chunk", f"chunk {index} of {fetch.want.chunks}")
             return
         if index in fetch.received:
             return
         if len(payload) != fetch.expected_size(index):
-            self._reject_message(
-                "bad_chunk",
+            detail = (
                 f"chunk {index} of {fetch.want.model} {fetch.want.version} has "
-                f"{len(payload)} bytes, expected {fetch.expected_size(index)}",
+                f"{len(payload)} bytes, expected {fetch.expected_size(index)}"
             )
+            self._reject_message("bad_chunk", detail)
+            if retained:
+                # The broker's own copy is cut (or padded): asking again cannot fix it.
+                self._end_fetch(
+                    fetch,
+                    _RejectedError(
+                        "truncated_transfer", f"the broker's retained {detail}", retry=True
+                    ),
+                )
             return
         target = fetch.folder / f"{index:06d}.chunk"
         try:
@@ -466,24 +507,52 @@ class ModelManager:
             return
         fetch.received.add(index)
         fetch.last_progress = time.monotonic()
+        fetch.stalls = 0
         self._release_topics(fetch.chunk_topics(self.tenant, [index]))
         if len(fetch.received) == fetch.want.chunks:
             self._finish(fetch)
 
     def _tick(self) -> None:
         now = time.monotonic()
+        connected = self._is_connected()
         for fetch in list(self._fetches.values()):
-            if now - fetch.last_progress >= _STALL_S:
+            if not connected:
+                # Nothing can arrive while the link is down; an outage is not a truncation.
                 fetch.last_progress = now
-                missing = fetch.missing()
-                log.info(
-                    "pipeline %s: fetch of %s %s stalled with %d chunk(s) missing; asking again",
-                    fetch.pipeline,
-                    fetch.want.model,
-                    fetch.want.version,
-                    len(missing),
-                )
-                self._link.resubscribe(fetch.chunk_topics(self.tenant, missing))
+                fetch.stalls = 0
+                continue
+            if now - fetch.last_progress < self._stall_s:
+                continue
+            fetch.last_progress = now
+            missing = fetch.missing()
+            want = fetch.want
+            if fetch.manifest_seen:
+                fetch.stalls += 1
+                if fetch.stalls >= self._stall_limit:
+                    # The manifest is published after the last chunk, so the broker holds
+                    # every chunk it will ever hold, and it was asked for them again.
+                    self._end_fetch(
+                        fetch,
+                        _RejectedError(
+                            "truncated_transfer",
+                            f"{len(missing)} of {want.chunks} chunk(s) never arrived (first "
+                            f"{missing[:5]}) although the manifest did and the broker was asked "
+                            f"{fetch.stalls - 1} more time(s)",
+                            retry=True,
+                        ),
+                    )
+                    continue
+            log.info(
+                "pipeline %s: fetch of %s %s stalled with %d chunk(s) missing; asking again",
+                fetch.pipeline,
+                want.model,
+                want.version,
+                len(missing),
+            )
+            again = fetch.chunk_topics(self.tenant, missing)
+            if not fetch.manifest_seen:
+                again.append(topics.artifact_manifest(self.tenant, want.model, want.version))
+            self._link.resubscribe(again)
 
     # -- finishing a fetch -----------------------------------------------------------------
 

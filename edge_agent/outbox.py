@@ -223,6 +223,7 @@ class Outbox:
         self._leased_samples: set[int] = set()
         self._leased_feedback: set[int] = set()
         self._dropped: Counter[str] = Counter()
+        self._episodes = _DropEpisodes(self)
         self._closed = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -355,6 +356,8 @@ class Outbox:
             self._notify_drop("full_oldest", evicted)
         if refused:
             self._count_drop("full_newest", refused)
+        if not evicted and not refused:
+            self._episodes.ended("full_oldest", "full_newest")
         return AppendResult(len(kept), refused, evicted, tuple(e.seq for e in kept))
 
     def _evict_oldest(self, need_bytes: int) -> int:
@@ -473,6 +476,8 @@ class Outbox:
                 self._bytes += len(kept) * _FEEDBACK_SIZE
         if len(kept) < len(entries):
             self._count_drop("full_newest", len(entries) - len(kept))
+        else:
+            self._episodes.ended("full_newest")
         return len(kept)
 
     def next_feedback(self, max_items: int) -> PendingFeedback | None:
@@ -556,6 +561,8 @@ class Outbox:
         dropped = len(rows) + max(0, feedback)
         if dropped:
             self._count_drop("expired", dropped)
+        else:
+            self._episodes.ended("expired")
         return dropped
 
     def reclaim(self) -> None:
@@ -626,8 +633,63 @@ class Outbox:
 
     def _notify_drop(self, reason: str, count: int) -> None:
         # Called without the lock held: the callback may take locks of its own.
+        self._episodes.dropped(reason, count)
         if self._on_drop is not None:
             self._on_drop(reason, count)
+
+
+class _DropEpisodes:
+    """Log drops once when an episode starts and once when it ends, not once per record.
+
+    An episode of "full_*" drops ends with the first append that needs none; one of
+    "expired" drops with the first expiry pass that finds nothing old.
+    """
+
+    def __init__(self, outbox: Outbox) -> None:
+        self._outbox = outbox
+        self._lock = threading.Lock()
+        self._open: dict[str, tuple[float, int]] = {}
+
+    def dropped(self, reason: str, count: int) -> None:
+        with self._lock:
+            started, total = self._open.get(reason, (0.0, 0))
+            self._open[reason] = (started or time.monotonic(), total + count)
+        if not started:
+            log.warning(
+                "outbox %s: %s; further drops are only counted "
+                "(continuum_edge_records_dropped_total{reason=%r}) until this ends",
+                self._outbox.path,
+                self._describe(reason),
+                reason,
+            )
+
+    def ended(self, *reasons: str) -> None:
+        if not self._open:  # the common case, without taking the lock
+            return
+        with self._lock:
+            closed = [(r, self._open.pop(r)) for r in reasons if r in self._open]
+        for reason, (started, total) in closed:
+            log.warning(
+                "outbox %s: %s drops ended after %.1f s, %d record(s) dropped in all",
+                self._outbox.path,
+                reason,
+                time.monotonic() - started,
+                total,
+            )
+
+    def _describe(self, reason: str) -> str:
+        box = self._outbox
+        if reason == "expired":
+            return f"dropping records older than outbox_ttl_s={box.ttl_s:g}"
+        if reason == "full_oldest":
+            return (
+                f"full at {box.max_bytes} bytes, dropping the oldest unsent samples "
+                "(outbox_full_policy=drop_oldest)"
+            )
+        return (
+            f"full at {box.max_bytes} bytes, refusing new records "
+            f"(outbox_full_policy={box.full_policy})"
+        )
 
 
 class _Transaction:

@@ -44,6 +44,15 @@ _POLL_S = 0.1
 _MAX_LATENCIES_PER_WINDOW = 100_000
 #: Weight of the newest inter-arrival gap in its moving average.
 _GAP_SMOOTHING = 0.1
+#: The drift monitor rescores its whole window on every update, which costs as much as a
+#: tiny model's inference; small batches are pooled until an eighth of the detector's
+#: window (at most ``_DRIFT_MAX_POOL`` confidences) or ``_DRIFT_MAX_DELAY_S`` is in hand.
+#: The detector sees the same values, at most that much later.
+_DRIFT_POOL_SHARE = 8
+_DRIFT_MAX_POOL = 32
+_DRIFT_MAX_DELAY_S = 0.1
+#: Row sums a softmax output may miss 1 by (np.allclose's atol + rtol).
+_SUM_TOLERANCE = 1e-3 + 1e-5
 
 
 def as_probabilities(outputs: np.ndarray) -> np.ndarray:
@@ -55,9 +64,19 @@ def as_probabilities(outputs: np.ndarray) -> np.ndarray:
     out = np.asarray(outputs, dtype=np.float64)
     if out.ndim != 2:
         raise ValueError(f"model output must be (batch, classes), got shape {out.shape}")
-    if not np.all(np.isfinite(out)):
+    if out.size == 0:
+        return out
+    # Few numpy calls, as this runs on every batch: a NaN or an infinity shows in the
+    # minimum or the maximum, so two reductions check finiteness and sign at once.
+    low, high = float(out.min()), float(out.max())
+    if not (math.isfinite(low) and math.isfinite(high)):
         raise ValueError("model output holds NaN or infinite values")
-    if np.all(out >= 0.0) and np.allclose(out.sum(axis=1), 1.0, atol=1e-3):
+    sums = out.sum(axis=1)
+    if (
+        low >= 0.0
+        and float(sums.min()) >= 1.0 - _SUM_TOLERANCE
+        and float(sums.max()) <= 1.0 + _SUM_TOLERANCE
+    ):
         return out
     shifted = np.exp(out - out.max(axis=1, keepdims=True))
     probs: np.ndarray = shifted / shifted.sum(axis=1, keepdims=True)
@@ -142,6 +161,14 @@ class PipelineRuntime:
         detector = spec.uplink.detector
         self._monitor = DriftMonitor(detector) if detector is not None else None
         self._drift = DriftState(score=0.0, drifted=False, ready=False)
+        self._drift_pending: list[np.ndarray] = []
+        self._drift_pending_n = 0
+        self._drift_pool = (
+            max(1, min(_DRIFT_MAX_POOL, detector.window // _DRIFT_POOL_SHARE))
+            if detector is not None
+            else 1
+        )
+        self._drift_due = 0.0
         self._bucket = (
             TokenBucket.from_kbps(spec.uplink.budget_kbps, burst_s=_BUDGET_BURST_S)
             if spec.uplink.budget_kbps is not None
@@ -157,6 +184,15 @@ class PipelineRuntime:
         self._finished = threading.Event()
         self._window = _Window(started=time.monotonic())
         self._warned: set[str] = set()
+        # This pipeline's metric children, looked up once: labels() costs a lock and a
+        # dict lookup, several times per batch.
+        self._m_frames = metrics.frames.labels(self.name)
+        self._m_batch = metrics.batch_size.labels(self.name)
+        self._m_latency = metrics.inference_latency.labels(self.name)
+        self._m_selected = metrics.selected.labels(self.name)
+        self._m_over_budget = metrics.budget_dropped.labels(self.name)
+        self._m_drift_score = metrics.drift_score.labels(self.name)
+        self._m_drifted = metrics.drifted.labels(self.name)
         #: Smoothed time between frame arrivals (written by the source thread only).
         self._arrival_gap_s = 0.0
         self._threads: list[threading.Thread] = []
@@ -287,6 +323,8 @@ class PipelineRuntime:
         if self._monitor is not None:
             self._monitor.reset()
         self._drift = DriftState(score=0.0, drifted=False, ready=False)
+        self._drift_pending.clear()
+        self._drift_pending_n = 0
         self._metrics.model.labels(self.name).info(
             {"model": new.model, "version": new.version, "sha256": new.sha256}
         )
@@ -338,6 +376,8 @@ class PipelineRuntime:
             tensors.append(x)
         if not kept:
             return [], None
+        if len(tensors) == 1:
+            return kept, tensors[0][np.newaxis]  # a view: batch 1 needs no copy
         return kept, np.stack(tensors)
 
     def _process(self, arrivals: list[_Arrival]) -> None:
@@ -360,7 +400,7 @@ class PipelineRuntime:
         prediction = probs.argmax(axis=1)
         latency_ms = [(done_ns - item.arrived_ns) / 1e6 for item in kept]
         if self._monitor is not None:
-            self._drift = self._monitor.update(confidence)
+            self._update_drift(confidence)
         seqs = self._outbox.reserve_seqs(n)
         ctx = SelectionContext.for_ids(
             [sample_id(self.node, s) for s in seqs],
@@ -417,32 +457,52 @@ class PipelineRuntime:
         if result.appended or feedback:
             self._on_enqueued()
 
-        labels = [item.frame.label for item in kept]
-        labelled = [i for i, label in enumerate(labels) if label is not None]
-        correct = sum(1 for i in labelled if int(prediction[i]) == labels[i])
+        labelled = 0
+        correct = 0
+        for row, item in enumerate(kept):
+            label = item.frame.label
+            if label is not None:
+                labelled += 1
+                correct += int(prediction[row]) == label
 
         w = self._window
         w.frames += n
         w.uplinked += result.appended
         w.dropped += over_budget + result.refused
-        w.labelled += len(labelled)
+        w.labelled += labelled
         w.correct += correct
         w.confidence_sum += float(confidence.sum())
         if len(w.latencies_ms) < _MAX_LATENCIES_PER_WINDOW:
             w.latencies_ms.extend(latency_ms)
 
-        m = self._metrics
-        m.frames.labels(self.name).inc(n)
-        m.batch_size.labels(self.name).observe(n)
-        hist = m.inference_latency.labels(self.name)
+        self._m_frames.inc(n)
+        self._m_batch.observe(n)
         for value in latency_ms:
-            hist.observe(value / 1000.0)
+            self._m_latency.observe(value / 1000.0)
         if len(selected):
-            m.selected.labels(self.name).inc(len(selected))
+            self._m_selected.inc(len(selected))
         if over_budget:
-            m.budget_dropped.labels(self.name).inc(over_budget)
-        m.drift_score.labels(self.name).set(self._drift.score)
-        m.drifted.labels(self.name).set(1.0 if self._drift.drifted else 0.0)
+            self._m_over_budget.inc(over_budget)
+
+    def _update_drift(self, confidence: np.ndarray) -> None:
+        """Feed the drift monitor, pooling small batches (see ``_DRIFT_POOL_SHARE``)."""
+        assert self._monitor is not None
+        self._drift_pending.append(confidence)
+        self._drift_pending_n += confidence.size
+        now = time.monotonic()
+        if self._drift_pending_n < self._drift_pool and now < self._drift_due:
+            return
+        values = (
+            self._drift_pending[0]
+            if len(self._drift_pending) == 1
+            else np.concatenate(self._drift_pending)
+        )
+        self._drift_pending.clear()
+        self._drift_pending_n = 0
+        self._drift_due = now + _DRIFT_MAX_DELAY_S
+        self._drift = self._monitor.update(values)
+        self._m_drift_score.set(self._drift.score)
+        self._m_drifted.set(1.0 if self._drift.drifted else 0.0)
 
     # -- telemetry -------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -231,11 +231,17 @@ class CloudStandIn:
         *,
         client_id: str | None = None,
         session_expiry_s: int = 0,
+        settings: mqtt.BrokerSettings | None = None,
     ) -> None:
+        """Connect to ``host:port``, or as ``settings`` say (TLS, credentials) when given."""
         self.tenant = tenant
-        self.settings = mqtt.BrokerSettings(host=host, port=port, session_expiry_s=session_expiry_s)
+        self.settings = settings or mqtt.BrokerSettings(
+            host=host, port=port, session_expiry_s=session_expiry_s
+        )
         self.client = mqtt.make_client(client_id or f"cloud-standin-{id(self)}", self.settings)
         self.received: list[tuple[str, bytes, bool]] = []
+        #: Topics this stand-in left a retained message on (to clear them at the end).
+        self.retained_topics: set[str] = set()
         self.lock = threading.Lock()
         self.client.on_message = self._on_message
         mqtt.connect(self.client, self.settings)
@@ -259,16 +265,34 @@ class CloudStandIn:
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         """Publish at QoS 1 and wait for the PUBACK."""
         mqtt.publish_and_wait(self.client, topic, payload, retain=retain, timeout_s=5.0)
+        if retain:
+            with self.lock:
+                (self.retained_topics.add if payload else self.retained_topics.discard)(topic)
 
     def publish_artifact(
-        self, artifact: Path, want: DesiredModel, *, tamper_chunk: int | None = None
+        self,
+        artifact: Path,
+        want: DesiredModel,
+        *,
+        tamper_chunk: int | None = None,
+        cut_chunk: int | None = None,
+        skip_chunks: Iterable[int] = (),
     ) -> None:
-        """Publish ``artifact`` as retained chunks and manifest; optionally flip a byte."""
+        """Publish ``artifact`` as retained chunks and manifest.
+
+        ``tamper_chunk`` flips a byte of that chunk, ``cut_chunk`` publishes only its first
+        half, ``skip_chunks`` are not published at all (an upload cut off mid-way).
+        """
         data = artifact.read_bytes()
+        skipped = set(skip_chunks)
         for index in range(want.chunks):
+            if index in skipped:
+                continue
             piece = bytearray(data[index * want.chunk_size : (index + 1) * want.chunk_size])
             if index == tamper_chunk:
                 piece[len(piece) // 2] ^= 0xFF
+            if index == cut_chunk:
+                del piece[len(piece) // 2 :]
             topic = topics.artifact_chunk(self.tenant, want.model, want.version, index)
             self.publish(topic, bytes(piece), retain=True)
         manifest = ArtifactManifest(

@@ -63,44 +63,40 @@ def check_batch(batch: object, meta: TensorMeta, *, max_batch: int | None = None
         InputMismatchError: wrong type, rank, fixed dimension, dtype or batch size; the
             message names the expected and the actual tensor.
     """
-    expected = meta.describe()
     if not isinstance(batch, np.ndarray):
         raise InputMismatchError(
             f"input {meta.name!r} must be a numpy array",
-            expected=expected,
+            expected=meta.describe(),
             got=type(batch).__name__,
         )
-    got = describe_array(batch)
+    # This runs on every inference: spell the tensors out only when there is an error.
+    problem = None
+    expected_suffix = ""
     if batch.ndim != meta.rank:
-        raise InputMismatchError(
-            f"input {meta.name!r} has rank {batch.ndim}, the model takes rank {meta.rank}",
-            expected=expected,
-            got=got,
-        )
-    for axis, (want, have) in enumerate(zip(meta.shape, batch.shape, strict=True)):
-        if want is not None and want != have:
-            raise InputMismatchError(
-                f"input {meta.name!r} has size {have} on axis {axis}, the model takes {want}",
-                expected=expected,
-                got=got,
-            )
-    if batch.dtype.name != meta.dtype:
-        raise InputMismatchError(
+        problem = f"input {meta.name!r} has rank {batch.ndim}, the model takes rank {meta.rank}"
+    else:
+        for axis, (want, have) in enumerate(zip(meta.shape, batch.shape, strict=True)):
+            if want is not None and want != have:
+                problem = (
+                    f"input {meta.name!r} has size {have} on axis {axis}, the model takes {want}"
+                )
+                break
+    if problem is None and batch.dtype.name != meta.dtype:
+        problem = (
             f"input {meta.name!r} has dtype {batch.dtype.name}, the model takes {meta.dtype} "
-            f"(convert with .astype(np.{meta.dtype}))",
-            expected=expected,
-            got=got,
+            f"(convert with .astype(np.{meta.dtype}))"
         )
-    if batch.ndim and batch.shape[0] < 1:
-        raise InputMismatchError(
-            f"input {meta.name!r} is an empty batch", expected=expected, got=got
-        )
-    if max_batch is not None and batch.ndim and batch.shape[0] > max_batch:
-        raise InputMismatchError(
+    if problem is None and batch.ndim and batch.shape[0] < 1:
+        problem = f"input {meta.name!r} is an empty batch"
+    if problem is None and max_batch is not None and batch.ndim and batch.shape[0] > max_batch:
+        problem = (
             f"input {meta.name!r} batch of {batch.shape[0]} exceeds max_batch={max_batch} "
-            "(split the batch, or rebuild the engine with a larger max_batch)",
-            expected=f"{expected} with N<={max_batch}",
-            got=got,
+            "(split the batch, or rebuild the engine with a larger max_batch)"
+        )
+        expected_suffix = f" with N<={max_batch}"
+    if problem is not None:
+        raise InputMismatchError(
+            problem, expected=meta.describe() + expected_suffix, got=describe_array(batch)
         )
     return np.ascontiguousarray(batch)
 

@@ -6,10 +6,11 @@ and Ray cluster (``deploy/``).
 
 from __future__ import annotations
 
-from continuum.embedded.broker import EmbeddedBroker, find_mosquitto
+from continuum.embedded.broker import BrokerTLS, EmbeddedBroker, find_mosquitto
 from continuum.embedded.ray_cluster import LocalRayCluster, RayNodeInfo, find_ray_cli
 
 __all__ = [
+    "BrokerTLS",
     "EmbeddedBroker",
     "LocalRayCluster",
     "RayNodeInfo",

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -24,6 +25,30 @@ from continuum.errors import ConfigError, NotReadyError, OperationTimeoutError
 DEFAULT_EXECUTABLE = "/usr/sbin/mosquitto"
 #: mosquitto logs "mosquitto version X running" once its listeners are bound.
 _RUNNING_MARKER = re.compile(rb"mosquitto version \S+ running")
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerTLS:
+    """Serve the listener over TLS with the broker's certificate (``deploy/`` does the same).
+
+    ``cafile`` holds the CA that signs client certificates; with ``require_certificate``
+    a client without a certificate from it gets no connection at all.
+    """
+
+    cafile: Path
+    certfile: Path
+    keyfile: Path
+    require_certificate: bool = True
+
+    def config_lines(self) -> list[str]:
+        """Return the mosquitto directives for a TLS listener (they follow its line)."""
+        return [
+            f"cafile {Path(self.cafile).resolve()}",
+            f"certfile {Path(self.certfile).resolve()}",
+            f"keyfile {Path(self.keyfile).resolve()}",
+            f"require_certificate {'true' if self.require_certificate else 'false'}",
+            "tls_version tlsv1.2",
+        ]
 
 
 def find_mosquitto(executable: str | None = None) -> str:
@@ -44,7 +69,8 @@ class EmbeddedBroker:
     ``port=0`` picks a free port at the first ``start()``; ``restart()`` keeps it,
     so clients reconnect to the same address.  ``password_file`` and ``acl_file``
     (mosquitto's own formats) switch off anonymous access; the dev default is
-    anonymous on loopback only.
+    anonymous on loopback only.  ``tls`` makes the listener TLS-only (mutual TLS when it
+    requires client certificates).
     """
 
     def __init__(
@@ -56,6 +82,7 @@ class EmbeddedBroker:
         executable: str | None = None,
         password_file: Path | None = None,
         acl_file: Path | None = None,
+        tls: BrokerTLS | None = None,
         max_queued_messages: int = 1_000_000,
         autosave_interval_s: int = 2,
         start_timeout_s: float = 10.0,
@@ -67,6 +94,10 @@ class EmbeddedBroker:
             raise ConfigError(f"max_queued_messages must be >= 0, got {max_queued_messages}")
         if autosave_interval_s < 1:
             raise ConfigError(f"autosave_interval_s must be >= 1, got {autosave_interval_s}")
+        if tls is not None:
+            for name in ("cafile", "certfile", "keyfile"):
+                if not Path(getattr(tls, name)).is_file():
+                    raise ConfigError(f"tls.{name} {str(getattr(tls, name))!r} is not a file")
         self.workdir = (
             Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="ctm-mqtt-"))
         )
@@ -75,6 +106,7 @@ class EmbeddedBroker:
         self.executable = executable
         self.password_file = password_file
         self.acl_file = acl_file
+        self.tls = tls
         self.max_queued_messages = max_queued_messages
         self.autosave_interval_s = autosave_interval_s
         self.start_timeout_s = start_timeout_s
@@ -187,6 +219,7 @@ class EmbeddedBroker:
         lines = [
             "# Written by continuum.embedded.broker; regenerated at every start.",
             f"listener {self.port} {self.host}",
+            *(self.tls.config_lines() if self.tls is not None else []),
             "persistence true",
             f"persistence_location {self.data_dir}/",
             "persistence_file mosquitto.db",

@@ -253,6 +253,9 @@ class LocalRayCluster:
 
         os.environ.pop("RAY_AUTH_TOKEN", None)  # would override the token path
         os.environ.update(self.client_env)
+        # Ray Data otherwise polls a Prometheus on localhost:9090 from a thread that
+        # outlives the driver's logging and prints tracebacks at exit.
+        os.environ.setdefault("RAY_DATA_USAGE_DISABLED", "1")
         _reload_ray_auth_config()
         ray.init(address=self.address, namespace=namespace, **init_kwargs)
         self._connected = True
@@ -358,6 +361,7 @@ class LocalRayCluster:
         env.update(self.extra_env)
         env.update(self.client_env)
         env["RAY_USAGE_STATS_ENABLED"] = "0"
+        env["RAY_DATA_USAGE_DISABLED"] = "1"
         # On SIGTERM a node would otherwise wait up to 30 s for Serve-style draining.
         env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
         return env

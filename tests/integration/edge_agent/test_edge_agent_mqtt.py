@@ -18,7 +18,14 @@ from continuum.embedded import EmbeddedBroker
 from continuum.signing import generate_keypair
 from continuum.wire import topics
 from continuum.wire.codec import decode_feedback, decode_samples
-from continuum.wire.messages import NodeStatus, ReportedState, Telemetry
+from continuum.wire.messages import (
+    SCHEMA_VERSION,
+    ArtifactManifest,
+    DesiredState,
+    NodeStatus,
+    ReportedState,
+    Telemetry,
+)
 from edge_agent.agent import EdgeAgent
 from edge_agent.cli import main
 from edge_agent.config import AgentSettings
@@ -113,11 +120,15 @@ class Rig:
         for agent in self.agents:
             agent.stop(timeout_s=5.0)
         # Clear what this test left retained so other tests start clean.
-        for topic in {t for t, _, retained in self.cloud.received if retained} | {
-            topics.node_desired(TENANT, self.node),
-            topics.node_status(TENANT, self.node),
-            topics.node_reported(TENANT, self.node),
-        }:
+        for topic in (
+            {t for t, _, retained in self.cloud.received if retained}
+            | set(self.cloud.retained_topics)
+            | {
+                topics.node_desired(TENANT, self.node),
+                topics.node_status(TENANT, self.node),
+                topics.node_reported(TENANT, self.node),
+            }
+        ):
             self.cloud.publish(topic, b"", retain=True)
         self.cloud.close()
 
@@ -271,6 +282,42 @@ class TestFollowsSignedDesiredState:
         assert agent.runtimes[PIPELINE].model_version == "v1"
 
 
+class TestTruncatedTransfers:
+    """An artifact that is not whole on the broker is rejected like a tampered one."""
+
+    def _roll_out_truncated(self, rig: Rig, version: str, **damage: object) -> EdgeAgent:
+        agent = rig.agent(pattern=[0.0], artifact_stall_s=0.3)
+        rig.roll_out("v1", 1)
+        wait_for(lambda: rig.reported() == "v1:serving")
+        artifact = build_model(rig.tmp / f"{version}.onnx", favour=3)
+        want = desired_for(artifact, rig.private, model="inspector", version=version)
+        assert want.chunks == 3  # chunk 2, the last one, is the one damaged
+        rig.cloud.publish_artifact(artifact, want, **damage)  # type: ignore[arg-type]
+        rig.cloud.set_desired(rig.node, {PIPELINE: want}, 2)
+        wait_for(lambda: rig.reported() == f"{version}:rejected")
+        last = ReportedState.from_payload(
+            rig.cloud.messages(topics.node_reported(TENANT, rig.node))[-1][1]
+        )
+        assert (last.pipelines[PIPELINE].error or "").startswith("truncated_transfer")
+        count = len(rig.sample_versions())
+        wait_for(lambda: len(rig.sample_versions()) > count + 2)
+        assert set(rig.sample_versions()) == {"v1"}
+        assert agent.runtimes[PIPELINE].model_version == "v1"
+        assert not (rig.tmp / "state" / "models" / PIPELINE / f"{version}.onnx").exists()
+        assert b'reason="truncated_transfer"' in agent.metrics.render()
+        return agent
+
+    def test_an_upload_cut_off_before_its_last_chunk_is_rejected_after_asking_again(
+        self, rig: Rig
+    ) -> None:
+        # The manifest promises one chunk more than the broker holds.
+        self._roll_out_truncated(rig, "v2-cut-off", skip_chunks=[2])
+
+    def test_a_chunk_cut_short_on_the_broker_is_rejected_at_once(self, rig: Rig) -> None:
+        agent = self._roll_out_truncated(rig, "v2-cut-short", cut_chunk=2)
+        assert agent.models.rejected_messages.get("bad_chunk") == 1
+
+
 class TestBadInputOnTheWire:
     def test_garbage_on_the_desired_topic_is_counted_and_the_agent_keeps_running(
         self, rig: Rig
@@ -287,6 +334,70 @@ class TestBadInputOnTheWire:
         rig.roll_out("v1", 1)
         wait_for(lambda: rig.reported() == "v1:serving")
         wait_for(lambda: rig.sample_versions())
+
+    def test_garbage_on_every_subscribed_topic_is_counted_and_the_fetch_still_completes(
+        self, rig: Rig
+    ) -> None:
+        agent = rig.agent(pattern=[0.0])
+        rig.roll_out("v1", 1)
+        wait_for(lambda: rig.reported() == "v1:serving")
+        artifact = build_model(rig.tmp / "v3.onnx", favour=3)
+        want = desired_for(artifact, rig.private, model="inspector", version="v3-garbage")
+        rig.cloud.set_desired(rig.node, {PIPELINE: want}, 2)  # the upload comes later
+        # "fetching" is reported after the SUBSCRIBE went out, so the broker routes to us.
+        wait_for(lambda: rig.reported() == "v3-garbage:fetching")
+        desired = topics.node_desired(TENANT, rig.node)
+        manifest = topics.artifact_manifest(TENANT, "inspector", "v3-garbage")
+        chunks = [
+            topics.artifact_chunk(TENANT, "inspector", "v3-garbage", i) for i in range(want.chunks)
+        ]
+        subscribed = agent.link.subscriptions()
+        assert sorted(subscribed) == sorted([desired, manifest, *chunks])
+        before = agent.models.rejected_messages
+        for topic in subscribed:
+            rig.cloud.publish(topic, b"\x00\xffgarbage")
+        foreign = ArtifactManifest(
+            schema_version=SCHEMA_VERSION, **{**want.model_dump(), "sha256": "0" * 64}
+        )
+        rig.cloud.publish(manifest, foreign.to_payload())
+        rig.cloud.publish(manifest, b'{"model": "inspector"}')
+        for node, generation in ((rig.node, 1), ("someone-else", 3)):
+            stale_or_foreign = DesiredState(
+                schema_version=SCHEMA_VERSION,
+                node=node,
+                pipelines={PIPELINE: want},
+                issued_at=time.time(),
+                generation=generation,
+            )
+            rig.cloud.publish(desired, stale_or_foreign.to_payload())
+        expected = {
+            "desired_invalid_json": 1,
+            "desired_stale": 1,
+            "desired_wrong_node": 1,
+            "manifest_invalid_json": 1,
+            "manifest_schema": 1,
+            "manifest_mismatch": 1,
+            "bad_chunk": want.chunks,
+        }
+
+        def added() -> dict[str, int]:
+            now = agent.models.rejected_messages
+            return {k: v - before.get(k, 0) for k, v in now.items() if v > before.get(k, 0)}
+
+        wait_for(lambda: all(added().get(k, 0) >= n for k, n in expected.items()))
+        assert {k: added().get(k, 0) for k in expected} == expected
+        rendered = agent.metrics.render().decode()
+        for reason in expected:
+            assert f'continuum_edge_messages_rejected_total{{reason="{reason}"}}' in rendered
+        # Still serving the old model, and the fetch goes on once the real upload arrives.
+        count = len(rig.sample_versions())
+        wait_for(lambda: len(rig.sample_versions()) > count + 2)
+        assert set(rig.sample_versions()) == {"v1"}
+        assert rig.reported() == "v3-garbage:fetching"
+        rig.cloud.publish_artifact(artifact, want)
+        wait_for(lambda: rig.reported() == "v3-garbage:serving")
+        wait_for(lambda: "v3-garbage" in rig.sample_versions())
+        assert agent.runtimes[PIPELINE].model_version == "v3-garbage"
 
 
 class TestCommandLine:

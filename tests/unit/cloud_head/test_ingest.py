@@ -146,6 +146,21 @@ class TestDuplicates:
             assert again.is_seen("digits", "cam-1:2")
         assert store.read(TENANT, "digits").num_rows == 3
 
+    def test_a_file_written_before_a_crash_recorded_its_ids_is_not_stored_again(
+        self, tmp_path: Path, store: SampleStore, labels: LabelStore
+    ) -> None:
+        # The crash window: the Parquet file is durable, the seen-id commit never happened,
+        # the message was never acknowledged, so the broker redelivers it.
+        batch = make_batch(range(4))
+        store.append(TENANT, batch)
+        [orphan] = store.flush()
+        with IngestService(TENANT, [make_spec()], store, labels, tmp_path / "seen.db") as again:
+            outcome = again.handle(*samples_msg(batch))
+            assert outcome == Outcome("stored", stored=0, duplicates=4)
+            assert again.is_seen("digits", "cam-1:3")
+        assert store.files(TENANT, "digits") == [orphan]
+        assert store.read(TENANT, "digits").num_rows == 4
+
     def test_the_same_seq_from_two_nodes_is_two_samples(
         self, service: IngestService, store: SampleStore
     ) -> None:

@@ -28,7 +28,8 @@ from edge_agent.metrics import AgentMetrics
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 YAML_FILES = sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yml", ".yaml"))
-LABEL_KEY = re.compile(r"continuum\.io/[A-Za-z][A-Za-z0-9._-]*")
+# A label key is continuum.io/<name>; continuum.io/v1 is the spec api_version, not a key.
+LABEL_KEY = re.compile(r"continuum\.io/(?!v\d+\b)[A-Za-z][A-Za-z0-9._-]*")
 
 
 def load_yaml(relative: str) -> Any:

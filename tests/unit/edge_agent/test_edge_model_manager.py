@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,13 @@ from continuum import Pipeline, select
 from continuum.signing import generate_keypair
 from continuum.spec import PipelineSpec
 from continuum.wire import topics
-from continuum.wire.messages import SCHEMA_VERSION, DesiredModel, DesiredState, ReportedState
+from continuum.wire.messages import (
+    SCHEMA_VERSION,
+    ArtifactManifest,
+    DesiredModel,
+    DesiredState,
+    ReportedState,
+)
 from edge_agent.model_manager import ModelManager, ServingModel
 from tests.edge_agent_kit import build_model, build_wrong_input_model, desired_for, wait_for
 
@@ -56,7 +63,9 @@ def _spec() -> PipelineSpec:
 class Node:
     """One manager on a state dir, with everything it hands out recorded."""
 
-    def __init__(self, state_dir: Path, public_pem: bytes, keep_versions: int = 3) -> None:
+    def __init__(
+        self, state_dir: Path, public_pem: bytes, keep_versions: int = 3, **options: Any
+    ) -> None:
         self.link = RecordingLink()
         self.models: list[ServingModel] = []
         self.reports: list[ReportedState] = []
@@ -70,6 +79,7 @@ class Node:
             on_model=self.models.append,
             on_report=self.reports.append,
             keep_versions=keep_versions,
+            **options,
         )
 
     def desire(self, want: DesiredModel, generation: int = 1) -> None:
@@ -88,14 +98,23 @@ class Node:
         want: DesiredModel,
         only: Iterable[int] | None = None,
         tamper: int | None = None,
+        cut: int | None = None,
+        retained: bool = False,
     ) -> None:
         data = artifact.read_bytes()
         for index in range(want.chunks) if only is None else only:
             piece = bytearray(data[index * want.chunk_size : (index + 1) * want.chunk_size])
             if index == tamper:
                 piece[0] ^= 0xFF
+            if index == cut:
+                del piece[len(piece) // 2 :]
             topic = topics.artifact_chunk(TENANT, want.model, want.version, index)
-            self.manager.offer(topic, bytes(piece))
+            self.manager.offer(topic, bytes(piece), retained)
+
+    def send_manifest(self, want: DesiredModel) -> None:
+        manifest = ArtifactManifest(schema_version=SCHEMA_VERSION, **want.model_dump())
+        topic = topics.artifact_manifest(TENANT, want.model, want.version)
+        self.manager.offer(topic, manifest.to_payload(), True)
 
     def state(self) -> str | None:
         if not self.reports:
@@ -336,3 +355,70 @@ class TestBadInput:
         wait_for(lambda: node.manager.rejected_messages.get("bad_chunk") == 1)
         node.send_chunks(artifact, want)
         wait_for(lambda: node.state() == "v1:serving")
+
+
+class TestTruncatedTransfers:
+    def test_a_retained_chunk_of_the_wrong_size_rejects_the_version(
+        self, tmp_path: Path, keys: tuple[bytes, bytes], node: Node
+    ) -> None:
+        artifact = build_model(tmp_path / "v1.onnx")
+        want = desired_for(artifact, keys[0], model="inspector", version="v1")
+        node.desire(want)
+        wait_for(lambda: node.link.chunk_topics())
+        node.send_chunks(artifact, want, cut=want.chunks - 1, retained=True)
+        wait_for(lambda: node.state() == "v1:rejected")
+        assert (node.reports[-1].pipelines[PIPELINE].error or "").startswith("truncated_transfer")
+        assert node.manager.rejected_messages == {"bad_chunk": 1}
+        assert node.models == []
+        assert node.link.chunk_topics() == []
+
+    def test_chunks_missing_after_the_manifest_and_a_second_ask_reject_the_version(
+        self, tmp_path: Path, keys: tuple[bytes, bytes]
+    ) -> None:
+        made = Node(tmp_path / "state", keys[1], stall_s=0.1, stall_limit=2)
+        made.manager.start()
+        try:
+            artifact = build_model(tmp_path / "v1.onnx")
+            want = desired_for(artifact, keys[0], model="inspector", version="v1")
+            made.desire(want)
+            wait_for(lambda: made.link.chunk_topics())
+            made.send_chunks(artifact, want, only=range(want.chunks - 1))
+            made.send_manifest(want)
+            wait_for(lambda: made.state() == "v1:rejected")
+        finally:
+            made.close()
+        error = made.reports[-1].pipelines[PIPELINE].error or ""
+        assert error.startswith("truncated_transfer: 1 of")
+        last = topics.artifact_chunk(TENANT, "inspector", "v1", want.chunks - 1)
+        assert made.link.resubscribed.count(last) == 1  # asked once more before giving up
+        assert made.models == []
+
+    def test_missing_chunks_are_waited_for_while_offline_or_without_a_manifest(
+        self, tmp_path: Path, keys: tuple[bytes, bytes]
+    ) -> None:
+        online = threading.Event()
+        offline = Node(
+            tmp_path / "a", keys[1], stall_s=0.1, stall_limit=1, is_connected=online.is_set
+        )
+        no_manifest = Node(tmp_path / "b", keys[1], stall_s=0.1, stall_limit=1)
+        artifact = build_model(tmp_path / "v1.onnx")
+        want = desired_for(artifact, keys[0], model="inspector", version="v1")
+        try:
+            for made in (offline, no_manifest):
+                made.manager.start()
+                made.desire(want)
+                wait_for(lambda m=made: m.link.chunk_topics())  # type: ignore[misc]
+                made.send_chunks(artifact, want, only=range(want.chunks - 1))
+            offline.send_manifest(want)
+            time.sleep(1.2)  # a few stall periods: offline, or the upload is not finished
+            assert offline.state() == no_manifest.state() == "v1:fetching"
+            manifest = topics.artifact_manifest(TENANT, "inspector", "v1")
+            assert manifest in no_manifest.link.resubscribed  # asked for it again
+            online.set()
+            wait_for(lambda: offline.state() == "v1:rejected")
+            offline.send_chunks(artifact, want, only=[want.chunks - 1])
+            no_manifest.send_chunks(artifact, want, only=[want.chunks - 1])
+            wait_for(lambda: no_manifest.state() == "v1:serving")
+        finally:
+            offline.close()
+            no_manifest.close()

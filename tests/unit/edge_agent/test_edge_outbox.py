@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -173,6 +174,25 @@ class TestBounds:
             assert left.seqs == (entries[0].seq, entries[2].seq, newest.seq)
             assert outbox.stats().dropped == {"full_oldest": 1}
         assert drops == [("full_oldest", 1)]
+
+    def test_a_drop_episode_is_logged_once_when_it_starts_and_once_when_it_ends(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        size = 64 * 4 + 96
+        with _open(tmp_path / "outbox.db", max_bytes=2 * size) as outbox:
+            outbox.append_samples([_entry(outbox), _entry(outbox)])
+            with caplog.at_level(logging.WARNING, logger="edge_agent.outbox"):
+                for _ in range(3):
+                    outbox.append_samples([_entry(outbox)])  # each evicts the oldest
+                pending = outbox.next_samples(10, 1 << 20)
+                assert pending is not None
+                outbox.ack_samples(pending.seqs)
+                outbox.append_samples([_entry(outbox)])  # fits: the episode is over
+        messages = [r.getMessage() for r in caplog.records]
+        assert len(messages) == 2, messages
+        assert "dropping the oldest unsent samples" in messages[0]
+        assert "full_oldest drops ended" in messages[1]
+        assert "3 record(s) dropped in all" in messages[1]
 
     def test_drop_newest_refuses_what_does_not_fit(self, tmp_path: Path) -> None:
         size = 64 * 4 + 96

@@ -1,0 +1,421 @@
+"""What the edge agent's inference path costs on top of a bare ONNX Runtime loop.
+
+Side by side in one run, per model:
+
+- **bare ORT, batch 1**: ``onnxruntime.InferenceSession.run`` on one frame at a time, in a
+  loop, with the session options the agent's backend uses (one intra-op thread, all graph
+  optimisations).  Latency is the ``run`` call.
+- **bare ORT, batch N**: the same on N frames at once: what batching alone buys on this
+  machine (each frame's latency is its batch's ``run``).
+- **agent, batch 1**: the real ``edge_agent.runtime.PipelineRuntime`` (source thread ->
+  micro-batcher queue -> ``OnnxRuntimeBackend`` -> drift monitor and uplink policy ->
+  durable SQLite ``Outbox`` -> metrics) with ``max_batch=1``.  Latencies come from a run
+  whose source keeps one frame in flight (no queueing); frames/s from a run whose source
+  yields as fast as the agent takes frames.
+- **agent, micro-batch <= N**: ``max_batch=N``, fed as fast as the agent takes frames (a
+  saturated camera); its latency includes the wait in the frame queue and in the batch.
+
+Two latencies per frame, both from its arrival at the agent: **result** until the model's
+output is back (the agent's own latency metric, and what the bare loop measures) and
+**path** until the whole path, selection and outbox write included, is done.
+
+The uplink policy is ``drift(psi) | random(0.05)``: a PSI drift monitor runs on the
+confidences and about 5% of frames go to the outbox (nothing drains it here: the uplink
+pump is not on this path).  The tiny CNN also gets a row in which every frame goes to the
+outbox.
+
+Models: the demo's digits CNN (``pipelines.digits.model``, untrained weights, exported with
+``export_onnx``) on scikit-learn's 8x8 digits, and SqueezeNet 1.0 at 224x224 from the onnx
+wheel (``onnx/backend/test/data/light/light_squeezenet.onnx``, the real architecture with
+constant "light" weights), given a dynamic batch axis and a flattened (N, 1000) output.
+
+Run: ``python benchmarks/edge_overhead.py`` (under a minute on 2 cores; ``--quick`` for a
+smoke run).  Timings are wall clock on whatever else the machine is doing: the cases run in
+alternating rounds so that background load hits them alike; compare within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper
+
+from continuum import Pipeline, drift, select
+from continuum.backends import InferenceBackend, open_backend
+from continuum.select import Policy
+from continuum.signing import sha256_file
+from continuum.sources import Frame
+from continuum.wire.messages import Telemetry
+from edge_agent.metrics import AgentMetrics
+from edge_agent.model_manager import ServingModel
+from edge_agent.outbox import Outbox
+from edge_agent.runtime import PipelineRuntime
+
+#: Frames per measured round (tiny CNN, SqueezeNet) and rounds per case.
+FRAMES = {"cnn": 2400, "squeezenet": 80}
+ROUNDS = 5
+MICRO_BATCH = {"cnn": 32, "squeezenet": 8}
+MAX_WAIT_MS = 5.0
+
+
+@dataclass(frozen=True)
+class Model:
+    """One benchmarked model: its ONNX file and a pool of input frames (one sample each)."""
+
+    key: str
+    title: str
+    path: Path
+    frames: tuple[np.ndarray, ...]
+
+
+@dataclass
+class Result:
+    """Per-frame latencies (ns) and frames over wall time of one case, pooled over rounds.
+
+    ``result_ns``: arrival until the model's output came back (the agent's own latency
+    metric); ``latencies_ns``: arrival until the whole path, outbox write included, is done.
+    The bare loop has no path after the model, so both are its ``run`` call.
+    """
+
+    latencies_ns: list[int] = field(default_factory=list)
+    result_ns: list[int] = field(default_factory=list)
+    frames: int = 0
+    wall_s: float = 0.0
+
+    def p(self, q: float, *, to_result: bool = False) -> float:
+        """Return the q-th percentile latency in microseconds."""
+        values = self.result_ns if to_result else self.latencies_ns
+        return float(np.percentile(np.asarray(values, dtype=np.float64), q)) / 1e3
+
+    @property
+    def fps(self) -> float:
+        """Frames per second over the measured rounds."""
+        return self.frames / self.wall_s
+
+
+# -- models -----------------------------------------------------------------------------------
+
+
+def digits_cnn(folder: Path) -> Model:
+    """Export the demo CNN (untrained, seeded) and load the digits as its input frames."""
+    import torch
+    from sklearn.datasets import load_digits
+
+    from pipelines.digits.model import DigitsCNN, export_onnx
+
+    torch.manual_seed(0)
+    path = export_onnx(DigitsCNN(), folder / "digits_cnn.onnx")
+    images = (load_digits().images / 16.0).astype(np.float32)[:256]
+    return Model("cnn", "digits CNN, 1x8x8", path, tuple(i[None] for i in images))
+
+
+def squeezenet(folder: Path) -> Model:
+    """Return SqueezeNet 1.0 from the onnx wheel with a dynamic batch and (N, 1000) output."""
+    source = Path(onnx.__file__).parent / "backend/test/data/light/light_squeezenet.onnx"
+    model = onnx.load(str(source))
+    graph = model.graph
+    weights = {init.name for init in graph.initializer}
+    data = next(i for i in graph.input if i.name not in weights)
+    data.type.tensor_type.shape.dim[0].dim_param = "N"
+    old_output = graph.output[0]
+    graph.node.append(helper.make_node("Flatten", [old_output.name], ["probs"], axis=1))
+    graph.output.remove(old_output)
+    graph.output.append(helper.make_tensor_value_info("probs", onnx.TensorProto.FLOAT, ["N", 1000]))
+    onnx.checker.check_model(model)
+    path = folder / "squeezenet.onnx"
+    onnx.save(model, str(path))
+    rng = np.random.default_rng(0)
+    frames = tuple(rng.random((3, 224, 224), dtype=np.float32) for _ in range(16))
+    return Model("squeezenet", "SqueezeNet 1.0, 3x224x224", path, frames)
+
+
+# -- the bare baseline ------------------------------------------------------------------------
+
+
+def bare_session(path: Path) -> ort.InferenceSession:
+    """Open ``path`` with the options ``OnnxRuntimeBackend`` uses."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def run_bare(
+    session: ort.InferenceSession, model: Model, frames: int, result: Result, batch: int = 1
+) -> None:
+    """Run ``frames`` frames through ``session`` in batches of ``batch``; add to ``result``.
+
+    Every frame of a batch gets the batch's ``run`` time as its latency.
+    """
+    name = session.get_inputs()[0].name
+    size = len(model.frames)
+    pool = [np.stack([model.frames[(i + j) % size] for j in range(batch)]) for i in range(size)]
+    clock = time.perf_counter_ns
+    runs = max(1, frames // batch)
+    started = clock()
+    for i in range(runs):
+        t0 = clock()
+        session.run(None, {name: pool[i % size]})
+        took = clock() - t0
+        result.latencies_ns.extend([took] * batch)
+        result.result_ns.extend([took] * batch)
+    result.wall_s += (clock() - started) / 1e9
+    result.frames += runs * batch
+
+
+# -- the agent --------------------------------------------------------------------------------
+
+
+class _Frames:
+    """A source over a pool of tensors; with ``inflight`` it waits for frames to finish."""
+
+    def __init__(self, pool: Sequence[np.ndarray], count: int, inflight: int | None) -> None:
+        self._frames = [Frame(tensor=t) for t in pool]
+        self._count = count
+        self._slots = threading.Semaphore(inflight) if inflight is not None else None
+
+    def done(self, n: int) -> None:
+        if self._slots is not None:
+            self._slots.release(n)
+
+    def __iter__(self) -> Iterator[Frame]:
+        for i in range(self._count):
+            if self._slots is not None:
+                self._slots.acquire()
+            yield self._frames[i % len(self._frames)]
+
+
+class _ResultClock:
+    """Wraps the backend to note when each batch's model output came back."""
+
+    def __init__(self, backend: InferenceBackend) -> None:
+        self._backend = backend
+        self.returned_ns = 0
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        out = self._backend.infer(batch)
+        self.returned_ns = time.monotonic_ns()
+        return out
+
+    def close(self) -> None:
+        self._backend.close()
+
+
+class _TimedRuntime(PipelineRuntime):
+    """The real runtime, observed: per frame, the time from its arrival until the model's
+    output and until its batch left the outbox step; and a hook that lets a closed-loop
+    source send the next frame."""
+
+    source: _Frames
+    result: Result
+    clock: _ResultClock
+    first_arrival_ns = 0
+    last_done_ns = 0
+
+    def _process(self, arrivals: list) -> None:  # type: ignore[type-arg]
+        super()._process(arrivals)
+        now = time.monotonic_ns()
+        returned = self.clock.returned_ns
+        self.result.latencies_ns.extend(now - a.arrived_ns for a in arrivals)
+        self.result.result_ns.extend(returned - a.arrived_ns for a in arrivals)
+        if not self.first_arrival_ns:
+            self.first_arrival_ns = arrivals[0].arrived_ns
+        self.last_done_ns = now
+        self.source.done(len(arrivals))
+
+
+def run_agent(
+    model: Model,
+    *,
+    frames: int,
+    max_batch: int,
+    inflight: int | None,
+    policy: Policy,
+    outbox: Outbox,
+    result: Result,
+    count_latency: bool = True,
+    count_rate: bool = True,
+) -> None:
+    """Run ``frames`` frames through a fresh ``PipelineRuntime``; add to ``result``.
+
+    ``inflight`` bounds the frames between the source and the end of the path (None: the
+    source yields as fast as the runtime's frame queue takes them).
+    """
+    pipe = Pipeline(f"bench-{model.key}", tenant="bench", data_class="internal")
+    pipe.edge(
+        model=model.key,
+        backend="onnxruntime",
+        shape=model.frames[0].shape,
+        max_batch=max_batch,
+        max_wait_ms=MAX_WAIT_MS,
+    )
+    pipe.uplink(policy)
+    source = _Frames(model.frames, frames, inflight)
+    telemetry: list[Telemetry] = []
+    runtime = _TimedRuntime(
+        spec=pipe.spec,
+        node="bench-node",
+        source=source,
+        outbox=outbox,
+        metrics=AgentMetrics(),
+        on_telemetry=telemetry.append,
+    )
+    backend = open_backend("onnxruntime", model.path, max_batch=max_batch)
+    backend.infer(np.stack(model.frames[:max_batch]))  # warm up before the clock starts
+    runtime.source, runtime.result, runtime.clock = source, Result(), _ResultClock(backend)
+    serving = ServingModel(
+        pipe.spec.name, model.key, "v1", sha256_file(model.path), "", model.path, backend
+    )
+    runtime.swap_model(replace(serving, backend=runtime.clock))  # type: ignore[arg-type]
+    runtime.start()
+    while not runtime.finished:
+        time.sleep(0.01)
+    runtime.close()
+    done = runtime.result
+    assert len(done.latencies_ns) == frames, "the runtime did not infer every frame"
+    if count_latency:
+        result.latencies_ns.extend(done.latencies_ns)
+        result.result_ns.extend(done.result_ns)
+    if count_rate:
+        # From the first frame's arrival to the last frame's outbox write: the runtime's
+        # idle poll before it notices that the source ended is not part of the path.
+        result.wall_s += (runtime.last_done_ns - runtime.first_arrival_ns) / 1e9
+        result.frames += frames
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+def policy_of(share: float) -> Policy:
+    """The benchmark's uplink policy: a drift boost (PSI monitor) or a random ``share``."""
+    return select.drift(drift.psi(0.25), rate=0.5) | select.random(share)
+
+
+BARE_1 = "bare ORT, batch 1"
+
+
+def measure(model: Model, frames: int, workdir: Path) -> list[tuple[str, Result]]:
+    """Run every case for ``model`` in alternating rounds; return (case, result) pairs.
+
+    The agent's batch-1 rows take their latencies from a run with one frame in flight (no
+    queueing) and their frames/s from a run fed as fast as the agent takes frames.
+    """
+    session = bare_session(model.path)
+    run_bare(session, model, 20, Result())  # warm up
+    batch = MICRO_BATCH[model.key]
+    bare_n = f"bare ORT, batch {batch}"
+    agent_cases: list[tuple[str, int, Policy]] = [("agent, batch 1", 1, policy_of(0.05))]
+    if model.key == "cnn":
+        agent_cases.append(("agent, batch 1, every frame to outbox", 1, select.random(1.0)))
+    agent_cases.append((f"agent, micro-batch <= {batch}", batch, policy_of(0.05)))
+    results = {name: Result() for name in [BARE_1, bare_n, *(c[0] for c in agent_cases)]}
+    runs = 0
+    for _ in range(ROUNDS):
+        run_bare(session, model, frames, results[BARE_1])
+        run_bare(session, model, frames, results[bare_n], batch=batch)
+        for name, max_batch, policy in agent_cases:
+            modes = (
+                [(1, True, False), (None, False, True)] if max_batch == 1 else [(None, True, True)]
+            )
+            for inflight, count_latency, count_rate in modes:
+                runs += 1
+                with Outbox(
+                    workdir / f"{model.key}-{runs}.sqlite3", max_bytes=1 << 34, ttl_s=86_400.0
+                ) as outbox:
+                    run_agent(
+                        model,
+                        frames=frames,
+                        max_batch=max_batch,
+                        inflight=inflight,
+                        policy=policy,
+                        outbox=outbox,
+                        result=results[name],
+                        count_latency=count_latency,
+                        count_rate=count_rate,
+                    )
+    return list(results.items())
+
+
+def print_results(model: Model, results: list[tuple[str, Result]]) -> None:
+    """Print one model's table: latency percentiles, frames/s and ratios to the bare loop."""
+    bare = results[0][1]
+    unit, scale = ("us", 1.0) if model.key == "cnn" else ("ms", 1e-3)
+    print(f"\n{model.title}  ({len(bare.latencies_ns):,} frames per case)")
+    header = (
+        f"{'case':<38} {'p50 result':>10} {'p50 path':>9} {'p99 path':>9} {'frames/s':>9}"
+        f" {'p50/bare':>9} {'fps/bare':>9}"
+    )
+    print(f"{'':<38} {'(' + unit + ')':>10} {'(' + unit + ')':>9} {'(' + unit + ')':>9}")
+    print(header)
+    print("-" * len(header))
+    for name, r in results:
+        print(
+            f"{name:<38} {r.p(50, to_result=True) * scale:>10.2f} {r.p(50) * scale:>9.2f}"
+            f" {r.p(99) * scale:>9.2f} {r.fps:>9,.0f}"
+            f" {r.p(50, to_result=True) / bare.p(50):>9.3f} {r.fps / bare.fps:>9.2f}"
+        )
+
+
+def main() -> None:
+    """Build both models, run every case and print the tables and the headline figures."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a tenth of the frames (smoke run)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    started = time.perf_counter()
+    print(
+        f"edge agent inference path vs bare onnxruntime | python {platform.python_version()}, "
+        f"onnxruntime {ort.__version__}, {platform.machine()}, {os.cpu_count()} CPUs, "
+        "1 intra-op thread"
+    )
+    headline: dict[str, list[tuple[str, Result]]] = {}
+    with tempfile.TemporaryDirectory(prefix="ctm-edge-bench-") as tmp:
+        workdir = Path(tmp)
+        for build in (digits_cnn, squeezenet):
+            model = build(workdir)
+            frames = max(10, FRAMES[model.key] // (10 if args.quick else 1))
+            results = measure(model, frames, workdir)
+            print_results(model, results)
+            headline[model.key] = results
+    cnn = dict(headline["cnn"])
+    bare, agent = cnn[BARE_1], cnn["agent, batch 1"]
+    full = cnn["agent, batch 1, every frame to outbox"]
+    print(
+        "\nTiny CNN, agent's added cost per frame at batch 1: "
+        f"{agent.p(50, to_result=True) - bare.p(50):.0f} us to the result and "
+        f"{agent.p(50) - bare.p(50):.0f} us for the whole path at p50 "
+        f"({full.p(50) - bare.p(50):.0f} us when every frame is written to the outbox); "
+        f"{1e6 / agent.fps - 1e6 / bare.fps:.0f} us per frame in throughput terms."
+    )
+    sq = dict(headline["squeezenet"])
+    sq_bare, sq_agent = sq[BARE_1], sq["agent, batch 1"]
+    sq_batched = sq[f"agent, micro-batch <= {MICRO_BATCH['squeezenet']}"]
+    sq_bare_n = sq[f"bare ORT, batch {MICRO_BATCH['squeezenet']}"]
+    print(
+        "SqueezeNet at batch 1, agent p50 vs bare: "
+        f"{100 * (sq_agent.p(50, to_result=True) / sq_bare.p(50) - 1):+.1f}% to the result, "
+        f"{100 * (sq_agent.p(50) / sq_bare.p(50) - 1):+.1f}% for the whole path (target: "
+        f"within 5%). Micro-batched: {sq_batched.fps:.0f} frames/s vs bare batch 1 "
+        f"{sq_bare.fps:.0f} ({sq_batched.fps / sq_bare.fps:.2f}x, target > 1) and bare batch "
+        f"{MICRO_BATCH['squeezenet']} {sq_bare_n.fps:.0f} (what batching buys on this CPU)."
+    )
+    print(f"(took {time.perf_counter() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
