@@ -24,7 +24,16 @@ from cloud_head.store import SampleStore, to_numpy
 from continuum.wire import topics
 from continuum.wire.codec import FeedbackBatch, sample_id
 
-__all__ = ["Label", "LabelSource", "LabelStore", "labelled", "to_xy"]
+__all__ = [
+    "Label",
+    "LabelSource",
+    "LabelStore",
+    "Proposal",
+    "ReviewItem",
+    "labelled",
+    "review_queue",
+    "to_xy",
+]
 
 LabelSource = Literal["delayed_feedback", "teacher", "human", "edge"]
 
@@ -44,6 +53,16 @@ CREATE TABLE IF NOT EXISTS labels (
     ts REAL NOT NULL,
     PRIMARY KEY (tenant, pipeline, sample_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS proposals (
+    tenant TEXT NOT NULL,
+    pipeline TEXT NOT NULL,
+    sample_id TEXT NOT NULL,
+    label INTEGER NOT NULL,
+    confidence REAL NOT NULL,
+    model TEXT NOT NULL,
+    ts REAL NOT NULL,
+    PRIMARY KEY (tenant, pipeline, sample_id)
+) WITHOUT ROWID;
 """
 
 
@@ -57,8 +76,24 @@ class Label:
     ts: float
 
 
+@dataclass(frozen=True, slots=True)
+class Proposal:
+    """A label a model proposed for a sample, with its confidence; a human may accept it."""
+
+    sample_id: str
+    label: int
+    confidence: float
+    model: str
+    ts: float
+
+
 class LabelStore:
-    """Keep labels by (tenant, pipeline, sample id) in SQLite; the most trusted source wins."""
+    """Keep labels by (tenant, pipeline, sample id) in SQLite; the most trusted source wins.
+
+    Next to the labels it keeps proposals: a teacher's guess for every sample it saw, with
+    its confidence. The human review queue shows them, and a sample with a proposal is one
+    the teacher has done, so a restarted teacher neither repeats nor skips work.
+    """
 
     def __init__(self, path: str | Path) -> None:
         """Open (or create) the label database at ``path``."""
@@ -163,6 +198,48 @@ class LabelStore:
             ).fetchone()
         return int(row[0])
 
+    def propose(
+        self,
+        tenant: str,
+        pipeline: str,
+        items: Iterable[tuple[str, int, float]],
+        *,
+        model: str,
+        ts: float | None = None,
+    ) -> int:
+        """Record ``(sample_id, label, confidence)`` proposals of ``model``; return how many.
+
+        A newer proposal for the same sample replaces the older one (a better teacher may
+        have been registered since).
+        """
+        topics.check_name(tenant, "tenant")
+        topics.check_name(pipeline, "pipeline")
+        stamp = time.time() if ts is None else ts
+        rows = []
+        for sample, label, confidence in items:
+            if not 0.0 <= float(confidence) <= 1.0:
+                raise ValueError(
+                    f"confidence of {sample} must be a probability in [0, 1], got {confidence!r}"
+                )
+            rows.append((tenant, pipeline, sample, int(label), float(confidence), model, stamp))
+        with self._lock:
+            before = self._db.total_changes
+            with self._db:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO proposals VALUES (?, ?, ?, ?, ?, ?, ?)", rows
+                )
+            return self._db.total_changes - before
+
+    def proposals(self, tenant: str, pipeline: str) -> dict[str, Proposal]:
+        """Return every proposal of one pipeline by sample id."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT sample_id, label, confidence, model, ts FROM proposals "
+                "WHERE tenant = ? AND pipeline = ?",
+                (tenant, pipeline),
+            ).fetchall()
+        return {r[0]: Proposal(r[0], int(r[1]), float(r[2]), str(r[3]), float(r[4])) for r in rows}
+
     def close(self) -> None:
         """Close the database."""
         with self._lock:
@@ -224,3 +301,60 @@ def to_xy(
     x, ids = to_numpy(table, shape=shape, dtype=dtype)
     y = np.asarray(table.column("label").to_pylist(), dtype=np.int64)
     return x, y, ids
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewItem:
+    """One stored sample that has no trusted label yet, as the review queue shows it."""
+
+    sample_id: str
+    node: str
+    captured_at_ns: int
+    model_version: str
+    prediction: int
+    confidence: float
+    proposal: Proposal | None
+
+    @property
+    def doubt(self) -> float:
+        """How sure the best guess is (lower is reviewed first): the teacher's, else the edge's."""
+        return self.proposal.confidence if self.proposal is not None else self.confidence
+
+
+def review_queue(
+    samples: SampleStore,
+    labels: LabelStore,
+    tenant: str,
+    pipeline: str,
+    *,
+    limit: int | None = 50,
+) -> list[ReviewItem]:
+    """Return the stored samples a human should label, least certain first.
+
+    A sample is pending when no label was recorded for it from any source and it carried
+    none from the edge. A teacher label counts as recorded: only the teacher's proposals
+    below its acceptance confidence stay pending, and those come first, as they are where
+    a human's answer teaches the model most.
+    """
+    columns = ["sample_id", "node", "captured_at_ns", "model_version", "prediction"]
+    table = samples.read(tenant, pipeline, columns=[*columns, "confidence", "label"])
+    known = labels.labels(tenant, pipeline)
+    proposals = labels.proposals(tenant, pipeline)
+    items = []
+    for row in table.filter(pc.is_null(table.column("label"))).to_pylist():
+        if row["sample_id"] in known:
+            continue
+        confidence = float(row["confidence"])
+        items.append(
+            ReviewItem(
+                sample_id=row["sample_id"],
+                node=row["node"],
+                captured_at_ns=int(row["captured_at_ns"]),
+                model_version=row["model_version"],
+                prediction=int(row["prediction"]),
+                confidence=confidence if np.isfinite(confidence) else 0.0,
+                proposal=proposals.get(row["sample_id"]),
+            )
+        )
+    items.sort(key=lambda item: (item.doubt, item.captured_at_ns, item.sample_id))
+    return items if limit is None else items[:limit]

@@ -48,6 +48,21 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
+# Tests lint every /metrics endpoint and the deploy/ rules with Prometheus' own promtool.
+# Only the binary is taken from Debian's prometheus package: installing the package would
+# also enable a Prometheus server on :9090.
+if [ "$mode" = test ] && ! command -v promtool >/dev/null 2>&1 && [ ! -x .venv/bin/promtool ]; then
+  echo "==> taking promtool from Debian's prometheus package"
+  tmp="$(mktemp -d)"
+  if (cd "$tmp" && apt-get download prometheus >/dev/null 2>&1) \
+    || { as_root apt-get update -qq && (cd "$tmp" && apt-get download prometheus >/dev/null); }; then
+    dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/root" && cp "$tmp/root/usr/bin/promtool" .venv/bin/
+  else
+    echo "    (could not download it: the promtool checks will be skipped)" >&2
+  fi
+  rm -rf "$tmp"
+fi
+
 export PATH="$PWD/.venv/bin:$PATH"
 case "$mode" in
   demo) exec continuum demo "$@" ;;

@@ -14,7 +14,19 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import Protocol
 
-from continuum.cli import audit, certs, demo, fleet, models, policy, rollout, show, tenant, validate
+from continuum.cli import (
+    audit,
+    certs,
+    demo,
+    fleet,
+    label,
+    models,
+    policy,
+    rollout,
+    show,
+    tenant,
+    validate,
+)
 from continuum.errors import ConfigError, ContinuumError, SpecError
 
 __all__ = ["SUBCOMMANDS", "Subcommand", "build_parser", "main"]
@@ -42,6 +54,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     fleet,
     models,
     rollout,
+    label,
     audit,
     policy,
     tenant,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -507,3 +508,9 @@ class TestMetricsEndpoint:
         assert 'continuum_edge_model_info{model="inspector",pipeline="inspect"' in text
         assert "continuum_edge_inference_latency_seconds_bucket" in text
         assert "continuum_edge_outbox_depth" in text
+        promtool = shutil.which("promtool")
+        if promtool is not None:  # Prometheus' own linter, as a scraper would judge it
+            lint = subprocess.run(
+                [promtool, "check", "metrics"], input=text, capture_output=True, text=True
+            )
+            assert lint.returncode == 0, lint.stdout + lint.stderr

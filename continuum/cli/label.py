@@ -1,0 +1,227 @@
+"""``continuum label list|show|accept|fix``: the human review queue of uplinked samples.
+
+Samples that came up from the edge with no label, and that neither edge feedback nor a
+confident teacher answer labelled, wait here, least certain first. A reviewer accepts the
+teacher's (or the edge model's) guess or fixes it; the answer is recorded as a ``human``
+label, the most trusted source, which the next retraining uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from continuum.cli._cloud import add_root, add_tenant, state_dir
+from continuum.errors import ConfigError, NotFoundError
+
+_SHADES = " .:-=+*#%@"
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``label`` subcommand and its actions."""
+    parser = subparsers.add_parser(
+        "label",
+        help="review uplinked samples that have no label yet",
+        description="The human review queue: list pending samples (least certain first), "
+        "show one, accept the proposed label or fix it. Answers are recorded as human labels, "
+        "which outrank edge feedback and the teacher.",
+    )
+    actions = parser.add_subparsers(title="actions", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="list pending samples, least certain first")
+    _common(listing)
+    listing.add_argument(
+        "--limit", type=_count, default=20, help="how many to list (default 20; 0 for all)"
+    )
+    listing.set_defaults(run=run_list)
+    show = actions.add_parser("show", help="show one sample, its tensor and the guesses")
+    _common(show)
+    show.add_argument("sample_id", help="sample id as `label list` prints it")
+    show.set_defaults(run=run_show)
+    accept = actions.add_parser(
+        "accept", help="accept the proposed label of samples (the teacher's, else the edge's)"
+    )
+    _common(accept)
+    accept.add_argument("sample_ids", nargs="+", metavar="SAMPLE_ID")
+    accept.set_defaults(run=run_accept)
+    fix = actions.add_parser("fix", help="give a sample its correct label")
+    _common(fix)
+    fix.add_argument("sample_id")
+    fix.add_argument("label", type=_count, help="the correct class index")
+    fix.set_defaults(run=run_fix)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    add_tenant(parser)
+    add_root(parser)
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+    return value
+
+
+class _Stores:
+    """The sample store and label database of one cloud head state directory."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from cloud_head.labelling import LabelStore
+        from cloud_head.store import SampleStore
+
+        self.samples = SampleStore(str(state_dir(args.root, "store")))
+        self.labels = LabelStore(state_dir(args.root, "state") / "labels.sqlite3")
+
+    def __enter__(self) -> _Stores:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.labels.close()
+
+
+def run_list(args: argparse.Namespace) -> int:
+    """Print the pending samples of a pipeline."""
+    from cloud_head.labelling import review_queue
+
+    with _Stores(args) as stores:
+        items = review_queue(
+            stores.samples,
+            stores.labels,
+            args.tenant,
+            args.pipeline,
+            limit=args.limit or None,
+        )
+    if not items:
+        print(f"no samples of pipeline {args.pipeline!r} (tenant {args.tenant!r}) await review")
+        return 0
+    print(f"{'sample id':28} {'node':14} {'captured':20} {'edge':>10} {'proposal':>16}")
+    for item in items:
+        captured = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(item.captured_at_ns / 1e9))
+        proposal = (
+            f"{item.proposal.label} ({item.proposal.confidence:.2f})" if item.proposal else "-"
+        )
+        print(
+            f"{item.sample_id:28} {item.node:14} {captured:20} "
+            f"{item.prediction:>3} ({item.confidence:.2f}) {proposal:>16}"
+        )
+    return 0
+
+
+def _pending(stores: _Stores, args: argparse.Namespace) -> dict[str, Any]:
+    from cloud_head.labelling import review_queue
+
+    return {
+        item.sample_id: item
+        for item in review_queue(
+            stores.samples, stores.labels, args.tenant, args.pipeline, limit=None
+        )
+    }
+
+
+def _stored_ids(stores: _Stores, args: argparse.Namespace) -> set[str]:
+    table = stores.samples.read(args.tenant, args.pipeline, columns=["sample_id"])
+    return set(table.column("sample_id").to_pylist())
+
+
+def run_show(args: argparse.Namespace) -> int:
+    """Print one sample: where it came from, the guesses, and its tensor when it is small."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from cloud_head.store import to_numpy
+
+    with _Stores(args) as stores:
+        table = stores.samples.read(args.tenant, args.pipeline)
+        row = table.filter(pc.equal(table.column("sample_id"), args.sample_id))
+        if row.num_rows == 0:
+            raise NotFoundError(
+                f"no stored sample {args.sample_id!r} in pipeline {args.pipeline!r}; "
+                "`continuum label list` prints the pending ids"
+            )
+        record = row.to_pylist()[0]
+        label = stores.labels.get(args.tenant, args.pipeline, args.sample_id)
+        proposal = stores.labels.proposals(args.tenant, args.pipeline).get(args.sample_id)
+        x, _ = to_numpy(row)
+    print(f"sample {record['sample_id']} from {record['node']} (model {record['model_version']})")
+    print(f"  edge prediction {record['prediction']} at confidence {record['confidence']:.3f}")
+    if proposal is not None:
+        print(
+            f"  {proposal.model} proposes {proposal.label} at confidence {proposal.confidence:.3f}"
+        )
+    if label is not None:
+        print(f"  label {label.label} from {label.source}")
+    elif record["label"] is not None:
+        print(f"  label {record['label']} from the edge")
+    else:
+        print("  no label yet")
+    image = np.squeeze(x[0])
+    if image.ndim == 2 and image.shape[0] <= 32 and image.shape[1] <= 64:
+        low, high = float(image.min()), float(image.max())
+        scale = (image - low) / (high - low) if high > low else np.zeros_like(image)
+        for line in scale:
+            print("  " + "".join(_SHADES[int(v * (len(_SHADES) - 1))] * 2 for v in line))
+    return 0
+
+
+def run_accept(args: argparse.Namespace) -> int:
+    """Record the proposed label of each sample (the teacher's, else the edge's) as human."""
+    with _Stores(args) as stores:
+        pending = _pending(stores, args)
+        missing = [sid for sid in args.sample_ids if sid not in pending]
+        if missing:
+            raise NotFoundError(
+                f"not pending review: {', '.join(missing)}; `continuum label list --limit 0` "
+                "prints every pending id (a labelled sample is changed with `label fix`)"
+            )
+        items = []
+        for sid in args.sample_ids:
+            item = pending[sid]
+            items.append((sid, item.proposal.label if item.proposal else item.prediction))
+        written = stores.labels.put_many(args.tenant, args.pipeline, items, source="human")
+    for sid, label in items:
+        print(f"{sid}: labelled {label} (human)")
+    return 0 if written == len(items) else 1
+
+
+def run_fix(args: argparse.Namespace) -> int:
+    """Record the reviewer's label for one stored sample."""
+    with _Stores(args) as stores:
+        if args.sample_id not in _stored_ids(stores, args):
+            raise NotFoundError(
+                f"no stored sample {args.sample_id!r} in pipeline {args.pipeline!r} of tenant "
+                f"{args.tenant!r}; `continuum label list` prints the pending ids"
+            )
+        classes = _classes(args)
+        if classes is not None and args.label >= classes:
+            raise ConfigError(
+                f"label {args.label} is not a class of pipeline {args.pipeline!r}: its model "
+                f"has {classes} classes, 0 to {classes - 1}"
+            )
+        stores.labels.put(args.tenant, args.pipeline, args.sample_id, args.label, source="human")
+    print(f"{args.sample_id}: labelled {args.label} (human)")
+    return 0
+
+
+def _classes(args: argparse.Namespace) -> int | None:
+    """Return the number of classes the pipeline's current model outputs, when known."""
+    from cloud_head.registry import ModelRegistry
+
+    root = args.root / "registry"
+    if not root.exists():
+        return None
+    registry = ModelRegistry(root)
+    try:
+        current = registry.current(args.tenant, args.pipeline)
+    finally:
+        registry.close()
+    if current is None or not current.artifact_path.exists():
+        return None
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(current.artifact_path), providers=["CPUExecutionProvider"])
+    shape = session.get_outputs()[0].shape
+    return shape[-1] if shape and isinstance(shape[-1], int) else None
