@@ -34,7 +34,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from continuum.errors import ArtifactError, ContinuumError, NotFoundError, SpecError
+from continuum.errors import (
+    ArtifactError,
+    ContinuumError,
+    NotFoundError,
+    NotReadyError,
+    SpecError,
+)
 from continuum.signing import key_fingerprint, public_pem_of, sha256_bytes, sign, verify
 from continuum.wire.topics import check_name
 
@@ -44,12 +50,15 @@ __all__ = [
     "AuditLog",
     "AuditRecord",
     "AuditTamperedError",
+    "AuditTrail",
+    "AuditWriteError",
     "VerifyResult",
     "canonical_json",
     "default_actor",
     "head_message",
     "model_subject",
     "record_hash",
+    "service_actor",
 ]
 
 #: The ``prev_hash`` of a tenant's first record.
@@ -98,6 +107,21 @@ class AuditTamperedError(ContinuumError, ValueError):
 
     def __init__(self, message: str, *, seq: int) -> None:
         self.seq = seq
+        super().__init__(message)
+
+
+class AuditWriteError(NotReadyError):
+    """A record could not be written, so the decision it records must not go ahead.
+
+    Callers write the record *before* carrying out the step (publishing desired state,
+    registering a model, starting a run): when this is raised the step has not happened.
+    Retry once the log's storage is writable again.
+    """
+
+    def __init__(self, message: str, *, tenant: str, action: str, subject: str) -> None:
+        self.tenant = tenant
+        self.action = action
+        self.subject = subject
         super().__init__(message)
 
 
@@ -157,6 +181,11 @@ def default_actor() -> str:
     except (KeyError, OSError):  # no login name in a container without /etc/passwd entry
         user = "unknown"
     return f"{user}@{socket.gethostname()}"
+
+
+def service_actor(name: str) -> str:
+    """Return the actor name of a cloud service (``service:controller-digits``)."""
+    return f"service:{name}"
 
 
 def model_subject(pipeline: str, version: str) -> str:
@@ -245,12 +274,26 @@ def _action(value: AuditAction | str) -> str:
 class _TenantLog:
     """One tenant's open database and the lock that makes this process its one writer."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, timeout_s: float = 30.0) -> None:
         self.lock = threading.Lock()
-        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db = sqlite3.connect(
+            path, check_same_thread=False, isolation_level=None, timeout=timeout_s
+        )
         self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(_SCHEMA)
+        # Two processes opening a new log at once: switching it to WAL and creating the
+        # schema answer "database is locked" at once, without SQLite's busy wait; retry
+        # (both steps are idempotent) rather than fail the first append of an actor.
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.executescript(_SCHEMA)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    self.db.close()
+                    raise
+                time.sleep(0.005)
 
     @contextmanager
     def transaction(self, mode: str) -> Iterator[sqlite3.Connection]:
@@ -289,6 +332,11 @@ class AuditLog:
         self._keys = dict(signing_keys or {})
         self._lock = threading.Lock()
         self._logs: dict[str, _TenantLog] = {}
+
+    def add_signing_key(self, tenant: str, private_key_pem: bytes) -> None:
+        """Sign ``tenant``'s head anchor with this key from the next append on."""
+        with self._lock:
+            self._keys[tenant] = private_key_pem
 
     def __enter__(self) -> AuditLog:
         return self
@@ -348,6 +396,8 @@ class AuditLog:
         Raises:
             SpecError: an unknown action, or a field that is empty, multi-line or not JSON.
             ProtocolError: the tenant name is invalid.
+            AuditWriteError: the record was not written (storage failed); do not go ahead
+                with what it records.
         """
         check_name(tenant, "tenant")
         action_value = _action(action)
@@ -355,6 +405,27 @@ class AuditLog:
         who = _one_line(actor if actor is not None else default_actor(), "actor")
         details_json = canonical_json(dict(details or {}))
         key = self._keys.get(tenant)
+        try:
+            return self._append(tenant, action_value, subject, who, details_json, key)
+        except (sqlite3.Error, OSError) as exc:
+            raise AuditWriteError(
+                f"could not append a {action_value} record about {subject!r} to the audit log "
+                f"of tenant {tenant!r} at {self.path(tenant)}: {exc}; the step it records was "
+                "not carried out (check the disk and the file's permissions, then retry)",
+                tenant=tenant,
+                action=action_value,
+                subject=subject,
+            ) from exc
+
+    def _append(
+        self,
+        tenant: str,
+        action_value: str,
+        subject: str,
+        who: str,
+        details_json: str,
+        key: bytes | None,
+    ) -> AuditRecord:
         log = self._open(tenant, create=True)
         with log.transaction("IMMEDIATE") as db:
             row = db.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
@@ -440,6 +511,31 @@ class AuditLog:
             rows = db.execute("SELECT * FROM records ORDER BY seq").fetchall()
             head = db.execute("SELECT seq, hash, signature FROM head WHERE id = 1").fetchone()
         return _check(tenant, rows, head, public_key_pem)
+
+
+@dataclass(frozen=True)
+class AuditTrail:
+    """One tenant's log as one service writes to it: the log, the tenant and who the service is.
+
+    The services that take decisions (deploy, controller, rollout, tenant registry) hold one,
+    so each call site names only what happened; ``actor`` overrides the service's own name
+    when a person asked for the step (``continuum models rollback`` passes ``user@host``).
+    """
+
+    log: AuditLog
+    tenant: str
+    actor: str
+
+    def record(
+        self,
+        action: AuditAction | str,
+        subject: str,
+        details: Mapping[str, Any] | None = None,
+        *,
+        actor: str | None = None,
+    ) -> AuditRecord:
+        """Append one record; see ``AuditLog.append`` (raises ``AuditWriteError`` on failure)."""
+        return self.log.append(self.tenant, action, subject, details, actor or self.actor)
 
 
 def _to_record(row: tuple[Any, ...]) -> AuditRecord:

@@ -8,6 +8,12 @@ written before a crash could record its ids is found and adopted before that pip
 next write, so a redelivered message is not stored twice. ``IngestWorker`` is the thin MQTT
 runner around it: a persistent MQTT 5 session
 on a shared subscription, with each message acknowledged only after its durable write.
+
+Given a residency policy, ingest enforces it again (defence in depth, DESIGN.md §6): a batch
+from a node the fleet registry does not know (``unknown_node``), or whose class the store may
+not hold (``policy``), is rejected, as is a batch carrying a field the edge should have
+dropped or hashed (``policy_field``).  Refusals and a summary of what each flush stored go to
+the tenant's audit log; the ``samples_per_day`` quota refuses samples beyond it (``quota``).
 """
 
 from __future__ import annotations
@@ -16,23 +22,36 @@ import dataclasses
 import functools
 import logging
 import queue
+import re
 import sqlite3
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import numpy as np
 
 from cloud_head._mqtt import RejectLog, reason_code_failed
+from cloud_head.audit import AuditAction, AuditLog
+from cloud_head.fleet import FleetRegistry
 from cloud_head.labelling import LabelStore
 from cloud_head.store import SampleStore
-from continuum.errors import ConfigError, ProtocolError
-from continuum.spec import PipelineSpec
+from cloud_head.tenants import QuotaExceededError, Quotas
+from continuum.errors import ConfigError, PlacementError, ProtocolError, SpecError
+from continuum.labels import SITE
+from continuum.residency import (
+    ResidencyPolicy,
+    UplinkPlan,
+    check_placement,
+    ingest_allows,
+    uplink_plan,
+)
+from continuum.spec import DataClass, PipelineSpec
 from continuum.wire import codec, topics
 from continuum.wire.mqtt import BrokerSettings, connect, make_client
 
@@ -43,7 +62,7 @@ __all__ = ["IngestService", "IngestWorker", "Outcome", "OutcomeKind"]
 
 _log = logging.getLogger(__name__)
 
-OutcomeKind = Literal["stored", "labelled", "rejected", "failed"]
+OutcomeKind = Literal["stored", "labelled", "rejected", "failed", "deferred"]
 
 _SEEN_SCHEMA = """
 CREATE TABLE IF NOT EXISTS seen (
@@ -59,6 +78,23 @@ CREATE TABLE IF NOT EXISTS stored_files (
 """
 _SQL_CHUNK = 500  # stays well under SQLite's bound-parameter limit
 
+#: Reject reasons that are residency decisions: each goes to the tenant's audit log.
+POLICY_REASONS: Final = frozenset({"policy", "policy_field", "unknown_node"})
+#: What ``continuum.residency.hash_field`` makes: the only form a hashed field may arrive in.
+_HASHED_VALUE: Final = re.compile(r"hmac-sha256:[0-9a-f]{64}")
+#: How long a node's labels from the fleet registry are trusted before they are read again.
+_LABELS_TTL_S: Final = 5.0
+#: How long an unknown node stays unknown before the registry is asked again (a flood of
+#: batches from an unknown node must not read the registry once per batch).
+_UNKNOWN_TTL_S: Final = 0.5
+#: How long batches of a node the fleet registry does not know yet are held back, not
+#: rejected: an agent's first batches can overtake its status on the way to the registry.
+NODE_GRACE_S: Final = 15.0
+#: At most this many unknown nodes are waited for at once; batches of more are rejected at
+#: once, so made-up node names cannot make ingest hold an unbounded backlog.
+_MAX_PENDING_NODES: Final = 64
+_AUDIT_ACTOR: Final = "service:ingest"
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
@@ -66,8 +102,9 @@ class Outcome:
 
     ``kind`` is "stored" (a sample batch; ``stored`` new samples, ``duplicates`` already
     there), "labelled" (a feedback batch; ``labels`` recorded), "rejected" (bad input, counted
-    under ``reason``; acknowledge it, a resend cannot fix it) or "failed" (the durable write
-    failed; do not acknowledge, retry).
+    under ``reason``; acknowledge it, a resend cannot fix it), "failed" (the durable write
+    failed; do not acknowledge, retry) or "deferred" (it cannot be judged yet — its node's
+    status has not reached the fleet registry; hold it unacknowledged and offer it again).
     """
 
     kind: OutcomeKind
@@ -76,11 +113,12 @@ class Outcome:
     labels: int = 0
     reason: str = ""
     detail: str = ""
+    over_quota: int = 0
 
     @property
     def ack(self) -> bool:
         """Whether the message may be acknowledged to the broker."""
-        return self.kind != "failed"
+        return self.kind not in ("failed", "deferred")
 
 
 @dataclass(slots=True)
@@ -97,11 +135,32 @@ def _dtype(name: str) -> np.dtype[Any]:
     return np.dtype(name)
 
 
-class _RejectedError(Exception):
+class _DeferredError(Exception):
+    """The message cannot be judged yet; offer it again shortly."""
+
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+
+
+class _RejectedError(Exception):
+    def __init__(self, reason: str, detail: str, *, rule: str = "") -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.rule = rule
+
+
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    """A policy reject of one message, for the audit log."""
+
+    node: str
+    pipeline: str
+    reason: str
+    rule: str
+    detail: str
 
 
 class IngestService:
@@ -115,10 +174,66 @@ class IngestService:
         labels: LabelStore,
         seen_db: str | Path,
         *,
+        policy: ResidencyPolicy | None = None,
+        store_labels: Mapping[str, str] | None = None,
+        fleet: FleetRegistry | None = None,
+        audit_dir: str | Path | None = None,
+        quotas: Quotas | None = None,
+        audit_signing_key: bytes | None = None,
+        audit_interval_s: float = 10.0,
+        node_grace_s: float = NODE_GRACE_S,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
-        """Serve ``tenant``; ``seen_db`` is the SQLite file of sample ids already stored."""
+        """Serve ``tenant``; ``seen_db`` is the SQLite file of sample ids already stored.
+
+        Args:
+            policy: the residency policy to enforce; None enforces none.
+            store_labels: the labels of the store this service writes (needed with a policy).
+            fleet: the fleet registry that knows each node's labels (needed with a policy).
+            audit_dir: root of the tenant audit logs; None writes no audit records.
+            audit_signing_key: the tenant's Ed25519 private key PEM: the log's head is
+                signed after each append, as the controller signs it.
+            audit_interval_s: how often the summary of stored samples and refusals is
+                appended (0: after every flush).
+            quotas: the tenant's quotas; ``samples_per_day`` is enforced when given.
+            node_grace_s: how long batches of a node the fleet registry does not know are
+                deferred (held unacknowledged) before they are rejected as ``unknown_node``.
+
+        Raises:
+            ConfigError: a policy without ``store_labels`` or ``fleet``.
+        """
         self._tenant = topics.check_name(tenant, "tenant")
+        if policy is not None and (store_labels is None or fleet is None):
+            raise ConfigError(
+                "a residency policy at ingest needs store_labels (where this store is) and the "
+                "fleet registry (where each node is): pass both, or no policy"
+            )
+        self._policy = policy
+        self._store_labels = dict(store_labels or {})
+        self._fleet = fleet
+        self._labels_cache: dict[str, tuple[dict[str, str] | None, float]] = {}
+        self._node_grace_s = node_grace_s
+        self._unknown_since: dict[str, float] = {}  # node -> when ingest first missed it
+        self._plans: dict[tuple[int, tuple[tuple[str, str], ...]], UplinkPlan] = {}
+        self._processing: dict[
+            tuple[str, str, tuple[tuple[str, str], ...]], PlacementError | None
+        ] = {}
+        self._audit = (
+            AuditLog(
+                audit_dir,
+                signing_keys=None if audit_signing_key is None else {tenant: audit_signing_key},
+            )
+            if audit_dir is not None
+            else None
+        )
+        self._audit_interval_s = audit_interval_s
+        self._audit_written_at = time.monotonic()
+        self._pending_refusals: dict[tuple[str, str], tuple[_Refusal, int, set[str]]] = {}
+        self._pending_stored: dict[str, dict[str, tuple[int, int, int]]] = {}
+        self._quotas = quotas
+        self._quota_day = ""
+        self._quota_used = 0
+        self._quota_logged_day = ""
         self._store = store
         self._labels = labels
         self._clock_ns = clock_ns
@@ -130,6 +245,8 @@ class IngestService:
         self._counts: Counter[str] = Counter()
         self._rejected: Counter[str] = Counter()
         self._reject_log = RejectLog(_log)
+        self._ignored_fields: set[tuple[str, str]] = set()
+        self._audit_failing = False
         path = Path(seen_db)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -171,23 +288,33 @@ class IngestService:
         """
         outcomes: list[Outcome | None] = [None] * len(messages)
         accepted: list[_Accepted] = []
+        refusals: list[_Refusal] = []
         for index, (topic, payload) in enumerate(messages):
             try:
                 accepted.append(self._check(index, topic, payload))
+            except _DeferredError as later:
+                outcomes[index] = Outcome("deferred", reason=later.reason, detail=later.detail)
             except _RejectedError as rej:
                 outcomes[index] = Outcome("rejected", reason=rej.reason, detail=rej.detail)
+                if rej.reason in POLICY_REASONS:
+                    parsed = topics.parse(topic)
+                    refusals.append(
+                        _Refusal(parsed.node, parsed.pipeline, rej.reason, rej.rule, rej.detail)
+                    )
             except Exception as exc:  # a bug must not stop ingest; count it and go on
                 _log.exception("unexpected error checking a message on %s", topic)
                 outcomes[index] = Outcome("rejected", reason="internal_error", detail=repr(exc))
         sample_items = [a for a in accepted if a.samples is not None]
         feedback_items = [a for a in accepted if a.feedback is not None]
+        stored: dict[str, dict[str, list[int]]] = {}  # pipeline -> node -> seqs stored now
         if sample_items:
-            for index, outcome in self._store_samples(sample_items).items():
+            for index, outcome in self._store_samples(sample_items, stored).items():
                 outcomes[index] = outcome
         for item in feedback_items:
             outcomes[item.index] = self._store_feedback(item)
         done = [o if o is not None else Outcome("failed", detail="not processed") for o in outcomes]
         self._count(messages, done)
+        self._write_audit(refusals, stored)
         return done
 
     def stats(self) -> dict[str, Any]:
@@ -202,6 +329,10 @@ class IngestService:
                 "failed": self._counts["failed"],
                 "rejected": dict(self._rejected),
                 "rejected_total": sum(self._rejected.values()),
+                "over_quota": self._counts["over_quota"],
+                "fields_ignored": self._counts["fields_ignored"],
+                "deferred": self._counts["deferred"],
+                "audit_failed": self._counts["audit_failed"],
             }
 
     def is_seen(self, pipeline: str, sample_id: str) -> bool:
@@ -222,9 +353,12 @@ class IngestService:
             return cursor.rowcount
 
     def close(self) -> None:
-        """Close the seen-id database (the stores are the caller's)."""
+        """Append the pending audit summary, close the seen-id database and the audit log."""
+        self.flush_audit()
         with self._lock:
             self._db.close()
+        if self._audit is not None:
+            self._audit.close()
 
     def __enter__(self) -> IngestService:
         return self
@@ -280,7 +414,159 @@ class IngestService:
                 f"{spec.data_class.value}",
             )
         self._check_schema(spec, batch)
+        if self._policy is not None:
+            self._check_policy(self._policy, spec, batch)
         return _Accepted(index, samples=batch)
+
+    def _check_policy(
+        self, policy: ResidencyPolicy, spec: PipelineSpec, batch: codec.SampleBatch
+    ) -> None:
+        """Reject a batch the policy forbids here, or one with a field the edge should have
+        dropped or hashed (the edge applies the same plan; this catches a forged or
+        misconfigured sender).
+        """
+        labels = self._node_labels(batch.node)
+        if labels is None:
+            self._defer_unknown(batch.node)
+            raise _RejectedError(
+                "unknown_node",
+                f"node {batch.node!r} is not in the fleet registry, so where its data comes "
+                "from is not known (the node publishes its labels in its status when it "
+                "connects; check it is enrolled and online)",
+                rule="ingest",
+            )
+        data_class = max(batch.data_class, spec.data_class, key=lambda c: c.rank)
+        decision = ingest_allows(
+            policy, data_class, labels, self._store_labels, tenant=self._tenant
+        )
+        if not decision.allowed:
+            raise _RejectedError(
+                "policy", f"node {batch.node!r}: {decision.reason}", rule=decision.rule
+            )
+        refused = self._processing_refusal(policy, data_class, batch.node, labels)
+        if refused is not None:
+            raise _RejectedError("policy", str(refused), rule=refused.rule or "ingest")
+        plan = self._plan(policy, spec, labels)
+        if plan.keep_at_edge:
+            refusal = next((d for d in plan.decisions if not d.allowed), None)
+            why = refusal.reason if refusal is not None else plan.describe()
+            raise _RejectedError(
+                "policy",
+                f"samples of {spec.name!r} from node {batch.node!r} must stay on the edge: {why}",
+                rule=refusal.rule if refusal is not None else "uplink",
+            )
+        if not plan.dropped and not plan.hashed:
+            return
+        classes = spec.edge.input.fields
+        for record in batch.records:
+            for name, value in record.fields.items():
+                if name in plan.dropped:
+                    problem = "which the store may not hold; the edge must drop it"
+                elif name in plan.hashed and not (
+                    isinstance(value, str) and _HASHED_VALUE.fullmatch(value)
+                ):
+                    problem = "raw; the policy says it must arrive hashed (hash_field)"
+                else:
+                    continue
+                rule = next(
+                    (d.rule for d in plan.decisions if f"field {name} " in d.reason), "uplink"
+                )
+                raise _RejectedError(
+                    "policy_field",
+                    f"sample {batch.sample_id(record)} carries field {name!r} "
+                    f"({classes[name].value}) {problem} (rule {rule})",
+                    rule=rule,
+                )
+
+    def _defer_unknown(self, node: str) -> None:
+        """Raise ``_DeferredError`` while ``node`` is within its grace; return once it is over.
+
+        The grace starts at the node's first batch and is not renewed: a node that never
+        sends its status is rejected after ``node_grace_s`` whatever it keeps sending.
+        """
+        now = time.monotonic()
+        since = self._unknown_since.get(node)
+        if since is None:
+            if len(self._unknown_since) >= _MAX_PENDING_NODES:
+                horizon = 2 * self._node_grace_s
+                expired = [n for n, t in self._unknown_since.items() if now - t > horizon]
+                for name in expired:
+                    del self._unknown_since[name]
+            if len(self._unknown_since) >= _MAX_PENDING_NODES:
+                return
+            since = self._unknown_since[node] = now
+        if now - since < self._node_grace_s:
+            raise _DeferredError(
+                "unknown_node", f"node {node!r} has no status in the fleet registry yet"
+            )
+
+    def _node_labels(self, node: str) -> dict[str, str] | None:
+        """Return ``node``'s labels from the fleet registry, or None if it never sent them."""
+        now = time.monotonic()
+        cached = self._labels_cache.get(node)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        assert self._fleet is not None
+        info = self._fleet.get(node)
+        labels = info.labels if info is not None and info.status is not None else None
+        if labels is not None:
+            self._unknown_since.pop(node, None)
+        ttl = _LABELS_TTL_S if labels is not None else _UNKNOWN_TTL_S
+        if len(self._labels_cache) > 100_000:  # forged node names must not grow it forever
+            self._labels_cache.clear()
+        self._labels_cache[node] = (labels, now + ttl)
+        return labels
+
+    def _processing_refusal(
+        self,
+        policy: ResidencyPolicy,
+        data_class: DataClass,
+        node: str,
+        labels: Mapping[str, str],
+    ) -> PlacementError | None:
+        """Return why ``node`` may not have processed ``data_class`` data, or None.
+
+        The edge stage ran on the sending node: a node outside the class's processing rule
+        (deploy would have refused to place the stage there) is a breach, not a sender.
+        """
+        key = (data_class.value, node, tuple(sorted(labels.items())))
+        if key in self._processing:
+            return self._processing[key]
+        site = labels.get(SITE)
+        try:
+            check_placement(
+                policy,
+                data_class,
+                dict(labels),
+                {node: labels},
+                purpose="processing",
+                tenant=self._tenant,
+                source_sites=[site] if site is not None else None,
+                subject=f"node {node}",
+                where_field=f"the labels of node {node}",
+            )
+            refusal = None
+        except (PlacementError, SpecError) as exc:
+            refusal = (
+                exc
+                if isinstance(exc, PlacementError)
+                else PlacementError(f"node {node}'s labels cannot be checked: {exc}", rule="ingest")
+            )
+        if len(self._processing) > 10_000:
+            self._processing.clear()
+        self._processing[key] = refusal
+        return refusal
+
+    def _plan(
+        self, policy: ResidencyPolicy, spec: PipelineSpec, labels: Mapping[str, str]
+    ) -> UplinkPlan:
+        key = (id(spec), tuple(sorted(labels.items())))
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) > 10_000:
+                self._plans.clear()
+            plan = self._plans[key] = uplink_plan(policy, spec, labels, self._store_labels)
+        return plan
 
     @staticmethod
     def _check_schema(spec: PipelineSpec, batch: codec.SampleBatch) -> None:
@@ -298,9 +584,17 @@ class IngestService:
 
     # -- durable writes --------------------------------------------------------------------
 
-    def _store_samples(self, items: list[_Accepted]) -> dict[int, Outcome]:
-        """De-duplicate, append, flush once, then record the ids; map message index -> outcome."""
+    def _store_samples(
+        self, items: list[_Accepted], stored: dict[str, dict[str, list[int]]]
+    ) -> dict[int, Outcome]:
+        """De-duplicate, append, flush once, then record the ids; map message index -> outcome.
+
+        ``stored`` receives pipeline -> node -> seqs of the samples written, once durable.
+        """
         now_ns = self._clock_ns()
+        room = self._quota_room(now_ns)
+        quota_used = 0
+        written_seqs: dict[str, dict[str, list[int]]] = {}
         outcomes: dict[int, Outcome] = {}
         claimed: dict[str, set[str]] = {}  # pipeline -> ids stored by earlier messages here
         new_by_pipeline: dict[str, list[str]] = {}
@@ -323,14 +617,34 @@ class IngestService:
                     seen.add(sample_id)
                     fresh.append(record)
                     fresh_ids.append(sample_id)
+                over = 0
+                if room is not None and len(fresh) > room - quota_used:
+                    keep = max(0, room - quota_used)
+                    over = len(fresh) - keep
+                    fresh, fresh_ids = fresh[:keep], fresh_ids[:keep]
+                quota_used += len(fresh)
                 taken.update(fresh_ids)
                 if fresh:
-                    new = dataclasses.replace(batch, records=tuple(fresh))
+                    new = dataclasses.replace(
+                        batch, records=self._declared_fields(batch.pipeline, fresh)
+                    )
                     self._store.append(self._tenant, new, ingested_at_ns=now_ns)
+                    seqs = written_seqs.setdefault(batch.pipeline, {})
+                    seqs.setdefault(batch.node, []).extend(r.seq for r in fresh)
                 new_by_pipeline.setdefault(batch.pipeline, []).extend(fresh_ids)
-                outcomes[item.index] = Outcome(
-                    "stored", stored=len(fresh), duplicates=len(ids) - len(fresh)
-                )
+                duplicates = len(ids) - len(fresh) - over
+                if over and not fresh:
+                    outcomes[item.index] = Outcome(
+                        "rejected",
+                        reason="quota",
+                        duplicates=duplicates,
+                        over_quota=over,
+                        detail=f"{over} sample(s) over the samples_per_day quota",
+                    )
+                else:
+                    outcomes[item.index] = Outcome(
+                        "stored", stored=len(fresh), duplicates=duplicates, over_quota=over
+                    )
             written = self._store.flush()
         except Exception as exc:
             # Nothing is acknowledged, so the broker redelivers; drop the rows not yet written
@@ -346,7 +660,162 @@ class IngestService:
             # unrecorded files before it de-duplicates, so a resend is not stored again.
             self._adopted.clear()
             _log.error("recording stored sample ids failed: %r", exc)
+        self._quota_used += quota_used
+        stored.update(written_seqs)
         return outcomes
+
+    def _declared_fields(
+        self, pipeline: str, records: list[codec.SampleRecord]
+    ) -> tuple[codec.SampleRecord, ...]:
+        """Return ``records`` with only the fields their pipeline's schema declares.
+
+        The store's columns are the schema's fields; an undeclared name (a source's extra,
+        or a typo) is counted and logged once instead of growing a column per name.
+        """
+        with self._lock:
+            spec = self._pipelines.get(pipeline)
+        declared = spec.edge.input.fields if spec is not None else {}
+        out = []
+        for record in records:
+            extra = [name for name in record.fields if name not in declared]
+            if not extra:
+                out.append(record)
+                continue
+            with self._lock:
+                self._counts["fields_ignored"] += len(extra)
+            for name in extra:
+                if (pipeline, name) not in self._ignored_fields:
+                    self._ignored_fields.add((pipeline, name))
+                    _log.warning(
+                        "pipeline %s: field %r is not in its input schema; not stored "
+                        "(declare it in edge.input.fields to keep it)",
+                        pipeline,
+                        name,
+                    )
+            kept = {k: v for k, v in record.fields.items() if k in declared}
+            out.append(dataclasses.replace(record, fields=kept))
+        return tuple(out)
+
+    def _quota_room(self, now_ns: int) -> int | None:
+        """Return how many more samples today's ``samples_per_day`` quota allows (None: any)."""
+        quotas = self._quotas
+        if quotas is None:
+            return None
+        day = datetime.fromtimestamp(now_ns / 1e9, tz=UTC).strftime("%Y-%m-%d")
+        if day != self._quota_day:
+            # Once per day: what this tenant stored today so far (other replicas, restarts).
+            start = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()
+            with self._lock:
+                (count,) = self._db.execute(
+                    "SELECT COUNT(*) FROM seen WHERE tenant = ? AND ingested_at_ns >= ?",
+                    (self._tenant, int(start * 1e9)),
+                ).fetchone()
+            self._quota_day, self._quota_used = day, int(count)
+        try:
+            quotas.check(self._tenant, "samples_per_day", self._quota_used, 1)
+        except QuotaExceededError as exc:
+            if self._quota_logged_day != day:
+                self._quota_logged_day = day
+                _log.warning("%s; samples beyond it are rejected (reason quota) today", exc)
+            return 0
+        return max(0, int(quotas.samples_per_day) - self._quota_used)
+
+    def _write_audit(
+        self, refusals: list[_Refusal], stored: Mapping[str, Mapping[str, list[int]]]
+    ) -> None:
+        """Fold this flush's refusals and stored samples into the pending audit summary, and
+        append the summary once ``audit_interval_s`` has passed since the last one.
+
+        One record per (node, reason) and per pipeline per interval, whatever the message
+        rate, so a flood cannot bloat the log; every stored id is also in the seen database.
+        A failure to write is logged and counted; it never fails the flush, whose samples
+        are already durable (or, refused, were never going to be), and the summary stays
+        pending for the next try.
+        """
+        if self._audit is None:
+            return
+        for refusal in refusals:
+            key = (refusal.node, refusal.reason)
+            first, count, pipelines = self._pending_refusals.get(key, (refusal, 0, set()))
+            pipelines.add(refusal.pipeline)
+            self._pending_refusals[key] = (first, count + 1, pipelines)
+        for pipeline, nodes in stored.items():
+            into = self._pending_stored.setdefault(pipeline, {})
+            for node, seqs in nodes.items():
+                low, high, count = into.get(node, (min(seqs), max(seqs), 0))
+                into[node] = (min(low, *seqs), max(high, *seqs), count + len(seqs))
+        if time.monotonic() - self._audit_written_at >= self._audit_interval_s:
+            self.flush_audit()
+
+    def flush_audit(self) -> None:
+        """Append the pending audit summary now (also called on ``close``)."""
+        audit = self._audit
+        if audit is None or (not self._pending_refusals and not self._pending_stored):
+            return
+        records: list[tuple[AuditAction, str, dict[str, Any]]] = []
+        for (node, reason), (first, count, pipelines) in sorted(
+            self._pending_refusals.items(), key=lambda item: item[0]
+        ):
+            records.append(
+                (
+                    AuditAction.POLICY_REFUSAL,
+                    node,
+                    {
+                        "stage": "ingest",
+                        "node": node,
+                        "reason": reason,
+                        "rule": first.rule,
+                        "detail": first.detail,
+                        "batches": count,
+                        "pipelines": sorted(pipelines),
+                    },
+                )
+            )
+        for pipeline, nodes in sorted(self._pending_stored.items()):
+            summary = {
+                node: {"first_seq": low, "last_seq": high, "count": count}
+                for node, (low, high, count) in sorted(nodes.items())
+            }
+            records.append(
+                (
+                    AuditAction.UPLINK_BATCH,
+                    pipeline,
+                    {
+                        "pipeline": pipeline,
+                        "nodes": summary,
+                        "samples": sum(v["count"] for v in summary.values()),
+                    },
+                )
+            )
+        self._audit_written_at = time.monotonic()
+        try:
+            for index, (action, subject, details) in enumerate(records):
+                audit.append(self._tenant, action, subject, details, actor=_AUDIT_ACTOR)
+                records[index] = (action, "", {})  # written: not again on a retry
+        except Exception as exc:  # the log's storage failed; the flushes stand
+            with self._lock:
+                self._counts["audit_failed"] += 1
+            if not self._audit_failing:
+                self._audit_failing = True
+                _log.error("writing the audit log failed: %r (logged once until it recovers)", exc)
+            self._keep_unwritten(records)
+            return
+        self._pending_refusals.clear()
+        self._pending_stored.clear()
+        if self._audit_failing:
+            self._audit_failing = False
+            _log.warning("writing the audit log recovered")
+
+    def _keep_unwritten(self, records: list[tuple[AuditAction, str, dict[str, Any]]]) -> None:
+        """After a failed append, keep pending only what was not written."""
+        unwritten_nodes = {s for a, s, _ in records if s and a is AuditAction.POLICY_REFUSAL}
+        unwritten_pipes = {s for a, s, _ in records if s and a is AuditAction.UPLINK_BATCH}
+        self._pending_refusals = {
+            k: v for k, v in self._pending_refusals.items() if k[0] in unwritten_nodes
+        }
+        self._pending_stored = {
+            k: v for k, v in self._pending_stored.items() if k in unwritten_pipes
+        }
 
     def _store_feedback(self, item: _Accepted) -> Outcome:
         batch = item.feedback
@@ -429,6 +898,7 @@ class IngestService:
     def _count(self, messages: Sequence[tuple[str, bytes]], outcomes: list[Outcome]) -> None:
         with self._lock:
             for outcome in outcomes:
+                self._counts["over_quota"] += outcome.over_quota
                 if outcome.kind == "stored":
                     self._counts["batches"] += 1
                     self._counts["stored"] += outcome.stored
@@ -438,11 +908,18 @@ class IngestService:
                     self._counts["labels"] += outcome.labels
                 elif outcome.kind == "rejected":
                     self._rejected[outcome.reason] += 1
+                    self._counts["duplicates"] += outcome.duplicates
+                elif outcome.kind == "deferred":
+                    self._counts["deferred"] += 1
                 else:
                     self._counts["failed"] += 1
         for (topic, _), outcome in zip(messages, outcomes, strict=True):
             if outcome.kind == "rejected":
                 self._reject_log.reject(outcome.reason, topic, outcome.detail)
+
+
+#: How soon parked (deferred) messages are offered again when nothing else arrives.
+_PARK_RETRY_S: Final = 0.5
 
 
 class _Stop:
@@ -456,10 +933,12 @@ class IngestWorker:
     """Run an ``IngestService`` on MQTT: shared subscription, persistent session, late acks.
 
     Messages are handled on a named processing thread in groups (whatever has arrived, up to
-    ``max_group``) so one store write covers many messages; each is acknowledged, in arrival
-    order, only after its group was written. A failed write is retried with capped
-    exponential backoff, never acknowledged early; on ``stop`` unacknowledged messages stay
-    with the broker, which redelivers them to the session when it comes back.
+    ``max_group``) so one store write covers many messages; each is acknowledged only after
+    its group was written. A failed write is retried with capped exponential backoff, never
+    acknowledged early; a deferred message (its node not known yet) is parked, still
+    unacknowledged, and offered again with the next group or after ``_PARK_RETRY_S``, so
+    it holds up nothing else. On ``stop`` unacknowledged messages stay with the broker,
+    which redelivers them to the session when it comes back.
     """
 
     def __init__(
@@ -488,6 +967,7 @@ class IngestWorker:
         self._client: mqtt.Client | None = None
         self._thread: threading.Thread | None = None
         self._counts: Counter[str] = Counter()
+        self._parked: list[_Message] = []
 
     @property
     def connected(self) -> bool:
@@ -502,6 +982,7 @@ class IngestWorker:
         client = make_client(self._client_id, self._broker, manual_ack=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         self._thread = threading.Thread(
             target=self._process_loop, name=f"ingest-{self._service.tenant}", daemon=True
@@ -565,12 +1046,28 @@ class IngestWorker:
             _log.warning("broker refused the ingest session: %s", reason_code)
             return
         client.subscribe([(f, 1) for f in self._filters])
-        self._connected.set()
         _log.info(
             "ingest %s connected (session present: %s)",
             self._client_id,
             getattr(flags, "session_present", None),
         )
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, props: Any
+    ) -> None:
+        """Count the worker as connected once the broker granted its subscriptions."""
+        refused = [str(code) for code in reason_codes if reason_code_failed(code)]
+        if refused:
+            _log.error(
+                "broker refused ingest's subscriptions %s (%s): check the ACL lets user %r "
+                "read %s",
+                self._filters,
+                ", ".join(refused),
+                self._broker.username,
+                self._filters,
+            )
+            return
+        self._connected.set()
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, props: Any
@@ -588,7 +1085,11 @@ class IngestWorker:
 
     def _process_loop(self) -> None:
         while True:
-            first = self._queue.get()
+            try:
+                first = self._queue.get(timeout=_PARK_RETRY_S if self._parked else None)
+            except queue.Empty:
+                self._process([])  # only the parked messages, offered again
+                continue
             if isinstance(first, _Stop):
                 return
             group = [first]
@@ -607,12 +1108,23 @@ class IngestWorker:
                 return
 
     def _process(self, group: list[_Message]) -> None:
+        group = [*self._parked, *group]
+        self._parked = []
         pending = list(range(len(group)))
         delay = 0.1
         failing = False
+        done: list[int] = []
         while True:
             outcomes = self._service.handle_many([(group[i][0], group[i][1]) for i in pending])
-            pending = [i for i, o in zip(pending, outcomes, strict=True) if not o.ack]
+            failed = []
+            for i, outcome in zip(pending, outcomes, strict=True):
+                if outcome.kind == "deferred":
+                    self._parked.append(group[i])
+                elif outcome.ack:
+                    done.append(i)
+                else:
+                    failed.append(i)
+            pending = failed
             if not pending:
                 break
             if not failing:
@@ -625,7 +1137,8 @@ class IngestWorker:
         if failing:
             _log.warning("ingest writes recovered")
         client = self._client
-        for _topic, _payload, mid, qos in group:
+        for i in sorted(done):
+            _topic, _payload, mid, qos = group[i]
             if client is not None and qos > 0:
                 client.ack(mid, qos)
             self._counts["acked"] += 1

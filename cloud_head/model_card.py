@@ -1,9 +1,12 @@
 """A model version's lineage and model card: what the registry and the audit log say about it.
 
 ``export_model`` joins the registry's record of one version (parent, digest, signature, code
-version, metrics, gate, data lineage) with the audit records whose subject names it (training
-run, gate, signature, rollouts and rollbacks) and writes both a JSON lineage and a Markdown
-model card.  The card states whether the tenant's audit log verified when it was exported.
+version, metrics, gate, data lineage) with the audit records whose subject names it
+(registration, signature, the end of its training run, rollouts and rollbacks) or names the
+run that trained it (``<pipeline>/run-<ms>`` in its lineage: the run's start with its data
+snapshot, and the gate, recorded before the version existed) and writes both a JSON lineage
+and a Markdown model card.  The card states whether the tenant's audit log verified when it
+was exported.
 """
 
 from __future__ import annotations
@@ -92,6 +95,8 @@ def model_lineage(
             "holdout_edge_samples": lineage.get("holdout_edge_samples"),
         },
         "training": {
+            "run": lineage.get("run"),
+            "label_selector": lineage.get("label_selector"),
             "reason": lineage.get("reason"),
             "checkpoint": lineage.get("checkpoint"),
             "ray": lineage.get("ray"),
@@ -228,7 +233,8 @@ def render_model_card(lineage: Mapping[str, Any]) -> str:
     elif audit["verified"]:
         out.append(
             f"The tenant's audit log verified at export ({audit['reason']}); head hash "
-            f"`{audit['head_hash']}`. {len(audit['records'])} records name this version."
+            f"`{audit['head_hash']}`. {len(audit['records'])} records name this version or "
+            "its training run."
         )
     else:
         out.append(
@@ -236,9 +242,14 @@ def render_model_card(lineage: Mapping[str, Any]) -> str:
             f"{audit['first_bad_seq']}: {audit['reason']}. Do not rely on this card."
         )
     if audit["records"]:
-        out += ["", "| seq | time (UTC) | action | by | hash |", "|---|---|---|---|---|"]
         out += [
-            f"| {r['seq']} | {r['ts']} | {r['action']} | {_cell(r['actor'])} | `{r['hash'][:16]}` |"
+            "",
+            "| seq | time (UTC) | action | event | by | hash |",
+            "|---|---|---|---|---|---|",
+        ]
+        out += [
+            f"| {r['seq']} | {r['ts']} | {r['action']} | {_cell(r['details'].get('event'))} | "
+            f"{_cell(r['actor'])} | `{r['hash'][:16]}` |"
             for r in audit["records"]
         ]
     return "\n".join(out) + "\n"
@@ -277,8 +288,13 @@ def export_model(
     check: VerifyResult | None = None
     if audit.exists(tenant):
         check = audit.verify(tenant, public_key_pem=public_key_pem)
+        subjects = [model_subject(pipeline, version)]
+        run = chosen.lineage.get("run")
+        if isinstance(run, str) and run:
+            subjects.append(model_subject(pipeline, run))
         try:
-            records = audit.records(tenant, subject=model_subject(pipeline, version))
+            found = [r for s in subjects for r in audit.records(tenant, subject=s)]
+            records = sorted(found, key=lambda r: r.seq)
         except AuditTamperedError:
             records = []  # unreadable rows: the card already says the log failed
     lineage = model_lineage(chosen, records, check, intended_use=intended_use)

@@ -8,6 +8,12 @@ with its reason so the CLI, the demo and the audit log can show it.
 The book's SQLite file also keeps each pipeline's rollout state (written before the step it
 announces is carried out), so a controller built again on the same file resumes a canary in
 progress and ``tick()`` finishes a step a crash interrupted.
+
+Each step (canary start, promotion, rollback, an operator's promote or rollback, the current
+version sent to nodes that joined) is appended to the tenant's audit log before its state is
+stored and its desired state published: if the record cannot be written (``AuditWriteError``)
+nothing is published and the step is tried again at the next tick, or the operator's command
+fails.  Nodes the fleet refused (over the tenant's ``edge_nodes`` quota) get no desired state.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from cloud_head.audit import AuditAction, AuditTrail, model_subject
 from continuum.wire import topics
 from continuum.wire.messages import DesiredModel, DesiredState, Telemetry
 
@@ -198,8 +205,10 @@ class RolloutController:
         chunk_size: int,
         clock: Callable[[], float] = time.time,
         serve_timeout_s: float = 120.0,
+        audit: AuditTrail | None = None,
     ) -> None:
         self.spec = spec
+        self.audit = audit
         self.tenant = spec.tenant
         self.registry = registry
         self.fleet = fleet
@@ -227,9 +236,16 @@ class RolloutController:
     # -- fleet view ----------------------------------------------------------------------
 
     def eligible_nodes(self) -> list[str]:
-        """Online nodes that run this pipeline and match its edge placement, sorted by name."""
+        """Online nodes that run this pipeline and match its edge placement, sorted by name.
+
+        A node the fleet refused (over the tenant's ``edge_nodes`` quota) is never eligible.
+        """
         nodes = self.fleet.nodes(self.spec.edge.where)
-        return sorted(n.node for n in nodes if n.online and self.spec.name in n.pipelines)
+        return sorted(
+            n.node
+            for n in nodes
+            if n.online and n.refused is None and self.spec.name in n.pipelines
+        )
 
     def _choose_canaries(self, nodes: list[str]) -> tuple[str, ...]:
         """Pick the canaries: the nodes whose recent drift is highest, where a fix matters most."""
@@ -243,6 +259,23 @@ class RolloutController:
         return tuple(ranked[:count])
 
     # -- actions -------------------------------------------------------------------------
+
+    def _record(
+        self,
+        action: AuditAction,
+        version: str,
+        details: dict[str, Any],
+        *,
+        actor: str | None = None,
+    ) -> None:
+        """Append the step to the audit log before it is carried out (raises if it cannot)."""
+        if self.audit is not None:
+            self.audit.record(
+                action,
+                model_subject(self.spec.name, version),
+                {"pipeline": self.spec.name, "version": version} | details,
+                actor=actor,
+            )
 
     def remember_chunks(self, version: str, chunks: int) -> None:
         """Record how many chunks a published version has (needed for desired state)."""
@@ -263,14 +296,25 @@ class RolloutController:
         current = self.registry.current(self.tenant, self.spec.name)
         if current is None:
             return []
-        assigned = []
         canaries = set(self.state.canary_nodes) if self.state.stage == "canary" else set()
-        for node in self.eligible_nodes():
-            if node in canaries:
-                continue
-            if self.book.serving_target(node, self.spec.name) != current.version:
-                self._assign(node, current)
-                assigned.append(node)
+        assigned = [
+            node
+            for node in self.eligible_nodes()
+            if node not in canaries
+            and self.book.serving_target(node, self.spec.name) != current.version
+        ]
+        if assigned:
+            self._record(
+                AuditAction.ROLLOUT,
+                current.version,
+                {
+                    "event": "assign",
+                    "nodes": assigned,
+                    "reason": "the current version, to nodes that do not serve it yet",
+                },
+            )
+        for node in assigned:
+            self._assign(node, current)
         return assigned
 
     def _finish_interrupted_step(self) -> None:
@@ -310,6 +354,18 @@ class RolloutController:
         if current is None or not nodes:
             return self._promote(candidate, now, "first model of the pipeline: no canary needed")
         canaries = self._choose_canaries(nodes)
+        self._record(
+            AuditAction.ROLLOUT,
+            candidate.version,
+            {
+                "event": "canary",
+                "nodes": list(canaries),
+                "eligible_nodes": len(nodes),
+                "baseline": current.version,
+                "sha256": candidate.sha256,
+                "canary_fraction": self.spec.rollout.canary,
+            },
+        )
         self.state = RolloutState(
             pipeline=self.spec.name,
             stage="canary",
@@ -403,11 +459,54 @@ class RolloutController:
             f"(accuracy {held} vs baseline {base} over {labelled} labelled frames)",
         )
 
-    def rollback_to(self, version: ModelVersion, reason: str) -> RolloutState:
-        """Make ``version`` current everywhere at once, ending any canary (an operator's call)."""
-        return self._promote(version, self.clock(), f"set by operator: {reason}")
+    def rollback_to(
+        self,
+        version: ModelVersion,
+        reason: str,
+        *,
+        actor: str | None = None,
+        action: Literal["promote", "rollback"] = "promote",
+    ) -> RolloutState:
+        """Make ``version`` current everywhere at once, ending any canary (an operator's call).
 
-    def _promote(self, version: ModelVersion, now: float, reason: str) -> RolloutState:
+        ``actor`` is who asked (``user@host``); ``action`` is what they called it, recorded
+        as a rollout or a rollback.
+        """
+        return self._promote(
+            version,
+            self.clock(),
+            f"set by operator: {reason}",
+            actor=actor,
+            audit_action=AuditAction.ROLLBACK if action == "rollback" else AuditAction.ROLLOUT,
+            event=f"manual {action}",
+        )
+
+    def _promote(
+        self,
+        version: ModelVersion,
+        now: float,
+        reason: str,
+        *,
+        actor: str | None = None,
+        audit_action: AuditAction = AuditAction.ROLLOUT,
+        event: str = "promote",
+    ) -> RolloutState:
+        previous = self.registry.current(self.tenant, self.spec.name)
+        nodes = self.eligible_nodes()
+        self._record(
+            audit_action,
+            version.version,
+            {
+                "event": event,
+                "reason": reason,
+                "previous": None if previous is None else previous.version,
+                "sha256": version.sha256,
+                "nodes": nodes,
+                "canary_accuracy": self.state.canary_accuracy,
+                "baseline_accuracy": self.state.baseline_accuracy,
+            },
+            actor=actor,
+        )
         self.state = replace(
             self.state,
             stage="promoted",
@@ -417,12 +516,25 @@ class RolloutController:
             history=(*self.state.history, f"promoted {version.version}: {reason}"),
         )
         self.registry.set_current(self.tenant, self.spec.name, version.version, reason)
-        for node in self.eligible_nodes():
+        for node in nodes:
             self._assign(node, version)
         return self.state
 
     def _rollback(self, candidate: ModelVersion, now: float, reason: str) -> RolloutState:
         canaries = self.state.canary_nodes
+        current = self.registry.current(self.tenant, self.spec.name)
+        self._record(
+            AuditAction.ROLLBACK,
+            candidate.version,
+            {
+                "event": "automatic rollback",
+                "reason": reason,
+                "canary_nodes": list(canaries),
+                "restored": None if current is None else current.version,
+                "canary_accuracy": self.state.canary_accuracy,
+                "baseline_accuracy": self.state.baseline_accuracy,
+            },
+        )
         self.state = replace(
             self.state,
             stage="rolled_back",
@@ -431,7 +543,6 @@ class RolloutController:
             history=(*self.state.history, f"rolled back {candidate.version}: {reason}"),
         )
         self.registry.set_status(self.tenant, self.spec.name, candidate.version, "rolled_back")
-        current = self.registry.current(self.tenant, self.spec.name)
         if current is not None:
             for node in canaries:
                 self._assign(node, current)

@@ -4,22 +4,45 @@ Each service wraps protocol logic that lives in its own module (ingest, fleet, c
 and adds what running on Ray means: a name the dashboard shows, placement on the cloud
 tier by label selector, a lifetime independent of the driver, and metrics exported with
 ``ray.util.metrics`` so they appear in Ray's Prometheus/Grafana integration.
+
+``CloudHead.deploy`` is where the residency policy refuses a pipeline (DESIGN.md §6): it
+checks every stage against the nodes it knows (the fleet's and the Ray cluster's) and the
+store's labels, records the decisions (or the refusal, first) in the tenant's audit log and
+starts nothing that was refused; the training job's selector is the one the policy derives.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ray
 
+from cloud_head.audit import (
+    AuditAction,
+    AuditLog,
+    AuditTrail,
+    canonical_json,
+    default_actor,
+    service_actor,
+)
 from cloud_head.metrics import ControllerMetrics, FleetMetrics, IngestMetrics, MetricsExporter
-from continuum.errors import NotReadyError, OperationTimeoutError
+from continuum.errors import NotReadyError, OperationTimeoutError, PlacementError
 from continuum.labels import TIER
+from continuum.residency import (
+    Decision,
+    ResidencyPolicy,
+    derive_training_selector,
+    load_policy,
+    pipeline_decisions,
+)
 from continuum.spec import PipelineSpec
 from continuum.wire.mqtt import BrokerSettings, connect, make_client
 
@@ -51,21 +74,40 @@ class HeadPaths:
     def labels_db(self) -> Path:
         return self.state / "labels.sqlite3"
 
-    @property
-    def fleet_db(self) -> Path:
-        return self.state / "fleet.sqlite3"
+    def fleet_db(self, tenant: str) -> Path:
+        """The fleet registry of ``tenant``: a file each, so no tenant lists another's nodes."""
+        return self.state / f"fleet-{tenant}.sqlite3"
 
     @property
     def registry(self) -> Path:
         return self.root / "registry"
 
-    def controller(self, pipeline: str) -> Path:
-        return self.root / "controllers" / pipeline
+    @property
+    def audit(self) -> Path:
+        """The per-tenant audit logs (``continuum audit --root ROOT`` reads them here)."""
+        return self.root / "audit"
+
+    @property
+    def tenants(self) -> Path:
+        """The tenant registry (``continuum tenant --root ROOT``); its quotas apply if present."""
+        return self.root / "tenants"
+
+    def controller(self, tenant: str, pipeline: str) -> Path:
+        """A pipeline controller's own state (two tenants may name pipelines alike)."""
+        return self.root / "controllers" / tenant / pipeline
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class IngestActor:
-    """One ingest replica: shared subscription, de-duplication, durable store writes."""
+    """One ingest replica: shared subscription, de-duplication, durable store writes.
+
+    ``policy`` (the residency policy as YAML text or its dict; it crosses Ray) makes the
+    replica enforce it on every batch, with ``store_labels`` saying where the store is and
+    the fleet registry saying where each node is; ``audit_dir`` receives its refusals and
+    a periodic summary of what it stored, under the head signed with
+    ``audit_signing_key`` like the controller's records; ``tenants_root`` (the tenant
+    registry) makes it enforce the tenant's ``samples_per_day`` quota.
+    """
 
     def __init__(
         self,
@@ -74,20 +116,41 @@ class IngestActor:
         paths: HeadPaths,
         broker: dict[str, Any],
         replica: int,
+        policy: str | dict[str, Any] | None = None,
+        store_labels: dict[str, str] | None = None,
+        audit_dir: str | Path | None = None,
+        audit_signing_key: bytes | None = None,
+        tenants_root: Path | None = None,
     ) -> None:
+        from cloud_head.fleet import FleetRegistry
         from cloud_head.ingest import IngestService, IngestWorker
         from cloud_head.labelling import LabelStore
-        from cloud_head.store import SampleStore
+        from cloud_head.store import Compactor, SampleStore
+        from cloud_head.tenants import read_quotas
 
         logging.basicConfig(level=logging.INFO)
         pipelines = [PipelineSpec.model_validate(s) for s in specs]
         paths.state.mkdir(parents=True, exist_ok=True)
+        residency = (
+            None
+            if policy is None
+            else ResidencyPolicy.from_yaml(policy)
+            if isinstance(policy, str)
+            else ResidencyPolicy.from_dict(policy)
+        )
+        store = SampleStore(paths.store)
         self._service = IngestService(
             tenant,
             pipelines,
-            SampleStore(paths.store),
+            store,
             LabelStore(paths.labels_db),
             paths.seen_db,
+            policy=residency,
+            store_labels=store_labels,
+            fleet=FleetRegistry(tenant, paths.fleet_db(tenant)) if residency is not None else None,
+            audit_dir=audit_dir,
+            audit_signing_key=audit_signing_key,
+            quotas=None if tenants_root is None else read_quotas(tenants_root, tenant),
         )
         self._worker = IngestWorker(
             self._service,
@@ -95,6 +158,9 @@ class IngestActor:
             client_id=f"ctm-ingest-{tenant}-{replica}",
         )
         self._worker.start()
+        # One compactor per store: replica 0's. Small files from slow uplinks get merged.
+        partitions = [(tenant, p.name) for p in pipelines]
+        self._compactor = Compactor(store, partitions).start() if replica == 0 else None
         metrics = IngestMetrics(tenant, replica)
         self._pump = MetricsExporter(
             f"ingest-{replica}", lambda: metrics.update(self._worker.stats())
@@ -107,6 +173,8 @@ class IngestActor:
     def stop(self) -> None:
         """Acknowledge what was written and disconnect; the broker keeps the session."""
         self._pump.stop()
+        if self._compactor is not None:
+            self._compactor.stop()
         self._worker.stop()
 
 
@@ -114,11 +182,19 @@ class IngestActor:
 class FleetActor:
     """The fleet registry: every node's status, reported models and telemetry."""
 
-    def __init__(self, tenant: str, paths: HeadPaths, broker: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        tenant: str,
+        paths: HeadPaths,
+        broker: dict[str, Any],
+        tenants_root: Path | None = None,
+    ) -> None:
         from cloud_head.fleet import FleetRegistry, FleetWorker
 
         logging.basicConfig(level=logging.INFO)
-        self._registry = FleetRegistry(tenant, paths.fleet_db)
+        self._registry = FleetRegistry(
+            tenant, paths.fleet_db(tenant), quotas=_quota_reader(tenants_root, tenant)
+        )
         self._worker = FleetWorker(self._registry, BrokerSettings.model_validate(broker))
         self._worker.start()
         metrics = FleetMetrics(tenant)
@@ -130,11 +206,9 @@ class FleetActor:
         self._pump = MetricsExporter("fleet", export)
 
     def _stats(self) -> dict[str, Any]:
-        snapshot = self._worker.stats()
-        nodes = self._registry.nodes()
-        snapshot["nodes"] = len(nodes)
-        snapshot["online"] = sum(1 for n in nodes if n.online)
-        return snapshot
+        # The registry counts nodes and online ones in SQL: parsing every node's status
+        # every export would cost ~15 ms per 1000 nodes.
+        return self._worker.stats()
 
     def stats(self) -> dict[str, Any]:
         """Return the registry's counters and node counts."""
@@ -151,6 +225,7 @@ class FleetActor:
                     "labels": n.labels,
                     "pipelines": n.pipelines,
                     "last_seen": n.last_seen,
+                    "refused": n.refused,
                     "telemetry": {p: t.model_dump(mode="json") for p, t in n.telemetry.items()},
                     "reported": None if n.reported is None else n.reported.model_dump(mode="json"),
                 }
@@ -181,6 +256,8 @@ class ControllerActor:
         private_key_pem: bytes,
         code_version: str,
         tick_s: float = 1.0,
+        training_selector: dict[str, str] | None = None,
+        tenants_root: Path | None = None,
     ) -> None:
         from cloud_head.controller import PipelineController
         from cloud_head.fleet import FleetRegistry
@@ -191,20 +268,26 @@ class ControllerActor:
         logging.basicConfig(level=logging.INFO)
         pipeline = PipelineSpec.model_validate(spec)
         settings = BrokerSettings.model_validate(broker)
-        workdir = paths.controller(pipeline.name)
+        workdir = paths.controller(pipeline.tenant, pipeline.name)
         workdir.mkdir(parents=True, exist_ok=True)
         self._client = make_client(f"ctm-controller-{pipeline.tenant}-{pipeline.name}", settings)
         connect(self._client, settings)
+        self._audit = AuditLog(paths.audit, signing_keys={pipeline.tenant: private_key_pem})
         self._controller = PipelineController(
             pipeline,
             workdir=workdir,
             registry=ModelRegistry(paths.registry),
             store=SampleStore(paths.store),
             labels=LabelStore(paths.labels_db),
-            fleet=FleetRegistry(pipeline.tenant, paths.fleet_db),
+            fleet=FleetRegistry(pipeline.tenant, paths.fleet_db(pipeline.tenant)),
             client=self._client,
             private_key_pem=private_key_pem,
             code_version=code_version,
+            audit=AuditTrail(
+                self._audit, pipeline.tenant, service_actor(f"controller-{pipeline.name}")
+            ),
+            quotas=_quota_reader(tenants_root, pipeline.tenant),
+            training_selector=training_selector,
         )
         self._tick_s = tick_s
         self._stop = threading.Event()
@@ -240,15 +323,26 @@ class ControllerActor:
         """Return the controller's snapshot (training, rollout, versions)."""
         return self._controller.status() | {"last_error": self._last_error}
 
-    def set_version(self, version: str, reason: str) -> dict[str, Any]:
-        """Make ``version`` current everywhere (operator promote or rollback)."""
+    def set_version(
+        self, version: str, reason: str, actor: str | None = None, action: str = "promote"
+    ) -> dict[str, Any]:
+        """Make ``version`` current everywhere (operator promote or rollback); ``actor`` asked."""
         from dataclasses import asdict
 
-        return asdict(self._controller.set_version(version, reason))
+        if action not in ("promote", "rollback"):
+            raise ValueError(f"action must be 'promote' or 'rollback', got {action!r}")
+        return asdict(
+            self._controller.set_version(
+                version,
+                reason,
+                actor=actor,
+                action="rollback" if action == "rollback" else "promote",
+            )
+        )
 
-    def request_retrain(self, reason: str) -> None:
-        """Retrain at the next tick."""
-        self._controller.request_retrain(reason)
+    def request_retrain(self, reason: str, actor: str | None = None) -> None:
+        """Retrain at the next tick; ``actor`` (``user@host``) is recorded as who asked."""
+        self._controller.request_retrain(reason, actor)
 
     def stop(self, timeout_s: float = 60.0) -> None:
         """Stop ticking and wait for a running training to end, within a bound."""
@@ -257,6 +351,16 @@ class ControllerActor:
         self._controller.wait_idle(timeout_s)
         self._client.disconnect()
         self._client.loop_stop()
+        self._audit.close()
+
+
+def _quota_reader(tenants_root: Path | None, tenant: str) -> Any:
+    """Return a function reading ``tenant``'s quotas now, or None (unlimited) without a registry."""
+    if tenants_root is None:
+        return None
+    from cloud_head.tenants import read_quotas
+
+    return functools.partial(read_quotas, tenants_root, tenant)
 
 
 @dataclass
@@ -280,8 +384,53 @@ class CloudHead:
         code_version: str,
         ingest_replicas: int = 1,
         ready_timeout_s: float = 60.0,
+        policy: str | Path | ResidencyPolicy | None = None,
+        store_labels: Mapping[str, str] | None = None,
+        tenants_root: Path | None = None,
+        actor: str | None = None,
     ) -> CloudHead:
-        """Start the services as named, detached actors in namespace ``tenant`` (cloud tier)."""
+        """Check, record and start the services as named, detached actors in namespace ``tenant``.
+
+        Args:
+            policy: the residency policy (a YAML file or a parsed one); every pipeline is
+                checked against it and the known nodes, and its training job gets the
+                selector the policy derives. None: no residency check (recorded as such).
+            store_labels: the labels of where the sample store lives, for the store, uplink
+                and training decisions (None: unknown, decided per node at ingest).
+            tenants_root: the tenant registry whose quotas apply (edge nodes, training
+                GPU-hours); default ``paths.tenants`` when it holds one, else unlimited.
+            actor: who deploys, for the audit log (default ``user@host``).
+
+        Raises:
+            PlacementError: the policy refuses a stage or the training job; the refusal is
+                in the audit log first, and no service was started.
+            NotFoundError: the tenant registry does not know ``tenant``.
+            AuditWriteError: the deploy could not be recorded; no service was started.
+        """
+        residency = _load_policy(policy)
+        registry_db = paths.tenants / "_tenants.sqlite"
+        tenants = tenants_root
+        if tenants is None and registry_db.is_file():
+            tenants = paths.tenants
+        if tenants is not None:
+            from cloud_head.tenants import read_quotas
+
+            read_quotas(tenants, tenant)  # a registry that does not know the tenant is an error
+        with AuditLog(paths.audit, signing_keys={tenant: private_key_pem}) as log:
+            selectors = check_deploy(
+                AuditTrail(log, tenant, actor or default_actor()),
+                specs,
+                residency,
+                None if residency is None else known_nodes(tenant, paths),
+                store_labels=store_labels,
+                details={
+                    "code_version": code_version,
+                    "namespace": tenant,
+                    "services_selector": CLOUD_SELECTOR,
+                    "ingest_replicas": ingest_replicas,
+                    "quotas": "tenant registry" if tenants is not None else "unlimited",
+                },
+            )
         dumped = [s.model_dump(mode="json") for s in specs]
         broker_dict = broker.model_dump(mode="json")
         common: dict[str, Any] = {
@@ -290,20 +439,35 @@ class CloudHead:
             "label_selector": CLOUD_SELECTOR,
             "get_if_exists": True,
         }
+        ingest_options: dict[str, Any] = {
+            "policy": None if residency is None else _policy_yaml(residency),
+            "store_labels": None if store_labels is None else dict(store_labels),
+            "audit_dir": paths.audit,
+            "audit_signing_key": private_key_pem,
+            "tenants_root": tenants,
+        }
         ingest = [
             IngestActor.options(name=f"ingest-{i}", **common).remote(  # type: ignore[attr-defined]
-                tenant, dumped, paths, broker_dict, i
+                tenant, dumped, paths, broker_dict, i, **ingest_options
             )
             for i in range(ingest_replicas)
         ]
         fleet = FleetActor.options(name="fleet", **common).remote(  # type: ignore[attr-defined]
-            tenant, paths, broker_dict
+            tenant, paths, broker_dict, tenants
         )
         controllers = {
             # Threaded (max_concurrency): status() answers while bootstrap() trains.
             s.name: ControllerActor.options(  # type: ignore[attr-defined]
                 name=f"controller-{s.name}", max_concurrency=4, **common
-            ).remote(s.model_dump(mode="json"), paths, broker_dict, private_key_pem, code_version)
+            ).remote(
+                s.model_dump(mode="json"),
+                paths,
+                broker_dict,
+                private_key_pem,
+                code_version,
+                training_selector=selectors[s.name],
+                tenants_root=tenants,
+            )
             for s in specs
             if s.retrain is not None
         }
@@ -337,3 +501,122 @@ class CloudHead:
         ray.wait(calls, num_returns=len(calls), timeout=timeout_s + 10)
         for actor in [*self.controllers.values(), *self.ingest, self.fleet]:
             ray.kill(actor, no_restart=True)
+
+
+def _load_policy(policy: str | Path | ResidencyPolicy | None) -> ResidencyPolicy | None:
+    if policy is None or isinstance(policy, ResidencyPolicy):
+        return policy
+    return load_policy(policy)
+
+
+def _policy_yaml(policy: ResidencyPolicy) -> str:
+    """Return the policy as YAML text, the form the ingest replicas take it in."""
+    import yaml
+
+    return str(yaml.safe_dump(policy.model_dump(mode="json"), sort_keys=False))
+
+
+def spec_digest(spec: PipelineSpec) -> str:
+    """Return the sha256 of the spec's canonical JSON: which pipeline, exactly, was deployed."""
+    return hashlib.sha256(canonical_json(spec.model_dump(mode="json")).encode()).hexdigest()
+
+
+def known_nodes(tenant: str, paths: HeadPaths) -> dict[str, dict[str, str]]:
+    """Return every node a placement could reach: the tenant's fleet and the Ray cluster's.
+
+    Fleet nodes keep their names; Ray nodes are named ``ray:<node id prefix>``.
+    """
+    from cloud_head.fleet import FleetRegistry
+
+    with FleetRegistry(tenant, paths.fleet_db(tenant)) as fleet:
+        nodes = {n.node: n.labels for n in fleet.nodes() if n.status is not None}
+    if ray.is_initialized():
+        for node in ray.nodes():  # type: ignore[no-untyped-call]
+            if node.get("Alive"):
+                nodes[f"ray:{str(node.get('NodeID', ''))[:12]}"] = dict(node.get("Labels") or {})
+    return nodes
+
+
+def check_deploy(
+    audit: AuditTrail,
+    specs: list[PipelineSpec],
+    policy: ResidencyPolicy | None,
+    nodes: Mapping[str, Mapping[str, str]] | None,
+    *,
+    store_labels: Mapping[str, str] | None = None,
+    details: Mapping[str, Any] | None = None,
+) -> dict[str, dict[str, str] | None]:
+    """Check every pipeline against ``policy``; record the deploy or the refusal; return selectors.
+
+    Each pipeline's decisions (allowed and refused) are recorded: a refusal as a
+    ``policy_refusal`` record, written before ``PlacementError`` is raised; when every
+    pipeline passes, one ``deploy`` record per pipeline with its spec digest, placement and
+    decisions.  Returns, per pipeline, the training selector derived from the policy (None:
+    no policy, the spec's ``retrain.where`` applies).
+
+    Raises:
+        PlacementError: a stage or the training job would put data where the policy forbids.
+        AuditWriteError: a record could not be written.
+    """
+    planned: list[tuple[PipelineSpec, list[Decision], dict[str, str] | None]] = []
+    for spec in specs:
+        decisions: list[Decision] = []
+        selector: dict[str, str] | None = None
+        if policy is not None:
+            decisions = pipeline_decisions(policy, spec, nodes, store_labels=store_labels)
+            refused = next((d for d in decisions if not d.allowed), None)
+            if refused is None and spec.retrain is not None:
+                sources = [lb for lb in (nodes or {}).values() if spec.edge.where.matches(lb)]
+                try:
+                    derived = derive_training_selector(
+                        policy, spec, sources, store_labels=store_labels
+                    )
+                except PlacementError as error:
+                    refused = Decision(
+                        False, error.rule or "retrain.where", str(error), "training", error.label
+                    )
+                else:
+                    selector = dict(derived.root)
+                    decisions.append(
+                        Decision(
+                            True,
+                            "retrain.where",
+                            f"the training job runs with selector {derived}",
+                            "training",
+                        )
+                    )
+            if refused is not None:
+                audit.record(
+                    AuditAction.POLICY_REFUSAL,
+                    spec.name,
+                    {
+                        "spec_digest": spec_digest(spec),
+                        "refused": refused.to_record(),
+                        "decisions": [d.to_record() for d in decisions],
+                        "known_nodes": sorted(nodes or {}),
+                        "store_labels": None if store_labels is None else dict(store_labels),
+                    },
+                )
+                refused.raise_if_refused()
+        planned.append((spec, decisions, selector))
+    for spec, decisions, selector in planned:
+        audit.record(
+            AuditAction.DEPLOY,
+            spec.name,
+            {
+                "spec_digest": spec_digest(spec),
+                "data_class": spec.data_class.value,
+                "placement": {
+                    "edge": dict(spec.edge.where.root),
+                    "training": selector
+                    if selector is not None
+                    else (None if spec.retrain is None else dict(spec.retrain.where.root)),
+                },
+                "policy": "none: no residency check" if policy is None else "checked",
+                "decisions": [d.to_record() for d in decisions],
+                "known_nodes": sorted(nodes or {}),
+                "store_labels": None if store_labels is None else dict(store_labels),
+                **dict(details or {}),
+            },
+        )
+    return {spec.name: selector for spec, _, selector in planned}

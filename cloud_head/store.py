@@ -5,6 +5,9 @@ Layout (hive style, readable as is by Ray Data and pyarrow datasets)::
     {root}/tenant={T}/pipeline={P}/date={YYYY-MM-DD}/part-{ns}-{uid}.parquet
 
 The date is the UTC day the cloud ingested the rows, so past days only change by compaction.
+Besides the fixed ``SCHEMA`` columns, each named side field a sample carried becomes a column
+``field_<name>`` (string for text, binary for bytes; null where a row lacks it).  Files differ
+in their field columns as fields come and go; reads and compaction unify them by name.
 Every file is complete when it becomes visible: on filesystems with an atomic rename (a local
 disk) it is written under a hidden temporary name and renamed; on object stores (S3, GCS) an
 object is only visible once its upload has completed, so it is written in place. All I/O goes
@@ -15,11 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,9 +36,11 @@ import pyarrow.parquet as pq
 
 from continuum.errors import InputMismatchError
 from continuum.wire import topics
-from continuum.wire.codec import SampleBatch
+from continuum.wire.codec import FieldValue, SampleBatch
 
-__all__ = ["SCHEMA", "CompactionResult", "SampleStore", "to_numpy"]
+_log = logging.getLogger(__name__)
+
+__all__ = ["FIELD_PREFIX", "SCHEMA", "CompactionResult", "SampleStore", "to_numpy"]
 
 #: The columns of every sample file. ``label`` is the label the edge attached at capture time,
 #: if any; delayed labels live in the label store and are joined at read time.
@@ -57,8 +63,13 @@ SCHEMA = pa.schema(
     ]
 )
 
+#: Prefix of the column of each named side field: ``field_iban``, ``field_operator``.
+FIELD_PREFIX = "field_"
+
 _SUFFIX = ".parquet"
 _TEMP_SUFFIX = ".tmp"
+#: Listing then reading races with a compaction that replaces the listed files: list again.
+_READ_ATTEMPTS = 3
 # Filesystems whose uploads become visible atomically and whose "rename" is a copy.
 _OBJECT_STORES = frozenset({"s3", "gcs"})
 
@@ -77,6 +88,8 @@ class _Pending:
     """Rows buffered for one partition, column by column."""
 
     columns: dict[str, list[Any]] = field(default_factory=lambda: {n: [] for n in SCHEMA.names})
+    #: Each row's side fields (the shared empty mapping for most rows).
+    fields: list[Mapping[str, FieldValue]] = field(default_factory=list)
     rows: int = 0
 
 
@@ -178,6 +191,7 @@ class SampleStore:
                 cols["dtype"].append(_dtype_name(tensor.dtype))
                 cols["shape"].append(list(tensor.shape))
                 cols["tensor"].append(little.tobytes())
+                pending.fields.append(record.fields)
             pending.rows += len(batch.records)
             if pending.rows >= self._flush_rows:
                 self._write_pending(key)
@@ -217,7 +231,7 @@ class SampleStore:
         if pending is None or pending.rows == 0:
             self._pending.pop(key, None)
             return None
-        table = pa.Table.from_pydict(pending.columns, schema=SCHEMA)
+        table = _with_fields(pa.Table.from_pydict(pending.columns, schema=SCHEMA), pending.fields)
         directory = self.partition_path(*key)
         path = self._write_file(directory, table, time.time_ns())
         del self._pending[key]
@@ -281,16 +295,44 @@ class SampleStore:
         columns: Iterable[str] | None = None,
         dates: Iterable[str] | None = None,
     ) -> pa.Table:
-        """Read one pipeline's written samples, each sample id once (its first write wins)."""
-        wanted = list(SCHEMA.names if columns is None else columns)
-        unknown = sorted(set(wanted) - set(SCHEMA.names))
-        if unknown:
-            raise ValueError(f"unknown columns {unknown}; the store has {SCHEMA.names}")
-        read_cols = wanted if "sample_id" in wanted else ["sample_id", *wanted]
+        """Read one pipeline's written samples, each sample id once (its first write wins).
+
+        Without ``columns``: every ``SCHEMA`` column, then the ``field_<name>`` columns any
+        file holds, by name.  A requested field column no file holds reads as nulls.  A
+        compaction that replaces files between listing and reading makes it list again.
+        """
+        for attempt in range(_READ_ATTEMPTS):
+            try:
+                return self._read_once(tenant, pipeline, columns, dates)
+            except FileNotFoundError:
+                if attempt == _READ_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _read_once(
+        self,
+        tenant: str,
+        pipeline: str,
+        columns: Iterable[str] | None,
+        dates: Iterable[str] | None,
+    ) -> pa.Table:
         if dates is None:
             paths = self.files(tenant, pipeline)
         else:
             paths = [p for d in sorted(set(dates)) for p in self.files(tenant, pipeline, d)]
+        if columns is None:
+            wanted = [*SCHEMA.names, *sorted(self._field_types(paths))]
+        else:
+            wanted = list(columns)
+        unknown = sorted(
+            c for c in set(wanted) - set(SCHEMA.names) if not c.startswith(FIELD_PREFIX)
+        )
+        if unknown:
+            raise ValueError(
+                f"unknown columns {unknown}; the store has {SCHEMA.names} and "
+                f"{FIELD_PREFIX}<name> per side field"
+            )
+        read_cols = wanted if "sample_id" in wanted else ["sample_id", *wanted]
         table = self._read_files(paths, read_cols)
         return _dedup(table).select(wanted)
 
@@ -310,13 +352,48 @@ class SampleStore:
         return int(self.read(tenant, pipeline, columns=["sample_id"]).num_rows)
 
     def _read_files(self, paths: list[str], columns: list[str]) -> pa.Table:
-        schema = pa.schema([SCHEMA.field(c) for c in columns])
+        extra = [c for c in columns if c not in SCHEMA.names]
+        if not extra:
+            schema = pa.schema([SCHEMA.field(c) for c in columns])
+            if not paths:
+                return schema.empty_table()
+            tables = [
+                pq.read_table(p, columns=columns, filesystem=self._fs, schema=SCHEMA) for p in paths
+            ]
+            return pa.concat_tables(tables).select(columns)
+        # Field columns differ between files: read each file's own, fill the rest with nulls
+        # and widen text to binary where another file holds bytes under the same name.
+        found = self._field_types(paths)
+        types = {c: found.get(c, pa.string()) for c in extra}
+        schema = pa.schema(
+            [SCHEMA.field(c) if c in SCHEMA.names else pa.field(c, types[c]) for c in columns]
+        )
         if not paths:
             return schema.empty_table()
-        tables = [
-            pq.read_table(p, columns=columns, filesystem=self._fs, schema=SCHEMA) for p in paths
-        ]
-        return pa.concat_tables(tables).select(columns)
+        tables = []
+        for path in paths:
+            have = set(pq.read_schema(path, filesystem=self._fs).names)
+            fixed = [c for c in columns if c in SCHEMA.names]
+            own = [c for c in extra if c in have]
+            table = pq.read_table(path, columns=fixed + own, filesystem=self._fs)
+            arrays = []
+            for column in columns:
+                if column in table.column_names:
+                    arrays.append(table.column(column).cast(schema.field(column).type))
+                else:
+                    arrays.append(pa.nulls(table.num_rows, schema.field(column).type))
+            tables.append(pa.Table.from_arrays(arrays, schema=schema))
+        return pa.concat_tables(tables)
+
+    def _field_types(self, paths: list[str]) -> dict[str, pa.DataType]:
+        """Return the field columns of ``paths`` and their unified type (binary wins)."""
+        types: dict[str, pa.DataType] = {}
+        for path in paths:
+            for f in pq.read_schema(path, filesystem=self._fs):
+                extra = f.name.startswith(FIELD_PREFIX) and f.name not in SCHEMA.names
+                if extra and types.get(f.name) != pa.binary():
+                    types[f.name] = f.type
+        return types
 
     # -- maintenance -----------------------------------------------------------------------
 
@@ -336,7 +413,8 @@ class SampleStore:
         paths = self.files(tenant, pipeline, date)
         if len(paths) < 2:
             return CompactionResult(files_merged=0, rows=0, path=None)
-        table = _dedup(self._read_files(paths, list(SCHEMA.names)))
+        columns = [*SCHEMA.names, *sorted(self._field_types(paths))]
+        table = _dedup(self._read_files(paths, columns))
         first_stamp = min(_stamp_of(p) for p in paths)
         merged = self._write_file(directory, table, first_stamp)
         for path in paths:
@@ -378,6 +456,20 @@ def to_numpy(
     raw = b"".join(table.column("tensor").to_pylist())
     x = np.frombuffer(raw, dtype=np_dtype).reshape((len(ids), *want_shape))
     return x.astype(np.dtype(want_dtype), copy=True), ids
+
+
+def _with_fields(table: pa.Table, rows: list[Mapping[str, FieldValue]]) -> pa.Table:
+    """Append one ``field_<name>`` column per side field any row carries, by name."""
+    names = sorted({name for fields in rows if fields for name in fields})
+    for name in names:
+        values = [fields.get(name) for fields in rows]
+        if any(isinstance(v, bytes) for v in values):
+            kind = pa.binary()
+            values = [v.encode("utf-8") if isinstance(v, str) else v for v in values]
+        else:
+            kind = pa.string()
+        table = table.append_column(pa.field(FIELD_PREFIX + name, kind), pa.array(values, kind))
+    return table
 
 
 @functools.cache
@@ -438,3 +530,58 @@ def _fsync_local(path: str) -> None:
 def _delete_quietly(fs: pafs.FileSystem, path: str) -> None:
     with contextlib.suppress(OSError):
         fs.delete_file(path)
+
+
+class Compactor:
+    """Merge each partition's small files in the background, so the store stays a few files.
+
+    Ingest writes one file per flush, which at a low uplink rate is a file per sample; every
+    ``interval_s`` this merges a partition once it holds ``min_files`` files. Run one per
+    store (ingest replica 0 runs it): compactions of one partition must not overlap.
+    """
+
+    def __init__(
+        self,
+        store: SampleStore,
+        partitions: Iterable[tuple[str, str]],
+        *,
+        interval_s: float = 30.0,
+        min_files: int = 8,
+    ) -> None:
+        if interval_s <= 0 or min_files < 2:
+            raise ValueError("interval_s must be > 0 and min_files >= 2")
+        self._store = store
+        self._partitions = list(partitions)
+        self._interval_s = interval_s
+        self._min_files = min_files
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="store-compactor", daemon=True)
+        self.merged = 0
+
+    def start(self) -> Compactor:
+        """Start the background thread."""
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop after the compaction in progress, if any."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    def run_once(self) -> int:
+        """Compact every partition that has enough files; return how many files were merged."""
+        merged = 0
+        for tenant, pipeline in self._partitions:
+            for date in self._store.dates(tenant, pipeline):
+                if len(self._store.files(tenant, pipeline, date)) >= self._min_files:
+                    merged += self._store.compact(tenant, pipeline, date).files_merged
+        self.merged += merged
+        return merged
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                self.run_once()
+            except Exception:  # a failed compaction leaves the files as they were
+                _log.exception("store compaction failed; will try again")

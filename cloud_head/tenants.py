@@ -29,6 +29,10 @@ Deleting a tenant revokes it and archives its identity, and keeps its data:
   a separate, audited decision;
 - the name is never reused, so a new tenant cannot inherit the old one's topics,
   partition, namespace or records.
+
+Given an ``AuditLog``, every change (create, quota change, credential rotation, delete) is
+appended to the tenant's own audit log inside the change: when the record cannot be written
+the change is undone (create, quota) or not made (rotate, delete), and the error says so.
 """
 
 from __future__ import annotations
@@ -48,8 +52,9 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
+from cloud_head.audit import AuditAction
 from continuum.errors import (
     ConfigError,
     ContinuumError,
@@ -61,6 +66,9 @@ from continuum.errors import (
 from continuum.signing import generate_keypair, key_fingerprint
 from continuum.wire import topics
 
+if TYPE_CHECKING:
+    from cloud_head.audit import AuditLog
+
 __all__ = [
     "QuotaExceededError",
     "QuotaKind",
@@ -70,6 +78,7 @@ __all__ = [
     "TenantRegistry",
     "check_tenant_name",
     "ingest_username",
+    "read_quotas",
 ]
 
 QuotaKind = Literal["edge_nodes", "samples_per_day", "training_gpu_hours"]
@@ -225,6 +234,18 @@ def check_tenant_name(name: str) -> str:
         raise SpecError(str(error), field="tenant") from error
 
 
+def read_quotas(root: Path | str, tenant: str) -> Quotas:
+    """Return ``tenant``'s quotas as the registry at ``root`` holds them now.
+
+    Services call this at each check, not once at start, so ``continuum tenant quota`` takes
+    effect on a running cloud head.
+
+    Raises:
+        NotFoundError: the registry does not know the tenant.
+    """
+    return TenantRegistry(root).get(tenant).quotas
+
+
 def ingest_username(tenant: str) -> str:
     """Return the ingest service user of ``tenant``; ``@`` cannot occur in a tenant name."""
     return f"{INGEST_USER_PREFIX}{tenant}"
@@ -238,9 +259,23 @@ class TenantRegistry:
     ``apply_to_broker`` (a SIGHUP).
     """
 
-    def __init__(self, root: Path | str, *, mosquitto_passwd: str | None = None) -> None:
+    def __init__(
+        self,
+        root: Path | str,
+        *,
+        mosquitto_passwd: str | None = None,
+        audit: AuditLog | None = None,
+        actor: str | None = None,
+    ) -> None:
+        """Open (or create) the registry at ``root``.
+
+        ``audit``: where each change is recorded (the tenant's log), as ``actor`` (default
+        ``user@host``); None records nothing.
+        """
         self.root = Path(root)
         self._mosquitto_passwd = mosquitto_passwd
+        self._audit = audit
+        self._actor = actor
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "_broker").mkdir(mode=0o750, exist_ok=True)
         with self._locked():
@@ -269,6 +304,16 @@ class TenantRegistry:
     def archive_dir(self) -> Path:
         """Where deleted tenants' directories go."""
         return self.root / "_archive"
+
+    def _audit_change(self, name: str, action: AuditAction, details: dict[str, object]) -> None:
+        """Append a change to ``name``'s audit log; raises ``AuditWriteError`` if it cannot."""
+        if self._audit is not None:
+            # Sign the head as the tenant's services do, so `audit verify --public-key`
+            # holds whoever appended last.
+            key = self.tenant_dir(name) / "keys" / "signing.key"
+            if key.is_file():
+                self._audit.add_signing_key(name, key.read_bytes())
+            self._audit.append(name, action, f"tenant/{name}", details, self._actor)
 
     def tenant_dir(self, name: str) -> Path:
         """Return the directory of tenant ``name`` (its keys)."""
@@ -322,6 +367,16 @@ class TenantRegistry:
                     )
                     self._set_password(credentials.username, credentials.password)
                     self._set_password(credentials.ingest_username, credentials.ingest_password)
+                    self._audit_change(
+                        name,
+                        AuditAction.TENANT_CHANGE,
+                        {
+                            "event": "created",
+                            "quotas": asdict(quotas),
+                            "key_fingerprint": record.key_fingerprint,
+                            "mqtt_users": [credentials.username, credentials.ingest_username],
+                        },
+                    )
             except BaseException:
                 shutil.rmtree(directory, ignore_errors=True)
                 self._remove_passwords([credentials.username, credentials.ingest_username])
@@ -351,11 +406,17 @@ class TenantRegistry:
     def set_quotas(self, name: str, quotas: Quotas) -> TenantRecord:
         """Replace the quotas of tenant ``name``; return the updated record."""
         with self._locked(), closing(self._connect()) as db, db:
-            self.get(name)
+            before = self.get(name).quotas
             db.execute(
                 "UPDATE tenants SET edge_nodes = ?, samples_per_day = ?, training_gpu_hours = ? "
                 "WHERE name = ?",
                 (quotas.edge_nodes, quotas.samples_per_day, quotas.training_gpu_hours, name),
+            )
+            # Inside the transaction: a change that cannot be recorded is rolled back.
+            self._audit_change(
+                name,
+                AuditAction.TENANT_CHANGE,
+                {"event": "quota", "before": asdict(before), "after": asdict(quotas)},
             )
         return self.get(name)
 
@@ -381,6 +442,14 @@ class TenantRegistry:
                 ingest_username=record.ingest_username,
                 ingest_password=secrets.token_urlsafe(_PASSWORD_BYTES),
             )
+            self._audit_change(
+                name,
+                AuditAction.KEY_CHANGE,
+                {
+                    "event": "credentials rotated",
+                    "mqtt_users": [credentials.username, credentials.ingest_username],
+                },
+            )
             self._set_password(credentials.username, credentials.password)
             self._set_password(credentials.ingest_username, credentials.ingest_password)
         return credentials
@@ -397,6 +466,16 @@ class TenantRegistry:
         """
         with self._locked(), closing(self._connect()) as db:
             record = self.get(name)
+            self._audit_change(
+                name,
+                AuditAction.TENANT_CHANGE,
+                {
+                    "event": "deleted",
+                    "key_fingerprint": record.key_fingerprint,
+                    "revoked_mqtt_users": [record.mqtt_username, record.ingest_username],
+                    "kept": ["samples", "models", "audit records", "public key"],
+                },
+            )
             self._remove_passwords([record.mqtt_username, record.ingest_username])
             deleted_at = time.time()
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(deleted_at))

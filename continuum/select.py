@@ -8,6 +8,7 @@ each sample's seed, never from a global RNG, so a replay selects the same sample
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ __all__ = [
     "LowConfidence",
     "Policy",
     "PolicySpec",
+    "Probabilities",
     "RandomRate",
     "SelectionContext",
     "SmallMargin",
@@ -54,6 +56,8 @@ Seeds = npt.NDArray[np.uint64]
 Probs = npt.NDArray[np.float64]
 Reasons = npt.NDArray[np.object_]
 
+_F64 = np.dtype(np.float64)
+_U64 = np.dtype(np.uint64)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
@@ -77,13 +81,30 @@ def seed_from_id(sample_id: str) -> int:
     return int.from_bytes(digest, "little")
 
 
+#: Up to this many seeds, Python integers hash faster than nine numpy calls (about 1 us
+#: each on small arrays): the edge at batch 1 pays per call, not per element.
+_SCALAR_HASH_MAX = 4
+_MASK64 = 2**64 - 1
+
+
+def _splitmix64_int(z: int) -> int:
+    z = (z + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
 def _below_rate(seeds: npt.NDArray[np.integer[Any]], rate: float, salt: np.uint64) -> Mask:
     if rate <= 0.0:
         return np.zeros(seeds.shape, dtype=np.bool_)
     if rate >= 1.0:
         return np.ones(seeds.shape, dtype=np.bool_)
-    cutoff = np.uint64(min(int(rate * 2.0**64), 2**64 - 1))
-    return splitmix64(seeds.astype(np.uint64, copy=False) ^ salt) < cutoff
+    cutoff = min(int(rate * 2.0**64), 2**64 - 1)
+    if seeds.shape[0] <= _SCALAR_HASH_MAX:
+        key = int(salt)
+        picks = [_splitmix64_int(int(s) ^ key) < cutoff for s in seeds.tolist()]
+        return np.array(picks, dtype=np.bool_).reshape(seeds.shape)
+    return splitmix64(seeds.astype(np.uint64, copy=False) ^ salt) < np.uint64(cutoff)
 
 
 @dataclass(frozen=True)
@@ -99,7 +120,10 @@ class SelectionContext:
     drift_score: float = 0.0
 
     def __post_init__(self) -> None:
-        seeds = np.asarray(self.seeds)
+        seeds = self.seeds
+        if isinstance(seeds, np.ndarray) and seeds.dtype == _U64 and seeds.ndim == 1:
+            return  # already in canonical form: the per-batch case, keep it cheap
+        seeds = np.asarray(seeds)
         if seeds.ndim != 1 or not (seeds.size == 0 or np.issubdtype(seeds.dtype, np.integer)):
             raise InputMismatchError(
                 "SelectionContext.seeds must hold one integer per sample",
@@ -118,8 +142,131 @@ class SelectionContext:
         seeds = np.fromiter((seed_from_id(i) for i in sample_ids), dtype=np.uint64)
         return cls(seeds=seeds, drift_active=drift_active, drift_score=drift_score)
 
+    @classmethod
+    def for_node(
+        cls,
+        node: str,
+        seqs: range | Sequence[int],
+        *,
+        drift_active: bool = False,
+        drift_score: float = 0.0,
+    ) -> SelectionContext:
+        """Build a context for samples ``seqs`` of ``node``: seed = ``seed_from_id(node) + seq``.
 
-def _check_probs(probs: npt.ArrayLike, ctx: SelectionContext) -> Probs:
+        This is how the edge runtime seeds its samples: one hash per node instead of one per
+        sample, and a vector add per batch.  The seed is still a pure function of the sample
+        id (node and seq), so a replay selects the same samples; consecutive seqs give
+        consecutive seeds, which SplitMix64 (a counter-based generator) is built to mix.
+        """
+        if isinstance(seqs, range) and seqs.step == 1 and seqs.start >= 0:
+            offsets = np.arange(seqs.start, seqs.stop, dtype=np.uint64)
+        else:
+            values = np.asarray(seqs)
+            if values.ndim != 1 or not (
+                values.size == 0 or np.issubdtype(values.dtype, np.integer)
+            ):
+                raise InputMismatchError(
+                    "seqs must hold one integer per sample",
+                    expected="a 1-D sequence of sample seqs (integers >= 0)",
+                    got=f"shape {values.shape} dtype {values.dtype}",
+                )
+            if values.size and int(values.min()) < 0:
+                raise InputMismatchError(
+                    "seqs must not be negative",
+                    expected="sample seqs >= 0",
+                    got=f"{int(values.min())}",
+                )
+            offsets = values.astype(np.uint64)
+        seeds = offsets + _node_key(node)  # wraps modulo 2**64, as intended
+        return cls(seeds=seeds, drift_active=drift_active, drift_score=drift_score)
+
+
+@functools.lru_cache(maxsize=256)
+def _node_key(node: str) -> np.uint64:
+    return np.uint64(seed_from_id(node))
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Probabilities:
+    """A model's outputs as class probabilities, checked once so that policies need not.
+
+    Build one with ``Probabilities.from_outputs``: ``values`` is then a read-only float64
+    array (batch, classes) of finite rows in [0, 1] summing to 1 (within ``PROBS_ATOL``).
+    ``Policy.decide`` and ``explain`` take it as is, checking only its shape against the
+    seeds, which is what keeps selection cheap on the edge's per-batch path.
+    """
+
+    values: Probs
+
+    def __post_init__(self) -> None:
+        values = self.values
+        if not (isinstance(values, np.ndarray) and values.ndim == 2 and values.dtype == _F64):
+            raise InputMismatchError(
+                "Probabilities.values must be a float64 (batch, classes) array",
+                expected="Probabilities.from_outputs(model_outputs)",
+                got=f"{type(values).__name__} {getattr(values, 'shape', '')}",
+            )
+
+    @classmethod
+    def from_outputs(cls, outputs: npt.ArrayLike) -> Probabilities:
+        """Return ``outputs`` (batch, classes) as probabilities, applying a softmax to logits.
+
+        Models are expected to end in a softmax; a model that returns logits (or rows that
+        are not probabilities) gets one here, so that confidence, drift and selection still
+        mean what they say.
+
+        Raises:
+            InputMismatchError: ``outputs`` is not 2-D, or holds NaN or infinite values.
+        """
+        out = np.asarray(outputs, dtype=np.float64)
+        if out.ndim != 2:
+            raise InputMismatchError(
+                "model output must be (batch, classes)",
+                expected="a 2-D array (batch, classes)",
+                got=f"shape {out.shape}",
+            )
+        if out.size:
+            # Four reductions, as this runs on every batch: a NaN or an infinity makes its
+            # row's sum NaN or infinite, which fails the sum test and is told apart below.
+            low = float(out.min())
+            sums = out.sum(axis=1)
+            low_sum, high_sum = float(sums.min()), float(sums.max())
+            if not (low >= 0.0 and low_sum >= 1.0 - PROBS_ATOL and high_sum <= 1.0 + PROBS_ATOL):
+                if not (math.isfinite(low) and math.isfinite(low_sum + high_sum)):
+                    raise InputMismatchError(
+                        "model output holds NaN or infinite values",
+                        expected="finite values",
+                        got=f"{int(np.count_nonzero(~np.isfinite(out)))} non-finite",
+                    )
+                shifted = np.exp(out - out.max(axis=1, keepdims=True))
+                out = shifted / shifted.sum(axis=1, keepdims=True)
+            elif high_sum > 1.0:
+                out = np.minimum(out, 1.0)  # rounding overshoot; never mutate the caller's
+        view = out.view()
+        view.flags.writeable = False
+        return cls(values=view)
+
+
+def _seeds_mismatch(rows: int, ctx: SelectionContext) -> InputMismatchError:
+    return InputMismatchError(
+        "ctx.seeds must hold one seed per row of probs",
+        expected=f"{rows} seeds",
+        got=f"{ctx.seeds.shape[0]} seeds",
+    )
+
+
+def _check_probs(probs: npt.ArrayLike | Probabilities, ctx: SelectionContext) -> Probs:
+    if isinstance(probs, Probabilities):
+        checked = probs.values
+        if checked.shape[1] < 2:
+            raise InputMismatchError(
+                "probs must be the model's class probabilities, one row per sample",
+                expected="shape (batch, classes) with classes >= 2",
+                got=f"shape {checked.shape}",
+            )
+        if checked.shape[0] != ctx.seeds.shape[0]:
+            raise _seeds_mismatch(checked.shape[0], ctx)
+        return checked
     try:
         array = np.asarray(probs, dtype=np.float64)
     except (TypeError, ValueError) as error:
@@ -133,17 +280,25 @@ def _check_probs(probs: npt.ArrayLike, ctx: SelectionContext) -> Probs:
             got=f"shape {array.shape}",
         )
     if array.shape[0] != ctx.seeds.shape[0]:
-        raise InputMismatchError(
-            "ctx.seeds must hold one seed per row of probs",
-            expected=f"{array.shape[0]} seeds",
-            got=f"{ctx.seeds.shape[0]} seeds",
-        )
+        raise _seeds_mismatch(array.shape[0], ctx)
+    if array.size == 0:
+        return array
+    # The common case, valid probabilities, costs four reductions; the row-by-row search
+    # below only runs to name the offending row (or to clip a rounding overshoot).
+    low, high = float(array.min()), float(array.max())
+    sums = array.sum(axis=1)
+    if (
+        low >= 0.0
+        and high <= 1.0
+        and float(sums.min()) >= 1.0 - PROBS_ATOL
+        and float(sums.max()) <= 1.0 + PROBS_ATOL
+    ):
+        return array
     if not np.all(np.isfinite(array)):
         bad = int(np.argmin(np.all(np.isfinite(array), axis=1)))
         raise InputMismatchError(
             "probs must be finite", expected="finite probabilities", got=f"NaN/inf in row {bad}"
         )
-    sums = array.sum(axis=1)
     off = np.abs(sums - 1.0) > PROBS_ATOL
     out_of_range = np.any((array < -PROBS_ATOL) | (array > 1.0 + PROBS_ATOL), axis=1)
     bad_rows = off | out_of_range
@@ -170,15 +325,18 @@ class Policy(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    def decide(self, probs: npt.ArrayLike, ctx: SelectionContext) -> Mask:
+    def decide(self, probs: npt.ArrayLike | Probabilities, ctx: SelectionContext) -> Mask:
         """Return a bool per sample: True where the sample should be uplinked.
 
         Raises ``InputMismatchError`` unless ``probs`` is (batch, classes >= 2), finite, rows
-        summing to 1, with one seed per row in ``ctx``.
+        summing to 1, with one seed per row in ``ctx``.  ``Probabilities`` were checked when
+        they were built: only their shape is checked again.
         """
         return self._mask(_check_probs(probs, ctx), ctx)
 
-    def explain(self, probs: npt.ArrayLike, ctx: SelectionContext) -> list[str | None]:
+    def explain(
+        self, probs: npt.ArrayLike | Probabilities, ctx: SelectionContext
+    ) -> list[str | None]:
         """Return per sample why it was selected (a leaf's ``kind``), or None if it was not.
 
         ``any_of`` names its first selecting child in declaration order; ``all_of`` joins
@@ -369,9 +527,10 @@ class AnyOf(Policy):
         return " | ".join(p.describe() for p in self.policies)
 
     def _mask(self, probs: Probs, ctx: SelectionContext) -> Mask:
-        mask = np.zeros(probs.shape[0], dtype=np.bool_)
-        for policy in self.policies:
-            mask |= policy._mask(probs, ctx)
+        first, *rest = self.policies
+        mask = first._mask(probs, ctx)
+        for policy in rest:
+            mask = mask | policy._mask(probs, ctx)
         return mask
 
     def _reasons(self, probs: Probs, ctx: SelectionContext) -> Reasons:
@@ -407,9 +566,10 @@ class AllOf(Policy):
         return " & ".join(parts)
 
     def _mask(self, probs: Probs, ctx: SelectionContext) -> Mask:
-        mask = np.ones(probs.shape[0], dtype=np.bool_)
-        for policy in self.policies:
-            mask &= policy._mask(probs, ctx)
+        first, *rest = self.policies
+        mask = first._mask(probs, ctx)
+        for policy in rest:
+            mask = mask & policy._mask(probs, ctx)
         return mask
 
     def _reasons(self, probs: Probs, ctx: SelectionContext) -> Reasons:

@@ -420,6 +420,15 @@ class TensorSchema(_Spec):
             )
         return value
 
+    @field_validator("fields")
+    @classmethod
+    def _check_field_names(cls, value: dict[str, DataClass]) -> dict[str, DataClass]:
+        # A field travels by name on the wire (codec) and becomes a store column, where the
+        # same rules as a topic level hold: check it here rather than when a frame arrives.
+        for name in value:
+            _topic_name(name, "field", "patient_id")
+        return value
+
     @field_validator("dtype", mode="before")
     @classmethod
     def _check_dtype(cls, value: object) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 from continuum import signing
 from continuum.backends import open_backend
 from continuum.errors import ArtifactError, ConfigError, SpecError
+from continuum.residency import UplinkPlan, load_policy, uplink_plan
 from continuum.sources import Source
 from continuum.spec import PipelineSpec, load_pipeline
 from continuum.wire import topics
@@ -28,9 +29,9 @@ from edge_agent.model_manager import BackendOpener, ModelManager, ServingModel
 from edge_agent.outbox import Outbox
 from edge_agent.runtime import PipelineRuntime
 from edge_agent.sources import load_source
-from edge_agent.uplink import Uplink
+from edge_agent.uplink import ResidencyGate, Uplink
 
-__all__ = ["EdgeAgent", "load_pipelines"]
+__all__ = ["EdgeAgent", "load_pipelines", "residency_plans"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,55 @@ def load_pipelines(settings: AgentSettings) -> list[PipelineSpec]:
     if problems:
         raise ConfigError("the pipelines cannot run on this node:\n" + "\n".join(problems))
     return specs
+
+
+def residency_plans(
+    settings: AgentSettings, specs: list[PipelineSpec]
+) -> tuple[dict[str, UplinkPlan | None], bytes | None]:
+    """Return each pipeline's uplink plan from this node to the store, and the hashing salt.
+
+    Without a ``residency`` section every plan is None (fields pass unchanged), unless a
+    pipeline declares fields above its own data class: then nothing shows they may leave,
+    so the agent refuses to start (fail closed).
+
+    Raises:
+        ConfigError: such a pipeline without a policy, or an unreadable policy or salt.
+    """
+    residency = settings.residency
+    if residency is None:
+        problems = []
+        for spec in specs:
+            above = {
+                name: data_class.value
+                for name, data_class in spec.edge.input.fields.items()
+                if data_class.rank > spec.data_class.rank
+            }
+            if above:
+                listed = ", ".join(f"{n} ({c})" for n, c in above.items())
+                problems.append(
+                    f"  pipeline {spec.name!r} ({spec.data_class.value}) declares fields above "
+                    f"its class: {listed}"
+                )
+        if problems:
+            raise ConfigError(
+                "uplink cannot start: no residency policy shows where these fields may go:\n"
+                + "\n".join(problems)
+                + "\n  fix: add a `residency:` section (policy, store_labels, salt_file) to "
+                "the agent config, see deploy/edge/agent.example.yaml"
+            )
+        return {spec.name: None for spec in specs}, None
+    try:
+        policy = load_policy(residency.policy)
+        salt = residency.salt_file.read_bytes()
+    except (SpecError, OSError) as exc:
+        raise ConfigError(f"residency: {exc}") from exc
+    plans: dict[str, UplinkPlan | None] = {}
+    for spec in specs:
+        plan = uplink_plan(policy, spec, settings.labels, residency.store_labels)
+        reasons = "; ".join(d.reason for d in plan.decisions if d.reason)
+        log.info("pipeline %s: uplink plan: %s (%s)", spec.name, plan.describe(), reasons)
+        plans[spec.name] = plan
+    return plans, salt
 
 
 def read_public_key(path: Path) -> bytes:
@@ -114,8 +164,10 @@ class EdgeAgent:
             settings.state_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"state_dir: cannot create {settings.state_dir}: {exc}") from exc
+        plans, salt = residency_plans(settings, self._specs)
         self._caps = capabilities.probe()
         self.metrics = AgentMetrics()
+        self.gate = ResidencyGate(plans, salt=salt, metrics=self.metrics)
         self.outbox = Outbox(
             settings.state_dir / "outbox.sqlite3",
             max_bytes=settings.outbox_max_bytes,
@@ -124,6 +176,7 @@ class EdgeAgent:
             block_timeout_s=settings.outbox_block_timeout_s,
             synchronous=settings.outbox_synchronous,
             on_drop=lambda reason, n: self.metrics.dropped.labels(reason).inc(n),
+            admit=self.gate.admit,
         )
         self._status_topic = topics.node_status(self.tenant, self.node)
         try:

@@ -26,12 +26,15 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from continuum.errors import ConfigError, ProtocolError
+from continuum.errors import ConfigError, ProtocolError, SpecError
+from continuum.residency import load_policy
 from continuum.wire import mqtt, topics
 
 ENV_PREFIX = "CONTINUUM_EDGE_"
 
 _IMPORT_REF = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
+#: Shortest field-hashing salt: below it, pseudonyms could be reversed by hashing guesses.
+MIN_SALT_BYTES = 16
 
 
 class _Section(BaseModel):
@@ -90,6 +93,67 @@ class PipelineSettings(_Section):
             raise ValueError(f"pipeline spec file {str(value)!r} does not exist")
         if value.suffix not in (".py", ".yaml", ".yml", ".json"):
             raise ValueError(f"pipeline spec {str(value)!r} must be a .py, .yaml or .json file")
+        return value
+
+
+def _check_label_keys(value: dict[str, str]) -> dict[str, str]:
+    for key in value:
+        if "/" not in key:
+            raise ValueError(
+                f"label key {key!r} is not domain-qualified: use 'continuum.io/{key}' "
+                "or your own 'example.com/{key}'"
+            )
+    return value
+
+
+class ResidencySettings(_Section):
+    """Where this node's samples may go: the tenant's policy, the store, the hashing salt.
+
+    At pipeline start the agent computes each pipeline's uplink plan from these and applies
+    it to every selected sample before it is queued: fields the store may not hold are
+    dropped or hashed, or the sample stays on the node.
+    """
+
+    policy: Path = Field(
+        description="The tenant's residency policy YAML (see deploy/policy/residency.example.yaml)."
+    )
+    store_labels: dict[str, str] = Field(
+        min_length=1,
+        description="Labels of the cloud store this node uplinks to, e.g. "
+        "continuum.io/jurisdiction: LU; the policy's storage rules are checked against them.",
+    )
+    salt_file: Path = Field(
+        description=f"File holding the tenant's field-hashing salt ({MIN_SALT_BYTES}+ random "
+        "bytes, the same on every node of the tenant; keep it as secret as a key).",
+    )
+
+    @field_validator("policy")
+    @classmethod
+    def _policy_loads(cls, value: Path) -> Path:
+        try:
+            load_policy(value)
+        except SpecError as exc:
+            raise ValueError(str(exc)) from exc
+        return value
+
+    @field_validator("store_labels")
+    @classmethod
+    def _store_label_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        return _check_label_keys(value)
+
+    @field_validator("salt_file")
+    @classmethod
+    def _salt_long_enough(cls, value: Path) -> Path:
+        try:
+            size = len(value.read_bytes())
+        except OSError as exc:
+            raise ValueError(f"cannot read the salt file {str(value)!r}: {exc}") from exc
+        if size < MIN_SALT_BYTES:
+            raise ValueError(
+                f"the salt file {str(value)!r} holds {size} bytes; write at least "
+                f"{MIN_SALT_BYTES} random bytes, e.g. "
+                "python -c 'import secrets,sys; sys.stdout.buffer.write(secrets.token_bytes(32))'"
+            )
         return value
 
 
@@ -187,6 +251,11 @@ class AgentSettings(BaseSettings):
     shutdown_timeout_s: float = Field(
         default=10.0, ge=0.0, le=300, description="Bound on draining and flushing at SIGTERM."
     )
+    residency: ResidencySettings | None = Field(
+        default=None,
+        description="Residency policy applied to samples before they are queued; required "
+        "when a pipeline declares input fields above its own data class.",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -213,13 +282,7 @@ class AgentSettings(BaseSettings):
     @field_validator("labels")
     @classmethod
     def _qualified_label_keys(cls, value: dict[str, str]) -> dict[str, str]:
-        for key in value:
-            if "/" not in key:
-                raise ValueError(
-                    f"label key {key!r} is not domain-qualified: use 'continuum.io/{key}' "
-                    "or your own 'example.com/{key}'"
-                )
-        return value
+        return _check_label_keys(value)
 
     @field_validator("trusted_public_key")
     @classmethod
@@ -289,6 +352,12 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         out["broker"] = {
             key: fix(value) if key in ("tls_ca", "tls_cert", "tls_key") else value
             for key, value in broker.items()
+        }
+    residency = out.get("residency")
+    if isinstance(residency, dict):
+        out["residency"] = {
+            key: fix(value) if key in ("policy", "salt_file") else value
+            for key, value in residency.items()
         }
     pipelines = out.get("pipelines")
     if isinstance(pipelines, list):

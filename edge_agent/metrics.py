@@ -81,6 +81,25 @@ class AgentMetrics:
             ["pipeline"],
             registry=r,
         )
+        self.kept_at_edge = Counter(
+            f"{_NS}_samples_kept_at_edge",
+            "Selected samples the residency plan keeps on this node (never queued or sent).",
+            ["pipeline"],
+            registry=r,
+        )
+        self.fields_dropped = Counter(
+            f"{_NS}_fields_dropped",
+            "Sample fields removed before queueing, by reason: residency (the store may not "
+            "hold their class), too_large, too_many or bad_text (the wire cannot carry them).",
+            ["pipeline", "reason"],
+            registry=r,
+        )
+        self.fields_hashed = Counter(
+            f"{_NS}_fields_hashed",
+            "Sample fields pseudonymised (HMAC-SHA256 with the tenant's salt) before queueing.",
+            ["pipeline"],
+            registry=r,
+        )
         self.outbox_depth = Gauge(
             f"{_NS}_outbox_depth", "Records waiting in the outbox.", ["kind"], registry=r
         )

@@ -27,14 +27,17 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from continuum.errors import ConfigError, NotReadyError
+from continuum.sources import FieldValue
+from continuum.wire.codec import NO_FIELDS, decode_fields, encode_fields
+from continuum.wire.codec import FieldValue as WireValue
 
 __all__ = [
     "AppendResult",
@@ -50,7 +53,8 @@ log = logging.getLogger(__name__)
 
 FullPolicy = Literal["drop_oldest", "drop_newest", "block"]
 
-_SCHEMA_VERSION = 1
+#: 2 added the samples.fields column (the record field section of the wire codec).
+_SCHEMA_VERSION = 2
 #: Seqs reserved per database write; a restart skips the unused rest of a block.
 _SEQ_BLOCK = 4096
 #: Bytes counted per record on top of its tensor (row, index and metadata overhead).
@@ -75,7 +79,8 @@ CREATE TABLE IF NOT EXISTS samples (
     dtype          TEXT    NOT NULL,
     shape          TEXT    NOT NULL,
     tensor         BLOB    NOT NULL,
-    size           INTEGER NOT NULL
+    size           INTEGER NOT NULL,
+    fields         BLOB
 );
 CREATE TABLE IF NOT EXISTS feedback (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -91,7 +96,11 @@ CREATE INDEX IF NOT EXISTS feedback_due ON feedback (due_at, id);
 
 @dataclass(frozen=True, slots=True)
 class SampleEntry:
-    """A selected sample to keep until acknowledged; ``seq`` comes from ``reserve_seqs``."""
+    """A selected sample to keep until acknowledged; ``seq`` comes from ``reserve_seqs``.
+
+    ``fields`` are the frame's named side values as they may leave the node (the agent's
+    ``admit`` hook applies the residency plan before anything is written).
+    """
 
     pipeline: str
     model_version: str
@@ -102,11 +111,17 @@ class SampleEntry:
     prediction: int
     confidence: float
     label: int | None = None
+    fields: Mapping[str, FieldValue] = field(default_factory=lambda: NO_FIELDS)
 
     @property
     def size_bytes(self) -> int:
         """Bytes this record counts against the outbox bound."""
-        return int(self.tensor.nbytes) + _SAMPLE_OVERHEAD
+        if not self.fields:
+            return int(self.tensor.nbytes) + _SAMPLE_OVERHEAD
+        extra = sum(
+            len(k) + (len(v) if isinstance(v, str | bytes) else 24) for k, v in self.fields.items()
+        )
+        return int(self.tensor.nbytes) + _SAMPLE_OVERHEAD + extra
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +144,7 @@ class StoredSample:
     prediction: int
     confidence: float
     label: int | None
+    fields: Mapping[str, WireValue] = field(default_factory=lambda: NO_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +210,8 @@ class Outbox:
         synchronous: SQLite synchronous mode, "normal" or "full" (see module docstring).
         on_drop: called with (reason, count) whenever records are dropped; reasons are
             "full_newest", "full_oldest" and "expired".
+        admit: called with every batch of entries before it is written; returns what may
+            be written (the agent's residency gate: what may not leave never touches disk).
         clock: Unix time in seconds (tests pass a fake one).
     """
 
@@ -207,6 +225,7 @@ class Outbox:
         block_timeout_s: float = 5.0,
         synchronous: Literal["normal", "full"] = "normal",
         on_drop: Callable[[str, int], None] | None = None,
+        admit: Callable[[Sequence[SampleEntry]], Sequence[SampleEntry]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if max_bytes < 1 or not math.isfinite(ttl_s) or ttl_s <= 0:
@@ -217,6 +236,7 @@ class Outbox:
         self.full_policy: FullPolicy = full_policy
         self.block_timeout_s = float(block_timeout_s)
         self._on_drop = on_drop
+        self._admit = admit
         self._clock = clock
         self._lock = threading.Lock()
         self._space = threading.Condition(self._lock)
@@ -260,6 +280,11 @@ class Outbox:
                     f"the outbox at {self.path} has schema {row[0]}, newer than this agent "
                     f"({_SCHEMA_VERSION}); upgrade the agent"
                 )
+            elif row[0] < _SCHEMA_VERSION:
+                columns = {r[1] for r in db.execute("PRAGMA table_info(samples)")}
+                if "fields" not in columns:
+                    db.execute("ALTER TABLE samples ADD COLUMN fields BLOB")
+                db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (_SCHEMA_VERSION,))
             row = db.execute("SELECT value FROM meta WHERE key = 'seq_hi'").fetchone()
             max_seq = db.execute("SELECT MAX(seq) FROM samples").fetchone()[0] or 0
             if row is None:
@@ -303,6 +328,8 @@ class Outbox:
         guarantees).  Never raises for a full outbox: refused and evicted records are
         counted (``on_drop``) and reported in the result.
         """
+        if self._admit is not None and entries:
+            entries = self._admit(entries)
         if not entries:
             return AppendResult(0, 0, 0)
         now = self._clock()
@@ -344,12 +371,13 @@ class Outbox:
                         json.dumps(list(e.tensor.shape)),
                         np.ascontiguousarray(e.tensor).tobytes(),
                         e.size_bytes,
+                        encode_fields(e.fields) if e.fields else None,
                     )
                     for e in kept
                 ]
                 with self._transaction():
                     self._db.executemany(
-                        "INSERT INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
+                        "INSERT INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
                     )
                 self._bytes += sum(e.size_bytes for e in kept)
         if evicted:
@@ -400,14 +428,14 @@ class Outbox:
             if head is None:
                 return None
             cursor = self._db.execute(
-                "SELECT seq, captured_at_ns, prediction, confidence, label, dtype, shape, tensor "
-                "FROM samples WHERE pipeline = ? AND model_version = ? AND data_class = ? "
+                "SELECT seq, captured_at_ns, prediction, confidence, label, dtype, shape, tensor, "
+                "fields FROM samples WHERE pipeline = ? AND model_version = ? AND data_class = ? "
                 "AND seq NOT IN (SELECT value FROM json_each(?)) ORDER BY seq LIMIT ?",
                 (*head, leased, max_records),
             )
             records: list[StoredSample] = []
             total = 0
-            for seq, captured, prediction, confidence, label, dtype, shape, blob in cursor:
+            for seq, captured, prediction, confidence, label, dtype, shape, blob, extra in cursor:
                 if records and total + len(blob) > max_bytes:
                     break
                 total += len(blob)
@@ -420,6 +448,7 @@ class Outbox:
                         prediction=prediction,
                         confidence=math.nan if confidence is None else confidence,
                         label=label,
+                        fields=decode_fields(extra) if extra else NO_FIELDS,
                     )
                 )
             cursor.close()

@@ -1,6 +1,8 @@
-"""The uplink pump: moves outbox records, telemetry and node state onto the MQTT link.
+"""The uplink path: the residency gate in front of the outbox, and the pump behind it.
 
-One thread reads the oldest records from the durable outbox, encodes them with the wire
+``ResidencyGate`` applies each pipeline's uplink plan to selected samples before the outbox
+writes them, so data that may not leave the node never touches its disk.  ``Uplink`` is the
+pump: one thread reads the oldest records from the durable outbox, encodes them with the wire
 codec and publishes them at QoS 1 while the link's in-flight window has room; a PUBACK
 deletes the records, anything else puts them back for a later attempt.  The same thread
 publishes telemetry windows, the retained node status (and its heartbeat) and the
@@ -10,29 +12,34 @@ retained reported state, and keeps the outbox within its age bound.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from continuum.errors import NotReadyError, ProtocolError
+from continuum.residency import UplinkPlan
 from continuum.spec import DataClass
 from continuum.wire import topics
 from continuum.wire.codec import (
+    MAX_FIELD_BYTES,
+    MAX_FIELDS,
     FeedbackBatch,
     SampleBatch,
     SampleRecord,
     encode_feedback,
     encode_samples,
 )
+from continuum.wire.codec import FieldValue as WireValue
 from continuum.wire.messages import ReportedState, Telemetry
 from edge_agent.link import FailureLog, MqttLink, PublishOutcome
 from edge_agent.metrics import AgentMetrics
-from edge_agent.outbox import Outbox, PendingFeedback, PendingSamples
+from edge_agent.outbox import Outbox, PendingFeedback, PendingSamples, SampleEntry
 
-__all__ = ["Uplink"]
+__all__ = ["ResidencyGate", "Uplink"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,99 @@ _RECLAIM_EVERY_S = 300.0
 _GAUGES_EVERY_S = 2.0
 _HOLD_MIN_S = 1.0
 _HOLD_MAX_S = 30.0
+
+
+class ResidencyGate:
+    """Apply each pipeline's uplink plan to selected samples before the outbox writes them.
+
+    A pipeline whose plan keeps samples at the edge queues none; otherwise the plan's
+    dropped fields are removed and its hashed fields pseudonymised with the tenant's salt.
+    Fields the pipeline does not declare are of the pipeline's own class and pass as they
+    are.  Numbers are stringified (the wire carries text and bytes); a field the wire cannot
+    carry (over ``MAX_FIELD_BYTES``, or past ``MAX_FIELDS``) is dropped and counted.
+
+    Args:
+        plans: pipeline -> its plan, or None where no policy applies (fields pass).
+        salt: the tenant's field-hashing salt (needed when a plan hashes).
+        metrics: the agent's metrics (kept-at-edge samples, dropped and hashed fields).
+    """
+
+    def __init__(
+        self,
+        plans: Mapping[str, UplinkPlan | None],
+        *,
+        salt: bytes | None,
+        metrics: AgentMetrics,
+    ) -> None:
+        self._plans = dict(plans)
+        self._salt = salt or b""
+        self._metrics = metrics
+        self._warned: set[tuple[str, str]] = set()
+        self._warn_lock = threading.Lock()
+
+    def admit(self, entries: Sequence[SampleEntry]) -> list[SampleEntry]:
+        """Return ``entries`` as they may be queued: plan applied, kept-at-edge ones left out."""
+        out: list[SampleEntry] = []
+        kept: dict[str, int] = {}
+        for entry in entries:
+            plan = self._plans.get(entry.pipeline)
+            if plan is not None and plan.keep_at_edge:
+                kept[entry.pipeline] = kept.get(entry.pipeline, 0) + 1
+                continue
+            if not entry.fields:
+                out.append(entry)
+                continue
+            out.append(dataclasses.replace(entry, fields=self._fields(entry, plan)))
+        for pipeline, count in kept.items():
+            self._metrics.kept_at_edge.labels(pipeline).inc(count)
+        return out
+
+    def _fields(self, entry: SampleEntry, plan: UplinkPlan | None) -> dict[str, WireValue]:
+        pipeline = entry.pipeline
+        fields: Mapping[str, object] = entry.fields
+        if plan is not None and (plan.dropped or plan.hashed):
+            dropped = sum(1 for name in plan.dropped if name in fields)
+            hashed = sum(1 for name in plan.hashed if name in fields)
+            fields = plan.apply(fields, salt=self._salt)
+            if dropped:
+                self._metrics.fields_dropped.labels(pipeline, "residency").inc(dropped)
+            if hashed:
+                self._metrics.fields_hashed.labels(pipeline).inc(hashed)
+        out: dict[str, WireValue] = {}
+        for name, value in fields.items():
+            wire = value if isinstance(value, str | bytes) else str(value)
+            problem = _unsendable_field(wire, len(out))
+            if problem is not None:
+                # One such field would make every batch it travels in unsendable.
+                reason, why = problem
+                self._metrics.fields_dropped.labels(pipeline, reason).inc()
+                self._warn_once(pipeline, name, f"field {name!r} dropped: {why}")
+                continue
+            out[name] = wire
+        return out
+
+    def _warn_once(self, pipeline: str, name: str, message: str) -> None:
+        with self._warn_lock:
+            if (pipeline, name) in self._warned:
+                return
+            self._warned.add((pipeline, name))
+        log.warning("pipeline %s: %s (further ones are only counted)", pipeline, message)
+
+
+def _unsendable_field(value: WireValue, index: int) -> tuple[str, str] | None:
+    """Return (reason, why) the wire cannot carry ``value`` as field number ``index``."""
+    if index >= MAX_FIELDS:
+        return "too_many", f"a sample carries at most MAX_FIELDS ({MAX_FIELDS}) fields"
+    if isinstance(value, str):
+        try:
+            size = len(value.encode("utf-8"))
+        except UnicodeEncodeError:
+            return "bad_text", "not encodable as UTF-8 (a lone surrogate?)"
+    else:
+        size = len(value)
+    if size > MAX_FIELD_BYTES:
+        return "too_large", f"{size} bytes, over MAX_FIELD_BYTES ({MAX_FIELD_BYTES})"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +396,7 @@ class Uplink:
                             prediction=r.prediction,
                             confidence=r.confidence,
                             label=r.label,
+                            fields=r.fields,
                         )
                         for r in pending.records
                     ),

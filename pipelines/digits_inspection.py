@@ -7,21 +7,25 @@ of everything, because DESIGN §11 measured that spending the budget where and w
 drift is recovers accuracy best. Labels come back from the line's inspectors as delayed
 feedback; the cloud fine-tunes on Ray Train, gates against a validation split plus recent
 edge samples, and canaries the winner before promoting it to every camera.
+
+The images of parts are the factory's internal data: under the demo's residency policy
+they may be stored and trained on anywhere in the EU, so the central pool in Frankfurt
+may take them; ``continuum policy explain`` shows the rules that decide it.
 """
 
 from __future__ import annotations
 
 from continuum import Pipeline, drift, select
-from continuum.labels import SITE, TIER
+from continuum.labels import COUNTRY, SITE, TIER
 
-pipe = Pipeline("digits-inspection", tenant="acme", data_class="confidential")
+pipe = Pipeline("digits-inspection", tenant="acme", data_class="internal")
 
 pipe.edge(
     model="digits-cnn",
     backend="auto",  # TensorRT where there is an NVIDIA GPU, else ONNX Runtime
     shape=(1, 8, 8),
     dtype="float32",
-    where={TIER: "edge", SITE: "lux-*"},
+    where={TIER: "edge", SITE: "lux-*", COUNTRY: "LU"},
     max_batch=8,
     max_wait_ms=5.0,
 )

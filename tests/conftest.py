@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from continuum.cli._demo_tenants import CLOUD_LABELS, EDGE_NODE_LABELS
 from continuum.embedded import EmbeddedBroker, LocalRayCluster
-from continuum.labels import SITE, TIER
 
 #: The Ray namespace the test process joins; services under test run as actors in it.
 RAY_TEST_NAMESPACE = "continuum-tests"
@@ -58,8 +58,9 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRayCl
     """
     cluster = LocalRayCluster(
         tmp_path_factory.mktemp("ray-cluster"),
-        head_labels={TIER: "cloud"},
-        edge_nodes=[{TIER: "edge", SITE: "lux-1"}],
+        # The demo's topology: a central pool in Frankfurt, an edge site in Luxembourg.
+        head_labels=CLOUD_LABELS,
+        edge_nodes=[EDGE_NODE_LABELS],
         dashboard=False,
         env={"PYTHONPATH": _test_python_path()},
     )

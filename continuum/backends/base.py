@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -45,6 +46,22 @@ class TensorMeta:
         ]
         return f"{self.dtype}[{','.join(dims)}]"
 
+    @cached_property
+    def _fast_check(self) -> tuple[np.dtype[Any], int | None, tuple[int, ...]] | None:
+        """(dtype, fixed batch size or None, the other dims) when those dims are all fixed.
+
+        Lets ``check_batch`` accept the usual batch with a dtype and a tuple comparison;
+        None (a dynamic non-batch dim, or a dtype numpy lacks) leaves the full check.
+        """
+        tail = self.shape[1:]
+        if not self.shape or any(d is None for d in tail):
+            return None
+        try:
+            dtype = np.dtype(self.dtype)
+        except TypeError:
+            return None
+        return dtype, self.shape[0], tuple(d for d in tail if d is not None)
+
 
 def describe_array(array: np.ndarray) -> str:
     """Return the spelling of an actual array in the same form as ``TensorMeta.describe``."""
@@ -63,6 +80,18 @@ def check_batch(batch: object, meta: TensorMeta, *, max_batch: int | None = None
         InputMismatchError: wrong type, rank, fixed dimension, dtype or batch size; the
             message names the expected and the actual tensor.
     """
+    fast = meta._fast_check
+    if fast is not None and type(batch) is np.ndarray:
+        dtype, size, tail = fast
+        shape = batch.shape
+        if (
+            batch.dtype == dtype
+            and shape[1:] == tail
+            and len(shape) == len(tail) + 1
+            and (shape[0] == size if size is not None else shape[0] >= 1)
+            and (max_batch is None or shape[0] <= max_batch)
+        ):
+            return batch if batch.flags.c_contiguous else np.ascontiguousarray(batch)
     if not isinstance(batch, np.ndarray):
         raise InputMismatchError(
             f"input {meta.name!r} must be a numpy array",

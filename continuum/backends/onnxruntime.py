@@ -106,6 +106,7 @@ class OnnxRuntimeBackend:
         self._inputs: list[TensorMeta] = []
         self._outputs: list[TensorMeta] = []
         self._input: TensorMeta | None = None
+        self._output_names: list[str] = []
         self._path: Path | None = None
         self._lock = threading.Lock()
 
@@ -167,6 +168,7 @@ class OnnxRuntimeBackend:
         with self._lock:
             self._session = session
             self._inputs, self._outputs, self._input = inputs, outputs, model_input
+            self._output_names = [outputs[0].name]
             self._path = path
 
     @property
@@ -193,15 +195,15 @@ class OnnxRuntimeBackend:
             InputMismatchError: the batch's rank, fixed dimensions or dtype do not fit.
             BackendError: no model is loaded, or the runtime failed.
         """
-        session, model_input, path = self._session, self._input, self._path
+        session, model_input = self._session, self._input
         if session is None or model_input is None:
             raise BackendError("no model loaded: call load(path) first")
         array = check_batch(batch, model_input)
         try:
-            first = session.run([self._outputs[0].name], {model_input.name: array})[0]
+            first = session.run(self._output_names, {model_input.name: array})[0]
         except Exception as exc:
-            raise BackendError(f"inference failed on {path}: {_ort_reason(exc)}") from exc
-        return np.asarray(first)
+            raise BackendError(f"inference failed on {self._path}: {_ort_reason(exc)}") from exc
+        return first if type(first) is np.ndarray else np.asarray(first)
 
     def close(self) -> None:
         """Drop the session; ``load`` may be called again."""

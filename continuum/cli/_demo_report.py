@@ -49,6 +49,7 @@ def live_view(
     table = Table(title=title, expand=False)
     for column in (
         "agent",
+        "tenant",
         "site",
         "online",
         "model",
@@ -57,15 +58,18 @@ def live_view(
         "uplinked",
         "drift score",
     ):
-        table.add_column(column, justify="right" if column not in ("agent", "site") else "left")
+        table.add_column(
+            column, justify="right" if column not in ("agent", "tenant", "site") else "left"
+        )
     for agent in agents:
         info = by_node.get(agent.node, {})
-        last = (info.get("telemetry") or {}).get(pipeline) or {}
+        last = (info.get("telemetry") or {}).get(getattr(agent, "pipeline", "") or pipeline) or {}
         rate = last.get("frames", 0) / last["window_s"] if last.get("window_s") else 0.0
         acc = last.get("correct", 0) / last["labelled"] if last.get("labelled") else None
         share = last.get("uplinked", 0) / last["frames"] if last.get("frames") else 0.0
         table.add_row(
             agent.node,
+            getattr(agent, "tenant", ""),
             agent.site + (" (drifting)" if agent.drifted and until_drift <= 0 else ""),
             "yes" if info.get("online") else "no",
             str(last.get("model_version", "-")),
@@ -156,8 +160,16 @@ def build_report(
     drift_kind: str,
     dashboard: str | None,
     interrupted: bool,
+    second_tenant: dict[str, Any] | None = None,
+    policy: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Compute the figures of the run and the targets they meet."""
+    """Compute the figures of the run and the targets they meet.
+
+    ``second_tenant`` names the other tenant's pipeline and agents (their frames and
+    uplink share are reported); ``policy`` is what ``_demo_tenants`` collected: the
+    refused deploy, the isolation probe, the uplink plans, the lab's store and the audit
+    logs. Each becomes a target, so a run where a rule did not hold is not a success.
+    """
     versions = _evaluate_versions(workdir, tenant, pipeline, drift_kind)
     start = timeline["stream_start"]
     drift_at = timeline["drift_at"]
@@ -240,6 +252,32 @@ def build_report(
         ),
         "uplink_share": share is not None and share < UPLINK_SHARE_MAX,
     }
+    tenants: dict[str, Any] = {}
+    if second_tenant is not None:
+        lab_frames = lab_uplinked = 0
+        lab_agents = {}
+        for node, site in second_tenant["agents"]:
+            windows = telemetry.get(node, [])
+            f = sum(w["frames"] for w in windows)
+            u = sum(w["uplinked"] for w in windows)
+            lab_frames += f
+            lab_uplinked += u
+            lab_agents[node] = {
+                "site": site,
+                "frames": f,
+                "uplinked": u,
+                "accuracy": _rolling(sorted(windows, key=lambda w: w["ts"]), 10**6),
+                "model_version": windows[-1]["model_version"] if windows else None,
+            }
+        tenants[second_tenant["tenant"]] = {
+            "pipeline": second_tenant["pipeline"],
+            "agents": lab_agents,
+            "frames": lab_frames,
+            "uplinked": lab_uplinked,
+        }
+        targets["second_tenant_served"] = lab_frames > 0 and lab_uplinked > 0
+    if policy is not None:
+        targets |= _policy_targets(policy)
     return {
         "pipeline": pipeline,
         "tenant": tenant,
@@ -256,9 +294,26 @@ def build_report(
         "trainings": controller.get("trainings", []),
         "rollout": controller.get("rollout", {}),
         "events": [{**e, "t": round(e["t"] - start, 2)} for e in timeline.get("events", [])],
+        "tenants": tenants,
+        "policy": policy or {},
         "targets": targets,
         "targets_met": all(targets.values()) and not interrupted,
     }
+
+
+def _policy_targets(policy: dict[str, Any]) -> dict[str, bool]:
+    """Return whether each rule held, from the evidence ``_demo_tenants`` collected."""
+    out = {"policy_refused_deploy": bool(policy.get("refused_deploy", {}).get("refused"))}
+    stores = policy.get("store", {})
+    if stores:
+        out["policy_fields_held"] = all(s.get("held") for s in stores.values())
+    isolation = policy.get("isolation", {})
+    if isolation.get("checked"):
+        out["tenants_isolated"] = bool(isolation.get("held"))
+    audits = policy.get("audit", {})
+    if audits:
+        out["audit_verified"] = all(a.get("verified") for a in audits.values())
+    return out
 
 
 def write_plot(report: dict[str, Any], path: Path) -> None:
@@ -311,6 +366,48 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _print_policy(console: Any, policy: dict[str, Any]) -> None:
+    """Print the residency and tenancy decisions the run took, and their evidence."""
+    if not policy:
+        return
+    console.print(
+        f"residency policy {policy.get('file')}; store labels {policy.get('store_labels')}"
+    )
+    refused = policy.get("refused_deploy") or {}
+    if refused:
+        verdict = "refused at deploy" if refused.get("refused") else "NOT refused"
+        console.print(
+            f"  {refused.get('tenant')}/{refused.get('pipeline')} "
+            f"({refused.get('data_class', '?')}): {verdict}: {refused.get('message', '')}"
+        )
+    for node, plan in (policy.get("uplink_plans") or {}).items():
+        console.print(f"  uplink plan of {node}: {plan}")
+    for pipeline, store in (policy.get("store") or {}).items():
+        console.print(
+            f"  store of {pipeline}: {store['rows']} rows in {store['files']} files; field "
+            f"columns {store['field_columns']}; patient id stored: "
+            f"{'yes' if store['patient_id_column'] or store['raw_values_found'] else 'no'}; "
+            f"technician pseudonymised: {'yes' if store['technician_pseudonymised'] else 'no'}"
+        )
+    isolation = policy.get("isolation") or {}
+    if isolation.get("checked"):
+        console.print(
+            "  tenant isolation at the broker: medica's credentials "
+            f"{'could' if isolation['other_tenant_read_ours'] else 'could not'} read acme's "
+            f"topics and {'could' if isolation['other_tenant_wrote_ours'] else 'could not'} "
+            "write them"
+        )
+    elif isolation:
+        console.print(f"  tenant isolation not checked: {isolation.get('why')}")
+    for tenant, audit in (policy.get("audit") or {}).items():
+        console.print(
+            f"  audit log of {tenant}: {audit.get('records')} records, "
+            f"{'verified' if audit.get('verified') else 'NOT verified'}"
+            + (" (signed head checked)" if audit.get("signature_checked") else "")
+            + f"; {audit.get('by_action', {})}"
+        )
+
+
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -353,6 +450,12 @@ def print_summary(console: Any, report: dict[str, Any]) -> None:
         )
     for event in report["rollout"].get("history", []):
         console.print(f"  rollout: {event}")
+    for tenant, info in report.get("tenants", {}).items():
+        console.print(
+            f"tenant {tenant} ({info['pipeline']}): {info['uplinked']} of {info['frames']} frames "
+            "uplinked, side by side on the same broker, cluster and store"
+        )
+    _print_policy(console, report.get("policy") or {})
     if report.get("interrupted"):
         console.print("  [yellow]the run was interrupted: targets are not judged[/]")
     else:

@@ -6,6 +6,12 @@ named Ray actors, lets it train and publish the first model, starts edge-agent p
 that stream digits as cameras, drifts one site's camera part-way, and lets the loop
 notice, uplink, retrain, gate, canary and promote. Everything it writes stays under one
 working directory; it ends with ``report.json``, ``report.png`` and a printed summary.
+
+Two tenants share the infrastructure (``_demo_tenants``): the factory ``acme`` runs the
+loop above, the hospital lab ``medica`` runs ``pipelines/lab_forms.py`` beside it, each
+with its own broker credentials and ACL, Ray namespace, signing key, store partition and
+audit log, under the residency policy ``pipelines/residency.yaml``; the report shows the
+policy decisions taken and the evidence that they held.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +34,8 @@ from continuum.errors import ConfigError
 MARKER = ".continuum-demo"
 PIPELINE_MODULE = "pipelines.digits_inspection"
 TENANT = "acme"
+#: The lab's camera runs slower than the factory's: forms arrive, parts stream.
+LAB_FPS_SHARE = 0.4
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,10 @@ class AgentProcess:
     config: Path
     log: Path
     metrics_port: int
+    tenant: str = TENANT
+    pipeline: str = ""
+    spec_path: Path = Path()
+    labels: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
 
 
@@ -243,19 +255,30 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     """Start the embedded defaults, run the closed loop, stop them; return the report."""
     from rich.console import Console
 
+    from continuum.cli._demo_tenants import (
+        CLOUD_LABELS,
+        EDGE_NODE_LABELS,
+        FIRST_TENANT,
+        SECOND_TENANT,
+        create_tenants,
+    )
     from continuum.embedded.broker import EmbeddedBroker
     from continuum.embedded.ray_cluster import LocalRayCluster
-    from continuum.labels import SITE, TIER
     from continuum.wire.mqtt import BrokerSettings
 
     # A terminal gets the live table; a log file gets wide, plain progress lines.
     console = Console() if options.live else Console(width=120, force_terminal=False)
     workdir = prepare_workdir(options.workdir)
     console.print(f"[bold]continuum demo[/] working directory: {workdir}")
-    broker = EmbeddedBroker(workdir / "broker")
+    # Tenants first: the registry writes the broker's password and ACL files.
+    registry, tenancy = create_tenants(workdir / "cloud", [FIRST_TENANT, SECOND_TENANT])
+    broker = EmbeddedBroker(
+        workdir / "broker", password_file=registry.password_file, acl_file=registry.acl_file
+    )
     cluster = LocalRayCluster(
         workdir / "ray",
-        edge_nodes=[{TIER: "edge", SITE: "lux-1"}],
+        head_labels=CLOUD_LABELS,
+        edge_nodes=[EDGE_NODE_LABELS],
         dashboard=True,
         head_cpus=3,
         edge_cpus=1,
@@ -271,12 +294,17 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
             f"  Ray dashboard {cluster.dashboard_url} (token auth: the token is in "
             f"{cluster.token_path})"
         )
+        console.print(
+            f"  tenants {FIRST_TENANT} and {SECOND_TENANT}, each limited to its own topics "
+            f"(ACL {registry.acl_file}); residency policy {tenancy.policy}"
+        )
         return run_loop(
             options,
             workdir,
             BrokerSettings(host=broker.host, port=broker.port),
             console=console,
             dashboard=cluster.dashboard_url,
+            tenancy=tenancy,
         )
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
@@ -292,48 +320,112 @@ def run_loop(
     *,
     console: Any,
     dashboard: str | None,
+    tenancy: Any = None,
 ) -> dict[str, Any]:
     """Run the loop on a broker and a Ray cluster this process is connected to.
 
-    Deploys the cloud head, trains the first model, streams from edge-agent processes with
-    drift at one site, watches, then stops agents and services and writes the report.
+    Deploys both tenants' cloud heads under the residency policy (and tries one deploy the
+    policy must refuse), trains their first models, streams from edge-agent processes with
+    drift at one of the factory's sites, watches, then stops agents and services and writes
+    the report. ``tenancy`` (``_demo_tenants.Tenancy``) carries the tenants' broker
+    credentials; without one (an anonymous broker) each tenant gets fresh keys and salts.
     """
     import importlib
 
     import ray
 
     from cloud_head.services import CloudHead, HeadPaths
+    from continuum.cli import _demo_tenants as world
     from continuum.signing import generate_keypair
     from continuum.spec import load_pipeline
 
-    module = importlib.import_module(PIPELINE_MODULE)
-    spec_path = Path(module.__file__ or "")
-    spec = load_pipeline(spec_path)
+    tenants = [world.FIRST_TENANT, world.SECOND_TENANT]
+    if tenancy is None:
+        tenancy = world.Tenancy(
+            policy=world.policy_path(),
+            store_labels=dict(world.STORE_LABELS),
+            salts=world.write_salts(workdir / "cloud" / "tenants" / "salts", tenants),
+        )
+    specs = {}
+    for module_name in (PIPELINE_MODULE, world.SECOND_PIPELINE_MODULE):
+        module = importlib.import_module(module_name)
+        path = Path(module.__file__ or "")
+        specs[path] = load_pipeline(path)
+    spec_path, lab_path = list(specs)
+    spec, lab = specs[spec_path], specs[lab_path]
     timeline = Timeline()
     agents: list[AgentProcess] = []
-    head: CloudHead | None = None
+    heads: dict[str, CloudHead] = {}
     telemetry: dict[str, list[dict[str, Any]]] = {}
     controller_status: dict[str, Any] = {}
+    lab_status: dict[str, Any] = {}
+    policy: dict[str, Any] = {"file": str(tenancy.policy), "store_labels": tenancy.store_labels}
     interrupted = False
     timeline.event("infrastructure up", dashboard=dashboard)
     try:
         keys = workdir / "keys"
         keys.mkdir(exist_ok=True)
-        private_pem, public_pem = generate_keypair()
-        (keys / f"{spec.tenant}.key").write_bytes(private_pem)
-        os.chmod(keys / f"{spec.tenant}.key", 0o600)
-        (keys / f"{spec.tenant}.pub").write_bytes(public_pem)
+        public_keys: dict[str, Path] = {}
+        private: dict[str, bytes] = {}
+        for tenant in tenants:
+            if tenant in tenancy.signing_keys:
+                key_path, public_path = tenancy.signing_keys[tenant]
+                private[tenant] = key_path.read_bytes()
+                public_keys[tenant] = public_path
+                continue
+            private_pem, public_pem = generate_keypair()
+            (keys / f"{tenant}.key").write_bytes(private_pem)
+            os.chmod(keys / f"{tenant}.key", 0o600)
+            (keys / f"{tenant}.pub").write_bytes(public_pem)
+            private[tenant] = private_pem
+            public_keys[tenant] = keys / f"{tenant}.pub"
 
+        # One cloud head state for both: stores, registry and audit logs keep tenants apart.
         paths = HeadPaths(workdir / "cloud")
-        with console.status("deploying the cloud head on Ray (ingest, fleet, controller)"):
-            head = CloudHead.deploy(
-                spec.tenant, [spec], paths, broker, private_pem, code_version=_code_version()
+        with console.status("deploying both tenants' cloud heads on Ray under the policy"):
+            for tenant, pipeline in ((spec.tenant, spec), (lab.tenant, lab)):
+                heads[tenant] = CloudHead.deploy(
+                    tenant,
+                    [pipeline],
+                    paths,
+                    tenancy.broker_for(tenant, broker),
+                    private[tenant],
+                    code_version=_code_version(),
+                    policy=tenancy.policy,
+                    store_labels=tenancy.store_labels,
+                    tenants_root=paths.tenants if tenancy.credentials else None,
+                    actor="continuum-demo",
+                )
+            policy["refused_deploy"] = world.try_refused_deploy(
+                CloudHead,
+                paths,
+                tenancy.broker_for(lab.tenant, broker),
+                private[lab.tenant],
+                tenancy,
             )
-        controller = head.controllers[spec.name]
-        with console.status("training the first model on Ray Train (placed on the cloud node)"):
-            first = ray.get(controller.bootstrap.remote(), timeout=300)
-        console.print(f"  first model {first} registered, signed and published")
+        refused = policy["refused_deploy"]
+        console.print(
+            f"  cloud heads of {', '.join(tenants)} deployed; "
+            + (
+                f"{refused['tenant']}/{refused['pipeline']} ({refused['data_class']}) refused "
+                "at deploy by the residency policy"
+                if refused.get("refused")
+                else "[red]the confidential variant was NOT refused[/]"
+            )
+        )
+        timeline.event("policy refusal", **refused)
+        with console.status("training the first models on Ray Train (placed on the cloud node)"):
+            firsts = [
+                heads[spec.tenant].controllers[spec.name].bootstrap.remote(),
+                heads[lab.tenant].controllers[lab.name].bootstrap.remote(),
+            ]
+            first, lab_first = ray.get(firsts, timeout=600)
+        console.print(
+            f"  first models {spec.tenant}/{first} and {lab.tenant}/{lab_first} registered, "
+            "signed and published"
+        )
         timeline.event("first model", version=first)
+        policy["isolation"] = world.isolation_probe(broker, tenancy)
 
         timeline.stream_start = time.time()
         timeline.drift_at = timeline.stream_start + options.drift_at_s
@@ -345,16 +437,37 @@ def run_loop(
                     site,
                     drifted,
                     spec_path,
-                    broker,
+                    tenancy.broker_for(spec.tenant, broker),
                     options,
-                    keys / f"{spec.tenant}.pub",
+                    public_keys[spec.tenant],
                     timeline.drift_at,
+                    tenant=spec.tenant,
+                    tenancy=tenancy,
                 )
             )
+        agents.append(
+            _start_agent(
+                workdir,
+                "lab-lux3-a",
+                "lux-3",
+                False,
+                lab_path,
+                tenancy.broker_for(lab.tenant, broker),
+                replace(options, fps=max(1.0, options.fps * LAB_FPS_SHARE)),
+                public_keys[lab.tenant],
+                timeline.drift_at,
+                tenant=lab.tenant,
+                tenancy=tenancy,
+                fields=world.LAB_FIELDS,
+            )
+        )
+        policy["uplink_plans"] = world.uplink_plans(tenancy, agents)
         console.print(
             f"  {len(agents)} edge agents streaming at {options.fps:g} frames/s; "
             f"drift ({options.drift}) at site lux-2 in {options.drift_at_s:g} s"
         )
+        for node, plan in policy["uplink_plans"].items():
+            console.print(f"  uplink plan of {node}: {plan}")
         console.print(
             "  agent metrics (Prometheus): "
             + ", ".join(f"{a.node} http://127.0.0.1:{a.metrics_port}/metrics" for a in agents)
@@ -364,35 +477,53 @@ def run_loop(
             nodes=[a.node for a in agents],
             metrics={a.node: f"http://127.0.0.1:{a.metrics_port}/metrics" for a in agents},
         )
-        controller_status = _watch(console, head, spec.name, agents, timeline, options)
+        controller_status = _watch(console, heads, spec.name, agents, timeline, options)
     except KeyboardInterrupt:
         interrupted = True
         console.print("[yellow]interrupted: shutting down cleanly[/]")
     finally:
         with console.status("stopping the edge agents and the cloud services"):
             _stop_agents(agents)
-            if head is not None:
-                telemetry = _collect_telemetry(head, spec.name, agents)
+            for tenant, head in heads.items():
+                telemetry |= _collect_telemetry(head, [a for a in agents if a.tenant == tenant])
+            if spec.tenant in heads:
                 with contextlib.suppress(Exception):
                     controller_status = ray.get(
-                        head.controllers[spec.name].status.remote(), timeout=10
+                        heads[spec.tenant].controllers[spec.name].status.remote(), timeout=10
                     )
+            if lab.tenant in heads:
+                with contextlib.suppress(Exception):
+                    lab_status = ray.get(heads[lab.tenant].ingest[0].stats.remote(), timeout=10)
+            for head in heads.values():
                 with contextlib.suppress(Exception):
                     head.stop(timeout_s=30)
     from continuum.cli._demo_report import build_report, print_summary, write_plot
 
+    if heads:
+        policy["store"] = {lab.name: world.store_evidence(paths.store, lab.tenant, lab.name)}
+        policy["lab_ingest"] = lab_status
+        policy["audit"] = {
+            tenant: world.audit_evidence(paths.audit, [tenant], public_keys)[tenant]
+            for tenant in heads
+        }
     report = build_report(
         workdir=workdir,
         tenant=spec.tenant,
         pipeline=spec.name,
         options=asdict(options) | {"workdir": str(workdir)},
-        agents=[(a.node, a.site, a.drifted) for a in agents],
+        agents=[(a.node, a.site, a.drifted) for a in agents if a.tenant == spec.tenant],
         telemetry=telemetry,
         controller=controller_status,
         timeline=asdict(timeline),
         drift_kind=options.drift,
         dashboard=dashboard,
         interrupted=interrupted,
+        second_tenant={
+            "tenant": lab.tenant,
+            "pipeline": lab.name,
+            "agents": [(a.node, a.site) for a in agents if a.tenant == lab.tenant],
+        },
+        policy=policy,
     )
     (workdir / "report.json").write_text(json.dumps(report, indent=2, default=str))
     write_plot(report, workdir / "report.png")
@@ -414,6 +545,10 @@ def _start_agent(
     options: DemoOptions,
     public_key: Path,
     drift_at: float,
+    *,
+    tenant: str,
+    tenancy: Any,
+    fields: dict[str, str] | None = None,
 ) -> AgentProcess:
     import yaml
 
@@ -423,11 +558,15 @@ def _start_agent(
     home = workdir / "edge" / node
     home.mkdir(parents=True)
     metrics_port = free_port()
-    config = {
+    labels = {TIER: "edge", SITE: site, COUNTRY: "LU", JURISDICTION: "LU"}
+    connection: dict[str, Any] = {"host": broker.host, "port": broker.port}
+    if broker.username is not None:
+        connection |= {"username": broker.username, "password": broker.password}
+    config: dict[str, Any] = {
         "node_id": node,
-        "tenant": TENANT,
-        "labels": {TIER: "edge", SITE: site, COUNTRY: "LU", JURISDICTION: "LU"},
-        "broker": {"host": broker.host, "port": broker.port},
+        "tenant": tenant,
+        "labels": labels,
+        "broker": connection,
         "state_dir": str(home / "state"),
         "trusted_public_key": str(public_key),
         "telemetry_interval_s": 2.0,
@@ -444,14 +583,33 @@ def _start_agent(
                         "label_delay_s": options.label_delay_s,
                         "drift_kind": options.drift if drifted else None,
                         "drift_start_unix": drift_at,
+                        **({"fields": fields} if fields else {}),
                     },
                 },
             }
         ],
+        # The tenant's policy: the agent drops or hashes what may not leave the site.
+        "residency": {
+            "policy": str(tenancy.policy),
+            "store_labels": tenancy.store_labels,
+            "salt_file": str(tenancy.salts[tenant]),
+        },
     }
     path = home / "agent.yaml"
+    path.touch(mode=0o600)  # it holds the tenant's broker password
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    agent = AgentProcess(node, site, drifted, path, home / "agent.log", metrics_port)
+    agent = AgentProcess(
+        node,
+        site,
+        drifted,
+        path,
+        home / "agent.log",
+        metrics_port,
+        tenant=tenant,
+        pipeline=spec_name(spec_path),
+        spec_path=spec_path,
+        labels=labels,
+    )
     with open(agent.log, "wb") as log:
         agent.process = subprocess.Popen(
             [sys.executable, "-m", "edge_agent", "run", "--config", str(path)],
@@ -477,12 +635,17 @@ def _stop_agents(agents: list[AgentProcess], timeout_s: float = 20.0) -> None:
             agent.process.wait()
 
 
-def _collect_telemetry(
-    head: Any, pipeline: str, agents: list[AgentProcess]
-) -> dict[str, list[dict[str, Any]]]:
+def spec_name(path: Path) -> str:
+    """Return the name of the pipeline declared in ``path``."""
+    from continuum.spec import load_pipeline
+
+    return load_pipeline(path).name
+
+
+def _collect_telemetry(head: Any, agents: list[AgentProcess]) -> dict[str, list[dict[str, Any]]]:
     import ray
 
-    refs = {a.node: head.fleet.telemetry.remote(a.node, pipeline, 0.0) for a in agents}
+    refs = {a.node: head.fleet.telemetry.remote(a.node, a.pipeline, 0.0) for a in agents}
     out: dict[str, list[dict[str, Any]]] = {}
     for node, ref in refs.items():
         try:
@@ -494,7 +657,7 @@ def _collect_telemetry(
 
 def _watch(
     console: Any,
-    head: Any,
+    heads: dict[str, Any],
     pipeline: str,
     agents: list[AgentProcess],
     timeline: Timeline,
@@ -506,6 +669,7 @@ def _watch(
 
     from continuum.cli._demo_report import live_view
 
+    head = heads[TENANT]
     controller = head.controllers[pipeline]
     status: dict[str, Any] = {}
     end = timeline.stream_start + options.duration_s
@@ -526,7 +690,9 @@ def _watch(
                     agent.process = None
             try:
                 status = ray.get(controller.status.remote(), timeout=10)
-                nodes = ray.get(head.fleet.nodes.remote(), timeout=10)
+                nodes = [
+                    n for h in heads.values() for n in ray.get(h.fleet.nodes.remote(), timeout=10)
+                ]
                 ingest = [ray.get(a.stats.remote(), timeout=10) for a in head.ingest]
             except Exception as error:  # a slow poll must not end the demo
                 console.print(f"[yellow]progress poll failed: {error}[/]")

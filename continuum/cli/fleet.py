@@ -46,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
             )
         terms[key] = value
     selector = LabelSelector.parse(terms, field="--where") if terms else None
-    registry = FleetRegistry(args.tenant, state_dir(args.root, "state") / "fleet.sqlite3")
+    registry = FleetRegistry(
+        args.tenant, state_dir(args.root, "state") / f"fleet-{args.tenant}.sqlite3"
+    )
     try:
         nodes = registry.nodes(selector)
     finally:
@@ -66,4 +68,6 @@ def run(args: argparse.Namespace) -> int:
             f"{node.node:16} {'online ' if node.online else 'offline'} "
             f"seen {now - node.last_seen:5.0f} s ago  {models or '-'}  {labels}"
         )
+        if node.refused is not None:
+            print(f"{'':16} REFUSED, gets no model: {node.refused}")
     return 0

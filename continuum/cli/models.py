@@ -87,10 +87,19 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_set_version(args: argparse.Namespace) -> int:
-    """Ask the pipeline's controller to make a version current everywhere."""
+    """Ask the pipeline's controller to make a version current everywhere.
+
+    The controller records the step in the tenant's audit log as asked by ``user@host``
+    before it publishes anything.
+    """
     import ray
 
+    from cloud_head.audit import default_actor
+
     actor = controller(args)
-    state = ray.get(actor.set_version.remote(args.version, args.reason), timeout=60)
+    state = ray.get(
+        actor.set_version.remote(args.version, args.reason, default_actor(), args.action),
+        timeout=60,
+    )
     print(f"{args.action}: {args.pipeline} now serves {args.version} ({state['reason']})")
     return 0

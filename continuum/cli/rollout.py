@@ -52,9 +52,11 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_retrain(args: argparse.Namespace) -> int:
-    """Request a retraining."""
+    """Request a retraining; the run's audit records name ``user@host`` as who asked."""
     import ray
 
-    ray.get(controller(args).request_retrain.remote(args.reason), timeout=60)
+    from cloud_head.audit import default_actor
+
+    ray.get(controller(args).request_retrain.remote(args.reason, default_actor()), timeout=60)
     print(f"retraining of {args.pipeline} requested: it starts at the controller's next tick")
     return 0

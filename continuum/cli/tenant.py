@@ -2,13 +2,17 @@
 
 The registry lives in ``<root>/tenants`` (``cloud_head.tenants``).  Commands that change
 credentials rewrite the broker's password and ACL files there; with ``--broker-pid`` or
-``--broker-pid-file`` they also make the running mosquitto reload them.
+``--broker-pid-file`` they also make the running mosquitto reload them.  Every change is
+recorded, as ``user@host``, in the tenant's audit log under ``<root>/audit`` (where
+``continuum audit`` reads it); a change that cannot be recorded is not made.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,10 +20,13 @@ from continuum.cli._cloud import add_root, state_dir
 from continuum.errors import ConfigError
 
 if TYPE_CHECKING:
+    from cloud_head.audit import AuditLog
     from cloud_head.tenants import Quotas, TenantCredentials, TenantRegistry
 
 #: The registry's directory under the cloud head's state directory.
 TENANTS_DIR = "tenants"
+#: The audit logs' directory under the cloud head's state directory (``HeadPaths.audit``).
+AUDIT_DIR = "audit"
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -104,12 +111,20 @@ def _add_broker(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _registry(root: Path, *, create: bool = False) -> TenantRegistry:
+def _registry(root: Path, *, create: bool = False, audit: AuditLog | None = None) -> TenantRegistry:
     from cloud_head.tenants import TenantRegistry
 
-    if create:
-        return TenantRegistry(root / TENANTS_DIR)
-    return TenantRegistry(state_dir(root, TENANTS_DIR))
+    path = root / TENANTS_DIR if create else state_dir(root, TENANTS_DIR)
+    return TenantRegistry(path, audit=audit)
+
+
+@contextmanager
+def _audited(root: Path, *, create: bool = False) -> Iterator[TenantRegistry]:
+    """Yield the registry with the audit log that records its changes, closed afterwards."""
+    from cloud_head.audit import AuditLog
+
+    with AuditLog(root / AUDIT_DIR) as audit:  # creates nothing until a record is appended
+        yield _registry(root, create=create, audit=audit)
 
 
 def _apply(registry: TenantRegistry, args: argparse.Namespace) -> None:
@@ -133,8 +148,8 @@ def run_create(args: argparse.Namespace) -> int:
     """Create a tenant, print what it owns and its credentials, once."""
     from cloud_head.tenants import Quotas
 
-    registry = _registry(args.root, create=True)
-    record = registry.create(args.name, _quotas(args, Quotas()))
+    with _audited(args.root, create=True) as registry:
+        record = registry.create(args.name, _quotas(args, Quotas()))
     assert record.credentials is not None  # create always hands them out
     print(f"created tenant {record.name}")
     print(f"  topics          {record.topic_filter}")
@@ -175,16 +190,17 @@ def run_quota(args: argparse.Namespace) -> int:
         for kind in ("edge_nodes", "samples_per_day", "training_gpu_hours")
     ):
         raise ConfigError("give at least one of --edge-nodes, --samples-per-day, --gpu-hours")
-    registry = _registry(args.root)
-    record = registry.set_quotas(args.name, _quotas(args, registry.get(args.name).quotas))
+    with _audited(args.root) as registry:
+        record = registry.set_quotas(args.name, _quotas(args, registry.get(args.name).quotas))
     print(f"tenant {record.name} quotas: {record.quotas}")
     return 0
 
 
 def run_rotate(args: argparse.Namespace) -> int:
     """Give a tenant new passwords, print them once, and reload the broker if asked."""
-    registry = _registry(args.root)
-    _print_credentials(registry.rotate_credentials(args.name))
+    with _audited(args.root) as registry:
+        credentials = registry.rotate_credentials(args.name)
+    _print_credentials(credentials)
     _apply(registry, args)
     return 0
 
@@ -196,8 +212,8 @@ def run_delete(args: argparse.Namespace) -> int:
             f"deleting tenant {args.name!r} revokes its credentials and its signing key; "
             "pass --yes to confirm"
         )
-    registry = _registry(args.root)
-    archive = registry.delete(args.name)
+    with _audited(args.root) as registry:
+        archive = registry.delete(args.name)
     print(f"deleted tenant {args.name}: credentials revoked, private signing key destroyed")
     print(f"  archived public key and record in {archive}")
     print("  its samples, models and audit records are kept; the name will not be reused")

@@ -51,6 +51,20 @@ class BrokerTLS:
         ]
 
 
+def _raise_fd_limit(pid: int) -> None:
+    """Raise the broker's soft RLIMIT_NOFILE to the hard limit (mosquitto does not).
+
+    The soft limit (often 1024) would otherwise cap the connections long before the hard one.
+    """
+    try:
+        import resource  # POSIX only
+
+        _, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, AttributeError, OSError, ValueError):  # not Linux, or it exited
+        pass
+
+
 def find_mosquitto(executable: str | None = None) -> str:
     """Return the path of the mosquitto binary, or raise ``NotReadyError`` naming the fix."""
     candidates = [executable] if executable else ["mosquitto", DEFAULT_EXECUTABLE]
@@ -172,6 +186,7 @@ class EmbeddedBroker:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C in the terminal must not kill it mid-test
             )
+        _raise_fd_limit(self._process.pid)
         self._wait_until_accepting(log_offset)
         return self
 
@@ -228,6 +243,9 @@ class EmbeddedBroker:
             f"max_queued_messages {self.max_queued_messages}",
             "max_queued_bytes 0",
             "set_tcp_nodelay true",
+            # One descriptor per client: no broker-side cap, the process's RLIMIT_NOFILE (raised
+            # to its hard limit at start) is what binds.
+            "max_connections -1",
             # stderr goes to mosquitto.log, which also catches errors from before the
             # config is read.
             "log_dest stderr",

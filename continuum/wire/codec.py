@@ -21,7 +21,8 @@ Sample batch body::
     version    u8 length + ASCII   (the model version that made the predictions)
     count      u32  records that follow (at most MAX_RECORDS)
     per record:
-      flags      u8   bit 0: a label follows; bit 1: prediction is i32 (else i16)
+      flags      u8   bit 0: a label follows; bit 1: prediction is i32 (else i16);
+                      bit 2: a field section follows the tensor data
       seq        u64  monotonic per node; (node, seq) is the sample id
       captured   i64  captured_at_ns
       prediction i16 | i32
@@ -31,6 +32,12 @@ Sample batch body::
       ndim       u8   at most MAX_NDIM
       dims       u32 * ndim
       data       prod(dims) * itemsize raw bytes
+      fields     only when flag bit 2 is set (a record without fields costs nothing more):
+        count    u8   1..MAX_FIELDS
+        per field, names strictly ascending:
+          name   u8 length + ASCII   (topics.check_name rules)
+          type   u8   0 = UTF-8 text, 1 = bytes
+          length u32  then that many value bytes (at most MAX_FIELD_BYTES)
 
 Feedback batch body: pipeline, node, count u32, then per item seq u64 and label i32.
 
@@ -45,8 +52,10 @@ from __future__ import annotations
 import math
 import struct
 import zlib
-from dataclasses import dataclass
-from typing import Any, Final
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Final, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -66,6 +75,15 @@ MAX_PAYLOAD_BYTES: Final = 4 * 1024 * 1024
 MAX_RECORDS: Final = 65_536
 #: Most tensor dimensions per record.
 MAX_NDIM: Final = 8
+#: Most named side fields per record (an IBAN, an operator, a face crop...).
+MAX_FIELDS: Final = 64
+#: Largest value of one field; a bigger side payload belongs in the tensor.
+MAX_FIELD_BYTES: Final = 1024 * 1024
+
+#: A field value on the wire: text or raw bytes (numbers are stringified by the sender).
+FieldValue: TypeAlias = str | bytes
+#: The fields of a record without any; shared, read-only.
+NO_FIELDS: Final[Mapping[str, FieldValue]] = MappingProxyType({})
 
 #: Every ``ProtocolError.reason`` the codec raises.
 REASONS: Final = frozenset(
@@ -78,11 +96,11 @@ REASONS: Final = frozenset(
         "bad_kind",  # a feedback batch where samples were expected, or vice versa
         "bad_flags",  # a flag bit this version does not define
         "corrupt",  # CRC32 mismatch
-        "bad_name",  # pipeline, node or model version breaks the topic name rules
+        "bad_name",  # pipeline, node, model version or field name breaks the name rules
         "bad_data_class",  # unknown data class code or value
         "bad_dtype",  # a tensor dtype without a wire code
         "bad_shape",  # ndim above MAX_NDIM or a shape the bytes do not match
-        "bad_value",  # an integer or float field out of its wire range (encode side)
+        "bad_value",  # a value out of its wire range or type (a field: not str/bytes/UTF-8)
     }
 )
 
@@ -111,6 +129,12 @@ _U8: Final = struct.Struct("<B")
 _U32: Final = struct.Struct("<I")
 _RECORD_HAS_LABEL: Final = 0x01
 _RECORD_WIDE_PREDICTION: Final = 0x02
+_RECORD_HAS_FIELDS: Final = 0x04
+_RECORD_LAYOUT: Final = _RECORD_HAS_LABEL | _RECORD_WIDE_PREDICTION
+_RECORD_FLAGS: Final = _RECORD_LAYOUT | _RECORD_HAS_FIELDS
+_FIELD_TEXT: Final = 0
+_FIELD_BYTES: Final = 1
+_FIELD_HEAD: Final = struct.Struct("<BI")
 #: Fixed record fields after the flags byte, one layout per flags value.
 _RECORD_FIXED: Final = (
     struct.Struct("<QqhfBB"),
@@ -135,10 +159,12 @@ def sample_id(node: str, seq: int) -> str:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class SampleRecord:
-    """One selected sample: its tensor and what the edge model said about it.
+    """One selected sample: its tensor, what the edge model said about it, its side fields.
 
-    ``confidence`` travels as float32.  Records compare equal when every field, the dtype,
-    the shape and the tensor bytes are the same (so NaN equals NaN); they are not hashable.
+    ``confidence`` travels as float32.  ``fields`` are named values captured with the tensor
+    (name -> text or bytes), after the edge applied the residency plan to them.  Records
+    compare equal when every field, the dtype, the shape and the tensor bytes are the same
+    (so NaN equals NaN); they are not hashable.
     """
 
     seq: int
@@ -147,6 +173,7 @@ class SampleRecord:
     prediction: int = -1
     confidence: float = math.nan
     label: int | None = None
+    fields: Mapping[str, FieldValue] = field(default_factory=lambda: NO_FIELDS)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SampleRecord):
@@ -163,6 +190,7 @@ class SampleRecord:
             )
             and a.dtype.newbyteorder("<") == b.dtype.newbyteorder("<")
             and a.shape == b.shape
+            and dict(self.fields) == dict(other.fields)
             and _le_bytes(a) == _le_bytes(b)
         )
 
@@ -221,6 +249,10 @@ def encode_samples(batch: SampleBatch) -> bytes:
         parts.append(head)
         parts.append(tensor)
         size += len(head) + tensor.nbytes
+        if record.fields:
+            section = _pack_fields(record.fields, _where(index, record))
+            parts.append(section)
+            size += len(section)
         if size > MAX_PAYLOAD_BYTES:
             raise ProtocolError(
                 f"sample batch exceeds MAX_PAYLOAD_BYTES ({MAX_PAYLOAD_BYTES}) at record {index}: "
@@ -258,11 +290,11 @@ def decode_samples(payload: bytes, *, copy: bool = False) -> SampleBatch:
         records: list[SampleRecord] = []
         for index in range(count):
             flags = payload[offset]
-            if flags > _RECORD_HAS_LABEL | _RECORD_WIDE_PREDICTION:
+            if flags > _RECORD_FLAGS:
                 raise ProtocolError(
                     f"record {index}: unknown flag bits {flags:#04x}", reason="bad_flags"
                 )
-            fixed = _RECORD_FIXED[flags]
+            fixed = _RECORD_FIXED[flags & _RECORD_LAYOUT]
             fields = fixed.unpack_from(payload, offset + 1)
             offset += 1 + fixed.size
             if flags & _RECORD_HAS_LABEL:
@@ -298,6 +330,9 @@ def decode_samples(payload: bytes, *, copy: bool = False) -> SampleBatch:
                 )
             tensor = np.frombuffer(payload, dtype, n_items, offset).reshape(dims)
             offset += nbytes
+            record_fields = NO_FIELDS
+            if flags & _RECORD_HAS_FIELDS:
+                record_fields, offset = _unpack_fields(payload, offset, f"record {index}")
             records.append(
                 SampleRecord(
                     seq=seq,
@@ -306,6 +341,7 @@ def decode_samples(payload: bytes, *, copy: bool = False) -> SampleBatch:
                     prediction=prediction,
                     confidence=confidence,
                     label=label,
+                    fields=record_fields,
                 )
             )
     except (struct.error, IndexError) as exc:
@@ -366,6 +402,123 @@ def decode_feedback(payload: bytes) -> FeedbackBatch:
     _check_consumed(end, len(payload))
     items = tuple(_FEEDBACK_ITEM.iter_unpack(memoryview(payload)[offset:end]))
     return FeedbackBatch(pipeline, node, items)
+
+
+def encode_fields(fields: Mapping[str, object]) -> bytes:
+    """Encode named fields as the record field section (the edge outbox stores it as is).
+
+    Returns ``b""`` for no fields.
+
+    Raises:
+        ProtocolError: a name breaks the name rules, a value is not str or bytes, or there
+            are too many or too large fields.
+    """
+    return _pack_fields(fields, "fields") if fields else b""
+
+
+def decode_fields(section: bytes) -> Mapping[str, FieldValue]:
+    """Decode what ``encode_fields`` made.
+
+    Raises:
+        ProtocolError: the section is truncated, has trailing bytes or a bad name or value.
+    """
+    if not section:
+        return NO_FIELDS
+    data = _as_bytes(section)
+    try:
+        fields, offset = _unpack_fields(data, 0, "fields")
+    except (struct.error, IndexError) as exc:
+        raise ProtocolError("field section ends inside a field", reason="truncated") from exc
+    if offset != len(data):
+        raise ProtocolError(
+            f"{len(data) - offset} trailing bytes after the field section",
+            reason="trailing_bytes",
+        )
+    return fields
+
+
+def _pack_fields(fields: Mapping[str, object], where: str) -> bytes:
+    """Return the field section of one record (``fields`` is not empty)."""
+    if len(fields) > MAX_FIELDS:
+        raise ProtocolError(
+            f"{where}: {len(fields)} fields exceed MAX_FIELDS ({MAX_FIELDS})", reason="too_large"
+        )
+    names = {check_name(name, "field"): name for name in fields}
+    parts = [_U8.pack(len(fields))]
+    for name in sorted(names):
+        value = fields[name]
+        if isinstance(value, str):
+            try:
+                tag, raw = _FIELD_TEXT, value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ProtocolError(
+                    f"{where}: field {name!r} is not valid text: {exc.reason}",
+                    reason="bad_value",
+                ) from exc
+        elif isinstance(value, bytes | bytearray | memoryview):
+            tag, raw = _FIELD_BYTES, bytes(value)
+        else:
+            raise ProtocolError(
+                f"{where}: field {name!r} is a {type(value).__name__}; fields travel as str "
+                "or bytes (stringify numbers before sending)",
+                reason="bad_value",
+            )
+        if len(raw) > MAX_FIELD_BYTES:
+            raise ProtocolError(
+                f"{where}: field {name!r} has {len(raw)} bytes, over MAX_FIELD_BYTES "
+                f"({MAX_FIELD_BYTES})",
+                reason="too_large",
+            )
+        parts.append(_U8.pack(len(name)) + name.encode("ascii"))
+        parts.append(_FIELD_HEAD.pack(tag, len(raw)))
+        parts.append(raw)
+    return b"".join(parts)
+
+
+def _unpack_fields(payload: bytes, offset: int, where: str) -> tuple[dict[str, FieldValue], int]:
+    """Read one field section at ``offset``; raise IndexError/struct.error when it is cut."""
+    count = payload[offset]
+    offset += 1
+    if not 1 <= count <= MAX_FIELDS:
+        raise ProtocolError(
+            f"{where}: field count {count} is outside 1..MAX_FIELDS ({MAX_FIELDS})",
+            reason="too_large" if count else "bad_value",
+        )
+    fields: dict[str, FieldValue] = {}
+    previous = ""
+    for _ in range(count):
+        name, offset = _unpack_name(payload, offset, "field")
+        if name <= previous:
+            raise ProtocolError(
+                f"{where}: field {name!r} is repeated or out of order", reason="bad_name"
+            )
+        previous = name
+        tag, length = _FIELD_HEAD.unpack_from(payload, offset)
+        offset += _FIELD_HEAD.size
+        if length > MAX_FIELD_BYTES:
+            raise ProtocolError(
+                f"{where}: field {name!r} declares {length} bytes, over MAX_FIELD_BYTES "
+                f"({MAX_FIELD_BYTES})",
+                reason="too_large",
+            )
+        raw = payload[offset : offset + length]
+        if len(raw) != length:
+            raise IndexError(name)
+        offset += length
+        if tag == _FIELD_TEXT:
+            try:
+                fields[name] = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ProtocolError(
+                    f"{where}: text field {name!r} is not valid UTF-8", reason="bad_value"
+                ) from exc
+        elif tag == _FIELD_BYTES:
+            fields[name] = raw
+        else:
+            raise ProtocolError(
+                f"{where}: field {name!r} has unknown type code {tag}", reason="bad_value"
+            )
+    return fields, offset
 
 
 def _frame(kind: int, body: bytes) -> bytes:
@@ -519,6 +672,8 @@ def _pack_record(index: int, record: SampleRecord) -> tuple[bytes, npt.NDArray[A
     if label is not None:
         flags |= _RECORD_HAS_LABEL
     fixed = _RECORD_FIXED[flags]
+    if record.fields:
+        flags |= _RECORD_HAS_FIELDS
     try:
         if label is None:
             values = fixed.pack(

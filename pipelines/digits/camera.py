@@ -7,7 +7,7 @@ plain JSON so an agent config can name it.  It never shows the reserved test spl
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -23,6 +23,11 @@ class DigitsCamera:
     onset on (``drift_start_unix``, a wall-clock time, or ``drift_after_s`` after the first
     frame) it shows the images as a camera with fault ``drift_kind`` at ``drift_severity``.
     ``max_frames`` ends the stream (None: endless).
+
+    ``fields`` gives every frame named side values, as a form or a badge reader next to the
+    camera would: name -> template formatted with the frame number ``n`` and the camera's
+    ``seed``, e.g. ``{"patient_id": "P-{seed:02d}{n:06d}"}``.  The pipeline's input schema
+    gives them a data class, and the agent's residency plan decides what leaves the site.
     """
 
     def __init__(
@@ -35,6 +40,7 @@ class DigitsCamera:
         drift_after_s: float | None = None,
         drift_severity: float = 1.0,
         max_frames: int | None = None,
+        fields: Mapping[str, str] | None = None,
         split_seed: int = 0,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
@@ -58,6 +64,16 @@ class DigitsCamera:
         self.drift_start_unix = drift_start_unix
         self.drift_after_s = drift_after_s
         self.max_frames = max_frames
+        self.fields = dict(fields or {})
+        for name, template in self.fields.items():
+            try:
+                template.format(n=0, seed=seed)
+            except (KeyError, IndexError, ValueError, AttributeError) as error:
+                raise ConfigError(
+                    f"fields.{name}: template {template!r} does not format ({error!r}); "
+                    "use {n} (frame number) and {seed}, e.g. 'P-{seed:02d}{n:06d}'"
+                ) from None
+        self.seed = seed
         self._clock = clock
         self._sleep = sleep
         splits = load_splits(split_seed)
@@ -109,6 +125,7 @@ class DigitsCamera:
                 label=int(self._labels[index]),
                 label_delay_s=self.label_delay_s,
                 captured_at_ns=int(now * 1e9),
+                fields={k: t.format(n=n, seed=self.seed) for k, t in self.fields.items()},
             )
             n += 1
             next_at += period

@@ -8,12 +8,15 @@ rolled out, and accuracy at the drifted site rises after the rollout.
 
 from __future__ import annotations
 
+import argparse
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from rich.console import Console
 
+from continuum.cli import audit as audit_cli
 from continuum.cli.demo import DemoOptions, prepare_workdir, run_loop
 from continuum.embedded.broker import EmbeddedBroker
 from continuum.wire.mqtt import BrokerSettings
@@ -97,3 +100,84 @@ class TestClosedLoop:
         workdir = Path(loop_report["options"]["workdir"])
         assert (workdir / "report.json").stat().st_size > 0
         assert (workdir / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class TestAuditTrail:
+    def test_the_audit_log_verifies(
+        self, loop_report: dict[str, Any], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        root = Path(loop_report["options"]["workdir"]) / "cloud"
+        args = argparse.Namespace(tenant=loop_report["tenant"], root=root, public_key=None)
+        assert audit_cli.run_verify(args) == 0, capsys.readouterr().out
+
+    def test_the_new_models_training_gate_registration_signature_and_rollout_are_recorded(
+        self, loop_report: dict[str, Any], tmp_path: Path
+    ) -> None:
+        root = Path(loop_report["options"]["workdir"]) / "cloud"
+        version = _retrained(loop_report)
+        args = argparse.Namespace(
+            tenant=loop_report["tenant"],
+            pipeline=loop_report["pipeline"],
+            model=version,
+            out=tmp_path,
+            intended_use=None,
+            root=root,
+            public_key=None,
+        )
+        assert audit_cli.run_export(args) == 0
+
+        lineage = json.loads(
+            (tmp_path / f"{loop_report['pipeline']}-{version}.lineage.json").read_text()
+        )
+        assert lineage["audit"]["verified"] is True
+        events = [(r["action"], r["details"].get("event")) for r in lineage["audit"]["records"]]
+        for expected in [
+            ("training_run", "started"),
+            ("gate", None),
+            ("register", None),
+            ("sign", None),
+            ("rollout", "canary"),
+            ("training_run", "finished"),
+            ("rollout", "promote"),
+        ]:
+            assert expected in events, events
+        started = lineage["audit"]["records"][0]["details"]
+        assert started["parent"] == "v1"
+        assert started["data"]["store_rows"] > 0 and started["data"]["store_partitions"]
+        gate = next(r for r in lineage["audit"]["records"] if r["action"] == "gate")["details"]
+        assert gate["verdict"] == "passed" and gate["current_version"] == "v1"
+
+
+class TestTwoTenantsUnderThePolicy:
+    def test_the_second_tenant_ran_beside_the_first(self, loop_report: dict[str, Any]) -> None:
+        lab = loop_report["tenants"]["medica"]
+        assert lab["pipeline"] == "lab-forms"
+        assert lab["frames"] > 0 and lab["uplinked"] > 0
+
+    def test_the_confidential_variant_was_refused_at_deploy_naming_the_rule(
+        self, loop_report: dict[str, Any]
+    ) -> None:
+        refused = loop_report["policy"]["refused_deploy"]
+        assert refused["refused"] is True
+        assert "confidential.jurisdiction" in refused["message"]
+        assert "continuum.io/jurisdiction=DE" in refused["message"]
+
+    def test_restricted_fields_never_reached_the_store_and_confidential_ones_are_hashed(
+        self, loop_report: dict[str, Any]
+    ) -> None:
+        plans = loop_report["policy"]["uplink_plans"]
+        assert plans["lab-lux3-a"] == "send samples (drop patient_id; hash technician)"
+        store = loop_report["policy"]["store"]["lab-forms"]
+        assert store["rows"] > 0 and store["held"] is True
+        assert store["field_columns"] == ["field_technician"]
+        assert store["raw_values_found"] == []
+
+    def test_both_audit_logs_verify_with_their_signed_heads(
+        self, loop_report: dict[str, Any]
+    ) -> None:
+        audits = loop_report["policy"]["audit"]
+        assert set(audits) == {"acme", "medica"}
+        for audit in audits.values():
+            assert audit["verified"] is True and audit["signature_checked"] is True
+        assert audits["medica"]["by_action"]["policy_refusal"] == 1
+        assert all(loop_report["targets"].values())

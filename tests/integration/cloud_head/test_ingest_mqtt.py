@@ -152,6 +152,7 @@ class TestExactlyOnce:
 
     def test_feedback_is_recorded_as_labels(self, rig: Rig, publisher: Publisher) -> None:
         rig.worker.start()
+        wait_for(lambda: rig.worker.connected)  # subscribed: a new session gets no backlog
         feedback = codec.FeedbackBatch("digits", "cam-1", ((1, 4), (2, 5)))
         publisher.send(
             topics.feedback(rig.tenant, "digits", "cam-1"), codec.encode_feedback(feedback)

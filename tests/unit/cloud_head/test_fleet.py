@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from cloud_head.fleet import FleetRegistry, FleetUpdate
+from continuum.errors import ConfigError
 from continuum.labels import LabelSelector
 from continuum.wire import topics
 from continuum.wire.messages import NodeStatus, ReportedModel, ReportedState, Telemetry
@@ -207,3 +208,121 @@ class TestPersistence:
         with FleetRegistry(TENANT, tmp_path / "f.db") as fleet:
             assert [n.node for n in fleet.nodes()] == ["cam-1"]
             assert len(fleet.telemetry("cam-1", "digits")) == 1
+
+
+def heartbeat(node: str, ts: float, **changes: object) -> bytes:
+    """The status an agent re-publishes each heartbeat period: the same but for ``ts``."""
+    base = NodeStatus.model_validate_json(status(node))
+    return base.model_copy(update={"ts": ts, **changes}).to_payload()
+
+
+class TestHeartbeats:
+    def test_a_heartbeat_refreshes_last_seen_and_the_status_time(
+        self, fleet: FleetRegistry, clock: Clock
+    ) -> None:
+        fleet.handle(topics.node_status(TENANT, "cam-1"), status("cam-1"))
+        clock.now = 1_001.5
+        update = fleet.handle(topics.node_status(TENANT, "cam-1"), heartbeat("cam-1", 901.25))
+        assert update == FleetUpdate("status", node="cam-1")
+        node = fleet.get("cam-1")
+        assert node is not None and node.online and node.last_seen == 1_001.5
+        assert node.status is not None and node.status.ts == 901.25
+        assert fleet.stats()["status"] == 2
+
+    def test_a_status_that_changes_more_than_its_time_is_applied_in_full(
+        self, fleet: FleetRegistry
+    ) -> None:
+        fleet.handle(topics.node_status(TENANT, "cam-1"), status("cam-1"))
+        changed = heartbeat("cam-1", 901.0, labels={"continuum.io/site": "par-1"})
+        fleet.handle(topics.node_status(TENANT, "cam-1"), changed)
+        assert fleet.nodes()[0].labels == {"continuum.io/site": "par-1"}
+
+    @pytest.mark.parametrize(
+        ("tail", "reason"),
+        [
+            (b"-5}", "schema"),
+            (b'"901"}', "schema"),
+            (b"1e999}", "schema"),
+            (b"901", "invalid_json"),
+        ],
+    )
+    def test_a_heartbeat_with_a_bad_time_is_rejected_and_changes_nothing(
+        self, fleet: FleetRegistry, clock: Clock, tail: bytes, reason: str
+    ) -> None:
+        fleet.handle(topics.node_status(TENANT, "cam-1"), status("cam-1"))
+        clock.now = 1_005.0
+        good = heartbeat("cam-1", 901.0)
+        bad = good[: good.rindex(b'"ts":') + len(b'"ts":')] + tail
+        update = fleet.handle(topics.node_status(TENANT, "cam-1"), bad)
+        assert (update.kind, update.reason) == ("rejected", reason)
+        [node] = fleet.nodes()
+        assert node.online and node.last_seen == 1_000.0
+
+    def test_other_processes_see_heartbeats_once_a_tick_flushed_them(
+        self, tmp_path: Path, clock: Clock
+    ) -> None:
+        with (
+            FleetRegistry(TENANT, tmp_path / "f.db", clock=clock) as writer,
+            FleetRegistry(TENANT, tmp_path / "f.db", clock=clock) as reader,
+        ):
+            writer.handle(topics.node_status(TENANT, "cam-1"), status("cam-1"))
+            assert reader.nodes() == []
+            writer.tick()
+            assert [n.last_seen for n in reader.nodes()] == [1_000.0]
+            clock.now = 1_001.0
+            writer.handle(topics.node_status(TENANT, "cam-1"), heartbeat("cam-1", 901.0))
+            assert reader.liveness() == {"cam-1": (True, 1_000.0)}
+            writer.tick()
+            assert reader.liveness() == {"cam-1": (True, 1_001.0)}
+
+
+class TestSilentNodes:
+    @pytest.fixture
+    def fleet(self, tmp_path: Path, clock: Clock) -> Iterator[FleetRegistry]:
+        with FleetRegistry(
+            TENANT, tmp_path / "fleet.db", clock=clock, heartbeat_interval_s=10.0
+        ) as registry:
+            yield registry
+
+    def test_a_node_silent_for_over_two_periods_is_marked_offline_and_counted(
+        self, fleet: FleetRegistry, clock: Clock
+    ) -> None:
+        fleet.handle(topics.node_status(TENANT, "cam-1"), status("cam-1"))
+        fleet.handle(topics.node_status(TENANT, "cam-2"), status("cam-2"))
+        clock.now = 1_015.0
+        fleet.handle(topics.node_status(TENANT, "cam-2"), heartbeat("cam-2", 915.0))
+        clock.now = 1_020.0
+        assert fleet.tick() == []  # exactly two periods: not yet
+        clock.now = 1_020.5
+        assert fleet.tick() == ["cam-1"]
+        assert fleet.liveness() == {"cam-1": (False, 1_000.0), "cam-2": (True, 1_015.0)}
+        assert fleet.stats()["timed_out"] == 1
+        node = fleet.get("cam-1")
+        assert node is not None and node.labels["continuum.io/site"] == "lux-1"
+
+    def test_a_timed_out_node_comes_back_with_its_next_status(
+        self, fleet: FleetRegistry, clock: Clock
+    ) -> None:
+        fleet.handle(topics.node_status(TENANT, "cam-1"), status("cam-1"))
+        clock.now = 1_030.0
+        fleet.tick()
+        fleet.handle(topics.node_status(TENANT, "cam-1"), heartbeat("cam-1", 930.0))
+        assert fleet.liveness() == {"cam-1": (True, 1_030.0)}
+        clock.now = 1_045.0
+        assert fleet.tick() == []
+
+    def test_a_node_that_left_with_its_last_will_is_not_timed_out_again(
+        self, fleet: FleetRegistry, clock: Clock
+    ) -> None:
+        fleet.handle(topics.node_status(TENANT, "cam-1"), status("cam-1"))
+        fleet.handle(topics.node_status(TENANT, "cam-1"), status("cam-1", online=False))
+        clock.now = 1_100.0
+        assert fleet.tick() == []
+        assert fleet.stats()["timed_out"] == 0
+
+    @pytest.mark.parametrize("period", [0.0, -1.0, 7200.0])
+    def test_a_heartbeat_period_out_of_bounds_is_refused(
+        self, tmp_path: Path, period: float
+    ) -> None:
+        with pytest.raises(ConfigError, match="heartbeat_interval_s"):
+            FleetRegistry(TENANT, tmp_path / "f.db", heartbeat_interval_s=period)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from cloud_head.store import SCHEMA, SampleStore, to_numpy
+from cloud_head.store import SCHEMA, Compactor, SampleStore, to_numpy
 from continuum.errors import InputMismatchError
 from continuum.spec import DataClass
 from continuum.wire.codec import SampleBatch, SampleRecord
@@ -272,3 +273,45 @@ class TestToNumpy:
         x, ids = to_numpy(store.read("acme", "digits"), shape=(1, 8, 8), dtype="float32")
         assert x.shape == (0, 1, 8, 8) and x.dtype == np.float32
         assert ids == []
+
+
+class TestCompactor:
+    def test_small_files_are_merged_once_a_partition_has_enough(self, store: SampleStore) -> None:
+        for i in range(10):
+            store.append("acme", make_batch([i]), ingested_at_ns=NOON_NS + i)
+            store.flush()
+        compactor = Compactor(store, [("acme", "digits")], min_files=8)
+        assert compactor.run_once() == 10
+        assert len(store.files("acme", "digits", DAY)) == 1
+        assert store.count("acme", "digits") == 10
+        assert compactor.run_once() == 0  # one file: nothing to merge
+
+    def test_readers_racing_compactions_always_see_every_sample(self, store: SampleStore) -> None:
+        seen: list[int] = []
+        errors: list[BaseException] = []
+        stop = threading.Event()
+
+        def read() -> None:
+            try:
+                while not stop.is_set():
+                    seen.append(store.count("acme", "digits"))
+            except BaseException as exc:  # reported by the assertion below
+                errors.append(exc)
+
+        store.append("acme", make_batch(range(5)), ingested_at_ns=NOON_NS)
+        store.flush()
+        reader = threading.Thread(target=read)
+        reader.start()
+        try:
+            for round_ in range(12):
+                for i in range(3):
+                    seq = 100 + 3 * round_ + i
+                    store.append("acme", make_batch([seq]), ingested_at_ns=NOON_NS + seq)
+                    store.flush()
+                store.compact("acme", "digits", DAY)
+        finally:
+            stop.set()
+            reader.join()
+        assert not errors, errors
+        assert seen and seen == sorted(seen) and seen[-1] <= 5 + 36
+        assert store.count("acme", "digits") == 5 + 36

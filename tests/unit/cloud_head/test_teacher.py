@@ -30,7 +30,7 @@ def spec() -> PipelineSpec:
 
 @pytest.fixture(scope="module")
 def teacher_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real digits model trained as the demo trains its first model (a few seconds on one core)."""
+    """A real digits model, trained as the demo trains its first (seconds on one core)."""
     splits = load_splits()
     model = fit(splits.train_x, splits.train_y, recipe=Recipe(epochs=30))
     _, onnx_path = save(model, tmp_path_factory.mktemp("teacher"))

@@ -410,3 +410,81 @@ class TestTokenBucket:
             bucket.try_take(-1, now_s=0.0)
         with pytest.raises(InputMismatchError):
             bucket.level(math.nan)
+
+
+class TestCheckedProbabilities:
+    def test_probabilities_pass_through_and_logits_get_a_softmax(self) -> None:
+        given = np.array([[0.7, 0.2, 0.1]], dtype=np.float32)
+        np.testing.assert_allclose(
+            select.Probabilities.from_outputs(given).values, given, rtol=1e-7
+        )
+        logits = select.Probabilities.from_outputs(np.array([[2.0, -1.0, 0.5]])).values
+        assert logits.sum() == pytest.approx(1.0)
+        assert logits.argmax() == 0
+
+    def test_the_values_are_read_only_and_the_callers_array_is_untouched(self) -> None:
+        given = np.array([[0.5, 0.5]])
+        values = select.Probabilities.from_outputs(given).values
+        assert not values.flags.writeable
+        assert given.flags.writeable
+
+    def test_non_finite_outputs_are_refused(self) -> None:
+        for bad in (math.nan, math.inf, -math.inf):
+            with pytest.raises(InputMismatchError, match="NaN or infinite"):
+                select.Probabilities.from_outputs(np.array([[0.5, 0.5], [bad, 0.5]]))
+
+    def test_a_non_2d_output_is_refused(self) -> None:
+        with pytest.raises(InputMismatchError, match=r"\(batch, classes\)"):
+            select.Probabilities.from_outputs(np.ones(4))
+
+    def test_decide_on_checked_probabilities_matches_decide_on_the_array(self) -> None:
+        rng = np.random.default_rng(5)
+        logits = rng.normal(size=(64, 5))
+        checked = select.Probabilities.from_outputs(logits)
+        policy = select.low_confidence(0.5) | select.small_margin(0.1) | select.random(0.2)
+        ctx = ctx_for(64)
+        assert policy.decide(checked, ctx).tolist() == policy.decide(checked.values, ctx).tolist()
+        assert policy.explain(checked, ctx) == policy.explain(checked.values, ctx)
+
+    def test_checked_probabilities_still_need_one_seed_per_row(self) -> None:
+        checked = select.Probabilities.from_outputs(np.full((3, 2), 0.5))
+        with pytest.raises(InputMismatchError, match="one seed per row"):
+            select.low_confidence(0.6).decide(checked, ctx_for(2))
+
+    def test_a_hand_built_probabilities_must_hold_a_float64_matrix(self) -> None:
+        with pytest.raises(InputMismatchError, match="from_outputs"):
+            select.Probabilities(values=[[0.5, 0.5]])  # type: ignore[arg-type]
+
+
+class TestSeedsForANodesSamples:
+    def test_the_seed_is_the_node_hash_plus_the_seq(self) -> None:
+        ctx = SelectionContext.for_node("edge-1", range(41, 44), drift_active=True)
+        base = select.seed_from_id("edge-1")
+        assert ctx.seeds.tolist() == [(base + s) % 2**64 for s in (41, 42, 43)]
+        assert ctx.drift_active
+
+    def test_a_range_and_a_list_of_seqs_give_the_same_seeds(self) -> None:
+        by_range = SelectionContext.for_node("n", range(7, 17)).seeds
+        by_list = SelectionContext.for_node("n", list(range(7, 17))).seeds
+        assert by_range.tolist() == by_list.tolist()
+
+    def test_other_nodes_get_other_seeds_for_the_same_seq(self) -> None:
+        a = SelectionContext.for_node("edge-1", range(100)).seeds
+        b = SelectionContext.for_node("edge-2", range(100)).seeds
+        assert not set(a.tolist()) & set(b.tolist())
+
+    def test_negative_or_fractional_seqs_are_refused(self) -> None:
+        with pytest.raises(InputMismatchError, match="negative"):
+            SelectionContext.for_node("n", [1, -2])
+        with pytest.raises(InputMismatchError, match="one integer per sample"):
+            SelectionContext.for_node("n", [0.5])  # type: ignore[list-item]
+
+    @pytest.mark.parametrize("n", [1, 2, 4, 5, 64])
+    def test_small_and_large_batches_draw_the_same_random_picks(self, n: int) -> None:
+        # Up to a few seeds are hashed with Python integers, more with numpy: same bits.
+        seeds = np.random.default_rng(n).integers(0, 2**63, size=n, dtype=np.uint64) * 2 + 1
+        probs = np.full((n, 2), 0.5)
+        for rate in (0.3, 0.7):
+            policy = select.random(rate)
+            expected = [reference_splitmix64(int(s)) < int(rate * 2**64) for s in seeds]
+            assert policy.decide(probs, SelectionContext(seeds=seeds)).tolist() == expected

@@ -263,6 +263,11 @@ class TestTensorSchema:
         with pytest.raises(ValidationError, match="positive sizes"):
             TensorSchema(shape=shape)
 
+    @pytest.mark.parametrize("name", ["IBAN", "patient id", "", "x" * 65, "a/b"])
+    def test_field_names_follow_the_topic_level_rules(self, name: str) -> None:
+        with pytest.raises(ValidationError, match="not a valid field name"):
+            TensorSchema(shape=(1,), fields={name: "restricted"})
+
 
 class TestStageSpecs:
     def test_canary_outside_zero_one_says_the_interval(self) -> None:

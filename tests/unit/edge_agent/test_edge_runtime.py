@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from continuum.wire.messages import Telemetry
 from edge_agent.metrics import AgentMetrics
 from edge_agent.model_manager import ServingModel
 from edge_agent.outbox import Outbox
-from edge_agent.runtime import PipelineRuntime, as_probabilities
+from edge_agent.runtime import PipelineRuntime, _BatchSizer, _FrameQueue, as_probabilities
 from tests.edge_agent_kit import PatternSource, build_model
 
 NODE = "edge-1"
@@ -119,7 +120,7 @@ class TestSelectionWiring:
         records = h.samples()
         expected = select.random(0.3).decide(
             np.tile([[1.0] + [0.0] * 9], (len(records), 1)),
-            select.SelectionContext.for_ids([f"{NODE}:{r.seq}" for r in records]),
+            select.SelectionContext.for_node(NODE, [r.seq for r in records]),
         )
         assert 20 < len(records) < 100
         assert expected.all()  # every uplinked seq is one the policy picks for its id
@@ -141,6 +142,26 @@ class TestSelectionWiring:
 
 
 class TestMicroBatching:
+    def test_frames_batched_through_the_shared_buffer_keep_their_own_tensors(
+        self, tmp_path: Path, harness_factory
+    ) -> None:  # type: ignore[no-untyped-def]
+        # Batches are stacked into one reused buffer: each uplinked sample must still hold
+        # its own frame, not whatever a later batch wrote there.
+        pattern = [float(v) / 10 for v in range(7)]
+        h = harness_factory(_spec(select.random(1.0), max_batch=8), PatternSource(pattern, 300))
+        h.run(_model(tmp_path, "v1"))
+        records = h.samples()
+        assert len(records) == 300
+        for record in sorted(records, key=lambda r: r.seq):
+            value = pattern[(record.seq - records[0].seq) % len(pattern)]
+            assert np.all(record.tensor == np.float32(value))
+        assert (
+            h.metrics.registry.get_sample_value(
+                "continuum_edge_batch_size_count", {"pipeline": "inspect"}
+            )
+            < 300
+        )  # some batches held several frames
+
     def test_a_backlog_is_inferred_in_full_batches(self, tmp_path: Path, harness_factory) -> None:  # type: ignore[no-untyped-def]
         h = harness_factory(_spec(select.random(0.0), max_batch=8), PatternSource([1.0], 400))
         h.run(_model(tmp_path, "v1"))
@@ -166,6 +187,111 @@ class TestMicroBatching:
         (window,) = h.telemetry
         assert window.frames == 20
         assert window.latency_p50_ms is not None and window.latency_p50_ms < 25.0
+
+
+class TestBatchSizer:
+    @staticmethod
+    def feed(sizer: _BatchSizer, per_frame_s: dict[int, float], batches: int) -> list[int]:
+        caps = []
+        for _ in range(batches):
+            caps.append(sizer.cap)
+            sizer.record(sizer.cap, per_frame_s[sizer.cap] * sizer.cap)
+        return caps
+
+    def test_it_climbs_to_the_largest_batch_while_batching_pays(self) -> None:
+        sizer = _BatchSizer(32)
+        assert sizer.sizes == [1, 2, 4, 8, 16, 32]
+        self.feed(sizer, {1: 16e-6, 2: 9e-6, 4: 5e-6, 8: 3e-6, 16: 2e-6, 32: 1.5e-6}, 40)
+        assert sizer.chosen == 32 and sizer.cap == 32
+
+    def test_it_stays_at_one_where_batching_costs_per_frame(self) -> None:
+        # SqueezeNet on one CPU core: 5.5 ms per frame at batch 1, 5.8 at 2, 6.2 at 4 and 8.
+        sizer = _BatchSizer(8)
+        caps = self.feed(sizer, {1: 5.5e-3, 2: 5.8e-3, 4: 6.2e-3, 8: 6.2e-3}, 60)
+        assert sizer.chosen == 1
+        assert caps.count(2) == 3 and set(caps) == {1, 2}  # one probe of 2, none beyond
+
+    def test_it_settles_on_the_cheapest_size_in_between(self) -> None:
+        sizer = _BatchSizer(16)
+        self.feed(sizer, {1: 10e-6, 2: 6e-6, 4: 4e-6, 8: 5e-6, 16: 7e-6}, 40)
+        assert sizer.chosen == 4
+
+    def test_it_follows_a_change_of_cost_on_its_periodic_probes(self) -> None:
+        sizer = _BatchSizer(8)
+        self.feed(sizer, {1: 5e-3, 2: 6e-3, 4: 7e-3, 8: 8e-3}, 20)
+        assert sizer.chosen == 1
+        self.feed(sizer, {1: 5e-3, 2: 2e-3, 4: 1e-3, 8: 0.5e-3}, 400)
+        assert sizer.chosen == 8
+
+    def test_batches_the_source_could_not_fill_are_not_measured(self) -> None:
+        sizer = _BatchSizer(8)
+        for _ in range(3):
+            sizer.record(1, 1e-3)
+        assert sizer.cap == 2  # probing batch 2
+        for _ in range(50):
+            sizer.record(1, 1e-9)  # partial batches: frames come one at a time
+        assert sizer.cap == 2 and sizer.chosen == 1
+
+    def test_max_batch_one_never_probes(self) -> None:
+        sizer = _BatchSizer(1)
+        self.feed(sizer, {1: 1e-3}, 200)
+        assert sizer.sizes == [1] and sizer.cap == 1
+
+
+class TestFrameQueue:
+    @staticmethod
+    def item(n: int) -> tuple[Frame, int]:
+        return (Frame(np.zeros((1, 8, 8), dtype=np.float32)), n)
+
+    def test_frames_come_out_oldest_first_up_to_the_count(self) -> None:
+        frames = _FrameQueue(maxsize=16)
+        for n in range(5):
+            assert frames.put(self.item(n), 0.1)
+        taken: list[tuple[Frame, int]] = []
+        frames.take(3, taken)
+        frames.take(10, taken)
+        assert [n for _, n in taken] == [0, 1, 2, 3, 4]
+        assert len(frames) == 0 and not frames.wait(0.01)
+
+    def test_a_full_queue_refuses_after_the_timeout(self) -> None:
+        frames = _FrameQueue(maxsize=2)
+        assert frames.put(self.item(0), 0.1) and frames.put(self.item(1), 0.1)
+        started = time.monotonic()
+        assert not frames.put(self.item(2), 0.05)
+        assert time.monotonic() - started >= 0.04
+        assert len(frames) == 2
+
+    def test_a_waiting_consumer_wakes_when_a_frame_is_put(self) -> None:
+        frames = _FrameQueue(maxsize=4)
+        woke: list[float] = []
+
+        def consume() -> None:
+            started = time.monotonic()
+            if frames.wait(5.0):
+                woke.append(time.monotonic() - started)
+
+        thread = threading.Thread(target=consume)
+        thread.start()
+        time.sleep(0.05)
+        frames.put(self.item(0), 0.1)
+        thread.join(5.0)
+        assert woke and woke[0] < 1.0
+
+    def test_a_blocked_source_resumes_once_half_the_queue_is_free(self) -> None:
+        frames = _FrameQueue(maxsize=4)
+        for n in range(4):
+            frames.put(self.item(n), 0.1)
+        done: list[bool] = []
+        thread = threading.Thread(target=lambda: done.append(frames.put(self.item(4), 5.0)))
+        thread.start()
+        time.sleep(0.05)
+        taken: list[tuple[Frame, int]] = []
+        frames.take(2, taken)
+        thread.join(5.0)
+        assert done == [True]
+        rest: list[tuple[Frame, int]] = []
+        frames.take(10, rest)
+        assert [n for _, n in rest] == [2, 3, 4]
 
 
 class TestLabels:

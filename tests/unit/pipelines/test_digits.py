@@ -246,6 +246,20 @@ class TestCamera:
         for a, b in zip(frames[:3], frames[N_STREAM:], strict=True):
             np.testing.assert_array_equal(a.tensor, b.tensor)
 
+    def test_frames_carry_the_form_fields(self) -> None:
+        clock = FakeClock()
+        camera = DigitsCamera(
+            fps=10,
+            seed=4,
+            fields={"patient_id": "P-{seed:02d}{n:06d}", "technician": "tech-{seed}"},
+            clock=clock,
+            sleep=clock.sleep,
+        )
+        frames = take(iter(camera), 3)
+        assert [dict(f.fields) for f in frames] == [
+            {"patient_id": f"P-04{n:06d}", "technician": "tech-4"} for n in range(3)
+        ]
+
     def test_the_agent_builds_it_from_json_arguments(self) -> None:
         source = load_source(
             "pipelines.digits.camera:DigitsCamera",
@@ -261,6 +275,7 @@ class TestCamera:
             ({"drift_kind": "fog", "drift_after_s": 1}, "not a camera fault"),
             ({"drift_kind": "blur"}, "onset"),
             ({"label_delay_s": -1}, "label_delay_s"),
+            ({"fields": {"patient_id": "P-{patient}"}}, "fields.patient_id"),
         ],
     )
     def test_bad_arguments_are_refused_with_the_reason(

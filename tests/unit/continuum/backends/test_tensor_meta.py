@@ -53,3 +53,36 @@ class TestCheckBatch:
     def test_a_dtype_mismatch_says_how_to_convert(self) -> None:
         with pytest.raises(InputMismatchError, match=r"astype\(np.float32\)"):
             check_batch(np.zeros((1, 1, 8, 8), dtype=np.float16), IMAGE)
+
+
+class TestCheckBatchFastPath:
+    """The usual batch is accepted by a dtype and tuple comparison; the rest still get the
+    full check and its messages."""
+
+    def test_a_fitting_contiguous_batch_comes_back_as_is(self) -> None:
+        batch = np.zeros((4, 1, 8, 8), dtype=np.float32)
+
+        assert check_batch(batch, IMAGE) is batch
+
+    def test_a_big_endian_float32_batch_takes_the_full_check_and_passes(self) -> None:
+        batch = np.zeros((2, 1, 8, 8), dtype=">f4")
+
+        assert check_batch(batch, IMAGE).shape == (2, 1, 8, 8)
+
+    def test_a_fixed_batch_dimension_is_still_enforced(self) -> None:
+        fixed = TensorMeta("input", (1, 1, 8, 8), "float32")
+
+        assert check_batch(np.zeros((1, 1, 8, 8), dtype=np.float32), fixed).shape[0] == 1
+        with pytest.raises(InputMismatchError, match="axis 0"):
+            check_batch(np.zeros((2, 1, 8, 8), dtype=np.float32), fixed)
+
+    def test_an_empty_batch_is_still_refused(self) -> None:
+        with pytest.raises(InputMismatchError, match="empty batch"):
+            check_batch(np.zeros((0, 1, 8, 8), dtype=np.float32), IMAGE)
+
+    def test_a_dynamic_inner_dimension_takes_the_full_check(self) -> None:
+        ragged = TensorMeta("input", (None, 3, None), "float32")
+
+        assert check_batch(np.zeros((2, 3, 5), dtype=np.float32), ragged).shape == (2, 3, 5)
+        with pytest.raises(InputMismatchError, match="axis 1"):
+            check_batch(np.zeros((2, 4, 5), dtype=np.float32), ragged)

@@ -37,7 +37,7 @@ def root(tmp_path: Path) -> Path:
         )
     registry.set_current("acme", "digits-inspection", "v2", "test")
     registry.close()
-    fleet = FleetRegistry("acme", tmp_path / "state" / "fleet.sqlite3")
+    fleet = FleetRegistry("acme", tmp_path / "state" / "fleet-acme.sqlite3")
     for node, site, online in (("cam-a", "lux-1", True), ("cam-b", "lux-2", False)):
         status = NodeStatus(
             node=node,

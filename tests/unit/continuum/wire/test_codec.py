@@ -6,6 +6,7 @@ import math
 import struct
 import zlib
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -318,7 +319,8 @@ class TestBodyRejection:
             (poke(1, b"\x00"), "bad_name", "invalid pipeline name ''"),
             (poke(8, struct.pack("<I", MAX_RECORDS + 1)), "too_large", "MAX_RECORDS"),
             (poke(8, struct.pack("<I", 2)), "truncated", "record 1"),
-            (poke(FIRST_RECORD, b"\x04"), "bad_flags", "record 0: unknown flag bits"),
+            (poke(FIRST_RECORD, b"\x08"), "bad_flags", "record 0: unknown flag bits"),
+            (poke(FIRST_RECORD, b"\x04"), "truncated", "record 0"),
             (poke(DTYPE_AT, b"\x00"), "bad_dtype", "dtype code 0"),
             (poke(DTYPE_AT, b"\x63"), "bad_dtype", "dtype code 99"),
             (poke(NDIM_AT, b"\x09"), "bad_shape", "ndim 9"),
@@ -468,6 +470,91 @@ class TestFeedback:
         assert rejected(reframe(payload, change), decode_feedback).reason == reason
 
 
+class TestFields:
+    FIELDS = {"iban": "LU28 0019 4006 4475 0000", "operator": "Zoë", "face": b"\x89PNG\x00\xff"}
+
+    def test_text_and_bytes_fields_round_trip_beside_the_tensor(self) -> None:
+        sent = batch(record(1), replace(record(2), fields=self.FIELDS), record(3, label=4))
+        got = decode_samples(encode_samples(sent))
+        assert got == sent
+        assert dict(got.records[1].fields) == self.FIELDS
+        assert isinstance(got.records[1].fields["face"], bytes)
+        assert got.records[0].fields == {} and got.records[2].fields == {}
+
+    def test_a_record_without_fields_costs_nothing_more(self) -> None:
+        plain = encode_samples(short_batch(record()))
+        assert len(plain) == len(encode_samples(short_batch(replace(record(), fields={}))))
+        with_one = encode_samples(short_batch(replace(record(), fields={"a": "x"})))
+        # count 1 + name (1+1) + type 1 + length 4 + value 1
+        assert len(with_one) - len(plain) == 9
+
+    def test_records_differing_only_in_fields_are_not_equal(self) -> None:
+        assert record() != replace(record(), fields={"a": "x"})
+
+    def test_the_field_section_helpers_round_trip(self) -> None:
+        assert dict(codec.decode_fields(codec.encode_fields(self.FIELDS))) == self.FIELDS
+        assert codec.encode_fields({}) == b"" and codec.decode_fields(b"") == {}
+
+    @pytest.mark.parametrize(
+        ("fields", "reason", "words"),
+        [
+            ({"IBAN": "x"}, "bad_name", "invalid field name 'IBAN'"),
+            ({"": "x"}, "bad_name", "invalid field name ''"),
+            ({"a" * 65: "x"}, "bad_name", "invalid field name"),
+            ({"amount": 12.5}, "bad_value", "stringify numbers"),
+            ({"name": "\ud800"}, "bad_value", "not valid text"),
+            ({"crop": b"x" * (codec.MAX_FIELD_BYTES + 1)}, "too_large", "MAX_FIELD_BYTES"),
+            ({f"f{i}": "x" for i in range(codec.MAX_FIELDS + 1)}, "too_large", "MAX_FIELDS"),
+        ],
+    )
+    def test_encode_refuses_fields_the_wire_cannot_carry(
+        self, fields: dict[str, Any], reason: str, words: str
+    ) -> None:
+        with pytest.raises(ProtocolError) as info:
+            encode_samples(short_batch(replace(record(), fields=fields)))
+        assert info.value.reason == reason
+        assert words in str(info.value)
+
+    @pytest.fixture
+    def payload(self) -> bytes:
+        return encode_samples(
+            short_batch(replace(record(tensor=np.zeros(4, np.float32)), fields={"a": "xy"}))
+        )
+
+    # The field section starts after the 16 tensor bytes: dims end at DIMS_AT + 4.
+    SECTION = DIMS_AT + 4 + 16
+
+    @pytest.mark.parametrize(
+        ("change", "reason", "words"),
+        [
+            (poke(SECTION, b"\x00"), "bad_value", "field count 0"),
+            (poke(SECTION, b"\x41"), "too_large", "MAX_FIELDS"),
+            (poke(SECTION, b"\x02"), "truncated", "record 0"),
+            (poke(SECTION + 2, b"A"), "bad_name", "invalid field name 'A'"),
+            (poke(SECTION + 3, b"\x07"), "bad_value", "unknown type code 7"),
+            (poke(SECTION + 4, struct.pack("<I", 3)), "truncated", "record 0"),
+            (poke(SECTION + 4, struct.pack("<I", 1)), "trailing_bytes", "after the last record"),
+            (poke(SECTION + 4, struct.pack("<I", 2**31)), "too_large", "MAX_FIELD_BYTES"),
+            (poke(SECTION + 8, b"\xff"), "bad_value", "not valid UTF-8"),
+            (lambda body: body.__delitem__(slice(-3, None)), "truncated", "record 0"),
+        ],
+    )
+    def test_decode_rejects_damaged_field_sections_with_a_reason(
+        self, payload: bytes, change: Callable[[bytearray], None], reason: str, words: str
+    ) -> None:
+        error = rejected(reframe(payload, change))
+        assert error.reason == reason
+        assert words in str(error)
+
+    def test_repeated_or_unsorted_names_are_rejected(self) -> None:
+        section = codec.encode_fields({"a": "1", "b": "2"})
+        swapped = section[:1] + section[9:] + section[1:9]  # each field is 8 bytes here
+        with pytest.raises(ProtocolError) as info:
+            codec.decode_fields(swapped)
+        assert info.value.reason == "bad_name"
+        assert "repeated or out of order" in str(info.value)
+
+
 # ---- property-based tests -------------------------------------------------------------------
 
 names = st.from_regex(NAME_PATTERN, fullmatch=True)
@@ -488,13 +575,22 @@ records = st.builds(
     confidence=st.floats(width=32, allow_nan=True, allow_infinity=True),
     label=st.none() | st.integers(-(2**31), 2**31 - 1),
 )
+field_values = st.text(max_size=40) | st.binary(max_size=40)
+records_with_fields = st.builds(
+    SampleRecord,
+    seq=st.integers(0, 2**64 - 1),
+    captured_at_ns=st.integers(-(2**63), 2**63 - 1),
+    tensor=tensors,
+    label=st.none() | st.integers(-(2**31), 2**31 - 1),
+    fields=st.dictionaries(names, field_values, max_size=5),
+)
 sample_batches = st.builds(
     SampleBatch,
     pipeline=names,
     node=names,
     model_version=names,
     data_class=st.sampled_from(DataClass),
-    records=st.lists(records, max_size=6).map(tuple),
+    records=st.lists(records | records_with_fields, max_size=6).map(tuple),
 )
 feedback_batches = st.builds(
     FeedbackBatch,
@@ -564,6 +660,25 @@ class TestProperties:
             body[at : at + drop] = junk
 
         decodes_or_protocol_error(reframe(payload, mutate), decode_samples)
+
+    @fuzz
+    @given(st.dictionaries(names, field_values, min_size=1, max_size=5), st.data())
+    def test_damaged_field_sections_only_ever_raise_protocol_error(
+        self, fields: dict[str, str | bytes], data: st.DataObject
+    ) -> None:
+        section = codec.encode_fields(fields)
+        assert dict(codec.decode_fields(section)) == fields
+        cut = data.draw(st.integers(0, len(section) - 1), label="cut")
+        with pytest.raises(ProtocolError):
+            codec.decode_fields(section[:cut] if cut else b"\x01")
+        at = data.draw(st.integers(0, len(section)), label="at")
+        junk = data.draw(st.binary(min_size=1, max_size=8), label="junk")
+        damaged = bytearray(section)
+        damaged[at : at + len(junk)] = junk
+        try:
+            codec.decode_fields(bytes(damaged))
+        except ProtocolError as error:
+            assert error.reason in codec.REASONS
 
     @fuzz
     @given(feedback_batches, st.data())
