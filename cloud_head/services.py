@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -363,6 +363,101 @@ def _quota_reader(tenants_root: Path | None, tenant: str) -> Any:
     return functools.partial(read_quotas, tenants_root, tenant)
 
 
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class TeacherActor:
+    """A pipeline's cloud teacher (label source ``teacher``): labels new samples every
+    ``interval_s`` with the current version of the registered teacher model.
+
+    Until the teacher model is registered it waits and says so in ``status()``; a newer
+    current version is picked up at the next pass.
+    """
+
+    def __init__(
+        self,
+        spec: dict[str, Any],
+        paths: HeadPaths,
+        interval_s: float = 10.0,
+        accept_confidence: float = 0.95,
+    ) -> None:
+        from cloud_head.labelling import LabelStore
+        from cloud_head.registry import ModelRegistry
+        from cloud_head.store import SampleStore
+
+        logging.basicConfig(level=logging.INFO)
+        self._spec = PipelineSpec.model_validate(spec)
+        self._registry = ModelRegistry(paths.registry)
+        self._samples = SampleStore(paths.store)
+        self._labels = LabelStore(paths.labels_db)
+        self._interval_s = interval_s
+        self._accept = accept_confidence
+        self._teacher: Any = None
+        self._version: str | None = None
+        self._lock = threading.Lock()
+        self._status: dict[str, Any] = {
+            "model": self._spec.label.teacher_model,
+            "version": None,
+            "passes": 0,
+            "labelled": 0,
+            "proposed": 0,
+            "state": "starting",
+        }
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="teacher", daemon=True)
+        self._thread.start()
+
+    def run_once(self) -> dict[str, Any]:
+        """Label what is new now (a pass also runs every ``interval_s``); return the status."""
+        from cloud_head.teacher import Teacher, teacher_artifact
+        from continuum.errors import NotFoundError
+
+        name = self._spec.label.teacher_model
+        assert name is not None  # the spec requires it for a teacher source
+        with self._lock:
+            try:
+                path, version = teacher_artifact(self._registry, self._spec.tenant, name)
+            except NotFoundError as missing:
+                self._status["state"] = f"waiting: {missing}"
+                return dict(self._status)
+            if version != self._version:
+                self._teacher = Teacher(
+                    self._spec,
+                    self._samples,
+                    self._labels,
+                    path,
+                    model_name=f"{name}:{version}",
+                    accept_confidence=self._accept,
+                )
+                self._version = version
+            done = self._teacher.run_once()
+            self._status.update(
+                version=version,
+                passes=self._status["passes"] + 1,
+                labelled=self._status["labelled"] + done.labelled,
+                proposed=self._status["proposed"] + done.proposed,
+                state="labelling",
+            )
+            return dict(self._status)
+
+    def status(self) -> dict[str, Any]:
+        """Return what the teacher has done so far."""
+        return dict(self._status)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop after the pass in progress."""
+        self._stop.set()
+        self._thread.join(timeout_s)
+        self._labels.close()
+        self._registry.close()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                self.run_once()
+            except Exception as error:  # a bad pass must not end the teacher
+                log.exception("teacher pass failed")
+                self._status["state"] = f"failed: {error!r}"
+
+
 @dataclass
 class CloudHead:
     """Handles to one tenant's cloud services on Ray."""
@@ -371,6 +466,7 @@ class CloudHead:
     ingest: list[Any]
     fleet: Any
     controllers: dict[str, Any]
+    teachers: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def deploy(
@@ -471,7 +567,16 @@ class CloudHead:
             for s in specs
             if s.retrain is not None
         }
-        head = cls(tenant, ingest, fleet, controllers)
+        teachers = {
+            # The teacher reads the samples: it runs where training may (the policy's selector).
+            s.name: TeacherActor.options(  # type: ignore[attr-defined]
+                name=f"teacher-{s.name}",
+                **(common | {"label_selector": selectors[s.name] or CLOUD_SELECTOR}),
+            ).remote(s.model_dump(mode="json"), paths)
+            for s in specs
+            if s.label.source == "teacher"
+        }
+        head = cls(tenant, ingest, fleet, controllers, teachers)
         head.wait_ready(ready_timeout_s)
         return head
 
@@ -479,6 +584,7 @@ class CloudHead:
         """Wait until every service answers; an unschedulable one is reported, not waited on."""
         refs = [a.stats.remote() for a in self.ingest] + [self.fleet.stats.remote()]
         refs += [c.status.remote() for c in self.controllers.values()]
+        refs += [t.status.remote() for t in self.teachers.values()]
         deadline = time.monotonic() + timeout_s
         pending = refs
         while pending and time.monotonic() < deadline:
@@ -497,9 +603,15 @@ class CloudHead:
     def stop(self, timeout_s: float = 60.0) -> None:
         """Stop every service cleanly, then remove the actors."""
         calls = [c.stop.remote(timeout_s) for c in self.controllers.values()]
+        calls += [t.stop.remote() for t in self.teachers.values()]
         calls += [a.stop.remote() for a in self.ingest] + [self.fleet.stop.remote()]
         ray.wait(calls, num_returns=len(calls), timeout=timeout_s + 10)
-        for actor in [*self.controllers.values(), *self.ingest, self.fleet]:
+        for actor in [
+            *self.controllers.values(),
+            *self.teachers.values(),
+            *self.ingest,
+            self.fleet,
+        ]:
             ray.kill(actor, no_restart=True)
 
 
