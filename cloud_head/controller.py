@@ -218,6 +218,7 @@ class PipelineController:
             gpu_hours = self._gpu_hours_used
         current = self.registry.current(self.spec.tenant, self.spec.name)
         rollout = asdict(self.rollout.state)
+        rollout["plan"] = self.rollout.plan()
         return {
             "pipeline": self.spec.name,
             "training": stage,

@@ -1059,8 +1059,7 @@ class IngestWorker:
         refused = [str(code) for code in reason_codes if reason_code_failed(code)]
         if refused:
             _log.error(
-                "broker refused ingest's subscriptions %s (%s): check the ACL lets user %r "
-                "read %s",
+                "broker refused ingest's subscriptions %s (%s): check the ACL lets user %r read %s",
                 self._filters,
                 ", ".join(refused),
                 self._broker.username,

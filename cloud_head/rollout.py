@@ -1,19 +1,33 @@
-"""Rollout of a gated model: desired state per node, canary first, then promote or roll back.
+"""Rollout of a gated model: desired state per node, a canary, an exponential ramp, rollback.
 
 The controller is protocol logic only: it reads the fleet (who runs the pipeline, what
 they report, their telemetry) and writes desired state through ``DesiredStateBook``; a
 service calls ``tick()`` periodically. Every decision is returned as a ``RolloutState``
 with its reason so the CLI, the demo and the audit log can show it.
 
+A rollout goes in steps (``RampStep``): the candidate goes to the spec's canary share of the
+target nodes, then to ``canary * ramp_factor``, ``canary * ramp_factor**2``... of them, and is
+promoted when the next step would reach every node. Each step holds (``promote_after_s`` for
+the canary, ``step_after_s`` after) and is then judged on the telemetry of the nodes that run
+the candidate, by the spec's rules (``judge``): accuracy from labelled feedback windows
+against the same nodes' accuracy on the current version before they switched (the canaries
+are the most drifted nodes, so the other nodes would be an unfair baseline), p95 latency
+against the current version on the nodes that do not run the candidate over the same time
+(or, when they report none, the same nodes before they switched). It advances, rolls back
+naming the rule and the figures, or waits for enough data. The nodes of every step come
+from one ranking made at the canary and stored with the state, so a restart resumes the same
+step on the same nodes and the next step adds the same ones.
+
 The book's SQLite file also keeps each pipeline's rollout state (written before the step it
-announces is carried out), so a controller built again on the same file resumes a canary in
+announces is carried out), so a controller built again on the same file resumes a rollout in
 progress and ``tick()`` finishes a step a crash interrupted.
 
-Each step (canary start, promotion, rollback, an operator's promote or rollback, the current
-version sent to nodes that joined) is appended to the tenant's audit log before its state is
-stored and its desired state published: if the record cannot be written (``AuditWriteError``)
-nothing is published and the step is tried again at the next tick, or the operator's command
-fails.  Nodes the fleet refused (over the tenant's ``edge_nodes`` quota) get no desired state.
+Each step (canary start, every ramp step, promotion, rollback, an operator's promote or
+rollback, the current version sent to nodes that joined) is appended to the tenant's audit
+log before its state is stored and its desired state published: if the record cannot be
+written (``AuditWriteError``) nothing is published and the step is tried again at the next
+tick, or the operator's command fails.  Nodes the fleet refused (over the tenant's
+``edge_nodes`` quota) get no desired state.
 """
 
 from __future__ import annotations
@@ -21,6 +35,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -35,12 +50,22 @@ from continuum.wire.messages import DesiredModel, DesiredState, Telemetry
 if TYPE_CHECKING:
     from cloud_head.fleet import FleetRegistry
     from cloud_head.registry import ModelRegistry, ModelStatus, ModelVersion
-    from continuum.spec import PipelineSpec
+    from continuum.spec import PipelineSpec, RollbackRules, RolloutSpec
 
+#: Where a rollout stands: "canary" while the candidate is on some nodes (canary or ramp step).
 Stage = Literal["idle", "canary", "promoted", "rolled_back"]
 
-#: A canary decision needs at least this many labelled frames on the candidate.
+#: What ``judge`` concludes at the end of a step's hold.
+Decision = Literal["advance", "roll back", "wait"]
+
+#: A step's accuracy decision needs at least this many labelled frames on the candidate.
 MIN_LABELLED_FOR_DECISION = 40
+
+#: A step's latency decision needs at least this many candidate windows with a p95 figure.
+MIN_LATENCY_WINDOWS = 3
+
+#: The latency baseline reads at most this many nodes that still run the current version.
+MAX_LATENCY_BASELINE_NODES = 100
 
 #: The ``DesiredStateBook`` record kind that holds a pipeline's ``RolloutState``.
 ROLLOUT_RECORD = "rollout"
@@ -144,8 +169,41 @@ class DesiredStateBook:
 
 
 @dataclass(frozen=True)
+class RampStep:
+    """One step of a rollout: the share of the target nodes that run the candidate, and why.
+
+    ``index`` 0 is the canary; ``share`` is the step's share in the spec's ramp (1.0: every
+    node, the promotion); ``nodes`` are all the nodes told to run the candidate in this step.
+    """
+
+    index: int
+    share: float
+    nodes: tuple[str, ...]
+    started_at: float
+    reason: str
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> RampStep:
+        """Rebuild a step from its ``asdict`` mapping."""
+        return cls(
+            index=int(record["index"]),
+            share=float(record["share"]),
+            nodes=tuple(record.get("nodes", ())),
+            started_at=float(record["started_at"]),
+            reason=str(record.get("reason", "")),
+        )
+
+
+@dataclass(frozen=True)
 class RolloutState:
-    """Where the rollout of one pipeline stands, and why."""
+    """Where the rollout of one pipeline stands, and why.
+
+    ``canary_nodes`` are the nodes that run the candidate at the current step (the canaries
+    at step 0, more at each ramp step); ``steps`` is every step of this candidate's rollout,
+    the current one last; ``order`` is the ranking the steps take their nodes from;
+    ``verdict`` says what the last ``tick`` concluded at the current step (holding until
+    ``decide_at``, waiting for data) and the accuracies and latencies are its figures.
+    """
 
     pipeline: str
     stage: Stage = "idle"
@@ -158,6 +216,12 @@ class RolloutState:
     baseline_accuracy: float | None = None
     reason: str = "no rollout yet"
     history: tuple[str, ...] = field(default=())
+    steps: tuple[RampStep, ...] = field(default=())
+    order: tuple[str, ...] = field(default=())
+    canary_latency_p95_ms: float | None = None
+    baseline_latency_p95_ms: float | None = None
+    verdict: str = ""
+    decide_at: float | None = None
 
     def to_record(self) -> dict[str, Any]:
         """Return the state as a JSON-able mapping (``from_record`` reads it back)."""
@@ -170,7 +234,98 @@ class RolloutState:
         values = {k: v for k, v in record.items() if k in known}
         values["canary_nodes"] = tuple(values.get("canary_nodes", ()))
         values["history"] = tuple(values.get("history", ()))
+        values["order"] = tuple(values.get("order", ()))
+        values["steps"] = tuple(RampStep.from_record(s) for s in values.get("steps", ()))
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class StepFigures:
+    """What one step measured: the candidate on its nodes against the current version."""
+
+    labelled: int
+    candidate_accuracy: float | None
+    baseline_accuracy: float | None
+    latency_windows: int
+    candidate_p95_ms: float | None
+    baseline_p95_ms: float | None
+    #: Where the baseline latency came from, for people: "v1 on cam-3, cam-4".
+    latency_baseline: str = "the baseline"
+
+
+def ramp_schedule(rollout: RolloutSpec, nodes: int) -> list[tuple[float, int]]:
+    """Return ``(share, node count)`` per step of a rollout over ``nodes`` target nodes.
+
+    The first step is the canary (at least one node); a share that adds no node to the
+    step before it is skipped; the last step has every node (the promotion).
+    ``ramp_schedule(RolloutSpec(canary=0.1), 10) == [(0.1, 1), (0.2, 2), (0.4, 4),
+    (0.8, 8), (1.0, 10)]``.
+    """
+    plan: list[tuple[float, int]] = []
+    for share in rollout.ramp_shares():
+        # Rounded first so that 0.7 * 10 counts 7 nodes, not 8.
+        count = min(nodes, max(1, math.ceil(round(share * nodes, 9))))
+        if plan and count <= plan[-1][1]:
+            continue
+        plan.append((share, count))
+    return plan
+
+
+def judge(rules: RollbackRules, figures: StepFigures) -> tuple[Decision, str]:
+    """Decide a step whose hold is over: advance, roll back (naming the rule) or wait.
+
+    A rule rolls back as soon as it has enough data and fires, even while the other rule
+    still waits for data; the step advances when every rule has enough data and none fires.
+    A rule without a baseline figure cannot fire.
+    """
+    missing: list[str] = []
+    held: list[str] = []
+    drop = rules.accuracy_drop
+    if drop is not None:
+        cand, base = figures.candidate_accuracy, figures.baseline_accuracy
+        if figures.labelled < MIN_LABELLED_FOR_DECISION:
+            missing.append(f"{figures.labelled} of {MIN_LABELLED_FOR_DECISION} labelled frames")
+        elif cand is not None and base is not None and cand < base - drop:
+            return (
+                "roll back",
+                f"accuracy {cand:.3f} fell more than {drop:g} below the baseline's {base:.3f} "
+                f"(over {figures.labelled} labelled frames)",
+            )
+        else:
+            held.append(
+                f"accuracy {_figure(cand, '.3f')} vs baseline {_figure(base, '.3f')} "
+                f"over {figures.labelled} labelled frames"
+            )
+    rise = rules.latency_rise
+    if rise is not None:
+        cand_ms, base_ms = figures.candidate_p95_ms, figures.baseline_p95_ms
+        if figures.latency_windows < MIN_LATENCY_WINDOWS:
+            missing.append(
+                f"{figures.latency_windows} of {MIN_LATENCY_WINDOWS} windows with latency"
+            )
+        elif cand_ms is not None and base_ms is not None and cand_ms > base_ms * (1.0 + rise):
+            return (
+                "roll back",
+                f"p95 latency {cand_ms:.3g} ms rose more than {rise * 100:g}% above "
+                f"{figures.latency_baseline}'s {base_ms:.3g} ms "
+                f"(+{_percent(cand_ms, base_ms)}, over {figures.latency_windows} windows)",
+            )
+        else:
+            held.append(
+                f"p95 latency {_figure(cand_ms, '.3g')} ms vs {_figure(base_ms, '.3g')} ms "
+                f"({figures.latency_baseline})"
+            )
+    if missing:
+        return "wait", f"not enough data yet: {', '.join(missing)}"
+    return "advance", "; ".join(held)
+
+
+def _figure(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _percent(value: float, base: float) -> str:
+    return "inf%" if base <= 0 else f"{(value / base - 1.0) * 100:.0f}%"
 
 
 def desired_model(version: ModelVersion, chunk_size: int, chunks: int) -> DesiredModel:
@@ -192,8 +347,14 @@ def _accuracy(windows: Sequence[Telemetry], version: str) -> tuple[float | None,
     return (correct / labelled if labelled else None), labelled
 
 
+def _p95(windows: Sequence[Telemetry]) -> tuple[float | None, int]:
+    """Return the median of the windows' p95 latencies (robust to one slow window), and n."""
+    figures = [w.latency_p95_ms for w in windows if w.latency_p95_ms is not None]
+    return (statistics.median(figures) if figures else None), len(figures)
+
+
 class RolloutController:
-    """Canary a candidate on a fraction of the pipeline's nodes, then promote or roll back."""
+    """Canary a candidate, ramp it up step by step to every node, or roll it back."""
 
     def __init__(
         self,
@@ -218,9 +379,15 @@ class RolloutController:
         self.serve_timeout_s = serve_timeout_s
         self._chunks: dict[str, int] = {}
         saved = book.load_record(spec.name, ROLLOUT_RECORD)
-        self._state = (
+        state = (
             RolloutState(pipeline=spec.name) if saved is None else RolloutState.from_record(saved)
         )
+        if state.stage == "canary" and not state.steps:
+            # Stored before rollouts had steps: its canary is step 0 of the spec's ramp.
+            canary = RampStep(0, spec.rollout.canary, state.canary_nodes, state.started_at, "")
+            state = replace(state, steps=(replace(canary, reason=state.reason),))
+            state = replace(state, order=state.canary_nodes)
+        self._state = state
 
     @property
     def state(self) -> RolloutState:
@@ -247,16 +414,19 @@ class RolloutController:
             if n.online and n.refused is None and self.spec.name in n.pipelines
         )
 
-    def _choose_canaries(self, nodes: list[str]) -> tuple[str, ...]:
-        """Pick the canaries: the nodes whose recent drift is highest, where a fix matters most."""
-        count = max(1, math.ceil(self.spec.rollout.canary * len(nodes)))
+    def _ranked(self, nodes: list[str]) -> list[str]:
+        """Rank the nodes for the ramp: highest recent drift first (where a fix matters most)."""
 
         def drift_of(node: str) -> float:
             recent = self.fleet.telemetry(node, self.spec.name, self.clock() - 60.0)
             return max((w.drift_score for w in recent), default=0.0)
 
-        ranked = sorted(nodes, key=lambda n: (-drift_of(n), n))
-        return tuple(ranked[:count])
+        return sorted(nodes, key=lambda n: (-drift_of(n), n))
+
+    def plan(self) -> list[dict[str, float | int]]:
+        """Return the ramp over today's eligible nodes: share and node count of every step."""
+        schedule = ramp_schedule(self.spec.rollout, len(self.eligible_nodes()))
+        return [{"share": share, "nodes": count} for share, count in schedule]
 
     # -- actions -------------------------------------------------------------------------
 
@@ -353,7 +523,10 @@ class RolloutController:
         nodes = self.eligible_nodes()
         if current is None or not nodes:
             return self._promote(candidate, now, "first model of the pipeline: no canary needed")
-        canaries = self._choose_canaries(nodes)
+        plan = ramp_schedule(self.spec.rollout, len(nodes))
+        share, count = plan[0]
+        ranked = self._ranked(nodes)
+        canaries = tuple(ranked[:count])
         self._record(
             AuditAction.ROLLOUT,
             candidate.version,
@@ -364,8 +537,10 @@ class RolloutController:
                 "baseline": current.version,
                 "sha256": candidate.sha256,
                 "canary_fraction": self.spec.rollout.canary,
+                "ramp": [{"share": s, "nodes": c} for s, c in plan],
             },
         )
+        reason = f"canary on {', '.join(canaries)}"
         self.state = RolloutState(
             pipeline=self.spec.name,
             stage="canary",
@@ -373,8 +548,10 @@ class RolloutController:
             baseline=current.version,
             canary_nodes=canaries,
             started_at=now,
-            reason=f"canary on {', '.join(canaries)}",
+            reason=reason,
             history=(*self.state.history, f"canary {candidate.version} on {', '.join(canaries)}"),
+            steps=(RampStep(0, share, canaries, now, reason),),
+            order=tuple(ranked),
         )
         self.registry.set_status(self.tenant, self.spec.name, candidate.version, "canary")
         for node in canaries:
@@ -382,17 +559,24 @@ class RolloutController:
         return self.state
 
     def tick(self) -> RolloutState:
-        """Advance a running canary: promote, roll back or keep waiting."""
+        """Advance a running rollout by its current step: next step, promotion, rollback or wait."""
         self._finish_interrupted_step()
         self.ensure_current_everywhere()
         state = self.state
-        if state.stage != "canary" or state.candidate is None or state.baseline is None:
+        if (
+            state.stage != "canary"
+            or state.candidate is None
+            or state.baseline is None
+            or not state.steps
+        ):
             return state
         now = self.clock()
         rollout = self.spec.rollout
+        step = state.steps[-1]
+        label = "canary" if step.index == 0 else f"step {step.index} ({step.share:.0%})"
         candidate = self.registry.get(self.tenant, self.spec.name, state.candidate)
 
-        for node in state.canary_nodes:
+        for node in step.nodes:
             reported = self.fleet.reported_model(node, self.spec.name)
             if (
                 reported is not None
@@ -405,59 +589,168 @@ class RolloutController:
                     f"{node} {reported.state} the candidate: {reported.error or 'no reason given'}",
                 )
 
+        earlier = set(state.steps[-2].nodes) if len(state.steps) > 1 else set()
+        added = [n for n in step.nodes if n not in earlier]
         windows: list[Telemetry] = []
-        before: list[Telemetry] = []
         first_served: float | None = None
-        for node in state.canary_nodes:
-            recent = self.fleet.telemetry(node, self.spec.name, state.started_at)
-            served = [w for w in recent if w.model_version == state.candidate]
-            if served:
+        for node in step.nodes:
+            served = self.fleet.telemetry(
+                node, self.spec.name, step.started_at, model_version=state.candidate
+            )
+            if served and node in added:
                 start = min(w.ts for w in served)
                 first_served = start if first_served is None else max(first_served, start)
             windows.extend(served)
-            before.extend(
-                self.fleet.telemetry(
-                    node, self.spec.name, state.started_at - max(rollout.promote_after_s, 30.0)
-                )
-            )
         if first_served is None:
-            if now - state.started_at > self.serve_timeout_s:
+            if now - step.started_at > self.serve_timeout_s:
                 return self._rollback(
                     candidate,
                     now,
-                    f"no canary served {state.candidate} within {self.serve_timeout_s:g} s",
+                    f"{label}: no node of it served {state.candidate} within "
+                    f"{self.serve_timeout_s:g} s",
                 )
-            return state
-
-        canary_acc, labelled = _accuracy(windows, state.candidate)
-        baseline_acc, _ = _accuracy(
-            [w for w in before if w.ts <= state.started_at or w.model_version == state.baseline],
-            state.baseline,
-        )
-        self.state = state = replace(
-            state, canary_accuracy=canary_acc, baseline_accuracy=baseline_acc
-        )
-        if now - first_served < rollout.promote_after_s or labelled < MIN_LABELLED_FOR_DECISION:
-            return state
-        if (
-            canary_acc is not None
-            and baseline_acc is not None
-            and canary_acc < baseline_acc - rollout.rollback_on_drop
-        ):
-            return self._rollback(
-                candidate,
-                now,
-                f"canary accuracy {canary_acc:.3f} fell more than {rollout.rollback_on_drop:g} "
-                f"below the baseline's {baseline_acc:.3f}",
+            self.state = replace(
+                state,
+                verdict=f"waiting for {_names(added)} to serve {state.candidate}",
+                decide_at=None,
             )
-        held = "n/a" if canary_acc is None else f"{canary_acc:.3f}"
-        base = "n/a" if baseline_acc is None else f"{baseline_acc:.3f}"
-        return self._promote(
-            candidate,
-            now,
-            f"canary held for {now - first_served:.0f} s "
-            f"(accuracy {held} vs baseline {base} over {labelled} labelled frames)",
+            return self.state
+
+        figures = self._figures(state, state.candidate, state.baseline, windows)
+        hold = rollout.promote_after_s if step.index == 0 else rollout.step_after_s
+        self.state = state = replace(
+            state,
+            canary_accuracy=figures.candidate_accuracy,
+            baseline_accuracy=figures.baseline_accuracy,
+            canary_latency_p95_ms=figures.candidate_p95_ms,
+            baseline_latency_p95_ms=figures.baseline_p95_ms,
+            decide_at=first_served + hold,
         )
+        if now - first_served < hold:
+            self.state = replace(state, verdict=f"holding {hold:g} s without regression")
+            return self.state
+        decision, text = judge(rollout.rules, figures)
+        if decision == "roll back":
+            return self._rollback(candidate, now, f"{label}: {text}")
+        if decision == "wait":
+            self.state = replace(state, verdict=text)
+            return self.state
+        return self._advance(
+            candidate, now, f"{label} held for {now - first_served:.0f} s ({text})"
+        )
+
+    def _figures(
+        self, state: RolloutState, candidate: str, baseline: str, windows: list[Telemetry]
+    ) -> StepFigures:
+        """Measure a step: the candidate's windows against the current version's.
+
+        Accuracy is compared with the same nodes on the current version before each switched
+        (the canaries are the most drifted nodes; the others would flatter the baseline);
+        latency with the nodes still on the current version over the step, or, when they
+        report no latency, with the same nodes before they switched.
+        """
+        step = state.steps[-1]
+        lookback = max(self.spec.rollout.promote_after_s, 30.0)
+        switched: dict[str, float] = {}
+        for earlier in state.steps:
+            for node in earlier.nodes:
+                switched.setdefault(node, earlier.started_at)
+        before: list[Telemetry] = []
+        for node in step.nodes:
+            before.extend(
+                self.fleet.telemetry(
+                    node,
+                    self.spec.name,
+                    switched.get(node, step.started_at) - lookback,
+                    model_version=baseline,
+                )
+            )
+        alongside: list[Telemetry] = []
+        if self.spec.rollout.rollback_on_latency_rise is not None:
+            running = set(step.nodes)
+            others = [n for n in self.eligible_nodes() if n not in running]
+        else:
+            others = []  # no latency rule: the fleet need not be read for it
+        for node in others[:MAX_LATENCY_BASELINE_NODES]:
+            alongside.extend(
+                self.fleet.telemetry(node, self.spec.name, step.started_at, model_version=baseline)
+            )
+        candidate_acc, labelled = _accuracy(windows, candidate)
+        baseline_acc, _ = _accuracy(before, baseline)
+        candidate_p95, latency_windows = _p95(windows)
+        baseline_p95, _ = _p95(alongside)
+        reporting = sorted({w.node for w in alongside if w.latency_p95_ms is not None})
+        source = f"{baseline} on {_names(reporting)}"
+        if baseline_p95 is None:
+            baseline_p95, _ = _p95(before)
+            source = f"{baseline} on the same nodes before they switched"
+        return StepFigures(
+            labelled=labelled,
+            candidate_accuracy=candidate_acc,
+            baseline_accuracy=baseline_acc,
+            latency_windows=latency_windows,
+            candidate_p95_ms=candidate_p95,
+            baseline_p95_ms=baseline_p95,
+            latency_baseline=source,
+        )
+
+    def _advance(self, candidate: ModelVersion, now: float, reason: str) -> RolloutState:
+        """Go to the ramp's next step, or promote when that step would reach every node."""
+        state = self.state
+        step = state.steps[-1]
+        nodes = self.eligible_nodes()
+        following = [
+            (share, count)
+            for share, count in ramp_schedule(self.spec.rollout, len(nodes))
+            if share > step.share and count > len(step.nodes)
+        ]
+        if not following or following[0][1] >= len(nodes):
+            return self._promote(candidate, now, reason)
+        share, count = following[0]
+        eligible = set(nodes)
+        order = [n for n in state.order if n in eligible]
+        order += sorted(eligible.difference(state.order))  # joined since the canary
+        chosen = list(step.nodes)
+        for node in order:
+            if len(chosen) >= count:
+                break
+            if node not in chosen:
+                chosen.append(node)
+        added = chosen[len(step.nodes) :]
+        index = step.index + 1
+        self._record(
+            AuditAction.ROLLOUT,
+            candidate.version,
+            {
+                "event": "ramp",
+                "step": index,
+                "share": share,
+                "nodes": chosen,
+                "added": added,
+                "eligible_nodes": len(nodes),
+                "reason": reason,
+                "baseline": state.baseline,
+                "canary_accuracy": state.canary_accuracy,
+                "baseline_accuracy": state.baseline_accuracy,
+                "canary_latency_p95_ms": state.canary_latency_p95_ms,
+                "baseline_latency_p95_ms": state.baseline_latency_p95_ms,
+            },
+        )
+        self.state = replace(
+            state,
+            canary_nodes=tuple(chosen),
+            reason=reason,
+            verdict="",
+            decide_at=None,
+            steps=(*state.steps, RampStep(index, share, tuple(chosen), now, reason)),
+            history=(
+                *state.history,
+                f"step {index} {candidate.version} at {share:.0%} (+{', '.join(added)}): {reason}",
+            ),
+        )
+        for node in added:
+            self._assign(node, candidate)
+        return self.state
 
     def rollback_to(
         self,
@@ -504,16 +797,24 @@ class RolloutController:
                 "nodes": nodes,
                 "canary_accuracy": self.state.canary_accuracy,
                 "baseline_accuracy": self.state.baseline_accuracy,
+                "canary_latency_p95_ms": self.state.canary_latency_p95_ms,
+                "baseline_latency_p95_ms": self.state.baseline_latency_p95_ms,
             },
             actor=actor,
         )
+        state = self.state
+        ramping = state.stage == "canary" and state.candidate == version.version
+        final = RampStep(len(state.steps) if ramping else 0, 1.0, tuple(nodes), now, reason)
         self.state = replace(
-            self.state,
+            state,
             stage="promoted",
             candidate=version.version,
             decided_at=now,
             reason=reason,
-            history=(*self.state.history, f"promoted {version.version}: {reason}"),
+            verdict="",
+            decide_at=None,
+            steps=(*state.steps, final) if ramping else (final,),
+            history=(*state.history, f"promoted {version.version}: {reason}"),
         )
         self.registry.set_current(self.tenant, self.spec.name, version.version, reason)
         for node in nodes:
@@ -530,9 +831,12 @@ class RolloutController:
                 "event": "automatic rollback",
                 "reason": reason,
                 "canary_nodes": list(canaries),
+                "step": self.state.steps[-1].index if self.state.steps else 0,
                 "restored": None if current is None else current.version,
                 "canary_accuracy": self.state.canary_accuracy,
                 "baseline_accuracy": self.state.baseline_accuracy,
+                "canary_latency_p95_ms": self.state.canary_latency_p95_ms,
+                "baseline_latency_p95_ms": self.state.baseline_latency_p95_ms,
             },
         )
         self.state = replace(
@@ -540,6 +844,8 @@ class RolloutController:
             stage="rolled_back",
             decided_at=now,
             reason=reason,
+            verdict="",
+            decide_at=None,
             history=(*self.state.history, f"rolled back {candidate.version}: {reason}"),
         )
         self.registry.set_status(self.tenant, self.spec.name, candidate.version, "rolled_back")
@@ -547,3 +853,9 @@ class RolloutController:
             for node in canaries:
                 self._assign(node, current)
         return self.state
+
+
+def _names(nodes: Sequence[str], most: int = 3) -> str:
+    """Return up to ``most`` node names, and how many more: ``cam-1, cam-2 and 5 more``."""
+    shown = ", ".join(nodes[:most])
+    return shown if len(nodes) <= most else f"{shown} and {len(nodes) - most} more"

@@ -504,13 +504,12 @@ class CloudHead:
             AuditWriteError: the deploy could not be recorded; no service was started.
         """
         residency = _load_policy(policy)
-        registry_db = paths.tenants / "_tenants.sqlite"
+        from cloud_head.tenants import read_quotas, registry_exists
+
         tenants = tenants_root
-        if tenants is None and registry_db.is_file():
+        if tenants is None and registry_exists(paths.tenants):
             tenants = paths.tenants
         if tenants is not None:
-            from cloud_head.tenants import read_quotas
-
             read_quotas(tenants, tenant)  # a registry that does not know the tenant is an error
         with AuditLog(paths.audit, signing_keys={tenant: private_key_pem}) as log:
             selectors = check_deploy(

@@ -37,8 +37,12 @@ the change is undone (create, quota) or not made (rotate, delete), and the error
 
 from __future__ import annotations
 
+import base64
+import binascii
 import builtins
 import fcntl
+import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -56,6 +60,7 @@ from typing import TYPE_CHECKING, Literal, get_args
 
 from cloud_head.audit import AuditAction
 from continuum.errors import (
+    AccessDeniedError,
     ConfigError,
     ContinuumError,
     NotFoundError,
@@ -226,6 +231,14 @@ class TenantRecord:
         return topics.tenant_filter(self.name)
 
 
+_REGISTRY_DB = "_tenants.sqlite"
+
+
+def registry_exists(root: Path | str) -> bool:
+    """Return whether ``root`` holds a tenant registry (without creating one, as opening does)."""
+    return (Path(root) / _REGISTRY_DB).is_file()
+
+
 def check_tenant_name(name: str) -> str:
     """Return ``name`` if it is a valid tenant name (a topic level), else raise SpecError."""
     try:
@@ -288,7 +301,7 @@ class TenantRegistry:
     @property
     def db_path(self) -> Path:
         """The SQLite database of tenants and deleted tenants."""
-        return self.root / "_tenants.sqlite"
+        return self.root / _REGISTRY_DB
 
     @property
     def password_file(self) -> Path:
@@ -598,6 +611,34 @@ class TenantRegistry:
     def _write_acl(self) -> None:
         _write_file(self.acl_file, self.acl_text().encode(), mode=0o640)
 
+    def authenticate(self, name: str, password: str) -> TenantRecord:
+        """Return tenant ``name`` if ``password`` is its MQTT password, else refuse.
+
+        The check reads the broker's own password file (mosquitto's PBKDF2-SHA512 hashes),
+        so the credential that lets an agent publish under ``ctm/{name}/#`` is the one that
+        lets a person read the tenant's samples, models and audit records, and a rotation
+        revokes both at once.
+
+        Raises:
+            NotFoundError: no such tenant.
+            AccessDeniedError: the password is not the tenant's (or the tenant has none).
+        """
+        record = self.get(name)
+        stored = dict(
+            line.split(":", 1)
+            for line in (
+                self.password_file.read_text().splitlines() if self.password_file.exists() else []
+            )
+            if ":" in line
+        ).get(record.mqtt_username)
+        if stored is None or not _password_matches(stored, password):
+            raise AccessDeniedError(
+                f"the credential given is not tenant {name!r}'s: give its MQTT password (the "
+                "one `continuum tenant create` or `rotate` printed) with --password-file or "
+                "CONTINUUM_TENANT_PASSWORD"
+            )
+        return record
+
     def _password_users(self) -> builtins.list[str]:
         text = self.password_file.read_text() if self.password_file.exists() else ""
         return [line.split(":", 1)[0] for line in text.splitlines() if ":" in line]
@@ -682,3 +723,20 @@ def _write_file(path: Path, data: bytes, *, mode: int) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _password_matches(stored: str, password: str) -> bool:
+    """Check ``password`` against a mosquitto password-file hash (``$7$`` or ``$6$``)."""
+    parts = stored.strip().split("$")
+    try:
+        if len(parts) == 5 and parts[1] == "7":  # $7$iterations$salt$hash: PBKDF2-SHA512
+            salt, digest = base64.b64decode(parts[3]), base64.b64decode(parts[4])
+            got = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, int(parts[2]), len(digest))
+        elif len(parts) == 4 and parts[1] == "6":  # $6$salt$hash: SHA-512 of password + salt
+            salt, digest = base64.b64decode(parts[2]), base64.b64decode(parts[3])
+            got = hashlib.sha512(password.encode() + salt).digest()
+        else:
+            return False
+    except (ValueError, binascii.Error):
+        return False
+    return hmac.compare_digest(got, digest)

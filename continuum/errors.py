@@ -86,3 +86,7 @@ class OperationTimeoutError(ContinuumError, TimeoutError):
 
 class NotFoundError(ContinuumError, LookupError):
     """A named thing (model version, pipeline, node, tenant) does not exist; says which."""
+
+
+class AccessDeniedError(ContinuumError, PermissionError):
+    """The caller's credential does not grant what it asked for; the message says whose it is."""

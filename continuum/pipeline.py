@@ -36,7 +36,7 @@ from continuum.spec import (
     TensorSchema,
     UplinkSpec,
     parse_duration,
-    parse_rollback,
+    parse_rollback_rules,
     parse_trigger,
     ref_of,
 )
@@ -262,14 +262,33 @@ class Pipeline:
         *,
         canary: float = 0.1,
         promote_after: str | float = "10 min",
+        ramp_factor: float = 2.0,
+        step_after: str | float | None = None,
         rollback_on: str | float = "accuracy drop 0.02",
     ) -> None:
-        """Declare the canary rollout: share of nodes, when to promote, when to roll back."""
+        """Declare the rollout: a canary share of nodes, then an exponential ramp to all.
+
+        Args:
+            canary: share of the target nodes that get a new model first, in (0, 1].
+            promote_after: how long the canary holds without regression (``"10 min"``).
+            ramp_factor: each later step multiplies the share of nodes by this (> 1);
+                ``ramp_factor >= 1 / canary`` goes from the canary to every node at once.
+            step_after: how long each later step holds; defaults to ``promote_after``.
+            rollback_on: ``"accuracy drop 0.02"``, ``"p95 latency +20%"`` or both joined
+                with ``" or "``; a rule that fires at any step rolls the candidate back.
+        """
         self._once("rollout", self._rollout, "keep one rollout")
+        promote_after_s = parse_duration(promote_after, field="rollout.promote_after")
+        rules = parse_rollback_rules(rollback_on, field="rollout.rollback_on")
         data = {
             "canary": canary,
-            "promote_after_s": parse_duration(promote_after, field="rollout.promote_after"),
-            "rollback_on_drop": parse_rollback(rollback_on, field="rollout.rollback_on"),
+            "promote_after_s": promote_after_s,
+            "ramp_factor": ramp_factor,
+            "step_after_s": promote_after_s
+            if step_after is None
+            else parse_duration(step_after, field="rollout.step_after"),
+            "rollback_on_drop": rules.accuracy_drop,
+            "rollback_on_latency_rise": rules.latency_rise,
         }
         self._rollout = validate(RolloutSpec, data, prefix="rollout")
 

@@ -3,8 +3,8 @@
 A ``PipelineSpec`` is what the DSL (``continuum.pipeline.Pipeline``) produces and what
 deploy, the edge agent and the cloud head consume; it round-trips through YAML and JSON.
 This module also owns the small grammars a user types: durations (``"10 min"``), triggers
-(``"500 new samples or every 1 h"``), rollback rules (``"accuracy drop 0.02"``) and import
-refs (``"package.module:function"``).
+(``"500 new samples or every 1 h"``), rollback rules (``"accuracy drop 0.02 or p95 latency
++20%"``) and import refs (``"package.module:function"``).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ __all__ = [
     "LabelSpec",
     "PipelineSpec",
     "RetrainSpec",
+    "RollbackRules",
     "RolloutSpec",
     "TensorSchema",
     "TriggerSpec",
@@ -58,7 +59,9 @@ __all__ = [
     "format_duration",
     "load_pipeline",
     "parse_duration",
+    "parse_latency_rise",
     "parse_rollback",
+    "parse_rollback_rules",
     "parse_trigger",
     "ref_of",
     "resolve_ref",
@@ -73,6 +76,13 @@ GateMetric = Literal["accuracy", "f1_macro"]
 DURATION_FORMS = 'a number of seconds, or "30 s", "10 min", "2 h", "1 d"'
 TRIGGER_FORMS = '"500 new samples", "drift > 0.2", "every 1 h" or "manual", joined with " or "'
 ROLLBACK_FORMS = '"accuracy drop 0.02", "accuracy drop 2%" or a number in (0, 1]'
+LATENCY_FORMS = '"p95 latency +20%", "latency increase 20%" or a number in (0, 10] (0.2 = +20%)'
+RULES_FORMS = (
+    '"accuracy drop 0.02", "p95 latency +20%" (or "latency increase 20%"), '
+    'or both joined with " or "'
+)
+#: A rollout ramp may take at most this many steps, canary and the final one included.
+MAX_RAMP_STEPS: Final = 20
 
 
 # --- data classes ----------------------------------------------------------------------------
@@ -215,6 +225,101 @@ def parse_rollback(value: object, *, field: str = "rollback_on") -> float:
             fix='write e.g. "accuracy drop 0.02" (two points of accuracy)',
         )
     return drop
+
+
+_LATENCY_RULE = re.compile(
+    rf"^(?:p95\s+)?latency\s+(?:\+\s*|(?:increase|rise)\s+(?:of\s+|by\s+)?\+?){_NUMBER}\s*%$"
+)
+
+
+def parse_latency_rise(value: object, *, field: str = "rollback_on") -> float:
+    """Return the p95 latency rise of ``"p95 latency +20%"`` as a fraction (``0.2``).
+
+    ``"latency increase 20%"`` says the same; a number is the fraction itself.
+
+    Raises:
+        SpecError: the rule cannot be read or the rise is not in (0, 10] (up to +1000%).
+    """
+    rise: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        rise = float(value)
+    elif isinstance(value, str):
+        match = _LATENCY_RULE.match(re.sub(r"\s+", " ", value.strip().lower()))
+        if match:
+            rise = float(match.group(1)) / 100.0
+    if rise is None:
+        raise SpecError(
+            f"cannot read latency rule {value!r}", field=field, fix=f"write {LATENCY_FORMS}"
+        )
+    if not (math.isfinite(rise) and 0.0 < rise <= 10.0):
+        raise SpecError(
+            f"the latency rise must be in (0%, 1000%], got {rise * 100:g}%",
+            field=field,
+            fix='write e.g. "p95 latency +20%" (roll back when p95 latency grows by a fifth)',
+        )
+    return rise
+
+
+class RollbackRules(BaseModel):
+    """What rolls a rollout back: an accuracy drop, a p95 latency rise or either (None: off)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    accuracy_drop: float | None = None
+    latency_rise: float | None = None
+
+    def describe(self) -> str:
+        """Return the rules as a user writes them: ``accuracy drop 0.02 or p95 latency +20%``."""
+        parts = []
+        if self.accuracy_drop is not None:
+            parts.append(f"accuracy drop {self.accuracy_drop:g}")
+        if self.latency_rise is not None:
+            parts.append(f"p95 latency +{self.latency_rise * 100:g}%")
+        return " or ".join(parts) or "no rule"
+
+
+def parse_rollback_rules(value: object, *, field: str = "rollback_on") -> RollbackRules:
+    """Read ``"accuracy drop 0.05"``, ``"p95 latency +20%"`` or both joined with ``" or "``.
+
+    A bare number is an accuracy drop, as ``parse_rollback`` reads it.
+
+    Raises:
+        SpecError: a part cannot be read, is out of range, or names the same metric twice.
+    """
+    if not isinstance(value, str):
+        return RollbackRules(accuracy_drop=parse_rollback(value, field=field))
+    parts = [part.strip() for part in re.split(r"\s+or\s+", value.strip(), flags=re.IGNORECASE)]
+    drop: float | None = None
+    rise: float | None = None
+    for part in parts:
+        lowered = part.lower()
+        metric = "accuracy" if lowered.startswith("accuracy") else "latency"
+        if metric not in lowered:
+            raise SpecError(
+                f"cannot read rollback rule {part!r}" + (f" in {value!r}" if part != value else ""),
+                field=field,
+                fix=f"write {RULES_FORMS}",
+            )
+        if (drop if metric == "accuracy" else rise) is not None:
+            raise SpecError(
+                f"{value!r} gives the {metric} rule twice",
+                field=field,
+                fix=f"keep one; write {RULES_FORMS}",
+            )
+        try:
+            if metric == "accuracy":
+                drop = parse_rollback(part, field=field)
+            else:
+                rise = parse_latency_rise(part, field=field)
+        except SpecError as error:
+            if not raw_message(error).startswith("cannot read"):
+                raise  # a readable rule out of its range: its own message says the range
+            raise SpecError(
+                f"cannot read rollback rule {part!r}" + (f" in {value!r}" if part != value else ""),
+                field=field,
+                fix=f"write {RULES_FORMS}",
+            ) from error
+    return RollbackRules(accuracy_drop=drop, latency_rise=rise)
 
 
 def _trigger_fields(when: str, field: str) -> dict[str, Any]:
@@ -684,17 +789,63 @@ class GateSpec(_Spec):
 
 
 class RolloutSpec(_Spec):
-    """Canary rollout: share of nodes first, when to promote, when to roll back."""
+    """Canary, then an exponential ramp to every target node, rolled back when a rule fires.
+
+    The candidate first goes to ``canary`` of the target nodes and holds there for
+    ``promote_after_s``; then to ``canary * ramp_factor``, ``canary * ramp_factor**2``... of
+    them (capped at all), holding ``step_after_s`` at each step, as Greengrass jobs ramp up.
+    At every step its telemetry is compared with the current version's; an accuracy drop
+    past ``rollback_on_drop`` or a p95 latency rise past ``rollback_on_latency_rise`` rolls
+    it back. ``ramp_factor >= 1 / canary`` gives canary, then everyone at once.
+
+    Besides the fields, a mapping may give ``rollback_on: "accuracy drop 0.05 or p95 latency
+    +20%"`` (as the DSL does), which sets both rule fields.
+    """
 
     canary: float = Field(
-        default=0.1, description="Share of the fleet that gets a new model first."
+        default=0.1, description="Share of the target nodes that get a new model first."
     )
     promote_after_s: float = Field(
-        default=600.0, description="Canary time without regression, seconds."
+        default=600.0, description="How long the canary step holds without regression, seconds."
     )
-    rollback_on_drop: float = Field(
-        default=0.02, description="Roll back if accuracy drops by this."
+    ramp_factor: float = Field(
+        default=2.0,
+        description="Each step after the canary multiplies the share of nodes by this (> 1).",
     )
+    step_after_s: float = Field(
+        default=600.0,
+        description="How long each later step holds, seconds; defaults to promote_after_s.",
+    )
+    rollback_on_drop: float | None = Field(
+        default=0.02, description="Roll back if accuracy drops by this; null: not checked."
+    )
+    rollback_on_latency_rise: float | None = Field(
+        default=None,
+        description="Roll back if p95 latency rises by this fraction (0.2 = +20%); "
+        "null: not checked.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_in(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if data.get("step_after_s") is None and "promote_after_s" in data:
+            data["step_after_s"] = data["promote_after_s"]
+        if "rollback_on" in data:
+            given = [k for k in ("rollback_on_drop", "rollback_on_latency_rise") if k in data]
+            if given:
+                raise SpecError(
+                    f"rollback_on and {' and '.join(given)} are both given",
+                    field="rollback_on",
+                    fix="keep rollback_on alone, e.g. "
+                    'rollback_on: "accuracy drop 0.05 or p95 latency +20%"',
+                )
+            rules = parse_rollback_rules(data.pop("rollback_on"), field="rollback_on")
+            data["rollback_on_drop"] = rules.accuracy_drop
+            data["rollback_on_latency_rise"] = rules.latency_rise
+        return data
 
     @field_validator("canary")
     @classmethod
@@ -706,10 +857,74 @@ class RolloutSpec(_Spec):
     def _check_promote(cls, value: object) -> float:
         return parse_duration(value, field="promote_after_s")
 
+    @field_validator("step_after_s", mode="before")
+    @classmethod
+    def _check_step(cls, value: object) -> float:
+        return parse_duration(value, field="step_after_s")
+
+    @field_validator("ramp_factor")
+    @classmethod
+    def _check_factor(cls, value: float) -> float:
+        return _bounded(value, low=1, low_open=True, high=1000, example="ramp_factor=2.0")
+
     @field_validator("rollback_on_drop", mode="before")
     @classmethod
-    def _check_rollback(cls, value: object) -> float:
-        return parse_rollback(value, field="rollback_on_drop")
+    def _check_rollback(cls, value: object) -> float | None:
+        return None if value is None else parse_rollback(value, field="rollback_on_drop")
+
+    @field_validator("rollback_on_latency_rise", mode="before")
+    @classmethod
+    def _check_latency(cls, value: object) -> float | None:
+        return (
+            None if value is None else parse_latency_rise(value, field="rollback_on_latency_rise")
+        )
+
+    @model_validator(mode="after")
+    def _check_plan(self) -> Self:
+        if self.rollback_on_drop is None and self.rollback_on_latency_rise is None:
+            raise SpecError(
+                "gives no rollback rule, so a regressing candidate would reach every node",
+                field="rollback_on",
+                fix=f"write {RULES_FORMS}",
+            )
+        if len(self.ramp_shares()) > MAX_RAMP_STEPS:
+            raise SpecError(
+                f"a ramp from canary {self.canary:g} by factor {self.ramp_factor:g} takes "
+                f"more than {MAX_RAMP_STEPS} steps",
+                field="ramp_factor",
+                fix="raise ramp_factor or canary, e.g. canary=0.1, ramp_factor=2.0 (5 steps)",
+            )
+        return self
+
+    @property
+    def rules(self) -> RollbackRules:
+        """Return the rollback rules of the rollout."""
+        return RollbackRules(
+            accuracy_drop=self.rollback_on_drop, latency_rise=self.rollback_on_latency_rise
+        )
+
+    def ramp_shares(self) -> tuple[float, ...]:
+        """Return the share of the target nodes at each step: ``canary``, times the factor..., 1.
+
+        ``RolloutSpec(canary=0.1).ramp_shares() == (0.1, 0.2, 0.4, 0.8, 1.0)``.
+        """
+        shares: list[float] = []
+        share = self.canary
+        while share < 1.0 and len(shares) <= MAX_RAMP_STEPS:
+            shares.append(share)
+            # Rounded so that 0.1 * 2 * 2 * 2 reads 0.8, not 0.8000000000000002.
+            share = round(share * self.ramp_factor, 12)
+        shares.append(1.0)
+        return tuple(shares)
+
+    def describe(self) -> str:
+        """Return the rollout in a line: canary, ramp, holds and rules."""
+        shares = self.ramp_shares()
+        text = f"canary {self.canary:g}, promote after {format_duration(self.promote_after_s)}"
+        if len(shares) > 2:
+            text += f", then x{self.ramp_factor:g} every {format_duration(self.step_after_s)}"
+        ramp = " -> ".join(f"{share:.0%}" for share in shares)
+        return f"{text} ({ramp} of the nodes), roll back on {self.rules.describe()}"
 
 
 class PipelineSpec(_Spec):
@@ -802,11 +1017,7 @@ class PipelineSpec(_Spec):
             )
         rollout = self.rollout
         lines.append(f"  gate:    {self.gate.metric} gain >= {self.gate.min_gain:g}")
-        lines.append(
-            f"  rollout: canary {rollout.canary:g}, promote after "
-            f"{format_duration(rollout.promote_after_s)}, roll back on accuracy drop "
-            f"{rollout.rollback_on_drop:g}"
-        )
+        lines.append(f"  rollout: {rollout.describe()}")
         return "\n".join(lines)
 
 

@@ -44,4 +44,10 @@ pipe.retrain(
     where={TIER: "cloud"},
 )
 pipe.gate(metric="accuracy", min_gain=0.0, holdout="pipelines.digits.data:reference_holdout")
-pipe.rollout(canary=0.25, promote_after="20 s", rollback_on="accuracy drop 0.05")
+pipe.rollout(
+    canary=0.25,
+    promote_after="10 s",
+    ramp_factor=2.0,
+    step_after="10 s",
+    rollback_on="accuracy drop 0.05",
+)

@@ -13,10 +13,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from continuum.errors import ConfigError, NotReadyError
+from continuum.errors import AccessDeniedError, ConfigError, NotReadyError
 
 DEFAULT_ROOT = Path("continuum-demo") / "cloud"
 DEFAULT_TOKEN = Path("continuum-demo") / "ray" / "ray_auth_token"
+#: Environment variable holding the tenant's password for the read commands.
+PASSWORD_ENV = "CONTINUUM_TENANT_PASSWORD"
 
 
 def add_root(parser: argparse.ArgumentParser) -> None:
@@ -30,12 +32,57 @@ def add_root(parser: argparse.ArgumentParser) -> None:
 
 
 def add_tenant(parser: argparse.ArgumentParser, *, pipeline: bool = True) -> None:
-    """Add ``--tenant`` (and ``--pipeline``)."""
+    """Add ``--tenant`` (and ``--pipeline``) and the tenant's credential."""
     parser.add_argument("--tenant", default="acme", help="tenant name (default acme)")
+    add_credential(parser)
     if pipeline:
         parser.add_argument(
             "--pipeline", default="digits-inspection", help="pipeline (default digits-inspection)"
         )
+
+
+def add_credential(parser: argparse.ArgumentParser) -> None:
+    """Add ``--password-file``: the tenant's credential, needed where tenants share a head."""
+    parser.add_argument(
+        "--password-file",
+        type=Path,
+        default=None,
+        help=f"file holding the tenant's MQTT password, the credential that reads its data on "
+        f"a cloud head shared by tenants (or set {PASSWORD_ENV}); a demo writes them to "
+        "<workdir>/credentials/",
+    )
+
+
+def authorize(args: argparse.Namespace) -> None:
+    """Refuse to read ``args.tenant``'s data without its credential, where tenants share a head.
+
+    A head whose state has a tenant registry (``<root>/tenants``) serves several tenants:
+    every command that reads one tenant's samples, labels, models, fleet or audit records
+    must present that tenant's MQTT password, checked against the broker's password file.
+    A head without a registry is a single-tenant development setup and is not checked.
+
+    Raises:
+        AccessDeniedError: no credential, or it is another tenant's (or a wrong one).
+        NotFoundError: the registry has no such tenant.
+    """
+    from cloud_head.tenants import TenantRegistry, registry_exists
+
+    root = Path(args.root) / "tenants"
+    if not registry_exists(root):
+        return
+    password = os.environ.get(PASSWORD_ENV)
+    path = getattr(args, "password_file", None)
+    if path is not None:
+        try:
+            password = Path(path).read_text().strip()
+        except OSError as error:
+            raise ConfigError(f"--password-file {path}: {error.strerror}") from None
+    if not password:
+        raise AccessDeniedError(
+            f"the cloud head at {args.root} serves several tenants: give tenant "
+            f"{args.tenant!r}'s credential with --password-file FILE or {PASSWORD_ENV}"
+        )
+    TenantRegistry(root).authenticate(args.tenant, password)
 
 
 def add_cluster(parser: argparse.ArgumentParser) -> None:

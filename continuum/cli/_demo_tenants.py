@@ -64,6 +64,11 @@ class Tenancy:
         return broker.model_copy(update={"username": user, "password": password})
 
 
+def credentials_dir(workdir: Path) -> Path:
+    """Where the demo keeps each tenant's password for the operator commands."""
+    return workdir / "credentials"
+
+
 def write_salts(directory: Path, tenants: list[str]) -> dict[str, Path]:
     """Write a random field-hashing salt per tenant (mode 0600); return the files."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -79,7 +84,9 @@ def write_salts(directory: Path, tenants: list[str]) -> dict[str, Path]:
 def create_tenants(workdir: Path, tenants: list[str]) -> tuple[Any, Tenancy]:
     """Create the tenants in a registry under ``workdir/tenants``; return it and the tenancy.
 
-    The registry writes mosquitto's password and ACL files: start the broker on them.
+    The registry writes mosquitto's password and ACL files: start the broker on them. Each
+    tenant's password, which the registry hands out once, goes to
+    ``workdir/../credentials/<tenant>.password`` (mode 0600) for the operator commands.
     """
     from cloud_head.tenants import TenantRegistry
 
@@ -93,6 +100,10 @@ def create_tenants(workdir: Path, tenants: list[str]) -> tuple[Any, Tenancy]:
         record = registry.create(name)
         assert record.credentials is not None  # create hands them out once
         tenancy.credentials[name] = (record.credentials.username, record.credentials.password)
+        secret = credentials_dir(workdir.parent) / f"{name}.password"
+        secret.parent.mkdir(mode=0o700, exist_ok=True)
+        secret.touch(mode=0o600)
+        secret.write_text(record.credentials.password + "\n")
         tenancy.signing_keys[name] = (record.signing_key_path, record.public_key_path)
     registry.apply_to_broker()
     return registry, tenancy

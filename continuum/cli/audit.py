@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from continuum.cli._cloud import add_root, state_dir
+from continuum.cli._cloud import add_credential, add_root, authorize, state_dir
 
 #: Exit status when the audit log failed verification.
 EXIT_TAMPERED = 1
@@ -51,6 +51,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _add_tenant(parser: argparse.ArgumentParser) -> None:
     # Required, no default: an audit command never guesses whose records to read.
     parser.add_argument("--tenant", required=True, type=_tenant, help="tenant whose log to read")
+    add_credential(parser)
 
 
 def _tenant(value: str) -> str:
@@ -89,6 +90,7 @@ def run_verify(args: argparse.Namespace) -> int:
     """Verify the tenant's log; print the outcome; 0 if intact, 1 naming the first bad record."""
     from cloud_head.audit import AuditLog
 
+    authorize(args)
     key = _public_key(args)
     with AuditLog(state_dir(args.root, "audit")) as log:
         result = log.verify(args.tenant, public_key_pem=key)
@@ -116,6 +118,7 @@ def run_export(args: argparse.Namespace) -> int:
     from cloud_head.model_card import export_model
     from cloud_head.registry import ModelRegistry
 
+    authorize(args)
     key = _public_key(args)
     registry = ModelRegistry(state_dir(args.root, "registry"))
     try:

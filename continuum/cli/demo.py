@@ -267,7 +267,7 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     from continuum.wire.mqtt import BrokerSettings
 
     # A terminal gets the live table; a log file gets wide, plain progress lines.
-    console = Console() if options.live else Console(width=120, force_terminal=False)
+    console = Console() if options.live else Console(width=150, force_terminal=False)
     workdir = prepare_workdir(options.workdir)
     console.print(f"[bold]continuum demo[/] working directory: {workdir}")
     # Tenants first: the registry writes the broker's password and ACL files.
@@ -296,7 +296,8 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
         )
         console.print(
             f"  tenants {FIRST_TENANT} and {SECOND_TENANT}, each limited to its own topics "
-            f"(ACL {registry.acl_file}); residency policy {tenancy.policy}"
+            f"(ACL {registry.acl_file}); residency policy {tenancy.policy}; their "
+            f"passwords, for the operator commands, in {workdir / 'credentials'}"
         )
         return run_loop(
             options,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from continuum.cli._cloud import add_root, add_tenant, state_dir
+from continuum.cli._cloud import add_root, add_tenant, authorize, state_dir
 from continuum.errors import SpecError
 
 
@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from cloud_head.fleet import FleetRegistry
     from continuum.labels import LabelSelector
 
+    authorize(args)
     terms: dict[str, str] = {}
     for term in args.where:
         key, sep, value = term.partition("=")

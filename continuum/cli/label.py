@@ -12,7 +12,7 @@ import argparse
 import time
 from typing import Any
 
-from continuum.cli._cloud import add_root, add_tenant, state_dir
+from continuum.cli._cloud import add_root, add_tenant, authorize, state_dir
 from continuum.errors import ConfigError, NotFoundError
 
 _SHADES = " .:-=+*#%@"
@@ -73,6 +73,7 @@ class _Stores:
         from cloud_head.labelling import LabelStore
         from cloud_head.store import SampleStore
 
+        authorize(args)
         self.samples = SampleStore(str(state_dir(args.root, "store")))
         self.labels = LabelStore(state_dir(args.root, "state") / "labels.sqlite3")
 

@@ -6,7 +6,14 @@ import argparse
 import json
 import time
 
-from continuum.cli._cloud import add_cluster, add_root, add_tenant, controller, state_dir
+from continuum.cli._cloud import (
+    add_cluster,
+    add_root,
+    add_tenant,
+    authorize,
+    controller,
+    state_dir,
+)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,6 +50,7 @@ def run_list(args: argparse.Namespace) -> int:
     """Print the versions of a tenant's pipeline, oldest first."""
     from cloud_head.registry import ModelRegistry
 
+    authorize(args)
     registry = ModelRegistry(state_dir(args.root, "registry"))
     try:
         versions = registry.list(args.tenant, args.pipeline)
@@ -77,6 +85,7 @@ def run_show(args: argparse.Namespace) -> int:
 
     from cloud_head.registry import ModelRegistry
 
+    authorize(args)
     registry = ModelRegistry(state_dir(args.root, "registry"))
     try:
         version = registry.get(args.tenant, args.pipeline, args.version)

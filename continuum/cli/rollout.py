@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import time
+from typing import Any
 
 from continuum.cli._cloud import add_cluster, add_tenant, controller
 
@@ -13,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "rollout",
         help="show where a pipeline's rollout stands",
         description="Ask the pipeline's running controller for its rollout: stage, candidate, "
-        "canary nodes, accuracies, and every step so far.",
+        "the current ramp step and what it waits for, accuracies and latencies, and every "
+        "step so far (share, nodes, when, why).",
     )
     actions = parser.add_subparsers(title="actions", metavar="ACTION", required=True)
     status = actions.add_parser("status", help="print the rollout's stage and history")
@@ -38,17 +41,81 @@ def run_status(args: argparse.Namespace) -> int:
     import ray
 
     status = ray.get(controller(args).status.remote(), timeout=60)
-    rollout = status["rollout"]
     print(f"pipeline {args.pipeline}: current {status['current']}, training {status['training']}")
-    print(f"rollout: {rollout['stage']} {rollout.get('candidate') or ''} — {rollout['reason']}")
-    if rollout.get("canary_nodes"):
-        print(f"canary nodes: {', '.join(rollout['canary_nodes'])}")
+    for line in rollout_lines(status["rollout"], now=time.time()):
+        print(line)
+    return 0
+
+
+def rollout_lines(rollout: dict[str, Any], *, now: float) -> list[str]:
+    """Return ``continuum rollout status``'s lines for a controller's rollout snapshot.
+
+    The stage and why, the current step and what it waits for, the figures it is judged
+    on, the ramp planned over today's nodes, every step so far (share, nodes, when, why),
+    and the history.
+    """
+    lines = [f"rollout: {rollout['stage']} {rollout.get('candidate') or ''} — {rollout['reason']}"]
+    steps: list[dict[str, Any]] = list(rollout.get("steps") or [])
+    if rollout["stage"] == "canary" and steps:
+        step = steps[-1]
+        following = [p for p in rollout.get("plan") or [] if p["share"] > step["share"]]
+        line = (
+            f"current step: {_step_name(step, rollout)}, {step['share']:.0%} of the nodes on "
+            f"{rollout.get('candidate')} ({_nodes(step['nodes'])}) since "
+            f"{_when(step['started_at'])}"
+        )
+        if following:
+            upcoming = following[0]
+            last = " (promotion)" if len(following) == 1 else ""
+            line += f"; next: {upcoming['share']:.0%}, {upcoming['nodes']} nodes{last}"
+        lines.append(line)
+        verdict = rollout.get("verdict") or "not judged yet"
+        decide_at = rollout.get("decide_at")
+        if decide_at is not None and decide_at > now and verdict.startswith("holding"):
+            verdict += f"; decides in {decide_at - now:.0f} s"
+        lines.append(f"  now: {verdict}")
+    if rollout.get("canary_nodes") and rollout["stage"] == "canary" and not steps:
+        lines.append(f"canary nodes: {', '.join(rollout['canary_nodes'])}")
     for label in ("canary_accuracy", "baseline_accuracy"):
         if rollout.get(label) is not None:
-            print(f"{label.replace('_', ' ')}: {rollout[label]:.3f}")
-    for step in rollout.get("history", []):
-        print(f"  {step}")
-    return 0
+            lines.append(f"{label.replace('_', ' ')}: {rollout[label]:.3f}")
+    for label in ("canary_latency_p95_ms", "baseline_latency_p95_ms"):
+        if rollout.get(label) is not None:
+            name = label.removesuffix("_p95_ms").replace("_", " ")
+            lines.append(f"{name} p95: {rollout[label]:.3g} ms")
+    plan = rollout.get("plan") or []
+    if plan and rollout["stage"] == "canary":
+        ramp = " -> ".join(f"{p['share']:.0%} ({p['nodes']})" for p in plan)
+        lines.append(f"ramp over today's nodes: {ramp}")
+    if steps:
+        lines.append("steps:")
+        for step in steps:
+            lines.append(
+                f"  {_step_name(step, rollout):<8} {step['share']:>5.0%}  "
+                f"{_when(step['started_at'])}  {len(step['nodes'])} node(s): "
+                f"{_nodes(step['nodes'])}"
+            )
+            if step.get("reason"):
+                lines.append(f"           why: {step['reason']}")
+    if rollout.get("history"):
+        lines.append("history:")
+        lines.extend(f"  {entry}" for entry in rollout["history"])
+    return lines
+
+
+def _step_name(step: dict[str, Any], rollout: dict[str, Any]) -> str:
+    if step["share"] >= 1.0 and rollout["stage"] == "promoted":
+        return "all"
+    return "canary" if step["index"] == 0 else f"step {step['index']}"
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _nodes(nodes: list[str], most: int = 8) -> str:
+    shown = ", ".join(nodes[:most])
+    return shown if len(nodes) <= most else f"{shown} and {len(nodes) - most} more"
 
 
 def run_retrain(args: argparse.Namespace) -> int:

@@ -282,6 +282,38 @@ class TestRolloutRecords:
         assert {r.actor for r in (promote, start, rollback)} == {SERVICE}
         assert head.log.verify(head.tenant).ok
 
+    def test_every_ramp_step_is_recorded_with_its_share_nodes_and_reason(self, head: Head) -> None:
+        controller = head.controller(make_spec(head.tenant))  # 1 node, then 2, then all 4
+        on_v1(head, controller)
+        v2 = head.register("v2")
+        state = controller.rollout.begin(v2)
+        for _ in range(2):
+            for node in state.canary_nodes:
+                canary_at(head, node, v2, accuracy=0.95)
+            state = controller.tick()
+        assert state.stage == "promoted", state
+
+        start, step, promote = [
+            r.details
+            for r in head.records(AuditAction.ROLLOUT)
+            if r.subject == model_subject(PIPELINE, "v2")
+        ]
+        assert start["event"] == "canary"
+        assert start["ramp"] == [
+            {"share": 0.25, "nodes": 1},
+            {"share": 0.5, "nodes": 2},
+            {"share": 1.0, "nodes": 4},
+        ]
+        (canary,) = start["nodes"]
+        assert (step["event"], step["step"], step["share"]) == ("ramp", 1, 0.5)
+        assert step["nodes"][0] == canary and step["added"] == step["nodes"][1:]
+        assert step["reason"].startswith("canary held for ")
+        assert (step["canary_accuracy"], step["baseline_accuracy"]) == (0.95, 0.95)
+        assert promote["event"] == "promote"
+        assert promote["reason"].startswith("step 1 (50%) held for ")
+        assert promote["nodes"] == list(NODES)
+        assert head.log.verify(head.tenant).ok
+
     def test_an_operators_promote_and_rollback_name_who_asked(self, head: Head) -> None:
         controller = head.controller(make_spec(head.tenant))
         on_v1(head, controller)

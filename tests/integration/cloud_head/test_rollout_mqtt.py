@@ -1,4 +1,4 @@
-"""Rollout over a real mosquitto: a regressing canary rolls back, a restart resumes a canary.
+"""Rollout over a real mosquitto: regressing canaries roll back, a ramp runs, restarts resume.
 
 The controllers run on real stores (SQLite registry, fleet and desired-state book, Parquet
 samples) and publish desired state retained through a real MQTT client; the fleet is fed
@@ -8,6 +8,7 @@ subscriber reads back what the nodes would be told.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import uuid
@@ -24,7 +25,12 @@ from cloud_head.controller import PipelineController
 from cloud_head.fleet import FleetRegistry
 from cloud_head.labelling import LabelStore
 from cloud_head.registry import ModelRegistry, ModelVersion
-from cloud_head.rollout import MIN_LABELLED_FOR_DECISION, DesiredStateBook, RolloutController
+from cloud_head.rollout import (
+    MIN_LABELLED_FOR_DECISION,
+    DesiredStateBook,
+    RolloutController,
+    RolloutState,
+)
 from cloud_head.store import SampleStore
 from continuum import select
 from continuum.embedded import EmbeddedBroker
@@ -53,12 +59,25 @@ from continuum.wire.mqtt import BrokerSettings, connect, make_client
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 NODES = ("cam-1", "cam-2", "cam-3", "cam-4")
+#: A fleet where canary 0.125 and factor 2 take 1, 2, 4, then all 8 nodes.
+EIGHT_NODES = tuple(f"cam-{i}" for i in range(1, 9))
 PIPELINE = "digits"
 #: Labelled samples that fire the retrain trigger.
 TRIGGER_SAMPLES = 8
+#: Canary, then every node at once (0.25 x 4 = 1): the rollout before ramps.
+CANARY_THEN_ALL = RolloutSpec(canary=0.25, promote_after_s=60, ramp_factor=4, rollback_on_drop=0.05)
+#: Canary 1 of 8 nodes, then 2, 4 and all, holding 60 s at each step; accuracy or latency.
+RAMP = RolloutSpec.model_validate(
+    {
+        "canary": 0.125,
+        "promote_after_s": "60 s",
+        "ramp_factor": 2.0,
+        "rollback_on": "accuracy drop 0.05 or p95 latency +20%",
+    }
+)
 
 
-def make_spec(tenant: str) -> PipelineSpec:
+def make_spec(tenant: str, rollout: RolloutSpec = CANARY_THEN_ALL) -> PipelineSpec:
     return PipelineSpec(
         name=PIPELINE,
         tenant=tenant,
@@ -71,7 +90,7 @@ def make_spec(tenant: str) -> PipelineSpec:
             trainer="tests.integration.cloud_head.test_rollout_mqtt:no_trainer",
             trigger=TriggerSpec(new_samples=TRIGGER_SAMPLES),
         ),
-        rollout=RolloutSpec(canary=0.25, promote_after_s=60, rollback_on_drop=0.05),
+        rollout=rollout,
     )
 
 
@@ -188,7 +207,16 @@ class Head:
         update = self.fleet.handle(topics.node_reported(self.tenant, node), reported.to_payload())
         assert update.kind == "reported"
 
-    def telemetry(self, node: str, version: str, *, labelled: int, correct: int) -> None:
+    def telemetry(
+        self,
+        node: str,
+        version: str,
+        *,
+        labelled: int,
+        correct: int,
+        p95_ms: float = 2.0,
+        drift: float = 0.0,
+    ) -> None:
         window = Telemetry(
             node=node,
             pipeline=PIPELINE,
@@ -197,8 +225,9 @@ class Head:
             frames=labelled,
             uplinked=0,
             dropped=0,
-            latency_p50_ms=1.0,
-            latency_p95_ms=2.0,
+            latency_p50_ms=min(1.0, p95_ms),
+            latency_p95_ms=p95_ms,
+            drift_score=drift,
             labelled=labelled,
             correct=correct,
             ts=self.clock(),
@@ -233,6 +262,10 @@ class Head:
             assert info.is_published()
 
         return DesiredStateBook(self.root / "desired.sqlite3", self.tenant, publish)
+
+    def use(self, rollout: RolloutSpec) -> None:
+        """Run the pipeline with another rollout spec from now on."""
+        self.spec = make_spec(self.tenant, rollout)
 
     def rollout_controller(self) -> RolloutController:
         return RolloutController(
@@ -284,14 +317,18 @@ def watcher(head: Head, private_mqtt_broker: EmbeddedBroker) -> Iterator[Desired
         watching.close()
 
 
-def fleet_on_v1(head: Head, controller: RolloutController | PipelineController) -> ModelVersion:
-    """Join the nodes, promote v1 everywhere and give it an hour of 95%-accurate telemetry."""
-    for node in NODES:
+def fleet_on_v1(
+    head: Head,
+    controller: RolloutController | PipelineController,
+    nodes: tuple[str, ...] = NODES,
+) -> ModelVersion:
+    """Join the nodes, promote v1 everywhere and give it a window of 95%-accurate telemetry."""
+    for node in nodes:
         head.node_joins(node)
     v1 = head.register("v1")
     rollout = controller.rollout if isinstance(controller, PipelineController) else controller
     assert rollout.begin(v1).stage == "promoted"
-    for node in NODES:
+    for node in nodes:
         head.node_serves(node, v1)
         head.telemetry(node, "v1", labelled=100, correct=95)
     head.clock.advance(10)
@@ -417,3 +454,157 @@ class TestHeadRestart:
         second.tick()
         assert second.wait_idle(60)
         assert len(second.status()["trainings"]) == 1  # nothing new to train on
+
+
+def fleet_reports(
+    head: Head,
+    state: RolloutState,
+    candidate: ModelVersion,
+    *,
+    accuracy: float,
+    p95_ms: float,
+    nodes: tuple[str, ...] = EIGHT_NODES,
+) -> None:
+    """Three 30 s rounds of windows: the step's nodes on the candidate, the others on v1.
+
+    v1 keeps its 95% accuracy and 2 ms p95; the candidate has ``accuracy`` and ``p95_ms``.
+    """
+    for node in state.canary_nodes:
+        head.node_serves(node, candidate)
+    per_window = MIN_LABELLED_FOR_DECISION
+    for _ in range(3):
+        for node in nodes:
+            if node in state.canary_nodes:
+                head.telemetry(
+                    node,
+                    candidate.version,
+                    labelled=per_window,
+                    correct=round(per_window * accuracy),
+                    p95_ms=p95_ms,
+                )
+            else:
+                head.telemetry(node, "v1", labelled=per_window, correct=round(per_window * 0.95))
+        head.clock.advance(30)
+
+
+class TestRamp:
+    def test_a_good_candidate_ramps_through_every_step_to_all_nodes(
+        self, head: Head, watcher: DesiredWatcher
+    ) -> None:
+        head.use(RAMP)
+        controller = head.rollout_controller()
+        fleet_on_v1(head, controller, EIGHT_NODES)
+        v2 = head.register("v2")
+
+        state = controller.begin(v2)
+        seen = [state.canary_nodes]
+        for _ in range(3):
+            watcher.wait_for({n: "v2" if n in state.canary_nodes else "v1" for n in EIGHT_NODES})
+            fleet_reports(head, state, v2, accuracy=0.95, p95_ms=2.1)  # +5% p95: within 20%
+            state = controller.tick()
+            seen.append(state.canary_nodes)
+
+        assert state.stage == "promoted", state
+        assert [len(nodes) for nodes in seen[:3]] == [1, 2, 4]
+        assert all(set(a) < set(b) for a, b in itertools.pairwise(seen[:3]))
+        assert [(s.index, s.share, len(s.nodes)) for s in state.steps] == [
+            (0, 0.125, 1),
+            (1, 0.25, 2),
+            (2, 0.5, 4),
+            (3, 1.0, 8),
+        ]
+        assert state.steps[1].reason.startswith("canary held for ")
+        assert "p95 latency 2.1 ms vs 2 ms (v1 on cam-" in state.steps[1].reason
+        assert state.steps[3].reason.startswith("step 2 (50%) held for ")
+        assert head.registry.get(head.tenant, PIPELINE, "v2").status == "current"
+        watcher.wait_for(dict.fromkeys(EIGHT_NODES, "v2"))
+
+    def test_a_slower_candidate_is_rolled_back_naming_latency(
+        self, head: Head, watcher: DesiredWatcher
+    ) -> None:
+        head.use(RAMP)
+        controller = head.rollout_controller()
+        v1 = fleet_on_v1(head, controller, EIGHT_NODES)
+        v2 = head.register("v2")
+        state = controller.begin(v2)
+        fleet_reports(head, state, v2, accuracy=0.95, p95_ms=2.2)  # +10%: the canary holds
+        state = controller.tick()
+        assert (state.stage, len(state.canary_nodes)) == ("canary", 2), state
+        watcher.wait_for({n: "v2" for n in state.canary_nodes})
+
+        fleet_reports(head, state, v2, accuracy=0.96, p95_ms=3.0)  # +50% on two nodes
+        state = controller.tick()
+
+        assert state.stage == "rolled_back", state
+        assert state.reason.startswith("step 1 (25%): p95 latency 3 ms rose more than 20% above")
+        assert "v1 on cam-" in state.reason and "2 ms (+50%" in state.reason
+        assert (state.canary_latency_p95_ms, state.baseline_latency_p95_ms) == (3.0, 2.0)
+        assert head.registry.get(head.tenant, PIPELINE, "v2").status == "rolled_back"
+        current = head.registry.current(head.tenant, PIPELINE)
+        assert current is not None and current.version == v1.version
+        watcher.wait_for(dict.fromkeys(EIGHT_NODES, "v1"))
+
+    def test_a_step_waits_for_latency_windows_before_it_advances(
+        self, head: Head, watcher: DesiredWatcher
+    ) -> None:
+        head.use(RAMP)
+        controller = head.rollout_controller()
+        fleet_on_v1(head, controller, EIGHT_NODES)
+        v2 = head.register("v2")
+        (canary,) = controller.begin(v2).canary_nodes
+        head.node_serves(canary, v2)
+        for _ in range(2):  # enough labelled frames, one latency window short
+            head.telemetry(canary, "v2", labelled=MIN_LABELLED_FOR_DECISION, correct=38)
+            head.clock.advance(60)
+
+        state = controller.tick()
+
+        assert (state.stage, state.canary_nodes) == ("canary", (canary,)), state
+        assert state.verdict == "not enough data yet: 2 of 3 windows with latency"
+        watcher.wait_for({canary: "v2"} | {n: "v1" for n in EIGHT_NODES if n != canary})
+
+
+class TestHeadRestartMidRamp:
+    def test_a_new_controller_resumes_the_same_step_and_takes_the_same_nodes_next(
+        self, head: Head, watcher: DesiredWatcher
+    ) -> None:
+        head.use(RAMP)
+        first = head.pipeline_controller()
+        fleet_on_v1(head, first, EIGHT_NODES)
+        # The ramp takes the most drifted nodes first; this drift is gone by the next step,
+        # so only the ranking stored at the canary gives the same nodes after a restart.
+        drifted = ("cam-7", "cam-5", "cam-3", "cam-8")
+        for rank, node in enumerate(drifted):
+            head.telemetry(node, "v1", labelled=0, correct=0, drift=0.9 - rank / 10)
+        v2 = head.register("v2")
+        state = first.rollout.begin(v2)
+        assert state.canary_nodes == ("cam-7",)
+        fleet_reports(head, state, v2, accuracy=0.95, p95_ms=2.0)
+        mid_ramp = first.tick()
+        assert (mid_ramp.stage, mid_ramp.canary_nodes) == ("canary", ("cam-7", "cam-5"))
+        first.book.close()  # the cloud head dies at step 1, before the step is judged
+        del first
+
+        second = head.pipeline_controller()
+        resumed = second.rollout.state
+        assert resumed == mid_ramp
+        snapshot = second.status()["rollout"]
+        assert [s["nodes"] for s in snapshot["steps"]] == [s.nodes for s in mid_ramp.steps]
+        assert [p["nodes"] for p in snapshot["plan"]] == [1, 2, 4, 8]
+        watcher.wait_for({n: "v2" if n in resumed.canary_nodes else "v1" for n in EIGHT_NODES})
+
+        fleet_reports(head, resumed, v2, accuracy=0.95, p95_ms=2.0)
+        step_2 = second.tick()
+        assert (step_2.steps[-1].index, step_2.canary_nodes) == (2, drifted)
+        watcher.wait_for({n: "v2" if n in drifted else "v1" for n in EIGHT_NODES})
+        second.book.close()  # and dies again at step 2
+        del second
+
+        third = head.pipeline_controller()
+        assert third.rollout.state == step_2
+        fleet_reports(head, step_2, v2, accuracy=0.95, p95_ms=2.0)
+        state = third.tick()
+        assert state.stage == "promoted", state
+        assert [len(s.nodes) for s in state.steps] == [1, 2, 4, 8]
+        assert head.registry.get(head.tenant, PIPELINE, "v2").status == "current"
+        watcher.wait_for(dict.fromkeys(EIGHT_NODES, "v2"))

@@ -65,7 +65,9 @@ def break_audit_storage(audit_root: Path, tenant: str) -> None:
 @pytest.fixture
 def tenants(tmp_path: Path) -> TenantRegistry:
     registry = TenantRegistry(tmp_path / "cloud" / "tenants")
-    registry.create(TENANT, Quotas(edge_nodes=2))
+    credentials = registry.create(TENANT, Quotas(edge_nodes=2)).credentials
+    assert credentials is not None
+    (tmp_path / "password").write_text(credentials.password)
     return registry
 
 
@@ -181,7 +183,9 @@ class TestEdgeNodeQuota:
             join(fleet, node)
         fleet.tick()  # the running registry flushes to SQLite on its timer
 
-        args = argparse.Namespace(tenant=TENANT, root=tmp_path / "cloud", where=[])
+        args = argparse.Namespace(
+            tenant=TENANT, root=tmp_path / "cloud", where=[], password_file=tmp_path / "password"
+        )
         assert fleet_cli.run(args) == 0
 
         out = capsys.readouterr().out
@@ -238,8 +242,12 @@ class TestTenantChangesAreAudited:
             broker_pid_file=None,
         )
         assert tenant_cli.run_create(create) == 0
-        capsys.readouterr()
+        printed = capsys.readouterr().out
+        (line,) = [x for x in printed.splitlines() if x.strip().startswith("tenant ")]
+        (tmp_path / "password").write_text(line.split("password", 1)[1].strip())
 
-        verify = argparse.Namespace(tenant=TENANT, root=root, public_key=None)
+        verify = argparse.Namespace(
+            tenant=TENANT, root=root, public_key=None, password_file=tmp_path / "password"
+        )
         assert audit_cli.run_verify(verify) == 0
         assert "OK, 1 records intact" in capsys.readouterr().out

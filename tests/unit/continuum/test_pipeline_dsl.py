@@ -24,6 +24,7 @@ from continuum import (
 )
 
 EXAMPLE = Path(__file__).parent / "fixtures" / "line_7_inspection.py"
+ROOT = Path(__file__).resolve().parents[3]
 CALLS: list[str] = []
 
 
@@ -274,6 +275,55 @@ class TestDeclarationMistakes:
             lambda: pipeline().edge(model="m", shape=(1,), input=TensorSchema(shape=(1,)))
         )
         assert error.field == "edge.input"
+
+
+class TestRolloutDeclaration:
+    def test_ramp_and_both_rules_are_declared_in_one_call(self) -> None:
+        pipe = complete(pipeline())
+        pipe.rollout(
+            canary=0.05,
+            promote_after="30 min",
+            ramp_factor=3.0,
+            step_after="10 min",
+            rollback_on="accuracy drop 0.02 or p95 latency +20%",
+        )
+        rollout = pipe.spec.rollout
+        assert (rollout.canary, rollout.promote_after_s, rollout.step_after_s) == (
+            0.05,
+            1800.0,
+            600.0,
+        )
+        assert rollout.ramp_shares() == (0.05, 0.15, 0.45, 1.0)
+        assert (rollout.rollback_on_drop, rollout.rollback_on_latency_rise) == (0.02, 0.2)
+        assert PipelineSpec.from_yaml(pipe.spec.to_yaml()) == pipe.spec
+
+    def test_a_latency_rule_alone_turns_the_accuracy_rule_off(self) -> None:
+        pipe = complete(pipeline())
+        pipe.rollout(rollback_on="latency increase 50%", promote_after="1 h")
+        rollout = pipe.spec.rollout
+        assert (rollout.rollback_on_drop, rollout.rollback_on_latency_rise) == (None, 0.5)
+        assert rollout.step_after_s == 3600.0  # defaults to promote_after
+
+    def test_unreadable_latency_rule_names_the_argument_and_the_forms(self) -> None:
+        error = spec_error(
+            lambda: pipeline().rollout(rollback_on="accuracy drop 0.02 or latency 20 ms")
+        )
+        assert error.field == "rollout.rollback_on"
+        assert "cannot read rollback rule 'latency 20 ms'" in str(error)
+        for form in ("accuracy drop 0.02", "p95 latency +20%", "latency increase 20%", " or "):
+            assert form in str(error)
+
+    def test_a_factor_that_does_not_grow_names_the_argument(self) -> None:
+        error = spec_error(lambda: pipeline().rollout(ramp_factor=1.0))
+        assert error.field == "rollout.ramp_factor"
+        assert "(1, 1000]" in str(error)
+
+    def test_the_demo_pipeline_promotes_after_the_canary_and_one_step(self) -> None:
+        rollout = load_pipeline(ROOT / "pipelines" / "digits_inspection.py").rollout
+        assert rollout.ramp_shares() == (0.25, 0.5, 1.0)
+        # The demo's three cameras: the canary (1) holds, one step (2) holds, then all 3;
+        # the holds add up to the 20 s the canary alone held before ramps.
+        assert rollout.promote_after_s + rollout.step_after_s <= 20.0
 
 
 class TestDeclaringTwice:

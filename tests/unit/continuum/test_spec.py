@@ -21,6 +21,7 @@ from continuum.spec import (
     GateSpec,
     PipelineSpec,
     RetrainSpec,
+    RollbackRules,
     RolloutSpec,
     TensorSchema,
     TriggerSpec,
@@ -28,7 +29,9 @@ from continuum.spec import (
     format_duration,
     load_pipeline,
     parse_duration,
+    parse_latency_rise,
     parse_rollback,
+    parse_rollback_rules,
     parse_trigger,
     ref_of,
     resolve_ref,
@@ -203,6 +206,172 @@ class TestRollback:
     def test_drop_outside_zero_one_is_refused(self, rule: str | float) -> None:
         with pytest.raises(SpecError, match=r"must be in \(0, 1\]"):
             parse_rollback(rule)
+
+
+class TestRollbackRules:
+    @pytest.mark.parametrize(
+        ("rule", "rise"),
+        [
+            ("p95 latency +20%", 0.2),
+            ("latency +20%", 0.2),
+            ("latency increase 20%", 0.2),
+            ("P95 Latency Increase of 50%", 0.5),
+            ("p95 latency rise by 150%", 1.5),
+            (0.2, 0.2),
+        ],
+    )
+    def test_accepted_latency_forms(self, rule: str | float, rise: float) -> None:
+        assert parse_latency_rise(rule) == pytest.approx(rise)
+
+    @pytest.mark.parametrize(
+        "rule", ["p95 latency 20%", "latency +0.2", "p50 latency +20%", "slow"]
+    )
+    def test_unreadable_latency_rule_shows_the_accepted_forms(self, rule: str) -> None:
+        with pytest.raises(SpecError, match=re.escape('"p95 latency +20%"')) as caught:
+            parse_latency_rise(rule, field="rollout.rollback_on")
+        assert caught.value.field == "rollout.rollback_on"
+
+    @pytest.mark.parametrize("rule", ["latency +0%", "latency +2000%", 0.0, 11.0])
+    def test_latency_rise_outside_its_range_is_refused(self, rule: str | float) -> None:
+        with pytest.raises(SpecError, match=r"must be in \(0%, 1000%\]"):
+            parse_latency_rise(rule)
+
+    @pytest.mark.parametrize(
+        ("text", "rules"),
+        [
+            ("accuracy drop 0.05", RollbackRules(accuracy_drop=0.05)),
+            (0.05, RollbackRules(accuracy_drop=0.05)),
+            ("p95 latency +20%", RollbackRules(latency_rise=0.2)),
+            (
+                "accuracy drop 0.05 or p95 latency +20%",
+                RollbackRules(accuracy_drop=0.05, latency_rise=0.2),
+            ),
+            (
+                "latency increase 20% OR accuracy drop 2%",
+                RollbackRules(accuracy_drop=0.02, latency_rise=0.2),
+            ),
+        ],
+    )
+    def test_one_rule_or_both_joined_with_or(self, text: str | float, rules: RollbackRules) -> None:
+        parsed = parse_rollback_rules(text)
+        assert parsed.accuracy_drop == pytest.approx(rules.accuracy_drop)
+        assert parsed.latency_rise == pytest.approx(rules.latency_rise)
+
+    def test_describe_writes_the_rules_back_as_they_are_read(self) -> None:
+        text = "accuracy drop 0.05 or p95 latency +20%"
+        assert parse_rollback_rules(text).describe() == text
+
+    @pytest.mark.parametrize(
+        ("text", "message"),
+        [
+            ("accuracy drop 0.05 or error rate 1%", "cannot read rollback rule 'error rate 1%'"),
+            ("accuracy drop 0.05 and latency +20%", "cannot read rollback rule"),
+            ("latency +20% or latency +30%", "gives the latency rule twice"),
+            ("accuracy drop 0.1 or accuracy drop 0.2", "gives the accuracy rule twice"),
+        ],
+    )
+    def test_unreadable_combination_names_the_field_and_the_forms(
+        self, text: str, message: str
+    ) -> None:
+        with pytest.raises(SpecError, match=re.escape(message)) as caught:
+            parse_rollback_rules(text, field="rollout.rollback_on")
+        assert caught.value.field == "rollout.rollback_on"
+        assert '"accuracy drop 0.02", "p95 latency +20%"' in str(caught.value)
+
+
+class TestRolloutRamp:
+    def test_defaults_ramp_by_two_and_check_accuracy_only(self) -> None:
+        rollout = RolloutSpec()
+        assert rollout.ramp_shares() == (0.1, 0.2, 0.4, 0.8, 1.0)
+        assert (rollout.ramp_factor, rollout.step_after_s) == (2.0, 600.0)
+        assert rollout.rules == RollbackRules(accuracy_drop=0.02)
+
+    def test_step_after_defaults_to_promote_after(self) -> None:
+        assert RolloutSpec(promote_after_s="20 s").step_after_s == 20.0
+        assert RolloutSpec(promote_after_s=20, step_after_s="5 s").step_after_s == 5.0
+
+    @pytest.mark.parametrize(
+        ("canary", "factor", "shares"),
+        [
+            (0.25, 2.0, (0.25, 0.5, 1.0)),
+            (0.25, 4.0, (0.25, 1.0)),
+            (0.3, 3.0, (0.3, 0.9, 1.0)),
+            (0.05, 3.0, (0.05, 0.15, 0.45, 1.0)),
+            (1.0, 2.0, (1.0,)),
+        ],
+    )
+    def test_shares_multiply_by_the_factor_capped_at_all(
+        self, canary: float, factor: float, shares: tuple[float, ...]
+    ) -> None:
+        assert RolloutSpec(canary=canary, ramp_factor=factor).ramp_shares() == shares
+
+    @pytest.mark.parametrize("factor", [1.0, 0.5, 1001.0])
+    def test_factor_that_cannot_ramp_says_the_interval(self, factor: float) -> None:
+        with pytest.raises(ValidationError, match=r"must be in \(1, 1000\]"):
+            RolloutSpec(ramp_factor=factor)
+
+    def test_a_ramp_of_too_many_steps_names_the_factor(self) -> None:
+        with pytest.raises(SpecError) as caught:
+            PipelineSpec.from_dict(
+                minimal_spec().to_dict() | {"rollout": {"canary": 0.001, "ramp_factor": 1.2}}
+            )
+        assert caught.value.field == "rollout.ramp_factor"
+        assert "more than 20 steps" in str(caught.value)
+
+    def test_rollback_on_in_yaml_sets_both_rules_and_round_trips(self) -> None:
+        text = (
+            minimal_spec()
+            .to_yaml()
+            .replace(
+                "rollout:\n",
+                "rollout:\n  rollback_on: accuracy drop 0.05 or p95 latency +20%\n",
+            )
+        )
+        text = "\n".join(
+            line
+            for line in text.splitlines()
+            if not line.strip().startswith(("rollback_on_drop:", "rollback_on_latency_rise:"))
+        )
+        spec = PipelineSpec.from_yaml(text)
+        assert spec.rollout.rules == RollbackRules(accuracy_drop=0.05, latency_rise=0.2)
+        dumped = spec.to_yaml()
+        assert "rollback_on_latency_rise: 0.2" in dumped
+        assert PipelineSpec.from_yaml(dumped) == spec
+        assert PipelineSpec.from_json(spec.to_json()) == spec
+
+    def test_a_spec_written_before_ramps_still_loads_with_the_defaults(self) -> None:
+        data = minimal_spec().to_dict()
+        data["rollout"] = {"canary": 0.25, "promote_after_s": 20.0, "rollback_on_drop": 0.05}
+        rollout = PipelineSpec.from_dict(data).rollout
+        assert (rollout.ramp_factor, rollout.step_after_s) == (2.0, 20.0)
+        assert rollout.rules == RollbackRules(accuracy_drop=0.05)
+
+    @pytest.mark.parametrize(
+        ("rollout", "field", "message"),
+        [
+            ({"rollback_on": "accuracy -2"}, "rollout.rollback_on", "cannot read rollback rule"),
+            (
+                {"rollback_on": "latency +20%", "rollback_on_drop": 0.05},
+                "rollout.rollback_on",
+                "rollback_on and rollback_on_drop are both given",
+            ),
+            ({"rollback_on_drop": None}, "rollout.rollback_on", "gives no rollback rule"),
+            (
+                {"rollback_on_latency_rise": "latency 20%"},
+                "rollout.rollback_on_latency_rise",
+                "cannot read latency rule",
+            ),
+            ({"step_after_s": "soon"}, "rollout.step_after_s", "cannot read duration"),
+        ],
+    )
+    def test_bad_rollout_names_the_field_and_the_fix(
+        self, rollout: dict[str, object], field: str, message: str
+    ) -> None:
+        data = minimal_spec().to_dict() | {"rollout": rollout}
+        with pytest.raises(SpecError, match=re.escape(message)) as caught:
+            PipelineSpec.from_dict(data)
+        assert caught.value.field == field
+        assert caught.value.fix
 
 
 class TestImportRefs:

@@ -1,0 +1,107 @@
+"""``continuum rollout status``'s lines for a rollout snapshot, as the controller returns it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any
+
+from cloud_head.rollout import RampStep, RolloutState
+from continuum.cli.rollout import rollout_lines
+
+T0 = 1_790_000_000.0
+
+
+def when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def snapshot(state: RolloutState, plan: list[tuple[float, int]]) -> dict[str, Any]:
+    """What ``PipelineController.status()["rollout"]`` holds for ``state``."""
+    rollout = asdict(state)
+    rollout["plan"] = [{"share": share, "nodes": count} for share, count in plan]
+    return rollout
+
+
+CANARY = RampStep(0, 0.25, ("cam-3",), T0, "canary on cam-3")
+STEP_1 = RampStep(
+    1,
+    0.5,
+    ("cam-3", "cam-1"),
+    T0 + 75,
+    "canary held for 60 s (accuracy 0.950 vs baseline 0.950 over 120 labelled frames)",
+)
+RAMPING = RolloutState(
+    pipeline="digits",
+    stage="canary",
+    candidate="v2",
+    baseline="v1",
+    canary_nodes=STEP_1.nodes,
+    started_at=T0,
+    canary_accuracy=0.95,
+    baseline_accuracy=0.95,
+    reason=STEP_1.reason,
+    history=("canary v2 on cam-3", f"step 1 v2 at 50% (+cam-1): {STEP_1.reason}"),
+    steps=(CANARY, STEP_1),
+    order=("cam-3", "cam-1", "cam-2", "cam-4"),
+    canary_latency_p95_ms=2.1,
+    baseline_latency_p95_ms=2.0,
+    verdict="holding 60 s without regression",
+    decide_at=T0 + 140,
+)
+PLAN = [(0.25, 1), (0.5, 2), (1.0, 4)]
+
+
+class TestRolloutStatus:
+    def test_a_ramp_shows_its_current_step_what_it_waits_for_and_every_step(self) -> None:
+        lines = rollout_lines(snapshot(RAMPING, PLAN), now=T0 + 100)
+
+        assert lines[0] == f"rollout: canary v2 — {STEP_1.reason}"
+        assert lines[1] == (
+            f"current step: step 1, 50% of the nodes on v2 (cam-3, cam-1) since {when(T0 + 75)}"
+            "; next: 100%, 4 nodes (promotion)"
+        )
+        assert lines[2] == "  now: holding 60 s without regression; decides in 40 s"
+        assert "canary latency p95: 2.1 ms" in lines
+        assert "baseline latency p95: 2 ms" in lines
+        assert "ramp over today's nodes: 25% (1) -> 50% (2) -> 100% (4)" in lines
+        steps = lines.index("steps:")
+        assert lines[steps + 1 : steps + 5] == [
+            f"  canary     25%  {when(T0)}  1 node(s): cam-3",
+            "           why: canary on cam-3",
+            f"  step 1     50%  {when(T0 + 75)}  2 node(s): cam-3, cam-1",
+            f"           why: {STEP_1.reason}",
+        ]
+        assert lines[-2:] == [f"  {entry}" for entry in RAMPING.history]
+
+    def test_a_waiting_step_says_what_data_it_lacks(self) -> None:
+        waiting = RolloutState(
+            **{
+                **asdict(RAMPING),
+                "steps": (CANARY,),
+                "canary_nodes": ("cam-3",),
+                "verdict": "not enough data yet: 12 of 40 labelled frames",
+                "decide_at": T0 + 60,
+            }
+        )
+        lines = rollout_lines(snapshot(waiting, PLAN), now=T0 + 100)
+        assert lines[1].startswith("current step: canary, 25% of the nodes on v2 (cam-3)")
+        assert lines[1].endswith("; next: 50%, 2 nodes")
+        assert lines[2] == "  now: not enough data yet: 12 of 40 labelled frames"
+
+    def test_a_promoted_rollout_lists_its_steps_up_to_all_nodes(self) -> None:
+        final = RampStep(2, 1.0, ("cam-1", "cam-2", "cam-3", "cam-4"), T0 + 150, "step 1 held")
+        promoted = RolloutState(
+            **{
+                **asdict(RAMPING),
+                "stage": "promoted",
+                "steps": (CANARY, STEP_1, final),
+                "reason": "step 1 held",
+                "verdict": "",
+                "decide_at": None,
+            }
+        )
+        lines = rollout_lines(snapshot(promoted, PLAN), now=T0 + 200)
+        assert lines[0] == "rollout: promoted v2 — step 1 held"
+        assert not any(line.startswith(("current step", "  now:", "ramp over")) for line in lines)
+        assert f"  all       100%  {when(T0 + 150)}  4 node(s): cam-1, cam-2, cam-3, cam-4" in lines
