@@ -255,24 +255,8 @@ def _seeds_mismatch(rows: int, ctx: SelectionContext) -> InputMismatchError:
     )
 
 
-def _check_probs(probs: npt.ArrayLike | Probabilities, ctx: SelectionContext) -> Probs:
-    if isinstance(probs, Probabilities):
-        checked = probs.values
-        if checked.shape[1] < 2:
-            raise InputMismatchError(
-                "probs must be the model's class probabilities, one row per sample",
-                expected="shape (batch, classes) with classes >= 2",
-                got=f"shape {checked.shape}",
-            )
-        if checked.shape[0] != ctx.seeds.shape[0]:
-            raise _seeds_mismatch(checked.shape[0], ctx)
-        return checked
-    try:
-        array = np.asarray(probs, dtype=np.float64)
-    except (TypeError, ValueError) as error:
-        raise InputMismatchError(
-            "probs must be numbers", expected="a float array (batch, classes)", got=repr(probs)
-        ) from error
+def _check_shape(array: Probs, ctx: SelectionContext) -> None:
+    """Raise unless ``array`` is (batch, classes >= 2) with one row per seed of ``ctx``."""
     if array.ndim != 2 or array.shape[1] < 2:
         raise InputMismatchError(
             "probs must be the model's class probabilities, one row per sample",
@@ -281,6 +265,19 @@ def _check_probs(probs: npt.ArrayLike | Probabilities, ctx: SelectionContext) ->
         )
     if array.shape[0] != ctx.seeds.shape[0]:
         raise _seeds_mismatch(array.shape[0], ctx)
+
+
+def _check_probs(probs: npt.ArrayLike | Probabilities, ctx: SelectionContext) -> Probs:
+    if isinstance(probs, Probabilities):
+        _check_shape(probs.values, ctx)
+        return probs.values
+    try:
+        array = np.asarray(probs, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise InputMismatchError(
+            "probs must be numbers", expected="a float array (batch, classes)", got=repr(probs)
+        ) from error
+    _check_shape(array, ctx)
     if array.size == 0:
         return array
     # The common case, valid probabilities, costs four reductions; the row-by-row search
