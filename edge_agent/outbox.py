@@ -91,6 +91,7 @@ CREATE TABLE IF NOT EXISTS feedback (
     enqueued_at REAL    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS feedback_due ON feedback (due_at, id);
+CREATE INDEX IF NOT EXISTS samples_by_pipeline ON samples (pipeline, seq);
 """
 
 
@@ -241,6 +242,7 @@ class Outbox:
         self._lock = threading.Lock()
         self._space = threading.Condition(self._lock)
         self._leased_samples: set[int] = set()
+        self._last_pipeline: str | None = None
         self._leased_feedback: set[int] = set()
         self._dropped: Counter[str] = Counter()
         self._episodes = _DropEpisodes(self)
@@ -414,19 +416,32 @@ class Outbox:
     def next_samples(self, max_records: int, max_bytes: int) -> PendingSamples | None:
         """Lease and return the oldest unleased samples of one (pipeline, version, class).
 
+        Pipelines take turns (round robin by name), oldest first within each, so one
+        pipeline's backlog after an outage cannot hold back another pipeline's samples.
         At most ``max_records`` records and ``max_bytes`` tensor bytes, but always at
         least one record when any is pending.  ``None`` when nothing is pending.
         """
         with self._lock:
             self._check_open()
             leased = json.dumps(sorted(self._leased_samples))
-            head = self._db.execute(
-                "SELECT pipeline, model_version, data_class FROM samples "
-                "WHERE seq NOT IN (SELECT value FROM json_each(?)) ORDER BY seq LIMIT 1",
-                (leased,),
-            ).fetchone()
-            if head is None:
+            pending = [
+                row[0]
+                for row in self._db.execute(
+                    "SELECT DISTINCT pipeline FROM samples "
+                    "WHERE seq NOT IN (SELECT value FROM json_each(?)) ORDER BY pipeline",
+                    (leased,),
+                )
+            ]
+            if not pending:
                 return None
+            last = self._last_pipeline
+            pipeline = next((p for p in pending if last is not None and p > last), pending[0])
+            self._last_pipeline = pipeline
+            head = self._db.execute(
+                "SELECT pipeline, model_version, data_class FROM samples WHERE pipeline = ? "
+                "AND seq NOT IN (SELECT value FROM json_each(?)) ORDER BY seq LIMIT 1",
+                (pipeline, leased),
+            ).fetchone()
             cursor = self._db.execute(
                 "SELECT seq, captured_at_ns, prediction, confidence, label, dtype, shape, tensor, "
                 "fields FROM samples WHERE pipeline = ? AND model_version = ? AND data_class = ? "

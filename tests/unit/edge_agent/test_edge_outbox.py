@@ -22,11 +22,16 @@ class FakeClock:
 
 
 def _entry(
-    outbox: Outbox, *, version: str = "v1", value: float = 1.0, size: int = 64
+    outbox: Outbox,
+    *,
+    version: str = "v1",
+    value: float = 1.0,
+    size: int = 64,
+    pipeline: str = "inspect",
 ) -> SampleEntry:
     (seq,) = outbox.reserve_seqs(1)
     return SampleEntry(
-        pipeline="inspect",
+        pipeline=pipeline,
         model_version=version,
         data_class="internal",
         seq=seq,
@@ -152,6 +157,24 @@ class TestLeases:
         assert rest is not None and rest.model_version == "v1" and len(rest.records) == 2
         assert other is not None and other.model_version == "v2" and len(other.records) == 2
         assert tiny is None
+
+
+class TestPipelinesTakeTurns:
+    def test_a_backlog_of_one_pipeline_does_not_hold_back_another(self, tmp_path: Path) -> None:
+        with _open(tmp_path / "outbox.db") as outbox:
+            outbox.append_samples([_entry(outbox, pipeline="backlog") for _ in range(50)])
+            outbox.append_samples([_entry(outbox, pipeline="fresh")])
+            first = outbox.next_samples(max_records=10, max_bytes=1 << 20)
+            second = outbox.next_samples(max_records=10, max_bytes=1 << 20)
+            third = outbox.next_samples(max_records=10, max_bytes=1 << 20)
+            assert first is not None and second is not None and third is not None
+            assert [first.pipeline, second.pipeline, third.pipeline] == [
+                "backlog",
+                "fresh",
+                "backlog",
+            ]
+            assert [r.seq for r in third.records] == sorted(r.seq for r in third.records)
+            assert third.records[0].seq > first.records[-1].seq  # oldest first within one
 
 
 class TestBounds:
