@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import queue
 import re
@@ -35,6 +36,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from cloud_head._mqtt import RejectLog, reason_code_failed
 from cloud_head.audit import AuditAction, AuditLog
@@ -42,7 +44,13 @@ from cloud_head.fleet import FleetRegistry
 from cloud_head.labelling import LabelStore
 from cloud_head.store import SampleStore
 from cloud_head.tenants import QuotaExceededError, Quotas
-from continuum.errors import ConfigError, PlacementError, ProtocolError, SpecError
+from continuum.errors import (
+    ConfigError,
+    InputMismatchError,
+    PlacementError,
+    ProtocolError,
+    SpecError,
+)
 from continuum.labels import SITE
 from continuum.residency import (
     ResidencyPolicy,
@@ -76,7 +84,6 @@ CREATE TABLE IF NOT EXISTS stored_files (
     path TEXT PRIMARY KEY
 ) WITHOUT ROWID;
 """
-_SQL_CHUNK = 500  # stays well under SQLite's bound-parameter limit
 
 #: Reject reasons that are residency decisions: each goes to the tenant's audit log.
 POLICY_REASONS: Final = frozenset({"policy", "policy_field", "unknown_node"})
@@ -126,13 +133,33 @@ class _Accepted:
     """A message that passed every check, waiting for the durable write."""
 
     index: int
-    samples: codec.SampleBatch | None = None
+    samples: codec.SampleColumns | None = None
     feedback: codec.FeedbackBatch | None = None
 
 
 @functools.cache
 def _dtype(name: str) -> np.dtype[Any]:
     return np.dtype(name)
+
+
+@dataclass(frozen=True, slots=True)
+class _SeqSpan:
+    """The seqs of one node's samples stored by one flush: lowest, highest, how many."""
+
+    low: int
+    high: int
+    count: int
+
+    @classmethod
+    def of(cls, seqs: npt.NDArray[Any]) -> _SeqSpan:
+        return cls(int(seqs.min()), int(seqs.max()), len(seqs))
+
+    def merge(self, other: _SeqSpan | None) -> _SeqSpan:
+        if other is None:
+            return self
+        return _SeqSpan(
+            min(self.low, other.low), max(self.high, other.high), self.count + other.count
+        )
 
 
 class _DeferredError(Exception):
@@ -306,7 +333,7 @@ class IngestService:
                 outcomes[index] = Outcome("rejected", reason="internal_error", detail=repr(exc))
         sample_items = [a for a in accepted if a.samples is not None]
         feedback_items = [a for a in accepted if a.feedback is not None]
-        stored: dict[str, dict[str, list[int]]] = {}  # pipeline -> node -> seqs stored now
+        stored: dict[str, dict[str, _SeqSpan]] = {}  # pipeline -> node -> what was stored now
         if sample_items:
             for index, outcome in self._store_samples(sample_items, stored).items():
                 outcomes[index] = outcome
@@ -389,11 +416,19 @@ class IngestService:
         if spec is None:
             raise _RejectedError("unknown_pipeline", f"no pipeline {parsed.pipeline!r} is deployed")
         try:
-            batch: codec.SampleBatch | codec.FeedbackBatch
+            batch: codec.SampleColumns | codec.SampleBatch | codec.FeedbackBatch
             if parsed.kind == "samples":
-                batch = codec.decode_samples(bytes(payload))
+                schema = spec.edge.input
+                try:
+                    batch = codec.decode_sample_columns(
+                        payload, dtype=schema.dtype, shape=tuple(schema.shape)
+                    )
+                except InputMismatchError:
+                    # A tensor off the schema: decode the records so the checks below run in
+                    # their usual order and the schema check names the first such sample.
+                    batch = codec.decode_samples(payload)
             else:
-                batch = codec.decode_feedback(bytes(payload))
+                batch = codec.decode_feedback(payload)
         except ProtocolError as exc:
             raise _RejectedError(exc.reason, str(exc)) from exc
         if batch.node != parsed.node:
@@ -413,13 +448,15 @@ class IngestService:
                 f"batch is {batch.data_class.value}, pipeline {spec.name!r} stores at most "
                 f"{spec.data_class.value}",
             )
-        self._check_schema(spec, batch)
+        if isinstance(batch, codec.SampleBatch):
+            self._check_schema(spec, batch)
+            raise AssertionError("a batch decoded off its schema passed the schema check")
         if self._policy is not None:
             self._check_policy(self._policy, spec, batch)
         return _Accepted(index, samples=batch)
 
     def _check_policy(
-        self, policy: ResidencyPolicy, spec: PipelineSpec, batch: codec.SampleBatch
+        self, policy: ResidencyPolicy, spec: PipelineSpec, batch: codec.SampleColumns
     ) -> None:
         """Reject a batch the policy forbids here, or one with a field the edge should have
         dropped or hashed (the edge applies the same plan; this catches a forged or
@@ -455,11 +492,11 @@ class IngestService:
                 f"samples of {spec.name!r} from node {batch.node!r} must stay on the edge: {why}",
                 rule=refusal.rule if refusal is not None else "uplink",
             )
-        if not plan.dropped and not plan.hashed:
+        if (not plan.dropped and not plan.hashed) or batch.fields is None:
             return
         classes = spec.edge.input.fields
-        for record in batch.records:
-            for name, value in record.fields.items():
+        for row, fields in enumerate(batch.fields):
+            for name, value in fields.items():
                 if name in plan.dropped:
                     problem = "which the store may not hold; the edge must drop it"
                 elif name in plan.hashed and not (
@@ -473,8 +510,8 @@ class IngestService:
                 )
                 raise _RejectedError(
                     "policy_field",
-                    f"sample {batch.sample_id(record)} carries field {name!r} "
-                    f"({classes[name].value}) {problem} (rule {rule})",
+                    f"sample {codec.sample_id(batch.node, int(batch.seq[row]))} carries field "
+                    f"{name!r} ({classes[name].value}) {problem} (rule {rule})",
                     rule=rule,
                 )
 
@@ -585,53 +622,69 @@ class IngestService:
     # -- durable writes --------------------------------------------------------------------
 
     def _store_samples(
-        self, items: list[_Accepted], stored: dict[str, dict[str, list[int]]]
+        self, items: list[_Accepted], stored: dict[str, dict[str, _SeqSpan]]
     ) -> dict[int, Outcome]:
         """De-duplicate, append, flush once, then record the ids; map message index -> outcome.
 
-        ``stored`` receives pipeline -> node -> seqs of the samples written, once durable.
+        ``stored`` receives pipeline -> node -> the seqs written, once durable.
+
+        The order is what makes a crash safe: the Parquet files are written and fsynced
+        (file, then directory) before the ids are committed to the seen database, and the
+        messages are acknowledged only after both.  The seen database runs in WAL mode with
+        ``synchronous=NORMAL``: a power cut can lose its last commits, but never a file
+        they describe, and a file whose path has no ``stored_files`` row is adopted (its ids
+        read back from the file) before that pipeline's next write, so a redelivered or
+        resent sample is still found there.
         """
         now_ns = self._clock_ns()
         room = self._quota_room(now_ns)
         quota_used = 0
-        written_seqs: dict[str, dict[str, list[int]]] = {}
+        written: dict[str, dict[str, _SeqSpan]] = {}
         outcomes: dict[int, Outcome] = {}
-        claimed: dict[str, set[str]] = {}  # pipeline -> ids stored by earlier messages here
         new_by_pipeline: dict[str, list[str]] = {}
         try:
-            for pipeline in {item.samples.pipeline for item in items if item.samples}:
+            ids_of = [item.samples.sample_ids() for item in items if item.samples is not None]
+            by_pipeline: dict[str, list[str]] = {}
+            for item, ids in zip(items, ids_of, strict=True):
+                assert item.samples is not None
+                by_pipeline.setdefault(item.samples.pipeline, []).extend(ids)
+            # One look-up per pipeline for the whole group; ids stored by an earlier message
+            # of this group count as seen for the later ones.
+            # None: no id of the pipeline's messages here is stored or repeated (the usual
+            # case), so every sample is new and none needs a look-up of its own.
+            seen: dict[str, set[str] | None] = {}
+            for pipeline, ids in by_pipeline.items():
                 if pipeline not in self._adopted:
                     self._adopt_unrecorded_files(pipeline, now_ns)
                     self._adopted.add(pipeline)
-            for item in items:
+                found = self._seen_among(pipeline, ids)
+                seen[pipeline] = None if not found and len(set(ids)) == len(ids) else found
+            for item, ids in zip(items, ids_of, strict=True):
                 batch = item.samples
                 assert batch is not None
-                ids = [batch.sample_id(r) for r in batch.records]
-                taken = claimed.setdefault(batch.pipeline, set())
-                seen = self._seen_among(batch.pipeline, ids) | taken
-                fresh: list[codec.SampleRecord] = []
-                fresh_ids: list[str] = []
-                for record, sample_id in zip(batch.records, ids, strict=True):
-                    if sample_id in seen:
-                        continue
-                    seen.add(sample_id)
-                    fresh.append(record)
-                    fresh_ids.append(sample_id)
+                taken = seen[batch.pipeline]
+                if taken is None:
+                    fresh = list(range(len(ids)))
+                else:
+                    fresh = []
+                    for row, sample_id in enumerate(ids):
+                        if sample_id not in taken:
+                            taken.add(sample_id)
+                            fresh.append(row)
                 over = 0
                 if room is not None and len(fresh) > room - quota_used:
                     keep = max(0, room - quota_used)
                     over = len(fresh) - keep
-                    fresh, fresh_ids = fresh[:keep], fresh_ids[:keep]
+                    fresh = fresh[:keep]
                 quota_used += len(fresh)
-                taken.update(fresh_ids)
                 if fresh:
-                    new = dataclasses.replace(
-                        batch, records=self._declared_fields(batch.pipeline, fresh)
-                    )
-                    self._store.append(self._tenant, new, ingested_at_ns=now_ns)
-                    seqs = written_seqs.setdefault(batch.pipeline, {})
-                    seqs.setdefault(batch.node, []).extend(r.seq for r in fresh)
-                new_by_pipeline.setdefault(batch.pipeline, []).extend(fresh_ids)
+                    new = batch if len(fresh) == len(ids) else batch.take(fresh)
+                    new = self._declared_fields(new)
+                    self._store.append_columns(self._tenant, new, ingested_at_ns=now_ns)
+                    nodes = written.setdefault(batch.pipeline, {})
+                    nodes[batch.node] = _SeqSpan.of(new.seq).merge(nodes.get(batch.node))
+                    new_ids = new_by_pipeline.setdefault(batch.pipeline, [])
+                    new_ids.extend(ids if len(fresh) == len(ids) else [ids[i] for i in fresh])
                 duplicates = len(ids) - len(fresh) - over
                 if over and not fresh:
                     outcomes[item.index] = Outcome(
@@ -645,7 +698,7 @@ class IngestService:
                     outcomes[item.index] = Outcome(
                         "stored", stored=len(fresh), duplicates=duplicates, over_quota=over
                     )
-            written = self._store.flush()
+            paths = self._store.flush()
         except Exception as exc:
             # Nothing is acknowledged, so the broker redelivers; drop the rows not yet written
             # and adopt the files that were, so the redelivery does not store them again.
@@ -654,33 +707,36 @@ class IngestService:
             self._adopt_quietly(now_ns)
             return {item.index: Outcome("failed", detail=repr(exc)) for item in items}
         try:
-            self._record_seen(new_by_pipeline, now_ns, written)
+            self._record_seen(new_by_pipeline, now_ns, paths)
         except sqlite3.Error as exc:
             # The samples are durable, so acknowledging is safe; the next write adopts the
             # unrecorded files before it de-duplicates, so a resend is not stored again.
             self._adopted.clear()
             _log.error("recording stored sample ids failed: %r", exc)
         self._quota_used += quota_used
-        stored.update(written_seqs)
+        stored.update(written)
         return outcomes
 
-    def _declared_fields(
-        self, pipeline: str, records: list[codec.SampleRecord]
-    ) -> tuple[codec.SampleRecord, ...]:
-        """Return ``records`` with only the fields their pipeline's schema declares.
+    def _declared_fields(self, batch: codec.SampleColumns) -> codec.SampleColumns:
+        """Return ``batch`` with only the fields its pipeline's schema declares.
 
         The store's columns are the schema's fields; an undeclared name (a source's extra,
         or a typo) is counted and logged once instead of growing a column per name.
         """
+        if batch.fields is None:
+            return batch
+        pipeline = batch.pipeline
         with self._lock:
             spec = self._pipelines.get(pipeline)
         declared = spec.edge.input.fields if spec is not None else {}
         out = []
-        for record in records:
-            extra = [name for name in record.fields if name not in declared]
+        changed = False
+        for fields in batch.fields:
+            extra = [name for name in fields if name not in declared]
             if not extra:
-                out.append(record)
+                out.append(fields)
                 continue
+            changed = True
             with self._lock:
                 self._counts["fields_ignored"] += len(extra)
             for name in extra:
@@ -692,9 +748,8 @@ class IngestService:
                         pipeline,
                         name,
                     )
-            kept = {k: v for k, v in record.fields.items() if k in declared}
-            out.append(dataclasses.replace(record, fields=kept))
-        return tuple(out)
+            out.append({k: v for k, v in fields.items() if k in declared})
+        return dataclasses.replace(batch, fields=tuple(out)) if changed else batch
 
     def _quota_room(self, now_ns: int) -> int | None:
         """Return how many more samples today's ``samples_per_day`` quota allows (None: any)."""
@@ -721,7 +776,7 @@ class IngestService:
         return max(0, int(quotas.samples_per_day) - self._quota_used)
 
     def _write_audit(
-        self, refusals: list[_Refusal], stored: Mapping[str, Mapping[str, list[int]]]
+        self, refusals: list[_Refusal], stored: Mapping[str, Mapping[str, _SeqSpan]]
     ) -> None:
         """Fold this flush's refusals and stored samples into the pending audit summary, and
         append the summary once ``audit_interval_s`` has passed since the last one.
@@ -741,9 +796,9 @@ class IngestService:
             self._pending_refusals[key] = (first, count + 1, pipelines)
         for pipeline, nodes in stored.items():
             into = self._pending_stored.setdefault(pipeline, {})
-            for node, seqs in nodes.items():
-                low, high, count = into.get(node, (min(seqs), max(seqs), 0))
-                into[node] = (min(low, *seqs), max(high, *seqs), count + len(seqs))
+            for node, span in nodes.items():
+                low, high, count = into.get(node, (span.low, span.high, 0))
+                into[node] = (min(low, span.low), max(high, span.high), count + span.count)
         if time.monotonic() - self._audit_written_at >= self._audit_interval_s:
             self.flush_audit()
 
@@ -828,18 +883,18 @@ class IngestService:
         return Outcome("labelled", labels=written)
 
     def _seen_among(self, pipeline: str, ids: Sequence[str]) -> set[str]:
-        found: set[str] = set()
+        if not ids:
+            return set()
+        # One statement for any number of ids: they travel as one JSON array parameter
+        # (SQLite's json_each), so neither the bound-parameter limit nor a round trip per
+        # id applies.
         with self._lock:
-            for start in range(0, len(ids), _SQL_CHUNK):
-                chunk = ids[start : start + _SQL_CHUNK]
-                marks = ",".join("?" * len(chunk))
-                rows = self._db.execute(
-                    "SELECT sample_id FROM seen WHERE tenant = ? AND pipeline = ? "
-                    f"AND sample_id IN ({marks})",
-                    (self._tenant, pipeline, *chunk),
-                ).fetchall()
-                found.update(r[0] for r in rows)
-        return found
+            rows = self._db.execute(
+                "SELECT sample_id FROM seen WHERE tenant = ? AND pipeline = ? "
+                "AND sample_id IN (SELECT value FROM json_each(?))",
+                (self._tenant, pipeline, json.dumps(ids)),
+            ).fetchall()
+        return {r[0] for r in rows}
 
     def _adopt_unrecorded_files(self, pipeline: str, now_ns: int) -> int:
         """Record the ids of store files no seen-id commit covers (a crash came in between).
@@ -876,17 +931,16 @@ class IngestService:
     def _record_seen(
         self, ids_by_pipeline: Mapping[str, list[str]], now_ns: int, paths: Sequence[str] = ()
     ) -> None:
-        rows = [
-            (self._tenant, pipeline, sample_id, now_ns)
-            for pipeline, ids in ids_by_pipeline.items()
-            for sample_id in ids
-        ]
-        if not rows and not paths:
+        if not any(ids_by_pipeline.values()) and not paths:
             return
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?, ?, ?)", rows)
+                for pipeline, ids in ids_by_pipeline.items():
+                    self._db.execute(
+                        "INSERT OR IGNORE INTO seen SELECT ?, ?, value, ? FROM json_each(?)",
+                        (self._tenant, pipeline, now_ns, json.dumps(ids)),
+                    )
                 self._db.executemany(
                     "INSERT OR IGNORE INTO stored_files VALUES (?)", [(p,) for p in paths]
                 )

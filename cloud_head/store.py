@@ -30,13 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from continuum.errors import InputMismatchError
 from continuum.wire import topics
-from continuum.wire.codec import FieldValue, SampleBatch
+from continuum.wire.codec import NO_FIELDS, FieldValue, SampleBatch, SampleColumns
 
 _log = logging.getLogger(__name__)
 
@@ -66,10 +68,15 @@ SCHEMA = pa.schema(
 #: Prefix of the column of each named side field: ``field_iban``, ``field_operator``.
 FIELD_PREFIX = "field_"
 
+#: Columns whose values are (nearly) all distinct: not worth a Parquet dictionary.
+_UNIQUE_COLUMNS = frozenset({"sample_id", "seq", "captured_at_ns", "confidence", "tensor"})
+
 _SUFFIX = ".parquet"
 _TEMP_SUFFIX = ".tmp"
 #: Listing then reading races with a compaction that replaces the listed files: list again.
-_READ_ATTEMPTS = 3
+#: Each retry follows a compaction that made progress, so a few more cost little; with 3,
+#: a reader racing back-to-back compactions of small files still lost now and then.
+_READ_ATTEMPTS = 8
 # Filesystems whose uploads become visible atomically and whose "rename" is a copy.
 _OBJECT_STORES = frozenset({"s3", "gcs"})
 
@@ -84,12 +91,20 @@ class CompactionResult:
 
 
 @dataclass(slots=True)
-class _Pending:
-    """Rows buffered for one partition, column by column."""
+class _Rows:
+    """Rows appended from ``SampleBatch`` records, column by column."""
 
     columns: dict[str, list[Any]] = field(default_factory=lambda: {n: [] for n in SCHEMA.names})
     #: Each row's side fields (the shared empty mapping for most rows).
     fields: list[Mapping[str, FieldValue]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Pending:
+    """Rows buffered for one partition, in append order: record rows, or whole column sets
+    (with the ingest time of each) that are turned into Arrow arrays in bulk on write."""
+
+    parts: list[_Rows | tuple[SampleColumns, int]] = field(default_factory=list)
     rows: int = 0
 
 
@@ -169,7 +184,11 @@ class SampleStore:
         key = (tenant, batch.pipeline, _utc_date(now_ns))
         with self._lock:
             pending = self._pending.setdefault(key, _Pending())
-            cols = pending.columns
+            part = pending.parts[-1] if pending.parts else None
+            if not isinstance(part, _Rows):
+                part = _Rows()
+                pending.parts.append(part)
+            cols = part.columns
             for record in batch.records:
                 tensor = np.ascontiguousarray(record.tensor)
                 little = (
@@ -191,11 +210,31 @@ class SampleStore:
                 cols["dtype"].append(_dtype_name(tensor.dtype))
                 cols["shape"].append(list(tensor.shape))
                 cols["tensor"].append(little.tobytes())
-                pending.fields.append(record.fields)
+                part.fields.append(record.fields)
             pending.rows += len(batch.records)
             if pending.rows >= self._flush_rows:
                 self._write_pending(key)
         return len(batch.records)
+
+    def append_columns(
+        self, tenant: str, columns: SampleColumns, *, ingested_at_ns: int | None = None
+    ) -> int:
+        """Buffer a batch decoded as columns, like ``append``; return the rows buffered.
+
+        The columns are kept as they are (views into the payload included) and become
+        Arrow arrays in bulk when the partition is written: no Python object per row.
+        """
+        topics.check_name(tenant, "tenant")
+        topics.check_name(columns.pipeline, "pipeline")
+        now_ns = time.time_ns() if ingested_at_ns is None else ingested_at_ns
+        key = (tenant, columns.pipeline, _utc_date(now_ns))
+        with self._lock:
+            pending = self._pending.setdefault(key, _Pending())
+            pending.parts.append((columns, now_ns))
+            pending.rows += len(columns)
+            if pending.rows >= self._flush_rows:
+                self._write_pending(key)
+        return len(columns)
 
     @property
     def buffered_rows(self) -> int:
@@ -231,7 +270,7 @@ class SampleStore:
         if pending is None or pending.rows == 0:
             self._pending.pop(key, None)
             return None
-        table = _with_fields(pa.Table.from_pydict(pending.columns, schema=SCHEMA), pending.fields)
+        table = _pending_table(pending.parts)
         directory = self.partition_path(*key)
         path = self._write_file(directory, table, time.time_ns())
         del self._pending[key]
@@ -243,11 +282,11 @@ class SampleStore:
         final = _join(directory, name)
         self._fs.create_dir(directory, recursive=True)
         if not self._atomic_rename:
-            pq.write_table(table, final, filesystem=self._fs, row_group_size=self._row_group_rows)
+            pq.write_table(table, final, filesystem=self._fs, **self._write_options(table))
             return final
         temp = _join(directory, f".{name}{_TEMP_SUFFIX}")
         try:
-            pq.write_table(table, temp, filesystem=self._fs, row_group_size=self._row_group_rows)
+            pq.write_table(table, temp, filesystem=self._fs, **self._write_options(table))
             if self._fsync:
                 _fsync_local(temp)
             self._fs.move(temp, final)
@@ -257,6 +296,14 @@ class SampleStore:
         if self._fsync:
             _fsync_local(directory)
         return final
+
+    def _write_options(self, table: pa.Table) -> dict[str, Any]:
+        # Dictionary-encode only the columns with few distinct values: trying it on ids,
+        # tensors and timestamps costs half the write time and saves nothing.
+        return {
+            "row_group_size": self._row_group_rows,
+            "use_dictionary": [n for n in table.column_names if n not in _UNIQUE_COLUMNS],
+        }
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -456,6 +503,105 @@ def to_numpy(
     raw = b"".join(table.column("tensor").to_pylist())
     x = np.frombuffer(raw, dtype=np_dtype).reshape((len(ids), *want_shape))
     return x.astype(np.dtype(want_dtype), copy=True), ids
+
+
+def _pending_table(parts: list[_Rows | tuple[SampleColumns, int]]) -> pa.Table:
+    """Return the buffered parts of one partition as one table, rows in append order."""
+    tables: list[pa.Table] = []
+    fields: list[Mapping[str, FieldValue]] = []
+    any_fields = False
+    run: list[tuple[SampleColumns, int]] = []
+    for part in [*parts, None]:
+        if isinstance(part, tuple):
+            run.append(part)
+            columns = part[0]
+            if columns.fields is None:
+                fields.extend([NO_FIELDS] * len(columns))
+            else:
+                fields.extend(columns.fields)
+                any_fields = True
+            continue
+        if run:
+            tables.append(_columns_table(run))
+            run = []
+        if part is not None:
+            tables.append(pa.Table.from_pydict(part.columns, schema=SCHEMA))
+            fields.extend(part.fields)
+            any_fields = any_fields or any(part.fields)
+    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+    return _with_fields(table, fields) if any_fields else table
+
+
+def _columns_table(parts: list[tuple[SampleColumns, int]]) -> pa.Table:
+    """Build ``SCHEMA`` columns from decoded column sets with array operations only."""
+    sets = [columns for columns, _ in parts]
+    sizes = np.array([len(c) for c in sets], dtype=np.int64)
+    rows = int(sizes.sum())
+    part_of_row = pa.array(np.repeat(np.arange(len(sets), dtype=np.int32), sizes))
+
+    def per_part(values: list[str]) -> pa.Array:
+        return pa.array(values, pa.string()).take(part_of_row)
+
+    node = per_part([c.node for c in sets])
+    seq = pa.array(np.concatenate([c.seq for c in sets])).cast(pa.int64())
+    tensors = [c.tensors for c in sets]
+    item_bytes = np.array([t[0].nbytes if len(t) else 0 for t in tensors], dtype=np.int64)
+    offsets = np.zeros(rows + 1, dtype=np.int64)
+    np.cumsum(np.repeat(item_bytes, sizes), out=offsets[1:])
+    tensor: pa.Array | pa.ChunkedArray
+    if offsets[-1] <= np.iinfo(np.int32).max:
+        # One gather of every tensor's bytes (little-endian, as the store keeps them).
+        data = np.concatenate([_le_bytes(t) for t in tensors])
+        tensor = pa.Array.from_buffers(
+            pa.binary(), rows, [None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data)]
+        )
+    else:  # over 2 GiB of tensors in one write: let pyarrow chunk the column
+        tensor = pa.chunked_array(
+            [pa.array([_le_bytes(row).tobytes() for row in t], pa.binary()) for t in tensors],
+            pa.binary(),
+        )
+    runs: list[tuple[tuple[int, ...], int]] = []  # consecutive rows of one tensor shape
+    for c, size in zip(sets, sizes.tolist(), strict=True):
+        shape = c.tensors.shape[1:]
+        if runs and runs[-1][0] == shape:
+            runs[-1] = (shape, runs[-1][1] + size)
+        else:
+            runs.append((shape, size))
+    shapes = pa.concat_arrays(
+        [
+            pa.ListArray.from_arrays(
+                pa.array(np.arange(size + 1, dtype=np.int32) * len(shape)),
+                pa.array(np.tile(np.array(shape, dtype=np.int32), size), pa.int32()),
+                type=pa.list_(pa.int32()),
+            )
+            for shape, size in runs
+        ]
+    )
+    labels = np.concatenate([c.label for c in sets]).astype(np.int64)
+    has_label = np.concatenate([c.has_label for c in sets])
+    arrays = [
+        pc.binary_join_element_wise(node, seq.cast(pa.string()), ":"),
+        node,
+        seq,
+        per_part([c.pipeline for c in sets]),
+        per_part([c.model_version for c in sets]),
+        per_part([str(c.data_class) for c in sets]),
+        pa.array(np.concatenate([c.captured_at_ns for c in sets]).astype(np.int64)),
+        pa.array(np.repeat(np.array([at for _, at in parts], dtype=np.int64), sizes)),
+        pa.array(np.concatenate([c.prediction for c in sets]).astype(np.int64)),
+        pa.array(np.concatenate([c.confidence for c in sets]).astype(np.float64)),
+        pa.array(labels, pa.int64(), mask=~has_label),
+        per_part([_dtype_name(t.dtype) for t in tensors]),
+        shapes,
+        tensor,
+    ]
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+def _le_bytes(tensors: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
+    """Return the bytes of ``tensors`` (any strides, any byte order) little-endian, in order."""
+    little = np.ascontiguousarray(tensors, dtype=tensors.dtype.newbyteorder("<"))
+    return little.reshape(-1).view(np.uint8)
 
 
 def _with_fields(table: pa.Table, rows: list[Mapping[str, FieldValue]]) -> pa.Table:

@@ -49,6 +49,7 @@ change them behind the reader's back); pass ``copy=True`` for writable, independ
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 import zlib
@@ -60,7 +61,7 @@ from typing import Any, Final, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
-from continuum.errors import ProtocolError
+from continuum.errors import InputMismatchError, ProtocolError
 from continuum.spec import DataClass
 from continuum.wire.topics import check_name
 
@@ -212,6 +213,108 @@ class SampleBatch:
         return sample_id(self.node, record.seq)
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class SampleColumns:
+    """The records of one sample batch as columns: entry ``i`` of each array is record ``i``.
+
+    What ingest and the store work with: no Python object per record.  Every tensor has one
+    dtype and shape, so ``tensors`` is one array ``(n, *shape)``; ``label`` holds 0 where
+    ``has_label`` is false; ``fields`` is None when no record carries fields.
+    """
+
+    pipeline: str
+    node: str
+    model_version: str
+    data_class: DataClass
+    seq: npt.NDArray[np.unsignedinteger[Any]]
+    captured_at_ns: npt.NDArray[np.signedinteger[Any]]
+    prediction: npt.NDArray[np.signedinteger[Any]]
+    confidence: npt.NDArray[np.floating[Any]]
+    label: npt.NDArray[np.signedinteger[Any]]
+    has_label: npt.NDArray[np.bool_]
+    tensors: npt.NDArray[Any]
+    fields: tuple[Mapping[str, FieldValue], ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+    def sample_ids(self) -> list[str]:
+        """Return each record's globally unique id (see ``sample_id``), in order."""
+        node = self.node
+        return [sample_id(node, seq) for seq in self.seq.tolist()]
+
+    def take(self, rows: npt.NDArray[np.intp] | list[int]) -> SampleColumns:
+        """Return the columns of records ``rows`` only, in that order."""
+        index = np.asarray(rows, dtype=np.intp)
+        fields = self.fields
+        return SampleColumns(
+            self.pipeline,
+            self.node,
+            self.model_version,
+            self.data_class,
+            self.seq[index],
+            self.captured_at_ns[index],
+            self.prediction[index],
+            self.confidence[index],
+            self.label[index],
+            self.has_label[index],
+            self.tensors[index],
+            None if fields is None else tuple(fields[i] for i in index.tolist()),
+        )
+
+    def records(self) -> tuple[SampleRecord, ...]:
+        """Return the records as ``SampleRecord`` objects (as ``decode_samples`` makes them)."""
+        fields = self.fields or (NO_FIELDS,) * len(self)
+        labels = [
+            label if has else None
+            for label, has in zip(self.label.tolist(), self.has_label.tolist(), strict=True)
+        ]
+        return tuple(
+            SampleRecord(
+                seq=seq,
+                captured_at_ns=captured,
+                tensor=tensor,
+                prediction=prediction,
+                confidence=confidence,
+                label=label,
+                fields=record_fields,
+            )
+            for seq, captured, tensor, prediction, confidence, label, record_fields in zip(
+                self.seq.tolist(),
+                self.captured_at_ns.tolist(),
+                self.tensors,
+                self.prediction.tolist(),
+                self.confidence.tolist(),
+                labels,
+                fields,
+                strict=True,
+            )
+        )
+
+    @classmethod
+    def from_batch(
+        cls, batch: SampleBatch, *, dtype: np.dtype[Any], shape: tuple[int, ...]
+    ) -> SampleColumns:
+        """Return ``batch`` as columns; every tensor must already be ``dtype[shape]``."""
+        records = batch.records
+        n = len(records)
+        fields = tuple(r.fields for r in records)
+        return cls(
+            batch.pipeline,
+            batch.node,
+            batch.model_version,
+            batch.data_class,
+            np.fromiter((r.seq for r in records), np.uint64, n),
+            np.fromiter((r.captured_at_ns for r in records), np.int64, n),
+            np.fromiter((r.prediction for r in records), np.int32, n),
+            np.fromiter((r.confidence for r in records), np.float32, n),
+            np.fromiter((r.label or 0 for r in records), np.int32, n),
+            np.fromiter((r.label is not None for r in records), np.bool_, n),
+            np.stack([r.tensor for r in records]) if n else np.empty((0, *shape), dtype),
+            fields if any(fields) else None,
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class FeedbackBatch:
     """Delayed ground-truth labels of earlier samples of one node: ``(seq, label)`` pairs."""
@@ -272,8 +375,55 @@ def decode_samples(payload: bytes, *, copy: bool = False) -> SampleBatch:
     """
     payload = _as_bytes(payload)
     offset = _open_frame(payload, KIND_SAMPLES)
-    end = len(payload)
-    index = -1
+    header, offset = _sample_header(payload, offset)
+    return _decode_records(payload, offset, header, copy=copy)
+
+
+def decode_sample_columns(
+    payload: bytes, *, dtype: npt.DTypeLike, shape: tuple[int, ...]
+) -> SampleColumns:
+    """Decode a payload made by ``encode_samples`` whose every tensor is ``dtype[shape]``.
+
+    A batch of records that share one layout (the same flags, no fields: what an edge
+    uplink sends) is read with one numpy view, without a Python object per record; any
+    other batch is decoded record by record, and both yield the same columns.  Tensors are
+    read-only views into ``payload``.
+
+    Raises:
+        ProtocolError: the payload is not a well-formed sample batch; ``reason`` says why.
+        InputMismatchError: it is, but a tensor is not ``dtype[shape]`` (the first one).
+    """
+    payload = _as_bytes(payload)
+    want = np.dtype(dtype)
+    want_shape = tuple(int(d) for d in shape)
+    offset = _open_frame(payload, KIND_SAMPLES)
+    header, offset = _sample_header(payload, offset)
+    columns = _uniform_columns(payload, offset, header, want, want_shape)
+    if columns is not None:
+        return columns
+    batch = _decode_records(payload, offset, header, copy=False)
+    for record in batch.records:
+        tensor = record.tensor
+        if tensor.shape != want_shape or tensor.dtype != want:
+            raise InputMismatchError(
+                f"sample {batch.sample_id(record)}",
+                expected=f"{want.name}{list(want_shape)}",
+                got=f"{tensor.dtype.name}{list(tensor.shape)}",
+            )
+    return SampleColumns.from_batch(batch, dtype=want, shape=want_shape)
+
+
+@dataclass(frozen=True, slots=True)
+class _SampleHeader:
+    data_class: DataClass
+    pipeline: str
+    node: str
+    model_version: str
+    count: int
+
+
+def _sample_header(payload: bytes, offset: int) -> tuple[_SampleHeader, int]:
+    """Read the sample batch header after the frame header; return it and the records' offset."""
     try:
         data_class_code = payload[offset]
         data_class = _DATA_CLASS_BY_CODE.get(data_class_code)
@@ -285,8 +435,85 @@ def decode_samples(payload: bytes, *, copy: bool = False) -> SampleBatch:
         node, offset = _unpack_name(payload, offset, "node")
         model_version, offset = _unpack_name(payload, offset, "version")
         (count,) = _U32.unpack_from(payload, offset)
-        offset += 4
-        _check_count(count, "records")
+    except (struct.error, IndexError) as exc:
+        raise ProtocolError(
+            "sample batch body ends inside the batch header", reason="truncated"
+        ) from exc
+    _check_count(count, "records")
+    return _SampleHeader(data_class, pipeline, node, model_version, count), offset + 4
+
+
+def _uniform_columns(
+    payload: bytes,
+    offset: int,
+    header: _SampleHeader,
+    dtype: np.dtype[Any],
+    shape: tuple[int, ...],
+) -> SampleColumns | None:
+    """Read records that all share the first one's flags and the layout ``dtype[shape]`` as
+    one numpy structured view; None when they do not (the record path then decides).
+
+    Records of one flags value and one tensor layout have one size, so when ``count`` of
+    them fill the body exactly, each starts where the record-by-record reader would start it.
+    """
+    count = header.count
+    dtype_code = DTYPE_CODES.get(dtype)
+    if count == 0 or dtype_code is None or not shape or math.prod(shape) == 0:
+        return None
+    flags = payload[offset] if offset < len(payload) else 0xFF
+    if flags > _RECORD_LAYOUT:  # fields (variable size) or undefined bits
+        return None
+    record = _record_dtype(flags, dtype, shape)
+    if len(shape) > MAX_NDIM or count * record.itemsize != len(payload) - offset:
+        return None
+    rows = np.frombuffer(payload, record, count, offset)
+    if not (
+        (rows["flags"] == flags).all()
+        and (rows["dtype"] == dtype_code).all()
+        and (rows["ndim"] == len(shape)).all()
+        and (rows["dims"] == shape).all()
+    ):
+        return None
+    has_label = bool(flags & _RECORD_HAS_LABEL)
+    return SampleColumns(
+        pipeline=header.pipeline,
+        node=header.node,
+        model_version=header.model_version,
+        data_class=header.data_class,
+        seq=rows["seq"],
+        captured_at_ns=rows["captured"],
+        prediction=rows["prediction"],
+        confidence=rows["confidence"],
+        label=rows["label"] if has_label else np.zeros(count, np.int32),
+        has_label=np.full(count, has_label),
+        tensors=rows["data"],
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _record_dtype(flags: int, dtype: np.dtype[Any], shape: tuple[int, ...]) -> np.dtype[Any]:
+    """Return the numpy structured dtype of one record of ``flags`` holding ``dtype[shape]``."""
+    layout: list[tuple[Any, ...]] = [
+        ("flags", "u1"),
+        ("seq", "<u8"),
+        ("captured", "<i8"),
+        ("prediction", "<i4" if flags & _RECORD_WIDE_PREDICTION else "<i2"),
+        ("confidence", "<f4"),
+    ]
+    if flags & _RECORD_HAS_LABEL:
+        layout.append(("label", "<i4"))
+    layout += [("dtype", "u1"), ("ndim", "u1"), ("dims", "<u4", (len(shape),))]
+    layout.append(("data", dtype, shape))
+    return np.dtype(layout)
+
+
+def _decode_records(
+    payload: bytes, offset: int, header: _SampleHeader, *, copy: bool
+) -> SampleBatch:
+    end = len(payload)
+    count = header.count
+    index = -1
+    try:
         records: list[SampleRecord] = []
         for index in range(count):
             flags = payload[offset]
@@ -348,7 +575,9 @@ def decode_samples(payload: bytes, *, copy: bool = False) -> SampleBatch:
         where = "the batch header" if index < 0 else f"record {index}"
         raise ProtocolError(f"sample batch body ends inside {where}", reason="truncated") from exc
     _check_consumed(offset, end)
-    return SampleBatch(pipeline, node, model_version, data_class, tuple(records))
+    return SampleBatch(
+        header.pipeline, header.node, header.model_version, header.data_class, tuple(records)
+    )
 
 
 def encode_feedback(batch: FeedbackBatch) -> bytes:

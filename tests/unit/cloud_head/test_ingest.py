@@ -135,6 +135,34 @@ class TestDuplicates:
         assert (first.stored, second.duplicates) == (3, 3)
         assert store.read(TENANT, "digits").num_rows == 3
 
+    def test_a_seen_sample_among_new_ones_in_a_group_is_the_only_one_skipped(
+        self, service: IngestService, store: SampleStore
+    ) -> None:
+        service.handle(*samples_msg(make_batch([5])))
+        outcomes = service.handle_many(
+            [samples_msg(make_batch(range(0, 4))), samples_msg(make_batch(range(4, 8)))]
+        )
+        assert [(o.stored, o.duplicates) for o in outcomes] == [(4, 0), (3, 1)]
+        assert store.count(TENANT, "digits") == 8
+
+    def test_a_group_with_more_ids_than_sqlite_binds_is_deduplicated(
+        self, tmp_path: Path, store: SampleStore, labels: LabelStore
+    ) -> None:
+        # SQLite binds at most 32,766 parameters per statement; the id look-up must not.
+        spec = make_spec().model_copy(
+            update={"edge": EdgeStageSpec(model="inspector", input=TensorSchema(shape=(1,)))}
+        )
+        messages = [
+            samples_msg(make_batch(range(i * 12_000, (i + 1) * 12_000), shape=(1,)))
+            for i in range(3)
+        ]
+        with IngestService(TENANT, [spec], store, labels, tmp_path / "seen.db") as service:
+            assert sum(o.stored for o in service.handle_many(messages)) == 36_000
+            again = service.handle_many(messages)
+            assert [o.duplicates for o in again] == [12_000] * 3
+            assert service.is_seen("digits", "cam-1:35999")
+        assert store.count(TENANT, "digits") == 36_000
+
     def test_sample_ids_are_remembered_across_a_restart(
         self, tmp_path: Path, store: SampleStore, labels: LabelStore, service: IngestService
     ) -> None:
@@ -199,6 +227,26 @@ REJECTS: dict[str, tuple[str, bytes]] = {
     "bad_topic": ("somewhere/else", codec.encode_samples(make_batch([1]))),
     "unexpected_topic": (topics.telemetry(TENANT, "digits", "cam-1"), b"{}"),
 }
+
+
+class TestMixedRecords:
+    def test_labels_wide_predictions_and_nan_confidences_are_stored_as_sent(
+        self, service: IngestService, store: SampleStore
+    ) -> None:
+        records = (
+            codec.SampleRecord(1, 11, np.ones((1, 8, 8), np.float32), 3, 0.5, label=7),
+            codec.SampleRecord(2, 12, np.ones((1, 8, 8), np.float32), 70_000, float("nan")),
+            codec.SampleRecord(3, 13, np.ones((1, 8, 8), np.float32), 4, 0.75),
+        )
+        batch = codec.SampleBatch("digits", "cam-1", "v1", DataClass.CONFIDENTIAL, records)
+        assert service.handle(*samples_msg(batch)) == Outcome("stored", stored=3)
+        rows = store.read(TENANT, "digits").to_pylist()
+        assert [(r["seq"], r["label"], r["prediction"]) for r in rows] == [
+            (1, 7, 3),
+            (2, None, 70_000),
+            (3, None, 4),
+        ]
+        assert rows[0]["confidence"] == 0.5 and np.isnan(rows[1]["confidence"])
 
 
 class TestRejects:

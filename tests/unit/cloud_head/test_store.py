@@ -15,7 +15,13 @@ import pytest
 from cloud_head.store import SCHEMA, Compactor, SampleStore, to_numpy
 from continuum.errors import InputMismatchError
 from continuum.spec import DataClass
-from continuum.wire.codec import SampleBatch, SampleRecord
+from continuum.wire.codec import (
+    SampleBatch,
+    SampleColumns,
+    SampleRecord,
+    decode_sample_columns,
+    encode_samples,
+)
 
 # 2026-11-22T12:00:00Z
 NOON_NS = 1_795_348_800_000_000_000
@@ -315,3 +321,31 @@ class TestCompactor:
         assert not errors, errors
         assert seen and seen == sorted(seen) and seen[-1] <= 5 + 36
         assert store.count("acme", "digits") == 5 + 36
+
+
+class TestColumns:
+    def test_columns_are_stored_as_the_same_rows_as_their_records(self, tmp_path: Path) -> None:
+        batch = make_batch(range(6), labels={1: 4, 5: 9})
+        columns = decode_sample_columns(encode_samples(batch), dtype="float32", shape=(1, 8, 8))
+        by_records = SampleStore(tmp_path / "records")
+        by_records.append("acme", batch, ingested_at_ns=NOON_NS)
+        by_records.flush()
+        by_columns = SampleStore(tmp_path / "columns")
+        assert by_columns.append_columns("acme", columns, ingested_at_ns=NOON_NS) == 6
+        by_columns.flush()
+        assert by_columns.read("acme", "digits").equals(by_records.read("acme", "digits"))
+
+    def test_records_and_columns_appended_in_turn_keep_their_order(
+        self, store: SampleStore
+    ) -> None:
+        def columns(seqs: range) -> SampleColumns:
+            payload = encode_samples(make_batch(seqs))
+            return decode_sample_columns(payload, dtype="float32", shape=(1, 8, 8))
+
+        store.append_columns("acme", columns(range(0, 2)), ingested_at_ns=NOON_NS)
+        store.append("acme", make_batch(range(2, 4)), ingested_at_ns=NOON_NS)
+        store.append_columns("acme", columns(range(4, 6)), ingested_at_ns=NOON_NS)
+        [path] = store.flush()
+        assert pq.read_table(path).column("seq").to_pylist() == list(range(6))
+        x, _ = to_numpy(store.read("acme", "digits"))
+        np.testing.assert_array_equal(x[:, 0, 0, 0], np.arange(6, dtype=np.float32) / 100)
