@@ -45,6 +45,7 @@ __all__ = [
     "ingest_allows",
     "load_policy",
     "pipeline_decisions",
+    "route",
     "uplink_plan",
 ]
 
@@ -663,6 +664,52 @@ def check_placement(
         where_field=where_field,
         stage="placement",
     ).raise_if_refused()
+
+
+def route(
+    policy: ResidencyPolicy,
+    data_class: DataClass | str,
+    origin_site: str | None,
+    endpoints: Mapping[str, Mapping[str, str]],
+    *,
+    tenant: str | None = None,
+) -> tuple[str, Decision]:
+    """Choose where an inference request of ``data_class``, captured at ``origin_site``, runs.
+
+    ``endpoints`` (name -> the labels of the node serving the model) are tried in the
+    caller's order of preference, e.g. the central pool first and the on-site server last:
+    the first whose labels satisfy the class's processing rule serves it.  A request that
+    may not leave its site is thus served on site, and others may use the central pool.
+
+    Raises:
+        PlacementError: no endpoint may process it; the message gives each one's refusal.
+    """
+    refusals: list[str] = []
+    last: PlacementError | None = None
+    for name, labels in endpoints.items():
+        try:
+            decision = check_placement(
+                policy,
+                data_class,
+                dict(labels),
+                {name: labels},
+                purpose="processing",
+                tenant=tenant,
+                source_sites=[origin_site] if origin_site is not None else None,
+                subject=f"endpoint {name}",
+                where_field=f"the labels of endpoint {name}",
+            )
+        except PlacementError as refused:
+            refusals.append(f"{name}: {refused}")
+            last = refused
+            continue
+        return name, decision
+    raise PlacementError(
+        f"no endpoint may serve {DataClass.parse(data_class).value} data captured at site "
+        f"{origin_site or '(unknown)'}: " + "; ".join(refusals or ["no endpoints given"]),
+        rule=last.rule if last is not None else "route",
+        label=last.label if last is not None else None,
+    )
 
 
 def _store_decision(

@@ -25,6 +25,7 @@ from continuum.residency import (
     ingest_allows,
     load_policy,
     pipeline_decisions,
+    route,
     uplink_plan,
 )
 from continuum.spec import DataClass, PipelineSpec
@@ -327,6 +328,34 @@ class TestCheckPlacement:
                 {"bare": {TIER: "cloud"}},
                 purpose="processing",
             )
+
+
+class TestRoute:
+    ENDPOINTS = {"central-de": CLOUD_DE, "cloud-lu": CLOUD_LU, "onsite-lux-1": CAM_LUX_1}
+
+    @pytest.mark.parametrize(
+        ("data_class", "served_at"),
+        [
+            ("public", "central-de"),
+            ("internal", "central-de"),
+            ("confidential", "cloud-lu"),
+            ("restricted", "onsite-lux-1"),
+        ],
+    )
+    def test_the_first_endpoint_the_rule_allows_serves(
+        self, policy: ResidencyPolicy, data_class: str, served_at: str
+    ) -> None:
+        name, decision = route(policy, data_class, "lux-1", self.ENDPOINTS)
+        assert name == served_at and decision.allowed
+
+    def test_restricted_data_from_a_site_without_a_server_is_refused_naming_each_endpoint(
+        self, policy: ResidencyPolicy
+    ) -> None:
+        with pytest.raises(PlacementError) as refused:
+            route(policy, "restricted", "lux-2", self.ENDPOINTS)
+        message = str(refused.value)
+        assert "site lux-2" in message and "restricted.same_site" in message
+        assert all(name in message for name in self.ENDPOINTS)
 
 
 class TestUplinkPlan:
