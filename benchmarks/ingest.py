@@ -29,6 +29,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -136,17 +137,21 @@ def bare_rate(broker: EmbeddedBroker, messages: int, per_message: int) -> float:
     return messages * per_message / max(last - first, 1e-9)
 
 
-def ingest_rate(broker: EmbeddedBroker, root: Path, messages: int, per_message: int) -> float:
-    """Samples/s through ``IngestWorker`` into Parquet with fsync before each ack."""
-    node = "cam-1"
-    tenant = f"bench-{uuid.uuid4().hex[:6]}"
-    spec = PipelineSpec(
+def _bench_spec(tenant: str) -> PipelineSpec:
+    return PipelineSpec(
         name=PIPELINE,
         tenant=tenant,
         data_class="internal",
         edge=EdgeStageSpec(model="inspector", input=TensorSchema(shape=(1, 8, 8))),
         uplink=UplinkSpec(policy=select.random(0.1)),
     )
+
+
+def ingest_rate(broker: EmbeddedBroker, root: Path, messages: int, per_message: int) -> float:
+    """Samples/s through ``IngestWorker`` into Parquet with fsync before each ack."""
+    node = "cam-1"
+    tenant = f"bench-{uuid.uuid4().hex[:6]}"
+    spec = _bench_spec(tenant)
     store = SampleStore(root / "store", fsync=True)
     labels = LabelStore(root / "labels.db")
     service = IngestService(tenant, [spec], store, labels, root / "seen.db")
@@ -197,11 +202,97 @@ def ingest_rate(broker: EmbeddedBroker, root: Path, messages: int, per_message: 
     return expected / max(last - first[0], 1e-9)
 
 
+def _replica(
+    broker_port: int,
+    root: str,
+    tenant: str,
+    replica: int,
+    stored: Any,
+    first_at: Any,
+    ready: Any,
+    stop: Any,
+) -> None:
+    """One ingest replica in its own process: its own MQTT loop, GIL and service."""
+    spec = _bench_spec(tenant)
+    store = SampleStore(Path(root) / "store", fsync=True)
+    labels = LabelStore(Path(root) / "labels.db")
+    service = IngestService(tenant, [spec], store, labels, Path(root) / "seen.db")
+    settings = BrokerSettings(host="127.0.0.1", port=broker_port, session_expiry_s=600)
+    worker = IngestWorker(service, settings, client_id=f"ingest-{tenant}-{replica}")
+    worker.start()
+    while not worker.connected:
+        time.sleep(0.01)
+    ready.release()
+    try:
+        while not stop.is_set():
+            if not first_at[replica] and (service.stats()["batches"] or worker.stats()["queued"]):
+                first_at[replica] = time.time()  # the first message arrived (wall clock)
+            stored[replica] = service.stats()["stored"]
+            time.sleep(0.001)
+        stored[replica] = service.stats()["stored"]
+    finally:
+        worker.stop()
+        service.close()
+        labels.close()
+
+
+def scaled_ingest_rate(
+    broker: EmbeddedBroker, root: Path, messages: int, per_message: int, replicas: int
+) -> float:
+    """Samples/s through ``replicas`` ingest processes on one shared subscription."""
+    tenant = f"bench-{uuid.uuid4().hex[:6]}"
+    ctx = mp.get_context("spawn")
+    stored = ctx.Array("q", replicas)
+    first_at = ctx.Array("d", replicas)
+    ready = ctx.Semaphore(0)
+    stop = ctx.Event()
+    procs = [
+        ctx.Process(
+            target=_replica,
+            args=(broker.port, str(root), tenant, i, stored, first_at, ready, stop),
+            daemon=True,
+        )
+        for i in range(replicas)
+    ]
+    for proc in procs:
+        proc.start()
+    for _ in procs:
+        if not ready.acquire(timeout=60):
+            raise RuntimeError("an ingest replica did not connect")
+    expected = messages * per_message
+    publisher = ctx.Process(
+        target=publish, args=("127.0.0.1", broker.port, tenant, "cam-1", messages, per_message)
+    )
+    publisher.start()
+    deadline = time.monotonic() + 180
+    while sum(stored) < expected:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{replicas} replicas stored {sum(stored)} of {expected}")
+        time.sleep(0.001)
+    last = time.time()
+    stop.set()
+    publisher.join()
+    for proc in procs:
+        proc.join(30)
+    count = SampleStore(root / "store").count(tenant, PIPELINE)
+    if count != expected:
+        raise RuntimeError(f"the store holds {count} samples, expected {expected}")
+    first = min(t for t in first_at if t) if any(first_at) else last
+    print(f"  {replicas} ingest replicas wrote {count} samples (fsync on)")
+    return expected / max(last - first, 1e-9)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=3000, help="batches per run")
     parser.add_argument("--per-message", type=int, default=32, help="samples per batch")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of both; medians kept")
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=0,
+        help="also measure this many ingest replicas (processes) on one shared subscription",
+    )
     args = parser.parse_args()
     print(
         f"ingest benchmark: {args.messages} batches x {args.per_message} samples of 8x8 float32,"
@@ -210,6 +301,7 @@ def main() -> None:
     )
     bares: list[float] = []
     ingests: list[float] = []
+    scaled: list[float] = []
     with tempfile.TemporaryDirectory(prefix="ctm-bench-ingest-") as tmp:
         broker = EmbeddedBroker(Path(tmp) / "broker")
         broker.start()
@@ -222,6 +314,20 @@ def main() -> None:
                     f"  round {r + 1}: bare {bares[-1]:10,.0f}  ingest {ingests[-1]:10,.0f}"
                     f"  ratio {ingests[-1] / bares[-1]:.2f}"
                 )
+                if args.replicas > 1:
+                    scaled.append(
+                        scaled_ingest_rate(
+                            broker,
+                            Path(tmp) / f"scaled-{r}",
+                            args.messages,
+                            args.per_message,
+                            args.replicas,
+                        )
+                    )
+                    print(
+                        f"  round {r + 1}: {args.replicas} replicas {scaled[-1]:10,.0f}"
+                        f"  ratio {scaled[-1] / bares[-1]:.2f}"
+                    )
         finally:
             broker.stop()
     ratios = [i / b for i, b in zip(ingests, bares, strict=True)]
@@ -233,6 +339,15 @@ def main() -> None:
         f"ratio                : {ratio:12.2f}  (median of rounds, {min(ratios):.2f}..."
         f"{max(ratios):.2f}); target >= {TARGET_RATIO}: {verdict}"
     )
+    if scaled:
+        scaled_ratios = [s / b for s, b in zip(scaled, bares, strict=True)]
+        scaled_ratio = statistics.median(scaled_ratios)
+        print(
+            f"ingest, {args.replicas} replicas  : {statistics.median(scaled):12,.0f} samples/s "
+            f"(median); ratio {scaled_ratio:.2f} ({min(scaled_ratios):.2f}..."
+            f"{max(scaled_ratios):.2f}); target >= {TARGET_RATIO}: "
+            f"{'MET' if scaled_ratio >= TARGET_RATIO else 'NOT MET'}"
+        )
 
 
 if __name__ == "__main__":
