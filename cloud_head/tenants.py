@@ -633,7 +633,7 @@ class TenantRegistry:
         ).get(record.mqtt_username)
         if stored is None or not _password_matches(stored, password):
             raise AccessDeniedError(
-                f"the credential given is not tenant {name!r}'s: give its MQTT password (the "
+                f"the credential given is not that of tenant {name!r}: give its MQTT password (the "
                 "one `continuum tenant create` or `rotate` printed) with --password-file or "
                 "CONTINUUM_TENANT_PASSWORD"
             )

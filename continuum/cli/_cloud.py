@@ -79,8 +79,8 @@ def authorize(args: argparse.Namespace) -> None:
             raise ConfigError(f"--password-file {path}: {error.strerror}") from None
     if not password:
         raise AccessDeniedError(
-            f"the cloud head at {args.root} serves several tenants: give tenant "
-            f"{args.tenant!r}'s credential with --password-file FILE or {PASSWORD_ENV}"
+            f"the cloud head at {args.root} serves several tenants: give the credential of "
+            f"tenant {args.tenant!r} with --password-file FILE or {PASSWORD_ENV}"
         )
     TenantRegistry(root).authenticate(args.tenant, password)
 

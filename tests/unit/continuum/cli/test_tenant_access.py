@@ -53,7 +53,7 @@ class TestTenantCredentials:
     ) -> None:
         root, passwords = head
         assert models(root, "acme", "--password-file", str(passwords["globex"])) == 1
-        assert "not tenant 'acme'" in capsys.readouterr().err
+        assert "not that of tenant 'acme'" in capsys.readouterr().err
         for argv in (
             ["audit", "verify", "--tenant", "acme"],
             ["fleet", "--tenant", "acme"],
@@ -61,7 +61,7 @@ class TestTenantCredentials:
         ):
             code = main([*argv, "--root", str(root), "--password-file", str(passwords["globex"])])
             assert code == 1, argv
-            assert "not tenant 'acme'" in capsys.readouterr().err
+            assert "not that of tenant 'acme'" in capsys.readouterr().err
 
     def test_no_credential_is_refused_naming_how_to_give_one(
         self, head: tuple[Path, dict[str, Path]], capsys: pytest.CaptureFixture[str]
@@ -82,7 +82,7 @@ class TestTenantCredentials:
         assert models(root, "acme") == 0
         TenantRegistry(root / "tenants").rotate_credentials("acme")
         assert models(root, "acme") == 1
-        assert "not tenant 'acme'" in capsys.readouterr().err
+        assert "not that of tenant 'acme'" in capsys.readouterr().err
 
     def test_a_single_tenant_head_needs_no_credential(self, tmp_path: Path) -> None:
         ModelRegistry(tmp_path / "registry").close()
