@@ -1002,7 +1002,7 @@ class IngestWorker:
         *,
         client_id: str | None = None,
         share_group: str = topics.INGEST_SHARE_GROUP,
-        max_group: int = 256,
+        max_group: int = 1024,
         retry_max_s: float = 30.0,
     ) -> None:
         """Prepare a worker; give each replica its own stable ``client_id`` (its session)."""
