@@ -36,16 +36,18 @@ SHAPE = (1, 8, 8)
 CLASSES = 10
 
 
-def build_model(path: Path, *, favour: int = 0, gain: float = 10.0, opset: int = 17) -> Path:
+def build_model(
+    path: Path, *, favour: int = 0, gain: float = 10.0, opset: int = 17, classes: int = CLASSES
+) -> Path:
     """Write a real ONNX classifier: softmax(flatten(x) @ W + b), 10 classes, input (N,1,8,8).
 
     Every pixel adds ``gain / 64`` to the logit of class ``favour``: an all-ones frame is
     predicted ``favour`` with confidence ~1, an all-zeros frame gets the uniform 0.1.
     """
     features = math.prod(SHAPE)
-    weights = np.zeros((features, CLASSES), dtype=np.float32)
+    weights = np.zeros((features, classes), dtype=np.float32)
     weights[:, favour] = gain / features
-    bias = np.zeros((CLASSES,), dtype=np.float32)
+    bias = np.zeros((classes,), dtype=np.float32)
     graph = helper.make_graph(
         [
             helper.make_node("Flatten", ["input"], ["flat"], axis=1),
@@ -55,7 +57,7 @@ def build_model(path: Path, *, favour: int = 0, gain: float = 10.0, opset: int =
         ],
         "tiny",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *SHAPE])],
-        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", CLASSES])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", classes])],
         initializer=[numpy_helper.from_array(weights, "W"), numpy_helper.from_array(bias, "b")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])

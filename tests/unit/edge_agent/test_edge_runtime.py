@@ -112,6 +112,26 @@ class TestSelectionWiring:
         assert window.model_version == "v1"
         assert window.mean_confidence == pytest.approx((0.1 + 0.9996) / 2, abs=1e-3)
 
+    def test_a_model_selection_cannot_judge_does_not_stop_the_loop(
+        self, tmp_path: Path, harness_factory
+    ) -> None:  # type: ignore[no-untyped-def]
+        # One output class: inference works, the policy cannot rank it; nothing goes up.
+        path = build_model(tmp_path / "one-class.onnx", classes=1)
+        model = ServingModel(
+            "inspect",
+            "inspector",
+            "v1",
+            "0" * 64,
+            "0" * 128,
+            path,
+            open_backend("onnxruntime", path),
+        )
+        h = harness_factory(_spec(select.low_confidence(0.5)), PatternSource([1.0, 0.0], 20))
+        h.run(model)
+        assert h.samples() == []
+        (window,) = h.telemetry
+        assert (window.frames, window.uplinked) == (20, 0)
+
     def test_random_selection_is_a_pure_function_of_the_sample_id(
         self, tmp_path: Path, harness_factory
     ) -> None:  # type: ignore[no-untyped-def]
