@@ -256,3 +256,57 @@ class TestRestrictedFieldsNeverReachTheStore:
         }
         counted = sum(r.details["nodes"].get("cam-lux-1", {}).get("count", 0) for r in uplinked)
         assert counted == 40
+
+
+class TestANodeWhoseStatusIsLate:
+    def test_its_batches_wait_unacknowledged_and_are_stored_once_it_is_known(
+        self, tmp_path: Path, mqtt_broker: EmbeddedBroker
+    ) -> None:
+        """An agent's first batches can overtake its status: none may be lost (DESIGN §7.1)."""
+        tenant = f"late-{uuid.uuid4().hex[:8]}"
+        spec = write_spec(tmp_path, tenant)
+        settings = BrokerSettings(host=mqtt_broker.host, port=mqtt_broker.port)
+        fleet_registry = FleetRegistry(tenant, tmp_path / "state" / "fleet.db")
+        fleet = FleetWorker(fleet_registry, settings)
+        labels = LabelStore(tmp_path / "labels.db")
+        service = IngestService(
+            tenant,
+            [spec],
+            SampleStore(tmp_path / "store"),
+            labels,
+            tmp_path / "seen.db",
+            policy=ResidencyPolicy.from_yaml(POLICY),
+            store_labels=STORE,
+            fleet=FleetRegistry(tenant, tmp_path / "state" / "fleet.db"),
+            node_grace_s=60.0,
+        )
+        ingest = IngestWorker(service, settings, client_id=f"ingest-{tenant}")
+        sender = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        try:
+            fleet.start()
+            ingest.start()
+            wait_for(lambda: ingest.connected and fleet.connected)
+            sender.connect(mqtt_broker.host, mqtt_broker.port)
+            sender.loop_start()
+            for seq in range(5):
+                sender.publish(
+                    topics.samples(tenant, PIPELINE, "cam-late"), forged("cam-late", seq), 1
+                ).wait_for_publish(5)
+            wait_for(lambda: service.stats()["deferred"] >= 5)
+            time.sleep(1.0)  # offered again meanwhile, still unknown
+            assert service.stats()["stored"] == 0 and service.stats()["rejected_total"] == 0
+
+            sender.publish(
+                topics.node_status(tenant, "cam-late"), status(tenant, "cam-late", EDGE), 1, True
+            ).wait_for_publish(5)
+            wait_for(lambda: service.stats()["stored"] == 5, timeout_s=20.0)
+            assert service.stats()["rejected_total"] == 0
+            assert service.is_seen(PIPELINE, codec.sample_id("cam-late", 4))
+        finally:
+            sender.loop_stop()
+            sender.disconnect()
+            ingest.stop()
+            fleet.stop()
+            service.close()
+            labels.close()
+            fleet_registry.close()
