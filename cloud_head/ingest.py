@@ -55,8 +55,8 @@ from continuum.labels import SITE
 from continuum.residency import (
     ResidencyPolicy,
     UplinkPlan,
-    check_placement,
     ingest_allows,
+    node_may_process,
     uplink_plan,
 )
 from continuum.spec import DataClass, PipelineSpec
@@ -569,18 +569,14 @@ class IngestService:
         key = (data_class.value, node, tuple(sorted(labels.items())))
         if key in self._processing:
             return self._processing[key]
-        site = labels.get(SITE)
         try:
-            check_placement(
+            node_may_process(
                 policy,
                 data_class,
-                dict(labels),
-                {node: labels},
-                purpose="processing",
+                node,
+                labels,
+                origin_site=labels.get(SITE),
                 tenant=self._tenant,
-                source_sites=[site] if site is not None else None,
-                subject=f"node {node}",
-                where_field=f"the labels of node {node}",
             )
             refusal = None
         except (PlacementError, SpecError) as exc:
@@ -843,34 +839,29 @@ class IngestService:
                 )
             )
         self._audit_written_at = time.monotonic()
+        written = 0
         try:
-            for index, (action, subject, details) in enumerate(records):
+            for action, subject, details in records:
                 audit.append(self._tenant, action, subject, details, actor=_AUDIT_ACTOR)
-                records[index] = (action, "", {})  # written: not again on a retry
+                written += 1
         except Exception as exc:  # the log's storage failed; the flushes stand
             with self._lock:
                 self._counts["audit_failed"] += 1
             if not self._audit_failing:
                 self._audit_failing = True
                 _log.error("writing the audit log failed: %r (logged once until it recovers)", exc)
-            self._keep_unwritten(records)
+            # Keep pending only what was not written; the next flush tries it again.
+            for action, _, details in records[:written]:
+                if action is AuditAction.POLICY_REFUSAL:
+                    del self._pending_refusals[(details["node"], details["reason"])]
+                else:
+                    del self._pending_stored[details["pipeline"]]
             return
         self._pending_refusals.clear()
         self._pending_stored.clear()
         if self._audit_failing:
             self._audit_failing = False
             _log.warning("writing the audit log recovered")
-
-    def _keep_unwritten(self, records: list[tuple[AuditAction, str, dict[str, Any]]]) -> None:
-        """After a failed append, keep pending only what was not written."""
-        unwritten_nodes = {s for a, s, _ in records if s and a is AuditAction.POLICY_REFUSAL}
-        unwritten_pipes = {s for a, s, _ in records if s and a is AuditAction.UPLINK_BATCH}
-        self._pending_refusals = {
-            k: v for k, v in self._pending_refusals.items() if k[0] in unwritten_nodes
-        }
-        self._pending_stored = {
-            k: v for k, v in self._pending_stored.items() if k in unwritten_pipes
-        }
 
     def _store_feedback(self, item: _Accepted) -> Outcome:
         batch = item.feedback

@@ -19,13 +19,13 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 
 from cloud_head.labelling import LabelStore
 from cloud_head.registry import ModelRegistry
 from cloud_head.store import SampleStore, to_numpy
 from continuum.errors import ConfigError, InputMismatchError, NotFoundError
+from continuum.select import Probabilities
 from continuum.spec import PipelineSpec
 
 __all__ = ["Teacher", "TeacherPass", "teacher_artifact"]
@@ -97,8 +97,6 @@ class Teacher:
 
     def run_once(self) -> TeacherPass:
         """Label every stored sample that has neither a label nor a teacher proposal yet."""
-        from edge_agent.runtime import as_probabilities
-
         tenant, pipeline = self.spec.tenant, self.spec.name
         table = self.samples.read(
             tenant, pipeline, columns=["sample_id", "label", "dtype", "shape", "tensor"]
@@ -126,7 +124,7 @@ class Teacher:
                 _log.warning("teacher skips %d samples: %s", chunk.num_rows, error)
                 skipped += chunk.num_rows
                 continue
-            probs = as_probabilities(np.asarray(self._backend.infer(x)))
+            probs = Probabilities.from_outputs(self._backend.infer(x)).values
             guess = probs.argmax(axis=1)
             confidence = probs.max(axis=1)
             items = [

@@ -44,6 +44,7 @@ __all__ = [
     "hash_field",
     "ingest_allows",
     "load_policy",
+    "node_may_process",
     "pipeline_decisions",
     "route",
     "uplink_plan",
@@ -666,6 +667,35 @@ def check_placement(
     ).raise_if_refused()
 
 
+def node_may_process(
+    policy: ResidencyPolicy,
+    data_class: DataClass | str,
+    node: str,
+    labels: Mapping[str, str],
+    *,
+    origin_site: str | None,
+    tenant: str | None = None,
+) -> Decision:
+    """Allow the node ``node`` (labelled ``labels``) to process ``data_class`` data captured
+    at ``origin_site``, or refuse: the check for one concrete node, not a selector.
+
+    Raises:
+        PlacementError: its labels are outside the class's processing rule; the message
+            names the rule and the offending label.
+    """
+    return check_placement(
+        policy,
+        data_class,
+        dict(labels),
+        {node: labels},
+        purpose="processing",
+        tenant=tenant,
+        source_sites=[origin_site] if origin_site is not None else None,
+        subject=f"node {node}",
+        where_field=f"the labels of node {node}",
+    )
+
+
 def route(
     policy: ResidencyPolicy,
     data_class: DataClass | str,
@@ -688,16 +718,8 @@ def route(
     last: PlacementError | None = None
     for name, labels in endpoints.items():
         try:
-            decision = check_placement(
-                policy,
-                data_class,
-                dict(labels),
-                {name: labels},
-                purpose="processing",
-                tenant=tenant,
-                source_sites=[origin_site] if origin_site is not None else None,
-                subject=f"endpoint {name}",
-                where_field=f"the labels of endpoint {name}",
+            decision = node_may_process(
+                policy, data_class, name, labels, origin_site=origin_site, tenant=tenant
             )
         except PlacementError as refused:
             refusals.append(f"{name}: {refused}")

@@ -25,13 +25,13 @@ from continuum.residency import UplinkPlan
 from continuum.spec import DataClass
 from continuum.wire import topics
 from continuum.wire.codec import (
-    MAX_FIELD_BYTES,
     MAX_FIELDS,
     FeedbackBatch,
     SampleBatch,
     SampleRecord,
     encode_feedback,
     encode_samples,
+    field_value_bytes,
 )
 from continuum.wire.codec import FieldValue as WireValue
 from continuum.wire.messages import ReportedState, Telemetry
@@ -113,7 +113,7 @@ class ResidencyGate:
         out: dict[str, WireValue] = {}
         for name, value in fields.items():
             wire = value if isinstance(value, str | bytes) else str(value)
-            problem = _unsendable_field(wire, len(out))
+            problem = _unsendable_field(name, wire, len(out))
             if problem is not None:
                 # One such field would make every batch it travels in unsendable.
                 reason, why = problem
@@ -131,19 +131,15 @@ class ResidencyGate:
         log.warning("pipeline %s: %s (further ones are only counted)", pipeline, message)
 
 
-def _unsendable_field(value: WireValue, index: int) -> tuple[str, str] | None:
+def _unsendable_field(name: str, value: WireValue, index: int) -> tuple[str, str] | None:
     """Return (reason, why) the wire cannot carry ``value`` as field number ``index``."""
     if index >= MAX_FIELDS:
         return "too_many", f"a sample carries at most MAX_FIELDS ({MAX_FIELDS}) fields"
-    if isinstance(value, str):
-        try:
-            size = len(value.encode("utf-8"))
-        except UnicodeEncodeError:
-            return "bad_text", "not encodable as UTF-8 (a lone surrogate?)"
-    else:
-        size = len(value)
-    if size > MAX_FIELD_BYTES:
-        return "too_large", f"{size} bytes, over MAX_FIELD_BYTES ({MAX_FIELD_BYTES})"
+    try:
+        field_value_bytes(name, value)
+    except ProtocolError as exc:
+        # The value is str or bytes here, so a bad value is text that is not valid UTF-8.
+        return ("too_large" if exc.reason == "too_large" else "bad_text"), str(exc)
     return None
 
 

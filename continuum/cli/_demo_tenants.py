@@ -18,9 +18,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from continuum.labels import COUNTRY, JURISDICTION, SITE, TIER
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from continuum.spec import PipelineSpec
 
 FIRST_TENANT = "acme"
 SECOND_TENANT = "medica"
@@ -110,21 +115,22 @@ def create_tenants(workdir: Path, tenants: list[str]) -> tuple[Any, Tenancy]:
 
 
 def try_refused_deploy(
-    head_cls: Any, paths: Any, broker: Any, private_pem: bytes, tenancy: Tenancy
+    spec: PipelineSpec,
+    head_cls: Any,
+    paths: Any,
+    broker: Any,
+    private_pem: bytes,
+    tenancy: Tenancy,
 ) -> dict[str, Any]:
-    """Ask to deploy a confidential variant of the lab pipeline in Frankfurt; return the refusal.
+    """Ask to deploy a confidential variant of ``spec`` (the lab's) in Frankfurt; return the
+    refusal.
 
     The lab's pathology slides are confidential: the policy keeps them in jurisdiction LU,
     so a training job on the Frankfurt pool must be refused at deploy, before any service
     starts, with the rule and the offending label named (and recorded in the audit log).
     """
-    import importlib
-
     from continuum.errors import PlacementError
-    from continuum.spec import load_pipeline
 
-    module = importlib.import_module(SECOND_PIPELINE_MODULE)
-    spec = load_pipeline(Path(module.__file__ or ""))
     variant = type(spec).model_validate(
         spec.model_dump(mode="json") | {"name": "pathology-slides", "data_class": "confidential"}
     )
@@ -319,14 +325,16 @@ def _short(details: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def uplink_plans(tenancy: Tenancy, agents: list[Any]) -> dict[str, str]:
+def uplink_plans(
+    tenancy: Tenancy, agents: list[Any], specs: Mapping[Path, PipelineSpec]
+) -> dict[str, str]:
     """Return each agent's uplink plan, as the agent computes it from the same policy."""
     from continuum.residency import load_policy, uplink_plan
-    from continuum.spec import load_pipeline
 
     policy = load_policy(tenancy.policy)
-    out = {}
-    for agent in agents:
-        spec = load_pipeline(agent.spec_path)
-        out[agent.node] = uplink_plan(policy, spec, agent.labels, tenancy.store_labels).describe()
-    return out
+    return {
+        agent.node: uplink_plan(
+            policy, specs[agent.spec_path], agent.labels, tenancy.store_labels
+        ).describe()
+        for agent in agents
+    }

@@ -398,6 +398,7 @@ def run_loop(
                     actor="continuum-demo",
                 )
             policy["refused_deploy"] = world.try_refused_deploy(
+                lab,
                 CloudHead,
                 paths,
                 tenancy.broker_for(lab.tenant, broker),
@@ -443,6 +444,7 @@ def run_loop(
                     public_keys[spec.tenant],
                     timeline.drift_at,
                     tenant=spec.tenant,
+                    pipeline=spec.name,
                     tenancy=tenancy,
                 )
             )
@@ -458,11 +460,12 @@ def run_loop(
                 public_keys[lab.tenant],
                 timeline.drift_at,
                 tenant=lab.tenant,
+                pipeline=lab.name,
                 tenancy=tenancy,
                 fields=world.LAB_FIELDS,
             )
         )
-        policy["uplink_plans"] = world.uplink_plans(tenancy, agents)
+        policy["uplink_plans"] = world.uplink_plans(tenancy, agents, specs)
         console.print(
             f"  {len(agents)} edge agents streaming at {options.fps:g} frames/s; "
             f"drift ({options.drift}) at site lux-2 in {options.drift_at_s:g} s"
@@ -548,6 +551,7 @@ def _start_agent(
     drift_at: float,
     *,
     tenant: str,
+    pipeline: str,
     tenancy: Any,
     fields: dict[str, str] | None = None,
 ) -> AgentProcess:
@@ -607,7 +611,7 @@ def _start_agent(
         home / "agent.log",
         metrics_port,
         tenant=tenant,
-        pipeline=spec_name(spec_path),
+        pipeline=pipeline,
         spec_path=spec_path,
         labels=labels,
     )
@@ -634,13 +638,6 @@ def _stop_agents(agents: list[AgentProcess], timeout_s: float = 20.0) -> None:
         except subprocess.TimeoutExpired:
             agent.process.kill()
             agent.process.wait()
-
-
-def spec_name(path: Path) -> str:
-    """Return the name of the pipeline declared in ``path``."""
-    from continuum.spec import load_pipeline
-
-    return load_pipeline(path).name
 
 
 def _collect_telemetry(head: Any, agents: list[AgentProcess]) -> dict[str, list[dict[str, Any]]]:

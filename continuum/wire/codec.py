@@ -666,6 +666,40 @@ def decode_fields(section: bytes) -> Mapping[str, FieldValue]:
     return fields
 
 
+def field_value_bytes(name: str, value: object, where: str = "sample") -> bytes:
+    """Return a field value as the wire carries it: UTF-8 text or the raw bytes.
+
+    The one home of what a field value may be, for the encoder and for an edge that drops
+    a field it cannot send rather than lose the whole batch.
+
+    Raises:
+        ProtocolError: reason ``bad_value`` (not str or bytes, or text that is not valid
+            UTF-8) or ``too_large`` (over ``MAX_FIELD_BYTES``).
+    """
+    if isinstance(value, str):
+        try:
+            raw = value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ProtocolError(
+                f"{where}: field {name!r} is not valid text: {exc.reason}", reason="bad_value"
+            ) from exc
+    elif isinstance(value, bytes | bytearray | memoryview):
+        raw = bytes(value)
+    else:
+        raise ProtocolError(
+            f"{where}: field {name!r} is a {type(value).__name__}; fields travel as str "
+            "or bytes (stringify numbers before sending)",
+            reason="bad_value",
+        )
+    if len(raw) > MAX_FIELD_BYTES:
+        raise ProtocolError(
+            f"{where}: field {name!r} has {len(raw)} bytes, over MAX_FIELD_BYTES "
+            f"({MAX_FIELD_BYTES})",
+            reason="too_large",
+        )
+    return raw
+
+
 def _pack_fields(fields: Mapping[str, object], where: str) -> bytes:
     """Return the field section of one record (``fields`` is not empty)."""
     if len(fields) > MAX_FIELDS:
@@ -676,28 +710,8 @@ def _pack_fields(fields: Mapping[str, object], where: str) -> bytes:
     parts = [_U8.pack(len(fields))]
     for name in sorted(names):
         value = fields[name]
-        if isinstance(value, str):
-            try:
-                tag, raw = _FIELD_TEXT, value.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise ProtocolError(
-                    f"{where}: field {name!r} is not valid text: {exc.reason}",
-                    reason="bad_value",
-                ) from exc
-        elif isinstance(value, bytes | bytearray | memoryview):
-            tag, raw = _FIELD_BYTES, bytes(value)
-        else:
-            raise ProtocolError(
-                f"{where}: field {name!r} is a {type(value).__name__}; fields travel as str "
-                "or bytes (stringify numbers before sending)",
-                reason="bad_value",
-            )
-        if len(raw) > MAX_FIELD_BYTES:
-            raise ProtocolError(
-                f"{where}: field {name!r} has {len(raw)} bytes, over MAX_FIELD_BYTES "
-                f"({MAX_FIELD_BYTES})",
-                reason="too_large",
-            )
+        raw = field_value_bytes(name, value, where)
+        tag = _FIELD_TEXT if isinstance(value, str) else _FIELD_BYTES
         parts.append(_U8.pack(len(name)) + name.encode("ascii"))
         parts.append(_FIELD_HEAD.pack(tag, len(raw)))
         parts.append(raw)

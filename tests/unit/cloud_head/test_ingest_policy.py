@@ -247,6 +247,28 @@ class TestBatchesThePolicyRefuses:
         finally:
             rig.close()
 
+    def test_a_summary_the_log_could_not_take_is_written_at_the_next_flush(
+        self, tmp_path: Path
+    ) -> None:
+        rig = Rig(tmp_path)
+        try:
+            rig.service._audit_interval_s = 3600.0
+            rig.audit_dir.write_text("a file where the audit directory should be")
+            rig.service.handle(*message("cam-lux", range(2), operator=HASHED))
+            rig.service.handle(*message("cam-us", range(100, 101)))
+            rig.service.flush_audit()
+            assert rig.service.stats()["audit_failed"] == 1
+            assert rig.store.count(TENANT, "payments") == 2  # the samples stand
+
+            rig.audit_dir.unlink()
+            rig.service.flush_audit()
+            [summary] = rig.audit(AuditAction.UPLINK_BATCH)
+            assert summary["nodes"] == {"cam-lux": {"first_seq": 0, "last_seq": 1, "count": 2}}
+            [refusal] = rig.audit(AuditAction.POLICY_REFUSAL)
+            assert (refusal["node"], refusal["batches"]) == ("cam-us", 1)
+        finally:
+            rig.close()
+
     def test_without_an_audit_dir_nothing_is_written(self, tmp_path: Path) -> None:
         fleet = FleetRegistry(TENANT, tmp_path / "fleet.db")
         with (
