@@ -326,3 +326,19 @@ class TestSilentNodes:
     ) -> None:
         with pytest.raises(ConfigError, match="heartbeat_interval_s"):
             FleetRegistry(TENANT, tmp_path / "f.db", heartbeat_interval_s=period)
+
+
+class TestTenantsShareAHeadNotAFleet:
+    def test_each_tenant_has_its_own_fleet_registry_on_a_shared_head(self, tmp_path: Path) -> None:
+        """DESIGN §7.3: two tenants on one cloud head state never list each other's nodes."""
+        from cloud_head.services import HeadPaths
+
+        paths = HeadPaths(tmp_path / "cloud")
+        paths.state.mkdir(parents=True)
+        assert paths.fleet_db("acme") != paths.fleet_db("medica")
+        assert paths.controller("acme", "p") != paths.controller("medica", "p")
+        with FleetRegistry("acme", paths.fleet_db("acme")) as acme:
+            acme.handle(topics.node_status("acme", "cam-a"), status("cam-a", tenant="acme"))
+            acme.tick()
+        with FleetRegistry("medica", paths.fleet_db("medica")) as medica:
+            assert medica.nodes() == []
