@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import queue
 import re
@@ -42,6 +41,7 @@ from cloud_head._mqtt import RejectLog, reason_code_failed
 from cloud_head.audit import AuditAction, AuditLog
 from cloud_head.fleet import FleetRegistry
 from cloud_head.labelling import LabelStore
+from cloud_head.seen import MAX_SEQ, NodeKey, SeenIndex
 from cloud_head.store import SampleStore
 from cloud_head.tenants import QuotaExceededError, Quotas
 from continuum.errors import (
@@ -85,6 +85,9 @@ CREATE TABLE IF NOT EXISTS stored_files (
 ) WITHOUT ROWID;
 """
 
+#: Errors of a write that say the data cannot be stored (a resend would fail the same way),
+#: as opposed to the store being unavailable (OSError and the rest: retried).
+_DATA_ERRORS: Final = (ValueError, TypeError, OverflowError)
 #: Reject reasons that are residency decisions: each goes to the tenant's audit log.
 POLICY_REASONS: Final = frozenset({"policy", "policy_field", "unknown_node"})
 #: What ``continuum.residency.hash_field`` makes: the only form a hashed field may arrive in.
@@ -274,13 +277,7 @@ class IngestService:
         self._reject_log = RejectLog(_log)
         self._ignored_fields: set[tuple[str, str]] = set()
         self._audit_failing = False
-        path = Path(seen_db)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=10000")
-        self._db.executescript(_SEEN_SCHEMA)
+        self._seen = SeenIndex(seen_db)
         self._adopted: set[str] = set()  # pipelines whose unrecorded files were adopted
 
     @property
@@ -363,27 +360,21 @@ class IngestService:
             }
 
     def is_seen(self, pipeline: str, sample_id: str) -> bool:
-        """Return whether ``sample_id`` of ``pipeline`` has been stored."""
-        return bool(self._seen_among(pipeline, [sample_id]))
+        """Return whether ``sample_id`` (``"node:seq"``) of ``pipeline`` has been stored."""
+        return self._seen.contains(self._tenant, pipeline, sample_id)
 
     def prune_seen(self, older_than_ns: int) -> int:
-        """Forget sample ids stored before ``older_than_ns``; return how many.
+        """Forget the runs of sample seqs stored before ``older_than_ns``; return how many.
 
-        Only prune ids older than anything an edge outbox could still resend; the store's
-        de-duplicating read still hides a late resend, but it would take space.
+        Only prune what is older than anything an edge outbox could still resend; the
+        store's de-duplicating read still hides a late resend, but it would take space.
         """
-        with self._lock:
-            cursor = self._db.execute(
-                "DELETE FROM seen WHERE tenant = ? AND ingested_at_ns < ?",
-                (self._tenant, older_than_ns),
-            )
-            return cursor.rowcount
+        return self._seen.prune(self._tenant, older_than_ns)
 
     def close(self) -> None:
         """Append the pending audit summary, close the seen-id database and the audit log."""
         self.flush_audit()
-        with self._lock:
-            self._db.close()
+        self._seen.close()
         if self._audit is not None:
             self._audit.close()
 
@@ -451,6 +442,12 @@ class IngestService:
         if isinstance(batch, codec.SampleBatch):
             self._check_schema(spec, batch)
             raise AssertionError("a batch decoded off its schema passed the schema check")
+        if len(batch) and int(batch.seq.max()) > MAX_SEQ:
+            raise _RejectedError(
+                "bad_seq",
+                f"sample seq {int(batch.seq.max())} is beyond the store's range (below 2**63); "
+                "seqs come from the edge outbox's allocator, which stays far below it",
+            )
         if self._policy is not None:
             self._check_policy(self._policy, spec, batch)
         return _Accepted(index, samples=batch)
@@ -637,35 +634,41 @@ class IngestService:
         quota_used = 0
         written: dict[str, dict[str, _SeqSpan]] = {}
         outcomes: dict[int, Outcome] = {}
-        new_by_pipeline: dict[str, list[str]] = {}
+        new_seqs: dict[NodeKey, list[npt.NDArray[np.int64]]] = {}
         try:
-            ids_of = [item.samples.sample_ids() for item in items if item.samples is not None]
-            by_pipeline: dict[str, list[str]] = {}
-            for item, ids in zip(items, ids_of, strict=True):
+            seqs_of = [item.samples.seq.astype(np.int64) for item in items if item.samples]
+            by_node: dict[NodeKey, list[npt.NDArray[np.int64]]] = {}
+            for item, seqs in zip(items, seqs_of, strict=True):
                 assert item.samples is not None
-                by_pipeline.setdefault(item.samples.pipeline, []).extend(ids)
-            # One look-up per pipeline for the whole group; ids stored by an earlier message
-            # of this group count as seen for the later ones.
-            # None: no id of the pipeline's messages here is stored or repeated (the usual
+                by_node.setdefault((item.samples.pipeline, item.samples.node), []).append(seqs)
+            # One look-up per node for the whole group; seqs stored by an earlier message of
+            # this group count as seen for the later ones.
+            # None: no seq of the node's messages here is stored or repeated (the usual
             # case), so every sample is new and none needs a look-up of its own.
-            seen: dict[str, set[str] | None] = {}
-            for pipeline, ids in by_pipeline.items():
-                if pipeline not in self._adopted:
-                    self._adopt_unrecorded_files(pipeline, now_ns)
-                    self._adopted.add(pipeline)
-                found = self._seen_among(pipeline, ids)
-                seen[pipeline] = None if not found and len(set(ids)) == len(ids) else found
-            for item, ids in zip(items, ids_of, strict=True):
+            seen: dict[NodeKey, set[int] | None] = {}
+            for key, parts in by_node.items():
+                if key[0] not in self._adopted:
+                    self._adopt_unrecorded_files(key[0], now_ns)
+                    self._adopted.add(key[0])
+                seqs = parts[0] if len(parts) == 1 else np.concatenate(parts)
+                found = self._seen.stored(self._tenant, key, seqs)
+                # An edge batch's seqs ascend, so repeats are rare: skip sorting when they do.
+                ascending = bool((seqs[1:] > seqs[:-1]).all())
+                repeated = not ascending and len(np.unique(seqs)) != len(seqs)
+                seen[key] = set(seqs[found].tolist()) if found.any() or repeated else None
+            for item, seqs in zip(items, seqs_of, strict=True):
                 batch = item.samples
                 assert batch is not None
-                taken = seen[batch.pipeline]
+                key = (batch.pipeline, batch.node)
+                taken = seen[key]
+                fresh: list[int] | range
                 if taken is None:
-                    fresh = list(range(len(ids)))
+                    fresh = range(len(seqs))
                 else:
                     fresh = []
-                    for row, sample_id in enumerate(ids):
-                        if sample_id not in taken:
-                            taken.add(sample_id)
+                    for row, seq in enumerate(seqs.tolist()):
+                        if seq not in taken:
+                            taken.add(seq)
                             fresh.append(row)
                 over = 0
                 if room is not None and len(fresh) > room - quota_used:
@@ -674,14 +677,13 @@ class IngestService:
                     fresh = fresh[:keep]
                 quota_used += len(fresh)
                 if fresh:
-                    new = batch if len(fresh) == len(ids) else batch.take(fresh)
+                    new = batch if len(fresh) == len(seqs) else batch.take(list(fresh))
                     new = self._declared_fields(new)
                     self._store.append_columns(self._tenant, new, ingested_at_ns=now_ns)
                     nodes = written.setdefault(batch.pipeline, {})
                     nodes[batch.node] = _SeqSpan.of(new.seq).merge(nodes.get(batch.node))
-                    new_ids = new_by_pipeline.setdefault(batch.pipeline, [])
-                    new_ids.extend(ids if len(fresh) == len(ids) else [ids[i] for i in fresh])
-                duplicates = len(ids) - len(fresh) - over
+                    new_seqs.setdefault(key, []).append(new.seq.astype(np.int64))
+                duplicates = len(seqs) - len(fresh) - over
                 if over and not fresh:
                     outcomes[item.index] = Outcome(
                         "rejected",
@@ -699,11 +701,15 @@ class IngestService:
             # Nothing is acknowledged, so the broker redelivers; drop the rows not yet written
             # and adopt the files that were, so the redelivery does not store them again.
             self._store.discard()
-            _log.error("writing the sample store failed, will retry: %r", exc)
             self._adopt_quietly(now_ns)
+            if isinstance(exc, _DATA_ERRORS):
+                return self._isolate_unstorable(items, stored, exc)
+            _log.error("writing the sample store failed, will retry: %r", exc)
             return {item.index: Outcome("failed", detail=repr(exc)) for item in items}
         try:
-            self._record_seen(new_by_pipeline, now_ns, paths)
+            self._seen.record(
+                self._tenant, {k: np.concatenate(v) for k, v in new_seqs.items()}, now_ns, paths
+            )
         except sqlite3.Error as exc:
             # The samples are durable, so acknowledging is safe; the next write adopts the
             # unrecorded files before it de-duplicates, so a resend is not stored again.
@@ -712,6 +718,22 @@ class IngestService:
         self._quota_used += quota_used
         stored.update(written)
         return outcomes
+
+    def _isolate_unstorable(
+        self, items: list[_Accepted], stored: dict[str, dict[str, _SeqSpan]], exc: Exception
+    ) -> dict[int, Outcome]:
+        """Store the messages of a group one by one after the group failed on its data.
+
+        A message the store cannot take is rejected (``unstorable``: a resend would fail
+        the same way) instead of failing, and so holding back, every message grouped with it.
+        """
+        if len(items) > 1:
+            outcomes: dict[int, Outcome] = {}
+            for item in items:
+                outcomes.update(self._store_samples([item], stored))
+            return outcomes
+        _log.error("the sample store cannot take a batch; rejecting it: %r", exc)
+        return {items[0].index: Outcome("rejected", reason="unstorable", detail=repr(exc))}
 
     def _declared_fields(self, batch: codec.SampleColumns) -> codec.SampleColumns:
         """Return ``batch`` with only the fields its pipeline's schema declares.
@@ -756,12 +778,8 @@ class IngestService:
         if day != self._quota_day:
             # Once per day: what this tenant stored today so far (other replicas, restarts).
             start = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()
-            with self._lock:
-                (count,) = self._db.execute(
-                    "SELECT COUNT(*) FROM seen WHERE tenant = ? AND ingested_at_ns >= ?",
-                    (self._tenant, int(start * 1e9)),
-                ).fetchone()
-            self._quota_day, self._quota_used = day, int(count)
+            count = self._seen.count_since(self._tenant, int(start * 1e9))
+            self._quota_day, self._quota_used = day, count
         try:
             quotas.check(self._tenant, "samples_per_day", self._quota_used, 1)
         except QuotaExceededError as exc:
@@ -873,28 +891,13 @@ class IngestService:
             return Outcome("failed", detail=repr(exc))
         return Outcome("labelled", labels=written)
 
-    def _seen_among(self, pipeline: str, ids: Sequence[str]) -> set[str]:
-        if not ids:
-            return set()
-        # One statement for any number of ids: they travel as one JSON array parameter
-        # (SQLite's json_each), so neither the bound-parameter limit nor a round trip per
-        # id applies.
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT sample_id FROM seen WHERE tenant = ? AND pipeline = ? "
-                "AND sample_id IN (SELECT value FROM json_each(?))",
-                (self._tenant, pipeline, json.dumps(ids)),
-            ).fetchall()
-        return {r[0] for r in rows}
-
     def _adopt_unrecorded_files(self, pipeline: str, now_ns: int) -> int:
-        """Record the ids of store files no seen-id commit covers (a crash came in between).
+        """Record the seqs of store files no seen-index commit covers (a crash came between).
 
         Returns the number of files adopted.
         """
         paths = self._store.files(self._tenant, pipeline)
-        with self._lock:
-            known = {r[0] for r in self._db.execute("SELECT path FROM stored_files")}
+        known = self._seen.recorded_files()
         unrecorded = [p for p in paths if p not in known]
         self._adopt(unrecorded, now_ns)
         if unrecorded:
@@ -906,11 +909,13 @@ class IngestService:
         return len(unrecorded)
 
     def _adopt(self, paths: Sequence[str], now_ns: int) -> None:
-        ids: dict[str, list[str]] = {}
+        seqs: dict[NodeKey, list[npt.NDArray[np.int64]]] = {}
         for path in paths:
-            for pipeline, sample_id in self._store.file_sample_ids(path):
-                ids.setdefault(pipeline, []).append(sample_id)
-        self._record_seen(ids, now_ns, paths)
+            for key, values in self._store.file_seqs(path).items():
+                seqs.setdefault(key, []).append(values)
+        self._seen.record(
+            self._tenant, {key: np.concatenate(v) for key, v in seqs.items()}, now_ns, paths
+        )
 
     def _adopt_quietly(self, now_ns: int) -> None:
         try:
@@ -918,27 +923,6 @@ class IngestService:
         except Exception as exc:  # the next write adopts them (see _adopted) or reads dedup
             self._adopted.clear()
             _log.error("recording the files of a failed write failed: %r", exc)
-
-    def _record_seen(
-        self, ids_by_pipeline: Mapping[str, list[str]], now_ns: int, paths: Sequence[str] = ()
-    ) -> None:
-        if not any(ids_by_pipeline.values()) and not paths:
-            return
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for pipeline, ids in ids_by_pipeline.items():
-                    self._db.execute(
-                        "INSERT OR IGNORE INTO seen SELECT ?, ?, value, ? FROM json_each(?)",
-                        (self._tenant, pipeline, now_ns, json.dumps(ids)),
-                    )
-                self._db.executemany(
-                    "INSERT OR IGNORE INTO stored_files VALUES (?)", [(p,) for p in paths]
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
 
     def _count(self, messages: Sequence[tuple[str, bytes]], outcomes: list[Outcome]) -> None:
         with self._lock:

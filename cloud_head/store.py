@@ -383,16 +383,15 @@ class SampleStore:
         table = self._read_files(paths, read_cols)
         return _dedup(table).select(wanted)
 
-    def file_sample_ids(self, path: str) -> list[tuple[str, str]]:
-        """Return ``(pipeline, sample_id)`` of every row of one data file, as written."""
-        table = pq.read_table(path, columns=["pipeline", "sample_id"], filesystem=self._fs)
-        return list(
-            zip(
-                table.column("pipeline").to_pylist(),
-                table.column("sample_id").to_pylist(),
-                strict=True,
-            )
-        )
+    def file_seqs(self, path: str) -> dict[tuple[str, str], npt.NDArray[np.int64]]:
+        """Return the seqs of every row of one data file by (pipeline, node), as written."""
+        table = pq.read_table(path, columns=["pipeline", "node", "seq"], filesystem=self._fs)
+        out: dict[tuple[str, str], npt.NDArray[np.int64]] = {}
+        if table.num_rows == 0:
+            return out
+        for group in table.group_by(["pipeline", "node"]).aggregate([("seq", "list")]).to_pylist():
+            out[(group["pipeline"], group["node"])] = np.asarray(group["seq_list"], dtype=np.int64)
+        return out
 
     def count(self, tenant: str, pipeline: str) -> int:
         """Return the number of distinct samples written for one pipeline."""
@@ -640,7 +639,16 @@ def _join(*parts: str) -> str:
 
 
 def _utc_date(ns: int) -> str:
-    return datetime.fromtimestamp(ns / 1e9, tz=UTC).strftime("%Y-%m-%d")
+    # Every append asks; a UTC day is 86,400 POSIX seconds, so the day number is the key.
+    return _utc_day_name(ns // _NS_PER_DAY)
+
+
+_NS_PER_DAY = 86_400 * 10**9
+
+
+@functools.lru_cache(maxsize=64)
+def _utc_day_name(day: int) -> str:
+    return datetime.fromtimestamp(day * 86_400, tz=UTC).strftime("%Y-%m-%d")
 
 
 def _check_date(date: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -275,6 +276,18 @@ class TestRejects:
         assert [o.kind for o in outcomes] == ["stored", "rejected", "stored"]
         assert store.count(TENANT, "digits") == 2
 
+    def test_a_seq_beyond_the_stores_range_is_rejected_without_spoiling_its_group(
+        self, service: IngestService, store: SampleStore
+    ) -> None:
+        record = codec.SampleRecord(
+            seq=2**64 - 1, captured_at_ns=1, tensor=np.zeros((1, 8, 8), np.float32), prediction=1
+        )
+        huge = codec.SampleBatch("digits", "cam-1", "v1", DataClass.CONFIDENTIAL, (record,))
+        outcomes = service.handle_many([samples_msg(make_batch([1])), samples_msg(huge)])
+        assert [(o.kind, o.reason) for o in outcomes] == [("stored", ""), ("rejected", "bad_seq")]
+        assert "2**63" in outcomes[1].detail
+        assert store.count(TENANT, "digits") == 1
+
     def test_a_less_sensitive_batch_is_accepted(self, service: IngestService) -> None:
         outcome = service.handle(*samples_msg(make_batch([1], data_class=DataClass.PUBLIC)))
         assert outcome.stored == 1
@@ -323,7 +336,40 @@ class TestFeedback:
         assert labels.count(TENANT, "digits") == 0
 
 
+class _StoreThatCannotTakeOneNode(SampleStore):
+    """A real store that fails on the data of node "poison", as on an unforeseen value."""
+
+    def append_columns(self, tenant: str, columns: codec.SampleColumns, **kw: Any) -> int:
+        if columns.node == "poison":
+            raise ValueError("a value the store cannot write")
+        return super().append_columns(tenant, columns, **kw)
+
+
 class TestFailedWrites:
+    def test_a_batch_the_store_cannot_take_is_rejected_alone(
+        self, tmp_path: Path, labels: LabelStore
+    ) -> None:
+        store = _StoreThatCannotTakeOneNode(tmp_path / "samples")
+        with IngestService(TENANT, [make_spec()], store, labels, tmp_path / "s.db") as service:
+            outcomes = service.handle_many(
+                [
+                    samples_msg(make_batch([1, 2])),
+                    samples_msg(make_batch([7], node="poison")),
+                    samples_msg(make_batch([3])),
+                ]
+            )
+            assert [(o.kind, o.reason) for o in outcomes] == [
+                ("stored", ""),
+                ("rejected", "unstorable"),
+                ("stored", ""),
+            ]
+            assert all(o.ack for o in outcomes)
+            assert store.count(TENANT, "digits") == 3
+            assert service.stats()["rejected"] == {"unstorable": 1}
+            # Stored once: the good messages' redelivery is recognised.
+            again = service.handle(*samples_msg(make_batch([1, 2])))
+            assert again == Outcome("stored", stored=0, duplicates=2)
+
     def test_a_failed_store_write_is_not_acked_and_succeeds_on_retry(
         self, tmp_path: Path, labels: LabelStore
     ) -> None:
