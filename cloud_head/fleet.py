@@ -156,6 +156,7 @@ class _Live:
     status: NodeStatus
     prefix: bytes | None
     last_seen: float
+    period: float
 
 
 @dataclass(slots=True)
@@ -183,8 +184,9 @@ class FleetRegistry:
         clock: the cloud clock (Unix seconds).
         quotas: returns the tenant's quotas when a new node is to be admitted (None, or a None
             result: no limit on edge nodes).
-        heartbeat_interval_s: the agents' ``heartbeat_interval_s``; a node silent for more
-            than two of them is marked offline by ``tick()``.
+        heartbeat_interval_s: the heartbeat period of nodes whose status does not state
+            their own (``heartbeat_s``; agents state it); a node silent for more than two of
+            its periods is marked offline by ``tick()``.
         flush_interval_s: how long changes may wait in memory before ``tick()`` writes them.
     """
 
@@ -222,7 +224,10 @@ class FleetRegistry:
         self._reject_log = RejectLog(_log)
         self._since_prune = 0
         self._status_root = topics.nodes_filter(self._tenant, "status")[: -len("+/status")]
-        self._live: OrderedDict[str, _Live] = OrderedDict()  # oldest last_seen first
+        self._live: dict[str, _Live] = {}
+        # The live nodes of each heartbeat period, oldest last_seen first: tick() finds the
+        # silent ones at the front of each, whatever the fleet's size.
+        self._by_period: dict[float, OrderedDict[str, None]] = {}
         self._pending: dict[str, _Pending] = {}
         self._telemetry_rows: list[tuple[str, str, float, float, str, str]] = []
         db_path = Path(path)
@@ -249,13 +254,22 @@ class FleetRegistry:
 
     @property
     def heartbeat_interval_s(self) -> float:
-        """The agents' heartbeat period this registry expects."""
+        """The heartbeat period of nodes whose status does not state their own."""
         return self._heartbeat_s
+
+    @property
+    def longest_heartbeat_s(self) -> float:
+        """The longest heartbeat period of a live node (or the default): after a reconnect,
+        the fleet has been heard from once this long has passed."""
+        with self._lock:
+            return max([self._heartbeat_s, *self._by_period])
 
     @property
     def tick_interval_s(self) -> float:
         """How often ``tick()`` should run to keep the flush and offline bounds."""
-        return min(self._flush_s, self._heartbeat_s / 4)
+        with self._lock:
+            shortest = min([self._heartbeat_s, *self._by_period])
+        return min(self._flush_s, shortest / 4)
 
     # -- protocol --------------------------------------------------------------------------
 
@@ -302,7 +316,7 @@ class FleetRegistry:
         if not math.isfinite(float(tail[:-1])):
             return False
         live.last_seen = now
-        self._live.move_to_end(node)
+        self._by_period[live.period].move_to_end(node)
         pending = self._pending.get(node)
         if pending is None:  # a live node without pending changes is stored already
             self._pending[node] = _Pending(now, payload, beats_only=True)
@@ -382,9 +396,19 @@ class FleetRegistry:
                 prefix = head + key
         with self._lock:
             self._pending_locked(node, now).status = status.model_dump_json()
-            self._live.pop(node, None)
+            self._drop_live_locked(node)
             if status.online:
-                self._live[node] = _Live(status, prefix, now)
+                period = status.heartbeat_s or self._heartbeat_s
+                self._live[node] = _Live(status, prefix, now, period)
+                self._by_period.setdefault(period, OrderedDict())[node] = None
+
+    def _drop_live_locked(self, node: str) -> None:
+        live = self._live.pop(node, None)
+        if live is not None:
+            bucket = self._by_period[live.period]
+            del bucket[node]
+            if not bucket:
+                del self._by_period[live.period]
 
     def _pending_locked(self, node: str, now: float) -> _Pending:
         pending = self._pending.get(node)
@@ -398,7 +422,7 @@ class FleetRegistry:
         live = self._live.get(node)
         if live is not None:
             live.last_seen = now
-            self._live.move_to_end(node)
+            self._by_period[live.period].move_to_end(node)
 
     def _admit(self, node: str) -> str | None:
         """Check a node not admitted yet against the ``edge_nodes`` quota; return any refusal."""
@@ -431,7 +455,7 @@ class FleetRegistry:
     # -- upkeep ----------------------------------------------------------------------------
 
     def tick(self, *, expire_silent: bool = True) -> list[str]:
-        """Mark nodes silent for over two heartbeat periods offline, then flush to SQLite.
+        """Mark nodes silent for over two of their heartbeat periods offline, then flush.
 
         Call it every ``tick_interval_s`` (``FleetWorker`` does), with ``expire_silent`` False
         while the registry itself cannot hear the fleet (no broker): silence then says nothing
@@ -442,25 +466,26 @@ class FleetRegistry:
             The nodes marked offline by this call.
         """
         now = self._clock()
-        cutoff = now - 2 * self._heartbeat_s
         silent: list[str] = []
         with self._lock:
-            while expire_silent and self._live:
-                node, live = next(iter(self._live.items()))
-                if live.last_seen >= cutoff:
-                    break
-                del self._live[node]
-                offline = live.status.model_copy(update={"online": False})
-                pending = self._pending_locked(node, live.last_seen)
-                pending.status = offline.model_dump_json()
-                silent.append(node)
+            for period, bucket in list(self._by_period.items()) if expire_silent else ():
+                cutoff = now - 2 * period
+                while bucket:
+                    node = next(iter(bucket))
+                    live = self._live[node]
+                    if live.last_seen >= cutoff:
+                        break
+                    self._drop_live_locked(node)
+                    offline = live.status.model_copy(update={"online": False})
+                    pending = self._pending_locked(node, live.last_seen)
+                    pending.status = offline.model_dump_json()
+                    silent.append(node)
             self._counts["timed_out"] += len(silent)
         if silent:
             _log.warning(
-                "marked %d node(s) offline after more than %g s without a message and without "
-                "a last will (half-open connections?): %s%s",
+                "marked %d node(s) offline after more than two heartbeat periods without a "
+                "message and without a last will (half-open connections?): %s%s",
                 len(silent),
-                2 * self._heartbeat_s,
                 ", ".join(silent[:5]),
                 " ..." if len(silent) > 5 else "",
             )
@@ -617,7 +642,7 @@ class FleetRegistry:
         with self._db_lock:
             with self._lock:
                 self._pending.pop(node, None)
-                self._live.pop(node, None)
+                self._drop_live_locked(node)
                 self._admitted.discard(node)
                 self._telemetry_rows = [r for r in self._telemetry_rows if r[0] != node]
             self._db.execute("DELETE FROM nodes WHERE node = ?", (node,))
@@ -795,7 +820,7 @@ class FleetWorker:
             # After a (re)connect the broker replays every retained status; until then, and
             # while the broker is away, the fleet's silence is the worker's own.
             heard = self.connected and (
-                time.monotonic() - self._connected_at >= self._registry.heartbeat_interval_s
+                time.monotonic() - self._connected_at >= self._registry.longest_heartbeat_s
             )
             try:
                 self._registry.tick(expire_silent=heard)

@@ -346,6 +346,7 @@ class EdgeAgent:
             tensorrt_version=self._caps.tensorrt_version,
             agent_version=capabilities.agent_version(),
             pipelines=[spec.name for spec in self._specs],
+            heartbeat_s=self.settings.heartbeat_interval_s,
             ts=time.time(),
         ).to_payload()
 

@@ -126,7 +126,14 @@ class NodeStatus(_Message):
     tensorrt_version: ShortText | None = None
     agent_version: ShortText
     pipelines: list[PipelineName] = Field(default_factory=list, max_length=_MAX_PIPELINES)
-    ts: Timestamp
+    heartbeat_s: float | None = Field(
+        default=None,
+        ge=1.0,
+        le=3600.0,
+        description="How often the node re-publishes this status; the fleet registry marks it "
+        "offline after two periods of silence (None: the registry's default period).",
+    )
+    ts: Timestamp  # last: the fleet registry spots a heartbeat by everything before it
 
 
 class _ArtifactRef(_WireModel):

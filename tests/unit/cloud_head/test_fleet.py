@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +26,14 @@ class Clock:
         return self.now
 
 
-def status(node: str, *, online: bool = True, site: str = "lux-1", tenant: str = TENANT) -> bytes:
+def status(
+    node: str,
+    *,
+    online: bool = True,
+    site: str = "lux-1",
+    tenant: str = TENANT,
+    heartbeat_s: float | None = None,
+) -> bytes:
     return NodeStatus(
         node=node,
         tenant=tenant,
@@ -36,6 +44,7 @@ def status(node: str, *, online: bool = True, site: str = "lux-1", tenant: str =
         tensorrt_version=None,
         agent_version="0.1.0",
         pipelines=["digits"],
+        heartbeat_s=heartbeat_s,
         ts=900.0,
     ).to_payload()
 
@@ -319,6 +328,47 @@ class TestSilentNodes:
         clock.now = 1_100.0
         assert fleet.tick() == []
         assert fleet.stats()["timed_out"] == 0
+
+    def test_each_node_is_judged_by_the_heartbeat_period_its_status_states(
+        self, fleet: FleetRegistry, clock: Clock
+    ) -> None:
+        # The registry's default is 10 s; cam-fast beats every 2 s, cam-slow every 60 s.
+        fleet.handle(topics.node_status(TENANT, "cam-fast"), status("cam-fast", heartbeat_s=2.0))
+        fleet.handle(topics.node_status(TENANT, "cam-slow"), status("cam-slow", heartbeat_s=60))
+        fleet.handle(topics.node_status(TENANT, "cam-old"), status("cam-old"))
+        assert fleet.tick_interval_s <= 0.5  # a quarter of the shortest period in use
+        clock.now = 1_004.5
+        assert fleet.tick() == ["cam-fast"]
+        clock.now = 1_020.5
+        assert fleet.tick() == ["cam-old"]
+        clock.now = 1_119.0
+        beat = heartbeat("cam-slow", 1_019.0, heartbeat_s=60.0)
+        fleet.handle(topics.node_status(TENANT, "cam-slow"), beat)
+        clock.now = 1_200.0
+        assert fleet.tick() == []
+        clock.now = 1_239.5
+        assert fleet.tick() == ["cam-slow"]
+        assert fleet.longest_heartbeat_s == 10.0  # no live node left: the default
+
+    def test_a_node_changing_its_period_is_judged_by_the_new_one(
+        self, fleet: FleetRegistry, clock: Clock
+    ) -> None:
+        fleet.handle(topics.node_status(TENANT, "cam-1"), status("cam-1", heartbeat_s=60))
+        assert fleet.longest_heartbeat_s == 60.0
+        fleet.handle(topics.node_status(TENANT, "cam-1"), status("cam-1", heartbeat_s=2.0))
+        assert fleet.longest_heartbeat_s == 10.0
+        clock.now = 1_004.5
+        assert fleet.tick() == ["cam-1"]
+
+    @pytest.mark.parametrize("period", [0.5, 7200.0])
+    def test_a_stated_period_out_of_bounds_is_rejected(
+        self, fleet: FleetRegistry, period: float
+    ) -> None:
+        base = NodeStatus.model_validate_json(status("cam-1")).model_dump()
+        payload = json.dumps({**base, "heartbeat_s": period}).encode()
+        update = fleet.handle(topics.node_status(TENANT, "cam-1"), payload)
+        assert update.kind == "rejected"
+        assert "heartbeat_s" in update.detail
 
     @pytest.mark.parametrize("period", [0.0, -1.0, 7200.0])
     def test_a_heartbeat_period_out_of_bounds_is_refused(
