@@ -227,6 +227,7 @@ class EdgeAgent:
             on_reject=lambda p, reason: self.metrics.model_rejected.labels(p, reason).inc(),
             on_message_rejected=lambda reason: self.metrics.rejected_messages.labels(reason).inc(),
             keep_versions=settings.keep_versions,
+            inference_threads=settings.inference_threads,
             backend_opener=backend_opener,
             is_connected=lambda: self.link.connected,
             stall_s=settings.artifact_stall_s,

@@ -193,6 +193,14 @@ class AgentSettings(BaseSettings):
     metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Prometheus endpoint port; 0 turns it off."
     )
+    inference_threads: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="ONNX Runtime threads per inference. 1 leaves the box's other cores to "
+        "its other work; where the agent may use more, micro-batches of a busy camera turn "
+        "them into frames/s (batch-1 inference gains little from threads).",
+    )
     telemetry_interval_s: float = Field(
         default=10.0, ge=0.05, le=3600, description="Length of one telemetry window."
     )

@@ -143,6 +143,7 @@ class ModelManager:
         on_reject: called with (pipeline, reason) when a model version is rejected.
         on_message_rejected: called with a reason for every dropped incoming message.
         keep_versions: verified versions kept on disk per pipeline.
+        inference_threads: ONNX Runtime threads per inference of every model loaded.
         backend_opener: ``open_backend`` or a stand-in with its signature.
         is_connected: whether the link is up; a fetch only counts as stalled while it is.
         stall_s: a fetch without progress for this long asks the broker again for what
@@ -165,6 +166,7 @@ class ModelManager:
         on_reject: Callable[[str, str], None] | None = None,
         on_message_rejected: Callable[[str], None] | None = None,
         keep_versions: int = 3,
+        inference_threads: int = 1,
         backend_opener: BackendOpener = open_backend,
         clock: Callable[[], float] = time.time,
         is_connected: Callable[[], bool] = lambda: True,
@@ -187,6 +189,7 @@ class ModelManager:
         self._on_reject = on_reject
         self._on_message_rejected = on_message_rejected
         self._keep_versions = keep_versions
+        self._inference_threads = inference_threads
         self._open = backend_opener
         self._clock = clock
         self._is_connected = is_connected
@@ -679,6 +682,7 @@ class ModelManager:
             path,
             max_batch=spec.edge.max_batch,
             engine_cache_dir=self._engines_dir,
+            intra_op_threads=self._inference_threads,
         )
         try:
             probe = np.zeros((1, *spec.edge.input.shape), dtype=spec.edge.input.numpy_dtype())

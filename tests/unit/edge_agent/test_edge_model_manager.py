@@ -162,6 +162,23 @@ class TestFollowingDesiredState:
         assert node.link.chunk_topics() == []  # nothing left subscribed for the transfer
         assert not list((tmp_path / "state" / "downloads").rglob("*.chunk"))
 
+    def test_models_run_with_the_configured_inference_threads(
+        self, tmp_path: Path, keys: tuple[bytes, bytes]
+    ) -> None:
+        made = Node(tmp_path / "state", keys[1], inference_threads=2)
+        made.manager.start()
+        try:
+            artifact = build_model(tmp_path / "v1.onnx")
+            want = desired_for(artifact, keys[0], model="inspector", version="v1")
+            made.desire(want)
+            wait_for(lambda: len(made.link.chunk_topics()) == want.chunks)
+            made.send_chunks(artifact, want)
+            wait_for(lambda: made.models)
+            session = made.models[0].backend._session  # type: ignore[attr-defined]
+            assert session.get_session_options().intra_op_num_threads == 2
+        finally:
+            made.close()
+
     def test_the_same_desired_state_again_changes_nothing(
         self, tmp_path: Path, keys: tuple[bytes, bytes], node: Node
     ) -> None:
