@@ -2,8 +2,9 @@
 
 A version is registered once, immutable afterwards except for its rollout status; the
 artifact is copied into the registry's own directory under its digest so that what was
-signed is what is served. SQLite by default (WAL, one file); the schema is plain SQL so the
-same tables run on PostgreSQL.
+signed is what is served. The metadata goes to SQLite by default (WAL, one file) or to
+PostgreSQL by URL, where several head processes share it (``cloud_head/_database.py``);
+the schema is the same on both.
 """
 
 from __future__ import annotations
@@ -11,21 +12,23 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
-import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from cloud_head._database import Transaction, open_database
 from continuum.errors import NotFoundError, SpecError
 from continuum.signing import sha256_file
 
 ModelStatus = Literal["registered", "canary", "current", "retired", "rolled_back", "rejected"]
 
-_SCHEMA = """
+# One text for both dialects: SQLite reads BIGINT and DOUBLE PRECISION as its INTEGER and
+# REAL (files made with those names before keep working); PostgreSQL needs them, since its
+# INTEGER is 32-bit (artifact sizes) and its REAL single precision (timestamps).
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS model_versions (
     tenant TEXT NOT NULL,
     pipeline TEXT NOT NULL,
@@ -35,25 +38,28 @@ CREATE TABLE IF NOT EXISTS model_versions (
     sha256 TEXT NOT NULL,
     signature TEXT NOT NULL,
     artifact_path TEXT NOT NULL,
-    size_bytes INTEGER NOT NULL,
+    size_bytes BIGINT NOT NULL,
     parent TEXT,
     code_version TEXT NOT NULL,
-    created_at REAL NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
     metrics TEXT NOT NULL,
     gate TEXT NOT NULL,
     lineage TEXT NOT NULL,
     status TEXT NOT NULL,
     PRIMARY KEY (tenant, pipeline, number)
-);
+)""",
+    """
 CREATE TABLE IF NOT EXISTS current_versions (
     tenant TEXT NOT NULL,
     pipeline TEXT NOT NULL,
     version TEXT NOT NULL,
-    changed_at REAL NOT NULL,
+    changed_at DOUBLE PRECISION NOT NULL,
     reason TEXT NOT NULL,
     PRIMARY KEY (tenant, pipeline)
-);
-"""
+)""",
+)
+#: Serialises schema creation: two heads starting at once must not both create the tables.
+_SCHEMA_LOCK = "continuum/registry/schema"
 
 
 @dataclass(frozen=True)
@@ -83,34 +89,37 @@ class ModelVersion:
 
 
 class ModelRegistry:
-    """SQLite-backed registry of model versions per tenant and pipeline."""
+    """Registry of model versions per tenant and pipeline: metadata in SQL, artifacts in files.
 
-    def __init__(self, root: str | Path) -> None:
+    ``url`` names the metadata's database: None for SQLite at ``root/registry.sqlite3``,
+    ``sqlite:///ABSOLUTE/PATH`` for another SQLite file, ``postgresql://USER:PASSWORD@HOST:
+    PORT/DATABASE`` for PostgreSQL, which several head processes can share (they number
+    versions without collisions; the password may also come from libpq's ``PGPASSWORD`` or
+    ``~/.pgpass``, keeping it out of the URL). Artifacts stay under ``root/artifacts`` in
+    every case, and the database records their absolute paths: heads that share a
+    PostgreSQL database must share ``root`` too, on a filesystem mounted at the same path
+    on every one of them.
+
+    Raises:
+        ConfigError: a bad URL, or PostgreSQL without psycopg installed.
+        NotReadyError: the PostgreSQL server cannot be reached (also from any method later,
+            should it go away for longer than one reconnection).
+    """
+
+    def __init__(self, root: str | Path, url: str | None = None) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(
-            self.root / "registry.sqlite3", check_same_thread=False, isolation_level=None
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        # No mkdir here: SQLite makes its file's folder, registering the artifacts' one, and
+        # a command reading a PostgreSQL registry leaves a mistyped --root uncreated.
+        self._db = open_database(url, self.root / "registry.sqlite3")
+        try:
+            self._db.write(_SCHEMA_LOCK, _create_schema)
+        except BaseException:
+            self._db.close()
+            raise
 
     def close(self) -> None:
         """Close the database."""
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        self._db.close()
 
     def register(
         self,
@@ -131,17 +140,20 @@ class ModelRegistry:
 
         ``sign(model, version, sha256) -> signature_hex`` is called with the version number
         this registration gets, so the signature binds the artifact to its version. Nothing
-        is recorded if copying or signing fails.
+        is recorded if copying or signing fails. The number is the pipeline's highest plus
+        one, read and written under the pipeline's lock, so concurrent registrations (other
+        threads, other head processes on the same database) get consecutive numbers.
         """
         if not artifact.is_file():
             raise NotFoundError(f"artifact {artifact} does not exist; train or export it first")
         digest = sha256_file(artifact)
-        with self._transaction() as db:
-            row = db.execute(
+
+        def record(tx: Transaction) -> str:
+            rows = tx.execute(
                 "SELECT COALESCE(MAX(number), 0) FROM model_versions WHERE tenant=? AND pipeline=?",
                 (tenant, pipeline),
-            ).fetchone()
-            number = int(row[0]) + 1
+            )
+            number = int(rows[0][0]) + 1
             version = f"v{number}"
             target = self.root / "artifacts" / tenant / pipeline / f"{version}-{digest[:12]}.onnx"
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -154,7 +166,7 @@ class ModelRegistry:
                 raise SpecError(f"artifact {artifact} changed while it was being registered")
             os.replace(tmp, target)
             signature = str(sign(model, version, digest))
-            db.execute(
+            tx.execute(
                 "INSERT INTO model_versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     tenant,
@@ -175,22 +187,24 @@ class ModelRegistry:
                     status,
                 ),
             )
+            return version
+
+        version = self._db.write(_pipeline_lock(tenant, pipeline), record)
         return self.get(tenant, pipeline, version)
 
     def get(self, tenant: str, pipeline: str, version: str) -> ModelVersion:
         """Return one version, or raise NotFoundError naming what exists."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT * FROM model_versions WHERE tenant=? AND pipeline=? AND version=?",
-                (tenant, pipeline, version),
-            ).fetchone()
-        if row is None:
+        rows = self._db.query(
+            "SELECT * FROM model_versions WHERE tenant=? AND pipeline=? AND version=?",
+            (tenant, pipeline, version),
+        )
+        if not rows:
             known = ", ".join(v.version for v in self.list(tenant, pipeline)) or "none"
             raise NotFoundError(
                 f"no model version {version!r} for pipeline {pipeline!r} of tenant {tenant!r} "
                 f"(registered: {known})"
             )
-        return _row_to_version(row)
+        return _row_to_version(rows[0])
 
     def list(self, tenant: str, pipeline: str | None = None) -> list[ModelVersion]:
         """Return the versions of a tenant (optionally one pipeline), oldest first."""
@@ -199,49 +213,67 @@ class ModelRegistry:
         if pipeline is not None:
             query += " AND pipeline=?"
             args = (tenant, pipeline)
-        with self._lock:
-            rows = self._db.execute(query + " ORDER BY pipeline, number", args).fetchall()
-        return [_row_to_version(r) for r in rows]
+        rows = self._db.query(query, args)
+        # Sorted here, not by ORDER BY: PostgreSQL would order names by the database's
+        # collation, SQLite by code point; this is the same order on both.
+        return [_row_to_version(r) for r in sorted(rows, key=lambda r: (r[1], r[2]))]
 
     def current(self, tenant: str, pipeline: str) -> ModelVersion | None:
         """Return the version every node of the pipeline should serve, if any was promoted."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT version FROM current_versions WHERE tenant=? AND pipeline=?",
-                (tenant, pipeline),
-            ).fetchone()
-        return None if row is None else self.get(tenant, pipeline, row[0])
+        rows = self._db.query(
+            "SELECT version FROM current_versions WHERE tenant=? AND pipeline=?",
+            (tenant, pipeline),
+        )
+        return None if not rows else self.get(tenant, pipeline, rows[0][0])
 
     def set_current(self, tenant: str, pipeline: str, version: str, reason: str) -> ModelVersion:
-        """Make ``version`` the pipeline's current model; the previous one is retired."""
+        """Make ``version`` the pipeline's current model; the previous one is retired.
+
+        Under the pipeline's lock: two heads promoting at once leave one current version.
+        """
         chosen = self.get(tenant, pipeline, version)
-        with self._transaction() as db:
-            db.execute(
+
+        def promote(tx: Transaction) -> None:
+            tx.execute(
                 "UPDATE model_versions SET status='retired' "
                 "WHERE tenant=? AND pipeline=? AND status='current'",
                 (tenant, pipeline),
             )
-            db.execute(
+            tx.execute(
                 "UPDATE model_versions SET status='current' "
                 "WHERE tenant=? AND pipeline=? AND version=?",
                 (tenant, pipeline, version),
             )
-            db.execute(
+            tx.execute(
                 "INSERT INTO current_versions VALUES (?,?,?,?,?) "
                 "ON CONFLICT(tenant, pipeline) DO UPDATE SET version=excluded.version, "
                 "changed_at=excluded.changed_at, reason=excluded.reason",
                 (tenant, pipeline, version, time.time(), reason),
             )
+
+        self._db.write(_pipeline_lock(tenant, pipeline), promote)
         return chosen
 
     def set_status(self, tenant: str, pipeline: str, version: str, status: ModelStatus) -> None:
         """Record a rollout status change of one version."""
         self.get(tenant, pipeline, version)
-        with self._transaction() as db:
-            db.execute(
+        self._db.write(
+            _pipeline_lock(tenant, pipeline),
+            lambda tx: tx.execute(
                 "UPDATE model_versions SET status=? WHERE tenant=? AND pipeline=? AND version=?",
                 (status, tenant, pipeline, version),
-            )
+            ),
+        )
+
+
+def _create_schema(tx: Transaction) -> None:
+    for statement in _SCHEMA:
+        tx.execute(statement)
+
+
+def _pipeline_lock(tenant: str, pipeline: str) -> str:
+    """The lock key of one pipeline's versions (numbering, current version, statuses)."""
+    return f"continuum/registry/{tenant}/{pipeline}"
 
 
 def _row_to_version(row: tuple[Any, ...]) -> ModelVersion:

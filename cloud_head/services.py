@@ -34,6 +34,7 @@ from cloud_head.audit import (
     service_actor,
 )
 from cloud_head.metrics import ControllerMetrics, FleetMetrics, IngestMetrics, MetricsExporter
+from cloud_head.paths import HeadPaths as HeadPaths  # its home is paths.py; re-exported
 from continuum.errors import NotReadyError, OperationTimeoutError, PlacementError
 from continuum.labels import TIER
 from continuum.residency import (
@@ -50,51 +51,6 @@ log = logging.getLogger(__name__)
 
 #: Cloud services run on the cloud tier only (DESIGN §6).
 CLOUD_SELECTOR = {TIER: "cloud"}
-
-
-@dataclass(frozen=True)
-class HeadPaths:
-    """Where one tenant's cloud state lives (local paths; S3/PostgreSQL in production)."""
-
-    root: Path
-
-    @property
-    def store(self) -> Path:
-        return self.root / "store"
-
-    @property
-    def state(self) -> Path:
-        return self.root / "state"
-
-    @property
-    def seen_db(self) -> Path:
-        return self.state / "ingest-seen.sqlite3"
-
-    @property
-    def labels_db(self) -> Path:
-        return self.state / "labels.sqlite3"
-
-    def fleet_db(self, tenant: str) -> Path:
-        """The fleet registry of ``tenant``: a file each, so no tenant lists another's nodes."""
-        return self.state / f"fleet-{tenant}.sqlite3"
-
-    @property
-    def registry(self) -> Path:
-        return self.root / "registry"
-
-    @property
-    def audit(self) -> Path:
-        """The per-tenant audit logs (``continuum audit --root ROOT`` reads them here)."""
-        return self.root / "audit"
-
-    @property
-    def tenants(self) -> Path:
-        """The tenant registry (``continuum tenant --root ROOT``); its quotas apply if present."""
-        return self.root / "tenants"
-
-    def controller(self, tenant: str, pipeline: str) -> Path:
-        """A pipeline controller's own state (two tenants may name pipelines alike)."""
-        return self.root / "controllers" / tenant / pipeline
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -262,7 +218,6 @@ class ControllerActor:
         from cloud_head.controller import PipelineController
         from cloud_head.fleet import FleetRegistry
         from cloud_head.labelling import LabelStore
-        from cloud_head.registry import ModelRegistry
         from cloud_head.store import SampleStore
 
         logging.basicConfig(level=logging.INFO)
@@ -276,7 +231,7 @@ class ControllerActor:
         self._controller = PipelineController(
             pipeline,
             workdir=workdir,
-            registry=ModelRegistry(paths.registry),
+            registry=paths.open_registry(),
             store=SampleStore(paths.store),
             labels=LabelStore(paths.labels_db),
             fleet=FleetRegistry(pipeline.tenant, paths.fleet_db(pipeline.tenant)),
@@ -380,12 +335,11 @@ class TeacherActor:
         accept_confidence: float = 0.95,
     ) -> None:
         from cloud_head.labelling import LabelStore
-        from cloud_head.registry import ModelRegistry
         from cloud_head.store import SampleStore
 
         logging.basicConfig(level=logging.INFO)
         self._spec = PipelineSpec.model_validate(spec)
-        self._registry = ModelRegistry(paths.registry)
+        self._registry = paths.open_registry()
         self._samples = SampleStore(paths.store)
         self._labels = LabelStore(paths.labels_db)
         self._interval_s = interval_s

@@ -26,6 +26,14 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
   apt_install mosquitto
 fi
 
+# The PostgreSQL registry's tests run a real server: like mosquitto, they start their own
+# (initdb into a temporary directory, a free loopback port), so only the binaries are needed;
+# the cluster the package may set up on port 5432 is not used. The demo runs on SQLite.
+if [ "$mode" = test ] && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+  echo "==> installing PostgreSQL from Debian's packages (for the registry's tests)"
+  apt_install postgresql
+fi
+
 PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 if [ ! -x .venv/bin/python ]; then

@@ -1,6 +1,8 @@
-"""Session fixtures for the whole suite: a real mosquitto, a real local Ray cluster, the gpu skip.
+"""Session fixtures for the whole suite: a real mosquitto, a real local Ray cluster, a real
+PostgreSQL, the gpu skip.
 
-Both fixtures start only when a test asks for them, so ``tests/unit`` needs neither.
+Each starts only when a test asks for it, so ``tests/unit`` needs none but PostgreSQL (for
+the cases of the registry's tests that run on it).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from cloud_head.paths import REGISTRY_URL_ENV
 from continuum.cli._demo_tenants import CLOUD_LABELS, EDGE_NODE_LABELS
 from continuum.embedded import EmbeddedBroker, LocalRayCluster
+from tests.postgres_server import PostgresServer, find_postgres_bin
 
 #: The Ray namespace the test process joins; services under test run as actors in it.
 RAY_TEST_NAMESPACE = "continuum-tests"
@@ -47,6 +51,55 @@ def private_mqtt_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_operator_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep the operator's ``CONTINUUM_REGISTRY_URL`` away: no test writes to a real registry."""
+    monkeypatch.delenv(REGISTRY_URL_ENV, raising=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """Yield one PostgreSQL server on a free loopback port, shared by the session.
+
+    Its superuser ``continuum`` needs no password. A test that restarts it must leave it
+    running; tests take a database of their own (``postgres_database``). Skipped, saying
+    how to install it, where the server's binaries are missing.
+    """
+    bindir = find_postgres_bin()
+    if bindir is None:
+        pytest.skip(
+            "needs PostgreSQL's server binaries (initdb, pg_ctl): apt-get install postgresql"
+        )
+    server = PostgresServer(bindir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The URL of the session's PostgreSQL (database ``postgres``, user ``continuum``)."""
+    return postgres_server.url()
+
+
+@pytest.fixture
+def postgres_database(postgres_server: PostgresServer) -> str:
+    """The URL of an empty database of this test's own on the session's PostgreSQL."""
+    return postgres_server.create_database()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def registry_url(request: pytest.FixtureRequest) -> str | None:
+    """The model registry's database, once per dialect: None (SQLite, the default), then an
+    empty database of this test's own on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return None
+    url: str = request.getfixturevalue("postgres_database")
+    return url
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """What the operator commands share: where the cloud head's state is, and reaching its actors.
 
 Read-only commands read the cloud head's stores directly (``--root``, by default the demo's
-``./continuum-demo/cloud``); commands that change something call the running services,
+``./continuum-demo/cloud``, and ``--registry-url`` for the model registry's database);
+commands that change something call the running services,
 which are named Ray actors in the tenant's namespace, so every change goes through the
 one controller that owns the pipeline.
 """
@@ -11,9 +12,13 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from continuum.errors import AccessDeniedError, ConfigError, NotReadyError
+
+if TYPE_CHECKING:
+    from cloud_head.paths import HeadPaths
+    from cloud_head.registry import ModelRegistry
 
 DEFAULT_ROOT = Path("continuum-demo") / "cloud"
 DEFAULT_TOKEN = Path("continuum-demo") / "ray" / "ray_auth_token"
@@ -21,14 +26,25 @@ DEFAULT_TOKEN = Path("continuum-demo") / "ray" / "ray_auth_token"
 PASSWORD_ENV = "CONTINUUM_TENANT_PASSWORD"
 
 
-def add_root(parser: argparse.ArgumentParser) -> None:
-    """Add ``--root``: the cloud head's state directory."""
+def add_root(parser: argparse.ArgumentParser, *, registry: bool = False) -> None:
+    """Add ``--root``: the cloud head's state directory; with ``registry``, ``--registry-url``."""
     parser.add_argument(
         "--root",
         type=Path,
         default=DEFAULT_ROOT,
         help=f"the cloud head's state directory (default ./{DEFAULT_ROOT}, the demo's)",
     )
+    if registry:
+        from cloud_head.paths import REGISTRY_URL_ENV
+
+        parser.add_argument(
+            "--registry-url",
+            default=None,
+            metavar="URL",
+            help=f"the model registry's database, as the cloud head was given it: "
+            f"postgresql://USER@HOST:PORT/DATABASE or sqlite:///PATH (default: "
+            f"${REGISTRY_URL_ENV}, else SQLite under --root); its artifacts stay under --root",
+        )
 
 
 def add_tenant(parser: argparse.ArgumentParser, *, pipeline: bool = True) -> None:
@@ -110,6 +126,27 @@ def state_dir(root: Path, name: str) -> Path:
             "(for a demo run: <workdir>/cloud)"
         )
     return path
+
+
+def head_paths(args: argparse.Namespace) -> HeadPaths:
+    """Return the cloud head's paths from ``--root`` and ``--registry-url`` (or its variable)."""
+    from cloud_head.paths import HeadPaths
+
+    url = getattr(args, "registry_url", None)
+    return HeadPaths(Path(args.root)) if url is None else HeadPaths(Path(args.root), url)
+
+
+def open_registry(args: argparse.Namespace) -> ModelRegistry:
+    """Open the model registry the running cloud head uses; close it when done.
+
+    Raises:
+        ConfigError: no registry under ``--root`` (when it is SQLite there) or a bad URL.
+        NotReadyError: its PostgreSQL cannot be reached.
+    """
+    paths = head_paths(args)
+    if paths.registry_url is None:
+        state_dir(paths.root, "registry")  # a wrong --root must not get an empty registry
+    return paths.open_registry()
 
 
 def controller(args: argparse.Namespace) -> Any:

@@ -119,14 +119,15 @@ def _evaluate_versions(
     """Score every registered version on the reserved test split, clean and drifted."""
     import numpy as np
 
-    from cloud_head.registry import ModelRegistry
+    from cloud_head.paths import HeadPaths
     from continuum.backends import open_backend
     from pipelines.digits.data import apply_drift, load_splits
 
     splits = load_splits()
     clean_x = splits.test_x
     drifted_x = apply_drift(clean_x, drift_kind, rng=np.random.default_rng(12345))
-    registry = ModelRegistry(workdir / "cloud" / "registry")
+    # The demo's head took its registry URL from the same environment (HeadPaths' default).
+    registry = HeadPaths(workdir / "cloud").open_registry()
     scores: dict[str, Any] = {}
     try:
         for version in registry.list(tenant, pipeline):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from continuum.cli._cloud import add_credential, add_root, authorize, state_dir
+from continuum.cli._cloud import add_credential, add_root, authorize, open_registry, state_dir
 
 #: Exit status when the audit log failed verification.
 EXIT_TAMPERED = 1
@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     export.add_argument(
         "--intended-use", default=None, help="the model's intended use, for the card"
     )
-    add_root(export)
+    add_root(export, registry=True)
     _add_public_key(export)
     export.set_defaults(run=run_export)
 
@@ -116,11 +116,10 @@ def run_export(args: argparse.Namespace) -> int:
     """Write the lineage JSON and the model card of one version; print where."""
     from cloud_head.audit import AuditLog
     from cloud_head.model_card import export_model
-    from cloud_head.registry import ModelRegistry
 
     authorize(args)
     key = _public_key(args)
-    registry = ModelRegistry(state_dir(args.root, "registry"))
+    registry = open_registry(args)
     try:
         with AuditLog(args.root / "audit") as log:
             files = export_model(

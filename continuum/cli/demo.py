@@ -335,7 +335,8 @@ def run_loop(
 
     import ray
 
-    from cloud_head.services import CloudHead, HeadPaths
+    from cloud_head.paths import HeadPaths
+    from cloud_head.services import CloudHead
     from continuum.cli import _demo_tenants as world
     from continuum.signing import generate_keypair
     from continuum.spec import load_pipeline

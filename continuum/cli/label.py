@@ -12,7 +12,13 @@ import argparse
 import time
 from typing import Any
 
-from continuum.cli._cloud import add_root, add_tenant, authorize, state_dir
+from continuum.cli._cloud import (
+    add_root,
+    add_tenant,
+    authorize,
+    head_paths,
+    state_dir,
+)
 from continuum.errors import ConfigError, NotFoundError
 
 _SHADES = " .:-=+*#%@"
@@ -53,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _common(parser: argparse.ArgumentParser) -> None:
     add_tenant(parser)
-    add_root(parser)
+    add_root(parser, registry=True)
 
 
 def _count(text: str) -> int:
@@ -209,12 +215,10 @@ def run_fix(args: argparse.Namespace) -> int:
 
 def _classes(args: argparse.Namespace) -> int | None:
     """Return the number of classes the pipeline's current model outputs, when known."""
-    from cloud_head.registry import ModelRegistry
-
-    root = args.root / "registry"
-    if not root.exists():
+    paths = head_paths(args)
+    if paths.registry_url is None and not paths.registry.exists():
         return None
-    registry = ModelRegistry(root)
+    registry = paths.open_registry()
     try:
         current = registry.current(args.tenant, args.pipeline)
     finally:

@@ -12,7 +12,7 @@ from continuum.cli._cloud import (
     add_tenant,
     authorize,
     controller,
-    state_dir,
+    open_registry,
 )
 
 
@@ -27,11 +27,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     actions = parser.add_subparsers(title="actions", metavar="ACTION", required=True)
     listing = actions.add_parser("list", help="list a tenant's model versions")
     add_tenant(listing)
-    add_root(listing)
+    add_root(listing, registry=True)
     listing.set_defaults(run=run_list)
     show = actions.add_parser("show", help="print one version's record and lineage as JSON")
     add_tenant(show)
-    add_root(show)
+    add_root(show, registry=True)
     show.add_argument("version", help="version, e.g. v3")
     show.set_defaults(run=run_show)
     for name, verb in (
@@ -48,10 +48,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run_list(args: argparse.Namespace) -> int:
     """Print the versions of a tenant's pipeline, oldest first."""
-    from cloud_head.registry import ModelRegistry
-
     authorize(args)
-    registry = ModelRegistry(state_dir(args.root, "registry"))
+    registry = open_registry(args)
     try:
         versions = registry.list(args.tenant, args.pipeline)
     finally:
@@ -83,10 +81,8 @@ def run_show(args: argparse.Namespace) -> int:
     """Print one version as JSON."""
     from dataclasses import asdict
 
-    from cloud_head.registry import ModelRegistry
-
     authorize(args)
-    registry = ModelRegistry(state_dir(args.root, "registry"))
+    registry = open_registry(args)
     try:
         version = registry.get(args.tenant, args.pipeline, args.version)
     finally:

@@ -16,7 +16,6 @@ import pytest
 import ray
 
 from cloud_head.labelling import LabelStore
-from cloud_head.registry import ModelRegistry
 from cloud_head.services import CloudHead, HeadPaths
 from cloud_head.store import SampleStore
 from continuum import select
@@ -82,7 +81,7 @@ def test_the_teacher_actor_waits_for_its_model_then_labels_the_store(
 
         model = fit(splits.train_x, splits.train_y, recipe=Recipe(epochs=30))
         _, onnx_path = save(model, tmp_path / "teacher")
-        registry = ModelRegistry(paths.registry)
+        registry = paths.open_registry()
         try:
             version = registry.register(
                 tenant,

@@ -381,7 +381,7 @@ class TestSilentNodes:
 class TestTenantsShareAHeadNotAFleet:
     def test_each_tenant_has_its_own_fleet_registry_on_a_shared_head(self, tmp_path: Path) -> None:
         """DESIGN §7.3: two tenants on one cloud head state never list each other's nodes."""
-        from cloud_head.services import HeadPaths
+        from cloud_head.paths import HeadPaths
 
         paths = HeadPaths(tmp_path / "cloud")
         paths.state.mkdir(parents=True)

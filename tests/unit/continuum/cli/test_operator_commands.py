@@ -1,4 +1,8 @@
-"""The operator's read-only commands on real stores: ``models list|show`` and ``fleet``."""
+"""The operator's read-only commands on real stores: ``models list|show`` and ``fleet``.
+
+The ``models`` tests run on each registry database (``registry_url``): SQLite under
+``--root``, then PostgreSQL named by ``--registry-url`` or ``CONTINUUM_REGISTRY_URL``.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from cloud_head.fleet import FleetRegistry
+from cloud_head.paths import REGISTRY_URL_ENV
 from cloud_head.registry import ModelRegistry
 from continuum.cli import main
 from continuum.labels import SITE, TIER
@@ -16,10 +21,8 @@ from continuum.wire import topics
 from continuum.wire.messages import NodeStatus
 
 
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    """A cloud state root with two registered versions and two nodes, one offline."""
-    registry = ModelRegistry(tmp_path / "registry")
+def register_two_versions(registry: ModelRegistry, tmp_path: Path) -> None:
+    """Register v1 and v2 (current) of acme's digits-inspection."""
     artifact = tmp_path / "model.onnx"
     for number in (1, 2):
         artifact.write_bytes(b"model bytes %d" % number)
@@ -37,6 +40,12 @@ def root(tmp_path: Path) -> Path:
         )
     registry.set_current("acme", "digits-inspection", "v2", "test")
     registry.close()
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """A cloud state root with two registered versions and two nodes, one offline."""
+    register_two_versions(ModelRegistry(tmp_path / "registry"), tmp_path)
     fleet = FleetRegistry("acme", tmp_path / "state" / "fleet-acme.sqlite3")
     for node, site, online in (("cam-a", "lux-1", True), ("cam-b", "lux-2", False)):
         status = NodeStatus(
@@ -53,15 +62,45 @@ def root(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.fixture
+def registry_args(tmp_path: Path, registry_url: str | None) -> list[str]:
+    """The arguments that point ``models`` at a registry with two versions, per database."""
+    register_two_versions(ModelRegistry(tmp_path / "registry", url=registry_url), tmp_path)
+    url_args = [] if registry_url is None else ["--registry-url", registry_url]
+    return ["--root", str(tmp_path), *url_args]
+
+
 class TestModelsList:
     def test_lists_every_version_with_status_and_gate(
-        self, root: Path, capsys: pytest.CaptureFixture[str]
+        self, registry_args: list[str], capsys: pytest.CaptureFixture[str]
     ) -> None:
-        assert main(["models", "list", "--root", str(root)]) == 0
+        assert main(["models", "list", *registry_args]) == 0
         out = capsys.readouterr().out
         assert "v1       registered" in out
         assert "v2       current" in out
         assert "passed: 0.920" in out
+
+    def test_the_registry_url_may_come_from_the_environment(
+        self,
+        registry_args: list[str],
+        registry_url: str | None,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        sqlite_file = tmp_path / "registry" / "registry.sqlite3"
+        monkeypatch.setenv(REGISTRY_URL_ENV, registry_url or f"sqlite://{sqlite_file}")
+        assert main(["models", "list", "--root", str(tmp_path)]) == 0
+        assert "v2       current" in capsys.readouterr().out
+        assert sqlite_file.exists() == (registry_url is None)
+
+    def test_a_bad_registry_url_is_named_without_its_password(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        url = "mysql://admin:s3cret@db:3306/models"
+        assert main(["models", "list", "--root", str(tmp_path), "--registry-url", url]) == 2
+        err = capsys.readouterr().err
+        assert "mysql://admin:***@db:3306/models" in err and "s3cret" not in err
 
     def test_a_missing_root_says_where_to_point(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -72,17 +111,17 @@ class TestModelsList:
 
 class TestModelsShow:
     def test_prints_the_lineage_as_json(
-        self, root: Path, capsys: pytest.CaptureFixture[str]
+        self, registry_args: list[str], capsys: pytest.CaptureFixture[str]
     ) -> None:
-        assert main(["models", "show", "v2", "--root", str(root)]) == 0
+        assert main(["models", "show", "v2", *registry_args]) == 0
         record = json.loads(capsys.readouterr().out)
         assert record["parent"] == "v1"
         assert record["lineage"] == {"store_rows": 20}
 
     def test_an_unknown_version_names_the_registered_ones(
-        self, root: Path, capsys: pytest.CaptureFixture[str]
+        self, registry_args: list[str], capsys: pytest.CaptureFixture[str]
     ) -> None:
-        assert main(["models", "show", "v9", "--root", str(root)]) == 1
+        assert main(["models", "show", "v9", *registry_args]) == 1
         assert "registered: v1, v2" in capsys.readouterr().err
 
 

@@ -1,0 +1,98 @@
+"""Where one tenant's cloud state lives: the directories, and the registry's database URL.
+
+``HeadPaths`` is the one answer to "where is the state?" for the Ray actors (it crosses Ray
+pickled, so it stays a small frozen dataclass) and for the operator commands, which is why
+it lives apart from the actors: a command reading the registry need not import Ray.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cloud_head._database import parse_url
+
+if TYPE_CHECKING:
+    from cloud_head.registry import ModelRegistry
+
+#: The model registry's database URL when none is given (unset: SQLite under the state root).
+REGISTRY_URL_ENV = "CONTINUUM_REGISTRY_URL"
+
+
+def registry_url_from_env() -> str | None:
+    """Return ``$CONTINUUM_REGISTRY_URL``, or None (SQLite under the root) if unset or empty."""
+    return os.environ.get(REGISTRY_URL_ENV) or None
+
+
+@dataclass(frozen=True)
+class HeadPaths:
+    """Where one tenant's cloud state lives (local paths; S3/PostgreSQL in production).
+
+    ``registry_url`` is the model registry's database (``cloud_head.registry.ModelRegistry``
+    says which URLs): read from ``CONTINUUM_REGISTRY_URL`` when the paths are made, so the
+    actors they are handed to use the database the driver was configured with, whatever
+    their own environment. ``registry_url=None`` given explicitly means SQLite under the
+    root. It is left out of ``repr`` since it may hold a password.
+
+    Raises:
+        ConfigError: ``registry_url`` is not a URL the registry accepts (checked here, so a
+            deployment fails before any actor starts).
+    """
+
+    root: Path
+    registry_url: str | None = field(default_factory=registry_url_from_env, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.registry_url is not None:
+            parse_url(self.registry_url)
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def seen_db(self) -> Path:
+        return self.state / "ingest-seen.sqlite3"
+
+    @property
+    def labels_db(self) -> Path:
+        return self.state / "labels.sqlite3"
+
+    def fleet_db(self, tenant: str) -> Path:
+        """The fleet registry of ``tenant``: a file each, so no tenant lists another's nodes."""
+        return self.state / f"fleet-{tenant}.sqlite3"
+
+    @property
+    def registry(self) -> Path:
+        """The model registry's directory: its artifacts, and its SQLite file by default."""
+        return self.root / "registry"
+
+    def open_registry(self) -> ModelRegistry:
+        """Open the model registry: artifacts under ``registry``, metadata at ``registry_url``.
+
+        Every process that opens the registry goes through here, so the controller, the
+        teacher and the operator commands all read and write the same database.
+        """
+        from cloud_head.registry import ModelRegistry
+
+        return ModelRegistry(self.registry, url=self.registry_url)
+
+    @property
+    def audit(self) -> Path:
+        """The per-tenant audit logs (``continuum audit --root ROOT`` reads them here)."""
+        return self.root / "audit"
+
+    @property
+    def tenants(self) -> Path:
+        """The tenant registry (``continuum tenant --root ROOT``); its quotas apply if present."""
+        return self.root / "tenants"
+
+    def controller(self, tenant: str, pipeline: str) -> Path:
+        """A pipeline controller's own state (two tenants may name pipelines alike)."""
+        return self.root / "controllers" / tenant / pipeline
