@@ -82,6 +82,29 @@ class TrainingRecord:
     gpu_hours: float = 0.0
 
 
+def _usable_labels(
+    x: np.ndarray, y: np.ndarray, ids: list[str], current: ModelVersion | None
+) -> tuple[np.ndarray, np.ndarray, list[str], int]:
+    """Leave out samples whose label is not a class of the pipeline's model; count them.
+
+    Labels arrive from edge feedback and stored samples, where a faulty or hostile node can
+    put any integer: one such label would fail every retraining from then on. The model's
+    output width bounds the classes (without a model yet, only negatives are left out).
+    """
+    classes = None if current is None else current.classes()
+    ok = (y >= 0) & (y < classes) if classes is not None else y >= 0
+    dropped = int((~ok).sum())
+    if dropped:
+        log.warning(
+            "left %d sample(s) out of training: their label is not a class of the model (0..%s)",
+            dropped,
+            "?" if classes is None else classes - 1,
+        )
+        x, y = x[ok], y[ok]
+        ids = [i for i, keep in zip(ids, ok.tolist(), strict=True) if keep]
+    return x, y, ids, dropped
+
+
 def is_holdout(sample_id: str) -> bool:
     """Return whether a labelled edge sample belongs to the gate's holdout, never to training.
 
@@ -392,6 +415,7 @@ class PipelineController:
         table = labelled(self.store, self.labels, tenant, spec.name)
         shape = tuple(spec.edge.input.shape)
         x, y, ids = to_xy(table, shape=shape, dtype=spec.edge.input.dtype)
+        x, y, ids, unusable = _usable_labels(x, y, ids, current)
         held = np.array([is_holdout(i) for i in ids], dtype=bool)
         train_x, train_y = x[~held], y[~held]
         started = self.clock()
@@ -416,6 +440,7 @@ class PipelineController:
             "store_rows": int(table.num_rows),
             "trained_on_edge_samples": len(train_x),
             "holdout_edge_samples": int(held.sum()),
+            "labels_out_of_range": unusable,
         }
         try:
             self._check_quota()

@@ -442,7 +442,9 @@ class IngestService:
         if isinstance(batch, codec.SampleBatch):
             self._check_schema(spec, batch)
             raise AssertionError("a batch decoded off its schema passed the schema check")
-        if len(batch) and int(batch.seq.max()) > MAX_SEQ:
+        if len(batch) == 0:
+            raise _RejectedError("empty_batch", "the batch holds no samples; send none instead")
+        if int(batch.seq.max()) > MAX_SEQ:
             raise _RejectedError(
                 "bad_seq",
                 f"sample seq {int(batch.seq.max())} is beyond the store's range (below 2**63); "

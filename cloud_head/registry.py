@@ -87,6 +87,25 @@ class ModelVersion:
         """The version's sequence number within its pipeline ("v3" -> 3)."""
         return int(self.version.removeprefix("v"))
 
+    def classes(self) -> int | None:
+        """How many classes the model outputs (its output's last axis); None if unknown.
+
+        A label outside ``0 .. classes-1`` cannot train it: the review queue refuses one,
+        and retraining leaves such labels out.
+        """
+        if not self.artifact_path.exists():
+            return None
+        import onnxruntime as ort
+
+        try:
+            session = ort.InferenceSession(
+                str(self.artifact_path), providers=["CPUExecutionProvider"]
+            )
+        except Exception:  # unreadable here: the caller then bounds nothing
+            return None
+        shape = session.get_outputs()[0].shape
+        return shape[-1] if shape and isinstance(shape[-1], int) else None
+
 
 class ModelRegistry:
     """Registry of model versions per tenant and pipeline: metadata in SQL, artifacts in files.

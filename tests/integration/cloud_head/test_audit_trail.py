@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -200,12 +200,14 @@ class Head:
             lineage={},
         )
 
-    def labelled_samples(self, count: int) -> None:
+    def labelled_samples(self, count: int, labels: Sequence[int] = ()) -> None:
+        """Store ``count`` samples labelled 0..9 in turn, then one per ``labels`` entry."""
+        values = [s % 10 for s in range(count)] + list(labels)
         records = tuple(
             codec.SampleRecord(
-                seq=s, captured_at_ns=s, tensor=np.zeros((1, 8, 8), np.float32), label=s % 10
+                seq=s, captured_at_ns=s, tensor=np.zeros((1, 8, 8), np.float32), label=label
             )
-            for s in range(count)
+            for s, label in enumerate(values)
         )
         self.store.append(
             self.tenant, codec.SampleBatch(PIPELINE, "cam-1", "v1", DataClass.INTERNAL, records)
@@ -377,6 +379,18 @@ class TestTrainingRecords:
         assert failed.details["error"].startswith("failed: ")
         assert {started.actor, failed.actor} == {SERVICE}
         assert head.log.verify(head.tenant).ok
+
+    def test_labels_that_are_no_class_are_left_out_and_counted(self, head: Head) -> None:
+        # A faulty or hostile node's feedback must not fail every retraining from now on.
+        head.labelled_samples(8, labels=[-3, -(2**31)])
+        controller = head.controller(make_spec(head.tenant))
+        controller.tick()
+        assert controller.wait_idle(60)
+
+        started = head.records(AuditAction.TRAINING_RUN)[0]
+        data = started.details["data"]
+        assert data["labels_out_of_range"] == 2
+        assert data["trained_on_edge_samples"] + data["holdout_edge_samples"] == 8
 
     def test_a_requested_retrain_names_who_asked(self, head: Head) -> None:
         controller = head.controller(make_spec(head.tenant))

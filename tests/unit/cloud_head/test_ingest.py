@@ -288,6 +288,11 @@ class TestRejects:
         assert "2**63" in outcomes[1].detail
         assert store.count(TENANT, "digits") == 1
 
+    def test_an_empty_batch_is_rejected(self, service: IngestService) -> None:
+        empty = codec.SampleBatch("digits", "cam-1", "v1", DataClass.CONFIDENTIAL, ())
+        outcome = service.handle(*samples_msg(empty))
+        assert (outcome.kind, outcome.reason) == ("rejected", "empty_batch")
+
     def test_a_less_sensitive_batch_is_accepted(self, service: IngestService) -> None:
         outcome = service.handle(*samples_msg(make_batch([1], data_class=DataClass.PUBLIC)))
         assert outcome.stored == 1
