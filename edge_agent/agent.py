@@ -171,11 +171,15 @@ class EdgeAgent:
         self.outbox = Outbox(
             settings.state_dir / "outbox.sqlite3",
             max_bytes=settings.outbox_max_bytes,
+            partitions={
+                spec.name: size
+                for spec, size in zip(self._specs, settings.outbox_partition_bytes(), strict=True)
+            },
             ttl_s=settings.outbox_ttl_s,
             full_policy=settings.outbox_full_policy,
             block_timeout_s=settings.outbox_block_timeout_s,
             synchronous=settings.outbox_synchronous,
-            on_drop=lambda reason, n: self.metrics.dropped.labels(reason).inc(n),
+            on_drop=self._on_drop,
             admit=self.gate.admit,
         )
         self._status_topic = topics.node_status(self.tenant, self.node)
@@ -364,3 +368,6 @@ class EdgeAgent:
 
     def _on_telemetry(self, message: Telemetry) -> None:
         self.uplink.queue_telemetry(message)
+
+    def _on_drop(self, pipeline: str, reason: str, count: int) -> None:
+        self.metrics.dropped.labels(pipeline, reason).inc(count)

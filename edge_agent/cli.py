@@ -1,5 +1,8 @@
 """The ``edge-agent`` command: ``run`` the daemon or ``check`` a node's config and environment.
 
+``--config`` may be repeated: on a box several tenants share, one process then runs one
+agent per config (``edge_agent.host``); ``check`` checks each config in turn.
+
 Exit codes: 0 success, 1 a probe failed (``check``) or the agent stopped on an error,
 2 bad arguments or configuration (the message says what to fix; no traceback).
 """
@@ -11,7 +14,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TextIO
 
@@ -57,11 +60,23 @@ def _parser() -> argparse.ArgumentParser:
         dest="command", metavar="COMMAND", parser_class=_ArgumentParser
     )
     run = commands.add_parser("run", help="run the agent until SIGTERM/SIGINT")
-    run.add_argument("--config", required=True, metavar="FILE", help="agent config YAML")
+    run.add_argument(
+        "--config",
+        required=True,
+        action="append",
+        metavar="FILE",
+        help="agent config YAML; repeat it to run several tenants' agents in one process",
+    )
     check = commands.add_parser(
         "check", help="validate the config and probe broker, backends, GPU and TensorRT"
     )
-    check.add_argument("--config", required=True, metavar="FILE", help="agent config YAML")
+    check.add_argument(
+        "--config",
+        required=True,
+        action="append",
+        metavar="FILE",
+        help="agent config YAML; repeat it to check each tenant's config of a shared box",
+    )
     check.add_argument(
         "--timeout", type=float, default=5.0, metavar="S", help="bound on each probe (default 5)"
     )
@@ -86,14 +101,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s",
     )
+    from edge_agent.host import load_configs  # imports the agent: only past the arguments
+
     try:
-        settings = AgentSettings.load(args.config)
+        configs = load_configs(args.config)
     except ConfigError as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.command == "run":
-        return _run(settings)
-    return _check(settings, args.timeout, sys.stdout)
+        return _run(configs[0]) if len(configs) == 1 else _run_host(configs)
+    if len(configs) == 1:
+        return _check(configs[0], args.timeout, sys.stdout)
+    codes = [_check(c, args.timeout, sys.stdout, prefix=f"{c.tenant}: ") for c in configs]
+    return EXIT_FAILED if EXIT_FAILED in codes else EXIT_OK
 
 
 def _run(settings: AgentSettings) -> int:
@@ -104,14 +124,7 @@ def _run(settings: AgentSettings) -> int:
     except ConfigError as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        logging.getLogger("edge_agent").info("received %s; stopping", signal.Signals(signum).name)
-        agent.request_stop()
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+    _stop_on_signals(agent.request_stop)
     try:
         agent.run()
     except ContinuumError as exc:
@@ -120,7 +133,34 @@ def _run(settings: AgentSettings) -> int:
     return EXIT_OK
 
 
-def _check(settings: AgentSettings, timeout_s: float, out: TextIO) -> int:
+def _run_host(configs: list[AgentSettings]) -> int:
+    from edge_agent.host import AgentHost
+
+    try:
+        host = AgentHost(configs)
+    except ConfigError as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    _stop_on_signals(host.request_stop)
+    try:
+        host.run()
+    except ContinuumError as exc:
+        print(f"edge-agent: stopped: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _stop_on_signals(request_stop: Callable[[], None]) -> None:
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        logging.getLogger("edge_agent").info("received %s; stopping", signal.Signals(signum).name)
+        request_stop()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+
+def _check(settings: AgentSettings, timeout_s: float, out: TextIO, prefix: str = "") -> int:
     from edge_agent.agent import load_pipelines, read_public_key
 
     failed = False
@@ -128,7 +168,7 @@ def _check(settings: AgentSettings, timeout_s: float, out: TextIO) -> int:
     def report(ok: bool, what: str, detail: str) -> None:
         nonlocal failed
         failed = failed or not ok
-        print(f"[{'ok' if ok else 'FAIL'}] {what}: {detail}", file=out)
+        print(f"{prefix}[{'ok' if ok else 'FAIL'}] {what}: {detail}", file=out)
 
     report(True, "config", f"node {settings.node_id!r} of tenant {settings.tenant!r}")
     try:

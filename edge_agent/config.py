@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -35,6 +36,10 @@ ENV_PREFIX = "CONTINUUM_EDGE_"
 _IMPORT_REF = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
 #: Shortest field-hashing salt: below it, pseudonyms could be reversed by hashing guesses.
 MIN_SALT_BYTES = 16
+#: Smallest outbox partition of one pipeline (64 pipelines at the smallest outbox_max_bytes).
+MIN_PARTITION_BYTES = 1024
+#: Rounding allowed when outbox_share values add up to exactly 1 (0.1 + 0.2 + 0.7 > 1).
+_SHARE_SLACK = 1e-9
 
 
 class _Section(BaseModel):
@@ -81,10 +86,17 @@ class SourceSettings(_Section):
 
 
 class PipelineSettings(_Section):
-    """One pipeline this node serves: its spec file and its frame source."""
+    """One pipeline this node serves: its spec file, its frame source, its outbox share."""
 
     spec: Path = Field(description="Pipeline spec: a .py declaring one Pipeline, or .yaml/.json.")
     source: SourceSettings = Field(description="The frame source of this pipeline.")
+    outbox_share: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Fraction of outbox_max_bytes reserved for this pipeline's records; "
+        "pipelines without one split what the declared shares leave, evenly.",
+    )
 
     @field_validator("spec")
     @classmethod
@@ -299,6 +311,51 @@ class AgentSettings(BaseSettings):
             raise ValueError(f"trusted public key {str(value)!r} does not exist")
         return value
 
+    @field_validator("pipelines")
+    @classmethod
+    def _outbox_shares_fit(cls, value: list[PipelineSettings]) -> list[PipelineSettings]:
+        declared = {i: p.outbox_share for i, p in enumerate(value) if p.outbox_share is not None}
+        total = sum(declared.values())
+        if total > 1 + _SHARE_SLACK:
+            listed = ", ".join(f"pipelines.{i}: {share:g}" for i, share in declared.items())
+            raise ValueError(
+                f"the outbox_share values sum to {total:g} ({listed}); they are fractions of "
+                "outbox_max_bytes and must not sum above 1"
+            )
+        undeclared = [f"pipelines.{i}" for i, p in enumerate(value) if p.outbox_share is None]
+        if undeclared and total >= 1 - _SHARE_SLACK:
+            raise ValueError(
+                f"the outbox_share values sum to 1, leaving no outbox room for "
+                f"{', '.join(undeclared)}; give them a share or lower the others"
+            )
+        return value
+
+    @field_validator("outbox_max_bytes")
+    @classmethod
+    def _outbox_partitions_hold_something(cls, value: int, info: ValidationInfo) -> int:
+        pipelines = info.data.get("pipelines")  # absent when they did not validate
+        if not pipelines:
+            return value
+        sizes = _partition_bytes(value, [p.outbox_share for p in pipelines])
+        small = [
+            f"pipelines.{i}: {size}" for i, size in enumerate(sizes) if size < MIN_PARTITION_BYTES
+        ]
+        if small:
+            raise ValueError(
+                f"outbox partitions below {MIN_PARTITION_BYTES} bytes ({', '.join(small)}): "
+                "raise outbox_max_bytes or those pipelines' outbox_share"
+            )
+        return value
+
+    def outbox_partition_bytes(self) -> list[int]:
+        """Return each pipeline's byte bound in the outbox, in the order of ``pipelines``.
+
+        A pipeline with an ``outbox_share`` gets that fraction of ``outbox_max_bytes``; the
+        others split the rest evenly.  Every pipeline owns its partition, so one pipeline's
+        backlog never evicts or blocks another's records.
+        """
+        return _partition_bytes(self.outbox_max_bytes, [p.outbox_share for p in self.pipelines])
+
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> AgentSettings:
         """Read the YAML file at ``path``, apply ``CONTINUUM_EDGE_*`` overrides and validate.
@@ -341,6 +398,19 @@ class AgentSettings(BaseSettings):
                 f"invalid edge agent config ({where}): an {ENV_PREFIX}* variable cannot be "
                 f"parsed: {exc}"
             ) from exc
+
+
+def _partition_bytes(total: int, shares: list[float | None]) -> list[int]:
+    """Split ``total`` bytes: declared shares first, the rest evenly among the others."""
+    declared = [None if share is None else int(total * share) for share in shares]
+    excess = sum(size for size in declared if size is not None) - total
+    if excess > 0:  # shares summing to 1 within _SHARE_SLACK: trim the largest to fit
+        largest = max(range(len(declared)), key=lambda i: declared[i] or 0)
+        declared[largest] = (declared[largest] or 0) - excess
+    undeclared = declared.count(None)
+    rest = max(0, total - sum(size for size in declared if size is not None))
+    even = rest // undeclared if undeclared else 0
+    return [even if size is None else size for size in declared]
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:

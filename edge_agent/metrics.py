@@ -1,12 +1,14 @@
 """The agent's Prometheus metrics: one private registry per agent, served on ``metrics_port``.
 
 A private registry (not prometheus_client's global one) keeps two agents in one process
-(tests, a multi-tenant box) from mixing their numbers.
+(tests, a multi-tenant box) from mixing their numbers; ``TenantMetrics`` merges several
+agents' registries into one endpoint, each sample labelled with its tenant.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
@@ -18,8 +20,9 @@ from prometheus_client import (
     generate_latest,
     start_http_server,
 )
+from prometheus_client.metrics_core import Metric
 
-__all__ = ["AgentMetrics"]
+__all__ = ["AgentMetrics", "MetricsEndpoint", "TenantMetrics"]
 
 _NS = "continuum_edge"
 #: Edge inference on small models takes tens of microseconds to tens of milliseconds.
@@ -101,11 +104,28 @@ class AgentMetrics:
             registry=r,
         )
         self.outbox_depth = Gauge(
-            f"{_NS}_outbox_depth", "Records waiting in the outbox.", ["kind"], registry=r
+            f"{_NS}_outbox_depth",
+            "Records waiting in the outbox, by pipeline and kind.",
+            ["pipeline", "kind"],
+            registry=r,
         )
-        self.outbox_bytes = Gauge(f"{_NS}_outbox_bytes", "Bytes held by the outbox.", registry=r)
+        self.outbox_bytes = Gauge(
+            f"{_NS}_outbox_bytes",
+            "Bytes held by the pipeline's outbox partition.",
+            ["pipeline"],
+            registry=r,
+        )
+        self.outbox_max_bytes = Gauge(
+            f"{_NS}_outbox_max_bytes",
+            "Bound of the pipeline's outbox partition (its share of outbox_max_bytes).",
+            ["pipeline"],
+            registry=r,
+        )
         self.outbox_oldest_age = Gauge(
-            f"{_NS}_outbox_oldest_age_seconds", "Age of the oldest outbox record.", registry=r
+            f"{_NS}_outbox_oldest_age_seconds",
+            "Age of the pipeline's oldest outbox record.",
+            ["pipeline"],
+            registry=r,
         )
         self.published = Counter(
             f"{_NS}_messages_published",
@@ -127,8 +147,8 @@ class AgentMetrics:
         )
         self.dropped = Counter(
             f"{_NS}_records_dropped",
-            "Outbox records dropped without being sent, by reason.",
-            ["reason"],
+            "Outbox records dropped without being sent, by pipeline and reason.",
+            ["pipeline", "reason"],
             registry=r,
         )
         self.uplink_bytes = Counter(
@@ -171,15 +191,12 @@ class AgentMetrics:
             ["reason"],
             registry=r,
         )
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        self._endpoint: MetricsEndpoint | None = None
 
     def serve(self, port: int, host: str = "0.0.0.0") -> int:
         """Serve ``/metrics`` on ``host:port`` in a daemon thread; return the bound port."""
-        server, thread = start_http_server(port, addr=host, registry=self.registry)
-        thread.name = "ctm-edge-metrics"
-        self._server, self._thread = server, thread
-        return int(server.server_port)
+        self._endpoint = MetricsEndpoint(self.registry, port, host)
+        return self._endpoint.port
 
     def render(self) -> bytes:
         """Return the current metrics in the Prometheus text format."""
@@ -187,10 +204,58 @@ class AgentMetrics:
 
     def close(self) -> None:
         """Stop the HTTP endpoint, if serving."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
-            self._thread = None
+        if self._endpoint is not None:
+            self._endpoint.close()
+            self._endpoint = None
+
+
+class MetricsEndpoint:
+    """``/metrics`` of ``registry`` on ``host:port``, served by a daemon thread.
+
+    Raises:
+        OSError: the address cannot be bound (in use, not local).
+    """
+
+    def __init__(self, registry: CollectorRegistry, port: int, host: str = "0.0.0.0") -> None:
+        server, thread = start_http_server(port, addr=host, registry=registry)
+        thread.name = "ctm-edge-metrics"
+        self._server: WSGIServer = server
+        self._thread: threading.Thread = thread
+        self.port = int(server.server_port)
+
+    def close(self) -> None:
+        """Stop serving and release the port."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5.0)
+
+
+class TenantMetrics:
+    """A collector that re-emits several agents' registries as one, with a ``tenant`` label.
+
+    Tenants on a shared box (``edge_agent.host``) that set the same ``metrics_port`` get one
+    endpoint: each metric family appears once (one HELP and TYPE line) and holds every
+    tenant's samples, told apart by ``tenant``, so a scrape stays valid exposition text.
+
+    Args:
+        registries: returns (tenant, registry) of the agents running now; called at every
+            scrape, so an agent that was restarted shows its new registry.
+    """
+
+    def __init__(self, registries: Callable[[], Iterable[tuple[str, CollectorRegistry]]]) -> None:
+        self._registries = registries
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield each metric family once, with the samples of every tenant."""
+        merged: dict[str, Metric] = {}
+        for tenant, registry in self._registries():
+            for family in registry.collect():
+                into = merged.get(family.name)
+                if into is None:
+                    into = Metric(family.name, family.documentation, family.type, family.unit)
+                    merged[family.name] = into
+                into.samples.extend(
+                    sample._replace(labels={"tenant": tenant, **sample.labels})
+                    for sample in family.samples
+                )
+        yield from merged.values()

@@ -12,6 +12,11 @@ last few commits, and never corrupts the database.  ``synchronous=FULL`` closes 
 at one fsync per commit (milliseconds on eMMC/SD cards, paid on the inference thread), so
 it is an opt-in (``outbox_synchronous: full``) for boxes without a reliable power supply.
 
+The byte bound is partitioned by pipeline: each pipeline owns its share of ``max_bytes``
+and the full policy acts inside that share only, so one pipeline's backlog never evicts or
+blocks another's records.  Byte totals per pipeline live in memory (summed from the
+database once, at open), so the insert path runs no aggregate query.
+
 Sample sequence numbers come from a hi/lo allocator persisted in the same database: they
 never repeat or go back, across restarts too.  A new database starts them at the current
 Unix time in microseconds, so a box whose state dir was wiped does not reuse sample ids
@@ -44,6 +49,7 @@ __all__ = [
     "FeedbackEntry",
     "Outbox",
     "OutboxStats",
+    "PartitionStats",
     "PendingFeedback",
     "PendingSamples",
     "SampleEntry",
@@ -183,18 +189,31 @@ class AppendResult:
 
 
 @dataclass(frozen=True, slots=True)
+class PartitionStats:
+    """Depth, bytes, bound and age of one pipeline's records in the outbox."""
+
+    samples: int
+    feedback: int
+    bytes: int
+    max_bytes: int
+    oldest_age_s: float
+    dropped: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxStats:
-    """Depth and age of the outbox, for the metrics gauges."""
+    """Depth and age of the outbox, in all and per pipeline, for the metrics gauges."""
 
     samples: int
     feedback: int
     bytes: int
     oldest_age_s: float
     dropped: dict[str, int]
+    pipelines: dict[str, PartitionStats] = field(default_factory=dict)
 
 
 class Outbox:
-    """Durable FIFO of samples and feedback, bounded by bytes and age.
+    """Durable FIFO of samples and feedback, bounded by bytes per pipeline and by age.
 
     Thread-safe: the runtime threads append, the uplink thread reads, acks and maintains.
     Records handed out by ``next_*`` are leased (in memory) until ``ack_*`` deletes them or
@@ -204,13 +223,19 @@ class Outbox:
     Args:
         path: the database file (its folder is created).
         max_bytes: bound on stored records; beyond it ``full_policy`` applies.
+        partitions: pipeline -> the byte bound of its records (see
+            ``AgentSettings.outbox_partition_bytes``), adding up to at most ``max_bytes``.
+            None: all pipelines share ``max_bytes`` (tools and tests of one pipeline).
+            Records of a pipeline not listed, left by an earlier configuration, are still
+            sent or expire, but new ones are refused with ``ValueError``.
         ttl_s: records older than this are dropped by ``expire``.
-        full_policy: ``drop_oldest`` evicts the oldest unleased samples, ``drop_newest``
-            refuses what does not fit, ``block`` waits up to ``block_timeout_s`` for acks
-            to free space and then refuses.
+        full_policy: what happens when a pipeline's records would outgrow its bound, which
+            never touches another pipeline's records: ``drop_oldest`` evicts its oldest
+            unleased samples, ``drop_newest`` refuses what does not fit, ``block`` waits up
+            to ``block_timeout_s`` for acks to free space and then refuses.
         synchronous: SQLite synchronous mode, "normal" or "full" (see module docstring).
-        on_drop: called with (reason, count) whenever records are dropped; reasons are
-            "full_newest", "full_oldest" and "expired".
+        on_drop: called with (pipeline, reason, count) whenever records are dropped;
+            reasons are "full_newest", "full_oldest" and "expired".
         admit: called with every batch of entries before it is written; returns what may
             be written (the agent's residency gate: what may not leave never touches disk).
         clock: Unix time in seconds (tests pass a fake one).
@@ -222,17 +247,28 @@ class Outbox:
         *,
         max_bytes: int,
         ttl_s: float,
+        partitions: Mapping[str, int] | None = None,
         full_policy: FullPolicy = "drop_oldest",
         block_timeout_s: float = 5.0,
         synchronous: Literal["normal", "full"] = "normal",
-        on_drop: Callable[[str, int], None] | None = None,
+        on_drop: Callable[[str, str, int], None] | None = None,
         admit: Callable[[Sequence[SampleEntry]], Sequence[SampleEntry]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if max_bytes < 1 or not math.isfinite(ttl_s) or ttl_s <= 0:
             raise ConfigError(f"outbox bounds must be positive, got {max_bytes=} {ttl_s=}")
+        if partitions is not None and (
+            any(bound < 1 for bound in partitions.values()) or sum(partitions.values()) > max_bytes
+        ):
+            raise ConfigError(
+                f"outbox partitions must be positive and add up to at most {max_bytes=}, "
+                f"got {dict(partitions)}"
+            )
         self.path = Path(path)
         self.max_bytes = int(max_bytes)
+        self._partitions = (
+            None if partitions is None else {p: int(b) for p, b in partitions.items()}
+        )
         self.ttl_s = float(ttl_s)
         self.full_policy: FullPolicy = full_policy
         self.block_timeout_s = float(block_timeout_s)
@@ -244,7 +280,9 @@ class Outbox:
         self._leased_samples: set[int] = set()
         self._last_pipeline: str | None = None
         self._leased_feedback: set[int] = set()
-        self._dropped: Counter[str] = Counter()
+        self._dropped: Counter[tuple[str, str]] = Counter()  # (pipeline, reason) -> records
+        self._bytes = 0
+        self._bytes_by: dict[str, int] = {}  # pipeline -> bytes of its samples and feedback
         self._episodes = _DropEpisodes(self)
         self._closed = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -297,9 +335,12 @@ class Outbox:
                 hi = max(int(row[0]), max_seq + 1)
         self._seq_next = hi
         self._seq_limit = hi
-        samples_bytes = db.execute("SELECT COALESCE(SUM(size), 0) FROM samples").fetchone()[0]
-        feedback_rows = db.execute("SELECT COUNT(*) FROM feedback").fetchone()[0]
-        self._bytes = int(samples_bytes) + int(feedback_rows) * _FEEDBACK_SIZE
+        # The only aggregate over the whole database: from here on the totals are kept in
+        # memory, updated by every write.
+        for pipeline, size in db.execute("SELECT pipeline, SUM(size) FROM samples GROUP BY 1"):
+            self._count_bytes(pipeline, int(size))
+        for pipeline, rows in db.execute("SELECT pipeline, COUNT(*) FROM feedback GROUP BY 1"):
+            self._count_bytes(pipeline, int(rows) * _FEEDBACK_SIZE)
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
@@ -324,84 +365,131 @@ class Outbox:
     # -- samples ---------------------------------------------------------------------------
 
     def append_samples(self, entries: Sequence[SampleEntry]) -> AppendResult:
-        """Store ``entries`` durably, applying the full policy; return what was kept.
+        """Store ``entries`` durably, applying the full policy per pipeline; return what was kept.
 
         Returns once the records are committed (see the module docstring for what that
         guarantees).  Never raises for a full outbox: refused and evicted records are
         counted (``on_drop``) and reported in the result.
+
+        Raises:
+            ValueError: an entry's pipeline has no partition (nothing is written then).
         """
         if self._admit is not None and entries:
             entries = self._admit(entries)
         if not entries:
             return AppendResult(0, 0, 0)
         now = self._clock()
+        groups: dict[str, list[SampleEntry]] = {}
+        for entry in entries:
+            groups.setdefault(entry.pipeline, []).append(entry)
+        kept: list[SampleEntry] = []
+        evicted: Counter[str] = Counter()
+        refused: Counter[str] = Counter()
         with self._space:
             self._check_open()
-            incoming = sum(e.size_bytes for e in entries)
-            evicted = 0
-            if self._bytes + incoming > self.max_bytes:
-                if self.full_policy == "block":
-                    deadline = time.monotonic() + self.block_timeout_s
-                    while self._bytes + incoming > self.max_bytes and not self._closed:
-                        remaining = deadline - time.monotonic()
-                        if remaining <= 0:
-                            break
-                        self._space.wait(min(remaining, 0.5))
-                    self._check_open()
-                elif self.full_policy == "drop_oldest":
-                    evicted = self._evict_oldest(self._bytes + incoming - self.max_bytes)
-            kept: list[SampleEntry] = []
-            budget = self.max_bytes - self._bytes
-            for entry in entries:
-                if entry.size_bytes <= budget:
-                    kept.append(entry)
-                    budget -= entry.size_bytes
-            refused = len(entries) - len(kept)
-            if kept:
-                rows = [
-                    (
-                        e.seq,
-                        e.pipeline,
-                        e.model_version,
-                        str(e.data_class),
-                        int(e.captured_at_ns),
-                        now,
-                        int(e.prediction),
-                        float(e.confidence) if math.isfinite(e.confidence) else None,
-                        None if e.label is None else int(e.label),
-                        e.tensor.dtype.str,
-                        json.dumps(list(e.tensor.shape)),
-                        np.ascontiguousarray(e.tensor).tobytes(),
-                        e.size_bytes,
-                        encode_fields(e.fields) if e.fields else None,
-                    )
-                    for e in kept
-                ]
-                with self._transaction():
-                    self._db.executemany(
-                        "INSERT INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
-                    )
-                self._bytes += sum(e.size_bytes for e in kept)
-        if evicted:
-            self._notify_drop("full_oldest", evicted)
-        if refused:
-            self._count_drop("full_newest", refused)
-        if not evicted and not refused:
-            self._episodes.ended("full_oldest", "full_newest")
-        return AppendResult(len(kept), refused, evicted, tuple(e.seq for e in kept))
+            for pipeline in groups:
+                self._bound(pipeline)
+            deadline = time.monotonic() + self.block_timeout_s
+            for pipeline, group in groups.items():
+                taken = self._make_room(pipeline, group, deadline, evicted)
+                refused[pipeline] += len(group) - len(taken)
+                if taken:
+                    self._insert(pipeline, taken, now)
+                    kept.extend(taken)
+        for pipeline, count in evicted.items():
+            self._notify_drop(pipeline, "full_oldest", count)
+        for pipeline, count in refused.items():
+            if count:
+                self._count_drop(pipeline, "full_newest", count)
+            elif not evicted[pipeline]:
+                self._episodes.ended(pipeline, "full_oldest", "full_newest")
+        return AppendResult(
+            len(kept), sum(refused.values()), sum(evicted.values()), tuple(e.seq for e in kept)
+        )
 
-    def _evict_oldest(self, need_bytes: int) -> int:
-        """Delete the oldest unleased samples until ``need_bytes`` are freed (lock held)."""
+    def _make_room(
+        self,
+        pipeline: str,
+        group: list[SampleEntry],
+        deadline: float,
+        evicted: Counter[str],
+    ) -> list[SampleEntry]:
+        """Apply the full policy to ``group`` within its partition; return what fits now.
+
+        Lock held.  ``block`` waits on the condition, which lets other pipelines append and
+        the uplink ack meanwhile; ``drop_oldest`` adds what it evicted to ``evicted``.
+        """
+        bound = self._bound(pipeline)
+        incoming = sum(e.size_bytes for e in group)
+        if self._used(pipeline) + incoming > bound:
+            if self.full_policy == "block":
+                while self._used(pipeline) + incoming > bound and not self._closed:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._space.wait(min(remaining, 0.5))
+                self._check_open()
+            elif self.full_policy == "drop_oldest":
+                evicted.update(
+                    self._evict_oldest(pipeline, self._used(pipeline) + incoming - bound)
+                )
+        taken: list[SampleEntry] = []
+        budget = bound - self._used(pipeline)
+        for entry in group:
+            if entry.size_bytes <= budget:
+                taken.append(entry)
+                budget -= entry.size_bytes
+        return taken
+
+    def _insert(self, pipeline: str, entries: list[SampleEntry], now: float) -> None:
+        """Write ``entries`` (all of ``pipeline``) in one transaction (lock held)."""
+        rows = [
+            (
+                e.seq,
+                e.pipeline,
+                e.model_version,
+                str(e.data_class),
+                int(e.captured_at_ns),
+                now,
+                int(e.prediction),
+                float(e.confidence) if math.isfinite(e.confidence) else None,
+                None if e.label is None else int(e.label),
+                e.tensor.dtype.str,
+                json.dumps(list(e.tensor.shape)),
+                np.ascontiguousarray(e.tensor).tobytes(),
+                e.size_bytes,
+                encode_fields(e.fields) if e.fields else None,
+            )
+            for e in entries
+        ]
+        with self._transaction():
+            self._db.executemany("INSERT INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+        self._count_bytes(pipeline, sum(row[12] for row in rows))
+
+    def _evict_oldest(self, pipeline: str, need_bytes: int) -> Counter[str]:
+        """Delete the oldest unleased samples of ``pipeline``'s partition until ``need_bytes``
+        are freed (lock held); return how many were evicted per pipeline.
+        """
+        if self._partitions is None:  # one partition: the oldest of any pipeline goes
+            cursor = self._db.execute("SELECT seq, size, pipeline FROM samples ORDER BY seq")
+        else:
+            cursor = self._db.execute(
+                "SELECT seq, size, pipeline FROM samples WHERE pipeline = ? ORDER BY seq",
+                (pipeline,),
+            )
         freed = 0
         victims: list[int] = []
-        cursor = self._db.execute("SELECT seq, size FROM samples ORDER BY seq")
-        for seq, size in cursor:
+        counts: Counter[str] = Counter()
+        sizes: Counter[str] = Counter()
+        for seq, size, owner in cursor:
             if freed >= need_bytes:
                 break
             if seq in self._leased_samples:
                 continue
             victims.append(seq)
             freed += size
+            counts[owner] += 1
+            sizes[owner] += size
         cursor.close()
         if victims:
             with self._transaction():
@@ -409,9 +497,10 @@ class Outbox:
                     "DELETE FROM samples WHERE seq IN (SELECT value FROM json_each(?))",
                     (json.dumps(victims),),
                 )
-            self._bytes -= freed
-            self._dropped["full_oldest"] += len(victims)
-        return len(victims)
+            for owner, count in counts.items():
+                self._count_bytes(owner, -sizes[owner])
+                self._dropped[(owner, "full_oldest")] += count
+        return counts
 
     def next_samples(self, max_records: int, max_bytes: int) -> PendingSamples | None:
         """Lease and return the oldest unleased samples of one (pipeline, version, class).
@@ -479,14 +568,15 @@ class Outbox:
             ids = json.dumps(list(seqs))
             with self._transaction():
                 freed = self._db.execute(
-                    "SELECT COALESCE(SUM(size), 0) FROM samples "
-                    "WHERE seq IN (SELECT value FROM json_each(?))",
+                    "SELECT pipeline, SUM(size) FROM samples "
+                    "WHERE seq IN (SELECT value FROM json_each(?)) GROUP BY 1",
                     (ids,),
-                ).fetchone()[0]
+                ).fetchall()
                 self._db.execute(
                     "DELETE FROM samples WHERE seq IN (SELECT value FROM json_each(?))", (ids,)
                 )
-            self._bytes -= int(freed)
+            for pipeline, size in freed:
+                self._count_bytes(pipeline, -int(size))
             self._leased_samples.difference_update(seqs)
             self._space.notify_all()
 
@@ -501,28 +591,40 @@ class Outbox:
         """Store delayed labels durably; return how many were kept (the rest are counted).
 
         Feedback is small and only exists for uplinked samples, so it is never evicted to
-        make room, only refused when the outbox is full.
+        make room, only refused when its pipeline's partition is full.
+
+        Raises:
+            ValueError: an entry's pipeline has no partition (nothing is written then).
         """
         if not entries:
             return 0
         now = self._clock()
+        groups: dict[str, list[FeedbackEntry]] = {}
+        for entry in entries:
+            groups.setdefault(entry.pipeline, []).append(entry)
+        refused: Counter[str] = Counter()
         with self._lock:
             self._check_open()
-            room = max(0, (self.max_bytes - self._bytes) // _FEEDBACK_SIZE)
-            kept = list(entries[:room])
-            if kept:
-                with self._transaction():
-                    self._db.executemany(
-                        "INSERT INTO feedback (pipeline, seq, label, due_at, enqueued_at) "
-                        "VALUES (?,?,?,?,?)",
-                        [(e.pipeline, e.seq, int(e.label), float(e.due_at), now) for e in kept],
-                    )
-                self._bytes += len(kept) * _FEEDBACK_SIZE
-        if len(kept) < len(entries):
-            self._count_drop("full_newest", len(entries) - len(kept))
-        else:
-            self._episodes.ended("full_newest")
-        return len(kept)
+            for pipeline in groups:
+                self._bound(pipeline)
+            for pipeline, group in groups.items():
+                room = max(0, (self._bound(pipeline) - self._used(pipeline)) // _FEEDBACK_SIZE)
+                kept = group[:room]
+                refused[pipeline] = len(group) - len(kept)
+                if kept:
+                    with self._transaction():
+                        self._db.executemany(
+                            "INSERT INTO feedback (pipeline, seq, label, due_at, enqueued_at) "
+                            "VALUES (?,?,?,?,?)",
+                            [(pipeline, e.seq, int(e.label), float(e.due_at), now) for e in kept],
+                        )
+                    self._count_bytes(pipeline, len(kept) * _FEEDBACK_SIZE)
+        for pipeline, count in refused.items():
+            if count:
+                self._count_drop(pipeline, "full_newest", count)
+            else:
+                self._episodes.ended(pipeline, "full_newest")
+        return len(entries) - sum(refused.values())
 
     def next_feedback(self, max_items: int) -> PendingFeedback | None:
         """Lease and return due feedback items of one pipeline, oldest due first."""
@@ -562,12 +664,18 @@ class Outbox:
             return
         with self._space:
             self._check_open()
+            keys = json.dumps(list(ids))
             with self._transaction():
-                deleted = self._db.execute(
-                    "DELETE FROM feedback WHERE id IN (SELECT value FROM json_each(?))",
-                    (json.dumps(list(ids)),),
-                ).rowcount
-            self._bytes -= max(0, deleted) * _FEEDBACK_SIZE
+                freed = self._db.execute(
+                    "SELECT pipeline, COUNT(*) FROM feedback "
+                    "WHERE id IN (SELECT value FROM json_each(?)) GROUP BY 1",
+                    (keys,),
+                ).fetchall()
+                self._db.execute(
+                    "DELETE FROM feedback WHERE id IN (SELECT value FROM json_each(?))", (keys,)
+                )
+            for pipeline, rows in freed:
+                self._count_bytes(pipeline, -int(rows) * _FEEDBACK_SIZE)
             self._leased_feedback.difference_update(ids)
             self._space.notify_all()
 
@@ -581,33 +689,45 @@ class Outbox:
     def expire(self) -> int:
         """Drop unleased records older than ``ttl_s``; return how many were dropped."""
         cutoff = self._clock() - self.ttl_s
+        dropped: Counter[str] = Counter()
         with self._space:
             self._check_open()
             with self._transaction():
-                rows = self._db.execute(
-                    "SELECT seq, size FROM samples WHERE enqueued_at < ? "
+                samples = self._db.execute(
+                    "SELECT seq, size, pipeline FROM samples WHERE enqueued_at < ? "
                     "AND seq NOT IN (SELECT value FROM json_each(?))",
                     (cutoff, json.dumps(sorted(self._leased_samples))),
                 ).fetchall()
-                if rows:
+                if samples:
                     self._db.execute(
                         "DELETE FROM samples WHERE seq IN (SELECT value FROM json_each(?))",
-                        (json.dumps([r[0] for r in rows]),),
+                        (json.dumps([r[0] for r in samples]),),
                     )
                 feedback = self._db.execute(
-                    "DELETE FROM feedback WHERE enqueued_at < ? "
+                    "SELECT id, pipeline FROM feedback WHERE enqueued_at < ? "
                     "AND id NOT IN (SELECT value FROM json_each(?))",
                     (cutoff, json.dumps(sorted(self._leased_feedback))),
-                ).rowcount
-            self._bytes -= sum(r[1] for r in rows) + max(0, feedback) * _FEEDBACK_SIZE
-            if rows or feedback:
+                ).fetchall()
+                if feedback:
+                    self._db.execute(
+                        "DELETE FROM feedback WHERE id IN (SELECT value FROM json_each(?))",
+                        (json.dumps([r[0] for r in feedback]),),
+                    )
+            for _, size, pipeline in samples:
+                self._count_bytes(pipeline, -int(size))
+                dropped[pipeline] += 1
+            for _, pipeline in feedback:
+                self._count_bytes(pipeline, -_FEEDBACK_SIZE)
+                dropped[pipeline] += 1
+            if dropped:
                 self._space.notify_all()
-        dropped = len(rows) + max(0, feedback)
-        if dropped:
-            self._count_drop("expired", dropped)
-        else:
-            self._episodes.ended("expired")
-        return dropped
+            known = list(self._bytes_by)
+        for pipeline, count in dropped.items():
+            self._count_drop(pipeline, "expired", count)
+        for pipeline in known:
+            if pipeline not in dropped:
+                self._episodes.ended(pipeline, "expired")
+        return sum(dropped.values())
 
     def reclaim(self) -> None:
         """Checkpoint the WAL and give free pages back to the file system."""
@@ -620,30 +740,53 @@ class Outbox:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def stats(self) -> OutboxStats:
-        """Return depth, bytes, age of the oldest record and drop counts."""
+        """Return depth, bytes, age of the oldest record and drop counts, in all and per
+        pipeline (every partition, and any pipeline that still has records).
+        """
         now = self._clock()
         with self._lock:
             self._check_open()
-            samples, oldest_sample = self._db.execute(
-                "SELECT COUNT(*), MIN(enqueued_at) FROM samples"
-            ).fetchone()
-            feedback, oldest_feedback = self._db.execute(
-                "SELECT COUNT(*), MIN(enqueued_at) FROM feedback"
-            ).fetchone()
-            oldest = min(
-                (t for t in (oldest_sample, oldest_feedback) if t is not None), default=None
-            )
+            samples = {
+                row[0]: row[1:]
+                for row in self._db.execute(
+                    "SELECT pipeline, COUNT(*), MIN(enqueued_at) FROM samples GROUP BY 1"
+                )
+            }
+            feedback = {
+                row[0]: row[1:]
+                for row in self._db.execute(
+                    "SELECT pipeline, COUNT(*), MIN(enqueued_at) FROM feedback GROUP BY 1"
+                )
+            }
+            names = {*(self._partitions or ()), *self._bytes_by, *samples, *feedback}
+            names.update(pipeline for pipeline, _ in self._dropped)
+            partitions: dict[str, PartitionStats] = {}
+            for name in sorted(names):
+                sample_rows, oldest_sample = samples.get(name, (0, None))
+                feedback_rows, oldest_feedback = feedback.get(name, (0, None))
+                partitions[name] = PartitionStats(
+                    samples=int(sample_rows),
+                    feedback=int(feedback_rows),
+                    bytes=self._bytes_by.get(name, 0),
+                    max_bytes=self._bound_or_zero(name),
+                    oldest_age_s=_age_s(now, oldest_sample, oldest_feedback),
+                    dropped={r: n for (p, r), n in self._dropped.items() if p == name},
+                )
+            by_reason: Counter[str] = Counter()
+            for (_, reason), count in self._dropped.items():
+                by_reason[reason] += count
             return OutboxStats(
-                samples=int(samples),
-                feedback=int(feedback),
+                samples=sum(p.samples for p in partitions.values()),
+                feedback=sum(p.feedback for p in partitions.values()),
                 bytes=self._bytes,
-                oldest_age_s=0.0 if oldest is None else max(0.0, now - float(oldest)),
-                dropped=dict(self._dropped),
+                oldest_age_s=max((p.oldest_age_s for p in partitions.values()), default=0.0),
+                dropped=dict(by_reason),
+                pipelines=partitions,
             )
 
     @property
     def bytes_used(self) -> int:
-        """Bytes currently counted against ``max_bytes``."""
+        """Bytes currently counted against ``max_bytes`` (all pipelines)."""
         with self._lock:
             return self._bytes
 
@@ -670,70 +813,113 @@ class Outbox:
         if self._closed:
             raise NotReadyError(f"the outbox {self.path} is closed")
 
-    def _count_drop(self, reason: str, count: int) -> None:
-        with self._lock:
-            self._dropped[reason] += count
-        self._notify_drop(reason, count)
+    def _bound(self, pipeline: str) -> int:
+        """Return the byte bound of ``pipeline``'s records; ValueError if it has none."""
+        if self._partitions is None:
+            return self.max_bytes
+        bound = self._partitions.get(pipeline)
+        if bound is None:
+            raise ValueError(
+                f"pipeline {pipeline!r} has no partition in the outbox {self.path} "
+                f"(partitions: {', '.join(sorted(self._partitions))})"
+            )
+        return bound
 
-    def _notify_drop(self, reason: str, count: int) -> None:
+    def _bound_or_zero(self, pipeline: str) -> int:
+        if self._partitions is None:
+            return self.max_bytes
+        return self._partitions.get(pipeline, 0)
+
+    def _used(self, pipeline: str) -> int:
+        """Bytes counted against ``pipeline``'s bound (lock held)."""
+        if self._partitions is None:
+            return self._bytes
+        return self._bytes_by.get(pipeline, 0)
+
+    def _count_bytes(self, pipeline: str, delta: int) -> None:
+        """Add ``delta`` to the in-memory byte totals (lock held, or during setup)."""
+        self._bytes_by[pipeline] = self._bytes_by.get(pipeline, 0) + delta
+        self._bytes += delta
+
+    def _count_drop(self, pipeline: str, reason: str, count: int) -> None:
+        with self._lock:
+            self._dropped[(pipeline, reason)] += count
+        self._notify_drop(pipeline, reason, count)
+
+    def _notify_drop(self, pipeline: str, reason: str, count: int) -> None:
         # Called without the lock held: the callback may take locks of its own.
-        self._episodes.dropped(reason, count)
+        self._episodes.dropped(pipeline, reason, count)
         if self._on_drop is not None:
-            self._on_drop(reason, count)
+            self._on_drop(pipeline, reason, count)
+
+
+def _age_s(now: float, *enqueued_at: float | None) -> float:
+    """Return the age of the oldest of ``enqueued_at`` (0 when there is none)."""
+    oldest = min((t for t in enqueued_at if t is not None), default=None)
+    return 0.0 if oldest is None else max(0.0, now - float(oldest))
 
 
 class _DropEpisodes:
     """Log drops once when an episode starts and once when it ends, not once per record.
 
-    An episode of "full_*" drops ends with the first append that needs none; one of
-    "expired" drops with the first expiry pass that finds nothing old.
+    Episodes are per pipeline and reason.  An episode of "full_*" drops ends with the
+    pipeline's first append that needs none; one of "expired" drops with the first expiry
+    pass that finds none of the pipeline's records old.
     """
 
     def __init__(self, outbox: Outbox) -> None:
         self._outbox = outbox
         self._lock = threading.Lock()
-        self._open: dict[str, tuple[float, int]] = {}
+        self._open: dict[tuple[str, str], tuple[float, int]] = {}
 
-    def dropped(self, reason: str, count: int) -> None:
+    def dropped(self, pipeline: str, reason: str, count: int) -> None:
+        key = (pipeline, reason)
         with self._lock:
-            started, total = self._open.get(reason, (0.0, 0))
-            self._open[reason] = (started or time.monotonic(), total + count)
+            started, total = self._open.get(key, (0.0, 0))
+            self._open[key] = (started or time.monotonic(), total + count)
         if not started:
             log.warning(
-                "outbox %s: %s; further drops are only counted "
-                "(continuum_edge_records_dropped_total{reason=%r}) until this ends",
+                "outbox %s, pipeline %s: %s; further drops are only counted "
+                '(continuum_edge_records_dropped_total{pipeline="%s",reason="%s"}) '
+                "until this ends",
                 self._outbox.path,
-                self._describe(reason),
+                pipeline,
+                self._describe(pipeline, reason),
+                pipeline,
                 reason,
             )
 
-    def ended(self, *reasons: str) -> None:
+    def ended(self, pipeline: str, *reasons: str) -> None:
         if not self._open:  # the common case, without taking the lock
             return
         with self._lock:
-            closed = [(r, self._open.pop(r)) for r in reasons if r in self._open]
+            closed = [
+                (r, self._open.pop((pipeline, r))) for r in reasons if (pipeline, r) in self._open
+            ]
         for reason, (started, total) in closed:
             log.warning(
-                "outbox %s: %s drops ended after %.1f s, %d record(s) dropped in all",
+                "outbox %s, pipeline %s: %s drops ended after %.1f s, %d record(s) dropped in all",
                 self._outbox.path,
+                pipeline,
                 reason,
                 time.monotonic() - started,
                 total,
             )
 
-    def _describe(self, reason: str) -> str:
+    def _describe(self, pipeline: str, reason: str) -> str:
         box = self._outbox
         if reason == "expired":
             return f"dropping records older than outbox_ttl_s={box.ttl_s:g}"
-        if reason == "full_oldest":
-            return (
-                f"full at {box.max_bytes} bytes, dropping the oldest unsent samples "
-                "(outbox_full_policy=drop_oldest)"
+        if box._partitions is None:
+            full = f"full at {box.max_bytes} bytes"
+        else:
+            full = (
+                f"full at its partition's {box._bound_or_zero(pipeline)} bytes "
+                f"(of outbox_max_bytes={box.max_bytes})"
             )
-        return (
-            f"full at {box.max_bytes} bytes, refusing new records "
-            f"(outbox_full_policy={box.full_policy})"
-        )
+        if reason == "full_oldest":
+            return f"{full}, dropping the oldest unsent samples (outbox_full_policy=drop_oldest)"
+        return f"{full}, refusing new records (outbox_full_policy={box.full_policy})"
 
 
 class _Transaction:

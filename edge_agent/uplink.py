@@ -218,8 +218,8 @@ class Uplink:
         """Send ``message`` when the link allows (kept in memory, oldest dropped past a bound)."""
         with self._wake:
             if len(self._telemetry) >= _TELEMETRY_BACKLOG:
-                self._telemetry.popleft()
-                self._metrics.dropped.labels("telemetry_backlog").inc()
+                lost = self._telemetry.popleft()
+                self._metrics.dropped.labels(lost.pipeline, "telemetry_backlog").inc()
             self._telemetry.append(message)
             self._wake.notify()
 
@@ -429,7 +429,7 @@ class Uplink:
         else:
             self._outbox.ack_feedback(pending.ids)
             count = len(pending.ids)
-        self._metrics.dropped.labels("unencodable").inc(count)
+        self._metrics.dropped.labels(pending.pipeline, "unencodable").inc(count)
 
     def _on_done(self, kind: Kind, keys: tuple[int, ...]) -> Callable[[PublishOutcome], None]:
         def done(outcome: PublishOutcome) -> None:
@@ -482,9 +482,11 @@ class Uplink:
             self._outbox.release_feedback(keys)
 
     def _update_gauges(self) -> None:
-        stats = self._outbox.stats()
-        self._metrics.outbox_depth.labels("samples").set(stats.samples)
-        self._metrics.outbox_depth.labels("feedback").set(stats.feedback)
-        self._metrics.outbox_bytes.set(stats.bytes)
-        self._metrics.outbox_oldest_age.set(stats.oldest_age_s)
+        m = self._metrics
+        for pipeline, part in self._outbox.stats().pipelines.items():
+            m.outbox_depth.labels(pipeline, "samples").set(part.samples)
+            m.outbox_depth.labels(pipeline, "feedback").set(part.feedback)
+            m.outbox_bytes.labels(pipeline).set(part.bytes)
+            m.outbox_max_bytes.labels(pipeline).set(part.max_bytes)
+            m.outbox_oldest_age.labels(pipeline).set(part.oldest_age_s)
         self._metrics.connected.set(1.0 if self._link.connected else 0.0)

@@ -8,7 +8,10 @@ import pytest
 import yaml
 
 from continuum.errors import ConfigError
+from continuum.signing import generate_keypair
+from edge_agent.agent import EdgeAgent
 from edge_agent.config import AgentSettings
+from tests.edge_agent_kit import agent_config, write_key, write_pipeline
 
 
 def _write(folder: Path, data: object) -> Path:
@@ -143,3 +146,92 @@ class TestInvalidConfig:
     def test_a_missing_file_is_refused(self, tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match="cannot read"):
             AgentSettings.load(tmp_path / "absent.yaml")
+
+
+class TestOutboxShares:
+    @staticmethod
+    def _with_shares(valid: dict[str, object], *shares: float | None) -> dict[str, object]:
+        pipelines = []
+        for share in shares:
+            entry: dict[str, object] = {"spec": "specs/p.yaml", "source": {"ref": "m.cam:Camera"}}
+            if share is not None:
+                entry["outbox_share"] = share
+            pipelines.append(entry)
+        return {**valid, "pipelines": pipelines, "outbox_max_bytes": 1_000_000}
+
+    def test_without_shares_the_outbox_is_split_evenly(
+        self, tmp_path: Path, valid: dict[str, object]
+    ) -> None:
+        data = self._with_shares(valid, None, None, None)
+        settings = AgentSettings.load(_write(tmp_path, data))
+        assert settings.outbox_partition_bytes() == [333_333] * 3
+
+    def test_a_declared_share_is_kept_and_the_rest_split_among_the_others(
+        self, tmp_path: Path, valid: dict[str, object]
+    ) -> None:
+        settings = AgentSettings.load(_write(tmp_path, self._with_shares(valid, None, 0.7, None)))
+        assert settings.pipelines[1].outbox_share == 0.7
+        assert settings.outbox_partition_bytes() == [150_000, 700_000, 150_000]
+
+    def test_shares_that_add_up_to_one_within_rounding_are_accepted(
+        self, tmp_path: Path, valid: dict[str, object]
+    ) -> None:
+        data = self._with_shares(valid, 0.1, 0.2, 0.7)  # 1.0000000000000002 in floats
+        settings = AgentSettings.load(_write(tmp_path, data))
+        assert sum(settings.outbox_partition_bytes()) <= 1_000_000
+
+    @pytest.mark.parametrize(
+        ("shares", "words"),
+        [
+            (
+                (0.7, 0.5),
+                "pipelines: the outbox_share values sum to 1.2 (pipelines.0: 0.7, "
+                "pipelines.1: 0.5); they are fractions of outbox_max_bytes and must not sum "
+                "above 1",
+            ),
+            (
+                (0.6, 0.4, None),
+                "pipelines: the outbox_share values sum to 1, leaving no outbox "
+                "room for pipelines.2",
+            ),
+            ((0.0, None), "pipelines.0.outbox_share: Input should be greater than 0"),
+            ((1.5,), "pipelines.0.outbox_share: Input should be less than or equal to 1"),
+            ((0.0005, None), "outbox partitions below 1024 bytes (pipelines.0: 500)"),
+        ],
+    )
+    def test_bad_shares_are_refused_with_one_clear_line(
+        self,
+        tmp_path: Path,
+        valid: dict[str, object],
+        shares: tuple[float | None, ...],
+        words: str,
+    ) -> None:
+        with pytest.raises(ConfigError) as caught:
+            AgentSettings.load(_write(tmp_path, self._with_shares(valid, *shares)))
+        lines = str(caught.value).splitlines()
+        assert "1 problem(s)" in lines[0] and len(lines) == 2
+        assert words in lines[1]
+
+    def test_the_agent_gives_each_pipeline_its_partition(self, tmp_path: Path) -> None:
+        source = {"ref": "tests.edge_agent_kit:PatternSource", "args": {"pattern": [0.0]}}
+        specs = [write_pipeline(tmp_path, name=name) for name in ("inspect", "count")]
+        config = agent_config(
+            tmp_path,
+            spec=specs[0],
+            key=write_key(tmp_path, generate_keypair()[1]),
+            source=source,
+            outbox_max_bytes=1_000_000,
+            pipelines=[
+                {"spec": str(specs[0]), "source": source, "outbox_share": 0.25},
+                {"spec": str(specs[1]), "source": source},
+            ],
+        )
+        agent = EdgeAgent(AgentSettings.load(config))
+        try:
+            partitions = agent.outbox.stats().pipelines
+        finally:
+            agent.stop()
+        assert {name: p.max_bytes for name, p in partitions.items()} == {
+            "inspect": 250_000,
+            "count": 750_000,
+        }

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.outbox import FeedbackEntry, Outbox, SampleEntry
+from continuum.errors import ConfigError
+from edge_agent.outbox import AppendResult, FeedbackEntry, Outbox, SampleEntry
 
 
 class FakeClock:
@@ -182,7 +183,7 @@ class TestBounds:
         drops: list[tuple[str, int]] = []
         size = 64 * 4 + 96  # one record's accounted bytes
         with _open(
-            tmp_path / "outbox.db", max_bytes=3 * size, on_drop=lambda r, n: drops.append((r, n))
+            tmp_path / "outbox.db", max_bytes=3 * size, on_drop=lambda p, r, n: drops.append((r, n))
         ) as outbox:
             entries = [_entry(outbox) for _ in range(3)]
             outbox.append_samples(entries)
@@ -280,3 +281,113 @@ class TestBounds:
             outbox.reclaim()
             assert path.stat().st_size < full / 2
             assert outbox.bytes_used == 0
+
+
+#: One test record's accounted bytes (64 float32 values plus the row overhead).
+RECORD = 64 * 4 + 96
+
+
+class TestPartitions:
+    def test_a_full_pipeline_under_drop_oldest_loses_only_its_own_oldest_records(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        drops: list[tuple[str, str, int]] = []
+        with _open(
+            tmp_path / "outbox.db",
+            max_bytes=6 * RECORD,
+            partitions={"a": 3 * RECORD, "b": 3 * RECORD},
+            on_drop=lambda p, r, n: drops.append((p, r, n)),
+        ) as outbox:
+            b = [_entry(outbox, pipeline="b") for _ in range(3)]
+            a = [_entry(outbox, pipeline="a") for _ in range(3)]
+            outbox.append_samples(b)  # older than all of a's
+            outbox.append_samples(a)
+            with caplog.at_level(logging.WARNING, logger="edge_agent.outbox"):
+                newer = [_entry(outbox, pipeline="a") for _ in range(2)]
+                result = outbox.append_samples(newer)
+            first = outbox.next_samples(10, 1 << 20)
+            second = outbox.next_samples(10, 1 << 20)
+            stats = outbox.stats()
+        assert (result.appended, result.evicted, result.refused) == (2, 2, 0)
+        assert first is not None and second is not None
+        left = {first.pipeline: first.seqs, second.pipeline: second.seqs}
+        assert left == {"a": (a[2].seq, newer[0].seq, newer[1].seq), "b": tuple(e.seq for e in b)}
+        assert drops == [("a", "full_oldest", 2)]
+        assert stats.pipelines["a"].dropped == {"full_oldest": 2}
+        assert stats.pipelines["b"].dropped == {}
+        assert (stats.pipelines["a"].bytes, stats.pipelines["b"].bytes) == (3 * RECORD, 3 * RECORD)
+        [message] = [r.getMessage() for r in caplog.records]
+        assert "pipeline a: full at its partition's 1056 bytes" in message
+
+    def test_under_block_a_full_pipeline_waits_while_another_still_enqueues(
+        self, tmp_path: Path
+    ) -> None:
+        with _open(
+            tmp_path / "outbox.db",
+            max_bytes=2 * RECORD,
+            partitions={"a": RECORD, "b": RECORD},
+            full_policy="block",
+            block_timeout_s=10.0,
+        ) as outbox:
+            first = _entry(outbox, pipeline="a")
+            outbox.append_samples([first])
+            blocked: list[AppendResult] = []
+            waiter = threading.Thread(
+                target=lambda: blocked.append(outbox.append_samples([_entry(outbox, pipeline="a")]))
+            )
+            waiter.start()
+            time.sleep(0.3)  # a's second append is waiting for room in a's partition
+            started = time.monotonic()
+            other = outbox.append_samples([_entry(outbox, pipeline="b")])
+            took = time.monotonic() - started
+            still_waiting = waiter.is_alive()
+            outbox.ack_samples([first.seq])  # room in a's partition: the waiter goes on
+            waiter.join(5.0)
+        assert other.appended == 1 and took < 1.0
+        assert still_waiting
+        assert len(blocked) == 1 and blocked[0].appended == 1
+
+    def test_feedback_is_refused_only_in_the_full_pipelines_partition(self, tmp_path: Path) -> None:
+        with _open(
+            tmp_path / "outbox.db",
+            max_bytes=2 * RECORD,
+            partitions={"a": RECORD, "b": RECORD},
+            full_policy="drop_newest",
+        ) as outbox:
+            outbox.append_samples([_entry(outbox, pipeline="a")])  # a's partition is full
+            kept = outbox.append_feedback(
+                [FeedbackEntry("a", 1, 0, 0.0), FeedbackEntry("b", 2, 0, 0.0)]
+            )
+            stats = outbox.stats()
+        assert kept == 1
+        assert (stats.pipelines["a"].feedback, stats.pipelines["b"].feedback) == (0, 1)
+        assert stats.pipelines["a"].dropped == {"full_newest": 1}
+
+    def test_byte_totals_per_pipeline_are_restored_at_reopen(self, tmp_path: Path) -> None:
+        path = tmp_path / "outbox.db"
+        with _open(path) as outbox:  # written without partitions, as before they existed
+            outbox.append_samples([_entry(outbox, pipeline="a") for _ in range(3)])
+            outbox.append_samples([_entry(outbox, pipeline="b") for _ in range(2)])
+            outbox.append_feedback([FeedbackEntry("b", 1, 0, 0.0)])
+        partitions = {"a": 3 * RECORD, "b": 3 * RECORD}
+        with _open(path, max_bytes=6 * RECORD, partitions=partitions) as outbox:
+            stats = outbox.stats()
+            result = outbox.append_samples([_entry(outbox, pipeline="a")])
+            after = outbox.stats()
+        assert stats.pipelines["a"].bytes == 3 * RECORD
+        assert stats.pipelines["b"].bytes == 2 * RECORD + 48
+        assert stats.bytes == 5 * RECORD + 48
+        assert result.evicted == 1  # a was full already: its oldest goes, b is untouched
+        assert (after.pipelines["a"].samples, after.pipelines["b"].samples) == (3, 2)
+
+    def test_a_pipeline_without_a_partition_is_refused_before_anything_is_written(
+        self, tmp_path: Path
+    ) -> None:
+        with _open(tmp_path / "outbox.db", max_bytes=4096, partitions={"a": 4096}) as outbox:
+            with pytest.raises(ValueError, match="pipeline 'z' has no partition"):
+                outbox.append_samples([_entry(outbox, pipeline="a"), _entry(outbox, pipeline="z")])
+            assert outbox.stats().samples == 0
+
+    def test_partitions_must_fit_the_bound(self, tmp_path: Path) -> None:
+        with pytest.raises(ConfigError, match="add up to at most max_bytes=1000"):
+            _open(tmp_path / "outbox.db", max_bytes=1000, partitions={"a": 600, "b": 600})
