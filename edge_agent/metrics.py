@@ -65,6 +65,12 @@ class AgentMetrics:
             ["pipeline", "reason"],
             registry=r,
         )
+        self.source_failures = Counter(
+            f"{_NS}_source_failures",
+            "Times a pipeline's frame source failed; each is iterated again after a backoff.",
+            ["pipeline"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             f"{_NS}_batch_size",
             "Frames per inference batch.",

@@ -28,6 +28,7 @@ from continuum.select import Probabilities, SelectionContext, TokenBucket
 from continuum.sources import Frame, Source
 from continuum.spec import PipelineSpec, resolve_ref
 from continuum.wire.messages import SCHEMA_VERSION, Telemetry
+from edge_agent.link import Backoff
 from edge_agent.metrics import AgentMetrics
 from edge_agent.model_manager import ServingModel
 from edge_agent.outbox import FeedbackEntry, Outbox, SampleEntry
@@ -246,6 +247,9 @@ class PipelineRuntime:
         on_telemetry: receives each window's ``Telemetry`` (from the inference thread).
         on_enqueued: called after samples or labels went into the outbox (wakes the uplink).
         telemetry_interval_s: window length.
+        source_retry_s: first and longest delay before a failed source is iterated again
+            (doubling with jitter in between; an attempt that ran the longest delay or
+            more starts the next failure over at the first).
     """
 
     def __init__(
@@ -260,11 +264,13 @@ class PipelineRuntime:
         on_enqueued: Callable[[], None] = lambda: None,
         telemetry_interval_s: float = 10.0,
         wall_clock: Callable[[], float] = time.time,
+        source_retry_s: tuple[float, float] = (1.0, 60.0),
     ) -> None:
         self.spec = spec
         self.name = spec.name
         self.node = node
         self._source = source
+        self._source_backoff = Backoff(*source_retry_s)
         self._outbox = outbox
         self._metrics = metrics
         self._on_telemetry = on_telemetry
@@ -392,25 +398,45 @@ class PipelineRuntime:
                 return
         last_ns: int | None = None
         try:
-            for frame in self._source:
-                if self._stopping.is_set():
-                    break
-                arrived_ns = time.monotonic_ns()
-                if last_ns is not None:
-                    gap_s = (arrived_ns - last_ns) / 1e9
-                    if self._arrival_gap_s == 0.0:
-                        self._arrival_gap_s = gap_s  # the first gap is the first estimate
+            while not self._stopping.is_set():
+                started = time.monotonic()
+                try:
+                    for frame in self._source:
+                        if self._stopping.is_set():
+                            break
+                        arrived_ns = time.monotonic_ns()
+                        if last_ns is not None:
+                            gap_s = (arrived_ns - last_ns) / 1e9
+                            if self._arrival_gap_s == 0.0:
+                                self._arrival_gap_s = gap_s  # the first gap: first estimate
+                            else:
+                                self._arrival_gap_s += _GAP_SMOOTHING * (
+                                    gap_s - self._arrival_gap_s
+                                )
+                        last_ns = arrived_ns
+                        item = (frame, arrived_ns)
+                        while not self._frames.put(item, _POLL_S):
+                            if self._stopping.is_set():
+                                break
                     else:
-                        self._arrival_gap_s += _GAP_SMOOTHING * (gap_s - self._arrival_gap_s)
-                last_ns = arrived_ns
-                item = (frame, arrived_ns)
-                while not self._frames.put(item, _POLL_S):
-                    if self._stopping.is_set():
-                        break
-            else:
-                log.info("pipeline %s: source ended", self.name)
-        except Exception:
-            log.exception("pipeline %s: source failed; the pipeline stops", self.name)
+                        log.info("pipeline %s: source ended", self.name)
+                    return
+                except Exception:
+                    # A camera unplugged or a stream dropped: an unattended node iterates
+                    # the source again (reopening it) rather than serve nothing until a
+                    # restart. A source that ended normally ends the pipeline.
+                    if time.monotonic() - started >= self._source_backoff.max_s:
+                        self._source_backoff.reset()
+                    delay = self._source_backoff.next_delay()
+                    self._metrics.source_failures.labels(self.name).inc()
+                    log.exception(
+                        "pipeline %s: source failed (%d in a row); opening it again in %.1f s",
+                        self.name,
+                        self._source_backoff.attempt,
+                        delay,
+                    )
+                    last_ns = None
+                    self._stopping.wait(delay)
         finally:
             self._source_done.set()
 

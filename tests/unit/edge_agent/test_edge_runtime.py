@@ -15,6 +15,7 @@ from continuum.select import Policy
 from continuum.sources import Frame
 from continuum.spec import PipelineSpec
 from continuum.wire.messages import Telemetry
+from edge_agent.link import Backoff
 from edge_agent.metrics import AgentMetrics
 from edge_agent.model_manager import ServingModel
 from edge_agent.outbox import Outbox
@@ -380,18 +381,48 @@ class TestTelemetryAndSwap:
         rejected = h.metrics.frames_rejected.labels("inspect", "bad_input")._value.get()
         assert rejected == 5
 
-    def test_a_failing_source_ends_the_pipeline_cleanly(
+    def test_a_failing_source_is_opened_again_and_counted(
         self, tmp_path: Path, harness_factory
     ) -> None:  # type: ignore[no-untyped-def]
-        class Broken:
-            def __iter__(self):  # type: ignore[no-untyped-def]
-                yield Frame(np.zeros((1, 8, 8), dtype=np.float32))
-                raise OSError("camera unplugged")
+        class Flaky:
+            """A camera that drops out twice, then streams three frames and ends."""
 
-        h = harness_factory(_spec(select.low_confidence(0.5)), Broken())
+            def __init__(self) -> None:
+                self.opened = 0
+
+            def __iter__(self):  # type: ignore[no-untyped-def]
+                self.opened += 1
+                yield Frame(np.zeros((1, 8, 8), dtype=np.float32))
+                if self.opened <= 2:
+                    raise OSError("camera unplugged")
+                for _ in range(2):
+                    yield Frame(np.zeros((1, 8, 8), dtype=np.float32))
+
+        source = Flaky()
+        h = harness_factory(_spec(select.low_confidence(0.5)), source)
+        h.runtime._source_backoff = Backoff(0.01, 0.05)
         h.run(_model(tmp_path, "v1"))
-        assert h.runtime.finished
-        assert h.telemetry[0].frames == 1
+        assert source.opened == 3
+        assert sum(w.frames for w in h.telemetry) == 5
+        assert h.metrics.source_failures.labels("inspect")._value.get() == 2
+
+    def test_a_source_that_keeps_failing_stops_with_the_pipeline(
+        self, tmp_path: Path, harness_factory
+    ) -> None:  # type: ignore[no-untyped-def]
+        class Dead:
+            def __iter__(self):  # type: ignore[no-untyped-def]
+                raise OSError("no such device")
+                yield  # pragma: no cover - makes this a generator
+
+        h = harness_factory(_spec(select.low_confidence(0.5)), Dead())
+        h.runtime._source_backoff = Backoff(0.01, 0.02)
+        h.runtime.start()
+        h.runtime.swap_model(_model(tmp_path, "v1"))
+        time.sleep(0.3)
+        assert not h.runtime.finished  # still trying
+        assert h.metrics.source_failures.labels("inspect")._value.get() >= 3
+        h.runtime.stop()
+        assert h.runtime.join(5.0)
 
 
 class TestProbabilities:
