@@ -348,29 +348,34 @@ class SampleStore:
         file holds, by name.  A requested field column no file holds reads as nulls.  A
         compaction that replaces files between listing and reading makes it list again.
         """
+        days = None if dates is None else sorted(set(dates))
+        wanted = None if columns is None else list(columns)  # each attempt needs them
         for attempt in range(_READ_ATTEMPTS):
+            if days is None:
+                paths = self.files(tenant, pipeline)
+            else:
+                paths = [p for d in days for p in self.files(tenant, pipeline, d)]
             try:
-                return self._read_once(tenant, pipeline, columns, dates)
-            except FileNotFoundError:
-                if attempt == _READ_ATTEMPTS - 1:
+                return self._read_paths(paths, wanted)
+            except OSError:
+                # A listed file deleted before it is opened raises FileNotFoundError. On an
+                # object store it can also go between opening (a HEAD) and reading (a GET),
+                # which S3 reports as a plain OSError (NoSuchKey): so what decides is whether
+                # a listed file is gone, not the error's type.
+                if attempt == _READ_ATTEMPTS - 1 or not self._any_gone(paths):
                     raise
         raise AssertionError("unreachable")
 
-    def _read_once(
-        self,
-        tenant: str,
-        pipeline: str,
-        columns: Iterable[str] | None,
-        dates: Iterable[str] | None,
-    ) -> pa.Table:
-        if dates is None:
-            paths = self.files(tenant, pipeline)
-        else:
-            paths = [p for d in sorted(set(dates)) for p in self.files(tenant, pipeline, d)]
-        if columns is None:
-            wanted = [*SCHEMA.names, *sorted(self._field_types(paths))]
-        else:
-            wanted = list(columns)
+    def _any_gone(self, paths: list[str]) -> bool:
+        """Return whether any of ``paths`` no longer exists (False when that cannot be told)."""
+        try:
+            infos = self._fs.get_file_info(paths)
+        except OSError:
+            return False  # the store is unreachable: report the read's own error
+        return any(info.type == pafs.FileType.NotFound for info in infos)
+
+    def _read_paths(self, paths: list[str], columns: list[str] | None) -> pa.Table:
+        wanted = [*SCHEMA.names, *sorted(self._field_types(paths))] if columns is None else columns
         unknown = sorted(
             c for c in set(wanted) - set(SCHEMA.names) if not c.startswith(FIELD_PREFIX)
         )

@@ -1,5 +1,5 @@
 """Session fixtures for the whole suite: a real mosquitto, a real local Ray cluster, a real
-PostgreSQL, the gpu skip.
+PostgreSQL, S3-compatible storage, the gpu skip.
 
 Each starts only when a test asks for it, so ``tests/unit`` needs none but PostgreSQL (for
 the cases of the registry's tests that run on it).
@@ -22,9 +22,12 @@ from cloud_head.paths import REGISTRY_URL_ENV
 from continuum.cli._demo_tenants import CLOUD_LABELS, EDGE_NODE_LABELS
 from continuum.embedded import EmbeddedBroker, LocalRayCluster
 from tests.postgres_server import PostgresServer, find_postgres_bin
+from tests.s3_server import S3Server, aws_free_environ, moto_missing
 
 #: The Ray namespace the test process joins; services under test run as actors in it.
 RAY_TEST_NAMESPACE = "continuum-tests"
+#: An ``s3://`` URI of a real S3 or MinIO prefix to test object storage on instead of moto.
+S3_URI_ENV = "CONTINUUM_TEST_S3_URI"
 
 
 @pytest.fixture(scope="session")
@@ -90,6 +93,40 @@ def postgres_url(postgres_server: PostgresServer) -> str:
 def postgres_database(postgres_server: PostgresServer) -> str:
     """The URL of an empty database of this test's own on the session's PostgreSQL."""
     return postgres_server.create_database()
+
+
+@pytest.fixture(scope="session")
+def s3_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Yield the ``s3://`` URI of a prefix on S3-compatible storage, shared by the session.
+
+    ``CONTINUUM_TEST_S3_URI`` when set (a real S3 or MinIO, used as it is); otherwise moto's
+    S3 server on a free loopback port (``tests/s3_server.py``), with test credentials and
+    endpoint in the URI, and this process's AWS settings set aside while it runs. Tests
+    write under a prefix of their own (``tests.s3_server.child_uri``). Skipped, saying how
+    to install it, where moto's server is missing.
+    """
+    real = os.environ.get(S3_URI_ENV)
+    if real:
+        yield real
+        return
+    missing = moto_missing()
+    if missing is not None:
+        pytest.skip(f"{missing}, or set {S3_URI_ENV} to an s3:// URI")
+    with pytest.MonkeyPatch.context() as env:
+        # Nothing may reach a real account: no AWS credentials, profile, endpoint or
+        # instance metadata for pyarrow's S3 client, in this process or the server's.
+        clean = aws_free_environ()
+        for name in set(os.environ) - set(clean):
+            env.delenv(name)
+        for name, value in clean.items():
+            if os.environ.get(name) != value:
+                env.setenv(name, value)
+        server = S3Server(tmp_path_factory.mktemp("s3-server"))
+        try:
+            server.start()
+            yield server.uri("samples")
+        finally:
+            server.stop()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -256,6 +258,53 @@ class TestOtherFilesystems:
         [path] = store.flush()
         assert Path(path).is_file()
         assert store.root == str(tmp_path)
+
+
+class _FailingOpen(pafs.FSSpecHandler):
+    """fsspec's memory filesystem on which opening ``victim`` once fails as S3 fails the GET
+    of an object deleted after its HEAD: a plain OSError, not FileNotFoundError."""
+
+    def __init__(self, *, delete: bool) -> None:
+        super().__init__(fsspec.filesystem("memory"))
+        self.victim: str | None = None
+        self.delete = delete
+
+    def open_input_file(self, path: str) -> Any:
+        if path == self.victim:
+            self.victim = None
+            if self.delete:  # as a compaction does between a reader's listing and its read
+                self.fs.rm(path)
+            raise OSError(f"AWS Error NO_SUCH_KEY during GetObject operation: {path}")
+        return super().open_input_file(path)
+
+
+class TestReadsRacingCompaction:
+    @pytest.fixture
+    def root(self) -> Iterator[str]:
+        root = f"/continuum-test-{uuid.uuid4().hex}"
+        yield root
+        fsspec.filesystem("memory").rm(root, recursive=True)
+
+    def test_a_file_deleted_while_it_is_read_is_read_again_from_a_new_listing(
+        self, root: str
+    ) -> None:
+        handler = _FailingOpen(delete=True)
+        store = SampleStore(root, filesystem=pafs.PyFileSystem(handler))
+        for _ in range(2):  # the same rows twice: either file alone holds every sample
+            store.append("acme", make_batch(range(3)), ingested_at_ns=NOON_NS)
+            store.flush()
+        kept, handler.victim = store.files("acme", "digits")
+        assert store.count("acme", "digits") == 3
+        assert handler.victim is None  # the read did fail once
+        assert store.files("acme", "digits") == [kept]
+
+    def test_an_error_reading_a_file_that_is_still_there_is_raised(self, root: str) -> None:
+        handler = _FailingOpen(delete=False)
+        store = SampleStore(root, filesystem=pafs.PyFileSystem(handler))
+        store.append("acme", make_batch(range(3)), ingested_at_ns=NOON_NS)
+        [handler.victim] = store.flush()
+        with pytest.raises(OSError, match="NO_SUCH_KEY"):
+            store.count("acme", "digits")
 
 
 class TestToNumpy:
