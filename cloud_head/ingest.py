@@ -42,7 +42,7 @@ from cloud_head.audit import AuditAction, AuditLog
 from cloud_head.fleet import FleetRegistry
 from cloud_head.labelling import LabelStore
 from cloud_head.seen import MAX_SEQ, NodeKey, SeenIndex
-from cloud_head.store import SampleStore
+from cloud_head.store import CompactionResult, SampleStore
 from cloud_head.tenants import QuotaExceededError, Quotas
 from continuum.errors import (
     ConfigError,
@@ -362,6 +362,15 @@ class IngestService:
     def is_seen(self, pipeline: str, sample_id: str) -> bool:
         """Return whether ``sample_id`` (``"node:seq"``) of ``pipeline`` has been stored."""
         return self._seen.contains(self._tenant, pipeline, sample_id)
+
+    def note_compaction(self, result: CompactionResult) -> None:
+        """Tell the seen index that a compaction merged recorded files into ``result.path``.
+
+        Without it, the merged file looks like one written before a crash could record it,
+        and every start would read it back.
+        """
+        if result.path is not None:
+            self._seen.replace_files(result.replaced, result.path)
 
     def prune_seen(self, older_than_ns: int) -> int:
         """Forget the runs of sample seqs stored before ``older_than_ns``; return how many.
@@ -916,7 +925,11 @@ class IngestService:
             for key, values in self._store.file_seqs(path).items():
                 seqs.setdefault(key, []).append(values)
         self._seen.record(
-            self._tenant, {key: np.concatenate(v) for key, v in seqs.items()}, now_ns, paths
+            self._tenant,
+            {key: np.concatenate(v) for key, v in seqs.items()},
+            now_ns,
+            paths,
+            known_new=False,
         )
 
     def _adopt_quietly(self, now_ns: int) -> None:

@@ -15,6 +15,7 @@ check, see ``cloud_head.ingest``.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -137,11 +138,17 @@ class SeenIndex:
         seqs: Mapping[NodeKey, npt.NDArray[np.int64]],
         now_ns: int,
         paths: Sequence[str] = (),
+        *,
+        known_new: bool = True,
     ) -> None:
         """Record newly stored ``seqs`` per (pipeline, node) and the files holding them.
 
-        One transaction: either every run and file is recorded or none.
+        One transaction: either every run and file is recorded or none. ``known_new``
+        False (a file read back) first leaves out the seqs already recorded, so runs stay
+        disjoint; ingest's own writes checked them just before.
         """
+        if not known_new:
+            seqs = {key: values[~self.stored(tenant, key, values)] for key, values in seqs.items()}
         rows = [
             (tenant, pipeline, node, first, last, now_ns)
             for (pipeline, node), values in seqs.items()
@@ -167,6 +174,33 @@ class SeenIndex:
         """Return the store files whose seqs are recorded."""
         with self._lock:
             return {r[0] for r in self._db.execute("SELECT path FROM stored_files")}
+
+    def replace_files(self, replaced: Sequence[str], merged: str) -> bool:
+        """Record that ``merged`` holds the rows of ``replaced`` (a compaction), if they were
+        all recorded; return whether it was. Otherwise ``merged`` stays unrecorded, and its
+        seqs are read back (adopted) like any file written before a crash."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                known = {
+                    r[0]
+                    for r in self._db.execute(
+                        "SELECT path FROM stored_files WHERE path IN (SELECT value FROM "
+                        "json_each(?))",
+                        (json.dumps(list(replaced)),),
+                    )
+                }
+                covered = known == set(replaced)
+                if covered:
+                    self._db.executemany(
+                        "DELETE FROM stored_files WHERE path = ?", [(p,) for p in replaced]
+                    )
+                    self._db.execute("INSERT OR IGNORE INTO stored_files VALUES (?)", (merged,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return covered
 
     def count_since(self, tenant: str, since_ns: int) -> int:
         """Return how many samples of ``tenant`` were recorded at or after ``since_ns``."""

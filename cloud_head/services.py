@@ -116,7 +116,11 @@ class IngestActor:
         self._worker.start()
         # One compactor per store: replica 0's. Small files from slow uplinks get merged.
         partitions = [(tenant, p.name) for p in pipelines]
-        self._compactor = Compactor(store, partitions).start() if replica == 0 else None
+        self._compactor = (
+            Compactor(store, partitions, on_compacted=self._service.note_compaction).start()
+            if replica == 0
+            else None
+        )
         metrics = IngestMetrics(tenant, replica)
         self._pump = MetricsExporter(
             f"ingest-{replica}", lambda: metrics.update(self._worker.stats())

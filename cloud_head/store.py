@@ -23,7 +23,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -83,11 +83,13 @@ _OBJECT_STORES = frozenset({"s3", "gcs"})
 
 @dataclass(frozen=True, slots=True)
 class CompactionResult:
-    """What one compaction did: files merged into one, rows kept, the new file (if any)."""
+    """What one compaction did: files merged into one, rows kept, the new file (if any),
+    and the files it replaced (deleted once the new one was visible)."""
 
     files_merged: int
     rows: int
     path: str | None
+    replaced: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -470,7 +472,9 @@ class SampleStore:
         merged = self._write_file(directory, table, first_stamp)
         for path in paths:
             self._fs.delete_file(path)
-        return CompactionResult(files_merged=len(paths), rows=table.num_rows, path=merged)
+        return CompactionResult(
+            files_merged=len(paths), rows=table.num_rows, path=merged, replaced=tuple(paths)
+        )
 
     def _delete_stale_temps(self, directory: str, stale_temp_s: float) -> None:
         selector = pafs.FileSelector(directory, allow_not_found=True)
@@ -697,6 +701,8 @@ class Compactor:
     Ingest writes one file per flush, which at a low uplink rate is a file per sample; every
     ``interval_s`` this merges a partition once it holds ``min_files`` files. Run one per
     store (ingest replica 0 runs it): compactions of one partition must not overlap.
+    ``on_compacted`` receives each merge that happened (ingest tells its seen index, so the
+    merged file is not read back as one written before a crash).
     """
 
     def __init__(
@@ -706,6 +712,7 @@ class Compactor:
         *,
         interval_s: float = 30.0,
         min_files: int = 8,
+        on_compacted: Callable[[CompactionResult], None] | None = None,
     ) -> None:
         if interval_s <= 0 or min_files < 2:
             raise ValueError("interval_s must be > 0 and min_files >= 2")
@@ -713,6 +720,7 @@ class Compactor:
         self._partitions = list(partitions)
         self._interval_s = interval_s
         self._min_files = min_files
+        self._on_compacted = on_compacted
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="store-compactor", daemon=True)
         self.merged = 0
@@ -734,7 +742,10 @@ class Compactor:
         for tenant, pipeline in self._partitions:
             for date in self._store.dates(tenant, pipeline):
                 if len(self._store.files(tenant, pipeline, date)) >= self._min_files:
-                    merged += self._store.compact(tenant, pipeline, date).files_merged
+                    result = self._store.compact(tenant, pipeline, date)
+                    merged += result.files_merged
+                    if result.path is not None and self._on_compacted is not None:
+                        self._on_compacted(result)
         self.merged += merged
         return merged
 

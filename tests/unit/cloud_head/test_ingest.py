@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from cloud_head.ingest import IngestService, Outcome
 from cloud_head.labelling import LabelStore
-from cloud_head.store import SampleStore
+from cloud_head.store import Compactor, SampleStore
 from continuum import select
 from continuum.errors import ConfigError
 from continuum.spec import DataClass, EdgeStageSpec, PipelineSpec, TensorSchema, UplinkSpec
@@ -189,6 +189,41 @@ class TestDuplicates:
             assert again.is_seen("digits", "cam-1:3")
         assert store.files(TENANT, "digits") == [orphan]
         assert store.read(TENANT, "digits").num_rows == 4
+
+    def test_a_compacted_file_of_recorded_ids_is_not_read_back_after_a_restart(
+        self,
+        tmp_path: Path,
+        store: SampleStore,
+        labels: LabelStore,
+        service: IngestService,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        for start in range(0, 40, 4):
+            service.handle(*samples_msg(make_batch(range(start, start + 4))))
+        compactor = Compactor(store, [(TENANT, "digits")], on_compacted=service.note_compaction)
+        assert compactor.run_once() == 10
+        service.close()
+        with IngestService(TENANT, [make_spec()], store, labels, tmp_path / "seen.db") as again:
+            caplog.clear()
+            assert again.handle(*samples_msg(make_batch(range(38, 42)))).duplicates == 2
+        assert "adopted" not in caplog.text
+        assert store.count(TENANT, "digits") == 42
+
+    def test_a_compacted_file_holding_unrecorded_ids_is_still_adopted(
+        self, tmp_path: Path, store: SampleStore, labels: LabelStore, service: IngestService
+    ) -> None:
+        service.handle(*samples_msg(make_batch(range(4))))
+        store.append(TENANT, make_batch(range(4, 8)))  # written, never recorded (a crash)
+        store.flush()
+        compactor = Compactor(
+            store, [(TENANT, "digits")], min_files=2, on_compacted=service.note_compaction
+        )
+        assert compactor.run_once() == 2
+        service.close()
+        with IngestService(TENANT, [make_spec()], store, labels, tmp_path / "seen.db") as again:
+            outcome = again.handle(*samples_msg(make_batch(range(4, 8))))
+            assert outcome == Outcome("stored", stored=0, duplicates=4)
+        assert store.count(TENANT, "digits") == 8
 
     def test_the_same_seq_from_two_nodes_is_two_samples(
         self, service: IngestService, store: SampleStore

@@ -66,6 +66,22 @@ class TestRuns:
             False,
         ]
 
+    def test_seqs_read_back_from_a_file_add_only_what_is_missing(
+        self, tmp_path: Path, index: SeenIndex
+    ) -> None:
+        index.record("acme", {("p", "n"): np.arange(0, 4, dtype=np.int64)}, 1)
+        # A merged file holding recorded seqs 0..3 and unrecorded 4..7.
+        index.record("acme", {("p", "n"): np.arange(0, 8, dtype=np.int64)}, 2, known_new=False)
+        assert index.stored("acme", ("p", "n"), np.arange(0, 9, dtype=np.int64)).sum() == 8
+        assert run_rows(tmp_path / "seen.sqlite3") == [(0, 3), (4, 7)]
+
+    def test_a_compaction_of_recorded_files_is_recorded(self, index: SeenIndex) -> None:
+        index.record("acme", {}, 1, paths=["a", "b"])
+        assert index.replace_files(["a", "b"], "ab")
+        assert index.recorded_files() == {"ab"}
+        assert not index.replace_files(["ab", "c"], "abc")  # "c" was never recorded
+        assert index.recorded_files() == {"ab"}
+
     def test_count_since_and_prune(self, index: SeenIndex) -> None:
         index.record("acme", {("p", "n"): np.arange(0, 10, dtype=np.int64)}, now_ns=100)
         index.record("acme", {("p", "n"): seqs(20, 21, 25)}, now_ns=200)
