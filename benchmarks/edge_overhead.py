@@ -14,11 +14,11 @@ Side by side in one run, per model:
   yields as fast as the agent takes frames.
 - **agent, micro-batch <= N**: ``max_batch=N``, fed as fast as the agent takes frames (a
   saturated camera); its latency includes the wait in the frame queue and in the batch.
-- **T threads** (SqueezeNet, T = the machine's CPUs): the bare batch-1 loop and the
-  micro-batched agent again with T intra-op threads (the agent's ``inference_threads``).
-  Batch-1 inference of a small-kernel CNN gains little from threads; a micro-batch gives
-  them work to split.  The micro-batched throughput is judged against the *better* bare
-  batch-1 loop of the round (1 or T threads), so more threads alone cannot pass it.
+- **T cores** (SqueezeNet, T = the machine's CPUs): the bare batch-1 loop with T intra-op
+  threads, and the micro-batched agent with T ONNX Runtime replicas of one thread each
+  (the agent's ``inference_replicas``: each micro-batch is split among them and the slices
+  run at once).  The micro-batched throughput is judged against the *better* bare batch-1
+  loop of the round (1 or T threads), so using more cores alone cannot pass it.
 
 Two latencies per frame, both from its arrival at the agent: **result** until the model's
 output is back (the agent's own latency metric, and what the bare loop measures) and
@@ -294,7 +294,7 @@ def run_agent(
     result: Result,
     count_latency: bool = True,
     count_rate: bool = True,
-    threads: int = 1,
+    replicas: int = 1,
 ) -> None:
     """Run ``frames`` frames through a fresh ``PipelineRuntime``; add to ``result``.
 
@@ -320,7 +320,7 @@ def run_agent(
         metrics=AgentMetrics(),
         on_telemetry=telemetry.append,
     )
-    backend = open_backend("onnxruntime", model.path, max_batch=max_batch, intra_op_threads=threads)
+    backend = open_backend("onnxruntime", model.path, max_batch=max_batch, replicas=replicas)
     backend.infer(np.stack(model.frames[:max_batch]))  # warm up before the clock starts
     runtime.source, runtime.result, runtime.clock = source, Result(), _ResultClock(backend)
     serving = ServingModel(
@@ -359,7 +359,7 @@ def bare_threads_name(threads: int) -> str:
 
 
 def micro_threads_name(batch: int, threads: int) -> str:
-    return f"agent, micro-batch <= {batch}, {threads} threads"
+    return f"agent, micro-batch <= {batch}, {threads} replicas"
 
 
 def measure(model: Model, frames: int, workdir: Path, rounds: int) -> dict[str, Case]:
@@ -378,7 +378,7 @@ def measure(model: Model, frames: int, workdir: Path, rounds: int) -> dict[str, 
         BARE_1: (1, 1),
         f"bare ORT, batch {batch}": (batch, 1),
     }
-    # name -> (max_batch, uplink policy, intra-op threads)
+    # name -> (max_batch, uplink policy, replicas)
     agent_cases: dict[str, tuple[int, Policy, int]] = {"agent, batch 1": (1, policy_of(0.05), 1)}
     if model.key == "cnn":
         agent_cases["agent, batch 1, every frame to outbox"] = (1, select.random(1.0), 1)
@@ -414,7 +414,7 @@ def measure(model: Model, frames: int, workdir: Path, rounds: int) -> dict[str, 
                     result=result,
                     count_latency=count_latency,
                     count_rate=count_rate,
-                    threads=count,
+                    replicas=count,
                 )
 
     for round_no in range(rounds):
@@ -512,7 +512,7 @@ def main() -> None:
             np.median([r.fps / f for r, f in zip(sq_batched_t.rounds, best, strict=True)])
         )
         print(
-            f"SqueezeNet micro-batched (<= {n}), {threads} threads: {sq_batched_t.fps:.0f} "
+            f"SqueezeNet micro-batched (<= {n}), {threads} replicas: {sq_batched_t.fps:.0f} "
             f"frames/s vs the better bare batch-1 loop of each round (1 thread "
             f"{sq_bare.fps:.0f}, {threads} threads {sq_bare_t.fps:.0f} frames/s): {ratio:.3f}x;"
             f" target above 1: {_verdict(ratio > 1.0)}."

@@ -232,6 +232,7 @@ class EdgeAgent:
             on_message_rejected=lambda reason: self.metrics.rejected_messages.labels(reason).inc(),
             keep_versions=settings.keep_versions,
             inference_threads=settings.inference_threads,
+            inference_replicas=settings.inference_replicas,
             backend_opener=backend_opener,
             is_connected=lambda: self.link.connected,
             stall_s=settings.artifact_stall_s,

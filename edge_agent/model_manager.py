@@ -144,6 +144,7 @@ class ModelManager:
         on_message_rejected: called with a reason for every dropped incoming message.
         keep_versions: verified versions kept on disk per pipeline.
         inference_threads: ONNX Runtime threads per inference of every model loaded.
+        inference_replicas: ONNX Runtime sessions per model a micro-batch is split among.
         backend_opener: ``open_backend`` or a stand-in with its signature.
         is_connected: whether the link is up; a fetch only counts as stalled while it is.
         stall_s: a fetch without progress for this long asks the broker again for what
@@ -167,6 +168,7 @@ class ModelManager:
         on_message_rejected: Callable[[str], None] | None = None,
         keep_versions: int = 3,
         inference_threads: int = 1,
+        inference_replicas: int = 1,
         backend_opener: BackendOpener = open_backend,
         clock: Callable[[], float] = time.time,
         is_connected: Callable[[], bool] = lambda: True,
@@ -190,6 +192,7 @@ class ModelManager:
         self._on_message_rejected = on_message_rejected
         self._keep_versions = keep_versions
         self._inference_threads = inference_threads
+        self._inference_replicas = inference_replicas
         self._open = backend_opener
         self._clock = clock
         self._is_connected = is_connected
@@ -683,6 +686,7 @@ class ModelManager:
             max_batch=spec.edge.max_batch,
             engine_cache_dir=self._engines_dir,
             intra_op_threads=self._inference_threads,
+            replicas=self._inference_replicas,
         )
         try:
             probe = np.zeros((1, *spec.edge.input.shape), dtype=spec.edge.input.numpy_dtype())

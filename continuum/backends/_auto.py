@@ -63,6 +63,7 @@ def open_backend(
     path: Path | str,
     *,
     intra_op_threads: int = 1,
+    replicas: int = 1,
     max_batch: int = 8,
     engine_cache_dir: Path | None = None,
     precision: Precision = "auto",
@@ -74,6 +75,8 @@ def open_backend(
         kind: "auto", "onnxruntime" or "tensorrt".
         path: the ONNX model (both backends take the same artifact).
         intra_op_threads: ONNX Runtime threads per inference (1: edge boxes share cores).
+        replicas: ONNX Runtime sessions a batch is split among, run at once (see
+            ``OnnxRuntimeBackend``); TensorRT takes the whole batch on the GPU.
         max_batch: the TensorRT engine's largest batch.
         engine_cache_dir: where built TensorRT engines are kept.
         precision: TensorRT precision: "auto" (FP16 where fast), "fp16" or "fp32".
@@ -94,6 +97,7 @@ def open_backend(
     else:
         backend = OnnxRuntimeBackend(
             intra_op_threads=intra_op_threads,
+            replicas=replicas,
             device_id=device_id,
             engine_cache_dir=engine_cache_dir,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +197,35 @@ class TestSettings:
         probs = loaded(classifier.path, intra_op_threads=2).infer(frames)
 
         np.testing.assert_allclose(probs, classifier.reference(frames), rtol=1e-5, atol=1e-6)
+
+    def test_zero_replicas_is_refused(self) -> None:
+        with pytest.raises(ValueError, match="replicas"):
+            OnnxRuntimeBackend(replicas=0)
+
+    @pytest.mark.parametrize("batch", [1, 2, 3, 17])
+    def test_a_batch_split_among_replicas_gives_the_same_outputs_in_order(
+        self, classifier: Any, batch: int
+    ) -> None:
+        x = np.random.default_rng(batch).random((batch, 1, 8, 8), dtype=np.float32)
+        backend = loaded(classifier.path, replicas=3)
+        try:
+            probs = backend.infer(x)
+        finally:
+            backend.close()
+
+        assert probs.shape == (batch, 4)
+        np.testing.assert_allclose(probs, classifier.reference(x), rtol=1e-5, atol=1e-6)
+
+    def test_replicas_run_slices_at_once_and_close_stops_their_threads(
+        self, classifier: Any
+    ) -> None:
+        backend = loaded(classifier.path, replicas=2)
+        backend.infer(np.zeros((4, 1, 8, 8), dtype=np.float32))
+        assert any(t.name.startswith("ort-replica") for t in threading.enumerate())
+        backend.close()
+        assert not any(t.name.startswith("ort-replica") for t in threading.enumerate())
+        with pytest.raises(BackendError, match="call load"):
+            backend.infer(np.zeros((2, 1, 8, 8), dtype=np.float32))
 
     @pytest.mark.skipif(
         "CUDAExecutionProvider" in onnxruntime.get_available_providers(),
