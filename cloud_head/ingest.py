@@ -157,13 +157,6 @@ class _SeqSpan:
     def of(cls, seqs: npt.NDArray[Any]) -> _SeqSpan:
         return cls(int(seqs.min()), int(seqs.max()), len(seqs))
 
-    def merge(self, other: _SeqSpan | None) -> _SeqSpan:
-        if other is None:
-            return self
-        return _SeqSpan(
-            min(self.low, other.low), max(self.high, other.high), self.count + other.count
-        )
-
 
 class _DeferredError(Exception):
     """The message cannot be judged yet; offer it again shortly."""
@@ -691,8 +684,6 @@ class IngestService:
                     new = batch if len(fresh) == len(seqs) else batch.take(list(fresh))
                     new = self._declared_fields(new)
                     self._store.append_columns(self._tenant, new, ingested_at_ns=now_ns)
-                    nodes = written.setdefault(batch.pipeline, {})
-                    nodes[batch.node] = _SeqSpan.of(new.seq).merge(nodes.get(batch.node))
                     new_seqs.setdefault(key, []).append(new.seq.astype(np.int64))
                 duplicates = len(seqs) - len(fresh) - over
                 if over and not fresh:
@@ -717,10 +708,11 @@ class IngestService:
                 return self._isolate_unstorable(items, stored, exc)
             _log.error("writing the sample store failed, will retry: %r", exc)
             return {item.index: Outcome("failed", detail=repr(exc)) for item in items}
+        fresh_seqs = {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in new_seqs.items()}
+        for (pipeline, node), values in fresh_seqs.items():
+            written.setdefault(pipeline, {})[node] = _SeqSpan.of(values)
         try:
-            self._seen.record(
-                self._tenant, {k: np.concatenate(v) for k, v in new_seqs.items()}, now_ns, paths
-            )
+            self._seen.record(self._tenant, fresh_seqs, now_ns, paths)
         except sqlite3.Error as exc:
             # The samples are durable, so acknowledging is safe; the next write adopts the
             # unrecorded files before it de-duplicates, so a resend is not stored again.

@@ -108,7 +108,7 @@ class SeenIndex:
         """Return a boolean mask: which of ``seqs`` (of one pipeline and node) were stored."""
         if len(seqs) == 0:
             return np.zeros(0, dtype=bool)
-        ordered = np.unique(seqs)
+        ordered = seqs if _ascending(seqs) else np.unique(seqs)
         gaps = np.flatnonzero(np.diff(ordered) > _CLUSTER_GAP)
         lows = ordered[np.r_[0, gaps + 1]].tolist()
         highs = ordered[np.r_[gaps, len(ordered) - 1]].tolist()
@@ -256,10 +256,16 @@ class SeenIndex:
 
 def _runs(seqs: npt.NDArray[np.int64] | Iterable[int]) -> list[tuple[int, int]]:
     """Return the runs of consecutive values in ``seqs`` as (first, last), ascending."""
-    ordered = np.unique(np.asarray(seqs, dtype=np.int64))
+    values = np.asarray(seqs, dtype=np.int64)
+    ordered = values if _ascending(values) else np.unique(values)
     if len(ordered) == 0:
         return []
     breaks = np.flatnonzero(np.diff(ordered) != 1)
     firsts = ordered[np.r_[0, breaks + 1]].tolist()
     lasts = ordered[np.r_[breaks, len(ordered) - 1]].tolist()
     return list(zip(firsts, lasts, strict=True))
+
+
+def _ascending(seqs: npt.NDArray[np.int64]) -> bool:
+    """Whether ``seqs`` strictly ascend (an edge batch's do): then they need no sorting."""
+    return bool((seqs[1:] > seqs[:-1]).all())

@@ -467,12 +467,11 @@ def _uniform_columns(
     if len(shape) > MAX_NDIM or count * record.itemsize != len(payload) - offset:
         return None
     rows = np.frombuffer(payload, record, count, offset)
-    if not (
-        (rows["flags"] == flags).all()
-        and (rows["dtype"] == dtype_code).all()
-        and (rows["ndim"] == len(shape)).all()
-        and (rows["dims"] == shape).all()
-    ):
+    # Every record's layout bytes (flags, dtype, ndim, dims) must be the first one's: one
+    # gather and one comparison over the raw bytes instead of a numpy call per field.
+    columns, expected = _layout_bytes(flags, dtype, shape)
+    raw = np.frombuffer(payload, np.uint8, count * record.itemsize, offset)
+    if not (raw.reshape(count, record.itemsize)[:, columns] == expected).all():
         return None
     has_label = bool(flags & _RECORD_HAS_LABEL)
     return SampleColumns(
@@ -485,9 +484,33 @@ def _uniform_columns(
         prediction=rows["prediction"],
         confidence=rows["confidence"],
         label=rows["label"] if has_label else np.zeros(count, np.int32),
-        has_label=np.full(count, has_label),
+        has_label=np.ones(count, np.bool_) if has_label else np.zeros(count, np.bool_),
         tensors=rows["data"],
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _layout_bytes(
+    flags: int, dtype: np.dtype[Any], shape: tuple[int, ...]
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.uint8]]:
+    """Return where a record of this layout keeps its layout fields, and their bytes."""
+    record = _record_dtype(flags, dtype, shape)
+    fields = record.fields
+    assert fields is not None  # a structured dtype
+    one = np.zeros(1, record)
+    one["flags"], one["dtype"], one["ndim"], one["dims"] = (
+        flags,
+        DTYPE_CODES[dtype],
+        len(shape),
+        shape,
+    )
+    columns = np.concatenate(
+        [
+            np.arange(fields[name][1], fields[name][1] + record[name].itemsize)
+            for name in ("flags", "dtype", "ndim", "dims")
+        ]
+    )
+    return columns, one.view(np.uint8)[columns]
 
 
 @functools.lru_cache(maxsize=256)
