@@ -87,6 +87,21 @@ class TestRejects:
             columns(data)
         assert str(caught.value) == "sample cam-1:1: expected float32[1, 8, 8], got float32[8, 8]"
 
+    @pytest.mark.parametrize(
+        ("tensor", "got"),
+        [
+            (np.zeros((8, 1, 8), np.float32), "float32[8, 1, 8]"),  # same size, other dims
+            (np.zeros(SHAPE, np.int32), "int32[1, 8, 8]"),  # same size, other dtype
+        ],
+    )
+    def test_a_record_of_the_same_size_but_another_layout_is_a_mismatch(
+        self, tensor: np.ndarray, got: str
+    ) -> None:
+        data = payload(record(0), record(1), record(2, tensor=tensor))
+        with pytest.raises(InputMismatchError) as caught:
+            columns(data)
+        assert str(caught.value) == f"sample cam-1:2: expected float32[1, 8, 8], got {got}"
+
     def test_a_wrong_dtype_is_a_mismatch(self) -> None:
         with pytest.raises(InputMismatchError, match="got float64"):
             columns(payload(record(0, tensor=np.zeros(SHAPE, np.float64))))
