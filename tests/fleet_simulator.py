@@ -49,7 +49,9 @@ def raise_fd_limit() -> int:
     return soft
 
 
-def sim_status(tenant: str, node: str, *, online: bool, index: int = 0) -> NodeStatus:
+def sim_status(
+    tenant: str, node: str, *, online: bool, index: int = 0, heartbeat_s: float | None = None
+) -> NodeStatus:
     """Return the status a simulated agent publishes (the model the real agent sends)."""
     return NodeStatus(
         node=node,
@@ -61,6 +63,7 @@ def sim_status(tenant: str, node: str, *, online: bool, index: int = 0) -> NodeS
         tensorrt_version=None,
         agent_version="0.1.0",
         pipelines=["digits"],
+        heartbeat_s=heartbeat_s,
         ts=time.time(),
     )
 
@@ -106,7 +109,9 @@ class _Agent(asyncio.Protocol):
     def __init__(self, fleet: _Fleet, node: str, index: int) -> None:
         self.fleet = fleet
         self.node = node
-        self.status = sim_status(fleet.tenant, node, online=True, index=index)
+        self.status = sim_status(
+            fleet.tenant, node, online=True, index=index, heartbeat_s=max(1.0, fleet.period_s)
+        )
         self.topic = _utf8(topics.node_status(fleet.tenant, node))
         self.transport: asyncio.Transport | None = None
         self.connack: asyncio.Future[int] = fleet.loop.create_future()
