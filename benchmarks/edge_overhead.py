@@ -16,8 +16,8 @@ Side by side in one run, per model:
   saturated camera); its latency includes the wait in the frame queue and in the batch.
 - **T cores** (SqueezeNet, T = the machine's CPUs): the bare batch-1 loop with T intra-op
   threads, and the micro-batched agent with T ONNX Runtime replicas of one thread each
-  (the agent's ``inference_replicas``: each micro-batch is split among them and the slices
-  run at once).  The micro-batched throughput is judged against the *better* bare batch-1
+  (the agent's ``inference_replicas``: T micro-batches run at once, each on its own
+  session).  The micro-batched throughput is judged against the *better* bare batch-1
   loop of the round (1 or T threads), so using more cores alone cannot pass it.
 
 Two latencies per frame, both from its arrival at the agent: **result** until the model's
@@ -49,7 +49,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +58,7 @@ import onnxruntime as ort
 from onnx import helper
 
 from continuum import Pipeline, drift, select
-from continuum.backends import InferenceBackend, open_backend
+from continuum.backends import open_backend
 from continuum.select import Policy
 from continuum.signing import sha256_file
 from continuum.sources import Frame
@@ -244,22 +244,6 @@ class _Frames:
             yield self._frames[i % len(self._frames)]
 
 
-class _ResultClock:
-    """Wraps the backend to note when each batch's model output came back."""
-
-    def __init__(self, backend: InferenceBackend) -> None:
-        self._backend = backend
-        self.returned_ns = 0
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        out = self._backend.infer(batch)
-        self.returned_ns = time.monotonic_ns()
-        return out
-
-    def close(self) -> None:
-        self._backend.close()
-
-
 class _TimedRuntime(PipelineRuntime):
     """The real runtime, observed: per frame, the time from its arrival until the model's
     output and until its batch left the outbox step; and a hook that lets a closed-loop
@@ -267,20 +251,18 @@ class _TimedRuntime(PipelineRuntime):
 
     source: _Frames
     result: Result
-    clock: _ResultClock
     first_arrival_ns = 0
     last_done_ns = 0
 
-    def _process(self, arrivals: list) -> None:  # type: ignore[type-arg]
-        super()._process(arrivals)
+    def _finish(self, model, kept, tensors, output, done_ns) -> None:  # type: ignore[no-untyped-def]
+        super()._finish(model, kept, tensors, output, done_ns)
         now = time.monotonic_ns()
-        returned = self.clock.returned_ns
-        self.result.latencies_ns.extend(now - arrived for _, arrived in arrivals)
-        self.result.result_ns.extend(returned - arrived for _, arrived in arrivals)
+        self.result.latencies_ns.extend(now - arrived for _, arrived in kept)
+        self.result.result_ns.extend(done_ns - arrived for _, arrived in kept)
         if not self.first_arrival_ns:
-            self.first_arrival_ns = arrivals[0][1]
+            self.first_arrival_ns = kept[0][1]
         self.last_done_ns = now
-        self.source.done(len(arrivals))
+        self.source.done(len(kept))
 
 
 def run_agent(
@@ -319,14 +301,15 @@ def run_agent(
         outbox=outbox,
         metrics=AgentMetrics(),
         on_telemetry=telemetry.append,
+        batches_in_flight=replicas,
     )
     backend = open_backend("onnxruntime", model.path, max_batch=max_batch, replicas=replicas)
     backend.infer(np.stack(model.frames[:max_batch]))  # warm up before the clock starts
-    runtime.source, runtime.result, runtime.clock = source, Result(), _ResultClock(backend)
+    runtime.source, runtime.result = source, Result()
     serving = ServingModel(
         pipe.spec.name, model.key, "v1", sha256_file(model.path), "", model.path, backend
     )
-    runtime.swap_model(replace(serving, backend=runtime.clock))  # type: ignore[arg-type]
+    runtime.swap_model(serving)
     runtime.start()
     while not runtime.finished:
         time.sleep(0.01)

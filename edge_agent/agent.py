@@ -216,6 +216,7 @@ class EdgeAgent:
                 on_telemetry=self._on_telemetry,
                 on_enqueued=self.uplink.wake,
                 telemetry_interval_s=settings.telemetry_interval_s,
+                batches_in_flight=settings.inference_replicas,
             )
             for spec in self._specs
         }

@@ -216,8 +216,8 @@ class AgentSettings(BaseSettings):
         default=1,
         ge=1,
         le=64,
-        description="ONNX Runtime sessions per model; a micro-batch is split among them and "
-        "the slices run at once. On CPUs this turns cores into frames/s for a busy camera "
+        description="Micro-batches each pipeline runs at once, each on its own ONNX Runtime "
+        "session of the model. On CPUs this turns cores into frames/s for a busy camera "
         "better than intra-op threads do; each replica holds a copy of the weights.",
     )
     telemetry_interval_s: float = Field(

@@ -144,7 +144,7 @@ class ModelManager:
         on_message_rejected: called with a reason for every dropped incoming message.
         keep_versions: verified versions kept on disk per pipeline.
         inference_threads: ONNX Runtime threads per inference of every model loaded.
-        inference_replicas: ONNX Runtime sessions per model a micro-batch is split among.
+        inference_replicas: ONNX Runtime sessions per model (one per batch in flight).
         backend_opener: ``open_backend`` or a stand-in with its signature.
         is_connected: whether the link is up; a fetch only counts as stalled while it is.
         stall_s: a fetch without progress for this long asks the broker again for what

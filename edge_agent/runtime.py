@@ -17,6 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +94,16 @@ class _Window:
 #: A frame and the ``time.monotonic_ns()`` at which it reached the runtime (a tuple: one is
 #: built per frame, and a frozen dataclass costs several times more to build).
 _Arrival = tuple[Frame, int]
+
+
+@dataclass(frozen=True, slots=True)
+class _Running:
+    """A batch on the model: what it was run on, and the output to come."""
+
+    model: ServingModel
+    kept: list[_Arrival]
+    tensors: list[np.ndarray]
+    future: Future[tuple[np.ndarray | ContinuumError | ValueError, int]]
 
 
 class _FrameQueue:
@@ -250,6 +261,10 @@ class PipelineRuntime:
         source_retry_s: first and longest delay before a failed source is iterated again
             (doubling with jitter in between; an attempt that ran the longest delay or
             more starts the next failure over at the first).
+        batches_in_flight: micro-batches the model runs at once (give the backend as many
+            replicas). Above 1, the inference thread collects, prepares and finishes batches
+            in order while the model runs the next ones on that many threads: on a CPU this
+            turns cores into frames/s where intra-op threads split small kernels poorly.
     """
 
     def __init__(
@@ -265,7 +280,11 @@ class PipelineRuntime:
         telemetry_interval_s: float = 10.0,
         wall_clock: Callable[[], float] = time.time,
         source_retry_s: tuple[float, float] = (1.0, 60.0),
+        batches_in_flight: int = 1,
     ) -> None:
+        if batches_in_flight < 1:
+            raise ValueError(f"batches_in_flight must be >= 1, got {batches_in_flight}")
+        self._in_flight = batches_in_flight
         self.spec = spec
         self.name = spec.name
         self.node = node
@@ -360,7 +379,11 @@ class PipelineRuntime:
             return
         self._threads = [
             threading.Thread(target=self._pull, name=f"ctm-source-{self.name}", daemon=True),
-            threading.Thread(target=self._infer_loop, name=f"ctm-infer-{self.name}", daemon=True),
+            threading.Thread(
+                target=self._infer_loop if self._in_flight == 1 else self._infer_pipelined,
+                name=f"ctm-infer-{self.name}",
+                daemon=True,
+            ),
         ]
         for thread in self._threads:
             thread.start()
@@ -465,6 +488,72 @@ class PipelineRuntime:
         finally:
             self._finished.set()
 
+    def _infer_pipelined(self) -> None:
+        """The inference loop with ``batches_in_flight`` batches on the model at once.
+
+        This thread keeps the order: it collects and prepares the next batch while the
+        model runs the earlier ones on the pool, and finishes (selection, outbox, metrics)
+        each in the order it was collected, so everything after the model stays
+        single-threaded as in ``_infer_loop``. A swap waits until the batches of the old
+        model are finished, since the swap closes it.
+        """
+        slots = self._in_flight
+        pool = ThreadPoolExecutor(slots, thread_name_prefix=f"ctm-model-{self.name}")
+        buffers = [
+            self._batch_buffer,
+            *(np.empty_like(self._batch_buffer) for _ in range(1, slots)),
+        ]
+        running: deque[_Running] = deque()
+        submitted = 0
+        last_done_ns = time.perf_counter_ns()
+        try:
+            while True:
+                if self._pending is not None and running:
+                    last_done_ns = self._finish_oldest(running, last_done_ns)
+                    continue
+                self._apply_swap()
+                model = self._model
+                if model is None:
+                    if self._stopping.is_set() or self._source_done.is_set():
+                        break
+                    self._model_ready.wait(_POLL_S)
+                    continue
+                if len(running) < slots and (self._frames or not running):
+                    batch = self._collect()
+                    if batch:
+                        kept, tensors = self._prepare(batch)
+                        if kept:
+                            buffer = buffers[submitted % slots]
+                            submitted += 1
+                            stacked = (
+                                tensors[0][np.newaxis]
+                                if len(tensors) == 1
+                                else np.stack(tensors, out=buffer[: len(tensors)])
+                            )
+                            future = pool.submit(self._run_model, model, stacked)
+                            running.append(_Running(model, kept, tensors, future))
+                    elif self._source_done.is_set() and not self._frames and not running:
+                        break
+                else:
+                    last_done_ns = self._finish_oldest(running, last_done_ns)
+                self._maybe_emit()
+            self._emit_window(final=True)
+        except Exception:
+            log.exception("pipeline %s: inference loop failed; the pipeline stops", self.name)
+        finally:
+            pool.shutdown(wait=True)
+            self._finished.set()
+
+    def _finish_oldest(self, running: deque[_Running], last_done_ns: int) -> int:
+        """Finish the oldest running batch; feed the sizer its share of the throughput."""
+        item = running.popleft()
+        output, done_ns = item.future.result()
+        self._finish(item.model, item.kept, item.tensors, output, done_ns)
+        now_ns = time.perf_counter_ns()
+        # With batches overlapping, a batch's cost is the time between two finishes.
+        self._sizer.record(len(item.kept), (now_ns - last_done_ns) / 1e9)
+        return now_ns
+
     def _apply_swap(self) -> None:
         if self._pending is None:  # the common case, read without the lock: checked per batch
             return
@@ -545,17 +634,41 @@ class PipelineRuntime:
         kept, tensors = self._prepare(arrivals)
         if not kept:
             return
+        output, done_ns = self._run_model(model, self._stack(tensors))
+        self._finish(model, kept, tensors, output, done_ns)
+
+    @staticmethod
+    def _run_model(
+        model: ServingModel, batch: np.ndarray
+    ) -> tuple[np.ndarray | ContinuumError | ValueError, int]:
+        """Run ``batch`` through the model; return its output (or the error) and when."""
+        try:
+            output: np.ndarray | ContinuumError | ValueError = model.backend.infer(batch)
+        except (ContinuumError, ValueError) as exc:
+            output = exc
+        return output, time.monotonic_ns()
+
+    def _finish(
+        self,
+        model: ServingModel,
+        kept: list[_Arrival],
+        tensors: list[np.ndarray],
+        output: np.ndarray | ContinuumError | ValueError,
+        done_ns: int,
+    ) -> None:
+        """Select, queue and count the frames of one inferred batch (the inference thread)."""
         n = len(kept)
         try:
+            if isinstance(output, Exception):
+                raise output
             # Checked once here; selection takes the checked form without checking again.
-            scored = Probabilities.from_outputs(model.backend.infer(self._stack(tensors)))
+            scored = Probabilities.from_outputs(output)
             if scored.values.shape[0] != n:
                 raise ValueError(f"model returned {scored.values.shape[0]} rows for {n} inputs")
         except (ContinuumError, ValueError) as exc:
             for _ in kept:
                 self._reject_frame("inference_error", str(exc))
             return
-        done_ns = time.monotonic_ns()
         probs = scored.values
         confidence = probs.max(axis=1)
         prediction = probs.argmax(axis=1)

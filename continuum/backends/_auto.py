@@ -75,8 +75,8 @@ def open_backend(
         kind: "auto", "onnxruntime" or "tensorrt".
         path: the ONNX model (both backends take the same artifact).
         intra_op_threads: ONNX Runtime threads per inference (1: edge boxes share cores).
-        replicas: ONNX Runtime sessions a batch is split among, run at once (see
-            ``OnnxRuntimeBackend``); TensorRT takes the whole batch on the GPU.
+        replicas: ONNX Runtime sessions, so that as many batches run at once (see
+            ``OnnxRuntimeBackend``); TensorRT runs one batch at a time on its stream.
         max_batch: the TensorRT engine's largest batch.
         engine_cache_dir: where built TensorRT engines are kept.
         precision: TensorRT precision: "auto" (FP16 where fast), "fp16" or "fp32".

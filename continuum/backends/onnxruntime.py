@@ -6,9 +6,9 @@ so ``continuum.backends`` imports on a core install.
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -85,11 +85,11 @@ class OnnxRuntimeBackend:
             and CPU, each only where ``onnxruntime.get_available_providers()`` lists it.
         device_id: the GPU the CUDA and TensorRT providers use.
         engine_cache_dir: where the TensorRT provider keeps the engines it builds.
-        replicas: sessions of the model; a batch of two or more frames is split among them
-            and the slices run at once, one per session. On a CPU this is how a
-            micro-batch turns several cores into frames/s: small convolutions split poorly
-            across intra-op threads but well across frames. Each replica holds its own
-            copy of the weights.
+        replicas: sessions of the model, so that as many ``infer`` calls run at once, each
+            on its own session (ONNX Runtime lets calls share one session, but each then
+            waits on the other's memory arena). The edge runtime keeps as many micro-batches
+            in flight: on a CPU, small convolutions split poorly across intra-op threads
+            but well across batches. Each replica holds its own copy of the weights.
     """
 
     name = "onnxruntime"
@@ -109,8 +109,7 @@ class OnnxRuntimeBackend:
             raise ValueError(f"replicas must be >= 1, got {replicas}")
         self._intra_op_threads = intra_op_threads
         self._replicas = replicas
-        self._sessions: list[Any] = []
-        self._pool: ThreadPoolExecutor | None = None
+        self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._requested = tuple(providers) if providers is not None else None
         self._device_id = device_id
         self._engine_cache_dir = engine_cache_dir
@@ -181,13 +180,12 @@ class OnnxRuntimeBackend:
         model_input = single_input(inputs, path)
         if not outputs:
             raise BackendError(f"cannot use model {path}: it has no outputs")
+        idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for replica in sessions:
+            idle.put(replica)
         with self._lock:
             self._session = session
-            self._sessions = sessions
-            if self._replicas > 1 and self._pool is None:
-                self._pool = ThreadPoolExecutor(
-                    self._replicas - 1, thread_name_prefix="ort-replica"
-                )
+            self._idle = idle
             self._inputs, self._outputs, self._input = inputs, outputs, model_input
             self._output_names = [outputs[0].name]
             self._path = path
@@ -216,36 +214,29 @@ class OnnxRuntimeBackend:
             InputMismatchError: the batch's rank, fixed dimensions or dtype do not fit.
             BackendError: no model is loaded, or the runtime failed.
         """
-        session, model_input = self._session, self._input
+        session, model_input, idle = self._session, self._input, self._idle
         if session is None or model_input is None:
             raise BackendError("no model loaded: call load(path) first")
         array = check_batch(batch, model_input)
-        sessions, pool = self._sessions, self._pool
+        # With replicas, each call takes a free session (waiting while all are busy) and
+        # gives it back; the queue taken above is the loaded model's, even if a close or a
+        # load replaces it meanwhile.
+        runner = session if self._replicas == 1 else idle.get()
         try:
-            if pool is None or len(array) < 2 or len(sessions) < 2:
-                first = session.run(self._output_names, {model_input.name: array})[0]
-                return first if type(first) is np.ndarray else np.asarray(first)
-            slices = np.array_split(array, min(len(sessions), len(array)))
-            name, outputs = model_input.name, self._output_names
-            others = [
-                pool.submit(replica.run, outputs, {name: part})
-                for replica, part in zip(sessions[1:], slices[1:], strict=False)
-            ]
-            parts = [sessions[0].run(outputs, {name: slices[0]})[0]]
-            parts += [future.result()[0] for future in others]
+            first = runner.run(self._output_names, {model_input.name: array})[0]
         except Exception as exc:
             raise BackendError(f"inference failed on {self._path}: {_ort_reason(exc)}") from exc
-        return np.concatenate([np.asarray(p) for p in parts])
+        finally:
+            if self._replicas > 1:
+                idle.put(runner)
+        return first if type(first) is np.ndarray else np.asarray(first)
 
     def close(self) -> None:
         """Drop the session; ``load`` may be called again."""
         with self._lock:
             self._session = None
-            self._sessions = []
+            self._idle = queue.SimpleQueue()
             self._input = None
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True)
 
 
 def _ort_reason(exc: BaseException) -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -49,7 +51,7 @@ class ShiftedClock:
 
 
 class Harness:
-    def __init__(self, tmp_path: Path, spec: PipelineSpec, source: object) -> None:
+    def __init__(self, tmp_path: Path, spec: PipelineSpec, source: object, **options: Any) -> None:
         self.clock = ShiftedClock()
         self.outbox = Outbox(
             tmp_path / "outbox.db", max_bytes=1 << 24, ttl_s=3600.0, clock=self.clock
@@ -64,6 +66,7 @@ class Harness:
             metrics=self.metrics,
             on_telemetry=self.telemetry.append,
             telemetry_interval_s=60.0,
+            **options,
         )
 
     def run(self, model: ServingModel, timeout_s: float = 10.0) -> None:
@@ -86,8 +89,8 @@ class Harness:
 def harness_factory(tmp_path: Path):  # type: ignore[no-untyped-def]
     made: list[Harness] = []
 
-    def make(spec: PipelineSpec, source: object) -> Harness:
-        harness = Harness(tmp_path, spec, source)
+    def make(spec: PipelineSpec, source: object, **options: Any) -> Harness:
+        harness = Harness(tmp_path, spec, source, **options)
         made.append(harness)
         return harness
 
@@ -208,6 +211,50 @@ class TestMicroBatching:
         (window,) = h.telemetry
         assert window.frames == 20
         assert window.latency_p50_ms is not None and window.latency_p50_ms < 25.0
+
+
+class TestBatchesInFlight:
+    def test_every_frame_is_inferred_once_with_its_own_tensor(
+        self, tmp_path: Path, harness_factory
+    ) -> None:  # type: ignore[no-untyped-def]
+        # Three batches on the model at once, each stacked into its own buffer.
+        pattern = [float(v) / 10 for v in range(7)]
+        source = PatternSource(pattern, 300)
+        h = harness_factory(_spec(select.random(1.0), max_batch=8), source, batches_in_flight=3)
+        h.run(_model(tmp_path, "v1"))
+        records = h.samples()
+        assert len(records) == 300
+        assert len({r.seq for r in records}) == 300
+        for record in sorted(records, key=lambda r: r.seq):
+            value = pattern[(record.seq - records[0].seq) % len(pattern)]
+            assert np.all(record.tensor == np.float32(value))
+            # The model saw this frame's pixels, not another batch's (see build_model).
+            expected = math.exp(10 * value) / (math.exp(10 * value) + 9)
+            assert record.confidence == pytest.approx(expected, abs=1e-4)
+        (window,) = h.telemetry
+        assert window.frames == 300
+
+    def test_a_swap_waits_for_the_old_models_batches(self, tmp_path: Path, harness_factory) -> None:  # type: ignore[no-untyped-def]
+        source = PatternSource([1.0], -1, fps=400)
+        h = harness_factory(_spec(select.random(0.0)), source, batches_in_flight=2)
+        h.runtime.start()
+        h.runtime.swap_model(_model(tmp_path, "v1"))
+        time.sleep(0.3)
+        h.runtime.swap_model(_model(tmp_path, "v2", favour=3))
+        time.sleep(0.3)
+        h.runtime.stop()
+        assert h.runtime.join(5.0)
+        assert [w.model_version for w in h.telemetry] == ["v1", "v2"]
+        assert all(w.frames > 0 for w in h.telemetry)
+        errors = h.metrics.registry.get_sample_value(
+            "continuum_edge_frames_rejected_total",
+            {"pipeline": "inspect", "reason": "inference_error"},
+        )
+        assert not errors  # no batch ran on a closed model
+
+    def test_zero_batches_in_flight_is_refused(self, tmp_path: Path) -> None:
+        with pytest.raises(ValueError, match="batches_in_flight"):
+            Harness(tmp_path, _spec(select.random(0.0)), [], batches_in_flight=0)
 
 
 class TestBatchSizer:
