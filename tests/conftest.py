@@ -67,13 +67,14 @@ def postgres_server() -> Iterator[PostgresServer]:
     """Yield one PostgreSQL server on a free loopback port, shared by the session.
 
     Its superuser ``continuum`` needs no password. A test that restarts it must leave it
-    running; tests take a database of their own (``postgres_database``). Skipped, saying
+    running; tests take a database of their own (``postgres_database``). Fails, saying
     how to install it, where the server's binaries are missing.
     """
     bindir = find_postgres_bin()
     if bindir is None:
-        pytest.skip(
-            "needs PostgreSQL's server binaries (initdb, pg_ctl): apt-get install postgresql"
+        pytest.fail(
+            "needs PostgreSQL's server binaries (initdb, pg_ctl): apt-get install postgresql "
+            "(scripts/bootstrap.sh test does it)"
         )
     server = PostgresServer(bindir)
     try:
@@ -102,7 +103,7 @@ def s3_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     ``CONTINUUM_TEST_S3_URI`` when set (a real S3 or MinIO, used as it is); otherwise moto's
     S3 server on a free loopback port (``tests/s3_server.py``), with test credentials and
     endpoint in the URI, and this process's AWS settings set aside while it runs. Tests
-    write under a prefix of their own (``tests.s3_server.child_uri``). Skipped, saying how
+    write under a prefix of their own (``tests.s3_server.child_uri``). Fails, saying how
     to install it, where moto's server is missing.
     """
     real = os.environ.get(S3_URI_ENV)
@@ -111,7 +112,7 @@ def s3_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     missing = moto_missing()
     if missing is not None:
-        pytest.skip(f"{missing}, or set {S3_URI_ENV} to an s3:// URI")
+        pytest.fail(f"{missing} (scripts/bootstrap.sh test does it), or set {S3_URI_ENV}")
     with pytest.MonkeyPatch.context() as env:
         # Nothing may reach a real account: no AWS credentials, profile, endpoint or
         # instance metadata for pyarrow's S3 client, in this process or the server's.

@@ -24,6 +24,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from continuum.embedded.broker import find_mosquitto
 from continuum.wire import topics
+from tests.tools import require_tool
 
 pytestmark = pytest.mark.integration
 
@@ -52,10 +53,7 @@ def _free_port() -> int:
 
 
 def _find_mosquitto_passwd() -> str:
-    found = shutil.which("mosquitto_passwd") or shutil.which("/usr/bin/mosquitto_passwd")
-    if found is None:
-        pytest.fail("mosquitto_passwd not found: apt-get install mosquitto")
-    return found
+    return require_tool("mosquitto_passwd", "apt-get install mosquitto")
 
 
 def render_dev_config(text: str, values: dict[str, str]) -> str:

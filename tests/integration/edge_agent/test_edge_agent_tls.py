@@ -3,7 +3,6 @@ the tenant's CA, throwaway certificates made by ``openssl`` for this test alone.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from tests.edge_agent_kit import (
     write_key,
     write_pipeline,
 )
+from tests.tools import require_tool
 
 pytestmark = pytest.mark.integration
 
@@ -92,8 +92,7 @@ def make_pki(folder: Path) -> Pki:
 
 @pytest.fixture
 def tls_broker(tmp_path: Path) -> Iterator[tuple[EmbeddedBroker, Pki]]:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed: cannot issue throwaway certificates")
+    require_tool("openssl", "apt-get install openssl")  # issues throwaway certificates
     pki = make_pki(tmp_path / "pki")
     tls = BrokerTLS(cafile=pki.ca, certfile=pki.server[0], keyfile=pki.server[1])
     broker = EmbeddedBroker(tmp_path / "broker", tls=tls)

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
@@ -25,6 +26,7 @@ from continuum.wire import topics
 from continuum.wire.codec import MAX_PAYLOAD_BYTES
 from edge_agent.config import ENV_PREFIX, AgentSettings
 from edge_agent.metrics import AgentMetrics
+from tests.tools import promtool
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 YAML_FILES = sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yml", ".yaml"))
@@ -200,10 +202,10 @@ class TestRayTokenAuthIsExplicitEverywhere:
             assert "secretKeyRef" in names["RAY_AUTH_TOKEN"]["valueFrom"]
 
     def test_launcher_file_satisfies_rays_own_schema(self) -> None:
-        jsonschema = pytest.importorskip("jsonschema")
         spec = importlib.util.find_spec("ray")
-        if spec is None or not spec.submodule_search_locations:
-            pytest.skip("ray is not installed (edge-only environment)")
+        assert spec is not None and spec.submodule_search_locations, (
+            "ray is not installed: pip install -e '.[dev]' (scripts/bootstrap.sh test does it)"
+        )
         schema_path = Path(spec.submodule_search_locations[0]) / "autoscaler" / "ray-schema.json"
         jsonschema.validate(load_yaml("ray/cluster.yaml"), json.loads(schema_path.read_text()))
 
@@ -337,19 +339,14 @@ class TestMetricNamesExist:
         assert cloud and all(f"`{name}`" in readme for name in cloud)
 
 
-PROMTOOL = shutil.which("promtool")
-
-
-@pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (apt-get install prometheus)")
 class TestPromtoolAcceptsTheMonitoringFiles:
     def test_config_and_target_files_check(self, tmp_path: Path) -> None:
-        assert PROMTOOL is not None
         shutil.copytree(DEPLOY / "prometheus", tmp_path, dirs_exist_ok=True)
         shutil.copy(
             tmp_path / "targets" / "example-edge-site.yml", tmp_path / "targets" / "edge-lux-1.yml"
         )
         run = subprocess.run(
-            [PROMTOOL, "check", "config", "prometheus.yml"],
+            [promtool(), "check", "config", "prometheus.yml"],
             cwd=tmp_path,
             capture_output=True,
             text=True,
@@ -358,9 +355,8 @@ class TestPromtoolAcceptsTheMonitoringFiles:
         assert run.returncode == 0, run.stdout + run.stderr
 
     def test_alert_rule_unit_tests_pass(self) -> None:
-        assert PROMTOOL is not None
         run = subprocess.run(
-            [PROMTOOL, "test", "rules", "alerts.test.yml"],
+            [promtool(), "test", "rules", "alerts.test.yml"],
             cwd=DEPLOY / "prometheus",
             capture_output=True,
             text=True,
@@ -369,7 +365,6 @@ class TestPromtoolAcceptsTheMonitoringFiles:
         assert run.returncode == 0, run.stdout + run.stderr
 
     def test_dashboard_queries_are_valid_promql(self, tmp_path: Path) -> None:
-        assert PROMTOOL is not None
         board = json.loads((DEPLOY / "grafana" / "continuum-dashboard.json").read_text())
         exprs = [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
         exprs += [a["expr"] for a in board["annotations"]["list"] if "expr" in a]
@@ -383,6 +378,6 @@ class TestPromtoolAcceptsTheMonitoringFiles:
         path = tmp_path / "dashboard-rules.yml"
         path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
         run = subprocess.run(
-            [PROMTOOL, "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+            [promtool(), "check", "rules", str(path)], capture_output=True, text=True, timeout=60
         )
         assert run.returncode == 0, run.stdout + run.stderr

@@ -6,7 +6,6 @@ file, so one secret governs both what an agent may publish and what a person may
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,11 +13,13 @@ import pytest
 from cloud_head.registry import ModelRegistry
 from cloud_head.tenants import TenantRegistry
 from continuum.cli import main
+from tests.tools import require_tool
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("mosquitto_passwd") is None and not Path("/usr/bin/mosquitto_passwd").exists(),
-    reason="mosquitto_passwd not installed (apt-get install mosquitto)",
-)
+
+@pytest.fixture(autouse=True)
+def _mosquitto_passwd() -> None:
+    """The tenant registry hashes passwords with mosquitto's own tool."""
+    require_tool("mosquitto_passwd", "apt-get install mosquitto")
 
 
 @pytest.fixture
