@@ -684,7 +684,9 @@ class IngestService:
                     new = batch if len(fresh) == len(seqs) else batch.take(list(fresh))
                     new = self._declared_fields(new)
                     self._store.append_columns(self._tenant, new, ingested_at_ns=now_ns)
-                    new_seqs.setdefault(key, []).append(new.seq.astype(np.int64))
+                    new_seqs.setdefault(key, []).append(
+                        seqs if len(fresh) == len(seqs) else seqs[np.asarray(fresh, dtype=np.intp)]
+                    )
                 duplicates = len(seqs) - len(fresh) - over
                 if over and not fresh:
                     outcomes[item.index] = Outcome(

@@ -109,41 +109,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.command == "run":
-        return _run(configs[0]) if len(configs) == 1 else _run_host(configs)
+        return _run(configs)
     if len(configs) == 1:
         return _check(configs[0], args.timeout, sys.stdout)
     codes = [_check(c, args.timeout, sys.stdout, prefix=f"{c.tenant}: ") for c in configs]
     return EXIT_FAILED if EXIT_FAILED in codes else EXIT_OK
 
 
-def _run(settings: AgentSettings) -> int:
+def _run(configs: list[AgentSettings]) -> int:
+    """Run one agent, or on a shared box one per config under an ``AgentHost``."""
     from edge_agent.agent import EdgeAgent  # heavy imports (backends) only when running
-
-    try:
-        agent = EdgeAgent(settings)
-    except ConfigError as exc:
-        print(f"edge-agent: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    _stop_on_signals(agent.request_stop)
-    try:
-        agent.run()
-    except ContinuumError as exc:
-        print(f"edge-agent: stopped: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
-
-
-def _run_host(configs: list[AgentSettings]) -> int:
     from edge_agent.host import AgentHost
 
     try:
-        host = AgentHost(configs)
+        daemon = EdgeAgent(configs[0]) if len(configs) == 1 else AgentHost(configs)
     except ConfigError as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    _stop_on_signals(host.request_stop)
+    _stop_on_signals(daemon.request_stop)
     try:
-        host.run()
+        daemon.run()
     except ContinuumError as exc:
         print(f"edge-agent: stopped: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -523,13 +523,8 @@ class PipelineRuntime:
                     if batch:
                         kept, tensors = self._prepare(batch)
                         if kept:
-                            buffer = buffers[submitted % slots]
+                            stacked = self._stack(tensors, buffers[submitted % slots])
                             submitted += 1
-                            stacked = (
-                                tensors[0][np.newaxis]
-                                if len(tensors) == 1
-                                else np.stack(tensors, out=buffer[: len(tensors)])
-                            )
                             future = pool.submit(self._run_model, model, stacked)
                             running.append(_Running(model, kept, tensors, future))
                     elif self._source_done.is_set() and not self._frames and not running:
@@ -622,11 +617,13 @@ class PipelineRuntime:
             tensors.append(x)
         return kept, tensors
 
-    def _stack(self, tensors: list[np.ndarray]) -> np.ndarray:
-        """Return the batch tensor: a view for one frame, else stacked into the buffer."""
+    def _stack(self, tensors: list[np.ndarray], buffer: np.ndarray | None = None) -> np.ndarray:
+        """Return the batch tensor: a view for one frame, else stacked into ``buffer`` (by
+        default the batch buffer; each batch in flight has its own)."""
         if len(tensors) == 1:
             return tensors[0][np.newaxis]  # a view: batch 1 needs no copy
-        return np.stack(tensors, out=self._batch_buffer[: len(tensors)])
+        into = self._batch_buffer if buffer is None else buffer
+        return np.stack(tensors, out=into[: len(tensors)])
 
     def _process(self, arrivals: list[_Arrival]) -> None:
         model = self._model
