@@ -12,6 +12,11 @@ last few commits, and never corrupts the database.  ``synchronous=FULL`` closes 
 at one fsync per commit (milliseconds on eMMC/SD cards, paid on the inference thread), so
 it is an opt-in (``outbox_synchronous: full``) for boxes without a reliable power supply.
 
+Checkpoints (copying the WAL into the database file, with their fsyncs) run on a thread
+and connection of their own, never inside a commit: SQLite's automatic checkpoint would
+make the inference thread that commits a selected sample wait for them (10-13 ms per 4 MB
+on a VM disk, far more on an SD card).
+
 The byte bound is partitioned by pipeline: each pipeline owns its share of ``max_bytes``
 and the full policy acts inside that share only, so one pipeline's backlog never evicts or
 blocks another's records.  Byte totals per pipeline live in memory (summed from the
@@ -66,6 +71,11 @@ _SEQ_BLOCK = 4096
 #: Bytes counted per record on top of its tensor (row, index and metadata overhead).
 _SAMPLE_OVERHEAD = 96
 _FEEDBACK_SIZE = 48
+#: The background checkpoint runs once this many record bytes were committed since the
+#: last one (SQLite's own default is 1,000 pages, about 4 MB), and at least every
+#: ``_CHECKPOINT_EVERY_S`` while anything was committed.
+_CHECKPOINT_AFTER_BYTES = 4 << 20
+_CHECKPOINT_EVERY_S = 1.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -286,11 +296,13 @@ class Outbox:
         self._episodes = _DropEpisodes(self)
         self._closed = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._checkpoints: _Checkpointer | None = None  # started once the database is set up
         try:
             self._db = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=10.0
             )
             self._setup(synchronous)
+            self._checkpoints = _Checkpointer(self.path, synchronous)
         except sqlite3.DatabaseError as exc:
             raise ConfigError(
                 f"cannot open the outbox database {self.path}: {exc} (if the file is corrupt, "
@@ -310,6 +322,7 @@ class Outbox:
         db.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}")
         db.execute("PRAGMA busy_timeout = 10000")
         db.execute("PRAGMA journal_size_limit = 67108864")
+        db.execute("PRAGMA wal_autocheckpoint = 0")  # see _Checkpointer
         db.executescript(_SCHEMA)
         with self._transaction():
             row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
@@ -342,8 +355,12 @@ class Outbox:
         for pipeline, rows in db.execute("SELECT pipeline, COUNT(*) FROM feedback GROUP BY 1"):
             self._count_bytes(pipeline, int(rows) * _FEEDBACK_SIZE)
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+    def _transaction(self, record_bytes: int = 0) -> _Transaction:
+        """A write transaction that adds ``record_bytes`` toward the next checkpoint."""
+        checkpoints = self._checkpoints
+        if checkpoints is None:
+            return _Transaction(self._db)
+        return _Transaction(self._db, lambda: checkpoints.committed(record_bytes))
 
     # -- seqs ------------------------------------------------------------------------------
 
@@ -462,9 +479,10 @@ class Outbox:
             )
             for e in entries
         ]
-        with self._transaction():
+        size = sum(row[12] for row in rows)
+        with self._transaction(size):
             self._db.executemany("INSERT INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-        self._count_bytes(pipeline, sum(row[12] for row in rows))
+        self._count_bytes(pipeline, size)
 
     def _evict_oldest(self, pipeline: str, need_bytes: int) -> Counter[str]:
         """Delete the oldest unleased samples of ``pipeline``'s partition until ``need_bytes``
@@ -797,6 +815,8 @@ class Outbox:
                 return
             self._closed = True
             self._space.notify_all()
+            if self._checkpoints is not None:
+                self._checkpoints.close()
             try:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error as exc:  # closing must not fail on a busy checkpoint
@@ -923,10 +943,12 @@ class _DropEpisodes:
 
 
 class _Transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on an exception."""
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (then ``on_commit``), or ``ROLLBACK`` on an
+    exception."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, on_commit: Callable[[], None] | None = None) -> None:
         self._db = db
+        self._on_commit = on_commit
 
     def __enter__(self) -> sqlite3.Connection:
         self._db.execute("BEGIN IMMEDIATE")
@@ -935,5 +957,60 @@ class _Transaction:
     def __exit__(self, exc_type: Any, *rest: Any) -> None:
         if exc_type is None:
             self._db.execute("COMMIT")
+            if self._on_commit is not None:
+                self._on_commit()
         else:
             self._db.execute("ROLLBACK")
+
+
+class _Checkpointer:
+    """Copies the outbox's WAL into its database file on a thread and connection of its own.
+
+    The outbox's own connection runs with ``wal_autocheckpoint = 0``.  Checkpoints here are
+    ``PASSIVE``: they copy what no transaction still needs and never block a writer, so a
+    commit on the inference thread only ever appends to the WAL.  The WAL keeps every
+    commit durable meanwhile (a crash replays it at the next open), and the next write
+    after a complete checkpoint starts it over; ``reclaim`` and ``close`` still truncate it.
+    The connection syncs as the outbox's does (``synchronous``), so a checkpoint never
+    makes a commit less durable than the WAL held it.
+    """
+
+    def __init__(self, path: Path, synchronous: str) -> None:
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}")
+        self._pending_bytes = 0
+        self._dirty = False
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"ctm-outbox-checkpoint-{path.name}", daemon=True
+        )
+        self._thread.start()
+
+    def committed(self, record_bytes: int) -> None:
+        """Note a commit of ``record_bytes``; wake the thread once enough piled up."""
+        self._dirty = True
+        self._pending_bytes += record_bytes
+        if self._pending_bytes >= _CHECKPOINT_AFTER_BYTES:
+            self._pending_bytes = 0
+            self._wake.set()
+
+    def close(self) -> None:
+        """Stop the thread (after the checkpoint it may be running) and close its connection."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join()
+        self._db.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(_CHECKPOINT_EVERY_S)
+            self._wake.clear()
+            if not self._dirty or self._stop.is_set():
+                continue
+            self._dirty = False
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error as exc:  # e.g. reclaim's checkpoint running: the next one
+                log.debug("outbox background checkpoint skipped: %s", exc)
+                self._dirty = True

@@ -391,3 +391,57 @@ class TestPartitions:
     def test_partitions_must_fit_the_bound(self, tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match="add up to at most max_bytes=1000"):
             _open(tmp_path / "outbox.db", max_bytes=1000, partitions={"a": 600, "b": 600})
+
+
+class TestCheckpoints:
+    """WAL checkpoints (copies into the database file, with fsyncs) run on the outbox's own
+    thread, never inside the commit of the thread that appends (the inference thread)."""
+
+    MB = 1 << 20
+
+    def _append_mb(self, outbox: Outbox, megabytes: int) -> None:
+        for _ in range(megabytes):
+            outbox.append_samples([_entry(outbox, size=self.MB // 4)])
+
+    def test_a_commit_never_copies_the_wal_into_the_database(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import edge_agent.outbox as module
+
+        # The background thread is held back, so only a commit could checkpoint (SQLite's
+        # automatic checkpoint would, every 1,000 pages).
+        monkeypatch.setattr(module, "_CHECKPOINT_AFTER_BYTES", 1 << 40)
+        monkeypatch.setattr(module, "_CHECKPOINT_EVERY_S", 3600.0)
+        path = tmp_path / "outbox.db"
+        with _open(path, max_bytes=1 << 30) as outbox:
+            self._append_mb(outbox, 8)
+            wal = path.with_name(path.name + "-wal")
+            assert wal.stat().st_size > 8 * self.MB
+            assert path.stat().st_size < self.MB
+            assert outbox.stats().samples == 8
+        # Closing checkpoints, and every record is in the database file.
+        assert path.stat().st_size > 8 * self.MB
+        with _open(path, max_bytes=1 << 30) as outbox:
+            assert outbox.stats().samples == 8
+
+    def test_the_background_thread_copies_the_wal_once_enough_was_written(
+        self, tmp_path: Path
+    ) -> None:
+        path = tmp_path / "outbox.db"
+        with _open(path, max_bytes=1 << 30) as outbox:
+            self._append_mb(outbox, 6)
+            deadline = time.monotonic() + 10.0
+            while path.stat().st_size < 5 * self.MB and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert path.stat().st_size >= 5 * self.MB
+
+    def test_closing_stops_the_thread(self, tmp_path: Path) -> None:
+        def checkpoint_threads() -> list[str]:
+            return [t.name for t in threading.enumerate() if "outbox-checkpoint" in t.name]
+
+        before = checkpoint_threads()
+        outbox = _open(tmp_path / "outbox.db")
+        assert len(checkpoint_threads()) == len(before) + 1
+        outbox.append_samples([_entry(outbox)])
+        outbox.close()
+        assert checkpoint_threads() == before

@@ -300,6 +300,45 @@ class TestBatchSizer:
             sizer.record(1, 1e-9)  # partial batches: frames come one at a time
         assert sizer.cap == 2 and sizer.chosen == 1
 
+    def test_a_larger_size_must_pay_for_its_wait(self) -> None:
+        # Batch 2 measures 1% cheaper per frame: within noise, and every frame would wait
+        # for a second one, so the sizer keeps batch 1.
+        sizer = _BatchSizer(8)
+        self.feed(sizer, {1: 5.0e-3, 2: 4.95e-3, 4: 4.9e-3, 8: 4.9e-3}, 400)
+        assert sizer.chosen == 1
+
+    @staticmethod
+    def feed_overlapped(
+        sizer: _BatchSizer, per_frame_s: dict[int, float], batches: int
+    ) -> list[int]:
+        """Two batches on the model at once, as the pipelined loop reports them: the time
+        between two finishes, which alternates between a whole run and almost nothing."""
+        caps = []
+        for n in range(batches):
+            cap = sizer.cap
+            caps.append(cap)
+            run_s = 2 * cap * per_frame_s[cap]  # two batches side by side, finishing together
+            sizer.record(cap, run_s - 1e-6 if n % 2 == 0 else 1e-6)
+        return caps
+
+    def test_overlapping_batches_are_measured_over_windows(self) -> None:
+        # Batch 2 really costs more per frame than batch 1 (as SqueezeNet on a CPU). Judged
+        # one batch at a time, the near-zero times between two finishes would make any size
+        # look cheapest at random; over windows the sizer sees the real costs.
+        sizer = _BatchSizer(8, overlap=2)
+        caps = self.feed_overlapped(sizer, {1: 5e-3, 2: 5.6e-3, 4: 6e-3, 8: 6e-3}, 400)
+        assert sizer.chosen == 1
+        assert set(caps) == {1, 2}
+
+    def test_overlapping_batches_still_climb_where_batching_pays(self) -> None:
+        sizer = _BatchSizer(8, overlap=2)
+        self.feed_overlapped(sizer, {1: 16e-6, 2: 9e-6, 4: 5e-6, 8: 3e-6}, 400)
+        assert sizer.chosen == 8
+
+    def test_overlap_below_one_is_refused(self) -> None:
+        with pytest.raises(ValueError, match="overlap"):
+            _BatchSizer(8, overlap=0)
+
     def test_max_batch_one_never_probes(self) -> None:
         sizer = _BatchSizer(1)
         self.feed(sizer, {1: 1e-3}, 200)
