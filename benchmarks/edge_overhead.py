@@ -14,6 +14,9 @@ Side by side in one run, per model:
   yields as fast as the agent takes frames.
 - **agent, micro-batch <= N**: ``max_batch=N``, fed as fast as the agent takes frames (a
   saturated camera); its latency includes the wait in the frame queue and in the batch.
+  The backend is opened as the agent opens it (``plan_batches``): at load it times each
+  batch size whole and frame by frame, and runs it the faster way; the batch sizer then
+  settles on the size that costs least per frame over the whole cycle.
 - **T cores** (SqueezeNet, T = the machine's CPUs): the bare batch-1 loop with T intra-op
   threads, and the micro-batched agent with T ONNX Runtime replicas of one thread each
   (the agent's ``inference_replicas``: T micro-batches run at once, each on its own
@@ -303,7 +306,9 @@ def run_agent(
         on_telemetry=telemetry.append,
         batches_in_flight=replicas,
     )
-    backend = open_backend("onnxruntime", model.path, max_batch=max_batch, replicas=replicas)
+    backend = open_backend(
+        "onnxruntime", model.path, max_batch=max_batch, replicas=replicas, plan_batches=True
+    )
     backend.infer(np.stack(model.frames[:max_batch]))  # warm up before the clock starts
     runtime.source, runtime.result = source, Result()
     serving = ServingModel(

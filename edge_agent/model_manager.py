@@ -687,6 +687,7 @@ class ModelManager:
             engine_cache_dir=self._engines_dir,
             intra_op_threads=self._inference_threads,
             replicas=self._inference_replicas,
+            plan_batches=True,
         )
         try:
             probe = np.zeros((1, *spec.edge.input.shape), dtype=spec.edge.input.numpy_dtype())

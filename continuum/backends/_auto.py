@@ -68,6 +68,7 @@ def open_backend(
     engine_cache_dir: Path | None = None,
     precision: Precision = "auto",
     device_id: int = 0,
+    plan_batches: bool = False,
 ) -> InferenceBackend:
     """Return a backend of ``kind`` with the model at ``path`` loaded.
 
@@ -77,10 +78,14 @@ def open_backend(
         intra_op_threads: ONNX Runtime threads per inference (1: edge boxes share cores).
         replicas: ONNX Runtime sessions, so that as many batches run at once (see
             ``OnnxRuntimeBackend``); TensorRT runs one batch at a time on its stream.
-        max_batch: the TensorRT engine's largest batch.
+        max_batch: the largest batch ``infer`` will be given (TensorRT builds its engine
+            for it).
         engine_cache_dir: where built TensorRT engines are kept.
         precision: TensorRT precision: "auto" (FP16 where fast), "fp16" or "fp32".
         device_id: the GPU to use.
+        plan_batches: on ONNX Runtime's CPU provider, time each batch size up to
+            ``max_batch`` whole and frame by frame at load, and run it the faster way (the
+            edge runtime's micro-batches; see ``OnnxRuntimeBackend``).
 
     Raises:
         BackendUnavailableError, ConfigError: as ``select_backend``.
@@ -100,6 +105,7 @@ def open_backend(
             replicas=replicas,
             device_id=device_id,
             engine_cache_dir=engine_cache_dir,
+            plan_batches_up_to=max_batch if plan_batches else 1,
         )
     backend.load(Path(path))
     return backend

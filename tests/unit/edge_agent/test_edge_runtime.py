@@ -301,10 +301,10 @@ class TestBatchSizer:
         assert sizer.cap == 2 and sizer.chosen == 1
 
     def test_a_larger_size_must_pay_for_its_wait(self) -> None:
-        # Batch 2 measures 1% cheaper per frame: within noise, and every frame would wait
+        # Batch 2 measures 0.5% cheaper per frame: within noise, and every frame would wait
         # for a second one, so the sizer keeps batch 1.
         sizer = _BatchSizer(8)
-        self.feed(sizer, {1: 5.0e-3, 2: 4.95e-3, 4: 4.9e-3, 8: 4.9e-3}, 400)
+        self.feed(sizer, {1: 5.0e-3, 2: 4.975e-3, 4: 4.95e-3, 8: 4.95e-3}, 400)
         assert sizer.chosen == 1
 
     @staticmethod

@@ -12,6 +12,7 @@ import onnxruntime
 import pytest
 
 from continuum.backends import InferenceBackend, OnnxRuntimeBackend, TensorMeta
+from continuum.backends import onnxruntime as onnxruntime_backend
 from continuum.errors import BackendError, BackendUnavailableError, InputMismatchError
 
 
@@ -225,6 +226,10 @@ class TestSettings:
         with pytest.raises(BackendError, match="call load"):
             backend.infer(inputs[0])
 
+    def test_zero_plan_size_is_refused(self) -> None:
+        with pytest.raises(ValueError, match="plan_batches_up_to"):
+            OnnxRuntimeBackend(plan_batches_up_to=0)
+
     @pytest.mark.skipif(
         "CUDAExecutionProvider" in onnxruntime.get_available_providers(),
         reason="this onnxruntime build has the CUDA provider",
@@ -234,3 +239,59 @@ class TestSettings:
 
         with pytest.raises(BackendUnavailableError, match="CUDAExecutionProvider"):
             backend.load(classifier.path)
+
+
+class TestBatchPlan:
+    """On the CPU, each batch size runs whole or frame by frame, whichever timed faster."""
+
+    def test_a_small_model_keeps_running_its_batches_whole(self, classifier: Any) -> None:
+        # An 8x8 classifier: one call on 8 frames costs a fraction of 8 calls on one.
+        backend = loaded(classifier.path, plan_batches_up_to=8)
+        session = backend._session
+        plan = onnxruntime_backend._plan_batches(
+            session, backend.inputs[0], [backend.outputs[0].name], 8
+        )
+        assert len(plan) == 9 and not any(plan)
+
+    @pytest.mark.parametrize("batch", [1, 2, 3, 8, 17])
+    def test_frame_by_frame_gives_the_outputs_of_the_whole_batch(
+        self, classifier: Any, batch: int, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # The plan is timing: here every size above 1 is made to run frame by frame, and
+        # a batch larger than the plan follows its largest size.
+        calls: list[int] = []
+        monkeypatch.setattr(
+            onnxruntime_backend,
+            "_plan_batches",
+            lambda session, meta, names, up_to: (False, False, *([True] * (up_to - 1))),
+        )
+        backend = loaded(classifier.path, plan_batches_up_to=8)
+        session = backend._session
+        original = session.run
+        monkeypatch.setattr(
+            session,
+            "run",
+            lambda names, feed: (
+                calls.append(len(next(iter(feed.values())))) or original(names, feed)
+            ),
+        )
+        x = np.random.default_rng(batch).random((batch, 1, 8, 8), dtype=np.float32)
+
+        probs = backend.infer(x)
+
+        np.testing.assert_allclose(probs, classifier.reference(x), rtol=1e-5, atol=1e-6)
+        assert calls == ([1] * batch)
+
+    def test_without_a_plan_size_nothing_is_timed(
+        self, classifier: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        def refuse(*args: object) -> tuple[bool, ...]:
+            raise AssertionError("timed without being asked")
+
+        monkeypatch.setattr(onnxruntime_backend, "_plan_batches", refuse)
+        probs = loaded(classifier.path).infer(np.zeros((4, 1, 8, 8), dtype=np.float32))
+        assert probs.shape == (4, 4)
+
+    def test_a_model_with_another_dynamic_axis_runs_whole(self, classifier: Any) -> None:
+        meta = TensorMeta("input", (None, 1, None, 8), "float32")
+        assert onnxruntime_backend._plan_batches(None, meta, ["probs"], 8) == ()
