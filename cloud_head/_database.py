@@ -38,6 +38,10 @@ ACCEPTED_FORMS = (
 )
 #: libpq gives up on a server that does not answer within this bound (unless the URL says).
 CONNECT_TIMEOUT_S = 10
+#: The server cancels a statement that runs longer (unless the URL's ``options`` set one):
+#: a registry call waiting on a stuck lock or a hung server fails, naming the cause, instead
+#: of holding a head's request for ever.
+STATEMENT_TIMEOUT_S = 30
 _PG_SCHEMES = ("postgresql", "postgres")
 _QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#]*")
 
@@ -153,6 +157,10 @@ class Database(ABC):
         """
 
     @abstractmethod
+    def has_table(self, name: str) -> bool:
+        """Whether the table ``name`` exists (a read: creating needs more privileges)."""
+
+    @abstractmethod
     def close(self) -> None:
         """Close the connection."""
 
@@ -206,6 +214,10 @@ class _SQLite(Database):
                 raise
             self._db.execute("COMMIT")
             return result
+
+    def has_table(self, name: str) -> bool:
+        rows = self.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+        return bool(rows)
 
     def close(self) -> None:
         with self._lock:
@@ -263,6 +275,10 @@ class _PostgreSQL(Database):
             ) from None
         if "connect_timeout" not in given:
             options["connect_timeout"] = CONNECT_TIMEOUT_S
+        server_options = str(given.get("options") or "")
+        if "statement_timeout" not in server_options:
+            timeout = f"-c statement_timeout={STATEMENT_TIMEOUT_S * 1000}"
+            options["options"] = f"{server_options} {timeout}".strip()
         try:
             return self._psycopg.connect(self._target.url, autocommit=True, **options)
         except self._psycopg.OperationalError as error:
@@ -286,6 +302,13 @@ class _PostgreSQL(Database):
                 tx = _PostgreSQLTransaction(conn)
                 try:
                     return work(tx)
+                except psycopg.errors.InsufficientPrivilege as error:
+                    raise ConfigError(
+                        f"the model registry's PostgreSQL role may not do this: "
+                        f"{self._reason(error)}; grant it SELECT, INSERT and UPDATE on "
+                        "model_versions and current_versions (the first start also needs "
+                        "CREATE on the schema, or the tables made once by a role that has it)"
+                    ) from error
                 except psycopg.OperationalError as error:
                     lost = conn.broken or conn.closed
                     if lost:
@@ -318,6 +341,9 @@ class _PostgreSQL(Database):
                 return work(tx)
 
         return self._run(transaction)
+
+    def has_table(self, name: str) -> bool:
+        return bool(self.query("SELECT 1 WHERE to_regclass(?) IS NOT NULL", (name,)))
 
     def close(self) -> None:
         with self._lock:

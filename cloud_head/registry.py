@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS current_versions (
     PRIMARY KEY (tenant, pipeline)
 )""",
 )
+_TABLES = ("model_versions", "current_versions")
 #: Serialises schema creation: two heads starting at once must not both create the tables.
 _SCHEMA_LOCK = "continuum/registry/schema"
 
@@ -131,7 +132,10 @@ class ModelRegistry:
         # a command reading a PostgreSQL registry leaves a mistyped --root uncreated.
         self._db = open_database(url, self.root / "registry.sqlite3")
         try:
-            self._db.write(_SCHEMA_LOCK, _create_schema)
+            # Checked first: creating, even "IF NOT EXISTS", needs the CREATE privilege on
+            # the schema, which a least-privilege role for an existing registry lacks.
+            if not all(self._db.has_table(table) for table in _TABLES):
+                self._db.write(_SCHEMA_LOCK, _create_schema)
         except BaseException:
             self._db.close()
             raise

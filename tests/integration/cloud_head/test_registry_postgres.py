@@ -7,6 +7,8 @@ own (its own connection, so its own server session, as a process would have).
 from __future__ import annotations
 
 import threading
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ import pytest
 from cloud_head.paths import HeadPaths
 from cloud_head.registry import ModelRegistry
 from continuum.embedded._process import free_port
-from continuum.errors import NotReadyError
+from continuum.errors import ConfigError, NotReadyError
 from tests.postgres_server import PostgresServer
 
 pytestmark = pytest.mark.integration
@@ -182,3 +184,81 @@ class TestHeadPaths:
             reader.close()
         assert not (paths.registry / "registry.sqlite3").exists()
         assert (paths.registry / "artifacts" / TENANT / PIPELINE).is_dir()
+
+
+def as_role(url: str, role: str) -> str:
+    """``url`` (trust authentication, user ``continuum``) for another login role."""
+    return url.replace("postgresql://continuum@", f"postgresql://{role}@", 1)
+
+
+class TestLeastPrivilege:
+    """A head may run as a role that can read and write the registry's rows, nothing more."""
+
+    @staticmethod
+    def make_role(superuser_url: str, *, grant: bool) -> str:
+        import psycopg
+
+        role = f"head_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(superuser_url, autocommit=True) as conn:
+            conn.execute(f"CREATE ROLE {role} LOGIN")
+            # PostgreSQL 15 on: only the schema's owner may create in "public"; said anyway.
+            conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+            if grant:
+                conn.execute(
+                    f"GRANT SELECT, INSERT, UPDATE ON model_versions, current_versions TO {role}"
+                )
+        return role
+
+    def test_a_role_without_create_opens_an_existing_registry_and_registers(
+        self, postgres_database: str, tmp_path: Path, artifact: Path
+    ) -> None:
+        ModelRegistry(tmp_path / "registry", url=postgres_database).close()  # made by an admin
+        role = self.make_role(postgres_database, grant=True)
+
+        registry = ModelRegistry(tmp_path / "registry", url=as_role(postgres_database, role))
+        try:
+            assert register(registry, artifact) == "v1"
+            registry.set_current(TENANT, PIPELINE, "v1", reason="test")
+            assert registry.current(TENANT, PIPELINE) is not None
+        finally:
+            registry.close()
+
+    def test_a_role_that_may_not_create_the_tables_is_told_what_to_grant(
+        self, postgres_database: str, tmp_path: Path
+    ) -> None:
+        role = self.make_role(postgres_database, grant=False)  # no tables yet
+
+        with pytest.raises(ConfigError) as refused:
+            ModelRegistry(tmp_path / "registry", url=as_role(postgres_database, role))
+        message = str(refused.value)
+        assert "permission denied" in message
+        assert "grant it SELECT, INSERT and UPDATE" in message
+
+
+class TestStatementTimeout:
+    def test_a_write_stuck_behind_a_lock_fails_after_the_timeout(
+        self,
+        postgres_database: str,
+        tmp_path: Path,
+        artifact: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        import psycopg
+
+        import cloud_head._database as database
+
+        monkeypatch.setattr(database, "STATEMENT_TIMEOUT_S", 1)
+        registry = ModelRegistry(tmp_path / "registry", url=postgres_database)
+        key = f"continuum/registry/{TENANT}/{PIPELINE}"
+        try:
+            with psycopg.connect(postgres_database, autocommit=True) as other:
+                # Another session holds the pipeline's lock and never lets go (a stuck head).
+                other.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
+                started = time.monotonic()
+                with pytest.raises(NotReadyError, match="statement timeout"):
+                    register(registry, artifact)
+                assert time.monotonic() - started < 10.0
+            # Once the other session is gone, the registry goes on.
+            assert register(registry, artifact) == "v1"
+        finally:
+            registry.close()
