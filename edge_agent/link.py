@@ -210,6 +210,7 @@ class MqttLink:
     ) -> None:
         self._broker = broker
         self._client = mqtt.make_client(client_id, broker, will=will, max_inflight=max_inflight)
+        self._thread_name = f"{client_id}-link"  # the client id names tenant and node
         # With a register-write hook set, paho never writes to the socket from the caller's
         # thread: publish() only queues and wakes the network thread, which does all I/O.
         self._client.on_socket_register_write = _noop_socket_hook
@@ -268,7 +269,7 @@ class MqttLink:
         """Start the network thread; it connects and keeps reconnecting until ``stop``."""
         if self._thread is not None:
             return
-        self._thread = threading.Thread(target=self._run, name="ctm-edge-link", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self._thread_name, daemon=True)
         self._thread.start()
 
     def stop(self, timeout_s: float = 5.0, final: tuple[str, bytes] | None = None) -> None:

@@ -223,7 +223,9 @@ class ModelManager:
         """Subscribe to the desired state and start the worker thread."""
         self._link.subscribe([self.desired_topic])
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="ctm-edge-models", daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, name=f"ctm-models-{self.tenant}", daemon=True
+            )
             self._thread.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:

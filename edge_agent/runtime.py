@@ -332,6 +332,9 @@ class PipelineRuntime:
         self._in_flight = batches_in_flight
         self.spec = spec
         self.name = spec.name
+        # Thread names say the tenant too: the agent's log lines name their thread, and
+        # tenants sharing a box may run pipelines of the same name.
+        self._label = f"{spec.tenant}/{spec.name}"
         self.node = node
         self._source = source
         self._source_backoff = Backoff(*source_retry_s)
@@ -423,10 +426,10 @@ class PipelineRuntime:
         if self._threads:
             return
         self._threads = [
-            threading.Thread(target=self._pull, name=f"ctm-source-{self.name}", daemon=True),
+            threading.Thread(target=self._pull, name=f"ctm-source-{self._label}", daemon=True),
             threading.Thread(
                 target=self._infer_loop if self._in_flight == 1 else self._infer_pipelined,
-                name=f"ctm-infer-{self.name}",
+                name=f"ctm-infer-{self._label}",
                 daemon=True,
             ),
         ]
@@ -543,7 +546,7 @@ class PipelineRuntime:
         model are finished, since the swap closes it.
         """
         slots = self._in_flight
-        pool = ThreadPoolExecutor(slots, thread_name_prefix=f"ctm-model-{self.name}")
+        pool = ThreadPoolExecutor(slots, thread_name_prefix=f"ctm-model-{self._label}")
         buffers = [
             self._batch_buffer,
             *(np.empty_like(self._batch_buffer) for _ in range(1, slots)),

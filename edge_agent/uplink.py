@@ -241,7 +241,9 @@ class Uplink:
     def start(self) -> None:
         """Start the pump thread."""
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="ctm-edge-uplink", daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, name=f"ctm-uplink-{self.tenant}", daemon=True
+            )
             self._thread.start()
 
     def stop(self, flush_timeout_s: float) -> bool:

@@ -9,6 +9,7 @@ cannot start is retried with backoff while the other keeps publishing; SIGTERM s
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -187,6 +188,12 @@ class TestTenantsShareOneProcess:
             assert f'continuum_edge_frames_total{{pipeline="inspect",tenant="{name}"}}' in text
         assert text.count("# TYPE continuum_edge_frames_total counter") == 1
         assert_promtool_accepts_metrics(text)  # Prometheus' own linter, as a scraper judges
+        # Every line logged from an agent's own threads names the tenant in the thread name.
+        threads = set(re.findall(r" \[(ctm-[^\]]+)\] ", output))
+        assert threads, output[-4000:]
+        assert all(any(name in thread for name in TENANTS) for thread in threads), threads
+        for name in TENANTS:
+            assert any(name in thread for thread in threads), threads
 
     def test_a_tenant_whose_agent_fails_is_restarted_while_the_other_keeps_publishing(
         self, box: dict[str, Tenant]
