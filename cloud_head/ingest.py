@@ -61,6 +61,7 @@ from continuum.residency import (
 )
 from continuum.spec import DataClass, PipelineSpec
 from continuum.wire import codec, topics
+from continuum.wire.messages import MAX_RECEIPT_RANGES, StoredReceipt, merge_seq_ranges
 from continuum.wire.mqtt import BrokerSettings, connect, make_client
 
 if TYPE_CHECKING:
@@ -124,6 +125,11 @@ class Outcome:
     reason: str = ""
     detail: str = ""
     over_quota: int = 0
+    #: For a sample batch that is done with (stored, duplicate or refused for good): its
+    #: node and the inclusive ranges of its seqs, for the receipt the node's outbox awaits
+    #: (not part of what the outcome is: left out of equality).
+    node: str = dataclasses.field(default="", compare=False)
+    seq_ranges: tuple[tuple[int, int], ...] = dataclasses.field(default=(), compare=False)
 
     @property
     def ack(self) -> bool:
@@ -156,6 +162,18 @@ class _SeqSpan:
     @classmethod
     def of(cls, seqs: npt.NDArray[Any]) -> _SeqSpan:
         return cls(int(seqs.min()), int(seqs.max()), len(seqs))
+
+
+def seq_ranges(seqs: npt.NDArray[Any]) -> tuple[tuple[int, int], ...]:
+    """Return ``seqs`` as ascending inclusive ranges of consecutive values (an edge batch's
+    seqs are usually one range)."""
+    values = np.unique(np.asarray(seqs, dtype=np.int64))
+    if not len(values):
+        return ()
+    breaks = np.flatnonzero(np.diff(values) != 1)
+    firsts = values[np.concatenate(([0], breaks + 1))].tolist()
+    lasts = values[np.concatenate((breaks, [len(values) - 1]))].tolist()
+    return tuple(zip(firsts, lasts, strict=True))
 
 
 class _DeferredError(Exception):
@@ -306,9 +324,10 @@ class IngestService:
         outcomes: list[Outcome | None] = [None] * len(messages)
         accepted: list[_Accepted] = []
         refusals: list[_Refusal] = []
+        decoded: dict[int, tuple[str, npt.NDArray[Any]]] = {}  # index -> node, seqs
         for index, (topic, payload) in enumerate(messages):
             try:
-                accepted.append(self._check(index, topic, payload))
+                accepted.append(self._check(index, topic, payload, decoded))
             except _DeferredError as later:
                 outcomes[index] = Outcome("deferred", reason=later.reason, detail=later.detail)
             except _RejectedError as rej:
@@ -330,6 +349,11 @@ class IngestService:
         for item in feedback_items:
             outcomes[item.index] = self._store_feedback(item)
         done = [o if o is not None else Outcome("failed", detail="not processed") for o in outcomes]
+        for index, (node, seqs) in decoded.items():
+            if done[index].ack:
+                done[index] = dataclasses.replace(
+                    done[index], node=node, seq_ranges=seq_ranges(seqs)
+                )
         self._count(messages, done)
         self._write_audit(refusals, stored)
         return done
@@ -393,7 +417,15 @@ class IngestService:
 
     # -- checks ----------------------------------------------------------------------------
 
-    def _check(self, index: int, topic: str, payload: bytes) -> _Accepted:
+    def _check(
+        self,
+        index: int,
+        topic: str,
+        payload: bytes,
+        decoded: dict[int, tuple[str, npt.NDArray[Any]]],
+    ) -> _Accepted:
+        """Return the message ready to store, or raise why not; a sample batch that decoded
+        on its own node's topic goes into ``decoded`` (its receipt, whatever comes next)."""
         try:
             parsed = topics.parse(topic)
         except ProtocolError as exc:
@@ -435,6 +467,13 @@ class IngestService:
             )
         if isinstance(batch, codec.FeedbackBatch):
             return _Accepted(index, feedback=batch)
+        seqs = (
+            batch.seq
+            if isinstance(batch, codec.SampleColumns)
+            else np.fromiter((r.seq for r in batch.records), dtype=np.uint64)
+        )
+        if len(seqs) and int(seqs.max()) <= MAX_SEQ:
+            decoded[index] = (batch.node, seqs)
         if batch.data_class.rank > spec.data_class.rank:
             raise _RejectedError(
                 "data_class_mismatch",
@@ -1151,6 +1190,7 @@ class IngestWorker:
         delay = 0.1
         failing = False
         done: list[int] = []
+        receipts: dict[str, list[tuple[int, int]]] = {}  # node -> seq ranges done with
         while True:
             outcomes = self._service.handle_many([(group[i][0], group[i][1]) for i in pending])
             failed = []
@@ -1159,6 +1199,8 @@ class IngestWorker:
                     self._parked.append(group[i])
                 elif outcome.ack:
                     done.append(i)
+                    if outcome.seq_ranges:
+                        receipts.setdefault(outcome.node, []).extend(outcome.seq_ranges)
                 else:
                     failed.append(i)
             pending = failed
@@ -1179,3 +1221,26 @@ class IngestWorker:
             if client is not None and qos > 0:
                 client.ack(mid, qos)
             self._counts["acked"] += 1
+        if client is not None:
+            self._send_receipts(client, receipts)
+
+    def _send_receipts(
+        self, client: mqtt.Client, receipts: dict[str, list[tuple[int, int]]]
+    ) -> None:
+        """Tell each node which of its samples are stored or refused for good (QoS 1).
+
+        A receipt lost on the way only costs a resend: the node sends the samples again
+        after its ``resend_unconfirmed_s``, ingest finds them stored and confirms again.
+        """
+        now = time.time()
+        for node, ranges in receipts.items():
+            merged = merge_seq_ranges(ranges)
+            for start in range(0, len(merged), MAX_RECEIPT_RANGES):
+                payload = StoredReceipt(
+                    node=node, seqs=merged[start : start + MAX_RECEIPT_RANGES], ts=now
+                ).to_payload()
+                info = client.publish(
+                    topics.node_stored(self._service.tenant, node), payload, qos=1
+                )
+                if info.rc == 0:  # MQTT_ERR_SUCCESS
+                    self._counts["receipts"] += 1

@@ -560,7 +560,8 @@ class TenantRegistry:
         lines = [
             "# Written by cloud_head.tenants from the tenant registry; edits are overwritten.",
             "# Each tenant user reads and writes its own tree only; each ingest user reads",
-            "# its tenant's samples and feedback only (also through $share/ingest/...).",
+            "# its tenant's samples and feedback only (also through $share/ingest/...) and",
+            "# writes the receipts its nodes' outboxes wait for (nodes/+/stored).",
             "# A user without a block here may connect but can neither read nor write.",
         ]
         for tenant in self.list():
@@ -572,6 +573,7 @@ class TenantRegistry:
                 f"user {tenant.ingest_username}",
                 f"topic read {topics.pipeline_filter(name, 'samples')}",
                 f"topic read {topics.pipeline_filter(name, 'feedback')}",
+                f"topic write {topics.nodes_filter(name, 'stored')}",
             ]
         return "\n".join(lines) + "\n"
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 from continuum import signing
 from continuum.backends import open_backend
-from continuum.errors import ArtifactError, ConfigError, SpecError
+from continuum.errors import ArtifactError, ConfigError, NotReadyError, ProtocolError, SpecError
 from continuum.residency import UplinkPlan, load_policy, uplink_plan
 from continuum.sources import Source
 from continuum.spec import PipelineSpec, load_pipeline
 from continuum.wire import topics
-from continuum.wire.messages import SCHEMA_VERSION, NodeStatus, Telemetry
+from continuum.wire.messages import SCHEMA_VERSION, NodeStatus, StoredReceipt, Telemetry
 from edge_agent import capabilities
 from edge_agent.config import AgentSettings
 from edge_agent.link import MqttLink
@@ -179,10 +179,13 @@ class EdgeAgent:
             full_policy=settings.outbox_full_policy,
             block_timeout_s=settings.outbox_block_timeout_s,
             synchronous=settings.outbox_synchronous,
+            resend_unconfirmed_s=settings.resend_unconfirmed_s if settings.confirm_stored else None,
             on_drop=self._on_drop,
             admit=self.gate.admit,
         )
         self._status_topic = topics.node_status(self.tenant, self.node)
+        self._stored_topic = topics.node_stored(self.tenant, self.node)
+        self._receipt_warned: set[str] = set()
         try:
             self.link = MqttLink(
                 client_id=f"ctm-edge-{self.tenant}-{self.node}",
@@ -270,6 +273,8 @@ class EdgeAgent:
             runtime.start()
         self.uplink.start()
         self.models.start()
+        if self.settings.confirm_stored:
+            self.link.subscribe([self._stored_topic])
         self.link.start()
         log.info(
             "edge agent %s/%s up: pipelines %s, backends %s, broker %s:%d",
@@ -363,7 +368,33 @@ class EdgeAgent:
         self.uplink.connected()
 
     def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
-        self.models.offer(topic, payload, retained)
+        if topic == self._stored_topic:
+            self._on_receipt(payload)
+        else:
+            self.models.offer(topic, payload, retained)
+
+    def _on_receipt(self, payload: bytes) -> None:
+        """Forget the samples ingest says are stored (or refused for good); count bad ones."""
+        try:
+            receipt = StoredReceipt.from_payload(payload)
+            if receipt.node != self.node:
+                raise ProtocolError(
+                    f"receipt for node {receipt.node!r} on the topic of {self.node!r}",
+                    reason="node_mismatch",
+                )
+        except ProtocolError as exc:
+            self.metrics.rejected_messages.labels(f"receipt_{exc.reason}").inc()
+            if exc.reason not in self._receipt_warned:
+                self._receipt_warned.add(exc.reason)
+                log.warning("receipt rejected (further ones are only counted): %s", exc)
+            return
+        try:
+            confirmed = self.outbox.confirm_samples(receipt.seqs)
+        except NotReadyError:
+            return  # closing: the samples stay and are sent again after a restart
+        self.metrics.receipts.inc()
+        if confirmed:
+            self.metrics.confirmed.inc(confirmed)
 
     def _on_model(self, model: ServingModel) -> None:
         self.runtimes[model.pipeline].swap_model(model)

@@ -115,6 +115,13 @@ class AgentMetrics:
             ["pipeline", "kind"],
             registry=r,
         )
+        self.outbox_awaiting_receipt = Gauge(
+            f"{_NS}_outbox_awaiting_receipt",
+            "Samples in the outbox that the broker acknowledged and that wait for ingest's "
+            "receipt (counted in the samples depth too).",
+            ["pipeline"],
+            registry=r,
+        )
         self.outbox_bytes = Gauge(
             f"{_NS}_outbox_bytes",
             "Bytes held by the pipeline's outbox partition.",
@@ -190,6 +197,16 @@ class AgentMetrics:
         self.connected = Gauge(f"{_NS}_broker_connected", "1 while connected.", registry=r)
         self.reconnects = Counter(
             f"{_NS}_broker_reconnects", "Successful connections after the first.", registry=r
+        )
+        self.receipts = Counter(
+            f"{_NS}_receipts",
+            "Receipts from ingest applied to the outbox (samples stored or refused for good).",
+            registry=r,
+        )
+        self.confirmed = Counter(
+            f"{_NS}_samples_confirmed",
+            "Samples the outbox let go on ingest's receipt.",
+            registry=r,
         )
         self.rejected_messages = Counter(
             f"{_NS}_messages_rejected",

@@ -30,6 +30,7 @@ that the cloud already holds (ingest would drop the new samples as duplicates).
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import math
@@ -48,6 +49,7 @@ from continuum.errors import ConfigError, NotReadyError
 from continuum.sources import FieldValue
 from continuum.wire.codec import NO_FIELDS, decode_fields, encode_fields
 from continuum.wire.codec import FieldValue as WireValue
+from continuum.wire.messages import merge_seq_ranges
 
 __all__ = [
     "AppendResult",
@@ -64,13 +66,15 @@ log = logging.getLogger(__name__)
 
 FullPolicy = Literal["drop_oldest", "drop_newest", "block"]
 
-#: 2 added the samples.fields column (the record field section of the wire codec).
-_SCHEMA_VERSION = 2
+#: 2 added the samples.fields column (the record field section of the wire codec); 3 the
+#: samples.sent_at column (sent and acknowledged by the broker, awaiting ingest's receipt).
+_SCHEMA_VERSION = 3
 #: Seqs reserved per database write; a restart skips the unused rest of a block.
 _SEQ_BLOCK = 4096
 #: Bytes counted per record on top of its tensor (row, index and metadata overhead).
 _SAMPLE_OVERHEAD = 96
 _FEEDBACK_SIZE = 48
+_MAX_SEQ = 2**63 - 1
 #: The background checkpoint runs once this many record bytes were committed since the
 #: last one (SQLite's own default is 1,000 pages, about 4 MB), and at least every
 #: ``_CHECKPOINT_EVERY_S`` while anything was committed.
@@ -96,7 +100,8 @@ CREATE TABLE IF NOT EXISTS samples (
     shape          TEXT    NOT NULL,
     tensor         BLOB    NOT NULL,
     size           INTEGER NOT NULL,
-    fields         BLOB
+    fields         BLOB,
+    sent_at        REAL
 );
 CREATE TABLE IF NOT EXISTS feedback (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -107,7 +112,7 @@ CREATE TABLE IF NOT EXISTS feedback (
     enqueued_at REAL    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS feedback_due ON feedback (due_at, id);
-CREATE INDEX IF NOT EXISTS samples_by_pipeline ON samples (pipeline, seq);
+
 """
 
 
@@ -208,6 +213,8 @@ class PartitionStats:
     max_bytes: int
     oldest_age_s: float
     dropped: dict[str, int]
+    #: Of ``samples``: sent and acknowledged by the broker, waiting for ingest's receipt.
+    awaiting_receipt: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,10 +268,17 @@ class Outbox:
         full_policy: FullPolicy = "drop_oldest",
         block_timeout_s: float = 5.0,
         synchronous: Literal["normal", "full"] = "normal",
+        resend_unconfirmed_s: float | None = None,
         on_drop: Callable[[str, str, int], None] | None = None,
         admit: Callable[[Sequence[SampleEntry]], Sequence[SampleEntry]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        if resend_unconfirmed_s is not None and not (
+            math.isfinite(resend_unconfirmed_s) and resend_unconfirmed_s > 0
+        ):
+            raise ConfigError(
+                f"resend_unconfirmed_s must be a positive number, got {resend_unconfirmed_s}"
+            )
         if max_bytes < 1 or not math.isfinite(ttl_s) or ttl_s <= 0:
             raise ConfigError(f"outbox bounds must be positive, got {max_bytes=} {ttl_s=}")
         if partitions is not None and (
@@ -282,6 +296,7 @@ class Outbox:
         self.ttl_s = float(ttl_s)
         self.full_policy: FullPolicy = full_policy
         self.block_timeout_s = float(block_timeout_s)
+        self._resend_s = resend_unconfirmed_s
         self._on_drop = on_drop
         self._admit = admit
         self._clock = clock
@@ -337,7 +352,15 @@ class Outbox:
                 columns = {r[1] for r in db.execute("PRAGMA table_info(samples)")}
                 if "fields" not in columns:
                     db.execute("ALTER TABLE samples ADD COLUMN fields BLOB")
+                if "sent_at" not in columns:
+                    db.execute("ALTER TABLE samples ADD COLUMN sent_at REAL")
                 db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (_SCHEMA_VERSION,))
+            # Covers what picking the next samples to send reads, sent_at included, so it
+            # runs on the index alone (made here: a schema-2 file gets sent_at just above).
+            db.execute("DROP INDEX IF EXISTS samples_by_pipeline")
+            db.execute(
+                "CREATE INDEX IF NOT EXISTS samples_to_send ON samples (pipeline, seq, sent_at)"
+            )
             row = db.execute("SELECT value FROM meta WHERE key = 'seq_hi'").fetchone()
             max_seq = db.execute("SELECT MAX(seq) FROM samples").fetchone()[0] or 0
             if row is None:
@@ -481,7 +504,9 @@ class Outbox:
         ]
         size = sum(row[12] for row in rows)
         with self._transaction(size):
-            self._db.executemany("INSERT INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            self._db.executemany(
+                "INSERT INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,NULL)", rows
+            )
         self._count_bytes(pipeline, size)
 
     def _evict_oldest(self, pipeline: str, need_bytes: int) -> Counter[str]:
@@ -531,12 +556,15 @@ class Outbox:
         with self._lock:
             self._check_open()
             leased = json.dumps(sorted(self._leased_samples))
+            # Sent and acknowledged by the broker before this: no receipt came in time.
+            due = self._clock() - (self._resend_s or 0.0)
             pending = [
                 row[0]
                 for row in self._db.execute(
                     "SELECT DISTINCT pipeline FROM samples "
-                    "WHERE seq NOT IN (SELECT value FROM json_each(?)) ORDER BY pipeline",
-                    (leased,),
+                    "WHERE seq NOT IN (SELECT value FROM json_each(?)) "
+                    "AND (sent_at IS NULL OR sent_at <= ?) ORDER BY pipeline",
+                    (leased, due),
                 )
             ]
             if not pending:
@@ -546,14 +574,16 @@ class Outbox:
             self._last_pipeline = pipeline
             head = self._db.execute(
                 "SELECT pipeline, model_version, data_class FROM samples WHERE pipeline = ? "
-                "AND seq NOT IN (SELECT value FROM json_each(?)) ORDER BY seq LIMIT 1",
-                (pipeline, leased),
+                "AND seq NOT IN (SELECT value FROM json_each(?)) "
+                "AND (sent_at IS NULL OR sent_at <= ?) ORDER BY seq LIMIT 1",
+                (pipeline, leased, due),
             ).fetchone()
             cursor = self._db.execute(
                 "SELECT seq, captured_at_ns, prediction, confidence, label, dtype, shape, tensor, "
                 "fields FROM samples WHERE pipeline = ? AND model_version = ? AND data_class = ? "
-                "AND seq NOT IN (SELECT value FROM json_each(?)) ORDER BY seq LIMIT ?",
-                (*head, leased, max_records),
+                "AND seq NOT IN (SELECT value FROM json_each(?)) "
+                "AND (sent_at IS NULL OR sent_at <= ?) ORDER BY seq LIMIT ?",
+                (*head, leased, due, max_records),
             )
             records: list[StoredSample] = []
             total = 0
@@ -578,8 +608,21 @@ class Outbox:
             return PendingSamples(head[0], head[1], head[2], tuple(records))
 
     def ack_samples(self, seqs: Sequence[int]) -> None:
-        """Delete acknowledged samples and end their lease."""
+        """The broker acknowledged ``seqs``: end their lease, and delete them, or, with
+        ``resend_unconfirmed_s``, keep them until ``confirm_samples`` (sending them again
+        if no receipt came within that time)."""
         if not seqs:
+            return
+        if self._resend_s is not None:
+            with self._lock:
+                self._check_open()
+                with self._transaction():
+                    self._db.execute(
+                        "UPDATE samples SET sent_at = ? "
+                        "WHERE seq IN (SELECT value FROM json_each(?))",
+                        (self._clock(), json.dumps(list(seqs))),
+                    )
+                self._leased_samples.difference_update(seqs)
             return
         with self._space:
             self._check_open()
@@ -597,6 +640,49 @@ class Outbox:
                 self._count_bytes(pipeline, -int(size))
             self._leased_samples.difference_update(seqs)
             self._space.notify_all()
+
+    def confirm_samples(self, ranges: Sequence[tuple[int, int]]) -> int:
+        """Delete the samples in the inclusive ``ranges`` that were sent (ingest's receipt:
+        stored, or refused for good); return how many there were.
+
+        Only samples the broker acknowledged, or that are on their way to it, go: a receipt
+        can only be for those, and a forged one (any holder of the tenant's credential may
+        publish on the topic) then costs no more than trusting the PUBACK did.  Works on
+        ranges, never on the seqs they span, so a receipt may name a range far wider than
+        the outbox holds.  A sample forgotten while on its way (an earlier send was stored)
+        has its acknowledgement find nothing.
+        """
+        if not ranges:
+            return 0
+        with self._space:
+            self._check_open()
+            leased = json.dumps(sorted(self._leased_samples))
+            sent = "(sent_at IS NOT NULL OR seq IN (SELECT value FROM json_each(?)))"
+            freed: Counter[str] = Counter()
+            removed = 0
+            with self._transaction():
+                for first, last in ranges:
+                    bounds = (int(first), int(last), leased)
+                    for pipeline, size, rows in self._db.execute(
+                        "SELECT pipeline, SUM(size), COUNT(*) FROM samples "
+                        f"WHERE seq BETWEEN ? AND ? AND {sent} GROUP BY 1",
+                        bounds,
+                    ).fetchall():
+                        freed[pipeline] += int(size)
+                        removed += int(rows)
+                    self._db.execute(
+                        f"DELETE FROM samples WHERE seq BETWEEN ? AND ? AND {sent}", bounds
+                    )
+            for pipeline, size in freed.items():
+                self._count_bytes(pipeline, -size)
+            if self._leased_samples:
+                merged = merge_seq_ranges(ranges)
+                self._leased_samples = {
+                    s for s in self._leased_samples if not _in_ranges(s, merged)
+                }
+            if removed:
+                self._space.notify_all()
+            return removed
 
     def release_samples(self, seqs: Sequence[int]) -> None:
         """End the lease of samples that were not acknowledged, so they are sent again."""
@@ -767,7 +853,8 @@ class Outbox:
             samples = {
                 row[0]: row[1:]
                 for row in self._db.execute(
-                    "SELECT pipeline, COUNT(*), MIN(enqueued_at) FROM samples GROUP BY 1"
+                    "SELECT pipeline, COUNT(*), MIN(enqueued_at), COUNT(sent_at) FROM samples "
+                    "GROUP BY 1"
                 )
             }
             feedback = {
@@ -780,7 +867,7 @@ class Outbox:
             names.update(pipeline for pipeline, _ in self._dropped)
             partitions: dict[str, PartitionStats] = {}
             for name in sorted(names):
-                sample_rows, oldest_sample = samples.get(name, (0, None))
+                sample_rows, oldest_sample, sent = samples.get(name, (0, None, 0))
                 feedback_rows, oldest_feedback = feedback.get(name, (0, None))
                 partitions[name] = PartitionStats(
                     samples=int(sample_rows),
@@ -789,6 +876,7 @@ class Outbox:
                     max_bytes=self._bound_or_zero(name),
                     oldest_age_s=_age_s(now, oldest_sample, oldest_feedback),
                     dropped={r: n for (p, r), n in self._dropped.items() if p == name},
+                    awaiting_receipt=int(sent),
                 )
             by_reason: Counter[str] = Counter()
             for (_, reason), count in self._dropped.items():
@@ -871,6 +959,12 @@ class Outbox:
         self._episodes.dropped(pipeline, reason, count)
         if self._on_drop is not None:
             self._on_drop(pipeline, reason, count)
+
+
+def _in_ranges(seq: int, merged: list[tuple[int, int]]) -> bool:
+    """Whether ``seq`` lies in one of ``merged`` (``merge_seq_ranges``): binary search."""
+    at = bisect.bisect_right(merged, (seq, _MAX_SEQ)) - 1
+    return at >= 0 and merged[at][0] <= seq <= merged[at][1]
 
 
 def _age_s(now: float, *enqueued_at: float | None) -> float:

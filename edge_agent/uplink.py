@@ -488,6 +488,7 @@ class Uplink:
         for pipeline, part in self._outbox.stats().pipelines.items():
             m.outbox_depth.labels(pipeline, "samples").set(part.samples)
             m.outbox_depth.labels(pipeline, "feedback").set(part.feedback)
+            m.outbox_awaiting_receipt.labels(pipeline).set(part.awaiting_receipt)
             m.outbox_bytes.labels(pipeline).set(part.bytes)
             m.outbox_max_bytes.labels(pipeline).set(part.max_bytes)
             m.outbox_oldest_age.labels(pipeline).set(part.oldest_age_s)

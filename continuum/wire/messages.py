@@ -8,6 +8,7 @@ JSON strictly (no "5" for 5) and raises ``ProtocolError`` naming every bad field
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Annotated, Final, Literal, Self
 
 from pydantic import (
@@ -33,6 +34,8 @@ MAX_ARTIFACT_BYTES: Final = 16 * 1024**3
 MAX_CHUNK_BYTES: Final = 16 * 1024**2
 _MAX_PIPELINES: Final = 256
 _MAX_INT: Final = 2**63 - 1
+#: Seq ranges in one stored receipt (ingest sends more receipts when it has more).
+MAX_RECEIPT_RANGES: Final = 4096
 _MAX_ERRORS_SHOWN: Final = 5
 
 
@@ -228,3 +231,41 @@ class Telemetry(_Message):
     def accuracy(self) -> float | None:
         """Return ``correct / labelled``, or ``None`` when nothing was labelled."""
         return self.correct / self.labelled if self.labelled else None
+
+
+SeqRange = tuple[Count, Count]
+
+
+def merge_seq_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Return inclusive seq ranges sorted, and merged where they overlap or touch."""
+    merged: list[tuple[int, int]] = []
+    for first, last in sorted(ranges):
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+        else:
+            merged.append((first, last))
+    return merged
+
+
+class StoredReceipt(_Message):
+    """Ingest's word to one node: these of its samples are durably stored, or refused for
+    good (a resend could not change that), so its outbox may forget them.
+
+    The broker's PUBACK only says the broker has a sample; a broker that crashes before it
+    saved or passed the sample on loses it.  An outbox that keeps each sample until this
+    receipt comes (and sends it again when none came in time) loses nothing to such a
+    crash; ingest de-duplicates what it receives twice and confirms it again.
+
+    ``seqs`` are inclusive ranges ``[first, last]`` of sample seqs, ascending.
+    """
+
+    node: NodeName
+    seqs: list[SeqRange] = Field(min_length=1, max_length=MAX_RECEIPT_RANGES)
+    ts: Timestamp
+
+    @model_validator(mode="after")
+    def _ranges(self) -> Self:
+        for first, last in self.seqs:
+            if first > last:
+                raise ValueError(f"seq range [{first}, {last}] ends before it starts")
+        return self

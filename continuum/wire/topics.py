@@ -23,7 +23,9 @@ NAME_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$")
 #: A chunk index as artifact_chunk writes it: ASCII decimal without leading zeros.
 _CHUNK_INDEX = re.compile(r"0|[1-9][0-9]*")
 
-TopicKind = Literal["status", "reported", "desired", "samples", "telemetry", "feedback", "artifact"]
+TopicKind = Literal[
+    "status", "reported", "desired", "stored", "samples", "telemetry", "feedback", "artifact"
+]
 
 
 def check_name(value: str, what: str) -> str:
@@ -61,6 +63,12 @@ def node_reported(tenant: str, node: str) -> str:
 def node_desired(tenant: str, node: str) -> str:
     """Retained desired state: model version per pipeline, digest, signature."""
     return f"{PREFIX}/{check_name(tenant, 'tenant')}/nodes/{check_name(node, 'node')}/desired"
+
+
+def node_stored(tenant: str, node: str) -> str:
+    """Receipts from ingest: which of the node's samples are durably stored (or refused for
+    good), so that its outbox may forget them."""
+    return f"{PREFIX}/{check_name(tenant, 'tenant')}/nodes/{check_name(node, 'node')}/stored"
 
 
 def _pipeline_topic(tenant: str, pipeline: str, kind: str, node: str) -> str:
@@ -110,7 +118,7 @@ def pipeline_filter(tenant: str, kind: Literal["samples", "telemetry", "feedback
     return f"{PREFIX}/{check_name(tenant, 'tenant')}/pipelines/+/{kind}/+"
 
 
-def nodes_filter(tenant: str, kind: Literal["status", "reported", "desired"]) -> str:
+def nodes_filter(tenant: str, kind: Literal["status", "reported", "desired", "stored"]) -> str:
     """Subscription filter for one kind of node topic of every node of a tenant."""
     return f"{PREFIX}/{check_name(tenant, 'tenant')}/nodes/+/{kind}"
 
@@ -138,6 +146,9 @@ class ParsedTopic:
     chunk: int = -1
 
 
+_NODE_KINDS = ("status", "reported", "desired", "stored")
+
+
 def parse(topic: str) -> ParsedTopic:
     """Take a continuum topic apart; raise ``ProtocolError`` for anything else."""
     parts = topic.split("/")
@@ -146,7 +157,7 @@ def parse(topic: str) -> ParsedTopic:
             raise ValueError
         tenant = check_name(parts[1], "tenant")
         section = parts[2]
-        if section == "nodes" and len(parts) == 5 and parts[4] in ("status", "reported", "desired"):
+        if section == "nodes" and len(parts) == 5 and parts[4] in _NODE_KINDS:
             kind: TopicKind = parts[4]  # type: ignore[assignment]
             return ParsedTopic(tenant, kind, node=check_name(parts[3], "node"))
         if (

@@ -326,6 +326,18 @@ class TestIngestCredentialReadsOnlyItsTenantsSamples:
         assert not ingest.wait_for(other, GRACE_S)
         assert not ingest.wait_for(status, GRACE_S)
 
+    def test_ingest_sends_its_tenants_nodes_their_receipts_and_no_one_elses(
+        self, probes: dict[str, Probe]
+    ) -> None:
+        ingest, acme = probes["ingest@acme"], probes["acme"]
+        receipts = topics.node_stored("acme", "cam-1")
+        acme.subscribe(receipts)
+        receipt = _unique("acme-receipt")
+        assert not ingest.publish(receipts, receipt).is_failure
+        assert acme.wait_for(receipt)
+        refused = ingest.publish(topics.node_stored("globex", "cam-1"), b"x")
+        assert refused.is_failure and refused.getName() == "Not authorized"
+
     def test_ingest_cannot_publish_desired_state(self, probes: dict[str, Probe]) -> None:
         reason = probes["ingest@acme"].publish(topics.node_desired("acme", "cam-1"), b"x")
         assert reason.is_failure and reason.getName() == "Not authorized"

@@ -159,6 +159,66 @@ class TestBrokerOutage:
         assert len(raw) == len(set(raw)) == frames  # no duplicate row in any Parquet file
 
 
+class TestBrokerCrash:
+    def test_a_broker_sigkilled_while_the_cloud_is_away_loses_no_sample(
+        self, tmp_path: Path, private_mqtt_broker: EmbeddedBroker
+    ) -> None:
+        # The broker acknowledges each sample at once but saves its queue only every few
+        # seconds: a crash meanwhile loses what it queued for an absent ingest. The outbox
+        # keeps every sample until ingest's receipt and sends again what got none.
+        broker, node = private_mqtt_broker, "edge-crash"
+        frames, fps = 600, 50.0
+        spec = write_pipeline(tmp_path, name=PIPELINE, tenant=TENANT)
+        cloud = Cloud(tmp_path, broker, spec)
+        config = _config(
+            tmp_path,
+            cloud,
+            spec,
+            node,
+            source={"pattern": [0.0], "count": frames, "fps": fps},
+            resend_unconfirmed_s=3.0,
+        )
+        agent = EdgeAgent(AgentSettings.load(config))
+        selected: list[int] = []
+        append = agent.outbox.append_samples
+
+        def recording_append(entries: list[SampleEntry]) -> AppendResult:
+            result = append(entries)
+            selected.extend(result.kept)
+            return result
+
+        agent.outbox.append_samples = recording_append  # type: ignore[method-assign]
+        try:
+            agent.start()
+            cloud.roll_out(node)
+            wait_for(lambda: cloud.stored() >= 20, timeout_s=20.0)
+            cloud.worker.stop()  # the cloud head goes away: the broker queues for it
+            time.sleep(1.5)
+            broker.kill()  # and crashes before its next save
+            broker.restart()
+            cloud.worker = IngestWorker(
+                cloud.service,
+                BrokerSettings(host=broker.host, port=broker.port, session_expiry_s=600),
+                client_id="ingest-acme-1",
+            )
+            cloud.worker.start()
+            wait_for(lambda: agent.runtimes[PIPELINE].finished, timeout_s=60.0)
+            expected = {sample_id(node, seq) for seq in selected}
+            wait_for(lambda: cloud.stored_ids() == expected, timeout_s=60.0, interval_s=0.5)
+            # Every receipt came back: the outbox let go of everything.
+            wait_for(lambda: agent.outbox.stats().samples == 0, timeout_s=30.0)
+        finally:
+            agent.stop(timeout_s=5.0)
+            cloud.close()
+        assert len(selected) == frames
+        confirmed = agent.metrics.registry.get_sample_value(
+            "continuum_edge_samples_confirmed_total"
+        )
+        assert confirmed is not None and confirmed >= frames
+        raw = cloud.raw_ids()
+        assert len(raw) == len(set(raw)) == frames  # no duplicate row in any Parquet file
+
+
 def _start_agent(config: Path, log: IO[bytes]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "edge_agent", "run", "--config", str(config)],

@@ -72,6 +72,9 @@ class Rig:
                 "label_delay_s": 0.2,
             },
         }
+        # The stand-in cloud sends no receipts: the outbox lets go at the broker's PUBACK
+        # (receipts are tested against the real ingest in test_edge_agent_exactly_once).
+        settings.setdefault("confirm_stored", False)
         return agent_config(
             self.tmp,
             spec=self.spec,
@@ -339,7 +342,7 @@ class TestBadInputOnTheWire:
     def test_garbage_on_every_subscribed_topic_is_counted_and_the_fetch_still_completes(
         self, rig: Rig
     ) -> None:
-        agent = rig.agent(pattern=[0.0])
+        agent = rig.agent(pattern=[0.0], confirm_stored=True)  # receipts subscribed too
         rig.roll_out("v1", 1)
         wait_for(lambda: rig.reported() == "v1:serving")
         artifact = build_model(rig.tmp / "v3.onnx", favour=3)
@@ -352,8 +355,9 @@ class TestBadInputOnTheWire:
         chunks = [
             topics.artifact_chunk(TENANT, "inspector", "v3-garbage", i) for i in range(want.chunks)
         ]
+        stored = topics.node_stored(TENANT, rig.node)  # ingest's receipts
         subscribed = agent.link.subscriptions()
-        assert sorted(subscribed) == sorted([desired, manifest, *chunks])
+        assert sorted(subscribed) == sorted([desired, manifest, *chunks, stored])
         before = agent.models.rejected_messages
         for topic in subscribed:
             rig.cloud.publish(topic, b"\x00\xffgarbage")
@@ -387,6 +391,10 @@ class TestBadInputOnTheWire:
 
         wait_for(lambda: all(added().get(k, 0) >= n for k, n in expected.items()))
         assert {k: added().get(k, 0) for k in expected} == expected
+        receipt_garbage = (
+            'continuum_edge_messages_rejected_total{reason="receipt_invalid_json"} 1.0'
+        )
+        wait_for(lambda: receipt_garbage in agent.metrics.render().decode())
         rendered = agent.metrics.render().decode()
         for reason in expected:
             assert f'continuum_edge_messages_rejected_total{{reason="{reason}"}}' in rendered

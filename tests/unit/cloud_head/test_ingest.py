@@ -113,10 +113,13 @@ class TestDuplicates:
         self, service: IngestService, store: SampleStore
     ) -> None:
         message = samples_msg(make_batch(range(4)))
-        service.handle(*message)
+        first = service.handle(*message)
         again = service.handle(*message)
         assert again == Outcome("stored", stored=0, duplicates=4)
         assert again.ack
+        # Both get the receipt: the node forgets the samples whichever copy was stored.
+        assert first.seq_ranges == again.seq_ranges == ((0, 3),)
+        assert first.node == again.node == "cam-1"
         assert store.read(TENANT, "digits").num_rows == 4
         assert service.stats()["duplicates"] == 4
 
@@ -327,6 +330,20 @@ class TestRejects:
         empty = codec.SampleBatch("digits", "cam-1", "v1", DataClass.CONFIDENTIAL, ())
         outcome = service.handle(*samples_msg(empty))
         assert (outcome.kind, outcome.reason) == ("rejected", "empty_batch")
+
+    def test_a_batch_refused_for_good_after_decoding_still_gets_its_receipt(
+        self, service: IngestService
+    ) -> None:
+        # The node's outbox holds samples until a receipt: one a resend cannot fix must get
+        # one too, or the node would send it again for ever.
+        restricted = make_batch([7, 8, 9, 11], data_class=DataClass.RESTRICTED)
+        outcome = service.handle(*samples_msg(restricted))
+        assert (outcome.kind, outcome.reason) == ("rejected", "data_class_mismatch")
+        assert (outcome.node, outcome.seq_ranges) == ("cam-1", ((7, 9), (11, 11)))
+
+    def test_a_batch_that_did_not_decode_gets_no_receipt(self, service: IngestService) -> None:
+        outcome = service.handle(*REJECTS["corrupt"])
+        assert outcome.kind == "rejected" and outcome.seq_ranges == ()
 
     def test_a_less_sensitive_batch_is_accepted(self, service: IngestService) -> None:
         outcome = service.handle(*samples_msg(make_batch([1], data_class=DataClass.PUBLIC)))

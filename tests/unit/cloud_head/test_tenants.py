@@ -157,11 +157,13 @@ class TestAcl:
             "ingest@acme": [
                 "topic read ctm/acme/pipelines/+/samples/+",
                 "topic read ctm/acme/pipelines/+/feedback/+",
+                "topic write ctm/acme/nodes/+/stored",
             ],
             "globex": ["topic readwrite ctm/globex/#"],
             "ingest@globex": [
                 "topic read ctm/globex/pipelines/+/samples/+",
                 "topic read ctm/globex/pipelines/+/feedback/+",
+                "topic write ctm/globex/nodes/+/stored",
             ],
         }
 

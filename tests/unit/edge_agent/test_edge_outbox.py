@@ -445,3 +445,108 @@ class TestCheckpoints:
         outbox.append_samples([_entry(outbox)])
         outbox.close()
         assert checkpoint_threads() == before
+
+
+class TestReceipts:
+    """With ``resend_unconfirmed_s``, a sample outlives the broker's PUBACK until ingest's
+    receipt: a broker that crashes before it saved or passed the sample on loses nothing."""
+
+    RESEND_S = 60.0
+
+    def _open(self, path: Path, clock: FakeClock) -> Outbox:
+        return _open(path, resend_unconfirmed_s=self.RESEND_S, clock=clock)
+
+    def test_a_sample_acknowledged_by_the_broker_stays_until_its_receipt(
+        self, tmp_path: Path
+    ) -> None:
+        clock = FakeClock()
+        with self._open(tmp_path / "outbox.db", clock) as outbox:
+            entries = [_entry(outbox) for _ in range(3)]
+            outbox.append_samples(entries)
+            pending = outbox.next_samples(10, 1 << 20)
+            assert pending is not None and len(pending.records) == 3
+            outbox.ack_samples(pending.seqs)
+            stats = outbox.stats()
+            assert stats.samples == 3  # kept, and not offered again meanwhile
+            assert stats.pipelines["inspect"].awaiting_receipt == 3
+            assert outbox.next_samples(10, 1 << 20) is None
+            seqs = [e.seq for e in entries]
+            assert outbox.confirm_samples([(min(seqs), max(seqs))]) == 3
+            assert outbox.stats().samples == 0 and outbox.bytes_used == 0
+
+    def test_a_sample_without_a_receipt_in_time_is_sent_again(self, tmp_path: Path) -> None:
+        clock = FakeClock()
+        path = tmp_path / "outbox.db"
+        with self._open(path, clock) as outbox:
+            entry = _entry(outbox)
+            outbox.append_samples([entry])
+            pending = outbox.next_samples(10, 1 << 20)
+            assert pending is not None
+            outbox.ack_samples(pending.seqs)
+            clock.now += self.RESEND_S - 1.0
+            assert outbox.next_samples(10, 1 << 20) is None
+        with self._open(path, clock) as outbox:  # also across a restart
+            clock.now += 2.0
+            again = outbox.next_samples(10, 1 << 20)
+            assert again is not None and again.seqs == (entry.seq,)
+
+    def test_a_receipt_forgets_only_samples_that_were_sent(self, tmp_path: Path) -> None:
+        # A forged receipt over every seq there could be (any holder of the tenant's
+        # credential may publish one) takes what the broker acknowledged, nothing unsent.
+        clock = FakeClock()
+        with self._open(tmp_path / "outbox.db", clock) as outbox:
+            entries = [_entry(outbox) for _ in range(4)]
+            outbox.append_samples(entries)
+            pending = outbox.next_samples(2, 1 << 20)
+            assert pending is not None and len(pending.records) == 2
+            outbox.ack_samples(pending.seqs)
+            assert outbox.confirm_samples([(0, 2**63 - 1), (5, 3_000_000)]) == 2
+            left = outbox.next_samples(10, 1 << 20)
+            assert left is not None and left.seqs == tuple(e.seq for e in entries[2:])
+            assert outbox.stats().samples == 2
+
+    def test_a_sample_confirmed_while_on_its_way_is_not_brought_back_by_its_puback(
+        self, tmp_path: Path
+    ) -> None:
+        clock = FakeClock()
+        with self._open(tmp_path / "outbox.db", clock) as outbox:
+            entry = _entry(outbox)
+            outbox.append_samples([entry])
+            pending = outbox.next_samples(10, 1 << 20)  # leased: a resend on its way
+            assert pending is not None
+            assert outbox.confirm_samples([(entry.seq, entry.seq)]) == 1  # an earlier send
+            outbox.ack_samples(pending.seqs)
+            clock.now += 2 * self.RESEND_S
+            assert outbox.next_samples(10, 1 << 20) is None
+            assert outbox.stats().samples == 0
+
+    def test_without_receipts_the_puback_deletes(self, tmp_path: Path) -> None:
+        with _open(tmp_path / "outbox.db") as outbox:
+            outbox.append_samples([_entry(outbox)])
+            pending = outbox.next_samples(10, 1 << 20)
+            assert pending is not None
+            outbox.ack_samples(pending.seqs)
+            assert outbox.stats().samples == 0
+
+    def test_an_outbox_of_the_previous_schema_is_migrated(self, tmp_path: Path) -> None:
+        import sqlite3
+
+        import edge_agent.outbox as module
+
+        path = tmp_path / "outbox.db"
+        with sqlite3.connect(path) as db:  # as schema 2 made it: no sent_at column
+            db.executescript(module._SCHEMA.replace(",\n    sent_at        REAL", ""))
+            db.execute("INSERT INTO meta VALUES ('schema', 2)")
+            db.execute("INSERT INTO meta VALUES ('seq_hi', 1000)")
+        clock = FakeClock()
+        with self._open(path, clock) as outbox:
+            entry = _entry(outbox)
+            outbox.append_samples([entry])
+            pending = outbox.next_samples(10, 1 << 20)
+            assert pending is not None
+            outbox.ack_samples(pending.seqs)
+            assert outbox.confirm_samples([(entry.seq, entry.seq)]) == 1
+
+    def test_a_resend_period_that_is_not_positive_is_refused(self, tmp_path: Path) -> None:
+        with pytest.raises(ConfigError, match="resend_unconfirmed_s"):
+            _open(tmp_path / "outbox.db", resend_unconfirmed_s=0.0)

@@ -17,8 +17,10 @@ from continuum.wire.messages import (
     NodeStatus,
     ReportedModel,
     ReportedState,
+    StoredReceipt,
     Telemetry,
     _WireModel,
+    merge_seq_ranges,
 )
 
 SHA = "ab" * 32
@@ -221,3 +223,34 @@ class TestMalformedPayloads:
     def test_long_lists_of_errors_are_summarised(self) -> None:
         error = schema_error(Telemetry, {})
         assert "more)" in str(error)
+
+
+class TestStoredReceipt:
+    def test_a_receipt_round_trips(self) -> None:
+        receipt = StoredReceipt(node="cam-1", seqs=[(5, 9), (12, 12)], ts=1.0)
+        assert StoredReceipt.from_payload(receipt.to_payload()) == receipt
+
+    @pytest.mark.parametrize(
+        ("seqs", "names"),
+        [
+            ([(9, 5)], "ends before it starts"),
+            ([(-1, 5)], "seqs"),
+            ([(0, 2**63)], "seqs"),
+            ([], "seqs"),
+            ([(1, 2)] * 4097, "seqs"),
+            ([[1, 2, 3]], "seqs"),
+            ([["1", 2]], "seqs"),
+        ],
+    )
+    def test_a_bad_range_is_named(self, seqs: Any, names: str) -> None:
+        payload = json.dumps({"node": "cam-1", "seqs": seqs, "ts": 1.0}).encode()
+        with pytest.raises(ProtocolError, match=names) as refused:
+            StoredReceipt.from_payload(payload)
+        assert refused.value.reason == "schema"
+
+    def test_ranges_are_merged_where_they_touch_or_overlap(self) -> None:
+        assert merge_seq_ranges([(10, 12), (1, 3), (4, 4), (11, 20), (30, 30)]) == [
+            (1, 4),
+            (10, 20),
+            (30, 30),
+        ]

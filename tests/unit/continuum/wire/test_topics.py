@@ -28,6 +28,10 @@ class TestBuildThenParse:
                 ParsedTopic("acme", "desired", node="cam-lux1-a"),
             ),
             (
+                topics.node_stored("acme", "cam-lux1-a"),
+                ParsedTopic("acme", "stored", node="cam-lux1-a"),
+            ),
+            (
                 topics.samples("acme", "line-7-inspection", "cam-lux1-a"),
                 ParsedTopic("acme", "samples", node="cam-lux1-a", pipeline="line-7-inspection"),
             ),
