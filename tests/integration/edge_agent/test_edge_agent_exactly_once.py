@@ -113,6 +113,21 @@ def _config(tmp_path: Path, cloud: Cloud, spec: Path, node: str, **settings: Any
     )
 
 
+def _record_selected(agent: EdgeAgent) -> list[int]:
+    """Return the list that will hold the seqs the runtime puts into the durable outbox
+    (the selected samples), as they are appended."""
+    selected: list[int] = []
+    append = agent.outbox.append_samples
+
+    def recording_append(entries: list[SampleEntry]) -> AppendResult:
+        result = append(entries)
+        selected.extend(result.kept)
+        return result
+
+    agent.outbox.append_samples = recording_append  # type: ignore[method-assign]
+    return selected
+
+
 class TestBrokerOutage:
     @pytest.mark.slow
     @pytest.mark.timeout(240)
@@ -127,16 +142,7 @@ class TestBrokerOutage:
             tmp_path, cloud, spec, node, source={"pattern": [0.0], "count": frames, "fps": fps}
         )
         agent = EdgeAgent(AgentSettings.load(config))
-        # Record what the runtime put into the durable outbox: the selected sample ids.
-        selected: list[int] = []
-        append = agent.outbox.append_samples
-
-        def recording_append(entries: list[SampleEntry]) -> AppendResult:
-            result = append(entries)
-            selected.extend(result.kept)
-            return result
-
-        agent.outbox.append_samples = recording_append  # type: ignore[method-assign]
+        selected = _record_selected(agent)
         try:
             agent.start()
             cloud.roll_out(node)
@@ -179,15 +185,7 @@ class TestBrokerCrash:
             resend_unconfirmed_s=3.0,
         )
         agent = EdgeAgent(AgentSettings.load(config))
-        selected: list[int] = []
-        append = agent.outbox.append_samples
-
-        def recording_append(entries: list[SampleEntry]) -> AppendResult:
-            result = append(entries)
-            selected.extend(result.kept)
-            return result
-
-        agent.outbox.append_samples = recording_append  # type: ignore[method-assign]
+        selected = _record_selected(agent)
         try:
             agent.start()
             cloud.roll_out(node)

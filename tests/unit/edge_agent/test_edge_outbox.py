@@ -456,16 +456,22 @@ class TestReceipts:
     def _open(self, path: Path, clock: FakeClock) -> Outbox:
         return _open(path, resend_unconfirmed_s=self.RESEND_S, clock=clock)
 
+    @staticmethod
+    def _send(outbox: Outbox, count: int, *, most: int = 10) -> tuple[SampleEntry, ...]:
+        """Append ``count`` samples, take up to ``most`` to send and have the broker ack them."""
+        entries = tuple(_entry(outbox) for _ in range(count))
+        outbox.append_samples(list(entries))
+        pending = outbox.next_samples(most, 1 << 20)
+        assert pending is not None and len(pending.records) == min(count, most)
+        outbox.ack_samples(pending.seqs)
+        return entries
+
     def test_a_sample_acknowledged_by_the_broker_stays_until_its_receipt(
         self, tmp_path: Path
     ) -> None:
         clock = FakeClock()
         with self._open(tmp_path / "outbox.db", clock) as outbox:
-            entries = [_entry(outbox) for _ in range(3)]
-            outbox.append_samples(entries)
-            pending = outbox.next_samples(10, 1 << 20)
-            assert pending is not None and len(pending.records) == 3
-            outbox.ack_samples(pending.seqs)
+            entries = self._send(outbox, 3)
             stats = outbox.stats()
             assert stats.samples == 3  # kept, and not offered again meanwhile
             assert stats.pipelines["inspect"].awaiting_receipt == 3
@@ -478,11 +484,7 @@ class TestReceipts:
         clock = FakeClock()
         path = tmp_path / "outbox.db"
         with self._open(path, clock) as outbox:
-            entry = _entry(outbox)
-            outbox.append_samples([entry])
-            pending = outbox.next_samples(10, 1 << 20)
-            assert pending is not None
-            outbox.ack_samples(pending.seqs)
+            (entry,) = self._send(outbox, 1)
             clock.now += self.RESEND_S - 1.0
             assert outbox.next_samples(10, 1 << 20) is None
         with self._open(path, clock) as outbox:  # also across a restart
@@ -495,11 +497,7 @@ class TestReceipts:
         # credential may publish one) takes what the broker acknowledged, nothing unsent.
         clock = FakeClock()
         with self._open(tmp_path / "outbox.db", clock) as outbox:
-            entries = [_entry(outbox) for _ in range(4)]
-            outbox.append_samples(entries)
-            pending = outbox.next_samples(2, 1 << 20)
-            assert pending is not None and len(pending.records) == 2
-            outbox.ack_samples(pending.seqs)
+            entries = self._send(outbox, 4, most=2)
             assert outbox.confirm_samples([(0, 2**63 - 1), (5, 3_000_000)]) == 2
             left = outbox.next_samples(10, 1 << 20)
             assert left is not None and left.seqs == tuple(e.seq for e in entries[2:])
@@ -540,11 +538,7 @@ class TestReceipts:
             db.execute("INSERT INTO meta VALUES ('seq_hi', 1000)")
         clock = FakeClock()
         with self._open(path, clock) as outbox:
-            entry = _entry(outbox)
-            outbox.append_samples([entry])
-            pending = outbox.next_samples(10, 1 << 20)
-            assert pending is not None
-            outbox.ack_samples(pending.seqs)
+            (entry,) = self._send(outbox, 1)
             assert outbox.confirm_samples([(entry.seq, entry.seq)]) == 1
 
     def test_a_resend_period_that_is_not_positive_is_refused(self, tmp_path: Path) -> None:
