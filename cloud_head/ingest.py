@@ -41,7 +41,7 @@ from cloud_head._mqtt import RejectLog, reason_code_failed
 from cloud_head.audit import AuditAction, AuditLog
 from cloud_head.fleet import FleetRegistry
 from cloud_head.labelling import LabelStore
-from cloud_head.seen import MAX_SEQ, NodeKey, SeenIndex
+from cloud_head.seen import MAX_SEQ, NodeKey, SeenIndex, seq_runs
 from cloud_head.store import CompactionResult, SampleStore
 from cloud_head.tenants import QuotaExceededError, Quotas
 from continuum.errors import (
@@ -162,18 +162,6 @@ class _SeqSpan:
     @classmethod
     def of(cls, seqs: npt.NDArray[Any]) -> _SeqSpan:
         return cls(int(seqs.min()), int(seqs.max()), len(seqs))
-
-
-def seq_ranges(seqs: npt.NDArray[Any]) -> tuple[tuple[int, int], ...]:
-    """Return ``seqs`` as ascending inclusive ranges of consecutive values (an edge batch's
-    seqs are usually one range)."""
-    values = np.unique(np.asarray(seqs, dtype=np.int64))
-    if not len(values):
-        return ()
-    breaks = np.flatnonzero(np.diff(values) != 1)
-    firsts = values[np.concatenate(([0], breaks + 1))].tolist()
-    lasts = values[np.concatenate((breaks, [len(values) - 1]))].tolist()
-    return tuple(zip(firsts, lasts, strict=True))
 
 
 class _DeferredError(Exception):
@@ -352,7 +340,7 @@ class IngestService:
         for index, (node, seqs) in decoded.items():
             if done[index].ack:
                 done[index] = dataclasses.replace(
-                    done[index], node=node, seq_ranges=seq_ranges(seqs)
+                    done[index], node=node, seq_ranges=tuple(seq_runs(seqs))
                 )
         self._count(messages, done)
         self._write_audit(refusals, stored)
@@ -472,7 +460,8 @@ class IngestService:
             if isinstance(batch, codec.SampleColumns)
             else np.fromiter((r.seq for r in batch.records), dtype=np.uint64)
         )
-        if len(seqs) and int(seqs.max()) <= MAX_SEQ:
+        highest = int(seqs.max()) if len(seqs) else -1
+        if 0 <= highest <= MAX_SEQ:
             decoded[index] = (batch.node, seqs)
         if batch.data_class.rank > spec.data_class.rank:
             raise _RejectedError(
@@ -485,10 +474,10 @@ class IngestService:
             raise AssertionError("a batch decoded off its schema passed the schema check")
         if len(batch) == 0:
             raise _RejectedError("empty_batch", "the batch holds no samples; send none instead")
-        if int(batch.seq.max()) > MAX_SEQ:
+        if highest > MAX_SEQ:
             raise _RejectedError(
                 "bad_seq",
-                f"sample seq {int(batch.seq.max())} is beyond the store's range (below 2**63); "
+                f"sample seq {highest} is beyond the store's range (below 2**63); "
                 "seqs come from the edge outbox's allocator, which stays far below it",
             )
         if self._policy is not None:

@@ -152,7 +152,7 @@ class SeenIndex:
         rows = [
             (tenant, pipeline, node, first, last, now_ns)
             for (pipeline, node), values in seqs.items()
-            for first, last in _runs(values)
+            for first, last in seq_runs(values)
         ]
         if not rows and not paths:
             return
@@ -244,7 +244,7 @@ class SeenIndex:
                         [
                             (tenant, pipeline, node, first, last, at_ns)
                             for (tenant, pipeline, node, at_ns), values in by_key.items()
-                            for first, last in _runs(np.array(values, dtype=np.int64))
+                            for first, last in seq_runs(np.array(values, dtype=np.int64))
                         ],
                     )
                     self._db.execute("DROP TABLE seen")
@@ -254,7 +254,7 @@ class SeenIndex:
                 raise
 
 
-def _runs(seqs: npt.NDArray[np.int64] | Iterable[int]) -> list[tuple[int, int]]:
+def seq_runs(seqs: npt.NDArray[Any] | Iterable[int]) -> list[tuple[int, int]]:
     """Return the runs of consecutive values in ``seqs`` as (first, last), ascending."""
     values = np.asarray(seqs, dtype=np.int64)
     ordered = values if _ascending(values) else np.unique(values)

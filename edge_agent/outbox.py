@@ -74,7 +74,6 @@ _SEQ_BLOCK = 4096
 #: Bytes counted per record on top of its tensor (row, index and metadata overhead).
 _SAMPLE_OVERHEAD = 96
 _FEEDBACK_SIZE = 48
-_MAX_SEQ = 2**63 - 1
 #: The background checkpoint runs once this many record bytes were committed since the
 #: last one (SQLite's own default is 1,000 pages, about 4 MB), and at least every
 #: ``_CHECKPOINT_EVERY_S`` while anything was committed.
@@ -112,7 +111,6 @@ CREATE TABLE IF NOT EXISTS feedback (
     enqueued_at REAL    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS feedback_due ON feedback (due_at, id);
-
 """
 
 
@@ -334,7 +332,7 @@ class Outbox:
         mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise ConfigError(f"the outbox at {self.path} cannot use WAL mode (got {mode})")
-        db.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}")
+        db.execute(_synchronous_pragma(synchronous))
         db.execute("PRAGMA busy_timeout = 10000")
         db.execute("PRAGMA journal_size_limit = 67108864")
         db.execute("PRAGMA wal_autocheckpoint = 0")  # see _Checkpointer
@@ -963,8 +961,13 @@ class Outbox:
 
 def _in_ranges(seq: int, merged: list[tuple[int, int]]) -> bool:
     """Whether ``seq`` lies in one of ``merged`` (``merge_seq_ranges``): binary search."""
-    at = bisect.bisect_right(merged, (seq, _MAX_SEQ)) - 1
-    return at >= 0 and merged[at][0] <= seq <= merged[at][1]
+    at = bisect.bisect_right(merged, seq, key=lambda r: r[0]) - 1
+    return at >= 0 and seq <= merged[at][1]
+
+
+def _synchronous_pragma(synchronous: str) -> str:
+    """The statement that sets the outbox's ``synchronous`` mode on a connection."""
+    return f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}"
 
 
 def _age_s(now: float, *enqueued_at: float | None) -> float:
@@ -1071,7 +1074,7 @@ class _Checkpointer:
 
     def __init__(self, path: Path, synchronous: str) -> None:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}")
+        self._db.execute(_synchronous_pragma(synchronous))
         self._pending_bytes = 0
         self._dirty = False
         self._wake = threading.Event()

@@ -60,10 +60,16 @@ class Cloud:
         self.service = IngestService(
             TENANT, [load_pipeline(spec)], self.store, self.labels, tmp_path / "seen.db"
         )
-        settings = BrokerSettings(host=broker.host, port=broker.port, session_expiry_s=600)
-        self.worker = IngestWorker(self.service, settings, client_id="ingest-acme-1")
-        self.worker.start()
+        self.worker = self.start_worker()
         self.private, self.public = generate_keypair()
+
+    def start_worker(self) -> IngestWorker:
+        """Start an ingest worker on the broker; always the same session (client id)."""
+        broker = self.broker
+        settings = BrokerSettings(host=broker.host, port=broker.port, session_expiry_s=600)
+        worker = IngestWorker(self.service, settings, client_id="ingest-acme-1")
+        worker.start()
+        return worker
 
     def roll_out(self, node: str) -> None:
         """Publish a signed model v1 and make it the node's desired state (both retained)."""
@@ -194,12 +200,7 @@ class TestBrokerCrash:
             time.sleep(1.5)
             broker.kill()  # and crashes before its next save
             broker.restart()
-            cloud.worker = IngestWorker(
-                cloud.service,
-                BrokerSettings(host=broker.host, port=broker.port, session_expiry_s=600),
-                client_id="ingest-acme-1",
-            )
-            cloud.worker.start()
+            cloud.worker = cloud.start_worker()
             wait_for(lambda: agent.runtimes[PIPELINE].finished, timeout_s=60.0)
             expected = {sample_id(node, seq) for seq in selected}
             wait_for(lambda: cloud.stored_ids() == expected, timeout_s=60.0, interval_s=0.5)

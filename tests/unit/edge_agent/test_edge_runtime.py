@@ -40,6 +40,17 @@ def _model(tmp_path: Path, version: str, favour: int = 0) -> ServingModel:
     return ServingModel("inspect", "inspector", version, "0" * 64, "0" * 128, path, backend)
 
 
+def _serve_v1_then_v2(h: Any, tmp_path: Path) -> None:
+    """Run the harness on model v1 for a while, swap in v2, run on, then stop and drain."""
+    h.runtime.start()
+    h.runtime.swap_model(_model(tmp_path, "v1"))
+    time.sleep(0.3)
+    h.runtime.swap_model(_model(tmp_path, "v2", favour=3))
+    time.sleep(0.3)
+    h.runtime.stop()
+    assert h.runtime.join(5.0)
+
+
 class ShiftedClock:
     """Wall time plus an offset the test can move forward."""
 
@@ -237,13 +248,7 @@ class TestBatchesInFlight:
     def test_a_swap_waits_for_the_old_models_batches(self, tmp_path: Path, harness_factory) -> None:  # type: ignore[no-untyped-def]
         source = PatternSource([1.0], -1, fps=400)
         h = harness_factory(_spec(select.random(0.0)), source, batches_in_flight=2)
-        h.runtime.start()
-        h.runtime.swap_model(_model(tmp_path, "v1"))
-        time.sleep(0.3)
-        h.runtime.swap_model(_model(tmp_path, "v2", favour=3))
-        time.sleep(0.3)
-        h.runtime.stop()
-        assert h.runtime.join(5.0)
+        _serve_v1_then_v2(h, tmp_path)
         assert [w.model_version for w in h.telemetry] == ["v1", "v2"]
         assert all(w.frames > 0 for w in h.telemetry)
         errors = h.metrics.registry.get_sample_value(
@@ -436,13 +441,7 @@ class TestTelemetryAndSwap:
         spec = _spec(select.drift(drift.psi(0.2, window=20, reference=20), rate=1.0))
         source = PatternSource([1.0], -1, fps=400)
         h = harness_factory(spec, source)
-        h.runtime.start()
-        h.runtime.swap_model(_model(tmp_path, "v1"))
-        time.sleep(0.3)
-        h.runtime.swap_model(_model(tmp_path, "v2", favour=3))
-        time.sleep(0.3)
-        h.runtime.stop()
-        assert h.runtime.join(5.0)
+        _serve_v1_then_v2(h, tmp_path)
         versions = [w.model_version for w in h.telemetry]
         assert versions == ["v1", "v2"]
         assert all(w.frames > 0 for w in h.telemetry)
