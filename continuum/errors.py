@@ -59,6 +59,7 @@ class InputMismatchError(ContinuumError, ValueError):
     """A tensor handed to a model has the wrong shape or dtype; names expected and got."""
 
     def __init__(self, message: str, *, expected: str, got: str) -> None:
+        self.problem = message
         self.expected = expected
         self.got = got
         super().__init__(f"{message}: expected {expected}, got {got}")

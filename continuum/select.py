@@ -218,19 +218,28 @@ class Probabilities:
         Raises:
             InputMismatchError: ``outputs`` is not 2-D, or holds NaN or infinite values.
         """
-        out = np.asarray(outputs, dtype=np.float64)
+        out = np.asarray(outputs)
+        if out.dtype.kind != "f":  # integers, booleans: as probabilities they are float64
+            out = np.asarray(out, dtype=np.float64)
         if out.ndim != 2:
             raise InputMismatchError(
                 "model output must be (batch, classes)",
                 expected="a 2-D array (batch, classes)",
                 got=f"shape {out.shape}",
             )
+        softmax = clip = False
         if out.size:
-            # Four reductions, as this runs on every batch: a NaN or an infinity makes its
-            # row's sum NaN or infinite, which fails the sum test and is told apart below.
+            # Checked in the model's own precision (float32, mostly) and converted once: at
+            # batch 1 this runs right after a model run has evicted the caches, where each
+            # numpy call costs ~10 us, so it makes as few as it can.  A NaN or an infinity
+            # makes its row's sum NaN or infinite, which fails the sum test and is told
+            # apart below.
             low = float(out.min())
-            sums = out.sum(axis=1)
-            low_sum, high_sum = float(sums.min()), float(sums.max())
+            sums = out.sum(axis=1, dtype=np.float64)
+            if sums.shape[0] == 1:
+                low_sum = high_sum = float(sums[0])
+            else:
+                low_sum, high_sum = float(sums.min()), float(sums.max())
             if not (low >= 0.0 and low_sum >= 1.0 - PROBS_ATOL and high_sum <= 1.0 + PROBS_ATOL):
                 if not (math.isfinite(low) and math.isfinite(low_sum + high_sum)):
                     raise InputMismatchError(
@@ -238,13 +247,20 @@ class Probabilities:
                         expected="finite values",
                         got=f"{int(np.count_nonzero(~np.isfinite(out)))} non-finite",
                     )
-                shifted = np.exp(out - out.max(axis=1, keepdims=True))
-                out = shifted / shifted.sum(axis=1, keepdims=True)
-            elif high_sum > 1.0:
-                out = np.minimum(out, 1.0)  # rounding overshoot; never mutate the caller's
-        view = out.view()
-        view.flags.writeable = False
-        return cls(values=view)
+                softmax = True
+            else:
+                clip = high_sum > 1.0  # a rounding overshoot may leave a value above 1
+        if out.dtype == _F64 and not (softmax or clip):
+            values = out.view()  # read-only below without touching the caller's flags
+        else:
+            values = out.astype(np.float64)  # our own array: never the caller's
+            if softmax:
+                np.exp(values - values.max(axis=1, keepdims=True), out=values)
+                values /= values.sum(axis=1, keepdims=True)
+            elif clip:
+                np.minimum(values, 1.0, out=values)
+        values.flags.writeable = False
+        return cls(values=values)
 
 
 def _seeds_mismatch(rows: int, ctx: SelectionContext) -> InputMismatchError:

@@ -374,9 +374,6 @@ class PipelineRuntime:
         )
         self._frames = _FrameQueue(maxsize=max(16, 4 * edge.max_batch))
         self._sizer = _BatchSizer(edge.max_batch, overlap=batches_in_flight)
-        # Batches of several frames are stacked into this one buffer instead of a new array
-        # per batch: a fresh multi-megabyte array is a fresh mmap, page-faulted on each use.
-        self._batch_buffer = np.empty((edge.max_batch, *self._input_shape), self._input_dtype)
         self._model: ServingModel | None = None
         self._pending: ServingModel | None = None
         self._swap_lock = threading.Lock()
@@ -547,12 +544,7 @@ class PipelineRuntime:
         """
         slots = self._in_flight
         pool = ThreadPoolExecutor(slots, thread_name_prefix=f"ctm-model-{self._label}")
-        buffers = [
-            self._batch_buffer,
-            *(np.empty_like(self._batch_buffer) for _ in range(1, slots)),
-        ]
         running: deque[_Running] = deque()
-        submitted = 0
         last_done_ns = time.perf_counter_ns()
         try:
             while True:
@@ -571,9 +563,7 @@ class PipelineRuntime:
                     if batch:
                         kept, tensors = self._prepare(batch)
                         if kept:
-                            stacked = self._stack(tensors, buffers[submitted % slots])
-                            submitted += 1
-                            future = pool.submit(self._run_model, model, stacked)
+                            future = pool.submit(self._run_model, model, tensors)
                             running.append(_Running(model, kept, tensors, future))
                     elif self._source_done.is_set() and not self._frames and not running:
                         break
@@ -665,30 +655,26 @@ class PipelineRuntime:
             tensors.append(x)
         return kept, tensors
 
-    def _stack(self, tensors: list[np.ndarray], buffer: np.ndarray | None = None) -> np.ndarray:
-        """Return the batch tensor: a view for one frame, else stacked into ``buffer`` (by
-        default the batch buffer; each batch in flight has its own)."""
-        if len(tensors) == 1:
-            return tensors[0][np.newaxis]  # a view: batch 1 needs no copy
-        into = self._batch_buffer if buffer is None else buffer
-        return np.stack(tensors, out=into[: len(tensors)])
-
     def _process(self, arrivals: list[_Arrival]) -> None:
         model = self._model
         assert model is not None
         kept, tensors = self._prepare(arrivals)
         if not kept:
             return
-        output, done_ns = self._run_model(model, self._stack(tensors))
+        output, done_ns = self._run_model(model, tensors)
         self._finish(model, kept, tensors, output, done_ns)
 
     @staticmethod
     def _run_model(
-        model: ServingModel, batch: np.ndarray
+        model: ServingModel, tensors: list[np.ndarray]
     ) -> tuple[np.ndarray | ContinuumError | ValueError, int]:
-        """Run ``batch`` through the model; return its output (or the error) and when."""
+        """Run a micro-batch through the model; return its output (or the error) and when.
+
+        The backend takes the frames as they are (``infer_frames``): it stacks them into its
+        own input buffer, or runs them one by one where that is faster on this machine.
+        """
         try:
-            output: np.ndarray | ContinuumError | ValueError = model.backend.infer(batch)
+            output: np.ndarray | ContinuumError | ValueError = model.backend.infer_frames(tensors)
         except (ContinuumError, ValueError) as exc:
             output = exc
         return output, time.monotonic_ns()

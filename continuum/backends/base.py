@@ -8,7 +8,7 @@ rank, fixed dimensions or dtype do not match, before the runtime sees it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -130,6 +130,62 @@ def check_batch(batch: object, meta: TensorMeta, *, max_batch: int | None = None
     return np.ascontiguousarray(batch)
 
 
+def check_frames(
+    frames: Sequence[object], meta: TensorMeta, *, max_batch: int | None = None
+) -> list[np.ndarray]:
+    """Return ``frames`` (each one sample, no batch axis) as C-contiguous arrays if together
+    they are a batch that fits ``meta``, else raise.
+
+    Raises:
+        InputMismatchError: no frames, more than ``max_batch``, or a frame of the wrong type,
+            shape or dtype; the message names the frame, the expected and the actual tensor.
+    """
+    count = len(frames)
+    if count < 1:
+        raise InputMismatchError(
+            f"input {meta.name!r} is an empty batch", expected=meta.describe(), got="no frames"
+        )
+    if max_batch is not None and count > max_batch:
+        raise InputMismatchError(
+            f"input {meta.name!r} batch of {count} exceeds max_batch={max_batch} (split the "
+            "batch, or rebuild the engine with a larger max_batch)",
+            expected=f"{meta.describe()} with N<={max_batch}",
+            got=f"{count} frames",
+        )
+    fixed = meta.shape[0] if meta.shape else None
+    if fixed is not None and count != fixed:
+        raise InputMismatchError(
+            f"input {meta.name!r} takes batches of exactly {fixed}",
+            expected=meta.describe(),
+            got=f"{count} frames",
+        )
+    fast = meta._fast_check
+    checked: list[np.ndarray] = []
+    for index, frame in enumerate(frames):
+        if (
+            fast is not None
+            and type(frame) is np.ndarray
+            and frame.dtype == fast[0]
+            and frame.shape == fast[2]
+        ):
+            checked.append(frame if frame.flags.c_contiguous else np.ascontiguousarray(frame))
+            continue
+        try:
+            if not isinstance(frame, np.ndarray):
+                raise InputMismatchError(
+                    f"input {meta.name!r} must be a numpy array",
+                    expected=meta.describe(),
+                    got=type(frame).__name__,
+                )
+            one = replace(meta, shape=(None, *meta.shape[1:]))  # a frame: a batch of 1
+            checked.append(check_batch(frame[np.newaxis], one)[0])
+        except InputMismatchError as exc:
+            raise InputMismatchError(
+                f"frame {index} of {count}: {exc.problem}", expected=exc.expected, got=exc.got
+            ) from None
+    return checked
+
+
 def single_input(inputs: Sequence[TensorMeta], path: Path) -> TensorMeta:
     """Return the model's only input; edge stages feed exactly one tensor."""
     if len(inputs) != 1:
@@ -163,6 +219,16 @@ class InferenceBackend(Protocol):
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Run one batch and return the first output; ``InputMismatchError`` on a bad batch."""
+        ...
+
+    def infer_frames(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        """Run ``frames`` (one sample each, no batch axis) as one batch; return the first
+        output, a row per frame.
+
+        What the edge runtime calls: the backend lays the frames out as it runs them best
+        (stacked once into its own input buffer, or run one by one where that is faster),
+        so the runtime never copies them into a batch of its own first.
+        """
         ...
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from continuum.backends.base import TensorMeta, check_batch, single_input
+from continuum.backends.base import TensorMeta, check_batch, check_frames, single_input
 from continuum.errors import BackendError, BackendUnavailableError
 
 log = logging.getLogger(__name__)
@@ -197,6 +197,7 @@ class OnnxRuntimeBackend:
         self._output_names: list[str] = []
         self._path: Path | None = None
         self._split: tuple[bool, ...] = ()  # per batch size: run it frame by frame
+        self._stack_buffers: dict[int, np.ndarray] = {}  # id(session) -> its batch buffer
         self._lock = threading.Lock()
 
     def _provider_list(self, ort: Any) -> list[Any]:
@@ -278,6 +279,7 @@ class OnnxRuntimeBackend:
                 )
         with self._lock:
             self._split = split
+            self._stack_buffers = {}
             self._session = session
             self._idle = idle
             self._inputs, self._outputs, self._input = inputs, outputs, model_input
@@ -308,25 +310,90 @@ class OnnxRuntimeBackend:
             InputMismatchError: the batch's rank, fixed dimensions or dtype do not fit.
             BackendError: no model is loaded, or the runtime failed.
         """
-        session, model_input, idle = self._session, self._input, self._idle
+        loaded = self._loaded()
+        array = check_batch(batch, loaded[2])
+        size = array.shape[0]
+        if self._runs_frame_by_frame(size):
+            return self._run(loaded, [array[i : i + 1] for i in range(size)])
+        return self._run(loaded, [array])
+
+    def infer_frames(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        """Run ``frames`` (one sample each) as one batch; return the first output.
+
+        Where the batch plan runs this many frames one by one (and always for one frame),
+        each is run as it is, never copied into a batch first.
+
+        Raises:
+            InputMismatchError: no frames, or a frame whose shape or dtype does not fit.
+            BackendError: no model is loaded, or the runtime failed.
+        """
+        loaded = self._loaded()
+        checked = check_frames(frames, loaded[2])
+        if len(checked) == 1 or self._runs_frame_by_frame(len(checked)):
+            return self._run(loaded, [frame[np.newaxis] for frame in checked])
+        return self._run(loaded, checked, stack=True)
+
+    def _loaded(self) -> tuple[Any, queue.SimpleQueue[Any], TensorMeta]:
+        """Return the loaded session, its replicas' queue and its input, read together.
+
+        A call keeps what it read here even if a close or a load replaces them meanwhile.
+        """
+        session, idle, model_input = self._session, self._idle, self._input
         if session is None or model_input is None:
             raise BackendError("no model loaded: call load(path) first")
-        array = check_batch(batch, model_input)
-        # With replicas, each call takes a free session (waiting while all are busy) and
-        # gives it back; the queue taken above is the loaded model's, even if a close or a
-        # load replaces it meanwhile.
+        return session, idle, model_input
+
+    def _stack_buffer(self, runner: Any, frames: list[np.ndarray]) -> np.ndarray:
+        """Take ``runner``'s batch buffer for ``frames`` (a new one if it has none that fits).
+
+        Taken out while in use and put back after (``_run``): two threads calling one
+        session at once each get a buffer of their own.
+        """
+        buffer = self._stack_buffers.pop(id(runner), None)
+        first = frames[0]
+        if (
+            buffer is None
+            or buffer.shape[0] < len(frames)
+            or buffer.shape[1:] != first.shape
+            or buffer.dtype != first.dtype
+        ):
+            buffer = np.empty((len(frames), *first.shape), first.dtype)
+        return buffer
+
+    def _runs_frame_by_frame(self, size: int) -> bool:
+        split = self._split
+        return bool(split) and split[min(size, len(split) - 1)]
+
+    def _run(
+        self,
+        loaded: tuple[Any, queue.SimpleQueue[Any], TensorMeta],
+        batches: list[np.ndarray],
+        *,
+        stack: bool = False,
+    ) -> np.ndarray:
+        """Run ``batches`` on one session in turn; return their first outputs, concatenated.
+
+        With ``stack``, ``batches`` are frames, stacked into one batch in a buffer kept per
+        session: a fresh multi-megabyte array per batch would be a fresh mmap, page-faulted
+        on each use.  With replicas, the call takes a free session (waiting while all are
+        busy) and gives it back to the queue it came from.
+        """
+        session, idle, model_input = loaded
+        names, name = self._output_names, model_input.name
         runner = session if self._replicas == 1 else idle.get()
-        split, size, names, name = self._split, array.shape[0], self._output_names, model_input.name
+        buffer = self._stack_buffer(runner, batches) if stack else None
         try:
-            if split and split[min(size, len(split) - 1)]:
-                first = np.concatenate(
-                    [runner.run(names, {name: array[i : i + 1]})[0] for i in range(size)]
-                )
+            if buffer is not None:
+                batches = [np.stack(batches, out=buffer[: len(batches)])]
+            if len(batches) == 1:
+                first = runner.run(names, {name: batches[0]})[0]
             else:
-                first = runner.run(names, {name: array})[0]
+                first = np.concatenate([runner.run(names, {name: b})[0] for b in batches])
         except Exception as exc:
             raise BackendError(f"inference failed on {self._path}: {_ort_reason(exc)}") from exc
         finally:
+            if buffer is not None:
+                self._stack_buffers[id(runner)] = buffer
             if self._replicas > 1:
                 idle.put(runner)
         return first if type(first) is np.ndarray else np.asarray(first)
@@ -337,6 +404,7 @@ class OnnxRuntimeBackend:
             self._session = None
             self._idle = queue.SimpleQueue()
             self._input = None
+            self._stack_buffers = {}
 
 
 def _ort_reason(exc: BaseException) -> str:

@@ -23,13 +23,14 @@ import subprocess
 import tempfile
 import threading
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from continuum.backends.base import TensorMeta, check_batch, single_input
+from continuum.backends.base import TensorMeta, check_batch, check_frames, single_input
 from continuum.errors import BackendError, BackendUnavailableError
 from continuum.signing import sha256_file
 
@@ -463,20 +464,47 @@ class TensorRTBackend:
             BackendError: no engine is loaded, or TensorRT/CUDA failed.
         """
         with self._lock:
-            loaded = self._loaded
-            if loaded is None:
-                raise BackendError("no model loaded: call load(path) first")
-            model_input = loaded.inputs[0]
-            array = check_batch(batch, model_input, max_batch=loaded.max_batch)
-            loaded.cuda_context.push()
-            try:
-                return _run(loaded, model_input.name, array)
-            except BackendError:
-                raise
-            except Exception as exc:
-                raise BackendError(f"TensorRT inference failed on {loaded.path}: {exc}") from exc
-            finally:
-                loaded.cuda_context.pop()
+            loaded = self._loaded_engine()
+            array = check_batch(batch, loaded.inputs[0], max_batch=loaded.max_batch)
+            return self._on_device(loaded, array.shape, lambda staged: np.copyto(staged, array))
+
+    def infer_frames(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        """Run ``frames`` (one sample each) as one batch on the GPU; return the first output.
+
+        The frames are stacked straight into the page-locked input buffer: one copy, where
+        a batch built first and then staged would take two.
+
+        Raises:
+            InputMismatchError: no frames, more than ``max_batch``, or a frame whose shape or
+                dtype does not fit.
+            BackendError: no engine is loaded, or TensorRT/CUDA failed.
+        """
+        with self._lock:
+            loaded = self._loaded_engine()
+            checked = check_frames(frames, loaded.inputs[0], max_batch=loaded.max_batch)
+            shape = (len(checked), *checked[0].shape)
+            return self._on_device(loaded, shape, lambda staged: np.stack(checked, out=staged))
+
+    def _loaded_engine(self) -> _Loaded:
+        loaded = self._loaded
+        if loaded is None:
+            raise BackendError("no model loaded: call load(path) first")
+        return loaded
+
+    @staticmethod
+    def _on_device(
+        loaded: _Loaded, shape: tuple[int, ...], fill: Callable[[np.ndarray], object]
+    ) -> np.ndarray:
+        """Run one batch of ``shape`` that ``fill`` writes into the staging buffer."""
+        loaded.cuda_context.push()
+        try:
+            return _run(loaded, loaded.inputs[0].name, shape, fill)
+        except BackendError:
+            raise
+        except Exception as exc:
+            raise BackendError(f"TensorRT inference failed on {loaded.path}: {exc}") from exc
+        finally:
+            loaded.cuda_context.pop()
 
     def close(self) -> None:
         """Free the engine and its GPU buffers; ``load`` may be called again."""
@@ -486,23 +514,28 @@ class TensorRTBackend:
             _release(loaded)
 
 
-def _run(loaded: _Loaded, input_name: str, array: np.ndarray) -> np.ndarray:
+def _run(
+    loaded: _Loaded,
+    input_name: str,
+    shape: tuple[int, ...],
+    fill: Callable[[np.ndarray], object],
+) -> np.ndarray:
     import pycuda.driver as cuda
 
     context, stream = loaded.context, loaded.stream
-    if not context.set_input_shape(input_name, array.shape):
-        raise BackendError(f"TensorRT rejects shape {array.shape} for input {input_name!r}")
-    staged = loaded.host[input_name][: array.size]
-    staged[:] = array.reshape(-1)
+    if not context.set_input_shape(input_name, shape):
+        raise BackendError(f"TensorRT rejects shape {shape} for input {input_name!r}")
+    staged = loaded.host[input_name][: math.prod(shape)]
+    fill(staged.reshape(shape))  # a view of the page-locked buffer
     cuda.memcpy_htod_async(loaded.device[input_name], staged, stream)
     if not context.execute_async_v3(stream.handle):
         raise BackendError(f"TensorRT execute_async_v3 failed on {loaded.path}")
     first = loaded.outputs[0].name
-    shape = tuple(int(d) for d in context.get_tensor_shape(first))
-    result = loaded.host[first][: math.prod(shape)]
+    out_shape = tuple(int(d) for d in context.get_tensor_shape(first))
+    result = loaded.host[first][: math.prod(out_shape)]
     cuda.memcpy_dtoh_async(result, loaded.device[first], stream)
     stream.synchronize()
-    return result.reshape(shape).copy()
+    return result.reshape(out_shape).copy()
 
 
 def _release(loaded: _Loaded) -> None:

@@ -428,10 +428,33 @@ class TestCheckedProbabilities:
         assert not values.flags.writeable
         assert given.flags.writeable
 
-    def test_non_finite_outputs_are_refused(self) -> None:
+    @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+    def test_every_float_precision_comes_back_as_float64_probabilities(self, dtype: type) -> None:
+        logits = np.array([[2.0, -1.0, 0.5], [0.0, 0.0, 0.0]], dtype=dtype)
+        values = select.Probabilities.from_outputs(logits).values
+        assert values.dtype == np.float64
+        np.testing.assert_allclose(values.sum(axis=1), 1.0)
+        np.testing.assert_allclose(values[1], 1.0 / 3.0)
+        assert logits[0, 0] == 2.0  # the caller's logits are not overwritten by the softmax
+
+    def test_a_rounding_overshoot_is_clipped_on_a_copy(self) -> None:
+        given = np.array([[1.0004, 0.0], [0.3, 0.7]])
+        values = select.Probabilities.from_outputs(given).values
+        assert values.max() == 1.0
+        assert given[0, 0] == 1.0004
+
+    def test_integer_outputs_are_probabilities_too(self) -> None:
+        values = select.Probabilities.from_outputs(np.array([[0, 1], [1, 0]])).values
+        assert values.dtype == np.float64
+        assert values.tolist() == [[0.0, 1.0], [1.0, 0.0]]
+
+    @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+    def test_non_finite_outputs_are_refused(self, dtype: type) -> None:
         for bad in (math.nan, math.inf, -math.inf):
             with pytest.raises(InputMismatchError, match="NaN or infinite"):
-                select.Probabilities.from_outputs(np.array([[0.5, 0.5], [bad, 0.5]]))
+                select.Probabilities.from_outputs(np.array([[0.5, 0.5], [bad, 0.5]], dtype=dtype))
+            with pytest.raises(InputMismatchError, match="NaN or infinite"):
+                select.Probabilities.from_outputs(np.array([[bad, 0.5]], dtype=dtype))
 
     def test_a_non_2d_output_is_refused(self) -> None:
         with pytest.raises(InputMismatchError, match=r"\(batch, classes\)"):

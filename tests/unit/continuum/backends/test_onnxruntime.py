@@ -295,3 +295,97 @@ class TestBatchPlan:
     def test_a_model_with_another_dynamic_axis_runs_whole(self, classifier: Any) -> None:
         meta = TensorMeta("input", (None, 1, None, 8), "float32")
         assert onnxruntime_backend._plan_batches(None, meta, ["probs"], 8) == ()
+
+
+class TestFrames:
+    """``infer_frames``: what the edge runtime calls with a micro-batch's frames."""
+
+    @pytest.mark.parametrize("count", [1, 2, 7])
+    def test_frames_give_the_outputs_of_their_stacked_batch(
+        self, classifier: Any, count: int
+    ) -> None:
+        frames = list(np.random.default_rng(count).random((count, 1, 8, 8), dtype=np.float32))
+        backend = loaded(classifier.path)
+
+        probs = backend.infer_frames(frames)
+
+        np.testing.assert_allclose(probs, classifier.reference(np.stack(frames)), rtol=1e-5)
+        again = backend.infer_frames(frames[::-1])  # the reused batch buffer, refilled
+        np.testing.assert_allclose(again, probs[::-1], rtol=1e-6)
+
+    @pytest.mark.parametrize("split", [False, True])
+    def test_one_call_per_frame_where_the_plan_says_so_else_one_for_all(
+        self, classifier: Any, split: bool, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(
+            onnxruntime_backend,
+            "_plan_batches",
+            lambda session, meta, names, up_to: (False, False, *([split] * (up_to - 1))),
+        )
+        backend = loaded(classifier.path, plan_batches_up_to=4)
+        feeds: list[np.ndarray] = []
+        original = backend._session.run
+        monkeypatch.setattr(
+            backend._session,
+            "run",
+            lambda names, feed: feeds.append(next(iter(feed.values()))) or original(names, feed),
+        )
+        frames = list(np.random.default_rng(3).random((4, 1, 8, 8), dtype=np.float32))
+
+        probs = backend.infer_frames(frames)
+
+        np.testing.assert_allclose(probs, classifier.reference(np.stack(frames)), rtol=1e-5)
+        if split:  # each frame itself, with a batch axis added: no copy
+            assert [f.shape[0] for f in feeds] == [1, 1, 1, 1]
+            assert all(np.shares_memory(f, frame) for f, frame in zip(feeds, frames, strict=True))
+        else:
+            assert [f.shape[0] for f in feeds] == [4]
+
+    def test_calls_at_once_on_one_session_each_stack_their_own_frames(
+        self, classifier: Any
+    ) -> None:
+        backend = loaded(classifier.path)  # one session, called from many threads
+        inputs = [
+            list(np.random.default_rng(i).random((2 + i % 4, 1, 8, 8), dtype=np.float32))
+            for i in range(32)
+        ]
+        outputs: dict[int, np.ndarray] = {}
+
+        def call(i: int) -> None:
+            for _ in range(20):
+                outputs[i] = backend.infer_frames(inputs[i])
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(inputs))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+        for i, frames in enumerate(inputs):
+            expected = classifier.reference(np.stack(frames))
+            np.testing.assert_allclose(outputs[i], expected, rtol=1e-5, atol=1e-6)
+
+    def test_a_bad_frame_is_named_by_its_place(self, classifier: Any) -> None:
+        backend = loaded(classifier.path)
+        good = np.zeros((1, 8, 8), dtype=np.float32)
+
+        with pytest.raises(InputMismatchError, match=r"frame 2 of 3: .*dtype float64"):
+            backend.infer_frames([good, good, good.astype(np.float64)])
+        with pytest.raises(InputMismatchError, match=r"frame 1 of 2: .*size 7 on axis 2"):
+            backend.infer_frames([good, np.zeros((1, 7, 8), dtype=np.float32)])
+        with pytest.raises(InputMismatchError, match=r"frame 0 of 1: .*numpy array"):
+            backend.infer_frames([[0.0] * 64])  # type: ignore[list-item]
+        with pytest.raises(InputMismatchError, match="empty batch"):
+            backend.infer_frames([])
+
+    def test_a_fixed_batch_model_takes_exactly_its_batch(self, make_classifier: Any) -> None:
+        backend = loaded(make_classifier("fixed.onnx", batch=2).path)
+        frame = np.zeros((1, 8, 8), dtype=np.float32)
+
+        assert backend.infer_frames([frame, frame]).shape == (2, 4)
+        with pytest.raises(InputMismatchError, match="exactly 2"):
+            backend.infer_frames([frame])
+
+    def test_frames_before_load_say_to_load(self) -> None:
+        with pytest.raises(BackendError, match="call load"):
+            OnnxRuntimeBackend().infer_frames([np.zeros((1, 8, 8), dtype=np.float32)])

@@ -78,6 +78,23 @@ class TestOutputs:
 
         np.testing.assert_allclose(probs, classifier.reference(x), rtol=1e-3, atol=1e-4)
 
+    @pytest.mark.parametrize("count", [1, 3, 8])
+    def test_frames_stacked_into_the_staging_buffer_give_the_batch_outputs(
+        self, classifier: Any, cache: Path, count: int
+    ) -> None:
+        frames = list(np.random.default_rng(count).random((count, 1, 8, 8), dtype=np.float32))
+        backend = loaded(classifier.path, cache, precision="fp32", max_batch=8)
+        try:
+            probs = backend.infer_frames(frames)
+            with pytest.raises(InputMismatchError, match="max_batch=8"):
+                backend.infer_frames(frames * 9)
+        finally:
+            backend.close()
+
+        np.testing.assert_allclose(
+            probs, classifier.reference(np.stack(frames)), rtol=1e-3, atol=1e-4
+        )
+
     def test_metadata_shows_the_dynamic_batch(self, classifier: Any, cache: Path) -> None:
         backend = loaded(classifier.path, cache)
         try:
