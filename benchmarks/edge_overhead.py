@@ -15,8 +15,9 @@ Side by side in one run, per model:
 - **agent, micro-batch <= N**: ``max_batch=N``, fed as fast as the agent takes frames (a
   saturated camera); its latency includes the wait in the frame queue and in the batch.
   The backend is opened as the agent opens it (``plan_batches``): at load it times each
-  batch size whole and frame by frame, and runs it the faster way; the batch sizer then
-  settles on the size that costs least per frame over the whole cycle.
+  batch size whole and frame by frame, and runs it the faster way (the runtime hands it
+  the frames as they are, ``infer_frames``: a batch run frame by frame is never stacked);
+  the batch sizer then settles on the size that costs least per frame over the whole cycle.
 - **T cores** (SqueezeNet, T = the machine's CPUs): the bare batch-1 loop with T intra-op
   threads, and the micro-batched agent with T ONNX Runtime replicas of one thread each
   (the agent's ``inference_replicas``: T micro-batches run at once, each on its own
@@ -41,7 +42,7 @@ Models: the demo's digits CNN (``pipelines.digits.model``, untrained weights, ex
 wheel (``onnx/backend/test/data/light/light_squeezenet.onnx``, the real architecture with
 constant "light" weights), given a dynamic batch axis and a flattened (N, 1000) output.
 
-Run: ``python benchmarks/edge_overhead.py`` (under a minute on 2 cores; ``--quick`` for a
+Run: ``python benchmarks/edge_overhead.py`` (about two minutes on 2 cores; ``--quick`` for a
 smoke run).  Timings are wall clock on whatever else the machine is doing: the cases run in
 alternating rounds so that background load hits them alike; compare within one run.
 """
@@ -77,7 +78,7 @@ from edge_agent.runtime import PipelineRuntime
 
 #: Frames per measured round (tiny CNN, SqueezeNet) and rounds per case.
 FRAMES = {"cnn": 2400, "squeezenet": 160}
-ROUNDS = 7
+ROUNDS = 9
 MICRO_BATCH = {"cnn": 32, "squeezenet": 8}
 MAX_WAIT_MS = 5.0
 #: The first 1/WARMUP_SHARE of an agent run's frames warm it up and are not measured.
