@@ -125,11 +125,13 @@ class Outcome:
     reason: str = ""
     detail: str = ""
     over_quota: int = 0
-    #: For a sample batch that is done with (stored, duplicate or refused for good): its
-    #: node and the inclusive ranges of its seqs, for the receipt the node's outbox awaits
-    #: (not part of what the outcome is: left out of equality).
+    #: For a batch that is done with (stored, duplicate, labelled or refused for good): its
+    #: node and the inclusive ranges of its seqs, for the receipt the node's outbox awaits,
+    #: in ``seq_ranges`` for a sample batch and in ``label_ranges`` for a feedback batch
+    #: (the labels of those samples); not part of what the outcome is: left out of equality.
     node: str = dataclasses.field(default="", compare=False)
     seq_ranges: tuple[tuple[int, int], ...] = dataclasses.field(default=(), compare=False)
+    label_ranges: tuple[tuple[int, int], ...] = dataclasses.field(default=(), compare=False)
 
     @property
     def ack(self) -> bool:
@@ -146,9 +148,24 @@ class _Accepted:
     feedback: codec.FeedbackBatch | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Decoded:
+    """A batch that decoded on its own node's topic: what its receipt will name, whatever
+    becomes of it (``labels``: a feedback batch, whose seqs are those of labelled samples)."""
+
+    node: str
+    seqs: npt.NDArray[Any]
+    labels: bool = False
+
+
 @functools.cache
 def _dtype(name: str) -> np.dtype[Any]:
     return np.dtype(name)
+
+
+def _highest(seqs: npt.NDArray[Any]) -> int:
+    """The highest of a batch's seqs, -1 for none (a receipt can name only 0..MAX_SEQ)."""
+    return int(seqs.max()) if len(seqs) else -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,7 +329,7 @@ class IngestService:
         outcomes: list[Outcome | None] = [None] * len(messages)
         accepted: list[_Accepted] = []
         refusals: list[_Refusal] = []
-        decoded: dict[int, tuple[str, npt.NDArray[Any]]] = {}  # index -> node, seqs
+        decoded: dict[int, _Decoded] = {}
         for index, (topic, payload) in enumerate(messages):
             try:
                 accepted.append(self._check(index, topic, payload, decoded))
@@ -337,10 +354,14 @@ class IngestService:
         for item in feedback_items:
             outcomes[item.index] = self._store_feedback(item)
         done = [o if o is not None else Outcome("failed", detail="not processed") for o in outcomes]
-        for index, (node, seqs) in decoded.items():
+        for index, batch in decoded.items():
             if done[index].ack:
+                ranges = tuple(seq_runs(batch.seqs))
                 done[index] = dataclasses.replace(
-                    done[index], node=node, seq_ranges=tuple(seq_runs(seqs))
+                    done[index],
+                    node=batch.node,
+                    seq_ranges=() if batch.labels else ranges,
+                    label_ranges=ranges if batch.labels else (),
                 )
         self._count(messages, done)
         self._write_audit(refusals, stored)
@@ -410,10 +431,10 @@ class IngestService:
         index: int,
         topic: str,
         payload: bytes,
-        decoded: dict[int, tuple[str, npt.NDArray[Any]]],
+        decoded: dict[int, _Decoded],
     ) -> _Accepted:
-        """Return the message ready to store, or raise why not; a sample batch that decoded
-        on its own node's topic goes into ``decoded`` (its receipt, whatever comes next)."""
+        """Return the message ready to store, or raise why not; a batch that decoded on its
+        own node's topic goes into ``decoded`` (its receipt, whatever comes next)."""
         try:
             parsed = topics.parse(topic)
         except ProtocolError as exc:
@@ -454,15 +475,18 @@ class IngestService:
                 f"batch of pipeline {batch.pipeline!r} on the topic of {parsed.pipeline!r}",
             )
         if isinstance(batch, codec.FeedbackBatch):
+            labelled = np.fromiter((seq for seq, _ in batch.items), dtype=np.uint64)
+            if 0 <= _highest(labelled) <= MAX_SEQ:
+                decoded[index] = _Decoded(batch.node, labelled, labels=True)
             return _Accepted(index, feedback=batch)
         seqs = (
             batch.seq
             if isinstance(batch, codec.SampleColumns)
             else np.fromiter((r.seq for r in batch.records), dtype=np.uint64)
         )
-        highest = int(seqs.max()) if len(seqs) else -1
+        highest = _highest(seqs)
         if 0 <= highest <= MAX_SEQ:
-            decoded[index] = (batch.node, seqs)
+            decoded[index] = _Decoded(batch.node, seqs)
         if batch.data_class.rank > spec.data_class.rank:
             raise _RejectedError(
                 "data_class_mismatch",
@@ -995,6 +1019,15 @@ class _Stop:
 _Message = tuple[str, bytes, int, int]  # topic, payload, mid, qos
 
 
+@dataclass(slots=True)
+class _Receipt:
+    """The seq ranges of one node's samples and of its labels that one processed group is
+    done with: the ``StoredReceipt`` fields ``seqs`` and ``labels`` before merging."""
+
+    seqs: list[tuple[int, int]] = dataclasses.field(default_factory=list)
+    labels: list[tuple[int, int]] = dataclasses.field(default_factory=list)
+
+
 class IngestWorker:
     """Run an ``IngestService`` on MQTT: shared subscription, persistent session, late acks.
 
@@ -1179,7 +1212,7 @@ class IngestWorker:
         delay = 0.1
         failing = False
         done: list[int] = []
-        receipts: dict[str, list[tuple[int, int]]] = {}  # node -> seq ranges done with
+        receipts: dict[str, _Receipt] = {}  # node -> the seqs of its samples and labels done with
         while True:
             outcomes = self._service.handle_many([(group[i][0], group[i][1]) for i in pending])
             failed = []
@@ -1188,8 +1221,10 @@ class IngestWorker:
                     self._parked.append(group[i])
                 elif outcome.ack:
                     done.append(i)
-                    if outcome.seq_ranges:
-                        receipts.setdefault(outcome.node, []).extend(outcome.seq_ranges)
+                    if outcome.seq_ranges or outcome.label_ranges:
+                        receipt = receipts.setdefault(outcome.node, _Receipt())
+                        receipt.seqs.extend(outcome.seq_ranges)
+                        receipt.labels.extend(outcome.label_ranges)
                 else:
                     failed.append(i)
             pending = failed
@@ -1213,23 +1248,25 @@ class IngestWorker:
         if client is not None:
             self._send_receipts(client, receipts)
 
-    def _send_receipts(
-        self, client: mqtt.Client, receipts: dict[str, list[tuple[int, int]]]
-    ) -> None:
-        """Tell each node which of its samples are stored or refused for good (QoS 1).
+    def _send_receipts(self, client: mqtt.Client, receipts: dict[str, _Receipt]) -> None:
+        """Tell each node which of its samples are stored or refused for good, and which of
+        its labels are recorded (QoS 1).
 
-        A receipt lost on the way only costs a resend: the node sends the samples again
-        after its ``resend_unconfirmed_s``, ingest finds them stored and confirms again.
+        A receipt lost on the way only costs a resend: the node sends the samples or labels
+        again after its ``resend_unconfirmed_s``, ingest finds the samples stored (records
+        the labels again in place) and confirms again.  Samples and labels go in receipts of
+        their own: an agent from before label receipts refuses a receipt naming labels, and
+        must still get its samples' receipts.
         """
         now = time.time()
-        for node, ranges in receipts.items():
-            merged = merge_seq_ranges(ranges)
-            for start in range(0, len(merged), MAX_RECEIPT_RANGES):
-                payload = StoredReceipt(
-                    node=node, seqs=merged[start : start + MAX_RECEIPT_RANGES], ts=now
-                ).to_payload()
-                info = client.publish(
-                    topics.node_stored(self._service.tenant, node), payload, qos=1
-                )
-                if info.rc == 0:  # MQTT_ERR_SUCCESS
-                    self._counts["receipts"] += 1
+        for node, done in receipts.items():
+            topic = topics.node_stored(self._service.tenant, node)
+            for field, ranges in (("seqs", done.seqs), ("labels", done.labels)):
+                merged = merge_seq_ranges(ranges)
+                for start in range(0, len(merged), MAX_RECEIPT_RANGES):
+                    chunk = merged[start : start + MAX_RECEIPT_RANGES]
+                    payload = StoredReceipt.model_validate(
+                        {"node": node, field: chunk, "ts": now}
+                    ).to_payload()
+                    if client.publish(topic, payload, qos=1).rc == 0:  # MQTT_ERR_SUCCESS
+                        self._counts["receipts"] += 1

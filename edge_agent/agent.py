@@ -374,7 +374,8 @@ class EdgeAgent:
             self.models.offer(topic, payload, retained)
 
     def _on_receipt(self, payload: bytes) -> None:
-        """Forget the samples ingest says are stored (or refused for good); count bad ones."""
+        """Forget the samples ingest says are stored (or refused for good) and the delayed
+        labels it says are recorded; count bad receipts."""
         try:
             receipt = StoredReceipt.from_payload(payload)
             if receipt.node != self.node:
@@ -390,11 +391,14 @@ class EdgeAgent:
             return
         try:
             confirmed = self.outbox.confirm_samples(receipt.seqs)
+            labels = self.outbox.confirm_feedback(receipt.labels)
         except NotReadyError:
-            return  # closing: the samples stay and are sent again after a restart
+            return  # closing: what is left stays and is sent again after a restart
         self.metrics.receipts.inc()
         if confirmed:
             self.metrics.confirmed.inc(confirmed)
+        if labels:
+            self.metrics.labels_confirmed.inc(labels)
 
     def _on_model(self, model: ServingModel) -> None:
         self.runtimes[model.pipeline].swap_model(model)

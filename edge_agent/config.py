@@ -253,16 +253,17 @@ class AgentSettings(BaseSettings):
     )
     confirm_stored: bool = Field(
         default=True,
-        description="Keep each sample in the outbox after the broker's PUBACK until ingest's "
-        "receipt says it is stored (ctm/{tenant}/nodes/{node}/stored), so that a broker crash "
-        "loses nothing; false deletes it at the PUBACK (for a cloud that sends no receipts).",
+        description="Keep each sample and delayed label in the outbox after the broker's "
+        "PUBACK until ingest's receipt says it is stored (ctm/{tenant}/nodes/{node}/stored), so "
+        "that a broker crash loses nothing; false deletes it at the PUBACK (for a cloud that "
+        "sends no receipts).",
     )
     resend_unconfirmed_s: float = Field(
         default=120.0,
         ge=1.0,
         le=86_400.0,
-        description="With confirm_stored, a sample the broker acknowledged but no receipt "
-        "confirmed within this many seconds is sent again (ingest stores it once).",
+        description="With confirm_stored, a sample or label the broker acknowledged but no "
+        "receipt confirmed within this many seconds is sent again (ingest stores it once).",
     )
     max_inflight: int = Field(
         default=32, ge=1, le=65_535, description="Most QoS 1 publishes waiting for PUBACK."

@@ -117,9 +117,9 @@ class AgentMetrics:
         )
         self.outbox_awaiting_receipt = Gauge(
             f"{_NS}_outbox_awaiting_receipt",
-            "Samples in the outbox that the broker acknowledged and that wait for ingest's "
-            "receipt (counted in the samples depth too).",
-            ["pipeline"],
+            "Records in the outbox that the broker acknowledged and that wait for ingest's "
+            "receipt, by pipeline and kind (counted in the outbox depth too).",
+            ["pipeline", "kind"],
             registry=r,
         )
         self.outbox_bytes = Gauge(
@@ -200,12 +200,18 @@ class AgentMetrics:
         )
         self.receipts = Counter(
             f"{_NS}_receipts",
-            "Receipts from ingest applied to the outbox (samples stored or refused for good).",
+            "Receipts from ingest applied to the outbox (samples stored or refused for good, "
+            "delayed labels recorded).",
             registry=r,
         )
         self.confirmed = Counter(
             f"{_NS}_samples_confirmed",
             "Samples the outbox let go on ingest's receipt.",
+            registry=r,
+        )
+        self.labels_confirmed = Counter(
+            f"{_NS}_labels_confirmed",
+            "Delayed labels the outbox let go on ingest's receipt.",
             registry=r,
         )
         self.rejected_messages = Counter(

@@ -1,9 +1,11 @@
-"""The durable outbox: selected samples and their delayed labels wait here until the broker
-has acknowledged them.
+"""The durable outbox: selected samples and their delayed labels wait here until they are
+safely in the cloud.
 
 One SQLite database in WAL mode under the agent's state dir.  A record is deleted only
-after its PUBACK (``ack_*``); a crash before that resends it, and ingest de-duplicates by
-sample id, so delivery is at-least-once end to end and exactly-once in the store.
+after its PUBACK (``ack_*``), or, with ``resend_unconfirmed_s``, only after ingest's receipt
+says it is stored (``confirm_*``); a crash before that resends it, and ingest de-duplicates
+samples by sample id and records a label again in place, so delivery is at-least-once end
+to end and exactly-once in the store.
 
 Durability choice: WAL with ``synchronous=NORMAL`` (the default here).  A committed
 transaction is in the WAL file as soon as ``COMMIT`` returns, so it survives any crash or
@@ -67,8 +69,9 @@ log = logging.getLogger(__name__)
 FullPolicy = Literal["drop_oldest", "drop_newest", "block"]
 
 #: 2 added the samples.fields column (the record field section of the wire codec); 3 the
-#: samples.sent_at column (sent and acknowledged by the broker, awaiting ingest's receipt).
-_SCHEMA_VERSION = 3
+#: samples.sent_at column (sent and acknowledged by the broker, awaiting ingest's receipt);
+#: 4 the feedback.sent_at column (the same for delayed labels).
+_SCHEMA_VERSION = 4
 #: Seqs reserved per database write; a restart skips the unused rest of a block.
 _SEQ_BLOCK = 4096
 #: Bytes counted per record on top of its tensor (row, index and metadata overhead).
@@ -102,15 +105,20 @@ CREATE TABLE IF NOT EXISTS samples (
     fields         BLOB,
     sent_at        REAL
 );
+-- due_at: when the label is next to be sent: when it falls due, then, once the broker
+-- acknowledged it (sent_at) and while no receipt came, when it is sent again.
 CREATE TABLE IF NOT EXISTS feedback (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     pipeline    TEXT    NOT NULL,
     seq         INTEGER NOT NULL,
     label       INTEGER NOT NULL,
     due_at      REAL    NOT NULL,
-    enqueued_at REAL    NOT NULL
+    enqueued_at REAL    NOT NULL,
+    sent_at     REAL
 );
 CREATE INDEX IF NOT EXISTS feedback_due ON feedback (due_at, id);
+-- Receipts name the sample seqs whose labels ingest recorded (confirm_feedback).
+CREATE INDEX IF NOT EXISTS feedback_by_seq ON feedback (seq);
 """
 
 
@@ -212,7 +220,9 @@ class PartitionStats:
     oldest_age_s: float
     dropped: dict[str, int]
     #: Of ``samples``: sent and acknowledged by the broker, waiting for ingest's receipt.
-    awaiting_receipt: int = 0
+    samples_awaiting_receipt: int = 0
+    #: Of ``feedback``: the same for delayed labels.
+    feedback_awaiting_receipt: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,10 +240,11 @@ class OutboxStats:
 class Outbox:
     """Durable FIFO of samples and feedback, bounded by bytes per pipeline and by age.
 
-    Thread-safe: the runtime threads append, the uplink thread reads, acks and maintains.
-    Records handed out by ``next_*`` are leased (in memory) until ``ack_*`` deletes them or
-    ``release_*`` makes them eligible again; a reopened outbox has no leases, so everything
-    not acknowledged is sent again.
+    Thread-safe: the runtime threads append, the uplink thread reads, acks and maintains,
+    the link's thread confirms.  Records handed out by ``next_*`` are leased (in memory)
+    until ``ack_*`` deletes them (or marks them sent, with receipts) or ``release_*`` makes
+    them eligible again; a reopened outbox has no leases, so everything not acknowledged is
+    sent again.
 
     Args:
         path: the database file (its folder is created).
@@ -244,6 +255,9 @@ class Outbox:
             Records of a pipeline not listed, left by an earlier configuration, are still
             sent or expire, but new ones are refused with ``ValueError``.
         ttl_s: records older than this are dropped by ``expire``.
+        resend_unconfirmed_s: with a value, a record the broker acknowledged stays until
+            ingest's receipt (``confirm_*``) and is sent again when none came this long
+            after its PUBACK; None deletes it at the PUBACK.
         full_policy: what happens when a pipeline's records would outgrow its bound, which
             never touches another pipeline's records: ``drop_oldest`` evicts its oldest
             unleased samples, ``drop_newest`` refuses what does not fit, ``block`` waits up
@@ -352,6 +366,9 @@ class Outbox:
                     db.execute("ALTER TABLE samples ADD COLUMN fields BLOB")
                 if "sent_at" not in columns:
                     db.execute("ALTER TABLE samples ADD COLUMN sent_at REAL")
+                columns = {r[1] for r in db.execute("PRAGMA table_info(feedback)")}
+                if "sent_at" not in columns:
+                    db.execute("ALTER TABLE feedback ADD COLUMN sent_at REAL")
                 db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (_SCHEMA_VERSION,))
             # Covers what picking the next samples to send reads, sent_at included, so it
             # runs on the index alone (made here: a schema-2 file gets sent_at just above).
@@ -611,16 +628,23 @@ class Outbox:
         if no receipt came within that time)."""
         if not seqs:
             return
-        if self._resend_s is not None:
-            with self._lock:
-                self._check_open()
-                with self._transaction():
-                    self._db.execute(
-                        "UPDATE samples SET sent_at = ? "
-                        "WHERE seq IN (SELECT value FROM json_each(?))",
-                        (self._clock(), json.dumps(list(seqs))),
-                    )
-                self._leased_samples.difference_update(seqs)
+        if self._resend_s is None:
+            self.discard_samples(seqs)
+            return
+        with self._lock:
+            self._check_open()
+            with self._transaction():
+                self._db.execute(
+                    "UPDATE samples SET sent_at = ? WHERE seq IN (SELECT value FROM json_each(?))",
+                    (self._clock(), json.dumps(list(seqs))),
+                )
+            self._leased_samples.difference_update(seqs)
+
+    def discard_samples(self, seqs: Sequence[int]) -> None:
+        """Delete samples ``seqs`` and end their lease, receipts or not: acknowledged
+        without receipts, or never sendable (the wire format refuses them; a resend could
+        not change that, so waiting for a receipt would keep them until they expire)."""
+        if not seqs:
             return
         with self._space:
             self._check_open()
@@ -729,7 +753,11 @@ class Outbox:
         return len(entries) - sum(refused.values())
 
     def next_feedback(self, max_items: int) -> PendingFeedback | None:
-        """Lease and return due feedback items of one pipeline, oldest due first."""
+        """Lease and return due feedback items of one pipeline, oldest due first.
+
+        Due: fallen due and never sent, or sent (with receipts) and no receipt came within
+        ``resend_unconfirmed_s`` of the PUBACK.
+        """
         now = self._clock()
         with self._lock:
             self._check_open()
@@ -751,7 +779,8 @@ class Outbox:
             return PendingFeedback(head[0], ids, tuple((r[1], r[2]) for r in rows))
 
     def next_feedback_due(self) -> float | None:
-        """Return the Unix time the earliest unleased feedback item falls due, if any."""
+        """Return the Unix time the earliest unleased feedback item falls due (to be sent,
+        or sent again for want of a receipt), if any."""
         with self._lock:
             self._check_open()
             row = self._db.execute(
@@ -761,7 +790,63 @@ class Outbox:
             return None if row[0] is None else float(row[0])
 
     def ack_feedback(self, ids: Sequence[int]) -> None:
-        """Delete acknowledged feedback items and end their lease."""
+        """The broker acknowledged feedback items ``ids``: end their lease, and delete them,
+        or, with ``resend_unconfirmed_s``, keep them until ``confirm_feedback`` (sending them
+        again if no receipt came within that time)."""
+        if not ids:
+            return
+        if self._resend_s is None:
+            self.discard_feedback(ids)
+            return
+        now = self._clock()
+        with self._lock:
+            self._check_open()
+            with self._transaction():
+                # Due again when the receipt is overdue: next_feedback and the feedback_due
+                # index then need no second condition for resends.
+                self._db.execute(
+                    "UPDATE feedback SET sent_at = ?, due_at = ? "
+                    "WHERE id IN (SELECT value FROM json_each(?))",
+                    (now, now + self._resend_s, json.dumps(list(ids))),
+                )
+            self._leased_feedback.difference_update(ids)
+
+    def confirm_feedback(self, ranges: Sequence[tuple[int, int]]) -> int:
+        """Delete the delayed labels of the samples in the inclusive ``ranges`` that were
+        sent (ingest's receipt: recorded); return how many there were.
+
+        As ``confirm_samples``: only labels the broker acknowledged, or that are on their
+        way to it, go, so a forged receipt costs no more than trusting the PUBACK did.
+        """
+        if not ranges:
+            return 0
+        with self._space:
+            self._check_open()
+            leased = json.dumps(sorted(self._leased_feedback))
+            sent = "(sent_at IS NOT NULL OR id IN (SELECT value FROM json_each(?)))"
+            confirmed: list[tuple[int, str]] = []
+            with self._transaction():
+                for first, last in ranges:
+                    bounds = (int(first), int(last), leased)
+                    rows = self._db.execute(
+                        f"SELECT id, pipeline FROM feedback WHERE seq BETWEEN ? AND ? AND {sent}",
+                        bounds,
+                    ).fetchall()
+                    if rows:
+                        confirmed.extend(rows)
+                        self._db.execute(
+                            f"DELETE FROM feedback WHERE seq BETWEEN ? AND ? AND {sent}", bounds
+                        )
+            for _, pipeline in confirmed:
+                self._count_bytes(pipeline, -_FEEDBACK_SIZE)
+            if confirmed:
+                self._leased_feedback.difference_update(key for key, _ in confirmed)
+                self._space.notify_all()
+            return len(confirmed)
+
+    def discard_feedback(self, ids: Sequence[int]) -> None:
+        """Delete feedback items ``ids`` and end their lease, receipts or not (see
+        ``discard_samples``)."""
         if not ids:
             return
         with self._space:
@@ -858,15 +943,16 @@ class Outbox:
             feedback = {
                 row[0]: row[1:]
                 for row in self._db.execute(
-                    "SELECT pipeline, COUNT(*), MIN(enqueued_at) FROM feedback GROUP BY 1"
+                    "SELECT pipeline, COUNT(*), MIN(enqueued_at), COUNT(sent_at) FROM feedback "
+                    "GROUP BY 1"
                 )
             }
             names = {*(self._partitions or ()), *self._bytes_by, *samples, *feedback}
             names.update(pipeline for pipeline, _ in self._dropped)
             partitions: dict[str, PartitionStats] = {}
             for name in sorted(names):
-                sample_rows, oldest_sample, sent = samples.get(name, (0, None, 0))
-                feedback_rows, oldest_feedback = feedback.get(name, (0, None))
+                sample_rows, oldest_sample, samples_sent = samples.get(name, (0, None, 0))
+                feedback_rows, oldest_feedback, feedback_sent = feedback.get(name, (0, None, 0))
                 partitions[name] = PartitionStats(
                     samples=int(sample_rows),
                     feedback=int(feedback_rows),
@@ -874,7 +960,8 @@ class Outbox:
                     max_bytes=self._bound_or_zero(name),
                     oldest_age_s=_age_s(now, oldest_sample, oldest_feedback),
                     dropped={r: n for (p, r), n in self._dropped.items() if p == name},
-                    awaiting_receipt=int(sent),
+                    samples_awaiting_receipt=int(samples_sent),
+                    feedback_awaiting_receipt=int(feedback_sent),
                 )
             by_reason: Counter[str] = Counter()
             for (_, reason), count in self._dropped.items():

@@ -4,9 +4,10 @@
 writes them, so data that may not leave the node never touches its disk.  ``Uplink`` is the
 pump: one thread reads the oldest records from the durable outbox, encodes them with the wire
 codec and publishes them at QoS 1 while the link's in-flight window has room; a PUBACK
-deletes the records, anything else puts them back for a later attempt.  The same thread
-publishes telemetry windows, the retained node status (and its heartbeat) and the
-retained reported state, and keeps the outbox within its age bound.
+deletes the records (or, with receipts, leaves them to ingest's receipt), anything else puts
+them back for a later attempt.  The same thread publishes telemetry windows, the retained
+node status (and its heartbeat) and the retained reported state, and keeps the outbox
+within its age bound.
 """
 
 from __future__ import annotations
@@ -276,8 +277,10 @@ class Uplink:
         if busy or self._link.inflight:
             return False
         stats = self._outbox.stats()
+        # Sent labels awaiting a receipt are due again only later, but are not done with.
+        unconfirmed = sum(p.feedback_awaiting_receipt for p in stats.pipelines.values())
         due = self._outbox.next_feedback_due()
-        return stats.samples == 0 and (due is None or due > time.time())
+        return stats.samples == 0 and unconfirmed == 0 and (due is None or due > time.time())
 
     # -- pump thread -----------------------------------------------------------------------
 
@@ -423,13 +426,14 @@ class Uplink:
     def _unsendable(
         self, kind: Kind, pending: PendingSamples | PendingFeedback, exc: Exception
     ) -> None:
-        # Records the codec refuses can never be sent; keeping them would block the queue.
+        # Records the codec refuses can never be sent; keeping them would block the queue
+        # (and no receipt would ever come for them).
         log.error("dropping %s the wire format refuses: %s", kind, exc)
         if isinstance(pending, PendingSamples):
-            self._outbox.ack_samples(pending.seqs)
+            self._outbox.discard_samples(pending.seqs)
             count = len(pending.seqs)
         else:
-            self._outbox.ack_feedback(pending.ids)
+            self._outbox.discard_feedback(pending.ids)
             count = len(pending.ids)
         self._metrics.dropped.labels(pending.pipeline, "unencodable").inc(count)
 
@@ -488,7 +492,10 @@ class Uplink:
         for pipeline, part in self._outbox.stats().pipelines.items():
             m.outbox_depth.labels(pipeline, "samples").set(part.samples)
             m.outbox_depth.labels(pipeline, "feedback").set(part.feedback)
-            m.outbox_awaiting_receipt.labels(pipeline).set(part.awaiting_receipt)
+            m.outbox_awaiting_receipt.labels(pipeline, "samples").set(part.samples_awaiting_receipt)
+            m.outbox_awaiting_receipt.labels(pipeline, "feedback").set(
+                part.feedback_awaiting_receipt
+            )
             m.outbox_bytes.labels(pipeline).set(part.bytes)
             m.outbox_max_bytes.labels(pipeline).set(part.max_bytes)
             m.outbox_oldest_age.labels(pipeline).set(part.oldest_age_s)

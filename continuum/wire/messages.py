@@ -249,23 +249,42 @@ def merge_seq_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]
 
 class StoredReceipt(_Message):
     """Ingest's word to one node: these of its samples are durably stored, or refused for
-    good (a resend could not change that), so its outbox may forget them.
+    good (a resend could not change that), and the labels it sent for these samples are
+    recorded, so its outbox may forget them.
 
-    The broker's PUBACK only says the broker has a sample; a broker that crashes before it
-    saved or passed the sample on loses it.  An outbox that keeps each sample until this
-    receipt comes (and sends it again when none came in time) loses nothing to such a
-    crash; ingest de-duplicates what it receives twice and confirms it again.
+    The broker's PUBACK only says the broker has a message; a broker that crashes before it
+    saved or passed the message on loses it.  An outbox that keeps each sample and each
+    delayed label until this receipt comes (and sends it again when none came in time)
+    loses nothing to such a crash; ingest de-duplicates the samples it receives twice,
+    records a label again in place, and confirms again.
 
-    ``seqs`` are inclusive ranges ``[first, last]`` of sample seqs, ascending.
+    ``seqs`` (samples) and ``labels`` (the delayed labels of those sample seqs) are
+    inclusive ranges ``[first, last]`` of sample seqs, ascending; a receipt carries at
+    least one range in one of them.  They are two fields, not one, because a sample and
+    its label travel and are stored apart: a stored sample says nothing about its label.
     """
 
     node: NodeName
-    seqs: list[SeqRange] = Field(min_length=1, max_length=MAX_RECEIPT_RANGES)
+    seqs: list[SeqRange] = Field(default_factory=list, max_length=MAX_RECEIPT_RANGES)
+    labels: list[SeqRange] = Field(default_factory=list, max_length=MAX_RECEIPT_RANGES)
     ts: Timestamp
+
+    def to_payload(self) -> bytes:
+        """Return the receipt as JSON, leaving out an empty ``seqs`` or ``labels``.
+
+        A receipt of samples alone then reads exactly as it did before labels were
+        confirmed, so agents of that release (which refuse unknown fields) still take it
+        while the cloud is upgraded before them.
+        """
+        empty = {name for name in ("seqs", "labels") if not getattr(self, name)}
+        return self.model_dump_json(exclude=empty).encode()
 
     @model_validator(mode="after")
     def _ranges(self) -> Self:
-        for first, last in self.seqs:
-            if first > last:
-                raise ValueError(f"seq range [{first}, {last}] ends before it starts")
+        if not self.seqs and not self.labels:
+            raise ValueError("a receipt confirms nothing: both seqs and labels are empty")
+        for name, ranges in (("seqs", self.seqs), ("labels", self.labels)):
+            for first, last in ranges:
+                if first > last:
+                    raise ValueError(f"{name} range [{first}, {last}] ends before it starts")
         return self

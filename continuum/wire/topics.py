@@ -67,7 +67,7 @@ def node_desired(tenant: str, node: str) -> str:
 
 def node_stored(tenant: str, node: str) -> str:
     """Receipts from ingest: which of the node's samples are durably stored (or refused for
-    good), so that its outbox may forget them."""
+    good) and which of its delayed labels are recorded, so that its outbox may forget them."""
     return f"{PREFIX}/{check_name(tenant, 'tenant')}/nodes/{check_name(node, 'node')}/stored"
 
 

@@ -19,7 +19,9 @@ from continuum import select
 from continuum.embedded import EmbeddedBroker
 from continuum.spec import DataClass, EdgeStageSpec, PipelineSpec, TensorSchema, UplinkSpec
 from continuum.wire import codec, topics
+from continuum.wire.messages import MAX_RECEIPT_RANGES, StoredReceipt, merge_seq_ranges
 from continuum.wire.mqtt import BrokerSettings
+from tests.edge_agent_kit import CloudStandIn
 
 pytestmark = pytest.mark.integration
 
@@ -159,6 +161,46 @@ class TestExactlyOnce:
         )
         wait_for(lambda: rig.labels.count(rig.tenant, "digits") == 2)
         assert rig.service.stats()["labels"] == 2
+
+
+class TestReceipts:
+    def test_labels_are_confirmed_apart_from_samples_in_receipts_of_bounded_size(
+        self, rig: Rig, publisher: Publisher, mqtt_broker: EmbeddedBroker
+    ) -> None:
+        node = "cam-1"
+        listener = CloudStandIn(mqtt_broker.host, mqtt_broker.port, rig.tenant)
+        try:
+            listener.subscribe(topics.node_stored(rig.tenant, node))
+            rig.worker.start()
+            wait_for(lambda: rig.worker.connected)
+            # Every other seq: one range per label, one more than a receipt may carry.
+            items = tuple((2 * i, i % 10) for i in range(MAX_RECEIPT_RANGES + 1))
+            feedback = codec.FeedbackBatch("digits", node, items)
+            publisher.send(
+                topics.feedback(rig.tenant, "digits", node), codec.encode_feedback(feedback)
+            )
+            publisher.send(rig.topic(node), codec.encode_samples(make_batch(range(100, 105))))
+
+            def receipts() -> list[StoredReceipt]:
+                return [StoredReceipt.from_payload(m[1]) for m in listener.messages("/stored")]
+
+            wait_for(
+                lambda: (
+                    sum(len(r.labels) for r in receipts()) == len(items)
+                    and any(r.seqs for r in receipts())
+                )
+            )
+            got = receipts()
+        finally:
+            listener.close()
+        assert {r.node for r in got} == {node}
+        assert all(len(r.labels) <= MAX_RECEIPT_RANGES for r in got)
+        # Apart: an agent from before label receipts must still take its samples' receipts.
+        assert not any(r.seqs and r.labels for r in got)
+        labelled = merge_seq_ranges(span for r in got for span in r.labels)
+        assert labelled == [(seq, seq) for seq, _ in items]
+        assert merge_seq_ranges(span for r in got for span in r.seqs) == [(100, 104)]
+        assert rig.labels.count(rig.tenant, "digits") == len(items)
 
 
 class TestPersistentSession:

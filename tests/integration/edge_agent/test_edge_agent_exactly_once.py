@@ -1,5 +1,6 @@
 """Invariant 7.1 end to end: every sample the edge selected lands in the cloud store exactly
-once, across a 30 s broker outage and an agent SIGKILL.
+once, across a 30 s broker outage, a broker SIGKILL and an agent SIGKILL; and so does every
+delayed label across a broker SIGKILL.
 
 The cloud is the real one: ``IngestWorker`` (shared subscription, persistent session, acks
 after the durable write) over ``IngestService`` and a ``SampleStore`` in a temp dir.  The
@@ -84,6 +85,19 @@ class Cloud:
 
     def stored(self) -> int:
         return int(self.service.stats()["stored"])
+
+    def labelled_ids(self) -> dict[str, int]:
+        """The label store's labels of the pipeline: sample id -> label."""
+        return {i: label.label for i, label in self.labels.labels(TENANT, PIPELINE).items()}
+
+    def crash_broker_while_away(self) -> None:
+        """Stop ingest so that the broker queues for it, SIGKILL the broker before its next
+        save, restart both: what the broker acknowledged meanwhile is lost on its side."""
+        self.worker.stop()
+        time.sleep(1.5)
+        self.broker.kill()
+        self.broker.restart()
+        self.worker = self.start_worker()
 
     def stored_ids(self) -> set[str]:
         """The sample ids the store holds (its de-duplicating read)."""
@@ -196,11 +210,7 @@ class TestBrokerCrash:
             agent.start()
             cloud.roll_out(node)
             wait_for(lambda: cloud.stored() >= 20, timeout_s=20.0)
-            cloud.worker.stop()  # the cloud head goes away: the broker queues for it
-            time.sleep(1.5)
-            broker.kill()  # and crashes before its next save
-            broker.restart()
-            cloud.worker = cloud.start_worker()
+            cloud.crash_broker_while_away()
             wait_for(lambda: agent.runtimes[PIPELINE].finished, timeout_s=60.0)
             expected = {sample_id(node, seq) for seq in selected}
             wait_for(lambda: cloud.stored_ids() == expected, timeout_s=60.0, interval_s=0.5)
@@ -216,6 +226,50 @@ class TestBrokerCrash:
         assert confirmed is not None and confirmed >= frames
         raw = cloud.raw_ids()
         assert len(raw) == len(set(raw)) == frames  # no duplicate row in any Parquet file
+
+    def test_a_broker_sigkilled_while_the_cloud_is_away_loses_no_delayed_label(
+        self, tmp_path: Path, private_mqtt_broker: EmbeddedBroker
+    ) -> None:
+        # Delayed labels travel apart from their samples, on their own topic: the broker
+        # loses them the same way, and the outbox keeps them until ingest's receipt too.
+        broker, node = private_mqtt_broker, "edge-crash-labels"
+        frames, fps, labels = 600, 50.0, [3, 1, 4, 1, 5, 9, 2, 6]
+        spec = write_pipeline(tmp_path, name=PIPELINE, tenant=TENANT)
+        cloud = Cloud(tmp_path, broker, spec)
+        config = _config(
+            tmp_path,
+            cloud,
+            spec,
+            node,
+            source={
+                "pattern": [0.0],
+                "count": frames,
+                "fps": fps,
+                "labels": labels,
+                "label_delay_s": 0.5,
+            },
+            resend_unconfirmed_s=3.0,
+        )
+        agent = EdgeAgent(AgentSettings.load(config))
+        selected = _record_selected(agent)
+        try:
+            agent.start()
+            cloud.roll_out(node)
+            wait_for(lambda: len(cloud.labelled_ids()) >= 20, timeout_s=20.0)
+            cloud.crash_broker_while_away()
+            wait_for(lambda: agent.runtimes[PIPELINE].finished, timeout_s=60.0)
+            assert len(selected) == frames
+            # Frame i of the source, the i-th selected, carries labels[i % len(labels)].
+            expected = {
+                sample_id(node, seq): labels[i % len(labels)] for i, seq in enumerate(selected)
+            }
+            wait_for(lambda: cloud.labelled_ids() == expected, timeout_s=60.0, interval_s=0.5)
+            wait_for(lambda: agent.outbox.stats().feedback == 0, timeout_s=30.0)
+        finally:
+            agent.stop(timeout_s=5.0)
+            cloud.close()
+        confirmed = agent.metrics.registry.get_sample_value("continuum_edge_labels_confirmed_total")
+        assert confirmed is not None and confirmed >= frames
 
 
 def _start_agent(config: Path, log: IO[bytes]) -> subprocess.Popen[bytes]:

@@ -60,7 +60,13 @@ class Rig:
         self.agents: list[EdgeAgent] = []
 
     def config(
-        self, *, pattern: list[float], count: int = -1, fps: float = 200.0, **settings: object
+        self,
+        *,
+        pattern: list[float],
+        count: int = -1,
+        fps: float = 200.0,
+        labels: list[int] | None = None,
+        **settings: object,
     ) -> Path:
         source = {
             "ref": "tests.edge_agent_kit:PatternSource",
@@ -68,7 +74,7 @@ class Rig:
                 "pattern": pattern,
                 "count": count,
                 "fps": fps,
-                "labels": [0, 1],
+                "labels": labels or [0, 1],
                 "label_delay_s": 0.2,
             },
         }
@@ -238,6 +244,30 @@ class TestSamplesReachTheCloud:
 
 def _telemetry(rig: Rig) -> list[Telemetry]:
     return [Telemetry.from_payload(p) for _, p, _ in rig.cloud.messages("/telemetry/")]
+
+
+class TestUnsendableRecords:
+    def test_a_label_the_wire_refuses_is_dropped_once_though_no_receipt_can_come(
+        self, rig: Rig
+    ) -> None:
+        # A label beyond int32 cannot be encoded. Kept for a receipt as if sent, it would
+        # come back every resend_unconfirmed_s, to be refused and counted again.
+        agent = rig.agent(
+            pattern=[0.0], count=3, labels=[2**40], confirm_stored=True, resend_unconfirmed_s=1.0
+        )
+        rig.roll_out("v1", 1)
+
+        def unencodable() -> float | None:
+            return agent.metrics.registry.get_sample_value(
+                "continuum_edge_records_dropped_total",
+                {"pipeline": PIPELINE, "reason": "unencodable"},
+            )
+
+        wait_for(lambda: unencodable() == 3)
+        time.sleep(2.5)  # past resend_unconfirmed_s: nothing comes back to be refused again
+        assert unencodable() == 3
+        assert agent.outbox.stats().feedback == 0
+        assert not rig.cloud.messages("/feedback/")
 
 
 class TestFollowsSignedDesiredState:

@@ -58,6 +58,11 @@ def samples_msg(batch: codec.SampleBatch, *, tenant: str = TENANT) -> tuple[str,
     return topics.samples(tenant, batch.pipeline, batch.node), codec.encode_samples(batch)
 
 
+def feedback_msg(items: tuple[tuple[int, int], ...], node: str = "cam-1") -> tuple[str, bytes]:
+    batch = codec.FeedbackBatch("digits", node, items)
+    return topics.feedback(TENANT, "digits", node), codec.encode_feedback(batch)
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> SampleStore:
     return SampleStore(tmp_path / "samples")
@@ -391,6 +396,37 @@ class TestFeedback:
         outcome = service.handle(topic, codec.encode_feedback(batch))
         assert outcome.reason == "node_mismatch"
         assert labels.count(TENANT, "digits") == 0
+        assert outcome.label_ranges == ()  # nor a receipt to the node it claims to be
+
+    def test_recorded_labels_get_a_receipt_for_their_seqs(self, service: IngestService) -> None:
+        # The node's outbox holds each delayed label until a receipt names its seq.
+        outcome = service.handle(*feedback_msg(((7, 1), (8, 2), (11, 3), (9, 4))))
+        assert outcome.kind == "labelled"
+        assert (outcome.node, outcome.label_ranges) == ("cam-1", ((7, 9), (11, 11)))
+        assert outcome.seq_ranges == ()  # a label receipt says nothing of the samples
+
+    def test_labels_recorded_twice_are_confirmed_twice(
+        self, service: IngestService, labels: LabelStore
+    ) -> None:
+        # A resend (its receipt was lost, or came after resend_unconfirmed_s) is recorded
+        # again in place and confirmed again.
+        message = feedback_msg(((1, 3), (2, 5)))
+        first, again = service.handle(*message), service.handle(*message)
+        assert first == again == Outcome("labelled", labels=2)
+        assert first.label_ranges == again.label_ranges == ((1, 2),)
+        assert labels.count(TENANT, "digits") == 2
+
+    def test_labels_whose_write_failed_get_no_receipt(
+        self, service: IngestService, labels: LabelStore
+    ) -> None:
+        labels.close()  # the label store is gone: the write fails and is retried
+        outcome = service.handle(*feedback_msg(((1, 3),)))
+        assert outcome.kind == "failed" and not outcome.ack
+        assert outcome.label_ranges == ()
+
+    def test_a_sample_batch_gets_no_label_receipt(self, service: IngestService) -> None:
+        outcome = service.handle(*samples_msg(make_batch(range(3))))
+        assert (outcome.seq_ranges, outcome.label_ranges) == (((0, 2),), ())
 
 
 class _StoreThatCannotTakeOneNode(SampleStore):

@@ -474,7 +474,7 @@ class TestReceipts:
             entries = self._send(outbox, 3)
             stats = outbox.stats()
             assert stats.samples == 3  # kept, and not offered again meanwhile
-            assert stats.pipelines["inspect"].awaiting_receipt == 3
+            assert stats.pipelines["inspect"].samples_awaiting_receipt == 3
             assert outbox.next_samples(10, 1 << 20) is None
             seqs = [e.seq for e in entries]
             assert outbox.confirm_samples([(min(seqs), max(seqs))]) == 3
@@ -532,8 +532,11 @@ class TestReceipts:
         import edge_agent.outbox as module
 
         path = tmp_path / "outbox.db"
-        with sqlite3.connect(path) as db:  # as schema 2 made it: no sent_at column
-            db.executescript(module._SCHEMA.replace(",\n    sent_at        REAL", ""))
+        with sqlite3.connect(path) as db:  # as schema 2 made it: no sent_at columns
+            schema = module._SCHEMA.replace(",\n    sent_at        REAL", "")
+            schema = schema.replace(",\n    sent_at     REAL", "")
+            assert schema.count("sent_at") == module._SCHEMA.count("sent_at") - 2
+            db.executescript(schema)
             db.execute("INSERT INTO meta VALUES ('schema', 2)")
             db.execute("INSERT INTO meta VALUES ('seq_hi', 1000)")
         clock = FakeClock()
@@ -544,3 +547,131 @@ class TestReceipts:
     def test_a_resend_period_that_is_not_positive_is_refused(self, tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match="resend_unconfirmed_s"):
             _open(tmp_path / "outbox.db", resend_unconfirmed_s=0.0)
+
+
+class TestLabelReceipts:
+    """With ``resend_unconfirmed_s``, a delayed label outlives the broker's PUBACK until
+    ingest's receipt, as a sample does: a broker crash loses no label either."""
+
+    RESEND_S = 60.0
+
+    def _open(self, path: Path, clock: FakeClock, **kwargs: object) -> Outbox:
+        return _open(path, resend_unconfirmed_s=self.RESEND_S, clock=clock, **kwargs)
+
+    @staticmethod
+    def _send(
+        outbox: Outbox, clock: FakeClock, seqs: list[int], *, most: int = 10
+    ) -> tuple[int, ...]:
+        """Append labels for ``seqs``, due now; take up to ``most`` to send and have the
+        broker ack them; return the seqs sent."""
+        outbox.append_feedback([FeedbackEntry("inspect", s, s % 10, clock.now) for s in seqs])
+        pending = outbox.next_feedback(most)
+        assert pending is not None and len(pending.ids) == min(len(seqs), most)
+        outbox.ack_feedback(pending.ids)
+        return tuple(seq for seq, _ in pending.items)
+
+    def test_a_label_acknowledged_by_the_broker_stays_until_its_receipt(
+        self, tmp_path: Path
+    ) -> None:
+        clock = FakeClock()
+        with self._open(tmp_path / "outbox.db", clock) as outbox:
+            self._send(outbox, clock, [10, 11, 12])
+            stats = outbox.stats()
+            assert stats.feedback == 3  # kept, and not offered again meanwhile
+            assert stats.pipelines["inspect"].feedback_awaiting_receipt == 3
+            assert stats.pipelines["inspect"].samples_awaiting_receipt == 0
+            assert outbox.next_feedback(10) is None
+            assert outbox.confirm_feedback([(10, 12)]) == 3
+            assert outbox.stats().feedback == 0 and outbox.bytes_used == 0
+
+    def test_a_label_without_a_receipt_in_time_is_sent_again(self, tmp_path: Path) -> None:
+        clock = FakeClock()
+        path = tmp_path / "outbox.db"
+        with self._open(path, clock) as outbox:
+            self._send(outbox, clock, [42])
+            assert outbox.next_feedback_due() == pytest.approx(clock.now + self.RESEND_S)
+            clock.now += self.RESEND_S - 1.0
+            assert outbox.next_feedback(10) is None
+        with self._open(path, clock) as outbox:  # also across a restart
+            clock.now += 2.0
+            again = outbox.next_feedback(10)
+            assert again is not None and again.items == ((42, 2),)
+
+    def test_a_receipt_forgets_only_labels_that_were_sent(self, tmp_path: Path) -> None:
+        # A forged receipt over every seq there could be takes what the broker
+        # acknowledged, nothing unsent; a receipt for the samples takes no label.
+        clock = FakeClock()
+        with self._open(tmp_path / "outbox.db", clock) as outbox:
+            self._send(outbox, clock, [1, 2, 3, 4], most=2)
+            assert outbox.confirm_samples([(0, 2**63 - 1)]) == 0
+            assert outbox.stats().feedback == 4
+            assert outbox.confirm_feedback([(0, 2**63 - 1), (1, 3_000_000)]) == 2
+            left = outbox.next_feedback(10)
+            assert left is not None and left.items == ((3, 3), (4, 4))
+            assert outbox.stats().feedback == 2
+
+    def test_a_label_confirmed_while_on_its_way_is_not_brought_back_by_its_puback(
+        self, tmp_path: Path
+    ) -> None:
+        clock = FakeClock()
+        with self._open(tmp_path / "outbox.db", clock) as outbox:
+            outbox.append_feedback([FeedbackEntry("inspect", 7, 1, clock.now)])
+            pending = outbox.next_feedback(10)  # leased: a resend on its way
+            assert pending is not None
+            assert outbox.confirm_feedback([(7, 7)]) == 1  # an earlier send
+            outbox.ack_feedback(pending.ids)
+            clock.now += 2 * self.RESEND_S
+            assert outbox.next_feedback(10) is None
+            assert outbox.stats().feedback == 0
+
+    def test_without_receipts_the_puback_deletes_labels(self, tmp_path: Path) -> None:
+        clock = FakeClock()
+        with _open(tmp_path / "outbox.db", clock=clock) as outbox:
+            outbox.append_feedback([FeedbackEntry("inspect", 7, 1, clock.now)])
+            pending = outbox.next_feedback(10)
+            assert pending is not None
+            outbox.ack_feedback(pending.ids)
+            assert outbox.stats().feedback == 0 and outbox.bytes_used == 0
+
+    def test_what_the_wire_refuses_is_discarded_with_receipts_too(self, tmp_path: Path) -> None:
+        # It could never be sent, so no receipt could ever come for it.
+        clock = FakeClock()
+        with self._open(tmp_path / "outbox.db", clock) as outbox:
+            outbox.append_samples([_entry(outbox)])
+            outbox.append_feedback([FeedbackEntry("inspect", 7, 2**40, clock.now)])
+            samples, feedback = outbox.next_samples(10, 1 << 20), outbox.next_feedback(10)
+            assert samples is not None and feedback is not None
+            outbox.discard_samples(samples.seqs)
+            outbox.discard_feedback(feedback.ids)
+            clock.now += 2 * self.RESEND_S
+            assert outbox.next_samples(10, 1 << 20) is None and outbox.next_feedback(10) is None
+            stats = outbox.stats()
+            assert (stats.samples, stats.feedback, stats.bytes) == (0, 0, 0)
+
+    def test_an_outbox_of_the_previous_schema_is_migrated(self, tmp_path: Path) -> None:
+        import sqlite3
+
+        import edge_agent.outbox as module
+
+        path = tmp_path / "outbox.db"
+        with sqlite3.connect(path) as db:  # as schema 3 made it: no feedback.sent_at column
+            schema = module._SCHEMA.replace(",\n    sent_at     REAL", "")
+            assert schema.count("sent_at") == module._SCHEMA.count("sent_at") - 1
+            db.executescript(schema)
+            db.execute("INSERT INTO meta VALUES ('schema', 3)")
+            db.execute("INSERT INTO meta VALUES ('seq_hi', 1000)")
+            db.execute(
+                "INSERT INTO feedback (pipeline, seq, label, due_at, enqueued_at) "
+                "VALUES ('inspect', 5, 1, 0, 0)"
+            )
+        clock = FakeClock()
+        with self._open(path, clock) as outbox:
+            assert outbox.stats().feedback == 1 and outbox.bytes_used > 0
+            pending = outbox.next_feedback(10)  # what schema 3 held is sent as before
+            assert pending is not None and pending.items == ((5, 1),)
+            outbox.ack_feedback(pending.ids)
+            assert outbox.stats().pipelines["inspect"].feedback_awaiting_receipt == 1
+            assert outbox.confirm_feedback([(5, 5)]) == 1
+            assert outbox.stats().feedback == 0 and outbox.bytes_used == 0
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (4,)

@@ -248,6 +248,51 @@ class TestStoredReceipt:
             StoredReceipt.from_payload(payload)
         assert refused.value.reason == "schema"
 
+    def test_a_receipt_of_labels_alone_round_trips(self) -> None:
+        receipt = StoredReceipt(node="cam-1", labels=[(5, 9)], ts=1.0)
+        assert receipt.seqs == []
+        assert StoredReceipt.from_payload(receipt.to_payload()) == receipt
+        both = StoredReceipt(node="cam-1", seqs=[(1, 2)], labels=[(5, 9)], ts=1.0)
+        assert StoredReceipt.from_payload(both.to_payload()) == both
+
+    def test_a_receipt_of_samples_alone_reads_as_before_label_receipts(self) -> None:
+        # Agents of the release before label receipts refuse unknown fields: a receipt of
+        # samples must not name labels, even empty ones.
+        payload = StoredReceipt(node="cam-1", seqs=[(5, 9)], ts=1.0).to_payload()
+        assert json.loads(payload) == {
+            "schema_version": 1,
+            "node": "cam-1",
+            "seqs": [[5, 9]],
+            "ts": 1.0,
+        }
+
+    @pytest.mark.parametrize(
+        "ranges", [{}, {"seqs": []}, {"labels": []}, {"seqs": [], "labels": []}]
+    )
+    def test_a_receipt_that_confirms_nothing_is_refused(self, ranges: dict[str, Any]) -> None:
+        payload = json.dumps({"node": "cam-1", "ts": 1.0, **ranges}).encode()
+        with pytest.raises(ProtocolError, match="both seqs and labels are empty") as refused:
+            StoredReceipt.from_payload(payload)
+        assert refused.value.reason == "schema"
+
+    @pytest.mark.parametrize(
+        ("labels", "names"),
+        [
+            ([(9, 5)], r"labels range \[9, 5\] ends before it starts"),
+            ([(-1, 5)], "labels"),
+            ([(0, 2**63)], "labels"),
+            ([(1, 2)] * 4097, "labels"),
+            ([[1, 2, 3]], "labels"),
+            ([["1", 2]], "labels"),
+            ("1-2", "labels"),
+        ],
+    )
+    def test_a_bad_label_range_is_named(self, labels: Any, names: str) -> None:
+        payload = json.dumps({"node": "cam-1", "seqs": [(1, 2)], "labels": labels, "ts": 1.0})
+        with pytest.raises(ProtocolError, match=names) as refused:
+            StoredReceipt.from_payload(payload.encode())
+        assert refused.value.reason == "schema"
+
     def test_ranges_are_merged_where_they_touch_or_overlap(self) -> None:
         assert merge_seq_ranges([(10, 12), (1, 3), (4, 4), (11, 20), (30, 30)]) == [
             (1, 4),
