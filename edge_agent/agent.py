@@ -15,7 +15,7 @@ from pathlib import Path
 
 from continuum import signing
 from continuum.backends import open_backend
-from continuum.errors import ArtifactError, ConfigError, NotReadyError, ProtocolError, SpecError
+from continuum.errors import ArtifactError, ConfigError, ProtocolError, SpecError
 from continuum.residency import UplinkPlan, load_policy, uplink_plan
 from continuum.sources import Source
 from continuum.spec import PipelineSpec, load_pipeline
@@ -374,8 +374,8 @@ class EdgeAgent:
             self.models.offer(topic, payload, retained)
 
     def _on_receipt(self, payload: bytes) -> None:
-        """Forget the samples ingest says are stored (or refused for good) and the delayed
-        labels it says are recorded; count bad receipts."""
+        """Check ingest's receipt and hand it to the uplink pump, which applies it to the
+        outbox (this is the network thread); count bad receipts."""
         try:
             receipt = StoredReceipt.from_payload(payload)
             if receipt.node != self.node:
@@ -389,16 +389,7 @@ class EdgeAgent:
                 self._receipt_warned.add(exc.reason)
                 log.warning("receipt rejected (further ones are only counted): %s", exc)
             return
-        try:
-            confirmed = self.outbox.confirm_samples(receipt.seqs)
-            labels = self.outbox.confirm_feedback(receipt.labels)
-        except NotReadyError:
-            return  # closing: what is left stays and is sent again after a restart
-        self.metrics.receipts.inc()
-        if confirmed:
-            self.metrics.confirmed.inc(confirmed)
-        if labels:
-            self.metrics.labels_confirmed.inc(labels)
+        self.uplink.queue_receipt(receipt)
 
     def _on_model(self, model: ServingModel) -> None:
         self.runtimes[model.pipeline].swap_model(model)

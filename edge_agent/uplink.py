@@ -35,7 +35,7 @@ from continuum.wire.codec import (
     field_value_bytes,
 )
 from continuum.wire.codec import FieldValue as WireValue
-from continuum.wire.messages import ReportedState, Telemetry
+from continuum.wire.messages import ReportedState, StoredReceipt, Telemetry
 from edge_agent.link import FailureLog, MqttLink, PublishOutcome
 from edge_agent.metrics import AgentMetrics
 from edge_agent.outbox import Outbox, PendingFeedback, PendingSamples, SampleEntry
@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 Kind = Literal["samples", "feedback", "telemetry", "status", "reported"]
 
 _TELEMETRY_BACKLOG = 10_000
+#: Receipts waiting for the pump; past this the oldest is dropped (it only costs a resend).
+_RECEIPT_BACKLOG = 10_000
 _FEEDBACK_PER_MESSAGE = 4096
 _EXPIRE_EVERY_S = 30.0
 _RECLAIM_EVERY_S = 300.0
@@ -190,6 +192,7 @@ class Uplink:
         self._reported_topic = topics.node_reported(tenant, node)
         self._wake = threading.Condition()
         self._acks: collections.deque[_Ack] = collections.deque()
+        self._receipts: collections.deque[StoredReceipt] = collections.deque()
         self._telemetry: collections.deque[Telemetry] = collections.deque()
         self._reported: ReportedState | None = None
         self._reported_dirty = False
@@ -222,6 +225,19 @@ class Uplink:
                 lost = self._telemetry.popleft()
                 self._metrics.dropped.labels(lost.pipeline, "telemetry_backlog").inc()
             self._telemetry.append(message)
+            self._wake.notify()
+
+    def queue_receipt(self, receipt: StoredReceipt) -> None:
+        """Apply ingest's ``receipt`` to the outbox on the pump thread.
+
+        Receipts arrive on the MQTT network thread, which must not wait on the outbox's
+        disk (it also reads PUBACKs); the pump, which settles those, applies them after.
+        """
+        with self._wake:
+            if len(self._receipts) >= _RECEIPT_BACKLOG:
+                self._receipts.popleft()  # its records are sent again and confirmed then
+                self._metrics.rejected_messages.labels("receipt_backlog").inc()
+            self._receipts.append(receipt)
             self._wake.notify()
 
     def set_reported(self, state: ReportedState) -> None:
@@ -273,7 +289,7 @@ class Uplink:
 
     def _idle(self) -> bool:
         with self._wake:
-            busy = bool(self._telemetry or self._acks or self._reported_dirty)
+            busy = bool(self._telemetry or self._acks or self._receipts or self._reported_dirty)
         if busy or self._link.inflight:
             return False
         stats = self._outbox.stats()
@@ -311,7 +327,7 @@ class Uplink:
             except Exception:
                 log.exception("uplink pump iteration failed")
             with self._wake:
-                if not self._acks and not self._stop.is_set():
+                if not self._acks and not self._receipts and not self._stop.is_set():
                     self._wake.wait(self._sleep_s())
 
     def _sleep_s(self) -> float:
@@ -447,12 +463,30 @@ class Uplink:
         return done
 
     def _drain_acks(self) -> None:
+        """Settle the PUBACKs, then apply the receipts, that the network thread handed over."""
         while True:
             with self._wake:
                 if not self._acks:
-                    return
+                    break
                 ack = self._acks.popleft()
             self._settle(ack)
+        while True:
+            with self._wake:
+                if not self._receipts:
+                    return
+                receipt = self._receipts.popleft()
+            self._confirm(receipt)
+
+    def _confirm(self, receipt: StoredReceipt) -> None:
+        """Forget the samples ``receipt`` says are stored (or refused for good) and the
+        delayed labels it says are recorded."""
+        samples = self._outbox.confirm_samples(receipt.seqs)
+        labels = self._outbox.confirm_feedback(receipt.labels)
+        self._metrics.receipts.inc()
+        if samples:
+            self._metrics.confirmed.inc(samples)
+        if labels:
+            self._metrics.labels_confirmed.inc(labels)
 
     def _settle(self, ack: _Ack) -> None:
         kind, outcome = ack.kind, ack.outcome

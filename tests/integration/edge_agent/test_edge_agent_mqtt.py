@@ -7,9 +7,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from continuum.wire.messages import (
     DesiredState,
     NodeStatus,
     ReportedState,
+    StoredReceipt,
     Telemetry,
 )
 from edge_agent.agent import EdgeAgent
@@ -240,6 +242,40 @@ class TestSamplesReachTheCloud:
             assert agent.outbox.stats().samples == 0
         finally:
             rig.close()
+
+
+class TestReceipts:
+    def test_a_receipt_lets_the_sent_samples_go_on_the_pump_thread(self, rig: Rig) -> None:
+        # The stand-in cloud plays ingest: it confirms the seqs of the samples it got.
+        agent = rig.agent(pattern=[0.0], count=40, confirm_stored=True)
+        rig.roll_out("v1", 1)
+        confirming: set[str] = set()
+        confirm = agent.outbox.confirm_samples
+
+        def spy(ranges: Sequence[tuple[int, int]]) -> int:
+            confirming.add(threading.current_thread().name)
+            return confirm(ranges)
+
+        agent.outbox.confirm_samples = spy  # type: ignore[method-assign]
+
+        def sent_seqs() -> list[int]:
+            return [
+                int(seq)
+                for _, payload, _ in rig.cloud.messages(f"/samples/{rig.node}")
+                for seq in (r.seq for r in decode_samples(payload).records)
+            ]
+
+        wait_for(lambda: agent.runtimes[PIPELINE].finished and len(sent_seqs()) >= 1)
+        wait_for(lambda: agent.outbox.stats().samples == len(set(sent_seqs())))
+        seqs = sorted(set(sent_seqs()))
+        receipt = StoredReceipt(node=rig.node, seqs=[(s, s) for s in seqs], ts=time.time())
+        rig.cloud.publish(topics.node_stored(TENANT, rig.node), receipt.to_payload())
+
+        wait_for(lambda: agent.outbox.stats().samples == 0)
+        confirmed = f"continuum_edge_samples_confirmed_total {float(len(seqs))}"
+        wait_for(lambda: confirmed in agent.metrics.render().decode())
+        # Not the MQTT network thread, which also reads the PUBACKs: the uplink pump.
+        assert confirming == {"ctm-uplink-" + TENANT}
 
 
 def _telemetry(rig: Rig) -> list[Telemetry]:
