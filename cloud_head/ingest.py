@@ -943,7 +943,7 @@ class IngestService:
         assert batch is not None
         try:
             written = self._labels.record(self._tenant, batch, source="delayed_feedback")
-        except (sqlite3.Error, OSError) as exc:
+        except Exception as exc:  # as for samples: nothing acknowledged, the broker redelivers
             _log.error("writing labels failed, will retry: %r", exc)
             return Outcome("failed", detail=repr(exc))
         return Outcome("labelled", labels=written)
