@@ -35,6 +35,8 @@ AuthMode = Literal["token", "disabled"]
 DEFAULT_HEAD_LABELS: Mapping[str, str] = {TIER: "cloud"}
 DEFAULT_EDGE_NODES: Sequence[Mapping[str, str]] = ({TIER: "edge", SITE: "lux-1"},)
 
+#: Worker processes a node may start at once (see ``_process_env``).
+_STARTUP_CONCURRENCY = 16
 #: ``ray start`` prints this once the node's processes run (``--log-style=record``).
 _STARTED_MARKER = "Ray runtime started"
 #: Ray puts unix sockets at ``{temp_dir}/session_<date>_<time>_<us>_<pid>/sockets/plasma_store.N``;
@@ -364,6 +366,11 @@ class LocalRayCluster:
         env["RAY_DATA_USAGE_DISABLED"] = "1"
         # On SIGTERM a node would otherwise wait up to 30 s for Serve-style draining.
         env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
+        # Each tenant's cloud head is a handful of light named actors (no CPU reserved), so
+        # a 2-CPU machine starts a dozen workers at once; Ray caps concurrent worker starts
+        # at the CPU count and warns at every multiple of it ("N PYTHON worker processes
+        # have been started ... maximum expected startup concurrency").
+        env.setdefault("RAY_worker_maximum_startup_concurrency", str(_STARTUP_CONCURRENCY))
         return env
 
     def _launch(
