@@ -26,6 +26,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from continuum.errors import NotReadyError
 from continuum.wire import mqtt
+from continuum.wire.messages import MAX_CHUNK_BYTES
 
 __all__ = ["Backoff", "FailureLog", "InflightWindow", "MqttLink", "PublishOutcome"]
 
@@ -34,6 +35,11 @@ log = logging.getLogger(__name__)
 #: PUBACK reason "No matching subscribers": the broker took the message and dropped it.
 NO_MATCHING_SUBSCRIBERS = 0x10
 _SUBSCRIBE_BATCH = 64
+#: The largest MQTT packet the agent takes (MQTT 5 Maximum Packet Size, sent in CONNECT): an
+#: artifact chunk, the largest thing it receives, plus room for its topic and properties.
+#: The broker drops anything larger instead of delivering it, so a 200 MB publish on the
+#: desired-state topic never reaches (and is never read into the memory of) the agent.
+MAX_PACKET_BYTES = MAX_CHUNK_BYTES + 64 * 1024
 _LOOP_TIMEOUT_S = 0.1
 
 
@@ -237,6 +243,7 @@ class MqttLink:
         self._connects = 0
         self._connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         self._connect_props.SessionExpiryInterval = broker.session_expiry_s
+        self._connect_props.MaximumPacketSize = MAX_PACKET_BYTES
 
     # -- state -----------------------------------------------------------------------------
 

@@ -381,8 +381,21 @@ class ModelManager:
         newer = desired.generation > self._generation
         self._generation = desired.generation
         for name, want in desired.pipelines.items():
-            if name not in self._specs:
-                log.debug("desired state names pipeline %s, which this node does not serve", name)
+            spec = self._specs.get(name)
+            if spec is None:
+                self._reject_message(
+                    "desired_unknown_pipeline",
+                    f"desired state names pipeline {name!r}, which this node does not serve",
+                )
+                continue
+            if want.model != spec.edge.model:
+                # A tenant-signed artifact of another model (another pipeline's, or one
+                # never meant for the edge) is still the wrong model for this pipeline.
+                self._reject_message(
+                    "desired_wrong_model",
+                    f"desired state names model {want.model!r} for pipeline {name!r}, whose "
+                    f"spec runs {spec.edge.model!r}",
+                )
                 continue
             self._follow(name, want, desired.generation, newer)
 

@@ -31,6 +31,7 @@ from continuum.wire.messages import (
 from edge_agent.agent import EdgeAgent
 from edge_agent.cli import main
 from edge_agent.config import AgentSettings
+from edge_agent.link import MAX_PACKET_BYTES
 from tests.edge_agent_kit import (
     CloudStandIn,
     agent_config,
@@ -389,6 +390,20 @@ class TestTruncatedTransfers:
 
 
 class TestBadInputOnTheWire:
+    def test_a_message_over_the_agents_packet_limit_is_dropped_by_the_broker(
+        self, rig: Rig
+    ) -> None:
+        agent = rig.agent(pattern=[0.0])
+        wait_for(lambda: rig.cloud.messages(topics.node_status(TENANT, rig.node)))
+        desired = topics.node_desired(TENANT, rig.node)
+        # The agent's CONNECT caps packets at an artifact chunk: the broker never sends it
+        # this (nor makes it read it into memory), and sends what follows as usual.
+        rig.cloud.publish(desired, b"x" * (MAX_PACKET_BYTES + 1))
+        rig.cloud.publish(desired, b"\x00\x01garbage")
+        wait_for(lambda: sum(agent.models.rejected_messages.values()) >= 1)
+        time.sleep(0.5)
+        assert agent.models.rejected_messages == {"desired_invalid_json": 1}
+
     def test_garbage_on_the_desired_topic_is_counted_and_the_agent_keeps_running(
         self, rig: Rig
     ) -> None:

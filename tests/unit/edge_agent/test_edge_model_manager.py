@@ -361,6 +361,30 @@ class TestBadInput:
         node.desire(want, generation=4)
         wait_for(lambda: node.manager.rejected_messages.get("desired_stale") == 1)
 
+    def test_another_model_or_an_unknown_pipeline_in_the_desired_state_is_refused(
+        self, tmp_path: Path, keys: tuple[bytes, bytes], node: Node
+    ) -> None:
+        artifact = build_model(tmp_path / "v1.onnx")
+        want = desired_for(artifact, keys[0], model="inspector", version="v1")
+        node.desire(want)
+        node.send_chunks(artifact, want)
+        wait_for(lambda: node.state() == "v1:serving")
+        # Signed by the tenant, but of another model: not what this pipeline runs.
+        other = build_model(tmp_path / "billing.onnx", favour=2)
+        foreign = desired_for(other, keys[0], model="billing-model", version="v9")
+        node.desire(foreign, generation=2)
+        wait_for(lambda: node.manager.rejected_messages.get("desired_wrong_model") == 1)
+        unknown = DesiredState(
+            schema_version=SCHEMA_VERSION,
+            node=NODE,
+            pipelines={"not-here": want},
+            issued_at=time.time(),
+            generation=3,
+        )
+        node.manager.offer(node.manager.desired_topic, unknown.to_payload())
+        wait_for(lambda: node.manager.rejected_messages.get("desired_unknown_pipeline") == 1)
+        assert node.state() == "v1:serving"
+
     def test_a_chunk_of_the_wrong_size_is_ignored_and_counted(
         self, tmp_path: Path, keys: tuple[bytes, bytes], node: Node
     ) -> None:
