@@ -7,13 +7,12 @@ that joins later gets the artifact the same way. Retracting clears the retained 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from continuum.errors import ArtifactError
 from continuum.wire import topics
-from continuum.wire.messages import ArtifactManifest
+from continuum.wire.messages import ArtifactManifest, chunk_layout
 from continuum.wire.mqtt import publish_and_wait
 
 if TYPE_CHECKING:
@@ -42,7 +41,7 @@ def publish_artifact(
             f"artifact {version.artifact_path} is {len(data)} bytes but the registry recorded "
             f"{version.size_bytes}; the registry's copy was changed: re-register the model"
         )
-    chunks = max(1, math.ceil(len(data) / chunk_size))
+    chunk_size, chunks = chunk_layout(len(data), chunk_size)
     for index in range(chunks):
         piece = data[index * chunk_size : (index + 1) * chunk_size]
         publish_and_wait(

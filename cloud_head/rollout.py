@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from cloud_head.audit import AuditAction, AuditTrail, model_subject
 from continuum.wire import topics
-from continuum.wire.messages import DesiredModel, DesiredState, Telemetry
+from continuum.wire.messages import DesiredModel, DesiredState, Telemetry, chunk_layout
 
 if TYPE_CHECKING:
     from cloud_head.fleet import FleetRegistry
@@ -452,10 +452,9 @@ class RolloutController:
         self._chunks[version] = chunks
 
     def _assign(self, node: str, version: ModelVersion) -> None:
-        chunks = self._chunks.get(version.version)
-        if chunks is None:
-            chunks = max(1, math.ceil(version.size_bytes / self.chunk_size))
-        self.book.assign(node, self.spec.name, desired_model(version, self.chunk_size, chunks))
+        chunk_size, chunks = chunk_layout(version.size_bytes, self.chunk_size)
+        chunks = self._chunks.get(version.version, chunks)
+        self.book.assign(node, self.spec.name, desired_model(version, chunk_size, chunks))
 
     def ensure_current_everywhere(self) -> list[str]:
         """Tell every eligible node that is not a running canary to serve the current version.

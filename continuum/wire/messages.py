@@ -32,6 +32,10 @@ MAX_MESSAGE_BYTES: Final = 1024 * 1024
 MAX_ARTIFACT_BYTES: Final = 16 * 1024**3
 #: Largest artifact chunk (one MQTT message).
 MAX_CHUNK_BYTES: Final = 16 * 1024**2
+#: Most chunks one artifact may have: an agent subscribes to each chunk it lacks, so a
+#: manifest naming millions would tie up its link (a 4 GiB artifact in 64 KiB chunks has
+#: this many; a larger one takes larger chunks, see ``chunk_layout``).
+MAX_CHUNKS: Final = 65_536
 _MAX_PIPELINES: Final = 256
 _MAX_INT: Final = 2**63 - 1
 #: Seq ranges in one stored receipt (ingest sends more receipts when it has more).
@@ -139,6 +143,17 @@ class NodeStatus(_Message):
     ts: Timestamp  # last: the fleet registry spots a heartbeat by everything before it
 
 
+def chunk_layout(size_bytes: int, chunk_size: int) -> tuple[int, int]:
+    """Return ``(chunk_size, chunks)`` for an artifact of ``size_bytes``: chunks of the
+    ``chunk_size`` asked for, or larger ones where that would make more than ``MAX_CHUNKS``.
+
+    The publisher of an artifact and the rollout that points nodes at it both call this, so
+    the desired state and the manifest describe the same chunks.
+    """
+    size = max(chunk_size, math.ceil(size_bytes / MAX_CHUNKS))
+    return size, max(1, math.ceil(size_bytes / size))
+
+
 class _ArtifactRef(_WireModel):
     """Which artifact, how to check it and how it is chunked."""
 
@@ -148,7 +163,7 @@ class _ArtifactRef(_WireModel):
     signature: SignatureHex
     size_bytes: int = Field(ge=1, le=MAX_ARTIFACT_BYTES)
     chunk_size: int = Field(ge=1, le=MAX_CHUNK_BYTES)
-    chunks: int = Field(ge=1)
+    chunks: int = Field(ge=1, le=MAX_CHUNKS)
 
     @model_validator(mode="after")
     def _chunks_cover_size(self) -> Self:

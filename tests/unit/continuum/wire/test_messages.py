@@ -10,6 +10,8 @@ import pytest
 
 from continuum.errors import ProtocolError
 from continuum.wire.messages import (
+    MAX_CHUNK_BYTES,
+    MAX_CHUNKS,
     MAX_MESSAGE_BYTES,
     ArtifactManifest,
     DesiredModel,
@@ -20,6 +22,7 @@ from continuum.wire.messages import (
     StoredReceipt,
     Telemetry,
     _WireModel,
+    chunk_layout,
     merge_seq_ranges,
 )
 
@@ -202,6 +205,20 @@ class TestMalformedPayloads:
     def test_chunks_must_cover_the_artifact_size(self) -> None:
         error = schema_error(ArtifactManifest, artifact(chunks=5))
         assert "chunks is 5" in str(error)
+
+    def test_a_million_one_byte_chunks_are_refused(self) -> None:
+        # Schema-valid but for the bound: an agent would subscribe to a topic per chunk.
+        error = schema_error(
+            DesiredModel, artifact(size_bytes=1_000_000, chunk_size=1, chunks=1_000_000)
+        )
+        assert "chunks" in str(error)
+
+    @pytest.mark.parametrize("size", [1, 65_536, 1_000_000, 4 * 1024**3, 16 * 1024**3])
+    def test_the_chunk_layout_keeps_the_asked_size_up_to_the_chunk_bound(self, size: int) -> None:
+        chunk_size, chunks = chunk_layout(size, 64 * 1024)
+        assert chunks <= MAX_CHUNKS and chunk_size <= MAX_CHUNK_BYTES
+        assert chunk_size == 64 * 1024 if size <= 4 * 1024**3 else chunk_size > 64 * 1024
+        DesiredModel(**artifact(size_bytes=size, chunk_size=chunk_size, chunks=chunks))
 
     def test_an_unknown_reported_state_is_rejected(self) -> None:
         document = {"model": "m", "version": "v1", "sha256": SHA, "state": "exploded"}
