@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import queue
 import shutil
@@ -56,6 +57,12 @@ _STALL_S = 10.0
 #: Stalls in a row (while connected, after the manifest arrived) that make a fetch truncated.
 _STALL_LIMIT = 3
 _TICK_S = 0.5
+#: A fetch that failed in a way a new attempt can mend (a tampered or truncated transfer, a
+#: disk error) is tried again after this long, doubling up to ``_RETRY_MAX_S``, while the
+#: desired state still names it: the broker's retained chunks are intact even when a live
+#: copy was not.
+_RETRY_MIN_S = 30.0
+_RETRY_MAX_S = 900.0
 
 BackendOpener = Callable[..., InferenceBackend]
 
@@ -118,6 +125,16 @@ class _Fetch:
         return self.want.size_bytes - self.want.chunk_size * (self.want.chunks - 1)
 
 
+@dataclass
+class _Retry:
+    """A desired model whose fetch failed, to be fetched again at ``due`` (monotonic)."""
+
+    want: DesiredModel
+    generation: int
+    due: float
+    delay_s: float
+
+
 class _RejectedError(Exception):
     """A fetch ended without a model; ``state`` is "rejected" or "failed"."""
 
@@ -151,6 +168,9 @@ class ModelManager:
             is missing; after ``stall_limit`` such periods in a row with the manifest
             present it is rejected as a truncated transfer.
         stall_limit: see ``stall_s``.
+        retry_s: a fetch that failed in a way another attempt can mend (tampered or
+            truncated chunks, a disk error) is tried again this long after, then after
+            twice as long each time (up to 15 minutes), while the desired state names it.
     """
 
     def __init__(
@@ -174,11 +194,13 @@ class ModelManager:
         is_connected: Callable[[], bool] = lambda: True,
         stall_s: float = _STALL_S,
         stall_limit: int = _STALL_LIMIT,
+        retry_s: float = _RETRY_MIN_S,
     ) -> None:
         signing.load_public_key(public_key_pem)  # fail at start, not at the first model
-        if stall_s <= 0 or stall_limit < 1:
+        if stall_s <= 0 or stall_limit < 1 or retry_s <= 0:
             raise ValueError(
-                f"need stall_s > 0 and stall_limit >= 1, got {stall_s=} {stall_limit=}"
+                f"need stall_s > 0, stall_limit >= 1 and retry_s > 0, got {stall_s=} "
+                f"{stall_limit=} {retry_s=}"
             )
         self.node = node
         self.tenant = tenant
@@ -198,6 +220,7 @@ class ModelManager:
         self._is_connected = is_connected
         self._stall_s = stall_s
         self._stall_limit = stall_limit
+        self._retry_s = retry_s
         self._models_dir = state_dir / "models"
         self._downloads_dir = state_dir / "downloads"
         self._engines_dir = state_dir / "engines"
@@ -210,6 +233,7 @@ class ModelManager:
         self._serving: dict[str, ServingModel] = {}
         self._reported: dict[str, ReportedModel] = {}
         self._fetches: dict[str, _Fetch] = {}
+        self._retries: dict[str, _Retry] = {}  # pipeline -> its failed fetch's next attempt
         #: (model, version, sha256, signature) that failed for good; not fetched again.
         self._refused: dict[tuple[str, str, str, str], str] = {}
         self._generation = -1
@@ -400,6 +424,9 @@ class ModelManager:
             self._follow(name, want, desired.generation, newer)
 
     def _follow(self, name: str, want: DesiredModel, generation: int, newer: bool) -> None:
+        retry = self._retries.get(name)
+        if retry is not None and retry.want != want:
+            del self._retries[name]  # the desired state moved on
         with self._lock:
             serving = self._serving.get(name)
             reported = self._reported.get(name)
@@ -408,6 +435,7 @@ class ModelManager:
             want.version,
             want.sha256,
         ):
+            self._retries.pop(name, None)
             self._cancel(name)
             return
         current = self._fetches.get(name)
@@ -536,6 +564,16 @@ class ModelManager:
     def _tick(self) -> None:
         now = time.monotonic()
         connected = self._is_connected()
+        for name, retry in list(self._retries.items()):
+            if connected and now >= retry.due and name not in self._fetches:
+                retry.due = math.inf  # until this attempt ends (``_end_fetch``)
+                log.info(
+                    "pipeline %s: fetching %s %s again after a failed attempt",
+                    name,
+                    retry.want.model,
+                    retry.want.version,
+                )
+                self._follow(name, retry.want, retry.generation, newer=True)
         for fetch in list(self._fetches.values()):
             if not connected:
                 # Nothing can arrive while the link is down; an outage is not a truncation.
@@ -588,6 +626,7 @@ class ModelManager:
 
     def _serve(self, model: ServingModel) -> None:
         """Hand ``model`` to the runtime, report it and prune old versions."""
+        self._retries.pop(model.pipeline, None)
         with self._lock:
             old = self._serving.get(model.pipeline)
             self._serving[model.pipeline] = model
@@ -731,9 +770,21 @@ class ModelManager:
             ]
         )
         if error is None:
+            self._retries.pop(fetch.pipeline, None)
             shutil.rmtree(fetch.folder, ignore_errors=True)
             return
-        if not error.retry:
+        if error.retry:
+            last = self._retries.get(fetch.pipeline)
+            delay = (
+                min(_RETRY_MAX_S, last.delay_s * 2)
+                if last is not None and last.want == want
+                else self._retry_s
+            )
+            self._retries[fetch.pipeline] = _Retry(
+                want, fetch.generation, time.monotonic() + delay, delay
+            )
+        else:
+            self._retries.pop(fetch.pipeline, None)
             self._refused[(want.model, want.version, want.sha256, want.signature)] = error.reason
             shutil.rmtree(fetch.folder, ignore_errors=True)
         self._rejected(fetch.pipeline, want, error.reason, str(error), error.state)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -288,6 +289,55 @@ class TestRejections:
         assert error.startswith("digest_mismatch")
         assert node.models == []
         assert not (tmp_path / "state" / "models" / PIPELINE / "v1.onnx").exists()
+
+    def test_after_a_tampered_transfer_the_fetch_is_tried_again_and_succeeds(
+        self, tmp_path: Path, keys: tuple[bytes, bytes]
+    ) -> None:
+        # One bad live copy of a chunk must not end the rollout: the broker's retained
+        # chunks are intact, and the desired state still names the version.
+        node = Node(tmp_path / "state", keys[1], retry_s=0.3)
+        node.manager.start()
+        try:
+            artifact = build_model(tmp_path / "v1.onnx")
+            want = desired_for(artifact, keys[0], model="inspector", version="v1")
+            node.desire(want)
+            node.send_chunks(artifact, want, tamper=0)
+            wait_for(lambda: node.state() == "v1:rejected")
+            assert node.link.chunk_topics() == []
+            node.desire(want)  # a redelivery of the same desired state changes nothing
+            wait_for(lambda: node.state() == "v1:fetching", timeout_s=10.0)
+            assert len(node.link.chunk_topics()) == want.chunks
+            node.send_chunks(artifact, want)
+            wait_for(lambda: node.state() == "v1:serving")
+            assert [m.version for m in node.models] == ["v1"]
+        finally:
+            node.close()
+
+    def test_a_failing_transfer_is_tried_again_less_and_less_often(
+        self, tmp_path: Path, keys: tuple[bytes, bytes]
+    ) -> None:
+        node = Node(tmp_path / "state", keys[1], retry_s=0.3)
+        node.manager.start()
+        try:
+            artifact = build_model(tmp_path / "v1.onnx")
+            want = desired_for(artifact, keys[0], model="inspector", version="v1")
+            node.desire(want)
+            fetching_at: list[float] = []
+            for _ in range(3):
+                wait_for(lambda: node.state() == "v1:fetching", timeout_s=10.0)
+                fetching_at.append(time.monotonic())
+                node.send_chunks(artifact, want, tamper=0)
+                wait_for(lambda: node.state() == "v1:rejected")
+            gaps = [b - a for a, b in itertools.pairwise(fetching_at)]
+            assert gaps[1] > 1.5 * gaps[0]
+            # A new desired version ends the retries of the old one.
+            other = build_model(tmp_path / "v2.onnx", favour=1)
+            node.desire(desired_for(other, keys[0], model="inspector", version="v2"), 2)
+            wait_for(lambda: node.state() == "v2:fetching")
+            time.sleep(1.5)
+            assert node.state() == "v2:fetching"
+        finally:
+            node.close()
 
     def test_a_signature_by_another_key_is_rejected_before_any_download(
         self, tmp_path: Path, keys: tuple[bytes, bytes], node: Node
