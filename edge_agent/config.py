@@ -7,6 +7,8 @@ turns every problem into one ``ConfigError`` that lists one line per problem.
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -102,7 +104,8 @@ class PipelineSettings(_Section):
     @classmethod
     def _spec_exists(cls, value: Path) -> Path:
         if not value.is_file():
-            raise ValueError(f"pipeline spec file {str(value)!r} does not exist")
+            what = "is a directory, not a file" if value.is_dir() else "does not exist"
+            raise ValueError(f"pipeline spec file {str(value)!r} {what}")
         if value.suffix not in (".py", ".yaml", ".yml", ".json"):
             raise ValueError(f"pipeline spec {str(value)!r} must be a .py, .yaml or .json file")
         return value
@@ -329,7 +332,8 @@ class AgentSettings(BaseSettings):
     @classmethod
     def _key_exists(cls, value: Path) -> Path:
         if not value.is_file():
-            raise ValueError(f"trusted public key {str(value)!r} does not exist")
+            what = "is a directory, not a file" if value.is_dir() else "does not exist"
+            raise ValueError(f"trusted public key {str(value)!r} {what}")
         return value
 
     @field_validator("pipelines")
@@ -410,15 +414,37 @@ class AgentSettings(BaseSettings):
                 )
             data = _resolve_paths(loaded, file.resolve().parent)
         data.update(overrides)
+        unknown = _unknown_variables(os.environ, cls.model_fields)
+        if unknown:
+            raise ConfigError(
+                f"invalid edge agent config ({where}): unknown variable(s) "
+                f"{', '.join(unknown)}; {ENV_PREFIX}* variables set settings "
+                f"({ENV_PREFIX}NODE_ID, {ENV_PREFIX}BROKER__HOST, ...): fix the name or unset it"
+            )
         try:
             return cls(**data)
         except ValidationError as exc:
             raise ConfigError(_describe(exc, where)) from exc
         except SettingsError as exc:
+            field = re.search(r'field "([^"]+)"', str(exc))
+            name = f"{ENV_PREFIX}{field.group(1).upper()}" if field else f"a {ENV_PREFIX}* variable"
             raise ConfigError(
-                f"invalid edge agent config ({where}): an {ENV_PREFIX}* variable cannot be "
-                f"parsed: {exc}"
+                f"invalid edge agent config ({where}): {name} cannot be parsed: a setting that "
+                "holds a mapping or a list takes JSON, e.g. "
+                f'{ENV_PREFIX}LABELS=\'{{"continuum.io/site": "lux-1"}}\''
             ) from exc
+
+
+def _unknown_variables(environ: Mapping[str, str], fields: Mapping[str, Any]) -> list[str]:
+    """Return the ``CONTINUUM_EDGE_*`` variables that name no setting (a misspelt one would
+    otherwise be ignored, where a misspelt key in the file is refused)."""
+    known = {name.upper() for name in fields}
+    return sorted(
+        key
+        for key in environ
+        if key.upper().startswith(ENV_PREFIX)
+        and key.upper()[len(ENV_PREFIX) :].split("__", 1)[0] not in known
+    )
 
 
 def _partition_bytes(total: int, shares: list[float | None]) -> list[int]:

@@ -73,6 +73,29 @@ class TestLoadingAValidFile:
         with pytest.raises(ConfigError, match="max_inflight"):
             AgentSettings.load(_write(tmp_path, valid))
 
+    def test_a_variable_that_is_not_json_is_named_with_the_form_it_takes(
+        self, tmp_path: Path, valid: dict[str, object], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("CONTINUUM_EDGE_LABELS", "notjson")
+        with pytest.raises(ConfigError, match=r"CONTINUUM_EDGE_LABELS cannot be parsed.*JSON"):
+            AgentSettings.load(_write(tmp_path, valid))
+
+    def test_a_misspelt_variable_is_refused_as_a_misspelt_key_is(
+        self, tmp_path: Path, valid: dict[str, object], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("CONTINUUM_EDGE_METRIC_PORT", "9109")
+        monkeypatch.setenv("CONTINUUM_EDGE_BROKER__PORT", "1884")  # a real one: accepted
+        with pytest.raises(ConfigError, match=r"unknown variable.*CONTINUUM_EDGE_METRIC_PORT"):
+            AgentSettings.load(_write(tmp_path, valid))
+        monkeypatch.delenv("CONTINUUM_EDGE_METRIC_PORT")
+        assert AgentSettings.load(_write(tmp_path, valid)).broker.port == 1884
+
+    def test_a_key_path_that_is_a_folder_says_so(
+        self, tmp_path: Path, valid: dict[str, object]
+    ) -> None:
+        with pytest.raises(ConfigError, match="is a directory, not a file"):
+            AgentSettings.load(_write(tmp_path, {**valid, "trusted_public_key": str(tmp_path)}))
+
 
 class TestInvalidConfig:
     def test_lists_one_line_per_problem(self, tmp_path: Path, valid: dict[str, object]) -> None:
