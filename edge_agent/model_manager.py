@@ -744,13 +744,25 @@ class ModelManager:
             plan_batches=True,
         )
         try:
-            probe = np.zeros((1, *spec.edge.input.shape), dtype=spec.edge.input.numpy_dtype())
-            out = np.asarray(backend.infer(probe))
-            if out.ndim != 2 or out.shape[0] != 1 or out.shape[1] < 2:
-                raise ArtifactError(
-                    f"model output has shape {out.shape} for one input; the edge stage needs "
-                    "class probabilities of shape (batch, classes >= 2)"
-                )
+            frames = _probe_frames(spec)
+            batches = [[frame] for frame in frames]
+            if spec.edge.max_batch >= 2:
+                batches.append(frames)  # as the runtime runs micro-batches
+            for batch in batches:
+                out = np.asarray(backend.infer_frames(batch))
+                if out.ndim != 2 or out.shape[0] != len(batch) or out.shape[1] < 2:
+                    raise ArtifactError(
+                        f"model output has shape {out.shape} for {len(batch)} input(s); the "
+                        "edge stage needs class probabilities of shape (batch, classes >= 2)"
+                    )
+                if not np.isfinite(out).all():
+                    raise ArtifactError(
+                        "model output holds NaN or infinite values for a probe input; every "
+                        "frame it served would be rejected"
+                    )
+        except ArtifactError:
+            backend.close()
+            raise
         except ContinuumError as exc:
             backend.close()
             raise ArtifactError(
@@ -887,6 +899,20 @@ class ModelManager:
         (log.warning if first else log.debug)("rejected a message (%s): %s", reason, detail)
         if self._on_message_rejected is not None:
             self._on_message_rejected(reason)
+
+
+def _probe_frames(spec: PipelineSpec) -> list[np.ndarray]:
+    """Two frames a new model must answer with finite class scores, alone and together: all
+    zeros, and seeded noise over the input's usual range (0..1, or 0..255 for integer
+    pixels), as a model may be finite on zeros alone."""
+    shape, dtype = tuple(spec.edge.input.shape), spec.edge.input.numpy_dtype()
+    rng = np.random.default_rng(0)
+    noise = (
+        rng.integers(0, 256, size=shape).astype(dtype)
+        if np.issubdtype(dtype, np.integer)
+        else rng.random(shape).astype(dtype)
+    )
+    return [np.zeros(shape, dtype=dtype), noise]
 
 
 def _write_atomically(target: Path, data: bytes, *, fsync: bool = True) -> None:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from continuum import Pipeline, select
 from continuum.signing import generate_keypair
@@ -362,6 +366,28 @@ class TestRejections:
         assert node.models == []
         assert not (tmp_path / "state" / "models" / PIPELINE / "v9.onnx").exists()
 
+    @pytest.mark.parametrize(
+        ("graph", "names"),
+        [
+            # finite on the all-zeros frame, NaN once a pixel is above 0
+            ("nan_on_real_frames", "NaN or infinite"),
+            # one row whatever the batch: the runtime would reject every micro-batch
+            ("one_row_per_batch", r"shape \(1, 4\) for 2 input"),
+        ],
+    )
+    def test_a_model_that_fails_real_frames_is_refused_at_load(
+        self, tmp_path: Path, keys: tuple[bytes, bytes], node: Node, graph: str, names: str
+    ) -> None:
+        artifact = _hostile_model(tmp_path / f"{graph}.onnx", graph)
+        want = desired_for(artifact, keys[0], model="inspector", version="v9")
+        node.desire(want)
+        node.send_chunks(artifact, want)
+        wait_for(lambda: node.state() == "v9:rejected")
+        error = node.reports[-1].pipelines[PIPELINE].error or ""
+        assert error.startswith("load_failed")
+        assert re.search(names, error), error
+        assert node.models == []
+
     def test_a_rejection_keeps_the_serving_model(
         self, tmp_path: Path, keys: tuple[bytes, bytes], node: Node
     ) -> None:
@@ -513,3 +539,36 @@ class TestTruncatedTransfers:
         finally:
             offline.close()
             no_manifest.close()
+
+
+def _hostile_model(path: Path, kind: str) -> Path:
+    """Write a valid ONNX classifier of the pipeline's input that misbehaves on real frames."""
+    weights = np.full((64, 4), 0.1, dtype=np.float32)
+    if kind == "nan_on_real_frames":
+        nodes = [
+            helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+            helper.make_node("Neg", ["flat"], ["neg"]),
+            helper.make_node("Sqrt", ["neg"], ["root"]),  # NaN for any positive pixel
+            helper.make_node("MatMul", ["root", "W"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+        ]
+        extra: list[onnx.TensorProto] = []
+    else:
+        nodes = [
+            helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+            helper.make_node("ReduceSum", ["flat", "axis"], ["summed"], keepdims=1),
+            helper.make_node("MatMul", ["summed", "W"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+        ]
+        extra = [numpy_helper.from_array(np.array([0], dtype=np.int64), "axis")]
+    graph = helper.make_graph(
+        nodes,
+        kind,
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [None, 4])],
+        initializer=[numpy_helper.from_array(weights, "W"), *extra],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
