@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,12 +139,21 @@ def keys() -> tuple[bytes, bytes]:
     return generate_keypair()
 
 
-@pytest.fixture
-def node(tmp_path: Path, keys: tuple[bytes, bytes]):  # type: ignore[no-untyped-def]
-    made = Node(tmp_path / "state", keys[1])
+@contextlib.contextmanager
+def started(state_dir: Path, public_pem: bytes, **options: Any) -> Iterator[Node]:
+    """A started ``Node``, closed on the way out."""
+    made = Node(state_dir, public_pem, **options)
     made.manager.start()
-    yield made
-    made.close()
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+@pytest.fixture
+def node(tmp_path: Path, keys: tuple[bytes, bytes]) -> Iterator[Node]:
+    with started(tmp_path / "state", keys[1]) as made:
+        yield made
 
 
 class TestFollowingDesiredState:
@@ -170,9 +180,7 @@ class TestFollowingDesiredState:
     def test_models_run_with_the_configured_inference_threads(
         self, tmp_path: Path, keys: tuple[bytes, bytes]
     ) -> None:
-        made = Node(tmp_path / "state", keys[1], inference_threads=2)
-        made.manager.start()
-        try:
+        with started(tmp_path / "state", keys[1], inference_threads=2) as made:
             artifact = build_model(tmp_path / "v1.onnx")
             want = desired_for(artifact, keys[0], model="inspector", version="v1")
             made.desire(want)
@@ -181,8 +189,6 @@ class TestFollowingDesiredState:
             wait_for(lambda: made.models)
             session = made.models[0].backend._session  # type: ignore[attr-defined]
             assert session.get_session_options().intra_op_num_threads == 2
-        finally:
-            made.close()
 
     def test_the_same_desired_state_again_changes_nothing(
         self, tmp_path: Path, keys: tuple[bytes, bytes], node: Node
@@ -200,9 +206,7 @@ class TestFollowingDesiredState:
     def test_only_the_newest_versions_are_kept_on_disk(
         self, tmp_path: Path, keys: tuple[bytes, bytes]
     ) -> None:
-        made = Node(tmp_path / "state", keys[1], keep_versions=2)
-        made.manager.start()
-        try:
+        with started(tmp_path / "state", keys[1], keep_versions=2) as made:
             for generation, version in enumerate(("v1", "v2", "v3"), start=1):
                 artifact = build_model(tmp_path / f"{version}.onnx", favour=generation)
                 want = desired_for(artifact, keys[0], model="inspector", version=version)
@@ -210,8 +214,6 @@ class TestFollowingDesiredState:
                 made.send_chunks(artifact, want)
                 wait_for(lambda v=version: made.state() == f"{v}:serving")  # type: ignore[misc]
             files = sorted(p.name for p in (tmp_path / "state" / "models" / PIPELINE).glob("*"))
-        finally:
-            made.close()
         assert files == ["current.json", "v2.onnx", "v3.onnx"]
 
     def test_a_rollback_to_a_kept_version_needs_no_download(
@@ -245,9 +247,7 @@ class TestFollowingDesiredState:
         wait_for(lambda: len(first.link.chunk_topics()) == want.chunks // 2)
         first.close()
 
-        second = Node(tmp_path / "state", keys[1])
-        second.manager.start()
-        try:
+        with started(tmp_path / "state", keys[1]) as second:
             second.desire(want)
             wait_for(lambda: second.link.chunk_topics())
             missing = second.link.chunk_topics()
@@ -257,8 +257,6 @@ class TestFollowingDesiredState:
             )
             second.send_chunks(artifact, want, only=range(1, want.chunks, 2))
             wait_for(lambda: second.state() == "v1:serving")
-        finally:
-            second.close()
 
     def test_a_restarted_node_serves_its_saved_model_only_if_it_still_verifies(
         self, tmp_path: Path, keys: tuple[bytes, bytes], node: Node
@@ -299,9 +297,7 @@ class TestRejections:
     ) -> None:
         # One bad live copy of a chunk must not end the rollout: the broker's retained
         # chunks are intact, and the desired state still names the version.
-        node = Node(tmp_path / "state", keys[1], retry_s=0.3)
-        node.manager.start()
-        try:
+        with started(tmp_path / "state", keys[1], retry_s=0.3) as node:
             artifact = build_model(tmp_path / "v1.onnx")
             want = desired_for(artifact, keys[0], model="inspector", version="v1")
             node.desire(want)
@@ -314,15 +310,11 @@ class TestRejections:
             node.send_chunks(artifact, want)
             wait_for(lambda: node.state() == "v1:serving")
             assert [m.version for m in node.models] == ["v1"]
-        finally:
-            node.close()
 
     def test_a_failing_transfer_is_tried_again_less_and_less_often(
         self, tmp_path: Path, keys: tuple[bytes, bytes]
     ) -> None:
-        node = Node(tmp_path / "state", keys[1], retry_s=0.3)
-        node.manager.start()
-        try:
+        with started(tmp_path / "state", keys[1], retry_s=0.3) as node:
             artifact = build_model(tmp_path / "v1.onnx")
             want = desired_for(artifact, keys[0], model="inspector", version="v1")
             node.desire(want)
@@ -340,8 +332,6 @@ class TestRejections:
             wait_for(lambda: node.state() == "v2:fetching")
             time.sleep(1.5)
             assert node.state() == "v2:fetching"
-        finally:
-            node.close()
 
     def test_a_signature_by_another_key_is_rejected_before_any_download(
         self, tmp_path: Path, keys: tuple[bytes, bytes], node: Node
@@ -492,9 +482,7 @@ class TestTruncatedTransfers:
     def test_chunks_missing_after_the_manifest_and_a_second_ask_reject_the_version(
         self, tmp_path: Path, keys: tuple[bytes, bytes]
     ) -> None:
-        made = Node(tmp_path / "state", keys[1], stall_s=0.1, stall_limit=2)
-        made.manager.start()
-        try:
+        with started(tmp_path / "state", keys[1], stall_s=0.1, stall_limit=2) as made:
             artifact = build_model(tmp_path / "v1.onnx")
             want = desired_for(artifact, keys[0], model="inspector", version="v1")
             made.desire(want)
@@ -502,8 +490,6 @@ class TestTruncatedTransfers:
             made.send_chunks(artifact, want, only=range(want.chunks - 1))
             made.send_manifest(want)
             wait_for(lambda: made.state() == "v1:rejected")
-        finally:
-            made.close()
         error = made.reports[-1].pipelines[PIPELINE].error or ""
         assert error.startswith("truncated_transfer: 1 of")
         last = topics.artifact_chunk(TENANT, "inspector", "v1", want.chunks - 1)
