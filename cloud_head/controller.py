@@ -190,10 +190,6 @@ class PipelineController:
             spec, registry, fleet, self.book, chunk_size=chunk_size, clock=clock, audit=audit
         )
         self.chunk_size = chunk_size
-        for version in registry.list(spec.tenant, spec.name):
-            self.rollout.remember_chunks(
-                version.version, max(1, -(-version.size_bytes // chunk_size))
-            )
 
     # -- persistence -----------------------------------------------------------------------
 
@@ -542,8 +538,7 @@ class PipelineController:
                     "label_selector": dict(self.training_selector.root),
                 },
             )
-            manifest = publish_artifact(self.client, version, chunk_size=self.chunk_size)
-            self.rollout.remember_chunks(version.version, manifest.chunks)
+            publish_artifact(self.client, version, chunk_size=self.chunk_size)
             self.rollout.begin(version)
             self._record(
                 AuditAction.TRAINING_RUN,

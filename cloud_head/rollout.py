@@ -377,7 +377,6 @@ class RolloutController:
         self.chunk_size = chunk_size
         self.clock = clock
         self.serve_timeout_s = serve_timeout_s
-        self._chunks: dict[str, int] = {}
         saved = book.load_record(spec.name, ROLLOUT_RECORD)
         state = (
             RolloutState(pipeline=spec.name) if saved is None else RolloutState.from_record(saved)
@@ -447,13 +446,9 @@ class RolloutController:
                 actor=actor,
             )
 
-    def remember_chunks(self, version: str, chunks: int) -> None:
-        """Record how many chunks a published version has (needed for desired state)."""
-        self._chunks[version] = chunks
-
     def _assign(self, node: str, version: ModelVersion) -> None:
+        # The layout publish_artifact gave the version's manifest: the same function of size.
         chunk_size, chunks = chunk_layout(version.size_bytes, self.chunk_size)
-        chunks = self._chunks.get(version.version, chunks)
         self.book.assign(node, self.spec.name, desired_model(version, chunk_size, chunks))
 
     def ensure_current_everywhere(self) -> list[str]:
