@@ -32,7 +32,6 @@ that the cloud already holds (ingest would drop the new samples as duplicates).
 
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 import math
@@ -51,7 +50,6 @@ from continuum.errors import ConfigError, NotReadyError
 from continuum.sources import FieldValue
 from continuum.wire.codec import NO_FIELDS, decode_fields, encode_fields
 from continuum.wire.codec import FieldValue as WireValue
-from continuum.wire.messages import merge_seq_ranges
 
 __all__ = [
     "AppendResult",
@@ -240,8 +238,8 @@ class OutboxStats:
 class Outbox:
     """Durable FIFO of samples and feedback, bounded by bytes per pipeline and by age.
 
-    Thread-safe: the runtime threads append, the uplink thread reads, acks and maintains,
-    the link's thread confirms.  Records handed out by ``next_*`` are leased (in memory)
+    Thread-safe: the runtime threads append, the uplink thread reads, acks, confirms and
+    maintains.  Records handed out by ``next_*`` are leased (in memory)
     until ``ack_*`` deletes them (or marks them sent, with receipts) or ``release_*`` makes
     them eligible again; a reopened outbox has no leases, so everything not acknowledged is
     sent again.
@@ -674,37 +672,7 @@ class Outbox:
         the outbox holds.  A sample forgotten while on its way (an earlier send was stored)
         has its acknowledgement find nothing.
         """
-        if not ranges:
-            return 0
-        with self._space:
-            self._check_open()
-            leased = json.dumps(sorted(self._leased_samples))
-            sent = "(sent_at IS NOT NULL OR seq IN (SELECT value FROM json_each(?)))"
-            freed: Counter[str] = Counter()
-            removed = 0
-            with self._transaction():
-                for first, last in ranges:
-                    bounds = (int(first), int(last), leased)
-                    for pipeline, size, rows in self._db.execute(
-                        "SELECT pipeline, SUM(size), COUNT(*) FROM samples "
-                        f"WHERE seq BETWEEN ? AND ? AND {sent} GROUP BY 1",
-                        bounds,
-                    ).fetchall():
-                        freed[pipeline] += int(size)
-                        removed += int(rows)
-                    self._db.execute(
-                        f"DELETE FROM samples WHERE seq BETWEEN ? AND ? AND {sent}", bounds
-                    )
-            for pipeline, size in freed.items():
-                self._count_bytes(pipeline, -size)
-            if self._leased_samples:
-                merged = merge_seq_ranges(ranges)
-                self._leased_samples = {
-                    s for s in self._leased_samples if not _in_ranges(s, merged)
-                }
-            if removed:
-                self._space.notify_all()
-            return removed
+        return self._confirm("samples", "seq", "size", self._leased_samples, ranges)
 
     def release_samples(self, seqs: Sequence[int]) -> None:
         """End the lease of samples that were not acknowledged, so they are sent again."""
@@ -818,31 +786,45 @@ class Outbox:
         As ``confirm_samples``: only labels the broker acknowledged, or that are on their
         way to it, go, so a forged receipt costs no more than trusting the PUBACK did.
         """
+        return self._confirm("feedback", "id", str(_FEEDBACK_SIZE), self._leased_feedback, ranges)
+
+    def _confirm(
+        self,
+        table: Literal["samples", "feedback"],
+        key: Literal["seq", "id"],
+        size: str,
+        leased: set[int],
+        ranges: Sequence[tuple[int, int]],
+    ) -> int:
+        """Delete the rows of ``table`` whose sample seq lies in ``ranges`` and that were
+        sent (``sent_at``) or are leased (``key`` in ``leased``); free their bytes (``size``,
+        a column or a constant) and end their leases; return how many there were."""
         if not ranges:
             return 0
         with self._space:
             self._check_open()
-            leased = json.dumps(sorted(self._leased_feedback))
-            sent = "(sent_at IS NOT NULL OR id IN (SELECT value FROM json_each(?)))"
-            confirmed: list[tuple[int, str]] = []
+            sent = f"(sent_at IS NOT NULL OR {key} IN (SELECT value FROM json_each(?)))"
+            in_flight = json.dumps(sorted(leased))
+            taken: list[tuple[int, str, int]] = []
             with self._transaction():
                 for first, last in ranges:
-                    bounds = (int(first), int(last), leased)
+                    bounds = (int(first), int(last), in_flight)
                     rows = self._db.execute(
-                        f"SELECT id, pipeline FROM feedback WHERE seq BETWEEN ? AND ? AND {sent}",
+                        f"SELECT {key}, pipeline, {size} FROM {table} "
+                        f"WHERE seq BETWEEN ? AND ? AND {sent}",
                         bounds,
                     ).fetchall()
                     if rows:
-                        confirmed.extend(rows)
+                        taken.extend(rows)
                         self._db.execute(
-                            f"DELETE FROM feedback WHERE seq BETWEEN ? AND ? AND {sent}", bounds
+                            f"DELETE FROM {table} WHERE seq BETWEEN ? AND ? AND {sent}", bounds
                         )
-            for _, pipeline in confirmed:
-                self._count_bytes(pipeline, -_FEEDBACK_SIZE)
-            if confirmed:
-                self._leased_feedback.difference_update(key for key, _ in confirmed)
+            for _, pipeline, freed in taken:
+                self._count_bytes(pipeline, -int(freed))
+            if taken:
+                leased.difference_update(row[0] for row in taken)
                 self._space.notify_all()
-            return len(confirmed)
+            return len(taken)
 
     def discard_feedback(self, ids: Sequence[int]) -> None:
         """Delete feedback items ``ids`` and end their lease, receipts or not (see
@@ -1044,12 +1026,6 @@ class Outbox:
         self._episodes.dropped(pipeline, reason, count)
         if self._on_drop is not None:
             self._on_drop(pipeline, reason, count)
-
-
-def _in_ranges(seq: int, merged: list[tuple[int, int]]) -> bool:
-    """Whether ``seq`` lies in one of ``merged`` (``merge_seq_ranges``): binary search."""
-    at = bisect.bisect_right(merged, seq, key=lambda r: r[0]) - 1
-    return at >= 0 and seq <= merged[at][1]
 
 
 def _synchronous_pragma(synchronous: str) -> str:

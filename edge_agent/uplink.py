@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 from continuum.errors import NotReadyError, ProtocolError
 from continuum.residency import UplinkPlan
@@ -45,6 +45,7 @@ __all__ = ["ResidencyGate", "Uplink"]
 log = logging.getLogger(__name__)
 
 Kind = Literal["samples", "feedback", "telemetry", "status", "reported"]
+_T = TypeVar("_T")
 
 _TELEMETRY_BACKLOG = 10_000
 #: Receipts waiting for the pump; past this the oldest is dropped (it only costs a resend).
@@ -464,18 +465,15 @@ class Uplink:
 
     def _drain_acks(self) -> None:
         """Settle the PUBACKs, then apply the receipts, that the network thread handed over."""
-        while True:
-            with self._wake:
-                if not self._acks:
-                    break
-                ack = self._acks.popleft()
+        while (ack := self._take(self._acks)) is not None:
             self._settle(ack)
-        while True:
-            with self._wake:
-                if not self._receipts:
-                    return
-                receipt = self._receipts.popleft()
+        while (receipt := self._take(self._receipts)) is not None:
             self._confirm(receipt)
+
+    def _take(self, handed_over: collections.deque[_T]) -> _T | None:
+        """Pop the oldest of what the network thread handed over, if any (under the lock)."""
+        with self._wake:
+            return handed_over.popleft() if handed_over else None
 
     def _confirm(self, receipt: StoredReceipt) -> None:
         """Forget the samples ``receipt`` says are stored (or refused for good) and the
