@@ -1,6 +1,7 @@
 """The edge agent's MQTT link: one MQTT 5 session to the broker, kept up through outages.
 
-Protocol logic (``Backoff``, ``InflightWindow``, ``FailureLog``) is plain, thread-free code;
+Protocol logic (``InflightWindow``; ``Backoff`` and ``FailureLog`` from ``continuum._retry``)
+is plain, thread-free code;
 ``MqttLink`` is the thin runner around paho: one named network thread drives
 ``client.loop`` and reconnects with capped, jittered exponential backoff; QoS 1 publishes
 are bounded by ``max_inflight`` and each one reports its PUBACK to a callback, so the
@@ -24,6 +25,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from continuum._retry import Backoff, FailureLog
 from continuum.errors import NotReadyError
 from continuum.wire import mqtt
 from continuum.wire.messages import MAX_CHUNK_BYTES
@@ -41,71 +43,6 @@ _SUBSCRIBE_BATCH = 64
 #: desired-state topic never reaches (and is never read into the memory of) the agent.
 MAX_PACKET_BYTES = MAX_CHUNK_BYTES + 64 * 1024
 _LOOP_TIMEOUT_S = 0.1
-
-
-class Backoff:
-    """Capped exponential backoff with jitter; ``reset`` after a success.
-
-    The n-th delay is drawn uniformly from ``[b/2, b]`` with ``b = min(max_s, min_s * 2**n)``
-    so a fleet that lost the broker at once does not come back in lockstep.
-    """
-
-    def __init__(self, min_s: float, max_s: float, rng: random.Random | None = None) -> None:
-        if not 0 < min_s <= max_s:
-            raise ValueError(f"need 0 < min_s <= max_s, got {min_s=} {max_s=}")
-        self.min_s = min_s
-        self.max_s = max_s
-        self._rng = rng or random.Random()
-        self._attempt = 0
-
-    @property
-    def attempt(self) -> int:
-        """Failures since the last reset."""
-        return self._attempt
-
-    def next_delay(self) -> float:
-        """Return the delay before the next attempt and count this failure."""
-        base = min(self.max_s, self.min_s * 2.0 ** min(self._attempt, 62))
-        self._attempt += 1
-        return base * (0.5 + 0.5 * self._rng.random())
-
-    def reset(self) -> None:
-        """Start again from ``min_s`` (call after a success)."""
-        self._attempt = 0
-
-
-class FailureLog:
-    """Log a failure once when it starts and once when it recovers, not on every retry."""
-
-    def __init__(self, what: str, logger: logging.Logger = log) -> None:
-        self.what = what
-        self._log = logger
-        self._since: float | None = None
-        self._attempts = 0
-
-    @property
-    def failing(self) -> bool:
-        """Whether the thing is failing now."""
-        return self._since is not None
-
-    def failed(self, detail: str) -> None:
-        """Record a failed attempt; logs a warning only for the first one."""
-        self._attempts += 1
-        if self._since is None:
-            self._since = time.monotonic()
-            self._log.warning("%s failed: %s (retrying with backoff)", self.what, detail)
-
-    def recovered(self) -> None:
-        """Record success; logs once if it had been failing."""
-        if self._since is not None:
-            self._log.warning(
-                "%s recovered after %.1f s and %d failed attempt(s)",
-                self.what,
-                time.monotonic() - self._since,
-                self._attempts,
-            )
-        self._since = None
-        self._attempts = 0
 
 
 @dataclass(frozen=True, slots=True)
