@@ -293,11 +293,16 @@ class PipelineController:
         return current
 
     def tick(self) -> RolloutState:
-        """Advance the rollout and start a retraining when its trigger fires."""
+        """Advance the rollout and start a retraining when its trigger fires.
+
+        A rollout in progress holds retraining, a requested one too, until it ends: while a
+        candidate runs on canary or ramp nodes, or waits for a node that can take its canary
+        (a newer candidate would otherwise replace one that was never judged).
+        """
         state = self.rollout.tick()
         with self._lock:
             busy = self._thread is not None and self._thread.is_alive()
-        if busy or state.stage == "canary":
+        if busy or state.stage in ("canary", "waiting"):
             return state
         reason = self._trigger_reason()
         if reason is not None:

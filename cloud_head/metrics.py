@@ -16,7 +16,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 PERIOD_S = 2.0
-ROLLOUT_STAGES = {"idle": 0, "canary": 1, "promoted": 2, "rolled_back": 3}
+ROLLOUT_STAGES = {"idle": 0, "canary": 1, "promoted": 2, "rolled_back": 3, "waiting": 4}
 
 
 class _CumulativeCounter:

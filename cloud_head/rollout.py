@@ -18,6 +18,16 @@ naming the rule and the figures, or waits for enough data. The nodes of every st
 from one ranking made at the canary and stored with the state, so a restart resumes the same
 step on the same nodes and the next step adds the same ones.
 
+A rollout never skips its canary because of what the fleet looks like at one moment: only
+the registry says that a candidate is the pipeline's first model (no current version, and
+none ever promoted), which is promoted at once. Any other candidate, when no eligible node
+can take its canary (online, admitted, running the pipeline, matching its placement, and
+heard from within two of its heartbeat periods), waits in stage "waiting" with the reason,
+logged and audited once, while the current version keeps serving; ``tick()`` starts the
+canary on the first eligible node that appears. A newer candidate given to ``begin()``
+replaces a waiting one, which never ran anywhere (``PipelineController`` holds retraining
+while a rollout waits or runs, so in practice it does not happen).
+
 The book's SQLite file also keeps each pipeline's rollout state (written before the step it
 announces is carried out), so a controller built again on the same file resumes a rollout in
 progress and ``tick()`` finishes a step a crash interrupted.
@@ -33,6 +43,7 @@ tick, or the operator's command fails.  Nodes the fleet refused (over the tenant
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sqlite3
 import statistics
@@ -44,16 +55,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from cloud_head.audit import AuditAction, AuditTrail, model_subject
+from continuum.errors import ContinuumError
 from continuum.wire import topics
 from continuum.wire.messages import DesiredModel, DesiredState, Telemetry, chunk_layout
 
 if TYPE_CHECKING:
-    from cloud_head.fleet import FleetRegistry
+    from cloud_head.fleet import FleetRegistry, NodeInfo
     from cloud_head.registry import ModelRegistry, ModelStatus, ModelVersion
     from continuum.spec import PipelineSpec, RollbackRules, RolloutSpec
 
-#: Where a rollout stands: "canary" while the candidate is on some nodes (canary or ramp step).
-Stage = Literal["idle", "canary", "promoted", "rolled_back"]
+log = logging.getLogger(__name__)
+
+#: Where a rollout stands: "waiting" while a candidate has no eligible node for its canary,
+#: "canary" while it is on some nodes (canary or ramp step).
+Stage = Literal["idle", "waiting", "canary", "promoted", "rolled_back"]
 
 #: What ``judge`` concludes at the end of a step's hold.
 Decision = Literal["advance", "roll back", "wait"]
@@ -69,6 +84,13 @@ MAX_LATENCY_BASELINE_NODES = 100
 
 #: The ``DesiredStateBook`` record kind that holds a pipeline's ``RolloutState``.
 ROLLOUT_RECORD = "rollout"
+
+#: A node silent for more than this many of its heartbeat periods takes no canary, whatever
+#: its last status said (the fleet registry marks it offline after as many).
+STALE_AFTER_PERIODS = 2
+
+#: Registry statuses of a version that was never promoted nor tried on any node.
+_NEVER_RAN: frozenset[str] = frozenset({"registered", "rejected"})
 
 
 class DesiredStateBook:
@@ -203,6 +225,8 @@ class RolloutState:
     the current one last; ``order`` is the ranking the steps take their nodes from;
     ``verdict`` says what the last ``tick`` concluded at the current step (holding until
     ``decide_at``, waiting for data) and the accuracies and latencies are its figures.
+    In stage "waiting" the candidate is on no node yet: ``started_at`` is when the wait
+    began, ``reason`` says what it waits for, and ``baseline`` serves on meanwhile.
     """
 
     pipeline: str
@@ -237,6 +261,36 @@ class RolloutState:
         values["order"] = tuple(values.get("order", ()))
         values["steps"] = tuple(RampStep.from_record(s) for s in values.get("steps", ()))
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class CanaryPool:
+    """The nodes that can take a canary now, and the fleet they were picked from.
+
+    ``ready`` are the eligible nodes heard from within ``STALE_AFTER_PERIODS`` heartbeat
+    periods, by name; ``matching`` counts the admitted nodes that run the pipeline and match
+    its placement (``selector``); ``stale`` are those whose last status said online but that
+    have been silent longer than that (a fleet view nobody has refreshed).
+    """
+
+    ready: tuple[str, ...]
+    matching: int
+    stale: tuple[str, ...]
+    selector: str
+
+    def wait_reason(self) -> str:
+        """Say what a rollout with no canary node waits for, with the fleet's figures."""
+        reason = (
+            f"waiting for an eligible canary node: {len(self.ready)} of {self.matching} "
+            f"nodes matching {self.selector} are online"
+        )
+        if self.stale:
+            were = "was" if len(self.stale) == 1 else "were"
+            reason += (
+                f" ({_names(self.stale)} said so but {were} last heard from more than "
+                f"{STALE_AFTER_PERIODS} heartbeat periods ago)"
+            )
+        return reason
 
 
 @dataclass(frozen=True)
@@ -413,6 +467,38 @@ class RolloutController:
             if n.online and n.refused is None and self.spec.name in n.pipelines
         )
 
+    def canary_pool(self) -> CanaryPool:
+        """Return the nodes that can take a canary now: eligible and heard from recently.
+
+        An eligible node silent for more than ``STALE_AFTER_PERIODS`` of its heartbeat periods
+        is left out even though its last status said online: this process reads the fleet's
+        file, which goes stale when nobody keeps it (the fleet service down or cut off), and
+        a canary on a node that cannot hear it would only time out and roll back.
+        """
+        now = self.clock()
+        matching = [
+            n
+            for n in self.fleet.nodes(self.spec.edge.where)
+            if n.refused is None and self.spec.name in n.pipelines
+        ]
+        ready: list[str] = []
+        stale: list[str] = []
+        for node in matching:
+            if node.online:
+                silent = now - node.last_seen > STALE_AFTER_PERIODS * self._period(node)
+                (stale if silent else ready).append(node.node)
+        return CanaryPool(
+            ready=tuple(ready),
+            matching=len(matching),
+            stale=tuple(stale),
+            selector=str(self.spec.edge.where),
+        )
+
+    def _period(self, node: NodeInfo) -> float:
+        """The node's heartbeat period: as its status states it, else the fleet's default."""
+        stated = None if node.status is None else node.status.heartbeat_s
+        return self.fleet.heartbeat_interval_s if stated is None else stated
+
     def _ranked(self, nodes: list[str]) -> list[str]:
         """Rank the nodes for the ramp: highest recent drift first (where a fix matters most)."""
 
@@ -511,30 +597,158 @@ class RolloutController:
                     self._assign(node, candidate)
 
     def begin(self, candidate: ModelVersion) -> RolloutState:
-        """Start a canary of ``candidate``; with no current version it is promoted at once."""
+        """Start the rollout of ``candidate``: a canary, or a wait for a node that can take it.
+
+        Only the pipeline's first model (``is_first_model``: a fact of the registry, never of
+        the fleet view) is promoted at once. A newer candidate replaces one that is waiting.
+
+        Raises:
+            ContinuumError: the registry has no current version although one was promoted
+                before (its record was lost): there is no baseline to canary against.
+            AuditWriteError: the step could not be recorded, so it was not carried out.
+        """
         now = self.clock()
         current = self.registry.current(self.tenant, self.spec.name)
-        nodes = self.eligible_nodes()
-        if current is None or not nodes:
-            return self._promote(candidate, now, "first model of the pipeline: no canary needed")
-        plan = ramp_schedule(self.spec.rollout, len(nodes))
-        share, count = plan[0]
-        ranked = self._ranked(nodes)
-        canaries = tuple(ranked[:count])
+        if current is None:
+            if self.is_first_model(candidate):
+                return self._promote(
+                    candidate, now, "first model of the pipeline: no canary needed"
+                )
+            raise ContinuumError(
+                f"pipeline {self.spec.name!r} of tenant {self.tenant!r} has no current model "
+                f"version in the registry, yet versions were promoted or tried before: "
+                f"{candidate.version} has no baseline to canary against; make a version "
+                f"current with `continuum models promote VERSION --pipeline {self.spec.name}`"
+            )
+        state = self.state
+        if state.stage == "waiting" and state.candidate == candidate.version:
+            return state
+        if state.stage == "waiting" and state.candidate is not None:
+            self._supersede(state.candidate, candidate.version)
+        pool = self.canary_pool()
+        if not pool.ready:
+            return self._wait(candidate, current, now, pool)
+        return self._start_canary(candidate, current, now, list(pool.ready))
+
+    def is_first_model(self, candidate: ModelVersion) -> bool:
+        """Return whether ``candidate`` is its pipeline's first model, by the registry alone.
+
+        It is when the pipeline has no current version and no other version was ever
+        promoted or tried on nodes (all are "registered" or "rejected"): a pipeline whose
+        current version was rolled back, or whose fleet looks empty, still has a model.
+        """
+        if self.registry.current(self.tenant, self.spec.name) is not None:
+            return False
+        return all(
+            v.status in _NEVER_RAN
+            for v in self.registry.list(self.tenant, self.spec.name)
+            if v.version != candidate.version
+        )
+
+    def _supersede(self, waiting: str, newer: str) -> None:
+        """Drop the waiting candidate for a newer one (it never ran on any node)."""
+        reason = f"{newer} arrived while {waiting} waited for a canary node"
+        self._record(AuditAction.ROLLOUT, waiting, {"event": "superseded", "by": newer})
+        log.info("rollout of %s: %s replaces %s: %s", self.spec.name, newer, waiting, reason)
+        self.state = replace(
+            self.state, history=(*self.state.history, f"{waiting} superseded: {reason}")
+        )
+
+    def _wait(
+        self, candidate: ModelVersion, current: ModelVersion, now: float, pool: CanaryPool
+    ) -> RolloutState:
+        """Hold ``candidate`` until a node can take its canary; the current version serves on."""
+        reason = pool.wait_reason()
         self._record(
             AuditAction.ROLLOUT,
             candidate.version,
             {
-                "event": "canary",
-                "nodes": list(canaries),
-                "eligible_nodes": len(nodes),
+                "event": "waiting",
+                "reason": reason,
                 "baseline": current.version,
                 "sha256": candidate.sha256,
-                "canary_fraction": self.spec.rollout.canary,
-                "ramp": [{"share": s, "nodes": c} for s, c in plan],
+                "selector": dict(self.spec.edge.where.root),
+                "matching_nodes": pool.matching,
+                "stale_nodes": list(pool.stale),
             },
         )
+        log.warning(
+            "rollout of %s %s does not start: %s; %s keeps serving and the canary starts on "
+            "the first eligible node",
+            self.spec.name,
+            candidate.version,
+            reason,
+            current.version,
+        )
+        self.state = RolloutState(
+            pipeline=self.spec.name,
+            stage="waiting",
+            candidate=candidate.version,
+            baseline=current.version,
+            started_at=now,
+            reason=reason,
+            history=(*self.state.history, f"{candidate.version} waits: {reason}"),
+        )
+        return self.state
+
+    def _end_wait(self) -> RolloutState:
+        """Start the waiting candidate's canary if a node can take it now; else keep waiting.
+
+        The reason follows the fleet (how many nodes match, which are stale) without a log
+        line each tick: the wait was logged when it began and its end is logged once.
+        """
+        state = self.state
+        assert state.candidate is not None
+        current = self.registry.current(self.tenant, self.spec.name)
+        if current is None:  # the registry lost it since: nothing to canary against
+            return state
+        pool = self.canary_pool()
+        if not pool.ready:
+            reason = pool.wait_reason()
+            if reason != state.reason:
+                self.state = replace(state, reason=reason)
+            return self.state
+        now = self.clock()
+        candidate = self.registry.get(self.tenant, self.spec.name, state.candidate)
+        log.info(
+            "rollout of %s %s: %s can take the canary after %.0f s of waiting",
+            self.spec.name,
+            candidate.version,
+            _names(pool.ready),
+            now - state.started_at,
+        )
+        return self._start_canary(
+            candidate, current, now, list(pool.ready), waited_s=now - state.started_at
+        )
+
+    def _start_canary(
+        self,
+        candidate: ModelVersion,
+        current: ModelVersion,
+        now: float,
+        nodes: list[str],
+        *,
+        waited_s: float | None = None,
+    ) -> RolloutState:
+        """Put ``candidate`` on the first step of its ramp over ``nodes``, most drifted first."""
+        plan = ramp_schedule(self.spec.rollout, len(nodes))
+        share, count = plan[0]
+        ranked = self._ranked(nodes)
+        canaries = tuple(ranked[:count])
+        details: dict[str, Any] = {
+            "event": "canary",
+            "nodes": list(canaries),
+            "eligible_nodes": len(nodes),
+            "baseline": current.version,
+            "sha256": candidate.sha256,
+            "canary_fraction": self.spec.rollout.canary,
+            "ramp": [{"share": s, "nodes": c} for s, c in plan],
+        }
         reason = f"canary on {', '.join(canaries)}"
+        if waited_s is not None:
+            details["waited_s"] = round(waited_s, 3)
+            reason += f" after waiting {waited_s:.0f} s for an eligible node"
+        self._record(AuditAction.ROLLOUT, candidate.version, details)
         self.state = RolloutState(
             pipeline=self.spec.name,
             stage="canary",
@@ -553,8 +767,15 @@ class RolloutController:
         return self.state
 
     def tick(self) -> RolloutState:
-        """Advance a running rollout by its current step: next step, promotion, rollback or wait."""
+        """Advance a running rollout by its current step: next step, promotion, rollback or wait.
+
+        A waiting rollout starts its canary as soon as a node can take it.
+        """
         self._finish_interrupted_step()
+        if self.state.stage == "waiting":
+            self._end_wait()
+            self.ensure_current_everywhere()
+            return self.state
         self.ensure_current_everywhere()
         state = self.state
         if (
@@ -799,6 +1020,12 @@ class RolloutController:
         state = self.state
         ramping = state.stage == "canary" and state.candidate == version.version
         final = RampStep(len(state.steps) if ramping else 0, 1.0, tuple(nodes), now, reason)
+        history = state.history
+        if state.stage == "waiting" and state.candidate != version.version:
+            history = (
+                *history,
+                f"{state.candidate} no longer waits: {version.version} was promoted",
+            )
         self.state = replace(
             state,
             stage="promoted",
@@ -808,7 +1035,7 @@ class RolloutController:
             verdict="",
             decide_at=None,
             steps=(*state.steps, final) if ramping else (final,),
-            history=(*state.history, f"promoted {version.version}: {reason}"),
+            history=(*history, f"promoted {version.version}: {reason}"),
         )
         self.registry.set_current(self.tenant, self.spec.name, version.version, reason)
         for node in nodes:

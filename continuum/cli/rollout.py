@@ -16,7 +16,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="show where a pipeline's rollout stands",
         description="Ask the pipeline's running controller for its rollout: stage, candidate, "
         "the current ramp step and what it waits for, accuracies and latencies, and every "
-        "step so far (share, nodes, when, why).",
+        "step so far (share, nodes, when, why). A candidate with no node that can take its "
+        "canary shows as 'waiting', with the reason, while the current version serves on.",
     )
     actions = parser.add_subparsers(title="actions", metavar="ACTION", required=True)
     status = actions.add_parser("status", help="print the rollout's stage and history")
@@ -56,6 +57,13 @@ def rollout_lines(rollout: dict[str, Any], *, now: float) -> list[str]:
     """
     lines = [f"rollout: {rollout['stage']} {rollout.get('candidate') or ''} — {rollout['reason']}"]
     steps: list[dict[str, Any]] = list(rollout.get("steps") or [])
+    if rollout["stage"] == "waiting":
+        since = rollout["started_at"]
+        lines.append(
+            f"  now: {rollout.get('baseline')} serves on; the canary of "
+            f"{rollout.get('candidate')} starts on the first eligible node (waiting since "
+            f"{_when(since)}, {max(0.0, now - since):.0f} s)"
+        )
     if rollout["stage"] == "canary" and steps:
         step = steps[-1]
         following = [p for p in rollout.get("plan") or [] if p["share"] > step["share"]]

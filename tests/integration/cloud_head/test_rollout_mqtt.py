@@ -170,17 +170,17 @@ class Head:
 
     def __post_init__(self) -> None:
         self.registry = ModelRegistry(self.root / "registry")
-        self.fleet = FleetRegistry(self.tenant, self.root / "fleet.sqlite3")
+        self.fleet = FleetRegistry(self.tenant, self.root / "fleet.sqlite3", clock=self.clock)
         self.store = SampleStore(self.root / "store")
         self.labels = LabelStore(self.root / "labels.sqlite3")
 
     # -- what edge agents would send -------------------------------------------------------
 
-    def node_joins(self, node: str) -> None:
+    def node_joins(self, node: str, *, online: bool = True) -> None:
         status = NodeStatus(
             node=node,
             tenant=self.tenant,
-            online=True,
+            online=online,
             labels={TIER: "edge", SITE: "lux-1"},
             agent_version="test",
             pipelines=[PIPELINE],
@@ -190,6 +190,10 @@ class Head:
             self.fleet.handle(topics.node_status(self.tenant, node), status.to_payload()).kind
             == "status"
         )
+
+    def node_leaves(self, node: str) -> None:
+        """The node's last will: its retained status, offline."""
+        self.node_joins(node, online=False)
 
     def node_serves(self, node: str, version: ModelVersion) -> None:
         reported = ReportedState(
@@ -454,6 +458,47 @@ class TestHeadRestart:
         second.tick()
         assert second.wait_idle(60)
         assert len(second.status()["trainings"]) == 1  # nothing new to train on
+
+
+class TestMomentarilyEmptyFleet:
+    def test_a_better_candidate_waits_for_a_canary_node_instead_of_going_everywhere(
+        self, head: Head, watcher: DesiredWatcher
+    ) -> None:
+        controller = head.pipeline_controller()
+        fleet_on_v1(head, controller)
+        watcher.wait_for(dict.fromkeys(NODES, "v1"))
+        for node in NODES:  # the fleet view is empty for a moment: every node is offline
+            head.node_leaves(node)
+        v2 = head.register("v2")
+
+        state = controller.rollout.begin(v2)  # what a retraining that passed the gate calls
+
+        assert (state.stage, state.candidate, state.baseline) == ("waiting", "v2", "v1"), state
+        assert state.reason == (
+            "waiting for an eligible canary node: 0 of 4 nodes matching continuum.io/tier=edge "
+            "are online"
+        )
+        controller.request_retrain("asked while the candidate waits")
+        head.clock.advance(20)
+        assert controller.tick() == state
+        assert controller.wait_idle(60)
+        status = controller.status()
+        assert (status["current"], status["rollout"]["stage"]) == ("v1", "waiting")
+        assert status["trainings"] == []  # a rollout in progress holds retraining
+        assert head.registry.get(head.tenant, PIPELINE, "v2").status == "registered"
+        time.sleep(0.5)  # anything published would have reached the watcher by now
+        assert [watcher.version(n) for n in NODES] == ["v1"] * len(NODES)
+
+        head.node_joins("cam-2")  # one node comes back
+        state = controller.tick()
+
+        assert (state.stage, state.canary_nodes) == ("canary", ("cam-2",)), state
+        assert state.reason == "canary on cam-2 after waiting 20 s for an eligible node"
+        watcher.wait_for({"cam-2": "v2"})
+        assert [watcher.version(n) for n in NODES if n != "cam-2"] == ["v1"] * 3
+        assert head.registry.get(head.tenant, PIPELINE, "v2").status == "canary"
+        current = head.registry.current(head.tenant, PIPELINE)
+        assert current is not None and current.version == "v1"
 
 
 def fleet_reports(

@@ -105,3 +105,28 @@ class TestRolloutStatus:
         assert lines[0] == "rollout: promoted v2 — step 1 held"
         assert not any(line.startswith(("current step", "  now:", "ramp over")) for line in lines)
         assert f"  all       100%  {when(T0 + 150)}  4 node(s): cam-1, cam-2, cam-3, cam-4" in lines
+
+    def test_a_candidate_waiting_for_a_canary_node_says_so_and_what_serves_meanwhile(
+        self,
+    ) -> None:
+        reason = (
+            "waiting for an eligible canary node: 0 of 4 nodes matching continuum.io/tier=edge "
+            "are online"
+        )
+        waiting = RolloutState(
+            pipeline="digits",
+            stage="waiting",
+            candidate="v2",
+            baseline="v1",
+            started_at=T0,
+            reason=reason,
+            history=("promoted v1: first model of the pipeline", f"v2 waits: {reason}"),
+        )
+        lines = rollout_lines(snapshot(waiting, [(0.25, 0)]), now=T0 + 42)
+        assert lines[:2] == [
+            f"rollout: waiting v2 — {reason}",
+            "  now: v1 serves on; the canary of v2 starts on the first eligible node "
+            f"(waiting since {when(T0)}, 42 s)",
+        ]
+        assert not any(line.startswith(("current step", "ramp over", "steps:")) for line in lines)
+        assert lines[-1] == f"  v2 waits: {reason}"
