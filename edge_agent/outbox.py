@@ -24,6 +24,11 @@ and the full policy acts inside that share only, so one pipeline's backlog never
 blocks another's records.  Byte totals per pipeline live in memory (summed from the
 database once, at open), so the insert path runs no aggregate query.
 
+A ledger in ``meta`` counts, in the same transaction as the records it counts, every sample
+the outbox took per pipeline and every one its own bounds ended (full, expired, unsendable),
+so ``read_ledger`` can say after any crash where each selected sample went: still here,
+in the cloud's store, or ended with a count and a reason — never silently gone.
+
 Sample sequence numbers come from a hi/lo allocator persisted in the same database: they
 never repeat or go back, across restarts too.  A new database starts them at the current
 Unix time in microseconds, so a box whose state dir was wiped does not reuse sample ids
@@ -55,11 +60,13 @@ __all__ = [
     "AppendResult",
     "FeedbackEntry",
     "Outbox",
+    "OutboxLedger",
     "OutboxStats",
     "PartitionStats",
     "PendingFeedback",
     "PendingSamples",
     "SampleEntry",
+    "read_ledger",
 ]
 
 log = logging.getLogger(__name__)
@@ -446,9 +453,8 @@ class Outbox:
             for pipeline, group in groups.items():
                 taken = self._make_room(pipeline, group, deadline, evicted)
                 refused[pipeline] += len(group) - len(taken)
-                if taken:
-                    self._insert(pipeline, taken, now)
-                    kept.extend(taken)
+                self._insert(pipeline, taken, now, offered=len(group))
+                kept.extend(taken)
         for pipeline, count in evicted.items():
             self._notify_drop(pipeline, "full_oldest", count)
         for pipeline, count in refused.items():
@@ -494,8 +500,11 @@ class Outbox:
                 budget -= entry.size_bytes
         return taken
 
-    def _insert(self, pipeline: str, entries: list[SampleEntry], now: float) -> None:
-        """Write ``entries`` (all of ``pipeline``) in one transaction (lock held)."""
+    def _insert(
+        self, pipeline: str, entries: list[SampleEntry], now: float, *, offered: int
+    ) -> None:
+        """Write ``entries`` (all of ``pipeline``) in one transaction (lock held), and add
+        the ``offered`` samples to the ledger, those that did not fit as dropped."""
         rows = [
             (
                 e.seq,
@@ -519,6 +528,12 @@ class Outbox:
         with self._transaction(size):
             self._db.executemany(
                 "INSERT INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,NULL)", rows
+            )
+            self._ledger(
+                {
+                    _ledger_key("selected", pipeline): offered,
+                    _ledger_key("dropped", pipeline, "full_newest"): offered - len(entries),
+                }
             )
         self._count_bytes(pipeline, size)
 
@@ -552,6 +567,9 @@ class Outbox:
                 self._db.execute(
                     "DELETE FROM samples WHERE seq IN (SELECT value FROM json_each(?))",
                     (json.dumps(victims),),
+                )
+                self._ledger(
+                    {_ledger_key("dropped", o, "full_oldest"): n for o, n in counts.items()}
                 )
             for owner, count in counts.items():
                 self._count_bytes(owner, -sizes[owner])
@@ -649,14 +667,20 @@ class Outbox:
             ids = json.dumps(list(seqs))
             with self._transaction():
                 freed = self._db.execute(
-                    "SELECT pipeline, SUM(size) FROM samples "
+                    "SELECT pipeline, SUM(size), COUNT(*) FROM samples "
                     "WHERE seq IN (SELECT value FROM json_each(?)) GROUP BY 1",
                     (ids,),
                 ).fetchall()
                 self._db.execute(
                     "DELETE FROM samples WHERE seq IN (SELECT value FROM json_each(?))", (ids,)
                 )
-            for pipeline, size in freed:
+                # Without receipts the broker's PUBACK ends a sample; with them only a
+                # record the wire refuses comes here, and that is a drop.
+                kind, reason = (
+                    ("dropped", "unsendable") if self._resend_s is not None else ("acked", "")
+                )
+                self._ledger({_ledger_key(kind, p, reason): n for p, _, n in freed})
+            for pipeline, size, _ in freed:
                 self._count_bytes(pipeline, -int(size))
             self._leased_samples.difference_update(seqs)
             self._space.notify_all()
@@ -872,6 +896,7 @@ class Outbox:
                         "DELETE FROM samples WHERE seq IN (SELECT value FROM json_each(?))",
                         (json.dumps([r[0] for r in samples]),),
                     )
+                    self._ledger(Counter(_ledger_key("dropped", r[2], "expired") for r in samples))
                 feedback = self._db.execute(
                     "SELECT id, pipeline FROM feedback WHERE enqueued_at < ? "
                     "AND id NOT IN (SELECT value FROM json_each(?))",
@@ -1016,6 +1041,14 @@ class Outbox:
         self._bytes_by[pipeline] = self._bytes_by.get(pipeline, 0) + delta
         self._bytes += delta
 
+    def _ledger(self, counts: Mapping[str, int]) -> None:
+        """Add ``counts`` to the durable ledger, inside the caller's transaction."""
+        self._db.executemany(
+            "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = value + "
+            "excluded.value",
+            [(key, count) for key, count in counts.items() if count],
+        )
+
     def _count_drop(self, pipeline: str, reason: str, count: int) -> None:
         with self._lock:
             self._dropped[(pipeline, reason)] += count
@@ -1026,6 +1059,56 @@ class Outbox:
         self._episodes.dropped(pipeline, reason, count)
         if self._on_drop is not None:
             self._on_drop(pipeline, reason, count)
+
+
+def _ledger_key(kind: str, pipeline: str, reason: str = "") -> str:
+    """The ``meta`` key of one ledger count: ``ledger/<kind>/<pipeline>[/<reason>]``."""
+    return "/".join(("ledger", kind, pipeline, *((reason,) if reason else ())))
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxLedger:
+    """What one outbox took and where it went, from its file alone (see ``read_ledger``).
+
+    ``selected``: samples offered to the outbox per pipeline, over its whole life (its
+    residency gate's kept-at-edge samples are not offered); ``dropped``: those its own
+    bounds ended, per pipeline and reason (full_newest, full_oldest, expired,
+    unsendable); ``acked``: those a PUBACK ended (without receipts); ``waiting``: the seqs
+    still in it per pipeline.
+    """
+
+    selected: dict[str, int]
+    dropped: dict[str, dict[str, int]]
+    acked: dict[str, int]
+    waiting: dict[str, list[int]]
+
+
+def read_ledger(path: str | Path) -> OutboxLedger:
+    """Read an outbox's ledger and waiting samples from its file, read-only.
+
+    For accounting after the agent stopped (or beside it: WAL readers do not block it).
+    Counts live in the same transactions as the records they count, so a kill at any
+    moment leaves them exact.
+    """
+    db = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
+    try:
+        selected: dict[str, int] = {}
+        dropped: dict[str, dict[str, int]] = {}
+        acked: dict[str, int] = {}
+        for key, value in db.execute("SELECT key, value FROM meta WHERE key LIKE 'ledger/%'"):
+            _, kind, pipeline, *reason = str(key).split("/")
+            if kind == "selected":
+                selected[pipeline] = int(value)
+            elif kind == "dropped":
+                dropped.setdefault(pipeline, {})[reason[0]] = int(value)
+            elif kind == "acked":
+                acked[pipeline] = int(value)
+        waiting: dict[str, list[int]] = {}
+        for pipeline, seq in db.execute("SELECT pipeline, seq FROM samples ORDER BY seq"):
+            waiting.setdefault(pipeline, []).append(int(seq))
+        return OutboxLedger(selected, dropped, acked, waiting)
+    finally:
+        db.close()
 
 
 def _synchronous_pragma(synchronous: str) -> str:
