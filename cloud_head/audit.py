@@ -139,6 +139,8 @@ class AuditAction(StrEnum):
     ROLLBACK = "rollback"
     TENANT_CHANGE = "tenant_change"
     KEY_CHANGE = "key_change"
+    #: An operator removed an edge node and its telemetry history (``continuum fleet remove``).
+    NODE_REMOVED = "node_removed"
 
 
 @dataclass(frozen=True)

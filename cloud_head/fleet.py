@@ -1,14 +1,23 @@
 """The fleet registry: which edge nodes exist, what they are, what they run and how it goes.
 
 Fed by the retained node status (the last will turns it offline) and reported state, and by
-telemetry, whose history is kept for the rollout controller and reports. ``FleetRegistry`` is
-the protocol logic over SQLite; ``FleetWorker`` is the thin MQTT runner around it.
+telemetry, whose history is kept for the rollout controller and reports for
+``telemetry_retention_s`` (default 7 days; older windows are pruned as new ones are written).
+``FleetRegistry`` is the protocol logic over SQLite; ``FleetWorker`` (in ``_fleet_mqtt``) is
+the thin MQTT runner around it.
+
+No message makes the registry forget a node.  An empty status or reported message (a cleared
+retained message, or a stray publish with the tenant's credential) is counted, logged once and
+otherwise ignored: the node keeps its last status, labels and telemetry history.  Removing a
+node is an operator's decision, ``continuum fleet remove NODE`` (``FleetRegistry.remove``),
+which deletes the node and its history, frees its quota place and is recorded in the audit
+log; a removed node that sends a status again is admitted again as a new node.
 
 A node is admitted against the tenant's ``edge_nodes`` quota when its first status arrives:
-admitted nodes (online or not; a node that leaves with an empty retained status frees its
-place) count against it, and a node beyond it is recorded with the refusal as its ``refused``
-reason, counted, and given no desired state (the rollout controller skips it).  A refused node
-is checked again at each status it sends, so raising the quota lets it in.
+admitted nodes (online or not, until removed) count against it, and a node beyond it is
+recorded with the refusal as its ``refused`` reason, counted, and given no desired state (the
+rollout controller skips it).  A refused node is checked again at each status it sends, so
+raising the quota (or removing a node) lets it in.
 
 At fleet scale (DESIGN.md §5: every agent re-publishes its retained status each heartbeat
 period) the registry keeps what changes per message in memory and writes it to SQLite in one
@@ -16,8 +25,12 @@ transaction per ``flush_interval_s``: a heartbeat that repeats the node's last s
 its ``ts`` is recognised without parsing the JSON, and only the latest state of each node is
 written.  Its own queries flush first, so they are always current; other processes reading
 the same file (the controllers, ``continuum fleet``) see it at most ``flush_interval_s`` late.
-A node silent for more than two heartbeat periods is marked offline even when no last will
-came (a half-open connection the broker has not noticed yet), and counted as ``timed_out``.
+
+Online means heard from: a node with no message of any kind for more than two of its stated
+heartbeat periods is marked offline by the clock, counted as ``timed_out``, whether no last
+will came (a half-open connection) or the registry's own broker connection is down (then
+nothing is heard, and a dead broker shows as an offline fleet within two periods).  It comes
+back online with its next status, which the broker replays at once on resubscribe.
 """
 
 from __future__ import annotations
@@ -35,8 +48,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from cloud_head._mqtt import RejectLog, reason_code_failed
-from continuum.errors import ConfigError, ProtocolError
+from cloud_head._fleet_mqtt import FleetWorker, subscriptions
+from cloud_head._mqtt import RejectLog
+from continuum.errors import ConfigError, NotFoundError, ProtocolError
 from continuum.labels import LabelSelector
 from continuum.wire import topics
 from continuum.wire.messages import (
@@ -46,14 +60,19 @@ from continuum.wire.messages import (
     ReportedState,
     Telemetry,
 )
-from continuum.wire.mqtt import BrokerSettings, connect, make_client
 
 if TYPE_CHECKING:
-    import paho.mqtt.client as mqtt
-
     from cloud_head.tenants import Quotas
 
-__all__ = ["FleetRegistry", "FleetUpdate", "FleetWorker", "NodeInfo", "subscriptions"]
+__all__ = [
+    "TELEMETRY_RETENTION_S",
+    "FleetRegistry",
+    "FleetUpdate",
+    "FleetWorker",
+    "NodeInfo",
+    "removal_record",
+    "subscriptions",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -93,15 +112,23 @@ _TS_KEY: Final = b',"ts":'
 #: What may follow ``_TS_KEY`` in a heartbeat: a JSON number >= 0 and the closing brace.
 _TS_TAIL: Final = re.compile(rb"(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?\}")
 _TS_TAIL_MAX: Final = 40
+#: How long telemetry history is kept by default (``continuum fleet --help`` says it too).
+TELEMETRY_RETENTION_S: Final = 7 * 24 * 3600.0
 #: Telemetry rows written between two prunes of the history past its retention.
 _PRUNE_EVERY: Final = 1000
 
-UpdateKind = Literal["status", "removed", "reported", "telemetry", "rejected"]
+UpdateKind = Literal["status", "reported", "telemetry", "cleared", "rejected"]
 
 
 @dataclass(frozen=True, slots=True)
 class FleetUpdate:
-    """What the registry did with one message."""
+    """What the registry did with one message.
+
+    ``cleared``: an empty status or reported message about a node the registry does not
+    know (e.g. ``continuum fleet remove`` clearing the retained topics of the node it
+    removed): nothing to keep, nothing done.  The same about a known node is ``rejected``
+    (``empty_status``, ``empty_reported``) and the node is kept as it was.
+    """
 
     kind: UpdateKind
     node: str = ""
@@ -151,12 +178,15 @@ class _Live:
 
     ``prefix`` is its last status payload up to the ``ts`` value, or None when that status was
     not laid out as pydantic writes it (or the node is refused): then every status is parsed.
+    ``since``: when the registry began to watch it, for a node it found online in its file
+    rather than heard from (its silence is counted from then, not from before the restart).
     """
 
     status: NodeStatus
     prefix: bytes | None
     last_seen: float
     period: float
+    since: float = 0.0
 
 
 @dataclass(slots=True)
@@ -180,13 +210,14 @@ class FleetRegistry:
     Args:
         tenant: the tenant whose nodes these are.
         path: the SQLite file (created if missing).
-        telemetry_retention_s: how long telemetry history is kept.
+        telemetry_retention_s: how long telemetry history is kept (default 7 days): windows
+            older than this (by cloud receive time) are pruned as new ones are written.
         clock: the cloud clock (Unix seconds).
         quotas: returns the tenant's quotas when a new node is to be admitted (None, or a None
             result: no limit on edge nodes).
         heartbeat_interval_s: the heartbeat period of nodes whose status does not state
             their own (``heartbeat_s``; agents state it); a node silent for more than two of
-            its periods is marked offline by ``tick()``.
+            its periods is marked offline by ``tick()``, heard from or not for lack of a broker.
         flush_interval_s: how long changes may wait in memory before ``tick()`` writes them.
     """
 
@@ -195,7 +226,7 @@ class FleetRegistry:
         tenant: str,
         path: str | Path,
         *,
-        telemetry_retention_s: float = 7 * 24 * 3600.0,
+        telemetry_retention_s: float = TELEMETRY_RETENTION_S,
         clock: Callable[[], float] = time.time,
         quotas: Callable[[], Quotas | None] | None = None,
         heartbeat_interval_s: float = 30.0,
@@ -225,6 +256,7 @@ class FleetRegistry:
         self._since_prune = 0
         self._status_root = topics.nodes_filter(self._tenant, "status")[: -len("+/status")]
         self._live: dict[str, _Live] = {}
+        self._resumed = False  # whether tick() took up the nodes stored online
         # The live nodes of each heartbeat period, oldest last_seen first: tick() finds the
         # silent ones at the front of each, whatever the fleet's size.
         self._by_period: dict[float, OrderedDict[str, None]] = {}
@@ -256,13 +288,6 @@ class FleetRegistry:
     def heartbeat_interval_s(self) -> float:
         """The heartbeat period of nodes whose status does not state their own."""
         return self._heartbeat_s
-
-    @property
-    def longest_heartbeat_s(self) -> float:
-        """The longest heartbeat period of a live node (or the default): after a reconnect,
-        the fleet has been heard from once this long has passed."""
-        with self._lock:
-            return max([self._heartbeat_s, *self._by_period])
 
     @property
     def tick_interval_s(self) -> float:
@@ -333,10 +358,9 @@ class FleetRegistry:
             )
         node = parsed.node
         now = self._clock()
+        if not payload and parsed.kind in ("status", "reported"):
+            return self._empty(parsed.kind, node)
         if parsed.kind == "status":
-            if not payload:  # an empty retained message clears the topic: the node left
-                self.forget(node)
-                return FleetUpdate("removed", node=node)
             status = NodeStatus.from_payload(payload)
             _same_node(status.node, node)
             if status.tenant != self._tenant:
@@ -352,8 +376,6 @@ class FleetRegistry:
                 return FleetUpdate("status", node=node, reason="over_quota", detail=refused)
             return FleetUpdate("status", node=node)
         if parsed.kind == "reported":
-            if not payload:
-                return FleetUpdate("reported", node=node)
             reported = ReportedState.from_payload(payload)
             _same_node(reported.node, node)
             with self._lock:
@@ -385,6 +407,30 @@ class FleetRegistry:
         raise ProtocolError(
             f"the fleet registry does not take {parsed.kind} messages", reason="unexpected_topic"
         )
+
+    def _empty(self, kind: str, node: str) -> FleetUpdate:
+        """Keep a known node as it is when its status or reported topic is emptied.
+
+        Anyone holding the tenant's credential can clear a retained topic or publish an
+        empty message; neither says the node left nor is news from it (its ``last_seen``
+        stays).  Decommissioning is ``remove()``, an operator's audited action.
+        """
+        if not self._known(node):
+            return FleetUpdate("cleared", node=node)
+        raise ProtocolError(
+            f"empty {kind} message for node {node!r} (a cleared retained message or a stray "
+            "publish): ignored, the node keeps its last state and telemetry history; "
+            "decommission a node with `continuum fleet remove NODE`",
+            reason=f"empty_{kind}",
+        )
+
+    def _known(self, node: str) -> bool:
+        with self._lock:
+            if node in self._pending or node in self._live or node in self._admitted:
+                return True
+        with self._db_lock:
+            row = self._db.execute("SELECT 1 FROM nodes WHERE node = ?", (node,)).fetchone()
+        return row is not None
 
     def _set_status(
         self, node: str, status: NodeStatus, payload: bytes, now: float, *, admitted: bool
@@ -454,26 +500,32 @@ class FleetRegistry:
 
     # -- upkeep ----------------------------------------------------------------------------
 
-    def tick(self, *, expire_silent: bool = True) -> list[str]:
+    def tick(self) -> list[str]:
         """Mark nodes silent for over two of their heartbeat periods offline, then flush.
 
-        Call it every ``tick_interval_s`` (``FleetWorker`` does), with ``expire_silent`` False
-        while the registry itself cannot hear the fleet (no broker): silence then says nothing
-        about the nodes.  A node marked offline keeps its last-seen time and comes back online
-        with its next status.
+        Call it every ``tick_interval_s`` (``FleetWorker`` does), whether or not the broker
+        is reachable: online means heard from, so while the registry hears nothing (its own
+        broker connection down) its nodes go offline after two periods, and a dead broker
+        shows.  No grace is needed after a reconnect: the broker replays every retained status
+        at once on resubscribe.  A node marked offline keeps its last-seen time and comes back
+        online with its next status.  The first call also takes up the nodes the file says are
+        online but no message has named yet (a restart, or a node whose retained status was
+        cleared), counting their silence from then.
 
         Returns:
             The nodes marked offline by this call.
         """
         now = self._clock()
+        if not self._resumed:
+            self._resume(now)
         silent: list[str] = []
         with self._lock:
-            for period, bucket in list(self._by_period.items()) if expire_silent else ():
+            for period, bucket in list(self._by_period.items()):
                 cutoff = now - 2 * period
                 while bucket:
                     node = next(iter(bucket))
                     live = self._live[node]
-                    if live.last_seen >= cutoff:
+                    if max(live.last_seen, live.since) >= cutoff:
                         break
                     self._drop_live_locked(node)
                     offline = live.status.model_copy(update={"online": False})
@@ -484,13 +536,38 @@ class FleetRegistry:
         if silent:
             _log.warning(
                 "marked %d node(s) offline after more than two heartbeat periods without a "
-                "message and without a last will (half-open connections?): %s%s",
+                "message (half-open connections, or no broker: see the fleet's `connected`): "
+                "%s%s",
                 len(silent),
                 ", ".join(silent[:5]),
                 " ..." if len(silent) > 5 else "",
             )
         self._flush()
         return silent
+
+    def _resume(self, now: float) -> None:
+        """Watch the nodes stored online that no message has named since the registry opened."""
+        with self._db_lock:
+            rows = self._db.execute(
+                "SELECT node, status, last_seen FROM nodes WHERE json_extract(status, '$.online')"
+            ).fetchall()
+        resumed: list[tuple[str, NodeStatus, float]] = []
+        for node, status_json, last_seen in rows:
+            try:
+                resumed.append((node, NodeStatus.model_validate_json(status_json), last_seen))
+            except ValueError:  # written by an older version: its next status replaces it
+                _log.warning("stored status of node %s does not parse; not watched", node)
+        with self._lock:
+            self._resumed = True
+            for node, status, last_seen in resumed:
+                pending = self._pending.get(node)
+                if node in self._live or (pending is not None and pending.status is not None):
+                    continue  # a message named it since: that is newer than the file
+                if pending is not None:
+                    last_seen = max(last_seen, pending.last_seen)
+                period = status.heartbeat_s or self._heartbeat_s
+                self._live[node] = _Live(status, None, float(last_seen), period, since=now)
+                self._by_period.setdefault(period, OrderedDict())[node] = None
 
     def _flush(self) -> None:
         """Write the pending node changes and telemetry in one transaction."""
@@ -637,16 +714,48 @@ class FleetRegistry:
             ).fetchone()
         return None if row is None else Telemetry.model_validate_json(row[0])
 
-    def forget(self, node: str) -> None:
-        """Remove a node and its telemetry history."""
+    def remove(self, node: str) -> int:
+        """Remove ``node`` and its telemetry history, freeing its quota place; an operator's act.
+
+        Nothing else removes a node (an empty status does not): ``continuum fleet remove``
+        calls this through the fleet service, which records it in the audit log first.  A
+        removed node that sends a status again is admitted again as a new node, against the
+        ``edge_nodes`` quota, with no history.
+
+        Returns:
+            The number of telemetry windows deleted with it.
+
+        Raises:
+            NotFoundError: the registry does not know ``node``.
+        """
         with self._db_lock:
             with self._lock:
+                known = node in self._pending or node in self._live or node in self._admitted
                 self._pending.pop(node, None)
                 self._drop_live_locked(node)
                 self._admitted.discard(node)
-                self._telemetry_rows = [r for r in self._telemetry_rows if r[0] != node]
-            self._db.execute("DELETE FROM nodes WHERE node = ?", (node,))
-            self._db.execute("DELETE FROM telemetry WHERE node = ?", (node,))
+                kept = [r for r in self._telemetry_rows if r[0] != node]
+                windows = len(self._telemetry_rows) - len(kept)
+                self._telemetry_rows = kept
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._db.execute("DELETE FROM nodes WHERE node = ?", (node,)).rowcount
+                windows += self._db.execute(
+                    "DELETE FROM telemetry WHERE node = ?", (node,)
+                ).rowcount
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        if not known and rows == 0:
+            raise NotFoundError(
+                f"the fleet of tenant {self._tenant!r} has no node {node!r}; "
+                "`continuum fleet` lists its nodes"
+            )
+        with self._lock:
+            self._counts["removed"] += 1
+        _log.info("removed node %s and %d telemetry window(s)", node, windows)
+        return windows
 
     def stats(self) -> dict[str, Any]:
         """Return a snapshot of the counters and the fleet size."""
@@ -664,6 +773,7 @@ class FleetRegistry:
                 "reported": self._counts["reported"],
                 "telemetry": self._counts["telemetry"],
                 "removed": self._counts["removed"],
+                "cleared": self._counts["cleared"],
                 "timed_out": self._counts["timed_out"],
                 "refused_nodes": int(refused),
                 "refusals": self._counts["refused"],
@@ -718,20 +828,18 @@ def _node_info(row: tuple[Any, ...], telemetry: dict[str, Telemetry]) -> NodeInf
     )
 
 
-def subscriptions(tenant: str) -> list[tuple[str, int]]:
-    """Return the (filter, QoS) pairs the fleet registry of ``tenant`` subscribes to.
-
-    Status at QoS 0: it is retained and the worker subscribes again at every connect, so the
-    broker replays every node's latest status (and any last will that fired meanwhile) after
-    an outage; QoS 1 would only add a PUBACK per heartbeat, which made a bare paho subscriber
-    spend 79 instead of 56 us per status here.  Reported state likewise is retained, but
-    rare; telemetry is not retained, so both stay at QoS 1 and queue in the session.
-    """
-    return [
-        (topics.nodes_filter(tenant, "status"), 0),
-        (topics.nodes_filter(tenant, "reported"), 1),
-        (topics.pipeline_filter(tenant, "telemetry"), 1),
-    ]
+def removal_record(info: NodeInfo, reason: str) -> dict[str, Any]:
+    """Return what the audit record of a node's removal keeps of it: why, and what it was."""
+    return {
+        "reason": reason,
+        "labels": info.labels,
+        "online": info.online,
+        "last_seen": info.last_seen,
+        "refused": info.refused,
+        "pipelines": info.pipelines,
+        "models": {p: m.version for p in info.pipelines if (m := info.model(p)) is not None},
+        "telemetry": "deleted with the node",
+    }
 
 
 def _same_node(in_message: str, in_topic: str) -> None:
@@ -739,114 +847,3 @@ def _same_node(in_message: str, in_topic: str) -> None:
         raise ProtocolError(
             f"message of node {in_message!r} on the topic of {in_topic!r}", reason="node_mismatch"
         )
-
-
-class FleetWorker:
-    """Run a ``FleetRegistry`` on MQTT: subscribe to status, reported and telemetry of a tenant.
-
-    A plain (not shared) subscription, because the broker only replays retained status and
-    reported state to plain subscriptions; every replica sees every node.  A named thread
-    calls the registry's ``tick()`` (flush, silent nodes offline) every ``tick_interval_s``.
-    """
-
-    def __init__(
-        self, registry: FleetRegistry, broker: BrokerSettings, *, client_id: str | None = None
-    ) -> None:
-        """Prepare a worker; ``client_id`` names its persistent session."""
-        self._registry = registry
-        self._broker = broker
-        self._client_id = client_id or f"ctm-fleet-{registry.tenant}"
-        self._subscriptions = subscriptions(registry.tenant)
-        self._client: mqtt.Client | None = None
-        self._connected = threading.Event()
-        self._stopping = threading.Event()
-        self._ticker: threading.Thread | None = None
-        self._connected_at = 0.0
-
-    @property
-    def connected(self) -> bool:
-        """Whether the MQTT session is up and subscribed."""
-        return self._connected.is_set()
-
-    def start(self) -> None:
-        """Connect and subscribe; raises NotReadyError if the broker is down."""
-        if self._client is not None:
-            raise RuntimeError("the fleet worker is already running")
-        self._stopping.clear()
-        client = make_client(self._client_id, self._broker)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        connect(client, self._broker)
-        self._client = client
-        self._ticker = threading.Thread(
-            target=self._tick, name=f"ctm-fleet-tick-{self._registry.tenant}", daemon=True
-        )
-        self._ticker.start()
-
-    def stop(self) -> None:
-        """Disconnect (the session persists) and flush the registry."""
-        self._stopping.set()
-        client, self._client = self._client, None
-        if client is not None:
-            client.disconnect()
-            client.loop_stop()
-        ticker, self._ticker = self._ticker, None
-        if ticker is not None:
-            ticker.join(10.0)
-        self._connected.clear()
-
-    def stats(self) -> dict[str, Any]:
-        """Return the registry counters plus the connection state."""
-        snapshot = self._registry.stats()
-        snapshot["connected"] = self.connected
-        return snapshot
-
-    def __enter__(self) -> FleetWorker:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def _tick(self) -> None:
-        while True:
-            stopping = self._stopping.wait(self._registry.tick_interval_s)
-            # After a (re)connect the broker replays every retained status; until then, and
-            # while the broker is away, the fleet's silence is the worker's own.
-            heard = self.connected and (
-                time.monotonic() - self._connected_at >= self._registry.longest_heartbeat_s
-            )
-            try:
-                self._registry.tick(expire_silent=heard)
-            except Exception:  # e.g. a locked or full disk: log, keep the changes, try again
-                _log.exception("fleet registry tick failed; retrying")
-            if stopping:
-                return
-
-    def _on_connect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, props: Any
-    ) -> None:
-        if reason_code_failed(reason_code):
-            _log.warning("broker refused the fleet session: %s", reason_code)
-            return
-        client.subscribe(self._subscriptions)
-        self._connected_at = time.monotonic()
-        self._connected.set()
-
-    def _on_disconnect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, props: Any
-    ) -> None:
-        if self._connected.is_set() and not self._stopping.is_set():
-            _log.warning(
-                "fleet %s lost the broker (%s); reconnecting", self._client_id, reason_code
-            )
-        self._connected.clear()
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self._registry.handle(message.topic, bytes(message.payload))

@@ -147,3 +147,32 @@ class ControllerMetrics:
         self._rollbacks.update(sum(1 for h in history if h.startswith("rolled back")), self._tags)
         self._stage.set(float(ROLLOUT_STAGES.get(rollout.get("stage", ""), -1)), tags=self._tags)
         self._labelled.set(float(status.get("labelled_samples", 0)), tags=self._tags)
+
+
+class BrokerConnectionMetrics:
+    """Whether one cloud service's MQTT session is up, and how often it was lost.
+
+    ``continuum_cloud_broker_connected`` (1 up, 0 down) makes a dead broker visible on the
+    cloud side, where the fleet would otherwise only show its nodes going offline;
+    ``continuum_cloud_broker_disconnects`` counts the losses. ``service`` is the actor name
+    (``fleet``, ``ingest-0``).
+    """
+
+    def __init__(self, tenant: str, service: str) -> None:
+        from ray.util.metrics import Gauge
+
+        self._tags = {"tenant": tenant, "service": service}
+        keys = ("tenant", "service")
+        self._connected = Gauge(
+            "continuum_cloud_broker_connected",
+            description="1 while the service's MQTT session is up, 0 while it is down",
+            tag_keys=keys,
+        )
+        self._disconnects = _CumulativeCounter(
+            "continuum_cloud_broker_disconnects", "MQTT sessions lost to the broker", keys
+        )
+
+    def update(self, stats: Mapping[str, Any]) -> None:
+        """Export the ``connected`` and ``disconnects`` of a service's ``stats()``."""
+        self._connected.set(1.0 if stats.get("connected") else 0.0, tags=self._tags)
+        self._disconnects.update(stats.get("disconnects", 0), self._tags)

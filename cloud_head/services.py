@@ -33,7 +33,13 @@ from cloud_head.audit import (
     default_actor,
     service_actor,
 )
-from cloud_head.metrics import ControllerMetrics, FleetMetrics, IngestMetrics, MetricsExporter
+from cloud_head.metrics import (
+    BrokerConnectionMetrics,
+    ControllerMetrics,
+    FleetMetrics,
+    IngestMetrics,
+    MetricsExporter,
+)
 from cloud_head.paths import HeadPaths as HeadPaths  # its home is paths.py; re-exported
 from continuum.errors import NotReadyError, OperationTimeoutError, PlacementError
 from continuum.labels import TIER
@@ -140,7 +146,12 @@ class IngestActor:
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class FleetActor:
-    """The fleet registry: every node's status, reported models and telemetry."""
+    """The fleet registry: every node's status, reported models and telemetry.
+
+    ``remove`` is the one way a node leaves the fleet (``continuum fleet remove``): recorded
+    in the tenant's audit log, under the head signed with ``audit_signing_key`` like the
+    controller's records, before anything is deleted.
+    """
 
     def __init__(
         self,
@@ -148,6 +159,7 @@ class FleetActor:
         paths: HeadPaths,
         broker: dict[str, Any],
         tenants_root: Path | None = None,
+        audit_signing_key: bytes | None = None,
     ) -> None:
         from cloud_head.fleet import FleetRegistry, FleetWorker
 
@@ -157,11 +169,17 @@ class FleetActor:
         )
         self._worker = FleetWorker(self._registry, BrokerSettings.model_validate(broker))
         self._worker.start()
+        keys = {tenant: audit_signing_key} if audit_signing_key is not None else {}
+        self._audit = AuditTrail(
+            AuditLog(paths.audit, signing_keys=keys), tenant, service_actor("fleet")
+        )
         metrics = FleetMetrics(tenant)
+        connection = BrokerConnectionMetrics(tenant, "fleet")
 
         def export() -> None:
             stats = self._stats()
             metrics.update(stats["nodes"], stats["online"])
+            connection.update(stats)
 
         self._pump = MetricsExporter("fleet", export)
 
@@ -198,10 +216,40 @@ class FleetActor:
             t.model_dump(mode="json") for t in self._registry.telemetry(node, pipeline, since_ts)
         ]
 
+    def remove(self, node: str, actor: str, reason: str) -> dict[str, Any]:
+        """Decommission ``node``: record it, delete it and its telemetry, clear its retained topics.
+
+        ``actor`` (``user@host``) is recorded as who asked.  A removed node that sends a
+        status again is admitted again as a new node.
+
+        Raises:
+            NotFoundError: the fleet has no such node.
+            AuditWriteError: the removal could not be recorded; nothing was removed.
+        """
+        from cloud_head.fleet import removal_record
+        from continuum.errors import NotFoundError
+
+        info = self._registry.get(node)
+        if info is None:
+            raise NotFoundError(
+                f"the fleet of tenant {self._audit.tenant!r} has no node {node!r}; "
+                "`continuum fleet` lists its nodes"
+            )
+        self._audit.record(
+            AuditAction.NODE_REMOVED, f"node/{node}", removal_record(info, reason), actor=actor
+        )
+        windows = self._registry.remove(node)
+        try:
+            cleared, note = self._worker.clear_retained(node), ""
+        except (NotReadyError, OperationTimeoutError) as error:
+            cleared, note = [], str(error)
+        return {"node": node, "telemetry_windows": windows, "cleared": cleared, "note": note}
+
     def stop(self) -> None:
         """Disconnect (the session persists)."""
         self._pump.stop()
         self._worker.stop()
+        self._audit.log.close()
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -506,7 +554,7 @@ class CloudHead:
             for i in range(ingest_replicas)
         ]
         fleet = FleetActor.options(name="fleet", **common).remote(  # type: ignore[attr-defined]
-            tenant, paths, broker_dict, tenants
+            tenant, paths, broker_dict, tenants, private_key_pem
         )
         controllers = {
             # Threaded (max_concurrency): status() answers while bootstrap() trains.

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cloud_head.fleet import FleetRegistry, FleetUpdate
-from continuum.errors import ConfigError
+from continuum.errors import ConfigError, NotFoundError
 from continuum.labels import LabelSelector
 from continuum.wire import topics
 from continuum.wire.messages import NodeStatus, ReportedModel, ReportedState, Telemetry
@@ -109,13 +109,6 @@ class TestNodeStatus:
         assert fleet.nodes(online=True) == []
         assert fleet.stats()["online"] == 0
 
-    def test_an_empty_retained_status_removes_the_node(self, fleet: FleetRegistry) -> None:
-        fleet.handle(topics.node_status(TENANT, "cam-1"), status("cam-1"))
-        send_telemetry(fleet, telemetry("cam-1", 950.0))
-        assert fleet.handle(topics.node_status(TENANT, "cam-1"), b"").kind == "removed"
-        assert fleet.nodes() == []
-        assert fleet.telemetry("cam-1", "digits") == []
-
     def test_nodes_are_selected_by_labels(self, fleet: FleetRegistry) -> None:
         fleet.handle(topics.node_status(TENANT, "cam-1"), status("cam-1", site="lux-1"))
         fleet.handle(topics.node_status(TENANT, "cam-2"), status("cam-2", site="par-1"))
@@ -123,6 +116,90 @@ class TestNodeStatus:
         chosen = fleet.nodes(LabelSelector({"continuum.io/site": "lux-*"}))
         assert [n.node for n in chosen] == ["cam-1", "cam-3"]
         assert len(fleet.nodes()) == 3
+
+
+class TestEmptyMessages:
+    """Issue 12: one empty message per node erased three nodes and their history."""
+
+    @pytest.mark.parametrize("kind", ["status", "reported"])
+    def test_an_empty_message_keeps_the_node_its_labels_and_history(
+        self, fleet: FleetRegistry, clock: Clock, kind: str
+    ) -> None:
+        fleet.handle(topics.node_status(TENANT, "cam-1"), status("cam-1"))
+        fleet.handle(topics.node_reported(TENANT, "cam-1"), reported("cam-1"))
+        send_telemetry(fleet, telemetry("cam-1", 950.0))
+        clock.now = 1_010.0
+        topic = getattr(topics, f"node_{kind}")(TENANT, "cam-1")
+
+        update = fleet.handle(topic, b"")
+
+        assert (update.kind, update.reason) == ("rejected", f"empty_{kind}")
+        assert "continuum fleet remove" in update.detail
+        [node] = fleet.nodes()
+        assert node.online and node.labels["continuum.io/site"] == "lux-1"
+        assert node.last_seen == 1_000.0  # an empty message is no news from the node
+        assert fleet.reported_model("cam-1", "digits") is not None
+        assert len(fleet.telemetry("cam-1", "digits")) == 1
+        assert fleet.stats()["rejected"] == {f"empty_{kind}": 1}
+
+    def test_an_empty_status_keeps_a_node_known_only_from_the_file(self, tmp_path: Path) -> None:
+        with FleetRegistry(TENANT, tmp_path / "f.db") as fleet:
+            fleet.handle(topics.node_status(TENANT, "cam-1"), status("cam-1"))
+        with FleetRegistry(TENANT, tmp_path / "f.db") as fleet:
+            update = fleet.handle(topics.node_status(TENANT, "cam-1"), b"")
+            assert (update.kind, update.reason) == ("rejected", "empty_status")
+            assert [n.node for n in fleet.nodes()] == ["cam-1"]
+
+    def test_an_empty_status_of_an_unknown_node_is_counted_as_cleared(
+        self, fleet: FleetRegistry
+    ) -> None:
+        update = fleet.handle(topics.node_status(TENANT, "cam-9"), b"")
+        assert update == FleetUpdate("cleared", node="cam-9")
+        assert fleet.nodes() == []
+        assert fleet.stats()["cleared"] == 1 and fleet.stats()["rejected"] == {}
+
+
+class TestRemove:
+    def test_remove_deletes_the_node_and_its_history(self, fleet: FleetRegistry) -> None:
+        fleet.handle(topics.node_status(TENANT, "cam-1"), status("cam-1"))
+        fleet.handle(topics.node_status(TENANT, "cam-2"), status("cam-2"))
+        for ts in (950.0, 960.0):
+            send_telemetry(fleet, telemetry("cam-1", ts))
+        fleet.tick()  # one window stored, the other still pending: both go
+        send_telemetry(fleet, telemetry("cam-1", 970.0))
+
+        assert fleet.remove("cam-1") == 3
+
+        assert [n.node for n in fleet.nodes()] == ["cam-2"]
+        assert fleet.telemetry("cam-1", "digits") == []
+        assert fleet.stats()["removed"] == 1
+
+    def test_an_unknown_node_is_named_not_removed(self, fleet: FleetRegistry) -> None:
+        fleet.handle(topics.node_status(TENANT, "cam-1"), status("cam-1"))
+        with pytest.raises(NotFoundError, match="no node 'cam-9'"):
+            fleet.remove("cam-9")
+        assert fleet.stats()["removed"] == 0
+
+    def test_a_removed_node_that_sends_a_status_again_is_admitted_as_new(
+        self, fleet: FleetRegistry, clock: Clock
+    ) -> None:
+        fleet.handle(topics.node_status(TENANT, "cam-1"), status("cam-1"))
+        send_telemetry(fleet, telemetry("cam-1", 950.0))
+        fleet.remove("cam-1")
+        clock.now = 1_020.0
+        assert fleet.handle(topics.node_status(TENANT, "cam-1"), heartbeat("cam-1", 920.0)).kind
+        [node] = fleet.nodes()
+        assert node.online and node.last_seen == 1_020.0
+        assert fleet.telemetry("cam-1", "digits") == []
+
+    def test_a_removed_node_is_no_longer_timed_out(
+        self, fleet: FleetRegistry, clock: Clock
+    ) -> None:
+        fleet.handle(topics.node_status(TENANT, "cam-1"), status("cam-1"))
+        fleet.remove("cam-1")
+        clock.now = 1_100.0
+        assert fleet.tick() == []
+        assert fleet.nodes() == []
 
 
 class TestReportedState:
@@ -348,17 +425,32 @@ class TestSilentNodes:
         assert fleet.tick() == []
         clock.now = 1_239.5
         assert fleet.tick() == ["cam-slow"]
-        assert fleet.longest_heartbeat_s == 10.0  # no live node left: the default
 
     def test_a_node_changing_its_period_is_judged_by_the_new_one(
         self, fleet: FleetRegistry, clock: Clock
     ) -> None:
         fleet.handle(topics.node_status(TENANT, "cam-1"), status("cam-1", heartbeat_s=60))
-        assert fleet.longest_heartbeat_s == 60.0
         fleet.handle(topics.node_status(TENANT, "cam-1"), status("cam-1", heartbeat_s=2.0))
-        assert fleet.longest_heartbeat_s == 10.0
         clock.now = 1_004.5
         assert fleet.tick() == ["cam-1"]
+
+    def test_a_node_stored_online_is_timed_out_two_periods_after_a_restart(
+        self, tmp_path: Path, clock: Clock
+    ) -> None:
+        """A restarted registry watches the nodes its file says are online, even those no
+        retained status names any more (cleared): two periods from its first tick."""
+        path = tmp_path / "f.db"
+        with FleetRegistry(TENANT, path, clock=clock, heartbeat_interval_s=10.0) as fleet:
+            fleet.handle(topics.node_status(TENANT, "cam-1"), status("cam-1"))
+            fleet.handle(topics.node_status(TENANT, "cam-2"), status("cam-2"))
+        clock.now = 2_000.0
+        with FleetRegistry(TENANT, path, clock=clock, heartbeat_interval_s=10.0) as fleet:
+            assert fleet.tick() == []  # the broker's replay has two periods to arrive
+            clock.now = 2_010.0
+            fleet.handle(topics.node_status(TENANT, "cam-2"), heartbeat("cam-2", 1_910.0))
+            clock.now = 2_020.5
+            assert fleet.tick() == ["cam-1"]
+            assert fleet.liveness() == {"cam-1": (False, 1_000.0), "cam-2": (True, 2_010.0)}
 
     @pytest.mark.parametrize("period", [0.5, 7200.0])
     def test_a_stated_period_out_of_bounds_is_rejected(

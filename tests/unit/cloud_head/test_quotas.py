@@ -162,13 +162,20 @@ class TestEdgeNodeQuota:
         assert join(fleet, "cam-3") == "over_quota"
         assert join(fleet, "cam-1") == ""  # back online, still admitted
 
-    def test_a_node_that_leaves_frees_its_place(self, fleet: FleetRegistry) -> None:
+    def test_a_removed_node_frees_its_place(self, fleet: FleetRegistry) -> None:
         join(fleet, "cam-1")
         join(fleet, "cam-2")
         assert join(fleet, "cam-3") == "over_quota"
-        fleet.handle(topics.node_status(TENANT, "cam-1"), b"")  # cleared: it left
+        fleet.remove("cam-1")  # `continuum fleet remove cam-1`
 
         assert join(fleet, "cam-3") == ""
+
+    def test_an_empty_status_does_not_free_a_place(self, fleet: FleetRegistry) -> None:
+        join(fleet, "cam-1")
+        join(fleet, "cam-2")
+        fleet.handle(topics.node_status(TENANT, "cam-1"), b"")  # cleared, by anyone
+
+        assert join(fleet, "cam-3") == "over_quota"
 
     def test_without_a_tenant_registry_the_fleet_is_unlimited(self, tmp_path: Path) -> None:
         with FleetRegistry(TENANT, tmp_path / "fleet.sqlite3") as fleet:
