@@ -130,6 +130,9 @@ class AuditAction(StrEnum):
 
     DEPLOY = "deploy"
     POLICY_REFUSAL = "policy_refusal"
+    #: Samples ingest refused for good for a reason other than the policy (malformed,
+    #: off the schema or class), with their ids.
+    INGEST_REFUSAL = "ingest_refusal"
     UPLINK_BATCH = "uplink_batch"
     TRAINING_RUN = "training_run"
     GATE = "gate"

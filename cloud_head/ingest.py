@@ -2,7 +2,7 @@
 
 ``IngestService`` is the protocol logic: it checks each message against the tenant, the known
 pipelines and their input schema, drops samples it has already stored (sample ids kept in
-SQLite), writes the store durably and records labels; it counts every reject by reason and
+SQLite), writes the store durably and records labels; it counts every refusal by reason and
 never raises. The seen-id database also lists the store files whose ids it holds; a file
 written before a crash could record its ids is found and adopted before that pipeline's
 next write, so a redelivered message is not stored twice. ``IngestWorker`` is the thin MQTT
@@ -11,9 +11,44 @@ on a shared subscription, with each message acknowledged only after its durable 
 
 Given a residency policy, ingest enforces it again (defence in depth, DESIGN.md §6): a batch
 from a node the fleet registry does not know (``unknown_node``), or whose class the store may
-not hold (``policy``), is rejected, as is a batch carrying a field the edge should have
-dropped or hashed (``policy_field``).  Refusals and a summary of what each flush stored go to
-the tenant's audit log; the ``samples_per_day`` quota refuses samples beyond it (``quota``).
+not hold (``policy``), is refused, as is a batch carrying a field the edge should have
+dropped or hashed (``policy_field``).  Final refusals and a summary of what each flush
+stored go to the tenant's audit log; the ``samples_per_day`` quota holds back samples beyond
+it (``quota``).
+
+Final and temporary refusals.  The edge outbox keeps each sample until a receipt
+(``ctm/{tenant}/nodes/{node}/stored``) names it, and sends it again when none came within
+its ``resend_unconfirmed_s``; so a receipt is what ends a sample at the edge, and ingest
+sends one only for what is done with for good:
+
+- *stored* (or already stored): the receipt's ``seqs``.
+- *refused for good* (``FINAL_REASONS``, outcome "rejected"): a resend would be refused the
+  same way, whatever changes in the fleet, the quota or the store.  The batch is malformed
+  (it does not decode, or names another node, pipeline or tenant than its topic), off the
+  pipeline's declared schema (``schema_mismatch``) or class (``data_class_mismatch``), empty
+  or with an impossible seq, or forbidden by the residency policy (``policy``: the node may
+  not process, or the store may not hold, its class; ``policy_field``: it carries a field
+  the edge must drop or hash).  A batch that decoded on its own node's topic gets a receipt
+  naming its seqs under ``refused`` with the reason: the node removes them from its outbox,
+  counts them (``continuum_edge_samples_refused_total``) and records their ids; ingest counts
+  them (``refused_samples``) and writes every such refusal with the sample ids
+  (``node:first-last``) to the audit log.  A batch that did not decode cannot be named and
+  gets no receipt (the node sends it again until its outbox TTL).
+- *refused for now* (``TEMPORARY_REASONS``, outcome "held"): it may pass later.  The node is
+  not in the fleet registry (not yet, or forgotten: ``unknown_node``) or the registry cannot
+  be read (``fleet_unavailable``); the pipeline is not deployed (``unknown_pipeline``: a
+  cloud head starting up); the day's ``samples_per_day`` is spent (``quota``: tomorrow it
+  fits); the store cannot take the batch (``unstorable``) or ingest's checks failed
+  (``internal_error``): a fix can make either pass.  The message is acknowledged to the
+  broker (a redelivery loop would only burn the broker and ingest) but gets no receipt, so
+  the node keeps the samples and sends them again, bounded by its outbox bytes and TTL.
+  Held batches are counted by reason and logged once per reason until that reason's
+  batches are stored again.  A batch of a node not known yet is first *deferred* (parked
+  unacknowledged in the broker session) for ``node_grace_s``, since an agent's first
+  batches can overtake its status; past the grace, or past ``_MAX_PENDING_NODES`` unknown
+  nodes or ``_MAX_PARKED`` parked messages, it is held, never refused for good.
+- a write that *failed* (the store or the seen index unavailable) is not acknowledged at
+  all; the worker retries the group with backoff and the broker redelivers after a restart.
 """
 
 from __future__ import annotations
@@ -37,6 +72,14 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import numpy as np
 import numpy.typing as npt
 
+from cloud_head._ingest_refusals import (
+    FINAL_REASONS,
+    POLICY_REASONS,
+    TEMPORARY_REASONS,
+    HeldLog,
+    PendingRefusal,
+    is_final,
+)
 from cloud_head._mqtt import RejectLog, reason_code_failed
 from cloud_head.audit import AuditAction, AuditLog
 from cloud_head.fleet import FleetRegistry
@@ -61,17 +104,31 @@ from continuum.residency import (
 )
 from continuum.spec import DataClass, PipelineSpec
 from continuum.wire import codec, topics
-from continuum.wire.messages import MAX_RECEIPT_RANGES, StoredReceipt, merge_seq_ranges
+from continuum.wire.messages import (
+    MAX_RECEIPT_RANGES,
+    MAX_RECEIPT_REASONS,
+    RefusedSeqs,
+    StoredReceipt,
+    merge_seq_ranges,
+)
 from continuum.wire.mqtt import BrokerSettings, connect, make_client
 
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
 
-__all__ = ["IngestService", "IngestWorker", "Outcome", "OutcomeKind"]
+__all__ = [
+    "FINAL_REASONS",
+    "TEMPORARY_REASONS",
+    "IngestService",
+    "IngestWorker",
+    "Outcome",
+    "OutcomeKind",
+    "is_final",
+]
 
 _log = logging.getLogger(__name__)
 
-OutcomeKind = Literal["stored", "labelled", "rejected", "failed", "deferred"]
+OutcomeKind = Literal["stored", "labelled", "rejected", "held", "failed", "deferred"]
 
 _SEEN_SCHEMA = """
 CREATE TABLE IF NOT EXISTS seen (
@@ -89,8 +146,6 @@ CREATE TABLE IF NOT EXISTS stored_files (
 #: Errors of a write that say the data cannot be stored (a resend would fail the same way),
 #: as opposed to the store being unavailable (OSError and the rest: retried).
 _DATA_ERRORS: Final = (ValueError, TypeError, OverflowError)
-#: Reject reasons that are residency decisions: each goes to the tenant's audit log.
-POLICY_REASONS: Final = frozenset({"policy", "policy_field", "unknown_node"})
 #: What ``continuum.residency.hash_field`` makes: the only form a hashed field may arrive in.
 _HASHED_VALUE: Final = re.compile(r"hmac-sha256:[0-9a-f]{64}")
 #: How long a node's labels from the fleet registry are trusted before they are read again.
@@ -101,8 +156,9 @@ _UNKNOWN_TTL_S: Final = 0.5
 #: How long batches of a node the fleet registry does not know yet are held back, not
 #: rejected: an agent's first batches can overtake its status on the way to the registry.
 NODE_GRACE_S: Final = 15.0
-#: At most this many unknown nodes are waited for at once; batches of more are rejected at
-#: once, so made-up node names cannot make ingest hold an unbounded backlog.
+#: At most this many unknown nodes are waited for at once; batches of more are held at once
+#: (acknowledged without a receipt: the node sends them again), so made-up node names
+#: cannot make ingest hold an unbounded backlog.
 _MAX_PENDING_NODES: Final = 64
 _AUDIT_ACTOR: Final = "service:ingest"
 
@@ -112,10 +168,13 @@ class Outcome:
     """What ingest did with one message.
 
     ``kind`` is "stored" (a sample batch; ``stored`` new samples, ``duplicates`` already
-    there), "labelled" (a feedback batch; ``labels`` recorded), "rejected" (bad input, counted
-    under ``reason``; acknowledge it, a resend cannot fix it), "failed" (the durable write
-    failed; do not acknowledge, retry) or "deferred" (it cannot be judged yet — its node's
-    status has not reached the fleet registry; hold it unacknowledged and offer it again).
+    there, ``over_quota`` held back by the quota, to come again), "labelled" (a feedback
+    batch; ``labels`` recorded), "rejected" (refused for good, counted under ``reason``, one
+    of ``FINAL_REASONS``; acknowledge it, a resend cannot fix it), "held" (refused for now,
+    under a reason of ``TEMPORARY_REASONS``; acknowledge it but send no receipt, so the node
+    keeps the samples and sends them again), "failed" (the durable write failed; do not
+    acknowledge, retry) or "deferred" (it cannot be judged yet — its node's status has not
+    reached the fleet registry; hold it unacknowledged and offer it again).
     """
 
     kind: OutcomeKind
@@ -127,11 +186,20 @@ class Outcome:
     over_quota: int = 0
     #: For a batch that is done with (stored, duplicate, labelled or refused for good): its
     #: node and the inclusive ranges of its seqs, for the receipt the node's outbox awaits,
-    #: in ``seq_ranges`` for a sample batch and in ``label_ranges`` for a feedback batch
-    #: (the labels of those samples); not part of what the outcome is: left out of equality.
+    #: in ``seq_ranges`` for a sample batch (stored, or refused under ``reason`` when
+    #: "rejected"; never the samples held back by the quota) and in ``label_ranges`` for a
+    #: feedback batch (the labels of those samples); not part of what the outcome is: left
+    #: out of equality.
     node: str = dataclasses.field(default="", compare=False)
     seq_ranges: tuple[tuple[int, int], ...] = dataclasses.field(default=(), compare=False)
     label_ranges: tuple[tuple[int, int], ...] = dataclasses.field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        if self.kind == "rejected" and not is_final(self.reason):
+            raise ValueError(
+                f"a refusal for {self.reason!r} may pass later: its outcome is 'held', not "
+                "'rejected' (see FINAL_REASONS)"
+            )
 
     @property
     def ack(self) -> bool:
@@ -168,6 +236,13 @@ def _highest(seqs: npt.NDArray[Any]) -> int:
     return int(seqs.max()) if len(seqs) else -1
 
 
+def _refused(reason: str, detail: str, *, duplicates: int = 0, over_quota: int = 0) -> Outcome:
+    """The outcome of a refusal: "rejected" for good, or "held" for now (see the module
+    docstring and ``FINAL_REASONS``)."""
+    kind: OutcomeKind = "rejected" if is_final(reason) else "held"
+    return Outcome(kind, reason=reason, detail=detail, duplicates=duplicates, over_quota=over_quota)
+
+
 @dataclass(frozen=True, slots=True)
 class _SeqSpan:
     """The seqs of one node's samples stored by one flush: lowest, highest, how many."""
@@ -200,13 +275,14 @@ class _RejectedError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class _Refusal:
-    """A policy reject of one message, for the audit log."""
+    """A final refusal of one batch, for the audit log: whose, why, and its seq ranges."""
 
     node: str
     pipeline: str
     reason: str
     rule: str
     detail: str
+    ranges: tuple[tuple[int, int], ...]
 
 
 class IngestService:
@@ -243,7 +319,8 @@ class IngestService:
                 appended (0: after every flush).
             quotas: the tenant's quotas; ``samples_per_day`` is enforced when given.
             node_grace_s: how long batches of a node the fleet registry does not know are
-                deferred (held unacknowledged) before they are rejected as ``unknown_node``.
+                deferred (parked unacknowledged) before they are held as ``unknown_node``
+                (acknowledged without a receipt: the node sends them again).
 
         Raises:
             ConfigError: a policy without ``store_labels`` or ``fleet``.
@@ -274,7 +351,8 @@ class IngestService:
         )
         self._audit_interval_s = audit_interval_s
         self._audit_written_at = time.monotonic()
-        self._pending_refusals: dict[tuple[str, str], tuple[_Refusal, int, set[str]]] = {}
+        # (node, reason) -> its refusal records not yet appended, the last one still open
+        self._pending_refusals: dict[tuple[str, str], list[PendingRefusal]] = {}
         self._pending_stored: dict[str, dict[str, tuple[int, int, int]]] = {}
         self._quotas = quotas
         self._quota_day = ""
@@ -289,8 +367,11 @@ class IngestService:
         for spec in specs:
             self.add_pipeline(spec)
         self._counts: Counter[str] = Counter()
-        self._rejected: Counter[str] = Counter()
+        self._rejected: Counter[str] = Counter()  # messages refused, for good or for now
+        self._held: Counter[str] = Counter()  # messages refused for now
+        self._refused_samples: Counter[str] = Counter()  # samples ended by a final refusal
         self._reject_log = RejectLog(_log)
+        self._held_log = HeldLog(_log)
         self._ignored_fields: set[tuple[str, str]] = set()
         self._audit_failing = False
         self._seen = SeenIndex(seen_db)
@@ -328,7 +409,7 @@ class IngestService:
         """
         outcomes: list[Outcome | None] = [None] * len(messages)
         accepted: list[_Accepted] = []
-        refusals: list[_Refusal] = []
+        rules: dict[int, str] = {}  # message index -> the policy rule of its refusal
         decoded: dict[int, _Decoded] = {}
         for index, (topic, payload) in enumerate(messages):
             try:
@@ -336,39 +417,68 @@ class IngestService:
             except _DeferredError as later:
                 outcomes[index] = Outcome("deferred", reason=later.reason, detail=later.detail)
             except _RejectedError as rej:
-                outcomes[index] = Outcome("rejected", reason=rej.reason, detail=rej.detail)
-                if rej.reason in POLICY_REASONS:
-                    parsed = topics.parse(topic)
-                    refusals.append(
-                        _Refusal(parsed.node, parsed.pipeline, rej.reason, rej.rule, rej.detail)
-                    )
+                outcomes[index] = _refused(rej.reason, rej.detail)
+                rules[index] = rej.rule
             except Exception as exc:  # a bug must not stop ingest; count it and go on
                 _log.exception("unexpected error checking a message on %s", topic)
-                outcomes[index] = Outcome("rejected", reason="internal_error", detail=repr(exc))
+                outcomes[index] = _refused("internal_error", repr(exc))
         sample_items = [a for a in accepted if a.samples is not None]
         feedback_items = [a for a in accepted if a.feedback is not None]
         stored: dict[str, dict[str, _SeqSpan]] = {}  # pipeline -> node -> what was stored now
+        held: dict[int, npt.NDArray[np.int64]] = {}  # message index -> seqs over the quota
         if sample_items:
-            for index, outcome in self._store_samples(sample_items, stored).items():
+            for index, outcome in self._store_samples(sample_items, stored, held).items():
                 outcomes[index] = outcome
         for item in feedback_items:
             outcomes[item.index] = self._store_feedback(item)
         done = [o if o is not None else Outcome("failed", detail="not processed") for o in outcomes]
-        for index, batch in decoded.items():
-            if done[index].ack:
-                ranges = tuple(seq_runs(batch.seqs))
-                done[index] = dataclasses.replace(
-                    done[index],
-                    node=batch.node,
-                    seq_ranges=() if batch.labels else ranges,
-                    label_ranges=ranges if batch.labels else (),
-                )
+        refusals = self._name_receipts(messages, done, decoded, held, rules)
         self._count(messages, done)
         self._write_audit(refusals, stored)
         return done
 
+    def _name_receipts(
+        self,
+        messages: Sequence[tuple[str, bytes]],
+        done: list[Outcome],
+        decoded: Mapping[int, _Decoded],
+        held: Mapping[int, npt.NDArray[np.int64]],
+        rules: Mapping[int, str],
+    ) -> list[_Refusal]:
+        """Give each outcome that is done with for good (stored, labelled, refused for
+        good) the seq ranges its receipt names, leaving out samples held by the quota;
+        return the final refusals that name samples, for the audit log."""
+        refusals: list[_Refusal] = []
+        for index, batch in decoded.items():
+            outcome = done[index]
+            if outcome.kind not in ("stored", "labelled", "rejected"):
+                continue  # held, deferred or failed: the node keeps them and sends them again
+            seqs = batch.seqs
+            if index in held:
+                seqs = np.setdiff1d(seqs.astype(np.int64), held[index])
+            ranges = tuple(seq_runs(seqs))
+            done[index] = dataclasses.replace(
+                outcome,
+                node=batch.node,
+                seq_ranges=() if batch.labels else ranges,
+                label_ranges=ranges if batch.labels else (),
+            )
+            if outcome.kind == "rejected" and ranges and not batch.labels:
+                pipeline = topics.parse(messages[index][0]).pipeline
+                rule = rules.get(index, "")
+                refusals.append(
+                    _Refusal(batch.node, pipeline, outcome.reason, rule, outcome.detail, ranges)
+                )
+        return refusals
+
     def stats(self) -> dict[str, Any]:
-        """Return a snapshot of the counters (stored, duplicates, rejected by reason, labels)."""
+        """Return a snapshot of the counters (stored, duplicates, refused by reason, labels).
+
+        ``rejected`` counts messages refused by reason, for good or for now; ``held`` the
+        messages refused for now (acknowledged without a receipt: their nodes send them
+        again), by reason; ``refused_samples`` the samples a receipt named as refused for
+        good (their nodes end them), by reason; ``over_quota`` the samples the quota held.
+        """
         with self._lock:
             return {
                 "stored": self._counts["stored"],
@@ -379,6 +489,8 @@ class IngestService:
                 "failed": self._counts["failed"],
                 "rejected": dict(self._rejected),
                 "rejected_total": sum(self._rejected.values()),
+                "held": dict(self._held),
+                "refused_samples": dict(self._refused_samples),
                 "over_quota": self._counts["over_quota"],
                 "fields_ignored": self._counts["fields_ignored"],
                 "deferred": self._counts["deferred"],
@@ -571,8 +683,9 @@ class IngestService:
     def _defer_unknown(self, node: str) -> None:
         """Raise ``_DeferredError`` while ``node`` is within its grace; return once it is over.
 
-        The grace starts at the node's first batch and is not renewed: a node that never
-        sends its status is rejected after ``node_grace_s`` whatever it keeps sending.
+        The grace starts at the node's first batch and is not renewed: the batches of a
+        node that never sends its status are held (``unknown_node``, no receipt) after
+        ``node_grace_s`` whatever it keeps sending, and stored when it is known again.
         """
         now = time.monotonic()
         since = self._unknown_since.get(node)
@@ -597,7 +710,12 @@ class IngestService:
         if cached is not None and cached[1] > now:
             return cached[0]
         assert self._fleet is not None
-        info = self._fleet.get(node)
+        try:
+            info = self._fleet.get(node)
+        except Exception as exc:  # where the node is cannot be known now: hold, not refuse
+            raise _RejectedError(
+                "fleet_unavailable", f"the fleet registry cannot be read: {exc!r}"
+            ) from exc
         labels = info.labels if info is not None and info.status is not None else None
         if labels is not None:
             self._unknown_since.pop(node, None)
@@ -671,11 +789,16 @@ class IngestService:
     # -- durable writes --------------------------------------------------------------------
 
     def _store_samples(
-        self, items: list[_Accepted], stored: dict[str, dict[str, _SeqSpan]]
+        self,
+        items: list[_Accepted],
+        stored: dict[str, dict[str, _SeqSpan]],
+        held: dict[int, npt.NDArray[np.int64]],
     ) -> dict[int, Outcome]:
         """De-duplicate, append, flush once, then record the ids; map message index -> outcome.
 
-        ``stored`` receives pipeline -> node -> the seqs written, once durable.
+        ``stored`` receives pipeline -> node -> the seqs written, once durable; ``held``
+        message index -> the seqs the ``samples_per_day`` quota held back (they get no
+        receipt: the node sends them again, and one day they fit).
 
         The order is what makes a crash safe: the Parquet files are written and fsynced
         (file, then directory) before the ids are committed to the seen database, and the
@@ -730,6 +853,7 @@ class IngestService:
                 if room is not None and len(fresh) > room - quota_used:
                     keep = max(0, room - quota_used)
                     over = len(fresh) - keep
+                    held[item.index] = seqs[np.asarray(fresh[keep:], dtype=np.intp)]
                     fresh = fresh[:keep]
                 quota_used += len(fresh)
                 if fresh:
@@ -741,16 +865,19 @@ class IngestService:
                     )
                 duplicates = len(seqs) - len(fresh) - over
                 if over and not fresh:
-                    outcomes[item.index] = Outcome(
-                        "rejected",
-                        reason="quota",
+                    outcomes[item.index] = _refused(
+                        "quota",
+                        f"{over} sample(s) over the samples_per_day quota",
                         duplicates=duplicates,
                         over_quota=over,
-                        detail=f"{over} sample(s) over the samples_per_day quota",
                     )
                 else:
                     outcomes[item.index] = Outcome(
-                        "stored", stored=len(fresh), duplicates=duplicates, over_quota=over
+                        "stored",
+                        stored=len(fresh),
+                        duplicates=duplicates,
+                        over_quota=over,
+                        detail=f"{over} sample(s) over the samples_per_day quota" if over else "",
                     )
             paths = self._store.flush()
         except Exception as exc:
@@ -758,8 +885,10 @@ class IngestService:
             # and adopt the files that were, so the redelivery does not store them again.
             self._store.discard()
             self._adopt_quietly(now_ns)
+            for item in items:
+                held.pop(item.index, None)
             if isinstance(exc, _DATA_ERRORS):
-                return self._isolate_unstorable(items, stored, exc)
+                return self._isolate_unstorable(items, stored, held, exc)
             _log.error("writing the sample store failed, will retry: %r", exc)
             return {item.index: Outcome("failed", detail=repr(exc)) for item in items}
         fresh_seqs = {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in new_seqs.items()}
@@ -777,20 +906,25 @@ class IngestService:
         return outcomes
 
     def _isolate_unstorable(
-        self, items: list[_Accepted], stored: dict[str, dict[str, _SeqSpan]], exc: Exception
+        self,
+        items: list[_Accepted],
+        stored: dict[str, dict[str, _SeqSpan]],
+        held: dict[int, npt.NDArray[np.int64]],
+        exc: Exception,
     ) -> dict[int, Outcome]:
         """Store the messages of a group one by one after the group failed on its data.
 
-        A message the store cannot take is rejected (``unstorable``: a resend would fail
-        the same way) instead of failing, and so holding back, every message grouped with it.
+        A message the store cannot take is held (``unstorable``: acknowledged without a
+        receipt, so its node keeps the samples and sends them again, until a fixed store
+        takes them) instead of failing, and so holding back, every message grouped with it.
         """
         if len(items) > 1:
             outcomes: dict[int, Outcome] = {}
             for item in items:
-                outcomes.update(self._store_samples([item], stored))
+                outcomes.update(self._store_samples([item], stored, held))
             return outcomes
-        _log.error("the sample store cannot take a batch; rejecting it: %r", exc)
-        return {items[0].index: Outcome("rejected", reason="unstorable", detail=repr(exc))}
+        _log.error("the sample store cannot take a batch; holding it back: %r", exc)
+        return {items[0].index: _refused("unstorable", repr(exc))}
 
     def _declared_fields(self, batch: codec.SampleColumns) -> codec.SampleColumns:
         """Return ``batch`` with only the fields its pipeline's schema declares.
@@ -842,29 +976,31 @@ class IngestService:
         except QuotaExceededError as exc:
             if self._quota_logged_day != day:
                 self._quota_logged_day = day
-                _log.warning("%s; samples beyond it are rejected (reason quota) today", exc)
+                _log.warning(
+                    "%s; samples beyond it are held back today (reason quota): their nodes "
+                    "keep them and send them again",
+                    exc,
+                )
             return 0
         return max(0, int(quotas.samples_per_day) - self._quota_used)
 
     def _write_audit(
         self, refusals: list[_Refusal], stored: Mapping[str, Mapping[str, _SeqSpan]]
     ) -> None:
-        """Fold this flush's refusals and stored samples into the pending audit summary, and
-        append the summary once ``audit_interval_s`` has passed since the last one.
+        """Fold this flush's final refusals and stored samples into the pending audit
+        summary, and append the summary once ``audit_interval_s`` has passed since the last.
 
         One record per (node, reason) and per pipeline per interval, whatever the message
-        rate, so a flood cannot bloat the log; every stored id is also in the seen database.
-        A failure to write is logged and counted; it never fails the flush, whose samples
-        are already durable (or, refused, were never going to be), and the summary stays
-        pending for the next try.
+        rate, so a flood cannot bloat the log; a refusal record names the ids of the samples
+        it ended as ranges, at most ``MAX_AUDIT_RANGES`` of them (more take more records);
+        every stored id is also in the seen database.  A failure to write is logged and
+        counted; it never fails the flush, whose samples are already durable (or, refused
+        for good, were never going to be), and the summary stays pending for the next try.
         """
         if self._audit is None:
             return
         for refusal in refusals:
-            key = (refusal.node, refusal.reason)
-            first, count, pipelines = self._pending_refusals.get(key, (refusal, 0, set()))
-            pipelines.add(refusal.pipeline)
-            self._pending_refusals[key] = (first, count + 1, pipelines)
+            self._fold_refusal(refusal)
         for pipeline, nodes in stored.items():
             into = self._pending_stored.setdefault(pipeline, {})
             for node, span in nodes.items():
@@ -873,67 +1009,65 @@ class IngestService:
         if time.monotonic() - self._audit_written_at >= self._audit_interval_s:
             self.flush_audit()
 
+    def _fold_refusal(self, refusal: _Refusal) -> None:
+        records = self._pending_refusals.setdefault((refusal.node, refusal.reason), [])
+        rest, new_batch = list(refusal.ranges), True
+        while rest:
+            if not records or records[-1].full:
+                records.append(
+                    PendingRefusal(refusal.node, refusal.reason, refusal.rule, refusal.detail)
+                )
+            rest = records[-1].add(refusal.pipeline, rest, new_batch=new_batch)
+            new_batch = False
+
     def flush_audit(self) -> None:
-        """Append the pending audit summary now (also called on ``close``)."""
+        """Append the pending audit summary now (also called on ``close``).
+
+        Each record leaves the pending summary as it is appended, so after a failure the
+        next flush appends only what was not written.
+        """
         audit = self._audit
         if audit is None or (not self._pending_refusals and not self._pending_stored):
             return
-        records: list[tuple[AuditAction, str, dict[str, Any]]] = []
-        for (node, reason), (first, count, pipelines) in sorted(
-            self._pending_refusals.items(), key=lambda item: item[0]
-        ):
-            records.append(
-                (
-                    AuditAction.POLICY_REFUSAL,
-                    node,
-                    {
-                        "stage": "ingest",
-                        "node": node,
-                        "reason": reason,
-                        "rule": first.rule,
-                        "detail": first.detail,
-                        "batches": count,
-                        "pipelines": sorted(pipelines),
-                    },
-                )
-            )
-        for pipeline, nodes in sorted(self._pending_stored.items()):
-            summary = {
-                node: {"first_seq": low, "last_seq": high, "count": count}
-                for node, (low, high, count) in sorted(nodes.items())
-            }
-            records.append(
-                (
+        self._audit_written_at = time.monotonic()
+        try:
+            for key in sorted(self._pending_refusals):
+                records = self._pending_refusals[key]
+                while records:
+                    details = records[0].details()
+                    action = (
+                        AuditAction.POLICY_REFUSAL
+                        if records[0].reason in POLICY_REASONS
+                        else AuditAction.INGEST_REFUSAL
+                    )
+                    audit.append(self._tenant, action, key[0], details, actor=_AUDIT_ACTOR)
+                    records.pop(0)
+                del self._pending_refusals[key]
+            for pipeline in sorted(self._pending_stored):
+                summary = {
+                    node: {"first_seq": low, "last_seq": high, "count": count}
+                    for node, (low, high, count) in sorted(self._pending_stored[pipeline].items())
+                }
+                details = {
+                    "pipeline": pipeline,
+                    "nodes": summary,
+                    "samples": sum(v["count"] for v in summary.values()),
+                }
+                audit.append(
+                    self._tenant,
                     AuditAction.UPLINK_BATCH,
                     pipeline,
-                    {
-                        "pipeline": pipeline,
-                        "nodes": summary,
-                        "samples": sum(v["count"] for v in summary.values()),
-                    },
+                    details,
+                    actor=_AUDIT_ACTOR,
                 )
-            )
-        self._audit_written_at = time.monotonic()
-        written = 0
-        try:
-            for action, subject, details in records:
-                audit.append(self._tenant, action, subject, details, actor=_AUDIT_ACTOR)
-                written += 1
+                del self._pending_stored[pipeline]
         except Exception as exc:  # the log's storage failed; the flushes stand
             with self._lock:
                 self._counts["audit_failed"] += 1
             if not self._audit_failing:
                 self._audit_failing = True
                 _log.error("writing the audit log failed: %r (logged once until it recovers)", exc)
-            # Keep pending only what was not written; the next flush tries it again.
-            for action, _, details in records[:written]:
-                if action is AuditAction.POLICY_REFUSAL:
-                    del self._pending_refusals[(details["node"], details["reason"])]
-                else:
-                    del self._pending_stored[details["pipeline"]]
             return
-        self._pending_refusals.clear()
-        self._pending_stored.clear()
         if self._audit_failing:
             self._audit_failing = False
             _log.warning("writing the audit log recovered")
@@ -996,9 +1130,15 @@ class IngestService:
                 elif outcome.kind == "labelled":
                     self._counts["feedback_batches"] += 1
                     self._counts["labels"] += outcome.labels
-                elif outcome.kind == "rejected":
+                elif outcome.kind in ("rejected", "held"):
                     self._rejected[outcome.reason] += 1
                     self._counts["duplicates"] += outcome.duplicates
+                    if outcome.kind == "held":
+                        self._held[outcome.reason] += 1
+                    else:
+                        self._refused_samples[outcome.reason] += sum(
+                            last - first + 1 for first, last in outcome.seq_ranges
+                        )
                 elif outcome.kind == "deferred":
                     self._counts["deferred"] += 1
                 else:
@@ -1006,10 +1146,19 @@ class IngestService:
         for (topic, _), outcome in zip(messages, outcomes, strict=True):
             if outcome.kind == "rejected":
                 self._reject_log.reject(outcome.reason, topic, outcome.detail)
+            elif outcome.kind == "held" or outcome.over_quota:
+                self._held_log.held(outcome.reason or "quota", topic, outcome.detail)
+            elif outcome.kind in ("stored", "labelled"):
+                self._held_log.stored(topic)
 
 
 #: How soon parked (deferred) messages are offered again when nothing else arrives.
 _PARK_RETRY_S: Final = 0.5
+#: Most messages parked unacknowledged at once.  Each holds one of the broker's in-flight
+#: slots for this session (mosquitto's max_inflight_messages, 100 in deploy/mosquitto):
+#: past half of them, a deferred message is held instead (acknowledged without a receipt;
+#: its node sends it again), so made-up nodes cannot stall the delivery of everything else.
+_MAX_PARKED: Final = 50
 
 
 class _Stop:
@@ -1022,10 +1171,12 @@ _Message = tuple[str, bytes, int, int]  # topic, payload, mid, qos
 @dataclass(slots=True)
 class _Receipt:
     """The seq ranges of one node's samples and of its labels that one processed group is
-    done with: the ``StoredReceipt`` fields ``seqs`` and ``labels`` before merging."""
+    done with: the ``StoredReceipt`` fields ``seqs``, ``labels`` and ``refused`` (reason ->
+    seq ranges) before merging."""
 
     seqs: list[tuple[int, int]] = dataclasses.field(default_factory=list)
     labels: list[tuple[int, int]] = dataclasses.field(default_factory=list)
+    refused: dict[str, list[tuple[int, int]]] = dataclasses.field(default_factory=dict)
 
 
 class IngestWorker:
@@ -1122,6 +1273,7 @@ class IngestWorker:
         snapshot["queued"] = self._queue.qsize()
         snapshot["acked"] = self._counts["acked"]
         snapshot["retries"] = self._counts["retries"]
+        snapshot["unparked"] = self._counts["unparked"]
         return snapshot
 
     def __enter__(self) -> IngestWorker:
@@ -1217,13 +1369,22 @@ class IngestWorker:
             outcomes = self._service.handle_many([(group[i][0], group[i][1]) for i in pending])
             failed = []
             for i, outcome in zip(pending, outcomes, strict=True):
-                if outcome.kind == "deferred":
+                if outcome.kind == "deferred" and len(self._parked) < _MAX_PARKED:
                     self._parked.append(group[i])
-                elif outcome.ack:
+                elif outcome.ack or outcome.kind == "deferred":
+                    # A deferred message past the parking room is held: acknowledged with
+                    # no receipt, as any refusal for now.
+                    if outcome.kind == "deferred":
+                        self._counts["unparked"] += 1
                     done.append(i)
                     if outcome.seq_ranges or outcome.label_ranges:
                         receipt = receipts.setdefault(outcome.node, _Receipt())
-                        receipt.seqs.extend(outcome.seq_ranges)
+                        into = (
+                            receipt.refused.setdefault(outcome.reason, [])
+                            if outcome.kind == "rejected"
+                            else receipt.seqs
+                        )
+                        into.extend(outcome.seq_ranges)
                         receipt.labels.extend(outcome.label_ranges)
                 else:
                     failed.append(i)
@@ -1254,9 +1415,10 @@ class IngestWorker:
 
         A receipt lost on the way only costs a resend: the node sends the samples or labels
         again after its ``resend_unconfirmed_s``, ingest finds the samples stored (records
-        the labels again in place) and confirms again.  Samples and labels go in receipts of
-        their own: an agent from before label receipts refuses a receipt naming labels, and
-        must still get its samples' receipts.
+        the labels again in place, refuses them again) and confirms again.  Samples stored,
+        labels and refusals go in receipts of their own: an agent from before label (or
+        refusal) receipts refuses a receipt naming them, and must still get its samples'
+        receipts.
         """
         now = time.time()
         for node, done in receipts.items():
@@ -1265,8 +1427,36 @@ class IngestWorker:
                 merged = merge_seq_ranges(ranges)
                 for start in range(0, len(merged), MAX_RECEIPT_RANGES):
                     chunk = merged[start : start + MAX_RECEIPT_RANGES]
-                    payload = StoredReceipt.model_validate(
-                        {"node": node, field: chunk, "ts": now}
-                    ).to_payload()
-                    if client.publish(topic, payload, qos=1).rc == 0:  # MQTT_ERR_SUCCESS
-                        self._counts["receipts"] += 1
+                    self._publish_receipt(
+                        client,
+                        topic,
+                        StoredReceipt.model_validate({"node": node, field: chunk, "ts": now}),
+                    )
+            for receipt in _refusal_receipts(node, done.refused, now):
+                self._publish_receipt(client, topic, receipt)
+
+    def _publish_receipt(self, client: mqtt.Client, topic: str, receipt: StoredReceipt) -> None:
+        if client.publish(topic, receipt.to_payload(), qos=1).rc == 0:  # MQTT_ERR_SUCCESS
+            self._counts["receipts"] += 1
+
+
+def _refusal_receipts(
+    node: str, refused: Mapping[str, list[tuple[int, int]]], ts: float
+) -> list[StoredReceipt]:
+    """Receipts naming ``refused`` (reason -> seq ranges), each within the receipt's bounds
+    on ranges and reasons."""
+    receipts: list[StoredReceipt] = []
+    entries: list[RefusedSeqs] = []
+    room = MAX_RECEIPT_RANGES
+    for reason, ranges in sorted(refused.items()):
+        merged = merge_seq_ranges(ranges)
+        while merged:
+            if room == 0 or len(entries) == MAX_RECEIPT_REASONS:
+                receipts.append(StoredReceipt(node=node, refused=entries, ts=ts))
+                entries, room = [], MAX_RECEIPT_RANGES
+            chunk, merged = merged[:room], merged[room:]
+            entries.append(RefusedSeqs(reason=reason, seqs=chunk))
+            room -= len(chunk)
+    if entries:
+        receipts.append(StoredReceipt(node=node, refused=entries, ts=ts))
+    return receipts

@@ -262,10 +262,24 @@ def merge_seq_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]
     return merged
 
 
+#: A refusal reason as ingest names it (``cloud_head.ingest``): lower-case words joined by _.
+RefusalReason = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+#: Reasons in one receipt's ``refused`` (ingest sends more receipts when it has more).
+MAX_RECEIPT_REASONS: Final = 64
+
+
+class RefusedSeqs(_WireModel):
+    """Samples of one node that ingest refused for good, and why (a final refusal: sending
+    them again could not change it, see ``cloud_head.ingest``)."""
+
+    reason: RefusalReason
+    seqs: list[SeqRange] = Field(min_length=1, max_length=MAX_RECEIPT_RANGES)
+
+
 class StoredReceipt(_Message):
-    """Ingest's word to one node: these of its samples are durably stored, or refused for
-    good (a resend could not change that), and the labels it sent for these samples are
-    recorded, so its outbox may forget them.
+    """Ingest's word to one node: these of its samples are durably stored, these were
+    refused for good (a resend could not change that), and the labels it sent for these
+    samples are recorded, so its outbox may forget them.
 
     The broker's PUBACK only says the broker has a message; a broker that crashes before it
     saved or passed the message on loses it.  An outbox that keeps each sample and each
@@ -273,32 +287,44 @@ class StoredReceipt(_Message):
     loses nothing to such a crash; ingest de-duplicates the samples it receives twice,
     records a label again in place, and confirms again.
 
-    ``seqs`` (samples) and ``labels`` (the delayed labels of those sample seqs) are
-    inclusive ranges ``[first, last]`` of sample seqs, ascending; a receipt carries at
-    least one range in one of them.  They are two fields, not one, because a sample and
-    its label travel and are stored apart: a stored sample says nothing about its label.
+    ``seqs`` (samples stored), ``labels`` (the delayed labels of those sample seqs) and
+    each ``refused`` entry's ``seqs`` are inclusive ranges ``[first, last]`` of sample
+    seqs, ascending; a receipt carries at least one range in one of them.  They are apart
+    because a sample and its label travel and are stored apart, and because a sample
+    refused is not stored: the node counts and records it as ended by that refusal.  A
+    refusal that may pass later (unknown node, quota, ...) gets no receipt at all: the node
+    keeps the samples and sends them again.
     """
 
     node: NodeName
     seqs: list[SeqRange] = Field(default_factory=list, max_length=MAX_RECEIPT_RANGES)
     labels: list[SeqRange] = Field(default_factory=list, max_length=MAX_RECEIPT_RANGES)
+    refused: list[RefusedSeqs] = Field(default_factory=list, max_length=MAX_RECEIPT_REASONS)
     ts: Timestamp
 
     def to_payload(self) -> bytes:
-        """Return the receipt as JSON, leaving out an empty ``seqs`` or ``labels``.
+        """Return the receipt as JSON, leaving out an empty ``seqs``, ``labels`` or ``refused``.
 
         A receipt of samples alone then reads exactly as it did before labels were
-        confirmed, so agents of that release (which refuse unknown fields) still take it
-        while the cloud is upgraded before them.
+        confirmed and refusals named, so agents of those releases (which refuse unknown
+        fields) still take it while the cloud is upgraded before them.  Such an agent
+        refuses a receipt naming refusals and keeps those samples (sending them again until
+        its outbox TTL): nothing is lost, it only costs resends.
         """
-        empty = {name for name in ("seqs", "labels") if not getattr(self, name)}
+        empty = {name for name in ("seqs", "labels", "refused") if not getattr(self, name)}
         return self.model_dump_json(exclude=empty).encode()
 
     @model_validator(mode="after")
     def _ranges(self) -> Self:
-        if not self.seqs and not self.labels:
-            raise ValueError("a receipt confirms nothing: both seqs and labels are empty")
-        for name, ranges in (("seqs", self.seqs), ("labels", self.labels)):
+        if not self.seqs and not self.labels and not self.refused:
+            raise ValueError("a receipt confirms nothing: seqs, labels and refused are all empty")
+        named = [("seqs", self.seqs), ("labels", self.labels)]
+        named += [(f"refused.{i}.seqs", r.seqs) for i, r in enumerate(self.refused)]
+        if sum(len(r.seqs) for r in self.refused) > MAX_RECEIPT_RANGES:
+            raise ValueError(
+                f"refused names more than MAX_RECEIPT_RANGES ({MAX_RECEIPT_RANGES}) ranges"
+            )
+        for name, ranges in named:
             for first, last in ranges:
                 if first > last:
                     raise ValueError(f"{name} range [{first}, {last}] ends before it starts")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,13 +13,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cloud_head.ingest import IngestService, Outcome
+from cloud_head import ingest
+from cloud_head.ingest import (
+    FINAL_REASONS,
+    TEMPORARY_REASONS,
+    IngestService,
+    Outcome,
+    is_final,
+)
 from cloud_head.labelling import LabelStore
 from cloud_head.store import Compactor, SampleStore
 from continuum import select
 from continuum.errors import ConfigError
 from continuum.spec import DataClass, EdgeStageSpec, PipelineSpec, TensorSchema, UplinkSpec
 from continuum.wire import codec, topics
+from continuum.wire import codec as codec_module
 
 TENANT = "acme"
 
@@ -102,9 +112,14 @@ class TestGoodBatches:
         assert store.count(TENANT, "digits") == 15
 
     def test_a_pipeline_added_later_is_accepted(self, service: IngestService) -> None:
-        assert service.handle(*samples_msg(make_batch([1], pipeline="gauges"))).kind == "rejected"
+        # Not deployed yet (a cloud head starting up): held, with no receipt, so the node
+        # keeps the sample and sends it again; stored once the pipeline is there.
+        early = service.handle(*samples_msg(make_batch([1], pipeline="gauges")))
+        assert (early.kind, early.reason, early.ack) == ("held", "unknown_pipeline", True)
+        assert early.seq_ranges == ()
         service.add_pipeline(make_spec("gauges"))
-        assert service.handle(*samples_msg(make_batch([1], pipeline="gauges"))).stored == 1
+        later = service.handle(*samples_msg(make_batch([1], pipeline="gauges")))
+        assert (later.stored, later.seq_ranges) == (1, ((1, 1),))
 
     def test_a_pipeline_of_another_tenant_is_refused_at_configuration(
         self, service: IngestService
@@ -253,7 +268,6 @@ def _corrupt() -> tuple[str, bytes]:
 
 REJECTS: dict[str, tuple[str, bytes]] = {
     "wrong_tenant": samples_msg(make_batch([1]), tenant="globex"),
-    "unknown_pipeline": samples_msg(make_batch([1], pipeline="nope")),
     "node_mismatch": (
         topics.samples(TENANT, "digits", "cam-2"),
         codec.encode_samples(make_batch([1], node="cam-1")),
@@ -345,6 +359,8 @@ class TestRejects:
         outcome = service.handle(*samples_msg(restricted))
         assert (outcome.kind, outcome.reason) == ("rejected", "data_class_mismatch")
         assert (outcome.node, outcome.seq_ranges) == ("cam-1", ((7, 9), (11, 11)))
+        assert service.stats()["refused_samples"] == {"data_class_mismatch": 4}
+        assert service.stats()["held"] == {}
 
     def test_a_batch_that_did_not_decode_gets_no_receipt(self, service: IngestService) -> None:
         outcome = service.handle(*REJECTS["corrupt"])
@@ -353,6 +369,39 @@ class TestRejects:
     def test_a_less_sensitive_batch_is_accepted(self, service: IngestService) -> None:
         outcome = service.handle(*samples_msg(make_batch([1], data_class=DataClass.PUBLIC)))
         assert outcome.stored == 1
+
+
+def _reasons_in_source(module: object, pattern: str) -> set[str]:
+    return set(re.findall(pattern, inspect.getsource(module)))  # type: ignore[arg-type]
+
+
+class TestWhichRefusalsAreFinal:
+    def test_every_reason_ingest_can_give_is_classified_once(self) -> None:
+        # A reason in neither set is taken as temporary (the safe side), but each one is a
+        # decision to make on purpose: a new reason must be added to one of the sets.
+        assert not FINAL_REASONS & TEMPORARY_REASONS
+        raised_by_wire = set()
+        for module in (codec_module, topics):
+            for line in re.findall(r"reason=([^\n]+)", inspect.getsource(module)):
+                raised_by_wire |= set(re.findall(r'"([a-z_]+)"', line))
+        raised_by_ingest = _reasons_in_source(
+            ingest, r'(?:_RejectedError|_refused)\(\s*"([a-z_]+)"'
+        )
+        assert {"bad_magic", "truncated", "bad_topic"} <= raised_by_wire
+        assert {"unknown_node", "quota", "policy_field", "schema_mismatch"} <= raised_by_ingest
+        unclassified = (raised_by_wire | raised_by_ingest) - FINAL_REASONS - TEMPORARY_REASONS
+        assert unclassified == set()
+
+    @pytest.mark.parametrize(
+        "reason", ["unknown_node", "unknown_pipeline", "quota", "unstorable", "internal_error"]
+    )
+    def test_a_refusal_that_may_pass_later_is_never_final(self, reason: str) -> None:
+        assert not is_final(reason)
+        with pytest.raises(ValueError, match="held"):
+            Outcome("rejected", reason=reason)
+
+    def test_a_reason_nobody_classified_is_taken_as_temporary(self) -> None:
+        assert not is_final("a_reason_from_the_future")
 
 
 class TestGarbage:
@@ -368,12 +417,13 @@ class TestGarbage:
         ),
         payload=st.binary(max_size=512),
     )
-    def test_garbage_never_raises_and_is_rejected(
+    def test_garbage_never_raises_and_is_refused_under_a_classified_reason(
         self, service: IngestService, topic: str, payload: bytes
     ) -> None:
         outcome = service.handle(topic, payload)
-        assert outcome.kind == "rejected"
-        assert outcome.reason
+        assert outcome.kind in ("rejected", "held")
+        assert outcome.reason in FINAL_REASONS | TEMPORARY_REASONS
+        assert outcome.seq_ranges == ()  # nothing trustworthy names whose samples these are
 
 
 class TestFeedback:
@@ -439,7 +489,7 @@ class _StoreThatCannotTakeOneNode(SampleStore):
 
 
 class TestFailedWrites:
-    def test_a_batch_the_store_cannot_take_is_rejected_alone(
+    def test_a_batch_the_store_cannot_take_is_held_alone_without_a_receipt(
         self, tmp_path: Path, labels: LabelStore
     ) -> None:
         store = _StoreThatCannotTakeOneNode(tmp_path / "samples")
@@ -453,12 +503,15 @@ class TestFailedWrites:
             )
             assert [(o.kind, o.reason) for o in outcomes] == [
                 ("stored", ""),
-                ("rejected", "unstorable"),
+                ("held", "unstorable"),
                 ("stored", ""),
             ]
             assert all(o.ack for o in outcomes)
+            # The poisoned node keeps its sample (a fixed store may take it): no receipt.
+            assert [o.seq_ranges for o in outcomes] == [((1, 2),), (), ((3, 3),)]
             assert store.count(TENANT, "digits") == 3
             assert service.stats()["rejected"] == {"unstorable": 1}
+            assert service.stats()["held"] == {"unstorable": 1}
             # Stored once: the good messages' redelivery is recognised.
             again = service.handle(*samples_msg(make_batch([1, 2])))
             assert again == Outcome("stored", stored=0, duplicates=2)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from cloud_head._ingest_refusals import MAX_AUDIT_RANGES
 from cloud_head.audit import AuditAction, AuditLog
 from cloud_head.fleet import FleetRegistry
 from cloud_head.ingest import IngestService
@@ -83,7 +84,12 @@ def announce(fleet: FleetRegistry, node: str, labels: dict[str, str]) -> None:
 
 class Rig:
     def __init__(
-        self, tmp_path: Path, *, quotas: Quotas | None = None, node_grace_s: float = 0.0
+        self,
+        tmp_path: Path,
+        *,
+        quotas: Quotas | None = None,
+        node_grace_s: float = 0.0,
+        clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.tmp = tmp_path
         self.store = SampleStore(tmp_path / "store")
@@ -103,6 +109,7 @@ class Rig:
             audit_interval_s=0.0,
             quotas=quotas,
             node_grace_s=node_grace_s,
+            clock_ns=clock_ns,
         )
         announce(self.fleet, "cam-lux", LUX)
         announce(self.fleet, "cam-us", US)
@@ -167,10 +174,15 @@ class TestBatchesThePolicyRefuses:
         assert (outcome.kind, outcome.reason) == ("rejected", "policy")
         assert "country LU or DE" in outcome.detail and "US" in outcome.detail
 
-    def test_an_unknown_node_is_refused(self, rig: Rig) -> None:
+    def test_an_unknown_node_is_held_not_refused_for_good(self, rig: Rig) -> None:
         outcome = rig.service.handle(*message("cam-ghost", range(1)))
-        assert (outcome.kind, outcome.reason) == ("rejected", "unknown_node")
+        assert (outcome.kind, outcome.reason) == ("held", "unknown_node")
         assert "not in the fleet registry" in outcome.detail
+        # Acknowledged to the broker, but no receipt: the node keeps the sample.
+        assert outcome.ack and outcome.seq_ranges == ()
+        stats = rig.service.stats()
+        assert stats["held"] == {"unknown_node": 1} and stats["refused_samples"] == {}
+        assert not (rig.audit_dir / TENANT).exists()  # nothing ended, nothing audited
 
     def test_a_node_whose_status_is_late_is_deferred_then_stored(self, tmp_path: Path) -> None:
         rig = Rig(tmp_path, node_grace_s=30.0)
@@ -185,7 +197,7 @@ class TestBatchesThePolicyRefuses:
         finally:
             rig.close()
 
-    def test_a_node_that_never_announces_itself_is_rejected_after_the_grace(
+    def test_a_node_that_never_announces_itself_is_held_after_the_grace(
         self, tmp_path: Path
     ) -> None:
         rig = Rig(tmp_path, node_grace_s=0.3)
@@ -193,7 +205,35 @@ class TestBatchesThePolicyRefuses:
             assert rig.service.handle(*message("cam-ghost", range(1))).kind == "deferred"
             time.sleep(0.6)
             outcome = rig.service.handle(*message("cam-ghost", range(1)))
-            assert (outcome.kind, outcome.reason) == ("rejected", "unknown_node")
+            assert (outcome.kind, outcome.reason) == ("held", "unknown_node")
+            assert outcome.seq_ranges == ()
+        finally:
+            rig.close()
+
+    def test_a_node_unknown_past_the_grace_is_held_and_stored_once_known(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The live bug: the fleet forgot the nodes, their batches were refused for good
+        past the grace and the nodes deleted them.  Held, they are stored when it knows
+        the node again (forgotten or never known is the same to ingest)."""
+        rig = Rig(tmp_path, node_grace_s=0.0)
+        try:
+            batch = message("cam-back", range(10, 14), operator=HASHED)
+            for _ in range(3):  # the node's resends while it is unknown
+                outcome = rig.service.handle(*batch)
+                assert (outcome.kind, outcome.reason, outcome.seq_ranges) == (
+                    "held",
+                    "unknown_node",
+                    (),
+                )
+            assert caplog.text.count("holding back a batch") == 1  # logged once
+            announce(rig.fleet, "cam-back", LUX)  # its next heartbeat
+            time.sleep(0.6)  # the unknown-node cache expires
+            outcome = rig.service.handle(*batch)
+            assert (outcome.kind, outcome.stored, outcome.seq_ranges) == ("stored", 4, ((10, 13),))
+            assert "are stored again" in caplog.text
+            assert rig.store.count(TENANT, "payments") == 4
+            assert rig.service.stats()["held"] == {"unknown_node": 3}
         finally:
             rig.close()
 
@@ -223,13 +263,55 @@ class TestBatchesThePolicyRefuses:
         flood.append(message("cam-lux", range(200, 202), operator=HASHED))
         outcomes = rig.service.handle_many(flood)
         assert all(o.ack for o in outcomes)
+        # Each refused batch's receipt names its seqs, so the node ends them.
+        assert [o.seq_ranges for o in outcomes[:2]] == [((0, 0),), ((1, 1),)]
         assert rig.service.stats()["rejected"] == {"policy_field": 20, "policy": 1}
+        assert rig.service.stats()["refused_samples"] == {"policy_field": 20, "policy": 1}
         refusals = rig.audit(AuditAction.POLICY_REFUSAL)
-        assert sorted((r["node"], r["reason"], r["batches"]) for r in refusals) == [
-            ("cam-lux", "policy_field", 20),
-            ("cam-us", "policy", 1),
+        assert sorted(
+            (r["node"], r["reason"], r["batches"], r["samples"], r["sample_ids"], r["final"])
+            for r in refusals
+        ) == [
+            ("cam-lux", "policy_field", 20, 20, ["cam-lux:0-19"], True),
+            ("cam-us", "policy", 1, 1, ["cam-us:100"], True),
         ]
         assert rig.store.count(TENANT, "payments") == 2
+
+    def test_a_final_refusal_off_the_schema_is_audited_with_its_sample_ids(self, rig: Rig) -> None:
+        records = tuple(
+            codec.SampleRecord(seq=s, captured_at_ns=s, tensor=np.zeros(5, np.float32))
+            for s in (3, 4, 5, 9)
+        )
+        batch = codec.SampleBatch("payments", "cam-lux", "v1", DataClass.INTERNAL, records)
+        outcome = rig.service.handle(
+            topics.samples(TENANT, "payments", "cam-lux"), codec.encode_samples(batch)
+        )
+        assert (outcome.kind, outcome.reason) == ("rejected", "schema_mismatch")
+        assert outcome.seq_ranges == ((3, 5), (9, 9))
+        [record] = rig.audit(AuditAction.INGEST_REFUSAL)
+        assert (record["reason"], record["samples"], record["sample_ids"]) == (
+            "schema_mismatch",
+            4,
+            ["cam-lux:3-5", "cam-lux:9"],
+        )
+
+    def test_a_scattered_refusal_is_audited_in_records_of_bounded_size(self, rig: Rig) -> None:
+        scattered = list(range(0, 2 * (MAX_AUDIT_RANGES + 100), 2))  # a range per sample
+        records = tuple(
+            codec.SampleRecord(
+                seq=s, captured_at_ns=s, tensor=np.zeros(4, np.float32), fields={"iban": "x"}
+            )
+            for s in scattered
+        )
+        batch = codec.SampleBatch("payments", "cam-lux", "v1", DataClass.INTERNAL, records)
+        topic = topics.samples(TENANT, "payments", "cam-lux")
+        assert rig.service.handle(topic, codec.encode_samples(batch)).reason == "policy_field"
+        refusals = rig.audit(AuditAction.POLICY_REFUSAL)
+        assert [len(r["sample_ids"]) for r in refusals] == [MAX_AUDIT_RANGES, 100]
+        assert sum(r["samples"] for r in refusals) == len(scattered)
+        assert [r["batches"] for r in refusals] == [1, 0]
+        ids = [i for r in refusals for i in r["sample_ids"]]
+        assert ids == [f"cam-lux:{s}" for s in scattered]
 
     def test_many_flushes_fold_into_one_summary_per_interval(self, tmp_path: Path) -> None:
         rig = Rig(tmp_path)
@@ -302,18 +384,30 @@ class TestBatchesThePolicyRefuses:
 
 
 class TestSamplesPerDayQuota:
-    def test_samples_over_the_quota_are_rejected_and_counted(self, tmp_path: Path) -> None:
-        rig = Rig(tmp_path, quotas=Quotas(samples_per_day=5))
+    def test_samples_over_the_quota_are_held_and_stored_when_it_allows(
+        self, tmp_path: Path
+    ) -> None:
+        now = {"ns": time.time_ns()}
+        rig = Rig(tmp_path, quotas=Quotas(samples_per_day=5), clock_ns=lambda: now["ns"])
         try:
             first = rig.service.handle(*message("cam-lux", range(3), operator=HASHED))
             second = rig.service.handle(*message("cam-lux", range(3, 7), operator=HASHED))
             third = rig.service.handle(*message("cam-lux", range(7, 9), operator=HASHED))
             assert (first.stored, second.stored, second.over_quota) == (3, 2, 2)
-            assert (third.kind, third.reason, third.over_quota) == ("rejected", "quota", 2)
+            assert (third.kind, third.reason, third.over_quota) == ("held", "quota", 2)
+            # The receipts name only what was stored: the node keeps 5..8 and sends them again.
+            assert (second.seq_ranges, third.seq_ranges) == (((3, 4),), ())
+            assert third.ack
             stats = rig.service.stats()
             assert stats["over_quota"] == 4 and stats["rejected"] == {"quota": 1}
+            assert stats["held"] == {"quota": 1} and stats["refused_samples"] == {}
             assert rig.store.count(TENANT, "payments") == 5
             assert not rig.service.is_seen("payments", "cam-lux:8")
+
+            now["ns"] += 86_400 * 10**9  # tomorrow: the node's resend fits
+            again = rig.service.handle(*message("cam-lux", range(3, 9), operator=HASHED))
+            assert (again.stored, again.duplicates, again.seq_ranges) == (4, 2, ((3, 8),))
+            assert rig.store.count(TENANT, "payments") == 9
         finally:
             rig.close()
 
@@ -324,7 +418,7 @@ class TestSamplesPerDayQuota:
         again = Rig(tmp_path, quotas=Quotas(samples_per_day=3))
         try:
             outcome = again.service.handle(*message("cam-lux", range(3, 4), operator=HASHED))
-            assert (outcome.kind, outcome.reason) == ("rejected", "quota")
+            assert (outcome.kind, outcome.reason) == ("held", "quota")
         finally:
             again.close()
 

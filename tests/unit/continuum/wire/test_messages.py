@@ -17,6 +17,7 @@ from continuum.wire.messages import (
     DesiredModel,
     DesiredState,
     NodeStatus,
+    RefusedSeqs,
     ReportedModel,
     ReportedState,
     StoredReceipt,
@@ -284,13 +285,51 @@ class TestStoredReceipt:
         }
 
     @pytest.mark.parametrize(
-        "ranges", [{}, {"seqs": []}, {"labels": []}, {"seqs": [], "labels": []}]
+        "ranges",
+        [{}, {"seqs": []}, {"labels": []}, {"seqs": [], "labels": []}, {"refused": []}],
     )
     def test_a_receipt_that_confirms_nothing_is_refused(self, ranges: dict[str, Any]) -> None:
         payload = json.dumps({"node": "cam-1", "ts": 1.0, **ranges}).encode()
-        with pytest.raises(ProtocolError, match="both seqs and labels are empty") as refused:
+        with pytest.raises(ProtocolError, match="seqs, labels and refused are all empty") as no:
             StoredReceipt.from_payload(payload)
-        assert refused.value.reason == "schema"
+        assert no.value.reason == "schema"
+
+    def test_a_receipt_of_refusals_round_trips_and_names_nothing_else(self) -> None:
+        receipt = StoredReceipt(
+            node="cam-1",
+            refused=[
+                RefusedSeqs(reason="policy_field", seqs=[(5, 9)]),
+                RefusedSeqs(reason="schema_mismatch", seqs=[(12, 12), (14, 20)]),
+            ],
+            ts=1.0,
+        )
+        assert StoredReceipt.from_payload(receipt.to_payload()) == receipt
+        assert receipt.seqs == [] and receipt.labels == []
+        assert set(json.loads(receipt.to_payload())) == {"schema_version", "node", "refused", "ts"}
+
+    def test_a_receipt_of_samples_alone_still_names_no_refusals(self) -> None:
+        # Agents from before refusal receipts refuse unknown fields, even an empty one.
+        payload = StoredReceipt(node="cam-1", seqs=[(5, 9)], ts=1.0).to_payload()
+        assert "refused" not in json.loads(payload)
+
+    @pytest.mark.parametrize(
+        ("refused", "names"),
+        [
+            ([{"reason": "policy", "seqs": [(9, 5)]}], r"refused.0.seqs range \[9, 5\]"),
+            ([{"reason": "policy", "seqs": []}], "refused.0.seqs"),
+            ([{"reason": "Policy!", "seqs": [(1, 2)]}], "refused.0.reason"),
+            ([{"reason": "x" * 65, "seqs": [(1, 2)]}], "refused.0.reason"),
+            ([{"seqs": [(1, 2)]}], "refused.0.reason"),
+            ([{"reason": "policy", "seqs": [(1, 2)], "more": 1}], "refused.0.more"),
+            ([{"reason": "a", "seqs": [(1, 2)] * 3000}] * 2, "MAX_RECEIPT_RANGES"),
+            ([{"reason": "a", "seqs": [(1, 2)]}] * 65, "refused"),
+        ],
+    )
+    def test_a_bad_refusal_is_named(self, refused: Any, names: str) -> None:
+        payload = json.dumps({"node": "cam-1", "refused": refused, "ts": 1.0}).encode()
+        with pytest.raises(ProtocolError, match=names) as bad:
+            StoredReceipt.from_payload(payload)
+        assert bad.value.reason == "schema"
 
     @pytest.mark.parametrize(
         ("labels", "names"),
