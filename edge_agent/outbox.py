@@ -27,7 +27,9 @@ database once, at open), so the insert path runs no aggregate query.
 A ledger in ``meta`` counts, in the same transaction as the records it counts, every sample
 the outbox took per pipeline and every one its own bounds ended (full, expired, unsendable),
 so ``read_ledger`` can say after any crash where each selected sample went: still here,
-in the cloud's store, or ended with a count and a reason — never silently gone.
+in the cloud's store, or ended with a count and a reason — never silently gone.  Samples
+ingest refused for good (its receipt names them under ``refused``) are also listed, by
+seq and reason, in the ``refused`` table (``refused``).
 
 Sample sequence numbers come from a hi/lo allocator persisted in the same database: they
 never repeat or go back, across restarts too.  A new database starts them at the current
@@ -65,6 +67,7 @@ __all__ = [
     "PartitionStats",
     "PendingFeedback",
     "PendingSamples",
+    "RefusedRange",
     "SampleEntry",
     "read_ledger",
 ]
@@ -75,8 +78,10 @@ FullPolicy = Literal["drop_oldest", "drop_newest", "block"]
 
 #: 2 added the samples.fields column (the record field section of the wire codec); 3 the
 #: samples.sent_at column (sent and acknowledged by the broker, awaiting ingest's receipt);
-#: 4 the feedback.sent_at column (the same for delayed labels).
-_SCHEMA_VERSION = 4
+#: 4 the feedback.sent_at column (the same for delayed labels); 5 the refused table.
+_SCHEMA_VERSION = 5
+#: Rows kept in the refused table (each a run of seqs); past it the oldest go.
+MAX_REFUSED_ROWS = 10_000
 #: Seqs reserved per database write; a restart skips the unused rest of a block.
 _SEQ_BLOCK = 4096
 #: Bytes counted per record on top of its tensor (row, index and metadata overhead).
@@ -124,6 +129,16 @@ CREATE TABLE IF NOT EXISTS feedback (
 CREATE INDEX IF NOT EXISTS feedback_due ON feedback (due_at, id);
 -- Receipts name the sample seqs whose labels ingest recorded (confirm_feedback).
 CREATE INDEX IF NOT EXISTS feedback_by_seq ON feedback (seq);
+-- Samples ingest refused for good (refuse_samples), as runs of seqs: which ended how.
+CREATE TABLE IF NOT EXISTS refused (
+    id         INTEGER PRIMARY KEY,
+    pipeline   TEXT    NOT NULL,
+    first_seq  INTEGER NOT NULL,
+    last_seq   INTEGER NOT NULL,
+    count      INTEGER NOT NULL,
+    reason     TEXT    NOT NULL,
+    refused_at REAL    NOT NULL
+);
 """
 
 
@@ -212,6 +227,18 @@ class AppendResult:
     refused: int
     evicted: int
     kept: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedRange:
+    """A run of consecutive samples of one pipeline that ingest refused for good, and why."""
+
+    pipeline: str
+    first_seq: int
+    last_seq: int
+    count: int
+    reason: str
+    refused_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -696,7 +723,61 @@ class Outbox:
         the outbox holds.  A sample forgotten while on its way (an earlier send was stored)
         has its acknowledgement find nothing.
         """
-        return self._confirm("samples", "seq", "size", self._leased_samples, ranges)
+        return len(self._confirm("samples", "seq", "size", self._leased_samples, ranges))
+
+    def refuse_samples(self, ranges: Sequence[tuple[int, int]], reason: str) -> list[RefusedRange]:
+        """Delete the samples in the inclusive ``ranges`` that were sent, as ingest's receipt
+        says it refused them for good for ``reason``; record them (``refused``, and the
+        ledger's ``refused`` count) and return them as runs of seqs per pipeline.
+
+        As ``confirm_samples``, only samples the broker acknowledged, or that are on their
+        way to it, go.  The record keeps the newest ``MAX_REFUSED_ROWS`` runs.
+        """
+        now = self._clock()
+        ended: list[RefusedRange] = []
+
+        def record(rows: list[tuple[int, str, int]]) -> None:
+            by_pipeline: dict[str, list[int]] = {}
+            for seq, pipeline, _ in rows:
+                by_pipeline.setdefault(pipeline, []).append(int(seq))
+            for pipeline, seqs in sorted(by_pipeline.items()):
+                for first, last in _runs(sorted(seqs)):
+                    ended.append(RefusedRange(pipeline, first, last, last - first + 1, reason, now))
+            self._db.executemany(
+                "INSERT INTO refused (pipeline, first_seq, last_seq, count, reason, refused_at) "
+                "VALUES (?,?,?,?,?,?)",
+                [(r.pipeline, r.first_seq, r.last_seq, r.count, reason, now) for r in ended],
+            )
+            self._db.execute(
+                "DELETE FROM refused WHERE id <= (SELECT MAX(id) FROM refused) - ?",
+                (MAX_REFUSED_ROWS,),
+            )
+            self._ledger(
+                {_ledger_key("refused", p, reason): len(v) for p, v in by_pipeline.items()}
+            )
+
+        self._confirm("samples", "seq", "size", self._leased_samples, ranges, also=record)
+        return ended
+
+    def refused(self) -> list[RefusedRange]:
+        """Return the samples ingest refused for good, oldest first (the newest
+        ``MAX_REFUSED_ROWS`` runs): which of this node's selected samples ended so."""
+        with self._lock:
+            self._check_open()
+            return _refused_ranges(self._db)
+
+    def waiting(self) -> dict[str, list[tuple[int, int]]]:
+        """Return pipeline -> the inclusive seq ranges of its samples still in the outbox:
+        not sent yet, or sent and awaiting ingest's receipt."""
+        with self._lock:
+            self._check_open()
+            rows = self._db.execute(
+                "SELECT pipeline, seq FROM samples ORDER BY pipeline, seq"
+            ).fetchall()
+        seqs: dict[str, list[int]] = {}
+        for pipeline, seq in rows:
+            seqs.setdefault(pipeline, []).append(int(seq))
+        return {pipeline: _runs(values) for pipeline, values in seqs.items()}
 
     def release_samples(self, seqs: Sequence[int]) -> None:
         """End the lease of samples that were not acknowledged, so they are sent again."""
@@ -810,7 +891,9 @@ class Outbox:
         As ``confirm_samples``: only labels the broker acknowledged, or that are on their
         way to it, go, so a forged receipt costs no more than trusting the PUBACK did.
         """
-        return self._confirm("feedback", "id", str(_FEEDBACK_SIZE), self._leased_feedback, ranges)
+        return len(
+            self._confirm("feedback", "id", str(_FEEDBACK_SIZE), self._leased_feedback, ranges)
+        )
 
     def _confirm(
         self,
@@ -819,12 +902,16 @@ class Outbox:
         size: str,
         leased: set[int],
         ranges: Sequence[tuple[int, int]],
-    ) -> int:
+        *,
+        also: Callable[[list[tuple[int, str, int]]], None] | None = None,
+    ) -> list[tuple[int, str, int]]:
         """Delete the rows of ``table`` whose sample seq lies in ``ranges`` and that were
         sent (``sent_at``) or are leased (``key`` in ``leased``); free their bytes (``size``,
-        a column or a constant) and end their leases; return how many there were."""
+        a column or a constant) and end their leases; return them as (key, pipeline, size).
+
+        ``also`` runs with the rows in the same transaction, when there are any."""
         if not ranges:
-            return 0
+            return []
         with self._space:
             self._check_open()
             sent = f"(sent_at IS NOT NULL OR {key} IN (SELECT value FROM json_each(?)))"
@@ -843,12 +930,14 @@ class Outbox:
                         self._db.execute(
                             f"DELETE FROM {table} WHERE seq BETWEEN ? AND ? AND {sent}", bounds
                         )
+                if taken and also is not None:
+                    also(taken)
             for _, pipeline, freed in taken:
                 self._count_bytes(pipeline, -int(freed))
             if taken:
                 leased.difference_update(row[0] for row in taken)
                 self._space.notify_all()
-            return len(taken)
+            return taken
 
     def discard_feedback(self, ids: Sequence[int]) -> None:
         """Delete feedback items ``ids`` and end their lease, receipts or not (see
@@ -1074,13 +1163,15 @@ class OutboxLedger:
     residency gate's kept-at-edge samples are not offered); ``dropped``: those its own
     bounds ended, per pipeline and reason (full_newest, full_oldest, expired,
     unsendable); ``acked``: those a PUBACK ended (without receipts); ``waiting``: the seqs
-    still in it per pipeline.
+    still in it per pipeline; ``refused``: per pipeline, the seqs ingest refused for good
+    and why (its newest ``MAX_REFUSED_ROWS`` runs, see ``Outbox.refuse_samples``).
     """
 
     selected: dict[str, int]
     dropped: dict[str, dict[str, int]]
     acked: dict[str, int]
     waiting: dict[str, list[int]]
+    refused: dict[str, dict[int, str]] = field(default_factory=dict)
 
 
 def read_ledger(path: str | Path) -> OutboxLedger:
@@ -1106,9 +1197,35 @@ def read_ledger(path: str | Path) -> OutboxLedger:
         waiting: dict[str, list[int]] = {}
         for pipeline, seq in db.execute("SELECT pipeline, seq FROM samples ORDER BY seq"):
             waiting.setdefault(pipeline, []).append(int(seq))
-        return OutboxLedger(selected, dropped, acked, waiting)
+        refused: dict[str, dict[int, str]] = {}
+        has_refused = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'refused'"
+        ).fetchone()
+        for run in _refused_ranges(db) if has_refused else []:
+            into = refused.setdefault(run.pipeline, {})
+            into.update(dict.fromkeys(range(run.first_seq, run.last_seq + 1), run.reason))
+        return OutboxLedger(selected, dropped, acked, waiting, refused)
     finally:
         db.close()
+
+
+def _refused_ranges(db: sqlite3.Connection) -> list[RefusedRange]:
+    """The refused table's runs, oldest first."""
+    rows = db.execute(
+        "SELECT pipeline, first_seq, last_seq, count, reason, refused_at FROM refused ORDER BY id"
+    ).fetchall()
+    return [RefusedRange(*row) for row in rows]
+
+
+def _runs(seqs: Sequence[int]) -> list[tuple[int, int]]:
+    """Return the runs of consecutive values of ascending ``seqs`` as inclusive ranges."""
+    runs: list[tuple[int, int]] = []
+    for seq in seqs:
+        if runs and seq == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], seq)
+        else:
+            runs.append((seq, seq))
+    return runs
 
 
 def _synchronous_pragma(synchronous: str) -> str:

@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 
 from continuum.errors import ConfigError
-from edge_agent.outbox import AppendResult, FeedbackEntry, Outbox, SampleEntry
+from edge_agent.outbox import (
+    MAX_REFUSED_ROWS,
+    AppendResult,
+    FeedbackEntry,
+    Outbox,
+    RefusedRange,
+    SampleEntry,
+    read_ledger,
+)
 
 
 class FakeClock:
@@ -674,4 +682,87 @@ class TestLabelReceipts:
             assert outbox.confirm_feedback([(5, 5)]) == 1
             assert outbox.stats().feedback == 0 and outbox.bytes_used == 0
         with sqlite3.connect(path) as db:
-            assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (4,)
+            schema = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            assert schema == (module._SCHEMA_VERSION,)
+
+
+class TestRefusedSamples:
+    """A receipt's ``refused`` ends samples for good: gone from the outbox, recorded why."""
+
+    RESEND_S = 60.0
+
+    def _open(self, path: Path, clock: FakeClock) -> Outbox:
+        return _open(path, resend_unconfirmed_s=self.RESEND_S, clock=clock)
+
+    def _sent(self, outbox: Outbox, count: int, pipeline: str = "inspect") -> list[int]:
+        entries = [_entry(outbox, pipeline=pipeline) for _ in range(count)]
+        outbox.append_samples(entries)
+        pending = outbox.next_samples(count, 1 << 20)
+        assert pending is not None and len(pending.records) == count
+        outbox.ack_samples(pending.seqs)
+        return [e.seq for e in entries]
+
+    def test_refused_samples_leave_the_outbox_and_are_recorded_with_the_reason(
+        self, tmp_path: Path
+    ) -> None:
+        clock = FakeClock()
+        path = tmp_path / "outbox.db"
+        with self._open(path, clock) as outbox:
+            seqs = self._sent(outbox, 6)
+            ended = outbox.refuse_samples([(seqs[0], seqs[2]), (seqs[4], seqs[4])], "policy")
+            expected = [
+                RefusedRange("inspect", seqs[0], seqs[2], 3, "policy", clock.now),
+                RefusedRange("inspect", seqs[4], seqs[4], 1, "policy", clock.now),
+            ]
+            assert ended == expected
+            assert outbox.waiting() == {"inspect": [(seqs[3], seqs[3]), (seqs[5], seqs[5])]}
+            clock.now += 2 * self.RESEND_S  # the refused ones are never sent again
+            again = outbox.next_samples(10, 1 << 20)
+            assert again is not None and again.seqs == (seqs[3], seqs[5])
+        with self._open(path, clock) as outbox:  # durable
+            assert outbox.refused() == expected
+        ledger = read_ledger(path)  # and readable from the file alone, after the agent
+        assert ledger.refused == {"inspect": dict.fromkeys([*seqs[:3], seqs[4]], "policy")}
+        assert ledger.waiting == {"inspect": [seqs[3], seqs[5]]}
+
+    def test_a_refusal_takes_only_samples_that_were_sent(self, tmp_path: Path) -> None:
+        # A forged receipt (any holder of the tenant's credential may publish one) cannot
+        # end what was never sent, as with confirm_samples.
+        with self._open(tmp_path / "outbox.db", FakeClock()) as outbox:
+            sent = self._sent(outbox, 2)
+            unsent = _entry(outbox)
+            outbox.append_samples([unsent])
+            ended = outbox.refuse_samples([(0, 2**63 - 1)], "schema_mismatch")
+            assert [(r.first_seq, r.last_seq, r.count) for r in ended] == [(sent[0], sent[1], 2)]
+            assert outbox.waiting() == {"inspect": [(unsent.seq, unsent.seq)]}
+            assert outbox.stats().samples == 1
+
+    def test_the_record_of_refusals_is_bounded(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import edge_agent.outbox as module
+
+        assert MAX_REFUSED_ROWS >= 1000
+        monkeypatch.setattr(module, "MAX_REFUSED_ROWS", 3)
+        with self._open(tmp_path / "outbox.db", FakeClock()) as outbox:
+            seqs = self._sent(outbox, 2 * 4)
+            for seq in seqs[::2]:  # four separate runs, one past the bound
+                outbox.refuse_samples([(seq, seq)], "policy")
+            assert [r.first_seq for r in outbox.refused()] == seqs[2::2]
+
+    def test_an_outbox_of_schema_4_gets_its_refused_table(self, tmp_path: Path) -> None:
+        import sqlite3
+
+        import edge_agent.outbox as module
+
+        path = tmp_path / "outbox.db"
+        with sqlite3.connect(path) as db:
+            db.executescript(module._SCHEMA)
+            db.execute("DROP TABLE refused")
+            db.execute("INSERT INTO meta VALUES ('schema', 4)")
+            db.execute("INSERT INTO meta VALUES ('seq_hi', 1000)")
+        assert read_ledger(path).refused == {}  # a file from before refusals reads too
+        with self._open(path, FakeClock()) as outbox:
+            seqs = self._sent(outbox, 1)
+            assert len(outbox.refuse_samples([(seqs[0], seqs[0])], "policy")) == 1
+            assert len(outbox.refused()) == 1
