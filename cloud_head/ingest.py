@@ -80,7 +80,7 @@ from cloud_head._ingest_refusals import (
     PendingRefusal,
     is_final,
 )
-from cloud_head._mqtt import RejectLog, reason_code_failed
+from cloud_head._mqtt import BrokerConnection, RejectLog, reason_code_failed
 from cloud_head.audit import AuditAction, AuditLog
 from cloud_head.fleet import FleetRegistry
 from cloud_head.labelling import LabelStore
@@ -1213,7 +1213,8 @@ class IngestWorker:
         self._retry_max_s = retry_max_s
         self._queue: queue.Queue[_Message | _Stop] = queue.Queue()
         self._stopping = threading.Event()
-        self._connected = threading.Event()
+        # connected, disconnected_since, disconnects; the loss and recovery logged once each.
+        self._link = BrokerConnection(_log, f"ingest {self._client_id}")
         self._client: mqtt.Client | None = None
         self._thread: threading.Thread | None = None
         self._counts: Counter[str] = Counter()
@@ -1222,7 +1223,7 @@ class IngestWorker:
     @property
     def connected(self) -> bool:
         """Whether the MQTT session is up and subscribed."""
-        return self._connected.is_set()
+        return self._link.connected
 
     def start(self) -> None:
         """Connect, subscribe and start processing; raises NotReadyError if the broker is down."""
@@ -1261,7 +1262,7 @@ class IngestWorker:
         if client is not None:
             client.disconnect()
             client.loop_stop()
-        self._connected.clear()
+        self._link.down("stopped", expected=True)
         # Messages queued after the stop are unacknowledged; the broker redelivers them.
         while not self._queue.empty():
             self._queue.get_nowait()
@@ -1269,7 +1270,7 @@ class IngestWorker:
     def stats(self) -> dict[str, Any]:
         """Return the service counters plus the connection state and queue depth."""
         snapshot = self._service.stats()
-        snapshot["connected"] = self.connected
+        snapshot.update(self._link.stats())  # connected, disconnected_since, disconnects
         snapshot["queued"] = self._queue.qsize()
         snapshot["acked"] = self._counts["acked"]
         snapshot["retries"] = self._counts["retries"]
@@ -1317,16 +1318,12 @@ class IngestWorker:
                 self._filters,
             )
             return
-        self._connected.set()
+        self._link.up()
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, props: Any
     ) -> None:
-        if self._connected.is_set() and not self._stopping.is_set():
-            _log.warning(
-                "ingest %s lost the broker (%s); reconnecting", self._client_id, reason_code
-            )
-        self._connected.clear()
+        self._link.down(reason_code, expected=self._stopping.is_set())
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         self._queue.put((message.topic, bytes(message.payload), message.mid, message.qos))

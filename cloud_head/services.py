@@ -128,9 +128,14 @@ class IngestActor:
             else None
         )
         metrics = IngestMetrics(tenant, replica)
-        self._pump = MetricsExporter(
-            f"ingest-{replica}", lambda: metrics.update(self._worker.stats())
-        )
+        connection = BrokerConnectionMetrics(tenant, f"ingest-{replica}")
+
+        def export() -> None:
+            stats = self._worker.stats()
+            metrics.update(stats)
+            connection.update(stats)
+
+        self._pump = MetricsExporter(f"ingest-{replica}", export)
 
     def stats(self) -> dict[str, Any]:
         """Return the replica's counters."""

@@ -1,10 +1,15 @@
-"""The fleet worker over a real mosquitto: retained status replayed, the last will seen."""
+"""The fleet worker over a real mosquitto: retained status replayed, the last will seen, and
+the live faults of issue 12: empty messages sent with the tenant's own credential, and a
+SIGKILLed broker.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -12,6 +17,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_head.fleet import FleetRegistry, FleetWorker
+from cloud_head.tenants import TenantCredentials, TenantRegistry
 from continuum.embedded import EmbeddedBroker
 from continuum.wire import topics
 from continuum.wire.messages import NodeStatus, Telemetry
@@ -20,15 +26,29 @@ from continuum.wire.mqtt import BrokerSettings
 pytestmark = pytest.mark.integration
 
 
-def status(tenant: str, node: str, online: bool) -> bytes:
+def status(tenant: str, node: str, online: bool, heartbeat_s: float | None = None) -> bytes:
     return NodeStatus(
         node=node,
         tenant=tenant,
         online=online,
-        labels={"continuum.io/tier": "edge"},
+        labels={"continuum.io/tier": "edge", "continuum.io/site": f"site-{node}"},
         backends=["onnxruntime"],
         agent_version="0.1.0",
         pipelines=["digits"],
+        heartbeat_s=heartbeat_s,
+        ts=time.time(),
+    ).to_payload()
+
+
+def window(node: str) -> bytes:
+    return Telemetry(
+        node=node,
+        pipeline="digits",
+        model_version="v1",
+        window_s=5.0,
+        frames=50,
+        uplinked=2,
+        dropped=0,
         ts=time.time(),
     ).to_payload()
 
@@ -41,12 +61,63 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
         time.sleep(0.05)
 
 
-def edge_client(broker: EmbeddedBroker, tenant: str, node: str) -> mqtt.Client:
+def edge_client(
+    broker: EmbeddedBroker,
+    tenant: str,
+    node: str,
+    credentials: TenantCredentials | None = None,
+) -> mqtt.Client:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=node, protocol=mqtt.MQTTv5)
+    if credentials is not None:
+        client.username_pw_set(credentials.username, credentials.password)
     client.will_set(topics.node_status(tenant, node), status(tenant, node, False), 1, True)
+    client.reconnect_delay_set(min_delay=1, max_delay=1)
     client.connect(broker.host, broker.port, keepalive=5)
     client.loop_start()
     return client
+
+
+class Heartbeats:
+    """Edge nodes that re-publish their retained status every ``period_s``, as agents do."""
+
+    def __init__(self, broker: EmbeddedBroker, tenant: str, nodes: list[str], period_s: float):
+        self.tenant, self.period_s = tenant, period_s
+        self.clients = {node: edge_client(broker, tenant, node) for node in nodes}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="test-heartbeats", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            for node, client in self.clients.items():
+                if client.is_connected():
+                    payload = status(self.tenant, node, True, heartbeat_s=self.period_s)
+                    client.publish(topics.node_status(self.tenant, node), payload, 1, True)
+            if self._stop.wait(self.period_s):
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for client in self.clients.values():
+            client.disconnect()
+            client.loop_stop()
+
+
+@pytest.fixture
+def tenant_broker(tmp_path: Path) -> Iterator[tuple[EmbeddedBroker, str, TenantCredentials]]:
+    """A mosquitto on a tenant registry's password and ACL files, and one tenant's credential."""
+    tenants = TenantRegistry(tmp_path / "tenants")
+    tenant = f"it-{uuid.uuid4().hex[:8]}"
+    credentials = tenants.create(tenant).credentials
+    assert credentials is not None
+    broker = EmbeddedBroker(
+        tmp_path / "broker", password_file=tenants.password_file, acl_file=tenants.acl_file
+    ).start()
+    try:
+        yield broker, tenant, credentials
+    finally:
+        broker.stop()
 
 
 class TestFleetWorker:
@@ -81,5 +152,113 @@ class TestFleetWorker:
             wait_for(lambda: [n.online for n in registry.nodes()] == [False])
             assert worker.stats()["connected"]
         finally:
+            worker.stop()
+            registry.close()
+
+
+class TestEmptyStatusMessages:
+    """Issue 12, fault 1: one empty message per node made the registry forget three nodes."""
+
+    def test_empty_messages_with_the_tenant_credential_keep_nodes_labels_and_history(
+        self, tmp_path: Path, tenant_broker: tuple[EmbeddedBroker, str, TenantCredentials]
+    ) -> None:
+        broker, tenant, credentials = tenant_broker
+        settings = BrokerSettings(
+            host=broker.host,
+            port=broker.port,
+            username=credentials.username,
+            password=credentials.password,
+        )
+        nodes = ["cam-1", "cam-2", "cam-3"]
+        edges = [edge_client(broker, tenant, node, credentials) for node in nodes]
+        registry = FleetRegistry(tenant, tmp_path / "fleet.db")
+        worker = FleetWorker(registry, settings)
+        attacker = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="plain-paho")
+        attacker.username_pw_set(credentials.username, credentials.password)
+        try:
+            worker.start()
+            for node, edge in zip(nodes, edges, strict=True):
+                edge.publish(topics.node_status(tenant, node), status(tenant, node, True), 1, True)
+                edge.publish(topics.telemetry(tenant, "digits", node), window(node), 1)
+            wait_for(lambda: sum(len(registry.telemetry(n, "digits")) for n in nodes) == 3)
+            wait_for(lambda: len(registry.nodes(online=True)) == 3)
+
+            attacker.connect(broker.host, broker.port)
+            attacker.loop_start()
+            for node in nodes:
+                for retain in (False, True):  # a stray publish, then a cleared retained status
+                    sent = attacker.publish(topics.node_status(tenant, node), b"", 1, retain)
+                    sent.wait_for_publish(timeout=10)
+            wait_for(
+                lambda: sum(worker.stats()["rejected"].values()) + registry.stats()["cleared"] == 6
+            )
+
+            assert worker.stats()["rejected"] == {"empty_status": 6}
+            kept = registry.nodes()
+            assert [n.node for n in kept] == nodes
+            assert all(n.online for n in kept)
+            assert [n.labels["continuum.io/site"] for n in kept] == [f"site-{n}" for n in nodes]
+            assert [len(registry.telemetry(n, "digits")) for n in nodes] == [1, 1, 1]
+            assert worker.stats()["nodes"] == 3
+        finally:
+            attacker.loop_stop()
+            attacker.disconnect()
+            worker.stop()
+            registry.close()
+            for edge in edges:
+                edge.disconnect()
+                edge.loop_stop()
+
+        # The retained statuses are gone from the broker now; a restarted fleet still has
+        # every node from its own file, and watches them by the clock.
+        with FleetRegistry(tenant, tmp_path / "fleet.db") as restarted:
+            assert [n.node for n in restarted.nodes()] == nodes
+            assert [len(restarted.telemetry(n, "digits")) for n in nodes] == [1, 1, 1]
+
+
+class TestBrokerDeath:
+    """Issue 12, fault 4: after a broker SIGKILL every node stayed online for 150 s."""
+
+    PERIOD_S = 2.0
+
+    def test_nodes_go_offline_within_two_periods_and_come_back_after_a_restart(
+        self,
+        tmp_path: Path,
+        private_mqtt_broker: EmbeddedBroker,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        caplog.set_level(logging.WARNING, logger="cloud_head.fleet")
+        tenant = f"it-{uuid.uuid4().hex[:8]}"
+        broker = private_mqtt_broker
+        registry = FleetRegistry(tenant, tmp_path / "fleet.db")
+        worker = FleetWorker(registry, BrokerSettings(host=broker.host, port=broker.port))
+        edges = Heartbeats(broker, tenant, ["cam-1", "cam-2"], self.PERIOD_S)
+        try:
+            worker.start()
+            wait_for(lambda: len(registry.nodes(online=True)) == 2)
+            assert worker.stats()["connected"] and worker.stats()["disconnected_since"] is None
+
+            killed_at = time.time()
+            broker.kill()
+            wait_for(lambda: registry.nodes(online=True) == [], timeout_s=4 * self.PERIOD_S)
+            offline_after_s = time.time() - killed_at
+            # Each node's last message came at most one period before the kill.
+            assert offline_after_s <= 2 * self.PERIOD_S + 1.0
+            stats = worker.stats()
+            assert not stats["connected"] and stats["disconnects"] == 1
+            assert killed_at - 0.5 <= stats["disconnected_since"] <= killed_at + 1.0
+            assert stats["timed_out"] == 2
+
+            time.sleep(2.0)  # paho retries meanwhile: the loss is still logged once
+            broker.restart()
+            wait_for(lambda: len(registry.nodes(online=True)) == 2, timeout_s=40)
+            wait_for(lambda: worker.stats()["connected"])
+            assert worker.stats()["disconnected_since"] is None
+            assert worker.stats()["disconnects"] == 1
+            messages = [r.getMessage() for r in caplog.records]
+            assert sum("broker connection failed" in m for m in messages) == 1
+            assert sum("broker connection recovered" in m for m in messages) == 1
+        finally:
+            edges.close()
             worker.stop()
             registry.close()

@@ -227,8 +227,16 @@ class TestPersistentSession:
         try:
             rig.worker.start()
             wait_for(lambda: rig.worker.connected)
-            private_mqtt_broker.restart()
+            assert rig.worker.stats()["disconnected_since"] is None
+            killed_at = time.time()
+            private_mqtt_broker.kill()
+            wait_for(lambda: not rig.worker.connected)
+            stats = rig.worker.stats()  # the head says it lost the broker, and since when
+            assert stats["disconnects"] == 1
+            assert killed_at - 0.5 <= stats["disconnected_since"] <= killed_at + 2.0
+            private_mqtt_broker.start()
             wait_for(lambda: rig.worker.connected, timeout_s=30)
+            assert rig.worker.stats()["disconnected_since"] is None
             pub = Publisher(private_mqtt_broker)
             try:
                 pub.send(rig.topic(), codec.encode_samples(make_batch(range(3))))
