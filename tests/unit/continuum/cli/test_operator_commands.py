@@ -139,3 +139,28 @@ class TestFleet:
     ) -> None:
         assert main(["fleet", "--root", str(root), "--where", "tier=edge"]) == 2
         assert "continuum.io/tier" in capsys.readouterr().err
+
+
+class TestFleetRemove:
+    def test_remove_refuses_without_yes_and_removes_nothing(
+        self, root: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        argv = ["fleet", "remove", "cam-a", "--root", str(root), "--address", "127.0.0.1:1"]
+        assert main(argv) == 2
+        assert "pass --yes" in capsys.readouterr().err
+        with FleetRegistry("acme", root / "state" / "fleet-acme.sqlite3") as fleet:
+            assert [n.node for n in fleet.nodes()] == ["cam-a", "cam-b"]
+
+    def test_options_given_before_the_action_stand(self) -> None:
+        from continuum.cli import build_parser
+
+        argv = ["fleet", "--tenant", "medica", "--root", "/r", "remove", "cam-a", "--address", "a"]
+        args = build_parser().parse_args(argv)
+        assert (args.tenant, str(args.root), args.node) == ("medica", "/r", "cam-a")
+
+    def test_help_states_the_telemetry_retention(self, capsys: pytest.CaptureFixture[str]) -> None:
+        from cloud_head.fleet import TELEMETRY_RETENTION_S
+
+        assert main(["fleet", "--help"]) == 0
+        days = TELEMETRY_RETENTION_S / 86400
+        assert f"Telemetry history is kept {days:g} days" in capsys.readouterr().out
