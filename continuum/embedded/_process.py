@@ -31,4 +31,9 @@ def log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
         text = path.read_text(errors="replace")
     except FileNotFoundError:
         return f"(no log at {path})"
+    return tail_lines(text, lines)
+
+
+def tail_lines(text: str, lines: int = _LOG_TAIL_LINES) -> str:
+    """Return the last ``lines`` lines of ``text`` (a log, or one attempt's part of it)."""
     return "\n".join(text.splitlines()[-lines:])

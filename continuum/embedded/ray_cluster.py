@@ -5,12 +5,20 @@ ends exactly the processes this cluster started and never another Ray cluster
 on the same machine.  Every Ray process gets an explicit ``RAY_AUTH_MODE``
 (DESIGN.md §10); in token mode the token lives in the workdir, not in
 ``~/.ray``.  Production runs the Ray cluster launcher or KubeRay (``deploy/``).
+
+A node that does not start is tried once more: on a busy machine (another cluster still
+stopping) Ray's own start-up can give up (its raylet gets a fixed 30 s to register with the
+GCS, "The current node timed out during startup") where a second try moments later works.
+Each attempt is bounded by ``start_timeout_s``; a failed one is stopped with everything it
+started before the next, and the retry is logged; the second failure names the node, the
+address it was to start or join, how long it waited, and its log.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import os
 import re
 import secrets
@@ -26,11 +34,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-from continuum.embedded._process import free_port, log_tail, port_accepts
+from continuum.embedded._process import free_port, port_accepts, tail_lines
 from continuum.errors import ConfigError, NotReadyError, OperationTimeoutError
 from continuum.labels import SITE, TIER
 
 AuthMode = Literal["token", "disabled"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_HEAD_LABELS: Mapping[str, str] = {TIER: "cloud"}
 DEFAULT_EDGE_NODES: Sequence[Mapping[str, str]] = ({TIER: "edge", SITE: "lux-1"},)
@@ -39,6 +49,8 @@ DEFAULT_EDGE_NODES: Sequence[Mapping[str, str]] = ({TIER: "edge", SITE: "lux-1"}
 _STARTUP_CONCURRENCY = 16
 #: ``ray start`` prints this once the node's processes run (``--log-style=record``).
 _STARTED_MARKER = "Ray runtime started"
+#: How many times a node's ``ray start`` is tried before ``start()`` fails.
+START_ATTEMPTS = 2
 #: Ray puts unix sockets at ``{temp_dir}/session_<date>_<time>_<us>_<pid>/sockets/plasma_store.N``;
 #: that suffix is about 66 characters and Linux allows 107, so the temp dir must stay short.
 MAX_TEMP_DIR_CHARS = 40
@@ -60,11 +72,34 @@ class RayNodeInfo:
     pid: int
 
 
+@dataclass(frozen=True)
+class _NodeSpec:
+    """What one node is started as; each attempt at it is launched from this."""
+
+    name: str
+    labels: Mapping[str, str]
+    num_cpus: int
+    head: bool
+
+
 @dataclass
 class _NodeProcess:
+    """One attempt at starting a node: its ``ray start`` process and where its log begins."""
+
+    spec: _NodeSpec
     info: RayNodeInfo
     process: subprocess.Popen[bytes]
+    attempt: int
+    #: Where this attempt's output begins in the node's log (an earlier attempt wrote before).
+    log_offset: int
     started_at: float = field(default_factory=time.monotonic)
+
+    def output(self) -> str:
+        """Return what this attempt has written to the node's log so far."""
+        with contextlib.suppress(FileNotFoundError), self.info.log_path.open("rb") as fh:
+            fh.seek(self.log_offset)
+            return fh.read().decode(errors="replace")
+        return ""
 
 
 def check_labels(labels: Mapping[str, str], where: str) -> dict[str, str]:
@@ -112,7 +147,9 @@ class LocalRayCluster:
     and its GCS and raylets listen on all interfaces, which is why token auth is the
     default.  All nodes use free ports and share one short temp dir.
     ``env`` is added to every Ray process's environment (e.g. ``PYTHONPATH`` for code
-    that tasks import by module name).
+    that tasks import by module name).  Each node's ``ray start`` may take
+    ``start_timeout_s`` (Ray alone allows its raylet 30 s) and is tried ``START_ATTEMPTS``
+    times.  ``ray_cli`` is the ``ray`` executable to run (default: this environment's).
     """
 
     def __init__(
@@ -130,6 +167,7 @@ class LocalRayCluster:
         env: Mapping[str, str] | None = None,
         start_timeout_s: float = 60.0,
         stop_timeout_s: float = 15.0,
+        ray_cli: Path | str | None = None,
     ) -> None:
         if auth_mode not in ("token", "disabled"):
             raise ConfigError(f"auth_mode must be 'token' or 'disabled', got {auth_mode!r}")
@@ -151,6 +189,9 @@ class LocalRayCluster:
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.extra_env = dict(env or {})
+        self._ray_cli_arg = None if ray_cli is None else str(ray_cli)
+        self._ray_cli = ""
+        self._env: dict[str, str] = {}
         self._temp_dir_arg = Path(temp_dir) if temp_dir is not None else None
         if self._temp_dir_arg is not None:
             _check_temp_dir(self._temp_dir_arg)
@@ -216,34 +257,54 @@ class LocalRayCluster:
     def start(self) -> str:
         """Start the head and the edge worker nodes; return the cluster address.
 
+        A node that exits or does not start within ``start_timeout_s`` is stopped and
+        started once more (logged); a head whose GCS came up but not the rest of it is
+        tried again with its edge nodes, which joined that GCS.
+
         Raises:
-            NotReadyError: the ray CLI is missing or a node exited while starting.
-            OperationTimeoutError: a node did not start within ``start_timeout_s``.
+            ConfigError: ``ray_cli`` is not an executable file.
+            NotReadyError: the ray CLI is missing, or a node's last attempt exited.
+            OperationTimeoutError: a node's last attempt did not start in time.
         """
         if self._nodes:
             return self.address
-        ray_cli = find_ray_cli()
+        self._ray_cli = self._find_cli()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._prepare_temp_dir()
         self._ensure_token()
-        env = self._process_env()
+        self._env = self._process_env()
+        head_spec = _NodeSpec("head", self.head_labels, self.head_cpus, head=True)
+        edge_specs = [
+            _NodeSpec(f"edge-{index}", labels, self.edge_cpus, head=False)
+            for index, labels in enumerate(self.edge_nodes)
+        ]
         try:
-            head = self._launch(ray_cli, env, "head", self.head_labels, self.head_cpus, head=True)
             # Edge nodes need only the GCS (they retry until the head registers), so they
             # start while the head brings up its raylet and agents: ~3 s sooner.
-            self._wait_started(head, until_gcs=True)
-            edges = [
-                self._launch(ray_cli, env, f"edge-{index}", labels, self.edge_cpus, head=False)
-                for index, labels in enumerate(self.edge_nodes)
-            ]
-            for node in (head, *edges):
-                self._wait_started(node)
+            head = self._await(self._launch(head_spec), until_gcs=True)
+            edges = [self._launch(spec) for spec in edge_specs]
+            try:
+                self._wait_started(head)
+            except (NotReadyError, OperationTimeoutError) as error:
+                for edge in edges:  # they joined the GCS of a head that goes now
+                    self._discard(edge)
+                head = self._await(self._relaunch(head, error, until_gcs=False))
+                edges = [self._launch(spec) for spec in edge_specs]
+            for edge in edges:
+                self._await(edge)
             if self._dashboard_port is not None:
                 self._wait_dashboard()
         except BaseException:
             self.stop()
             raise
         return self.address
+
+    def _find_cli(self) -> str:
+        if self._ray_cli_arg is None:
+            return find_ray_cli()
+        if not (os.path.isfile(self._ray_cli_arg) and os.access(self._ray_cli_arg, os.X_OK)):
+            raise ConfigError(f"ray_cli {self._ray_cli_arg!r} is not an executable file")
+        return self._ray_cli_arg
 
     def connect(self, namespace: str, **init_kwargs: Any) -> None:
         """Connect this process to the cluster with ``ray.init`` and wait for all nodes.
@@ -267,17 +328,21 @@ class LocalRayCluster:
         """Wait until the GCS reports every node of this cluster alive (needs ``connect``)."""
         import ray
 
-        expected = 1 + len(self.edge_nodes)
-        deadline = time.monotonic() + (self.start_timeout_s if timeout_s is None else timeout_s)
-        alive = 0
+        expected = [node.name for node in self.nodes] or ["head"]
+        waited_s = self.start_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + waited_s
+        alive: set[str] = set()
         while time.monotonic() < deadline:
             nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
-            alive = len([node for node in nodes if node.get("Alive")])
-            if alive >= expected:
+            alive = {str(node.get("NodeName")) for node in nodes if node.get("Alive")}
+            if len(alive) >= len(expected):
                 return
             time.sleep(0.1)
+        missing = [name for name in expected if name not in alive]
         raise OperationTimeoutError(
-            f"only {alive} of {expected} Ray nodes alive after waiting; logs under {self.workdir}"
+            f"only {len(alive)} of {len(expected)} Ray nodes alive in the GCS at {self.address} "
+            f"after {waited_s:g} s (not alive: {', '.join(missing) or '?'}); their logs: "
+            f"{self.workdir}/ray-<node>.log"
         )
 
     def stop(self) -> None:
@@ -373,20 +438,13 @@ class LocalRayCluster:
         env.setdefault("RAY_worker_maximum_startup_concurrency", str(_STARTUP_CONCURRENCY))
         return env
 
-    def _launch(
-        self,
-        ray_cli: str,
-        env: Mapping[str, str],
-        name: str,
-        labels: Mapping[str, str],
-        num_cpus: int,
-        *,
-        head: bool,
-    ) -> _NodeProcess:
+    def _launch(self, spec: _NodeSpec, *, attempt: int = 1) -> _NodeProcess:
+        """Start one attempt at ``spec``'s node (``ray start --block`` in its own session)."""
         assert self._temp_dir is not None
+        name, labels, num_cpus, head = spec.name, spec.labels, spec.num_cpus, spec.head
         metrics_port = free_port()
         args = [
-            ray_cli,
+            self._ray_cli,
             "start",
             "--block",
             "--node-ip-address=127.0.0.1",
@@ -426,17 +484,24 @@ class LocalRayCluster:
         else:
             args.append(f"--address={self.address}")
         log_path = self.workdir / f"ray-{name}.log"
-        with log_path.open("ab") as log:
+        with log_path.open("ab") as out:
+            if attempt > 1:
+                out.write(f"--- continuum: attempt {attempt} of {START_ATTEMPTS} ---\n".encode())
+                out.flush()
+            offset = out.tell()
             process = subprocess.Popen(
                 args,
-                env=dict(env),
+                env=dict(self._env),
                 stdin=subprocess.DEVNULL,
-                stdout=log,
+                stdout=out,
                 stderr=subprocess.STDOUT,
                 # Own session: stop() signals exactly this node's processes.
                 start_new_session=True,
             )
         node = _NodeProcess(
+            spec=spec,
+            attempt=attempt,
+            log_offset=offset,
             info=RayNodeInfo(
                 name=name,
                 labels=dict(labels),
@@ -451,27 +516,94 @@ class LocalRayCluster:
         return node
 
     def _wait_started(self, node: _NodeProcess, *, until_gcs: bool = False) -> None:
+        """Wait until one attempt is up: its GCS accepts (``until_gcs``) or its log says so.
+
+        Raises:
+            NotReadyError: its ``ray start`` exited.
+            OperationTimeoutError: ``start_timeout_s`` after its launch it was not up.
+        """
         deadline = node.started_at + self.start_timeout_s
-        log_path = node.info.log_path
-        what = "start its GCS" if until_gcs else "start"
         while time.monotonic() < deadline:
             code = node.process.poll()
             if code is not None:
                 raise NotReadyError(
-                    f"ray start for node {node.info.name!r} exited with code {code}; "
-                    f"log {log_path}:\n{log_tail(log_path)}"
+                    f"exited with code {code} within "
+                    f"{time.monotonic() - node.started_at:.0f} s of its launch"
                 )
             if until_gcs:
                 assert self._gcs_port is not None
                 if port_accepts("127.0.0.1", self._gcs_port):
                     return
-            elif _STARTED_MARKER in log_path.read_text(errors="replace"):
+            elif _STARTED_MARKER in node.output():
                 return
             time.sleep(0.05)
-        raise OperationTimeoutError(
-            f"Ray node {node.info.name!r} did not {what} within {self.start_timeout_s:g} s; "
-            f"log {log_path}:\n{log_tail(log_path)}"
+        raise OperationTimeoutError(f"was not up within {self.start_timeout_s:g} s")
+
+    def _await(self, node: _NodeProcess, *, until_gcs: bool = False) -> _NodeProcess:
+        """Wait for ``node`` to start, trying again after a failure; return the attempt that did."""
+        while True:
+            try:
+                self._wait_started(node, until_gcs=until_gcs)
+                return node
+            except (NotReadyError, OperationTimeoutError) as error:
+                node = self._relaunch(node, error, until_gcs=until_gcs)
+
+    def _waited_for(self, spec: _NodeSpec, *, until_gcs: bool) -> str:
+        """Say what starting ``spec`` waits for, naming the address."""
+        if spec.head and until_gcs:
+            return f"its GCS to accept connections on {self.address}"
+        if spec.head:
+            return f"{_STARTED_MARKER!r} in its log, with its GCS on {self.address}"
+        return f"{_STARTED_MARKER!r} in its log, joining the head's GCS at {self.address}"
+
+    def _relaunch(
+        self,
+        node: _NodeProcess,
+        error: NotReadyError | OperationTimeoutError,
+        *,
+        until_gcs: bool,
+    ) -> _NodeProcess:
+        """Stop a failed attempt with all it started, then launch the next one.
+
+        Raises:
+            NotReadyError, OperationTimeoutError: that was the last attempt (as ``error``);
+                the message names the node, what it waited for, for how long, and its log.
+        """
+        name = node.info.name
+        what = self._waited_for(node.spec, until_gcs=until_gcs)
+        output = node.output()
+        self._discard(node)
+        if node.attempt >= START_ATTEMPTS:
+            raise type(error)(
+                f"Ray node {name!r} did not start in {node.attempt} attempts of up to "
+                f"{self.start_timeout_s:g} s each: the last {error} while waiting for {what}; "
+                f"log {node.info.log_path}:\n{tail_lines(output)}\n"
+                "The machine may be short of CPU or memory, or another Ray cluster still "
+                "stopping: start again, or give start_timeout_s more time"
+            ) from error
+        last = tail_lines(output, 1) or "(no output)"
+        log.warning(
+            "Ray node %r did not start (attempt %d of %d): it %s while waiting for %s; its "
+            "processes are stopped and it starts again. Its last log line: %s",
+            name,
+            node.attempt,
+            START_ATTEMPTS,
+            error,
+            what,
+            last,
         )
+        return self._launch(node.spec, attempt=node.attempt + 1)
+
+    def _discard(self, node: _NodeProcess) -> None:
+        """Stop one attempt: every process of its session, then forget it."""
+        _signal_group(node.process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            node.process.wait(timeout=min(self.stop_timeout_s, 5.0))
+        _kill_sessions([node.process.pid], timeout_s=self.stop_timeout_s)
+        if node.process.poll() is None:
+            node.process.kill()
+            node.process.wait(timeout=self.stop_timeout_s)
+        self._nodes.remove(node)
 
     def _wait_dashboard(self) -> None:
         assert self._dashboard_port is not None
