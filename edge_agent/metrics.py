@@ -206,7 +206,16 @@ class AgentMetrics:
         )
         self.confirmed = Counter(
             f"{_NS}_samples_confirmed",
-            "Samples the outbox let go on ingest's receipt.",
+            "Samples the outbox let go on ingest's receipt that they are stored.",
+            registry=r,
+        )
+        self.samples_refused = Counter(
+            f"{_NS}_samples_refused",
+            "Samples the outbox let go on ingest's receipt that it refused them for good "
+            "(malformed, off the schema or class, forbidden by the policy), by pipeline and "
+            "reason; Outbox.refused() lists their seqs.  A refusal that may pass later gets no "
+            "receipt: those samples stay and are sent again.",
+            ["pipeline", "reason"],
             registry=r,
         )
         self.labels_confirmed = Counter(

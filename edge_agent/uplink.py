@@ -38,7 +38,13 @@ from continuum.wire.codec import FieldValue as WireValue
 from continuum.wire.messages import ReportedState, StoredReceipt, Telemetry
 from edge_agent.link import FailureLog, MqttLink, PublishOutcome
 from edge_agent.metrics import AgentMetrics
-from edge_agent.outbox import Outbox, PendingFeedback, PendingSamples, SampleEntry
+from edge_agent.outbox import (
+    Outbox,
+    PendingFeedback,
+    PendingSamples,
+    RefusedRange,
+    SampleEntry,
+)
 
 __all__ = ["ResidencyGate", "Uplink"]
 
@@ -51,6 +57,8 @@ _TELEMETRY_BACKLOG = 10_000
 #: Receipts waiting for the pump; past this the oldest is dropped (it only costs a resend).
 _RECEIPT_BACKLOG = 10_000
 _FEEDBACK_PER_MESSAGE = 4096
+#: Runs of refused sample ids named in the one log line per refusal.
+_REFUSED_IDS_LOGGED = 20
 _EXPIRE_EVERY_S = 30.0
 _RECLAIM_EVERY_S = 300.0
 _GAUGES_EVERY_S = 2.0
@@ -476,15 +484,42 @@ class Uplink:
             return handed_over.popleft() if handed_over else None
 
     def _confirm(self, receipt: StoredReceipt) -> None:
-        """Forget the samples ``receipt`` says are stored (or refused for good) and the
-        delayed labels it says are recorded."""
+        """Forget the samples ``receipt`` says are stored or refused for good (counting and
+        logging those refused) and the delayed labels it says are recorded."""
         samples = self._outbox.confirm_samples(receipt.seqs)
         labels = self._outbox.confirm_feedback(receipt.labels)
+        for refusal in receipt.refused:
+            ended = self._outbox.refuse_samples(refusal.seqs, refusal.reason)
+            if ended:
+                self._note_refused(refusal.reason, ended)
         self._metrics.receipts.inc()
         if samples:
             self._metrics.confirmed.inc(samples)
         if labels:
             self._metrics.labels_confirmed.inc(labels)
+
+    def _note_refused(self, reason: str, ended: Sequence[RefusedRange]) -> None:
+        """Count samples ingest refused for good, and log their ids once per refusal."""
+        counts: collections.Counter[str] = collections.Counter()
+        for run in ended:
+            counts[run.pipeline] += run.count
+        for pipeline, count in counts.items():
+            self._metrics.samples_refused.labels(pipeline, reason).inc(count)
+        ids = [
+            f"{self.node}:{r.first_seq}"
+            if r.first_seq == r.last_seq
+            else f"{self.node}:{r.first_seq}-{r.last_seq}"
+            for r in ended[:_REFUSED_IDS_LOGGED]
+        ]
+        more = len(ended) - len(ids)
+        log.warning(
+            "ingest refused %d sample(s) of %s for good (%s); removed from the outbox: %s%s",
+            sum(counts.values()),
+            ", ".join(sorted(counts)),
+            reason,
+            ", ".join(ids),
+            f" and {more} more run(s) (Outbox.refused lists them)" if more else "",
+        )
 
     def _settle(self, ack: _Ack) -> None:
         kind, outcome = ack.kind, ack.outcome
