@@ -1155,10 +1155,11 @@ class IngestService:
 #: How soon parked (deferred) messages are offered again when nothing else arrives.
 _PARK_RETRY_S: Final = 0.5
 #: Most messages parked unacknowledged at once.  Each holds one of the broker's in-flight
-#: slots for this session (mosquitto's max_inflight_messages, 100 in deploy/mosquitto):
-#: past half of them, a deferred message is held instead (acknowledged without a receipt;
-#: its node sends it again), so made-up nodes cannot stall the delivery of everything else.
-_MAX_PARKED: Final = 50
+#: slots for this session (mosquitto's max_inflight_messages: 20 by default, as in the
+#: embedded broker; 100 in deploy/mosquitto), and with all of them held the broker delivers
+#: nothing more: past this, a deferred message is held instead (acknowledged without a
+#: receipt; its node sends it again), so unknown nodes cannot stall every other node.
+_MAX_PARKED: Final = 10
 
 
 class _Stop:

@@ -12,14 +12,23 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from cloud_head import ingest
+from cloud_head.fleet import FleetRegistry
 from cloud_head.ingest import IngestService, IngestWorker
 from cloud_head.labelling import LabelStore
 from cloud_head.store import SampleStore
 from continuum import select
 from continuum.embedded import EmbeddedBroker
+from continuum.residency import ResidencyPolicy
 from continuum.spec import DataClass, EdgeStageSpec, PipelineSpec, TensorSchema, UplinkSpec
 from continuum.wire import codec, topics
-from continuum.wire.messages import MAX_RECEIPT_RANGES, StoredReceipt, merge_seq_ranges
+from continuum.wire.messages import (
+    MAX_RECEIPT_RANGES,
+    SCHEMA_VERSION,
+    NodeStatus,
+    StoredReceipt,
+    merge_seq_ranges,
+)
 from continuum.wire.mqtt import BrokerSettings
 from tests.edge_agent_kit import CloudStandIn
 
@@ -245,3 +254,64 @@ class TestPersistentSession:
             wait_for(lambda: rig.store.count(rig.tenant, "digits") == 3)
         finally:
             rig.close()
+
+
+class TestUnknownNodes:
+    """Batches of a node the fleet does not know yet are parked unacknowledged for its
+    grace; each holds one of the broker's in-flight slots for ingest's session."""
+
+    def test_unknown_nodes_never_stall_the_batches_of_a_known_one(
+        self, tmp_path: Path, private_mqtt_broker: EmbeddedBroker
+    ) -> None:
+        # Without a cap on parked messages, the 20 unknown nodes' batches parked first fill
+        # mosquitto's in-flight window and the known node's batch waits out their grace.
+        tenant = f"it-{uuid.uuid4().hex[:8]}"
+        fleet = FleetRegistry(tenant, tmp_path / "fleet.db")
+        status = NodeStatus(
+            schema_version=SCHEMA_VERSION,
+            node="cam-known",
+            tenant=tenant,
+            online=True,
+            labels={"continuum.io/tier": "edge"},
+            agent_version="test",
+            ts=time.time(),
+        )
+        assert fleet.handle(topics.node_status(tenant, "cam-known"), status.to_payload()).kind
+        labels = LabelStore(tmp_path / "labels.db")
+        store = SampleStore(tmp_path / "samples")
+        service = IngestService(
+            tenant,
+            [make_spec(tenant)],
+            store,
+            labels,
+            tmp_path / "seen.db",
+            policy=ResidencyPolicy.from_yaml(
+                "classes: {public: {}, internal: {}, confidential: {}, restricted: {}}"
+            ),
+            store_labels={"continuum.io/tier": "cloud"},
+            fleet=fleet,
+            node_grace_s=60.0,
+        )
+        settings = BrokerSettings(host=private_mqtt_broker.host, port=private_mqtt_broker.port)
+        worker = IngestWorker(service, settings, client_id=f"ingest-{tenant}")
+        publisher = Publisher(private_mqtt_broker)
+        try:
+            worker.start()
+            wait_for(lambda: worker.connected)
+            # More unknown nodes than mosquitto's default 20 in-flight messages per client.
+            for i in range(25):
+                node = f"cam-new-{i}"
+                batch = codec.encode_samples(make_batch(range(1), node=node))
+                publisher.send(topics.samples(tenant, "digits", node), batch)
+            known = codec.encode_samples(make_batch(range(5), node="cam-known"))
+            publisher.send(topics.samples(tenant, "digits", "cam-known"), known)
+            wait_for(lambda: store.count(tenant, "digits") == 5, timeout_s=10.0)
+            # Past the parking room the rest were held: acknowledged, with no receipt.
+            assert worker.stats()["unparked"] == 25 - ingest._MAX_PARKED
+            assert service.stats()["rejected_total"] == 0
+        finally:
+            publisher.close()
+            worker.stop()
+            service.close()
+            labels.close()
+            fleet.close()
