@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from continuum.cli._demo_chaos import FAULT_KINDS as CHAOS_FAULTS
+
 #: Targets the demo promises (issue #3): pre-drift accuracy, drop, recovery, uplink share.
 PRE_DRIFT_MIN = 0.95
 DRIFT_DROP_MIN = 0.15
@@ -85,6 +87,7 @@ def live_view(
     trainings = status.get("trainings", [])
     last_training = trainings[-1] if trainings else {}
     cloud = Table(show_header=False, box=None)
+    cloud.add_row("cloud's broker link", _broker_link(ingest, now))
     cloud.add_row("samples stored", f"{stored} ({labels} labels, {rejected} rejected)")
     cloud.add_row("current model", str(status.get("current", "-")))
     cloud.add_row(
@@ -101,7 +104,28 @@ def live_view(
         f"{rollout.get('stage', '-')} {rollout.get('candidate') or ''}"
         f" — {rollout.get('reason', '')}",
     )
+    incidents = [
+        e for e in timeline.events if e["event"] in ("fault", "crashed", "restarted", "failed")
+    ]
+    for event in incidents[-4:]:
+        what = (
+            f"{event['kind']} on {event['target']}"
+            if event["event"] == "fault"
+            else f"{event['service']} {event['event']} {event.get('detail', '')}"
+        )
+        cloud.add_row(f"t = {event['t'] - timeline.stream_start:4.0f} s", what)
     return Group(table, cloud)
+
+
+def _broker_link(stats: list[dict[str, Any]], now: float) -> str:
+    """Say whether the cloud services are connected to the broker, and since when not."""
+    down = [s.get("disconnected_since") for s in stats if s.get("connected") is False]
+    if not stats:
+        return "-"
+    if not down:
+        return "connected"
+    since = min((d for d in down if d is not None), default=None)
+    return "DISCONNECTED" + ("" if since is None else f" for {now - since:.0f} s")
 
 
 def _served_at(windows: list[dict[str, Any]], t: float) -> str | None:
@@ -163,6 +187,8 @@ def build_report(
     interrupted: bool,
     second_tenant: dict[str, Any] | None = None,
     policy: dict[str, Any] | None = None,
+    account: dict[str, Any] | None = None,
+    chaos: bool = False,
 ) -> dict[str, Any]:
     """Compute the figures of the run and the targets they meet.
 
@@ -170,6 +196,8 @@ def build_report(
     uplink share are reported); ``policy`` is what ``_demo_tenants`` collected: the
     refused deploy, the isolation probe, the uplink plans, the lab's store and the audit
     logs. Each becomes a target, so a run where a rule did not hold is not a success.
+    ``account`` (``_demo_account``) says where every selected sample ended: no sample lost
+    or stored twice is a target; with ``chaos`` every planned fault must have landed.
     """
     versions = _evaluate_versions(workdir, tenant, pipeline, drift_kind)
     start = timeline["stream_start"]
@@ -279,6 +307,14 @@ def build_report(
         targets["second_tenant_served"] = lab_frames > 0 and lab_uplinked > 0
     if policy is not None:
         targets |= _policy_targets(policy)
+    if account is not None:
+        targets["no_sample_lost_or_duplicated"] = bool(account["balanced"])
+    events = [{**e, "t": round(e["t"] - start, 2)} for e in timeline.get("events", [])]
+    faults = [e for e in events if e["event"] == "fault"]
+    if chaos:
+        targets["faults_injected"] = len(faults) == len(CHAOS_FAULTS) and all(
+            f.get("ok") for f in faults
+        )
     return {
         "pipeline": pipeline,
         "tenant": tenant,
@@ -294,7 +330,10 @@ def build_report(
         "uplink_share": share,
         "trainings": controller.get("trainings", []),
         "rollout": controller.get("rollout", {}),
-        "events": [{**e, "t": round(e["t"] - start, 2)} for e in timeline.get("events", [])],
+        "events": events,
+        "faults": faults,
+        "restarts": [e for e in events if e["event"] == "restarted"],
+        "account": account or {},
         "tenants": tenants,
         "policy": policy or {},
         "targets": targets,
@@ -343,6 +382,7 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
                         fontsize=8,
                     )
                 previous = p["model_version"]
+    _mark_faults(ax, report)
     drift = report["drift"]["at_s"]
     ax.axvline(drift, color="red", linewidth=2, alpha=0.7)
     ax.annotate(
@@ -365,6 +405,72 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _mark_faults(ax: Any, report: dict[str, Any]) -> None:
+    """Shade each chaos fault on the timeline (a cut link for its length) and tick restarts."""
+    for index, fault in enumerate(report.get("faults", [])):
+        start = fault["t"]
+        length = float(fault.get("seconds", 0.0)) if fault["kind"] == "link_cut" else 0.0
+        if length:
+            ax.axvspan(start, start + length, color="grey", alpha=0.15)
+        ax.axvline(start, color="black", linewidth=1, linestyle="--", alpha=0.6)
+        ax.annotate(
+            f"{fault['kind'].replace('_', ' ')}: {fault['target']}",
+            (start, 0.30 - 0.045 * (index % 5)),
+            fontsize=7,
+            rotation=0,
+            color="black",
+            backgroundcolor=(1, 1, 1, 0.6),
+        )
+    for restart in report.get("restarts", []):
+        ax.plot([restart["t"]], [0.02], marker="^", color="green", markersize=7)
+        ax.annotate("restart", (restart["t"], 0.035), fontsize=6, color="green")
+
+
+def _print_account(console: Any, account: dict[str, Any]) -> None:
+    """Print where every selected sample ended, per node."""
+    if not account:
+        return
+    from rich.table import Table
+
+    table = Table(title="sample account: every sample the edge selected, and where it ended")
+    for column in (
+        "node",
+        "selected",
+        "stored once",
+        "duplicates",
+        "refused (final)",
+        "in outbox",
+        "lost",
+    ):
+        table.add_column(column, justify="left" if column == "node" else "right")
+    for node, a in sorted(account["nodes"].items()):
+        table.add_row(
+            node,
+            str(a["selected"]),
+            str(a["stored"]),
+            str(a["duplicates"]),
+            str(a["refused"]),
+            str(a["waiting"]),
+            str(a["lost"]),
+        )
+    totals = account["totals"]
+    table.add_row(
+        "all",
+        *(
+            str(totals.get(k, 0))
+            for k in ("selected", "stored", "duplicates", "refused", "waiting", "lost")
+        ),
+    )
+    console.print(table)
+    for node, a in sorted(account["nodes"].items()):
+        if a["refused_ids"]:
+            console.print(f"  {node} refused for good: {', '.join(a['refused_ids'])}")
+        if a["waiting_ids"]:
+            console.print(f"  {node} still in its outbox: {', '.join(a['waiting_ids'])}")
+        if a["dropped"]:
+            console.print(f"  [red]{node} dropped by its outbox's bounds: {a['dropped']}[/]")
 
 
 def _print_policy(console: Any, policy: dict[str, Any]) -> None:
@@ -457,6 +563,16 @@ def print_summary(console: Any, report: dict[str, Any]) -> None:
             "uplinked, side by side on the same broker, cluster and store"
         )
     _print_policy(console, report.get("policy") or {})
+    for fault in report.get("faults", []):
+        console.print(
+            f"  fault at {fault['t']:.0f} s: {fault['kind']} on {fault['target']}"
+            + ("" if fault.get("ok") else f" [red]NOT injected: {fault.get('error')}[/]")
+        )
+    for restart in report.get("restarts", []):
+        console.print(
+            f"  restarted at {restart['t']:.0f} s: {restart['service']} {restart['detail']}"
+        )
+    _print_account(console, report.get("account") or {})
     if report.get("interrupted"):
         console.print("  [yellow]the run was interrupted: targets are not judged[/]")
     else:

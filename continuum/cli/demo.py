@@ -29,6 +29,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from continuum.cli._demo_chaos import CUT_SITE, MIN_TAIL_S, Chaos, start_chaos
+from continuum.embedded.site_link import SiteLink
+from continuum.embedded.supervisor import Supervisor, SupervisorEvent
 from continuum.errors import ConfigError
 
 MARKER = ".continuum-demo"
@@ -50,6 +53,7 @@ class DemoOptions:
     fps: float = 20.0
     live: bool = True
     label_delay_s: float = 3.0
+    chaos: bool = False
 
 
 @dataclass
@@ -67,6 +71,32 @@ class AgentProcess:
     spec_path: Path = Path()
     labels: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+
+    def spawn(self) -> None:
+        """Start (or start again) the agent process on its config; its log is appended."""
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "edge_agent", "run", "--config", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    @property
+    def outbox(self) -> Path:
+        """The agent's durable outbox (under the state dir its config names)."""
+        return self.config.parent / "state" / "outbox.sqlite3"
+
+    def is_running(self) -> bool:
+        """Whether the agent process runs."""
+        return self.process is not None and self.process.poll() is None
+
+    def describe_exit(self) -> str:
+        """Say how the process ended, for the supervisor's log."""
+        code = None if self.process is None else self.process.returncode
+        if code is not None and code < 0:
+            return f"was killed by signal {signal.Signals(-code).name}"
+        return f"exited with code {code}"
 
 
 @dataclass
@@ -139,6 +169,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--no-live", action="store_true", help="print progress lines instead of a live table"
     )
+    parser.add_argument(
+        "--chaos",
+        action="store_true",
+        help="attack and fault the run while it goes: garbage on every topic of the tenant "
+        "(with its own credential), an edge agent SIGKILL, a broker SIGKILL, an ingest actor "
+        "kill and a 30 s link cut at one site; the report accounts for every selected sample",
+    )
     parser.set_defaults(run=run)
 
 
@@ -188,6 +225,12 @@ def run(args: argparse.Namespace) -> int:
             f"--drift-at {args.drift_at:g} leaves too little of --duration {args.duration:g} to "
             "recover; make --duration at least --drift-at + 90"
         )
+    if args.chaos and args.duration < args.drift_at + MIN_TAIL_S:
+        raise ConfigError(
+            f"--chaos needs --duration of at least --drift-at + {MIN_TAIL_S:g} "
+            f"({args.drift_at + MIN_TAIL_S:g} s) for every fault to land and be recovered from, "
+            f"got {args.duration:g}"
+        )
     options = DemoOptions(
         duration_s=args.duration,
         agents=args.agents,
@@ -196,6 +239,7 @@ def run(args: argparse.Namespace) -> int:
         workdir=args.workdir,
         fps=args.fps,
         live=not args.no_live and sys.stdout.isatty(),
+        chaos=args.chaos,
     )
     report = run_demo(options)
     if report.get("interrupted"):
@@ -306,6 +350,7 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
             console=console,
             dashboard=cluster.dashboard_url,
             tenancy=tenancy,
+            embedded_broker=broker,
         )
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
@@ -322,6 +367,7 @@ def run_loop(
     console: Any,
     dashboard: str | None,
     tenancy: Any = None,
+    embedded_broker: Any = None,
 ) -> dict[str, Any]:
     """Run the loop on a broker and a Ray cluster this process is connected to.
 
@@ -330,6 +376,9 @@ def run_loop(
     drift at one of the factory's sites, watches, then stops agents and services and writes
     the report. ``tenancy`` (``_demo_tenants.Tenancy``) carries the tenants' broker
     credentials; without one (an anonymous broker) each tenant gets fresh keys and salts.
+    A supervisor restarts a crashed edge agent, and the broker when ``embedded_broker`` (the
+    ``EmbeddedBroker`` behind ``broker``) is given, as systemd and the broker's service would;
+    ``options.chaos`` faults the run on a schedule (``_demo_chaos``).
     """
     import importlib
 
@@ -363,6 +412,9 @@ def run_loop(
     lab_status: dict[str, Any] = {}
     policy: dict[str, Any] = {"file": str(tenancy.policy), "store_labels": tenancy.store_labels}
     interrupted = False
+    links: dict[str, SiteLink] = {}
+    supervisor: Supervisor | None = None
+    chaos: Chaos | None = None
     timeline.event("infrastructure up", dashboard=dashboard)
     try:
         keys = workdir / "keys"
@@ -432,7 +484,14 @@ def run_loop(
 
         timeline.stream_start = time.time()
         timeline.drift_at = timeline.stream_start + options.drift_at_s
+        if options.chaos:  # the cut site's boxes reach the broker over a link that can fail
+            links[CUT_SITE] = SiteLink(broker.host, broker.port, name=CUT_SITE).start()
         for node, site, drifted in _sites(options.agents):
+            site_broker = broker
+            if site in links:
+                site_broker = broker.model_copy(
+                    update={"host": links[site].host, "port": links[site].port}
+                )
             agents.append(
                 _start_agent(
                     workdir,
@@ -440,7 +499,7 @@ def run_loop(
                     site,
                     drifted,
                     spec_path,
-                    tenancy.broker_for(spec.tenant, broker),
+                    tenancy.broker_for(spec.tenant, site_broker),
                     options,
                     public_keys[spec.tenant],
                     timeline.drift_at,
@@ -482,13 +541,37 @@ def run_loop(
             nodes=[a.node for a in agents],
             metrics={a.node: f"http://127.0.0.1:{a.metrics_port}/metrics" for a in agents},
         )
+        supervisor = _supervise(agents, embedded_broker, timeline, console)
+        if options.chaos:
+            chaos = start_chaos(
+                options,
+                timeline,
+                console,
+                heads=heads,
+                spec=spec,
+                agents=[a for a in agents if a.tenant == spec.tenant],
+                attacker=tenancy.broker_for(spec.tenant, broker),
+                embedded_broker=embedded_broker,
+                links=links,
+            )
         controller_status = _watch(console, heads, spec.name, agents, timeline, options)
     except KeyboardInterrupt:
         interrupted = True
         console.print("[yellow]interrupted: shutting down cleanly[/]")
     finally:
         with console.status("stopping the edge agents and the cloud services"):
+            if chaos is not None:
+                chaos.stop()
+            if supervisor is not None:
+                supervisor.stop()
+            if embedded_broker is not None and not embedded_broker.running:
+                with contextlib.suppress(Exception):
+                    embedded_broker.start()  # the agents' last receipts need it
+            for link in links.values():
+                link.restore()
             _stop_agents(agents)
+            for link in links.values():
+                link.stop()
             for tenant, head in heads.items():
                 telemetry |= _collect_telemetry(head, [a for a in agents if a.tenant == tenant])
             if spec.tenant in heads:
@@ -502,9 +585,15 @@ def run_loop(
             for head in heads.values():
                 with contextlib.suppress(Exception):
                     head.stop(timeout_s=30)
+    from continuum.cli._demo_account import sample_account
     from continuum.cli._demo_report import build_report, print_summary, write_plot
 
+    account = None
     if heads:
+        account = sample_account(
+            paths.store,
+            [(a.node, a.tenant, a.pipeline, a.outbox) for a in agents],
+        )
         policy["store"] = {lab.name: world.store_evidence(paths.store, lab.tenant, lab.name)}
         policy["lab_ingest"] = lab_status
         policy["audit"] = {
@@ -529,6 +618,8 @@ def run_loop(
             "agents": [(a.node, a.site) for a in agents if a.tenant == lab.tenant],
         },
         policy=policy,
+        account=account,
+        chaos=options.chaos,
     )
     (workdir / "report.json").write_text(json.dumps(report, indent=2, default=str))
     write_plot(report, workdir / "report.png")
@@ -616,14 +707,40 @@ def _start_agent(
         spec_path=spec_path,
         labels=labels,
     )
-    with open(agent.log, "wb") as log:
-        agent.process = subprocess.Popen(
-            [sys.executable, "-m", "edge_agent", "run", "--config", str(path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    agent.spawn()
     return agent
+
+
+def _supervise(
+    agents: list[AgentProcess], broker: Any, timeline: Timeline, console: Any
+) -> Supervisor:
+    """Restart crashed agents (and the embedded broker) with backoff, noting each on the
+    timeline, as systemd's ``Restart=on-failure`` and the broker's service would."""
+
+    def on_event(event: SupervisorEvent) -> None:
+        timeline.event(event.kind, service=event.service, detail=event.detail)
+        colour = "green" if event.kind == "restarted" else "yellow"
+        delay = f"; restart in {event.delay_s:.1f} s" if event.kind != "restarted" else ""
+        console.print(
+            f"[{colour}]supervisor: {event.service} {event.kind}: {event.detail}{delay}[/]"
+        )
+
+    supervisor = Supervisor(on_event)
+    for agent in agents:
+        supervisor.watch(
+            f"edge agent {agent.node}",
+            alive=agent.is_running,
+            restart=agent.spawn,
+            describe_exit=agent.describe_exit,
+        )
+    if broker is not None:
+        supervisor.watch(
+            "mosquitto",
+            alive=lambda: broker.running,
+            restart=broker.start,
+            describe_exit=lambda: "is not running",
+        )
+    return supervisor.start()
 
 
 def _stop_agents(agents: list[AgentProcess], timeout_s: float = 20.0) -> None:
@@ -680,13 +797,6 @@ def _watch(
         last_print = 0.0
         while time.time() < end:
             time.sleep(1.0)
-            for agent in agents:
-                if agent.process is not None and agent.process.poll() is not None:
-                    console.print(
-                        f"[red]edge agent {agent.node} exited with {agent.process.returncode}; "
-                        f"see {agent.log}[/]"
-                    )
-                    agent.process = None
             try:
                 status = ray.get(controller.status.remote(), timeout=10)
                 nodes = [
