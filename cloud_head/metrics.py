@@ -75,7 +75,20 @@ class IngestMetrics:
             "continuum_ingest_labels_stored", "Delayed labels recorded", keys
         )
         self._rejected = _CumulativeCounter(
-            "continuum_ingest_rejected", "Messages rejected, by reason", (*keys, "reason")
+            "continuum_ingest_rejected",
+            "Messages refused, by reason: for good, or for now (held: their nodes resend them)",
+            (*keys, "reason"),
+        )
+        self._held = _CumulativeCounter(
+            "continuum_ingest_held",
+            "Messages refused for now (unknown node, quota, ...), acknowledged without a "
+            "receipt so their nodes keep the samples and send them again, by reason",
+            (*keys, "reason"),
+        )
+        self._refused_samples = _CumulativeCounter(
+            "continuum_ingest_samples_refused",
+            "Samples refused for good and named so in a receipt (their nodes end them), by reason",
+            (*keys, "reason"),
         )
         self._queued = Gauge(
             "continuum_ingest_queue_depth", description="Messages waiting", tag_keys=keys
@@ -88,6 +101,10 @@ class IngestMetrics:
         self._labels.update(stats.get("labels", 0), self._tags)
         for reason, count in (stats.get("rejected") or {}).items():
             self._rejected.update(count, self._tags | {"reason": str(reason)})
+        for reason, count in (stats.get("held") or {}).items():
+            self._held.update(count, self._tags | {"reason": str(reason)})
+        for reason, count in (stats.get("refused_samples") or {}).items():
+            self._refused_samples.update(count, self._tags | {"reason": str(reason)})
         self._queued.set(float(stats.get("queued", 0)), tags=self._tags)
 
 
