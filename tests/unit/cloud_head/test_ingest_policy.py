@@ -237,6 +237,13 @@ class TestBatchesThePolicyRefuses:
         finally:
             rig.close()
 
+    def test_a_fleet_registry_that_cannot_be_read_holds_the_batch(self, rig: Rig) -> None:
+        rig.fleet.close()  # its database is gone: where the node is cannot be known now
+        outcome = rig.service.handle(*message("cam-lux", range(2), operator=HASHED))
+        assert (outcome.kind, outcome.reason) == ("held", "fleet_unavailable")
+        assert outcome.ack and outcome.seq_ranges == ()  # no receipt: the node keeps them
+        assert rig.store.files(TENANT, "payments") == []
+
     def test_a_class_the_store_may_not_hold_is_refused(self, tmp_path: Path) -> None:
         rig = Rig(tmp_path)
         try:
