@@ -20,8 +20,8 @@ class TestAtomicWrite:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
     def test_text_is_written_as_utf8(self, tmp_path: Path) -> None:
-        atomic_write(tmp_path / "card.md", "Modellkarte – v2", durable=False)
-        assert (tmp_path / "card.md").read_bytes() == "Modellkarte – v2".encode()
+        atomic_write(tmp_path / "card.md", "Modellkarte für v2", durable=False)
+        assert (tmp_path / "card.md").read_bytes() == "Modellkarte für v2".encode()
 
     def test_a_failed_replace_leaves_the_old_contents_and_no_temporary(
         self, tmp_path: Path
