@@ -1,7 +1,9 @@
-"""Import a pipeline file so that refs to its functions resolve, and point errors at it.
+"""Load declarations from text and files, and point errors at where they came from.
 
-``continuum.spec.load_pipeline`` uses it; a file importable from the path imports under its
-dotted name, so ``"pipelines.digits_inspection:preprocess"`` is the same ref on the edge.
+``model_from_mapping``/``model_from_yaml`` are the one home of the ``from_dict``/``from_yaml``
+of ``PipelineSpec`` and ``ResidencyPolicy``; ``import_file`` imports a pipeline file so that
+refs to its functions resolve (a file importable from the path imports under its dotted name,
+so ``"pipelines.digits_inspection:preprocess"`` is the same ref on the edge).
 """
 
 from __future__ import annotations
@@ -11,8 +13,45 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any, TypeVar
 
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from continuum._validation import spec_error
 from continuum.errors import SpecError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def model_from_mapping(model: type[M], data: Any, *, kind: str, fix: str) -> M:
+    """Validate ``data`` as a ``model``; raise ``SpecError`` naming the field path and the fix.
+
+    Args:
+        model: the pydantic model to build, e.g. ``PipelineSpec``.
+        data: parsed YAML or JSON; anything but a mapping is refused with ``fix``.
+        kind: what the model is called in errors, with its article: ``"a pipeline spec"``.
+        fix: what to do when ``data`` is not a mapping, e.g. which example to start from.
+    """
+    if not isinstance(data, dict):
+        raise SpecError(f"{kind} is a mapping, got {type(data).__name__}", fix=fix)
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise spec_error(error, model=model) from error
+
+
+def model_from_yaml(model: type[M], text: str, *, kind: str, fix: str) -> M:
+    """Parse YAML and validate it as ``model`` (see ``model_from_mapping``).
+
+    Raises:
+        SpecError: the text is not valid YAML, or not a valid ``model``.
+    """
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise SpecError(f"not valid YAML: {error}", fix="fix the YAML syntax") from error
+    return model_from_mapping(model, data, kind=kind, fix=fix)
 
 
 def located(error: SpecError, file: Path) -> SpecError:

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, TypeAlias
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from continuum._validation import join_path, raw_message, spec_error
+from continuum._loading import model_from_mapping, model_from_yaml
+from continuum._validation import join_path, raw_message
 from continuum.errors import ConfigError, PlacementError, SpecError
 from continuum.labels import KNOWN_KEYS, PREFIX, SITE, LabelSelector
 from continuum.spec import API_VERSION, DataClass, PipelineSpec
@@ -64,6 +64,7 @@ _HASH_PREFIX: Final = "hmac-sha256:"
 _MIN_SALT_BYTES: Final = 16
 
 _EXAMPLE = "deploy/policy/residency.example.yaml"
+_KIND = "a residency policy"
 
 
 # --- the policy spec -------------------------------------------------------------------------
@@ -287,24 +288,12 @@ class ResidencyPolicy(_Spec):
     @classmethod
     def from_dict(cls, data: Any) -> ResidencyPolicy:
         """Validate a mapping; raise ``SpecError`` naming the field path and the fix."""
-        if not isinstance(data, dict):
-            raise SpecError(
-                f"a residency policy is a mapping, got {type(data).__name__}",
-                fix=f"start from {_EXAMPLE}",
-            )
-        try:
-            return cls.model_validate(data)
-        except ValidationError as error:
-            raise spec_error(error, model=cls) from error
+        return model_from_mapping(cls, data, kind=_KIND, fix=f"start from {_EXAMPLE}")
 
     @classmethod
     def from_yaml(cls, text: str) -> ResidencyPolicy:
         """Parse and validate YAML; raise ``SpecError`` on bad YAML or a bad policy."""
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            raise SpecError(f"not valid YAML: {error}", fix="fix the YAML syntax") from error
-        return cls.from_dict(data)
+        return model_from_yaml(cls, text, kind=_KIND, fix=f"start from {_EXAMPLE}")
 
     def class_policy(
         self, data_class: DataClass, tenant: str | None = None
