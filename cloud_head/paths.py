@@ -7,23 +7,16 @@ it lives apart from the actors: a command reading the registry need not import R
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cloud_head._database import parse_url
+from cloud_head.settings import REGISTRY_URL_ENV as REGISTRY_URL_ENV  # its home is settings
+from cloud_head.settings import registry_url_from_env
 
 if TYPE_CHECKING:
     from cloud_head.registry import ModelRegistry
-
-#: The model registry's database URL when none is given (unset: SQLite under the state root).
-REGISTRY_URL_ENV = "CONTINUUM_REGISTRY_URL"
-
-
-def registry_url_from_env() -> str | None:
-    """Return ``$CONTINUUM_REGISTRY_URL``, or None (SQLite under the root) if unset or empty."""
-    return os.environ.get(REGISTRY_URL_ENV) or None
 
 
 @dataclass(frozen=True)
@@ -31,7 +24,8 @@ class HeadPaths:
     """Where one tenant's cloud state lives (local paths; S3/PostgreSQL in production).
 
     ``registry_url`` is the model registry's database (``cloud_head.registry.ModelRegistry``
-    says which URLs): read from ``CONTINUUM_REGISTRY_URL`` when the paths are made, so the
+    says which URLs). ``CloudSettings.paths()`` gives it from the settings; left out, it is
+    the settings' environment's (``registry_url_from_env``) when the paths are made, so the
     actors they are handed to use the database the driver was configured with, whatever
     their own environment. ``registry_url=None`` given explicitly means SQLite under the
     root. It is left out of ``repr`` since it may hold a password.

@@ -58,8 +58,13 @@ def private_mqtt_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
 
 @pytest.fixture(autouse=True)
 def _no_operator_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep the operator's ``CONTINUUM_REGISTRY_URL`` away: no test writes to a real registry."""
+    """Keep the operator's ``CONTINUUM_REGISTRY_URL`` away: no test writes to a real registry.
+
+    Every ``CONTINUUM_CLOUD_*`` setting goes too, so no test reads the operator's cloud head.
+    """
     monkeypatch.delenv(REGISTRY_URL_ENV, raising=False)
+    for name in [n for n in os.environ if n.startswith("CONTINUUM_CLOUD_")]:
+        monkeypatch.delenv(name)
 
 
 @pytest.fixture(scope="session")

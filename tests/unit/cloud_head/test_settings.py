@@ -1,0 +1,124 @@
+"""CloudSettings: the cloud head's one source of configuration (keywords, CONTINUUM_CLOUD_*)."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+
+from cloud_head.paths import REGISTRY_URL_ENV, HeadPaths
+from cloud_head.settings import CloudSettings, ControllerSettings, registry_url_from_env
+from continuum.errors import ConfigError
+
+
+class TestFromTheEnvironment:
+    def test_variables_with_the_prefix_set_fields_and_nested_sections(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("CONTINUUM_CLOUD_TENANT", "acme")
+        monkeypatch.setenv("CONTINUUM_CLOUD_ROOT", "/srv/continuum")
+        monkeypatch.setenv("CONTINUUM_CLOUD_BROKER__PORT", "8883")
+        monkeypatch.setenv("CONTINUUM_CLOUD_CONTROLLER__TICK_INTERVAL_S", "0.5")
+        monkeypatch.setenv("CONTINUUM_CLOUD_STORE_LABELS", '{"continuum.io/jurisdiction": "LU"}')
+
+        settings = CloudSettings.load()
+
+        assert (settings.tenant, settings.root) == ("acme", Path("/srv/continuum"))
+        assert settings.broker.port == 8883
+        assert settings.controller.tick_interval_s == 0.5
+        assert settings.store_labels == {"continuum.io/jurisdiction": "LU"}
+
+    def test_keywords_win_over_the_environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("CONTINUUM_CLOUD_TENANT", "acme")
+        assert CloudSettings.load(tenant="lab").tenant == "lab"
+
+    def test_tenant_and_root_have_no_default_and_say_how_to_give_them(self) -> None:
+        settings = CloudSettings.load()
+        assert (settings.tenant, settings.root) == (None, None)
+        with pytest.raises(ConfigError, match="--tenant NAME or set CONTINUUM_CLOUD_TENANT"):
+            settings.require_tenant()
+        with pytest.raises(ConfigError, match="--root DIR or set CONTINUUM_CLOUD_ROOT"):
+            settings.require_root()
+
+    def test_every_problem_is_named_with_its_variable(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("CONTINUUM_CLOUD_INGEST_REPLICAS", "0")
+        with pytest.raises(ConfigError) as error:
+            CloudSettings.load(tenant="no/slash", controler={})
+        text = str(error.value)
+        assert "3 problem(s)" in text
+        assert "ingest_replicas (CONTINUUM_CLOUD_INGEST_REPLICAS)" in text
+        assert "tenant (CONTINUUM_CLOUD_TENANT)" in text
+        assert "controler (CONTINUUM_CLOUD_CONTROLER): unknown setting" in text
+
+    def test_every_field_has_a_description(self) -> None:
+        for model in (CloudSettings, ControllerSettings):
+            for name, info in model.model_fields.items():
+                assert info.description, f"{model.__name__}.{name} has no description"
+
+
+class TestRegistryUrl:
+    def test_the_older_variable_is_still_read(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        url = "postgresql://continuum@db:5432/models"
+        monkeypatch.setenv(REGISTRY_URL_ENV, url)
+        assert CloudSettings.load().registry_url == url
+        assert registry_url_from_env() == url
+        assert HeadPaths(Path("/state")).registry_url == url
+
+    def test_the_cloud_variable_wins_and_an_empty_one_is_unset(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv(REGISTRY_URL_ENV, "postgresql://old@db:5432/models")
+        monkeypatch.setenv("CONTINUUM_CLOUD_REGISTRY_URL", "sqlite:///srv/models.sqlite3")
+        assert CloudSettings.load().registry_url == "sqlite:///srv/models.sqlite3"
+        monkeypatch.setenv("CONTINUUM_CLOUD_REGISTRY_URL", "")
+        monkeypatch.delenv(REGISTRY_URL_ENV)
+        assert CloudSettings.load().registry_url is None
+        assert registry_url_from_env() is None
+
+    def test_a_variable_without_the_prefix_is_not_read(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("REGISTRY_URL", "sqlite:///elsewhere.sqlite3")
+        assert CloudSettings.load().registry_url is None
+        assert registry_url_from_env() is None
+
+    def test_a_bad_url_is_refused_naming_both_variables(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv(REGISTRY_URL_ENV, "mongodb://db/models")
+        with pytest.raises(ConfigError, match="CONTINUUM_CLOUD_REGISTRY_URL or "):
+            CloudSettings.load()
+
+    def test_the_paths_carry_the_settings_url_and_hide_it(self) -> None:
+        settings = CloudSettings.load(
+            root=Path("/state"), registry_url="postgresql://u:s3cret@db:5432/models"
+        )
+        paths = settings.paths()
+        assert paths == HeadPaths(Path("/state"), "postgresql://u:s3cret@db:5432/models")
+        assert "s3cret" not in repr(settings) and "s3cret" not in repr(paths)
+
+
+class TestCrossingRay:
+    def test_settings_pickle_with_the_values_the_driver_read(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("CONTINUUM_CLOUD_TENANT", "acme")
+        settings = CloudSettings.load(root=Path("/state"))
+        monkeypatch.setenv("CONTINUUM_CLOUD_TENANT", "other")  # an actor's own environment
+        assert pickle.loads(pickle.dumps(settings)) == settings
+
+
+class TestSigningKey:
+    def test_the_key_is_read_from_its_file(self, tmp_path: Path) -> None:
+        key = tmp_path / "acme.key"
+        key.write_bytes(b"-----BEGIN PRIVATE KEY-----\n")
+        assert CloudSettings.load(signing_key_file=key).signing_key() == key.read_bytes()
+
+    def test_a_missing_key_names_the_variable(self, tmp_path: Path) -> None:
+        with pytest.raises(ConfigError, match="CONTINUUM_CLOUD_SIGNING_KEY_FILE"):
+            CloudSettings.load().signing_key()
+        with pytest.raises(ConfigError, match="No such file"):
+            CloudSettings.load(signing_key_file=tmp_path / "none.key").signing_key()
