@@ -3,8 +3,10 @@
 Fed by the retained node status (the last will turns it offline) and reported state, and by
 telemetry, whose history is kept for the rollout controller and reports for
 ``telemetry_retention_s`` (default 7 days; older windows are pruned as new ones are written).
-``FleetRegistry`` is the protocol logic over SQLite; ``FleetWorker`` (in ``_fleet_mqtt``) is
-the thin MQTT runner around it.
+``FleetRegistry`` is the protocol logic; its rooms are ``_fleet_liveness`` (who is online by
+the clock, the heartbeat fast path), ``_fleet_db`` (the SQLite file, written in batches) and
+``_fleet_records`` (what it answers); ``FleetWorker`` (in ``_fleet_mqtt``) is the thin MQTT
+runner around it.
 
 No message makes the registry forget a node.  An empty status or reported message (a cleared
 retained message, or a stray publish with the tenant's credential) is counted, logged once and
@@ -36,30 +38,23 @@ back online with its next status, which the broker replays at once on resubscrib
 from __future__ import annotations
 
 import logging
-import math
-import re
-import sqlite3
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final
 
+from cloud_head._fleet_db import FleetDatabase, PendingNode, TelemetryRow
+from cloud_head._fleet_liveness import Liveness, LiveNode, heartbeat_prefix
 from cloud_head._fleet_mqtt import FleetWorker, subscriptions
+from cloud_head._fleet_records import FleetUpdate, NodeInfo, node_info
 from cloud_head._mqtt import RejectLog
 from continuum.errors import ConfigError, NotFoundError, ProtocolError
 from continuum.labels import LabelSelector
 from continuum.wire import topics
-from continuum.wire.messages import (
-    MAX_MESSAGE_BYTES,
-    NodeStatus,
-    ReportedModel,
-    ReportedState,
-    Telemetry,
-)
+from continuum.wire.messages import NodeStatus, ReportedModel, ReportedState, Telemetry
 
 if TYPE_CHECKING:
     from cloud_head.tenants import Quotas
@@ -76,132 +71,8 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS nodes (
-    node TEXT PRIMARY KEY,
-    status TEXT,
-    reported TEXT,
-    last_seen REAL NOT NULL,
-    refused TEXT
-);
-CREATE TABLE IF NOT EXISTS telemetry (
-    node TEXT NOT NULL,
-    pipeline TEXT NOT NULL,
-    ts REAL NOT NULL,
-    received_at REAL NOT NULL,
-    model_version TEXT NOT NULL,
-    payload TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS telemetry_by_node ON telemetry (node, pipeline, ts);
-CREATE INDEX IF NOT EXISTS telemetry_by_time ON telemetry (received_at);
-"""
-
-# One statement writes every pending change of a node; NULL status or reported keeps the
-# stored value, and the refused column changes only when the sixth parameter says so.
-_FLUSH_NODE = """
-INSERT INTO nodes (node, status, reported, last_seen, refused) VALUES (?1, ?2, ?3, ?4, ?5)
-ON CONFLICT (node) DO UPDATE SET
-    status = COALESCE(excluded.status, nodes.status),
-    reported = COALESCE(excluded.reported, nodes.reported),
-    last_seen = excluded.last_seen,
-    refused = CASE WHEN ?6 THEN excluded.refused ELSE nodes.refused END
-"""
-
-#: The key that ends a status as pydantic writes it (``ts`` is its last field).
-_TS_KEY: Final = b',"ts":'
-#: What may follow ``_TS_KEY`` in a heartbeat: a JSON number >= 0 and the closing brace.
-_TS_TAIL: Final = re.compile(rb"(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?\}")
-_TS_TAIL_MAX: Final = 40
 #: How long telemetry history is kept by default (``continuum fleet --help`` says it too).
 TELEMETRY_RETENTION_S: Final = 7 * 24 * 3600.0
-#: Telemetry rows written between two prunes of the history past its retention.
-_PRUNE_EVERY: Final = 1000
-
-UpdateKind = Literal["status", "reported", "telemetry", "cleared", "rejected"]
-
-
-@dataclass(frozen=True, slots=True)
-class FleetUpdate:
-    """What the registry did with one message.
-
-    ``cleared``: an empty status or reported message about a node the registry does not
-    know (e.g. ``continuum fleet remove`` clearing the retained topics of the node it
-    removed): nothing to keep, nothing done.  The same about a known node is ``rejected``
-    (``empty_status``, ``empty_reported``) and the node is kept as it was.
-    """
-
-    kind: UpdateKind
-    node: str = ""
-    reason: str = ""
-    detail: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class NodeInfo:
-    """Everything known about one node.
-
-    ``status`` is None until the node published its status (then it has no labels and counts
-    as offline); ``last_seen`` is the cloud time of the node's last message of any kind;
-    ``refused`` says why the node was not admitted (over the ``edge_nodes`` quota), else None.
-    """
-
-    node: str
-    status: NodeStatus | None
-    reported: ReportedState | None
-    last_seen: float
-    telemetry: dict[str, Telemetry] = field(default_factory=dict)
-    refused: str | None = None
-
-    @property
-    def online(self) -> bool:
-        """Whether the node's last status said it is online."""
-        return self.status is not None and self.status.online
-
-    @property
-    def labels(self) -> dict[str, str]:
-        """The node's labels (empty until its status arrived)."""
-        return dict(self.status.labels) if self.status is not None else {}
-
-    @property
-    def pipelines(self) -> list[str]:
-        """The pipelines the node's status says it runs (empty until its status arrived)."""
-        return list(self.status.pipelines) if self.status is not None else []
-
-    def model(self, pipeline: str) -> ReportedModel | None:
-        """Return the model the node reports for ``pipeline``, if any."""
-        return None if self.reported is None else self.reported.pipelines.get(pipeline)
-
-
-@dataclass(slots=True)
-class _Live:
-    """A node whose last status said online: when it was last heard of, how to spot its beat.
-
-    ``prefix`` is its last status payload up to the ``ts`` value, or None when that status was
-    not laid out as pydantic writes it (or the node is refused): then every status is parsed.
-    ``since``: when the registry began to watch it, for a node it found online in its file
-    rather than heard from (its silence is counted from then, not from before the restart).
-    """
-
-    status: NodeStatus
-    prefix: bytes | None
-    last_seen: float
-    period: float
-    since: float = 0.0
-
-
-@dataclass(slots=True)
-class _Pending:
-    """A node's changes since the last flush; None keeps the stored value.
-
-    ``beats_only``: nothing but heartbeats of a node already stored, so a plain UPDATE does.
-    """
-
-    last_seen: float
-    status: bytes | str | None = None
-    reported: str | None = None
-    refused: str | None = None
-    refused_set: bool = False
-    beats_only: bool = False
 
 
 class FleetRegistry:
@@ -242,42 +113,22 @@ class FleetRegistry:
         if not 0 < flush_interval_s <= 60:
             raise ConfigError(f"flush_interval_s must be in (0, 60], got {flush_interval_s}")
         self._quotas = quotas
-        self._retention_s = telemetry_retention_s
         self._clock = clock
         self._heartbeat_s = heartbeat_interval_s
         self._flush_s = flush_interval_s
-        # Lock order: _db_lock, then _lock.  _lock guards the memory state and is never held
-        # across SQLite work, so handle() does not wait for a flush.
+        # Lock order: self._db.lock, then _lock.  _lock guards the memory state and is never
+        # held across SQLite work, so handle() does not wait for a flush.
         self._lock = threading.Lock()
-        self._db_lock = threading.Lock()
         self._counts: Counter[str] = Counter()
         self._rejected: Counter[str] = Counter()
         self._reject_log = RejectLog(_log)
-        self._since_prune = 0
         self._status_root = topics.nodes_filter(self._tenant, "status")[: -len("+/status")]
-        self._live: dict[str, _Live] = {}
+        self._liveness = Liveness()
         self._resumed = False  # whether tick() took up the nodes stored online
-        # The live nodes of each heartbeat period, oldest last_seen first: tick() finds the
-        # silent ones at the front of each, whatever the fleet's size.
-        self._by_period: dict[float, OrderedDict[str, None]] = {}
-        self._pending: dict[str, _Pending] = {}
-        self._telemetry_rows: list[tuple[str, str, float, float, str, str]] = []
-        db_path = Path(path)
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=10000")
-        self._db.executescript(_SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(nodes)")}
-        if "refused" not in columns:  # a registry file written before quotas were enforced
-            self._db.execute("ALTER TABLE nodes ADD COLUMN refused TEXT")
-        self._admitted = {
-            row[0]
-            for row in self._db.execute(
-                "SELECT node FROM nodes WHERE status IS NOT NULL AND refused IS NULL"
-            )
-        }
+        self._pending: dict[str, PendingNode] = {}
+        self._telemetry_rows: list[TelemetryRow] = []
+        self._db = FleetDatabase(path, retention_s=telemetry_retention_s, clock=clock)
+        self._admitted = self._db.admitted()
 
     @property
     def tenant(self) -> str:
@@ -293,7 +144,7 @@ class FleetRegistry:
     def tick_interval_s(self) -> float:
         """How often ``tick()`` should run to keep the flush and offline bounds."""
         with self._lock:
-            shortest = min([self._heartbeat_s, *self._by_period])
+            shortest = min([self._heartbeat_s, *self._liveness.periods()])
         return min(self._flush_s, shortest / 4)
 
     # -- protocol --------------------------------------------------------------------------
@@ -325,26 +176,12 @@ class FleetRegistry:
         return update
 
     def _heartbeat_locked(self, node: str, payload: bytes, now: float) -> bool:
-        """Apply ``payload`` if it repeats the live node's last status but for ``ts``.
-
-        The rest of the payload was validated with that status, and the new ``ts`` is a JSON
-        number >= 0 that closes the object, so the full parse would accept it too.
-        """
-        live = self._live.get(node)  # only valid node names are keys
-        if live is None or live.prefix is None or len(payload) > MAX_MESSAGE_BYTES:
+        """Apply ``payload`` if it repeats the live node's last status but for ``ts``."""
+        if not self._liveness.beat(node, payload, now):
             return False
-        if not payload.startswith(live.prefix):
-            return False
-        tail = payload[len(live.prefix) :]
-        if len(tail) > _TS_TAIL_MAX or not _TS_TAIL.fullmatch(tail):
-            return False
-        if not math.isfinite(float(tail[:-1])):
-            return False
-        live.last_seen = now
-        self._by_period[live.period].move_to_end(node)
         pending = self._pending.get(node)
         if pending is None:  # a live node without pending changes is stored already
-            self._pending[node] = _Pending(now, payload, beats_only=True)
+            self._pending[node] = PendingNode(now, payload, beats_only=True)
         else:
             pending.last_seen, pending.status = now, payload
         return True
@@ -380,7 +217,7 @@ class FleetRegistry:
             _same_node(reported.node, node)
             with self._lock:
                 self._pending_locked(node, now).reported = reported.model_dump_json()
-                self._touch_locked(node, now)
+                self._liveness.touch(node, now)
             return FleetUpdate("reported", node=node)
         if parsed.kind == "telemetry":
             telemetry = Telemetry.from_payload(payload)
@@ -402,7 +239,7 @@ class FleetRegistry:
             with self._lock:
                 self._telemetry_rows.append(row)
                 self._pending_locked(node, now)
-                self._touch_locked(node, now)
+                self._liveness.touch(node, now)
             return FleetUpdate("telemetry", node=node)
         raise ProtocolError(
             f"the fleet registry does not take {parsed.kind} messages", reason="unexpected_topic"
@@ -426,49 +263,29 @@ class FleetRegistry:
 
     def _known(self, node: str) -> bool:
         with self._lock:
-            if node in self._pending or node in self._live or node in self._admitted:
+            if node in self._pending or node in self._liveness or node in self._admitted:
                 return True
-        with self._db_lock:
-            row = self._db.execute("SELECT 1 FROM nodes WHERE node = ?", (node,)).fetchone()
-        return row is not None
+        return self._db.exists(node)
 
     def _set_status(
         self, node: str, status: NodeStatus, payload: bytes, now: float, *, admitted: bool
     ) -> None:
-        prefix = None
-        if admitted:  # a refused node is checked again at each status: no shortcut for it
-            head, key, tail = payload.rpartition(_TS_KEY)
-            if key and _TS_TAIL.fullmatch(tail) and float(tail[:-1]) == status.ts:
-                prefix = head + key
+        # A refused node is checked again at each status: no shortcut for it.
+        prefix = heartbeat_prefix(payload, status) if admitted else None
         with self._lock:
             self._pending_locked(node, now).status = status.model_dump_json()
-            self._drop_live_locked(node)
+            self._liveness.drop(node)
             if status.online:
                 period = status.heartbeat_s or self._heartbeat_s
-                self._live[node] = _Live(status, prefix, now, period)
-                self._by_period.setdefault(period, OrderedDict())[node] = None
+                self._liveness.watch(node, LiveNode(status, prefix, now, period))
 
-    def _drop_live_locked(self, node: str) -> None:
-        live = self._live.pop(node, None)
-        if live is not None:
-            bucket = self._by_period[live.period]
-            del bucket[node]
-            if not bucket:
-                del self._by_period[live.period]
-
-    def _pending_locked(self, node: str, now: float) -> _Pending:
+    def _pending_locked(self, node: str, now: float) -> PendingNode:
         pending = self._pending.get(node)
         if pending is None:
-            pending = self._pending[node] = _Pending(now)
+            pending = self._pending[node] = PendingNode(now)
         else:
             pending.last_seen, pending.beats_only = now, False
         return pending
-
-    def _touch_locked(self, node: str, now: float) -> None:
-        live = self._live.get(node)
-        if live is not None:
-            live.last_seen = now
-            self._by_period[live.period].move_to_end(node)
 
     def _admit(self, node: str) -> str | None:
         """Check a node not admitted yet against the ``edge_nodes`` quota; return any refusal."""
@@ -520,18 +337,11 @@ class FleetRegistry:
             self._resume(now)
         silent: list[str] = []
         with self._lock:
-            for period, bucket in list(self._by_period.items()):
-                cutoff = now - 2 * period
-                while bucket:
-                    node = next(iter(bucket))
-                    live = self._live[node]
-                    if max(live.last_seen, live.since) >= cutoff:
-                        break
-                    self._drop_live_locked(node)
-                    offline = live.status.model_copy(update={"online": False})
-                    pending = self._pending_locked(node, live.last_seen)
-                    pending.status = offline.model_dump_json()
-                    silent.append(node)
+            for node, live in self._liveness.silent(now):
+                offline = live.status.model_copy(update={"online": False})
+                pending = self._pending_locked(node, live.last_seen)
+                pending.status = offline.model_dump_json()
+                silent.append(node)
             self._counts["timed_out"] += len(silent)
         if silent:
             _log.warning(
@@ -547,12 +357,8 @@ class FleetRegistry:
 
     def _resume(self, now: float) -> None:
         """Watch the nodes stored online that no message has named since the registry opened."""
-        with self._db_lock:
-            rows = self._db.execute(
-                "SELECT node, status, last_seen FROM nodes WHERE json_extract(status, '$.online')"
-            ).fetchall()
         resumed: list[tuple[str, NodeStatus, float]] = []
-        for node, status_json, last_seen in rows:
+        for node, status_json, last_seen in self._db.stored_online():
             try:
                 resumed.append((node, NodeStatus.model_validate_json(status_json), last_seen))
             except ValueError:  # written by an older version: its next status replaces it
@@ -561,63 +367,25 @@ class FleetRegistry:
             self._resumed = True
             for node, status, last_seen in resumed:
                 pending = self._pending.get(node)
-                if node in self._live or (pending is not None and pending.status is not None):
+                if node in self._liveness or (pending is not None and pending.status is not None):
                     continue  # a message named it since: that is newer than the file
                 if pending is not None:
                     last_seen = max(last_seen, pending.last_seen)
                 period = status.heartbeat_s or self._heartbeat_s
-                self._live[node] = _Live(status, None, float(last_seen), period, since=now)
-                self._by_period.setdefault(period, OrderedDict())[node] = None
+                live = LiveNode(status, None, float(last_seen), period, since=now)
+                self._liveness.watch(node, live)
 
     def _flush(self) -> None:
         """Write the pending node changes and telemetry in one transaction."""
-        with self._db_lock:
+        with self._db.lock:
             with self._lock:
                 if not self._pending and not self._telemetry_rows:
                     return
                 pending, self._pending = self._pending, {}
                 rows, self._telemetry_rows = self._telemetry_rows, []
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany(
-                    "UPDATE nodes SET status = ?, last_seen = ? WHERE node = ?",
-                    (
-                        (
-                            p.status.decode() if isinstance(p.status, bytes) else p.status,
-                            p.last_seen,
-                            node,
-                        )
-                        for node, p in pending.items()
-                        if p.beats_only
-                    ),
-                )
-                self._db.executemany(
-                    _FLUSH_NODE,
-                    (
-                        (
-                            node,
-                            p.status.decode() if isinstance(p.status, bytes) else p.status,
-                            p.reported,
-                            p.last_seen,
-                            p.refused,
-                            p.refused_set,
-                        )
-                        for node, p in pending.items()
-                        if not p.beats_only
-                    ),
-                )
-                if rows:
-                    self._db.executemany("INSERT INTO telemetry VALUES (?, ?, ?, ?, ?, ?)", rows)
-                    self._since_prune += len(rows)
-                    if self._since_prune >= _PRUNE_EVERY:
-                        self._since_prune = 0
-                        self._db.execute(
-                            "DELETE FROM telemetry WHERE received_at < ?",
-                            (self._clock() - self._retention_s,),
-                        )
-                self._db.execute("COMMIT")
+                self._db.write_locked(pending, rows)
             except BaseException:
-                self._db.execute("ROLLBACK")
                 with self._lock:  # keep what was not written; newer changes win
                     for node, p in pending.items():
                         self._pending.setdefault(node, p)
@@ -634,14 +402,10 @@ class FleetRegistry:
         With ``online`` set, only nodes whose online state equals it.
         """
         self._flush()
-        with self._db_lock:
-            rows = self._db.execute(
-                "SELECT node, status, reported, last_seen, refused FROM nodes ORDER BY node"
-            ).fetchall()
-            latest = self._latest_telemetry_locked()
+        rows, latest = self._db.nodes()
         found = []
         for row in rows:
-            info = _node_info(row, latest.get(row[0], {}))
+            info = node_info(row, latest.get(row[0], {}))
             if selector is not None and not selector.matches(info.labels):
                 continue
             if online is not None and info.online != online:
@@ -652,13 +416,8 @@ class FleetRegistry:
     def get(self, node: str) -> NodeInfo | None:
         """Return what is known about ``node``, or None if it never sent anything."""
         self._flush()
-        with self._db_lock:
-            row = self._db.execute(
-                "SELECT node, status, reported, last_seen, refused FROM nodes WHERE node = ?",
-                (node,),
-            ).fetchone()
-            latest = self._latest_telemetry_locked(node) if row is not None else {}
-        return None if row is None else _node_info(row, latest.get(node, {}))
+        row, latest = self._db.node(node)
+        return None if row is None else node_info(row, latest)
 
     def liveness(self) -> dict[str, tuple[bool, float]]:
         """Return every node's online state and last-seen time, without parsing statuses.
@@ -666,11 +425,7 @@ class FleetRegistry:
         The cheap view for watching a large fleet (how current each node is, who flipped).
         """
         self._flush()
-        with self._db_lock:
-            rows = self._db.execute(
-                "SELECT node, COALESCE(json_extract(status, '$.online'), 0), last_seen FROM nodes"
-            ).fetchall()
-        return {node: (bool(up), float(seen)) for node, up, seen in rows}
+        return self._db.liveness()
 
     def telemetry(
         self,
@@ -684,35 +439,21 @@ class FleetRegistry:
 
         ``ts`` is the edge's own timestamp of the window (Unix seconds; edges keep NTP time).
         """
-        query = "SELECT payload FROM telemetry WHERE node = ? AND pipeline = ? AND ts >= ?"
-        params: list[Any] = [node, pipeline, since_ts]
-        if model_version is not None:
-            query += " AND model_version = ?"
-            params.append(model_version)
         self._flush()
-        with self._db_lock:
-            rows = self._db.execute(query + " ORDER BY ts, rowid", params).fetchall()
-        return [Telemetry.model_validate_json(r[0]) for r in rows]
+        return self._db.telemetry(node, pipeline, since_ts, model_version)
 
     def reported_model(self, node: str, pipeline: str) -> ReportedModel | None:
         """Return the model ``node`` last reported for ``pipeline``, or None if it reported none."""
         self._flush()
-        with self._db_lock:
-            row = self._db.execute("SELECT reported FROM nodes WHERE node = ?", (node,)).fetchone()
-        if row is None or row[0] is None:
+        reported = self._db.reported(node)
+        if reported is None:
             return None
-        return ReportedState.model_validate_json(row[0]).pipelines.get(pipeline)
+        return ReportedState.model_validate_json(reported).pipelines.get(pipeline)
 
     def last_telemetry(self, node: str, pipeline: str) -> Telemetry | None:
         """Return the newest telemetry of one node and pipeline, or None if none came yet."""
         self._flush()
-        with self._db_lock:
-            row = self._db.execute(
-                "SELECT payload FROM telemetry WHERE node = ? AND pipeline = ? "
-                "ORDER BY ts DESC, rowid DESC LIMIT 1",
-                (node, pipeline),
-            ).fetchone()
-        return None if row is None else Telemetry.model_validate_json(row[0])
+        return self._db.last_telemetry(node, pipeline)
 
     def remove(self, node: str) -> int:
         """Remove ``node`` and its telemetry history, freeing its quota place; an operator's act.
@@ -728,25 +469,17 @@ class FleetRegistry:
         Raises:
             NotFoundError: the registry does not know ``node``.
         """
-        with self._db_lock:
+        with self._db.lock:
             with self._lock:
-                known = node in self._pending or node in self._live or node in self._admitted
+                known = node in self._pending or node in self._liveness or node in self._admitted
                 self._pending.pop(node, None)
-                self._drop_live_locked(node)
+                self._liveness.drop(node)
                 self._admitted.discard(node)
                 kept = [r for r in self._telemetry_rows if r[0] != node]
                 windows = len(self._telemetry_rows) - len(kept)
                 self._telemetry_rows = kept
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                rows = self._db.execute("DELETE FROM nodes WHERE node = ?", (node,)).rowcount
-                windows += self._db.execute(
-                    "DELETE FROM telemetry WHERE node = ?", (node,)
-                ).rowcount
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+            rows, stored_windows = self._db.delete_locked(node)
+            windows += stored_windows
         if not known and rows == 0:
             raise NotFoundError(
                 f"the fleet of tenant {self._tenant!r} has no node {node!r}; "
@@ -760,22 +493,18 @@ class FleetRegistry:
     def stats(self) -> dict[str, Any]:
         """Return a snapshot of the counters and the fleet size."""
         self._flush()
-        with self._db_lock:
-            total, up, refused = self._db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(json_extract(status, '$.online')), 0), "
-                "COUNT(refused) FROM nodes"
-            ).fetchone()
+        total, up, refused = self._db.counts()
         with self._lock:
             return {
-                "nodes": int(total),
-                "online": int(up),
+                "nodes": total,
+                "online": up,
                 "status": self._counts["status"],
                 "reported": self._counts["reported"],
                 "telemetry": self._counts["telemetry"],
                 "removed": self._counts["removed"],
                 "cleared": self._counts["cleared"],
                 "timed_out": self._counts["timed_out"],
-                "refused_nodes": int(refused),
+                "refused_nodes": refused,
                 "refusals": self._counts["refused"],
                 "rejected": dict(self._rejected),
             }
@@ -783,8 +512,7 @@ class FleetRegistry:
     def close(self) -> None:
         """Write what is pending and close the database."""
         self._flush()
-        with self._db_lock:
-            self._db.close()
+        self._db.close()
 
     def __enter__(self) -> FleetRegistry:
         return self
@@ -796,36 +524,6 @@ class FleetRegistry:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-    def _latest_telemetry_locked(self, node: str | None = None) -> dict[str, dict[str, Telemetry]]:
-        query = (
-            "SELECT t.node, t.pipeline, t.payload FROM telemetry t "
-            "WHERE t.rowid = (SELECT u.rowid FROM telemetry u WHERE u.node = t.node "
-            "AND u.pipeline = t.pipeline ORDER BY u.ts DESC, u.rowid DESC LIMIT 1)"
-        )
-        rows = (
-            self._db.execute(query).fetchall()
-            if node is None
-            else self._db.execute(query + " AND t.node = ?", (node,)).fetchall()
-        )
-        latest: dict[str, dict[str, Telemetry]] = {}
-        for name, pipeline, payload in rows:
-            latest.setdefault(name, {})[pipeline] = Telemetry.model_validate_json(payload)
-        return latest
-
-
-def _node_info(row: tuple[Any, ...], telemetry: dict[str, Telemetry]) -> NodeInfo:
-    node, status_json, reported_json, last_seen, refused = row
-    return NodeInfo(
-        node=node,
-        status=None if status_json is None else NodeStatus.model_validate_json(status_json),
-        reported=None
-        if reported_json is None
-        else ReportedState.model_validate_json(reported_json),
-        last_seen=float(last_seen),
-        telemetry=telemetry,
-        refused=refused,
-    )
 
 
 def removal_record(info: NodeInfo, reason: str) -> dict[str, Any]:
