@@ -1,7 +1,9 @@
 """The pipeline DSL: ``Pipeline`` collects declarations and yields a frozen ``PipelineSpec``.
 
 Declaring runs nothing: each call validates its part at once (raising ``SpecError`` with the
-field and the fix) and records it; ``pipe.spec`` assembles the whole, immutable spec.
+field and the fix) and records it; ``pipe.spec`` assembles the whole, immutable spec.  The
+spec's parts come from their private modules, not ``continuum.spec``, which imports this
+module (``load_pipeline`` finds a ``Pipeline`` in a file).
 
     pipe = Pipeline("line-7-inspection", tenant="acme", data_class="confidential")
 
@@ -17,29 +19,28 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
-from continuum._validation import check_partial, validate
-from continuum.drift import KSSpec, PSISpec
-from continuum.errors import SpecError
-from continuum.labels import TIER, LabelSelector
-from continuum.select import Policy
-from continuum.spec import (
+from continuum._data_class import DataClass
+from continuum._grammar import parse_duration, parse_rollback_rules
+from continuum._pipeline_spec import PipelineSpec
+from continuum._refs import ref_of
+from continuum._rollout_spec import RolloutSpec
+from continuum._stage_specs import (
     BackendKind,
-    DataClass,
     EdgeStageSpec,
     GateMetric,
     GateSpec,
     LabelSource,
     LabelSpec,
-    PipelineSpec,
     RetrainSpec,
-    RolloutSpec,
     TensorSchema,
     UplinkSpec,
-    parse_duration,
-    parse_rollback_rules,
     parse_trigger,
-    ref_of,
 )
+from continuum._validation import check_partial, validate
+from continuum.drift import KSSpec, PSISpec
+from continuum.errors import SpecError
+from continuum.labels import TIER, LabelSelector
+from continuum.select import Policy
 
 __all__ = ["EdgeDecorator", "Pipeline"]
 

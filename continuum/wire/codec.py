@@ -62,7 +62,7 @@ import numpy as np
 import numpy.typing as npt
 
 from continuum.errors import InputMismatchError, ProtocolError
-from continuum.spec import DataClass
+from continuum._data_class import DataClass
 from continuum.wire.topics import check_name
 
 MAGIC: Final = b"CTMW"

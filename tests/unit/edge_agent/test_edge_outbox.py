@@ -121,7 +121,9 @@ class TestDurability:
         clock = FakeClock()
         path = tmp_path / "outbox.db"
         with _open(path, clock=clock) as outbox:
-            outbox.append_feedback([FeedbackEntry("inspect", 42, 7, clock.now + 5.0)])
+            outbox.append_feedback(
+                [FeedbackEntry(pipeline="inspect", seq=42, label=7, due_at=clock.now + 5.0)]
+            )
             assert outbox.next_feedback(10) is None
         with _open(path, clock=clock) as outbox:
             assert outbox.next_feedback_due() == pytest.approx(clock.now + 5.0)
@@ -266,7 +268,9 @@ class TestBounds:
         clock = FakeClock()
         with _open(tmp_path / "outbox.db", ttl_s=60.0, clock=clock) as outbox:
             outbox.append_samples([_entry(outbox)])
-            outbox.append_feedback([FeedbackEntry("inspect", 1, 2, clock.now)])
+            outbox.append_feedback(
+                [FeedbackEntry(pipeline="inspect", seq=1, label=2, due_at=clock.now)]
+            )
             clock.now += 30.0
             fresh = _entry(outbox)
             outbox.append_samples([fresh])
@@ -364,7 +368,10 @@ class TestPartitions:
         ) as outbox:
             outbox.append_samples([_entry(outbox, pipeline="a")])  # a's partition is full
             kept = outbox.append_feedback(
-                [FeedbackEntry("a", 1, 0, 0.0), FeedbackEntry("b", 2, 0, 0.0)]
+                [
+                    FeedbackEntry(pipeline="a", seq=1, label=0, due_at=0.0),
+                    FeedbackEntry(pipeline="b", seq=2, label=0, due_at=0.0),
+                ]
             )
             stats = outbox.stats()
         assert kept == 1
@@ -376,7 +383,7 @@ class TestPartitions:
         with _open(path) as outbox:  # written without partitions, as before they existed
             outbox.append_samples([_entry(outbox, pipeline="a") for _ in range(3)])
             outbox.append_samples([_entry(outbox, pipeline="b") for _ in range(2)])
-            outbox.append_feedback([FeedbackEntry("b", 1, 0, 0.0)])
+            outbox.append_feedback([FeedbackEntry(pipeline="b", seq=1, label=0, due_at=0.0)])
         partitions = {"a": 3 * RECORD, "b": 3 * RECORD}
         with _open(path, max_bytes=6 * RECORD, partitions=partitions) as outbox:
             stats = outbox.stats()
@@ -414,12 +421,12 @@ class TestCheckpoints:
     def test_a_commit_never_copies_the_wal_into_the_database(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        import edge_agent.outbox as module
+        from edge_agent.outbox import _checkpoint
 
         # The background thread is held back, so only a commit could checkpoint (SQLite's
         # automatic checkpoint would, every 1,000 pages).
-        monkeypatch.setattr(module, "_CHECKPOINT_AFTER_BYTES", 1 << 40)
-        monkeypatch.setattr(module, "_CHECKPOINT_EVERY_S", 3600.0)
+        monkeypatch.setattr(_checkpoint, "CHECKPOINT_AFTER_BYTES", 1 << 40)
+        monkeypatch.setattr(_checkpoint, "CHECKPOINT_EVERY_S", 3600.0)
         path = tmp_path / "outbox.db"
         with _open(path, max_bytes=1 << 30) as outbox:
             self._append_mb(outbox, 8)
@@ -537,13 +544,13 @@ class TestReceipts:
     def test_an_outbox_of_the_previous_schema_is_migrated(self, tmp_path: Path) -> None:
         import sqlite3
 
-        import edge_agent.outbox as module
+        from edge_agent.outbox import _db
 
         path = tmp_path / "outbox.db"
         with sqlite3.connect(path) as db:  # as schema 2 made it: no sent_at columns
-            schema = module._SCHEMA.replace(",\n    sent_at        REAL", "")
+            schema = _db.SCHEMA.replace(",\n    sent_at        REAL", "")
             schema = schema.replace(",\n    sent_at     REAL", "")
-            assert schema.count("sent_at") == module._SCHEMA.count("sent_at") - 2
+            assert schema.count("sent_at") == _db.SCHEMA.count("sent_at") - 2
             db.executescript(schema)
             db.execute("INSERT INTO meta VALUES ('schema', 2)")
             db.execute("INSERT INTO meta VALUES ('seq_hi', 1000)")
@@ -572,7 +579,9 @@ class TestLabelReceipts:
     ) -> tuple[int, ...]:
         """Append labels for ``seqs``, due now; take up to ``most`` to send and have the
         broker ack them; return the seqs sent."""
-        outbox.append_feedback([FeedbackEntry("inspect", s, s % 10, clock.now) for s in seqs])
+        outbox.append_feedback(
+            [FeedbackEntry(pipeline="inspect", seq=s, label=s % 10, due_at=clock.now) for s in seqs]
+        )
         pending = outbox.next_feedback(most)
         assert pending is not None and len(pending.ids) == min(len(seqs), most)
         outbox.ack_feedback(pending.ids)
@@ -623,7 +632,9 @@ class TestLabelReceipts:
     ) -> None:
         clock = FakeClock()
         with self._open(tmp_path / "outbox.db", clock) as outbox:
-            outbox.append_feedback([FeedbackEntry("inspect", 7, 1, clock.now)])
+            outbox.append_feedback(
+                [FeedbackEntry(pipeline="inspect", seq=7, label=1, due_at=clock.now)]
+            )
             pending = outbox.next_feedback(10)  # leased: a resend on its way
             assert pending is not None
             assert outbox.confirm_feedback([(7, 7)]) == 1  # an earlier send
@@ -635,7 +646,9 @@ class TestLabelReceipts:
     def test_without_receipts_the_puback_deletes_labels(self, tmp_path: Path) -> None:
         clock = FakeClock()
         with _open(tmp_path / "outbox.db", clock=clock) as outbox:
-            outbox.append_feedback([FeedbackEntry("inspect", 7, 1, clock.now)])
+            outbox.append_feedback(
+                [FeedbackEntry(pipeline="inspect", seq=7, label=1, due_at=clock.now)]
+            )
             pending = outbox.next_feedback(10)
             assert pending is not None
             outbox.ack_feedback(pending.ids)
@@ -646,7 +659,9 @@ class TestLabelReceipts:
         clock = FakeClock()
         with self._open(tmp_path / "outbox.db", clock) as outbox:
             outbox.append_samples([_entry(outbox)])
-            outbox.append_feedback([FeedbackEntry("inspect", 7, 2**40, clock.now)])
+            outbox.append_feedback(
+                [FeedbackEntry(pipeline="inspect", seq=7, label=2**40, due_at=clock.now)]
+            )
             samples, feedback = outbox.next_samples(10, 1 << 20), outbox.next_feedback(10)
             assert samples is not None and feedback is not None
             outbox.discard_samples(samples.seqs)
@@ -659,12 +674,12 @@ class TestLabelReceipts:
     def test_an_outbox_of_the_previous_schema_is_migrated(self, tmp_path: Path) -> None:
         import sqlite3
 
-        import edge_agent.outbox as module
+        from edge_agent.outbox import _db
 
         path = tmp_path / "outbox.db"
         with sqlite3.connect(path) as db:  # as schema 3 made it: no feedback.sent_at column
-            schema = module._SCHEMA.replace(",\n    sent_at     REAL", "")
-            assert schema.count("sent_at") == module._SCHEMA.count("sent_at") - 1
+            schema = _db.SCHEMA.replace(",\n    sent_at     REAL", "")
+            assert schema.count("sent_at") == _db.SCHEMA.count("sent_at") - 1
             db.executescript(schema)
             db.execute("INSERT INTO meta VALUES ('schema', 3)")
             db.execute("INSERT INTO meta VALUES ('seq_hi', 1000)")
@@ -683,7 +698,7 @@ class TestLabelReceipts:
             assert outbox.stats().feedback == 0 and outbox.bytes_used == 0
         with sqlite3.connect(path) as db:
             schema = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-            assert schema == (module._SCHEMA_VERSION,)
+            assert schema == (_db.SCHEMA_VERSION,)
 
 
 class TestRefusedSamples:
@@ -711,8 +726,22 @@ class TestRefusedSamples:
             seqs = self._sent(outbox, 6)
             ended = outbox.refuse_samples([(seqs[0], seqs[2]), (seqs[4], seqs[4])], "policy")
             expected = [
-                RefusedRange("inspect", seqs[0], seqs[2], 3, "policy", clock.now),
-                RefusedRange("inspect", seqs[4], seqs[4], 1, "policy", clock.now),
+                RefusedRange(
+                    pipeline="inspect",
+                    first_seq=seqs[0],
+                    last_seq=seqs[2],
+                    count=3,
+                    reason="policy",
+                    refused_at=clock.now,
+                ),
+                RefusedRange(
+                    pipeline="inspect",
+                    first_seq=seqs[4],
+                    last_seq=seqs[4],
+                    count=1,
+                    reason="policy",
+                    refused_at=clock.now,
+                ),
             ]
             assert ended == expected
             assert outbox.waiting() == {"inspect": [(seqs[3], seqs[3]), (seqs[5], seqs[5])]}
@@ -740,10 +769,10 @@ class TestRefusedSamples:
     def test_the_record_of_refusals_is_bounded(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        import edge_agent.outbox as module
+        from edge_agent.outbox import _receipts
 
         assert MAX_REFUSED_ROWS >= 1000
-        monkeypatch.setattr(module, "MAX_REFUSED_ROWS", 3)
+        monkeypatch.setattr(_receipts, "MAX_REFUSED_ROWS", 3)
         with self._open(tmp_path / "outbox.db", FakeClock()) as outbox:
             seqs = self._sent(outbox, 2 * 4)
             for seq in seqs[::2]:  # four separate runs, one past the bound
@@ -753,11 +782,11 @@ class TestRefusedSamples:
     def test_an_outbox_of_schema_4_gets_its_refused_table(self, tmp_path: Path) -> None:
         import sqlite3
 
-        import edge_agent.outbox as module
+        from edge_agent.outbox import _db
 
         path = tmp_path / "outbox.db"
         with sqlite3.connect(path) as db:
-            db.executescript(module._SCHEMA)
+            db.executescript(_db.SCHEMA)
             db.execute("DROP TABLE refused")
             db.execute("INSERT INTO meta VALUES ('schema', 4)")
             db.execute("INSERT INTO meta VALUES ('seq_hi', 1000)")

@@ -1,0 +1,398 @@
+"""The frozen pydantic specs of a pipeline's stages, from the edge tensor to the gate.
+
+``TensorSchema``, ``EdgeStageSpec``, ``UplinkSpec``, ``LabelSpec``, ``TriggerSpec``,
+``RetrainSpec`` and ``GateSpec``, with the checks they share (``FrozenSpec``, ``bounded``,
+``topic_name``).  ``continuum.spec`` is their public home.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Literal, Self
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from continuum._data_class import DataClass, DataClassField
+from continuum._grammar import (
+    TRIGGER_FORMS,
+    format_duration,
+    parse_duration,
+    trigger_fields,
+)
+from continuum._refs import check_ref
+from continuum._validation import key_path, raw_message, spec_error
+from continuum.drift import DriftSpec, KSSpec, PSISpec
+from continuum.errors import ProtocolError, SpecError
+from continuum.labels import TIER, LabelSelector
+from continuum.select import PolicySpec
+from continuum.wire.topics import check_name
+
+__all__ = [
+    "BackendKind",
+    "EdgeStageSpec",
+    "FrozenSpec",
+    "GateMetric",
+    "GateSpec",
+    "LabelSource",
+    "LabelSpec",
+    "RetrainSpec",
+    "TensorSchema",
+    "TriggerSpec",
+    "UplinkSpec",
+    "bounded",
+    "parse_trigger",
+    "topic_name",
+]
+
+BackendKind = Literal["auto", "onnxruntime", "tensorrt"]
+LabelSource = Literal["delayed_feedback", "teacher", "human"]
+GateMetric = Literal["accuracy", "f1_macro"]
+
+
+class FrozenSpec(BaseModel):
+    """The base of every spec class: immutable, and an unknown key is an error."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def bounded(
+    value: float,
+    *,
+    low: float,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    example: str,
+) -> float:
+    """Return ``value`` if it lies in the interval; else raise ``SpecError`` naming it."""
+    ok = math.isfinite(value) and (value > low if low_open else value >= low)
+    if high is not None:
+        ok = ok and (value < high if high_open else value <= high)
+    if ok:
+        return value
+    left = "(" if low_open else "["
+    if high is None:
+        interval = f"{left}{low:g}, inf)"
+    else:
+        interval = f"{left}{low:g}, {high:g}{')' if high_open else ']'}"
+    raise SpecError(f"must be in {interval}, got {value!r}", fix=f"use e.g. {example}")
+
+
+def topic_name(value: str, what: str, example: str) -> str:
+    """Return ``value`` if it is a valid topic level; else raise ``SpecError`` with ``example``."""
+    try:
+        return check_name(value, what)
+    except ProtocolError as error:
+        raise SpecError(
+            f"{value!r} is not a valid {what} name (it is a topic level)",
+            fix=f"use 1-64 lowercase letters, digits, '.', '_' or '-', starting and ending "
+            f"with a letter or digit, e.g. {example!r}",
+        ) from error
+
+
+class TensorSchema(FrozenSpec):
+    """One sample's tensor: ``shape`` without the batch axis, numpy ``dtype`` name."""
+
+    shape: tuple[int, ...] = Field(description="Per-sample shape, no batch axis, e.g. (1, 8, 8).")
+    dtype: str = Field(default="float32", description="numpy dtype name, e.g. float32, uint8.")
+    fields: dict[str, DataClassField] = Field(
+        default_factory=dict, description="Data class of named fields (field-level residency)."
+    )
+
+    @field_validator("shape")
+    @classmethod
+    def _check_shape(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(d < 1 for d in value):
+            raise SpecError(
+                f"must list one or more positive sizes, got {value!r}",
+                fix="give the shape of one sample without the batch axis, e.g. (1, 8, 8)",
+            )
+        return value
+
+    @field_validator("fields")
+    @classmethod
+    def _check_field_names(cls, value: dict[str, DataClass]) -> dict[str, DataClass]:
+        # A field travels by name on the wire (codec) and becomes a store column, where the
+        # same rules as a topic level hold: check it here rather than when a frame arrives.
+        for name in value:
+            topic_name(name, "field", "patient_id")
+        return value
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _check_dtype(cls, value: object) -> str:
+        fix = "use a numpy dtype name such as float32, float16, uint8 or int64"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                dtype = np.dtype(value)  # type: ignore[call-overload]
+        except Exception as error:
+            raise SpecError(f"numpy does not know dtype {value!r}", fix=fix) from error
+        if dtype.kind not in "biuf" or not isinstance(value, str):
+            raise SpecError(f"{value!r} is not a numeric dtype name", fix=fix)
+        return str(dtype.name)
+
+    def numpy_dtype(self) -> np.dtype[Any]:
+        """Return the numpy dtype."""
+        return np.dtype(self.dtype)
+
+
+class EdgeStageSpec(FrozenSpec):
+    """Real-time inference on edge nodes: the model, its input and where it runs."""
+
+    model: str = Field(description="Model name in the registry (a topic level).")
+    backend: BackendKind = Field(
+        default="auto", description="auto prefers tensorrt, then onnxruntime."
+    )
+    input: TensorSchema
+    preprocess: str | None = Field(
+        default=None, description="Import ref 'module:qualname' or null."
+    )
+    where: LabelSelector = Field(
+        default_factory=lambda: LabelSelector({TIER: "edge"}),
+        description="Nodes that run the stage; must allow continuum.io/tier=edge.",
+    )
+    max_batch: int = Field(default=8, description="Largest micro-batch, in samples.")
+    max_wait_ms: float = Field(default=5.0, description="Longest wait to fill a micro-batch.")
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, value: str) -> str:
+        return topic_name(value, "model", "inspector")
+
+    @field_validator("preprocess")
+    @classmethod
+    def _check_preprocess(cls, value: str | None) -> str | None:
+        return None if value is None else check_ref(value, "preprocess")
+
+    @field_validator("where")
+    @classmethod
+    def _check_where(cls, value: LabelSelector) -> LabelSelector:
+        if not value.can_match(TIER, "edge"):
+            raise SpecError(
+                f"{value.root[TIER]!r} excludes edge nodes, where the edge stage runs",
+                field=key_path(TIER),
+                fix=f'use {{"{TIER}": "edge"}} or leave the key out',
+            )
+        return value
+
+    @field_validator("max_batch")
+    @classmethod
+    def _check_max_batch(cls, value: int) -> int:
+        return int(bounded(value, low=1, high=65536, example="max_batch=8"))
+
+    @field_validator("max_wait_ms")
+    @classmethod
+    def _check_max_wait(cls, value: float) -> float:
+        return bounded(value, low=0, high=60000, example="max_wait_ms=5")
+
+
+class UplinkSpec(FrozenSpec):
+    """Which edge samples go up the link (``policy``), at what rate, and the drift detector."""
+
+    policy: PolicySpec
+    budget_kbps: float | None = Field(
+        default=None, description="Link budget in kbit/s; null: unlimited."
+    )
+    drift: DriftSpec | None = Field(
+        default=None, description="Detector the edge runs; defaults to the policy's drift(...) one."
+    )
+
+    @field_validator("budget_kbps")
+    @classmethod
+    def _check_budget(cls, value: float | None) -> float | None:
+        if value is None:
+            return None
+        return bounded(value, low=0, low_open=True, example="budget_kbps=256")
+
+    @model_validator(mode="after")
+    def _one_detector(self) -> Self:
+        detectors = {d.model_dump_json(): d for d in self.policy.detectors()}
+        if self.drift is not None:
+            detectors.setdefault(self.drift.model_dump_json(), self.drift)
+        if len(detectors) > 1:
+            raise SpecError(
+                f"{len(detectors)} different drift detectors are declared; the edge runs one "
+                "per stream",
+                field="drift",
+                fix="use the same detector in select.drift(...) and uplink(drift=...)",
+            )
+        return self
+
+    @property
+    def detector(self) -> PSISpec | KSSpec | None:
+        """Return the drift detector the edge runs: ``drift``, else the policy's, else None."""
+        if self.drift is not None:
+            return self.drift
+        found = self.policy.detectors()
+        return found[0] if found else None
+
+
+class LabelSpec(FrozenSpec):
+    """Where labels for uplinked samples come from."""
+
+    source: LabelSource = "delayed_feedback"
+    teacher_model: str | None = Field(
+        default=None, description="Cloud model that labels (teacher only)."
+    )
+
+    @model_validator(mode="after")
+    def _teacher(self) -> Self:
+        if self.source == "teacher" and self.teacher_model is None:
+            raise SpecError(
+                "a teacher source needs a teacher model",
+                field="teacher_model",
+                fix='name it, e.g. label(source="teacher", teacher_model="inspector-large")',
+            )
+        if self.source != "teacher" and self.teacher_model is not None:
+            raise SpecError(
+                f"only a teacher source uses a teacher model, the source is {self.source!r}",
+                field="teacher_model",
+                fix='drop teacher_model or use source="teacher"',
+            )
+        if self.teacher_model is not None:
+            topic_name(self.teacher_model, "model", "inspector-large")
+        return self
+
+
+class TriggerSpec(FrozenSpec):
+    """When to retrain: any set condition fires; ``manual`` allows an operator to start it."""
+
+    new_samples: int | None = Field(
+        default=None, description="Fire after this many new labelled samples."
+    )
+    drift_score: float | None = Field(
+        default=None, description="Fire when an edge drift score exceeds it."
+    )
+    every_s: float | None = Field(default=None, description="Fire on this period, in seconds.")
+    manual: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return trigger_fields(value, "")
+        return value
+
+    @field_validator("new_samples")
+    @classmethod
+    def _check_new_samples(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise SpecError(f"must be at least 1, got {value}", fix='write e.g. "500 new samples"')
+        return value
+
+    @field_validator("drift_score")
+    @classmethod
+    def _check_drift(cls, value: float | None) -> float | None:
+        if value is None:
+            return None
+        return bounded(value, low=0, low_open=True, example='"drift > 0.2"')
+
+    @field_validator("every_s", mode="before")
+    @classmethod
+    def _check_every(cls, value: object) -> float | None:
+        return None if value is None else parse_duration(value, field="every_s")
+
+    @model_validator(mode="after")
+    def _fires(self) -> Self:
+        if not self.manual and self.conditions() == []:
+            raise SpecError(
+                "this trigger never fires", fix=f"set manual: true or a condition: {TRIGGER_FORMS}"
+            )
+        return self
+
+    def conditions(self) -> list[str]:
+        """Return the automatic conditions as text, e.g. ``["500 new samples"]``."""
+        found = []
+        if self.new_samples is not None:
+            found.append(f"{self.new_samples} new samples")
+        if self.drift_score is not None:
+            found.append(f"drift > {self.drift_score:g}")
+        if self.every_s is not None:
+            found.append(f"every {format_duration(self.every_s)}")
+        return found
+
+    def describe(self) -> str:
+        """Return the trigger as a ``when`` expression, e.g. ``"500 new samples or manual"``."""
+        return " or ".join([*self.conditions(), *(["manual"] if self.manual else [])])
+
+
+class RetrainSpec(FrozenSpec):
+    """Retraining on the central pools: the trainer, its trigger, resources and placement."""
+
+    trainer: str = Field(description="Import ref of the Ray Train loop, 'module:function'.")
+    trigger: TriggerSpec = TriggerSpec()
+    gpus: float = Field(default=0.0, description="GPUs per training worker.")
+    cpus: float = Field(default=1.0, description="CPUs per training worker.")
+    where: LabelSelector = Field(
+        default_factory=LabelSelector, description="Nodes the job may use; empty: any node."
+    )
+
+    @field_validator("trainer")
+    @classmethod
+    def _check_trainer(cls, value: str) -> str:
+        return check_ref(value, "trainer")
+
+    @field_validator("gpus")
+    @classmethod
+    def _check_gpus(cls, value: float) -> float:
+        return bounded(value, low=0, high=1024, example="gpus=1")
+
+    @field_validator("cpus")
+    @classmethod
+    def _check_cpus(cls, value: float) -> float:
+        return bounded(value, low=0, low_open=True, high=4096, example="cpus=2")
+
+
+class GateSpec(FrozenSpec):
+    """The evaluation gate: a candidate must beat the current model by ``min_gain``.
+
+    Both are scored on held-out recent edge samples, plus ``holdout`` (a fixed reference
+    set) when given, so a model that forgets the old distribution does not pass.
+    """
+
+    metric: GateMetric = "accuracy"
+    min_gain: float = Field(
+        default=0.0, description="Required gain on the held-out set, in [0, 1]."
+    )
+
+    holdout: str | None = Field(
+        default=None,
+        description="Import ref of a function returning a reference holdout (x, y), or null.",
+    )
+
+    @field_validator("holdout")
+    @classmethod
+    def _check_holdout(cls, value: str | None) -> str | None:
+        return None if value is None else check_ref(value, "holdout")
+
+    @field_validator("min_gain")
+    @classmethod
+    def _check_gain(cls, value: float) -> float:
+        return bounded(value, low=0, high=1, example="min_gain=0.01")
+
+
+def parse_trigger(when: str | TriggerSpec, *, field: str = "when") -> TriggerSpec:
+    """Return the trigger of ``"500 new samples"``, ``"drift > 0.2"``, ``"every 1 h"``...
+
+    Clauses combine with ``" or "``; a manual trigger is always possible.
+
+    Raises:
+        SpecError: a clause cannot be read or a value is out of range.
+    """
+    if isinstance(when, TriggerSpec):
+        return when
+    if not isinstance(when, str):
+        raise SpecError(
+            f"expected a trigger expression, got {type(when).__name__}",
+            field=field,
+            fix=f"write {TRIGGER_FORMS}",
+        )
+    try:
+        return TriggerSpec.model_validate(trigger_fields(when, field))
+    except ValidationError as error:
+        # The user wrote one string; name it rather than the TriggerSpec field inside.
+        inner = spec_error(error, model=TriggerSpec)
+        raise SpecError(f"in {when!r}: {raw_message(inner)}", field=field, fix=inner.fix) from error
