@@ -108,7 +108,7 @@ class SeenIndex:
         """Return a boolean mask: which of ``seqs`` (of one pipeline and node) were stored."""
         if len(seqs) == 0:
             return np.zeros(0, dtype=bool)
-        ordered = seqs if _ascending(seqs) else np.unique(seqs)
+        ordered = seqs if ascending(seqs) else np.unique(seqs)
         gaps = np.flatnonzero(np.diff(ordered) > _CLUSTER_GAP)
         lows = ordered[np.r_[0, gaps + 1]].tolist()
         highs = ordered[np.r_[gaps, len(ordered) - 1]].tolist()
@@ -257,7 +257,7 @@ class SeenIndex:
 def seq_runs(seqs: npt.NDArray[Any] | Iterable[int]) -> list[tuple[int, int]]:
     """Return the runs of consecutive values in ``seqs`` as (first, last), ascending."""
     values = np.asarray(seqs, dtype=np.int64)
-    ordered = values if _ascending(values) else np.unique(values)
+    ordered = values if ascending(values) else np.unique(values)
     if len(ordered) == 0:
         return []
     breaks = np.flatnonzero(np.diff(ordered) != 1)
@@ -266,6 +266,6 @@ def seq_runs(seqs: npt.NDArray[Any] | Iterable[int]) -> list[tuple[int, int]]:
     return list(zip(firsts, lasts, strict=True))
 
 
-def _ascending(seqs: npt.NDArray[np.int64]) -> bool:
+def ascending(seqs: npt.NDArray[np.int64]) -> bool:
     """Whether ``seqs`` strictly ascend (an edge batch's do): then they need no sorting."""
     return bool((seqs[1:] > seqs[:-1]).all())

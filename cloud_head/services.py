@@ -695,16 +695,20 @@ def check_deploy(
                     )
                 except PlacementError as error:
                     refused = Decision(
-                        False, error.rule or "retrain.where", str(error), "training", error.label
+                        allowed=False,
+                        rule=error.rule or "retrain.where",
+                        reason=str(error),
+                        stage="training",
+                        label=error.label,
                     )
                 else:
                     selector = dict(derived.root)
                     decisions.append(
                         Decision(
-                            True,
-                            "retrain.where",
-                            f"the training job runs with selector {derived}",
-                            "training",
+                            allowed=True,
+                            rule="retrain.where",
+                            reason=f"the training job runs with selector {derived}",
+                            stage="training",
                         )
                     )
             if refused is not None:

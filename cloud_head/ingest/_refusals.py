@@ -1,8 +1,9 @@
-"""Ingest's refusals: which are final and which temporary, the log of the temporary ones,
-and the audit records of the final ones with the ids of the samples they ended.
+"""Ingest's refusals: which are final and which temporary, and the log of the temporary ones.
 
 Why each reason is what it is, and what becomes of the samples, is told in
-``cloud_head.ingest``'s module docstring; this module is the one place that decides it.
+``cloud_head.ingest``'s package docstring; this module is the one place that decides it.
+The audit records of final refusals, with the ids of the samples they ended, are
+``cloud_head.ingest._audit``'s.
 """
 
 from __future__ import annotations
@@ -10,19 +11,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
-from continuum.wire.messages import merge_seq_ranges
-
-__all__ = [
-    "FINAL_REASONS",
-    "POLICY_REASONS",
-    "TEMPORARY_REASONS",
-    "HeldLog",
-    "PendingRefusal",
-    "is_final",
-]
+__all__ = ["FINAL_REASONS", "POLICY_REASONS", "TEMPORARY_REASONS", "HeldLog", "is_final"]
 
 #: Refusals a resend cannot turn into a store: the batch is malformed (the codec's and the
 #: topic scheme's reasons), not this tenant's or this topic's, off the pipeline's schema or
@@ -77,8 +68,6 @@ TEMPORARY_REASONS: Final = frozenset(
 #: Final refusals that are residency decisions: audited as ``POLICY_REFUSAL``, the others
 #: as ``INGEST_REFUSAL``.
 POLICY_REASONS: Final = frozenset({"policy", "policy_field"})
-#: Seq ranges in one audit record; a refusal naming more is written as several records.
-MAX_AUDIT_RANGES: Final = 1024
 #: Topics of held batches remembered for the recovery line; past this they are only counted.
 _MAX_HELD_TOPICS: Final = 10_000
 
@@ -142,59 +131,3 @@ class HeldLog:
                 time.monotonic() - started,
                 count,
             )
-
-
-@dataclass(slots=True)
-class PendingRefusal:
-    """A final refusal of one node's batches for one reason, folded until it is audited.
-
-    ``ranges`` are the refused seqs (the ids are ``node:seq``); a record holds at most
-    ``MAX_AUDIT_RANGES`` of them, so a long or scattered refusal takes several records.
-    """
-
-    node: str
-    reason: str
-    rule: str
-    detail: str
-    batches: int = 0
-    pipelines: set[str] = field(default_factory=set)
-    ranges: list[tuple[int, int]] = field(default_factory=list)
-
-    @property
-    def full(self) -> bool:
-        """Whether this record holds as many ranges as one may."""
-        return len(self.ranges) >= MAX_AUDIT_RANGES
-
-    def add(
-        self, pipeline: str, ranges: list[tuple[int, int]], *, new_batch: bool
-    ) -> list[tuple[int, int]]:
-        """Fold (part of) one refused batch in; return the ranges past this record's room,
-        for the next record."""
-        if new_batch:
-            self.batches += 1
-        self.pipelines.add(pipeline)
-        self.ranges.extend(ranges)
-        if len(self.ranges) <= MAX_AUDIT_RANGES:
-            return []
-        merged = merge_seq_ranges(self.ranges)
-        self.ranges = merged[:MAX_AUDIT_RANGES]
-        return merged[MAX_AUDIT_RANGES:]
-
-    def details(self) -> dict[str, Any]:
-        """The audit record's details: who, why, and the ids of the samples it ended."""
-        ranges = merge_seq_ranges(self.ranges)
-        return {
-            "stage": "ingest",
-            "node": self.node,
-            "reason": self.reason,
-            "final": True,
-            "rule": self.rule,
-            "detail": self.detail,
-            "batches": self.batches,
-            "pipelines": sorted(self.pipelines),
-            "samples": sum(last - first + 1 for first, last in ranges),
-            "sample_ids": [
-                f"{self.node}:{first}" if first == last else f"{self.node}:{first}-{last}"
-                for first, last in ranges
-            ],
-        }

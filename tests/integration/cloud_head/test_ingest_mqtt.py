@@ -12,9 +12,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud_head import ingest
 from cloud_head.fleet import FleetRegistry
-from cloud_head.ingest import IngestService, IngestWorker
+from cloud_head.ingest import IngestService, IngestWorker, _worker
 from cloud_head.labelling import LabelStore
 from cloud_head.store import SampleStore
 from continuum import select
@@ -307,7 +306,7 @@ class TestUnknownNodes:
             publisher.send(topics.samples(tenant, "digits", "cam-known"), known)
             wait_for(lambda: store.count(tenant, "digits") == 5, timeout_s=10.0)
             # Past the parking room the rest were held: acknowledged, with no receipt.
-            assert worker.stats()["unparked"] == 25 - ingest._MAX_PARKED
+            assert worker.stats()["unparked"] == 25 - _worker._MAX_PARKED
             assert service.stats()["rejected_total"] == 0
         finally:
             publisher.close()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -23,7 +26,7 @@ from cloud_head.ingest import (
 )
 from cloud_head.labelling import LabelStore
 from cloud_head.store import Compactor, SampleStore
-from continuum import select
+from continuum import select, wire
 from continuum.errors import ConfigError
 from continuum.spec import DataClass, EdgeStageSpec, PipelineSpec, TensorSchema, UplinkSpec
 from continuum.wire import codec, topics
@@ -371,8 +374,17 @@ class TestRejects:
         assert outcome.stored == 1
 
 
-def _reasons_in_source(module: object, pattern: str) -> set[str]:
-    return set(re.findall(pattern, inspect.getsource(module)))  # type: ignore[arg-type]
+def _sources(module: ModuleType, *, private_only: bool = False) -> list[str]:
+    """The source of ``module`` and, for a package, of its (private) modules."""
+    texts = [] if private_only else [inspect.getsource(module)]
+    for info in pkgutil.iter_modules(getattr(module, "__path__", [])):
+        if not private_only or info.name.startswith("_"):
+            texts += _sources(importlib.import_module(f"{module.__name__}.{info.name}"))
+    return texts
+
+
+def _reasons_in_source(module: ModuleType, pattern: str) -> set[str]:
+    return {reason for text in _sources(module) for reason in re.findall(pattern, text)}
 
 
 class TestWhichRefusalsAreFinal:
@@ -381,12 +393,16 @@ class TestWhichRefusalsAreFinal:
         # decision to make on purpose: a new reason must be added to one of the sets.
         assert not FINAL_REASONS & TEMPORARY_REASONS
         raised_by_wire = set()
-        for module in (codec_module, topics):
-            for line in re.findall(r"reason=([^\n]+)", inspect.getsource(module)):
+        # The codec, the topic scheme and the wire's private modules the codec is made of.
+        wire_sources = [
+            *_sources(codec_module),
+            *_sources(topics),
+            *_sources(wire, private_only=True),
+        ]
+        for text in wire_sources:
+            for line in re.findall(r"reason=([^\n]+)", text):
                 raised_by_wire |= set(re.findall(r'"([a-z_]+)"', line))
-        raised_by_ingest = _reasons_in_source(
-            ingest, r'(?:_RejectedError|_refused)\(\s*"([a-z_]+)"'
-        )
+        raised_by_ingest = _reasons_in_source(ingest, r'(?:RejectedError|refused)\(\s*"([a-z_]+)"')
         assert {"bad_magic", "truncated", "bad_topic"} <= raised_by_wire
         assert {"unknown_node", "quota", "policy_field", "schema_mismatch"} <= raised_by_ingest
         unclassified = (raised_by_wire | raised_by_ingest) - FINAL_REASONS - TEMPORARY_REASONS

@@ -10,10 +10,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from cloud_head._ingest_refusals import MAX_AUDIT_RANGES
 from cloud_head.audit import AuditAction, AuditLog
 from cloud_head.fleet import FleetRegistry
-from cloud_head.ingest import IngestService
+from cloud_head.ingest import MAX_AUDIT_RANGES, IngestService
 from cloud_head.labelling import LabelStore
 from cloud_head.store import SampleStore
 from cloud_head.tenants import Quotas
@@ -323,7 +322,7 @@ class TestBatchesThePolicyRefuses:
     def test_many_flushes_fold_into_one_summary_per_interval(self, tmp_path: Path) -> None:
         rig = Rig(tmp_path)
         try:
-            rig.service._audit_interval_s = 3600.0  # one summary for the whole test
+            rig.service._audit.interval_s = 3600.0  # one summary for the whole test
             for i in range(5):
                 rig.service.handle(*message("cam-lux", range(10 * i, 10 * i + 2), operator=HASHED))
                 rig.service.handle(*message("cam-us", range(100 + i, 101 + i)))
@@ -341,7 +340,7 @@ class TestBatchesThePolicyRefuses:
     ) -> None:
         rig = Rig(tmp_path)
         try:
-            rig.service._audit_interval_s = 3600.0
+            rig.service._audit.interval_s = 3600.0
             rig.audit_dir.write_text("a file where the audit directory should be")
             rig.service.handle(*message("cam-lux", range(2), operator=HASHED))
             rig.service.handle(*message("cam-us", range(100, 101)))

@@ -16,6 +16,7 @@ from continuum.cli import policy as policy_cli
 from continuum.errors import ConfigError, PlacementError, SpecError
 from continuum.labels import COUNTRY, JURISDICTION, SITE, TIER, LabelSelector
 from continuum.residency import (
+    Decision,
     ResidencyPolicy,
     check_pipeline,
     check_placement,
@@ -409,6 +410,26 @@ class TestUplinkPlan:
         assert plan.keep_at_edge
         assert plan.decisions[0].rule == "confidential.jurisdiction"
         assert not plan.decisions[0].allowed
+
+    def test_each_field_decision_names_its_field_and_rule_as_attributes(
+        self, policy: ResidencyPolicy
+    ) -> None:
+        spec = pipeline(data_class="internal", fields=self.FIELDS)
+        plan = uplink_plan(policy, spec, CAM_LUX_1, CLOUD_DE)
+        assert plan.decisions[0].field is None  # the samples as a whole
+        assert [d.field for d in plan.decisions[1:]] == list(self.FIELDS)
+        iban, name, amount = (plan.field_decision(f) for f in self.FIELDS)
+        assert iban is not None and iban.rule == "restricted.same_site, restricted.field_action"
+        assert name is not None
+        assert name.rule == "confidential.jurisdiction, confidential.field_action"
+        assert amount is not None and amount.rule == "internal.country"
+        assert plan.field_decision("not_in_the_schema") is None
+
+    def test_a_decision_is_built_by_keyword_only(self) -> None:
+        with pytest.raises(TypeError):
+            Decision(True, "uplink", "sent unchanged")  # type: ignore[misc]
+        made = Decision(allowed=True, rule="uplink", reason="sent unchanged", field="iban")
+        assert (made.stage, made.field, made.label) == ("placement", "iban", None)
 
     def test_hash_is_stable_per_salt_and_differs_across_tenants(self) -> None:
         one = hash_field("iban", "LU28 0019", salt=SALT)

@@ -1,0 +1,62 @@
+"""The residency policy: where data of each class may be processed and stored, and its checks.
+
+A ``ResidencyPolicy`` (YAML, validated) maps each data class, optionally per tenant, to
+constraints on node labels.  The functions here turn it into decisions at every point where
+data or work moves (DESIGN.md §6): deploy (``check_pipeline``, ``check_placement``), uplink
+(``uplink_plan``), ingest (``ingest_allows``) and training (``derive_training_selector``).
+Every ``Decision`` carries the rule (and, for a field of the sample, the field) as
+attributes and the reason in words, for the audit log.  No Ray, no MQTT.
+
+The rooms: ``_policy`` (the declared policy), ``_decision`` (a decision and a rule's
+constraints), ``_placement`` (selectors, nodes and stores), ``_uplink`` (what leaves the edge,
+field by field) and ``_pipeline`` (a pipeline's decisions stage by stage).
+"""
+
+from __future__ import annotations
+
+from continuum.residency._decision import Decision, KnownNodes
+from continuum.residency._pipeline import (
+    check_pipeline,
+    derive_training_selector,
+    explain,
+    pipeline_decisions,
+)
+from continuum.residency._placement import (
+    check_placement,
+    ingest_allows,
+    node_may_process,
+    route,
+)
+from continuum.residency._policy import (
+    ClassPolicy,
+    FieldAction,
+    PlacementRule,
+    Purpose,
+    ResidencyPolicy,
+    TenantOverride,
+    load_policy,
+)
+from continuum.residency._uplink import UplinkPlan, hash_field, uplink_plan
+
+__all__ = [
+    "ClassPolicy",
+    "Decision",
+    "FieldAction",
+    "KnownNodes",
+    "PlacementRule",
+    "Purpose",
+    "ResidencyPolicy",
+    "TenantOverride",
+    "UplinkPlan",
+    "check_pipeline",
+    "check_placement",
+    "derive_training_selector",
+    "explain",
+    "hash_field",
+    "ingest_allows",
+    "load_policy",
+    "node_may_process",
+    "pipeline_decisions",
+    "route",
+    "uplink_plan",
+]
