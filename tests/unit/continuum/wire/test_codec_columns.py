@@ -9,7 +9,7 @@ import pytest
 
 from continuum.errors import InputMismatchError, ProtocolError
 from continuum.spec import DataClass
-from continuum.wire import codec
+from continuum.wire import _layout, codec
 from continuum.wire.codec import (
     KIND_SAMPLES,
     SampleBatch,
@@ -112,7 +112,7 @@ class TestRejects:
         body = bytearray(data[15:])
         count_at = 1 + 1 + len("digits") + 1 + len("cam-1") + 1 + len("v1")
         body[count_at : count_at + 4] = (3 + extra).to_bytes(4, "little")
-        forged = codec._frame(KIND_SAMPLES, bytes(body))
+        forged = _layout.frame(KIND_SAMPLES, bytes(body))
         with pytest.raises(ProtocolError) as expected:
             decode_samples(forged)
         with pytest.raises(ProtocolError) as got:
@@ -123,7 +123,7 @@ class TestRejects:
         data = bytearray(payload(*(record(s) for s in range(3))))
         first_record = 15 + 1 + 1 + len("digits") + 1 + len("cam-1") + 1 + len("v1") + 4
         data[first_record] = 0x80
-        forged = codec._frame(KIND_SAMPLES, bytes(data[15:]))
+        forged = _layout.frame(KIND_SAMPLES, bytes(data[15:]))
         with pytest.raises(ProtocolError) as got:
             columns(forged)
         assert got.value.reason == "bad_flags"
