@@ -33,41 +33,32 @@ Deleting a tenant revokes it and archives its identity, and keeps its data:
 Given an ``AuditLog``, every change (create, quota change, credential rotation, delete) is
 appended to the tenant's own audit log inside the change: when the record cannot be written
 the change is undone (create, quota) or not made (rotate, delete), and the error says so.
+
+The quotas live in ``_tenant_quotas`` and the broker's files in ``_tenant_broker``; both
+are public through this module.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import builtins
 import fcntl
-import hashlib
-import hmac
 import json
-import os
 import secrets
 import shutil
-import signal
 import sqlite3
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING
 
+from cloud_head._tenant_broker import DEFAULT_MOSQUITTO_PASSWD as DEFAULT_MOSQUITTO_PASSWD
+from cloud_head._tenant_broker import BrokerFiles, acl_text, reload_broker
+from cloud_head._tenant_quotas import QUOTA_KINDS as QUOTA_KINDS
+from cloud_head._tenant_quotas import QuotaExceededError, QuotaKind, Quotas
 from cloud_head.audit import AuditAction
-from continuum.errors import (
-    AccessDeniedError,
-    ConfigError,
-    ContinuumError,
-    NotFoundError,
-    NotReadyError,
-    ProtocolError,
-    SpecError,
-)
+from continuum._fs import OWNER_ONLY, atomic_write
+from continuum.errors import AccessDeniedError, ConfigError, NotFoundError, ProtocolError, SpecError
 from continuum.signing import generate_keypair, key_fingerprint
 from continuum.wire import topics
 
@@ -86,15 +77,9 @@ __all__ = [
     "read_quotas",
 ]
 
-QuotaKind = Literal["edge_nodes", "samples_per_day", "training_gpu_hours"]
-QUOTA_KINDS: tuple[QuotaKind, ...] = get_args(QuotaKind)
-
-#: Where Debian's mosquitto package puts the tool; used when it is not on PATH.
-DEFAULT_MOSQUITTO_PASSWD = "/usr/bin/mosquitto_passwd"
 #: The MQTT 5 shared-subscription group that ingest workers join (DESIGN.md §5).
 INGEST_USER_PREFIX = "ingest@"
 _PASSWORD_BYTES = 32
-_SUBPROCESS_TIMEOUT_S = 10.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants (
@@ -113,74 +98,6 @@ CREATE TABLE IF NOT EXISTS deleted_tenants (
     key_fingerprint TEXT NOT NULL
 );
 """
-
-
-class QuotaExceededError(ContinuumError, RuntimeError):
-    """A tenant asked for more than its quota allows; free some or raise the quota.
-
-    Retrying does not help until the quota is raised or usage goes down.
-    """
-
-    def __init__(
-        self, tenant: str, kind: QuotaKind, *, limit: float, current: float, requested: float
-    ) -> None:
-        self.tenant = tenant
-        self.kind = kind
-        self.limit = limit
-        self.current = current
-        self.requested = requested
-        flag = "--" + kind.replace("_", "-").replace("training-gpu", "gpu")
-        needed = _number(current + requested)
-        super().__init__(
-            f"tenant {tenant!r} is over its {kind} quota: limit {_number(limit)}, current "
-            f"{_number(current)}, requested {_number(requested)}; free some, or raise the "
-            f"limit with `continuum tenant quota {tenant} {flag} {needed}`"
-        )
-
-
-def _number(value: float) -> str:
-    return f"{value:g}"
-
-
-@dataclass(frozen=True, slots=True)
-class Quotas:
-    """What a tenant may use: edge nodes enrolled, samples stored per UTC day, GPU-hours."""
-
-    edge_nodes: int = 10
-    samples_per_day: int = 1_000_000
-    training_gpu_hours: float = 100.0
-
-    def __post_init__(self) -> None:
-        for kind in QUOTA_KINDS:
-            value = getattr(self, kind)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise SpecError(
-                    f"must be a number >= 0, got {value!r}",
-                    field=f"quotas.{kind}",
-                    fix="give 0 to forbid it entirely",
-                )
-        for kind in ("edge_nodes", "samples_per_day"):
-            if not isinstance(getattr(self, kind), int):
-                raise SpecError(
-                    f"must be a whole number, got {getattr(self, kind)!r}", field=f"quotas.{kind}"
-                )
-
-    def check(self, tenant: str, kind: QuotaKind, current: float, requested: float = 1) -> None:
-        """Return if ``current + requested`` fits the ``kind`` limit, else raise.
-
-        Raises:
-            QuotaExceededError: it does not fit; the message names the limit and the fix.
-            SpecError: ``kind`` is not a quota, or a count is negative.
-        """
-        if kind not in QUOTA_KINDS:
-            raise SpecError(f"unknown quota {kind!r}", field="kind", fix=f"one of {QUOTA_KINDS}")
-        if current < 0 or requested < 0:
-            raise SpecError(f"current ({current}) and requested ({requested}) must be >= 0")
-        limit: float = getattr(self, kind)
-        if current + requested > limit:
-            raise QuotaExceededError(
-                tenant, kind, limit=limit, current=current, requested=requested
-            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,15 +203,15 @@ class TenantRegistry:
         ``user@host``); None records nothing.
         """
         self.root = Path(root)
-        self._mosquitto_passwd = mosquitto_passwd
         self._audit = audit
         self._actor = actor
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "_broker").mkdir(mode=0o750, exist_ok=True)
+        self._broker = BrokerFiles(
+            self.password_file, self.acl_file, mosquitto_passwd=mosquitto_passwd
+        )
         with self._locked():
-            for path in (self.password_file, self.acl_file):
-                if not path.exists():
-                    _write_file(path, b"", mode=0o640)
+            self._broker.create_missing()
             with closing(self._connect()) as db, db:
                 db.executescript(_SCHEMA)
 
@@ -344,28 +261,9 @@ class TenantRegistry:
         quotas = quotas if quotas is not None else Quotas()
         with self._locked(), closing(self._connect()) as db:
             self._refuse_taken(db, name)
-            directory = self.tenant_dir(name)
-            keys = directory / "keys"
-            credentials = TenantCredentials(
-                username=name,
-                password=secrets.token_urlsafe(_PASSWORD_BYTES),
-                ingest_username=ingest_username(name),
-                ingest_password=secrets.token_urlsafe(_PASSWORD_BYTES),
-            )
+            credentials = _new_credentials(name)
             try:
-                keys.mkdir(parents=True, mode=0o700)
-                private_pem, public_pem = generate_keypair()
-                _write_file(keys / "signing.key", private_pem, mode=0o600)
-                _write_file(keys / "signing.pub", public_pem, mode=0o644)
-                record = TenantRecord(
-                    name=name,
-                    created_at=time.time(),
-                    quotas=quotas,
-                    key_fingerprint=key_fingerprint(public_pem),
-                    signing_key_path=keys / "signing.key",
-                    public_key_path=keys / "signing.pub",
-                    credentials=credentials,
-                )
+                record = self._new_identity(name, quotas, credentials)
                 with db:
                     db.execute(
                         "INSERT INTO tenants VALUES (?, ?, ?, ?, ?, ?)",
@@ -378,8 +276,7 @@ class TenantRegistry:
                             record.key_fingerprint,
                         ),
                     )
-                    self._set_password(credentials.username, credentials.password)
-                    self._set_password(credentials.ingest_username, credentials.ingest_password)
+                    self._set_passwords(credentials)
                     self._audit_change(
                         name,
                         AuditAction.TENANT_CHANGE,
@@ -391,11 +288,30 @@ class TenantRegistry:
                         },
                     )
             except BaseException:
-                shutil.rmtree(directory, ignore_errors=True)
-                self._remove_passwords([credentials.username, credentials.ingest_username])
+                shutil.rmtree(self.tenant_dir(name), ignore_errors=True)
+                self._broker.remove([credentials.username, credentials.ingest_username])
                 raise
             self._write_acl()
         return record
+
+    def _new_identity(
+        self, name: str, quotas: Quotas, credentials: TenantCredentials
+    ) -> TenantRecord:
+        """Make the tenant's directory and signing key pair; return its record (not stored)."""
+        keys = self.tenant_dir(name) / "keys"
+        keys.mkdir(parents=True, mode=0o700)
+        private_pem, public_pem = generate_keypair()
+        atomic_write(keys / "signing.key", private_pem, mode=OWNER_ONLY)
+        atomic_write(keys / "signing.pub", public_pem, mode=0o644)
+        return TenantRecord(
+            name=name,
+            created_at=time.time(),
+            quotas=quotas,
+            key_fingerprint=key_fingerprint(public_pem),
+            signing_key_path=keys / "signing.key",
+            public_key_path=keys / "signing.pub",
+            credentials=credentials,
+        )
 
     def get(self, name: str) -> TenantRecord:
         """Return tenant ``name``; ``NotFoundError`` naming the known tenants if it is unknown."""
@@ -449,12 +365,7 @@ class TenantRegistry:
         at the broker's next reload (``apply_to_broker``)."""
         with self._locked():
             record = self.get(name)
-            credentials = TenantCredentials(
-                username=record.mqtt_username,
-                password=secrets.token_urlsafe(_PASSWORD_BYTES),
-                ingest_username=record.ingest_username,
-                ingest_password=secrets.token_urlsafe(_PASSWORD_BYTES),
-            )
+            credentials = _new_credentials(record.name)
             self._audit_change(
                 name,
                 AuditAction.KEY_CHANGE,
@@ -463,8 +374,7 @@ class TenantRegistry:
                     "mqtt_users": [credentials.username, credentials.ingest_username],
                 },
             )
-            self._set_password(credentials.username, credentials.password)
-            self._set_password(credentials.ingest_username, credentials.ingest_password)
+            self._set_passwords(credentials)
         return credentials
 
     def delete(self, name: str) -> Path:
@@ -489,7 +399,7 @@ class TenantRegistry:
                     "kept": ["samples", "models", "audit records", "public key"],
                 },
             )
-            self._remove_passwords([record.mqtt_username, record.ingest_username])
+            self._broker.remove([record.mqtt_username, record.ingest_username])
             deleted_at = time.time()
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(deleted_at))
             archive = self.archive_dir / f"{name}-{stamp}"
@@ -533,8 +443,8 @@ class TenantRegistry:
         with self._locked():
             tenants = self.list()
             expected = {u for t in tenants for u in (t.mqtt_username, t.ingest_username)}
-            present = set(self._password_users())
-            self._remove_passwords(sorted(present - expected))
+            present = set(self._broker.users())
+            self._broker.remove(sorted(present - expected))
             missing = sorted(expected - present)
             if missing:
                 raise ConfigError(
@@ -542,40 +452,11 @@ class TenantRegistry:
                     "with TenantRegistry.rotate_credentials (`continuum tenant rotate NAME`)"
                 )
             self._write_acl()
-        if pid is None and pid_file is not None:
-            pid = _read_pid(pid_file)
-        if pid is None:
-            return None
-        try:
-            os.kill(pid, signal.SIGHUP)
-        except ProcessLookupError as error:
-            raise NotReadyError(
-                f"no broker process with pid {pid} to reload; the files are written, start "
-                "the broker or pass its current pid"
-            ) from error
-        return pid
+        return reload_broker(pid, pid_file)
 
     def acl_text(self) -> str:
         """Return the ACL file for the current tenants (mosquitto ``acl_file`` format)."""
-        lines = [
-            "# Written by cloud_head.tenants from the tenant registry; edits are overwritten.",
-            "# Each tenant user reads and writes its own tree only; each ingest user reads",
-            "# its tenant's samples and feedback only (also through $share/ingest/...) and",
-            "# writes the receipts its nodes' outboxes wait for (nodes/+/stored).",
-            "# A user without a block here may connect but can neither read nor write.",
-        ]
-        for tenant in self.list():
-            name = tenant.name
-            lines += [
-                "",
-                f"user {tenant.mqtt_username}",
-                f"topic readwrite {topics.tenant_filter(name)}",
-                f"user {tenant.ingest_username}",
-                f"topic read {topics.pipeline_filter(name, 'samples')}",
-                f"topic read {topics.pipeline_filter(name, 'feedback')}",
-                f"topic write {topics.nodes_filter(name, 'stored')}",
-            ]
-        return "\n".join(lines) + "\n"
+        return acl_text(self.list())
 
     def _record(self, row: sqlite3.Row) -> TenantRecord:
         keys = self.root / row["name"] / "keys"
@@ -611,7 +492,7 @@ class TenantRegistry:
             )
 
     def _write_acl(self) -> None:
-        _write_file(self.acl_file, self.acl_text().encode(), mode=0o640)
+        self._broker.write_acl(self.list())
 
     def authenticate(self, name: str, password: str) -> TenantRecord:
         """Return tenant ``name`` if ``password`` is its MQTT password, else refuse.
@@ -626,14 +507,7 @@ class TenantRegistry:
             AccessDeniedError: the password is not the tenant's (or the tenant has none).
         """
         record = self.get(name)
-        stored = dict(
-            line.split(":", 1)
-            for line in (
-                self.password_file.read_text().splitlines() if self.password_file.exists() else []
-            )
-            if ":" in line
-        ).get(record.mqtt_username)
-        if stored is None or not _password_matches(stored, password):
+        if not self._broker.matches(record.mqtt_username, password):
             raise AccessDeniedError(
                 f"the credential given is not that of tenant {name!r}: give its MQTT password (the "
                 "one `continuum tenant create` or `rotate` printed) with --password-file or "
@@ -641,39 +515,9 @@ class TenantRegistry:
             )
         return record
 
-    def _password_users(self) -> builtins.list[str]:
-        text = self.password_file.read_text() if self.password_file.exists() else ""
-        return [line.split(":", 1)[0] for line in text.splitlines() if ":" in line]
-
-    def _set_password(self, user: str, password: str) -> None:
-        # -b puts the password on mosquitto_passwd's command line for a moment; only
-        # local users who can list processes could see it there.
-        self._run_passwd(["-b", str(self.password_file), user, password], what=f"set {user}")
-
-    def _remove_passwords(self, users: builtins.list[str]) -> None:
-        present = set(self._password_users())
-        for user in users:
-            if user in present:
-                self._run_passwd(["-D", str(self.password_file), user], what=f"remove {user}")
-
-    def _run_passwd(self, args: builtins.list[str], *, what: str) -> None:
-        tool = _find_mosquitto_passwd(self._mosquitto_passwd)
-        try:
-            done = subprocess.run(
-                [tool, *args],
-                capture_output=True,
-                text=True,
-                timeout=_SUBPROCESS_TIMEOUT_S,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as error:
-            raise NotReadyError(f"mosquitto_passwd did not {what} within 10 s") from error
-        if done.returncode != 0:
-            raise NotReadyError(
-                f"mosquitto_passwd could not {what} in {self.password_file} "
-                f"(exit {done.returncode}): {(done.stderr or done.stdout).strip()}"
-            )
-        os.chmod(self.password_file, 0o640)
+    def _set_passwords(self, credentials: TenantCredentials) -> None:
+        self._broker.set_password(credentials.username, credentials.password)
+        self._broker.set_password(credentials.ingest_username, credentials.ingest_password)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.db_path, timeout=10.0)
@@ -691,54 +535,11 @@ class TenantRegistry:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _find_mosquitto_passwd(executable: str | None) -> str:
-    candidates = [executable] if executable else ["mosquitto_passwd", DEFAULT_MOSQUITTO_PASSWD]
-    for candidate in candidates:
-        found = shutil.which(candidate)
-        if found:
-            return found
-    raise NotReadyError(
-        f"mosquitto_passwd not found (looked for {', '.join(candidates)}): "
-        "apt-get install mosquitto"
+def _new_credentials(name: str) -> TenantCredentials:
+    """Return fresh random passwords for tenant ``name``'s two MQTT users."""
+    return TenantCredentials(
+        username=name,
+        password=secrets.token_urlsafe(_PASSWORD_BYTES),
+        ingest_username=ingest_username(name),
+        ingest_password=secrets.token_urlsafe(_PASSWORD_BYTES),
     )
-
-
-def _read_pid(pid_file: Path) -> int:
-    try:
-        return int(Path(pid_file).read_text().strip())
-    except FileNotFoundError as error:
-        raise NotReadyError(f"broker pid file {pid_file} does not exist: is it running?") from error
-    except ValueError as error:
-        raise ConfigError(f"broker pid file {pid_file} does not hold a pid") from error
-
-
-def _write_file(path: Path, data: bytes, *, mode: int) -> None:
-    """Write ``data`` to ``path`` atomically, created with ``mode`` (never wider, even briefly)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _password_matches(stored: str, password: str) -> bool:
-    """Check ``password`` against a mosquitto password-file hash (``$7$`` or ``$6$``)."""
-    parts = stored.strip().split("$")
-    try:
-        if len(parts) == 5 and parts[1] == "7":  # $7$iterations$salt$hash: PBKDF2-SHA512
-            salt, digest = base64.b64decode(parts[3]), base64.b64decode(parts[4])
-            got = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, int(parts[2]), len(digest))
-        elif len(parts) == 4 and parts[1] == "6":  # $6$salt$hash: SHA-512 of password + salt
-            salt, digest = base64.b64decode(parts[2]), base64.b64decode(parts[3])
-            got = hashlib.sha512(password.encode() + salt).digest()
-        else:
-            return False
-    except (ValueError, binascii.Error):
-        return False
-    return hmac.compare_digest(got, digest)
