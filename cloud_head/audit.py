@@ -16,6 +16,9 @@ rewriting it also needs the key.  What the anchor cannot show is the whole file 
 by an older copy of itself (an older, validly signed head): against that, copy the signed head
 somewhere the operator cannot rewrite (WORM storage, the tenant's own system) — production
 counterpart, not done here.
+
+The chain itself (the record encoding, its hash, the signed head, ``verify``'s check) lives
+in ``_audit_chain``; this module stores and appends.
 """
 
 from __future__ import annotations
@@ -34,14 +37,19 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from continuum.errors import (
-    ArtifactError,
-    ContinuumError,
-    NotFoundError,
-    NotReadyError,
-    SpecError,
+from cloud_head._audit_chain import (
+    GENESIS_HASH,
+    VerifyResult,
+    canonical_json,
+    check_log,
+    head_message,
+    record_hash,
 )
-from continuum.signing import key_fingerprint, public_pem_of, sha256_bytes, sign, verify
+from cloud_head._audit_chain import HEAD_TAG as HEAD_TAG
+from cloud_head._audit_chain import RECORD_FORMAT as RECORD_FORMAT
+from continuum._retry import Backoff
+from continuum.errors import ContinuumError, NotFoundError, NotReadyError, SpecError
+from continuum.signing import key_fingerprint, public_pem_of, sign
 from continuum.wire.topics import check_name
 
 __all__ = [
@@ -61,17 +69,13 @@ __all__ = [
     "service_actor",
 ]
 
-#: The ``prev_hash`` of a tenant's first record.
-GENESIS_HASH = "0" * 64
-
-#: Tag and format version inside every hashed record and signed head.
-RECORD_FORMAT = "continuum-audit-v1"
-HEAD_TAG = "continuum-audit-head-v1"
-
 #: Longest accepted actor or subject; both are one line.
 MAX_FIELD_CHARS = 256
 
 _FILENAME = "audit.sqlite3"
+#: The waits between tries to open a new log another process is creating (capped, jittered).
+_LOCKED_RETRY_MIN_S = 0.005
+_LOCKED_RETRY_MAX_S = 0.05
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -161,24 +165,6 @@ class AuditRecord:
     hash: str
 
 
-@dataclass(frozen=True)
-class VerifyResult:
-    """The outcome of checking one tenant's log.
-
-    ``first_bad_seq`` is the sequence number of the first record that is missing, edited or
-    out of place (None when the log is intact, or when only the head anchor is at fault and
-    no record can be named); ``reason`` says what was found.  ``signature_checked`` is true
-    when the head anchor's signature was verified against the tenant's public key.
-    """
-
-    ok: bool
-    count: int
-    first_bad_seq: int | None
-    reason: str
-    head_hash: str | None = None
-    signature_checked: bool = False
-
-
 def default_actor() -> str:
     """Return who is asking when no service name is given: ``user@host``."""
     try:
@@ -196,56 +182,6 @@ def service_actor(name: str) -> str:
 def model_subject(pipeline: str, version: str) -> str:
     """Return the subject that names one model version in the log (``digits/v3``)."""
     return f"{check_name(pipeline, 'pipeline')}/{version}"
-
-
-def canonical_json(value: Any) -> str:
-    """Return the one JSON text of ``value``: sorted keys, no spaces, no NaN.
-
-    Raises:
-        SpecError: ``value`` is not JSON (a NaN, a set, an object).
-    """
-    try:
-        return json.dumps(
-            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        )
-    except (TypeError, ValueError) as exc:
-        raise SpecError(f"audit details must be plain JSON: {exc}", field="details") from exc
-
-
-def record_hash(
-    *,
-    seq: int,
-    ts: str,
-    tenant: str,
-    actor: str,
-    action: str,
-    subject: str,
-    details: str,
-    prev_hash: str,
-) -> str:
-    """Return the sha256 of a record's canonical encoding; ``details`` is its stored JSON text.
-
-    The details are hashed as stored, not re-parsed, so even a whitespace edit shows.
-    """
-    encoded = canonical_json(
-        {
-            "format": RECORD_FORMAT,
-            "seq": seq,
-            "ts": ts,
-            "tenant": tenant,
-            "actor": actor,
-            "action": action,
-            "subject": subject,
-            "details": details,
-            "prev_hash": prev_hash,
-        }
-    )
-    return sha256_bytes(encoded.encode())
-
-
-def head_message(tenant: str, seq: int, head_hash: str) -> bytes:
-    """Return the bytes a head anchor's signature covers."""
-    return f"{HEAD_TAG}\n{tenant}\n{seq}\n{head_hash}".encode()
 
 
 def _utc_iso(ts: float) -> str:
@@ -289,6 +225,7 @@ class _TenantLog:
         # schema answer "database is locked" at once, without SQLite's busy wait; retry
         # (both steps are idempotent) rather than fail the first append of an actor.
         deadline = time.monotonic() + timeout_s
+        backoff = Backoff(_LOCKED_RETRY_MIN_S, _LOCKED_RETRY_MAX_S)
         while True:
             try:
                 self.db.execute("PRAGMA journal_mode=WAL")
@@ -298,7 +235,7 @@ class _TenantLog:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
                     self.db.close()
                     raise
-                time.sleep(0.005)
+                time.sleep(backoff.next_delay())
 
     @contextmanager
     def transaction(self, mode: str) -> Iterator[sqlite3.Connection]:
@@ -515,7 +452,7 @@ class AuditLog:
         with log.transaction("DEFERRED") as db:  # one snapshot of records and head
             rows = db.execute("SELECT * FROM records ORDER BY seq").fetchall()
             head = db.execute("SELECT seq, hash, signature FROM head WHERE id = 1").fetchone()
-        return _check(tenant, rows, head, public_key_pem)
+        return check_log(tenant, rows, head, public_key_pem)
 
 
 @dataclass(frozen=True)
@@ -563,96 +500,4 @@ def _to_record(row: tuple[Any, ...]) -> AuditRecord:
         details=parsed if isinstance(parsed, dict) else {"value": parsed},
         prev_hash=str(prev_hash),
         hash=str(digest),
-    )
-
-
-def _check(
-    tenant: str,
-    rows: list[tuple[Any, ...]],
-    head: tuple[Any, ...] | None,
-    public_key_pem: bytes | None,
-) -> VerifyResult:
-    count = len(rows)
-
-    def bad(seq: int | None, reason: str) -> VerifyResult:
-        return VerifyResult(ok=False, count=count, first_bad_seq=seq, reason=reason)
-
-    prev = GENESIS_HASH
-    hashes: dict[int, str] = {}
-    for expected, row in enumerate(rows, start=1):
-        seq, ts, owner, actor, action, subject, details, prev_hash, stored = row
-        if not isinstance(seq, int) or not all(
-            isinstance(v, str) for v in (ts, owner, actor, action, subject, details, prev_hash)
-        ):
-            return bad(expected, f"record {expected} is malformed (a field has the wrong type)")
-        if seq != expected:
-            return bad(
-                expected,
-                f"record {expected} is missing: the record after {expected - 1} is {seq} "
-                "(removed, or the log was reordered)",
-            )
-        if owner != tenant:
-            return bad(seq, f"record {seq} belongs to tenant {owner!r}, not {tenant!r}")
-        computed = record_hash(
-            seq=seq,
-            ts=ts,
-            tenant=owner,
-            actor=actor,
-            action=action,
-            subject=subject,
-            details=details,
-            prev_hash=prev_hash,
-        )
-        if computed != stored:
-            return bad(
-                seq,
-                f"record {seq} does not match its hash: a field was edited, or the record "
-                "was moved from another position",
-            )
-        if prev_hash != prev:
-            return bad(
-                seq,
-                f"record {seq} does not chain onto record {seq - 1} (prev_hash differs): a "
-                "record before it was removed, rewritten or reordered",
-            )
-        prev = stored
-        hashes[seq] = stored
-    last = count
-    if head is None:
-        if count:
-            return bad(None, "the head anchor is missing, so a removed tail cannot be ruled out")
-        return VerifyResult(ok=True, count=0, first_bad_seq=None, reason="empty log")
-    head_seq, head_hash, signature = head
-    if not isinstance(head_seq, int) or not isinstance(head_hash, str):
-        return bad(None, "the head anchor is malformed")
-    if head_seq > last:
-        return bad(
-            last + 1,
-            f"record {last + 1} is missing: the log ends at record {last} but its head anchor "
-            f"records {head_seq} (the tail was removed)",
-        )
-    if head_seq < last:
-        return bad(
-            head_seq + 1,
-            f"record {head_seq + 1} is not covered by the head anchor (which ends at "
-            f"{head_seq}): it was added outside the audit log",
-        )
-    if head_seq and hashes[head_seq] != head_hash:
-        return bad(head_seq, f"record {head_seq}'s hash differs from the head anchor's")
-    checked = False
-    if public_key_pem is not None:
-        if signature is None:
-            return bad(None, "the head anchor is not signed, but a public key was given")
-        try:
-            verify(public_key_pem, head_message(tenant, head_seq, head_hash), signature)
-        except ArtifactError as exc:
-            return bad(None, f"the head anchor's signature does not verify: {exc}")
-        checked = True
-    return VerifyResult(
-        ok=True,
-        count=count,
-        first_bad_seq=None,
-        reason=f"{count} records intact, chain and head anchor match",
-        head_hash=head_hash,
-        signature_checked=checked,
     )
