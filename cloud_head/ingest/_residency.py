@@ -149,7 +149,7 @@ class ResidencyCheck:
                 ``fleet_unavailable`` (for now).
             DeferredError: the node is not known yet, within its grace.
         """
-        labels = self._node_labels(batch.node)
+        labels = self.node_labels(batch.node)
         if labels is None:
             self._defer_unknown(batch.node)
             raise RejectedError(
@@ -205,7 +205,7 @@ class ResidencyCheck:
                 "unknown_node", f"node {node!r} has no status in the fleet registry yet"
             )
 
-    def _node_labels(self, node: str) -> dict[str, str] | None:
+    def node_labels(self, node: str) -> dict[str, str] | None:
         """Return ``node``'s labels from the fleet registry, or None if it never sent them."""
         cached = self._labels.get(node)
         if cached is not MISSING:

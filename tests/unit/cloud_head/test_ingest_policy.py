@@ -168,6 +168,16 @@ class TestBatchesThePolicyRefuses:
         assert (outcome.reason, outcome.kind) == ("policy_field", "rejected")
         assert "must arrive hashed" in outcome.detail
 
+    def test_a_field_refusal_names_the_rule_of_that_field(self, rig: Rig) -> None:
+        dropped = rig.service.handle(*message("cam-lux", range(2), iban="LU28 0019"))
+        raw = rig.service.handle(*message("cam-lux", range(2, 3), operator="Ada"))
+        assert "(rule restricted.same_site, restricted.field_action)" in dropped.detail
+        assert "(rule confidential.jurisdiction, confidential.field_action)" in raw.detail
+        assert [r["rule"] for r in rig.audit(AuditAction.POLICY_REFUSAL)] == [
+            "restricted.same_site, restricted.field_action",
+            "confidential.jurisdiction, confidential.field_action",
+        ]
+
     def test_a_node_outside_the_processing_rule_is_refused(self, rig: Rig) -> None:
         outcome = rig.service.handle(*message("cam-us", range(1), operator=HASHED))
         assert (outcome.kind, outcome.reason) == ("rejected", "policy")
