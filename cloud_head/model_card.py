@@ -12,7 +12,6 @@ was exported.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -27,6 +26,7 @@ from cloud_head.audit import (
     VerifyResult,
     model_subject,
 )
+from continuum._fs import atomic_write
 from continuum.wire.topics import check_name
 
 if TYPE_CHECKING:
@@ -135,8 +135,19 @@ def _table(rows: Sequence[tuple[str, Any]]) -> list[str]:
 
 def render_model_card(lineage: Mapping[str, Any]) -> str:
     """Return a readable Markdown model card for a lineage from ``model_lineage``."""
-    art, data, training = lineage["artifact"], lineage["data"], lineage["training"]
-    gate, audit = lineage["gate"], lineage["audit"]
+    out = [
+        *_provenance_sections(lineage),
+        *_gate_section(lineage["gate"]),
+        *_integrity_section(lineage["artifact"]),
+        *_rollout_section(lineage["rollout_history"]),
+        *_audit_section(lineage["audit"]),
+    ]
+    return "\n".join(out) + "\n"
+
+
+def _provenance_sections(lineage: Mapping[str, Any]) -> list[str]:
+    """The title, intended use, provenance, data snapshot and training run."""
+    data, training = lineage["data"], lineage["training"]
     title = f"{lineage['pipeline']} {lineage['version']}"
     out = [
         f"# Model card: {title}",
@@ -182,27 +193,33 @@ def render_model_card(lineage: Mapping[str, Any]) -> str:
     ]
     if training.get("ray"):
         out += [f"Ray: `{_cell(training['ray'])}`", ""]
-    if gate:
-        verdict = "passed" if gate.get("passed") else "failed"
-        out += [
-            "## Evaluation gate",
-            "",
-            f"The gate **{verdict}**: {gate.get('reason', 'no reason recorded')}",
-            "",
-            *_table(
-                [
-                    ("Candidate score", gate.get("candidate_score")),
-                    ("Current model's score", gate.get("current_score")),
-                    ("Required gain", gate.get("margin")),
-                    ("Gain achieved", gate.get("gain")),
-                    ("Holdout size", gate.get("holdout_size")),
-                ]
-            ),
-            "",
-        ]
-    else:
-        out += ["## Evaluation gate", "", "No gate result recorded.", ""]
-    out += [
+    return out
+
+
+def _gate_section(gate: Mapping[str, Any]) -> list[str]:
+    if not gate:
+        return ["## Evaluation gate", "", "No gate result recorded.", ""]
+    verdict = "passed" if gate.get("passed") else "failed"
+    return [
+        "## Evaluation gate",
+        "",
+        f"The gate **{verdict}**: {gate.get('reason', 'no reason recorded')}",
+        "",
+        *_table(
+            [
+                ("Candidate score", gate.get("candidate_score")),
+                ("Current model's score", gate.get("current_score")),
+                ("Required gain", gate.get("margin")),
+                ("Gain achieved", gate.get("gain")),
+                ("Holdout size", gate.get("holdout_size")),
+            ]
+        ),
+        "",
+    ]
+
+
+def _integrity_section(art: Mapping[str, Any]) -> list[str]:
+    return [
         "## Integrity",
         "",
         *_table(
@@ -214,20 +231,23 @@ def render_model_card(lineage: Mapping[str, Any]) -> str:
             ]
         ),
         "",
-        "## Rollout history",
-        "",
     ]
-    history = lineage["rollout_history"]
-    if history:
-        out += ["| seq | time (UTC) | action | by | details |", "|---|---|---|---|---|"]
-        out += [
-            f"| {h['seq']} | {h['ts']} | {h['action']} | {_cell(h['actor'])} | "
-            f"{_cell(h['details'])} |"
-            for h in history
-        ]
-    else:
-        out.append("No rollout or rollback recorded in the audit log.")
-    out += ["", "## Audit trail", ""]
+
+
+def _rollout_section(history: Sequence[Mapping[str, Any]]) -> list[str]:
+    out = ["## Rollout history", ""]
+    if not history:
+        return [*out, "No rollout or rollback recorded in the audit log."]
+    out += ["| seq | time (UTC) | action | by | details |", "|---|---|---|---|---|"]
+    out += [
+        f"| {h['seq']} | {h['ts']} | {h['action']} | {_cell(h['actor'])} | {_cell(h['details'])} |"
+        for h in history
+    ]
+    return out
+
+
+def _audit_section(audit: Mapping[str, Any]) -> list[str]:
+    out = ["", "## Audit trail", ""]
     if audit["log"] == "absent":
         out.append("The tenant has no audit log: nothing below is backed by a verified record.")
     elif audit["verified"]:
@@ -252,16 +272,7 @@ def render_model_card(lineage: Mapping[str, Any]) -> str:
             f"{_cell(r['actor'])} | `{r['hash'][:16]}` |"
             for r in audit["records"]
         ]
-    return "\n".join(out) + "\n"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    return out
 
 
 def export_model(
@@ -304,6 +315,6 @@ def export_model(
         lineage_json=out_dir / f"{stem}.lineage.json",
         model_card_md=out_dir / f"{stem}.model-card.md",
     )
-    _write_atomic(files.lineage_json, json.dumps(lineage, indent=2, sort_keys=True) + "\n")
-    _write_atomic(files.model_card_md, render_model_card(lineage))
+    atomic_write(files.lineage_json, json.dumps(lineage, indent=2, sort_keys=True) + "\n")
+    atomic_write(files.model_card_md, render_model_card(lineage))
     return files

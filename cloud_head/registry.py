@@ -10,8 +10,6 @@ the schema is the same on both.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,8 +17,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cloud_head._database import Transaction, open_database
-from continuum.errors import NotFoundError, SpecError
-from continuum.signing import sha256_file
+from continuum._fs import atomic_write
+from continuum.errors import NotFoundError
+from continuum.signing import sha256_bytes
 
 ModelStatus = Literal["registered", "canary", "current", "retired", "rolled_back", "rejected"]
 
@@ -163,13 +162,17 @@ class ModelRegistry:
 
         ``sign(model, version, sha256) -> signature_hex`` is called with the version number
         this registration gets, so the signature binds the artifact to its version. Nothing
-        is recorded if copying or signing fails. The number is the pipeline's highest plus
-        one, read and written under the pipeline's lock, so concurrent registrations (other
-        threads, other head processes on the same database) get consecutive numbers.
+        is recorded if copying or signing fails, and the copy is the bytes that were hashed.
+        The number is the pipeline's highest plus one, read and written under the pipeline's
+        lock, so concurrent registrations (other threads, other head processes on the same
+        database) get consecutive numbers.
         """
         if not artifact.is_file():
             raise NotFoundError(f"artifact {artifact} does not exist; train or export it first")
-        digest = sha256_file(artifact)
+        # Read once: the bytes hashed (and signed) are the bytes written, even if the file
+        # changes meanwhile.
+        data = artifact.read_bytes()
+        digest = sha256_bytes(data)
 
         def record(tx: Transaction) -> str:
             rows = tx.execute(
@@ -180,14 +183,7 @@ class ModelRegistry:
             version = f"v{number}"
             target = self.root / "artifacts" / tenant / pipeline / f"{version}-{digest[:12]}.onnx"
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(".part")
-            shutil.copyfile(artifact, tmp)
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            if sha256_file(tmp) != digest:
-                tmp.unlink(missing_ok=True)
-                raise SpecError(f"artifact {artifact} changed while it was being registered")
-            os.replace(tmp, target)
+            atomic_write(target, data)
             signature = str(sign(model, version, digest))
             tx.execute(
                 "INSERT INTO model_versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
