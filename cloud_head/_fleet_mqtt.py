@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from cloud_head._mqtt import BrokerConnection, reason_code_failed
+from continuum._retry import FailureLog
 from continuum.errors import NotReadyError
 from continuum.wire import topics
 from continuum.wire.mqtt import BrokerSettings, connect, make_client, publish_and_wait
@@ -46,9 +47,10 @@ class FleetWorker:
     A plain (not shared) subscription, because the broker only replays retained status and
     reported state to plain subscriptions; every replica sees every node.  A named thread
     calls the registry's ``tick()`` (flush, silent nodes offline) every ``tick_interval_s``,
-    with or without a broker.  The worker's own connection is reported, not hidden: ``stats()``
-    carries ``connected``, ``disconnected_since`` and ``disconnects``, and the loss and the
-    recovery are logged once each.
+    with or without a broker; a failing tick (a locked or full disk) is logged when it starts
+    and when it ends, not at every tick.  The worker's own connection is reported, not hidden:
+    ``stats()`` carries ``connected``, ``disconnected_since`` and ``disconnects``, and the loss
+    and the recovery are logged once each.
     """
 
     def __init__(
@@ -63,6 +65,8 @@ class FleetWorker:
         self._link = BrokerConnection(_log, f"fleet {self._client_id}")
         self._stopping = threading.Event()
         self._ticker: threading.Thread | None = None
+        # Every tick retries (each tick_interval_s); the log says when it starts and ends.
+        self._tick_failures = FailureLog(f"fleet registry tick of {registry.tenant}", _log)
 
     @property
     def connected(self) -> bool:
@@ -148,8 +152,11 @@ class FleetWorker:
             stopping = self._stopping.wait(self._registry.tick_interval_s)
             try:
                 self._registry.tick()
-            except Exception:  # e.g. a locked or full disk: log, keep the changes, try again
-                _log.exception("fleet registry tick failed; retrying")
+            except Exception as exc:  # e.g. a locked or full disk: keep the changes, try again
+                _log.debug("fleet registry tick failed", exc_info=True)
+                self._tick_failures.failed(f"{type(exc).__name__}: {exc}")
+            else:
+                self._tick_failures.recovered()
             if stopping:
                 return
 

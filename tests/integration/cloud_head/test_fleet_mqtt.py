@@ -262,3 +262,32 @@ class TestBrokerDeath:
             edges.close()
             worker.stop()
             registry.close()
+
+
+class TestTickFailures:
+    """A tick that keeps failing (the registry cannot write its file) is logged once."""
+
+    def test_a_failing_tick_is_logged_once_not_at_every_tick(
+        self, tmp_path: Path, mqtt_broker: EmbeddedBroker, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.DEBUG, logger="cloud_head.fleet")
+        tenant = f"it-{uuid.uuid4().hex[:8]}"
+        registry = FleetRegistry(tenant, tmp_path / "fleet.db", flush_interval_s=0.05)
+        worker = FleetWorker(registry, BrokerSettings(host=mqtt_broker.host, port=mqtt_broker.port))
+        try:
+            worker.start()
+            wait_for(lambda: worker.connected)
+            registry.close()  # from now on each tick's flush fails: its file is closed
+            update = registry.handle(
+                topics.node_status(tenant, "cam-1"), status(tenant, "cam-1", True)
+            )
+            assert update.kind == "status"  # kept in memory, to be written by the next tick
+            time.sleep(30 * registry.tick_interval_s)
+        finally:
+            worker.stop()
+        failed = [r for r in caplog.records if "tick" in r.getMessage()]
+        assert len(failed) > 10, "the ticks did not fail: the test proved nothing"
+        warned = [r for r in failed if r.levelno >= logging.WARNING]
+        assert len(warned) == 1, [r.getMessage() for r in warned]
+        assert f"fleet registry tick of {tenant} failed" in warned[0].getMessage()
+        assert "closed database" in warned[0].getMessage()
