@@ -1,8 +1,13 @@
-"""Small process and port helpers shared by the embedded broker and Ray cluster."""
+"""Small process, session and port helpers shared by the embedded broker and Ray cluster."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 _LOG_TAIL_LINES = 20
@@ -37,3 +42,50 @@ def log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
 def tail_lines(text: str, lines: int = _LOG_TAIL_LINES) -> str:
     """Return the last ``lines`` lines of ``text`` (a log, or one attempt's part of it)."""
     return "\n".join(text.splitlines()[-lines:])
+
+
+def signal_group(pgid: int, sig: signal.Signals) -> None:
+    """Send ``sig`` to process group ``pgid``, if it still exists."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
+
+
+def session_members(session_ids: Sequence[int]) -> list[int]:
+    """Return the pids of live processes whose session id is one of ``session_ids``."""
+    wanted = set(session_ids)
+    members: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Fields after the parenthesised command: state ppid pgrp session ...
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 3 and fields[0] != "Z" and int(fields[3]) in wanted:
+            members.append(int(entry.name))
+    return members
+
+
+def kill_sessions(session_ids: Sequence[int], timeout_s: float) -> None:
+    """SIGKILL every process of the sessions ``session_ids`` until none is left or time is up.
+
+    A session outlives its leader: raylet children of a ``ray start`` that has exited still
+    carry its session id, so they are found by it (Linux ``/proc``), never by name.
+    """
+    if not session_ids:
+        return
+    if not Path("/proc/self/stat").exists():  # not Linux: the process groups must do
+        for sid in session_ids:
+            signal_group(sid, signal.SIGKILL)
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        members = session_members(session_ids)
+        if not members or time.monotonic() > deadline:
+            return
+        for pid in members:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)

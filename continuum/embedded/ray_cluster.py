@@ -20,7 +20,6 @@ import contextlib
 import importlib
 import logging
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -29,14 +28,38 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-from continuum.embedded._process import free_port, port_accepts, tail_lines
+from continuum.embedded._process import (
+    free_port,
+    kill_sessions,
+    port_accepts,
+    signal_group,
+    tail_lines,
+)
+from continuum.embedded._ray_node import (
+    NodeProcess,
+    NodeSpec,
+    RayNodeInfo,
+    check_labels,
+    ray_start_args,
+)
 from continuum.errors import ConfigError, NotReadyError, OperationTimeoutError
 from continuum.labels import SITE, TIER
+
+__all__ = [
+    "DEFAULT_EDGE_NODES",
+    "DEFAULT_HEAD_LABELS",
+    "MAX_TEMP_DIR_CHARS",
+    "START_ATTEMPTS",
+    "AuthMode",
+    "LocalRayCluster",
+    "RayNodeInfo",
+    "check_labels",
+    "find_ray_cli",
+]
 
 AuthMode = Literal["token", "disabled"]
 
@@ -54,77 +77,6 @@ START_ATTEMPTS = 2
 #: Ray puts unix sockets at ``{temp_dir}/session_<date>_<time>_<us>_<pid>/sockets/plasma_store.N``;
 #: that suffix is about 66 characters and Linux allows 107, so the temp dir must stay short.
 MAX_TEMP_DIR_CHARS = 40
-
-_LABEL_PART = r"[a-zA-Z0-9]([a-zA-Z0-9_.-]{0,61}[a-zA-Z0-9])?"
-_LABEL_VALUE = re.compile(rf"^{_LABEL_PART}$")
-_LABEL_PREFIX = re.compile(rf"^{_LABEL_PART}(\.{_LABEL_PART})*$")
-
-
-@dataclass(frozen=True)
-class RayNodeInfo:
-    """One node this cluster started: its name, labels, CPUs, ports and log."""
-
-    name: str
-    labels: Mapping[str, str]
-    num_cpus: int
-    metrics_export_port: int
-    log_path: Path
-    pid: int
-
-
-@dataclass(frozen=True)
-class _NodeSpec:
-    """What one node is started as; each attempt at it is launched from this."""
-
-    name: str
-    labels: Mapping[str, str]
-    num_cpus: int
-    head: bool
-
-
-@dataclass
-class _NodeProcess:
-    """One attempt at starting a node: its ``ray start`` process and where its log begins."""
-
-    spec: _NodeSpec
-    info: RayNodeInfo
-    process: subprocess.Popen[bytes]
-    attempt: int
-    #: Where this attempt's output begins in the node's log (an earlier attempt wrote before).
-    log_offset: int
-    started_at: float = field(default_factory=time.monotonic)
-
-    def output(self) -> str:
-        """Return what this attempt has written to the node's log so far."""
-        with contextlib.suppress(FileNotFoundError), self.info.log_path.open("rb") as fh:
-            fh.seek(self.log_offset)
-            return fh.read().decode(errors="replace")
-        return ""
-
-
-def check_labels(labels: Mapping[str, str], where: str) -> dict[str, str]:
-    """Return ``labels`` as a dict if every key and value is a valid Ray node label.
-
-    Raises:
-        ConfigError: a key or value breaks Ray's (Kubernetes-style) label syntax.
-    """
-    checked: dict[str, str] = {}
-    for key, value in labels.items():
-        prefix, _, name = key.rpartition("/")
-        if (prefix and (len(prefix) > 253 or not _LABEL_PREFIX.match(prefix))) or not (
-            len(name) <= 63 and _LABEL_VALUE.match(name)
-        ):
-            raise ConfigError(
-                f"{where}: invalid label key {key!r}: use an optional DNS prefix and '/', then "
-                "1-63 letters, digits, '-', '_' or '.', e.g. 'continuum.io/tier'"
-            )
-        if len(value) > 63 or not _LABEL_VALUE.match(value):
-            raise ConfigError(
-                f"{where}: invalid value {value!r} for label {key!r}: use 1-63 letters, digits, "
-                "'-', '_' or '.', starting and ending with a letter or digit"
-            )
-        checked[key] = value
-    return checked
 
 
 def find_ray_cli() -> str:
@@ -199,7 +151,7 @@ class LocalRayCluster:
         self._owns_temp_dir = False
         self._gcs_port: int | None = None
         self._dashboard_port: int | None = None
-        self._nodes: list[_NodeProcess] = []
+        self._nodes: list[NodeProcess] = []
         self._connected = False
 
     # -- what callers read -------------------------------------------------------------
@@ -273,9 +225,9 @@ class LocalRayCluster:
         self._prepare_temp_dir()
         self._ensure_token()
         self._env = self._process_env()
-        head_spec = _NodeSpec("head", self.head_labels, self.head_cpus, head=True)
+        head_spec = NodeSpec("head", self.head_labels, self.head_cpus, head=True)
         edge_specs = [
-            _NodeSpec(f"edge-{index}", labels, self.edge_cpus, head=False)
+            NodeSpec(f"edge-{index}", labels, self.edge_cpus, head=False)
             for index, labels in enumerate(self.edge_nodes)
         ]
         try:
@@ -354,14 +306,14 @@ class LocalRayCluster:
             self._connected = False
         sessions = [node.process.pid for node in self._nodes]
         for node in self._nodes:
-            _signal_group(node.process.pid, signal.SIGTERM)
+            signal_group(node.process.pid, signal.SIGTERM)
         deadline = time.monotonic() + self.stop_timeout_s
         for node in self._nodes:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 node.process.wait(timeout=max(0.0, deadline - time.monotonic()))
         # Whatever is left of our sessions (the ray start process, raylet children that
         # outlived it) is killed; other sessions are never touched.
-        _kill_sessions(sessions, timeout_s=self.stop_timeout_s)
+        kill_sessions(sessions, timeout_s=self.stop_timeout_s)
         for node in self._nodes:
             if node.process.poll() is None:
                 node.process.kill()
@@ -438,34 +390,18 @@ class LocalRayCluster:
         env.setdefault("RAY_worker_maximum_startup_concurrency", str(_STARTUP_CONCURRENCY))
         return env
 
-    def _launch(self, spec: _NodeSpec, *, attempt: int = 1) -> _NodeProcess:
+    def _launch(self, spec: NodeSpec, *, attempt: int = 1) -> NodeProcess:
         """Start one attempt at ``spec``'s node (``ray start --block`` in its own session)."""
         assert self._temp_dir is not None
         name, labels, num_cpus, head = spec.name, spec.labels, spec.num_cpus, spec.head
         metrics_port = free_port()
-        args = [
-            self._ray_cli,
-            "start",
-            "--block",
-            "--node-ip-address=127.0.0.1",
-            f"--node-name={name}",
-            f"--temp-dir={self._temp_dir}",
-            f"--num-cpus={num_cpus}",
-            "--num-gpus=0",
-            f"--object-store-memory={self.object_store_bytes}",
-            # 0/0: workers bind random ports instead of a range other clusters share.
-            "--min-worker-port=0",
-            "--max-worker-port=0",
-            f"--dashboard-agent-listen-port={free_port()}",
-            f"--dashboard-agent-grpc-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}",
-            f"--metrics-export-port={metrics_port}",
-            "--disable-usage-stats",
-            "--log-style=record",
-            "--log-color=false",
-        ]
-        if labels:
-            args.append("--labels=" + ",".join(f"{k}={v}" for k, v in labels.items()))
+        args = ray_start_args(
+            spec,
+            ray_cli=self._ray_cli,
+            temp_dir=self._temp_dir,
+            object_store_bytes=self.object_store_bytes,
+            metrics_port=metrics_port,
+        )
         if head:
             self._gcs_port = free_port()
             dashboard_port = free_port()
@@ -498,7 +434,7 @@ class LocalRayCluster:
                 # Own session: stop() signals exactly this node's processes.
                 start_new_session=True,
             )
-        node = _NodeProcess(
+        node = NodeProcess(
             spec=spec,
             attempt=attempt,
             log_offset=offset,
@@ -515,7 +451,7 @@ class LocalRayCluster:
         self._nodes.append(node)
         return node
 
-    def _wait_started(self, node: _NodeProcess, *, until_gcs: bool = False) -> None:
+    def _wait_started(self, node: NodeProcess, *, until_gcs: bool = False) -> None:
         """Wait until one attempt is up: its GCS accepts (``until_gcs``) or its log says so.
 
         Raises:
@@ -539,7 +475,7 @@ class LocalRayCluster:
             time.sleep(0.05)
         raise OperationTimeoutError(f"was not up within {self.start_timeout_s:g} s")
 
-    def _await(self, node: _NodeProcess, *, until_gcs: bool = False) -> _NodeProcess:
+    def _await(self, node: NodeProcess, *, until_gcs: bool = False) -> NodeProcess:
         """Wait for ``node`` to start, trying again after a failure; return the attempt that did."""
         while True:
             try:
@@ -548,7 +484,7 @@ class LocalRayCluster:
             except (NotReadyError, OperationTimeoutError) as error:
                 node = self._relaunch(node, error, until_gcs=until_gcs)
 
-    def _waited_for(self, spec: _NodeSpec, *, until_gcs: bool) -> str:
+    def _waited_for(self, spec: NodeSpec, *, until_gcs: bool) -> str:
         """Say what starting ``spec`` waits for, naming the address."""
         if spec.head and until_gcs:
             return f"its GCS to accept connections on {self.address}"
@@ -558,11 +494,11 @@ class LocalRayCluster:
 
     def _relaunch(
         self,
-        node: _NodeProcess,
+        node: NodeProcess,
         error: NotReadyError | OperationTimeoutError,
         *,
         until_gcs: bool,
-    ) -> _NodeProcess:
+    ) -> NodeProcess:
         """Stop a failed attempt with all it started, then launch the next one.
 
         Raises:
@@ -594,12 +530,12 @@ class LocalRayCluster:
         )
         return self._launch(node.spec, attempt=node.attempt + 1)
 
-    def _discard(self, node: _NodeProcess) -> None:
+    def _discard(self, node: NodeProcess) -> None:
         """Stop one attempt: every process of its session, then forget it."""
-        _signal_group(node.process.pid, signal.SIGTERM)
+        signal_group(node.process.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             node.process.wait(timeout=min(self.stop_timeout_s, 5.0))
-        _kill_sessions([node.process.pid], timeout_s=self.stop_timeout_s)
+        kill_sessions([node.process.pid], timeout_s=self.stop_timeout_s)
         if node.process.poll() is None:
             node.process.kill()
             node.process.wait(timeout=self.stop_timeout_s)
@@ -638,44 +574,3 @@ def _check_temp_dir(path: Path) -> None:
             f"Ray temp dir {str(path)!r} is {len(str(path))} characters; Ray's unix sockets need "
             f"it to be at most {MAX_TEMP_DIR_CHARS} (fix: pass a short one such as /tmp/ctm-ray)"
         )
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, sig)
-
-
-def _session_members(session_ids: Sequence[int]) -> list[int]:
-    """Return the pids of live processes whose session id is one of ``session_ids``."""
-    wanted = set(session_ids)
-    members: list[int] = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # Fields after the parenthesised command: state ppid pgrp session ...
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 3 and fields[0] != "Z" and int(fields[3]) in wanted:
-            members.append(int(entry.name))
-    return members
-
-
-def _kill_sessions(session_ids: Sequence[int], timeout_s: float) -> None:
-    if not session_ids:
-        return
-    if not Path("/proc/self/stat").exists():  # not Linux: the process groups must do
-        for sid in session_ids:
-            _signal_group(sid, signal.SIGKILL)
-        return
-    deadline = time.monotonic() + timeout_s
-    while True:
-        members = _session_members(session_ids)
-        if not members or time.monotonic() > deadline:
-            return
-        for pid in members:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.05)
