@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
+from continuum._retry import Backoff
 from continuum.errors import ConfigError, ContinuumError
 from edge_agent.agent import EdgeAgent
 from edge_agent.config import ENV_PREFIX, AgentSettings
-from edge_agent.link import Backoff
 from edge_agent.metrics import MetricsEndpoint, TenantMetrics
 
 __all__ = ["AgentHost", "load_configs"]

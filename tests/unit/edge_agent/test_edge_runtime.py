@@ -12,16 +12,18 @@ import numpy as np
 import pytest
 
 from continuum import Pipeline, drift, select
+from continuum._retry import Backoff
 from continuum.backends import open_backend
 from continuum.select import Policy
 from continuum.sources import Frame
 from continuum.spec import PipelineSpec
 from continuum.wire.messages import Telemetry
-from edge_agent.link import Backoff
 from edge_agent.metrics import AgentMetrics
 from edge_agent.model_manager import ServingModel
 from edge_agent.outbox import Outbox
-from edge_agent.runtime import PipelineRuntime, _BatchSizer, _FrameQueue, as_probabilities
+from edge_agent.runtime import PipelineRuntime, as_probabilities
+from edge_agent.runtime._batching import BatchSizer
+from edge_agent.runtime._frames import FrameQueue
 from tests.edge_agent_kit import PatternSource, build_model
 
 NODE = "edge-1"
@@ -264,7 +266,7 @@ class TestBatchesInFlight:
 
 class TestBatchSizer:
     @staticmethod
-    def feed(sizer: _BatchSizer, per_frame_s: dict[int, float], batches: int) -> list[int]:
+    def feed(sizer: BatchSizer, per_frame_s: dict[int, float], batches: int) -> list[int]:
         caps = []
         for _ in range(batches):
             caps.append(sizer.cap)
@@ -272,32 +274,32 @@ class TestBatchSizer:
         return caps
 
     def test_it_climbs_to_the_largest_batch_while_batching_pays(self) -> None:
-        sizer = _BatchSizer(32)
+        sizer = BatchSizer(32)
         assert sizer.sizes == [1, 2, 4, 8, 16, 32]
         self.feed(sizer, {1: 16e-6, 2: 9e-6, 4: 5e-6, 8: 3e-6, 16: 2e-6, 32: 1.5e-6}, 40)
         assert sizer.chosen == 32 and sizer.cap == 32
 
     def test_it_stays_at_one_where_batching_costs_per_frame(self) -> None:
         # SqueezeNet on one CPU core: 5.5 ms per frame at batch 1, 5.8 at 2, 6.2 at 4 and 8.
-        sizer = _BatchSizer(8)
+        sizer = BatchSizer(8)
         caps = self.feed(sizer, {1: 5.5e-3, 2: 5.8e-3, 4: 6.2e-3, 8: 6.2e-3}, 60)
         assert sizer.chosen == 1
         assert caps.count(2) == 3 and set(caps) == {1, 2}  # one probe of 2, none beyond
 
     def test_it_settles_on_the_cheapest_size_in_between(self) -> None:
-        sizer = _BatchSizer(16)
+        sizer = BatchSizer(16)
         self.feed(sizer, {1: 10e-6, 2: 6e-6, 4: 4e-6, 8: 5e-6, 16: 7e-6}, 40)
         assert sizer.chosen == 4
 
     def test_it_follows_a_change_of_cost_on_its_periodic_probes(self) -> None:
-        sizer = _BatchSizer(8)
+        sizer = BatchSizer(8)
         self.feed(sizer, {1: 5e-3, 2: 6e-3, 4: 7e-3, 8: 8e-3}, 20)
         assert sizer.chosen == 1
         self.feed(sizer, {1: 5e-3, 2: 2e-3, 4: 1e-3, 8: 0.5e-3}, 400)
         assert sizer.chosen == 8
 
     def test_batches_the_source_could_not_fill_are_not_measured(self) -> None:
-        sizer = _BatchSizer(8)
+        sizer = BatchSizer(8)
         for _ in range(3):
             sizer.record(1, 1e-3)
         assert sizer.cap == 2  # probing batch 2
@@ -308,13 +310,13 @@ class TestBatchSizer:
     def test_a_larger_size_must_pay_for_its_wait(self) -> None:
         # Batch 2 measures 0.5% cheaper per frame: within noise, and every frame would wait
         # for a second one, so the sizer keeps batch 1.
-        sizer = _BatchSizer(8)
+        sizer = BatchSizer(8)
         self.feed(sizer, {1: 5.0e-3, 2: 4.975e-3, 4: 4.95e-3, 8: 4.95e-3}, 400)
         assert sizer.chosen == 1
 
     @staticmethod
     def feed_overlapped(
-        sizer: _BatchSizer, per_frame_s: dict[int, float], batches: int
+        sizer: BatchSizer, per_frame_s: dict[int, float], batches: int
     ) -> list[int]:
         """Two batches on the model at once, as the pipelined loop reports them: the time
         between two finishes, which alternates between a whole run and almost nothing."""
@@ -330,22 +332,22 @@ class TestBatchSizer:
         # Batch 2 really costs more per frame than batch 1 (as SqueezeNet on a CPU). Judged
         # one batch at a time, the near-zero times between two finishes would make any size
         # look cheapest at random; over windows the sizer sees the real costs.
-        sizer = _BatchSizer(8, overlap=2)
+        sizer = BatchSizer(8, overlap=2)
         caps = self.feed_overlapped(sizer, {1: 5e-3, 2: 5.6e-3, 4: 6e-3, 8: 6e-3}, 400)
         assert sizer.chosen == 1
         assert set(caps) == {1, 2}
 
     def test_overlapping_batches_still_climb_where_batching_pays(self) -> None:
-        sizer = _BatchSizer(8, overlap=2)
+        sizer = BatchSizer(8, overlap=2)
         self.feed_overlapped(sizer, {1: 16e-6, 2: 9e-6, 4: 5e-6, 8: 3e-6}, 400)
         assert sizer.chosen == 8
 
     def test_overlap_below_one_is_refused(self) -> None:
         with pytest.raises(ValueError, match="overlap"):
-            _BatchSizer(8, overlap=0)
+            BatchSizer(8, overlap=0)
 
     def test_max_batch_one_never_probes(self) -> None:
-        sizer = _BatchSizer(1)
+        sizer = BatchSizer(1)
         self.feed(sizer, {1: 1e-3}, 200)
         assert sizer.sizes == [1] and sizer.cap == 1
 
@@ -356,7 +358,7 @@ class TestFrameQueue:
         return (Frame(np.zeros((1, 8, 8), dtype=np.float32)), n)
 
     def test_frames_come_out_oldest_first_up_to_the_count(self) -> None:
-        frames = _FrameQueue(maxsize=16)
+        frames = FrameQueue(maxsize=16)
         for n in range(5):
             assert frames.put(self.item(n), 0.1)
         taken: list[tuple[Frame, int]] = []
@@ -366,7 +368,7 @@ class TestFrameQueue:
         assert len(frames) == 0 and not frames.wait(0.01)
 
     def test_a_full_queue_refuses_after_the_timeout(self) -> None:
-        frames = _FrameQueue(maxsize=2)
+        frames = FrameQueue(maxsize=2)
         assert frames.put(self.item(0), 0.1) and frames.put(self.item(1), 0.1)
         started = time.monotonic()
         assert not frames.put(self.item(2), 0.05)
@@ -374,7 +376,7 @@ class TestFrameQueue:
         assert len(frames) == 2
 
     def test_a_waiting_consumer_wakes_when_a_frame_is_put(self) -> None:
-        frames = _FrameQueue(maxsize=4)
+        frames = FrameQueue(maxsize=4)
         woke: list[float] = []
 
         def consume() -> None:
@@ -390,7 +392,7 @@ class TestFrameQueue:
         assert woke and woke[0] < 1.0
 
     def test_a_blocked_source_resumes_once_half_the_queue_is_free(self) -> None:
-        frames = _FrameQueue(maxsize=4)
+        frames = FrameQueue(maxsize=4)
         for n in range(4):
             frames.put(self.item(n), 0.1)
         done: list[bool] = []

@@ -1,0 +1,163 @@
+"""What every part of the pipeline runtime shares: the pipeline's settings, the model
+serving and the one to swap in, the frame queue, the window, and the thread signals."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from continuum._retry import Backoff
+from continuum.errors import ConfigError, ContinuumError, SpecError
+from continuum.select import TokenBucket
+from continuum.sources import Source
+from continuum.spec import PipelineSpec, resolve_ref
+from continuum.wire.messages import Telemetry
+from edge_agent.metrics import AgentMetrics
+from edge_agent.model_manager import ServingModel
+from edge_agent.outbox import Outbox
+from edge_agent.runtime._batching import BatchSizer
+from edge_agent.runtime._drift import DriftWatch
+from edge_agent.runtime._frames import Arrival, FrameQueue
+
+log = logging.getLogger(__name__)
+
+#: How long the runtime's threads wait at most before they look at their signals again.
+POLL_S = 0.1
+#: Seconds of budget the token bucket may save up for a burst.
+_BUDGET_BURST_S = 2.0
+
+
+@dataclass
+class Window:
+    """Counters of the current telemetry window.
+
+    ``dropped`` counts selected samples that were not uplinked (bandwidth budget spent or
+    outbox full).  ``labelled``/``correct`` count frames that carry a label in the window
+    in which they were inferred, so accuracy is attributed to the model version that made
+    the prediction even when the label only becomes known ``label_delay_s`` later.
+    """
+
+    started: float
+    frames: int = 0
+    uplinked: int = 0
+    dropped: int = 0
+    labelled: int = 0
+    correct: int = 0
+    confidence_sum: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """A batch on the model: what it was run on, and the output to come."""
+
+    model: ServingModel
+    kept: list[Arrival]
+    tensors: list[np.ndarray]
+    future: Future[tuple[np.ndarray | ContinuumError | ValueError, int]]
+
+
+class RuntimeCore:
+    """The shared state of ``PipelineRuntime`` (see there for the arguments)."""
+
+    def __init__(
+        self,
+        *,
+        spec: PipelineSpec,
+        node: str,
+        source: Source,
+        outbox: Outbox,
+        metrics: AgentMetrics,
+        on_telemetry: Callable[[Telemetry], None],
+        on_enqueued: Callable[[], None] = lambda: None,
+        telemetry_interval_s: float = 10.0,
+        wall_clock: Callable[[], float] = time.time,
+        source_retry_s: tuple[float, float] = (1.0, 60.0),
+        batches_in_flight: int = 1,
+    ) -> None:
+        if batches_in_flight < 1:
+            raise ValueError(f"batches_in_flight must be >= 1, got {batches_in_flight}")
+        self._in_flight = batches_in_flight
+        self.spec = spec
+        self.name = spec.name
+        # Thread names say the tenant too: the agent's log lines name their thread, and
+        # tenants sharing a box may run pipelines of the same name.
+        self._label = f"{spec.tenant}/{spec.name}"
+        self.node = node
+        self._source = source
+        self._source_backoff = Backoff(*source_retry_s)
+        self._outbox = outbox
+        self._metrics = metrics
+        self._on_telemetry = on_telemetry
+        self._on_enqueued = on_enqueued
+        self._interval_s = telemetry_interval_s
+        self._wall = wall_clock
+        edge = spec.edge
+        self._input_shape = tuple(edge.input.shape)
+        self._input_dtype = edge.input.numpy_dtype()
+        self._max_batch = edge.max_batch
+        self._max_wait_s = edge.max_wait_ms / 1000.0
+        self._preprocess = _preprocess(spec)
+        self._policy = spec.uplink.policy
+        self._drift = DriftWatch(
+            spec.uplink.detector,
+            score=metrics.drift_score.labels(self.name),
+            drifted=metrics.drifted.labels(self.name),
+        )
+        self._bucket = (
+            TokenBucket.from_kbps(spec.uplink.budget_kbps, burst_s=_BUDGET_BURST_S)
+            if spec.uplink.budget_kbps is not None
+            else None
+        )
+        self._frames = FrameQueue(maxsize=max(16, 4 * edge.max_batch))
+        self._sizer = BatchSizer(edge.max_batch, overlap=batches_in_flight)
+        self._model: ServingModel | None = None
+        self._pending: ServingModel | None = None
+        self._swap_lock = threading.Lock()
+        self._model_ready = threading.Event()
+        self._stopping = threading.Event()
+        self._source_done = threading.Event()
+        self._finished = threading.Event()
+        self._window = Window(started=time.monotonic())
+        self._warned: set[str] = set()
+        # This pipeline's metric children, looked up once: labels() costs a lock and a
+        # dict lookup, several times per batch.
+        self._m_frames = metrics.frames.labels(self.name)
+        self._m_batch = metrics.batch_size.labels(self.name)
+        self._m_latency = metrics.inference_latency.labels(self.name)
+        self._m_selected = metrics.selected.labels(self.name)
+        self._m_over_budget = metrics.budget_dropped.labels(self.name)
+        #: Smoothed time between frame arrivals (written by the source thread only).
+        self._arrival_gap_s = 0.0
+        self._threads: list[threading.Thread] = []
+
+    def _reject_frame(self, reason: str, detail: str) -> None:
+        self._metrics.frames_rejected.labels(self.name, reason).inc()
+        self._warn_once(reason, f"frame rejected ({reason}): {detail}")
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("pipeline %s: %s (further ones are only counted)", self.name, message)
+
+
+def _preprocess(spec: PipelineSpec) -> Callable[[Any], Any] | None:
+    """The pipeline's preprocess function, if it declares one.
+
+    Raises:
+        ConfigError: the reference does not resolve.
+    """
+    if spec.edge.preprocess is None:
+        return None
+    try:
+        found: Callable[[Any], Any] = resolve_ref(spec.edge.preprocess, field="edge.preprocess")
+    except SpecError as exc:
+        raise ConfigError(f"pipeline {spec.name}: {exc}") from exc
+    return found

@@ -1,0 +1,194 @@
+"""After the model: one inferred batch checked, its confidences fed to the drift watch, the
+uplink policy applied, the bandwidth budget spent, the selected samples and their delayed
+labels put into the durable outbox, and the batch counted."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from continuum.errors import ContinuumError
+from continuum.select import Probabilities, SelectionContext
+from edge_agent.model_manager import ServingModel
+from edge_agent.outbox import AppendResult, FeedbackEntry, SampleEntry
+from edge_agent.runtime._frames import Arrival
+from edge_agent.runtime._telemetry import TelemetryWindows
+
+#: Approximate wire bytes of one sample record besides its tensor (codec record header).
+_RECORD_OVERHEAD_BYTES = 40
+_MAX_LATENCIES_PER_WINDOW = 100_000
+
+
+class Selection(TelemetryWindows):
+    """The selection part of ``PipelineRuntime`` (see there)."""
+
+    def _finish(
+        self,
+        model: ServingModel,
+        kept: list[Arrival],
+        tensors: list[np.ndarray],
+        output: np.ndarray | ContinuumError | ValueError,
+        done_ns: int,
+    ) -> None:
+        """Select, queue and count the frames of one inferred batch (the inference thread)."""
+        scored = self._scored(output, kept)
+        if scored is None:
+            return
+        probs = scored.values
+        confidence = probs.max(axis=1)
+        prediction = probs.argmax(axis=1)
+        latency_ms = [(done_ns - item[1]) / 1e6 for item in kept]
+        if self._drift.active:
+            self._drift.update(confidence)
+        seqs = self._outbox.reserve_seqs(len(kept))
+        selected = self._select(scored, seqs)
+        entries, over_budget = self._within_budget(
+            model, kept, tensors, selected, seqs, prediction, confidence
+        )
+        result = self._queue(kept, selected, seqs, entries)
+        self._count(kept, prediction, confidence, latency_ms, len(selected), over_budget, result)
+
+    def _scored(
+        self, output: np.ndarray | ContinuumError | ValueError, kept: list[Arrival]
+    ) -> Probabilities | None:
+        """The batch's class probabilities, checked once; None (frames rejected) if the
+        model failed or answered with the wrong rows."""
+        n = len(kept)
+        try:
+            if isinstance(output, Exception):
+                raise output
+            # Checked once here; selection takes the checked form without checking again.
+            scored = Probabilities.from_outputs(output)
+            if scored.values.shape[0] != n:
+                raise ValueError(f"model returned {scored.values.shape[0]} rows for {n} inputs")
+        except (ContinuumError, ValueError) as exc:
+            for _ in kept:
+                self._reject_frame("inference_error", str(exc))
+            return None
+        return scored
+
+    def _select(self, scored: Probabilities, seqs: range) -> np.ndarray:
+        """The rows the uplink policy selects (none, counted and logged, if it cannot judge)."""
+        drift = self._drift.state
+        ctx = SelectionContext.for_node(
+            self.node, seqs, drift_active=drift.drifted, drift_score=drift.score
+        )
+        try:
+            return np.flatnonzero(self._policy.decide(scored, ctx))
+        except (ContinuumError, ValueError) as exc:
+            # A model whose output the policy cannot judge must not stop the loop: the
+            # frames were inferred, none is uplinked, and the reason is counted and logged.
+            self._warn_once("selection", f"selection failed, nothing uplinked: {exc}")
+            return np.empty(0, dtype=np.int64)
+
+    def _within_budget(
+        self,
+        model: ServingModel,
+        kept: list[Arrival],
+        tensors: list[np.ndarray],
+        selected: np.ndarray,
+        seqs: range,
+        prediction: np.ndarray,
+        confidence: np.ndarray,
+    ) -> tuple[list[SampleEntry], int]:
+        """The outbox entries of the selected rows the bandwidth budget allows, and how
+        many it did not."""
+        over_budget = 0
+        entries: list[SampleEntry] = []
+        now_s = time.monotonic()
+        bucket = self._bucket
+        for i in selected:
+            frame = kept[i][0]
+            tensor = tensors[i]
+            if bucket is not None:
+                size = tensor.nbytes + _RECORD_OVERHEAD_BYTES
+                if not bucket.try_take(size, now_s):
+                    if not bucket.fits(size):
+                        self._warn_once(
+                            "budget_too_small",
+                            f"a {size}-byte sample never fits the {bucket.burst_bytes}-byte "
+                            "budget burst: raise budget_kbps",
+                        )
+                    over_budget += 1
+                    continue
+            immediate = frame.label is not None and frame.label_delay_s <= 0
+            entries.append(
+                SampleEntry(
+                    pipeline=self.name,
+                    model_version=model.version,
+                    data_class=str(self.spec.data_class),
+                    seq=seqs[i],
+                    captured_at_ns=frame.captured_at_ns,
+                    tensor=tensor,
+                    prediction=int(prediction[i]),
+                    confidence=float(confidence[i]),
+                    label=int(frame.label) if immediate and frame.label is not None else None,
+                    fields=frame.fields,
+                )
+            )
+        return entries, over_budget
+
+    def _queue(
+        self,
+        kept: list[Arrival],
+        selected: np.ndarray,
+        seqs: range,
+        entries: list[SampleEntry],
+    ) -> AppendResult:
+        """Put ``entries`` into the outbox, then the delayed labels of those it kept."""
+        result = self._outbox.append_samples(entries)
+        stored = set(result.kept)
+        feedback = [
+            FeedbackEntry(
+                pipeline=self.name,
+                seq=seqs[i],
+                label=int(kept[i][0].label),
+                due_at=kept[i][0].captured_at_ns / 1e9 + kept[i][0].label_delay_s,
+            )
+            for i in selected
+            if seqs[i] in stored and kept[i][0].label is not None and kept[i][0].label_delay_s > 0
+        ]
+        self._outbox.append_feedback(feedback)
+        if result.appended or feedback:
+            self._on_enqueued()
+        return result
+
+    def _count(
+        self,
+        kept: list[Arrival],
+        prediction: np.ndarray,
+        confidence: np.ndarray,
+        latency_ms: list[float],
+        selected: int,
+        over_budget: int,
+        result: AppendResult,
+    ) -> None:
+        """Add the batch to the telemetry window and the metrics."""
+        n = len(kept)
+        labelled = 0
+        correct = 0
+        for row, item in enumerate(kept):
+            label = item[0].label
+            if label is not None:
+                labelled += 1
+                correct += int(prediction[row]) == label
+
+        w = self._window
+        w.frames += n
+        w.uplinked += result.appended
+        w.dropped += over_budget + result.refused
+        w.labelled += labelled
+        w.correct += correct
+        w.confidence_sum += float(confidence.sum())
+        if len(w.latencies_ms) < _MAX_LATENCIES_PER_WINDOW:
+            w.latencies_ms.extend(latency_ms)
+
+        self._m_frames.inc(n)
+        self._m_batch.observe(n)
+        for value in latency_ms:
+            self._m_latency.observe(value / 1000.0)
+        if selected:
+            self._m_selected.inc(selected)
+        if over_budget:
+            self._m_over_budget.inc(over_budget)
