@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from importlib import metadata
 from types import FrameType
 from typing import TextIO
 
@@ -50,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
         description="The continuum edge agent: real-time inference, selective uplink, "
         "signed model updates.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument(
         "--log-level",
         default="INFO",
@@ -83,6 +85,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    """The installed continuum's version (the agent ships in it)."""
+    try:
+        return metadata.version("continuum")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``edge-agent`` command line and return its exit code."""
     parser = _parser()
@@ -91,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _UsageError as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
-    except SystemExit as exc:  # --help
+    except SystemExit as exc:  # --help, --version
         return int(exc.code or 0)
     if args.command is None:
         parser.print_usage(sys.stderr)

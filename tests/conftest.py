@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from cloud_head.paths import REGISTRY_URL_ENV
-from continuum.cli._demo_tenants import CLOUD_LABELS, EDGE_NODE_LABELS
 from continuum.embedded import EmbeddedBroker, LocalRayCluster
+from pipelines.demo._tenants import CLOUD_LABELS, EDGE_NODE_LABELS
 from tests.postgres_server import PostgresServer, find_postgres_bin
 from tests.s3_server import S3Server, aws_free_environ, moto_missing
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import tempfile
 from pathlib import Path
 
 from cryptography import x509
@@ -21,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from continuum._fs import OWNER_ONLY, atomic_write
 from continuum.errors import ConfigError, ProtocolError, SpecError
 from continuum.wire import topics
 
@@ -235,26 +234,14 @@ def _write_pair(
     key: ec.EllipticCurvePrivateKey, cert: x509.Certificate, key_path: Path, cert_path: Path
 ) -> None:
     key_path.parent.mkdir(parents=True, exist_ok=True)
-    _write(
+    # Created owner-only: a key is never readable by others, even briefly.
+    atomic_write(
         key_path,
         key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         ),
-        mode=0o600,
+        mode=OWNER_ONLY,
     )
-    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
-
-
-def _write(path: Path, data: bytes, *, mode: int) -> None:
-    """Write atomically, created with ``mode``: a key is never readable by others, even briefly."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)

@@ -12,13 +12,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from continuum._validation import spec_error
+from continuum.cli._exit import EXIT_INVALID, EXIT_REFUSED
 from continuum.errors import PlacementError, SpecError
 from continuum.labels import LabelSelector
 from continuum.residency import check_pipeline, explain, load_policy
 from continuum.spec import load_pipeline
-
-#: Exit status when the pipeline breaks the policy: fix the pipeline or the labels.
-EXIT_REFUSED = 2
 
 _NODES_FORM = (
     "nodes: {cloud-lu-1: {continuum.io/tier: cloud, continuum.io/jurisdiction: LU}, ...}; "
@@ -55,13 +53,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "policy",
         help="check a pipeline against a residency policy",
         description="Show, stage by stage, where a pipeline's data may go under a residency "
-        "policy (explain), or refuse it with the rule it breaks (check, exit status 2).",
+        f"policy (explain), or refuse it with the rule it breaks (check, exit status "
+        f"{EXIT_REFUSED}).",
     )
     parser.set_defaults(run=lambda args: _usage(parser))
     commands = parser.add_subparsers(title="policy commands", metavar="COMMAND")
     for name, run, help_ in (
         ("explain", run_explain, "print where the pipeline's data may go and why"),
-        ("check", run_check, "exit 2 with the refusal if the pipeline breaks the policy"),
+        (
+            "check",
+            run_check,
+            f"exit {EXIT_REFUSED} with the refusal if the pipeline breaks the policy",
+        ),
     ):
         command = commands.add_parser(name, help=help_, description=help_ + ".")
         command.add_argument("file", type=Path, help="pipeline file: .py, .yaml, .yml or .json")
@@ -79,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _usage(parser: argparse.ArgumentParser) -> int:
     parser.print_help(sys.stderr)
-    return 2
+    return EXIT_INVALID
 
 
 def load_inventory(
@@ -119,7 +122,7 @@ def run_explain(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    """Exit 0 when the pipeline keeps to the policy, else print the refusal and exit 2."""
+    """Exit 0 when the pipeline keeps to the policy, else print the refusal and exit 3."""
     policy = load_policy(args.policy)
     spec = load_pipeline(args.file)
     nodes, store = load_inventory(args.nodes)

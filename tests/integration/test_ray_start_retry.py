@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from continuum.cli._demo_tenants import CLOUD_LABELS, EDGE_NODE_LABELS
 from continuum.embedded import LocalRayCluster
 from continuum.embedded.ray_cluster import START_ATTEMPTS, find_ray_cli
 from continuum.errors import NotReadyError
+from pipelines.demo._tenants import CLOUD_LABELS, EDGE_NODE_LABELS
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -122,7 +122,7 @@ class TestNodeStartRetry:
         self, tmp_path: Path, caplog: pytest.LogCaptureFixture
     ) -> None:
         ray = FlakyRay(tmp_path, fail={"head": 1, "edge": 1})
-        cluster = LocalRayCluster(  # the demo's cluster (continuum/cli/demo.py)
+        cluster = LocalRayCluster(  # the demo's cluster (pipelines/demo/demo.py)
             tmp_path / "ray",
             head_labels=CLOUD_LABELS,
             edge_nodes=[EDGE_NODE_LABELS],

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from continuum.cli import audit as audit_cli
-from continuum.cli._demo_chaos import FAULT_KINDS
-from continuum.cli.demo import DemoOptions, prepare_workdir, run_loop
+from cloud_head.cli import audit as audit_cli
 from continuum.embedded.broker import EmbeddedBroker
 from continuum.wire.mqtt import BrokerSettings
+from pipelines.demo._chaos import FAULT_KINDS
+from pipelines.demo.demo import DemoOptions, prepare_workdir, run_loop
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

@@ -17,9 +17,9 @@ import pytest
 import ray
 
 from cloud_head.serving import Endpoint, SensitivityRouter
-from continuum.cli._demo_tenants import CLOUD_LABELS, EDGE_NODE_LABELS, policy_path
 from continuum.errors import PlacementError
 from continuum.residency import load_policy
+from pipelines.demo._tenants import CLOUD_LABELS, EDGE_NODE_LABELS, policy_path
 from tests.edge_agent_kit import build_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

@@ -21,9 +21,9 @@ from cloud_head.audit import (
     model_subject,
     record_hash,
 )
+from cloud_head.cli import audit as audit_cli
 from cloud_head.model_card import export_model
 from cloud_head.registry import ModelRegistry
-from continuum.cli import audit as audit_cli
 from continuum.errors import ConfigError, NotFoundError, ProtocolError, SpecError
 from continuum.signing import generate_keypair, sign_artifact
 

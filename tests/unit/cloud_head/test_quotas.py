@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 
 from cloud_head.audit import AuditAction, AuditLog, AuditWriteError
+from cloud_head.cli import audit as audit_cli
+from cloud_head.cli import fleet as fleet_cli
+from cloud_head.cli import tenant as tenant_cli
 from cloud_head.fleet import FleetRegistry
 from cloud_head.registry import ModelRegistry
 from cloud_head.rollout import DesiredStateBook, RolloutController
 from cloud_head.tenants import Quotas, TenantRegistry, read_quotas
 from continuum import select
-from continuum.cli import audit as audit_cli
-from continuum.cli import fleet as fleet_cli
-from continuum.cli import tenant as tenant_cli
 from continuum.labels import SITE, TIER
 from continuum.signing import generate_keypair, sign_artifact
 from continuum.spec import EdgeStageSpec, PipelineSpec, TensorSchema, UplinkSpec

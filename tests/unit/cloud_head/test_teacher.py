@@ -21,6 +21,8 @@ from pipelines.digits.train import Recipe, fit, save
 
 ROOT = Path(__file__).resolve().parents[3]
 N = 120
+#: The pipeline's tenant and name, as every operator command is given them.
+WHO = ["--tenant", "acme", "--pipeline", "digits-inspection"]
 
 
 @pytest.fixture(scope="module")
@@ -150,17 +152,17 @@ class TestLabelCommand:
         Teacher(
             spec, store, labels, teacher_model, model_name="t", accept_confidence=1.0
         ).run_once()
-        assert main(["label", "list", "--root", str(root), "--limit", "5"]) == 0
+        assert main(["label", "list", *WHO, "--root", str(root), "--limit", "5"]) == 0
         listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]]
         assert len(listed) == 5
         first, second = listed[0], listed[1]
         proposal = labels.proposals(spec.tenant, spec.name)[first].label
-        assert main(["label", "accept", "--root", str(root), first]) == 0
-        assert main(["label", "fix", "--root", str(root), second, "7"]) == 0
+        assert main(["label", "accept", *WHO, "--root", str(root), first]) == 0
+        assert main(["label", "fix", *WHO, "--root", str(root), second, "7"]) == 0
         got = labels.labels(spec.tenant, spec.name)
         assert (got[first].label, got[first].source) == (proposal, "human")
         assert (got[second].label, got[second].source) == (7, "human")
-        assert main(["label", "show", "--root", str(root), second]) == 0
+        assert main(["label", "show", *WHO, "--root", str(root), second]) == 0
         shown = capsys.readouterr().out
         assert "label 7 from human" in shown and shown.count("\n") >= 8  # the 8x8 image
 
@@ -168,10 +170,10 @@ class TestLabelCommand:
         self, head: tuple[Path, SampleStore, LabelStore], capsys: pytest.CaptureFixture[str]
     ) -> None:
         root, _, _ = head
-        assert main(["label", "accept", "--root", str(root), "cam-9:1"]) == 1
+        assert main(["label", "accept", *WHO, "--root", str(root), "cam-9:1"]) == 1
         assert "not pending review: cam-9:1" in capsys.readouterr().err
-        assert main(["label", "fix", "--root", str(root), "cam-9:1", "3"]) == 1
+        assert main(["label", "fix", *WHO, "--root", str(root), "cam-9:1", "3"]) == 1
         assert "no stored sample 'cam-9:1'" in capsys.readouterr().err
-        assert main(["label", "fix", "--root", str(root), "cam-1:20", "-1"]) == 2
-        assert main(["label", "list", "--root", str(root / "nowhere")]) == 2
+        assert main(["label", "fix", *WHO, "--root", str(root), "cam-1:20", "-1"]) == 2
+        assert main(["label", "list", *WHO, "--root", str(root / "nowhere")]) == 2
         assert "--root" in capsys.readouterr().err

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from cloud_head.cli import tenant as tenant_cli
 from cloud_head.tenants import (
     QuotaExceededError,
     Quotas,
     TenantRegistry,
 )
-from continuum.cli import tenant as tenant_cli
 from continuum.errors import ConfigError, ContinuumError, NotFoundError, NotReadyError, SpecError
 from continuum.signing import key_fingerprint, public_pem_of, sign, verify
 

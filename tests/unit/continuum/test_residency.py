@@ -570,14 +570,14 @@ class TestPolicyCommand:
         nodes.write_text(yaml.safe_dump({"nodes": NODES, "store": CLOUD_LU}), encoding="utf-8")
         return pipe, nodes
 
-    def test_check_exits_two_with_the_refusal(
+    def test_check_exits_refused_with_the_refusal(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         pipe, nodes = self._files(tmp_path, {JURISDICTION: "DE"})
         status = main(
             ["policy", "check", str(pipe), "--policy", str(EXAMPLE_POLICY), "--nodes", str(nodes)]
         )
-        assert status == 2
+        assert status == cli.EXIT_REFUSED == 3
         captured = capsys.readouterr()
         assert captured.out == ""
         assert captured.err.startswith("refused: confidential data may only be processed")

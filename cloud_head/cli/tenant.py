@@ -13,15 +13,23 @@ import argparse
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from continuum.cli._cloud import add_root, state_dir
+from cloud_head.cli._common import (
+    add_json,
+    add_root,
+    operator_command,
+    print_json,
+    state_dir,
+    wants_json,
+)
 from continuum.errors import ConfigError
 
 if TYPE_CHECKING:
     from cloud_head.audit import AuditLog
-    from cloud_head.tenants import Quotas, TenantCredentials, TenantRegistry
+    from cloud_head.tenants import Quotas, TenantCredentials, TenantRecord, TenantRegistry
 
 #: The registry's directory under the cloud head's state directory.
 TENANTS_DIR = "tenants"
@@ -47,8 +55,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _add_broker(create)
     create.set_defaults(run=run_create)
 
-    listing = actions.add_parser("list", help="list tenants and their quotas")
+    listing = actions.add_parser(
+        "list",
+        help="list tenants and their quotas",
+        description="List every tenant with its quotas. --json prints one document: "
+        '{"tenants": [{"name", "created_at", "quotas": {"edge_nodes", "samples_per_day", '
+        '"training_gpu_hours"}, "key_fingerprint", "public_key_path"}]}.',
+    )
     add_root(listing)
+    add_json(listing)
     listing.set_defaults(run=run_list)
 
     quota = actions.add_parser("quota", help="change a tenant's quotas")
@@ -144,6 +159,7 @@ def _print_credentials(credentials: TenantCredentials) -> None:
     print(f"  ingest  {credentials.ingest_username}  password {credentials.ingest_password}")
 
 
+@operator_command
 def run_create(args: argparse.Namespace) -> int:
     """Create a tenant, print what it owns and its credentials, once."""
     from cloud_head.tenants import Quotas
@@ -166,9 +182,13 @@ def run_create(args: argparse.Namespace) -> int:
     return 0
 
 
+@operator_command
 def run_list(args: argparse.Namespace) -> int:
-    """Print every tenant with its quotas."""
+    """Print every tenant with its quotas (``--json``: one document)."""
     tenants = _registry(args.root).list()
+    if wants_json(args):
+        print_json({"tenants": [_tenant_document(t) for t in tenants]})
+        return 0
     if not tenants:
         print("no tenants")
         return 0
@@ -183,6 +203,18 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tenant_document(record: TenantRecord) -> dict[str, Any]:
+    """Return one tenant as ``tenant list --json`` prints it (no secret: those are shown once)."""
+    return {
+        "name": record.name,
+        "created_at": record.created_at,
+        "quotas": asdict(record.quotas),
+        "key_fingerprint": record.key_fingerprint,
+        "public_key_path": str(record.public_key_path),
+    }
+
+
+@operator_command
 def run_quota(args: argparse.Namespace) -> int:
     """Change the quotas given on the command line; keep the others."""
     if all(
@@ -196,6 +228,7 @@ def run_quota(args: argparse.Namespace) -> int:
     return 0
 
 
+@operator_command
 def run_rotate(args: argparse.Namespace) -> int:
     """Give a tenant new passwords, print them once, and reload the broker if asked."""
     with _audited(args.root) as registry:
@@ -205,6 +238,7 @@ def run_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+@operator_command
 def run_delete(args: argparse.Namespace) -> int:
     """Revoke a tenant and archive its identity; refuses without ``--yes``."""
     if not args.yes:

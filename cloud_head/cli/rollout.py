@@ -6,11 +6,19 @@ import argparse
 import time
 from typing import Any
 
-from continuum.cli._cloud import add_cluster, add_tenant, controller
+from cloud_head.cli._common import (
+    add_cluster,
+    add_json,
+    add_tenant,
+    controller,
+    operator_command,
+    print_json,
+    wants_json,
+)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the ``rollout`` and ``retrain`` subcommands."""
+    """Add the ``rollout`` subcommand (``retrain`` is ``register_retrain``)."""
     parser = subparsers.add_parser(
         "rollout",
         help="show where a pipeline's rollout stands",
@@ -20,11 +28,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "canary shows as 'waiting', with the reason, while the current version serves on.",
     )
     actions = parser.add_subparsers(title="actions", metavar="ACTION", required=True)
-    status = actions.add_parser("status", help="print the rollout's stage and history")
+    status = actions.add_parser(
+        "status",
+        help="print the rollout's stage and history",
+        description="Print the rollout's stage and history. --json prints one document: "
+        '{"tenant", "pipeline", "current", "training", "rollout": the controller\'s rollout '
+        "snapshot (stage, candidate, baseline, reason, steps, plan, verdict, accuracies, "
+        "latencies, history)}.",
+    )
     add_tenant(status)
     add_cluster(status)
+    add_json(status)
     status.set_defaults(run=run_status)
 
+
+def register_retrain(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``retrain`` subcommand."""
     retrain = subparsers.add_parser(
         "retrain",
         help="retrain a pipeline now",
@@ -37,15 +56,32 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     retrain.set_defaults(run=run_retrain)
 
 
+@operator_command
 def run_status(args: argparse.Namespace) -> int:
-    """Print the rollout of one pipeline."""
+    """Print the rollout of one pipeline (``--json``: one document)."""
     import ray
 
-    status = ray.get(controller(args).status.remote(), timeout=60)
+    print_status(args, ray.get(controller(args).status.remote(), timeout=60))
+    return 0
+
+
+def print_status(args: argparse.Namespace, status: dict[str, Any]) -> None:
+    """Print a controller's ``status()`` as ``rollout status`` shows it, or (``--json``) as one
+    document with stable keys."""
+    if wants_json(args):
+        print_json(
+            {
+                "tenant": args.tenant,
+                "pipeline": args.pipeline,
+                "current": status["current"],
+                "training": status["training"],
+                "rollout": status["rollout"],
+            }
+        )
+        return
     print(f"pipeline {args.pipeline}: current {status['current']}, training {status['training']}")
     for line in rollout_lines(status["rollout"], now=time.time()):
         print(line)
-    return 0
 
 
 def rollout_lines(rollout: dict[str, Any], *, now: float) -> list[str]:
@@ -126,6 +162,7 @@ def _nodes(nodes: list[str], most: int = 8) -> str:
     return shown if len(nodes) <= most else f"{shown} and {len(nodes) - most} more"
 
 
+@operator_command
 def run_retrain(args: argparse.Namespace) -> int:
     """Request a retraining; the run's audit records name ``user@host`` as who asked."""
     import ray

@@ -15,7 +15,7 @@ the tenant's own broker credential and an unlucky day in production would do:
   samples into their outboxes and send them when the link is back.
 
 Each fault lands on the run's timeline, so the report marks it; the sample account
-(``_demo_account``) then shows that nothing the edge selected was lost or stored twice.
+(``pipelines.demo._account``) then shows that nothing the edge selected was lost or stored twice.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ GARBAGE: tuple[bytes, ...] = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Fault:
     """One planned fault: ``kind`` at ``at_s`` seconds after the cameras start."""
 
@@ -81,17 +81,30 @@ def schedule(*, drift_at_s: float, agent: str, site: str, ingest: str = "ingest-
     """
     return [
         Fault(
-            round(drift_at_s * 0.4, 1),
-            "garbage",
-            "every topic of the tenant",
-            "empty, retained and malformed messages with the tenant's own credential",
+            at_s=round(drift_at_s * 0.4, 1),
+            kind="garbage",
+            target="every topic of the tenant",
+            detail="empty, retained and malformed messages with the tenant's own credential",
         ),
-        Fault(round(drift_at_s * 0.7, 1), "agent_kill", agent, "SIGKILL"),
+        Fault(at_s=round(drift_at_s * 0.7, 1), kind="agent_kill", target=agent, detail="SIGKILL"),
         Fault(
-            drift_at_s + 20.0, "broker_kill", "mosquitto", "SIGKILL, restarted by the supervisor"
+            at_s=drift_at_s + 20.0,
+            kind="broker_kill",
+            target="mosquitto",
+            detail="SIGKILL, restarted by the supervisor",
         ),
-        Fault(drift_at_s + 45.0, "ingest_kill", ingest, "ray.kill, restarted by Ray"),
-        Fault(drift_at_s + 60.0, "link_cut", site, f"site link down for {LINK_CUT_S:.0f} s"),
+        Fault(
+            at_s=drift_at_s + 45.0,
+            kind="ingest_kill",
+            target=ingest,
+            detail="ray.kill, restarted by Ray",
+        ),
+        Fault(
+            at_s=drift_at_s + 60.0,
+            kind="link_cut",
+            target=site,
+            detail=f"site link down for {LINK_CUT_S:.0f} s",
+        ),
     ]
 
 

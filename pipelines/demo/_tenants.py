@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 FIRST_TENANT = "acme"
 SECOND_TENANT = "medica"
+#: Both tenants of the demo, the factory first.
+TENANTS = [FIRST_TENANT, SECOND_TENANT]
 SECOND_PIPELINE_MODULE = "pipelines.lab_forms"
 #: The lab's frames: the patient id is restricted, the technician confidential.
 LAB_FIELDS = {"patient_id": "P-{seed:02d}{n:06d}", "technician": "tech-{seed:02d}"}

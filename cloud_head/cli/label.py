@@ -10,16 +10,23 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from continuum.cli._cloud import (
+from cloud_head.cli._common import (
+    add_json,
     add_root,
     add_tenant,
     authorize,
     head_paths,
+    operator_command,
+    print_json,
     state_dir,
+    wants_json,
 )
 from continuum.errors import ConfigError, NotFoundError
+
+if TYPE_CHECKING:
+    from cloud_head.labelling import ReviewItem
 
 _SHADES = " .:-=+*#%@"
 
@@ -34,11 +41,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "which outrank edge feedback and the teacher.",
     )
     actions = parser.add_subparsers(title="actions", metavar="ACTION", required=True)
-    listing = actions.add_parser("list", help="list pending samples, least certain first")
+    listing = actions.add_parser(
+        "list",
+        help="list pending samples, least certain first",
+        description="List the samples that await review, least certain first. --json prints "
+        'one document: {"tenant", "pipeline", "samples": [{"sample_id", "node", '
+        '"captured_at_ns", "model_version", "prediction", "confidence", "proposal": '
+        '{"label", "confidence", "model"} or null}]}.',
+    )
     _common(listing)
     listing.add_argument(
         "--limit", type=_count, default=20, help="how many to list (default 20; 0 for all)"
     )
+    add_json(listing)
     listing.set_defaults(run=run_list)
     show = actions.add_parser("show", help="show one sample, its tensor and the guesses")
     _common(show)
@@ -90,8 +105,9 @@ class _Stores:
         self.labels.close()
 
 
+@operator_command
 def run_list(args: argparse.Namespace) -> int:
-    """Print the pending samples of a pipeline."""
+    """Print the pending samples of a pipeline (``--json``: one document)."""
     from cloud_head.labelling import review_queue
 
     with _Stores(args) as stores:
@@ -102,6 +118,15 @@ def run_list(args: argparse.Namespace) -> int:
             args.pipeline,
             limit=args.limit or None,
         )
+    if wants_json(args):
+        print_json(
+            {
+                "tenant": args.tenant,
+                "pipeline": args.pipeline,
+                "samples": [_item_document(item) for item in items],
+            }
+        )
+        return 0
     if not items:
         print(f"no samples of pipeline {args.pipeline!r} (tenant {args.tenant!r}) await review")
         return 0
@@ -116,6 +141,22 @@ def run_list(args: argparse.Namespace) -> int:
             f"{item.prediction:>3} ({item.confidence:.2f}) {proposal:>16}"
         )
     return 0
+
+
+def _item_document(item: ReviewItem) -> dict[str, Any]:
+    """Return one pending sample as ``label list --json`` prints it."""
+    proposal = item.proposal
+    return {
+        "sample_id": item.sample_id,
+        "node": item.node,
+        "captured_at_ns": item.captured_at_ns,
+        "model_version": item.model_version,
+        "prediction": item.prediction,
+        "confidence": item.confidence,
+        "proposal": None
+        if proposal is None
+        else {"label": proposal.label, "confidence": proposal.confidence, "model": proposal.model},
+    }
 
 
 def _pending(stores: _Stores, args: argparse.Namespace) -> dict[str, Any]:
@@ -134,6 +175,7 @@ def _stored_ids(stores: _Stores, args: argparse.Namespace) -> set[str]:
     return set(table.column("sample_id").to_pylist())
 
 
+@operator_command
 def run_show(args: argparse.Namespace) -> int:
     """Print one sample: where it came from, the guesses, and its tensor when it is small."""
     import numpy as np
@@ -174,6 +216,7 @@ def run_show(args: argparse.Namespace) -> int:
     return 0
 
 
+@operator_command
 def run_accept(args: argparse.Namespace) -> int:
     """Record the proposed label of each sample (the teacher's, else the edge's) as human."""
     with _Stores(args) as stores:
@@ -194,6 +237,7 @@ def run_accept(args: argparse.Namespace) -> int:
     return 0 if written == len(items) else 1
 
 
+@operator_command
 def run_fix(args: argparse.Namespace) -> int:
     """Record the reviewer's label for one stored sample."""
     with _Stores(args) as stores:

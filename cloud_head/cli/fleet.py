@@ -11,17 +11,24 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from continuum.cli._cloud import (
+from cloud_head.cli._common import (
     add_cluster,
+    add_json,
     add_root,
     add_tenant,
     authorize,
-    import_ray_with_auth,
+    named_actor,
+    operator_command,
+    print_json,
     state_dir,
+    wants_json,
 )
-from continuum.errors import ConfigError, ContinuumError, NotReadyError, SpecError
+from continuum.errors import ConfigError, ContinuumError, SpecError
+
+if TYPE_CHECKING:
+    from cloud_head.fleet import NodeInfo
 
 #: ``cloud_head.fleet.TELEMETRY_RETENTION_S`` in words (the CLI parses without cloud_head).
 _RETENTION = "7 days"
@@ -38,7 +45,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "of its heartbeat periods without a message (or while the cloud head's broker "
         f"connection is down) it shows offline. Telemetry history is kept {_RETENTION}. A "
         "node stays listed, offline, until `continuum fleet remove NODE` removes it; an "
-        "empty or cleared status message does not.",
+        "empty or cleared status message does not. --json prints one document: "
+        '{"tenant", "nodes": [{"node", "online", "last_seen", "labels", "pipelines", '
+        '"models": {PIPELINE: {"model", "version", "state"}}, "refused"}]}.',
     )
     _add_list_options(parser)
     parser.set_defaults(run=run)
@@ -72,6 +81,7 @@ def _add_list_options(parser: argparse.ArgumentParser, *, listing: bool = True) 
             metavar="KEY=VALUE",
             help="label selector term (repeatable): exact, glob (lux-*), in(a,b), !x",
         )
+        add_json(parser)
 
 
 def _inherit(action: argparse.ArgumentParser, parent: argparse.ArgumentParser) -> None:
@@ -86,8 +96,9 @@ def _inherit(action: argparse.ArgumentParser, parent: argparse.ArgumentParser) -
             option.default = argparse.SUPPRESS
 
 
+@operator_command
 def run(args: argparse.Namespace) -> int:
-    """Print the matching nodes."""
+    """Print the matching nodes, as a table or (``--json``) one document."""
     from cloud_head.fleet import FleetRegistry
     from continuum.labels import LabelSelector
 
@@ -110,6 +121,9 @@ def run(args: argparse.Namespace) -> int:
         nodes = registry.nodes(selector)
     finally:
         registry.close()
+    if wants_json(args):
+        print_json({"tenant": args.tenant, "nodes": [_node_document(n) for n in nodes]})
+        return 0
     if not nodes:
         print("no matching nodes")
         return 0
@@ -130,6 +144,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _node_document(node: NodeInfo) -> dict[str, Any]:
+    """Return one node as ``fleet --json`` prints it."""
+    models = {
+        pipeline: {"model": model.model, "version": model.version, "state": model.state}
+        for pipeline in node.pipelines
+        if (model := node.model(pipeline)) is not None
+    }
+    return {
+        "node": node.node,
+        "online": node.online,
+        "last_seen": node.last_seen,
+        "labels": node.labels,
+        "pipelines": node.pipelines,
+        "models": models,
+        "refused": node.refused,
+    }
+
+
+@operator_command
 def run_remove(args: argparse.Namespace) -> int:
     """Remove one node through the running fleet service; refuses without ``--yes``."""
     if not args.yes:
@@ -154,17 +187,9 @@ def run_remove(args: argparse.Namespace) -> int:
 
 def _call_fleet(args: argparse.Namespace, method: str, *params: Any) -> Any:
     """Call ``method`` of the tenant's running fleet service; its own errors come through."""
-    import_ray_with_auth(args.ray_token)
+    fleet = named_actor(args, "fleet", what="fleet service")
     import ray
 
-    ray.init(address=args.address, namespace=args.tenant, log_to_driver=False)
-    try:
-        fleet = ray.get_actor("fleet", namespace=args.tenant)
-    except ValueError as error:
-        raise NotReadyError(
-            f"no running fleet service in namespace {args.tenant!r} at {args.address}: "
-            "is the cloud head deployed (e.g. `continuum demo` running)?"
-        ) from error
     try:
         return ray.get(getattr(fleet, method).remote(*params), timeout=60)
     except ray.exceptions.RayTaskError as error:

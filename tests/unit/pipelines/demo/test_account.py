@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from cloud_head.store import SampleStore
-from continuum.cli._demo_account import sample_account
 from continuum.spec import DataClass
 from continuum.wire.codec import SampleBatch, SampleRecord
 from edge_agent.outbox import Outbox, SampleEntry
+from pipelines.demo._account import sample_account
 
 NODE, TENANT, PIPELINE = "cam-1", "acme", "inspect"
 

@@ -5,10 +5,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from continuum.cli._cloud import add_credential, add_root, authorize, open_registry, state_dir
+from cloud_head.cli._common import (
+    add_credential,
+    add_json,
+    add_root,
+    authorize,
+    open_registry,
+    operator_command,
+    print_json,
+    state_dir,
+    wants_json,
+)
+from continuum.cli import EXIT_FAILED
 
-#: Exit status when the audit log failed verification.
-EXIT_TAMPERED = 1
+#: Exit status when the audit log failed verification: a check that did not pass.
+EXIT_TAMPERED = EXIT_FAILED
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -25,10 +36,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     check = actions.add_parser(
         "verify",
         help="check the tenant's audit log; exit 1 naming the first bad record",
+        description="Check the tenant's hash-chained audit log and its head anchor; exit 1 "
+        "naming the first bad record. --json prints one document: "
+        '{"tenant", "ok", "records", "first_bad_seq", "reason", "signature_checked"}.',
     )
     _add_tenant(check)
     add_root(check)
     _add_public_key(check)
+    add_json(check)
     check.set_defaults(run=run_verify)
 
     export = actions.add_parser(
@@ -86,6 +101,7 @@ def _public_key(args: argparse.Namespace) -> bytes | None:
     return data
 
 
+@operator_command
 def run_verify(args: argparse.Namespace) -> int:
     """Verify the tenant's log; print the outcome; 0 if intact, 1 naming the first bad record."""
     from cloud_head.audit import AuditLog
@@ -94,6 +110,18 @@ def run_verify(args: argparse.Namespace) -> int:
     key = _public_key(args)
     with AuditLog(state_dir(args.root, "audit")) as log:
         result = log.verify(args.tenant, public_key_pem=key)
+    if wants_json(args):
+        print_json(
+            {
+                "tenant": args.tenant,
+                "ok": result.ok,
+                "records": result.count,
+                "first_bad_seq": result.first_bad_seq,
+                "reason": result.reason,
+                "signature_checked": result.signature_checked,
+            }
+        )
+        return 0 if result.ok else EXIT_TAMPERED
     if result.ok:
         signed = (
             "head signature verified"
@@ -112,6 +140,7 @@ def run_verify(args: argparse.Namespace) -> int:
     return EXIT_TAMPERED
 
 
+@operator_command
 def run_export(args: argparse.Namespace) -> int:
     """Write the lineage JSON and the model card of one version; print where."""
     from cloud_head.audit import AuditLog

@@ -1,29 +1,94 @@
-"""What the operator commands share: where the cloud head's state is, and reaching its actors.
+"""What the operator commands share: whose state, where it is, and reaching the running actors.
 
-Read-only commands read the cloud head's stores directly (``--root``, by default the demo's
-``./continuum-demo/cloud``, and ``--registry-url`` for the model registry's database);
-commands that change something call the running services,
-which are named Ray actors in the tenant's namespace, so every change goes through the
-one controller that owns the pipeline.
+Read-only commands read the cloud head's stores directly (``--root``, else
+``CONTINUUM_CLOUD_ROOT``, and ``--registry-url`` for the model registry's database); commands
+that change something call the running services, which are named Ray actors in the tenant's
+namespace, so every change goes through the one controller that owns the pipeline. No
+command falls back on a demo's tenant or directory: a value left out comes from
+``CloudSettings`` or the command stops, naming the flag and the variable.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from continuum.cli import EXIT_REFUSED
 from continuum.errors import AccessDeniedError, ConfigError, NotReadyError
 
 if TYPE_CHECKING:
     from cloud_head.paths import HeadPaths
     from cloud_head.registry import ModelRegistry
 
-DEFAULT_ROOT = Path("continuum-demo") / "cloud"
-DEFAULT_TOKEN = Path("continuum-demo") / "ray" / "ray_auth_token"
 #: Environment variable holding the tenant's password for the read commands.
 PASSWORD_ENV = "CONTINUUM_TENANT_PASSWORD"
+#: The variables the tenant and the state directory come from when their flag is left out.
+TENANT_ENV = "CONTINUUM_CLOUD_TENANT"
+ROOT_ENV = "CONTINUUM_CLOUD_ROOT"
+
+Run = Callable[[argparse.Namespace], int]
+
+
+def operator_command(run: Run) -> Run:
+    """Wrap a command's ``run``: settle its tenant and root, and report a quota as refused.
+
+    ``--tenant`` and ``--root`` left out are read from ``CloudSettings`` (``TENANT_ENV``,
+    ``ROOT_ENV``); with neither, the command stops with a ``ConfigError`` naming both. A
+    ``QuotaExceededError`` exits ``EXIT_REFUSED``, as a policy or a credential refusal does.
+    """
+
+    @functools.wraps(run)
+    def settled(args: argparse.Namespace) -> int:
+        _settle(args)
+        from cloud_head.tenants import QuotaExceededError
+
+        try:
+            return run(args)
+        except QuotaExceededError as error:
+            print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+            return EXIT_REFUSED
+
+    return settled
+
+
+def _settle(args: argparse.Namespace) -> None:
+    """Fill ``args.tenant`` and ``args.root`` left out from the settings, or raise naming both."""
+    needs_tenant = hasattr(args, "tenant") and args.tenant is None
+    needs_root = hasattr(args, "root") and args.root is None
+    if not (needs_tenant or needs_root):
+        return
+    from cloud_head.settings import CloudSettings
+
+    settings = CloudSettings.load()
+    if needs_tenant:
+        args.tenant = settings.require_tenant()
+    if needs_root:
+        args.root = settings.require_root()
+
+
+def add_json(parser: argparse.ArgumentParser) -> None:
+    """Add ``--json``: one machine-readable document on stdout instead of the table."""
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document with stable keys instead of the human-readable table",
+    )
+
+
+def wants_json(args: argparse.Namespace) -> bool:
+    """Whether ``--json`` was given (a caller that builds its own Namespace may leave it out)."""
+    return bool(getattr(args, "json", False))
+
+
+def print_json(document: dict[str, Any]) -> None:
+    """Print ``document`` as one JSON document (sorted keys, paths and times as text)."""
+    print(json.dumps(document, indent=2, sort_keys=True, default=str))
 
 
 def add_root(parser: argparse.ArgumentParser, *, registry: bool = False) -> None:
@@ -31,11 +96,12 @@ def add_root(parser: argparse.ArgumentParser, *, registry: bool = False) -> None
     parser.add_argument(
         "--root",
         type=Path,
-        default=DEFAULT_ROOT,
-        help=f"the cloud head's state directory (default ./{DEFAULT_ROOT}, the demo's)",
+        default=None,
+        help=f"the cloud head's state directory (default ${ROOT_ENV}; for a demo run: "
+        "<workdir>/cloud)",
     )
     if registry:
-        from cloud_head.paths import REGISTRY_URL_ENV
+        from cloud_head.settings import REGISTRY_URL_ENV
 
         parser.add_argument(
             "--registry-url",
@@ -49,12 +115,10 @@ def add_root(parser: argparse.ArgumentParser, *, registry: bool = False) -> None
 
 def add_tenant(parser: argparse.ArgumentParser, *, pipeline: bool = True) -> None:
     """Add ``--tenant`` (and ``--pipeline``) and the tenant's credential."""
-    parser.add_argument("--tenant", default="acme", help="tenant name (default acme)")
+    parser.add_argument("--tenant", default=None, help=f"tenant name (default ${TENANT_ENV})")
     add_credential(parser)
     if pipeline:
-        parser.add_argument(
-            "--pipeline", default="digits-inspection", help="pipeline (default digits-inspection)"
-        )
+        parser.add_argument("--pipeline", required=True, help="the tenant's pipeline")
 
 
 def add_credential(parser: argparse.ArgumentParser) -> None:
@@ -111,9 +175,9 @@ def add_cluster(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ray-token",
         type=Path,
-        default=DEFAULT_TOKEN,
-        help=f"Ray auth token file (default ./{DEFAULT_TOKEN}); 'none' for a cluster without "
-        "token auth",
+        default=None,
+        help="Ray auth token file, or 'none' for a cluster without token auth (default: "
+        "Ray's own RAY_AUTH_* environment); a demo writes it to <workdir>/ray/ray_auth_token",
     )
 
 
@@ -123,7 +187,7 @@ def state_dir(root: Path, name: str) -> Path:
     if not path.exists():
         raise ConfigError(
             f"no cloud head state at {path}; pass --root with the cloud head's state directory "
-            "(for a demo run: <workdir>/cloud)"
+            f"(or set {ROOT_ENV}; for a demo run: <workdir>/cloud)"
         )
     return path
 
@@ -149,24 +213,52 @@ def open_registry(args: argparse.Namespace) -> ModelRegistry:
     return paths.open_registry()
 
 
-def controller(args: argparse.Namespace) -> Any:
-    """Connect to the cluster and return the pipeline's controller actor."""
+def connect_ray(args: argparse.Namespace) -> None:
+    """Connect this process to the cluster at ``--address``, in the tenant's namespace.
+
+    Raises:
+        ConfigError: the ``--ray-token`` file is missing.
+        NotReadyError: the cluster cannot be reached (or refuses the token).
+    """
     import_ray_with_auth(args.ray_token)
     import ray
 
-    ray.init(address=args.address, namespace=args.tenant, log_to_driver=False)
+    try:
+        ray.init(address=args.address, namespace=args.tenant, log_to_driver=False)
+    except (ConnectionError, RuntimeError) as error:
+        raise NotReadyError(
+            f"cannot connect to the Ray cluster at {args.address}: {error}; check --address "
+            "and, on a cluster with token auth, --ray-token"
+        ) from error
+
+
+def controller(args: argparse.Namespace) -> Any:
+    """Connect to the cluster and return the pipeline's controller actor."""
     name = f"controller-{args.pipeline}"
+    return named_actor(args, name, what=f"controller {name!r}")
+
+
+def named_actor(args: argparse.Namespace, name: str, *, what: str) -> Any:
+    """Connect to the cluster and return the tenant's running actor ``name`` (``what`` it is)."""
+    connect_ray(args)
+    import ray
+
     try:
         return ray.get_actor(name, namespace=args.tenant)
     except ValueError as error:
         raise NotReadyError(
-            f"no running controller {name!r} in namespace {args.tenant!r} at {args.address}: "
+            f"no running {what} in namespace {args.tenant!r} at {args.address}: "
             "is the cloud head deployed (e.g. `continuum demo` running)?"
         ) from error
 
 
-def import_ray_with_auth(token: Path) -> None:
-    """Set Ray's auth environment before ray is imported (it reads it once, at import)."""
+def import_ray_with_auth(token: Path | None) -> None:
+    """Set Ray's auth environment before ray is imported (it reads it once, at import).
+
+    ``None`` leaves Ray's own ``RAY_AUTH_*`` environment as it is.
+    """
+    if token is None:
+        return
     if str(token).lower() == "none":
         os.environ["RAY_AUTH_MODE"] = "disabled"
         return

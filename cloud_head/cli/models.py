@@ -5,15 +5,23 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import TYPE_CHECKING, Any
 
-from continuum.cli._cloud import (
+from cloud_head.cli._common import (
     add_cluster,
+    add_json,
     add_root,
     add_tenant,
     authorize,
     controller,
     open_registry,
+    operator_command,
+    print_json,
+    wants_json,
 )
+
+if TYPE_CHECKING:
+    from cloud_head.registry import ModelVersion
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -25,9 +33,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "results) or make a version current through the running controller.",
     )
     actions = parser.add_subparsers(title="actions", metavar="ACTION", required=True)
-    listing = actions.add_parser("list", help="list a tenant's model versions")
+    listing = actions.add_parser(
+        "list",
+        help="list a tenant's model versions",
+        description="List a pipeline's model versions, oldest first. --json prints one "
+        'document: {"tenant", "pipeline", "versions": [{"version", "model", "status", '
+        '"parent", "sha256", "size_bytes", "code_version", "created_at", "gate"}]}.',
+    )
     add_tenant(listing)
     add_root(listing, registry=True)
+    add_json(listing)
     listing.set_defaults(run=run_list)
     show = actions.add_parser("show", help="print one version's record and lineage as JSON")
     add_tenant(show)
@@ -46,14 +61,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action.set_defaults(run=run_set_version, action=name)
 
 
+@operator_command
 def run_list(args: argparse.Namespace) -> int:
-    """Print the versions of a tenant's pipeline, oldest first."""
+    """Print the versions of a tenant's pipeline, oldest first (``--json``: one document)."""
     authorize(args)
     registry = open_registry(args)
     try:
         versions = registry.list(args.tenant, args.pipeline)
     finally:
         registry.close()
+    if wants_json(args):
+        print_json(
+            {
+                "tenant": args.tenant,
+                "pipeline": args.pipeline,
+                "versions": [_version_document(v) for v in versions],
+            }
+        )
+        return 0
     if not versions:
         print(f"no model versions for pipeline {args.pipeline!r} of tenant {args.tenant!r}")
         return 0
@@ -67,6 +92,21 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version_document(version: ModelVersion) -> dict[str, Any]:
+    """Return one version as ``models list --json`` prints it (``models show`` has it all)."""
+    return {
+        "version": version.version,
+        "model": version.model,
+        "status": version.status,
+        "parent": version.parent,
+        "sha256": version.sha256,
+        "size_bytes": version.size_bytes,
+        "code_version": version.code_version,
+        "created_at": version.created_at,
+        "gate": version.gate,
+    }
+
+
 def _gate_text(gate: dict[str, object]) -> str:
     if not gate:
         return "-"
@@ -77,6 +117,7 @@ def _gate_text(gate: dict[str, object]) -> str:
     return f"{verdict}: {cand} vs current {cur}"
 
 
+@operator_command
 def run_show(args: argparse.Namespace) -> int:
     """Print one version as JSON."""
     from dataclasses import asdict
@@ -91,6 +132,7 @@ def run_show(args: argparse.Namespace) -> int:
     return 0
 
 
+@operator_command
 def run_set_version(args: argparse.Namespace) -> int:
     """Ask the pipeline's controller to make a version current everywhere.
 

@@ -12,7 +12,7 @@ import pytest
 
 from cloud_head.registry import ModelRegistry
 from cloud_head.tenants import TenantRegistry
-from continuum.cli import main
+from continuum.cli import EXIT_REFUSED, main
 from tests.tools import require_tool
 
 
@@ -38,7 +38,8 @@ def head(tmp_path: Path) -> tuple[Path, dict[str, Path]]:
 
 
 def models(root: Path, tenant: str, *extra: str) -> int:
-    return main(["models", "list", "--root", str(root), "--tenant", tenant, *extra])
+    argv = ["models", "list", "--root", str(root), "--tenant", tenant]
+    return main([*argv, "--pipeline", "digits-inspection", *extra])
 
 
 class TestTenantCredentials:
@@ -53,22 +54,22 @@ class TestTenantCredentials:
         self, head: tuple[Path, dict[str, Path]], capsys: pytest.CaptureFixture[str]
     ) -> None:
         root, passwords = head
-        assert models(root, "acme", "--password-file", str(passwords["globex"])) == 1
+        assert models(root, "acme", "--password-file", str(passwords["globex"])) == EXIT_REFUSED
         assert "not that of tenant 'acme'" in capsys.readouterr().err
         for argv in (
             ["audit", "verify", "--tenant", "acme"],
             ["fleet", "--tenant", "acme"],
-            ["label", "list", "--tenant", "acme"],
+            ["label", "list", "--tenant", "acme", "--pipeline", "digits-inspection"],
         ):
             code = main([*argv, "--root", str(root), "--password-file", str(passwords["globex"])])
-            assert code == 1, argv
+            assert code == EXIT_REFUSED, argv
             assert "not that of tenant 'acme'" in capsys.readouterr().err
 
     def test_no_credential_is_refused_naming_how_to_give_one(
         self, head: tuple[Path, dict[str, Path]], capsys: pytest.CaptureFixture[str]
     ) -> None:
         root, _ = head
-        assert models(root, "acme") == 1
+        assert models(root, "acme") == EXIT_REFUSED
         err = capsys.readouterr().err
         assert "--password-file" in err and "CONTINUUM_TENANT_PASSWORD" in err
 
@@ -82,7 +83,7 @@ class TestTenantCredentials:
         monkeypatch.setenv("CONTINUUM_TENANT_PASSWORD", passwords["acme"].read_text().strip())
         assert models(root, "acme") == 0
         TenantRegistry(root / "tenants").rotate_credentials("acme")
-        assert models(root, "acme") == 1
+        assert models(root, "acme") == EXIT_REFUSED
         assert "not that of tenant 'acme'" in capsys.readouterr().err
 
     def test_a_single_tenant_head_needs_no_credential(self, tmp_path: Path) -> None:

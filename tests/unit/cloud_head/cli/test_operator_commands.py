@@ -2,6 +2,7 @@
 
 The ``models`` tests run on each registry database (``registry_url``): SQLite under
 ``--root``, then PostgreSQL named by ``--registry-url`` or ``CONTINUUM_REGISTRY_URL``.
+Every command names its tenant and pipeline: a production head has no demo defaults.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from continuum.cli import main
 from continuum.labels import SITE, TIER
 from continuum.wire import topics
 from continuum.wire.messages import NodeStatus
+
+#: The tenant and pipeline the registry fixtures fill.
+PIPELINE = ["--tenant", "acme", "--pipeline", "digits-inspection"]
 
 
 def register_two_versions(registry: ModelRegistry, tmp_path: Path) -> None:
@@ -67,7 +71,7 @@ def registry_args(tmp_path: Path, registry_url: str | None) -> list[str]:
     """The arguments that point ``models`` at a registry with two versions, per database."""
     register_two_versions(ModelRegistry(tmp_path / "registry", url=registry_url), tmp_path)
     url_args = [] if registry_url is None else ["--registry-url", registry_url]
-    return ["--root", str(tmp_path), *url_args]
+    return ["--root", str(tmp_path), *url_args, *PIPELINE]
 
 
 class TestModelsList:
@@ -90,7 +94,7 @@ class TestModelsList:
     ) -> None:
         sqlite_file = tmp_path / "registry" / "registry.sqlite3"
         monkeypatch.setenv(REGISTRY_URL_ENV, registry_url or f"sqlite://{sqlite_file}")
-        assert main(["models", "list", "--root", str(tmp_path)]) == 0
+        assert main(["models", "list", "--root", str(tmp_path), *PIPELINE]) == 0
         assert "v2       current" in capsys.readouterr().out
         assert sqlite_file.exists() == (registry_url is None)
 
@@ -98,15 +102,48 @@ class TestModelsList:
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         url = "mysql://admin:s3cret@db:3306/models"
-        assert main(["models", "list", "--root", str(tmp_path), "--registry-url", url]) == 2
+        argv = ["models", "list", "--root", str(tmp_path), "--registry-url", url, *PIPELINE]
+        assert main(argv) == 2
         err = capsys.readouterr().err
         assert "mysql://admin:***@db:3306/models" in err and "s3cret" not in err
 
     def test_a_missing_root_says_where_to_point(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        assert main(["models", "list", "--root", str(tmp_path / "nope")]) == 2
+        assert main(["models", "list", "--root", str(tmp_path / "nope"), *PIPELINE]) == 2
         assert "pass --root" in capsys.readouterr().err
+
+    def test_json_prints_one_document_with_stable_keys(
+        self, registry_args: list[str], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        assert main(["models", "list", *registry_args, "--json"]) == 0
+        document = json.loads(capsys.readouterr().out)
+        assert (document["tenant"], document["pipeline"]) == ("acme", "digits-inspection")
+        assert [v["version"] for v in document["versions"]] == ["v1", "v2"]
+        assert set(document["versions"][1]) == {
+            "version",
+            "model",
+            "status",
+            "parent",
+            "sha256",
+            "size_bytes",
+            "code_version",
+            "created_at",
+            "gate",
+        }
+        assert (document["versions"][1]["status"], document["versions"][1]["parent"]) == (
+            "current",
+            "v1",
+        )
+        assert document["versions"][1]["gate"]["candidate_score"] == pytest.approx(0.92)
+
+    def test_json_of_no_versions_is_an_empty_list(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        ModelRegistry(tmp_path / "registry").close()
+        argv = ["models", "list", "--root", str(tmp_path), *PIPELINE, "--json"]
+        assert main(argv) == 0
+        assert json.loads(capsys.readouterr().out)["versions"] == []
 
 
 class TestModelsShow:
@@ -129,15 +166,46 @@ class TestFleet:
     def test_lists_nodes_matching_the_selector(
         self, root: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        assert main(["fleet", "--root", str(root), "--where", f"{SITE}=lux-2"]) == 0
+        argv = ["fleet", "--tenant", "acme", "--root", str(root), "--where", f"{SITE}=lux-2"]
+        assert main(argv) == 0
         out = capsys.readouterr().out
         assert "cam-b" in out and "offline" in out
         assert "cam-a" not in out
 
+    def test_json_prints_one_document_with_stable_keys(
+        self, root: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        assert main(["fleet", "--tenant", "acme", "--root", str(root), "--json"]) == 0
+        document = json.loads(capsys.readouterr().out)
+        assert document["tenant"] == "acme"
+        nodes = {n["node"]: n for n in document["nodes"]}
+        assert set(nodes) == {"cam-a", "cam-b"}
+        assert set(nodes["cam-a"]) == {
+            "node",
+            "online",
+            "last_seen",
+            "labels",
+            "pipelines",
+            "models",
+            "refused",
+        }
+        assert (nodes["cam-a"]["online"], nodes["cam-b"]["online"]) == (True, False)
+        assert nodes["cam-b"]["labels"] == {TIER: "edge", SITE: "lux-2"}
+        assert nodes["cam-a"]["pipelines"] == ["digits-inspection"]
+        assert nodes["cam-a"]["refused"] is None
+
+    def test_json_of_no_match_is_an_empty_list(
+        self, root: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        argv = ["fleet", "--tenant", "acme", "--root", str(root), "--json"]
+        assert main([*argv, "--where", f"{SITE}=lux-9"]) == 0
+        assert json.loads(capsys.readouterr().out) == {"tenant": "acme", "nodes": []}
+
     def test_a_bare_label_key_names_the_prefixed_one(
         self, root: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        assert main(["fleet", "--root", str(root), "--where", "tier=edge"]) == 2
+        argv = ["fleet", "--tenant", "acme", "--root", str(root), "--where", "tier=edge"]
+        assert main(argv) == 2
         assert "continuum.io/tier" in capsys.readouterr().err
 
 
@@ -145,7 +213,8 @@ class TestFleetRemove:
     def test_remove_refuses_without_yes_and_removes_nothing(
         self, root: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        argv = ["fleet", "remove", "cam-a", "--root", str(root), "--address", "127.0.0.1:1"]
+        argv = ["fleet", "remove", "cam-a", "--tenant", "acme", "--root", str(root)]
+        argv += ["--address", "127.0.0.1:1"]
         assert main(argv) == 2
         assert "pass --yes" in capsys.readouterr().err
         with FleetRegistry("acme", root / "state" / "fleet-acme.sqlite3") as fleet:

@@ -6,8 +6,8 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+from cloud_head.cli.rollout import rollout_lines
 from cloud_head.rollout import RampStep, RolloutState
-from continuum.cli.rollout import rollout_lines
 
 T0 = 1_790_000_000.0
 

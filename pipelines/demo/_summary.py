@@ -1,0 +1,162 @@
+"""The demo's printed summary: the figures a user checks first, and each target met or missed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["print_summary"]
+
+
+def _print_account(console: Any, account: dict[str, Any]) -> None:
+    """Print where every selected sample ended, per node."""
+    if not account:
+        return
+    from rich.table import Table
+
+    table = Table(title="sample account: every sample the edge selected, and where it ended")
+    for column in (
+        "node",
+        "selected",
+        "stored once",
+        "duplicates",
+        "refused (final)",
+        "in outbox",
+        "lost",
+    ):
+        table.add_column(column, justify="left" if column == "node" else "right")
+    for node, a in sorted(account["nodes"].items()):
+        table.add_row(
+            node,
+            str(a["selected"]),
+            str(a["stored"]),
+            str(a["duplicates"]),
+            str(a["refused"]),
+            str(a["waiting"]),
+            str(a["lost"]),
+        )
+    totals = account["totals"]
+    table.add_row(
+        "all",
+        *(
+            str(totals.get(k, 0))
+            for k in ("selected", "stored", "duplicates", "refused", "waiting", "lost")
+        ),
+    )
+    console.print(table)
+    for node, a in sorted(account["nodes"].items()):
+        if a["refused_ids"]:
+            console.print(f"  {node} refused for good: {', '.join(a['refused_ids'])}")
+        if a["waiting_ids"]:
+            console.print(f"  {node} still in its outbox: {', '.join(a['waiting_ids'])}")
+        if a["dropped"]:
+            console.print(f"  [red]{node} dropped by its outbox's bounds: {a['dropped']}[/]")
+
+
+def _print_policy(console: Any, policy: dict[str, Any]) -> None:
+    """Print the residency and tenancy decisions the run took, and their evidence."""
+    if not policy:
+        return
+    console.print(
+        f"residency policy {policy.get('file')}; store labels {policy.get('store_labels')}"
+    )
+    refused = policy.get("refused_deploy") or {}
+    if refused:
+        verdict = "refused at deploy" if refused.get("refused") else "NOT refused"
+        console.print(
+            f"  {refused.get('tenant')}/{refused.get('pipeline')} "
+            f"({refused.get('data_class', '?')}): {verdict}: {refused.get('message', '')}"
+        )
+    for node, plan in (policy.get("uplink_plans") or {}).items():
+        console.print(f"  uplink plan of {node}: {plan}")
+    for pipeline, store in (policy.get("store") or {}).items():
+        console.print(
+            f"  store of {pipeline}: {store['rows']} rows in {store['files']} files; field "
+            f"columns {store['field_columns']}; patient id stored: "
+            f"{'yes' if store['patient_id_column'] or store['raw_values_found'] else 'no'}; "
+            f"technician pseudonymised: {'yes' if store['technician_pseudonymised'] else 'no'}"
+        )
+    isolation = policy.get("isolation") or {}
+    if isolation.get("checked"):
+        console.print(
+            "  tenant isolation at the broker: medica's credentials "
+            f"{'could' if isolation['other_tenant_read_ours'] else 'could not'} read acme's "
+            f"topics and {'could' if isolation['other_tenant_wrote_ours'] else 'could not'} "
+            "write them"
+        )
+    elif isolation:
+        console.print(f"  tenant isolation not checked: {isolation.get('why')}")
+    for tenant, audit in (policy.get("audit") or {}).items():
+        console.print(
+            f"  audit log of {tenant}: {audit.get('records')} records, "
+            f"{'verified' if audit.get('verified') else 'NOT verified'}"
+            + (" (signed head checked)" if audit.get("signature_checked") else "")
+            + f"; {audit.get('by_action', {})}"
+        )
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def print_summary(console: Any, report: dict[str, Any]) -> None:
+    """Print the figures a user checks first, and whether each target was met."""
+    from rich.table import Table
+
+    table = Table(title="accuracy on the reserved test split (never streamed or uplinked)")
+    for column in (
+        "site",
+        "camera",
+        "before drift",
+        "right after drift",
+        "after recovery",
+        "s to recover",
+    ):
+        table.add_column(column)
+    for name, site in sorted(report["sites"].items()):
+        table.add_row(
+            name,
+            "drifted" if site["drifted_camera"] else "clean",
+            _fmt(site.get("accuracy_before_drift")),
+            _fmt(site.get("accuracy_after_drift")),
+            _fmt(site.get("accuracy_after_recovery")),
+            "-"
+            if site.get("seconds_to_recovery") is None
+            else f"{site['seconds_to_recovery']:.0f}",
+        )
+    console.print(table)
+    share = report.get("uplink_share")
+    console.print(
+        f"frames uplinked: {report['uplinked']} of {report['frames']} "
+        f"({'n/a' if share is None else f'{share:.1%}'})"
+    )
+    for version, scores in report["versions"].items():
+        console.print(
+            f"  model {version}: clean {scores['clean']:.3f}, {report['drift']['kind']} "
+            f"{scores['drifted']:.3f} ({scores['status']})"
+        )
+    for event in report["rollout"].get("history", []):
+        console.print(f"  rollout: {event}")
+    for tenant, info in report.get("tenants", {}).items():
+        console.print(
+            f"tenant {tenant} ({info['pipeline']}): {info['uplinked']} of {info['frames']} frames "
+            "uplinked, side by side on the same broker, cluster and store"
+        )
+    _print_policy(console, report.get("policy") or {})
+    for fault in report.get("faults", []):
+        console.print(
+            f"  fault at {fault['t']:.0f} s: {fault['kind']} on {fault['target']}"
+            + ("" if fault.get("ok") else f" [red]NOT injected: {fault.get('error')}[/]")
+        )
+    for restart in report.get("restarts", []):
+        console.print(
+            f"  restarted at {restart['t']:.0f} s: {restart['service']} {restart['detail']}"
+        )
+    _print_account(console, report.get("account") or {})
+    if report.get("interrupted"):
+        console.print("  [yellow]the run was interrupted: targets are not judged[/]")
+    else:
+        for name, ok in report["targets"].items():
+            console.print(f"  [{'green' if ok else 'red'}]{'ok ' if ok else 'MISS'}[/] {name}")
+    console.print(f"Ray dashboard was at {report['dashboard']}")
+    console.print(f"report: {Path(report['options']['workdir']) / 'report.json'} and report.png")
