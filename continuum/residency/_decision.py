@@ -8,7 +8,7 @@ label constraints, the capture site resolved, for the checks of the sibling modu
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -50,6 +50,16 @@ class Decision:
             "stage": self.stage,
             "label": self.label,
         }
+
+    @classmethod
+    def allowing(cls, rules: Iterable[str], reasons: Iterable[str], stage: str) -> Decision:
+        """Return an allowing decision naming each rule checked (once) and why it holds."""
+        return cls(
+            allowed=True,
+            rule=", ".join(dict.fromkeys(rules)),
+            reason="; ".join(reasons),
+            stage=stage,
+        )
 
     def raise_if_refused(self) -> Decision:
         """Return the decision if allowed; raise ``PlacementError`` carrying it if not."""

@@ -152,9 +152,7 @@ def evaluate(
                 )
     except RefusedError as refused:
         return refused.decision
-    return Decision(
-        allowed=True, rule=", ".join(dict.fromkeys(rules)), reason="; ".join(reasons), stage=stage
-    )
+    return Decision.allowing(rules, reasons, stage)
 
 
 def check_placement(
@@ -313,9 +311,7 @@ def store_decision(
                 reasons.append(f"{c.head} (rule {c.rule}): the store is labelled {c.key}={value}")
     except RefusedError as refused:
         return refused.decision
-    return Decision(
-        allowed=True, rule=", ".join(dict.fromkeys(rules)), reason="; ".join(reasons), stage=stage
-    )
+    return Decision.allowing(rules, reasons, stage)
 
 
 def ingest_allows(

@@ -13,6 +13,7 @@ import pytest
 from cloud_head.audit import AuditAction, AuditLog
 from cloud_head.fleet import FleetRegistry
 from cloud_head.ingest import MAX_AUDIT_RANGES, IngestService
+from cloud_head.ingest._residency import ResidencyCheck
 from cloud_head.labelling import LabelStore
 from cloud_head.store import SampleStore
 from cloud_head.tenants import Quotas
@@ -397,6 +398,49 @@ class TestBatchesThePolicyRefuses:
                 tmp_path / "seen.db",
                 policy=POLICY,
             )
+
+
+class Clock:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[FleetRegistry]:
+    registry = FleetRegistry(TENANT, tmp_path / "fleet.db")
+    yield registry
+    registry.close()
+
+
+class TestNodeLabels:
+    def test_a_node_that_announces_itself_is_known_once_the_unknown_ttl_passed(
+        self, fleet: FleetRegistry
+    ) -> None:
+        clock = Clock()
+        check = ResidencyCheck(
+            POLICY, tenant=TENANT, store_labels=LUX, fleet=fleet, node_grace_s=60, clock=clock
+        )
+        assert check.node_labels("cam-1") is None
+        announce(fleet, "cam-1", LUX)
+        assert check.node_labels("cam-1") is None  # unknown is remembered briefly
+        clock.now += 0.6
+        assert check.node_labels("cam-1") == LUX
+
+    def test_known_labels_are_read_again_after_their_ttl(self, fleet: FleetRegistry) -> None:
+        clock = Clock()
+        check = ResidencyCheck(POLICY, tenant=TENANT, store_labels=LUX, fleet=fleet, clock=clock)
+        announce(fleet, "cam-1", LUX)
+        assert check.node_labels("cam-1") == LUX
+        moved = {**LUX, SITE: "lux-2"}
+        announce(fleet, "cam-1", moved)
+        assert check.node_labels("cam-1") == LUX
+        clock.now += 5.1
+        assert check.node_labels("cam-1") == moved
 
 
 class TestSamplesPerDayQuota:

@@ -1,22 +1,11 @@
-"""Ingest's residency caches: bounded in size (least recently used forgotten) and in age."""
+"""The map behind ingest's residency caches: bounded in size (least recently used forgotten)
+and in age."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
-from cloud_head.fleet import FleetRegistry
-from cloud_head.ingest._residency import MISSING, LruCache, ResidencyCheck
-from continuum.labels import COUNTRY, JURISDICTION, SITE, TIER
-from continuum.residency import ResidencyPolicy
-from continuum.wire import topics
-from continuum.wire.messages import SCHEMA_VERSION, NodeStatus
-
-TENANT = "bank"
-LUX = {TIER: "edge", SITE: "lux-1", COUNTRY: "LU", JURISDICTION: "LU"}
+from cloud_head.ingest._residency import MISSING, LruCache
 
 
 class Clock:
@@ -62,62 +51,3 @@ class TestLruCache:
     def test_a_cache_of_no_entries_is_refused(self) -> None:
         with pytest.raises(ValueError, match="at least one"):
             LruCache(0)
-
-
-POLICY = ResidencyPolicy.from_yaml(
-    """
-classes:
-  public: {}
-  internal: {country: [LU, DE]}
-  confidential: {jurisdiction: [LU]}
-  restricted: {same_site: true}
-"""
-)
-
-
-def announce(fleet: FleetRegistry, node: str, labels: dict[str, str]) -> None:
-    status = NodeStatus(
-        schema_version=SCHEMA_VERSION,
-        node=node,
-        tenant=TENANT,
-        online=True,
-        labels=labels,
-        backends=["onnxruntime"],
-        agent_version="test",
-        pipelines=["payments"],
-        ts=time.time(),
-    )
-    assert fleet.handle(topics.node_status(TENANT, node), status.to_payload()).kind == "status"
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[FleetRegistry]:
-    registry = FleetRegistry(TENANT, tmp_path / "fleet.db")
-    yield registry
-    registry.close()
-
-
-class TestNodeLabels:
-    def test_a_node_that_announces_itself_is_known_once_the_unknown_ttl_passed(
-        self, fleet: FleetRegistry
-    ) -> None:
-        clock = Clock()
-        check = ResidencyCheck(
-            POLICY, tenant=TENANT, store_labels=LUX, fleet=fleet, node_grace_s=60, clock=clock
-        )
-        assert check.node_labels("cam-1") is None
-        announce(fleet, "cam-1", LUX)
-        assert check.node_labels("cam-1") is None  # unknown is remembered briefly
-        clock.now += 0.6
-        assert check.node_labels("cam-1") == LUX
-
-    def test_known_labels_are_read_again_after_their_ttl(self, fleet: FleetRegistry) -> None:
-        clock = Clock()
-        check = ResidencyCheck(POLICY, tenant=TENANT, store_labels=LUX, fleet=fleet, clock=clock)
-        announce(fleet, "cam-1", LUX)
-        assert check.node_labels("cam-1") == LUX
-        moved = {**LUX, SITE: "lux-2"}
-        announce(fleet, "cam-1", moved)
-        assert check.node_labels("cam-1") == LUX
-        clock.now += 5.1
-        assert check.node_labels("cam-1") == moved
