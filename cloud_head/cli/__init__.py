@@ -11,27 +11,11 @@ demo's defaults.
 
 from __future__ import annotations
 
-import importlib.util
+from continuum.cli import require_modules
 
 #: What the cloud side installs (``continuum[cloud]``) that the edge does not.
 CLOUD_MODULES = ("ray", "pyarrow")
 
-
-def _installed(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):  # a module set to None, or a finder that refuses it
-        return False
-
-
-def _require_cloud() -> None:
-    missing = [name for name in CLOUD_MODULES if not _installed(name)]
-    if missing:
-        raise ModuleNotFoundError(
-            f"the cloud head's commands need {', '.join(missing)}, which this install lacks: "
-            "pip install 'continuum[cloud]'",
-            name=missing[0],
-        )
-
-
-_require_cloud()
+require_modules(
+    CLOUD_MODULES, needed_by="the cloud head's commands", install="pip install 'continuum[cloud]'"
+)

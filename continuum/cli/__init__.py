@@ -16,6 +16,7 @@ fails to load is reported by name, and the others still work. Import heavy depen
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ __all__ = [
     "Subcommand",
     "build_parser",
     "main",
+    "require_modules",
 ]
 
 Subparsers = argparse._SubParsersAction  # the type argparse gives add_subparsers() no public name
@@ -123,6 +125,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status
     except KeyboardInterrupt:
         return 130
+
+
+def require_modules(modules: Sequence[str], *, needed_by: str, install: str) -> None:
+    """Raise ``ModuleNotFoundError`` naming what ``needed_by`` lacks here, importing nothing.
+
+    A side's command package calls it when imported, so that ``continuum`` leaves its
+    commands out of an install that cannot run them and says ``install`` to get them.
+    """
+    missing = [name for name in modules if not _installed(name)]
+    if missing:
+        raise ModuleNotFoundError(
+            f"{needed_by} need {', '.join(missing)}, which this install lacks: {install}",
+            name=missing[0],
+        )
+
+
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a module set to None, or a finder that refuses it
+        return False
 
 
 def _assemble() -> tuple[argparse.ArgumentParser, list[LeftOut]]:

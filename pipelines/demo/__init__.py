@@ -8,28 +8,10 @@ which to install.
 
 from __future__ import annotations
 
-import importlib.util
+from continuum.cli import require_modules
 
 #: What the demo runs on beyond the core: Ray and torch (the cloud), the agent's runtime
 #: (paho, onnxruntime), and its console and plot.
 DEMO_MODULES = ("ray", "torch", "pyarrow", "paho", "onnxruntime", "rich", "matplotlib")
 
-
-def _installed(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):  # a module set to None, or a finder that refuses it
-        return False
-
-
-def _require_everything() -> None:
-    missing = [name for name in DEMO_MODULES if not _installed(name)]
-    if missing:
-        raise ModuleNotFoundError(
-            f"the demo needs {', '.join(missing)}, which this install lacks: "
-            "pip install 'continuum[cloud]'",
-            name=missing[0],
-        )
-
-
-_require_everything()
+require_modules(DEMO_MODULES, needed_by="the demo", install="pip install 'continuum[cloud]'")

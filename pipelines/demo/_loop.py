@@ -287,17 +287,7 @@ class LoopRun:
                 pipeline=spec.name,
                 spec_path=self.spec_path,
             )
-            self.agents.append(
-                start_agent(
-                    self.workdir,
-                    camera,
-                    broker=self.tenancy.broker_for(spec.tenant, site_broker),
-                    options=self.options,
-                    public_key=self.public_keys[spec.tenant],
-                    drift_at=self.timeline.drift_at,
-                    tenancy=self.tenancy,
-                )
-            )
+            self._start_agent(camera, broker=site_broker, options=self.options)
 
     def _start_lab_agent(self) -> None:
         lab = self.lab
@@ -310,13 +300,18 @@ class LoopRun:
             spec_path=self.lab_path,
             fields=world.LAB_FIELDS,
         )
+        slower = replace(self.options, fps=max(1.0, self.options.fps * LAB_FPS_SHARE))
+        self._start_agent(camera, broker=self.broker, options=slower)
+
+    def _start_agent(self, camera: Camera, *, broker: Any, options: DemoOptions) -> None:
+        """Start ``camera``'s agent on ``broker`` with its tenant's credential and key."""
         self.agents.append(
             start_agent(
                 self.workdir,
                 camera,
-                broker=self.tenancy.broker_for(lab.tenant, self.broker),
-                options=replace(self.options, fps=max(1.0, self.options.fps * LAB_FPS_SHARE)),
-                public_key=self.public_keys[lab.tenant],
+                broker=self.tenancy.broker_for(camera.tenant, broker),
+                options=options,
+                public_key=self.public_keys[camera.tenant],
                 drift_at=self.timeline.drift_at,
                 tenancy=self.tenancy,
             )
