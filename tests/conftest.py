@@ -1,17 +1,20 @@
 """Session fixtures for the whole suite: a real mosquitto, a real local Ray cluster, a real
 PostgreSQL, S3-compatible storage, the gpu skip.
 
-Each starts only when a test asks for it, so ``tests/unit`` needs none but PostgreSQL (for
-the cases of the registry's tests that run on it).
+Each starts only when a test asks for it, so ``tests/unit`` needs none but PostgreSQL and
+S3 (for the cases of the registry's and the sample store's tests that run on them, marked
+integration).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -22,7 +25,7 @@ from cloud_head.paths import REGISTRY_URL_ENV
 from continuum.embedded import EmbeddedBroker, LocalRayCluster
 from pipelines.demo._tenants import CLOUD_LABELS, EDGE_NODE_LABELS
 from tests.postgres_server import PostgresServer, find_postgres_bin
-from tests.s3_server import S3Server, aws_free_environ, moto_missing
+from tests.s3_server import S3Server, aws_free_environ, child_uri, moto_missing
 
 #: The Ray namespace the test process joins; services under test run as actors in it.
 RAY_TEST_NAMESPACE = "continuum-tests"
@@ -143,6 +146,26 @@ def registry_url(request: pytest.FixtureRequest) -> str | None:
         return None
     url: str = request.getfixturevalue("postgres_database")
     return url
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.integration)])
+def store_root(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A sample store root, once per kind of storage: a local folder, then a prefix of this
+    test's own on the session's S3 (``s3_uri``: no atomic rename there), deleted afterwards.
+
+    ``SampleStore(store_root)`` opens it as an operator would; ``child_uri(store_root, name)``
+    is a second root beside it.
+    """
+    if request.param == "local":
+        yield str(tmp_path / "samples")
+        return
+    import pyarrow.fs as pafs  # only the S3 cases need it
+
+    root = child_uri(request.getfixturevalue("s3_uri"), uuid.uuid4().hex)
+    yield root
+    filesystem, path = pafs.FileSystem.from_uri(root)
+    with contextlib.suppress(FileNotFoundError):  # a test that wrote nothing
+        filesystem.delete_dir(path)
 
 
 @pytest.fixture(scope="session")

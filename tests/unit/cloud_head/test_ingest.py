@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import pkgutil
 import re
 from collections.abc import Iterator
@@ -132,19 +133,29 @@ class TestGoodBatches:
 
 
 class TestDuplicates:
+    # The cases that take ``store_root`` run on a local folder and on S3-compatible storage,
+    # where files are written in place and a crash's files are found by listing the bucket:
+    # the paths a flush returns must be the ones that listing gives back.
+
     def test_a_batch_delivered_twice_is_stored_once(
-        self, service: IngestService, store: SampleStore
+        self, tmp_path: Path, labels: LabelStore, store_root: str
     ) -> None:
+        store = SampleStore(store_root)
         message = samples_msg(make_batch(range(4)))
-        first = service.handle(*message)
-        again = service.handle(*message)
-        assert again == Outcome("stored", stored=0, duplicates=4)
-        assert again.ack
-        # Both get the receipt: the node forgets the samples whichever copy was stored.
-        assert first.seq_ranges == again.seq_ranges == ((0, 3),)
-        assert first.node == again.node == "cam-1"
-        assert store.read(TENANT, "digits").num_rows == 4
-        assert service.stats()["duplicates"] == 4
+        with IngestService(TENANT, [make_spec()], store, labels, tmp_path / "seen.db") as service:
+            first = service.handle(*message)
+            again = service.handle(*message)
+            assert first == Outcome("stored", stored=4)
+            assert again == Outcome("stored", stored=0, duplicates=4)
+            assert again.ack
+            # Both get the receipt: the node forgets the samples whichever copy was stored.
+            assert first.seq_ranges == again.seq_ranges == ((0, 3),)
+            assert first.node == again.node == "cam-1"
+            assert service.stats()["duplicates"] == 4
+        assert len(store.files(TENANT, "digits")) == 1
+        table = store.read(TENANT, "digits")
+        assert table.num_rows == 4
+        assert sorted(table.column("sample_id").to_pylist()) == [f"cam-1:{s}" for s in range(4)]
 
     def test_overlapping_batches_store_only_the_new_samples(
         self, service: IngestService, store: SampleStore
@@ -190,22 +201,35 @@ class TestDuplicates:
             assert service.is_seen("digits", "cam-1:35999")
         assert store.count(TENANT, "digits") == 36_000
 
-    def test_sample_ids_are_remembered_across_a_restart(
-        self, tmp_path: Path, store: SampleStore, labels: LabelStore, service: IngestService
+    def test_sample_ids_are_remembered_across_a_restart_without_adopting_a_file(
+        self,
+        tmp_path: Path,
+        labels: LabelStore,
+        store_root: str,
+        caplog: pytest.LogCaptureFixture,
     ) -> None:
+        store = SampleStore(store_root)
         message = samples_msg(make_batch(range(3)))
-        service.handle(*message)
-        service.close()
-        with IngestService(TENANT, [make_spec()], store, labels, tmp_path / "seen.db") as again:
-            assert again.handle(*message).duplicates == 3
+        with IngestService(TENANT, [make_spec()], store, labels, tmp_path / "seen.db") as first:
+            first.handle(*message)
+        with (
+            caplog.at_level(logging.WARNING, logger="cloud_head.ingest"),
+            IngestService(TENANT, [make_spec()], store, labels, tmp_path / "seen.db") as again,
+        ):
+            assert again.handle(*message) == Outcome("stored", stored=0, duplicates=3)
             assert again.is_seen("digits", "cam-1:2")
+        # The file was recorded under the path the store lists it by: nothing to adopt.
+        assert not [r for r in caplog.records if "adopted" in r.getMessage()]
         assert store.read(TENANT, "digits").num_rows == 3
+        assert store.count(TENANT, "digits") == 3
 
     def test_a_file_written_before_a_crash_recorded_its_ids_is_not_stored_again(
-        self, tmp_path: Path, store: SampleStore, labels: LabelStore
+        self, tmp_path: Path, labels: LabelStore, store_root: str
     ) -> None:
-        # The crash window: the Parquet file is durable, the seen-id commit never happened,
-        # the message was never acknowledged, so the broker redelivers it.
+        # The crash window: the Parquet file is durable (the object uploaded), the seen-id
+        # commit never happened, the message was never acknowledged, so the broker
+        # redelivers it.
+        store = SampleStore(store_root)
         batch = make_batch(range(4))
         store.append(TENANT, batch)
         [orphan] = store.flush()
