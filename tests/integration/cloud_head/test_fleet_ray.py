@@ -25,10 +25,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from cloud_head.audit import AuditAction, AuditLog, default_actor
 from cloud_head.paths import HeadPaths
 from cloud_head.services import CLOUD_SELECTOR, FleetActor
+from cloud_head.settings import CloudSettings
 from continuum.embedded import EmbeddedBroker, LocalRayCluster
 from continuum.signing import generate_keypair
 from continuum.wire import topics
 from continuum.wire.messages import NodeStatus, Telemetry
+from continuum.wire.mqtt import BrokerSettings
 from tests.tools import assert_promtool_accepts_metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -55,11 +57,13 @@ class Fleet:
         self.actor = FleetActor.options(  # type: ignore[attr-defined]
             name="fleet", namespace=self.tenant, label_selector=CLOUD_SELECTOR
         ).remote(
-            self.tenant,
-            self.paths,
-            {"host": broker.host, "port": broker.port},
-            None,
-            self.private_pem,
+            CloudSettings(
+                tenant=self.tenant,
+                root=self.paths.root,
+                registry_url=None,
+                broker=BrokerSettings(host=broker.host, port=broker.port),
+            ),
+            signing_key=self.private_pem,
         )
         self.edge = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edge-{self.tenant}")
         self.edge.connect(broker.host, broker.port)

@@ -9,61 +9,34 @@ subscriber reads back what the nodes would be told.
 from __future__ import annotations
 
 import itertools
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_head.controller import PipelineController
-from cloud_head.fleet import FleetRegistry
-from cloud_head.labelling import LabelStore
-from cloud_head.registry import ModelRegistry, ModelVersion
-from cloud_head.rollout import (
-    MIN_LABELLED_FOR_DECISION,
-    DesiredStateBook,
-    RolloutController,
-    RolloutState,
-)
-from cloud_head.store import SampleStore
-from continuum import select
+from cloud_head.registry import ModelVersion
+from cloud_head.rollout import MIN_LABELLED_FOR_DECISION, RolloutController, RolloutState
 from continuum.embedded import EmbeddedBroker
-from continuum.labels import SITE, TIER
-from continuum.signing import generate_keypair, sign_artifact
-from continuum.spec import (
-    DataClass,
-    EdgeStageSpec,
-    PipelineSpec,
-    RetrainSpec,
-    RolloutSpec,
-    TensorSchema,
-    TriggerSpec,
-    UplinkSpec,
+from continuum.spec import RolloutSpec
+from tests.rollout_kit import (
+    NODES,
+    PIPELINE,
+    TRIGGER_SAMPLES,
+    CloudRig,
+    DesiredWatcher,
+    canary_reports,
+    connected_client,
+    pipeline_spec,
 )
-from continuum.wire import codec, topics
-from continuum.wire.messages import (
-    DesiredState,
-    NodeStatus,
-    ReportedModel,
-    ReportedState,
-    Telemetry,
-)
-from continuum.wire.mqtt import BrokerSettings, connect, make_client
+from tests.rollout_kit import serve_v1 as fleet_on_v1
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-NODES = ("cam-1", "cam-2", "cam-3", "cam-4")
 #: A fleet where canary 0.125 and factor 2 take 1, 2, 4, then all 8 nodes.
 EIGHT_NODES = tuple(f"cam-{i}" for i in range(1, 9))
-PIPELINE = "digits"
-#: Labelled samples that fire the retrain trigger.
-TRIGGER_SAMPLES = 8
 #: Canary, then every node at once (0.25 x 4 = 1): the rollout before ramps.
 CANARY_THEN_ALL = RolloutSpec(canary=0.25, promote_after_s=60, ramp_factor=4, rollback_on_drop=0.05)
 #: Canary 1 of 8 nodes, then 2, 4 and all, holding 60 s at each step; accuracy or latency.
@@ -77,233 +50,26 @@ RAMP = RolloutSpec.model_validate(
 )
 
 
-def make_spec(tenant: str, rollout: RolloutSpec = CANARY_THEN_ALL) -> PipelineSpec:
-    return PipelineSpec(
-        name=PIPELINE,
-        tenant=tenant,
-        data_class="internal",
-        edge=EdgeStageSpec(
-            model="inspector", input=TensorSchema(shape=(1, 8, 8)), where={TIER: "edge"}
-        ),
-        uplink=UplinkSpec(policy=select.random(0.1)),
-        retrain=RetrainSpec(
-            trainer="tests.integration.cloud_head.test_rollout_mqtt:no_trainer",
-            trigger=TriggerSpec(new_samples=TRIGGER_SAMPLES),
-        ),
-        rollout=rollout,
-    )
-
-
-def no_trainer(config: object) -> None:  # pragma: no cover - only named by the spec
-    raise RuntimeError("these tests never train")
-
-
-class Clock:
-    """A clock the test moves by hand, shared by the controllers and the telemetry stamps."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class DesiredWatcher:
-    """A plain paho subscriber to every node's retained desired state."""
-
-    def __init__(self, broker: EmbeddedBroker, tenant: str) -> None:
-        self._lock = threading.Lock()
-        self._latest: dict[str, DesiredState] = {}
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"watch-{uuid.uuid4().hex[:8]}",
-            protocol=mqtt.MQTTv5,
-        )
-        self.client.on_message = self._on_message
-        self.client.connect(broker.host, broker.port)
-        self.client.subscribe(topics.nodes_filter(tenant, "desired"), qos=1)
-        self.client.loop_start()
-
-    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        state = DesiredState.from_payload(bytes(msg.payload))
-        with self._lock:
-            self._latest[state.node] = state
-
-    def version(self, node: str) -> str | None:
-        with self._lock:
-            state = self._latest.get(node)
-        return None if state is None else state.pipelines[PIPELINE].version
-
-    def wait_for(self, expected: dict[str, str], timeout_s: float = 10.0) -> None:
-        wait_for(lambda: all(self.version(n) == v for n, v in expected.items()), timeout_s)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        time.sleep(0.05)
-
-
-@dataclass
-class Head:
-    """The cloud head's stores for one tenant, and the MQTT client its controllers publish on."""
-
-    root: Path
-    tenant: str
-    spec: PipelineSpec
-    clock: Clock
-    client: mqtt.Client
-    private_key: bytes
-    registry: ModelRegistry = field(init=False)
-    fleet: FleetRegistry = field(init=False)
-    store: SampleStore = field(init=False)
-    labels: LabelStore = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.registry = ModelRegistry(self.root / "registry")
-        self.fleet = FleetRegistry(self.tenant, self.root / "fleet.sqlite3", clock=self.clock)
-        self.store = SampleStore(self.root / "store")
-        self.labels = LabelStore(self.root / "labels.sqlite3")
-
-    # -- what edge agents would send -------------------------------------------------------
-
-    def node_joins(self, node: str, *, online: bool = True) -> None:
-        status = NodeStatus(
-            node=node,
-            tenant=self.tenant,
-            online=online,
-            labels={TIER: "edge", SITE: "lux-1"},
-            agent_version="test",
-            pipelines=[PIPELINE],
-            ts=self.clock(),
-        )
-        assert (
-            self.fleet.handle(topics.node_status(self.tenant, node), status.to_payload()).kind
-            == "status"
-        )
-
-    def node_leaves(self, node: str) -> None:
-        """The node's last will: its retained status, offline."""
-        self.node_joins(node, online=False)
-
-    def node_serves(self, node: str, version: ModelVersion) -> None:
-        reported = ReportedState(
-            node=node,
-            pipelines={
-                PIPELINE: ReportedModel(
-                    model=version.model,
-                    version=version.version,
-                    sha256=version.sha256,
-                    state="serving",
-                )
-            },
-            ts=self.clock(),
-        )
-        update = self.fleet.handle(topics.node_reported(self.tenant, node), reported.to_payload())
-        assert update.kind == "reported"
-
-    def telemetry(
-        self,
-        node: str,
-        version: str,
-        *,
-        labelled: int,
-        correct: int,
-        p95_ms: float = 2.0,
-        drift: float = 0.0,
-    ) -> None:
-        window = Telemetry(
-            node=node,
-            pipeline=PIPELINE,
-            model_version=version,
-            window_s=10.0,
-            frames=labelled,
-            uplinked=0,
-            dropped=0,
-            latency_p50_ms=min(1.0, p95_ms),
-            latency_p95_ms=p95_ms,
-            drift_score=drift,
-            labelled=labelled,
-            correct=correct,
-            ts=self.clock(),
-        )
-        update = self.fleet.handle(
-            topics.telemetry(self.tenant, PIPELINE, node), window.to_payload()
-        )
-        assert update.kind == "telemetry", update
-
-    # -- the cloud side --------------------------------------------------------------------
-
-    def register(self, tag: str) -> ModelVersion:
-        artifact = self.root / f"model-{tag}.onnx"
-        artifact.write_bytes(f"not really onnx: {tag}".encode() * 50)
-        return self.registry.register(
-            self.tenant,
-            PIPELINE,
-            "inspector",
-            artifact,
-            sign=lambda model, ver, digest: sign_artifact(self.private_key, model, ver, digest),
-            parent=None,
-            code_version="test",
-            metrics={},
-            gate={},
-            lineage={},
-        )
-
-    def book(self) -> DesiredStateBook:
-        def publish(topic: str, payload: bytes) -> None:
-            info = self.client.publish(topic, payload, qos=1, retain=True)
-            info.wait_for_publish(timeout=10)
-            assert info.is_published()
-
-        return DesiredStateBook(self.root / "desired.sqlite3", self.tenant, publish)
+class Head(CloudRig):
+    """The rig with the pipeline it runs (``use`` changes its rollout spec from now on)."""
 
     def use(self, rollout: RolloutSpec) -> None:
         """Run the pipeline with another rollout spec from now on."""
-        self.spec = make_spec(self.tenant, rollout)
+        self.spec = pipeline_spec(self.tenant, rollout=rollout)
 
     def rollout_controller(self) -> RolloutController:
-        return RolloutController(
-            self.spec, self.registry, self.fleet, self.book(), chunk_size=1024, clock=self.clock
-        )
+        return self.rollout(self.spec, audited=False)
 
     def pipeline_controller(self) -> PipelineController:
-        return PipelineController(
-            self.spec,
-            workdir=self.root / "controller",
-            registry=self.registry,
-            store=self.store,
-            labels=self.labels,
-            fleet=self.fleet,
-            client=self.client,
-            private_key_pem=self.private_key,
-            code_version="test",
-            clock=self.clock,
-        )
-
-    def close(self) -> None:
-        self.registry.close()
-        self.fleet.close()
-        self.labels.close()
+        return self.controller(self.spec, audited=False)
 
 
 @pytest.fixture
 def head(tmp_path: Path, private_mqtt_broker: EmbeddedBroker) -> Iterator[Head]:
     tenant = f"ro-{uuid.uuid4().hex[:8]}"
-    settings = BrokerSettings(host=private_mqtt_broker.host, port=private_mqtt_broker.port)
-    client = make_client(f"controller-{tenant}", settings)
-    connect(client, settings)
-    private_key, _public = generate_keypair()
-    built = Head(tmp_path, tenant, make_spec(tenant), Clock(), client, private_key)
+    client = connected_client(private_mqtt_broker, f"controller-{tenant}")
+    built = Head(tmp_path, tenant, client=client)
+    built.use(CANARY_THEN_ALL)
     try:
         yield built
     finally:
@@ -319,35 +85,6 @@ def watcher(head: Head, private_mqtt_broker: EmbeddedBroker) -> Iterator[Desired
         yield watching
     finally:
         watching.close()
-
-
-def fleet_on_v1(
-    head: Head,
-    controller: RolloutController | PipelineController,
-    nodes: tuple[str, ...] = NODES,
-) -> ModelVersion:
-    """Join the nodes, promote v1 everywhere and give it a window of 95%-accurate telemetry."""
-    for node in nodes:
-        head.node_joins(node)
-    v1 = head.register("v1")
-    rollout = controller.rollout if isinstance(controller, PipelineController) else controller
-    assert rollout.begin(v1).stage == "promoted"
-    for node in nodes:
-        head.node_serves(node, v1)
-        head.telemetry(node, "v1", labelled=100, correct=95)
-    head.clock.advance(10)
-    return v1
-
-
-def canary_reports(head: Head, canary: str, version: ModelVersion, accuracy: float) -> None:
-    """The canary serves ``version`` and sends enough labelled windows for a decision."""
-    head.node_serves(canary, version)
-    per_window = MIN_LABELLED_FOR_DECISION
-    for _ in range(3):
-        head.telemetry(
-            canary, version.version, labelled=per_window, correct=round(per_window * accuracy)
-        )
-        head.clock.advance(30)
 
 
 class TestRegressingCanary:
@@ -405,7 +142,7 @@ class TestHeadRestart:
         head.node_serves(canary, v2)
         head.telemetry(canary, "v2", labelled=10, correct=10)
         assert first.tick().stage == "canary"  # too early to decide
-        first.book.close()  # the cloud head dies mid-canary
+        first.close()  # the cloud head dies mid-canary
         del first
 
         second = head.pipeline_controller()
@@ -432,16 +169,7 @@ class TestHeadRestart:
     def test_a_new_controller_does_not_retrain_on_samples_already_trained_on(
         self, head: Head
     ) -> None:
-        records = tuple(
-            codec.SampleRecord(
-                seq=s, captured_at_ns=s, tensor=np.zeros((1, 8, 8), np.float32), label=s % 10
-            )
-            for s in range(TRIGGER_SAMPLES)
-        )
-        head.store.append(
-            head.tenant, codec.SampleBatch(PIPELINE, "cam-1", "v1", DataClass.INTERNAL, records)
-        )
-        head.store.flush()
+        head.labelled_samples(TRIGGER_SAMPLES)
 
         first = head.pipeline_controller()
         first.tick()  # the trigger fires; training fails fast (no Ray here) but counts
@@ -449,7 +177,7 @@ class TestHeadRestart:
         (record,) = first.status()["trainings"]
         assert record["reason"].startswith(f"{TRIGGER_SAMPLES} new labelled samples")
         assert first.status()["trained_on"] == TRIGGER_SAMPLES
-        first.book.close()
+        first.close()
         del first
 
         second = head.pipeline_controller()
@@ -627,7 +355,7 @@ class TestHeadRestartMidRamp:
         fleet_reports(head, state, v2, accuracy=0.95, p95_ms=2.0)
         mid_ramp = first.tick()
         assert (mid_ramp.stage, mid_ramp.canary_nodes) == ("canary", ("cam-7", "cam-5"))
-        first.book.close()  # the cloud head dies at step 1, before the step is judged
+        first.close()  # the cloud head dies at step 1, before the step is judged
         del first
 
         second = head.pipeline_controller()
@@ -642,7 +370,7 @@ class TestHeadRestartMidRamp:
         step_2 = second.tick()
         assert (step_2.steps[-1].index, step_2.canary_nodes) == (2, drifted)
         watcher.wait_for({n: "v2" if n in drifted else "v1" for n in EIGHT_NODES})
-        second.book.close()  # and dies again at step 2
+        second.close()  # and dies again at step 2
         del second
 
         third = head.pipeline_controller()

@@ -13,35 +13,21 @@ from pathlib import Path
 
 import pytest
 
-from cloud_head.fleet import FleetRegistry
-from cloud_head.registry import ModelRegistry
+from cloud_head._pipeline_state import PipelineStateStore
 from cloud_head.rollout import (
     MIN_LABELLED_FOR_DECISION,
     MIN_LATENCY_WINDOWS,
     ROLLOUT_RECORD,
-    DesiredStateBook,
     RampStep,
-    RolloutController,
     RolloutState,
     StepFigures,
     judge,
     ramp_schedule,
 )
-from continuum import select
-from continuum.labels import SITE, TIER
-from continuum.spec import (
-    EdgeStageSpec,
-    PipelineSpec,
-    RollbackRules,
-    RolloutSpec,
-    TensorSchema,
-    UplinkSpec,
-)
-from continuum.wire import topics
-from continuum.wire.messages import DesiredState, NodeStatus
+from continuum.spec import RollbackRules, RolloutSpec
+from tests.rollout_kit import PIPELINE, Clock, CloudRig, pipeline_spec
 
 TENANT = "acme"
-PIPELINE = "digits"
 BOTH = RollbackRules(accuracy_drop=0.05, latency_rise=0.2)
 
 
@@ -164,45 +150,14 @@ class TestJudge:
 
 
 @pytest.fixture
-def stores(tmp_path: Path) -> Iterator[tuple[ModelRegistry, FleetRegistry, DesiredStateBook]]:
-    published: list[DesiredState] = []
-    registry = ModelRegistry(tmp_path / "registry")
-    fleet = FleetRegistry(TENANT, tmp_path / "fleet.sqlite3")
-    book = DesiredStateBook(
-        tmp_path / "desired.sqlite3",
-        TENANT,
-        lambda topic, payload: published.append(DesiredState.from_payload(payload)),
-    )
+def rig(tmp_path: Path) -> Iterator[CloudRig]:
+    built = CloudRig(tmp_path, TENANT, Clock(900.0))
     for node in ("cam-1", "cam-2", "cam-3", "cam-4"):
-        status = NodeStatus(
-            node=node,
-            tenant=TENANT,
-            online=True,
-            labels={TIER: "edge", SITE: "lux-1"},
-            agent_version="0.1.0",
-            pipelines=[PIPELINE],
-            ts=900.0,
-        )
-        fleet.handle(topics.node_status(TENANT, node), status.to_payload())
+        built.node_joins(node)
     try:
-        yield registry, fleet, book
+        yield built
     finally:
-        book.close()
-        fleet.close()
-        registry.close()
-
-
-def spec(rollout: RolloutSpec) -> PipelineSpec:
-    return PipelineSpec(
-        name=PIPELINE,
-        tenant=TENANT,
-        data_class="internal",
-        edge=EdgeStageSpec(
-            model="inspector", input=TensorSchema(shape=(1, 8, 8)), where={TIER: "edge"}
-        ),
-        uplink=UplinkSpec(policy=select.random(0.1)),
-        rollout=rollout,
-    )
+        built.close()
 
 
 class TestStoredState:
@@ -227,10 +182,7 @@ class TestStoredState:
         record = json.loads(json.dumps(state.to_record()))
         assert RolloutState.from_record(record) == state
 
-    def test_a_canary_stored_before_ramps_resumes_as_step_zero(
-        self, stores: tuple[ModelRegistry, FleetRegistry, DesiredStateBook]
-    ) -> None:
-        registry, fleet, book = stores
+    def test_a_canary_stored_before_ramps_resumes_as_step_zero(self, rig: CloudRig) -> None:
         old = RolloutState(
             pipeline=PIPELINE,
             stage="canary",
@@ -242,11 +194,11 @@ class TestStoredState:
         ).to_record()
         for key in ("steps", "order", "verdict", "decide_at"):
             del old[key]
-        book.save_record(PIPELINE, ROLLOUT_RECORD, old)
+        states = PipelineStateStore(rig.book.path, TENANT, PIPELINE)
+        states.save(ROLLOUT_RECORD, old)
+        states.close()
 
-        controller = RolloutController(
-            spec(RolloutSpec(canary=0.25)), registry, fleet, book, chunk_size=1024
-        )
+        controller = rig.rollout(pipeline_spec(TENANT, rollout=RolloutSpec(canary=0.25)))
 
         state = controller.state
         assert state.steps == (RampStep(0, 0.25, ("cam-2",), 1000.0, "canary on cam-2"),)

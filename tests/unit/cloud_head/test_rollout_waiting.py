@@ -9,161 +9,48 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from cloud_head.audit import AuditAction, AuditLog, AuditTrail, model_subject
-from cloud_head.fleet import FleetRegistry
-from cloud_head.registry import ModelRegistry, ModelVersion
-from cloud_head.rollout import DesiredStateBook, RolloutController
-from continuum import select
+from cloud_head.audit import AuditAction
+from cloud_head.registry import ModelVersion
+from cloud_head.rollout import RolloutController
 from continuum.errors import ContinuumError
-from continuum.labels import SITE, TIER
-from continuum.signing import generate_keypair, sign_artifact
-from continuum.spec import EdgeStageSpec, PipelineSpec, RolloutSpec, TensorSchema, UplinkSpec
-from continuum.wire import topics
-from continuum.wire.messages import DesiredState, NodeStatus
+from tests.rollout_kit import NODES, PIPELINE, Clock, CloudRig, pipeline_spec
 
 TENANT = "acme"
-PIPELINE = "digits"
-NODES = ("cam-1", "cam-2", "cam-3", "cam-4")
-SPEC = PipelineSpec(
-    name=PIPELINE,
-    tenant=TENANT,
-    data_class="internal",
-    edge=EdgeStageSpec(
-        model="inspector", input=TensorSchema(shape=(1, 8, 8)), where={TIER: "edge"}
-    ),
-    uplink=UplinkSpec(policy=select.random(0.1)),
-    rollout=RolloutSpec(canary=0.25, promote_after_s=60, rollback_on_drop=0.05),
-)
+SPEC = pipeline_spec(TENANT, retrain=False)
 WAITING_FOR_ALL = (
     "waiting for an eligible canary node: 0 of 4 nodes matching continuum.io/tier=edge are online"
 )
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@dataclass
-class Head:
-    """The stores one pipeline's rollout reads and writes, on one clock."""
-
-    root: Path
-    clock: Clock = field(default_factory=Clock)
-    published: list[DesiredState] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.private_key, _ = generate_keypair()
-        self.registry = ModelRegistry(self.root / "registry")
-        self.fleet = FleetRegistry(TENANT, self.root / "fleet.sqlite3", clock=self.clock)
-        self.log = AuditLog(self.root / "audit", signing_keys={TENANT: self.private_key})
-        self.book = self.open_book()
-
-    def open_book(self) -> DesiredStateBook:
-        return DesiredStateBook(
-            self.root / "desired.sqlite3",
-            TENANT,
-            lambda topic, payload: self.published.append(DesiredState.from_payload(payload)),
-        )
-
-    def rollout(self) -> RolloutController:
-        return RolloutController(
-            SPEC,
-            self.registry,
-            self.fleet,
-            self.book,
-            chunk_size=1024,
-            clock=self.clock,
-            audit=AuditTrail(self.log, TENANT, "service:controller-digits"),
-        )
-
-    def status(self, node: str, *, online: bool = True, heartbeat_s: float | None = None) -> None:
-        """The node's retained status, as its agent (or its last will) publishes it."""
-        status = NodeStatus(
-            node=node,
-            tenant=TENANT,
-            online=online,
-            labels={TIER: "edge", SITE: "lux-1"},
-            agent_version="test",
-            pipelines=[PIPELINE],
-            heartbeat_s=heartbeat_s,
-            ts=self.clock(),
-        )
-        assert self.fleet.handle(topics.node_status(TENANT, node), status.to_payload()).kind in (
-            "status",
-            "cleared",
-        )
-
-    def register(self, tag: str) -> ModelVersion:
-        artifact = self.root / f"model-{tag}.onnx"
-        artifact.write_bytes(f"not really onnx: {tag}".encode() * 50)
-        return self.registry.register(
-            TENANT,
-            PIPELINE,
-            "inspector",
-            artifact,
-            sign=lambda model, ver, digest: sign_artifact(self.private_key, model, ver, digest),
-            parent=None,
-            code_version="test",
-            metrics={},
-            gate={},
-            lineage={},
-        )
-
-    def sent(self, version: str) -> list[str]:
-        """The nodes that were ever told to serve ``version``."""
-        return sorted({s.node for s in self.published if s.pipelines[PIPELINE].version == version})
-
-    def rollout_events(self, version: str) -> list[str]:
-        return [
-            r.details["event"]
-            for r in self.log.records(TENANT, action=AuditAction.ROLLOUT)
-            if r.subject == model_subject(PIPELINE, version)
-        ]
-
-    def close(self) -> None:
-        self.book.close()
-        self.fleet.close()
-        self.registry.close()
-        self.log.close()
-
-
 @pytest.fixture
-def head(tmp_path: Path) -> Iterator[Head]:
-    built = Head(tmp_path)
+def head(tmp_path: Path) -> Iterator[CloudRig]:
+    built = CloudRig(tmp_path, TENANT, Clock(1_800_000_000.0))
     try:
         yield built
     finally:
         built.close()
 
 
-def serving_v1_then_dark(head: Head, rollout: RolloutController) -> ModelVersion:
+def serving_v1_then_dark(head: CloudRig, rollout: RolloutController) -> ModelVersion:
     """v1 serves on four nodes; then every node's last will says it went offline."""
     for node in NODES:
-        head.status(node)
+        head.node_joins(node)
     v1 = head.register("v1")
     assert rollout.begin(v1).stage == "promoted"
     head.clock.advance(10)
     for node in NODES:
-        head.status(node, online=False)
+        head.node_joins(node, online=False)
     assert rollout.eligible_nodes() == []
     return v1
 
 
 class TestFirstModel:
-    def test_the_pipelines_first_model_is_promoted_even_with_no_node(self, head: Head) -> None:
-        rollout = head.rollout()
+    def test_the_pipelines_first_model_is_promoted_even_with_no_node(self, head: CloudRig) -> None:
+        rollout = head.rollout(SPEC)
         v1 = head.register("v1")
 
         state = rollout.begin(v1)
@@ -176,9 +63,9 @@ class TestFirstModel:
         assert current is not None and current.version == "v1"
 
     def test_a_pipeline_whose_current_version_was_rolled_back_is_not_first(
-        self, head: Head
+        self, head: CloudRig
     ) -> None:
-        rollout = head.rollout()
+        rollout = head.rollout(SPEC)
         serving_v1_then_dark(head, rollout)
         head.register("v2")
         rollout.rollback_to(head.registry.get(TENANT, PIPELINE, "v2"), "try it", action="promote")
@@ -192,9 +79,9 @@ class TestFirstModel:
         assert head.sent("v3") == []
 
     def test_a_registry_that_lost_its_current_version_refuses_instead_of_promoting(
-        self, head: Head
+        self, head: CloudRig
     ) -> None:
-        rollout = head.rollout()
+        rollout = head.rollout(SPEC)
         serving_v1_then_dark(head, rollout)
         with sqlite3.connect(head.root / "registry" / "registry.sqlite3") as db:
             db.execute("DELETE FROM current_versions")  # a restore that missed one table
@@ -211,9 +98,9 @@ class TestFirstModel:
 
 class TestWaitingForACanaryNode:
     def test_with_every_node_offline_a_candidate_waits_and_says_why(
-        self, head: Head, caplog: pytest.LogCaptureFixture
+        self, head: CloudRig, caplog: pytest.LogCaptureFixture
     ) -> None:
-        rollout = head.rollout()
+        rollout = head.rollout(SPEC)
         serving_v1_then_dark(head, rollout)
         v2 = head.register("v2")
 
@@ -236,13 +123,13 @@ class TestWaitingForACanaryNode:
         assert logged.levelno == logging.WARNING
         assert WAITING_FOR_ALL in logged.getMessage() and "v1 keeps serving" in logged.getMessage()
 
-    def test_the_canary_starts_on_the_first_node_that_comes_online(self, head: Head) -> None:
-        rollout = head.rollout()
+    def test_the_canary_starts_on_the_first_node_that_comes_online(self, head: CloudRig) -> None:
+        rollout = head.rollout(SPEC)
         serving_v1_then_dark(head, rollout)
         v2 = head.register("v2")
         rollout.begin(v2)
         head.clock.advance(30)
-        head.status("cam-3")
+        head.node_joins("cam-3")
 
         state = rollout.tick()
 
@@ -255,10 +142,12 @@ class TestWaitingForACanaryNode:
         canary = head.log.records(TENANT, action=AuditAction.ROLLOUT)[-1].details
         assert (canary["nodes"], canary["waited_s"], canary["baseline"]) == (["cam-3"], 30, "v1")
 
-    def test_a_node_silent_for_over_two_heartbeat_periods_takes_no_canary(self, head: Head) -> None:
-        rollout = head.rollout()
+    def test_a_node_silent_for_over_two_heartbeat_periods_takes_no_canary(
+        self, head: CloudRig
+    ) -> None:
+        rollout = head.rollout(SPEC)
         for node in NODES:
-            head.status(node, heartbeat_s=10)
+            head.node_joins(node, heartbeat_s=10)
         v1 = head.register("v1")
         rollout.begin(v1)
         head.clock.advance(25)  # nobody marked them offline: the fleet service is down
@@ -272,27 +161,26 @@ class TestWaitingForACanaryNode:
             "from more than 2 heartbeat periods ago)"
         )
         assert rollout.eligible_nodes() == list(NODES)
-        head.status("cam-2", heartbeat_s=10)
+        head.node_joins("cam-2", heartbeat_s=10)
         assert rollout.tick().canary_nodes == ("cam-2",)
         assert head.sent("v2") == ["cam-2"]
 
-    def test_a_waiting_rollout_resumes_after_a_restart(self, head: Head) -> None:
-        first = head.rollout()
+    def test_a_waiting_rollout_resumes_after_a_restart(self, head: CloudRig) -> None:
+        first = head.rollout(SPEC)
         serving_v1_then_dark(head, first)
         waiting = first.begin(head.register("v2"))
-        head.book.close()  # the cloud head dies while the candidate waits
-        head.book = head.open_book()
+        head.restart_book()  # the cloud head dies while the candidate waits
 
-        second = head.rollout()
+        second = head.rollout(SPEC)
         assert second.state == waiting
-        head.status("cam-1")
+        head.node_joins("cam-1")
         state = second.tick()
 
         assert (state.stage, state.candidate, state.canary_nodes) == ("canary", "v2", ("cam-1",))
         assert head.sent("v2") == ["cam-1"]
 
-    def test_a_newer_candidate_replaces_the_waiting_one(self, head: Head) -> None:
-        rollout = head.rollout()
+    def test_a_newer_candidate_replaces_the_waiting_one(self, head: CloudRig) -> None:
+        rollout = head.rollout(SPEC)
         serving_v1_then_dark(head, rollout)
         rollout.begin(head.register("v2"))
         v3 = head.register("v3")
@@ -302,13 +190,13 @@ class TestWaitingForACanaryNode:
         assert (state.stage, state.candidate) == ("waiting", "v3")
         assert state.history[-2] == ("v2 superseded: v3 arrived while v2 waited for a canary node")
         assert head.rollout_events("v2") == ["waiting", "superseded"]
-        head.status("cam-4")
+        head.node_joins("cam-4")
         assert rollout.tick().candidate == "v3"
         assert (head.sent("v2"), head.sent("v3")) == ([], ["cam-4"])
         assert head.registry.get(TENANT, PIPELINE, "v2").status == "registered"
 
-    def test_an_operators_promotion_ends_the_wait(self, head: Head) -> None:
-        rollout = head.rollout()
+    def test_an_operators_promotion_ends_the_wait(self, head: CloudRig) -> None:
+        rollout = head.rollout(SPEC)
         serving_v1_then_dark(head, rollout)
         rollout.begin(head.register("v2"))
         v3 = head.register("v3")
@@ -317,6 +205,6 @@ class TestWaitingForACanaryNode:
 
         assert (state.stage, state.candidate) == ("promoted", "v3")
         assert state.history[-2] == "v2 no longer waits: v3 was promoted"
-        head.status("cam-1")
+        head.node_joins("cam-1")
         assert rollout.tick().stage == "promoted"
         assert (head.sent("v2"), head.sent("v3")) == ([], ["cam-1"])

@@ -1,0 +1,166 @@
+"""The residency check at deploy (DESIGN.md §6): every stage against the policy, recorded first.
+
+``check_deploy`` checks each pipeline against the policy, the nodes a placement could reach
+(``known_nodes``) and the store's labels, and records the outcome in the tenant's audit log
+before anything starts: a refusal (``policy_refusal``, then ``PlacementError``) or one
+``deploy`` record per pipeline. The training job's selector is the one the policy derives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cloud_head.audit import AuditAction, canonical_json
+from continuum.errors import PlacementError
+from continuum.residency import (
+    Decision,
+    ResidencyPolicy,
+    derive_training_selector,
+    load_policy,
+    pipeline_decisions,
+)
+
+if TYPE_CHECKING:
+    from cloud_head.audit import AuditTrail
+    from cloud_head.paths import HeadPaths
+    from continuum.spec import PipelineSpec
+
+__all__ = ["check_deploy", "known_nodes", "load_residency", "policy_yaml", "spec_digest"]
+
+
+def load_residency(policy: str | Path | ResidencyPolicy | None) -> ResidencyPolicy | None:
+    """Return the policy parsed (a YAML file's path, or one parsed already), or None."""
+    if policy is None or isinstance(policy, ResidencyPolicy):
+        return policy
+    return load_policy(policy)
+
+
+def policy_yaml(policy: ResidencyPolicy) -> str:
+    """Return the policy as YAML text, the form the ingest replicas take it in."""
+    import yaml
+
+    return str(yaml.safe_dump(policy.model_dump(mode="json"), sort_keys=False))
+
+
+def spec_digest(spec: PipelineSpec) -> str:
+    """Return the sha256 of the spec's canonical JSON: which pipeline, exactly, was deployed."""
+    return hashlib.sha256(canonical_json(spec.model_dump(mode="json")).encode()).hexdigest()
+
+
+def known_nodes(tenant: str, paths: HeadPaths) -> dict[str, dict[str, str]]:
+    """Return every node a placement could reach: the tenant's fleet and the Ray cluster's.
+
+    Fleet nodes keep their names; Ray nodes are named ``ray:<node id prefix>``.
+    """
+    import ray
+
+    from cloud_head.fleet import FleetRegistry
+
+    with FleetRegistry(tenant, paths.fleet_db(tenant)) as fleet:
+        nodes = {n.node: n.labels for n in fleet.nodes() if n.status is not None}
+    if ray.is_initialized():
+        for node in ray.nodes():  # type: ignore[no-untyped-call]
+            if node.get("Alive"):
+                nodes[f"ray:{str(node.get('NodeID', ''))[:12]}"] = dict(node.get("Labels") or {})
+    return nodes
+
+
+def check_deploy(
+    audit: AuditTrail,
+    specs: Sequence[PipelineSpec],
+    policy: ResidencyPolicy | None,
+    nodes: Mapping[str, Mapping[str, str]] | None,
+    *,
+    store_labels: Mapping[str, str] | None = None,
+    details: Mapping[str, Any] | None = None,
+) -> dict[str, dict[str, str] | None]:
+    """Check every pipeline against ``policy``; record the deploy or the refusal; return selectors.
+
+    Each pipeline's decisions (allowed and refused) are recorded: a refusal as a
+    ``policy_refusal`` record, written before ``PlacementError`` is raised; when every
+    pipeline passes, one ``deploy`` record per pipeline with its spec digest, placement and
+    decisions.  Returns, per pipeline, the training selector derived from the policy (None:
+    no policy, the spec's ``retrain.where`` applies).
+
+    Raises:
+        PlacementError: a stage or the training job would put data where the policy forbids.
+        AuditWriteError: a record could not be written.
+    """
+    context = {
+        "known_nodes": sorted(nodes or {}),
+        "store_labels": None if store_labels is None else dict(store_labels),
+    }
+    planned: list[tuple[PipelineSpec, list[Decision], dict[str, str] | None]] = []
+    for spec in specs:
+        decisions: list[Decision] = []
+        selector: dict[str, str] | None = None
+        if policy is not None:
+            decisions, selector, refused = _decide(spec, policy, nodes, store_labels)
+            if refused is not None:
+                audit.record(
+                    AuditAction.POLICY_REFUSAL,
+                    spec.name,
+                    {
+                        "spec_digest": spec_digest(spec),
+                        "refused": refused.to_record(),
+                        "decisions": [d.to_record() for d in decisions],
+                    }
+                    | context,
+                )
+                refused.raise_if_refused()
+        planned.append((spec, decisions, selector))
+    for spec, decisions, selector in planned:
+        training = selector
+        if training is None and spec.retrain is not None:
+            training = dict(spec.retrain.where.root)
+        audit.record(
+            AuditAction.DEPLOY,
+            spec.name,
+            {
+                "spec_digest": spec_digest(spec),
+                "data_class": spec.data_class.value,
+                "placement": {"edge": dict(spec.edge.where.root), "training": training},
+                "policy": "none: no residency check" if policy is None else "checked",
+                "decisions": [d.to_record() for d in decisions],
+            }
+            | context
+            | dict(details or {}),
+        )
+    return {spec.name: selector for spec, _, selector in planned}
+
+
+def _decide(
+    spec: PipelineSpec,
+    policy: ResidencyPolicy,
+    nodes: Mapping[str, Mapping[str, str]] | None,
+    store_labels: Mapping[str, str] | None,
+) -> tuple[list[Decision], dict[str, str] | None, Decision | None]:
+    """Return one pipeline's decisions, its training selector and the first refusal, if any."""
+    decisions = pipeline_decisions(policy, spec, nodes, store_labels=store_labels)
+    refused = next((d for d in decisions if not d.allowed), None)
+    if refused is not None or spec.retrain is None:
+        return decisions, None, refused
+    sources = [lb for lb in (nodes or {}).values() if spec.edge.where.matches(lb)]
+    try:
+        derived = derive_training_selector(policy, spec, sources, store_labels=store_labels)
+    except PlacementError as error:
+        refusal = Decision(
+            allowed=False,
+            rule=error.rule or "retrain.where",
+            reason=str(error),
+            stage="training",
+            label=error.label,
+        )
+        return decisions, None, refusal
+    decisions.append(
+        Decision(
+            allowed=True,
+            rule="retrain.where",
+            reason=f"the training job runs with selector {derived}",
+            stage="training",
+        )
+    )
+    return decisions, dict(derived.root), None

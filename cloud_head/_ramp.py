@@ -1,0 +1,155 @@
+"""The ramp of a rollout and how a step is judged: pure functions of the spec and the figures.
+
+``ramp_schedule`` says how many nodes each step takes; ``judge`` decides a step whose hold
+is over from its ``StepFigures``: advance, roll back (naming the rule and the figures) or
+wait for enough data.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, NamedTuple
+
+if TYPE_CHECKING:
+    from continuum.spec import RollbackRules, RolloutSpec
+    from continuum.wire.messages import Telemetry
+
+__all__ = [
+    "MIN_LABELLED_FOR_DECISION",
+    "MIN_LATENCY_WINDOWS",
+    "Judgement",
+    "StepAction",
+    "StepFigures",
+    "accuracy_of",
+    "judge",
+    "node_names",
+    "p95_of",
+    "ramp_schedule",
+]
+
+#: What ``judge`` tells a step whose hold is over to do.
+StepAction = Literal["advance", "roll back", "wait"]
+
+#: A step's accuracy decision needs at least this many labelled frames on the candidate.
+MIN_LABELLED_FOR_DECISION = 40
+
+#: A step's latency decision needs at least this many candidate windows with a p95 figure.
+MIN_LATENCY_WINDOWS = 3
+
+
+class Judgement(NamedTuple):
+    """What ``judge`` concluded about a step: its ``action`` and the ``reason``, with figures."""
+
+    action: StepAction
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepFigures:
+    """What one step measured: the candidate on its nodes against the current version."""
+
+    labelled: int
+    candidate_accuracy: float | None
+    baseline_accuracy: float | None
+    latency_windows: int
+    candidate_p95_ms: float | None
+    baseline_p95_ms: float | None
+    #: Where the baseline latency came from, for people: "v1 on cam-3, cam-4".
+    latency_baseline: str = "the baseline"
+
+
+def ramp_schedule(rollout: RolloutSpec, nodes: int) -> list[tuple[float, int]]:
+    """Return ``(share, node count)`` per step of a rollout over ``nodes`` target nodes.
+
+    The first step is the canary (at least one node); a share that adds no node to the
+    step before it is skipped; the last step has every node (the promotion).
+    ``ramp_schedule(RolloutSpec(canary=0.1), 10) == [(0.1, 1), (0.2, 2), (0.4, 4),
+    (0.8, 8), (1.0, 10)]``.
+    """
+    plan: list[tuple[float, int]] = []
+    for share in rollout.ramp_shares():
+        # Rounded first so that 0.7 * 10 counts 7 nodes, not 8.
+        count = min(nodes, max(1, math.ceil(round(share * nodes, 9))))
+        if plan and count <= plan[-1][1]:
+            continue
+        plan.append((share, count))
+    return plan
+
+
+def judge(rules: RollbackRules, figures: StepFigures) -> Judgement:
+    """Decide a step whose hold is over: advance, roll back (naming the rule) or wait.
+
+    A rule rolls back as soon as it has enough data and fires, even while the other rule
+    still waits for data; the step advances when every rule has enough data and none fires.
+    A rule without a baseline figure cannot fire.
+    """
+    missing: list[str] = []
+    held: list[str] = []
+    drop = rules.accuracy_drop
+    if drop is not None:
+        cand, base = figures.candidate_accuracy, figures.baseline_accuracy
+        if figures.labelled < MIN_LABELLED_FOR_DECISION:
+            missing.append(f"{figures.labelled} of {MIN_LABELLED_FOR_DECISION} labelled frames")
+        elif cand is not None and base is not None and cand < base - drop:
+            return Judgement(
+                "roll back",
+                f"accuracy {cand:.3f} fell more than {drop:g} below the baseline's {base:.3f} "
+                f"(over {figures.labelled} labelled frames)",
+            )
+        else:
+            held.append(
+                f"accuracy {_figure(cand, '.3f')} vs baseline {_figure(base, '.3f')} "
+                f"over {figures.labelled} labelled frames"
+            )
+    rise = rules.latency_rise
+    if rise is not None:
+        cand_ms, base_ms = figures.candidate_p95_ms, figures.baseline_p95_ms
+        if figures.latency_windows < MIN_LATENCY_WINDOWS:
+            missing.append(
+                f"{figures.latency_windows} of {MIN_LATENCY_WINDOWS} windows with latency"
+            )
+        elif cand_ms is not None and base_ms is not None and cand_ms > base_ms * (1.0 + rise):
+            return Judgement(
+                "roll back",
+                f"p95 latency {cand_ms:.3g} ms rose more than {rise * 100:g}% above "
+                f"{figures.latency_baseline}'s {base_ms:.3g} ms "
+                f"(+{_percent(cand_ms, base_ms)}, over {figures.latency_windows} windows)",
+            )
+        else:
+            held.append(
+                f"p95 latency {_figure(cand_ms, '.3g')} ms vs {_figure(base_ms, '.3g')} ms "
+                f"({figures.latency_baseline})"
+            )
+    if missing:
+        return Judgement("wait", f"not enough data yet: {', '.join(missing)}")
+    return Judgement("advance", "; ".join(held))
+
+
+def _figure(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _percent(value: float, base: float) -> str:
+    return "inf%" if base <= 0 else f"{(value / base - 1.0) * 100:.0f}%"
+
+
+def accuracy_of(windows: Sequence[Telemetry], version: str) -> tuple[float | None, int]:
+    """Return the accuracy of ``version`` over the windows' labelled frames, and how many."""
+    labelled = sum(w.labelled for w in windows if w.model_version == version)
+    correct = sum(w.correct for w in windows if w.model_version == version)
+    return (correct / labelled if labelled else None), labelled
+
+
+def p95_of(windows: Sequence[Telemetry]) -> tuple[float | None, int]:
+    """Return the median of the windows' p95 latencies (robust to one slow window), and n."""
+    figures = [w.latency_p95_ms for w in windows if w.latency_p95_ms is not None]
+    return (statistics.median(figures) if figures else None), len(figures)
+
+
+def node_names(nodes: Sequence[str], most: int = 3) -> str:
+    """Return up to ``most`` node names, and how many more: ``cam-1, cam-2 and 5 more``."""
+    shown = ", ".join(nodes[:most])
+    return shown if len(nodes) <= most else f"{shown} and {len(nodes) - most} more"

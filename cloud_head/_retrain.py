@@ -1,0 +1,393 @@
+"""One retraining run of a pipeline: data, quota, Ray Train, gate, signed registration, rollout.
+
+``Retrainer.run`` is the controller's training thread. Every step leaves a record in the
+``TrainingLog`` and in the tenant's audit log, written *before* the step takes effect (the
+run starts, the model is registered, desired state is published): when a record cannot be
+written (``AuditWriteError``) the step does not happen and the run is recorded as failed. A
+run's records before registration name it ``<pipeline>/run-<ms>``; from registration on they
+name the version (``model_subject``), and the version's lineage names the run. A failed run
+registers nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from cloud_head._training_data import TrainingData, gate_holdout, load_training_data
+from cloud_head._training_log import TrainingLog, TrainingRecord
+from cloud_head.artifacts import publish_artifact
+from cloud_head.audit import AuditAction, model_subject
+from cloud_head.gate import GateResult, evaluate, gate
+from cloud_head.tenants import QuotaExceededError
+from cloud_head.training import TrainingResult
+from continuum.signing import key_fingerprint, public_pem_of, sign_artifact
+
+if TYPE_CHECKING:
+    from cloud_head._controller_context import ControllerContext
+    from cloud_head.registry import ModelVersion
+    from cloud_head.rollout import RolloutController
+
+__all__ = ["DEFAULT_RUN_ESTIMATE_S", "Retrainer", "TrainingStage"]
+
+log = logging.getLogger("cloud_head.controller")
+
+TrainingStage = Literal["idle", "training", "gating", "registering", "failed"]
+
+#: The run length assumed for a GPU-hours quota check before the pipeline's first timed run.
+DEFAULT_RUN_ESTIMATE_S = 60.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Run:
+    """One run under way: its number in the log, its name, the data and the model it replaces."""
+
+    index: int
+    name: str
+    subject: str
+    reason: str
+    requested_by: str | None
+    parent: ModelVersion | None
+    data: TrainingData
+    snapshot: dict[str, Any]
+
+
+class Retrainer:
+    """Run a pipeline's retrainings, one at a time, recording each step first."""
+
+    def __init__(
+        self, context: ControllerContext, log: TrainingLog, rollout: RolloutController
+    ) -> None:
+        """Retrain the pipeline; record runs in ``log``; give candidates to ``rollout``."""
+        if context.spec.retrain is None:
+            raise ValueError(f"pipeline {context.spec.name!r} declares no retrain stage")
+        self._context = context
+        self._log = log
+        self._rollout = rollout
+        self._retrain = context.spec.retrain
+        self._key_fingerprint = key_fingerprint(public_pem_of(context.private_key_pem))
+        self._lock = threading.Lock()
+        self._stage: TrainingStage = "idle"
+        self.quota_refused_at: float | None = None
+
+    @property
+    def stage(self) -> TrainingStage:
+        """Where the current run stands ("idle" between runs, "failed" after a failed one)."""
+        with self._lock:
+            return self._stage
+
+    def _set_stage(self, stage: TrainingStage) -> None:
+        with self._lock:
+            self._stage = stage
+
+    def _record(
+        self,
+        action: AuditAction,
+        subject: str,
+        details: Mapping[str, Any],
+        *,
+        actor: str | None = None,
+    ) -> None:
+        """Append to the tenant's audit log first; raises ``AuditWriteError`` if it cannot."""
+        audit = self._context.stores.audit
+        if audit is not None:
+            audit.record(action, subject, details, actor=actor)
+
+    def run(self, reason: str, requested_by: str | None = None) -> None:
+        """Run one retraining to its end: registered and rolled out, rejected, refused or failed.
+
+        Never raises: how the run ended is in the training log and the audit log.
+        """
+        run = self._start(reason, requested_by)
+        try:
+            self._check_quota()
+        except QuotaExceededError as error:
+            self._refuse(run, error)
+            return
+        except Exception as error:  # the quota source failed: no run without a quota check
+            self._fail(run, error)
+            return
+        self._set_stage("training")
+        log.info(
+            "retraining %s: %s (%d edge samples)",
+            self._context.spec.name,
+            reason,
+            len(run.data.train_x),
+        )
+        try:
+            self._train_gate_register(run)
+        except Exception as error:  # a failed run is reported, never half-registered
+            log.error(
+                "retraining %s failed: %s\n%s",
+                self._context.spec.name,
+                error,
+                traceback.format_exc(),
+            )
+            self._fail(run, error)
+
+    def _start(self, reason: str, requested_by: str | None) -> _Run:
+        """Read the data and add the run to the training log (stored before it starts)."""
+        spec, stores = self._context.spec, self._context.stores
+        current = stores.registry.current(spec.tenant, spec.name)
+        data = load_training_data(spec, stores.store, stores.labels, current)
+        started = self._context.clock()
+        name = f"run-{int(started * 1000)}"
+        record = TrainingRecord(
+            started_at=started,
+            reason=reason,
+            parent=None if current is None else current.version,
+            edge_samples=len(data.train_x),
+            run=name,
+            requested_by=requested_by,
+        )
+        index = self._log.start(record, labelled_samples=data.rows)
+        return _Run(
+            index=index,
+            name=name,
+            subject=model_subject(spec.name, name),
+            reason=reason,
+            requested_by=requested_by,
+            parent=current,
+            data=data,
+            snapshot=data.snapshot(stores.store.dates(spec.tenant, spec.name)),
+        )
+
+    def _train_gate_register(self, run: _Run) -> None:
+        """Train on Ray, gate the candidate, and register and roll out one that passed."""
+        parent = None if run.parent is None else run.parent.version
+        self._record(
+            AuditAction.TRAINING_RUN,
+            run.subject,
+            {
+                "event": "started",
+                "run": run.name,
+                "reason": run.reason,
+                "parent": parent,
+                "data": run.snapshot,
+                "label_selector": dict(self._context.training_selector.root),
+                "gpus": self._retrain.gpus,
+                "cpus": self._retrain.cpus,
+                "requested_by": run.requested_by,
+            },
+            actor=run.requested_by,
+        )
+        result = self._train(run)
+        self._set_stage("gating")
+        verdict, gate_record = self._gate(run, result)
+        if not verdict.passed:
+            outcome = "rejected by the gate: " + verdict.reason
+            self._record(
+                AuditAction.TRAINING_RUN,
+                run.subject,
+                {"event": "finished", "run": run.name, "outcome": outcome}
+                | self._log.usage(run.index),
+            )
+            self._log.finish(run.index, outcome, gate=gate_record, metrics=dict(result.metrics))
+            self._set_stage("idle")
+            return
+        self._set_stage("registering")
+        version = self._register(run, result, gate_record)
+        self._record(
+            AuditAction.TRAINING_RUN,
+            model_subject(self._context.spec.name, version.version),
+            {"event": "finished", "run": run.name, "outcome": "registered"}
+            | {"version": version.version}
+            | self._log.usage(run.index),
+        )
+        self._log.finish(
+            run.index,
+            "registered",
+            version=version.version,
+            gate=gate_record,
+            metrics=dict(result.metrics),
+        )
+        self._set_stage("idle")
+
+    def _train(self, run: _Run) -> TrainingResult:
+        """Run the pipeline's loop on Ray Train; charge its wall time to the GPU-hours used."""
+        base_pt = None if run.parent is None else run.parent.lineage.get("checkpoint")
+        timer = time.monotonic()
+        try:
+            return self._context.train(
+                self._retrain.trainer,
+                run.data.train_x,
+                run.data.train_y,
+                base_model=Path(base_pt) if base_pt else None,
+                workdir=self._context.workdir / "training" / run.name,
+                label_selector=self._context.training_selector,
+                gpus=self._retrain.gpus,
+                cpus=self._retrain.cpus,
+            )
+        finally:
+            self._log.charge(run.index, time.monotonic() - timer, self._retrain.gpus)
+
+    def _gate(self, run: _Run, result: TrainingResult) -> tuple[GateResult, dict[str, Any]]:
+        """Judge the candidate on the holdout against the current model; record the verdict."""
+        spec = self._context.spec
+        hold_x, hold_y = gate_holdout(spec, run.data)
+        if run.parent is None:
+            verdict = GateResult(
+                passed=True,
+                candidate_score=evaluate(result.onnx_path, hold_x, hold_y, spec.gate.metric),
+                current_score=None,
+                margin=spec.gate.min_gain,
+                reason="no current model: the first model passes",
+            )
+        else:
+            verdict = gate(result.onnx_path, run.parent.artifact_path, (hold_x, hold_y), spec.gate)
+        gate_record = asdict(verdict) | {"holdout_size": len(hold_y)}
+        self._record(
+            AuditAction.GATE,
+            run.subject,
+            gate_record
+            | {
+                "run": run.name,
+                "metric": spec.gate.metric,
+                "current_version": None if run.parent is None else run.parent.version,
+                "verdict": "passed" if verdict.passed else "rejected",
+            },
+        )
+        return verdict, gate_record
+
+    def _register(
+        self, run: _Run, result: TrainingResult, gate_record: dict[str, Any]
+    ) -> ModelVersion:
+        """Register the signed candidate, publish its artifact and begin its rollout."""
+        context = self._context
+        spec = context.spec
+        parent = None if run.parent is None else run.parent.version
+        version = context.stores.registry.register(
+            spec.tenant,
+            spec.name,
+            spec.edge.model,
+            result.onnx_path,
+            sign=lambda model, ver, digest: self._sign_recorded(
+                model, ver, digest, run=run.name, parent=parent, artifact=result.onnx_path
+            ),
+            parent=parent,
+            code_version=context.code_version,
+            metrics=dict(result.metrics),
+            gate=gate_record,
+            lineage=run.snapshot
+            | {
+                "checkpoint": str(result.pt_path),
+                "reason": run.reason,
+                "ray": result.ray_info,
+                "run": run.name,
+                "label_selector": dict(context.training_selector.root),
+            },
+        )
+        publish_artifact(context.publish, version, chunk_size=context.settings.artifact_chunk_bytes)
+        self._rollout.begin(version)
+        return version
+
+    def _sign_recorded(
+        self,
+        model: str,
+        version: str,
+        digest: str,
+        *,
+        run: str,
+        parent: str | None,
+        artifact: Path,
+    ) -> str:
+        """Sign the artifact and record registration and signature before the registry commits.
+
+        The registry calls this inside its transaction: if either record cannot be written,
+        the version is not registered.
+        """
+        signature = sign_artifact(self._context.private_key_pem, model, version, digest)
+        subject = model_subject(self._context.spec.name, version)
+        self._record(
+            AuditAction.REGISTER,
+            subject,
+            {
+                "version": version,
+                "model": model,
+                "parent": parent,
+                "sha256": digest,
+                "size_bytes": artifact.stat().st_size,
+                "run": run,
+                "code_version": self._context.code_version,
+            },
+        )
+        self._record(
+            AuditAction.SIGN,
+            subject,
+            {
+                "version": version,
+                "sha256": digest,
+                "key_fingerprint": self._key_fingerprint,
+                "signature": signature,
+                "algorithm": "ed25519",
+            },
+        )
+        return signature
+
+    def _gpu_estimate_h(self) -> float:
+        """Return the GPU-hours the next run is expected to take: the last run's length."""
+        seconds = self._log.last_run_s()
+        return self._retrain.gpus * (DEFAULT_RUN_ESTIMATE_S if seconds is None else seconds) / 3600
+
+    def _check_quota(self) -> None:
+        """Refuse a run that would take the tenant over its training GPU-hours quota.
+
+        A CPU-only run requests 0 GPU-hours, so it always fits (and is still tracked).
+        """
+        quotas = None if self._context.quotas is None else self._context.quotas()
+        if quotas is None:
+            return
+        quotas.check(
+            self._context.spec.tenant,
+            "training_gpu_hours",
+            self._log.gpu_hours_used,
+            self._gpu_estimate_h(),
+        )
+
+    def _refuse(self, run: _Run, error: QuotaExceededError) -> None:
+        """Record a run refused for its quota, in the audit log first, then in the log."""
+        self.quota_refused_at = self._context.clock()
+        outcome = f"refused: {error}"
+        log.warning("retraining %s refused: %s", self._context.spec.name, error)
+        try:
+            self._record(
+                AuditAction.TRAINING_RUN,
+                run.subject,
+                {
+                    "event": "refused",
+                    "run": run.name,
+                    "error": str(error),
+                    "quota": error.kind,
+                    "limit": error.limit,
+                    "current": error.current,
+                    "requested": error.requested,
+                },
+                actor=run.requested_by,
+            )
+        except Exception as audit_error:
+            outcome += f" (not recorded in the audit log: {audit_error})"
+        self._log.finish(run.index, outcome)
+        self._set_stage("idle")
+
+    def _fail(self, run: _Run, error: BaseException) -> None:
+        """Record a failed run; an audit failure on top is logged and kept in the log."""
+        outcome = f"failed: {type(error).__name__}: {error}"
+        try:
+            self._record(
+                AuditAction.TRAINING_RUN,
+                run.subject,
+                {"event": "failed", "run": run.name, "error": outcome} | self._log.usage(run.index),
+            )
+        except Exception as audit_error:
+            log.error(
+                "could not record the failed run of %s: %s", self._context.spec.name, audit_error
+            )
+            outcome += f" (not recorded in the audit log: {audit_error})"
+        self._log.finish(run.index, outcome)
+        self._set_stage("failed")

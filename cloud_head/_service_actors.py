@@ -1,0 +1,441 @@
+"""The cloud head's services as Ray actors: ingest, fleet, a controller and a teacher per pipeline.
+
+Each actor wraps protocol logic that lives in its own module (ingest, fleet, controller,
+teacher) and adds what running on Ray means: a lifetime independent of the driver, a
+thread that ticks it, and metrics exported with ``ray.util.metrics``. Every actor takes the
+head's ``CloudSettings`` (they cross Ray pickled, with the values the driver read) and the
+few things that are not settings: the pipeline specs, the residency policy as text, the
+tenant's signing key.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import ray
+
+from cloud_head.audit import AuditAction, AuditLog, AuditTrail, service_actor
+from cloud_head.metrics import (
+    BrokerConnectionMetrics,
+    ControllerMetrics,
+    FleetMetrics,
+    IngestMetrics,
+    MetricsExporter,
+)
+from continuum._retry import FailureLog
+from continuum.errors import NotReadyError, OperationTimeoutError
+from continuum.residency import ResidencyPolicy
+from continuum.spec import PipelineSpec
+from continuum.wire.mqtt import connect, make_client
+
+if TYPE_CHECKING:
+    from cloud_head.settings import CloudSettings
+    from cloud_head.tenants import Quotas
+
+__all__ = ["ControllerActor", "FleetActor", "IngestActor", "TeacherActor"]
+
+log = logging.getLogger("cloud_head.services")
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class IngestActor:
+    """One ingest replica: shared subscription, de-duplication, durable store writes.
+
+    ``policy_yaml`` (the residency policy; it crosses Ray as text) makes the replica enforce
+    it on every batch, with ``settings.store_labels`` saying where the store is and the fleet
+    registry saying where each node is; the tenant's audit log receives its refusals and a
+    periodic summary of what it stored, under the head signed with ``signing_key`` like the
+    controller's records; ``settings.tenants_root`` (the tenant registry) makes it enforce
+    the tenant's ``samples_per_day`` quota.
+    """
+
+    def __init__(
+        self,
+        settings: CloudSettings,
+        specs: list[dict[str, Any]],
+        replica: int,
+        *,
+        policy_yaml: str | None = None,
+        signing_key: bytes | None = None,
+    ) -> None:
+        from cloud_head.fleet import FleetRegistry
+        from cloud_head.ingest import IngestService, IngestWorker
+        from cloud_head.labelling import LabelStore
+        from cloud_head.store import Compactor, SampleStore
+        from cloud_head.tenants import read_quotas
+
+        logging.basicConfig(level=logging.INFO)
+        tenant, paths = settings.require_tenant(), settings.paths()
+        pipelines = [PipelineSpec.model_validate(s) for s in specs]
+        paths.state.mkdir(parents=True, exist_ok=True)
+        residency = None if policy_yaml is None else ResidencyPolicy.from_yaml(policy_yaml)
+        quota_root = settings.tenants_root
+        store = SampleStore(paths.store)
+        self._service = IngestService(
+            tenant,
+            pipelines,
+            store,
+            LabelStore(paths.labels_db),
+            paths.seen_db,
+            policy=residency,
+            store_labels=settings.store_labels,
+            fleet=FleetRegistry(tenant, paths.fleet_db(tenant)) if residency is not None else None,
+            audit_dir=paths.audit,
+            audit_signing_key=signing_key,
+            quotas=None if quota_root is None else read_quotas(quota_root, tenant),
+        )
+        self._worker = IngestWorker(
+            self._service, settings.broker, client_id=f"ctm-ingest-{tenant}-{replica}"
+        )
+        self._worker.start()
+        # One compactor per store: replica 0's. Small files from slow uplinks get merged.
+        partitions = [(tenant, p.name) for p in pipelines]
+        self._compactor = (
+            Compactor(store, partitions, on_compacted=self._service.note_compaction).start()
+            if replica == 0
+            else None
+        )
+        metrics = IngestMetrics(tenant, replica)
+        connection = BrokerConnectionMetrics(tenant, f"ingest-{replica}")
+
+        def export() -> None:
+            stats = self._worker.stats()
+            metrics.update(stats)
+            connection.update(stats)
+
+        self._pump = MetricsExporter(f"ingest-{replica}", export)
+
+    def stats(self) -> dict[str, Any]:
+        """Return the replica's counters."""
+        return self._worker.stats()
+
+    def stop(self) -> None:
+        """Acknowledge what was written and disconnect; the broker keeps the session."""
+        self._pump.stop()
+        if self._compactor is not None:
+            self._compactor.stop()
+        self._worker.stop()
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class FleetActor:
+    """The fleet registry: every node's status, reported models and telemetry.
+
+    ``remove`` is the one way a node leaves the fleet (``continuum fleet remove``): recorded
+    in the tenant's audit log, under the head signed with ``signing_key`` like the
+    controller's records, before anything is deleted.
+    """
+
+    def __init__(self, settings: CloudSettings, *, signing_key: bytes | None = None) -> None:
+        from cloud_head.fleet import FleetRegistry, FleetWorker
+
+        logging.basicConfig(level=logging.INFO)
+        tenant, paths = settings.require_tenant(), settings.paths()
+        self._registry = FleetRegistry(
+            tenant, paths.fleet_db(tenant), quotas=quota_reader(settings.tenants_root, tenant)
+        )
+        self._worker = FleetWorker(self._registry, settings.broker)
+        self._worker.start()
+        keys = {tenant: signing_key} if signing_key is not None else {}
+        self._audit = AuditTrail(
+            AuditLog(paths.audit, signing_keys=keys), tenant, service_actor("fleet")
+        )
+        metrics = FleetMetrics(tenant)
+        connection = BrokerConnectionMetrics(tenant, "fleet")
+
+        def export() -> None:
+            stats = self._stats()
+            metrics.update(stats["nodes"], stats["online"])
+            connection.update(stats)
+
+        self._pump = MetricsExporter("fleet", export)
+
+    def _stats(self) -> dict[str, Any]:
+        # The registry counts nodes and online ones in SQL: parsing every node's status
+        # every export would cost ~15 ms per 1000 nodes.
+        return self._worker.stats()
+
+    def stats(self) -> dict[str, Any]:
+        """Return the registry's counters and node counts."""
+        return self._stats()
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Return every node with labels, online state and last telemetry per pipeline."""
+        out = []
+        for n in self._registry.nodes():
+            out.append(
+                {
+                    "node": n.node,
+                    "online": n.online,
+                    "labels": n.labels,
+                    "pipelines": n.pipelines,
+                    "last_seen": n.last_seen,
+                    "refused": n.refused,
+                    "telemetry": {p: t.model_dump(mode="json") for p, t in n.telemetry.items()},
+                    "reported": None if n.reported is None else n.reported.model_dump(mode="json"),
+                }
+            )
+        return out
+
+    def telemetry(self, node: str, pipeline: str, since_ts: float = 0.0) -> list[dict[str, Any]]:
+        """Return one node's telemetry windows of one pipeline since ``since_ts``."""
+        return [
+            t.model_dump(mode="json") for t in self._registry.telemetry(node, pipeline, since_ts)
+        ]
+
+    def remove(self, node: str, actor: str, reason: str) -> dict[str, Any]:
+        """Decommission ``node``: record it, delete it and its telemetry, clear its retained topics.
+
+        ``actor`` (``user@host``) is recorded as who asked.  A removed node that sends a
+        status again is admitted again as a new node.
+
+        Raises:
+            NotFoundError: the fleet has no such node.
+            AuditWriteError: the removal could not be recorded; nothing was removed.
+        """
+        from cloud_head.fleet import removal_record
+        from continuum.errors import NotFoundError
+
+        info = self._registry.get(node)
+        if info is None:
+            raise NotFoundError(
+                f"the fleet of tenant {self._audit.tenant!r} has no node {node!r}; "
+                "`continuum fleet` lists its nodes"
+            )
+        self._audit.record(
+            AuditAction.NODE_REMOVED, f"node/{node}", removal_record(info, reason), actor=actor
+        )
+        windows = self._registry.remove(node)
+        try:
+            cleared, note = self._worker.clear_retained(node), ""
+        except (NotReadyError, OperationTimeoutError) as error:
+            cleared, note = [], str(error)
+        return {"node": node, "telemetry_windows": windows, "cleared": cleared, "note": note}
+
+    def stop(self) -> None:
+        """Disconnect (the session persists)."""
+        self._pump.stop()
+        self._worker.stop()
+        self._audit.log.close()
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class ControllerActor:
+    """One pipeline's loop on the cloud: trigger, retrain on Ray Train, gate, register, roll out.
+
+    It ticks every ``settings.controller.tick_interval_s`` once ``bootstrap`` has returned;
+    ``training_selector`` is the one the residency policy derived at deploy.
+    """
+
+    def __init__(
+        self,
+        settings: CloudSettings,
+        spec: dict[str, Any],
+        *,
+        signing_key: bytes,
+        training_selector: dict[str, str] | None = None,
+    ) -> None:
+        from cloud_head.artifacts import retained_publisher
+        from cloud_head.controller import ControllerStores, PipelineController
+        from cloud_head.fleet import FleetRegistry
+        from cloud_head.labelling import LabelStore
+        from cloud_head.store import SampleStore
+
+        logging.basicConfig(level=logging.INFO)
+        pipeline = PipelineSpec.model_validate(spec)
+        paths = settings.paths()
+        workdir = paths.controller(pipeline.tenant, pipeline.name)
+        workdir.mkdir(parents=True, exist_ok=True)
+        name = f"controller-{pipeline.name}"
+        self._client = make_client(
+            f"ctm-controller-{pipeline.tenant}-{pipeline.name}", settings.broker
+        )
+        connect(self._client, settings.broker)
+        self._audit = AuditLog(paths.audit, signing_keys={pipeline.tenant: signing_key})
+        stores = ControllerStores(
+            registry=paths.open_registry(),
+            store=SampleStore(paths.store),
+            labels=LabelStore(paths.labels_db),
+            fleet=FleetRegistry(pipeline.tenant, paths.fleet_db(pipeline.tenant)),
+            audit=AuditTrail(self._audit, pipeline.tenant, service_actor(name)),
+        )
+        self._controller = PipelineController(
+            pipeline,
+            stores,
+            publish=retained_publisher(self._client),
+            private_key_pem=signing_key,
+            workdir=workdir,
+            code_version=settings.code_version,
+            settings=settings.controller,
+            quotas=quota_reader(settings.tenants_root, pipeline.tenant),
+            training_selector=training_selector,
+        )
+        self._tick_s = settings.controller.tick_interval_s
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+        self._failures = FailureLog(f"the {name} tick", log)
+        self._last_error: str | None = None
+        metrics = ControllerMetrics(pipeline.tenant, pipeline.name)
+        self._pump = MetricsExporter(name, lambda: metrics.update(self._controller.status()))
+
+    def bootstrap(self) -> str:
+        """Train and roll out the first model if there is none; start ticking; return it."""
+        version = self._controller.bootstrap()
+        if self._ticker is None:
+            self._ticker = threading.Thread(target=self._run, name="controller-tick", daemon=True)
+            self._ticker.start()
+        return version.version
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._tick_s):
+            try:
+                self._controller.tick()
+            except Exception as error:  # logged once when it starts failing; keeps ticking
+                self._last_error = f"{type(error).__name__}: {error}"
+                self._failures.failed(self._last_error)
+                log.debug("the controller tick failed", exc_info=True)
+            else:
+                self._failures.recovered()
+                self._last_error = None
+
+    def status(self) -> dict[str, Any]:
+        """Return the controller's snapshot (training, rollout, versions)."""
+        return self._controller.status() | {"last_error": self._last_error}
+
+    def set_version(
+        self, version: str, reason: str, actor: str | None = None, action: str = "promote"
+    ) -> dict[str, Any]:
+        """Make ``version`` current everywhere (operator promote or rollback); ``actor`` asked."""
+        from dataclasses import asdict
+
+        if action not in ("promote", "rollback"):
+            raise ValueError(f"action must be 'promote' or 'rollback', got {action!r}")
+        return asdict(
+            self._controller.set_version(
+                version,
+                reason,
+                actor=actor,
+                action="rollback" if action == "rollback" else "promote",
+            )
+        )
+
+    def request_retrain(self, reason: str, actor: str | None = None) -> None:
+        """Retrain at the next tick; ``actor`` (``user@host``) is recorded as who asked."""
+        self._controller.request_retrain(reason, actor)
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Stop ticking and wait for a running training to end, within a bound."""
+        self._stop.set()
+        self._pump.stop()
+        self._controller.wait_idle(timeout_s)
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._controller.close()
+        self._audit.close()
+
+
+def quota_reader(tenants_root: Path | None, tenant: str) -> Callable[[], Quotas] | None:
+    """Return a function reading ``tenant``'s quotas now, or None (unlimited) without a registry."""
+    if tenants_root is None:
+        return None
+    from cloud_head.tenants import read_quotas
+
+    return functools.partial(read_quotas, tenants_root, tenant)
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class TeacherActor:
+    """A pipeline's cloud teacher (label source ``teacher``): labels new samples every
+    ``settings.teacher.interval_s`` with the current version of the registered teacher model.
+
+    Until the teacher model is registered it waits and says so in ``status()``; a newer
+    current version is picked up at the next pass.
+    """
+
+    def __init__(self, settings: CloudSettings, spec: dict[str, Any]) -> None:
+        from cloud_head.labelling import LabelStore
+        from cloud_head.store import SampleStore
+
+        logging.basicConfig(level=logging.INFO)
+        paths = settings.paths()
+        self._spec = PipelineSpec.model_validate(spec)
+        self._registry = paths.open_registry()
+        self._samples = SampleStore(paths.store)
+        self._labels = LabelStore(paths.labels_db)
+        self._interval_s = settings.teacher.interval_s
+        self._accept = settings.teacher.accept_confidence
+        self._teacher: Any = None
+        self._version: str | None = None
+        self._lock = threading.Lock()
+        self._status: dict[str, Any] = {
+            "model": self._spec.label.teacher_model,
+            "version": None,
+            "passes": 0,
+            "labelled": 0,
+            "proposed": 0,
+            "state": "starting",
+        }
+        self._failures = FailureLog(f"the teacher pass of {self._spec.name}", log)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="teacher", daemon=True)
+        self._thread.start()
+
+    def run_once(self) -> dict[str, Any]:
+        """Label what is new now (a pass also runs every ``interval_s``); return the status."""
+        from cloud_head.teacher import Teacher, teacher_artifact
+        from continuum.errors import NotFoundError
+
+        name = self._spec.label.teacher_model
+        assert name is not None  # the spec requires it for a teacher source
+        with self._lock:
+            try:
+                path, version = teacher_artifact(self._registry, self._spec.tenant, name)
+            except NotFoundError as missing:
+                self._status["state"] = f"waiting: {missing}"
+                return dict(self._status)
+            if version != self._version:
+                self._teacher = Teacher(
+                    self._spec,
+                    self._samples,
+                    self._labels,
+                    path,
+                    model_name=f"{name}:{version}",
+                    accept_confidence=self._accept,
+                )
+                self._version = version
+            done = self._teacher.run_once()
+            self._status.update(
+                version=version,
+                passes=self._status["passes"] + 1,
+                labelled=self._status["labelled"] + done.labelled,
+                proposed=self._status["proposed"] + done.proposed,
+                state="labelling",
+            )
+            return dict(self._status)
+
+    def status(self) -> dict[str, Any]:
+        """Return what the teacher has done so far."""
+        return dict(self._status)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop after the pass in progress."""
+        self._stop.set()
+        self._thread.join(timeout_s)
+        self._labels.close()
+        self._registry.close()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                self.run_once()
+            except Exception as error:  # a bad pass must not end the teacher
+                self._status["state"] = f"failed: {error!r}"
+                self._failures.failed(repr(error))
+                log.debug("the teacher pass failed", exc_info=True)
+            else:
+                self._failures.recovered()
