@@ -179,9 +179,12 @@ class TestEmptyStatusMessages:
             worker.start()
             for node, edge in zip(nodes, edges, strict=True):
                 edge.publish(topics.node_status(tenant, node), status(tenant, node, True), 1, True)
+            # The retained statuses arrive once the worker is subscribed; telemetry is not
+            # retained, so it is sent only then (on a loaded machine the subscribe can lag).
+            wait_for(lambda: len(registry.nodes(online=True)) == 3)
+            for node, edge in zip(nodes, edges, strict=True):
                 edge.publish(topics.telemetry(tenant, "digits", node), window(node), 1)
             wait_for(lambda: sum(len(registry.telemetry(n, "digits")) for n in nodes) == 3)
-            wait_for(lambda: len(registry.nodes(online=True)) == 3)
 
             attacker.connect(broker.host, broker.port)
             attacker.loop_start()
