@@ -53,7 +53,8 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
         + " of frames"
     )
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower left")
+    if ax.get_legend_handles_labels()[0]:  # a run where no agent reported accuracy has none
+        ax.legend(loc="lower left")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
