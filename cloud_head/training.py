@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -109,45 +109,16 @@ def run_training(
         raise NotReadyError("not connected to a Ray cluster: call ray.init(address=...) first")
     ref, selector, gpus_, cpus_ = _resolve(trainer, label_selector, gpus, cpus)
     shape = list(trainer.edge.input.shape) if isinstance(trainer, PipelineSpec) else None
-    loop = resolve_ref(ref, field="retrain.trainer")
-    if not callable(loop):
-        raise SpecError(
-            f"{ref!r} is not a function", field="retrain.trainer", fix="name the training loop"
-        )
-    x = np.ascontiguousarray(np.asarray(train_x, dtype=np.float32))
-    y = np.asarray(train_y, dtype=np.int64).reshape(-1)
-    if len(x) != len(y):
-        raise InputMismatchError(
-            "training images and labels differ in length", expected=f"{len(x)}", got=f"{len(y)}"
-        )
+    loop = _loop(ref)
+    x, y = _tensors(train_x, train_y)
     if base_model is not None and not Path(base_model).is_file():
         raise TrainingError(f"the parent checkpoint {base_model} does not exist")
-    workdir = Path(workdir).resolve()
-    out_dir = workdir / CANDIDATE_DIR
-    if out_dir.exists():
-        raise TrainingError(f"{out_dir} already holds a candidate; give each run its own workdir")
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir, out_dir = _run_dirs(workdir)
 
     nodes = _alive_nodes()
     ray_selector = selector.to_ray(known_values=_known_values(nodes))
     _check_placeable(nodes, selector, cpus=cpus_, gpus=gpus_)
-
-    # Train v2 (the default since Ray 2.51) is the API with per-worker label selectors.
-    from ray.train import Checkpoint
-    from ray.train.v2._internal.constants import is_v2_enabled
-    from ray.train.v2.api.config import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.v2.api.result import Result
-    from ray.train.v2.torch.torch_trainer import TorchTrainer
-
-    if not is_v2_enabled():
-        raise ConfigError(
-            "RAY_TRAIN_V2_ENABLED is off: placing training by label selector needs Ray Train "
-            "v2; unset it"
-        )
-
-    resources: dict[str, float] = {"CPU": cpus_}
-    if gpus_ > 0:
-        resources["GPU"] = gpus_
+    resources = {"CPU": cpus_} | ({"GPU": gpus_} if gpus_ > 0 else {})
     loop_config: dict[str, Any] = {
         "base_model": None if base_model is None else str(Path(base_model).resolve()),
         "epochs": epochs,
@@ -157,7 +128,97 @@ def run_training(
         **dict(config or {}),
     }
     name = run_name or f"retrain-{int(time.time() * 1000)}"
-    torch_trainer = TorchTrainer(
+    torch_trainer = _torch_trainer(
+        loop, loop_config, (x, y), resources, ray_selector, workdir, name
+    )
+    started = time.monotonic()
+    result = _fit(torch_trainer, ref, selector, start_timeout_s)
+    onnx_path, pt_path = _publish(result.checkpoint, out_dir)
+    placement = result.return_value if isinstance(result.return_value, dict) else {}
+    ray_info = {
+        "trainer": ref,
+        "run_name": name,
+        "storage_path": str(result.path),
+        "label_selector": ray_selector,
+        "resources_per_worker": resources,
+        "duration_s": time.monotonic() - started,
+        **placement,
+    }
+    return TrainingResult(
+        onnx_path=onnx_path, pt_path=pt_path, metrics=dict(result.metrics or {}), ray_info=ray_info
+    )
+
+
+def _fit(trainer: _Fittable, ref: str, selector: LabelSelector, start_timeout_s: float) -> _Result:
+    """Run the trainer to its end; return its result, which has a checkpoint."""
+    try:
+        with _env(_START_TIMEOUT_ENV, f"{start_timeout_s:g}"):
+            result = trainer.fit()
+    except Exception as error:
+        raise _translate(error, selector, start_timeout_s) from error
+    if result.checkpoint is None:
+        raise TrainingError(f"the training loop {ref} reported no checkpoint")
+    return result
+
+
+def _loop(ref: str) -> Callable[[dict[str, Any]], Any]:
+    """Return the training loop ``ref`` names (``module:function``)."""
+    loop = resolve_ref(ref, field="retrain.trainer")
+    if not callable(loop):
+        raise SpecError(
+            f"{ref!r} is not a function", field="retrain.trainer", fix="name the training loop"
+        )
+    return cast(Callable[[dict[str, Any]], Any], loop)
+
+
+def _run_dirs(workdir: Path) -> tuple[Path, Path]:
+    """Make the run's directory; return it (absolute) and where its candidate will be."""
+    workdir = Path(workdir).resolve()
+    out_dir = workdir / CANDIDATE_DIR
+    if out_dir.exists():
+        raise TrainingError(f"{out_dir} already holds a candidate; give each run its own workdir")
+    workdir.mkdir(parents=True, exist_ok=True)
+    return workdir, out_dir
+
+
+def _tensors(
+    train_x: NDArray[np.generic], train_y: NDArray[np.integer]
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """Return the samples as contiguous float32 and their labels as int64, checked alike."""
+    x = np.ascontiguousarray(np.asarray(train_x, dtype=np.float32))
+    y = np.asarray(train_y, dtype=np.int64).reshape(-1)
+    if len(x) != len(y):
+        raise InputMismatchError(
+            "training images and labels differ in length", expected=f"{len(x)}", got=f"{len(y)}"
+        )
+    return x, y
+
+
+def _torch_trainer(
+    loop: Callable[[dict[str, Any]], Any],
+    loop_config: dict[str, Any],
+    data: tuple[NDArray[np.float32], NDArray[np.int64]],
+    resources: dict[str, float],
+    selector: dict[str, str],
+    storage: Path,
+    name: str,
+) -> _Fittable:
+    """Return the Ray Train v2 ``TorchTrainer`` of one run: one worker, placed by ``selector``.
+
+    Raises:
+        ConfigError: Ray Train v2 is turned off (label selectors need it).
+    """
+    # Train v2 (the default since Ray 2.51) is the API with per-worker label selectors.
+    from ray.train.v2._internal.constants import is_v2_enabled
+    from ray.train.v2.api.config import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.v2.torch.torch_trainer import TorchTrainer
+
+    if not is_v2_enabled():
+        raise ConfigError(
+            "RAY_TRAIN_V2_ENABLED is off: placing training by label selector needs Ray Train "
+            "v2; unset it"
+        )
+    trainer = TorchTrainer(
         # Train v2 hands rank 0's return value back in Result.return_value.
         train_loop_per_worker=cast(
             Callable[[dict[Any, Any]], None], functools.partial(_placed_loop, loop)
@@ -165,43 +226,34 @@ def run_training(
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(
             num_workers=1,
-            use_gpu=gpus_ > 0,
+            use_gpu=resources.get("GPU", 0.0) > 0,
             resources_per_worker=resources,
-            label_selector=ray_selector or None,
+            label_selector=selector or None,
         ),
         run_config=RunConfig(
             name=name,
-            storage_path=str(workdir / "ray"),
+            storage_path=str(storage / "ray"),
             # One attempt: a retry would hide the failure from the controller, which decides.
             failure_config=FailureConfig(max_failures=0, controller_failure_limit=0),
         ),
-        datasets={"train": _dataset(x, y)},
+        datasets={"train": _dataset(*data)},
     )
-    started = time.monotonic()
-    try:
-        with _env(_START_TIMEOUT_ENV, f"{start_timeout_s:g}"):
-            result = cast(Result, torch_trainer.fit())
-    except Exception as error:
-        raise _translate(error, selector, start_timeout_s) from error
-    checkpoint: Checkpoint | None = result.checkpoint
-    if checkpoint is None:
-        raise TrainingError(f"the training loop {ref} reported no checkpoint")
-    onnx_path, pt_path = _publish(checkpoint, out_dir)
-    placement = result.return_value if isinstance(result.return_value, dict) else {}
-    return TrainingResult(
-        onnx_path=onnx_path,
-        pt_path=pt_path,
-        metrics=dict(result.metrics or {}),
-        ray_info={
-            "trainer": ref,
-            "run_name": name,
-            "storage_path": str(result.path),
-            "label_selector": ray_selector,
-            "resources_per_worker": resources,
-            "duration_s": time.monotonic() - started,
-            **placement,
-        },
-    )
+    return cast(_Fittable, trainer)
+
+
+class _Result(Protocol):
+    """What a finished Ray Train run hands back (``ray.train.v2.api.result.Result``)."""
+
+    checkpoint: Any
+    metrics: dict[str, Any] | None
+    path: str
+    return_value: Any
+
+
+class _Fittable(Protocol):
+    """A trainer that runs when ``fit`` is called (``TorchTrainer``)."""
+
+    def fit(self) -> _Result: ...
 
 
 def _placed_loop(loop: Callable[[dict[str, Any]], Any], config: dict[str, Any]) -> dict[str, Any]:

@@ -79,10 +79,12 @@ def pipeline_spec(
     retrain: bool = True,
     gpus: float = 0.0,
     trainer: str = "tests.rollout_kit:no_trainer",
+    trigger: TriggerSpec | None = None,
 ) -> PipelineSpec:
     """Return the digits pipeline of ``tenant``: 8x8 frames on edge nodes, a canary rollout.
 
-    With ``retrain``, ``TRIGGER_SAMPLES`` labelled samples fire its retraining by ``trainer``.
+    With ``retrain``, ``TRIGGER_SAMPLES`` labelled samples (or ``trigger``) fire its
+    retraining by ``trainer``.
     """
     return PipelineSpec(
         name=PIPELINE,
@@ -93,7 +95,9 @@ def pipeline_spec(
         ),
         uplink=UplinkSpec(policy=select.random(0.1)),
         retrain=RetrainSpec(
-            trainer=trainer, trigger=TriggerSpec(new_samples=TRIGGER_SAMPLES), gpus=gpus
+            trainer=trainer,
+            trigger=TriggerSpec(new_samples=TRIGGER_SAMPLES) if trigger is None else trigger,
+            gpus=gpus,
         )
         if retrain
         else None,
