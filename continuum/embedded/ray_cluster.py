@@ -32,6 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
+from continuum._fs import OWNER_ONLY, atomic_write
 from continuum.embedded._process import (
     free_port,
     kill_sessions,
@@ -370,8 +371,7 @@ class LocalRayCluster:
         path = self.token_path
         if path is not None and not path.exists():
             # A private token per cluster: ~/.ray/auth_token is neither read nor written.
-            path.touch(mode=0o600)
-            path.write_text(secrets.token_hex(32))
+            atomic_write(path, secrets.token_hex(32), mode=OWNER_ONLY)
 
     def _process_env(self) -> dict[str, str]:
         env = dict(os.environ)

@@ -111,6 +111,11 @@ class TestImportGraph:
         assert "continuum.pipeline" in graph["continuum.spec"]  # load_pipeline finds a Pipeline
         assert "continuum.spec" not in graph["continuum.pipeline"]
 
+    def test_the_data_class_both_import_is_a_leaf(self) -> None:
+        graph = import_graph()
+        assert graph["continuum._data_class"] == {"continuum.errors"}
+        assert graph["continuum.errors"] == set()
+
     def test_the_codec_does_not_import_the_spec(self) -> None:
         graph = import_graph()
         assert "continuum.spec" not in graph["continuum.wire.codec"]
