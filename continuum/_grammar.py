@@ -39,7 +39,6 @@ RULES_FORMS = (
     '"accuracy drop 0.02", "p95 latency +20%" (or "latency increase 20%"), '
     'or both joined with " or "'
 )
-#: A rollout ramp may take at most this many steps, canary and the final one included.
 
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
 _UNITS = {
