@@ -123,6 +123,24 @@ def residency_plans(
     return plans, salt
 
 
+def load_sources(settings: AgentSettings, specs: list[PipelineSpec]) -> dict[str, Source]:
+    """Return each pipeline's frame source, by pipeline name.
+
+    Raises:
+        ConfigError: naming every source that cannot be loaded.
+    """
+    sources: dict[str, Source] = {}
+    problems = []
+    for index, (entry, spec) in enumerate(zip(settings.pipelines, specs, strict=True)):
+        try:
+            sources[spec.name] = load_source(entry.source.ref, entry.source.args)
+        except ConfigError as exc:
+            problems.append(f"  pipelines.{index}.source: {exc}")
+    if problems:
+        raise ConfigError("the frame sources cannot start:\n" + "\n".join(problems))
+    return sources
+
+
 def read_public_key(path: Path) -> bytes:
     """Return the PEM at ``path`` if it holds an Ed25519 public key; else raise ConfigError."""
     try:
@@ -151,15 +169,7 @@ class EdgeAgent:
         self.tenant = settings.tenant
         self._public_key = read_public_key(settings.trusted_public_key)
         self._specs = load_pipelines(settings)
-        sources: dict[str, Source] = {}
-        problems = []
-        for index, (entry, spec) in enumerate(zip(settings.pipelines, self._specs, strict=True)):
-            try:
-                sources[spec.name] = load_source(entry.source.ref, entry.source.args)
-            except ConfigError as exc:
-                problems.append(f"  pipelines.{index}.source: {exc}")
-        if problems:
-            raise ConfigError("the frame sources cannot start:\n" + "\n".join(problems))
+        sources = load_sources(settings, self._specs)
         try:
             settings.state_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -168,36 +178,11 @@ class EdgeAgent:
         self._caps = capabilities.probe()
         self.metrics = AgentMetrics()
         self.gate = ResidencyGate(plans, salt=salt, metrics=self.metrics)
-        self.outbox = Outbox(
-            settings.state_dir / "outbox.sqlite3",
-            max_bytes=settings.outbox_max_bytes,
-            partitions={
-                spec.name: size
-                for spec, size in zip(self._specs, settings.outbox_partition_bytes(), strict=True)
-            },
-            ttl_s=settings.outbox_ttl_s,
-            full_policy=settings.outbox_full_policy,
-            block_timeout_s=settings.outbox_block_timeout_s,
-            synchronous=settings.outbox_synchronous,
-            resend_unconfirmed_s=settings.resend_unconfirmed_s if settings.confirm_stored else None,
-            on_drop=self._on_drop,
-            admit=self.gate.admit,
-        )
+        self.outbox = self._open_outbox()
         self._status_topic = topics.node_status(self.tenant, self.node)
         self._stored_topic = topics.node_stored(self.tenant, self.node)
         self._receipt_warned: set[str] = set()
-        try:
-            self.link = MqttLink(
-                client_id=f"ctm-edge-{self.tenant}-{self.node}",
-                broker=settings.broker,
-                will=(self._status_topic, self._status(online=False)),
-                max_inflight=settings.max_inflight,
-                on_message=self._on_message,
-                on_connect=self._on_connect,
-            )
-        except (OSError, ValueError) as exc:  # unreadable TLS files, bad TLS settings
-            self.outbox.close()
-            raise ConfigError(f"broker: cannot set up the MQTT client: {exc}") from exc
+        self.link = self._open_link()
         self.uplink = Uplink(
             node=self.node,
             tenant=self.tenant,
@@ -223,7 +208,50 @@ class EdgeAgent:
             )
             for spec in self._specs
         }
-        self.models = ModelManager(
+        self.models = self._open_models(backend_opener)
+        self._stop_requested = threading.Event()
+        self._started = False
+        self._stopped = False
+        self.metrics_port: int | None = None
+
+    def _open_outbox(self) -> Outbox:
+        """The durable outbox, one partition per pipeline, behind the residency gate."""
+        settings = self.settings
+        return Outbox(
+            settings.state_dir / "outbox.sqlite3",
+            max_bytes=settings.outbox_max_bytes,
+            partitions={
+                spec.name: size
+                for spec, size in zip(self._specs, settings.outbox_partition_bytes(), strict=True)
+            },
+            ttl_s=settings.outbox_ttl_s,
+            full_policy=settings.outbox_full_policy,
+            block_timeout_s=settings.outbox_block_timeout_s,
+            synchronous=settings.outbox_synchronous,
+            resend_unconfirmed_s=settings.resend_unconfirmed_s if settings.confirm_stored else None,
+            on_drop=self._on_drop,
+            admit=self.gate.admit,
+        )
+
+    def _open_link(self) -> MqttLink:
+        """The MQTT link (not connected yet); closes the outbox if it cannot be set up."""
+        try:
+            return MqttLink(
+                client_id=f"ctm-edge-{self.tenant}-{self.node}",
+                broker=self.settings.broker,
+                will=(self._status_topic, self._status(online=False)),
+                max_inflight=self.settings.max_inflight,
+                on_message=self._on_message,
+                on_connect=self._on_connect,
+            )
+        except (OSError, ValueError) as exc:  # unreadable TLS files, bad TLS settings
+            self.outbox.close()
+            raise ConfigError(f"broker: cannot set up the MQTT client: {exc}") from exc
+
+    def _open_models(self, backend_opener: BackendOpener) -> ModelManager:
+        """The model manager, reporting through the uplink and counting in the metrics."""
+        settings = self.settings
+        return ModelManager(
             node=self.node,
             tenant=self.tenant,
             state_dir=settings.state_dir,
@@ -241,10 +269,6 @@ class EdgeAgent:
             is_connected=lambda: self.link.connected,
             stall_s=settings.artifact_stall_s,
         )
-        self._stop_requested = threading.Event()
-        self._started = False
-        self._stopped = False
-        self.metrics_port: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from continuum.errors import NotReadyError
 from continuum.wire import mqtt
 from continuum.wire.messages import MAX_CHUNK_BYTES
 
-__all__ = ["Backoff", "FailureLog", "InflightWindow", "MqttLink", "PublishOutcome"]
+__all__ = ["InflightWindow", "MqttLink", "PublishOutcome"]
 
 log = logging.getLogger(__name__)
 

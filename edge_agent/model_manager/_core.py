@@ -139,13 +139,14 @@ class ManagerCore:
             log.exception("publishing the reported state failed")
 
     def _reject_message(self, reason: str, detail: str) -> None:
+        # The metric first: whoever sees the count in ``rejected_messages`` finds it there.
+        if self._on_message_rejected is not None:
+            self._on_message_rejected(reason)
         with self._lock:
             self._rejected_messages[reason] += 1
             first = self._rejected_messages[reason] == 1
         # Log the first of each kind loudly; the counter (and metric) tells the rest.
         (log.warning if first else log.debug)("rejected a message (%s): %s", reason, detail)
-        if self._on_message_rejected is not None:
-            self._on_message_rejected(reason)
 
     def _rejected(
         self, pipeline: str, want: DesiredModel, reason: str, detail: str, state: str

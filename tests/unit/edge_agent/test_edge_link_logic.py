@@ -8,7 +8,8 @@ import threading
 
 import pytest
 
-from edge_agent.link import Backoff, FailureLog, InflightWindow, PublishOutcome
+from continuum._retry import Backoff, FailureLog
+from edge_agent.link import InflightWindow, PublishOutcome
 
 
 class TestBackoff:
