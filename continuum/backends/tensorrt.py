@@ -20,7 +20,6 @@ import math
 import os
 import shutil
 import subprocess
-import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Sequence
@@ -30,6 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from continuum._fs import atomic_write
 from continuum.backends.base import TensorMeta, check_batch, check_frames, single_input
 from continuum.errors import BackendError, BackendUnavailableError
 from continuum.signing import sha256_file
@@ -236,20 +236,6 @@ def build_engine(
     return bytes(plan)
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # --- runtime state ----------------------------------------------------------------------------
 
 
@@ -364,9 +350,10 @@ class TensorRTBackend:
             log.warning("cached TensorRT engine %s does not deserialize; rebuilding", engine_file)
         log.info("building TensorRT engine for %s (%s, %s)", path, spec.gpu_name, spec.precision)
         plan = build_engine(trt, logger, path, spec, workspace_bytes=self._workspace_bytes)
-        _write_atomically(engine_file, plan)
+        engine_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(engine_file, plan)
         sidecar = {"format": ENGINE_FORMAT, "model_path": str(path), **asdict(spec)}
-        _write_atomically(engine_file.with_suffix(".json"), json.dumps(sidecar, indent=2).encode())
+        atomic_write(engine_file.with_suffix(".json"), json.dumps(sidecar, indent=2))
         engine = runtime.deserialize_cuda_engine(plan)
         if engine is None:
             raise BackendError(f"TensorRT built an engine for {path} but cannot deserialize it")
