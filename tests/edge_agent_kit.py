@@ -1,5 +1,6 @@
 """Test kit of the edge agent tests: tiny real ONNX models, pipeline specs, frame sources,
-agent configs and a stand-in for the cloud side that publishes signed models over MQTT.
+agent configs, a stand-in for the cloud side that publishes signed models over MQTT, and
+``AgentRig``, the one set-up of a node's agent that the edge tests share.
 
 It lives at the root of ``tests/`` so the unit and integration tests share it (imported as
 ``tests.edge_agent_kit``, the repository root being the working directory), and so agents can
@@ -11,9 +12,9 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -22,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from continuum import Pipeline, select
 from continuum.select import Policy
-from continuum.signing import sha256_file, sign_artifact
+from continuum.signing import generate_keypair, sha256_file, sign_artifact
 from continuum.sources import Frame
 from continuum.wire import mqtt, topics
 from continuum.wire.messages import (
@@ -31,6 +32,11 @@ from continuum.wire.messages import (
     DesiredModel,
     DesiredState,
 )
+
+if TYPE_CHECKING:
+    from cloud_head.store import SampleStore
+    from edge_agent.agent import EdgeAgent
+    from edge_agent.outbox import AppendResult, SampleEntry
 
 SHAPE = (1, 8, 8)
 CLASSES = 10
@@ -161,6 +167,11 @@ class PatternSource:
     def close(self) -> None:
         """Stop yielding (the agent calls this at shutdown)."""
         self.closed.set()
+
+
+def pattern_source(pattern: list[float], **args: Any) -> dict[str, Any]:
+    """The agent-config ``source`` of a ``PatternSource`` with these (JSON) arguments."""
+    return {"ref": "tests.edge_agent_kit:PatternSource", "args": {"pattern": pattern, **args}}
 
 
 def write_key(folder: Path, public_pem: bytes) -> Path:
@@ -336,3 +347,127 @@ def wait_for(condition: Any, timeout_s: float = 10.0, interval_s: float = 0.05) 
         if time.monotonic() >= deadline:
             raise AssertionError(f"condition not met within {timeout_s} s")
         time.sleep(interval_s)
+
+
+class AgentRig:
+    """One node's agent set-up: the tenant's signing keys, the pipeline's spec, agent configs
+    for a broker, the agents built from them, and signed rollouts of models to the node.
+
+    Args:
+        folder: where the key, the spec, the config, the state and the models go.
+        host, port: the broker.
+        broker: a whole ``broker`` section of the config instead (credentials, TLS).
+        cloud: the stand-in that ``roll_out`` publishes through (None: one connected for
+            each rollout, as a broker restarted since would have dropped any other).
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 1883,
+        node: str = "edge-1",
+        tenant: str = "acme",
+        pipeline: str = "inspect",
+        broker: Mapping[str, Any] | None = None,
+        cloud: CloudStandIn | None = None,
+    ) -> None:
+        self.folder = folder
+        self.host, self.port = host, port
+        self.node, self.tenant, self.pipeline = node, tenant, pipeline
+        self.private, public = generate_keypair()
+        self.key = write_key(folder, public)
+        self.spec = write_pipeline(folder, name=pipeline, tenant=tenant)
+        self.cloud = cloud
+        self._broker = None if broker is None else dict(broker)
+        #: Every agent ``agent`` built (``stop_agents`` stops them).
+        self.agents: list[EdgeAgent] = []
+
+    def config(self, *, source: Mapping[str, Any], **settings: Any) -> Path:
+        """Write the node's agent config; ``settings`` add or override fields."""
+        if self._broker is not None:
+            settings.setdefault("broker", self._broker)
+        return agent_config(
+            self.folder,
+            spec=self.spec,
+            key=self.key,
+            source=source,
+            host=self.host,
+            port=self.port,
+            node=self.node,
+            tenant=self.tenant,
+            **settings,
+        )
+
+    def agent(self, **config: Any) -> EdgeAgent:
+        """Build (not start) an agent from a fresh ``config(**config)``."""
+        # Imported here: agents import this kit too (for PatternSource), from the agent.
+        from edge_agent.agent import EdgeAgent
+        from edge_agent.config import AgentSettings
+
+        agent = EdgeAgent(AgentSettings.load(self.config(**config)))
+        self.agents.append(agent)
+        return agent
+
+    def stop_agents(self, timeout_s: float = 5.0) -> None:
+        """Stop every agent built here."""
+        for agent in self.agents:
+            agent.stop(timeout_s=timeout_s)
+
+    def roll_out(
+        self,
+        version: str = "v1",
+        generation: int = 1,
+        *,
+        favour: int = 0,
+        signer: bytes | None = None,
+        **damage: Any,
+    ) -> DesiredModel:
+        """Publish a model signed by the tenant (or ``signer``) and make it the node's
+        desired state; ``damage`` goes to ``CloudStandIn.publish_artifact``."""
+        artifact = build_model(self.folder / f"{version}.onnx", favour=favour)
+        want = desired_for(artifact, signer or self.private, model="inspector", version=version)
+        cloud = self.cloud or CloudStandIn(self.host, self.port, self.tenant)
+        try:
+            cloud.publish_artifact(artifact, want, **damage)
+            cloud.set_desired(self.node, {self.pipeline: want}, generation)
+        finally:
+            if cloud is not self.cloud:
+                cloud.close()
+        return want
+
+
+def record_selected(agent: EdgeAgent) -> list[int]:
+    """Return the list that will hold the seqs the runtime puts into the durable outbox
+    (the selected samples), as they are appended."""
+    selected: list[int] = []
+    append = agent.outbox.append_samples
+
+    def recording_append(entries: Sequence[SampleEntry]) -> AppendResult:
+        result = append(entries)
+        selected.extend(result.kept)
+        return result
+
+    agent.outbox.append_samples = recording_append  # type: ignore[method-assign]
+    return selected
+
+
+def stored_ids(store: SampleStore, tenant: str, pipeline: str) -> set[str]:
+    """The sample ids ``store`` holds for the pipeline (its de-duplicating read)."""
+    if not store.files(tenant, pipeline):
+        return set()
+    table = store.read(tenant, pipeline, columns=["sample_id"])
+    return {str(v) for v in table.column("sample_id").to_pylist()}
+
+
+def raw_ids(store: SampleStore, tenant: str, pipeline: str) -> list[str]:
+    """Every sample id row of every Parquet file of the pipeline, read directly (duplicates
+    kept)."""
+    import pyarrow.parquet as pq  # a cloud-side dependency; agents import this kit too
+
+    return [
+        str(v)
+        for path in store.files(tenant, pipeline)
+        for v in pq.read_table(path, columns=["sample_id"]).column("sample_id").to_pylist()
+    ]

@@ -16,30 +16,24 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
-import pyarrow.parquet as pq
 import pytest
 
 from cloud_head.ingest import IngestService, IngestWorker
 from cloud_head.labelling import LabelStore
 from cloud_head.store import SampleStore
 from continuum.embedded import EmbeddedBroker
-from continuum.signing import generate_keypair
 from continuum.spec import load_pipeline
 from continuum.wire.codec import sample_id
 from continuum.wire.mqtt import BrokerSettings
-from edge_agent.agent import EdgeAgent
-from edge_agent.config import AgentSettings
-from edge_agent.outbox import AppendResult, SampleEntry
 from tests.edge_agent_kit import (
-    CloudStandIn,
-    agent_config,
-    build_model,
-    desired_for,
+    AgentRig,
+    pattern_source,
+    raw_ids,
+    record_selected,
+    stored_ids,
     wait_for,
-    write_key,
-    write_pipeline,
 )
 
 pytestmark = pytest.mark.integration
@@ -62,7 +56,6 @@ class Cloud:
             TENANT, [load_pipeline(spec)], self.store, self.labels, tmp_path / "seen.db"
         )
         self.worker = self.start_worker()
-        self.private, self.public = generate_keypair()
 
     def start_worker(self) -> IngestWorker:
         """Start an ingest worker on the broker; always the same session (client id)."""
@@ -71,17 +64,6 @@ class Cloud:
         worker = IngestWorker(self.service, settings, client_id="ingest-acme-1")
         worker.start()
         return worker
-
-    def roll_out(self, node: str) -> None:
-        """Publish a signed model v1 and make it the node's desired state (both retained)."""
-        cloud = CloudStandIn(self.broker.host, self.broker.port, TENANT)
-        try:
-            artifact = build_model(self.tmp / "v1.onnx")
-            want = desired_for(artifact, self.private, model="inspector", version="v1")
-            cloud.publish_artifact(artifact, want)
-            cloud.set_desired(node, {PIPELINE: want}, 1)
-        finally:
-            cloud.close()
 
     def stored(self) -> int:
         return int(self.service.stats()["stored"])
@@ -101,16 +83,11 @@ class Cloud:
 
     def stored_ids(self) -> set[str]:
         """The sample ids the store holds (its de-duplicating read)."""
-        table = self.store.read(TENANT, PIPELINE, columns=["sample_id"])
-        return {str(v) for v in table.column("sample_id").to_pylist()}
+        return stored_ids(self.store, TENANT, PIPELINE)
 
     def raw_ids(self) -> list[str]:
         """Every sample id row of every Parquet file, read directly (duplicates kept)."""
-        return [
-            str(v)
-            for path in self.store.files(TENANT, PIPELINE)
-            for v in pq.read_table(path, columns=["sample_id"]).column("sample_id").to_pylist()
-        ]
+        return raw_ids(self.store, TENANT, PIPELINE)
 
     def close(self) -> None:
         self.worker.stop()
@@ -118,34 +95,10 @@ class Cloud:
         self.labels.close()
 
 
-def _config(tmp_path: Path, cloud: Cloud, spec: Path, node: str, **settings: Any) -> Path:
-    source = settings.pop("source")
-    return agent_config(
-        tmp_path,
-        spec=spec,
-        key=write_key(tmp_path, cloud.public),
-        source={"ref": "tests.edge_agent_kit:PatternSource", "args": source},
-        host=cloud.broker.host,
-        port=cloud.broker.port,
-        node=node,
-        tenant=TENANT,
-        **settings,
+def _rig(tmp_path: Path, broker: EmbeddedBroker, node: str) -> AgentRig:
+    return AgentRig(
+        tmp_path, host=broker.host, port=broker.port, node=node, tenant=TENANT, pipeline=PIPELINE
     )
-
-
-def _record_selected(agent: EdgeAgent) -> list[int]:
-    """Return the list that will hold the seqs the runtime puts into the durable outbox
-    (the selected samples), as they are appended."""
-    selected: list[int] = []
-    append = agent.outbox.append_samples
-
-    def recording_append(entries: list[SampleEntry]) -> AppendResult:
-        result = append(entries)
-        selected.extend(result.kept)
-        return result
-
-    agent.outbox.append_samples = recording_append  # type: ignore[method-assign]
-    return selected
 
 
 class TestBrokerOutage:
@@ -156,16 +109,13 @@ class TestBrokerOutage:
     ) -> None:
         broker, node = private_mqtt_broker, "edge-outage"
         frames, fps = 2000, 50.0  # streams for 40 s: before, during and after the outage
-        spec = write_pipeline(tmp_path, name=PIPELINE, tenant=TENANT)
-        cloud = Cloud(tmp_path, broker, spec)
-        config = _config(
-            tmp_path, cloud, spec, node, source={"pattern": [0.0], "count": frames, "fps": fps}
-        )
-        agent = EdgeAgent(AgentSettings.load(config))
-        selected = _record_selected(agent)
+        rig = _rig(tmp_path, broker, node)
+        cloud = Cloud(tmp_path, broker, rig.spec)
+        agent = rig.agent(source=pattern_source([0.0], count=frames, fps=fps))
+        selected = record_selected(agent)
         try:
             agent.start()
-            cloud.roll_out(node)
+            rig.roll_out()
             wait_for(lambda: cloud.stored() >= 20, timeout_s=20.0)
             broker.stop()
             time.sleep(OUTAGE_S)
@@ -194,21 +144,15 @@ class TestBrokerCrash:
         # keeps every sample until ingest's receipt and sends again what got none.
         broker, node = private_mqtt_broker, "edge-crash"
         frames, fps = 600, 50.0
-        spec = write_pipeline(tmp_path, name=PIPELINE, tenant=TENANT)
-        cloud = Cloud(tmp_path, broker, spec)
-        config = _config(
-            tmp_path,
-            cloud,
-            spec,
-            node,
-            source={"pattern": [0.0], "count": frames, "fps": fps},
-            resend_unconfirmed_s=3.0,
+        rig = _rig(tmp_path, broker, node)
+        cloud = Cloud(tmp_path, broker, rig.spec)
+        agent = rig.agent(
+            source=pattern_source([0.0], count=frames, fps=fps), resend_unconfirmed_s=3.0
         )
-        agent = EdgeAgent(AgentSettings.load(config))
-        selected = _record_selected(agent)
+        selected = record_selected(agent)
         try:
             agent.start()
-            cloud.roll_out(node)
+            rig.roll_out()
             wait_for(lambda: cloud.stored() >= 20, timeout_s=20.0)
             cloud.crash_broker_while_away()
             wait_for(lambda: agent.runtimes[PIPELINE].finished, timeout_s=60.0)
@@ -234,27 +178,16 @@ class TestBrokerCrash:
         # loses them the same way, and the outbox keeps them until ingest's receipt too.
         broker, node = private_mqtt_broker, "edge-crash-labels"
         frames, fps, labels = 600, 50.0, [3, 1, 4, 1, 5, 9, 2, 6]
-        spec = write_pipeline(tmp_path, name=PIPELINE, tenant=TENANT)
-        cloud = Cloud(tmp_path, broker, spec)
-        config = _config(
-            tmp_path,
-            cloud,
-            spec,
-            node,
-            source={
-                "pattern": [0.0],
-                "count": frames,
-                "fps": fps,
-                "labels": labels,
-                "label_delay_s": 0.5,
-            },
+        rig = _rig(tmp_path, broker, node)
+        cloud = Cloud(tmp_path, broker, rig.spec)
+        agent = rig.agent(
+            source=pattern_source([0.0], count=frames, fps=fps, labels=labels, label_delay_s=0.5),
             resend_unconfirmed_s=3.0,
         )
-        agent = EdgeAgent(AgentSettings.load(config))
-        selected = _record_selected(agent)
+        selected = record_selected(agent)
         try:
             agent.start()
-            cloud.roll_out(node)
+            rig.roll_out()
             wait_for(lambda: len(cloud.labelled_ids()) >= 20, timeout_s=20.0)
             cloud.crash_broker_while_away()
             wait_for(lambda: agent.runtimes[PIPELINE].finished, timeout_s=60.0)
@@ -292,16 +225,12 @@ class TestAgentKilled:
         self, tmp_path: Path, private_mqtt_broker: EmbeddedBroker
     ) -> None:
         broker, node = private_mqtt_broker, "edge-killed"
-        spec = write_pipeline(tmp_path, name=PIPELINE, tenant=TENANT)
-        cloud = Cloud(tmp_path, broker, spec)
-        cloud.roll_out(node)
+        rig = _rig(tmp_path, broker, node)
+        cloud = Cloud(tmp_path, broker, rig.spec)
+        rig.roll_out()
         # One record per message and one message in flight: a slow drain to kill it in.
-        config = _config(
-            tmp_path,
-            cloud,
-            spec,
-            node,
-            source={"pattern": [0.0], "count": -1, "fps": 300.0},
+        config = rig.config(
+            source=pattern_source([0.0], count=-1, fps=300.0),
             max_inflight=1,
             uplink_batch_max_records=1,
         )

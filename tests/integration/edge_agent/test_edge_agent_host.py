@@ -16,8 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +24,11 @@ import pytest
 
 from cloud_head.tenants import TenantCredentials, TenantRegistry
 from continuum.embedded import EmbeddedBroker
-from continuum.signing import generate_keypair
 from continuum.wire import mqtt, topics
 from continuum.wire.messages import NodeStatus
 from edge_agent.cli import main
 from edge_agent.host import AgentHost, load_configs
-from tests.edge_agent_kit import (
-    CloudStandIn,
-    agent_config,
-    build_model,
-    desired_for,
-    wait_for,
-    write_key,
-    write_pipeline,
-)
+from tests.edge_agent_kit import AgentRig, CloudStandIn, pattern_source, wait_for
 from tests.tools import assert_promtool_accepts_metrics
 
 pytestmark = pytest.mark.integration
@@ -49,45 +39,44 @@ TENANTS = ("acme", "medica")
 NODE, PIPELINE = "edge-1", "inspect"
 
 
-@dataclass
-class Tenant:
-    """One tenant of the box: its credential, signing key, folder and cloud stand-in."""
+class Tenant(AgentRig):
+    """One tenant of the box: the shared agent rig with the tenant's own credential, folder,
+    signing key and cloud stand-in; its agent selects every frame."""
 
-    name: str
-    folder: Path
-    credentials: TenantCredentials
-    private_key: bytes
-    key_file: Path
-    broker: EmbeddedBroker
-    cloud: CloudStandIn
-
-    def config(self, **settings: Any) -> Path:
-        """Write this tenant's agent config: its own credential, state dir and key."""
-        source = {"pattern": [0.0], "count": -1, "fps": 50.0}  # every frame is selected
-        return agent_config(
-            self.folder,
-            spec=write_pipeline(self.folder, name=PIPELINE, tenant=self.name),
-            key=self.key_file,
-            source={"ref": "tests.edge_agent_kit:PatternSource", "args": source},
+    def __init__(
+        self,
+        name: str,
+        folder: Path,
+        credentials: TenantCredentials,
+        broker: EmbeddedBroker,
+        cloud: CloudStandIn,
+    ) -> None:
+        super().__init__(
+            folder,
+            host=broker.host,
+            port=broker.port,
             node=NODE,
-            tenant=self.name,
+            tenant=name,
+            pipeline=PIPELINE,
             broker={
-                "host": self.broker.host,
-                "port": self.broker.port,
-                "username": self.credentials.username,
-                "password": self.credentials.password,
+                "host": broker.host,
+                "port": broker.port,
+                "username": credentials.username,
+                "password": credentials.password,
                 "reconnect_min_s": 0.1,
                 "reconnect_max_s": 1.0,
             },
-            **settings,
+            cloud=cloud,
         )
+        self.name = name
+        self.broker = broker
+        self.cloud: CloudStandIn = cloud
 
-    def roll_out(self) -> None:
-        """Publish a signed model and make it the node's desired state (retained)."""
-        artifact = build_model(self.folder / "v1.onnx")
-        want = desired_for(artifact, self.private_key, model="inspector", version="v1")
-        self.cloud.publish_artifact(artifact, want)
-        self.cloud.set_desired(NODE, {PIPELINE: want}, 1)
+    def config(self, *, source: Mapping[str, Any] | None = None, **settings: Any) -> Path:
+        """Write this tenant's agent config: its own credential, state dir and key."""
+        if source is None:
+            source = pattern_source([0.0], count=-1, fps=50.0)  # every frame is selected
+        return super().config(source=source, **settings)
 
     def samples(self) -> int:
         """Samples messages the tenant's cloud received."""
@@ -109,15 +98,12 @@ def box(tmp_path: Path) -> Iterator[dict[str, Tenant]]:
             assert creds is not None
             folder = tmp_path / name
             folder.mkdir()
-            private, public = generate_keypair()
             settings = mqtt.BrokerSettings(
                 host=broker.host, port=broker.port, username=creds.username, password=creds.password
             )
             cloud = CloudStandIn(broker.host, broker.port, name, settings=settings)
             cloud.subscribe(topics.tenant_filter(name))
-            tenants[name] = Tenant(
-                name, folder, creds, private, write_key(folder, public), broker, cloud
-            )
+            tenants[name] = Tenant(name, folder, creds, broker, cloud)
         yield tenants
     finally:
         for tenant in tenants.values():
@@ -238,7 +224,7 @@ class TestCheckingSeveralConfigs:
         for name in TENANTS:
             assert f"{name}: [ok] broker: " in out
             assert f"{name}: [ok] config: node '{NODE}' of tenant '{name}'" in out
-        box["medica"].key_file.write_text("not a key\n", encoding="utf-8")
+        box["medica"].key.write_text("not a key\n", encoding="utf-8")
         assert main(args) == 1
         out = capsys.readouterr().out
         assert "medica: [FAIL] trusted key:" in out

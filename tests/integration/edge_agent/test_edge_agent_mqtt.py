@@ -10,8 +10,9 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,15 +31,14 @@ from continuum.wire.messages import (
 )
 from edge_agent.agent import EdgeAgent
 from edge_agent.cli import main
-from edge_agent.config import AgentSettings
 from edge_agent.link import MAX_PACKET_BYTES
 from tests.edge_agent_kit import (
+    AgentRig,
     CloudStandIn,
-    agent_config,
     build_model,
     desired_for,
+    pattern_source,
     wait_for,
-    write_key,
     write_pipeline,
 )
 from tests.tools import assert_promtool_accepts_metrics
@@ -49,72 +49,49 @@ TENANT, PIPELINE = "acme", "inspect"
 REPO = Path(__file__).resolve().parents[3]
 
 
-class Rig:
-    """One agent config, the tenant's keys and a cloud stand-in on the shared broker."""
+class Rig(AgentRig):
+    """The shared agent rig on the session broker, with a cloud stand-in that sees the
+    tenant's topics and publishes the rollouts; agents stream a pattern at 200 fps."""
 
     def __init__(self, tmp_path: Path, broker: EmbeddedBroker, node: str) -> None:
+        cloud = CloudStandIn(broker.host, broker.port, TENANT)
+        super().__init__(
+            tmp_path,
+            host=broker.host,
+            port=broker.port,
+            node=node,
+            tenant=TENANT,
+            pipeline=PIPELINE,
+            cloud=cloud,
+        )
         self.tmp = tmp_path
-        self.node = node
-        self.private, public = generate_keypair()
-        self.key = write_key(tmp_path, public)
-        self.spec = write_pipeline(tmp_path, name=PIPELINE, tenant=TENANT)
         self.broker = broker
-        self.cloud = CloudStandIn(broker.host, broker.port, TENANT)
-        self.agents: list[EdgeAgent] = []
+        self.cloud: CloudStandIn = cloud
 
     def config(
         self,
         *,
-        pattern: list[float],
+        source: Mapping[str, Any] | None = None,
+        pattern: list[float] | None = None,
         count: int = -1,
         fps: float = 200.0,
         labels: list[int] | None = None,
-        **settings: object,
+        **settings: Any,
     ) -> Path:
-        source = {
-            "ref": "tests.edge_agent_kit:PatternSource",
-            "args": {
-                "pattern": pattern,
-                "count": count,
-                "fps": fps,
-                "labels": labels or [0, 1],
-                "label_delay_s": 0.2,
-            },
-        }
+        if source is None:
+            source = pattern_source(
+                pattern or [0.0], count=count, fps=fps, labels=labels or [0, 1], label_delay_s=0.2
+            )
         # The stand-in cloud sends no receipts: the outbox lets go at the broker's PUBACK
         # (receipts are tested against the real ingest in test_edge_agent_exactly_once).
         settings.setdefault("confirm_stored", False)
-        return agent_config(
-            self.tmp,
-            spec=self.spec,
-            key=self.key,
-            source=source,
-            host=self.broker.host,
-            port=self.broker.port,
-            node=self.node,
-            tenant=TENANT,
-            **settings,
-        )
+        return super().config(source=source, **settings)
 
-    def agent(self, **kwargs: object) -> EdgeAgent:
-        agent = EdgeAgent(AgentSettings.load(self.config(**kwargs)))  # type: ignore[arg-type]
-        self.agents.append(agent)
+    def agent(self, **config: Any) -> EdgeAgent:
+        """Build and start an agent."""
+        agent = super().agent(**config)
         agent.start()
         return agent
-
-    def roll_out(
-        self,
-        version: str,
-        generation: int,
-        *,
-        favour: int = 0,
-        tamper_chunk: int | None = None,
-        signer: bytes | None = None,
-    ) -> None:
-        artifact = build_model(self.tmp / f"{version}.onnx", favour=favour)
-        want = desired_for(artifact, signer or self.private, model="inspector", version=version)
-        self.cloud.publish_artifact(artifact, want, tamper_chunk=tamper_chunk)
-        self.cloud.set_desired(self.node, {PIPELINE: want}, generation)
 
     def reported(self) -> str | None:
         found = self.cloud.messages(topics.node_reported(TENANT, self.node))
@@ -130,8 +107,7 @@ class Rig:
         ]
 
     def close(self) -> None:
-        for agent in self.agents:
-            agent.stop(timeout_s=5.0)
+        self.stop_agents()
         # Clear what this test left retained so other tests start clean.
         for topic in (
             {t for t, _, retained in self.cloud.received if retained}
@@ -360,11 +336,8 @@ class TestTruncatedTransfers:
         agent = rig.agent(pattern=[0.0], artifact_stall_s=0.3)
         rig.roll_out("v1", 1)
         wait_for(lambda: rig.reported() == "v1:serving")
-        artifact = build_model(rig.tmp / f"{version}.onnx", favour=3)
-        want = desired_for(artifact, rig.private, model="inspector", version=version)
+        want = rig.roll_out(version, 2, favour=3, **damage)
         assert want.chunks == 3  # chunk 2, the last one, is the one damaged
-        rig.cloud.publish_artifact(artifact, want, **damage)  # type: ignore[arg-type]
-        rig.cloud.set_desired(rig.node, {PIPELINE: want}, 2)
         wait_for(lambda: rig.reported() == f"{version}:rejected")
         last = ReportedState.from_payload(
             rig.cloud.messages(topics.node_reported(TENANT, rig.node))[-1][1]
@@ -543,24 +516,14 @@ class TestPipelinesAreIndependent:
         self, rig: Rig
     ) -> None:
         other = write_pipeline(rig.tmp, name="count", tenant=TENANT)
-        finite = {
-            "ref": "tests.edge_agent_kit:PatternSource",
-            "args": {"pattern": [0.0], "count": 5},
-        }
-        endless = {
-            "ref": "tests.edge_agent_kit:PatternSource",
-            "args": {"pattern": [0.0], "count": -1, "fps": 100.0},
-        }
-        config = rig.config(
-            pattern=[0.0],
+        finite = pattern_source([0.0], count=5)
+        endless = pattern_source([0.0], count=-1, fps=100.0)
+        agent = rig.agent(
             pipelines=[
                 {"spec": str(rig.spec), "source": finite},
                 {"spec": str(other), "source": endless},
             ],
         )
-        agent = EdgeAgent(AgentSettings.load(config))
-        rig.agents.append(agent)
-        agent.start()
         artifact = build_model(rig.tmp / "v1.onnx")
         want = desired_for(artifact, rig.private, model="inspector", version="v1")
         rig.cloud.publish_artifact(artifact, want)

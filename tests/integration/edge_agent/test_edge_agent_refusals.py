@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 import pytest
 
 from cloud_head.audit import AuditAction, AuditLog
@@ -26,20 +25,18 @@ from cloud_head.store import SampleStore
 from cloud_head.tenants import Quotas
 from continuum.embedded import EmbeddedBroker
 from continuum.residency import ResidencyPolicy
-from continuum.signing import generate_keypair
 from continuum.spec import PipelineSpec, load_pipeline
 from continuum.wire.codec import sample_id
 from continuum.wire.mqtt import BrokerSettings
 from edge_agent.agent import EdgeAgent
-from edge_agent.config import AgentSettings
-from edge_agent.outbox import AppendResult, SampleEntry, read_ledger
+from edge_agent.outbox import read_ledger
 from tests.edge_agent_kit import (
-    CloudStandIn,
-    agent_config,
-    build_model,
-    desired_for,
+    AgentRig,
+    pattern_source,
+    raw_ids,
+    record_selected,
+    stored_ids,
     wait_for,
-    write_key,
     write_pipeline,
 )
 
@@ -100,7 +97,6 @@ class Cloud:
         )
         self.worker = IngestWorker(self.service, self.settings, client_id="ingest-acme-1")
         self.worker.start()
-        self.private, self.public = generate_keypair()
 
     def start_fleet(self) -> None:
         """Start the fleet registry's worker: it learns the node from its retained status."""
@@ -108,31 +104,13 @@ class Cloud:
         self.fleet_worker = FleetWorker(self.fleet_registry, self.settings)
         self.fleet_worker.start()
 
-    def roll_out(self, node: str) -> None:
-        """Publish a signed model v1 and make it the node's desired state (both retained)."""
-        cloud = CloudStandIn(self.broker.host, self.broker.port, TENANT)
-        try:
-            artifact = build_model(self.tmp / "v1.onnx")
-            want = desired_for(artifact, self.private, model="inspector", version="v1")
-            cloud.publish_artifact(artifact, want)
-            cloud.set_desired(node, {PIPELINE: want}, 1)
-        finally:
-            cloud.close()
-
     def stored_ids(self) -> set[str]:
         """The sample ids the store holds (its de-duplicating read)."""
-        if not self.store.files(TENANT, PIPELINE):
-            return set()
-        table = self.store.read(TENANT, PIPELINE, columns=["sample_id"])
-        return {str(v) for v in table.column("sample_id").to_pylist()}
+        return stored_ids(self.store, TENANT, PIPELINE)
 
     def raw_ids(self) -> list[str]:
         """Every sample id row of every Parquet file, read directly (duplicates kept)."""
-        return [
-            str(v)
-            for path in self.store.files(TENANT, PIPELINE)
-            for v in pq.read_table(path, columns=["sample_id"]).column("sample_id").to_pylist()
-        ]
+        return raw_ids(self.store, TENANT, PIPELINE)
 
     def audit(self, action: AuditAction) -> list[dict[str, Any]]:
         with AuditLog(self.audit_dir) as log:
@@ -151,36 +129,17 @@ class Cloud:
         self.labels.close()
 
 
-def _agent(tmp_path: Path, cloud: Cloud, spec: Path, node: str, frames: int) -> EdgeAgent:
-    config = agent_config(
-        tmp_path,
-        spec=spec,
-        key=write_key(tmp_path, cloud.public),
-        source={
-            "ref": "tests.edge_agent_kit:PatternSource",
-            "args": {"pattern": [0.0], "count": frames, "fps": 100.0},
-        },
-        host=cloud.broker.host,
-        port=cloud.broker.port,
-        node=node,
-        tenant=TENANT,
-        resend_unconfirmed_s=RESEND_S,
+def _rig(tmp_path: Path, broker: EmbeddedBroker, node: str) -> AgentRig:
+    return AgentRig(
+        tmp_path, host=broker.host, port=broker.port, node=node, tenant=TENANT, pipeline=PIPELINE
     )
-    return EdgeAgent(AgentSettings.load(config))
 
 
-def _record_selected(agent: EdgeAgent) -> list[int]:
-    """Return the list that will hold the seqs the runtime puts into the durable outbox."""
-    selected: list[int] = []
-    append = agent.outbox.append_samples
-
-    def recording_append(entries: list[SampleEntry]) -> AppendResult:
-        result = append(entries)
-        selected.extend(result.kept)
-        return result
-
-    agent.outbox.append_samples = recording_append  # type: ignore[method-assign]
-    return selected
+def _agent(rig: AgentRig, frames: int) -> EdgeAgent:
+    """The node's agent: ``frames`` frames, every one selected, receipts awaited."""
+    return rig.agent(
+        source=pattern_source([0.0], count=frames, fps=100.0), resend_unconfirmed_s=RESEND_S
+    )
 
 
 def _refused_on_the_edge(agent: EdgeAgent, reason: str) -> float:
@@ -195,13 +154,13 @@ class TestTemporaryRefusalsKeepTheSamples:
         self, tmp_path: Path, private_mqtt_broker: EmbeddedBroker
     ) -> None:
         node, frames = "edge-unknown", 200
-        spec_path = write_pipeline(tmp_path, name=PIPELINE, tenant=TENANT)
-        cloud = Cloud(tmp_path, private_mqtt_broker, load_pipeline(spec_path), policy=True)
-        agent = _agent(tmp_path, cloud, spec_path, node, frames)
-        selected = _record_selected(agent)
+        rig = _rig(tmp_path, private_mqtt_broker, node)
+        cloud = Cloud(tmp_path, private_mqtt_broker, load_pipeline(rig.spec), policy=True)
+        agent = _agent(rig, frames)
+        selected = record_selected(agent)
         try:
             agent.start()
-            cloud.roll_out(node)
+            rig.roll_out()
             wait_for(lambda: agent.runtimes[PIPELINE].finished, timeout_s=30.0)
             # Past the grace, and sent again meanwhile: held, never refused for good.
             wait_for(
@@ -232,19 +191,19 @@ class TestTemporaryRefusalsKeepTheSamples:
     ) -> None:
         node, frames, quota = "edge-quota", 90, 50
         now = {"ns": time.time_ns()}
-        spec_path = write_pipeline(tmp_path, name=PIPELINE, tenant=TENANT)
+        rig = _rig(tmp_path, private_mqtt_broker, node)
         cloud = Cloud(
             tmp_path,
             private_mqtt_broker,
-            load_pipeline(spec_path),
+            load_pipeline(rig.spec),
             quotas=Quotas(samples_per_day=quota),
             clock_ns=lambda: now["ns"],
         )
-        agent = _agent(tmp_path, cloud, spec_path, node, frames)
-        selected = _record_selected(agent)
+        agent = _agent(rig, frames)
+        selected = record_selected(agent)
         try:
             agent.start()
-            cloud.roll_out(node)
+            rig.roll_out()
             wait_for(lambda: agent.runtimes[PIPELINE].finished, timeout_s=30.0)
             wait_for(lambda: cloud.service.stats()["over_quota"] >= frames - quota)
             time.sleep(2 * RESEND_S)  # resends come and are held again
@@ -270,18 +229,18 @@ class TestFinalRefusalsEndTheSamples:
     ) -> None:
         node, frames = "edge-class", 60
         # The agent's pipeline says internal; the cloud's stores at most public.
-        spec_path = write_pipeline(tmp_path, name=PIPELINE, tenant=TENANT)
+        rig = _rig(tmp_path, private_mqtt_broker, node)
         cloud_dir = tmp_path / "cloud"
         cloud_dir.mkdir()
         cloud_spec = load_pipeline(
             write_pipeline(cloud_dir, name=PIPELINE, tenant=TENANT, data_class="public")
         )
         cloud = Cloud(tmp_path, private_mqtt_broker, cloud_spec)
-        agent = _agent(tmp_path, cloud, spec_path, node, frames)
-        selected = _record_selected(agent)
+        agent = _agent(rig, frames)
+        selected = record_selected(agent)
         try:
             agent.start()
-            cloud.roll_out(node)
+            rig.roll_out()
             wait_for(lambda: agent.runtimes[PIPELINE].finished, timeout_s=30.0)
             wait_for(lambda: agent.outbox.stats().samples == 0, timeout_s=30.0)
             refused_ranges = agent.outbox.refused()

@@ -12,21 +12,10 @@ import pytest
 
 from continuum.embedded import BrokerTLS, EmbeddedBroker
 from continuum.errors import NotReadyError
-from continuum.signing import generate_keypair
 from continuum.wire import mqtt, topics
 from continuum.wire.codec import decode_samples
 from continuum.wire.messages import NodeStatus
-from edge_agent.agent import EdgeAgent
-from edge_agent.config import AgentSettings
-from tests.edge_agent_kit import (
-    CloudStandIn,
-    agent_config,
-    build_model,
-    desired_for,
-    wait_for,
-    write_key,
-    write_pipeline,
-)
+from tests.edge_agent_kit import AgentRig, CloudStandIn, pattern_source, wait_for
 from tests.tools import require_tool
 
 pytestmark = pytest.mark.integration
@@ -127,28 +116,20 @@ class TestMutualTls:
             TENANT,
             settings=mqtt.BrokerSettings.model_validate(_settings(broker, pki, pki.cloud)),
         )
-        private, public = generate_keypair()
-        config = agent_config(
+        rig = AgentRig(
             tmp_path,
-            spec=write_pipeline(tmp_path, name=PIPELINE, tenant=TENANT),
-            key=write_key(tmp_path, public),
-            source={
-                "ref": "tests.edge_agent_kit:PatternSource",
-                "args": {"pattern": [0.0], "count": -1, "fps": 100.0},
-            },
             node=NODE,
             tenant=TENANT,
+            pipeline=PIPELINE,
             broker={**_settings(broker, pki, pki.edge), "reconnect_max_s": 1.0},
+            cloud=cloud,
         )
-        agent = EdgeAgent(AgentSettings.load(config))
+        agent = rig.agent(source=pattern_source([0.0], count=-1, fps=100.0))
         try:
             cloud.subscribe(topics.tenant_filter(TENANT))
             agent.start()
             assert agent.link.wait_connected(10.0)
-            artifact = build_model(tmp_path / "v1.onnx")
-            want = desired_for(artifact, private, model="inspector", version="v1")
-            cloud.publish_artifact(artifact, want)
-            cloud.set_desired(NODE, {PIPELINE: want}, 1)
+            rig.roll_out()
             samples = wait_for(lambda: cloud.messages(f"/samples/{NODE}"))
             assert decode_samples(samples[0][1]).model_version == "v1"
             status = cloud.messages(topics.node_status(TENANT, NODE))

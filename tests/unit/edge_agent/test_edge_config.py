@@ -8,10 +8,8 @@ import pytest
 import yaml
 
 from continuum.errors import ConfigError
-from continuum.signing import generate_keypair
-from edge_agent.agent import EdgeAgent
 from edge_agent.config import AgentSettings
-from tests.edge_agent_kit import agent_config, write_key, write_pipeline
+from tests.edge_agent_kit import AgentRig, pattern_source, write_pipeline
 
 
 def _write(folder: Path, data: object) -> Path:
@@ -236,20 +234,17 @@ class TestOutboxShares:
         assert words in lines[1]
 
     def test_the_agent_gives_each_pipeline_its_partition(self, tmp_path: Path) -> None:
-        source = {"ref": "tests.edge_agent_kit:PatternSource", "args": {"pattern": [0.0]}}
-        specs = [write_pipeline(tmp_path, name=name) for name in ("inspect", "count")]
-        config = agent_config(
-            tmp_path,
-            spec=specs[0],
-            key=write_key(tmp_path, generate_keypair()[1]),
+        rig = AgentRig(tmp_path)
+        count = write_pipeline(tmp_path, name="count")
+        source = pattern_source([0.0])
+        agent = rig.agent(
             source=source,
             outbox_max_bytes=1_000_000,
             pipelines=[
-                {"spec": str(specs[0]), "source": source, "outbox_share": 0.25},
-                {"spec": str(specs[1]), "source": source},
+                {"spec": str(rig.spec), "source": source, "outbox_share": 0.25},
+                {"spec": str(count), "source": source},
             ],
         )
-        agent = EdgeAgent(AgentSettings.load(config))
         try:
             partitions = agent.outbox.stats().pipelines
         finally:

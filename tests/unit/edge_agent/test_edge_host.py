@@ -14,7 +14,7 @@ from continuum.signing import generate_keypair
 from edge_agent.cli import main
 from edge_agent.host import AgentHost, load_configs
 from edge_agent.metrics import AgentMetrics, TenantMetrics
-from tests.edge_agent_kit import agent_config, write_key, write_pipeline
+from tests.edge_agent_kit import agent_config, pattern_source, write_key, write_pipeline
 from tests.tools import assert_promtool_accepts_metrics
 
 
@@ -33,7 +33,7 @@ def tenant_config(
         folder,
         spec=write_pipeline(folder, tenant=spec_tenant or tenant),
         key=write_key(folder, generate_keypair()[1]),
-        source={"ref": "tests.edge_agent_kit:PatternSource", "args": {"pattern": [0.0]}},
+        source=pattern_source([0.0]),
         tenant=tenant,
         **settings,
     )
