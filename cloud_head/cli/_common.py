@@ -101,7 +101,7 @@ def add_root(parser: argparse.ArgumentParser, *, registry: bool = False) -> None
         "<workdir>/cloud)",
     )
     if registry:
-        from cloud_head.settings import REGISTRY_URL_ENV
+        from cloud_head.settings import ENV_PREFIX, REGISTRY_URL_ENV
 
         parser.add_argument(
             "--registry-url",
@@ -109,7 +109,8 @@ def add_root(parser: argparse.ArgumentParser, *, registry: bool = False) -> None
             metavar="URL",
             help=f"the model registry's database, as the cloud head was given it: "
             f"postgresql://USER@HOST:PORT/DATABASE or sqlite:///PATH (default: "
-            f"${REGISTRY_URL_ENV}, else SQLite under --root); its artifacts stay under --root",
+            f"${ENV_PREFIX}REGISTRY_URL or ${REGISTRY_URL_ENV}, else SQLite under --root); "
+            "its artifacts stay under --root",
         )
 
 
