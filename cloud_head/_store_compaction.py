@@ -10,6 +10,8 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+from continuum._retry import FailureLog
+
 if TYPE_CHECKING:
     from cloud_head.store import CompactionResult, SampleStore
 
@@ -23,7 +25,8 @@ class Compactor:
     ``interval_s`` this merges a partition once it holds ``min_files`` files. Run one per
     store (ingest replica 0 runs it): compactions of one partition must not overlap.
     ``on_compacted`` receives each merge that happened (ingest tells its seen index, so the
-    merged file is not read back as one written before a crash).
+    merged file is not read back as one written before a crash).  A compaction that keeps
+    failing (an unreadable file) is logged when it starts failing and when it recovers.
     """
 
     def __init__(
@@ -45,6 +48,8 @@ class Compactor:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="store-compactor", daemon=True)
         self.merged = 0
+        # Each interval tries again; the log says when failing starts and when it ends.
+        self._failures = FailureLog("store compaction", _log)
 
     def start(self) -> Compactor:
         """Start the background thread."""
@@ -74,5 +79,8 @@ class Compactor:
         while not self._stop.wait(self._interval_s):
             try:
                 self.run_once()
-            except Exception:  # a failed compaction leaves the files as they were
-                _log.exception("store compaction failed; will try again")
+            except Exception as exc:  # a failed compaction leaves the files as they were
+                _log.debug("store compaction failed", exc_info=True)
+                self._failures.failed(f"{type(exc).__name__}: {exc}")
+            else:
+                self._failures.recovered()

@@ -9,9 +9,11 @@ about local files themselves (temporary names, the folder layout on disk) take
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,14 @@ def make_batch(
         for s in seqs
     )
     return SampleBatch(pipeline, node, "v1", DataClass.CONFIDENTIAL, records)
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        time.sleep(0.01)
 
 
 def on_s3(store_root: str) -> bool:
@@ -433,6 +443,32 @@ class TestCompactor:
         assert not errors, errors
         assert seen and seen == sorted(seen) and seen[-1] <= 5 + 3 * rounds
         assert store.count("acme", "digits") == 5 + 3 * rounds
+
+    def test_a_compaction_that_keeps_failing_is_logged_once_until_it_recovers(
+        self, local_store: SampleStore, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.DEBUG, logger="cloud_head.store")
+        store = local_store
+        for i in range(3):
+            store.append("acme", make_batch([i]), ingested_at_ns=NOON_NS + i)
+            store.flush()
+        unreadable = Path(store.partition_path("acme", "digits", DAY)) / "part-9-bad.parquet"
+        unreadable.write_bytes(b"not a Parquet file")
+        compactor = Compactor(store, [("acme", "digits")], interval_s=0.01, min_files=2)
+        compactor.start()
+        try:
+            wait_for(
+                lambda: sum("compaction failed" in r.getMessage() for r in caplog.records) > 10
+            )
+            unreadable.unlink()
+            wait_for(lambda: compactor.merged == 3)
+        finally:
+            compactor.stop()
+        warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warned) == 2, warned
+        assert warned[0].startswith("store compaction failed: ")
+        assert warned[1].startswith("store compaction recovered after ")
+        assert store.count("acme", "digits") == 3
 
 
 class TestColumns:
