@@ -22,7 +22,7 @@ _TS_TAIL: Final = re.compile(rb"(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+
 _TS_TAIL_MAX: Final = 40
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class LiveNode:
     """A node whose last status said online: when it was last heard of, how to spot its beat.
 

@@ -13,7 +13,7 @@ from continuum.wire.messages import NodeStatus, ReportedModel, ReportedState, Te
 UpdateKind = Literal["status", "reported", "telemetry", "cleared", "rejected"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class FleetUpdate:
     """What the registry did with one message.
 

@@ -158,14 +158,14 @@ class FleetRegistry:
             with self._lock:
                 if self._heartbeat_locked(node, payload, now):
                     self._counts["status"] += 1
-                    return FleetUpdate("status", node=node)
+                    return FleetUpdate(kind="status", node=node)
         try:
             update = self._apply(topic, payload)
         except ProtocolError as exc:
-            update = FleetUpdate("rejected", reason=exc.reason, detail=str(exc))
+            update = FleetUpdate(kind="rejected", reason=exc.reason, detail=str(exc))
         except Exception as exc:  # a bug must not stop the registry; count it and go on
             _log.exception("unexpected error applying a message on %s", topic)
-            update = FleetUpdate("rejected", reason="internal_error", detail=repr(exc))
+            update = FleetUpdate(kind="rejected", reason="internal_error", detail=repr(exc))
         with self._lock:
             if update.kind == "rejected":
                 self._rejected[update.reason] += 1
@@ -210,15 +210,15 @@ class FleetRegistry:
             refused = None if admitted else self._admit(node)
             self._set_status(node, status, payload, now, admitted=refused is None)
             if refused is not None:
-                return FleetUpdate("status", node=node, reason="over_quota", detail=refused)
-            return FleetUpdate("status", node=node)
+                return FleetUpdate(kind="status", node=node, reason="over_quota", detail=refused)
+            return FleetUpdate(kind="status", node=node)
         if parsed.kind == "reported":
             reported = ReportedState.from_payload(payload)
             _same_node(reported.node, node)
             with self._lock:
                 self._pending_locked(node, now).reported = reported.model_dump_json()
                 self._liveness.touch(node, now)
-            return FleetUpdate("reported", node=node)
+            return FleetUpdate(kind="reported", node=node)
         if parsed.kind == "telemetry":
             telemetry = Telemetry.from_payload(payload)
             _same_node(telemetry.node, node)
@@ -240,7 +240,7 @@ class FleetRegistry:
                 self._telemetry_rows.append(row)
                 self._pending_locked(node, now)
                 self._liveness.touch(node, now)
-            return FleetUpdate("telemetry", node=node)
+            return FleetUpdate(kind="telemetry", node=node)
         raise ProtocolError(
             f"the fleet registry does not take {parsed.kind} messages", reason="unexpected_topic"
         )
@@ -253,7 +253,7 @@ class FleetRegistry:
         stays).  Decommissioning is ``remove()``, an operator's audited action.
         """
         if not self._known(node):
-            return FleetUpdate("cleared", node=node)
+            return FleetUpdate(kind="cleared", node=node)
         raise ProtocolError(
             f"empty {kind} message for node {node!r} (a cleared retained message or a stray "
             "publish): ignored, the node keeps its last state and telemetry history; "
@@ -277,7 +277,9 @@ class FleetRegistry:
             self._liveness.drop(node)
             if status.online:
                 period = status.heartbeat_s or self._heartbeat_s
-                self._liveness.watch(node, LiveNode(status, prefix, now, period))
+                self._liveness.watch(
+                    node, LiveNode(status=status, prefix=prefix, last_seen=now, period=period)
+                )
 
     def _pending_locked(self, node: str, now: float) -> PendingNode:
         pending = self._pending.get(node)
@@ -372,7 +374,9 @@ class FleetRegistry:
                 if pending is not None:
                     last_seen = max(last_seen, pending.last_seen)
                 period = status.heartbeat_s or self._heartbeat_s
-                live = LiveNode(status, None, float(last_seen), period, since=now)
+                live = LiveNode(
+                    status=status, prefix=None, last_seen=float(last_seen), period=period, since=now
+                )
                 self._liveness.watch(node, live)
 
     def _flush(self) -> None:

@@ -89,7 +89,7 @@ class TestNodeStatus:
         self, fleet: FleetRegistry
     ) -> None:
         update = fleet.handle(topics.node_status(TENANT, "cam-1"), status("cam-1"))
-        assert update == FleetUpdate("status", node="cam-1")
+        assert update == FleetUpdate(kind="status", node="cam-1")
         [node] = fleet.nodes()
         assert node.node == "cam-1" and node.online
         assert node.labels["continuum.io/site"] == "lux-1"
@@ -154,7 +154,7 @@ class TestEmptyMessages:
         self, fleet: FleetRegistry
     ) -> None:
         update = fleet.handle(topics.node_status(TENANT, "cam-9"), b"")
-        assert update == FleetUpdate("cleared", node="cam-9")
+        assert update == FleetUpdate(kind="cleared", node="cam-9")
         assert fleet.nodes() == []
         assert fleet.stats()["cleared"] == 1 and fleet.stats()["rejected"] == {}
 
@@ -309,7 +309,7 @@ class TestHeartbeats:
         fleet.handle(topics.node_status(TENANT, "cam-1"), status("cam-1"))
         clock.now = 1_001.5
         update = fleet.handle(topics.node_status(TENANT, "cam-1"), heartbeat("cam-1", 901.25))
-        assert update == FleetUpdate("status", node="cam-1")
+        assert update == FleetUpdate(kind="status", node="cam-1")
         node = fleet.get("cam-1")
         assert node is not None and node.online and node.last_seen == 1_001.5
         assert node.status is not None and node.status.ts == 901.25
