@@ -17,12 +17,25 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ROLLOUT_RECORD", "TRAINING_RECORD", "PipelineStateStore"]
+__all__ = ["ROLLOUT_RECORD", "TRAINING_RECORD", "PipelineStateStore", "connect_state_file"]
 
 #: The record that holds a pipeline's ``RolloutState``.
 ROLLOUT_RECORD = "rollout"
 #: The record that holds the trigger bookkeeping and training records.
 TRAINING_RECORD = "training"
+
+
+def connect_state_file(path: Path) -> sqlite3.Connection:
+    """Open (creating its folder) a controller's SQLite file: WAL, every commit synced.
+
+    Autocommit: each statement is its own durable transaction, shared by threads (callers
+    hold their own lock around it).
+    """
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    return db
 
 
 class PipelineStateStore:
@@ -33,10 +46,7 @@ class PipelineStateStore:
         self.tenant = tenant
         self.pipeline = pipeline
         self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db = connect_state_file(self.path)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS pipeline_records (tenant TEXT, pipeline TEXT, "
             "kind TEXT, body TEXT NOT NULL, saved_at REAL NOT NULL, "

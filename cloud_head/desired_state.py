@@ -10,13 +10,13 @@ SQLite file (``cloud_head._pipeline_state.PipelineStateStore``), not in this boo
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cloud_head._pipeline_state import connect_state_file
 from continuum.wire import topics
 from continuum.wire.messages import DesiredModel, DesiredState, chunk_layout
 
@@ -38,10 +38,7 @@ class DesiredStateBook:
         self.tenant = tenant
         self._publish = publish
         self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db = connect_state_file(self.path)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS desired (tenant TEXT, node TEXT, generation INTEGER, "
             "pipelines TEXT, PRIMARY KEY (tenant, node))"
