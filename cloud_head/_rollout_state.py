@@ -43,7 +43,7 @@ class RampStep:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RolloutState:
     """Where the rollout of one pipeline stands, and why.
 

@@ -21,7 +21,7 @@ __all__ = ["GateResult", "evaluate", "f1_macro", "gate", "score"]
 EVAL_BATCH = 512
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GateResult:
     """The gate's verdict: scores of both models, the required gain and why it passed or not.
 

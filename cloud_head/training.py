@@ -49,7 +49,7 @@ class TrainingError(ContinuumError, RuntimeError):
     """A retraining run failed (the loop raised, or it produced no usable model)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainingResult:
     """A finished run: the candidate's files, the loop's last metrics and where Ray ran it."""
 
