@@ -269,11 +269,16 @@ def start_chaos(
     victim = agents[0]
 
     def garbage(target: str) -> dict[str, Any]:
+        # The attack is on a running fleet: on a loaded machine the agents may still be
+        # fetching their first model, and garbage over its retained chunks would keep them
+        # from ever serving one (until a new version is published; see the issue's note).
+        waited = _wait_until_serving(head, spec.name, [a.node for a in agents])
         current = ray.get(head.controllers[spec.name].status.remote(), timeout=30).get("current")
         artifacts = [(spec.edge.model, current)] if current else []
-        return garbage_everywhere(
+        outcome = garbage_everywhere(
             attacker, spec.tenant, [a.node for a in agents], [spec.name], artifacts
         )
+        return {**outcome, "waited_for_serving_s": round(waited, 1)}
 
     def agent_kill(target: str) -> dict[str, Any]:
         process = victim.process
@@ -314,3 +319,21 @@ def start_chaos(
         start_at=timeline.stream_start,
         on_fault=on_fault,
     ).start()
+
+
+def _wait_until_serving(
+    head: Any, pipeline: str, nodes: list[str], timeout_s: float = 120.0
+) -> float:
+    """Wait until every node reports a model serving ``pipeline``; return the seconds waited."""
+    import ray
+
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        reported = {
+            n["node"]: ((n.get("reported") or {}).get("pipelines") or {}).get(pipeline) or {}
+            for n in ray.get(head.fleet.nodes.remote(), timeout=30)
+        }
+        if all(reported.get(node, {}).get("state") == "serving" for node in nodes):
+            break
+        time.sleep(1.0)
+    return time.monotonic() - started
