@@ -237,14 +237,29 @@ class SampleStore:
             if date is None
             else self.partition_path(tenant, pipeline, date)
         )
-        selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
         paths = [
             info.path
-            for info in self._fs.get_file_info(selector)
+            for info in self._list(base)
             if info.type == pafs.FileType.File and is_data_file(info.base_name)
         ]
         # Names start with the write time, so sorting by name orders files by write time.
         return sorted(paths, key=lambda p: (p.rsplit("/", 1)[-1], p))
+
+    def _list(self, base: str) -> list[pafs.FileInfo]:
+        """List ``base`` recursively; a folder that does not exist yet lists as empty.
+
+        ``allow_not_found`` does not cover a folder created while it is being listed (the
+        first write of a pipeline racing a reader): Arrow then reports it as not found, so
+        the listing is taken again once before that is believed.
+        """
+        selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+        try:
+            return list(self._fs.get_file_info(selector))
+        except FileNotFoundError:
+            try:
+                return list(self._fs.get_file_info(selector))
+            except FileNotFoundError:
+                return []
 
     def read(
         self,
