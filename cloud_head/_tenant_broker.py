@@ -12,7 +12,6 @@ import binascii
 import hashlib
 import hmac
 import os
-import shutil
 import signal
 import subprocess
 from collections.abc import Iterable
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from continuum._fs import atomic_write
+from continuum.embedded.broker import find_mosquitto_tool
 from continuum.errors import ConfigError, NotReadyError
 from continuum.wire import topics
 
@@ -87,7 +87,9 @@ class BrokerFiles:
         return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
 
     def _run_passwd(self, args: list[str], *, what: str) -> None:
-        tool = _find_mosquitto_passwd(self._mosquitto_passwd)
+        tool = find_mosquitto_tool(
+            "mosquitto_passwd", DEFAULT_MOSQUITTO_PASSWD, self._mosquitto_passwd
+        )
         try:
             done = subprocess.run(
                 [tool, *args],
@@ -167,18 +169,6 @@ def password_matches(stored: str, password: str) -> bool:
     except (ValueError, binascii.Error):
         return False
     return hmac.compare_digest(got, digest)
-
-
-def _find_mosquitto_passwd(executable: str | None) -> str:
-    candidates = [executable] if executable else ["mosquitto_passwd", DEFAULT_MOSQUITTO_PASSWD]
-    for candidate in candidates:
-        found = shutil.which(candidate)
-        if found:
-            return found
-    raise NotReadyError(
-        f"mosquitto_passwd not found (looked for {', '.join(candidates)}): "
-        "apt-get install mosquitto"
-    )
 
 
 def _read_pid(pid_file: Path) -> int:

@@ -6,7 +6,12 @@ and Ray cluster (``deploy/``).
 
 from __future__ import annotations
 
-from continuum.embedded.broker import BrokerTLS, EmbeddedBroker, find_mosquitto
+from continuum.embedded.broker import (
+    BrokerTLS,
+    EmbeddedBroker,
+    find_mosquitto,
+    find_mosquitto_tool,
+)
 from continuum.embedded.ray_cluster import LocalRayCluster, RayNodeInfo, find_ray_cli
 
 __all__ = [
@@ -15,5 +20,6 @@ __all__ = [
     "LocalRayCluster",
     "RayNodeInfo",
     "find_mosquitto",
+    "find_mosquitto_tool",
     "find_ray_cli",
 ]

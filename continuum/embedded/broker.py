@@ -67,13 +67,25 @@ def _raise_fd_limit(pid: int) -> None:
 
 def find_mosquitto(executable: str | None = None) -> str:
     """Return the path of the mosquitto binary, or raise ``NotReadyError`` naming the fix."""
-    candidates = [executable] if executable else ["mosquitto", DEFAULT_EXECUTABLE]
+    return find_mosquitto_tool("mosquitto", DEFAULT_EXECUTABLE, executable)
+
+
+def find_mosquitto_tool(name: str, default_path: str, executable: str | None = None) -> str:
+    """Return the path of one of mosquitto's programs (``mosquitto``, ``mosquitto_passwd``).
+
+    ``executable`` (a name or path) is the only candidate when given; else ``name`` on PATH,
+    then ``default_path``, where Debian's package puts it (sbin is often not on PATH).
+
+    Raises:
+        NotReadyError: not found; the message names the package to install.
+    """
+    candidates = [executable] if executable else [name, default_path]
     for candidate in candidates:
         found = shutil.which(candidate)
         if found:
             return found
     raise NotReadyError(
-        f"mosquitto not found (looked for {', '.join(candidates)}): apt-get install mosquitto"
+        f"{name} not found (looked for {', '.join(candidates)}): apt-get install mosquitto"
     )
 
 
