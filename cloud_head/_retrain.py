@@ -24,7 +24,7 @@ from cloud_head._training_data import TrainingData, gate_holdout, load_training_
 from cloud_head._training_log import TrainingLog, TrainingRecord
 from cloud_head.artifacts import publish_artifact
 from cloud_head.audit import AuditAction, model_subject
-from cloud_head.gate import GateResult, evaluate, gate
+from cloud_head.gate import GateResult, gate
 from cloud_head.tenants import QuotaExceededError
 from cloud_head.training import TrainingResult
 from continuum.signing import key_fingerprint, public_pem_of, sign_artifact
@@ -228,20 +228,16 @@ class Retrainer:
             self._log.charge(run.index, time.monotonic() - timer, self._retrain.gpus)
 
     def _gate(self, run: _Run, result: TrainingResult) -> tuple[GateResult, dict[str, Any]]:
-        """Judge the candidate on the holdout against the current model; record the verdict."""
+        """Judge the candidate on the holdout against the current model; record the verdict.
+
+        The record keeps the verdict on the whole holdout and each part's scores apart (the
+        reference and the edge slice, with how many samples each node gave it).
+        """
         spec = self._context.spec
-        hold_x, hold_y = gate_holdout(spec, run.data)
-        if run.parent is None:
-            verdict = GateResult(
-                passed=True,
-                candidate_score=evaluate(result.onnx_path, hold_x, hold_y, spec.gate.metric),
-                current_score=None,
-                margin=spec.gate.min_gain,
-                reason="no current model: the first model passes",
-            )
-        else:
-            verdict = gate(result.onnx_path, run.parent.artifact_path, (hold_x, hold_y), spec.gate)
-        gate_record = asdict(verdict) | {"holdout_size": len(hold_y)}
+        holdout = gate_holdout(spec, run.data)
+        current = None if run.parent is None else run.parent.artifact_path
+        verdict = gate(result.onnx_path, current, holdout, spec.gate)
+        gate_record = asdict(verdict) | {"holdout_size": holdout.size()}
         self._record(
             AuditAction.GATE,
             run.subject,

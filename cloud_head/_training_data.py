@@ -1,20 +1,34 @@
 """What a retraining run learns from and is gated on: the pipeline's labelled edge samples.
 
 ``load_training_data`` reads the labelled samples, leaves out labels that are no class of the
-model, and splits off the gate's holdout by a stable hash of each sample's id, so no sample
-ever moves from the holdout into training; ``gate_holdout`` adds the pipeline's reference
-holdout to the held-out edge samples.
+model, and splits off the gate's holdout by time (``is_holdout``); ``gate_holdout`` adds the
+pipeline's reference holdout to the most recent held-out edge samples of each node.
+
+Why split by time, per node, in whole blocks: consecutive frames of one camera are nearly the
+same picture (the same part, the same fault, the same light), and a demo camera may even
+loop over a fixed set of images. A split by a hash of each sample's id put one frame in
+training and its near-twin a second later in the holdout, so the gate measured memory, not
+learning. Instead each node's stream is cut into blocks of ``HOLDOUT_BLOCK_S`` seconds of
+its own capture time (edge clock), and every ``HOLDOUT_EVERY``-th block of each node is held
+out, whole. Correlated neighbours share a block, and so a side of the split; the rule
+depends only on the node's name and the capture time, so it is the same at every
+retraining and no sample ever moves from the holdout into training; a per-node offset
+(from the name's hash) staggers the nodes, and every node that sends over
+``HOLDOUT_EVERY`` consecutive blocks gets held-out samples, a quiet drifted node included.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cloud_head._training_cut import LINEAGE_KEY, TrainingCut
+from cloud_head.gate import GateHoldout
 from cloud_head.labelling import labelled, to_xy
 from continuum.spec import resolve_ref
 
@@ -24,30 +38,64 @@ if TYPE_CHECKING:
     from cloud_head.store import SampleStore
     from continuum.spec import PipelineSpec
 
-__all__ = ["HOLDOUT_EVERY", "TrainingData", "gate_holdout", "is_holdout", "load_training_data"]
+__all__ = [
+    "GATE_EDGE_PER_NODE",
+    "HOLDOUT_BLOCK_S",
+    "HOLDOUT_EVERY",
+    "TrainingData",
+    "gate_holdout",
+    "holdout_mask",
+    "is_holdout",
+    "load_training_data",
+]
 
 log = logging.getLogger("cloud_head.controller")
 
-#: One labelled edge sample in this many is held out of training for the gate.
+#: Each node holds out one time block of its samples in this many for the gate.
 HOLDOUT_EVERY = 5
 
+#: The length of a holdout block in seconds of capture time: far longer than the few seconds
+#: over which a camera's frames look alike, short enough that a node sending for under a
+#: minute (``HOLDOUT_EVERY`` blocks) already has held-out samples.
+HOLDOUT_BLOCK_S = 10.0
 
-def is_holdout(sample_id: str) -> bool:
-    """Return whether a labelled edge sample belongs to the gate's holdout, never to training.
+#: The gate's edge slice takes at most this many of each node's most recent held-out samples,
+#: so a chatty node does not drown a quiet, drifted one.
+GATE_EDGE_PER_NODE = 200
 
-    A stable hash keeps the split the same across retrainings, so no sample moves from
-    the holdout into training later.
-    """
-    digest = hashlib.blake2b(sample_id.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % HOLDOUT_EVERY == 0
+_BLOCK_NS = int(HOLDOUT_BLOCK_S * 1e9)
+
+
+def _offset(node: str) -> int:
+    """The node's stable offset in the block cycle (so nodes hold out different blocks)."""
+    digest = hashlib.blake2b(node.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % HOLDOUT_EVERY
+
+
+def is_holdout(node: str, captured_at_ns: int) -> bool:
+    """Return whether a sample that ``node`` captured at ``captured_at_ns`` (edge clock) is held
+    out for the gate, never trained on: the rule is the module's."""
+    return (captured_at_ns // _BLOCK_NS + _offset(node)) % HOLDOUT_EVERY == 0
+
+
+def holdout_mask(nodes: Sequence[str], captured_at_ns: np.ndarray) -> np.ndarray:
+    """Return ``is_holdout`` of each (node, capture time) pair as a boolean array."""
+    offsets = {node: _offset(node) for node in set(nodes)}
+    shift = np.fromiter((offsets[n] for n in nodes), dtype=np.int64, count=len(nodes))
+    blocks = np.asarray(captured_at_ns, dtype=np.int64) // _BLOCK_NS
+    return np.asarray((blocks + shift) % HOLDOUT_EVERY == 0, dtype=bool)
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrainingData:
-    """A pipeline's usable labelled edge samples, split into training and the gate's holdout.
+    """A pipeline's usable labelled edge samples: training, and the gate's edge slice.
 
-    ``rows`` counts the labelled samples the store had (the trigger counts from it);
-    ``out_of_range`` those left out for a label that is no class of the model.
+    ``holdout_x``/``holdout_y`` are the gate's edge slice: the most recent held-out samples of
+    each node, at most ``GATE_EDGE_PER_NODE`` each (``edge_per_node`` counts them); ``held_out``
+    counts every held-out sample, the slice's and older ones, none ever trained on. ``cuts``
+    is each node's training cut (its newest sample trained on). ``rows`` counts the labelled
+    samples the store had (the trigger counts from it); ``out_of_range`` those left out for a
+    label that is no class of the model.
     """
 
     train_x: np.ndarray
@@ -56,6 +104,9 @@ class TrainingData:
     holdout_y: np.ndarray
     rows: int
     out_of_range: int
+    held_out: int = 0
+    edge_per_node: dict[str, int] = field(default_factory=dict)
+    cuts: dict[str, TrainingCut] = field(default_factory=dict)
 
     def snapshot(self, partitions: list[str]) -> dict[str, Any]:
         """Return what the run was given, for its audit record and the model's lineage."""
@@ -63,8 +114,15 @@ class TrainingData:
             "store_partitions": partitions,
             "store_rows": self.rows,
             "trained_on_edge_samples": len(self.train_y),
-            "holdout_edge_samples": len(self.holdout_y),
+            "holdout_edge_samples": self.held_out,
+            "gate_edge_slice": dict(self.edge_per_node),
+            "holdout_rule": {
+                "block_s": HOLDOUT_BLOCK_S,
+                "every": HOLDOUT_EVERY,
+                "gate_per_node": GATE_EDGE_PER_NODE,
+            },
             "labels_out_of_range": self.out_of_range,
+            LINEAGE_KEY: {node: cut.to_record() for node, cut in sorted(self.cuts.items())},
         }
 
 
@@ -74,23 +132,60 @@ def load_training_data(
     """Read ``spec``'s labelled samples as tensors and split them (see the module)."""
     table = labelled(store, labels, spec.tenant, spec.name)
     shape = tuple(spec.edge.input.shape)
-    x, y, ids = to_xy(table, shape=shape, dtype=spec.edge.input.dtype)
-    x, y, ids, out_of_range = _usable_labels(x, y, ids, current)
-    held = np.array([is_holdout(i) for i in ids], dtype=bool)
+    x, y, _ = to_xy(table, shape=shape, dtype=spec.edge.input.dtype)
+    nodes = [str(n) for n in table.column("node").to_pylist()]
+    captured = np.asarray(table.column("captured_at_ns").to_pylist(), dtype=np.int64)
+    seqs = np.asarray(table.column("seq").to_pylist(), dtype=np.int64)
+    ok, out_of_range = _usable_labels(y, current)
+    x, y, captured, seqs = x[ok], y[ok], captured[ok], seqs[ok]
+    nodes = [n for n, keep in zip(nodes, ok.tolist(), strict=True) if keep]
+    held = holdout_mask(nodes, captured)
+    gate_rows, per_node = _recent_per_node(nodes, captured, held)
     return TrainingData(
         train_x=x[~held],
         train_y=y[~held],
-        holdout_x=x[held],
-        holdout_y=y[held],
+        holdout_x=x[gate_rows],
+        holdout_y=y[gate_rows],
         rows=int(table.num_rows),
         out_of_range=out_of_range,
+        held_out=int(held.sum()),
+        edge_per_node=per_node,
+        cuts=_cuts(nodes, captured, seqs, ~held),
     )
 
 
-def _usable_labels(
-    x: np.ndarray, y: np.ndarray, ids: list[str], current: ModelVersion | None
-) -> tuple[np.ndarray, np.ndarray, list[str], int]:
-    """Leave out samples whose label is not a class of the pipeline's model; count them.
+def _recent_per_node(
+    nodes: list[str], captured: np.ndarray, held: np.ndarray
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Return the rows of each node's ``GATE_EDGE_PER_NODE`` newest held-out samples, by node."""
+    rows: list[int] = []
+    per_node: dict[str, int] = {}
+    by_node: dict[str, list[int]] = {}
+    for row in np.flatnonzero(held).tolist():
+        by_node.setdefault(nodes[row], []).append(row)
+    for node in sorted(by_node):
+        newest = sorted(by_node[node], key=lambda r: int(captured[r]), reverse=True)
+        chosen = newest[:GATE_EDGE_PER_NODE]
+        rows.extend(sorted(chosen))
+        per_node[node] = len(chosen)
+    return np.asarray(rows, dtype=np.int64), per_node
+
+
+def _cuts(
+    nodes: list[str], captured: np.ndarray, seqs: np.ndarray, trained: np.ndarray
+) -> dict[str, TrainingCut]:
+    """Return each node's training cut: the latest capture time and highest seq trained on."""
+    latest: dict[str, int] = {}
+    highest: dict[str, int] = {}
+    for row in np.flatnonzero(trained).tolist():
+        node = nodes[row]
+        latest[node] = max(latest.get(node, int(captured[row])), int(captured[row]))
+        highest[node] = max(highest.get(node, int(seqs[row])), int(seqs[row]))
+    return {n: TrainingCut(captured_at_ns=latest[n], seq=highest[n]) for n in latest}
+
+
+def _usable_labels(y: np.ndarray, current: ModelVersion | None) -> tuple[np.ndarray, int]:
+    """Return which samples have a label that is a class of the model, and how many do not.
 
     Labels arrive from edge feedback and stored samples, where a faulty or hostile node can
     put any integer: one such label would fail every retraining from then on. The model's
@@ -105,21 +200,21 @@ def _usable_labels(
             dropped,
             "?" if classes is None else classes - 1,
         )
-        x, y = x[ok], y[ok]
-        ids = [i for i, keep in zip(ids, ok.tolist(), strict=True) if keep]
-    return x, y, ids, dropped
+    return np.asarray(ok, dtype=bool), dropped
 
 
-def gate_holdout(spec: PipelineSpec, data: TrainingData) -> tuple[np.ndarray, np.ndarray]:
-    """Mix the pipeline's reference holdout with the held-out recent edge samples."""
+def gate_holdout(spec: PipelineSpec, data: TrainingData) -> GateHoldout:
+    """Return the gate's holdout: the pipeline's reference holdout and the edge slice."""
     edge_x, edge_y = data.holdout_x, data.holdout_y
     ref = spec.gate.holdout
     if ref is None:
-        return edge_x, edge_y
+        return GateHoldout(edge_x=edge_x, edge_y=edge_y, edge_per_node=data.edge_per_node)
     ref_x, ref_y = resolve_ref(ref, field="gate.holdout")()
-    return (
-        np.concatenate(
-            [np.asarray(ref_x, dtype=edge_x.dtype).reshape(-1, *edge_x.shape[1:]), edge_x]
-        ),
-        np.concatenate([np.asarray(ref_y, dtype=np.int64), edge_y]),
+    shape = tuple(spec.edge.input.shape)
+    return GateHoldout(
+        edge_x=edge_x,
+        edge_y=edge_y,
+        reference_x=np.asarray(ref_x, dtype=spec.edge.input.dtype).reshape(-1, *shape),
+        reference_y=np.asarray(ref_y, dtype=np.int64).reshape(-1),
+        edge_per_node=data.edge_per_node,
     )

@@ -64,6 +64,9 @@ NODES = ("cam-1", "cam-2", "cam-3", "cam-4")
 TRIGGER_SAMPLES = 8
 #: The audit actor of the controllers the rig builds.
 SERVICE = "service:controller-digits"
+#: Seconds between the capture times of the samples ``labelled_samples`` stores: 40 of them
+#: span 20 holdout blocks, so the time-split holdout has some of them whatever the node.
+SAMPLE_EVERY_S = 5.0
 #: Canary one of four nodes, then two, then all; an accuracy drop of 0.05 rolls back.
 CANARY_ROLLOUT = RolloutSpec(canary=0.25, promote_after_s=60, rollback_on_drop=0.05)
 
@@ -212,30 +215,42 @@ class CloudRig:
         assert update.kind == "telemetry", update
 
     def labelled_samples(
-        self, count: int, labels: Sequence[int] = (), *, value: float = 0.0, first_seq: int = 0
+        self,
+        count: int,
+        labels: Sequence[int] = (),
+        *,
+        value: float = 0.0,
+        first_seq: int = 0,
+        node: str = "cam-1",
+        every_s: float = SAMPLE_EVERY_S,
     ) -> None:
-        """Store ``count`` samples labelled 0..9 in turn, then one per ``labels`` entry.
+        """Store ``count`` samples of ``node`` labelled 0..9 in turn, then one per ``labels``.
 
-        Every frame's pixels are ``value``; sequence numbers start at ``first_seq``.
+        Every frame's pixels are ``value``; sequence numbers start at ``first_seq``; the frames
+        were captured ``every_s`` apart on the edge's clock, the last one now.
         """
         values = [s % 10 for s in range(count)] + list(labels)
+        last_ns = int(self.clock() * 1e9)
+        step_ns = int(every_s * 1e9)
         records = tuple(
             codec.SampleRecord(
                 seq=first_seq + s,
-                captured_at_ns=first_seq + s,
+                captured_at_ns=last_ns - (len(values) - 1 - s) * step_ns,
                 tensor=np.full((1, 8, 8), value, np.float32),
                 label=label,
             )
             for s, label in enumerate(values)
         )
         self.store.append(
-            self.tenant, codec.SampleBatch(PIPELINE, "cam-1", "v1", DataClass.INTERNAL, records)
+            self.tenant, codec.SampleBatch(PIPELINE, node, "v1", DataClass.INTERNAL, records)
         )
         self.store.flush()
 
     # -- the cloud side --------------------------------------------------------------------
 
-    def register(self, tag: str, artifact: Path | None = None) -> ModelVersion:
+    def register(
+        self, tag: str, artifact: Path | None = None, *, lineage: dict[str, Any] | None = None
+    ) -> ModelVersion:
         """Register a signed version of the pipeline's model (bytes of ``tag``, or a file)."""
         if artifact is None:
             artifact = self.root / f"model-{tag}.onnx"
@@ -250,7 +265,7 @@ class CloudRig:
             code_version="test",
             metrics={},
             gate={},
-            lineage={},
+            lineage=lineage or {},
         )
 
     def publish(self, topic: str, payload: bytes) -> None:

@@ -220,8 +220,13 @@ class TestGate:
 
         (record,) = built.status()["trainings"]
         assert record["outcome"] == "registered" and record["version"] == "v1"
-        assert record["gate"]["reason"] == "no current model: the first model passes"
+        assert record["gate"]["reason"].startswith("no current model: the first model passes")
         assert record["gate"]["candidate_score"] == 1.0
+        # The pipeline declares no reference holdout: the gate judged on the edge slice alone.
+        edge = record["gate"]["parts"]["edge"]
+        assert (edge["candidate_score"], edge["current_score"]) == (1.0, None)
+        assert record["gate"]["edge_per_node"] == {"cam-1": edge["size"]}
+        assert list(record["gate"]["parts"]) == ["edge"]
         assert built.status()["rollout"]["stage"] == "promoted"
         assert rig.sent("v1") == list(NODES)
 
