@@ -59,6 +59,21 @@ class StepFigures:
     baseline_p95_ms: float | None
     #: Where the baseline latency came from, for people: "v1 on cam-3, cam-4".
     latency_baseline: str = "the baseline"
+    #: Windows left out of the accuracies because they began before their node's training
+    #: cut of the candidate (their frames may be ones it trained on), candidate and baseline.
+    windows_before_cut: int = 0
+    baseline_windows_before_cut: int = 0
+    #: Labelled frames the baseline accuracy is over.
+    baseline_labelled: int = 0
+
+    def left_out_text(self) -> str:
+        """Say how many windows the accuracies left out: "2 window(s) before the training cut
+        left out (1 of the baseline)"."""
+        left_out = self.windows_before_cut + self.baseline_windows_before_cut
+        text = f"{left_out} window(s) before the training cut left out"
+        if self.baseline_windows_before_cut:
+            text += f" ({self.baseline_windows_before_cut} of the baseline)"
+        return text
 
 
 def ramp_schedule(rollout: RolloutSpec, nodes: int) -> list[tuple[float, int]]:

@@ -13,9 +13,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cloud_head._ramp import StepFigures, accuracy_of, node_names, p95_of
+from cloud_head._training_cut import began_after_cut
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from cloud_head._rollout_state import RolloutState
+    from cloud_head._training_cut import TrainingCut
     from cloud_head.fleet import FleetRegistry, NodeInfo
     from continuum.spec import PipelineSpec
     from continuum.wire.messages import Telemetry
@@ -133,15 +137,24 @@ class RolloutFleetView:
         return self.fleet.telemetry(node, self.spec.name, since, model_version=version)
 
     def figures(
-        self, state: RolloutState, candidate: str, baseline: str, windows: list[Telemetry]
+        self,
+        state: RolloutState,
+        candidate: str,
+        baseline: str,
+        windows: list[Telemetry],
+        cuts: Mapping[str, TrainingCut] | None = None,
     ) -> StepFigures:
         """Measure a step: the candidate's windows against the current version's.
 
         Accuracy is compared with the same nodes on the current version before each switched
         (the canaries are the most drifted nodes; the others would flatter the baseline);
         latency with the nodes still on the current version over the step, or, when they
-        report no latency, with the same nodes before they switched.
+        report no latency, with the same nodes before they switched.  With the candidate's
+        training ``cuts`` (``cloud_head._training_cut``), both accuracies count only windows
+        that began after the node's cut: the candidate is judged on frames it never trained
+        on, and the baseline over the same stretch of time; the windows left out are counted.
         """
+        cuts = cuts or {}
         step = state.steps[-1]
         lookback = max(self.spec.rollout.promote_after_s, 30.0)
         switched: dict[str, float] = {}
@@ -161,8 +174,10 @@ class RolloutFleetView:
             others = []  # no latency rule: the fleet need not be read for it
         for node in others[:MAX_LATENCY_BASELINE_NODES]:
             alongside.extend(self.served(node, step.started_at, baseline))
-        candidate_acc, labelled = accuracy_of(windows, candidate)
-        baseline_acc, _ = accuracy_of(before, baseline)
+        unseen = [w for w in windows if began_after_cut(w, cuts)]
+        baseline_unseen = [w for w in before if began_after_cut(w, cuts)]
+        candidate_acc, labelled = accuracy_of(unseen, candidate)
+        baseline_acc, baseline_labelled = accuracy_of(baseline_unseen, baseline)
         candidate_p95, latency_windows = p95_of(windows)
         baseline_p95, _ = p95_of(alongside)
         reporting = sorted({w.node for w in alongside if w.latency_p95_ms is not None})
@@ -178,4 +193,7 @@ class RolloutFleetView:
             candidate_p95_ms=candidate_p95,
             baseline_p95_ms=baseline_p95,
             latency_baseline=source,
+            windows_before_cut=len(windows) - len(unseen),
+            baseline_windows_before_cut=len(before) - len(baseline_unseen),
+            baseline_labelled=baseline_labelled,
         )

@@ -51,7 +51,10 @@ class RolloutState:
     at step 0, more at each ramp step); ``steps`` is every step of this candidate's rollout,
     the current one last; ``order`` is the ranking the steps take their nodes from;
     ``verdict`` says what the last ``tick`` concluded at the current step (holding until
-    ``decide_at``, waiting for data) and the accuracies and latencies are its figures.
+    ``decide_at``, waiting for data) and the accuracies and latencies are its figures: the
+    accuracies over ``canary_labelled_frames`` and ``baseline_labelled_frames`` unseen frames,
+    from windows that began after the candidate's training cut; ``windows_before_cut`` and
+    ``baseline_windows_before_cut`` count the windows left out for beginning before it.
     In stage "waiting" the candidate is on no node yet: ``started_at`` is when the wait
     began, ``reason`` says what it waits for, and ``baseline`` serves on meanwhile.
     """
@@ -73,6 +76,23 @@ class RolloutState:
     baseline_latency_p95_ms: float | None = None
     verdict: str = ""
     decide_at: float | None = None
+    canary_labelled_frames: int = 0
+    baseline_labelled_frames: int = 0
+    windows_before_cut: int = 0
+    baseline_windows_before_cut: int = 0
+
+    def figures_record(self) -> dict[str, Any]:
+        """Return the step's figures as the audit records of its decision keep them."""
+        return {
+            "canary_accuracy": self.canary_accuracy,
+            "baseline_accuracy": self.baseline_accuracy,
+            "canary_labelled_frames": self.canary_labelled_frames,
+            "baseline_labelled_frames": self.baseline_labelled_frames,
+            "windows_before_training_cut": self.windows_before_cut,
+            "baseline_windows_before_training_cut": self.baseline_windows_before_cut,
+            "canary_latency_p95_ms": self.canary_latency_p95_ms,
+            "baseline_latency_p95_ms": self.baseline_latency_p95_ms,
+        }
 
     def to_record(self) -> dict[str, Any]:
         """Return the state as a JSON-able mapping (``from_record`` reads it back)."""

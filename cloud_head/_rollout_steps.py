@@ -111,11 +111,8 @@ class RolloutSteps(RolloutCore):
                 "eligible_nodes": len(nodes),
                 "reason": reason,
                 "baseline": state.baseline,
-                "canary_accuracy": state.canary_accuracy,
-                "baseline_accuracy": state.baseline_accuracy,
-                "canary_latency_p95_ms": state.canary_latency_p95_ms,
-                "baseline_latency_p95_ms": state.baseline_latency_p95_ms,
-            },
+            }
+            | state.figures_record(),
         )
         following_step = RampStep(
             index=index, share=share, nodes=tuple(chosen), started_at=now, reason=reason
@@ -157,11 +154,8 @@ class RolloutSteps(RolloutCore):
                 "previous": None if previous is None else previous.version,
                 "sha256": version.sha256,
                 "nodes": nodes,
-                "canary_accuracy": self.state.canary_accuracy,
-                "baseline_accuracy": self.state.baseline_accuracy,
-                "canary_latency_p95_ms": self.state.canary_latency_p95_ms,
-                "baseline_latency_p95_ms": self.state.baseline_latency_p95_ms,
-            },
+            }
+            | self.state.figures_record(),
             actor=actor,
         )
         state = self.state
@@ -209,11 +203,8 @@ class RolloutSteps(RolloutCore):
                 "canary_nodes": list(canaries),
                 "step": self.state.steps[-1].index if self.state.steps else 0,
                 "restored": None if current is None else current.version,
-                "canary_accuracy": self.state.canary_accuracy,
-                "baseline_accuracy": self.state.baseline_accuracy,
-                "canary_latency_p95_ms": self.state.canary_latency_p95_ms,
-                "baseline_latency_p95_ms": self.state.baseline_latency_p95_ms,
-            },
+            }
+            | self.state.figures_record(),
         )
         self.save_state(
             replace(

@@ -69,6 +69,7 @@ from cloud_head._rollout_fleet import (
 )
 from cloud_head._rollout_state import RampStep, RolloutState, Stage
 from cloud_head._rollout_steps import RolloutSteps
+from cloud_head._training_cut import cuts_from_lineage
 from cloud_head.audit import AuditAction
 from cloud_head.desired_state import DesiredStateBook, desired_model
 from continuum.errors import ContinuumError
@@ -338,7 +339,9 @@ class RolloutController(RolloutSteps):
                 )
             verdict = f"waiting for {node_names(added)} to serve {candidate_name}"
             return self.save_state(replace(state, verdict=verdict, decide_at=None))
-        figures = self.view.figures(state, candidate_name, baseline, windows)
+        figures = self.view.figures(
+            state, candidate_name, baseline, windows, cuts_from_lineage(candidate.lineage)
+        )
         hold = rollout.promote_after_s if step.index == 0 else rollout.step_after_s
         state = self.save_state(
             replace(
@@ -347,18 +350,26 @@ class RolloutController(RolloutSteps):
                 baseline_accuracy=figures.baseline_accuracy,
                 canary_latency_p95_ms=figures.candidate_p95_ms,
                 baseline_latency_p95_ms=figures.baseline_p95_ms,
+                canary_labelled_frames=figures.labelled,
+                baseline_labelled_frames=figures.baseline_labelled,
+                windows_before_cut=figures.windows_before_cut,
+                baseline_windows_before_cut=figures.baseline_windows_before_cut,
                 decide_at=first_served + hold,
             )
         )
         if now - first_served < hold:
             return self.save_state(replace(state, verdict=f"holding {hold:g} s without regression"))
         judgement = judge(rollout.rules, figures)
+        # The accuracy is over unseen frames only: say how many windows that left out.
+        unseen = "" if rollout.rules.accuracy_drop is None else f"; {figures.left_out_text()}"
         if judgement.action == "roll back":
-            return self._rollback(candidate, now, f"{label}: {judgement.reason}")
+            return self._rollback(candidate, now, f"{label}: {judgement.reason}{unseen}")
         if judgement.action == "wait":
-            return self.save_state(replace(state, verdict=judgement.reason))
+            return self.save_state(replace(state, verdict=judgement.reason + unseen))
         return self._advance(
-            candidate, now, f"{label} held for {now - first_served:.0f} s ({judgement.reason})"
+            candidate,
+            now,
+            f"{label} held for {now - first_served:.0f} s ({judgement.reason}{unseen})",
         )
 
     def _refusal(self, step: RampStep, candidate: str) -> str | None:
