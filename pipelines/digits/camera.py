@@ -1,7 +1,8 @@
 """A simulated inspection camera: the digits stream pool at a fixed frame rate, with a fault onset.
 
 ``DigitsCamera`` is an edge-agent source (``continuum.sources``): its keyword arguments are
-plain JSON so an agent config can name it.  It never shows the reserved test split.
+plain JSON so an agent config can name it.  It never shows the reserved test split, and it never
+shows the same frame twice: every frame is the pool image through ``faults.site_condition``.
 """
 
 from __future__ import annotations
@@ -13,16 +14,19 @@ import numpy as np
 
 from continuum.errors import ConfigError
 from continuum.sources import Frame
-from pipelines.digits.data import DRIFT_KINDS, apply_drift, load_splits
+from pipelines.digits.data import load_splits
+from pipelines.digits.faults import DRIFT_KINDS, NOVELTY, site_condition
 
 
 class DigitsCamera:
     """Yield the stream pool's digits as frames at ``fps``, each with its delayed true label.
 
-    Every camera walks the pool in its own order (``seed``) and loops over it.  From the drift
-    onset on (``drift_start_unix``, a wall-clock time, or ``drift_after_s`` after the first
-    frame) it shows the images as a camera with fault ``drift_kind`` at ``drift_severity``.
-    ``max_frames`` ends the stream (None: endless).
+    Every camera walks the pool in its own order (``seed``), a fresh order each pass.  Like a
+    real camera it never repeats a frame: each one gets its own sensor jitter (placement and
+    read noise), and from the drift onset on (``drift_start_unix``, a wall-clock time, or
+    ``drift_after_s`` after the first frame) fault ``drift_kind`` at ``drift_severity`` drawn
+    afresh for that frame (``faults.site_condition``).  ``novelty`` says so in one line for the
+    report.  ``max_frames`` ends the stream (None: endless).
 
     ``fields`` gives every frame named side values, as a form or a badge reader next to the
     camera would: name -> template formatted with the frame number ``n`` and the camera's
@@ -56,6 +60,11 @@ class DigitsCamera:
             )
         if drift_kind is not None and drift_start_unix is None and drift_after_s is None:
             raise ConfigError("drift_kind needs an onset: drift_start_unix or drift_after_s")
+        if drift_severity < 0:
+            raise ConfigError(
+                f"drift_severity must be >= 0 (0: no fault, 1: the demo's level), "
+                f"got {drift_severity}"
+            )
         if max_frames is not None and max_frames < 0:
             raise ConfigError(f"max_frames must be >= 0 or null, got {max_frames}")
         self.fps = float(fps)
@@ -63,6 +72,7 @@ class DigitsCamera:
         self.drift_kind = drift_kind
         self.drift_start_unix = drift_start_unix
         self.drift_after_s = drift_after_s
+        self.drift_severity = float(drift_severity)
         self.max_frames = max_frames
         self.fields = dict(fields or {})
         for name, template in self.fields.items():
@@ -77,16 +87,12 @@ class DigitsCamera:
         self._clock = clock
         self._sleep = sleep
         splits = load_splits(split_seed)
-        rng = np.random.default_rng(seed)
-        self._order = rng.permutation(len(splits.stream_y))
         self._images = splits.stream_x
         self._labels = splits.stream_y
-        # Precompute the faulty view once: the fault is a property of the camera, not the frame.
-        self._drifted = (
-            apply_drift(splits.stream_x, drift_kind, drift_severity, np.random.default_rng(seed))
-            if drift_kind is not None
-            else splits.stream_x
-        )
+        self._order_rng = np.random.default_rng(seed)
+        # The frames' own draws come from a stream of their own, so the order stays the seed's.
+        self._frame_rng = np.random.default_rng([seed, 1])
+        self.novelty = f"{NOVELTY} over a {len(self._labels)}-image pool"
 
     def _onset(self, first_frame_at: float) -> float | None:
         if self.drift_kind is None:
@@ -108,6 +114,7 @@ class DigitsCamera:
         onset = self._onset(start)
         next_at = start
         n = 0
+        order = self._order_rng.permutation(len(self._labels))
         while self.max_frames is None or n < self.max_frames:
             now = self._clock()
             if next_at > now:
@@ -117,11 +124,18 @@ class DigitsCamera:
                 # More than a second behind: a real camera drops the frames it could not
                 # deliver rather than bursting them.
                 next_at = now
-            index = int(self._order[n % len(self._order)])
+            if n and n % len(order) == 0:
+                order = self._order_rng.permutation(len(self._labels))
+            index = int(order[n % len(order)])
             drifted = onset is not None and now >= onset
-            pool = self._drifted if drifted else self._images
+            tensor = site_condition(
+                self._images[index : index + 1],
+                self.drift_kind if drifted else None,
+                self.drift_severity,
+                self._frame_rng,
+            )[0]
             yield Frame(
-                tensor=pool[index].copy(),
+                tensor=tensor,
                 label=int(self._labels[index]),
                 label_delay_s=self.label_delay_s,
                 captured_at_ns=int(now * 1e9),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,10 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from continuum.errors import ConfigError
+from pipelines.digits.augment import augment_batch, check_augment
 from pipelines.digits.data import IMAGE_SHAPE, load_splits
+from pipelines.digits.faults import DEFAULT_AUGMENT
 from pipelines.digits.model import DigitsCNN, export_onnx
 
 PT_NAME = "model.pt"
@@ -28,7 +31,13 @@ ONNX_NAME = "model.onnx"
 
 @dataclass(frozen=True)
 class Recipe:
-    """Hyper-parameters of one training run."""
+    """Hyper-parameters of one training run.
+
+    ``augment`` names the simulated camera faults drawn on every batch (``augment.py``); the
+    default set was chosen by ``benchmarks/augmentation_choice.py`` on a validation split carved
+    out of the training split (never the reserved test split), scoring each candidate clean and
+    under every fault kind, including kinds no augmentation simulates.  AUGMENT_FIGURES
+    """
 
     epochs: int = 30
     lr: float = 3e-3
@@ -38,7 +47,10 @@ class Recipe:
     # The repeated new samples stay within this multiple of the base set (one copy at least):
     # a few new samples weigh in, a flood of them neither swamps the base nor slows training.
     new_to_base_cap: float = 1.5
-    shift_augment: bool = True
+    augment: tuple[str, ...] = field(default=DEFAULT_AUGMENT)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "augment", check_augment(self.augment))
 
 
 def copies(recipe: Recipe, n_base: int, n_new: int) -> int:
@@ -52,18 +64,6 @@ def copies(recipe: Recipe, n_base: int, n_new: int) -> int:
 
 SCRATCH = Recipe(epochs=30, lr=3e-3, oversample=1)
 FINE_TUNE = Recipe(epochs=15, lr=3e-3, oversample=5)
-
-
-def _shift(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Translate each image by -1..1 pixel in each axis (zero padded): camera framing jitter."""
-    n = batch.shape[0]
-    padded = nn.functional.pad(batch, (1, 1, 1, 1))
-    dy = torch.randint(0, 3, (n,), generator=generator)
-    dx = torch.randint(0, 3, (n,), generator=generator)
-    rows = (dy[:, None] + torch.arange(8)[None, :])[:, None, :, None].expand(n, 1, 8, 10)
-    picked = padded.gather(2, rows)
-    cols = (dx[:, None] + torch.arange(8)[None, :])[:, None, None, :].expand(n, 1, 8, 8)
-    return picked.gather(3, cols)
 
 
 def fit(
@@ -108,9 +108,7 @@ def fit(
         order = torch.randperm(len(data_x), generator=generator)
         for start in range(0, len(order), recipe.batch_size):
             idx = order[start : start + recipe.batch_size]
-            batch = data_x[idx]
-            if recipe.shift_augment:
-                batch = _shift(batch, generator)
+            batch = augment_batch(data_x[idx], recipe.augment, generator)
             optimiser.zero_grad()
             loss = loss_fn(model(batch), data_y[idx])
             loss.backward()
@@ -162,13 +160,51 @@ def rows_to_arrays(
     return x, np.asarray(labels, dtype=np.int64).reshape(-1)
 
 
+def _positive(config: Mapping[str, Any], key: str, kind: type[int] | type[float]) -> Any:
+    """Return ``config[key]`` as ``kind`` if set (None or absent: None); refuse a bad value."""
+    value = config.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"trainer config {key}: expected a number > 0 or null, got {value!r}")
+    if kind is int and value != int(value):
+        raise ConfigError(f"trainer config {key}: expected a whole number, got {value!r}")
+    return kind(value)
+
+
+def recipe_for(config: Mapping[str, Any]) -> Recipe:
+    """Return the recipe a Ray Train config asks for: FINE_TUNE with a ``base_model``, else SCRATCH.
+
+    ``epochs``, ``oversample``, ``lr`` and ``augment`` (a list of ``faults.AUGMENTATIONS``
+    names; [] for none) override the recipe's; None or absent keeps its default.
+
+    Raises:
+        ConfigError: a value is of the wrong type, not positive, or names an unknown augmentation.
+    """
+    recipe = FINE_TUNE if config.get("base_model") else SCRATCH
+    changes: dict[str, Any] = {}
+    for key, kind in (("epochs", int), ("oversample", int), ("lr", float)):
+        value = _positive(config, key, kind)
+        if value is not None:
+            changes[key] = value
+    augment = config.get("augment")
+    if augment is not None:
+        if not isinstance(augment, list | tuple):
+            raise ConfigError(
+                f"trainer config augment: expected a list of names, got {augment!r}; "
+                'write e.g. ["shift", "noise"]'
+            )
+        changes["augment"] = check_augment(augment)
+    return replace(recipe, **changes)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point: retrain on the ``train`` dataset shard and report a checkpoint.
 
     Config keys: ``base_model`` (path of the parent's ``model.pt`` or None: train from scratch),
     ``epochs``, ``seed``, ``shape`` ([1, 8, 8]); optional ``replay`` (default True: add the
-    pipeline's own training split), ``oversample``, ``lr``, ``threads``.  The checkpoint holds
-    ``model.pt`` and ``model.onnx``.
+    pipeline's own training split), ``oversample``, ``lr``, ``augment``, ``threads`` (see
+    ``recipe_for``).  The checkpoint holds ``model.pt`` and ``model.onnx``.
     """
     import ray.train
 
@@ -178,13 +214,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         raise ValueError(f"the digits trainer takes images shaped {IMAGE_SHAPE}, got {shape}")
     seed = int(config.get("seed", 0))
     base_model = config.get("base_model")
-    recipe = FINE_TUNE if base_model else SCRATCH
-    recipe = replace(
-        recipe,
-        epochs=int(config.get("epochs") or recipe.epochs),
-        oversample=int(config.get("oversample") or recipe.oversample),
-        lr=float(config.get("lr") or recipe.lr),
-    )
+    recipe = recipe_for(config)
     shard = ray.train.get_dataset_shard("train")
     tensors: list[Any] = []
     labels: list[Any] = []
