@@ -9,12 +9,15 @@ same picture (the same part, the same fault, the same light), and a demo camera 
 loop over a fixed set of images. A split by a hash of each sample's id put one frame in
 training and its near-twin a second later in the holdout, so the gate measured memory, not
 learning. Instead each node's stream is cut into blocks of ``HOLDOUT_BLOCK_S`` seconds of
-its own capture time (edge clock), and every ``HOLDOUT_EVERY``-th block of each node is held
-out, whole. Correlated neighbours share a block, and so a side of the split; the rule
-depends only on the node's name and the capture time, so it is the same at every
-retraining and no sample ever moves from the holdout into training; a per-node offset
-(from the name's hash) staggers the nodes, and every node that sends over
-``HOLDOUT_EVERY`` consecutive blocks gets held-out samples, a quiet drifted node included.
+its own capture time (edge clock), and one block in each cycle of ``HOLDOUT_EVERY`` is held
+out, whole. Correlated neighbours share a block, and so a side of the split. Which block of
+a cycle is held out comes from a hash of the node's name and the cycle's number: nodes are
+staggered, and a node that uplinks at a fixed period cannot keep missing its held-out block
+(a fixed position would alias with a period of the cycle's length). The rule depends only on
+the node and the capture time, so it is the same at every retraining and no sample ever
+moves from the holdout into training; a node that sends throughout ``2 * HOLDOUT_EVERY - 1``
+blocks in a row (a cycle, wherever it starts) has held-out samples, a quiet drifted node
+included.
 """
 
 from __future__ import annotations
@@ -51,12 +54,12 @@ __all__ = [
 
 log = logging.getLogger("cloud_head.controller")
 
-#: Each node holds out one time block of its samples in this many for the gate.
+#: Each node holds out one time block of its samples in each cycle of this many, for the gate.
 HOLDOUT_EVERY = 5
 
 #: The length of a holdout block in seconds of capture time: far longer than the few seconds
 #: over which a camera's frames look alike, short enough that a node sending for under a
-#: minute (``HOLDOUT_EVERY`` blocks) already has held-out samples.
+#: minute and a half (``2 * HOLDOUT_EVERY - 1`` blocks) surely has held-out samples.
 HOLDOUT_BLOCK_S = 10.0
 
 #: The gate's edge slice takes at most this many of each node's most recent held-out samples,
@@ -66,24 +69,30 @@ GATE_EDGE_PER_NODE = 200
 _BLOCK_NS = int(HOLDOUT_BLOCK_S * 1e9)
 
 
-def _offset(node: str) -> int:
-    """The node's stable offset in the block cycle (so nodes hold out different blocks)."""
-    digest = hashlib.blake2b(node.encode(), digest_size=8).digest()
+def _held_block(node: str, cycle: int) -> int:
+    """The block (0..HOLDOUT_EVERY-1) of ``node``'s cycle number ``cycle`` that is held out."""
+    digest = hashlib.blake2b(f"{node}/{cycle}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") % HOLDOUT_EVERY
 
 
 def is_holdout(node: str, captured_at_ns: int) -> bool:
     """Return whether a sample that ``node`` captured at ``captured_at_ns`` (edge clock) is held
     out for the gate, never trained on: the rule is the module's."""
-    return (captured_at_ns // _BLOCK_NS + _offset(node)) % HOLDOUT_EVERY == 0
+    block = captured_at_ns // _BLOCK_NS
+    return block % HOLDOUT_EVERY == _held_block(node, block // HOLDOUT_EVERY)
 
 
 def holdout_mask(nodes: Sequence[str], captured_at_ns: np.ndarray) -> np.ndarray:
     """Return ``is_holdout`` of each (node, capture time) pair as a boolean array."""
-    offsets = {node: _offset(node) for node in set(nodes)}
-    shift = np.fromiter((offsets[n] for n in nodes), dtype=np.int64, count=len(nodes))
     blocks = np.asarray(captured_at_ns, dtype=np.int64) // _BLOCK_NS
-    return np.asarray((blocks + shift) % HOLDOUT_EVERY == 0, dtype=bool)
+    cycles = (blocks // HOLDOUT_EVERY).tolist()
+    known: dict[tuple[str, int], int] = {}
+    held = np.empty(len(nodes), dtype=np.int64)
+    for row, key in enumerate(zip(nodes, cycles, strict=True)):
+        if key not in known:
+            known[key] = _held_block(*key)
+        held[row] = known[key]
+    return np.asarray(blocks % HOLDOUT_EVERY == held, dtype=bool)
 
 
 @dataclass(frozen=True, kw_only=True)

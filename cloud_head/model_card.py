@@ -93,6 +93,9 @@ def model_lineage(
             "store_rows": lineage.get("store_rows"),
             "trained_on_edge_samples": lineage.get("trained_on_edge_samples"),
             "holdout_edge_samples": lineage.get("holdout_edge_samples"),
+            "gate_edge_slice": lineage.get("gate_edge_slice"),
+            "holdout_rule": lineage.get("holdout_rule"),
+            "training_cut": lineage.get("training_cut"),
         },
         "training": {
             "run": lineage.get("run"),
@@ -179,9 +182,12 @@ def _provenance_sections(lineage: Mapping[str, Any]) -> list[str]:
                 ("Store rows", data["store_rows"]),
                 ("Edge samples trained on", data["trained_on_edge_samples"]),
                 ("Edge samples held out", data["holdout_edge_samples"]),
+                ("Holdout rule", _holdout_rule(data.get("holdout_rule"))),
+                ("Gate's edge slice per node", data.get("gate_edge_slice")),
             ]
         ),
         "",
+        *_cut_section(data.get("training_cut")),
         "## Training run",
         "",
         *(
@@ -194,6 +200,34 @@ def _provenance_sections(lineage: Mapping[str, Any]) -> list[str]:
     if training.get("ray"):
         out += [f"Ray: `{_cell(training['ray'])}`", ""]
     return out
+
+
+def _holdout_rule(rule: Any) -> str | None:
+    if not isinstance(rule, Mapping):
+        return None
+    return (
+        f"one block in {rule.get('every')} of {rule.get('block_s')} s of each node's capture "
+        f"time held out; the gate takes each node's newest {rule.get('gate_per_node')}"
+    )
+
+
+def _cut_section(cuts: Any) -> list[str]:
+    """Each node's training cut: frames it captured after this are unseen by the model."""
+    if not isinstance(cuts, Mapping) or not cuts:
+        return []
+    out = [
+        "Training cut per node (the newest sample trained on; the canary counts only "
+        "telemetry windows that began after it):",
+        "",
+        "| node | captured at (UTC, edge clock) | seq |",
+        "|---|---|---|",
+    ]
+    out += [
+        f"| {_cell(node)} | {_iso(int(cut['captured_at_ns']) / 1e9)} | {cut['seq']} |"
+        for node, cut in sorted(cuts.items())
+        if isinstance(cut, Mapping) and "captured_at_ns" in cut and "seq" in cut
+    ]
+    return [*out, ""]
 
 
 def _gate_section(gate: Mapping[str, Any]) -> list[str]:
@@ -215,7 +249,31 @@ def _gate_section(gate: Mapping[str, Any]) -> list[str]:
             ]
         ),
         "",
+        *_gate_parts(gate),
     ]
+
+
+def _gate_parts(gate: Mapping[str, Any]) -> list[str]:
+    """The scores on the reference holdout and on the edge slice apart, when recorded.
+
+    The verdict is on both together; a reader sees here whether the candidate won on the
+    sites' recent, never-trained-on samples, on the reference, or on one at the other's cost.
+    """
+    parts = gate.get("parts")
+    if not isinstance(parts, Mapping) or not parts:
+        return []
+    names = {"reference": "Reference holdout", "edge": "Edge slice (held out by time)"}
+    out = ["| Part | Samples | Candidate | Current model |", "|---|---|---|---|"]
+    for name, part in parts.items():
+        out.append(
+            f"| {names.get(name, _cell(name))} | {_cell(part.get('size'))} | "
+            f"{_cell(part.get('candidate_score'))} | {_cell(part.get('current_score'))} |"
+        )
+    per_node = gate.get("edge_per_node")
+    if isinstance(per_node, Mapping) and per_node:
+        shown = ", ".join(f"{node} {count}" for node, count in sorted(per_node.items()))
+        out += ["", f"Edge slice per node: {shown}."]
+    return [*out, ""]
 
 
 def _integrity_section(art: Mapping[str, Any]) -> list[str]:
