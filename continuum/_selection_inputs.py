@@ -1,7 +1,7 @@
 """What a selection policy decides on: class probabilities and one seed per sample.
 
 ``Probabilities`` checks a model's outputs once; ``SelectionContext`` carries the seeds and
-the drift verdict; ``splitmix64`` and ``below_rate`` turn a seed into a reproducible random
+the drift verdicts; ``splitmix64`` and ``below_rate`` turn a seed into a reproducible random
 pick.  ``continuum.select`` is their public home.
 """
 
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from continuum.drift import Detector
 from continuum.errors import InputMismatchError
 
 __all__ = [
@@ -94,12 +95,16 @@ class SelectionContext:
     """Per-batch facts a policy may use besides the probabilities.
 
     ``seeds`` holds one integer per sample (e.g. ``seed_from_id(sample_id)``), stored as
-    uint64; ``drift_active`` is the drift monitor's verdict for this stream.
+    uint64.  ``drifted`` holds the detectors whose verdict for this stream is drift now:
+    each ``drift(detector)`` leaf fires while its own detector is among them.
+    ``drift_active`` makes every ``drift(...)`` leaf fire whatever its detector (a context
+    built without per-detector verdicts: a replay, a test); ``drift_score`` is informative.
     """
 
     seeds: npt.NDArray[np.integer[Any]]
     drift_active: bool = False
     drift_score: float = 0.0
+    drifted: frozenset[Detector] = frozenset()
 
     def __post_init__(self) -> None:
         seeds = self.seeds
@@ -118,11 +123,16 @@ class SelectionContext:
 
     @classmethod
     def for_ids(
-        cls, sample_ids: Sequence[str], *, drift_active: bool = False, drift_score: float = 0.0
+        cls,
+        sample_ids: Sequence[str],
+        *,
+        drift_active: bool = False,
+        drift_score: float = 0.0,
+        drifted: frozenset[Detector] = frozenset(),
     ) -> SelectionContext:
         """Build a context whose seeds are ``seed_from_id`` of each sample id."""
         seeds = np.fromiter((seed_from_id(i) for i in sample_ids), dtype=np.uint64)
-        return cls(seeds=seeds, drift_active=drift_active, drift_score=drift_score)
+        return cls(seeds=seeds, drift_active=drift_active, drift_score=drift_score, drifted=drifted)
 
     @classmethod
     def for_node(
@@ -132,6 +142,7 @@ class SelectionContext:
         *,
         drift_active: bool = False,
         drift_score: float = 0.0,
+        drifted: frozenset[Detector] = frozenset(),
     ) -> SelectionContext:
         """Build a context for samples ``seqs`` of ``node``: seed = ``seed_from_id(node) + seq``.
 
@@ -160,7 +171,7 @@ class SelectionContext:
                 )
             offsets = values.astype(np.uint64)
         seeds = offsets + _node_key(node)  # wraps modulo 2**64, as intended
-        return cls(seeds=seeds, drift_active=drift_active, drift_score=drift_score)
+        return cls(seeds=seeds, drift_active=drift_active, drift_score=drift_score, drifted=drifted)
 
 
 @functools.lru_cache(maxsize=256)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal, Self
 
 import numpy as np
@@ -23,7 +24,7 @@ from continuum._grammar import (
 )
 from continuum._refs import check_ref
 from continuum._validation import key_path, raw_message, spec_error
-from continuum.drift import DriftSpec, KSSpec, PSISpec
+from continuum.drift import DETECTOR_FIX, Detector, DriftSpec
 from continuum.errors import ProtocolError, SpecError
 from continuum.labels import TIER, LabelSelector
 from continuum.select import PolicySpec
@@ -190,14 +191,20 @@ class EdgeStageSpec(FrozenSpec):
 
 
 class UplinkSpec(FrozenSpec):
-    """Which edge samples go up the link (``policy``), at what rate, and the drift detector."""
+    """Which edge samples go up the link (``policy``), at what rate, and the drift detectors.
+
+    The edge runs every distinct detector of the policy's ``drift(...)`` leaves and of
+    ``drift``: detectors it runs and reports in telemetry even where no leaf selects on
+    them (e.g. ``drift.labels()`` to watch the error rate).  A single detector or null is
+    accepted for ``drift`` as written before several were allowed.
+    """
 
     policy: PolicySpec
     budget_kbps: float | None = Field(
         default=None, description="Link budget in kbit/s; null: unlimited."
     )
-    drift: DriftSpec | None = Field(
-        default=None, description="Detector the edge runs; defaults to the policy's drift(...) one."
+    drift: tuple[DriftSpec, ...] = Field(
+        default=(), description="Detectors the edge runs and reports besides the policy's."
     )
 
     @field_validator("budget_kbps")
@@ -207,27 +214,27 @@ class UplinkSpec(FrozenSpec):
             return None
         return bounded(value, low=0, low_open=True, example="budget_kbps=256")
 
-    @model_validator(mode="after")
-    def _one_detector(self) -> Self:
-        detectors = {d.model_dump_json(): d for d in self.policy.detectors()}
-        if self.drift is not None:
-            detectors.setdefault(self.drift.model_dump_json(), self.drift)
-        if len(detectors) > 1:
+    @field_validator("drift", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        if value is None:
+            return ()
+        if isinstance(value, Mapping | BaseModel):
+            return (value,)
+        if isinstance(value, str | bytes) or not isinstance(value, Iterable):
             raise SpecError(
-                f"{len(detectors)} different drift detectors are declared; the edge runs one "
-                "per stream",
+                f"expected drift detectors, got {type(value).__name__}",
                 field="drift",
-                fix="use the same detector in select.drift(...) and uplink(drift=...)",
+                fix=DETECTOR_FIX,
             )
-        return self
+        return value
 
     @property
-    def detector(self) -> PSISpec | KSSpec | None:
-        """Return the drift detector the edge runs: ``drift``, else the policy's, else None."""
-        if self.drift is not None:
-            return self.drift
-        found = self.policy.detectors()
-        return found[0] if found else None
+    def detectors(self) -> tuple[Detector, ...]:
+        """Return the detectors the edge runs: the policy's, then ``drift``'s, once each."""
+        found: dict[Detector, None] = dict.fromkeys(self.policy.detectors())
+        found.update(dict.fromkeys(self.drift))
+        return tuple(found)
 
 
 class LabelSpec(FrozenSpec):

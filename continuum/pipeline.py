@@ -37,7 +37,7 @@ from continuum._stage_specs import (
     parse_trigger,
 )
 from continuum._validation import check_partial, validate
-from continuum.drift import KSSpec, PSISpec
+from continuum.drift import DETECTOR_FIX, DETECTOR_TYPES, Detector
 from continuum.errors import SpecError
 from continuum.labels import TIER, LabelSelector
 from continuum.select import Policy
@@ -184,9 +184,13 @@ class Pipeline:
         /,
         *,
         budget_kbps: float | None = None,
-        drift: PSISpec | KSSpec | None = None,
+        drift: Detector | Sequence[Detector] | None = None,
     ) -> None:
-        """Declare which edge samples go up the link, the link budget and the drift detector."""
+        """Declare which edge samples go up the link, the link budget and the drift detectors.
+
+        The edge runs the detectors of the policy's ``drift(...)`` leaves; ``drift`` names
+        more that it runs and reports in telemetry though no leaf selects on them.
+        """
         self._once("uplink", self._uplink, "combine policies with | and & in one call")
         if not isinstance(policy, Policy):
             raise SpecError(
@@ -194,13 +198,19 @@ class Pipeline:
                 field="uplink.policy",
                 fix=f"build it with continuum.select: {_UPLINK_EXAMPLE}",
             )
-        if drift is not None and not isinstance(drift, PSISpec | KSSpec):
-            raise SpecError(
-                f"expected a drift detector, got {type(drift).__name__}",
-                field="uplink.drift",
-                fix="pass continuum.drift.psi(0.2) or continuum.drift.ks(0.01)",
-            )
-        data = {"policy": policy, "budget_kbps": budget_kbps, "drift": drift}
+        extra: tuple[object, ...] = ()
+        if isinstance(drift, Sequence) and not isinstance(drift, str):
+            extra = tuple(drift)
+        elif drift is not None:
+            extra = (drift,)
+        for detector in extra:
+            if not isinstance(detector, DETECTOR_TYPES):
+                raise SpecError(
+                    f"expected a drift detector, got {type(detector).__name__}",
+                    field="uplink.drift",
+                    fix=DETECTOR_FIX,
+                )
+        data = {"policy": policy, "budget_kbps": budget_kbps, "drift": extra}
         self._uplink = validate(UplinkSpec, data, prefix="uplink")
 
     def label(

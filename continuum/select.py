@@ -31,7 +31,7 @@ from continuum._selection_inputs import (
 )
 from continuum._token_bucket import TokenBucket
 from continuum._validation import validate
-from continuum.drift import DriftSpec, KSSpec, PSISpec
+from continuum.drift import DETECTOR_FIX, DETECTOR_TYPES, Detector, DriftSpec
 from continuum.errors import SpecError
 
 __all__ = [
@@ -97,7 +97,7 @@ class Policy(BaseModel):
         """
         return list(self._reasons(check_probs(probs, ctx), ctx))
 
-    def detectors(self) -> tuple[PSISpec | KSSpec, ...]:
+    def detectors(self) -> tuple[Detector, ...]:
         """Return the drift detectors that ``drift(...)`` leaves need the runtime to run."""
         return ()
 
@@ -218,9 +218,12 @@ class RandomRate(_Leaf):
 
 
 class DriftBoost(_Leaf):
-    """While ``ctx.drift_active``, select a ``rate`` share of samples (by seed hash).
+    """While ``detector`` reports drift, select a ``rate`` share of samples (by seed hash).
 
-    ``detector`` is the drift detector the runtime must run to set ``drift_active``.
+    ``detector`` is one the runtime must run: any signal (outputs, inputs, labels).  The
+    leaf fires on its own detector's verdict (``detector in ctx.drifted``), so a policy
+    ``drift(psi) | drift(inputs, rate=0.2)`` sends more while the outputs drift than while
+    only the inputs do; ``ctx.drift_active`` fires every drift leaf.
     """
 
     kind: Literal["drift"] = "drift"
@@ -232,20 +235,17 @@ class DriftBoost(_Leaf):
     def _check(cls, value: float) -> float:
         return _unit_interval(value, "rate", "drift(drift.psi(0.2), rate=0.5)")
 
-    def detectors(self) -> tuple[PSISpec | KSSpec, ...]:
+    def detectors(self) -> tuple[Detector, ...]:
         """Return this leaf's detector."""
         return (self.detector,)
 
     def describe(self) -> str:
-        """Return ``drift(detector, rate=...)``."""
+        """Return ``drift(detector, rate=...)``, e.g. ``drift(inputs(), rate=0.5)``."""
         rate = "" if self.rate == 1.0 else f", rate={self.rate:g}"
-        detector = self.detector
-        if isinstance(detector, PSISpec):
-            return f"drift(psi({detector.threshold:g}){rate})"
-        return f"drift(ks({detector.alpha:g}){rate})"
+        return f"drift({self.detector.describe()}{rate})"
 
     def _mask(self, probs: Probs, ctx: SelectionContext) -> Mask:
-        if not ctx.drift_active:
+        if not (ctx.drift_active or self.detector in ctx.drifted):
             return np.zeros(probs.shape[0], dtype=np.bool_)
         return below_rate(ctx.seeds, self.rate, _DRIFT_SALT)
 
@@ -271,7 +271,7 @@ class AnyOf(Policy):
     def _check(cls, value: tuple[Policy, ...]) -> tuple[Policy, ...]:
         return _nonempty(value, "any_of")
 
-    def detectors(self) -> tuple[PSISpec | KSSpec, ...]:
+    def detectors(self) -> tuple[Detector, ...]:
         """Return the detectors of all children, in order."""
         return tuple(d for p in self.policies for d in p.detectors())
 
@@ -306,7 +306,7 @@ class AllOf(Policy):
     def _check(cls, value: tuple[Policy, ...]) -> tuple[Policy, ...]:
         return _nonempty(value, "all_of")
 
-    def detectors(self) -> tuple[PSISpec | KSSpec, ...]:
+    def detectors(self) -> tuple[Detector, ...]:
         """Return the detectors of all children, in order."""
         return tuple(d for p in self.policies for d in p.detectors())
 
@@ -364,13 +364,13 @@ def random(rate: float) -> RandomRate:
     return validate(RandomRate, dict(rate=rate))
 
 
-def drift(detector: PSISpec | KSSpec, rate: float = 1.0) -> DriftBoost:
-    """Select a ``rate`` share of samples while ``detector`` reports drift."""
-    if not isinstance(detector, PSISpec | KSSpec):
+def drift(detector: Detector, rate: float = 1.0) -> DriftBoost:
+    """Select a ``rate`` share of samples while ``detector`` (any signal) reports drift."""
+    if not isinstance(detector, DETECTOR_TYPES):
         raise SpecError(
             f"expected a drift detector, got {type(detector).__name__}",
             field="detector",
-            fix="pass continuum.drift.psi(0.2) or continuum.drift.ks(0.01)",
+            fix=DETECTOR_FIX,
         )
     return validate(DriftBoost, dict(detector=detector, rate=rate))
 

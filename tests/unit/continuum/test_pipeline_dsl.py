@@ -81,7 +81,7 @@ class TestDesignExample:
             spec.uplink.policy.describe() == "low_confidence(0.6) | drift(psi(0.2)) | random(0.01)"
         )
         assert spec.uplink.budget_kbps == 256.0
-        assert spec.uplink.detector == drift.psi(0.2)
+        assert spec.uplink.detectors == (drift.psi(0.2),)
         assert spec.label.source == "delayed_feedback"
         assert spec.retrain is not None
         assert spec.retrain.trainer.endswith("line_7_inspection:train_fn")

@@ -459,19 +459,40 @@ class TestStageSpecs:
         stage = EdgeStageSpec(model="m", input=TensorSchema(shape=(1,)))
         assert stage.where.root == {"continuum.io/tier": "edge"}
 
-    def test_uplink_detector_defaults_to_the_policys(self) -> None:
+    def test_uplink_detectors_are_the_policys(self) -> None:
         from continuum import drift
 
         detector = drift.psi(0.3)
         uplink = UplinkSpec(policy=select.random(0.1) | select.drift(detector))
-        assert uplink.detector == detector
-        assert UplinkSpec(policy=select.random(0.1)).detector is None
+        assert uplink.detectors == (detector,)
+        assert UplinkSpec(policy=select.random(0.1)).detectors == ()
 
-    def test_uplink_with_two_different_detectors_is_refused(self) -> None:
+    def test_uplink_runs_every_distinct_detector_once(self) -> None:
         from continuum import drift
 
-        with pytest.raises(ValidationError, match="2 different drift detectors"):
-            UplinkSpec(policy=select.drift(drift.psi(0.3)), drift=drift.ks(0.01))
+        policy = select.drift(drift.psi(0.3)) | select.drift(drift.inputs(), rate=0.2)
+        uplink = UplinkSpec(policy=policy, drift=(drift.labels(), drift.psi(0.3)))
+        assert uplink.detectors == (drift.psi(0.3), drift.inputs(), drift.labels())
+
+    def test_uplink_takes_one_extra_detector_or_null_as_before(self) -> None:
+        from continuum import drift
+
+        single = UplinkSpec.model_validate(
+            {"policy": {"kind": "random", "rate": 0.1}, "drift": {"kind": "ks", "alpha": 0.01}}
+        )
+        assert single.detectors == (drift.ks(0.01),)
+        none = UplinkSpec.model_validate({"policy": {"kind": "random", "rate": 0.1}, "drift": None})
+        assert none.detectors == ()
+
+    def test_uplink_with_several_signals_round_trips_through_json(self) -> None:
+        from continuum import drift
+
+        policy = select.drift(drift.psi(0.25, window=100)) | select.drift(drift.inputs(), rate=0.5)
+        uplink = UplinkSpec(policy=policy, drift=drift.labels(0.1))
+        assert UplinkSpec.model_validate_json(uplink.model_dump_json()) == uplink
+        assert uplink.policy.describe() == (
+            "drift(psi(0.25, window=100)) | drift(inputs(), rate=0.5)"
+        )
 
     def test_gate_holdout_must_be_an_import_ref(self) -> None:
         assert GateSpec(holdout="pipelines.digits.data:holdout").holdout is not None
