@@ -10,7 +10,7 @@ import torch
 from sklearn.metrics import f1_score
 from torch import nn
 
-from cloud_head.gate import evaluate, f1_macro, gate
+from cloud_head.gate import GateHoldout, evaluate, f1_macro, gate
 from continuum.errors import BackendError, InputMismatchError
 from continuum.spec import GateSpec
 from pipelines.digits.data import load_splits
@@ -139,3 +139,53 @@ class TestVerdict:
         assert result.current_score == pytest.approx(
             f1_score(y, np.full_like(y, 3), average="macro")
         )
+
+
+class TestHoldoutParts:
+    def test_each_part_is_scored_apart_and_the_verdict_is_on_both(
+        self, models: dict[str, Path], holdout: tuple[np.ndarray, np.ndarray]
+    ) -> None:
+        x, y = holdout
+        threes = y == 3  # an edge slice the constant model gets all right
+        parts = GateHoldout(
+            reference_x=x[:200],
+            reference_y=y[:200],
+            edge_x=x[threes],
+            edge_y=y[threes],
+            edge_per_node={"cam-1": int(threes.sum()) - 5, "cam-2": 5},
+        )
+
+        result = gate(models["good"], models["always-3"], parts, GateSpec())
+
+        reference, edge = result.parts["reference"], result.parts["edge"]
+        assert (reference.size, edge.size) == (200, int(threes.sum()))
+        assert reference.candidate_score == pytest.approx(
+            evaluate(models["good"], x[:200], y[:200])
+        )
+        assert reference.current_score == pytest.approx(float(np.mean(y[:200] == 3)))
+        assert edge.current_score == 1.0
+        both_x = np.concatenate([x[:200], x[threes]])
+        both_y = np.concatenate([y[:200], y[threes]])
+        assert result.candidate_score == pytest.approx(evaluate(models["good"], both_x, both_y))
+        assert result.edge_per_node == {"cam-1": int(threes.sum()) - 5, "cam-2": 5}
+        assert f"edge {edge.size} from 2 node(s)" in result.reason
+        assert "reference 200" in result.reason
+
+    def test_an_empty_edge_slice_leaves_the_reference_alone(
+        self, models: dict[str, Path], holdout: tuple[np.ndarray, np.ndarray]
+    ) -> None:
+        x, y = holdout
+        parts = GateHoldout(
+            reference_x=x, reference_y=y, edge_x=x[:0], edge_y=np.zeros(0, np.int64)
+        )
+
+        result = gate(models["good"], None, parts, GateSpec())
+
+        assert list(result.parts) == ["reference"]
+        assert result.candidate_score == result.parts["reference"].candidate_score
+
+    def test_no_part_at_all_names_the_fix(self, models: dict[str, Path]) -> None:
+        empty = GateHoldout(edge_x=np.zeros((0, 1, 8, 8), np.float32), edge_y=np.zeros(0, np.int64))
+
+        with pytest.raises(InputMismatchError, match="declare a reference holdout"):
+            gate(models["good"], None, empty, GateSpec())
