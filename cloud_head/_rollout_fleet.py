@@ -143,6 +143,7 @@ class RolloutFleetView:
         baseline: str,
         windows: list[Telemetry],
         cuts: Mapping[str, TrainingCut] | None = None,
+        baseline_cuts: Mapping[str, TrainingCut] | None = None,
     ) -> StepFigures:
         """Measure a step: the candidate's windows against the current version's.
 
@@ -153,6 +154,10 @@ class RolloutFleetView:
         training ``cuts`` (``cloud_head._training_cut``), both accuracies count only windows
         that began after the node's cut: the candidate is judged on frames it never trained
         on, and the baseline over the same stretch of time; the windows left out are counted.
+        When no baseline window with labels began after the candidate's cut (the cut lies
+        within a window of the switch), the baseline counts the windows that began after its
+        own cut (``baseline_cuts``) instead: frames it never trained on either, rather than no
+        baseline at all (a rule without one cannot fire).
         """
         cuts = cuts or {}
         step = state.steps[-1]
@@ -176,8 +181,11 @@ class RolloutFleetView:
             alongside.extend(self.served(node, step.started_at, baseline))
         unseen = [w for w in windows if began_after_cut(w, cuts)]
         baseline_unseen = [w for w in before if began_after_cut(w, cuts)]
-        candidate_acc, labelled = accuracy_of(unseen, candidate)
         baseline_acc, baseline_labelled = accuracy_of(baseline_unseen, baseline)
+        if baseline_acc is None:
+            baseline_unseen = [w for w in before if began_after_cut(w, baseline_cuts or {})]
+            baseline_acc, baseline_labelled = accuracy_of(baseline_unseen, baseline)
+        candidate_acc, labelled = accuracy_of(unseen, candidate)
         candidate_p95, latency_windows = p95_of(windows)
         baseline_p95, _ = p95_of(alongside)
         reporting = sorted({w.node for w in alongside if w.latency_p95_ms is not None})

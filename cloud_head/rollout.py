@@ -69,10 +69,10 @@ from cloud_head._rollout_fleet import (
 )
 from cloud_head._rollout_state import RampStep, RolloutState, Stage
 from cloud_head._rollout_steps import RolloutSteps
-from cloud_head._training_cut import cuts_from_lineage
+from cloud_head._training_cut import TrainingCut, cuts_from_lineage
 from cloud_head.audit import AuditAction
 from cloud_head.desired_state import DesiredStateBook, desired_model
-from continuum.errors import ContinuumError
+from continuum.errors import ContinuumError, NotFoundError
 
 if TYPE_CHECKING:
     from cloud_head.registry import ModelStatus, ModelVersion
@@ -340,7 +340,12 @@ class RolloutController(RolloutSteps):
             verdict = f"waiting for {node_names(added)} to serve {candidate_name}"
             return self.save_state(replace(state, verdict=verdict, decide_at=None))
         figures = self.view.figures(
-            state, candidate_name, baseline, windows, cuts_from_lineage(candidate.lineage)
+            state,
+            candidate_name,
+            baseline,
+            windows,
+            cuts_from_lineage(candidate.lineage),
+            self._baseline_cuts(baseline),
         )
         hold = rollout.promote_after_s if step.index == 0 else rollout.step_after_s
         state = self.save_state(
@@ -371,6 +376,15 @@ class RolloutController(RolloutSteps):
             now,
             f"{label} held for {now - first_served:.0f} s ({judgement.reason}{unseen})",
         )
+
+    def _baseline_cuts(self, baseline: str) -> dict[str, TrainingCut]:
+        """The baseline version's own training cuts (none when the registry lost it)."""
+        try:
+            return cuts_from_lineage(
+                self.registry.get(self.tenant, self.spec.name, baseline).lineage
+            )
+        except NotFoundError:
+            return {}
 
     def _refusal(self, step: RampStep, candidate: str) -> str | None:
         """Return why a node of the step rejected or failed the candidate, if one did."""
