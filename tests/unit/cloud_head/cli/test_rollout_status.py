@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from cloud_head.cli.rollout import rollout_lines
@@ -73,6 +73,34 @@ class TestRolloutStatus:
             f"           why: {STEP_1.reason}",
         ]
         assert lines[-2:] == [f"  {entry}" for entry in RAMPING.history]
+
+    def test_the_accuracies_say_how_many_unseen_frames_and_left_out_windows(self) -> None:
+        judged = replace(
+            RAMPING,
+            canary_labelled_frames=812,
+            baseline_labelled_frames=400,
+            windows_before_cut=1,
+            baseline_windows_before_cut=3,
+        )
+
+        lines = rollout_lines(snapshot(judged, PLAN), now=T0 + 100)
+
+        assert (
+            "canary accuracy: 0.950 on 812 unseen frames; 1 window before the training cut left out"
+        ) in lines
+        assert (
+            "baseline accuracy: 0.950 on 400 unseen frames; 3 windows before the training cut "
+            "left out"
+        ) in lines
+
+    def test_a_snapshot_from_before_training_cuts_shows_the_accuracy_alone(self) -> None:
+        older = snapshot(RAMPING, PLAN)
+        for key in ("canary_labelled_frames", "baseline_labelled_frames"):
+            del older[key]
+
+        lines = rollout_lines(older, now=T0 + 100)
+
+        assert "canary accuracy: 0.950" in lines and "baseline accuracy: 0.950" in lines
 
     def test_a_waiting_step_says_what_data_it_lacks(self) -> None:
         waiting = RolloutState(
