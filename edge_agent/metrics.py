@@ -172,14 +172,27 @@ class AgentMetrics:
         )
         self.drift_score = Gauge(
             f"{_NS}_drift_score",
-            "Latest drift score of the pipeline's detector.",
+            "Largest latest score of the pipeline's drift detectors (each on its own scale).",
             ["pipeline"],
             registry=r,
         )
         self.drifted = Gauge(
             f"{_NS}_drifted",
-            "1 while the drift detector says the input drifted.",
+            "1 while any of the pipeline's drift detectors reports drift.",
             ["pipeline"],
+            registry=r,
+        )
+        # Per detector: ``signal`` is outputs, inputs or labels; ``detector`` its declaration.
+        self.drift_signal_score = Gauge(
+            f"{_NS}_drift_signal_score",
+            "Latest score of one drift detector: PSI, KS statistic D, or error-rate rise.",
+            ["pipeline", "signal", "detector"],
+            registry=r,
+        )
+        self.drift_signal_drifted = Gauge(
+            f"{_NS}_drift_signal_drifted",
+            "1 while this drift detector reports drift.",
+            ["pipeline", "signal", "detector"],
             registry=r,
         )
         self.model = Info(

@@ -211,10 +211,36 @@ class ReportedState(_Message):
     ts: Timestamp
 
 
+#: Most drift readings one telemetry message carries (a pipeline runs a few detectors).
+MAX_DRIFT_READINGS: Final = 16
+
+
+class DriftReading(_WireModel):
+    """One drift detector's verdict at the end of a telemetry window.
+
+    ``signal`` is what it watches (the model's ``outputs``, its ``inputs``, its errors on
+    ``labels``), ``kind`` its test (``psi``, ``ks``, ``inputs``, ``labels``); ``score`` is
+    on that test's own scale (PSI, KS statistic D, error-rate rise); ``feature`` names the
+    input feature that moved most (``inputs`` only).
+    """
+
+    signal: Literal["outputs", "inputs", "labels"]
+    kind: Literal["psi", "ks", "inputs", "labels"]
+    score: float = Field(ge=0.0)
+    drifted: bool
+    ready: bool
+    feature: ShortText | None = None
+
+
 class Telemetry(_Message):
     """Metrics of one pipeline on one node over one window.
 
-    Latencies and mean confidence are ``None`` when the window saw no frames.
+    Latencies and mean confidence are ``None`` when the window saw no frames.  ``drift``
+    holds one reading per detector the pipeline runs; ``drifted`` is true when any of them
+    reports drift and ``drift_score`` is the largest of their scores (0.0 without
+    detectors), so a reader that knows only those two fields (older clouds, the retrain
+    trigger ``"drift > 0.2"``) still sees a drift from any signal.  Messages written before
+    ``drift`` existed parse with no readings.
     """
 
     node: NodeName
@@ -229,6 +255,7 @@ class Telemetry(_Message):
     mean_confidence: float | None = Field(None, ge=0.0, le=1.0)
     drift_score: float = Field(0.0, ge=0.0)
     drifted: bool = False
+    drift: list[DriftReading] = Field(default_factory=list, max_length=MAX_DRIFT_READINGS)
     labelled: Count = 0
     correct: Count = 0
     ts: Timestamp

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 
 from continuum._retry import Backoff
-from continuum.drift import KSSpec, PSISpec
 from continuum.errors import ConfigError, ContinuumError, SpecError
 from continuum.select import TokenBucket
 from continuum.sources import Source
@@ -108,9 +107,7 @@ class RuntimeCore:
         self._preprocess = _preprocess(spec)
         self._policy = spec.uplink.policy
         self._drift = DriftWatch(
-            next((d for d in spec.uplink.detectors if isinstance(d, PSISpec | KSSpec)), None),
-            score=metrics.drift_score.labels(self.name),
-            drifted=metrics.drifted.labels(self.name),
+            spec.uplink.detectors, pipeline=self.name, metrics=metrics, wall_clock=wall_clock
         )
         self._bucket = (
             TokenBucket.from_kbps(spec.uplink.budget_kbps, burst_s=_BUDGET_BURST_S)

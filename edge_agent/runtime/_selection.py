@@ -1,6 +1,7 @@
-"""After the model: one inferred batch checked, its confidences fed to the drift watch, the
-uplink policy applied, the bandwidth budget spent, the selected samples and their delayed
-labels put into the durable outbox, and the batch counted."""
+"""After the model: one inferred batch checked, its confidences, input tensors and (once
+due) label outcomes fed to the drift watch, the uplink policy applied, the bandwidth budget
+spent, the selected samples and their delayed labels put into the durable outbox, and the
+batch counted."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ class Selection(TelemetryWindows):
         prediction = probs.argmax(axis=1)
         latency_ms = [(done_ns - item[1]) / 1e6 for item in kept]
         if self._drift.active:
-            self._drift.update(confidence)
+            self._drift.update(confidence, tensors, self._outcomes(kept, prediction))
         seqs = self._outbox.reserve_seqs(len(kept))
         selected = self._select(scored, seqs)
         entries, over_budget = self._within_budget(
@@ -48,6 +49,20 @@ class Selection(TelemetryWindows):
         )
         result = self._queue(kept, selected, seqs, entries)
         self._count(kept, prediction, confidence, latency_ms, len(selected), over_budget, result)
+
+    def _outcomes(self, kept: list[Arrival], prediction: np.ndarray) -> list[tuple[float, bool]]:
+        """(when its label is known, whether the prediction was wrong) of each labelled
+        frame, for a labels detector; frames without a label tell nothing."""
+        if not self._drift.wants_labels:
+            return []
+        return [
+            (
+                frame.captured_at_ns / 1e9 + max(0.0, frame.label_delay_s),
+                int(prediction[row]) != frame.label,
+            )
+            for row, (frame, _) in enumerate(kept)
+            if frame.label is not None
+        ]
 
     def _scored(
         self, output: np.ndarray | ContinuumError | ValueError, kept: list[Arrival]
@@ -70,9 +85,9 @@ class Selection(TelemetryWindows):
 
     def _select(self, scored: Probabilities, seqs: range) -> np.ndarray:
         """The rows the uplink policy selects (none, counted and logged, if it cannot judge)."""
-        drift = self._drift.state
+        drift = self._drift
         ctx = SelectionContext.for_node(
-            self.node, seqs, drift_active=drift.drifted, drift_score=drift.score
+            self.node, seqs, drift_score=drift.score, drifted=drift.drifted
         )
         try:
             return np.flatnonzero(self._policy.decide(scored, ctx))

@@ -39,7 +39,7 @@ class TelemetryWindows(RuntimeCore):
         mean_conf = None
         if w.frames:
             mean_conf = min(1.0, max(0.0, w.confidence_sum / w.frames))
-        drift = self._drift.state
+        drift = self._drift
         score = drift.score
         message = Telemetry(
             schema_version=SCHEMA_VERSION,
@@ -54,7 +54,8 @@ class TelemetryWindows(RuntimeCore):
             latency_p95_ms=p95,
             mean_confidence=mean_conf,
             drift_score=score if math.isfinite(score) and score >= 0 else 0.0,
-            drifted=drift.drifted,
+            drifted=bool(drift.drifted),
+            drift=drift.readings(),
             labelled=w.labelled,
             correct=w.correct,
             ts=self._wall(),

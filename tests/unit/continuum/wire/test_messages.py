@@ -355,3 +355,48 @@ class TestStoredReceipt:
             (10, 20),
             (30, 30),
         ]
+
+
+class TestDriftReadings:
+    READINGS = [
+        {"signal": "outputs", "kind": "psi", "score": 0.08, "drifted": False, "ready": True},
+        {
+            "signal": "inputs",
+            "kind": "inputs",
+            "score": 0.61,
+            "drifted": True,
+            "ready": True,
+            "feature": "edge_energy[0]",
+        },
+        {"signal": "labels", "kind": "labels", "score": 0.0, "drifted": False, "ready": False},
+    ]
+
+    def test_readings_round_trip_with_the_telemetry(self) -> None:
+        message = Telemetry(**telemetry(drift=self.READINGS, drift_score=0.61, drifted=True))
+        restored = Telemetry.from_payload(message.to_payload())
+        assert restored == message
+        assert [(r.signal, r.drifted, r.feature) for r in restored.drift] == [
+            ("outputs", False, None),
+            ("inputs", True, "edge_energy[0]"),
+            ("labels", False, None),
+        ]
+
+    def test_a_payload_written_before_readings_parses_with_none(self) -> None:
+        payload = json.dumps({"schema_version": 1, **telemetry()}).encode()
+        assert Telemetry.from_payload(payload).drift == []
+
+    @pytest.mark.parametrize(
+        ("change", "field"),
+        [
+            ({"signal": "weather"}, "signal"),
+            ({"kind": "mmd"}, "kind"),
+            ({"score": -0.1}, "score"),
+        ],
+    )
+    def test_a_bad_reading_is_refused_naming_its_field(
+        self, change: dict[str, Any], field: str
+    ) -> None:
+        reading = self.READINGS[0] | change
+        payload = json.dumps({"schema_version": 1, **telemetry(drift=[reading])}).encode()
+        with pytest.raises(ProtocolError, match=rf"drift\.0\.{field}"):
+            Telemetry.from_payload(payload)
