@@ -271,7 +271,11 @@ class TriggerSpec(FrozenSpec):
         default=None, description="Fire after this many new labelled samples."
     )
     drift_score: float | None = Field(
-        default=None, description="Fire when an edge drift score exceeds it."
+        default=None,
+        description=(
+            "Fire when a node's telemetry drift_score (the largest score of its drift "
+            "detectors, each on its own scale) exceeds it."
+        ),
     )
     every_s: float | None = Field(default=None, description="Fire on this period, in seconds.")
     manual: bool = True

@@ -4,10 +4,9 @@ Per pipeline, a source thread pulls frames at the source's own pace into a short
 an inference thread runs adaptive micro-batches (up to the batch size that measured
 cheapest per frame, at most ``max_batch`` frames, or ``max_wait_ms`` after the first one),
 then: latency per frame (arrival to result), the drift detectors (confidences, input
-tensors, labels once due), the
-uplink policy, the bandwidth budget, the durable outbox, delayed labels, and one
-``Telemetry`` message per window.  A new model is swapped in between two batches, never
-during one.
+tensors, labels once due), the uplink policy, the bandwidth budget, the durable outbox,
+delayed labels, and one ``Telemetry`` message per window.  A new model is swapped in
+between two batches, never during one.
 
 The rooms, each a private module: ``_source`` (the source thread), ``_frames`` (the
 hand-off queue), ``_batching`` (the batch sizer), ``_inference`` (the inference thread and
