@@ -369,8 +369,10 @@ class RolloutController(RolloutSteps):
         unseen = "" if rollout.rules.accuracy_drop is None else f"; {figures.left_out_text()}"
         if judgement.action == "roll back":
             return self._rollback(candidate, now, f"{label}: {judgement.reason}{unseen}")
-        if judgement.action == "wait":
-            return self.save_state(replace(state, verdict=judgement.reason + unseen))
+        if judgement.action == "wait":  # say so only where windows were left out
+            left_out = figures.windows_before_cut + figures.baseline_windows_before_cut
+            verdict = judgement.reason + (unseen if left_out else "")
+            return self.save_state(replace(state, verdict=verdict))
         return self._advance(
             candidate,
             now,

@@ -79,6 +79,23 @@ class TestCandidateWindows:
             "left out"
         ) in lines
 
+    def test_a_step_whose_windows_all_began_before_the_cut_waits_and_says_why(
+        self, head: CloudRig
+    ) -> None:
+        rollout = head.rollout(SPEC)
+        serve_v1(head, rollout)
+        v2 = head.register("v2", lineage=cut_at(head.clock() + 1000))
+        canary = canary_of(head, rollout, v2)
+        windows(head, canary, v2, 8, correct=40)
+
+        state = rollout.tick()
+
+        assert state.stage == "canary", state
+        assert state.verdict == (
+            "not enough data yet: 0 of 40 labelled frames; "
+            "8 window(s) before the training cut left out"
+        )
+
     def test_without_a_cut_every_window_counts_and_memory_hides_the_drop(
         self, head: CloudRig
     ) -> None:
