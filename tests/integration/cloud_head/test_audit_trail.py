@@ -329,6 +329,12 @@ class TestFirstModelOnRay:
         card = files.model_card_md.read_text()
         assert "audit log verified at export" in card
         assert "| training_run | started |" in card
+        # No edge sample yet: the gate judged on the reference part alone, and said so.
+        gate = records["gate"]["details"]
+        assert list(gate["parts"]) == ["reference"]
+        assert gate["parts"]["reference"]["size"] == gate["holdout_size"] > 0
+        assert (lineage["data"]["training_cut"], lineage["data"]["gate_edge_slice"]) == ({}, {})
+        assert "| Reference holdout |" in card
 
 
 def _public(private_key: bytes) -> bytes:
