@@ -9,7 +9,9 @@ state, so a controller built again on the same workdir carries on where the last
 
 The rooms: ``_retrain_trigger`` (when to retrain), ``_retrain`` (one run: data, quota, Ray
 Train, gate, signed registration, audit records first), ``_training_data`` (the samples and
-the gate's holdout), ``_training_log`` (the runs, stored), ``rollout`` (what nodes run).
+the gate's holdout, split by time per node), ``_training_cut`` (how far each node's stream a
+version trained on, which the canary reads), ``_training_log`` (the runs, stored),
+``rollout`` (what nodes run).
 """
 
 from __future__ import annotations
@@ -25,7 +27,12 @@ from cloud_head._controller_context import ControllerContext, ControllerStores
 from cloud_head._pipeline_state import TRAINING_RECORD, PipelineStateStore
 from cloud_head._retrain import DEFAULT_RUN_ESTIMATE_S, Retrainer, TrainingStage
 from cloud_head._retrain_trigger import RetrainTrigger
-from cloud_head._training_data import HOLDOUT_EVERY, is_holdout
+from cloud_head._training_data import (
+    GATE_EDGE_PER_NODE,
+    HOLDOUT_BLOCK_S,
+    HOLDOUT_EVERY,
+    is_holdout,
+)
 from cloud_head._training_log import TrainingLog, TrainingRecord
 from cloud_head.desired_state import DesiredStateBook
 from cloud_head.rollout import RolloutController, RolloutState
@@ -43,6 +50,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_RUN_ESTIMATE_S",
+    "GATE_EDGE_PER_NODE",
+    "HOLDOUT_BLOCK_S",
     "HOLDOUT_EVERY",
     "TRAINING_RECORD",
     "ControllerStores",
