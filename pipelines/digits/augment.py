@@ -17,9 +17,9 @@ from pipelines.digits.faults import AUGMENTATIONS
 
 #: The share of images each of blur, contrast and occlusion touches; shift and noise touch all
 #: (at a random strength that may be near zero), so the clean look stays in every batch.
-_SHARE = 0.5
-_MAX_SHIFT_PX = 1.5
-_MAX_NOISE_SIGMA = 0.2
+_SHARE = 0.3
+_MAX_SHIFT_PX = 1.0
+_MAX_NOISE_SIGMA = 0.15
 _BLUR_SIGMA = (0.3, 1.0)
 _CONTRAST_KEEP = (0.5, 1.0)
 
@@ -77,7 +77,7 @@ def _contrast(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def _shift(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Translate each image by up to 1.5 px per axis, sub-pixel (bilinear, zero padded)."""
+    """Translate each image by up to 1 px per axis, sub-pixel (bilinear, zero padded)."""
     n = batch.shape[0]
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0] = 1.0
@@ -104,7 +104,7 @@ def _occlusion(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def _noise(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Add Gaussian sensor noise, each image at its own sigma in [0, 0.2]."""
+    """Add Gaussian sensor noise, each image at its own sigma in [0, 0.15]."""
     sigma = _uniform(batch.shape[0], 0.0, _MAX_NOISE_SIGMA, generator)[:, None, None, None]
     return batch + sigma * torch.randn(batch.shape, generator=generator)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from pipelines.digits.data import (
     load_splits,
     reference_holdout,
 )
+from pipelines.digits.faults import site_condition
 from pipelines.digits.model import DigitsCNN, export_onnx
 from pipelines.digits.train import FINE_TUNE, SCRATCH, accuracy, fit, load_state, save
 
@@ -195,9 +197,17 @@ class TestCamera:
         splits = load_splits()
         order = np.random.default_rng(3).permutation(N_STREAM)[:40]
         assert [f.label for f in frames] == splits.stream_y[order].tolist()
+        shown = np.stack([f.tensor for f in frames])
+        # Each frame is its pool image through the sensor jitter: close to it, never equal;
+        # its own image is among the few nearest of the 650, and the nearest shows its digit.
+        distance = ((shown[:, None] - splits.stream_x[None]) ** 2).sum(axis=(2, 3, 4))
+        rank = (distance < distance[np.arange(len(order)), order][:, None]).sum(axis=1)
+        assert np.median(rank) == 0 and rank.max() <= 10
+        assert splits.stream_y[distance.argmin(axis=1)].tolist() == splits.stream_y[order].tolist()
         for frame, index in zip(frames, order, strict=True):
-            np.testing.assert_array_equal(frame.tensor, splits.stream_x[index])
+            assert not np.array_equal(frame.tensor, splits.stream_x[index])
             assert frame.label_delay_s == 2.5 and frame.tensor.shape == (1, 8, 8)
+            assert frame.tensor.dtype == np.float32
 
     def test_frames_keep_the_rate_on_the_real_clock(self) -> None:
         camera = DigitsCamera(fps=100, max_frames=31)
@@ -212,7 +222,7 @@ class TestCamera:
         camera = DigitsCamera(
             fps=10,
             seed=1,
-            drift_kind=DEMO_DRIFT,
+            drift_kind="mirror",
             drift_start_unix=clock.now + 1.0,
             clock=clock,
             sleep=clock.sleep,
@@ -220,10 +230,13 @@ class TestCamera:
         frames = take(iter(camera), 20)
         splits = load_splits()
         order = np.random.default_rng(1).permutation(N_STREAM)[:20]
-        drifted = apply_drift(splits.stream_x[order], DEMO_DRIFT)
+        source = splits.stream_x[order]
+        flipped = source[..., ::-1]
         for n, frame in enumerate(frames):
-            want = splits.stream_x[order[n]] if n < 10 else drifted[n]
-            np.testing.assert_array_equal(frame.tensor, want, err_msg=f"frame {n}")
+            to_source = np.abs(frame.tensor - source[n]).sum()
+            to_flipped = np.abs(frame.tensor - flipped[n]).sum()
+            mirrored = to_flipped < to_source
+            assert mirrored == (n >= 10), f"frame {n}: {to_source:.2f} vs {to_flipped:.2f}"
 
     def test_drift_after_seconds_counts_from_the_first_frame(self) -> None:
         clock = FakeClock()
@@ -237,14 +250,52 @@ class TestCamera:
         )
         frames = list(camera)
         mean_level = [float(f.tensor.mean()) for f in frames]
-        assert max(mean_level[:5]) < 0.4 and min(mean_level[5:]) > 0.6
+        # Negatives from the onset on (their black level wanders a little frame to frame).
+        assert max(mean_level[:5]) < 0.4 and min(mean_level[5:]) > max(mean_level[:5])
+        assert np.mean(mean_level[5:]) > 0.6
 
-    def test_the_stream_loops_over_the_pool(self) -> None:
+    def test_each_pass_shows_every_pool_image_once_in_a_new_order(self) -> None:
         clock = FakeClock()
         camera = DigitsCamera(fps=1000, clock=clock, sleep=clock.sleep)
-        frames = take(iter(camera), N_STREAM + 3)
-        for a, b in zip(frames[:3], frames[N_STREAM:], strict=True):
-            np.testing.assert_array_equal(a.tensor, b.tensor)
+        frames = take(iter(camera), 2 * N_STREAM)
+        splits = load_splits()
+        for part in (frames[:N_STREAM], frames[N_STREAM:]):
+            assert (
+                np.bincount([f.label for f in part], minlength=10).tolist()
+                == np.bincount(splits.stream_y, minlength=10).tolist()
+            )
+        assert [f.label for f in frames[:50]] != [f.label for f in frames[N_STREAM:][:50]]
+
+    @pytest.mark.parametrize("drift_kind", [None, "mirror"])
+    def test_no_frame_repeats_in_twenty_thousand(self, drift_kind: str | None) -> None:
+        clock = FakeClock()
+        camera = DigitsCamera(
+            fps=1000,
+            drift_kind=drift_kind,
+            drift_after_s=0.0,
+            max_frames=20_000,
+            clock=clock,
+            sleep=clock.sleep,
+        )
+        digests = {hashlib.sha256(f.tensor.tobytes()).digest() for f in camera}
+        assert len(digests) == 20_000
+        assert "per-frame fault draws" in camera.novelty and "650-image pool" in camera.novelty
+
+    def test_the_same_seed_shows_the_same_frames(self) -> None:
+        def frames(seed: int) -> list[bytes]:
+            clock = FakeClock()
+            camera = DigitsCamera(fps=100, seed=seed, max_frames=30, clock=clock, sleep=clock.sleep)
+            return [f.tensor.tobytes() for f in camera]
+
+        assert frames(2) == frames(2) and frames(2) != frames(3)
+
+    def test_the_first_model_stays_accurate_on_clean_jittered_frames(
+        self, base_model: DigitsCNN
+    ) -> None:
+        """The demo's pre-drift target holds on the reserved split under the site's jitter."""
+        splits = load_splits()
+        view = site_condition(splits.test_x, None, rng=np.random.default_rng(12345))
+        assert accuracy(base_model, view, splits.test_y) >= 0.95
 
     def test_frames_carry_the_form_fields(self) -> None:
         clock = FakeClock()
@@ -274,6 +325,7 @@ class TestCamera:
             ({"fps": 0}, "fps"),
             ({"drift_kind": "fog", "drift_after_s": 1}, "not a camera fault"),
             ({"drift_kind": "blur"}, "onset"),
+            ({"drift_kind": "blur", "drift_after_s": 1, "drift_severity": -1}, "drift_severity"),
             ({"label_delay_s": -1}, "label_delay_s"),
             ({"fields": {"patient_id": "P-{patient}"}}, "fields.patient_id"),
         ],
