@@ -12,6 +12,7 @@ picks, and retraining from scratch.  Run:
 
     python benchmarks/selection_recovery.py            # the decision table (a few minutes)
     python benchmarks/selection_recovery.py --sweep    # also the drift-severity and recipe sweeps
+    python benchmarks/selection_recovery.py --drift mirror --seeds 1 --budgets 200  # another fault
 
 Training seconds are wall time on whatever else the machine is doing; read them as an order of
 magnitude.
@@ -164,15 +165,15 @@ def fmt(outcomes: list[Outcome]) -> str:
     return f"{d.mean():.3f} (min {d.min():.3f}) | clean {c.mean():.3f} (min {c.min():.3f})"
 
 
-def decision_table(seeds: int, budgets: list[int], chosen_n: int) -> None:
-    kind, severity = DEMO_DRIFT
+def decision_table(
+    seeds: int, budgets: list[int], chosen_n: int, drift: tuple[str, float] = DEMO_DRIFT
+) -> None:
+    kind, severity = drift
     cache: dict[int, object] = {}
     worlds = [make_world(s, kind, severity, cache) for s in range(seeds)]
     clean = np.array([w.clean_acc for w in worlds])
     drifted = np.array([w.drifted_acc for w in worlds])
-    print(
-        f"\n== demo drift {kind} severity {severity}; {seeds} seeds; reserved test split (447) =="
-    )
+    print(f"\n== drift {kind} severity {severity}; {seeds} seeds; reserved test split (447) ==")
     print(f"pre-drift accuracy   {clean.mean():.3f} (min {clean.min():.3f})")
     print(f"drifted, before fix  {drifted.mean():.3f} (max {drifted.max():.3f})")
     print(
@@ -255,11 +256,15 @@ def main() -> None:
     parser.add_argument("--chosen", type=int, default=200, help="the budget the demo aims at")
     parser.add_argument("--sweep", action="store_true", help="also sweep drifts and recipes")
     parser.add_argument("--no-table", action="store_true", help="skip the decision table")
+    parser.add_argument(
+        "--drift", choices=DRIFT_KINDS, default=DEMO_DRIFT[0], help="the decision table's fault"
+    )
+    parser.add_argument("--severity", type=float, default=DEMO_DRIFT[1])
     args = parser.parse_args()
     if args.sweep:
         sweep(args.seeds)
     if not args.no_table:
-        decision_table(args.seeds, args.budgets, args.chosen)
+        decision_table(args.seeds, args.budgets, args.chosen, (args.drift, args.severity))
 
 
 if __name__ == "__main__":
