@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -45,6 +45,7 @@ class TrainFunction(Protocol):
         label_selector: LabelSelector | Mapping[str, str] | None = None,
         gpus: float | None = None,
         cpus: float | None = None,
+        config: Mapping[str, Any] | None = None,
     ) -> TrainingResult: ...
 
 

@@ -173,6 +173,7 @@ class Retrainer:
                 "label_selector": dict(self._context.training_selector.root),
                 "gpus": self._retrain.gpus,
                 "cpus": self._retrain.cpus,
+                "trainer_options": dict(self._retrain.options),
                 "requested_by": run.requested_by,
             },
             actor=run.requested_by,
@@ -223,6 +224,7 @@ class Retrainer:
                 label_selector=self._context.training_selector,
                 gpus=self._retrain.gpus,
                 cpus=self._retrain.cpus,
+                config=dict(self._retrain.options),
             )
         finally:
             self._log.charge(run.index, time.monotonic() - timer, self._retrain.gpus)

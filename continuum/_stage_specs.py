@@ -330,6 +330,12 @@ class TriggerSpec(FrozenSpec):
         return " or ".join([*self.conditions(), *(["manual"] if self.manual else [])])
 
 
+#: A trainer option's value: plain JSON, so the spec round-trips through YAML and the audit log.
+TrainerOption = str | int | float | bool | list[str | int | float | bool]
+#: Keys of the training loop's config that the controller fills for every run.
+RESERVED_TRAINER_KEYS = frozenset({"base_model", "epochs", "seed", "threads", "shape"})
+
+
 class RetrainSpec(FrozenSpec):
     """Retraining on the central pools: the trainer, its trigger, resources and placement."""
 
@@ -340,11 +346,33 @@ class RetrainSpec(FrozenSpec):
     where: LabelSelector = Field(
         default_factory=LabelSelector, description="Nodes the job may use; empty: any node."
     )
+    options: dict[str, TrainerOption] = Field(
+        default_factory=dict,
+        description="The trainer's own declared options (e.g. augmentation), passed to its loop.",
+    )
 
     @field_validator("trainer")
     @classmethod
     def _check_trainer(cls, value: str) -> str:
         return check_ref(value, "trainer")
+
+    @field_validator("options")
+    @classmethod
+    def _check_options(cls, value: dict[str, TrainerOption]) -> dict[str, TrainerOption]:
+        for name in value:
+            if not name.isidentifier():
+                raise SpecError(
+                    f"option name {name!r} is not an identifier",
+                    field="options",
+                    fix='name options like keyword arguments, e.g. options={"augment": ["shift"]}',
+                )
+            if name in RESERVED_TRAINER_KEYS:
+                raise SpecError(
+                    f"option {name!r} is set by the controller for every run",
+                    field="options",
+                    fix=f"drop it; the controller sets {', '.join(sorted(RESERVED_TRAINER_KEYS))}",
+                )
+        return value
 
     @field_validator("gpus")
     @classmethod

@@ -232,11 +232,14 @@ class Pipeline:
         gpus: float = 0.0,
         cpus: float = 1.0,
         where: Mapping[str, str] | LabelSelector | None = None,
+        options: Mapping[str, Any] | None = None,
     ) -> None:
         """Declare retraining: the Ray Train loop, when it runs, its resources and placement.
 
         ``when`` is ``"500 new samples"``, ``"drift > 0.2"``, ``"every 1 h"`` or
         ``"manual"``, or several joined with ``" or "``.  ``where`` defaults to any node.
+        ``options`` are the trainer's own declared options (plain JSON values, e.g.
+        ``{"augment": ["shift", "noise"]}``), passed to its loop's config on every run.
         """
         self._once("retrain", self._retrain, "put all triggers in one when=... or ...")
         data = {
@@ -245,6 +248,7 @@ class Pipeline:
             "gpus": gpus,
             "cpus": cpus,
             "where": {} if where is None else _selector_data(where),
+            "options": dict(options or {}),
         }
         self._retrain = validate(RetrainSpec, data, prefix="retrain")
 

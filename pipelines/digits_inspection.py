@@ -2,9 +2,10 @@
 
 Cameras at two sites read handwritten digits (scikit-learn's bundled 8x8 digits, no
 download). The edge runs a small CNN; it uplinks the frames it is unsure about, a small
-random share for an unbiased view, and — while its drift detector fires — a large share
-of everything, because DESIGN §11 measured that spending the budget where and when the
-drift is recovers accuracy best. Labels come back from the line's inspectors as delayed
+random share for an unbiased view, and — while any of its drift detectors fires (on the
+model's confidences, on the frames themselves, or on the error rate of delayed labels) — a
+large share of everything, because DESIGN §11 measured that spending the budget where and
+when the drift is recovers accuracy best. Labels come back from the line's inspectors as delayed
 feedback; the cloud fine-tunes on Ray Train, gates against a validation split plus recent
 edge samples, and canaries the winner before promoting it to every camera.
 
@@ -30,9 +31,14 @@ pipe.edge(
     max_wait_ms=5.0,
 )
 
+# Drift is watched three ways, because a camera fault may leave the model confidently wrong:
+# its confidences (outputs), the frames' own statistics (inputs) and the error rate of the
+# inspectors' delayed labels (labels). Each fires its own boost of the uplink.
 pipe.uplink(
     select.low_confidence(0.7)
     | select.drift(drift.psi(0.25, window=100, reference=200), rate=0.5)
+    | select.drift(drift.inputs(), rate=0.5)
+    | select.drift(drift.labels(), rate=0.5)
     | select.random(0.02),
     budget_kbps=256,
 )
@@ -42,6 +48,9 @@ pipe.retrain(
     when="400 new samples or manual",
     cpus=1,
     where={TIER: "cloud"},
+    # Chosen on a validation split cut from the training split, never the reserved test
+    # split: benchmarks/augmentation_choice.py (the figures are in pipelines.digits.train).
+    options={"augment": ["shift"]},
 )
 pipe.gate(metric="accuracy", min_gain=0.0, holdout="pipelines.digits.data:reference_holdout")
 pipe.rollout(

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from pipelines.demo._options import TENANT, DemoOptions, Timeline
+from pipelines.demo._reserved import ReservedScores
 
 __all__ = ["live_view", "watch"]
 
@@ -22,8 +23,13 @@ def watch(
     agents: list[Any],
     timeline: Timeline,
     options: DemoOptions,
+    reserved: ReservedScores | None = None,
 ) -> dict[str, Any]:
-    """Show live progress until the duration is over; return the last controller status."""
+    """Show live progress until the duration is over; return the last controller status.
+
+    ``reserved`` scores each new model version on the reserved split, shown beside the live
+    accuracy (a failed scoring is said once and the column stays empty).
+    """
     from rich.live import Live
 
     controller = heads[TENANT].controllers[pipeline]
@@ -42,7 +48,13 @@ def watch(
                 console.print(f"[yellow]progress poll failed: {error}[/]")
                 continue
             noted.note(status, timeline)
-            view = live_view(agents, nodes, ingest, status, timeline, pipeline)
+            if reserved is not None:
+                try:
+                    reserved.refresh()
+                except Exception as error:  # the live view goes on without the column
+                    console.print(f"[yellow]reserved-split scoring failed: {error}[/]")
+                    reserved = None
+            view = live_view(agents, nodes, ingest, status, timeline, pipeline, reserved)
             if options.live:
                 live.update(view)
             elif time.time() - last_print > 10:
@@ -95,20 +107,26 @@ def live_view(
     status: dict[str, Any],
     timeline: Any,
     pipeline: str,
+    reserved: ReservedScores | None = None,
 ) -> Any:
     """Return a rich renderable: one row per agent, then the cloud's state."""
     from rich.console import Group
 
     return Group(
-        _agents_table(agents, nodes, timeline, pipeline),
+        _agents_table(agents, nodes, timeline, pipeline, reserved),
         _cloud_table(ingest, status, timeline),
     )
 
 
 def _agents_table(
-    agents: list[Any], nodes: list[dict[str, Any]], timeline: Any, pipeline: str
+    agents: list[Any],
+    nodes: list[dict[str, Any]],
+    timeline: Any,
+    pipeline: str,
+    reserved: ReservedScores | None,
 ) -> Any:
-    """One row per agent: where it is, what it serves, how well, what it uplinks."""
+    """One row per agent: where it is, what it serves, how well (live, and on the reserved
+    split under its camera's condition), what it uplinks, and what each drift signal says."""
     from rich.table import Table
 
     by_node = {n["node"]: n for n in nodes}
@@ -126,9 +144,10 @@ def _agents_table(
         "online",
         "model",
         "frames/s",
-        "accuracy",
+        "live acc",
+        "reserved acc",
         "uplinked",
-        "drift score",
+        "drift (outputs inputs labels)",
     ):
         table.add_column(
             column, justify="right" if column not in ("agent", "tenant", "site") else "left"
@@ -139,6 +158,13 @@ def _agents_table(
         rate = last.get("frames", 0) / last["window_s"] if last.get("window_s") else 0.0
         acc = last.get("correct", 0) / last["labelled"] if last.get("labelled") else None
         share = last.get("uplinked", 0) / last["frames"] if last.get("frames") else 0.0
+        drifting = agent.drifted and until_drift <= 0
+        # The reserved split is the digits pipeline's: the lab's forms have none.
+        held = (
+            reserved.accuracy(last.get("model_version"), drifting)
+            if reserved is not None and getattr(agent, "tenant", TENANT) == TENANT
+            else None
+        )
         table.add_row(
             agent.node,
             getattr(agent, "tenant", ""),
@@ -147,10 +173,28 @@ def _agents_table(
             str(last.get("model_version", "-")),
             f"{rate:.1f}",
             "-" if acc is None else f"{acc:.2f}",
+            "-" if held is None else f"{held:.2f}",
             f"{share:.0%}",
-            f"{last.get('drift_score', 0.0):.2f}" + (" !" if last.get("drifted") else ""),
+            _drift_cell(last),
         )
     return table
+
+
+def _drift_cell(window: dict[str, Any]) -> str:
+    """Each drift signal's score, ``!`` where it says drifted; the one score of an older agent."""
+    readings = {r["signal"]: r for r in window.get("drift") or []}
+    if not readings:
+        return f"{window.get('drift_score', 0.0):.2f}" + (" !" if window.get("drifted") else "")
+    cells = []
+    for signal in ("outputs", "inputs", "labels"):
+        reading = readings.get(signal)
+        if reading is None:
+            cells.append("-")
+        elif not reading.get("ready", True):
+            cells.append("…")
+        else:
+            cells.append(f"{reading['score']:.2f}" + ("!" if reading["drifted"] else ""))
+    return " ".join(cells)
 
 
 def _cloud_table(ingest: list[dict[str, Any]], status: dict[str, Any], timeline: Any) -> Any:

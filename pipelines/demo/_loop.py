@@ -338,9 +338,19 @@ class LoopRun:
     def watch(self) -> None:
         """Show live progress until the cameras' time is over."""
         from pipelines.demo._live import watch
+        from pipelines.demo._reserved import ReservedScores
 
+        reserved = ReservedScores(
+            self.workdir, self.spec.tenant, self.spec.name, self.options.drift
+        )
         self.controller_status = watch(
-            self.console, self.heads, self.spec.name, self.agents, self.timeline, self.options
+            self.console,
+            self.heads,
+            self.spec.name,
+            self.agents,
+            self.timeline,
+            self.options,
+            reserved,
         )
 
     def shut_down(self) -> None:

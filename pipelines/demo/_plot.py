@@ -21,7 +21,25 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
         if not points:
             continue
         xs, ys = zip(*points, strict=True)
-        (line,) = ax.plot(xs, ys, label=f"{node} ({info['site']})", linewidth=1.6)
+        (line,) = ax.plot(xs, ys, label=f"{node} ({info['site']}) live", linewidth=1.6)
+        # The same model's accuracy on the reserved split under the camera's condition: a live
+        # line far above it means the model remembers frames rather than having learnt.
+        reserved = [
+            (p["t"], p["reserved_accuracy"])
+            for p in info["live"]
+            if p.get("reserved_accuracy") is not None
+        ]
+        if reserved:
+            rx, ry = zip(*reserved, strict=True)
+            ax.plot(
+                rx,
+                ry,
+                color=line.get_color(),
+                linestyle="--",
+                linewidth=1.2,
+                alpha=0.8,
+                label=f"{node} reserved split",
+            )
         previous = None
         for p in info["live"]:
             if p["model_version"] != previous:
@@ -45,7 +63,7 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
     )
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("seconds since the cameras started")
-    ax.set_ylabel("live accuracy (delayed labels, 3 telemetry windows)")
+    ax.set_ylabel("accuracy: live (3 windows) solid, reserved split dashed")
     share = report.get("uplink_share")
     ax.set_title(
         f"continuum demo — {report['pipeline']}: uplinked "

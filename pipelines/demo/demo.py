@@ -33,6 +33,8 @@ __all__ = ["DemoOptions", "prepare_workdir", "register", "run", "run_demo", "run
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``demo`` subcommand."""
+    from pipelines.digits.data import DRIFT_KINDS
+
     defaults = DemoOptions()
     parser = subparsers.add_parser(
         "demo",
@@ -62,8 +64,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=defaults.drift,
         metavar="KIND",
         help=f"the camera fault at the drifted site (default {defaults.drift}; "
-        "one of blur, contrast, blur_contrast, rotation, inversion, noise, occlusion, "
-        "brightness)",
+        f"one of {', '.join(DRIFT_KINDS)})",
     )
     parser.add_argument(
         "--drift-at",

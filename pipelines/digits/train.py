@@ -186,6 +186,14 @@ def _positive(config: Mapping[str, Any], key: str, kind: type[int] | type[float]
     return kind(value)
 
 
+#: Every key the loop's config may hold: what ``run_training`` sets for each run, and the
+#: trainer's own options (``pipe.retrain(options=...)``).
+CONFIG_KEYS = frozenset(
+    {"base_model", "epochs", "seed", "threads", "shape"}
+    | {"replay", "split_seed", "oversample", "lr", "augment"}
+)
+
+
 def recipe_for(config: Mapping[str, Any]) -> Recipe:
     """Return the recipe a Ray Train config asks for: FINE_TUNE with a ``base_model``, else SCRATCH.
 
@@ -193,8 +201,16 @@ def recipe_for(config: Mapping[str, Any]) -> Recipe:
     names; [] for none) override the recipe's; None or absent keeps its default.
 
     Raises:
-        ConfigError: a value is of the wrong type, not positive, or names an unknown augmentation.
+        ConfigError: an unknown key, a value of the wrong type or not positive, or an unknown
+            augmentation.
     """
+    unknown = sorted(set(config) - CONFIG_KEYS)
+    if unknown:
+        # A misspelt pipeline option (retrain(options=...)) must not train with the default.
+        raise ConfigError(
+            f"trainer config: unknown key(s) {', '.join(unknown)}; the digits trainer takes "
+            f"{', '.join(sorted(CONFIG_KEYS))}"
+        )
     recipe = FINE_TUNE if config.get("base_model") else SCRATCH
     changes: dict[str, Any] = {}
     for key, kind in (("epochs", int), ("oversample", int), ("lr", float)):

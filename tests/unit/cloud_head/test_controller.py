@@ -68,8 +68,11 @@ class LocalTraining:
         label_selector: LabelSelector | Mapping[str, str] | None = None,
         gpus: float | None = None,
         cpus: float | None = None,
+        config: Mapping[str, Any] | None = None,
     ) -> TrainingResult:
-        self.runs.append({"samples": len(train_y), "base_model": base_model, "gpus": gpus})
+        self.runs.append(
+            {"samples": len(train_y), "base_model": base_model, "gpus": gpus, "config": config}
+        )
         if self.hold is not None:
             assert self.hold.wait(30), "the test never released the run"
         out = workdir / "candidate"
@@ -419,3 +422,17 @@ class TestRestart:
         for key in ("trainings", "trained_on", "gpu_hours_used"):
             assert second.status()[key] == first.status()[key]
         assert second.status()["gpu_hours_used"] > 0
+
+
+class TestTrainerOptions:
+    def test_the_pipelines_trainer_options_reach_every_run(self, rig: CloudRig) -> None:
+        spec = pipeline_spec(TENANT)
+        assert spec.retrain is not None
+        retrain = spec.retrain.model_copy(update={"options": {"augment": ["noise"]}})
+        training = LocalTraining()
+        built = controller(rig, training, spec.model_copy(update={"retrain": retrain}))
+        samples(rig, TRIGGER_SAMPLES)
+
+        run_tick(built)
+
+        assert [run["config"] for run in training.runs] == [{"augment": ["noise"]}]

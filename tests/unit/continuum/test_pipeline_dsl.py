@@ -390,3 +390,28 @@ class TestPublicSurface:
         assert repr(pipe) == (
             "Pipeline('p', tenant='acme', data_class='internal', declared=['uplink'])"
         )
+
+
+class TestTrainerOptions:
+    """``retrain(options=...)``: the trainer's declared options travel with the spec."""
+
+    def test_options_round_trip_through_json(self) -> None:
+        pipe = complete(pipeline())
+        pipe.retrain("pkg.mod:loop", options={"augment": ["shift", "noise"], "lr": 0.01})
+        spec = pipe.spec
+        assert spec.retrain is not None
+        assert spec.retrain.options == {"augment": ["shift", "noise"], "lr": 0.01}
+        again = PipelineSpec.model_validate_json(spec.model_dump_json())
+        assert again.retrain is not None and again.retrain.options == spec.retrain.options
+
+    @pytest.mark.parametrize(
+        ("options", "message"),
+        [
+            ({"epochs": 3}, "set by the controller"),
+            ({"aug ment": 1}, "not an identifier"),
+            ({"augment": {"nested": 1}}, "retrain.options.augment"),
+        ],
+    )
+    def test_bad_options_name_the_problem(self, options: dict[str, object], message: str) -> None:
+        with pytest.raises(SpecError, match=message):
+            pipeline().retrain("pkg.mod:loop", options=options)

@@ -77,6 +77,7 @@ class TestTrainerConfig:
             ({"oversample": True}, "oversample"),
             ({"augment": "shift"}, "list of names"),
             ({"augment": ["shift", "sharpen"]}, "sharpen"),
+            ({"augmnet": ["noise"]}, "unknown key.*augmnet"),
         ],
     )
     def test_bad_values_are_refused_with_the_key(
