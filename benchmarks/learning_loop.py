@@ -21,7 +21,7 @@ A kind passes when drift was seen within 30 s and the end's reserved accuracy is
 the pre-drift one. Kinds the trainer does not augment for are marked: they are learnt from the
 uplinked samples alone.
 
-Run: ``python benchmarks/learning_loop.py`` (all kinds, ~3 min each on 2 cores) or
+Run: ``python benchmarks/learning_loop.py`` (all kinds, ~4 min each on 2 cores) or
 ``--kinds mirror,zoom`` for some; ``--help`` for the flags. Each run's log and report stay
 under ``--workdir``.
 """
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(DRIFT_KINDS),
         help="comma-separated fault kinds (default: all of them: " + ", ".join(DRIFT_KINDS) + ")",
     )
-    parser.add_argument("--duration", type=float, default=120.0, help="seconds per run (120)")
+    parser.add_argument("--duration", type=float, default=150.0, help="seconds per run (150)")
     parser.add_argument("--drift-at", type=float, default=25.0, help="fault onset, s (25)")
     parser.add_argument("--agents", type=int, default=2, help="edge agents per run (2)")
     parser.add_argument(

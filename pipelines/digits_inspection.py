@@ -36,7 +36,7 @@ pipe.edge(
 # inspectors' delayed labels (labels). Each fires its own boost of the uplink.
 pipe.uplink(
     select.low_confidence(0.7)
-    | select.drift(drift.psi(0.25, window=100, reference=200), rate=0.5)
+    | select.drift(drift.psi(0.25), rate=0.5)
     | select.drift(drift.inputs(), rate=0.5)
     | select.drift(drift.labels(), rate=0.5)
     | select.random(0.02),
