@@ -1,7 +1,8 @@
 """The audit log: an append-only, hash-chained record per tenant of every decision that moves
 data or models (DESIGN.md §6; EU AI Act Art. 12 record-keeping).
 
-Each tenant has its own SQLite file, ``root/<tenant>/audit.sqlite3`` (WAL).  SQLite rather
+Each tenant has its own SQLite file, ``root/<tenant>/audit.sqlite3`` (WAL), owner-only
+(0600, in 0700 folders) like the rest of the cloud head's state.  SQLite rather
 than JSONL because an append is one transaction: the new record and the head anchor commit
 together or not at all, a crash never leaves a half-written line, and ``BEGIN IMMEDIATE``
 serialises writers across threads *and* processes, so two writers can never both chain onto
@@ -47,6 +48,7 @@ from cloud_head._audit_chain import (
 )
 from cloud_head._audit_chain import HEAD_TAG as HEAD_TAG
 from cloud_head._audit_chain import RECORD_FORMAT as RECORD_FORMAT
+from continuum._fs import private_dir, private_file
 from continuum._retry import Backoff
 from continuum.errors import ContinuumError, NotFoundError, NotReadyError, SpecError
 from continuum.signing import key_fingerprint, public_pem_of, sign
@@ -313,7 +315,8 @@ class AuditLog:
                             f"no audit log for tenant {tenant!r} under {self.root} "
                             "(nothing was recorded for it, or --root points elsewhere)"
                         )
-                    path.parent.mkdir(parents=True, exist_ok=True)
+                    # Owner-only before SQLite makes it (its -wal and -shm take its mode).
+                    private_file(private_dir(path.parent) / path.name)
                 log = self._logs[tenant] = _TenantLog(path)
             return log
 

@@ -8,8 +8,15 @@ registry keeps them under one root directory::
     {root}/_tenants.sqlite        tenants and deleted tenants (SQLite, WAL)
     {root}/_broker/passwd         mosquitto password file: hashes only, never a password
     {root}/_broker/acl            mosquitto ACL file, regenerated from the registry
-    {root}/{tenant}/keys/         signing.key (0600) and signing.pub
+    {root}/{tenant}/keys/         signing.key and signing.pub
     {root}/_archive/{tenant}-{UTC time}/   what a deleted tenant left behind
+
+Everything here is owner-only (files 0600, folders 0700) except ``_broker``, which
+mosquitto must read (0750, files 0640: share the group with the broker's user).
+
+The tenant's public key is pinned in ``_tenants.sqlite`` when its key pair is made, and a
+deploy must sign with the matching private key (``pin_public_key``): ``continuum audit
+verify`` checks each log's signed head against the pinned key (``public_key``) by default.
 
 Names starting with ``_`` are not valid tenant names, so a tenant can never collide
 with the registry's own files.
@@ -57,9 +64,16 @@ from cloud_head._tenant_broker import BrokerFiles, acl_text, reload_broker
 from cloud_head._tenant_quotas import QUOTA_KINDS as QUOTA_KINDS
 from cloud_head._tenant_quotas import QuotaExceededError, QuotaKind, Quotas
 from cloud_head.audit import AuditAction
-from continuum._fs import OWNER_ONLY, atomic_write
-from continuum.errors import AccessDeniedError, ConfigError, NotFoundError, ProtocolError, SpecError
-from continuum.signing import generate_keypair, key_fingerprint
+from continuum._fs import OWNER_ONLY, atomic_write, private_dir, private_file
+from continuum.errors import (
+    AccessDeniedError,
+    ArtifactError,
+    ConfigError,
+    NotFoundError,
+    ProtocolError,
+    SpecError,
+)
+from continuum.signing import generate_keypair, key_fingerprint, load_public_key
 from continuum.wire import topics
 
 if TYPE_CHECKING:
@@ -88,7 +102,8 @@ CREATE TABLE IF NOT EXISTS tenants (
     edge_nodes INTEGER NOT NULL,
     samples_per_day INTEGER NOT NULL,
     training_gpu_hours REAL NOT NULL,
-    key_fingerprint TEXT NOT NULL
+    key_fingerprint TEXT NOT NULL,
+    public_key_pem TEXT
 );
 CREATE TABLE IF NOT EXISTS deleted_tenants (
     name TEXT PRIMARY KEY,
@@ -149,6 +164,7 @@ class TenantRecord:
 
 
 _REGISTRY_DB = "_tenants.sqlite"
+_LOCK_FILE = "_tenants.lock"
 
 
 def registry_exists(root: Path | str) -> bool:
@@ -205,8 +221,11 @@ class TenantRegistry:
         self.root = Path(root)
         self._audit = audit
         self._actor = actor
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)
         (self.root / "_broker").mkdir(mode=0o750, exist_ok=True)
+        # Owner-only before SQLite or open() make them with their default (0644) modes.
+        private_file(self.root / _LOCK_FILE)
+        private_file(self.db_path)
         self._broker = BrokerFiles(
             self.password_file, self.acl_file, mosquitto_passwd=mosquitto_passwd
         )
@@ -214,6 +233,7 @@ class TenantRegistry:
             self._broker.create_missing()
             with closing(self._connect()) as db, db:
                 db.executescript(_SCHEMA)
+                _add_public_key_column(db)
 
     @property
     def db_path(self) -> Path:
@@ -266,7 +286,9 @@ class TenantRegistry:
                 record = self._new_identity(name, quotas, credentials)
                 with db:
                     db.execute(
-                        "INSERT INTO tenants VALUES (?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO tenants (name, created_at, edge_nodes, samples_per_day, "
+                        "training_gpu_hours, key_fingerprint, public_key_pem) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (
                             name,
                             record.created_at,
@@ -274,6 +296,7 @@ class TenantRegistry:
                             quotas.samples_per_day,
                             quotas.training_gpu_hours,
                             record.key_fingerprint,
+                            record.public_key_path.read_text(),
                         ),
                     )
                     self._set_passwords(credentials)
@@ -298,11 +321,10 @@ class TenantRegistry:
         self, name: str, quotas: Quotas, credentials: TenantCredentials
     ) -> TenantRecord:
         """Make the tenant's directory and signing key pair; return its record (not stored)."""
-        keys = self.tenant_dir(name) / "keys"
-        keys.mkdir(parents=True, mode=0o700)
+        keys = private_dir(self.tenant_dir(name) / "keys")
         private_pem, public_pem = generate_keypair()
         atomic_write(keys / "signing.key", private_pem, mode=OWNER_ONLY)
-        atomic_write(keys / "signing.pub", public_pem, mode=0o644)
+        atomic_write(keys / "signing.pub", public_pem, mode=OWNER_ONLY)
         return TenantRecord(
             name=name,
             created_at=time.time(),
@@ -403,12 +425,12 @@ class TenantRegistry:
             deleted_at = time.time()
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(deleted_at))
             archive = self.archive_dir / f"{name}-{stamp}"
-            self.archive_dir.mkdir(mode=0o700, exist_ok=True)
+            private_dir(self.archive_dir)
             directory = self.tenant_dir(name)
             if directory.exists():
                 directory.rename(archive)
             else:
-                archive.mkdir(mode=0o700)
+                private_dir(archive)
             (archive / "keys" / "signing.key").unlink(missing_ok=True)
             summary = {
                 **{k: v for k, v in asdict(record).items() if k != "credentials"},
@@ -416,7 +438,11 @@ class TenantRegistry:
                 "ray_namespace": record.ray_namespace,
                 "store_partition": record.store_partition,
             }
-            (archive / "tenant.json").write_text(json.dumps(summary, indent=2, default=str))
+            atomic_write(
+                archive / "tenant.json",
+                json.dumps(summary, indent=2, default=str),
+                mode=OWNER_ONLY,
+            )
             with db:
                 db.execute(
                     "INSERT INTO deleted_tenants VALUES (?, ?, ?, ?, ?)",
@@ -453,6 +479,72 @@ class TenantRegistry:
                 )
             self._write_acl()
         return reload_broker(pid, pid_file)
+
+    def public_key(self, name: str) -> bytes:
+        """Return the public key PEM pinned for tenant ``name``: its audit heads' signer.
+
+        A tenant made before keys were pinned has only its key's fingerprint in the registry;
+        its ``keys/signing.pub`` is taken when it has that fingerprint.
+
+        Raises:
+            NotFoundError: no such tenant.
+            ConfigError: no key is pinned and ``signing.pub`` is missing or not the key whose
+                fingerprint the registry holds.
+        """
+        record = self.get(name)
+        with closing(self._connect()) as db:
+            row = db.execute(
+                "SELECT public_key_pem FROM tenants WHERE name = ?", (name,)
+            ).fetchone()
+        if row is not None and row["public_key_pem"]:
+            return str(row["public_key_pem"]).encode()
+        path = self.tenant_dir(name) / "keys" / "signing.pub"
+        try:
+            pem = path.read_bytes()
+            matches = key_fingerprint(pem) == record.key_fingerprint
+        except (OSError, ArtifactError) as error:
+            raise ConfigError(
+                f"tenant {name!r} has no public key pinned in {self.db_path} and {path} cannot "
+                f"be used ({error}); deploy the tenant again with its signing key to pin it, "
+                "or give the key with --public-key"
+            ) from error
+        if not matches:
+            raise ConfigError(
+                f"{path} is not the key registered for tenant {name!r} (fingerprint "
+                f"{record.key_fingerprint[:16]}...); it was replaced: give the tenant's real "
+                "public key with --public-key"
+            )
+        return pem
+
+    def pin_public_key(self, name: str, public_pem: bytes) -> None:
+        """Pin ``public_pem`` as tenant ``name``'s key, or check it is the one pinned.
+
+        A deploy calls this with the key its services will sign with: a key other than the
+        tenant's registered one would sign audit heads that ``audit verify`` then refuses, so
+        it is refused here, before any service starts.
+
+        Raises:
+            NotFoundError: no such tenant.
+            ConfigError: the key is not an Ed25519 public key, or not the tenant's.
+        """
+        try:
+            load_public_key(public_pem)
+            fingerprint = key_fingerprint(public_pem)
+        except ArtifactError as error:
+            raise ConfigError(f"tenant {name!r}'s signing key: {error}") from error
+        with self._locked(), closing(self._connect()) as db, db:
+            record = self.get(name)
+            if fingerprint != record.key_fingerprint:
+                raise ConfigError(
+                    f"the signing key given (fingerprint {fingerprint[:16]}...) is not tenant "
+                    f"{name!r}'s registered key (fingerprint {record.key_fingerprint[:16]}...); "
+                    f"sign with {record.signing_key_path}, the key `continuum tenant create` "
+                    "made"
+                )
+            db.execute(
+                "UPDATE tenants SET public_key_pem = ? WHERE name = ? AND public_key_pem IS NULL",
+                (public_pem.decode(), name),
+            )
 
     def acl_text(self) -> str:
         """Return the ACL file for the current tenants (mosquitto ``acl_file`` format)."""
@@ -527,7 +619,7 @@ class TenantRegistry:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        with open(self.root / "_tenants.lock", "a") as lock:
+        with open(self.root / _LOCK_FILE, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
@@ -543,3 +635,10 @@ def _new_credentials(name: str) -> TenantCredentials:
         ingest_username=ingest_username(name),
         ingest_password=secrets.token_urlsafe(_PASSWORD_BYTES),
     )
+
+
+def _add_public_key_column(db: sqlite3.Connection) -> None:
+    """Give a registry made before keys were pinned its ``public_key_pem`` column (NULL)."""
+    columns = {row["name"] for row in db.execute("PRAGMA table_info(tenants)")}
+    if "public_key_pem" not in columns:
+        db.execute("ALTER TABLE tenants ADD COLUMN public_key_pem TEXT")
