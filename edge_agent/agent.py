@@ -177,7 +177,12 @@ class EdgeAgent:
         plans, salt = residency_plans(settings, self._specs)
         self._caps = capabilities.probe()
         self.metrics = AgentMetrics()
-        self.gate = ResidencyGate(plans, salt=salt, metrics=self.metrics)
+        self.gate = ResidencyGate(
+            plans,
+            declared={spec.name: spec.edge.input.fields for spec in self._specs},
+            salt=salt,
+            metrics=self.metrics,
+        )
         self.outbox = self._open_outbox()
         self._status_topic = topics.node_status(self.tenant, self.node)
         self._stored_topic = topics.node_stored(self.tenant, self.node)

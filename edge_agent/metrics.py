@@ -103,6 +103,14 @@ class AgentMetrics:
             ["pipeline", "reason"],
             registry=r,
         )
+        self.fields_undeclared_dropped = Counter(
+            f"{_NS}_fields_undeclared_dropped",
+            "Sample fields removed before queueing because the pipeline's input schema does "
+            "not declare them (residency fails closed), by field name; past 32 names per "
+            'pipeline the rest are counted as field="(other)".',
+            ["pipeline", "field"],
+            registry=r,
+        )
         self.fields_hashed = Counter(
             f"{_NS}_fields_hashed",
             "Sample fields pseudonymised (HMAC-SHA256 with the tenant's salt) before queueing.",

@@ -1,7 +1,9 @@
-"""The edge applies the residency plan before anything is queued, and fails closed without one."""
+"""The edge applies the residency plan before anything is queued, and fails closed: without a
+plan for fields above the pipeline's class, and for fields the pipeline does not declare."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from edge_agent.config import AgentSettings
 from edge_agent.metrics import AgentMetrics
 from edge_agent.outbox import Outbox, SampleEntry
 from edge_agent.uplink import ResidencyGate
+from edge_agent.uplink._gate import MAX_UNDECLARED_NAMES, OTHER_UNDECLARED
 
 SALT = b"0123456789abcdef-tenant-salt"
 POLICY_YAML = """
@@ -37,7 +40,12 @@ tenants:
 """
 NODE = {TIER: "edge", SITE: "lux-1", COUNTRY: "LU", JURISDICTION: "LU"}
 STORE_DE = {TIER: "cloud", SITE: "fra-dc", COUNTRY: "DE", JURISDICTION: "DE"}
-FIELDS = {"iban": "restricted", "operator": "confidential"}
+FIELDS = {
+    "iban": "restricted",
+    "operator": "confidential",
+    "amount": "internal",
+    "crop": "internal",
+}
 
 
 def spec_data(tenant: str = "bank", fields: dict[str, str] | None = None) -> dict[str, Any]:
@@ -69,12 +77,21 @@ def entry(seq: int, **fields: Any) -> SampleEntry:
     )
 
 
-def gate_for(tenant: str = "bank") -> tuple[ResidencyGate, AgentMetrics]:
-    policy = ResidencyPolicy.from_yaml(POLICY_YAML)
+def gate_for(tenant: str = "bank", *, policy: bool = True) -> tuple[ResidencyGate, AgentMetrics]:
     spec = PipelineSpec.from_dict(spec_data(tenant))
     metrics = AgentMetrics()
-    plan = uplink_plan(policy, spec, NODE, STORE_DE)
-    return ResidencyGate({"payments": plan}, salt=SALT, metrics=metrics), metrics
+    plan = (
+        uplink_plan(ResidencyPolicy.from_yaml(POLICY_YAML), spec, NODE, STORE_DE)
+        if policy
+        else None
+    )
+    gate = ResidencyGate(
+        {"payments": plan},
+        declared={"payments": spec.edge.input.fields},
+        salt=SALT,
+        metrics=metrics,
+    )
+    return gate, metrics
 
 
 def sample_value(metrics: AgentMetrics, name: str, **labels: str) -> float:
@@ -85,11 +102,10 @@ def sample_value(metrics: AgentMetrics, name: str, **labels: str) -> float:
 class TestTheGateAppliesThePlan:
     def test_restricted_fields_are_dropped_and_confidential_ones_hashed(self) -> None:
         gate, metrics = gate_for()
-        (out,) = gate.admit([entry(1, iban="LU28 0019", operator="Ada", shift="night", n=7)])
+        (out,) = gate.admit([entry(1, iban="LU28 0019", operator="Ada", amount=7)])
         assert dict(out.fields) == {
             "operator": hash_field("operator", "Ada", salt=SALT),
-            "shift": "night",  # undeclared: the pipeline's own class, passes as it is
-            "n": "7",  # numbers travel as text
+            "amount": "7",  # numbers travel as text
         }
         assert (
             sample_value(
@@ -112,8 +128,8 @@ class TestTheGateAppliesThePlan:
 
     def test_a_field_the_wire_cannot_carry_is_dropped_not_the_sample(self) -> None:
         gate, metrics = gate_for()
-        (out,) = gate.admit([entry(1, crop=b"x" * (MAX_FIELD_BYTES + 1), shift="day")])
-        assert dict(out.fields) == {"shift": "day"}
+        (out,) = gate.admit([entry(1, crop=b"x" * (MAX_FIELD_BYTES + 1), amount=3)])
+        assert dict(out.fields) == {"amount": "3"}
         assert (
             sample_value(
                 metrics,
@@ -140,6 +156,77 @@ class TestTheGateAppliesThePlan:
             outbox.close()
         on_disk = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
         assert b"LU28-SECRET-IBAN" not in on_disk and b"Ada" not in on_disk
+
+
+def undeclared_count(metrics: AgentMetrics, field: str, pipeline: str = "payments") -> float:
+    return sample_value(
+        metrics, "continuum_edge_fields_undeclared_dropped_total", pipeline=pipeline, field=field
+    )
+
+
+class TestUndeclaredFieldsFailClosed:
+    def test_a_misspelt_field_is_dropped_counted_by_name_and_logged_once(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        gate, metrics = gate_for()
+        with caplog.at_level(logging.WARNING, logger="edge_agent.uplink._gate"):
+            out = gate.admit([entry(s, patientid=f"P-{s}", amount=s) for s in (1, 2, 3)])
+        assert [dict(e.fields) for e in out] == [{"amount": "1"}, {"amount": "2"}, {"amount": "3"}]
+        assert undeclared_count(metrics, "patientid") == 3
+        warnings = [r.getMessage() for r in caplog.records if "patientid" in r.getMessage()]
+        assert len(warnings) == 1
+        assert "does not declare it" in warnings[0] and "edge.input.fields" in warnings[0]
+        # Only the undeclared name is counted here, not as a residency or wire drop.
+        assert (
+            sample_value(
+                metrics,
+                "continuum_edge_fields_dropped_total",
+                pipeline="payments",
+                reason="residency",
+            )
+            == 0
+        )
+
+    def test_without_a_residency_plan_undeclared_fields_are_still_dropped(self) -> None:
+        gate, metrics = gate_for(policy=False)
+        (out,) = gate.admit([entry(1, amount=5, shift="night")])
+        assert dict(out.fields) == {"amount": "5"}
+        assert undeclared_count(metrics, "shift") == 1
+
+    def test_a_pipeline_the_gate_was_not_told_about_sends_no_fields(self) -> None:
+        metrics = AgentMetrics()
+        gate = ResidencyGate({"payments": None}, declared={}, salt=None, metrics=metrics)
+        (out,) = gate.admit([entry(1, amount=5)])
+        assert dict(out.fields) == {}
+        assert undeclared_count(metrics, "amount") == 1
+
+    def test_ever_new_names_are_counted_under_one_label_past_the_bound(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        gate, metrics = gate_for()
+        extra = MAX_UNDECLARED_NAMES + 5
+        with caplog.at_level(logging.WARNING, logger="edge_agent.uplink._gate"):
+            for index in range(extra):
+                gate.admit([entry(index, **{f"serial-{index}": "x"})])
+        assert undeclared_count(metrics, "serial-0") == 1
+        assert undeclared_count(metrics, f"serial-{MAX_UNDECLARED_NAMES - 1}") == 1
+        assert undeclared_count(metrics, f"serial-{MAX_UNDECLARED_NAMES}") == 0
+        assert undeclared_count(metrics, OTHER_UNDECLARED) == 5
+        assert len(caplog.records) == MAX_UNDECLARED_NAMES + 1  # one line for all the others
+
+    def test_an_undeclared_value_never_touches_the_outbox_disk(self, tmp_path: Path) -> None:
+        gate, metrics = gate_for()
+        outbox = Outbox(tmp_path / "outbox.db", max_bytes=10**7, ttl_s=60, admit=gate.admit)
+        try:
+            outbox.append_samples([entry(s, patientid="P-SECRET-0042", amount=s) for s in (1, 2)])
+            pending = outbox.next_samples(10, 10**6)
+            assert pending is not None
+            assert [dict(r.fields) for r in pending.records] == [{"amount": "1"}, {"amount": "2"}]
+        finally:
+            outbox.close()
+        on_disk = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
+        assert b"P-SECRET-0042" not in on_disk
+        assert undeclared_count(metrics, "patientid") == 2
 
 
 class TestFrames:
