@@ -3,6 +3,8 @@
 Part of ``cloud_head.store``.  A batch is buffered as rows (decoded records) or as whole
 column sets (turned into Arrow arrays in bulk, no Python object per row); a partition's
 buffer becomes one table, and a table one new file that is complete when it becomes visible.
+On a local disk the files are owner-only (0600) in owner-only folders (0700), as is all of
+the cloud head's state (``continuum._fs``): samples are a tenant's data.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from cloud_head._store_schema import FIELD_PREFIX, SCHEMA, SUFFIX, TEMP_SUFFIX, join
+from continuum._fs import private_dir, private_file
 from continuum.wire.codec import NO_FIELDS, FieldValue, SampleBatch, SampleColumns
 
 #: Columns whose values are (nearly) all distinct: not worth a Parquet dictionary.
@@ -202,7 +205,8 @@ class FileWriter:
 
     On a filesystem with an atomic rename (a local disk) a file is written under a hidden
     temporary name and renamed; on an object store an upload only becomes visible once it
-    completed, so it is written in place.
+    completed, so it is written in place. On a local disk folders and files are made
+    owner-only; an object store's access is its bucket policy's.
 
     Args:
         fs: the filesystem.
@@ -214,18 +218,24 @@ class FileWriter:
         self._fs = fs
         self._row_group_rows = row_group_rows
         self._atomic_rename = fs.type_name not in _OBJECT_STORES
-        self._fsync = fsync and isinstance(fs, pafs.LocalFileSystem)
+        self._local = isinstance(fs, pafs.LocalFileSystem)
+        self._fsync = fsync and self._local
 
     def write(self, directory: str, table: pa.Table, stamp_ns: int) -> str:
         """Write ``table`` as a new file in ``directory`` named after ``stamp_ns``; return it."""
         name = f"part-{stamp_ns:020d}-{uuid.uuid4().hex[:12]}{SUFFIX}"
         final = join(directory, name)
-        self._fs.create_dir(directory, recursive=True)
+        if self._local:
+            private_dir(directory)
+        else:
+            self._fs.create_dir(directory, recursive=True)
         if not self._atomic_rename:
             pq.write_table(table, final, filesystem=self._fs, **self._options(table))
             return final
         temp = join(directory, f".{name}{TEMP_SUFFIX}")
         try:
+            if self._local:
+                private_file(temp)  # Parquet then writes into it, keeping its mode (0600)
             pq.write_table(table, temp, filesystem=self._fs, **self._options(table))
             if self._fsync:
                 fsync_local(temp)

@@ -4,7 +4,8 @@ A version is registered once, immutable afterwards except for its rollout status
 artifact is copied into the registry's own directory under its digest so that what was
 signed is what is served. The metadata goes to SQLite by default (WAL, one file) or to
 PostgreSQL by URL, where several head processes share it (``cloud_head/_database.py``);
-the schema is the same on both.
+the schema is the same on both. On the local disk the database and the artifacts are
+owner-only (files 0600, folders 0700), as is all of the cloud head's state.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from cloud_head._database import Transaction, open_database
-from continuum._fs import atomic_write
+from cloud_head._database import Transaction, open_database, parse_url
+from continuum._fs import OWNER_ONLY, atomic_write, private_dir, private_file
 from continuum.errors import NotFoundError
 from continuum.signing import sha256_bytes
 
@@ -127,8 +128,12 @@ class ModelRegistry:
 
     def __init__(self, root: str | Path, url: str | None = None) -> None:
         self.root = Path(root)
-        # No mkdir here: SQLite makes its file's folder, registering the artifacts' one, and
-        # a command reading a PostgreSQL registry leaves a mistyped --root uncreated.
+        # Only SQLite's file and its folder are made here (owner-only, before SQLite makes
+        # them with its own modes); registering makes the artifacts' one, and a command
+        # reading a PostgreSQL registry leaves a mistyped --root uncreated.
+        sqlite_file = self.root / "registry.sqlite3" if url is None else parse_url(url).sqlite_path
+        if sqlite_file is not None:
+            private_file(private_dir(sqlite_file.parent) / sqlite_file.name)
         self._db = open_database(url, self.root / "registry.sqlite3")
         try:
             # Checked first: creating, even "IF NOT EXISTS", needs the CREATE privilege on
@@ -182,8 +187,8 @@ class ModelRegistry:
             number = int(rows[0][0]) + 1
             version = f"v{number}"
             target = self.root / "artifacts" / tenant / pipeline / f"{version}-{digest[:12]}.onnx"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(target, data)
+            private_dir(target.parent)
+            atomic_write(target, data, mode=OWNER_ONLY)
             signature = str(sign(model, version, digest))
             tx.execute(
                 "INSERT INTO model_versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
