@@ -68,8 +68,10 @@ class StepFigures:
 
     def left_out_text(self) -> str:
         """Say how many windows the accuracies left out: "2 window(s) before the training cut
-        left out (1 of the baseline)"."""
+        left out (1 of the baseline)", or that every frame counted came after the cut."""
         left_out = self.windows_before_cut + self.baseline_windows_before_cut
+        if not left_out:
+            return "every frame counted came after the training cut"
         text = f"{left_out} window(s) before the training cut left out"
         if self.baseline_windows_before_cut:
             text += f" ({self.baseline_windows_before_cut} of the baseline)"
