@@ -104,6 +104,23 @@ class TestClosedLoop:
         # And on the reserved split, under the same fault, which nothing uplinked.
         assert agent["accuracy_after_recovery"] > agent["accuracy_after_drift"] + 0.15
 
+    def test_the_fault_was_seen_within_30_s_by_the_frames_and_the_labels(
+        self, loop_report: dict[str, Any]
+    ) -> None:
+        detection = _drifted(loop_report)["drift_detection"]
+        assert detection["first_s"] is not None and detection["first_s"] <= 30, detection
+        assert {"inputs", "labels"} <= set(detection["by_signal"]), detection
+        assert loop_report["targets"]["drift_detected"] is True
+
+    def test_live_accuracy_is_reported_beside_the_reserved_splits(
+        self, loop_report: dict[str, Any]
+    ) -> None:
+        agent = _drifted(loop_report)
+        served = [p for p in agent["live"] if p["model_version"] in loop_report["versions"]]
+        assert served and all(p["reserved_accuracy"] is not None for p in served)
+        assert agent["reserved_accuracy_at_end"] == agent["accuracy_after_recovery"]
+        assert loop_report["drift"]["frames"].startswith("never repeated: per-frame fault draws")
+
     def test_the_report_files_were_written(self, loop_report: dict[str, Any]) -> None:
         workdir = Path(loop_report["options"]["workdir"])
         assert (workdir / "report.json").stat().st_size > 0
