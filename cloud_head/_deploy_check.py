@@ -1,9 +1,12 @@
-"""The residency check at deploy (DESIGN.md §6): every stage against the policy, recorded first.
+"""The checks at deploy (DESIGN.md §6): model names unique per tenant, then every stage against
+the residency policy, recorded first.
 
-``check_deploy`` checks each pipeline against the policy, the nodes a placement could reach
-(``known_nodes``) and the store's labels, and records the outcome in the tenant's audit log
-before anything starts: a refusal (``policy_refusal``, then ``PlacementError``) or one
-``deploy`` record per pipeline. The training job's selector is the one the policy derives.
+``check_deploy`` refuses pipelines of one tenant that name the same model
+(``refuse_shared_model_names``), then checks each pipeline against the policy, the nodes a
+placement could reach (``known_nodes``) and the store's labels, and records the outcome in
+the tenant's audit log before anything starts: a refusal (``policy_refusal``, then
+``PlacementError``) or one ``deploy`` record per pipeline. The training job's selector is the
+one the policy derives.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cloud_head.audit import AuditAction, canonical_json
-from continuum.errors import PlacementError
+from continuum.errors import PlacementError, SpecError
 from continuum.residency import (
     Decision,
     ResidencyPolicy,
@@ -28,7 +31,14 @@ if TYPE_CHECKING:
     from cloud_head.paths import HeadPaths
     from continuum.spec import PipelineSpec
 
-__all__ = ["check_deploy", "known_nodes", "load_residency", "policy_yaml", "spec_digest"]
+__all__ = [
+    "check_deploy",
+    "known_nodes",
+    "load_residency",
+    "policy_yaml",
+    "refuse_shared_model_names",
+    "spec_digest",
+]
 
 
 def load_residency(policy: str | Path | ResidencyPolicy | None) -> ResidencyPolicy | None:
@@ -86,9 +96,11 @@ def check_deploy(
     no policy, the spec's ``retrain.where`` applies).
 
     Raises:
+        SpecError: two pipelines name the same model (nothing is recorded or started).
         PlacementError: a stage or the training job would put data where the policy forbids.
         AuditWriteError: a record could not be written.
     """
+    refuse_shared_model_names(specs)
     context = {
         "known_nodes": sorted(nodes or {}),
         "store_labels": None if store_labels is None else dict(store_labels),
@@ -130,6 +142,39 @@ def check_deploy(
             | dict(details or {}),
         )
     return {spec.name: selector for spec, _, selector in planned}
+
+
+def refuse_shared_model_names(specs: Sequence[PipelineSpec]) -> None:
+    """Refuse pipelines of one tenant that name the same model.
+
+    A model's artifact topics (``ctm/{tenant}/models/{model}/{version}/...``) and the
+    signature over (model, version, sha256) name the tenant and the model, not the pipeline:
+    two pipelines sharing a model name would share their artifacts, and a version signed for
+    one would be valid for the other.  A model name is therefore unique per tenant.
+
+    Raises:
+        SpecError: naming every model that more than one pipeline names, its pipelines and
+            the fix (rename all but one of the models).
+    """
+    owners: dict[tuple[str, str], list[str]] = {}
+    for spec in specs:
+        owners.setdefault((spec.tenant, spec.edge.model), []).append(spec.name)
+    shared = {key: names for key, names in owners.items() if len(names) > 1}
+    if not shared:
+        return
+    clashes = "; ".join(
+        f"pipelines {', '.join(repr(n) for n in names)} of tenant {tenant!r} all name "
+        f"model {model!r}"
+        for (tenant, model), names in shared.items()
+    )
+    (_, model), names = next(iter(shared.items()))
+    raise SpecError(
+        f"{clashes}: a model's artifact topics and signatures name the tenant and the model, "
+        "not the pipeline, so one pipeline's model versions would be valid for the other",
+        field="edge.model",
+        fix=f"rename the model of all but one pipeline (e.g. edge.model: {names[1]}-{model} in "
+        f"pipeline {names[1]!r}); a model name is unique per tenant",
+    )
 
 
 def _decide(
