@@ -84,7 +84,8 @@ class CloudHead:
             actor: who deploys, for the audit log (default ``user@host``).
 
         Raises:
-            ConfigError: no tenant, root or signing key in the settings.
+            ConfigError: no tenant, root or signing key in the settings, or a signing key
+                other than the one the tenant registry pins for the tenant.
             SpecError: two pipelines name the same model (a model name is unique per
                 tenant: artifact topics and signatures do not name the pipeline); nothing
                 was recorded or started.
@@ -93,7 +94,8 @@ class CloudHead:
             NotFoundError: the tenant registry does not know the tenant.
             AuditWriteError: the deploy could not be recorded; no service was started.
         """
-        from cloud_head.tenants import read_quotas
+        from cloud_head.tenants import TenantRegistry, read_quotas
+        from continuum.signing import public_pem_of
 
         tenant = settings.require_tenant()
         key = settings.signing_key() if signing_key_pem is None else signing_key_pem
@@ -101,6 +103,8 @@ class CloudHead:
         quota_root = settings.quota_root()
         if quota_root is not None:
             read_quotas(quota_root, tenant)  # a registry that does not know the tenant is an error
+            # `audit verify` checks the heads these services sign against the registry's pin.
+            TenantRegistry(quota_root).pin_public_key(tenant, public_pem_of(key))
         # The actors read the registry the deploy resolved, whatever their own file system shows.
         settings = settings.model_copy(update={"tenants_root": quota_root})
         selectors = _record_deploy(settings, specs, key, residency, actor)

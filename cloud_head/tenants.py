@@ -258,7 +258,7 @@ class TenantRegistry:
     def _audit_change(self, name: str, action: AuditAction, details: dict[str, object]) -> None:
         """Append a change to ``name``'s audit log; raises ``AuditWriteError`` if it cannot."""
         if self._audit is not None:
-            # Sign the head as the tenant's services do, so `audit verify --public-key`
+            # Sign the head as the tenant's services do, so `audit verify` (pinned key)
             # holds whoever appended last.
             key = self.tenant_dir(name) / "keys" / "signing.key"
             if key.is_file():
@@ -536,8 +536,9 @@ class TenantRegistry:
             record = self.get(name)
             if fingerprint != record.key_fingerprint:
                 raise ConfigError(
-                    f"the signing key given (fingerprint {fingerprint[:16]}...) is not tenant "
-                    f"{name!r}'s registered key (fingerprint {record.key_fingerprint[:16]}...); "
+                    f"the signing key given (fingerprint {fingerprint[:16]}...) is not the "
+                    f"registered key of tenant {name!r} (fingerprint "
+                    f"{record.key_fingerprint[:16]}...); "
                     f"sign with {record.signing_key_path}, the key `continuum tenant create` "
                     "made"
                 )

@@ -1,4 +1,11 @@
-"""``continuum audit verify|export``: check a tenant's audit log, export a model's lineage."""
+"""``continuum audit verify|export``: check a tenant's audit log, export a model's lineage.
+
+A hash chain alone cannot show that its last records were removed and the head anchor moved
+back with them; only the head's signature can. So ``verify`` checks it by default, against
+the tenant's public key pinned in the tenant registry (``--root``/tenants), or the one given
+with ``--public-key``. With neither it says NOT VERIFIED and fails, unless the operator asks
+for a check of the chain alone with ``--unsigned-ok``.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +23,12 @@ from cloud_head.cli._common import (
     state_dir,
     wants_json,
 )
-from continuum.cli import EXIT_FAILED
+from continuum.cli import EXIT_FAILED, EXIT_OK
 
 #: Exit status when the audit log failed verification: a check that did not pass.
 EXIT_TAMPERED = EXIT_FAILED
+#: Exit status when the head's signature could not be checked (no key): not a pass either.
+EXIT_NOT_VERIFIED = EXIT_FAILED
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -35,14 +44,26 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     check = actions.add_parser(
         "verify",
-        help="check the tenant's audit log; exit 1 naming the first bad record",
-        description="Check the tenant's hash-chained audit log and its head anchor; exit 1 "
-        "naming the first bad record. --json prints one document: "
-        '{"tenant", "ok", "records", "first_bad_seq", "reason", "signature_checked"}.',
+        help="check the tenant's audit log and its signed head; exit 1 naming the first bad "
+        "record, or NOT VERIFIED without the tenant's public key",
+        description="Check the tenant's hash-chained audit log and its head anchor, whose "
+        "signature must verify against the tenant's public key: the one pinned in the "
+        "tenant registry under --root, or --public-key. Exit 1 naming the first bad record "
+        "(a removed tail shows as a bad signature); exit 1 with NOT VERIFIED when no key is "
+        "available, unless --unsigned-ok. --json prints one document: "
+        '{"tenant", "ok", "records", "first_bad_seq", "reason", "signature_checked", '
+        '"key_source"}; "ok" is true exactly when the exit status is 0.',
     )
     _add_tenant(check)
     add_root(check)
     _add_public_key(check)
+    check.add_argument(
+        "--unsigned-ok",
+        action="store_true",
+        help="where no public key is available (no tenant registry under --root, no "
+        "--public-key), check the chain and head anchor alone and exit 0 if they hold; such "
+        "a check cannot detect that the last records were removed with the head moved back",
+    )
     add_json(check)
     check.set_defaults(run=run_verify)
 
@@ -84,60 +105,92 @@ def _add_public_key(parser: argparse.ArgumentParser) -> None:
         "--public-key",
         type=Path,
         default=None,
-        help="the tenant's Ed25519 public key (PEM, e.g. <demo>/keys/TENANT.pub): the log's "
-        "head anchor must then carry its valid signature",
+        help="the tenant's Ed25519 public key (PEM) the log's head anchor must carry a valid "
+        "signature by (default: the key pinned in the tenant registry under --root); give it "
+        "from a copy the cloud head's operator cannot rewrite for the strongest check",
     )
 
 
-def _public_key(args: argparse.Namespace) -> bytes | None:
+def _public_key(args: argparse.Namespace) -> tuple[bytes | None, str | None]:
+    """Return the key the head must be signed by and where it came from, or (None, None).
+
+    ``--public-key`` first; else the key the tenant registry under ``--root`` pins.
+
+    Raises:
+        ConfigError: ``--public-key`` cannot be read, or the registry's key is unusable.
+        NotFoundError: the registry does not know the tenant.
+    """
+    from cloud_head.tenants import TenantRegistry, registry_exists
     from continuum.errors import ConfigError
 
-    if args.public_key is None:
-        return None
-    try:
-        data: bytes = args.public_key.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read --public-key {args.public_key}: {exc}") from exc
-    return data
+    path = getattr(args, "public_key", None)
+    if path is not None:
+        try:
+            data: bytes = Path(path).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read --public-key {path}: {exc}") from exc
+        return data, f"--public-key {path}"
+    tenants = Path(args.root) / "tenants"
+    if not registry_exists(tenants):
+        return None, None
+    return TenantRegistry(tenants).public_key(args.tenant), f"tenant registry {tenants}"
 
 
 @operator_command
 def run_verify(args: argparse.Namespace) -> int:
-    """Verify the tenant's log; print the outcome; 0 if intact, 1 naming the first bad record."""
+    """Verify the tenant's log and its signed head; print the outcome; 0 only if both hold."""
     from cloud_head.audit import AuditLog
 
     authorize(args)
-    key = _public_key(args)
+    key, key_source = _public_key(args)
     with AuditLog(state_dir(args.root, "audit")) as log:
         result = log.verify(args.tenant, public_key_pem=key)
+    unsigned_ok = bool(getattr(args, "unsigned_ok", False))
+    not_verified = result.ok and key is None and not unsigned_ok
+    ok = result.ok and not not_verified
+    reason = result.reason
+    if not_verified:
+        reason = (
+            f"NOT VERIFIED: {result.reason}, but the head anchor's signature was not checked: "
+            f"no public key for tenant {args.tenant!r} (no tenant registry under {args.root}, "
+            "no --public-key), so removed last records cannot be ruled out; give --public-key "
+            "FILE, or --unsigned-ok to accept a check of the chain alone"
+        )
     if wants_json(args):
         print_json(
             {
                 "tenant": args.tenant,
-                "ok": result.ok,
+                "ok": ok,
                 "records": result.count,
                 "first_bad_seq": result.first_bad_seq,
-                "reason": result.reason,
+                "reason": reason,
                 "signature_checked": result.signature_checked,
+                "key_source": key_source,
             }
         )
-        return 0 if result.ok else EXIT_TAMPERED
-    if result.ok:
+    elif not_verified:
+        print(f"audit log of tenant {args.tenant!r}: {reason}")
+    elif ok:
         signed = (
-            "head signature verified"
+            f"head signature verified (key from {key_source})"
             if result.signature_checked
-            else "head signature not checked (pass --public-key)"
+            else "head signature NOT VERIFIED (--unsigned-ok: no key to check it with)"
         )
-        print(f"audit log of tenant {args.tenant!r}: OK, {result.reason}; {signed}")
-        return 0
-    where = (
-        f"at record {result.first_bad_seq}" if result.first_bad_seq is not None else "at its head"
-    )
-    print(
-        f"audit log of tenant {args.tenant!r}: FAILED {where} "
-        f"({result.count} records read): {result.reason}"
-    )
-    return EXIT_TAMPERED
+        print(f"audit log of tenant {args.tenant!r}: OK, {reason}; {signed}")
+    else:
+        where = (
+            f"at record {result.first_bad_seq}"
+            if result.first_bad_seq is not None
+            else "at its head"
+        )
+        checked = f" (key from {key_source})" if key_source else ""
+        print(
+            f"audit log of tenant {args.tenant!r}: FAILED {where} "
+            f"({result.count} records read){checked}: {reason}"
+        )
+    if ok:
+        return EXIT_OK
+    return EXIT_NOT_VERIFIED if not_verified else EXIT_TAMPERED
 
 
 @operator_command
@@ -147,7 +200,7 @@ def run_export(args: argparse.Namespace) -> int:
     from cloud_head.model_card import export_model
 
     authorize(args)
-    key = _public_key(args)
+    key, _ = _public_key(args)
     registry = open_registry(args)
     try:
         with AuditLog(args.root / "audit") as log:

@@ -158,8 +158,10 @@ class TestAuditTrail:
     def test_the_audit_log_verifies(
         self, loop_report: dict[str, Any], capsys: pytest.CaptureFixture[str]
     ) -> None:
-        root = Path(loop_report["options"]["workdir"]) / "cloud"
-        args = argparse.Namespace(tenant=loop_report["tenant"], root=root, public_key=None)
+        workdir, tenant = Path(loop_report["options"]["workdir"]), loop_report["tenant"]
+        # No tenant registry pins a key in this run: the one it signed with, from keys/.
+        key = workdir / "keys" / f"{tenant}.pub"
+        args = argparse.Namespace(tenant=tenant, root=workdir / "cloud", public_key=key)
         assert audit_cli.run_verify(args) == 0, capsys.readouterr().out
 
     def test_the_new_models_training_gate_registration_signature_and_rollout_are_recorded(

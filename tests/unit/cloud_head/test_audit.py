@@ -459,7 +459,10 @@ class TestCli:
         self, cloud: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         root = str(cloud / "cloud")
-        assert cli("audit", "verify", "--tenant", "acme", "--root", root) == 0
+        # No tenant registry pins a key here: unchecked is NOT VERIFIED unless asked for.
+        assert cli("audit", "verify", "--tenant", "acme", "--root", root) == 1
+        assert "NOT VERIFIED" in capsys.readouterr().out
+        assert cli("audit", "verify", "--tenant", "acme", "--root", root, "--unsigned-ok") == 0
         assert "OK" in capsys.readouterr().out
         key = str(cloud / "acme.pub")
         assert cli("audit", "verify", "--tenant", "acme", "--root", root, "--public-key", key) == 0
@@ -477,7 +480,8 @@ class TestCli:
     def test_verify_of_another_tenant_is_unaffected(self, cloud: Path) -> None:
         with raw(cloud / "cloud" / "audit") as db:
             db.execute("DELETE FROM records WHERE seq = 1")
-        assert cli("audit", "verify", "--tenant", "globex", "--root", str(cloud / "cloud")) == 0
+        root = str(cloud / "cloud")
+        assert cli("audit", "verify", "--tenant", "globex", "--root", root, "--unsigned-ok") == 0
 
     def test_a_path_as_tenant_is_a_usage_error(self, cloud: Path) -> None:
         with pytest.raises(SystemExit) as exit_:

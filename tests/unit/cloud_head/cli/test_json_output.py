@@ -89,7 +89,7 @@ class TestAuditVerifyJson:
         self, audit_root: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         argv = ["audit", "verify", "--tenant", "acme", "--root", str(audit_root), "--json"]
-        assert main(argv) == 0
+        assert main([*argv, "--unsigned-ok"]) == 0  # no key here: the chain alone, on request
         document = json.loads(capsys.readouterr().out)
         assert set(document) == {
             "tenant",
@@ -98,9 +98,11 @@ class TestAuditVerifyJson:
             "first_bad_seq",
             "reason",
             "signature_checked",
+            "key_source",
         }
         assert (document["tenant"], document["ok"], document["records"]) == ("acme", True, 2)
         assert (document["first_bad_seq"], document["signature_checked"]) == (None, False)
+        assert document["key_source"] is None
         assert document["reason"].startswith("2 records intact")
 
     def test_a_tampered_log_names_the_record_and_exits_failed(
