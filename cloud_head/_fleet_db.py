@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from continuum._fs import private_dir, private_file
 from continuum.wire.messages import Telemetry
 
 _SCHEMA = """
@@ -94,7 +95,7 @@ class FleetDatabase:
         self._clock = clock
         self._since_prune = 0
         db_path = Path(path)
-        db_path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(private_dir(db_path.parent) / db_path.name)  # 0600 in 0700
         self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from continuum._fs import private_dir, private_file
+
 __all__ = ["ROLLOUT_RECORD", "TRAINING_RECORD", "PipelineStateStore", "connect_state_file"]
 
 #: The record that holds a pipeline's ``RolloutState``.
@@ -31,7 +33,7 @@ def connect_state_file(path: Path) -> sqlite3.Connection:
     Autocommit: each statement is its own durable transaction, shared by threads (callers
     hold their own lock around it).
     """
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    private_file(private_dir(Path(path).parent) / Path(path).name)  # 0600 in 0700
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cloud_head.store import SampleStore, to_numpy
+from continuum._fs import private_dir, private_file
 from continuum.wire import topics
 from continuum.wire.codec import FeedbackBatch, sample_id
 
@@ -98,7 +99,7 @@ class LabelStore:
     def __init__(self, path: str | Path) -> None:
         """Open (or create) the label database at ``path``."""
         self._path = Path(path)
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(private_dir(self._path.parent) / self._path.name)  # 0600 in 0700
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")

@@ -3,6 +3,10 @@
 ``HeadPaths`` is the one answer to "where is the state?" for the Ray actors (it crosses Ray
 pickled, so it stays a small frozen dataclass) and for the operator commands, which is why
 it lives apart from the actors: a command reading the registry need not import Ray.
+
+Everything under the root is a tenant's data or a secret, so it is owner-only: folders 0700
+(``create_private``, at deploy), files 0600 (each store makes its own with
+``continuum._fs``).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import TYPE_CHECKING
 from cloud_head._database import parse_url
 from cloud_head.settings import REGISTRY_URL_ENV as REGISTRY_URL_ENV  # its home is settings
 from cloud_head.settings import registry_url_from_env
+from continuum._fs import private_dir
 
 if TYPE_CHECKING:
     from cloud_head.registry import ModelRegistry
@@ -90,3 +95,19 @@ class HeadPaths:
     def controller(self, tenant: str, pipeline: str) -> Path:
         """A pipeline controller's own state (two tenants may name pipelines alike)."""
         return self.root / "controllers" / tenant / pipeline
+
+    def create_private(self) -> None:
+        """Create the root and its state folders owner-only (0700) where they are missing.
+
+        A deploy calls this before any service writes, so a store, log or database made
+        below later sits in a folder no other user can enter, whatever mode its own code
+        gives it. Folders that exist keep their mode (``continuum._fs.private_dir``).
+        """
+        for folder in (
+            self.state,
+            self.store,
+            self.audit,
+            self.registry,
+            self.root / "controllers",
+        ):
+            private_dir(folder)

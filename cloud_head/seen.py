@@ -25,6 +25,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from continuum._fs import private_dir, private_file
 from continuum.errors import ProtocolError
 
 __all__ = ["MAX_SEQ", "NodeKey", "SeenIndex", "parse_sample_id"]
@@ -87,8 +88,7 @@ class SeenIndex:
     """
 
     def __init__(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = private_file(private_dir(Path(path).parent) / Path(path).name)  # 0600 in 0700
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")

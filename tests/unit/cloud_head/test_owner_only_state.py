@@ -14,8 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cloud_head._pipeline_state import PipelineStateStore
 from cloud_head.audit import AuditAction, AuditLog
+from cloud_head.fleet import FleetRegistry
+from cloud_head.labelling import LabelStore
+from cloud_head.paths import HeadPaths
 from cloud_head.registry import ModelRegistry
+from cloud_head.seen import SeenIndex
 from cloud_head.store import SampleStore
 from cloud_head.tenants import TenantRegistry
 from continuum.signing import generate_keypair, sign
@@ -127,3 +132,27 @@ class TestModelRegistry:
         assert "registry/registry.sqlite3" in modes
         assert any(name.endswith(".onnx") for name in modes), modes
         assert _not_owner_only(modes, tmp_path / "cloud") == {}
+
+
+class TestHeadState:
+    def test_the_deploys_state_folders_and_each_services_database_are_owner_only(
+        self, tmp_path: Path
+    ) -> None:
+        root = tmp_path / "cloud"
+        paths = HeadPaths(root, registry_url=None)
+        paths.create_private()
+        # What the ingest, labelling, fleet and controller services open under it.
+        SeenIndex(paths.seen_db).close()
+        LabelStore(paths.labels_db).close()
+        FleetRegistry("acme", paths.fleet_db("acme")).close()
+        state = paths.controller("acme", "digits") / "state.sqlite3"
+        PipelineStateStore(state, "acme", "digits").close()
+        modes = _tree_modes(root)
+        assert {"state", "store", "audit", "registry", "controllers"} <= set(modes)
+        assert {
+            "state/ingest-seen.sqlite3",
+            "state/labels.sqlite3",
+            "state/fleet-acme.sqlite3",
+        } <= (set(modes))
+        assert "controllers/acme/digits/state.sqlite3" in modes
+        assert _not_owner_only(modes, root) == {}
