@@ -171,11 +171,12 @@ def run_verify(args: argparse.Namespace) -> int:
     elif not_verified:
         print(f"audit log of tenant {args.tenant!r}: {reason}")
     elif ok:
-        signed = (
-            f"head signature verified (key from {key_source})"
-            if result.signature_checked
-            else "head signature NOT VERIFIED (--unsigned-ok: no key to check it with)"
-        )
+        if result.signature_checked:
+            signed = f"head signature verified (key from {key_source})"
+        elif key is None:
+            signed = "head signature NOT VERIFIED (--unsigned-ok: no key to check it with)"
+        else:
+            signed = "no head to check yet"
         print(f"audit log of tenant {args.tenant!r}: OK, {reason}; {signed}")
     else:
         where = (
