@@ -1,12 +1,12 @@
 """The checks at deploy (DESIGN.md §6): model names unique per tenant, then every stage against
 the residency policy, recorded first.
 
-``check_deploy`` refuses pipelines of one tenant that name the same model
-(``refuse_shared_model_names``), then checks each pipeline against the policy, the nodes a
-placement could reach (``known_nodes``) and the store's labels, and records the outcome in
-the tenant's audit log before anything starts: a refusal (``policy_refusal``, then
-``PlacementError``) or one ``deploy`` record per pipeline. The training job's selector is the
-one the policy derives.
+``check_deploy`` checks each pipeline against the policy, the nodes a placement could reach
+(``known_nodes``) and the store's labels, then refuses pipelines of one tenant that name the
+same model, in the deploy or in the registry (``refuse_shared_model_names``,
+``registered_models``), and records the outcome in the tenant's audit log before anything
+starts: a refusal (``policy_refusal``, then ``PlacementError``) or one ``deploy`` record per
+pipeline. The training job's selector is the one the policy derives.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ __all__ = [
     "load_residency",
     "policy_yaml",
     "refuse_shared_model_names",
+    "registered_models",
     "spec_digest",
 ]
 
@@ -86,6 +87,7 @@ def check_deploy(
     *,
     store_labels: Mapping[str, str] | None = None,
     details: Mapping[str, Any] | None = None,
+    registered: Mapping[str, str] | None = None,
 ) -> dict[str, dict[str, str] | None]:
     """Check every pipeline against ``policy``; record the deploy or the refusal; return selectors.
 
@@ -93,14 +95,15 @@ def check_deploy(
     ``policy_refusal`` record, written before ``PlacementError`` is raised; when every
     pipeline passes, one ``deploy`` record per pipeline with its spec digest, placement and
     decisions.  Returns, per pipeline, the training selector derived from the policy (None:
-    no policy, the spec's ``retrain.where`` applies).
+    no policy, the spec's ``retrain.where`` applies).  ``registered`` is the registry's
+    model -> pipeline (``registered_models``), checked with the deploy's own pipelines.
 
     Raises:
-        SpecError: two pipelines name the same model (nothing is recorded or started).
+        SpecError: two pipelines name the same model, in the deploy or with the registry
+            (no deploy record is written).
         PlacementError: a stage or the training job would put data where the policy forbids.
         AuditWriteError: a record could not be written.
     """
-    refuse_shared_model_names(specs)
     context = {
         "known_nodes": sorted(nodes or {}),
         "store_labels": None if store_labels is None else dict(store_labels),
@@ -124,6 +127,8 @@ def check_deploy(
                 )
                 refused.raise_if_refused()
         planned.append((spec, decisions, selector))
+    # After the policy: a deploy it refuses is recorded as such whatever its model names.
+    refuse_shared_model_names(specs, registered)
     for spec, decisions, selector in planned:
         training = selector
         if training is None and spec.retrain is not None:
@@ -144,13 +149,29 @@ def check_deploy(
     return {spec.name: selector for spec, _, selector in planned}
 
 
-def refuse_shared_model_names(specs: Sequence[PipelineSpec]) -> None:
-    """Refuse pipelines of one tenant that name the same model.
+def registered_models(tenant: str, paths: HeadPaths) -> dict[str, str]:
+    """Return model name -> the pipeline whose versions the registry holds under it."""
+    registry = paths.open_registry()
+    try:
+        return {version.model: version.pipeline for version in registry.list(tenant)}
+    finally:
+        registry.close()
+
+
+def refuse_shared_model_names(
+    specs: Sequence[PipelineSpec], registered: Mapping[str, str] | None = None
+) -> None:
+    """Refuse pipelines of one tenant that name the same model, in ``specs`` or ``registered``.
 
     A model's artifact topics (``ctm/{tenant}/models/{model}/{version}/...``) and the
     signature over (model, version, sha256) name the tenant and the model, not the pipeline:
     two pipelines sharing a model name would share their artifacts, and a version signed for
-    one would be valid for the other.  A model name is therefore unique per tenant.
+    one would be valid for the other.  A model name is therefore unique per tenant, also
+    against versions the registry holds for another pipeline (one removed or renamed since).
+
+    Args:
+        specs: the pipelines deployed together (one tenant's, as a deploy takes them).
+        registered: model name -> the pipeline the registry holds its versions for.
 
     Raises:
         SpecError: naming every model that more than one pipeline names, its pipelines and
@@ -158,7 +179,12 @@ def refuse_shared_model_names(specs: Sequence[PipelineSpec]) -> None:
     """
     owners: dict[tuple[str, str], list[str]] = {}
     for spec in specs:
-        owners.setdefault((spec.tenant, spec.edge.model), []).append(spec.name)
+        names = owners.setdefault((spec.tenant, spec.edge.model), [])
+        owner = (registered or {}).get(spec.edge.model)
+        if owner is not None and owner not in names:
+            names.append(owner)
+        if spec.name not in names:
+            names.append(spec.name)
     shared = {key: names for key, names in owners.items() if len(names) > 1}
     if not shared:
         return
@@ -168,12 +194,21 @@ def refuse_shared_model_names(specs: Sequence[PipelineSpec]) -> None:
         for (tenant, model), names in shared.items()
     )
     (_, model), names = next(iter(shared.items()))
+    # Names the registry brought in: pipelines not deployed now, or deployed with another model.
+    deployed = {spec.name: spec.edge.model for spec in specs}
+    held = sorted({n for (_, m), group in shared.items() for n in group if deployed.get(n) != m})
+    registry_note = (
+        f" (the model registry holds versions of it for {', '.join(repr(n) for n in held)})"
+        if held
+        else ""
+    )
     raise SpecError(
-        f"{clashes}: a model's artifact topics and signatures name the tenant and the model, "
-        "not the pipeline, so one pipeline's model versions would be valid for the other",
+        f"{clashes}{registry_note}: a model's artifact topics and signatures name the tenant "
+        "and the model, not the pipeline, so one pipeline's model versions would be valid "
+        "for the other",
         field="edge.model",
-        fix=f"rename the model of all but one pipeline (e.g. edge.model: {names[1]}-{model} in "
-        f"pipeline {names[1]!r}); a model name is unique per tenant",
+        fix=f"rename the model of all but one pipeline (e.g. edge.model: {names[-1]}-{model} "
+        f"in pipeline {names[-1]!r}); a model name is unique per tenant",
     )
 
 

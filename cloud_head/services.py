@@ -23,6 +23,7 @@ from cloud_head._deploy_check import (
     known_nodes,
     load_residency,
     policy_yaml,
+    registered_models,
     spec_digest,
 )
 from cloud_head._service_actors import ControllerActor, FleetActor, IngestActor, TeacherActor
@@ -261,6 +262,7 @@ def _record_deploy(
             residency,
             None if residency is None else known_nodes(tenant, paths),
             store_labels=settings.store_labels,
+            registered=registered_models(tenant, paths),
             details={
                 "code_version": settings.code_version,
                 "namespace": tenant,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from cloud_head._deploy_check import registered_models
 from cloud_head.audit import AuditAction, AuditLog, AuditTrail
 from cloud_head.services import CloudHead, HeadPaths, check_deploy
 from continuum import Pipeline, select
@@ -26,6 +27,29 @@ def spec(name: str, model: str, tenant: str = "clinic") -> PipelineSpec:
     pipe.edge(model=model, backend="onnxruntime", shape=(1, 8, 8))
     pipe.uplink(select.random(0.1))
     return pipe.spec
+
+
+def register_version(paths: HeadPaths, tenant: str, pipeline: str, model: str) -> None:
+    """Record a version of ``model`` for ``pipeline`` in the real registry under ``paths``."""
+    artifact = paths.root / f"{pipeline}.onnx"
+    artifact.parent.mkdir(parents=True, exist_ok=True)
+    artifact.write_bytes(b"not a model; the registry only copies and hashes it")
+    registry = paths.open_registry()
+    try:
+        registry.register(
+            tenant,
+            pipeline,
+            model,
+            artifact,
+            sign=lambda *_: "00",
+            parent=None,
+            code_version="test",
+            metrics={},
+            gate={},
+            lineage={},
+        )
+    finally:
+        registry.close()
 
 
 def audit_records(root: Path, tenant: str) -> list[str]:
@@ -98,6 +122,63 @@ class TestModelNamesAreUniquePerTenant:
                     spec("lab-forms", "digits-cnn", tenant),
                     spec("intake-forms", "digits-cnn", tenant),
                 ],
+                paths,
+                BrokerSettings(host="127.0.0.1", port=1),  # never reached: refused first
+                private,
+                code_version="test",
+            )
+        assert audit_records(paths.audit, tenant) == []
+
+
+class TestAgainstTheRegistry:
+    """A pipeline removed or renamed leaves its versions in the registry under its model name;
+    a new pipeline naming that model would take them as its own."""
+
+    def test_a_model_the_registry_holds_for_another_pipeline_is_refused(
+        self, tmp_path: Path
+    ) -> None:
+        paths = HeadPaths(tmp_path / "cloud", registry_url=None)
+        register_version(paths, "clinic", "lab-forms", "digits-cnn")
+        assert registered_models("clinic", paths) == {"digits-cnn": "lab-forms"}
+        with AuditLog(paths.audit) as log, pytest.raises(SpecError) as refused:
+            check_deploy(
+                AuditTrail(log, "clinic", "dana@clinic"),
+                [spec("intake-forms", "digits-cnn")],
+                None,
+                None,
+                registered=registered_models("clinic", paths),
+            )
+        message = str(refused.value)
+        assert "'lab-forms', 'intake-forms' of tenant 'clinic' all name model 'digits-cnn'" in (
+            message
+        )
+        assert "the model registry holds versions of it for 'lab-forms'" in message
+        assert "pipeline 'intake-forms'" in message  # the fix names the one to rename
+        assert audit_records(paths.audit, "clinic") == []
+
+    def test_the_pipeline_the_registry_holds_it_for_deploys_again(self, tmp_path: Path) -> None:
+        paths = HeadPaths(tmp_path / "cloud", registry_url=None)
+        register_version(paths, "clinic", "lab-forms", "digits-cnn")
+        register_version(paths, "bank", "cheques", "reader")  # another tenant's: not read
+        with AuditLog(paths.audit) as log:
+            check_deploy(
+                AuditTrail(log, "clinic", "dana@clinic"),
+                [spec("lab-forms", "digits-cnn"), spec("cheques", "reader")],
+                None,
+                None,
+                registered=registered_models("clinic", paths),
+            )
+        assert audit_records(paths.audit, "clinic") == [AuditAction.DEPLOY] * 2
+
+    def test_cloud_head_deploy_reads_the_registry(self, tmp_path: Path) -> None:
+        tenant = f"clinic-{uuid.uuid4().hex[:6]}"
+        paths = HeadPaths(tmp_path / "cloud", registry_url=None)
+        register_version(paths, tenant, "lab-forms", "digits-cnn")
+        private, _ = generate_keypair()
+        with pytest.raises(SpecError, match="registry holds versions of it for 'lab-forms'"):
+            CloudHead.deploy(
+                tenant,
+                [spec("intake-forms", "digits-cnn", tenant)],
                 paths,
                 BrokerSettings(host="127.0.0.1", port=1),  # never reached: refused first
                 private,
