@@ -123,7 +123,9 @@ class PipelineController:
         )
         self.registry = stores.registry
         self.clock = clock
-        self.book = DesiredStateBook(workdir / "desired.sqlite3", spec.tenant, publish)
+        self.book = DesiredStateBook(
+            workdir / "desired.sqlite3", spec.tenant, publish, private_key_pem=private_key_pem
+        )
         self.states = PipelineStateStore(self.book.path, spec.tenant, spec.name)
         self.rollout = RolloutController(
             spec,
@@ -222,6 +224,7 @@ class PipelineController:
         candidate runs on canary or ramp nodes, or waits for a node that can take its canary
         (a newer candidate would otherwise replace one that was never judged).
         """
+        self.book.refresh_expiring()  # agents refuse expired desired states
         state = self.rollout.tick()
         with self._lock:
             busy = self._thread is not None and self._thread.is_alive()

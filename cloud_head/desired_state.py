@@ -1,10 +1,16 @@
-"""Desired state per node: what each node should serve, persisted, published retained on change.
+"""Desired state per node: what each node should serve, signed, persisted, published retained
+on change and re-issued before it expires.
 
 This is the cloud half of the device shadow (DESIGN.md §5): the rollout decides, the book
-stores a node's whole desired state with a generation one higher than the last, and
-publishes it retained at QoS 1 on ``ctm/{tenant}/nodes/{node}/desired`` so a node that
-reconnects reads its latest orders. The controller's own records live beside it in the same
-SQLite file (``cloud_head._pipeline_state.PipelineStateStore``), not in this book.
+stores a node's whole desired state with a generation one higher than the last, signs the
+whole document with the tenant's release key (tenant, node, generation, issue time and
+expiry included: ``continuum.signing.desired_message``) and publishes it retained at QoS 1
+on ``ctm/{tenant}/nodes/{node}/desired`` so a node that reconnects reads its latest orders.
+Agents refuse a document that has expired, so ``refresh_expiring`` re-issues each one (same
+orders, next generation) once half its validity has passed. An entry that takes a node to an
+older version than the book told it before is marked ``rollback`` (signed): agents refuse
+any other downgrade. The controller's own records live beside it in the same SQLite file
+(``cloud_head._pipeline_state.PipelineStateStore``), not in this book.
 """
 
 from __future__ import annotations
@@ -12,37 +18,78 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cloud_head._pipeline_state import connect_state_file
+from continuum import signing
+from continuum.errors import ConfigError
 from continuum.wire import topics
-from continuum.wire.messages import DesiredModel, DesiredState, chunk_layout
+from continuum.wire.messages import DesiredModel, DesiredState, chunk_layout, version_order
 
 if TYPE_CHECKING:
     from cloud_head.registry import ModelVersion
 
-__all__ = ["DesiredStateBook", "desired_model"]
+__all__ = ["DESIRED_VALIDITY_S", "DesiredStateBook", "desired_model", "signed_desired_state"]
+
+#: How long a published desired state stays valid (agents refuse it after): a day, re-issued
+#: at half of it, so a node offline for up to half a day still finds valid orders retained.
+DESIRED_VALIDITY_S = 24 * 3600.0
+#: Shortest validity the book accepts: agents allow minutes of clock skew around it.
+_MIN_VALIDITY_S = 60.0
 
 
 class DesiredStateBook:
-    """The desired model per node and pipeline, persisted, published retained on change.
+    """The desired model per node and pipeline, signed, persisted, published retained on change.
 
     ``publish(topic, payload)`` must deliver retained at QoS 1 (it raises if it cannot);
     the new state is stored only once it was published.
+
+    Args:
+        path: the SQLite file (shared with the controller's records).
+        tenant: whose nodes these are.
+        publish: see above.
+        private_key_pem: the tenant's Ed25519 release key: signs every desired state.
+        validity_s: how long each published desired state is valid (``expires_at``).
+        clock: the time (Unix seconds) stamped as ``issued_at``.
+
+    Raises:
+        ArtifactError: ``private_key_pem`` is not an Ed25519 private key.
+        ConfigError: ``validity_s`` is below a minute.
     """
 
-    def __init__(self, path: Path, tenant: str, publish: Callable[[str, bytes], None]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        tenant: str,
+        publish: Callable[[str, bytes], None],
+        *,
+        private_key_pem: bytes,
+        validity_s: float = DESIRED_VALIDITY_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        signing.load_private_key(private_key_pem)  # fail now, not at the first assignment
+        if not validity_s >= _MIN_VALIDITY_S:
+            raise ConfigError(
+                f"desired-state validity_s is {validity_s}; use at least {_MIN_VALIDITY_S:.0f} s "
+                f"(default {DESIRED_VALIDITY_S:.0f}): agents refuse expired orders"
+            )
         self.path = Path(path)
         self.tenant = tenant
+        self.validity_s = validity_s
         self._publish = publish
+        self._key = private_key_pem
+        self._clock = clock
         self._lock = threading.Lock()
         self._db = connect_state_file(self.path)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS desired (tenant TEXT, node TEXT, generation INTEGER, "
             "pipelines TEXT, PRIMARY KEY (tenant, node))"
         )
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(desired)")}
+        if "document" not in columns:  # a book from before desired states were signed
+            self._db.execute("ALTER TABLE desired ADD COLUMN document TEXT")
 
     def close(self) -> None:
         """Close the database."""
@@ -50,21 +97,27 @@ class DesiredStateBook:
             self._db.close()
 
     def get(self, node: str) -> DesiredState | None:
-        """Return the node's desired state, if any was ever set."""
+        """Return the node's desired state as last published (signed), if any was ever set."""
         with self._lock:
             row = self._db.execute(
-                "SELECT generation, pipelines FROM desired WHERE tenant=? AND node=?",
+                "SELECT generation, pipelines, document FROM desired WHERE tenant=? AND node=?",
                 (self.tenant, node),
             ).fetchone()
         if row is None:
             return None
+        if row[2] is not None:
+            return DesiredState.model_validate_json(row[2])
         pipelines = {k: DesiredModel(**v) for k, v in json.loads(row[1]).items()}
-        return DesiredState(
-            node=node, pipelines=pipelines, issued_at=time.time(), generation=int(row[0])
-        )
+        return self._signed(node, pipelines, int(row[0]))  # not published so: unsigned book
 
     def assign(self, node: str, pipeline: str, model: DesiredModel) -> DesiredState:
-        """Set what ``node`` should serve for ``pipeline`` and publish its whole desired state."""
+        """Set what ``node`` should serve for ``pipeline`` and publish its whole desired state.
+
+        The entry is marked ``rollback`` when its version is older than the one the book
+        told the node before for that pipeline (a rollout's rollback, an operator's
+        rollback or promotion of an older version): the agent refuses such a downgrade
+        otherwise.  Going forward clears the mark.
+        """
         with self._lock:
             row = self._db.execute(
                 "SELECT generation, pipelines FROM desired WHERE tenant=? AND node=?",
@@ -72,20 +125,42 @@ class DesiredStateBook:
             ).fetchone()
             generation = 1 if row is None else int(row[0]) + 1
             pipelines = {} if row is None else json.loads(row[1])
-            pipelines[pipeline] = model.model_dump(mode="json")
-            state = DesiredState(
-                node=node,
-                pipelines={k: DesiredModel(**v) for k, v in pipelines.items()},
-                issued_at=time.time(),
-                generation=generation,
+            before = pipelines.get(pipeline)
+            rollback = model.rollback or (
+                before is not None
+                and (
+                    version_order(model.version) < version_order(str(before["version"]))
+                    # still the version rolled back to: keep the mark, or the order sent
+                    # again would be a downgrade to a node that still serves the newer one
+                    or (str(before["version"]) == model.version and bool(before.get("rollback")))
+                )
             )
-            self._publish(topics.node_desired(self.tenant, node), state.to_payload())
-            self._db.execute(
-                "INSERT INTO desired VALUES (?,?,?,?) ON CONFLICT(tenant, node) DO UPDATE SET "
-                "generation=excluded.generation, pipelines=excluded.pipelines",
-                (self.tenant, node, generation, json.dumps(pipelines, sort_keys=True)),
-            )
-        return state
+            entry = model.model_copy(update={"rollback": rollback})
+            pipelines[pipeline] = entry.model_dump(mode="json")
+            return self._publish_locked(node, pipelines, generation)
+
+    def refresh_expiring(self) -> list[str]:
+        """Re-issue (same orders, next generation) every desired state past half its validity.
+
+        Call it periodically (the controller does on each tick): an agent refuses an
+        expired desired state, so one that reconnects after a long while would otherwise
+        find only orders it must refuse. Returns the nodes re-issued.
+        """
+        now = self._clock()
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT node, generation, pipelines, document FROM desired WHERE tenant=?",
+                (self.tenant,),
+            ).fetchall()
+            due: list[str] = []
+            for node, generation, pipelines, document in rows:
+                if document is not None:
+                    state = DesiredState.model_validate_json(document)
+                    if now < state.issued_at + (state.expires_at - state.issued_at) / 2:
+                        continue
+                self._publish_locked(str(node), json.loads(pipelines), int(generation) + 1)
+                due.append(str(node))
+        return due
 
     def serving_target(self, node: str, pipeline: str) -> str | None:
         """Return the version ``node`` is told to serve for ``pipeline``."""
@@ -93,6 +168,70 @@ class DesiredStateBook:
         if state is None or pipeline not in state.pipelines:
             return None
         return state.pipelines[pipeline].version
+
+    def _signed(
+        self, node: str, pipelines: dict[str, DesiredModel], generation: int
+    ) -> DesiredState:
+        """Return the node's desired state issued now, signed with the tenant's key."""
+        return signed_desired_state(
+            self._key,
+            tenant=self.tenant,
+            node=node,
+            pipelines=pipelines,
+            generation=generation,
+            issued_at=self._clock(),
+            validity_s=self.validity_s,
+        )
+
+    def _publish_locked(
+        self, node: str, pipelines: dict[str, object], generation: int
+    ) -> DesiredState:
+        """Sign, publish and then store the node's desired state (the caller holds the lock)."""
+        models = {k: DesiredModel.model_validate(v) for k, v in pipelines.items()}
+        state = self._signed(node, models, generation)
+        payload = state.to_payload()
+        self._publish(topics.node_desired(self.tenant, node), payload)
+        self._db.execute(
+            "INSERT INTO desired VALUES (?,?,?,?,?) ON CONFLICT(tenant, node) DO UPDATE SET "
+            "generation=excluded.generation, pipelines=excluded.pipelines, "
+            "document=excluded.document",
+            (
+                self.tenant,
+                node,
+                generation,
+                json.dumps(pipelines, sort_keys=True),
+                payload.decode(),
+            ),
+        )
+        return state
+
+
+def signed_desired_state(
+    private_key_pem: bytes,
+    *,
+    tenant: str,
+    node: str,
+    pipelines: Mapping[str, DesiredModel],
+    generation: int,
+    issued_at: float,
+    validity_s: float = DESIRED_VALIDITY_S,
+) -> DesiredState:
+    """Return the desired state of ``node``, valid from ``issued_at`` for ``validity_s``,
+    signed whole with the tenant's release key (``continuum.signing.desired_message``).
+
+    The one place a desired state gets its signature: the book publishes what this
+    returns, and agents verify it against the tenant's public key.
+    """
+    state = DesiredState(
+        tenant=tenant,
+        node=node,
+        pipelines=dict(pipelines),
+        issued_at=issued_at,
+        expires_at=issued_at + validity_s,
+        generation=generation,
+    )
+    signature = signing.sign_desired(private_key_pem, state.model_dump(mode="json"))
+    return state.model_copy(update={"signature": signature})
 
 
 def desired_model(version: ModelVersion, chunk_size: int) -> DesiredModel:

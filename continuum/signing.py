@@ -1,4 +1,5 @@
-"""Ed25519 keys, signatures over model artifacts, and the sha256 digests they cover.
+"""Ed25519 keys, signatures over model artifacts and desired states, and the sha256 digests
+they cover.
 
 What gets signed for a model artifact is ``artifact_message(model, version,
 sha256)``::
@@ -9,13 +10,25 @@ The digest binds the bytes; the model name and version bind the purpose, so a
 signature made for ``inspector`` 3 cannot be replayed to pass a different
 artifact off as ``inspector`` 4 (or as another model).  The leading tag
 separates this use of a tenant key from any other, and versions the format.
+
+What gets signed for a node's desired state is ``desired_message(document)``::
+
+    b"continuum-desired-v1\n" + canonical JSON of the document without its signature
+
+(keys sorted, no spaces, ASCII only).  The document names tenant, node, generation, issue
+time and expiry, so a signed desired state cannot be replayed to another node, pushed past
+the real one with a made-up generation, or kept for good: the agent checks all of them, and
+signature first, so a forged field is never even read.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -25,6 +38,9 @@ from continuum.errors import ArtifactError
 
 #: Tag and format version at the head of every signed artifact message.
 ARTIFACT_MESSAGE_TAG = "continuum-artifact-v1"
+
+#: Tag and format version at the head of every signed desired-state message.
+DESIRED_MESSAGE_TAG = "continuum-desired-v1"
 
 #: An Ed25519 signature is 64 bytes: 128 hex digits.
 SIGNATURE_HEX_LENGTH = 128
@@ -169,3 +185,38 @@ def verify_artifact(
         ArtifactError: as ``verify``; also when a field is malformed.
     """
     verify(public_pem, artifact_message(model, version, sha256), signature_hex)
+
+
+def desired_message(document: Mapping[str, Any]) -> bytes:
+    """Return the canonical bytes that a desired state's signature covers.
+
+    ``document`` is the desired state as JSON types (``model_dump(mode="json")``); its
+    ``signature`` entry, if any, is left out.  Sorted keys and fixed separators make the
+    bytes the same on the cloud that signs and the agent that re-encodes what it parsed
+    (floats print as their shortest round-trip form on both).
+
+    Raises:
+        ArtifactError: the document holds something JSON cannot encode (NaN, an object).
+    """
+    signed = {key: value for key, value in document.items() if key != "signature"}
+    try:
+        body = json.dumps(
+            signed, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+        )
+    except (TypeError, ValueError) as exc:
+        raise ArtifactError(f"desired state cannot be encoded for signing: {exc}") from exc
+    return f"{DESIRED_MESSAGE_TAG}\n{body}".encode()
+
+
+def sign_desired(private_pem: bytes, document: Mapping[str, Any]) -> str:
+    """Return the signature (hex) of the desired state ``document`` (see ``desired_message``)."""
+    return sign(private_pem, desired_message(document))
+
+
+def verify_desired(public_pem: bytes, document: Mapping[str, Any], signature_hex: str) -> None:
+    """Return if ``signature_hex`` covers exactly ``document`` (less its signature); else raise.
+
+    Raises:
+        ArtifactError: as ``verify``.
+    """
+    verify(public_pem, desired_message(document), signature_hex)

@@ -310,7 +310,7 @@ class CloudStandIn:
             self.publish(topic, bytes(piece), retain=True)
         manifest = ArtifactManifest(
             schema_version=SCHEMA_VERSION,
-            **want.model_dump(),
+            **want.model_dump(exclude={"rollback"}),
         )
         self.publish(
             topics.artifact_manifest(self.tenant, want.model, want.version),
@@ -319,16 +319,33 @@ class CloudStandIn:
         )
 
     def set_desired(
-        self, node: str, pipelines: Mapping[str, DesiredModel], generation: int
-    ) -> None:
-        """Publish the node's retained desired state."""
-        state = DesiredState(
-            schema_version=SCHEMA_VERSION,
+        self,
+        node: str,
+        pipelines: Mapping[str, DesiredModel],
+        generation: int,
+        *,
+        signer: bytes,
+        issued_at: float | None = None,
+        validity_s: float = 3600.0,
+    ) -> DesiredState:
+        """Publish the node's retained desired state, signed by ``signer`` as the cloud signs
+        it (``cloud_head.desired_state.signed_desired_state``); return it."""
+        from cloud_head.desired_state import signed_desired_state
+
+        state = signed_desired_state(
+            signer,
+            tenant=self.tenant,
             node=node,
-            pipelines=dict(pipelines),
-            issued_at=time.time(),
+            pipelines=pipelines,
             generation=generation,
+            issued_at=time.time() if issued_at is None else issued_at,
+            validity_s=validity_s,
         )
+        self.publish_desired(node, state)
+        return state
+
+    def publish_desired(self, node: str, state: DesiredState) -> None:
+        """Publish ``state`` as is (signed or not, for any node) on ``node``'s desired topic."""
         self.publish(topics.node_desired(self.tenant, node), state.to_payload(), retain=True)
 
     def close(self) -> None:
@@ -431,7 +448,7 @@ class AgentRig:
         cloud = self.cloud or CloudStandIn(self.host, self.port, self.tenant)
         try:
             cloud.publish_artifact(artifact, want, **damage)
-            cloud.set_desired(self.node, {self.pipeline: want}, generation)
+            cloud.set_desired(self.node, {self.pipeline: want}, generation, signer=self.private)
         finally:
             if cloud is not self.cloud:
                 cloud.close()

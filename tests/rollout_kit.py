@@ -280,7 +280,12 @@ class CloudRig:
     def book(self) -> DesiredStateBook:
         """The rollouts' desired-state book (``restart_book`` closes and opens it again)."""
         if self._book is None:
-            self._book = DesiredStateBook(self.root / "desired.sqlite3", self.tenant, self.publish)
+            self._book = DesiredStateBook(
+                self.root / "desired.sqlite3",
+                self.tenant,
+                self.publish,
+                private_key_pem=self.private_key,
+            )
         return self._book
 
     def restart_book(self) -> None:

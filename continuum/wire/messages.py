@@ -8,6 +8,7 @@ JSON strictly (no "5" for 5) and raises ``ProtocolError`` naming every bad field
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from typing import Annotated, Final, Literal, Self
 
@@ -177,20 +178,70 @@ class _ArtifactRef(_WireModel):
 
 
 class DesiredModel(_ArtifactRef):
-    """The model version one pipeline on a node should serve."""
+    """The model version one pipeline on a node should serve.
+
+    ``rollback`` (covered by the desired state's signature) lets the node go to an older
+    version than the one it serves (``version_order``); without it the node refuses to, so
+    a validly signed but old order cannot take a node back.
+    """
+
+    rollback: bool = False
+
+
+def version_order(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Return a sort key that orders version names naturally: ``v9`` before ``v10``.
+
+    The registry names versions ``v1``, ``v2``, ...; the cloud and the agent both judge
+    "older" with this key (the cloud to mark a rollback, the agent to refuse a downgrade
+    that is not marked one).
+    """
+    parts = re.split(r"(\d+)", version)
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in parts)
 
 
 class ArtifactManifest(_ArtifactRef, _Message):
     """Retained manifest of one model artifact; its chunks follow on their own topics."""
 
 
-class DesiredState(_Message):
-    """Retained desired state of one node (device-shadow style), written by the cloud."""
+#: The desired state's own schema (the other messages keep ``SCHEMA_VERSION``): 2 is signed
+#: by the tenant's release key over tenant, node, generation, issue time and expiry. A
+#: schema-1 desired state (unsigned) is refused by agents of this build, and one of schema 2
+#: by older agents: cloud and agents move to it together.
+DESIRED_SCHEMA_VERSION: Final = 2
 
+
+class DesiredState(_Message):
+    """Retained desired state of one node (device-shadow style), written and signed by the
+    cloud.
+
+    The whole document is signed (``continuum.signing.desired_message``), not only each
+    artifact: an agent takes it only when the signature is the tenant's, it names this
+    tenant and node, ``issued_at <= now <= expires_at`` (give or take its clock-skew
+    allowance), and ``generation`` is above the last it applied.  ``signature`` is optional
+    in the schema so that an unsigned document is refused as unsigned, by name.
+    """
+
+    schema_version: int = Field(
+        DESIRED_SCHEMA_VERSION,
+        ge=DESIRED_SCHEMA_VERSION,
+        le=DESIRED_SCHEMA_VERSION,
+        description="Schema of the desired state; older (unsigned) and newer are rejected.",
+    )
+    tenant: TenantName
     node: NodeName
     pipelines: dict[PipelineName, DesiredModel] = Field(max_length=_MAX_PIPELINES)
     issued_at: Timestamp
+    expires_at: Timestamp
     generation: Count
+    signature: SignatureHex | None = None
+
+    @model_validator(mode="after")
+    def _valid_for_a_while(self) -> Self:
+        if self.expires_at <= self.issued_at:
+            raise ValueError(
+                f"expires_at ({self.expires_at}) must come after issued_at ({self.issued_at})"
+            )
+        return self
 
 
 class ReportedModel(_WireModel):

@@ -1,8 +1,9 @@
 """Which model each pipeline serves: desired state in, verified artifacts to the runtime.
 
-The manager follows the node's retained desired state.  For a pipeline whose desired
-version differs from the serving one it checks the signature, fetches the artifact's
-retained chunks (resumable: chunks already on disk are kept across reconnects and
+The manager follows the node's retained desired state, taken only when signed whole by the
+tenant, for this node, valid now and newer than the last (``_desired``).  For a pipeline
+whose desired version differs from the serving one it checks the signature, fetches the
+artifact's retained chunks (resumable: chunks already on disk are kept across reconnects and
 restarts), checks size and sha256, moves the file atomically into
 ``models/<pipeline>/<version>.onnx``, loads it and runs one probe batch, and only then
 hands it to the runtime, which swaps between batches.  Anything that fails is reported
@@ -65,10 +66,13 @@ class ModelManager(DesiredFollower):
             truncated chunks, a disk error) is tried again about this long after, then
             after about twice as long each time (jittered, up to 15 minutes), while the
             desired state names it.
+        clock: the time (Unix seconds) a desired state's validity is judged by.
+        clock_skew_s: how far this node's clock may be off the cloud's: a desired state
+            issued up to this long in the future, or expired up to this long ago, is taken.
 
     Raises:
         ArtifactError: ``public_key_pem`` is not a public key.
-        ValueError: a stall or retry bound is not positive.
+        ValueError: a stall or retry bound is not positive, or the clock skew is negative.
     """
 
     def start(self) -> None:

@@ -30,6 +30,10 @@ from edge_agent.model_manager._serving import BackendOpener, ServingModel, Subsc
 
 log = logging.getLogger(__name__)
 
+#: How far this node's clock may be off the cloud's: a desired state issued up to this long
+#: in the future, or expired up to this long ago, is still taken.
+CLOCK_SKEW_S = 300.0
+
 
 class ManagerCore:
     """The shared state of ``ModelManager`` (see there for the arguments)."""
@@ -56,12 +60,13 @@ class ManagerCore:
         stall_s: float = STALL_S,
         stall_limit: int = STALL_LIMIT,
         retry_s: float = RETRY_MIN_S,
+        clock_skew_s: float = CLOCK_SKEW_S,
     ) -> None:
         signing.load_public_key(public_key_pem)  # fail at start, not at the first model
-        if stall_s <= 0 or stall_limit < 1 or retry_s <= 0:
+        if stall_s <= 0 or stall_limit < 1 or retry_s <= 0 or clock_skew_s < 0:
             raise ValueError(
-                f"need stall_s > 0, stall_limit >= 1 and retry_s > 0, got {stall_s=} "
-                f"{stall_limit=} {retry_s=}"
+                f"need stall_s > 0, stall_limit >= 1, retry_s > 0 and clock_skew_s >= 0, got "
+                f"{stall_s=} {stall_limit=} {retry_s=} {clock_skew_s=}"
             )
         self.node = node
         self.tenant = tenant
@@ -74,6 +79,8 @@ class ManagerCore:
         self._on_message_rejected = on_message_rejected
         self._keep_versions = keep_versions
         self._clock = clock
+        self._clock_skew_s = clock_skew_s
+        self._public_key = public_key_pem
         self._is_connected = is_connected
         self._stall_s = stall_s
         self._stall_limit = stall_limit
@@ -96,7 +103,9 @@ class ManagerCore:
         self._retries = RetrySchedule(retry_s)  # pipeline -> its failed fetch's next attempt
         #: (model, version, sha256, signature) that failed for good; not fetched again.
         self._refused: dict[tuple[str, str, str, str], str] = {}
+        #: The generation and signature of the last desired state taken (-1: none yet).
         self._generation = -1
+        self._applied_signature: str | None = None
         self._rejected_messages: Counter[str] = Counter()
         self._inbox: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
         self._inbox_bytes = 0

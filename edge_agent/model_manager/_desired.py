@@ -1,14 +1,25 @@
 """Following the desired state: a signed, fresh desired model per pipeline starts a fetch
-(or serves a version kept on disk), and a failed fetch is tried again while it is desired."""
+(or serves a version kept on disk), and a failed fetch is tried again while it is desired.
+
+A desired state is taken only when the tenant's key signed the whole document (checked
+first: a forged field, a made-up generation included, is never read), it names this tenant
+and node, it is valid now (issued no later, and expiring no earlier, than the clock-skew
+allowance lets pass) and its generation is above the last one taken (the same document
+delivered again is taken as such).  Within it, an entry that would take a pipeline to an
+older version than it serves is refused unless the cloud marked it ``rollback``.  Each
+refusal is counted by reason and logged once; what serves keeps serving, and the cloud's
+next real desired state is taken as usual.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
 
+from continuum import signing
 from continuum.errors import ArtifactError, ProtocolError
 from continuum.wire import topics
-from continuum.wire.messages import DesiredModel, DesiredState, ReportedModel
+from continuum.wire.messages import DesiredModel, DesiredState, ReportedModel, version_order
 from edge_agent.model_manager._fetch import Fetch
 from edge_agent.model_manager._transfer import Transfer
 
@@ -26,19 +37,13 @@ class DesiredFollower(Transfer):
         except ProtocolError as exc:
             self._reject_message(f"desired_{exc.reason}", f"malformed desired state: {exc}")
             return
-        if desired.node != self.node:
-            self._reject_message(
-                "desired_wrong_node", f"desired state for node {desired.node!r} on our topic"
-            )
-            return
-        if desired.generation < self._generation:
-            self._reject_message(
-                "desired_stale",
-                f"desired generation {desired.generation} is older than {self._generation}",
-            )
+        refusal = self._refusal(desired)
+        if refusal is not None:
+            self._reject_message(*refusal)
             return
         newer = desired.generation > self._generation
         self._generation = desired.generation
+        self._applied_signature = desired.signature
         for name, want in desired.pipelines.items():
             spec = self._specs.get(name)
             if spec is None:
@@ -56,7 +61,65 @@ class DesiredFollower(Transfer):
                     f"spec runs {spec.edge.model!r}",
                 )
                 continue
+            with self._lock:
+                serving = self._serving.get(name)
+            if (
+                serving is not None
+                and not want.rollback
+                and version_order(want.version) < version_order(serving.version)
+            ):
+                self._reject_message(
+                    "desired_downgrade",
+                    f"desired state takes pipeline {name!r} from {serving.version} back to "
+                    f"{want.version} without marking it a rollback",
+                )
+                continue
             self._follow(name, want, desired.generation, newer)
+
+    def _refusal(self, desired: DesiredState) -> tuple[str, str] | None:
+        """Return (reason, detail) when ``desired`` must not be taken, else None.
+
+        The signature comes first: nothing else in a document the tenant did not sign is
+        believed (a forged generation of 2**63-1 must not lock out the real ones).
+        """
+        generation = desired.generation
+        if desired.signature is None:
+            return "desired_unsigned", f"desired state generation {generation} is not signed"
+        try:
+            signing.verify_desired(
+                self._public_key, desired.model_dump(mode="json"), desired.signature
+            )
+        except ArtifactError as exc:
+            return "desired_bad_signature", f"desired state generation {generation}: {exc}"
+        if desired.tenant != self.tenant or desired.node != self.node:
+            return (
+                "desired_wrong_node",
+                f"desired state for node {desired.node!r} of tenant {desired.tenant!r} on "
+                f"the topic of {self.node!r} of {self.tenant!r}",
+            )
+        now = self._clock()
+        if desired.issued_at > now + self._clock_skew_s:
+            return (
+                "desired_not_yet_valid",
+                f"desired state generation {generation} is issued {desired.issued_at - now:.0f} "
+                f"s in the future (more than the {self._clock_skew_s:.0f} s clock-skew "
+                "allowance): check this node's clock",
+            )
+        if desired.expires_at < now - self._clock_skew_s:
+            return (
+                "desired_expired",
+                f"desired state generation {generation} expired {now - desired.expires_at:.0f} "
+                "s ago; the cloud re-issues desired states before they expire",
+            )
+        if generation < self._generation or (
+            generation == self._generation and desired.signature != self._applied_signature
+        ):
+            return (
+                "desired_stale",
+                f"desired generation {generation} is not above {self._generation}, the last "
+                "one taken (a replayed or out-of-order desired state)",
+            )
+        return None
 
     def _follow(self, name: str, want: DesiredModel, generation: int, newer: bool) -> None:
         """Move pipeline ``name`` toward ``want``, unless it serves, fetches or refused it."""

@@ -174,7 +174,7 @@ class TestRestrictedFieldsNeverReachTheStore:
             artifact = build_model(tmp_path / "v1.onnx")
             want = desired_for(artifact, private, model="scorer", version="v1")
             cloud.publish_artifact(artifact, want)
-            cloud.set_desired("cam-lux-1", {PIPELINE: want}, 1)
+            cloud.set_desired("cam-lux-1", {PIPELINE: want}, 1, signer=private)
             wait_for(lambda: service.stats()["stored"] >= 40, timeout_s=30.0)
 
             # A plain paho client forges a raw IBAN from a known node, and a batch from a

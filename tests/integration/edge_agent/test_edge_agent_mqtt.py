@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from cloud_head.desired_state import DesiredStateBook, signed_desired_state
 from continuum.embedded import EmbeddedBroker
 from continuum.signing import generate_keypair
 from continuum.wire import topics
@@ -329,6 +331,109 @@ class TestFollowsSignedDesiredState:
         assert agent.runtimes[PIPELINE].model_version == "v1"
 
 
+class TestRefusesForgedOrStaleDesiredState:
+    """Issue 14: the desired state is signed whole and fresh; nothing else moves a node."""
+
+    def test_bad_orders_are_refused_and_the_clouds_next_real_one_applies(
+        self, rig: Rig, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        agent = rig.agent(pattern=[0.0])
+        published: list[bytes] = []
+
+        def publish(topic: str, payload: bytes) -> None:
+            published.append(payload)
+            rig.cloud.publish(topic, payload, retain=True)
+
+        # The cloud's own book signs and publishes: what it sends verifies on the node.
+        book = DesiredStateBook(
+            rig.tmp / "desired.sqlite3", TENANT, publish, private_key_pem=rig.private
+        )
+        wants = {}
+        for version, favour in (("v1", 0), ("v2", 3), ("v3", 5)):
+            artifact = build_model(rig.tmp / f"{version}.onnx", favour=favour)
+            wants[version] = desired_for(artifact, rig.private, model="inspector", version=version)
+            rig.cloud.publish_artifact(artifact, wants[version])
+        book.assign(rig.node, PIPELINE, wants["v1"])
+        wait_for(lambda: rig.reported() == "v1:serving")
+        book.assign(rig.node, PIPELINE, wants["v2"])
+        wait_for(lambda: rig.reported() == "v2:serving")
+        first = DesiredState.from_payload(published[0])
+
+        desired = topics.node_desired(TENANT, rig.node)
+        stranger, _ = generate_keypair()
+        now = time.time()
+
+        def signed(signer: bytes, **fields: Any) -> DesiredState:
+            return signed_desired_state(
+                signer,
+                tenant=fields.pop("tenant", TENANT),
+                node=fields.pop("node", rig.node),
+                pipelines={PIPELINE: wants["v1"]},
+                generation=fields.pop("generation", 2**63 - 1),
+                issued_at=fields.pop("issued_at", now),
+                validity_s=3600.0,
+            )
+
+        forgeries = [
+            # unsigned, with the largest generation there is
+            signed(rig.private).model_copy(update={"signature": None}),
+            signed(rig.private).model_copy(update={"signature": None}),  # logged once
+            # a real signature on generation 3, the generation then raised to 2**63-1
+            signed(rig.private, generation=3).model_copy(update={"generation": 2**63 - 1}),
+            # well formed, but signed by another key
+            signed(stranger),
+            # the tenant's, but for another node (or another tenant's node of that name)
+            signed(rig.private, node="someone-else"),
+            signed(rig.private, tenant="globex"),
+            # expired an hour ago; issued an hour from now
+            signed(rig.private, issued_at=now - 7200.0),
+            signed(rig.private, issued_at=now + 3600.0),
+            # the cloud's first order, replayed after its second was taken
+            first,
+        ]
+        expected = {
+            "desired_unsigned": 2,
+            "desired_bad_signature": 2,
+            "desired_wrong_node": 2,
+            "desired_expired": 1,
+            "desired_not_yet_valid": 1,
+            "desired_stale": 1,
+        }
+        with caplog.at_level(logging.WARNING, logger="edge_agent.model_manager._desired"):
+            for forged in forgeries:
+                rig.cloud.publish(desired, forged.to_payload(), retain=True)
+            wait_for(lambda: agent.models.rejected_messages == expected)
+        unsigned = [r for r in caplog.records if "(desired_unsigned)" in r.getMessage()]
+        assert len(unsigned) == 1  # the second is only counted
+        rendered = agent.metrics.render().decode()
+        for reason, count in expected.items():
+            line = f'continuum_edge_messages_rejected_total{{reason="{reason}"}} {count}.0'
+            assert line in rendered
+        count = len(rig.sample_versions())
+        wait_for(lambda: len(rig.sample_versions()) > count + 2)
+        assert set(rig.sample_versions()[count:]) == {"v2"}  # served v2 all along
+        assert rig.reported() == "v2:serving"
+
+        # Restarted, the node has no generation to compare with: the replayed first order,
+        # still retained, is fresh and signed, but takes it back to v1 unmarked.
+        rig.stop_agents()
+        again = rig.agent(pattern=[0.0])
+        wait_for(lambda: again.models.rejected_messages == {"desired_downgrade": 1})
+        assert again.runtimes[PIPELINE].model_version == "v2"
+
+        # The cloud's next real desired state applies (its generation is the book's next,
+        # far below the forged 2**63-1 that could not freeze the node) ...
+        assert book.assign(rig.node, PIPELINE, wants["v3"]).generation == 3
+        wait_for(lambda: rig.reported() == "v3:serving")
+        # ... and so does its rollback, marked as one because v2 is older than v3.
+        rollback = book.assign(rig.node, PIPELINE, wants["v2"])
+        assert rollback.pipelines[PIPELINE].rollback
+        wait_for(lambda: rig.reported() == "v2:serving")
+        wait_for(lambda: again.runtimes[PIPELINE].model_version == "v2")
+        assert again.models.rejected_messages == {"desired_downgrade": 1}
+        book.close()
+
+
 class TestTruncatedTransfers:
     """An artifact that is not whole on the broker is rejected like a tampered one."""
 
@@ -401,7 +506,7 @@ class TestBadInputOnTheWire:
         wait_for(lambda: rig.reported() == "v1:serving")
         artifact = build_model(rig.tmp / "v3.onnx", favour=3)
         want = desired_for(artifact, rig.private, model="inspector", version="v3-garbage")
-        rig.cloud.set_desired(rig.node, {PIPELINE: want}, 2)  # the upload comes later
+        rig.cloud.set_desired(rig.node, {PIPELINE: want}, 2, signer=rig.private)  # upload later
         # "fetching" is reported after the SUBSCRIBE went out, so the broker routes to us.
         wait_for(lambda: rig.reported() == "v3-garbage:fetching")
         desired = topics.node_desired(TENANT, rig.node)
@@ -416,17 +521,19 @@ class TestBadInputOnTheWire:
         for topic in subscribed:
             rig.cloud.publish(topic, b"\x00\xffgarbage")
         foreign = ArtifactManifest(
-            schema_version=SCHEMA_VERSION, **{**want.model_dump(), "sha256": "0" * 64}
+            schema_version=SCHEMA_VERSION,
+            **{**want.model_dump(exclude={"rollback"}), "sha256": "0" * 64},
         )
         rig.cloud.publish(manifest, foreign.to_payload())
         rig.cloud.publish(manifest, b'{"model": "inspector"}')
         for node, generation in ((rig.node, 1), ("someone-else", 3)):
-            stale_or_foreign = DesiredState(
-                schema_version=SCHEMA_VERSION,
+            stale_or_foreign = signed_desired_state(
+                rig.private,
+                tenant=TENANT,
                 node=node,
                 pipelines={PIPELINE: want},
-                issued_at=time.time(),
                 generation=generation,
+                issued_at=time.time(),
             )
             rig.cloud.publish(desired, stale_or_foreign.to_payload())
         expected = {
@@ -527,7 +634,7 @@ class TestPipelinesAreIndependent:
         artifact = build_model(rig.tmp / "v1.onnx")
         want = desired_for(artifact, rig.private, model="inspector", version="v1")
         rig.cloud.publish_artifact(artifact, want)
-        rig.cloud.set_desired(rig.node, {PIPELINE: want, "count": want}, 1)
+        rig.cloud.set_desired(rig.node, {PIPELINE: want, "count": want}, 1, signer=rig.private)
         wait_for(lambda: agent.runtimes[PIPELINE].finished)
         assert not agent.runtimes["count"].finished
         before = len(rig.cloud.messages("/pipelines/count/samples/"))

@@ -103,13 +103,14 @@ class TestEdgeNodeQuota:
         for node in ("cam-1", "cam-2", "cam-3"):
             join(fleet, node)
         published: list[DesiredState] = []
+        private_key, _ = generate_keypair()
         book = DesiredStateBook(
             tmp_path / "desired.sqlite3",
             TENANT,
             lambda topic, payload: published.append(DesiredState.from_payload(payload)),
+            private_key_pem=private_key,
         )
         registry = ModelRegistry(tmp_path / "registry")
-        private_key, _ = generate_keypair()
         artifact = tmp_path / "model.onnx"
         artifact.write_bytes(b"weights" * 100)
         v1 = registry.register(

@@ -1,4 +1,4 @@
-"""Ed25519 artifact signatures and sha256 digests."""
+"""Ed25519 signatures of artifacts and desired states, and sha256 digests."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from continuum.errors import ArtifactError
 from continuum.signing import (
+    DESIRED_MESSAGE_TAG,
     artifact_message,
+    desired_message,
     generate_keypair,
     key_fingerprint,
     public_pem_of,
@@ -20,8 +22,10 @@ from continuum.signing import (
     sha256_file,
     sign,
     sign_artifact,
+    sign_desired,
     verify,
     verify_artifact,
+    verify_desired,
 )
 
 DIGEST = hashlib.sha256(b"model bytes").hexdigest()
@@ -200,3 +204,63 @@ class TestDigests:
 
         with pytest.raises(ArtifactError, match=re.escape(str(missing))):
             sha256_file(missing)
+
+
+class TestDesiredStateSignatures:
+    """The whole desired-state document is signed over one canonical encoding."""
+
+    DOCUMENT = {
+        "tenant": "acme",
+        "node": "cam-1",
+        "generation": 7,
+        "issued_at": 1_763_800_000.123456,
+        "expires_at": 1_763_886_400.123456,
+        "pipelines": {"inspect": {"model": "inspector", "version": "v3", "rollback": False}},
+    }
+
+    def test_the_encoding_is_tagged_sorted_compact_and_leaves_out_the_signature(self) -> None:
+        message = desired_message({**self.DOCUMENT, "signature": "ab" * 64})
+
+        tag, body = message.split(b"\n", 1)
+        assert tag == DESIRED_MESSAGE_TAG.encode() == b"continuum-desired-v1"
+        assert b"signature" not in body and b" " not in body
+        assert body.startswith(b'{"expires_at":1763886400.123456,"generation":7,')
+        # Key order in the input does not matter: the cloud and the agent may build it apart.
+        assert desired_message(dict(reversed(list(self.DOCUMENT.items())))) == message
+
+    def test_a_signed_document_verifies_and_any_changed_field_does_not(
+        self, keys: tuple[bytes, bytes]
+    ) -> None:
+        signature = sign_desired(keys[0], self.DOCUMENT)
+        verify_desired(keys[1], self.DOCUMENT, signature)
+        for field, value in (
+            ("generation", 2**63 - 1),
+            ("node", "cam-2"),
+            ("tenant", "medica"),
+            ("expires_at", 1_999_999_999.0),
+            ("issued_at", 1_763_800_001.0),
+        ):
+            with pytest.raises(ArtifactError, match="bad signature"):
+                verify_desired(keys[1], {**self.DOCUMENT, field: value}, signature)
+        rolled_back = {"inspect": {"model": "inspector", "version": "v3", "rollback": True}}
+        with pytest.raises(ArtifactError, match="bad signature"):
+            verify_desired(keys[1], {**self.DOCUMENT, "pipelines": rolled_back}, signature)
+
+    def test_another_tenants_key_does_not_verify(
+        self, keys: tuple[bytes, bytes], other_keys: tuple[bytes, bytes]
+    ) -> None:
+        signature = sign_desired(other_keys[0], self.DOCUMENT)
+        with pytest.raises(ArtifactError, match="bad signature"):
+            verify_desired(keys[1], self.DOCUMENT, signature)
+
+    def test_an_artifact_signature_is_no_desired_state_signature(
+        self, keys: tuple[bytes, bytes]
+    ) -> None:
+        """The tags keep the two uses of one key apart."""
+        signature = sign_artifact(keys[0], "inspector", "v3", DIGEST)
+        with pytest.raises(ArtifactError, match="bad signature"):
+            verify_desired(keys[1], self.DOCUMENT, signature)
+
+    def test_a_document_json_cannot_encode_is_refused_by_name(self) -> None:
+        with pytest.raises(ArtifactError, match="cannot be encoded"):
+            desired_message({**self.DOCUMENT, "issued_at": float("nan")})

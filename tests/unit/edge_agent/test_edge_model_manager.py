@@ -17,6 +17,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from cloud_head.desired_state import signed_desired_state
 from continuum import Pipeline, select
 from continuum.signing import generate_keypair
 from continuum.spec import PipelineSpec
@@ -70,8 +71,14 @@ class Node:
     """One manager on a state dir, with everything it hands out recorded."""
 
     def __init__(
-        self, state_dir: Path, public_pem: bytes, keep_versions: int = 3, **options: Any
+        self,
+        state_dir: Path,
+        keys: tuple[bytes, bytes],
+        keep_versions: int = 3,
+        **options: Any,
     ) -> None:
+        self.private, public_pem = keys
+        self.sent: dict[tuple[int, str], DesiredState] = {}
         self.link = RecordingLink()
         self.models: list[ServingModel] = []
         self.reports: list[ReportedState] = []
@@ -89,13 +96,29 @@ class Node:
         )
 
     def desire(self, want: DesiredModel, generation: int = 1) -> None:
-        state = DesiredState(
-            schema_version=SCHEMA_VERSION,
-            node=NODE,
-            pipelines={PIPELINE: want},
-            issued_at=time.time(),
+        """Offer the desired state ``want`` for the pipeline, signed as the cloud signs it;
+        the same ``want`` and generation again is the same document again (a redelivery)."""
+        key = (generation, want.model_dump_json())
+        if key not in self.sent:
+            self.sent[key] = self.signed({PIPELINE: want}, generation)
+        self.offer_desired(self.sent[key])
+
+    def signed(
+        self, pipelines: dict[str, DesiredModel], generation: int, **fields: Any
+    ) -> DesiredState:
+        """Return this node's desired state, signed by the tenant's key; ``fields`` override
+        ``tenant``, ``node``, ``issued_at`` or ``validity_s``."""
+        return signed_desired_state(
+            fields.pop("signer", self.private),
+            tenant=fields.pop("tenant", TENANT),
+            node=fields.pop("node", NODE),
+            pipelines=pipelines,
             generation=generation,
+            issued_at=fields.pop("issued_at", time.time()),
+            validity_s=fields.pop("validity_s", 3600.0),
         )
+
+    def offer_desired(self, state: DesiredState) -> None:
         self.manager.offer(self.manager.desired_topic, state.to_payload())
 
     def send_chunks(
@@ -118,7 +141,9 @@ class Node:
             self.manager.offer(topic, bytes(piece), retained)
 
     def send_manifest(self, want: DesiredModel) -> None:
-        manifest = ArtifactManifest(schema_version=SCHEMA_VERSION, **want.model_dump())
+        manifest = ArtifactManifest(
+            schema_version=SCHEMA_VERSION, **want.model_dump(exclude={"rollback"})
+        )
         topic = topics.artifact_manifest(TENANT, want.model, want.version)
         self.manager.offer(topic, manifest.to_payload(), True)
 
@@ -140,9 +165,9 @@ def keys() -> tuple[bytes, bytes]:
 
 
 @contextlib.contextmanager
-def started(state_dir: Path, public_pem: bytes, **options: Any) -> Iterator[Node]:
+def started(state_dir: Path, keys: tuple[bytes, bytes], **options: Any) -> Iterator[Node]:
     """A started ``Node``, closed on the way out."""
-    made = Node(state_dir, public_pem, **options)
+    made = Node(state_dir, keys, **options)
     made.manager.start()
     try:
         yield made
@@ -152,7 +177,7 @@ def started(state_dir: Path, public_pem: bytes, **options: Any) -> Iterator[Node
 
 @pytest.fixture
 def node(tmp_path: Path, keys: tuple[bytes, bytes]) -> Iterator[Node]:
-    with started(tmp_path / "state", keys[1]) as made:
+    with started(tmp_path / "state", keys) as made:
         yield made
 
 
@@ -180,7 +205,7 @@ class TestFollowingDesiredState:
     def test_models_run_with_the_configured_inference_threads(
         self, tmp_path: Path, keys: tuple[bytes, bytes]
     ) -> None:
-        with started(tmp_path / "state", keys[1], inference_threads=2) as made:
+        with started(tmp_path / "state", keys, inference_threads=2) as made:
             artifact = build_model(tmp_path / "v1.onnx")
             want = desired_for(artifact, keys[0], model="inspector", version="v1")
             made.desire(want)
@@ -206,7 +231,7 @@ class TestFollowingDesiredState:
     def test_only_the_newest_versions_are_kept_on_disk(
         self, tmp_path: Path, keys: tuple[bytes, bytes]
     ) -> None:
-        with started(tmp_path / "state", keys[1], keep_versions=2) as made:
+        with started(tmp_path / "state", keys, keep_versions=2) as made:
             for generation, version in enumerate(("v1", "v2", "v3"), start=1):
                 artifact = build_model(tmp_path / f"{version}.onnx", favour=generation)
                 want = desired_for(artifact, keys[0], model="inspector", version=version)
@@ -229,7 +254,7 @@ class TestFollowingDesiredState:
         subscribed: list[str] = []
         original = node.link.subscribe
         node.link.subscribe = lambda t, qos=1: (subscribed.extend(t), original(t, qos))  # type: ignore[method-assign]
-        node.desire(wants["v1"], 3)
+        node.desire(wants["v1"].model_copy(update={"rollback": True}), 3)
         wait_for(lambda: node.state() == "v1:serving")
         assert [m.version for m in node.models] == ["v1", "v2", "v1"]
         assert subscribed == []  # served from disk: no manifest, no chunks
@@ -239,7 +264,7 @@ class TestFollowingDesiredState:
     ) -> None:
         artifact = build_model(tmp_path / "v1.onnx")
         want = desired_for(artifact, keys[0], model="inspector", version="v1", chunk_size=256)
-        first = Node(tmp_path / "state", keys[1])
+        first = Node(tmp_path / "state", keys)
         first.manager.start()
         first.desire(want)
         wait_for(lambda: len(first.link.chunk_topics()) == want.chunks)
@@ -247,7 +272,7 @@ class TestFollowingDesiredState:
         wait_for(lambda: len(first.link.chunk_topics()) == want.chunks // 2)
         first.close()
 
-        with started(tmp_path / "state", keys[1]) as second:
+        with started(tmp_path / "state", keys) as second:
             second.desire(want)
             wait_for(lambda: second.link.chunk_topics())
             missing = second.link.chunk_topics()
@@ -267,14 +292,14 @@ class TestFollowingDesiredState:
         node.send_chunks(artifact, want)
         wait_for(lambda: node.state() == "v1:serving")
 
-        again = Node(tmp_path / "state", keys[1])
+        again = Node(tmp_path / "state", keys)
         restored = again.manager.restore()
         assert restored[PIPELINE].version == "v1"
         restored[PIPELINE].backend.close()
 
         saved = tmp_path / "state" / "models" / PIPELINE / "v1.onnx"
         saved.write_bytes(saved.read_bytes() + b"\x00")
-        tampered = Node(tmp_path / "state", keys[1])
+        tampered = Node(tmp_path / "state", keys)
         assert tampered.manager.restore() == {}
 
 
@@ -297,7 +322,7 @@ class TestRejections:
     ) -> None:
         # One bad live copy of a chunk must not end the rollout: the broker's retained
         # chunks are intact, and the desired state still names the version.
-        with started(tmp_path / "state", keys[1], retry_s=0.3) as node:
+        with started(tmp_path / "state", keys, retry_s=0.3) as node:
             artifact = build_model(tmp_path / "v1.onnx")
             want = desired_for(artifact, keys[0], model="inspector", version="v1")
             node.desire(want)
@@ -314,7 +339,7 @@ class TestRejections:
     def test_a_failing_transfer_is_tried_again_less_and_less_often(
         self, tmp_path: Path, keys: tuple[bytes, bytes]
     ) -> None:
-        with started(tmp_path / "state", keys[1], retry_s=0.3) as node:
+        with started(tmp_path / "state", keys, retry_s=0.3) as node:
             artifact = build_model(tmp_path / "v1.onnx")
             want = desired_for(artifact, keys[0], model="inspector", version="v1")
             node.desire(want)
@@ -407,10 +432,7 @@ class TestBadInput:
         desired = node.manager.desired_topic
         node.manager.offer(desired, b"\x00\xffnot json")
         node.manager.offer(desired, b'{"node": "edge-1"}')
-        other = DesiredState(
-            schema_version=SCHEMA_VERSION, node="edge-2", pipelines={}, issued_at=1.0, generation=1
-        )
-        node.manager.offer(desired, other.to_payload())
+        node.offer_desired(node.signed({}, 1, node="edge-2"))
         node.manager.offer("ctm/acme/nodes/edge-1/whatever", b"x")
         node.manager.offer(topics.artifact_chunk(TENANT, "inspector", "v7", 0), b"stray")
         wait_for(lambda: sum(node.manager.rejected_messages.values()) == 5)
@@ -429,6 +451,52 @@ class TestBadInput:
         node.desire(want, generation=4)
         wait_for(lambda: node.manager.rejected_messages.get("desired_stale") == 1)
 
+    def test_a_downgrade_is_taken_only_when_the_signed_order_marks_it_a_rollback(
+        self, tmp_path: Path, keys: tuple[bytes, bytes], node: Node
+    ) -> None:
+        wants = {}
+        for generation, version in enumerate(("v9", "v10"), start=1):
+            artifact = build_model(tmp_path / f"{version}.onnx", favour=generation)
+            wants[version] = desired_for(artifact, keys[0], model="inspector", version=version)
+            node.desire(wants[version], generation)
+            node.send_chunks(artifact, wants[version])
+            wait_for(lambda v=version: node.state() == f"{v}:serving")  # type: ignore[misc]
+        node.desire(wants["v9"], 3)  # v9 is older than v10 (natural order)
+        wait_for(lambda: node.manager.rejected_messages == {"desired_downgrade": 1})
+        assert node.manager.serving()[PIPELINE].version == "v10"
+        # Flipping the mark on a signed order breaks its signature.
+        unmarked = node.signed({PIPELINE: wants["v9"]}, 4)
+        marked = unmarked.pipelines[PIPELINE].model_copy(update={"rollback": True})
+        node.offer_desired(unmarked.model_copy(update={"pipelines": {PIPELINE: marked}}))
+        wait_for(lambda: node.manager.rejected_messages.get("desired_bad_signature") == 1)
+        node.desire(wants["v9"].model_copy(update={"rollback": True}), 5)
+        wait_for(lambda: node.state() == "v9:serving")
+
+    def test_the_clock_skew_allowance_bounds_validity_and_a_redelivery_is_no_replay(
+        self, tmp_path: Path, keys: tuple[bytes, bytes]
+    ) -> None:
+        now = 1_763_800_000.0
+        with started(tmp_path / "state", keys, clock=lambda: now, clock_skew_s=60.0) as made:
+            artifact = build_model(tmp_path / "v1.onnx")
+            want = desired_for(artifact, keys[0], model="inspector", version="v1")
+            pipelines = {PIPELINE: want}
+            made.offer_desired(made.signed(pipelines, 1, issued_at=now + 61.0))
+            made.offer_desired(made.signed(pipelines, 2, issued_at=now - 3661.0))
+            wait_for(lambda: sum(made.manager.rejected_messages.values()) == 2)
+            assert made.manager.rejected_messages == {
+                "desired_not_yet_valid": 1,
+                "desired_expired": 1,
+            }
+            taken = made.signed(pipelines, 3, issued_at=now + 59.0)  # within the allowance
+            made.offer_desired(taken)
+            wait_for(lambda: len(made.link.chunk_topics()) == want.chunks)
+            made.offer_desired(taken)  # the broker sends the retained copy again
+            made.offer_desired(made.signed(pipelines, 3, issued_at=now))  # another "3"
+            wait_for(lambda: made.manager.rejected_messages.get("desired_stale") == 1)
+            made.send_chunks(artifact, want)
+            wait_for(lambda: made.state() == "v1:serving")
+            assert sum(made.manager.rejected_messages.values()) == 3
+
     def test_another_model_or_an_unknown_pipeline_in_the_desired_state_is_refused(
         self, tmp_path: Path, keys: tuple[bytes, bytes], node: Node
     ) -> None:
@@ -442,14 +510,7 @@ class TestBadInput:
         foreign = desired_for(other, keys[0], model="billing-model", version="v9")
         node.desire(foreign, generation=2)
         wait_for(lambda: node.manager.rejected_messages.get("desired_wrong_model") == 1)
-        unknown = DesiredState(
-            schema_version=SCHEMA_VERSION,
-            node=NODE,
-            pipelines={"not-here": want},
-            issued_at=time.time(),
-            generation=3,
-        )
-        node.manager.offer(node.manager.desired_topic, unknown.to_payload())
+        node.offer_desired(node.signed({"not-here": want}, 3))
         wait_for(lambda: node.manager.rejected_messages.get("desired_unknown_pipeline") == 1)
         assert node.state() == "v1:serving"
 
@@ -484,7 +545,7 @@ class TestTruncatedTransfers:
     def test_chunks_missing_after_the_manifest_and_a_second_ask_reject_the_version(
         self, tmp_path: Path, keys: tuple[bytes, bytes]
     ) -> None:
-        with started(tmp_path / "state", keys[1], stall_s=0.1, stall_limit=2) as made:
+        with started(tmp_path / "state", keys, stall_s=0.1, stall_limit=2) as made:
             artifact = build_model(tmp_path / "v1.onnx")
             want = desired_for(artifact, keys[0], model="inspector", version="v1")
             made.desire(want)
@@ -502,10 +563,8 @@ class TestTruncatedTransfers:
         self, tmp_path: Path, keys: tuple[bytes, bytes]
     ) -> None:
         online = threading.Event()
-        offline = Node(
-            tmp_path / "a", keys[1], stall_s=0.1, stall_limit=1, is_connected=online.is_set
-        )
-        no_manifest = Node(tmp_path / "b", keys[1], stall_s=0.1, stall_limit=1)
+        offline = Node(tmp_path / "a", keys, stall_s=0.1, stall_limit=1, is_connected=online.is_set)
+        no_manifest = Node(tmp_path / "b", keys, stall_s=0.1, stall_limit=1)
         artifact = build_model(tmp_path / "v1.onnx")
         want = desired_for(artifact, keys[0], model="inspector", version="v1")
         try:

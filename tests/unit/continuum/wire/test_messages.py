@@ -10,6 +10,7 @@ import pytest
 
 from continuum.errors import ProtocolError
 from continuum.wire.messages import (
+    DESIRED_SCHEMA_VERSION,
     MAX_CHUNK_BYTES,
     MAX_CHUNKS,
     MAX_MESSAGE_BYTES,
@@ -25,6 +26,7 @@ from continuum.wire.messages import (
     _WireModel,
     chunk_layout,
     merge_seq_ranges,
+    version_order,
 )
 
 SHA = "ab" * 32
@@ -81,10 +83,13 @@ EXAMPLES: list[_WireModel] = [
     DesiredModel(**artifact()),
     ArtifactManifest(**artifact()),
     DesiredState(
+        tenant="acme",
         node="cam-lux1-a",
-        pipelines={"line-7-inspection": DesiredModel(**artifact())},
+        pipelines={"line-7-inspection": DesiredModel(**artifact(), rollback=True)},
         issued_at=1_763_800_000.0,
+        expires_at=1_763_886_400.0,
         generation=3,
+        signature="cd" * 64,
     ),
     ReportedModel(model="inspector", version="v12", sha256=SHA, state="serving"),
     ReportedState(
@@ -400,3 +405,49 @@ class TestDriftReadings:
         payload = json.dumps({"schema_version": 1, **telemetry(drift=[reading])}).encode()
         with pytest.raises(ProtocolError, match=rf"drift\.0\.{field}"):
             Telemetry.from_payload(payload)
+
+
+class TestDesiredState:
+    """The desired state has its own schema (2: signed, expiring) and orders versions."""
+
+    def document(self, **changes: Any) -> dict[str, Any]:
+        desired = json.loads(EXAMPLES[3].to_payload())
+        assert desired["schema_version"] == DESIRED_SCHEMA_VERSION == 2
+        return {**desired, **changes}
+
+    def test_an_unsigned_document_parses_so_the_agent_can_refuse_it_as_unsigned(self) -> None:
+        document = self.document()
+        del document["signature"]
+        assert DesiredState.from_payload(json.dumps(document).encode()).signature is None
+
+    @pytest.mark.parametrize("schema_version", [1, 3])
+    def test_an_older_unsigned_or_a_newer_schema_is_refused(self, schema_version: int) -> None:
+        error = schema_error(DesiredState, self.document(schema_version=schema_version))
+        assert "schema_version" in str(error)
+
+    def test_a_schema_1_document_is_refused_naming_what_it_lacks(self) -> None:
+        old = {
+            "schema_version": 1,
+            "node": "cam-1",
+            "pipelines": {},
+            "issued_at": 1.0,
+            "generation": 1,
+        }
+        error = str(schema_error(DesiredState, old))
+        assert "tenant" in error and "expires_at" in error
+
+    def test_it_must_expire_after_it_was_issued(self) -> None:
+        error = schema_error(DesiredState, self.document(expires_at=1_763_800_000.0))
+        assert "expires_at" in str(error) and "must come after issued_at" in str(error)
+
+    def test_the_rollback_mark_defaults_to_false_and_is_strict(self) -> None:
+        assert DesiredModel(**artifact()).rollback is False
+        document = self.document()
+        document["pipelines"]["line-7-inspection"]["rollback"] = "yes"
+        assert "rollback" in str(schema_error(DesiredState, document))
+
+    def test_versions_order_naturally(self) -> None:
+        names = ["v10", "v2", "v1", "v9", "v2-hotfix", "v100"]
+        assert sorted(names, key=version_order) == ["v1", "v2", "v2-hotfix", "v9", "v10", "v100"]
+        assert version_order("v12") < version_order("v13")
+        assert version_order("rc") > version_order("1")  # text after numbers: still an order
