@@ -425,9 +425,13 @@ class DesiredWatcher:
         with self._lock:
             self._latest[state.node] = state
 
-    def version(self, node: str) -> str | None:
+    def latest(self, node: str) -> DesiredState | None:
+        """The node's desired state as the broker last sent it."""
         with self._lock:
-            state = self._latest.get(node)
+            return self._latest.get(node)
+
+    def version(self, node: str) -> str | None:
+        state = self.latest(node)
         return None if state is None else state.pipelines[PIPELINE].version
 
     def wait_for(self, expected: dict[str, str], timeout_s: float = 10.0) -> None:

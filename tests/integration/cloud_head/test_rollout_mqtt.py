@@ -20,6 +20,7 @@ from cloud_head.controller import PipelineController
 from cloud_head.registry import ModelVersion
 from cloud_head.rollout import MIN_LABELLED_FOR_DECISION, RolloutController, RolloutState
 from continuum.embedded import EmbeddedBroker
+from continuum.signing import verify_desired
 from continuum.spec import RolloutSpec
 from tests.rollout_kit import (
     NODES,
@@ -113,6 +114,13 @@ class TestRegressingCanary:
         current = head.registry.current(head.tenant, PIPELINE)
         assert current is not None and current.version == v1.version
         watcher.wait_for(dict.fromkeys(NODES, "v1"))
+        # The canary goes back to v1 on a signed order marked rollback (agents refuse an
+        # unmarked downgrade); the nodes that never left v1 get no such mark.
+        for node in NODES:
+            state = watcher.latest(node)
+            assert state is not None and state.signature is not None
+            verify_desired(head.public_key, state.model_dump(mode="json"), state.signature)
+            assert state.pipelines[PIPELINE].rollback is (node == canary)
 
     def test_canary_within_the_threshold_is_promoted(
         self, head: Head, watcher: DesiredWatcher
