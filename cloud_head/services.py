@@ -106,6 +106,7 @@ class CloudHead:
             read_quotas(quota_root, tenant)  # a registry that does not know the tenant is an error
             # `audit verify` checks the heads these services sign against the registry's pin.
             TenantRegistry(quota_root).pin_public_key(tenant, public_pem_of(key))
+        settings.paths().create_private()  # owner-only folders before any service writes
         # The actors read the registry the deploy resolved, whatever their own file system shows.
         settings = settings.model_copy(update={"tenants_root": quota_root})
         selectors = _record_deploy(settings, specs, key, residency, actor)
