@@ -2,7 +2,8 @@
 on change and re-issued before it expires.
 
 This is the cloud half of the device shadow (DESIGN.md §5): the rollout decides, the book
-stores a node's whole desired state with a generation one higher than the last, signs the
+stores a node's whole desired state with a generation above the last (and at least its issue
+time in microseconds, so it rises across the books of several pipelines), signs the
 whole document with the tenant's release key (tenant, node, generation, issue time and
 expiry included: ``continuum.signing.desired_message``) and publishes it retained at QoS 1
 on ``ctm/{tenant}/nodes/{node}/desired`` so a node that reconnects reads its latest orders.
@@ -107,8 +108,18 @@ class DesiredStateBook:
             return None
         if row[2] is not None:
             return DesiredState.model_validate_json(row[2])
-        pipelines = {k: DesiredModel(**v) for k, v in json.loads(row[1]).items()}
-        return self._signed(node, pipelines, int(row[0]))  # not published so: unsigned book
+        # Written before desired states were signed: nothing signed to return yet (the
+        # controller's next tick re-issues it, ``refresh_expiring``), so sign it as of now.
+        issued_at = self._clock()
+        return signed_desired_state(
+            self._key,
+            tenant=self.tenant,
+            node=node,
+            pipelines={k: DesiredModel(**v) for k, v in json.loads(row[1]).items()},
+            generation=int(row[0]),
+            issued_at=issued_at,
+            validity_s=self.validity_s,
+        )
 
     def assign(self, node: str, pipeline: str, model: DesiredModel) -> DesiredState:
         """Set what ``node`` should serve for ``pipeline`` and publish its whole desired state.
@@ -123,7 +134,7 @@ class DesiredStateBook:
                 "SELECT generation, pipelines FROM desired WHERE tenant=? AND node=?",
                 (self.tenant, node),
             ).fetchone()
-            generation = 1 if row is None else int(row[0]) + 1
+            previous = 0 if row is None else int(row[0])
             pipelines = {} if row is None else json.loads(row[1])
             before = pipelines.get(pipeline)
             rollback = model.rollback or (
@@ -137,7 +148,7 @@ class DesiredStateBook:
             )
             entry = model.model_copy(update={"rollback": rollback})
             pipelines[pipeline] = entry.model_dump(mode="json")
-            return self._publish_locked(node, pipelines, generation)
+            return self._publish_locked(node, pipelines, previous)
 
     def refresh_expiring(self) -> list[str]:
         """Re-issue (same orders, next generation) every desired state past half its validity.
@@ -158,7 +169,7 @@ class DesiredStateBook:
                     state = DesiredState.model_validate_json(document)
                     if now < state.issued_at + (state.expires_at - state.issued_at) / 2:
                         continue
-                self._publish_locked(str(node), json.loads(pipelines), int(generation) + 1)
+                self._publish_locked(str(node), json.loads(pipelines), int(generation))
                 due.append(str(node))
         return due
 
@@ -169,26 +180,27 @@ class DesiredStateBook:
             return None
         return state.pipelines[pipeline].version
 
-    def _signed(
-        self, node: str, pipelines: dict[str, DesiredModel], generation: int
+    def _publish_locked(
+        self, node: str, pipelines: dict[str, object], previous: int
     ) -> DesiredState:
-        """Return the node's desired state issued now, signed with the tenant's key."""
-        return signed_desired_state(
+        """Sign, publish and then store the node's desired state (the caller holds the lock).
+
+        Its generation is above ``previous`` (the book's last for the node) and at least the
+        issue time in microseconds: each pipeline's controller keeps a book of its own, and
+        a book may be started afresh, yet an agent takes only a generation above the last
+        it took, so generations must rise across all of them.
+        """
+        issued_at = self._clock()
+        generation = max(previous + 1, int(issued_at * 1_000_000))
+        state = signed_desired_state(
             self._key,
             tenant=self.tenant,
             node=node,
-            pipelines=pipelines,
+            pipelines={k: DesiredModel.model_validate(v) for k, v in pipelines.items()},
             generation=generation,
-            issued_at=self._clock(),
+            issued_at=issued_at,
             validity_s=self.validity_s,
         )
-
-    def _publish_locked(
-        self, node: str, pipelines: dict[str, object], generation: int
-    ) -> DesiredState:
-        """Sign, publish and then store the node's desired state (the caller holds the lock)."""
-        models = {k: DesiredModel.model_validate(v) for k, v in pipelines.items()}
-        state = self._signed(node, models, generation)
         payload = state.to_payload()
         self._publish(topics.node_desired(self.tenant, node), payload)
         self._db.execute(

@@ -81,7 +81,8 @@ class TestSignedDocuments:
         topic, published = book.published[-1]
         assert topic == topics.node_desired(TENANT, "cam-1")
         assert published == state
-        assert (published.tenant, published.node, published.generation) == (TENANT, "cam-1", 1)
+        assert (published.tenant, published.node) == (TENANT, "cam-1")
+        assert published.generation == int(book.clock.now * 1_000_000)  # the issue time, in µs
         assert published.issued_at == book.clock.now
         assert published.expires_at == book.clock.now + DESIRED_VALIDITY_S
         book.verify(published)
@@ -92,11 +93,12 @@ class TestSignedDocuments:
     def test_each_assignment_is_the_next_generation_and_get_returns_what_was_published(
         self, book: Book
     ) -> None:
+        start = int(book.clock.now * 1_000_000)
         book.book.assign("cam-1", "inspect", entry("v1"))
-        book.book.assign("cam-1", "count", entry("v4"))
+        book.book.assign("cam-1", "count", entry("v4"))  # within the same microsecond
         book.book.assign("cam-2", "inspect", entry("v1"))
 
-        assert [s.generation for _, s in book.published] == [1, 2, 1]
+        assert [s.generation for _, s in book.published] == [start, start + 1, start]
         assert book.book.get("cam-1") == book.published[1][1]
         assert set(book.book.get("cam-1").pipelines) == {"inspect", "count"}  # type: ignore[union-attr]
         assert book.book.serving_target("cam-1", "count") == "v4"
@@ -109,7 +111,7 @@ class TestSignedDocuments:
             tenant=TENANT,
             node="cam-1",
             pipelines=state.pipelines,
-            generation=1,
+            generation=state.generation,
             issued_at=book.clock.now,
         )
         assert again == state  # Ed25519 signatures are deterministic
@@ -151,6 +153,34 @@ class TestRollbackMark:
         assert book.last().pipelines["inspect"].rollback is True
 
 
+class TestGenerations:
+    def test_generations_rise_across_books_and_a_book_started_afresh(self, tmp_path: Path) -> None:
+        """One book per pipeline controller, and a book may be lost: an agent takes only a
+        generation above the last it took, from whichever book."""
+        inspect, count = Book(tmp_path / "inspect.sqlite3"), Book(tmp_path / "count.sqlite3")
+        generations = []
+        for _ in range(3):
+            inspect.book.assign("cam-1", "inspect", entry("v1"))
+            inspect.clock.now += 0.001
+            count.clock.now = inspect.clock.now
+            count.book.assign("cam-1", "count", entry("v1"))
+            inspect.clock.now += 0.001
+            generations += [inspect.last().generation, count.last().generation]
+        assert generations == sorted(set(generations))
+        inspect.book.close()
+        (tmp_path / "inspect.sqlite3").unlink()
+        afresh = inspect.open()
+        afresh.assign("cam-1", "inspect", entry("v2"))
+        assert inspect.last().generation > generations[-1]
+
+    def test_a_clock_that_went_back_still_gives_the_next_generation(self, book: Book) -> None:
+        book.book.assign("cam-1", "inspect", entry("v1"))
+        first = book.last().generation
+        book.clock.now -= 3600.0
+        book.book.assign("cam-1", "inspect", entry("v2"))
+        assert book.last().generation == first + 1
+
+
 class TestRefresh:
     def test_documents_past_half_their_validity_are_reissued_with_the_same_orders(
         self, tmp_path: Path
@@ -164,7 +194,8 @@ class TestRefresh:
         made.clock.now += 1.0
         assert made.book.refresh_expiring() == ["cam-1"]
         fresh = made.last()
-        assert (fresh.node, fresh.generation, fresh.issued_at) == ("cam-1", 2, made.clock.now)
+        assert (fresh.node, fresh.issued_at) == ("cam-1", made.clock.now)
+        assert fresh.generation == int(made.clock.now * 1_000_000)
         assert fresh.pipelines["inspect"].version == "v1"
         made.verify(fresh)
         assert made.book.refresh_expiring() == []
@@ -188,7 +219,7 @@ class TestOlderBooks:
         made = Book(path)
         assert made.book.serving_target("cam-1", "inspect") == "v3"
         assert made.book.refresh_expiring() == ["cam-1"]  # never published signed: now
-        assert made.last().generation == 8
+        assert made.last().generation == int(made.clock.now * 1_000_000)  # above 7
         made.verify(made.last())
         made.book.assign("cam-1", "inspect", entry("v2"))
         assert made.last().pipelines["inspect"].rollback is True
