@@ -10,11 +10,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CONDITION_SEED", "ReservedScores"]
+__all__ = ["CONDITION_SEED", "ReservedScores", "reserved_images"]
 
 #: The seed of the faults drawn on the reserved split: every version is scored on the same
 #: faulty images, so their figures compare.
 CONDITION_SEED = 12345
+
+
+def reserved_images(drift_kind: str) -> tuple[Any, Any, Any]:
+    """Return the reserved split as the clean sites' cameras show it, as the drifted site's
+    camera shows it under ``drift_kind``, and its labels; the same images on every call."""
+    import numpy as np
+
+    from pipelines.digits.data import load_splits
+    from pipelines.digits.faults import site_condition
+
+    splits = load_splits()
+    rng = np.random.default_rng(CONDITION_SEED)
+    clean = site_condition(splits.test_x, None, rng=rng)
+    return clean, site_condition(splits.test_x, drift_kind, rng=rng), splits.test_y
 
 
 class ReservedScores:
@@ -34,20 +48,8 @@ class ReservedScores:
         self.scores: dict[str, dict[str, Any]] = {}
 
     def _conditions(self) -> Any:
-        """The reserved images clean and under the drifted site's fault, and their labels."""
         if self._images is None:
-            import numpy as np
-
-            from pipelines.digits.data import load_splits
-            from pipelines.digits.faults import site_condition
-
-            splits = load_splits()
-            rng = np.random.default_rng(CONDITION_SEED)
-            self._images = (
-                site_condition(splits.test_x, None, rng=rng),
-                site_condition(splits.test_x, self._drift_kind, rng=rng),
-                splits.test_y,
-            )
+            self._images = reserved_images(self._drift_kind)
         return self._images
 
     def refresh(self) -> dict[str, dict[str, Any]]:
