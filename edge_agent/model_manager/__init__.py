@@ -16,8 +16,9 @@ dropped; nothing received can stop it.
 The rooms, each a private module: ``_desired`` (following the desired state, retries),
 ``_transfer`` (chunks, manifests, stalls), ``_install`` (serving a finished fetch, a kept
 version or the saved model), ``_artifact`` (assembly, digest and signature checks, load and
-probe), ``_pointer`` (the saved-model pointer), ``_fetch`` (one transfer and its retry
-schedule), ``_core`` (shared state, reporting, ending a fetch).
+probe), ``_pointer`` (the saved-model pointer), ``_taken`` (the last desired state taken),
+``_fetch`` (one transfer and its retry schedule), ``_core`` (shared state, reporting,
+ending a fetch).
 """
 
 from __future__ import annotations

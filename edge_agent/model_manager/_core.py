@@ -27,6 +27,7 @@ from edge_agent.model_manager._fetch import (
     RetrySchedule,
 )
 from edge_agent.model_manager._serving import BackendOpener, ServingModel, Subscriber
+from edge_agent.model_manager._taken import load_taken
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +104,12 @@ class ManagerCore:
         self._retries = RetrySchedule(retry_s)  # pipeline -> its failed fetch's next attempt
         #: (model, version, sha256, signature) that failed for good; not fetched again.
         self._refused: dict[tuple[str, str, str, str], str] = {}
-        #: The generation and signature of the last desired state taken (-1: none yet).
-        self._generation = -1
-        self._applied_signature: str | None = None
+        #: The generation and signature of the last desired state taken (-1: none yet),
+        #: kept across restarts (``_taken``).
+        self._state_dir = state_dir
+        taken = load_taken(state_dir, public_key_pem, tenant, node)
+        self._generation = -1 if taken is None else taken.generation
+        self._applied_signature: str | None = None if taken is None else taken.signature
         self._rejected_messages: Counter[str] = Counter()
         self._inbox: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
         self._inbox_bytes = 0

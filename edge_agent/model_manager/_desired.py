@@ -4,11 +4,11 @@
 A desired state is taken only when the tenant's key signed the whole document (checked
 first: a forged field, a made-up generation included, is never read), it names this tenant
 and node, it is valid now (issued no later, and expiring no earlier, than the clock-skew
-allowance lets pass) and its generation is above the last one taken (the same document
-delivered again is taken as such).  Within it, an entry that would take a pipeline to an
-older version than it serves is refused unless the cloud marked it ``rollback``.  Each
-refusal is counted by reason and logged once; what serves keeps serving, and the cloud's
-next real desired state is taken as usual.
+allowance lets pass) and its generation is above the last one taken, which is kept on disk
+across restarts (``_taken``; the same document delivered again is taken as such).  Within
+it, an entry that would take a pipeline to an older version than it serves is refused
+unless the cloud marked it ``rollback``.  Each refusal is counted by reason and logged
+once; what serves keeps serving, and the cloud's next real desired state is taken as usual.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from continuum.errors import ArtifactError, ProtocolError
 from continuum.wire import topics
 from continuum.wire.messages import DesiredModel, DesiredState, ReportedModel, version_order
 from edge_agent.model_manager._fetch import Fetch
+from edge_agent.model_manager._taken import save_taken
 from edge_agent.model_manager._transfer import Transfer
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class DesiredFollower(Transfer):
         newer = desired.generation > self._generation
         self._generation = desired.generation
         self._applied_signature = desired.signature
+        if newer:
+            save_taken(self._state_dir, payload)
         for name, want in desired.pipelines.items():
             spec = self._specs.get(name)
             if spec is None:

@@ -414,24 +414,29 @@ class TestRefusesForgedOrStaleDesiredState:
         assert set(rig.sample_versions()[count:]) == {"v2"}  # served v2 all along
         assert rig.reported() == "v2:serving"
 
-        # Restarted, the node has no generation to compare with: the replayed first order,
-        # still retained, is fresh and signed, but takes it back to v1 unmarked.
+        # Restarted, the node still knows the last generation it took: the replayed first
+        # order, still retained, is refused again.
         rig.stop_agents()
         again = rig.agent(pattern=[0.0])
-        wait_for(lambda: again.models.rejected_messages == {"desired_downgrade": 1})
+        wait_for(lambda: again.models.rejected_messages == {"desired_stale": 1})
+        # Signed and fresh, but back to v1 without the cloud's rollback mark.
+        second = DesiredState.from_payload(published[-1])
+        downgrade = signed(rig.private, generation=second.generation + 1)
+        rig.cloud.publish(desired, downgrade.to_payload(), retain=True)
+        refused = {"desired_stale": 1, "desired_downgrade": 1}
+        wait_for(lambda: again.models.rejected_messages == refused)
         assert again.runtimes[PIPELINE].model_version == "v2"
 
         # The cloud's next real desired state applies (its generation is the book's next,
         # far below the forged 2**63-1 that could not freeze the node) ...
-        real = DesiredState.from_payload(published[-1])
-        assert real.generation < book.assign(rig.node, PIPELINE, wants["v3"]).generation < 2**62
+        assert downgrade.generation < book.assign(rig.node, PIPELINE, wants["v3"]).generation
         wait_for(lambda: rig.reported() == "v3:serving")
         # ... and so does its rollback, marked as one because v2 is older than v3.
         rollback = book.assign(rig.node, PIPELINE, wants["v2"])
         assert rollback.pipelines[PIPELINE].rollback
         wait_for(lambda: rig.reported() == "v2:serving")
         wait_for(lambda: again.runtimes[PIPELINE].model_version == "v2")
-        assert again.models.rejected_messages == {"desired_downgrade": 1}
+        assert again.models.rejected_messages == refused
         book.close()
 
 

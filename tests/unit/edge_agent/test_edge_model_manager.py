@@ -273,6 +273,7 @@ class TestFollowingDesiredState:
         first.close()
 
         with started(tmp_path / "state", keys) as second:
+            second.sent = first.sent  # the broker sends the retained desired state again
             second.desire(want)
             wait_for(lambda: second.link.chunk_topics())
             missing = second.link.chunk_topics()
@@ -496,6 +497,54 @@ class TestBadInput:
             made.send_chunks(artifact, want)
             wait_for(lambda: made.state() == "v1:serving")
             assert sum(made.manager.rejected_messages.values()) == 3
+
+    def test_the_last_generation_taken_outlives_a_restart(
+        self, tmp_path: Path, keys: tuple[bytes, bytes]
+    ) -> None:
+        artifact = build_model(tmp_path / "v1.onnx")
+        want = desired_for(artifact, keys[0], model="inspector", version="v1")
+        with started(tmp_path / "state", keys) as first:
+            first.desire(want, 5)
+            first.send_chunks(artifact, want)
+            wait_for(lambda: first.state() == "v1:serving")
+            old = first.signed({PIPELINE: want}, 4)  # signed, fresh, but older
+        taken = tmp_path / "state" / "desired.json"
+        assert taken.stat().st_mode & 0o777 == 0o600
+        with started(tmp_path / "state", keys) as again:
+            again.sent = first.sent
+            again.desire(want, 5)  # the retained copy again: no replay
+            again.offer_desired(old)  # a replay the restart must not let through
+            wait_for(lambda: again.manager.rejected_messages == {"desired_stale": 1})
+
+    @pytest.mark.parametrize(
+        "damage", ["garbage", "unsigned", "tampered", "another_node", "another_key"]
+    )
+    def test_an_unusable_last_taken_file_is_ignored_not_obeyed(
+        self, tmp_path: Path, keys: tuple[bytes, bytes], damage: str
+    ) -> None:
+        """Nothing but a document this node took may hold it to a generation."""
+        state_dir = tmp_path / "state"
+        state_dir.mkdir()
+        writer = Node(tmp_path / "writer", keys)
+        huge = writer.signed({}, 2**63 - 1)
+        stranger = generate_keypair()[0]
+        documents = {
+            "garbage": b"\x00not json",
+            "unsigned": huge.model_copy(update={"signature": None}).to_payload(),
+            "tampered": writer.signed({}, 1).model_copy(update={"generation": 2**63 - 1}),
+            "another_node": writer.signed({}, 2**63 - 1, node="edge-2").to_payload(),
+            "another_key": writer.signed({}, 2**63 - 1, signer=stranger).to_payload(),
+        }
+        document = documents[damage]
+        payload = document if isinstance(document, bytes) else document.to_payload()
+        (state_dir / "desired.json").write_bytes(payload)
+        artifact = build_model(tmp_path / "v1.onnx")
+        want = desired_for(artifact, keys[0], model="inspector", version="v1")
+        with started(state_dir, keys) as made:
+            made.desire(want, 1)
+            made.send_chunks(artifact, want)
+            wait_for(lambda: made.state() == "v1:serving")
+            assert made.manager.rejected_messages == {}
 
     def test_another_model_or_an_unknown_pipeline_in_the_desired_state_is_refused(
         self, tmp_path: Path, keys: tuple[bytes, bytes], node: Node
