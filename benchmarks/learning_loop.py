@@ -235,8 +235,13 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(DRIFT_KINDS),
         help="comma-separated fault kinds (default: all of them: " + ", ".join(DRIFT_KINDS) + ")",
     )
-    parser.add_argument("--duration", type=float, default=180.0, help="seconds per run (180)")
-    parser.add_argument("--drift-at", type=float, default=25.0, help="fault onset, s (25)")
+    parser.add_argument("--duration", type=float, default=170.0, help="seconds per run (170)")
+    parser.add_argument(
+        "--drift-at",
+        type=float,
+        default=35.0,
+        help="fault onset, s (35: the detectors fill their reference and window in 25 s at 20 fps)",
+    )
     parser.add_argument("--agents", type=int, default=2, help="edge agents per run (2)")
     parser.add_argument(
         "--oracle",
