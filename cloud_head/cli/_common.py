@@ -128,29 +128,37 @@ def add_credential(parser: argparse.ArgumentParser) -> None:
         "--password-file",
         type=Path,
         default=None,
-        help=f"file holding the tenant's MQTT password, the credential that reads its data on "
-        f"a cloud head shared by tenants (or set {PASSWORD_ENV}); a demo writes them to "
-        "<workdir>/credentials/",
+        help=f"file holding the tenant's MQTT password, the credential every command that "
+        f"reads or changes the tenant's state must give on a cloud head shared by tenants (or "
+        f"set {PASSWORD_ENV}); a demo writes them to <workdir>/credentials/",
     )
 
 
-def authorize(args: argparse.Namespace) -> None:
-    """Refuse to read ``args.tenant``'s data without its credential, where tenants share a head.
+def authorize(args: argparse.Namespace) -> str:
+    """Refuse ``args.tenant``'s state without its credential; return who acts, for the audit log.
 
     A head whose state has a tenant registry (``<root>/tenants``) serves several tenants:
-    every command that reads one tenant's samples, labels, models, fleet or audit records
-    must present that tenant's MQTT password, checked against the broker's password file.
-    A head without a registry is a single-tenant development setup and is not checked.
+    every command that reads or changes one tenant's samples, labels, models, rollouts,
+    fleet or audit records must present that tenant's MQTT password, checked against the
+    broker's password file, before it touches anything. The identity it returns is what the
+    audit log records as the actor of an action, so the record names the credential that was
+    checked, not a name the caller chose. A head without a registry is a single-tenant
+    development setup: nothing is checked and the actor is the login, ``user@host``.
+
+    Returns:
+        ``tenant:NAME via user@host`` after a checked credential, else ``user@host``.
 
     Raises:
         AccessDeniedError: no credential, or it is another tenant's (or a wrong one).
         NotFoundError: the registry has no such tenant.
+        ConfigError: ``--password-file`` cannot be read.
     """
+    from cloud_head.audit import default_actor
     from cloud_head.tenants import TenantRegistry, registry_exists
 
     root = Path(args.root) / "tenants"
     if not registry_exists(root):
-        return
+        return default_actor()
     password = os.environ.get(PASSWORD_ENV)
     path = getattr(args, "password_file", None)
     if path is not None:
@@ -163,7 +171,15 @@ def authorize(args: argparse.Namespace) -> None:
             f"the cloud head at {args.root} serves several tenants: give the credential of "
             f"tenant {args.tenant!r} with --password-file FILE or {PASSWORD_ENV}"
         )
-    TenantRegistry(root).authenticate(args.tenant, password)
+    record = TenantRegistry(root).authenticate(args.tenant, password)
+    return tenant_actor(record.name)
+
+
+def tenant_actor(tenant: str) -> str:
+    """Return the audit actor of a person who gave ``tenant``'s credential from this login."""
+    from cloud_head.audit import default_actor
+
+    return f"tenant:{tenant} via {default_actor()}"
 
 
 def add_cluster(parser: argparse.ArgumentParser) -> None:

@@ -56,7 +56,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "remove",
         help="decommission a node: delete it and its telemetry history (audited)",
         description="Ask the running fleet service to remove NODE: the removal is recorded "
-        "in the tenant's audit log as asked by user@host, then the node and its telemetry "
+        "in the tenant's audit log as asked by the authenticated identity ('tenant:TENANT "
+        "via user@host' once the tenant's credential is checked, on a head shared by "
+        "tenants), with --reason beside it, then the node and its telemetry "
         "history are deleted, its edge_nodes quota place is freed and its retained status "
         "and reported state are cleared on the broker. A removed node that sends a status "
         "again is admitted again as a new node.",
@@ -170,10 +172,8 @@ def run_remove(args: argparse.Namespace) -> int:
             f"removing node {args.node!r} of tenant {args.tenant!r} deletes it and its "
             "telemetry history; pass --yes to confirm"
         )
-    authorize(args)
-    from cloud_head.audit import default_actor
-
-    done = _call_fleet(args, "remove", args.node, default_actor(), args.reason)
+    actor = authorize(args)
+    done = _call_fleet(args, "remove", args.node, actor, args.reason)
     print(
         f"removed node {done['node']} of tenant {args.tenant} and "
         f"{done['telemetry_windows']} telemetry window(s); recorded in its audit log"

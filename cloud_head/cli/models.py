@@ -53,11 +53,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ("promote", "make VERSION current on every node"),
         ("rollback", "go back to an older VERSION on every node"),
     ):
-        action = actions.add_parser(name, help=verb)
+        action = actions.add_parser(
+            name,
+            help=verb,
+            description=f"Ask the pipeline's running controller to {verb}. On a cloud head "
+            "shared by tenants the tenant's credential is checked first (--password-file or "
+            "$CONTINUUM_TENANT_PASSWORD, against the tenant registry under --root); the "
+            "tenant's audit log records the step as done by 'tenant:TENANT via user@host', "
+            "with --reason beside it.",
+        )
         add_tenant(action)
+        add_root(action)
         add_cluster(action)
         action.add_argument("version", help="version, e.g. v2")
-        action.add_argument("--reason", default=f"{name} by operator", help="why, for the record")
+        action.add_argument(
+            "--reason",
+            default=f"{name} by operator",
+            help="why, a note the audit record keeps beside the authenticated identity",
+        )
         action.set_defaults(run=run_set_version, action=name)
 
 
@@ -134,18 +147,16 @@ def run_show(args: argparse.Namespace) -> int:
 
 @operator_command
 def run_set_version(args: argparse.Namespace) -> int:
-    """Ask the pipeline's controller to make a version current everywhere.
+    """Ask the pipeline's controller to make a version current everywhere, once authorised.
 
-    The controller records the step in the tenant's audit log as asked by ``user@host``
-    before it publishes anything.
+    The controller records the step in the tenant's audit log, as asked by the identity the
+    credential check established (``authorize``), before it publishes anything.
     """
     import ray
 
-    from cloud_head.audit import default_actor
-
-    actor = controller(args)
+    actor = authorize(args)
     state = ray.get(
-        actor.set_version.remote(args.version, args.reason, default_actor(), args.action),
+        controller(args).set_version.remote(args.version, args.reason, actor, args.action),
         timeout=60,
     )
     print(f"{args.action}: {args.pipeline} now serves {args.version} ({state['reason']})")

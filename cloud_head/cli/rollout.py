@@ -9,7 +9,9 @@ from typing import Any
 from cloud_head.cli._common import (
     add_cluster,
     add_json,
+    add_root,
     add_tenant,
+    authorize,
     controller,
     operator_command,
     print_json,
@@ -25,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Ask the pipeline's running controller for its rollout: stage, candidate, "
         "the current ramp step and what it waits for, accuracies and latencies, and every "
         "step so far (share, nodes, when, why). A candidate with no node that can take its "
-        "canary shows as 'waiting', with the reason, while the current version serves on.",
+        "canary shows as 'waiting', with the reason, while the current version serves on. "
+        "On a cloud head shared by tenants it asks for the tenant's credential first.",
     )
     actions = parser.add_subparsers(title="actions", metavar="ACTION", required=True)
     status = actions.add_parser(
@@ -37,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "latencies, history)}.",
     )
     add_tenant(status)
+    add_root(status)
     add_cluster(status)
     add_json(status)
     status.set_defaults(run=run_status)
@@ -48,19 +52,29 @@ def register_retrain(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         "retrain",
         help="retrain a pipeline now",
         description="Ask the pipeline's controller to retrain at its next tick, whatever the "
-        "trigger says; the candidate still has to pass the gate.",
+        "trigger says; the candidate still has to pass the gate. On a cloud head shared by "
+        "tenants the tenant's credential is checked first (--password-file or "
+        "$CONTINUUM_TENANT_PASSWORD, against the tenant registry under --root); the training "
+        "run's audit records name 'tenant:TENANT via user@host' as who asked, with --reason "
+        "beside it.",
     )
     add_tenant(retrain)
+    add_root(retrain)
     add_cluster(retrain)
-    retrain.add_argument("--reason", default="requested by operator", help="why, for the record")
+    retrain.add_argument(
+        "--reason",
+        default="requested by operator",
+        help="why, a note the audit records keep beside the authenticated identity",
+    )
     retrain.set_defaults(run=run_retrain)
 
 
 @operator_command
 def run_status(args: argparse.Namespace) -> int:
-    """Print the rollout of one pipeline (``--json``: one document)."""
+    """Print the rollout of one pipeline (``--json``: one document), once authorised."""
     import ray
 
+    authorize(args)
     print_status(args, ray.get(controller(args).status.remote(), timeout=60))
     return 0
 
@@ -190,11 +204,10 @@ def _nodes(nodes: list[str], most: int = 8) -> str:
 
 @operator_command
 def run_retrain(args: argparse.Namespace) -> int:
-    """Request a retraining; the run's audit records name ``user@host`` as who asked."""
+    """Request a retraining, once authorised; the run's audit records name who asked."""
     import ray
 
-    from cloud_head.audit import default_actor
-
-    ray.get(controller(args).request_retrain.remote(args.reason, default_actor()), timeout=60)
+    actor = authorize(args)
+    ray.get(controller(args).request_retrain.remote(args.reason, actor), timeout=60)
     print(f"retraining of {args.pipeline} requested: it starts at the controller's next tick")
     return 0

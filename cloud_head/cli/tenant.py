@@ -44,7 +44,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="create, list or delete tenants (MQTT credential, signing key, quotas)",
         description="Manage tenants: each gets an MQTT credential limited to ctm/TENANT/#, "
         "an ingest credential, an Ed25519 signing key, a Ray namespace, a store partition "
-        "and quotas.",
+        "and quotas. These are the head administrator's commands, not a tenant's: they take "
+        "no tenant credential (a lost or leaked one must be replaceable with `rotate`) and "
+        "are open to whoever can write the owner-only registry under --root; each change is "
+        "recorded in the tenant's audit log as user@host.",
     )
     actions = parser.add_subparsers(title="actions", metavar="ACTION", required=True)
 
