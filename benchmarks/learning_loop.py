@@ -140,6 +140,11 @@ def figures(
         "reserved_before": before,
         "reserved_after_drift": after,
         "reserved_end": end,
+        # The loop may still be converging when the run ends: its best candidate so far.
+        "reserved_best_registered": max(
+            (v["drifted"] for v in report["versions"].values() if v.get("parent")),
+            default=None,
+        ),
         "oracle": oracle,
         "oracle_reaches_target": (
             None if oracle is None or before is None else oracle >= before - RECOVERY_TOLERANCE
@@ -175,7 +180,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     """Print one line per kind, then the verdict."""
     header = (
         f"{'fault':<14}{'aug':>4}{'seen s':>8}  {'outputs/inputs/labels s':<24}"
-        f"{'before':>7}{'no loop':>8}{'end':>7}{'oracle':>7}{'live':>7}{'recov s':>8}"
+        f"{'before':>7}{'no loop':>8}{'end':>7}{'best':>7}{'oracle':>7}{'live':>7}{'recov s':>8}"
         f"{'up@fault':>9}{'up run':>8}  verdict"
     )
     print(header)
@@ -209,7 +214,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             f"{row['kind']:<14}{'yes' if row['augmented_for'] else 'no':>4}"
             f"{_f(row['detected_s'], '.0f'):>8}  {signals:<24}"
             f"{_f(row['reserved_before']):>7}{_f(row['reserved_after_drift']):>8}"
-            f"{_f(row['reserved_end']):>7}{_f(row.get('oracle')):>7}{_f(row['live_end']):>7}"
+            f"{_f(row['reserved_end']):>7}{_f(row.get('reserved_best_registered')):>7}"
+            f"{_f(row.get('oracle')):>7}{_f(row['live_end']):>7}"
             f"{_f(row['seconds_to_recovery'], '.0f'):>8}"
             f"{_f(row['uplink_share_faulty_after_onset'], '.0%'):>9}"
             f"{_f(row['uplink_share_run'], '.0%'):>8}  {verdict}"
@@ -222,9 +228,28 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         "seen s: onset to the first window that reported drift (any signal; windows are 2 s); "
         "outputs/inputs/labels: the same per signal, outputs being the only signal before issue "
         "20 (the baseline); no loop: the serving model under the fault with nothing retrained; "
+        "end: the version served at the end; best: the best retrained version registered by "
+        "then (a later one may not have been rolled out yet); "
         f"oracle: the network trained on {ORACLE_SAMPLES} faulty frames, the most to expect; "
         "up@fault: the faulty camera's uplinked share after the onset; up run: the whole run's."
     )
+
+
+def print_saved(workdir: Path) -> int:
+    """Print the table of the runs kept under ``workdir``; 0 when every kind passed."""
+    saved = json.loads((workdir / "learning_loop.json").read_text())
+    rows = []
+    for row in saved:
+        report_path = workdir / row["kind"] / "report.json"
+        if "error" in row or not report_path.exists():
+            rows.append(row)
+            continue
+        report = json.loads(report_path.read_text())
+        rows.append(
+            figures(row["kind"], report, row["exit_code"], row["run_seconds"], row.get("oracle"))
+        )
+    print_table(rows)
+    return 0 if all(r.get("passed") for r in rows) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,6 +277,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workdir", type=Path, default=Path("learning-loop-runs"), help="where runs are kept"
     )
+    parser.add_argument(
+        "--table",
+        action="store_true",
+        help="print the table of the runs already under --workdir (their reports and oracle "
+        "figures) without running anything",
+    )
     args = parser.parse_args(argv)
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     unknown = sorted(set(kinds) - set(DRIFT_KINDS))
@@ -260,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
             f"unknown fault kind(s) {', '.join(unknown)}; use some of {', '.join(DRIFT_KINDS)}"
         )
     args.workdir = args.workdir.resolve()
+    if args.table:
+        return print_saved(args.workdir)
     rows = []
     for index, kind in enumerate(kinds, 1):
         print(
