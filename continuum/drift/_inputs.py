@@ -10,10 +10,10 @@ import numpy as np
 import numpy.typing as npt
 
 from continuum.drift._buffers import FloatRows, ReferenceWindow
-from continuum.drift._outputs import NOT_READY
+from continuum.drift._monitor import NOT_READY, MonitorBase
 from continuum.drift._specs import DriftState, InputsSpec
 from continuum.drift._stats import FloatArray, ks_sorted
-from continuum.errors import InputMismatchError, SpecError
+from continuum.errors import InputMismatchError
 
 #: An image is subsampled (every k-th pixel) to at most this many pixels per side before
 #: its features are computed: subsampling keeps fine detail (a blur still lowers the edge
@@ -150,7 +150,7 @@ def _shape_mismatch(expected: tuple[int, ...], got: tuple[int, ...]) -> InputMis
     )
 
 
-class InputDriftMonitor:
+class InputDriftMonitor(MonitorBase[InputsSpec]):
     """Run one ``inputs`` detector (see ``InputsSpec``) over a stream of input tensors.
 
     The input shape is taken from the first update after construction or ``reset``.  Rows
@@ -159,27 +159,10 @@ class InputDriftMonitor:
     """
 
     def __init__(self, spec: InputsSpec) -> None:
-        if not isinstance(spec, InputsSpec):
-            raise SpecError(
-                f"expected an inputs drift detector, got {type(spec).__name__}",
-                field="spec",
-                fix="pass drift.inputs(...)",
-            )
-        self._spec = spec
+        super().__init__(spec, (InputsSpec,), what="an inputs", fix="pass drift.inputs(...)")
         self._features: InputFeatures | None = None
         self._buffers: ReferenceWindow | None = None
         self._sorted_reference: FloatArray | None = None
-        self._state = NOT_READY
-
-    @property
-    def spec(self) -> InputsSpec:
-        """The detector spec this monitor runs."""
-        return self._spec
-
-    @property
-    def state(self) -> DriftState:
-        """The state after the latest update."""
-        return self._state
 
     @property
     def feature_names(self) -> list[str]:

@@ -7,13 +7,13 @@ import numpy as np
 import numpy.typing as npt
 
 from continuum.drift._buffers import ReferenceWindow
-from continuum.drift._outputs import NOT_READY
+from continuum.drift._monitor import NOT_READY, MonitorBase
 from continuum.drift._specs import DriftState, LabelsSpec
 from continuum.drift._stats import rise_p_value, values_of
-from continuum.errors import InputMismatchError, SpecError
+from continuum.errors import InputMismatchError
 
 
-class LabelDriftMonitor:
+class LabelDriftMonitor(MonitorBase[LabelsSpec]):
     """Run one ``labels`` detector (see ``LabelsSpec``) over a stream of outcomes.
 
     Only outcomes that have actually arrived may be fed: feeding a label before it would
@@ -21,26 +21,9 @@ class LabelDriftMonitor:
     """
 
     def __init__(self, spec: LabelsSpec) -> None:
-        if not isinstance(spec, LabelsSpec):
-            raise SpecError(
-                f"expected a labels drift detector, got {type(spec).__name__}",
-                field="spec",
-                fix="pass drift.labels(...)",
-            )
-        self._spec = spec
+        super().__init__(spec, (LabelsSpec,), what="a labels", fix="pass drift.labels(...)")
         self._buffers = ReferenceWindow(spec.reference, spec.window, 1)
         self._reference_rate = 0.0
-        self._state = NOT_READY
-
-    @property
-    def spec(self) -> LabelsSpec:
-        """The detector spec this monitor runs."""
-        return self._spec
-
-    @property
-    def state(self) -> DriftState:
-        """The state after the latest update."""
-        return self._state
 
     def reset(self) -> None:
         """Forget everything; the next ``spec.reference`` outcomes become the reference."""

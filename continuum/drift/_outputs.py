@@ -7,14 +7,12 @@ import numpy as np
 import numpy.typing as npt
 
 from continuum.drift._buffers import ReferenceWindow
+from continuum.drift._monitor import NOT_READY, MonitorBase
 from continuum.drift._specs import DriftState, KSSpec, PSISpec
 from continuum.drift._stats import FloatArray, ks_sorted, population_stability_index, values_of
-from continuum.errors import SpecError
-
-NOT_READY = DriftState(score=0.0, drifted=False, ready=False)
 
 
-class DriftMonitor:
+class DriftMonitor(MonitorBase[PSISpec | KSSpec]):
     """Run one PSI or KS detector over a stream of per-sample confidences.
 
     The first ``spec.reference`` values after construction or ``reset()`` form the
@@ -24,28 +22,16 @@ class DriftMonitor:
     """
 
     def __init__(self, spec: PSISpec | KSSpec) -> None:
-        if not isinstance(spec, PSISpec | KSSpec):
-            raise SpecError(
-                f"expected an outputs drift detector, got {type(spec).__name__}",
-                field="spec",
-                fix="pass drift.psi(...) or drift.ks(...) (monitor_for(spec) takes any detector)",
-            )
-        self._spec = spec
+        super().__init__(
+            spec,
+            (PSISpec, KSSpec),
+            what="an outputs",
+            fix="pass drift.psi(...) or drift.ks(...) (monitor_for(spec) takes any detector)",
+        )
         self._buffers = ReferenceWindow(spec.reference, spec.window, 1)
         self._sorted_reference: FloatArray | None = None
         self._edges: FloatArray | None = None
         self._reference_hist: FloatArray | None = None
-        self._state = NOT_READY
-
-    @property
-    def spec(self) -> PSISpec | KSSpec:
-        """The detector spec this monitor runs."""
-        return self._spec
-
-    @property
-    def state(self) -> DriftState:
-        """The state after the latest update."""
-        return self._state
 
     def reset(self) -> None:
         """Forget everything; the next ``spec.reference`` values become the new reference."""
