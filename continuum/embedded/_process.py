@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import signal
@@ -11,14 +12,28 @@ from collections.abc import Sequence
 from pathlib import Path
 
 _LOG_TAIL_LINES = 20
+_PICK_ATTEMPTS = 100
+# Ports this process handed out recently; a bounded memory so long test sessions don't grow it.
+_handed_out: collections.deque[int] = collections.deque(maxlen=4096)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port on ``host`` that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """Return a TCP port on ``host`` that nothing listens on and this process has not handed out.
+
+    The kernel may hand the same ephemeral port to two ``bind(0)`` calls in a row once the
+    first socket is closed, so a process that picks several ports before anything binds
+    them (a Ray node needs seven) could get one twice; Ray then refuses to start ("port
+    ... is used by other components").  Remembering the ports already handed out rules
+    that out within the process.
+    """
+    for _ in range(_PICK_ATTEMPTS):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port: int = sock.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.append(port)
+            return port
+    raise OSError(f"no free TCP port on {host} in {_PICK_ATTEMPTS} tries")
 
 
 def port_accepts(host: str, port: int, timeout_s: float = 0.2) -> bool:

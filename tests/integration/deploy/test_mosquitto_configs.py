@@ -22,6 +22,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from continuum.embedded._process import free_port
 from continuum.embedded.broker import find_mosquitto
 from continuum.wire import topics
 from tests.tools import require_tool
@@ -43,13 +44,6 @@ class Broker:
 
     port: int
     log: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _find_mosquitto_passwd() -> str:
@@ -87,7 +81,7 @@ def dev_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     shutil.copyfile(DEPLOY / "acl.example", acl)
     data = work / "data"
     data.mkdir()
-    port = _free_port()
+    port = free_port()
     conf = work / "mosquitto.conf"
     conf.write_text(
         render_dev_config(

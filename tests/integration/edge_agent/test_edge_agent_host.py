@@ -24,6 +24,7 @@ import pytest
 
 from cloud_head.tenants import TenantCredentials, TenantRegistry
 from continuum.embedded import EmbeddedBroker
+from continuum.embedded._process import free_port
 from continuum.wire import mqtt, topics
 from continuum.wire.messages import NodeStatus
 from edge_agent.cli import main
@@ -111,12 +112,6 @@ def box(tmp_path: Path) -> Iterator[dict[str, Tenant]]:
         broker.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
         return str(reply.read().decode())
@@ -126,7 +121,7 @@ class TestTenantsShareOneProcess:
     def test_each_tenant_publishes_as_itself_and_their_metrics_share_one_port(
         self, box: dict[str, Tenant]
     ) -> None:
-        port = _free_port()
+        port = free_port()
         configs = [
             t.config(metrics_port=port, metrics_host="127.0.0.1", shutdown_timeout_s=5.0)
             for t in box.values()
