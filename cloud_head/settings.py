@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from cloud_head._database import parse_url
 from continuum.errors import ConfigError
+from continuum.wire.identities import MAX_INGEST_REPLICAS
 from continuum.wire.messages import TenantName
 from continuum.wire.mqtt import BrokerSettings
 
@@ -170,7 +171,12 @@ class CloudSettings(BaseSettings):
         "training GPU-hours); unset: root/tenants when it holds one, else unlimited.",
     )
     ingest_replicas: int = Field(
-        default=1, ge=1, le=64, description="Ingest actors sharing the samples subscription."
+        default=1,
+        ge=1,
+        le=MAX_INGEST_REPLICAS,
+        description="Ingest actors sharing the samples subscription; each connects to the "
+        "broker as its own identity, made in advance for up to "
+        f"{MAX_INGEST_REPLICAS} (continuum.wire.identities).",
     )
     ready_timeout_s: float = Field(
         default=60.0,
