@@ -383,3 +383,53 @@ class TestPromtoolAcceptsTheMonitoringFiles:
             [promtool(), "check", "rules", str(path)], capture_output=True, text=True, timeout=60
         )
         assert run.returncode == 0, run.stdout + run.stderr
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[dict[str, Any]]:
+    """The tenant-cluster example as kubectl's own kustomize renders it."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (its kustomize renders the overlay)")
+    run = subprocess.run(
+        [kubectl, "kustomize", str(DEPLOY / "tenant-clusters" / "acme")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    return [d for d in yaml.safe_load_all(run.stdout) if d]
+
+
+class TestTenantsThatDistrustEachOtherGetAClusterEach:
+    """deploy/tenant-clusters/: a RayCluster per tenant, in its own namespace, fenced off.
+
+    Ray namespaces are not a security boundary, so the example renders the whole cluster
+    into the tenant's Kubernetes namespace, where its Ray token is that namespace's Secret,
+    and a NetworkPolicy admits only that namespace's pods.  Rendered with kubectl's own
+    kustomize where kubectl is installed.
+    """
+
+    def test_every_object_lives_in_the_tenants_own_namespace(
+        self, rendered: list[dict[str, Any]]
+    ) -> None:
+        kinds = {d["kind"] for d in rendered}
+        assert {"RayCluster", "NetworkPolicy"} <= kinds
+        assert {d["metadata"]["namespace"] for d in rendered} == {"continuum-acme"}
+        assert all(d["metadata"]["labels"]["continuum.io/tenant"] == "acme" for d in rendered)
+
+    def test_only_the_tenants_own_pods_reach_its_cluster(
+        self, rendered: list[dict[str, Any]]
+    ) -> None:
+        (policy,) = [d for d in rendered if d["kind"] == "NetworkPolicy"]
+        spec = policy["spec"]
+        assert spec["podSelector"] == {} and spec["policyTypes"] == ["Ingress"]
+        # Only a podSelector, no namespaceSelector: peers from this namespace alone.
+        assert spec["ingress"] == [{"from": [{"podSelector": {}}]}]
+
+    def test_the_ray_token_is_the_namespaces_own_secret(
+        self, rendered: list[dict[str, Any]]
+    ) -> None:
+        (cluster,) = [d for d in rendered if d["kind"] == "RayCluster"]
+        refs = re.findall(r"'secretKeyRef': \{[^}]*\}", str(cluster))
+        assert refs and all("continuum-ray-auth" in r and "namespace" not in r for r in refs)
