@@ -2,7 +2,10 @@
 
 Part of ``cloud_head.tenants``: ``TenantRegistry`` decides who exists; ``BrokerFiles`` writes
 that down in the two files mosquitto reads (hashes only, never a password) and makes the
-running broker read them again.
+running broker read them again.  The ACL has one block per identity
+(``continuum.wire.identities``), each granting what that identity's role needs and nothing
+else; ``acl_text`` is the one source of it, and ``deploy/mosquitto/acl.example`` is its
+output for an example tenant.
 """
 
 from __future__ import annotations
@@ -14,17 +17,17 @@ import hmac
 import os
 import signal
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from continuum._fs import atomic_write
 from continuum.embedded.broker import find_mosquitto_tool
 from continuum.errors import ConfigError, NotReadyError
-from continuum.wire import topics
+from continuum.wire import identities, topics
 
 if TYPE_CHECKING:
-    from cloud_head.tenants import TenantRecord
+    from cloud_head._tenant_identities import NodeRecord
 
 #: Where Debian's mosquitto package puts the tool; used when it is not on PATH.
 DEFAULT_MOSQUITTO_PASSWD = "/usr/bin/mosquitto_passwd"
@@ -65,6 +68,25 @@ class BrokerFiles:
         stored = self._hashes().get(user)
         return stored is not None and password_matches(stored, password)
 
+    def hash_of(self, user: str) -> str | None:
+        """Return ``user``'s password hash as the file holds it, or None if it has none."""
+        return self._hashes().get(user)
+
+    def set_hashes(self, hashes: Mapping[str, str]) -> None:
+        """Give each user of ``hashes`` that hash (added or replaced), keeping the others.
+
+        For identities that share one secret (a service's replicas): the hash
+        ``mosquitto_passwd`` made for one of them is copied to the rest.
+        """
+        for user, hashed in hashes.items():
+            if ":" in user or "\n" in user + hashed or not hashed:
+                raise ConfigError(f"not a password-file entry for {user!r}")
+        kept = [(u, h) for u, h in self._hashes().items() if u not in hashes]
+        lines = [f"{u}:{h}" for u, h in [*kept, *hashes.items()]]
+        atomic_write(
+            self.password_file, "".join(line + "\n" for line in lines), mode=_BROKER_FILE_MODE
+        )
+
     def set_password(self, user: str, password: str) -> None:
         """Add ``user`` with ``password`` (as mosquitto's hash), or change its password."""
         # -b puts the password on mosquitto_passwd's command line for a moment; only
@@ -78,9 +100,9 @@ class BrokerFiles:
             if user in present:
                 self._run_passwd(["-D", str(self.password_file), user], what=f"remove {user}")
 
-    def write_acl(self, tenants: Iterable[TenantRecord]) -> None:
-        """Rewrite the ACL file for ``tenants``."""
-        atomic_write(self.acl_file, acl_text(tenants), mode=_BROKER_FILE_MODE)
+    def write_acl(self, tenants: Iterable[str], nodes: Iterable[NodeRecord]) -> None:
+        """Rewrite the ACL file for ``tenants`` and their enrolled ``nodes``."""
+        atomic_write(self.acl_file, acl_text(tenants, nodes), mode=_BROKER_FILE_MODE)
 
     def _hashes(self) -> dict[str, str]:
         text = self.password_file.read_text() if self.password_file.exists() else ""
@@ -108,26 +130,75 @@ class BrokerFiles:
         os.chmod(self.password_file, _BROKER_FILE_MODE)
 
 
-def acl_text(tenants: Iterable[TenantRecord]) -> str:
-    """Return the ACL file for ``tenants`` (mosquitto ``acl_file`` format)."""
-    lines = [
-        "# Written by cloud_head.tenants from the tenant registry; edits are overwritten.",
-        "# Each tenant user reads and writes its own tree only; each ingest user reads",
-        "# its tenant's samples and feedback only (also through $share/ingest/...) and",
-        "# writes the receipts its nodes' outboxes wait for (nodes/+/stored).",
-        "# A user without a block here may connect but can neither read nor write.",
+_ACL_HEADER = """\
+# Written by cloud_head.tenants from the tenant registry; edits are overwritten.
+# One block per broker identity (continuum.wire.identities): the unit of trust is the
+# device, so each identity may act only as itself (DESIGN.md section 6, invariant 6).
+#   TENANT              the operator's credential (the CLI): reads its tenant's tree, writes
+#                       nothing (changes go through the cloud services).
+#   control@TENANT      fleet and rollout: reads status, reported and telemetry; writes
+#                       desired state and model artifacts, and clears a removed node's
+#                       retained status and reported state.
+#   ingest.N@TENANT     ingest replica N: reads samples and feedback (through
+#                       $share/ingest/..., checked against the plain topic); writes receipts.
+#   edge.NODE@TENANT    an enrolled edge node: writes only its own status, reported,
+#                       samples, telemetry and feedback; reads only its own desired state and
+#                       receipts, and its tenant's model artifacts.
+# mosquitto's acl_file accepts every SUBSCRIBE and checks "read" on each message it
+# delivers, so a filter outside a block (another node's desired, ctm/#) delivers nothing.
+# An identity without a block (revoked, unknown, a certificate nobody enrolled) may
+# connect but can neither read nor write; the broker binds each connection's client id to
+# its identity (use_username_as_clientid), so nobody can take over another's session."""
+
+
+def acl_blocks(tenant: str, nodes: Iterable[str]) -> dict[str, list[str]]:
+    """Return ``tenant``'s ACL: each identity and its ``topic`` lines, in file order."""
+    status = topics.nodes_filter(tenant, "status")
+    reported = topics.nodes_filter(tenant, "reported")
+    blocks = {
+        identities.operator_identity(tenant): [f"topic read {topics.tenant_filter(tenant)}"],
+        identities.control_identity(tenant): [
+            f"topic readwrite {status}",
+            f"topic readwrite {reported}",
+            f"topic read {topics.pipeline_filter(tenant, 'telemetry')}",
+            f"topic write {topics.nodes_filter(tenant, 'desired')}",
+            f"topic write {topics.models_filter(tenant)}",
+        ],
+    }
+    ingest = [
+        f"topic read {topics.pipeline_filter(tenant, 'samples')}",
+        f"topic read {topics.pipeline_filter(tenant, 'feedback')}",
+        f"topic write {topics.nodes_filter(tenant, 'stored')}",
     ]
-    for tenant in tenants:
-        name = tenant.name
-        lines += [
-            "",
-            f"user {tenant.mqtt_username}",
-            f"topic readwrite {topics.tenant_filter(name)}",
-            f"user {tenant.ingest_username}",
-            f"topic read {topics.pipeline_filter(name, 'samples')}",
-            f"topic read {topics.pipeline_filter(name, 'feedback')}",
-            f"topic write {topics.nodes_filter(name, 'stored')}",
+    for replica in range(identities.MAX_INGEST_REPLICAS):
+        blocks[identities.ingest_identity(tenant, replica)] = list(ingest)
+    for node in nodes:
+        blocks[identities.node_identity(tenant, node)] = [
+            f"topic write {topics.node_status(tenant, node)}",
+            f"topic write {topics.node_reported(tenant, node)}",
+            f"topic write {topics.pipeline_filter(tenant, 'samples', node)}",
+            f"topic write {topics.pipeline_filter(tenant, 'telemetry', node)}",
+            f"topic write {topics.pipeline_filter(tenant, 'feedback', node)}",
+            f"topic read {topics.node_desired(tenant, node)}",
+            f"topic read {topics.node_stored(tenant, node)}",
+            f"topic read {topics.models_filter(tenant)}",
         ]
+    return blocks
+
+
+def acl_text(tenants: Iterable[str], nodes: Iterable[NodeRecord] = ()) -> str:
+    """Return the ACL file (mosquitto ``acl_file`` format) for ``tenants`` and their nodes.
+
+    Only the enrolments in force among ``nodes`` get a block; the others are ignored.
+    """
+    by_tenant: dict[str, list[str]] = {}
+    for record in nodes:
+        if record.active:
+            by_tenant.setdefault(record.tenant, []).append(record.node)
+    lines = [_ACL_HEADER]
+    for tenant in tenants:
+        for user, rules in acl_blocks(tenant, by_tenant.get(tenant, [])).items():
+            lines += ["", f"user {user}", *rules]
     return "\n".join(lines) + "\n"
 
 

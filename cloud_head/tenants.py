@@ -1,14 +1,18 @@
 """The tenant registry: who may use the continuum, with which credential, key and quotas.
 
-A tenant (DESIGN.md §6) owns an MQTT credential limited by the broker ACL to
-``ctm/{tenant}/#``, a read-only ingest credential for its samples and feedback, an
-Ed25519 signing key pair, a Ray namespace, a store partition and resource quotas.  The
-registry keeps them under one root directory::
+A tenant (DESIGN.md §6) owns broker identities (``continuum.wire.identities``): its
+operator's credential (the tenant's name, read-only on ``ctm/{tenant}/#``), its control
+plane's (``control@{tenant}``), one per ingest replica (``ingest.{N}@{tenant}``, one shared
+secret) and one per enrolled edge node (``edge.{node}@{tenant}``, a password or a client
+certificate); the broker ACL gives each only what its role needs.  It also owns an Ed25519
+signing key pair, a Ray namespace, a store partition and resource quotas.  The registry
+keeps them under one root directory::
 
-    {root}/_tenants.sqlite        tenants and deleted tenants (SQLite, WAL)
+    {root}/_tenants.sqlite        tenants, deleted tenants and node enrolments (SQLite, WAL)
     {root}/_broker/passwd         mosquitto password file: hashes only, never a password
     {root}/_broker/acl            mosquitto ACL file, regenerated from the registry
     {root}/{tenant}/keys/         signing.key and signing.pub
+    {root}/{tenant}/credentials/  control.password, ingest.password: the cloud services'
     {root}/_archive/{tenant}-{UTC time}/   what a deleted tenant left behind
 
 Everything here is owner-only (files 0600, folders 0700) except ``_broker``, which
@@ -21,28 +25,36 @@ verify`` checks each log's signed head against the pinned key (``public_key``) b
 Names starting with ``_`` are not valid tenant names, so a tenant can never collide
 with the registry's own files.
 
-Passwords are generated here, handed out once (``create`` and ``rotate_credentials``)
-and kept only as mosquitto's PBKDF2 hash in the password file.
+Passwords are generated here and kept only as mosquitto's PBKDF2 hash in the password file;
+the operator's and a node's are handed out once (``create``, ``rotate_credentials``,
+``enroll_node``), the services' are also written to ``service_credentials_dir`` (owner-only),
+from which the cloud head reads them at start.
+
+A node is enrolled (``enroll_node``) within the tenant's ``edge_nodes`` quota and revoked
+(``revoke_node``): its password entry and ACL block go, the next ``apply_to_broker`` cuts its
+connection, and a certificate's serial joins ``revoked_serials`` (the CRL).
 
 Deleting a tenant revokes it and archives its identity, and keeps its data:
 
-- its two MQTT users leave the password file and the ACL; ``apply_to_broker`` makes the
-  running broker reload, which also disconnects sessions that are already open;
-- ``{root}/{tenant}`` moves to ``{root}/_archive/``; the private signing key is
-  destroyed (nothing new can be signed as the tenant) and the public key is kept, so
-  old artifacts and audit records still verify;
+- its identities leave the password file and the ACL, and its nodes are revoked;
+  ``apply_to_broker`` makes the running broker reload, which also disconnects sessions that
+  are already open;
+- ``{root}/{tenant}`` moves to ``{root}/_archive/``; the private signing key and the
+  services' passwords are destroyed (nothing new can be signed as the tenant) and the
+  public key is kept, so old artifacts and audit records still verify;
 - samples in the store partition, models in the registry and audit records stay where
   they are: regulated users must keep them for a retention period, and erasing them is
   a separate, audited decision;
 - the name is never reused, so a new tenant cannot inherit the old one's topics,
   partition, namespace or records.
 
-Given an ``AuditLog``, every change (create, quota change, credential rotation, delete) is
+Given an ``AuditLog``, every change (create, quota change, credential rotation, node
+enrolment and revocation, delete) is
 appended to the tenant's own audit log inside the change: when the record cannot be written
 the change is undone (create, quota) or not made (rotate, delete), and the error says so.
 
-The quotas live in ``_tenant_quotas`` and the broker's files in ``_tenant_broker``; both
-are public through this module.
+The quotas live in ``_tenant_quotas``, the broker's files in ``_tenant_broker`` and the
+nodes and service passwords in ``_tenant_identities``; all are public through this module.
 """
 
 from __future__ import annotations
@@ -61,6 +73,15 @@ from typing import TYPE_CHECKING
 
 from cloud_head._tenant_broker import DEFAULT_MOSQUITTO_PASSWD as DEFAULT_MOSQUITTO_PASSWD
 from cloud_head._tenant_broker import BrokerFiles, acl_text, reload_broker
+from cloud_head._tenant_identities import (
+    NODES_SCHEMA,
+    NodeCredentials,
+    NodeEnrolment,
+    NodeRecord,
+    revoke_rows,
+    write_service_passwords,
+)
+from cloud_head._tenant_identities import service_credentials_dir as service_credentials_dir
 from cloud_head._tenant_quotas import QUOTA_KINDS as QUOTA_KINDS
 from cloud_head._tenant_quotas import QuotaExceededError, QuotaKind, Quotas
 from cloud_head.audit import AuditAction
@@ -74,12 +95,14 @@ from continuum.errors import (
     SpecError,
 )
 from continuum.signing import generate_keypair, key_fingerprint, load_public_key
-from continuum.wire import topics
+from continuum.wire import identities, topics
 
 if TYPE_CHECKING:
     from cloud_head.audit import AuditLog
 
 __all__ = [
+    "NodeCredentials",
+    "NodeRecord",
     "QuotaExceededError",
     "QuotaKind",
     "Quotas",
@@ -87,12 +110,11 @@ __all__ = [
     "TenantRecord",
     "TenantRegistry",
     "check_tenant_name",
-    "ingest_username",
+    "ingest_usernames",
     "read_quotas",
+    "service_credentials_dir",
 ]
 
-#: The MQTT 5 shared-subscription group that ingest workers join (DESIGN.md §5).
-INGEST_USER_PREFIX = "ingest@"
 _PASSWORD_BYTES = 32
 
 _SCHEMA = """
@@ -117,12 +139,23 @@ CREATE TABLE IF NOT EXISTS deleted_tenants (
 
 @dataclass(frozen=True, slots=True)
 class TenantCredentials:
-    """The MQTT passwords of a tenant, handed out once; the registry keeps only hashes."""
+    """The broker passwords of a tenant's operator and services, handed out once.
+
+    The password file keeps only their hashes; the services' passwords are also written,
+    owner-only, to ``service_credentials_dir`` for the cloud head.  Every ingest replica
+    identity (``ingest_usernames``) shares ``ingest_password``: one role, one secret.
+    """
 
     username: str
     password: str = field(repr=False)
-    ingest_username: str
+    control_username: str
+    control_password: str = field(repr=False)
     ingest_password: str = field(repr=False)
+
+    @property
+    def ingest_usernames(self) -> list[str]:
+        """The identities of the tenant's ingest replicas, replica 0 first."""
+        return ingest_usernames(self.username)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,13 +172,23 @@ class TenantRecord:
 
     @property
     def mqtt_username(self) -> str:
-        """The tenant's own MQTT user: read and write on ``ctm/{tenant}/#``."""
-        return self.name
+        """The tenant's operator identity: read-only on ``ctm/{tenant}/#``."""
+        return identities.operator_identity(self.name)
 
     @property
-    def ingest_username(self) -> str:
-        """The tenant's ingest service user: read on its samples and feedback only."""
-        return ingest_username(self.name)
+    def control_username(self) -> str:
+        """The identity of the tenant's control plane (fleet and rollout)."""
+        return identities.control_identity(self.name)
+
+    @property
+    def ingest_usernames(self) -> list[str]:
+        """The identities of the tenant's ingest replicas, replica 0 first."""
+        return ingest_usernames(self.name)
+
+    @property
+    def service_usernames(self) -> list[str]:
+        """The operator's and the services' identities: every user the tenant itself has."""
+        return _service_usernames(self.name)
 
     @property
     def ray_namespace(self) -> str:
@@ -192,13 +235,17 @@ def read_quotas(root: Path | str, tenant: str) -> Quotas:
     return TenantRegistry(root).get(tenant).quotas
 
 
-def ingest_username(tenant: str) -> str:
-    """Return the ingest service user of ``tenant``; ``@`` cannot occur in a tenant name."""
-    return f"{INGEST_USER_PREFIX}{tenant}"
+def ingest_usernames(tenant: str) -> list[str]:
+    """Return the identities of ``tenant``'s ingest replicas, replica 0 first."""
+    return [
+        identities.ingest_identity(tenant, replica)
+        for replica in range(identities.MAX_INGEST_REPLICAS)
+    ]
 
 
-class TenantRegistry:
-    """Create, list and delete tenants under ``root``, and apply them to the MQTT broker.
+class TenantRegistry(NodeEnrolment):
+    """Create, list and delete tenants under ``root``, enrol and revoke their nodes, and apply
+    them to the MQTT broker.
 
     Changes are serialised across processes with a lock file; each one leaves the
     password and ACL files matching the registry.  The running broker sees them after
@@ -232,7 +279,7 @@ class TenantRegistry:
         with self._locked():
             self._broker.create_missing()
             with closing(self._connect()) as db, db:
-                db.executescript(_SCHEMA)
+                db.executescript(_SCHEMA + NODES_SCHEMA)
                 _add_public_key_column(db)
 
     @property
@@ -254,6 +301,14 @@ class TenantRegistry:
     def archive_dir(self) -> Path:
         """Where deleted tenants' directories go."""
         return self.root / "_archive"
+
+    def service_credentials_dir(self, tenant: str) -> Path:
+        """Return the owner-only folder holding ``tenant``'s service passwords.
+
+        ``control.password`` (``control@{tenant}``) and ``ingest.password`` (every
+        ``ingest.N@{tenant}``), written by ``create`` and ``rotate_credentials``.
+        """
+        return service_credentials_dir(self.root, tenant)
 
     def _audit_change(self, name: str, action: AuditAction, details: dict[str, object]) -> None:
         """Append a change to ``name``'s audit log; raises ``AuditWriteError`` if it cannot."""
@@ -307,12 +362,12 @@ class TenantRegistry:
                             "event": "created",
                             "quotas": asdict(quotas),
                             "key_fingerprint": record.key_fingerprint,
-                            "mqtt_users": [credentials.username, credentials.ingest_username],
+                            "mqtt_users": record.service_usernames,
                         },
                     )
             except BaseException:
                 shutil.rmtree(self.tenant_dir(name), ignore_errors=True)
-                self._broker.remove([credentials.username, credentials.ingest_username])
+                self._broker.remove(_service_usernames(name))
                 raise
             self._write_acl()
         return record
@@ -383,18 +438,19 @@ class TenantRegistry:
         self.get(tenant).quotas.check(tenant, kind, current, requested)
 
     def rotate_credentials(self, name: str) -> TenantCredentials:
-        """Give tenant ``name`` new MQTT passwords (returned once); the old ones stop working
-        at the broker's next reload (``apply_to_broker``)."""
+        """Give tenant ``name``'s operator and services new passwords (returned once).
+
+        The services' files in ``service_credentials_dir`` are rewritten; the old passwords
+        stop working at the broker's next reload (``apply_to_broker``).  Nodes keep theirs
+        (``enroll_node(..., replace=True)`` replaces one).
+        """
         with self._locked():
             record = self.get(name)
             credentials = _new_credentials(record.name)
             self._audit_change(
                 name,
                 AuditAction.KEY_CHANGE,
-                {
-                    "event": "credentials rotated",
-                    "mqtt_users": [credentials.username, credentials.ingest_username],
-                },
+                {"event": "credentials rotated", "mqtt_users": record.service_usernames},
             )
             self._set_passwords(credentials)
         return credentials
@@ -417,11 +473,16 @@ class TenantRegistry:
                 {
                     "event": "deleted",
                     "key_fingerprint": record.key_fingerprint,
-                    "revoked_mqtt_users": [record.mqtt_username, record.ingest_username],
+                    "revoked_mqtt_users": [
+                        *record.service_usernames,
+                        *(n.identity for n in self.nodes(name) if n.active),
+                    ],
                     "kept": ["samples", "models", "audit records", "public key"],
                 },
             )
-            self._broker.remove([record.mqtt_username, record.ingest_username])
+            self._broker.remove(
+                [*record.service_usernames, *(n.identity for n in self.nodes(name))]
+            )
             deleted_at = time.time()
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(deleted_at))
             archive = self.archive_dir / f"{name}-{stamp}"
@@ -432,6 +493,7 @@ class TenantRegistry:
             else:
                 private_dir(archive)
             (archive / "keys" / "signing.key").unlink(missing_ok=True)
+            shutil.rmtree(archive / "credentials", ignore_errors=True)
             summary = {
                 **{k: v for k, v in asdict(record).items() if k != "credentials"},
                 "deleted_at": deleted_at,
@@ -449,6 +511,7 @@ class TenantRegistry:
                     (name, record.created_at, deleted_at, str(archive), record.key_fingerprint),
                 )
                 db.execute("DELETE FROM tenants WHERE name = ?", (name,))
+                revoke_rows(db, name, None, deleted_at)
             self._write_acl()
         return archive
 
@@ -457,25 +520,33 @@ class TenantRegistry:
     ) -> int | None:
         """Bring the broker files in line with the registry and make the broker reload them.
 
-        Users in the password file that belong to no tenant are removed; the ACL is
-        rewritten.  With ``pid`` or ``pid_file`` (mosquitto's ``pid_file``) the broker gets
-        a SIGHUP: mosquitto 2.0 then re-reads both files and disconnects sessions whose
-        user is gone.  Returns the pid signalled, or None when none was given.
+        Users in the password file that belong to no tenant (or to a revoked node) are
+        removed; the ACL is rewritten.  With ``pid`` or ``pid_file`` (mosquitto's
+        ``pid_file``) the broker gets a SIGHUP: mosquitto 2.0 then re-reads both files and
+        disconnects sessions whose user is gone.  Returns the pid signalled, or None when
+        none was given.
 
         Raises:
-            ConfigError: a tenant has no entry in the password file (rotate its credentials).
+            ConfigError: an identity has no entry in the password file (rotate the tenant's
+                credentials, or enrol the node again).
             NotReadyError: the pid file or the process does not exist.
         """
         with self._locked():
-            tenants = self.list()
-            expected = {u for t in tenants for u in (t.mqtt_username, t.ingest_username)}
+            services = {u for t in self.list() for u in t.service_usernames}
+            nodes = {n.identity: n for n in self.nodes() if n.active and n.method == "password"}
             present = set(self._broker.users())
-            self._broker.remove(sorted(present - expected))
-            missing = sorted(expected - present)
+            self._broker.remove(sorted(present - services - set(nodes)))
+            missing = sorted((services | set(nodes)) - present)
             if missing:
+                fixes = sorted(
+                    f"`continuum node enroll {nodes[u].tenant} {nodes[u].node} --replace`"
+                    if u in nodes
+                    else f"`continuum tenant rotate {identities.parse_identity(u).tenant}`"
+                    for u in missing
+                )
                 raise ConfigError(
                     f"{self.password_file} lacks {', '.join(missing)}; give them new passwords "
-                    "with TenantRegistry.rotate_credentials (`continuum tenant rotate NAME`)"
+                    f"with {', '.join(dict.fromkeys(fixes))}"
                 )
             self._write_acl()
         return reload_broker(pid, pid_file)
@@ -548,8 +619,8 @@ class TenantRegistry:
             )
 
     def acl_text(self) -> str:
-        """Return the ACL file for the current tenants (mosquitto ``acl_file`` format)."""
-        return acl_text(self.list())
+        """Return the ACL file for the current tenants and nodes (mosquitto ``acl_file``)."""
+        return acl_text([t.name for t in self.list()], self.nodes())
 
     def _record(self, row: sqlite3.Row) -> TenantRecord:
         keys = self.root / row["name"] / "keys"
@@ -585,7 +656,7 @@ class TenantRegistry:
             )
 
     def _write_acl(self) -> None:
-        self._broker.write_acl(self.list())
+        self._broker.write_acl([t.name for t in self.list()], self.nodes())
 
     def authenticate(self, name: str, password: str) -> TenantRecord:
         """Return tenant ``name`` if ``password`` is its MQTT password, else refuse.
@@ -609,8 +680,19 @@ class TenantRegistry:
         return record
 
     def _set_passwords(self, credentials: TenantCredentials) -> None:
+        """Set the operator's and services' passwords, and write the services' files."""
         self._broker.set_password(credentials.username, credentials.password)
-        self._broker.set_password(credentials.ingest_username, credentials.ingest_password)
+        self._broker.set_password(credentials.control_username, credentials.control_password)
+        first, *others = credentials.ingest_usernames
+        self._broker.set_password(first, credentials.ingest_password)
+        shared = self._broker.hash_of(first)
+        assert shared is not None  # mosquitto_passwd just wrote it
+        self._broker.set_hashes(dict.fromkeys(others, shared))
+        write_service_passwords(
+            self.service_credentials_dir(credentials.username),
+            control=credentials.control_password,
+            ingest=credentials.ingest_password,
+        )
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.db_path, timeout=10.0)
@@ -629,13 +711,20 @@ class TenantRegistry:
 
 
 def _new_credentials(name: str) -> TenantCredentials:
-    """Return fresh random passwords for tenant ``name``'s two MQTT users."""
+    """Return fresh random passwords for tenant ``name``'s operator and services."""
     return TenantCredentials(
-        username=name,
+        username=identities.operator_identity(name),
         password=secrets.token_urlsafe(_PASSWORD_BYTES),
-        ingest_username=ingest_username(name),
+        control_username=identities.control_identity(name),
+        control_password=secrets.token_urlsafe(_PASSWORD_BYTES),
         ingest_password=secrets.token_urlsafe(_PASSWORD_BYTES),
     )
+
+
+def _service_usernames(name: str) -> list[str]:
+    """Return the operator's and services' identities of tenant ``name``."""
+    operator, control = identities.operator_identity(name), identities.control_identity(name)
+    return [operator, control, *ingest_usernames(name)]
 
 
 def _add_public_key_column(db: sqlite3.Connection) -> None:

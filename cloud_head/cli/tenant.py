@@ -42,12 +42,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser(
         "tenant",
         help="create, list or delete tenants (MQTT credential, signing key, quotas)",
-        description="Manage tenants: each gets an MQTT credential limited to ctm/TENANT/#, "
-        "an ingest credential, an Ed25519 signing key, a Ray namespace, a store partition "
-        "and quotas. These are the head administrator's commands, not a tenant's: they take "
-        "no tenant credential (a lost or leaked one must be replaceable with `rotate`) and "
-        "are open to whoever can write the owner-only registry under --root; each change is "
-        "recorded in the tenant's audit log as user@host.",
+        description="Manage tenants: each gets an operator credential (read-only on "
+        "ctm/TENANT/#), credentials for its control plane and ingest replicas (written "
+        "owner-only under the registry for the cloud head), an Ed25519 signing key, a Ray "
+        "namespace, a store partition and quotas; its edge nodes are enrolled one by one "
+        "(`continuum node enroll`). These are the head administrator's commands, not a "
+        "tenant's: they take no tenant credential (a lost or leaked one must be replaceable "
+        "with `rotate`) and are open to whoever can write the owner-only registry under "
+        "--root; each change is recorded in the tenant's audit log as user@host.",
     )
     actions = parser.add_subparsers(title="actions", metavar="ACTION", required=True)
 
@@ -75,7 +77,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_root(quota)
     quota.set_defaults(run=run_quota)
 
-    rotate = actions.add_parser("rotate", help="give a tenant new MQTT passwords (printed once)")
+    rotate = actions.add_parser(
+        "rotate", help="give a tenant's operator and services new passwords (printed once)"
+    )
     rotate.add_argument("name", help="tenant name")
     add_root(rotate)
     _add_broker(rotate)
@@ -156,10 +160,18 @@ def _apply(registry: TenantRegistry, args: argparse.Namespace) -> None:
         print(f"broker (pid {pid}) reloaded {registry.password_file} and {registry.acl_file}")
 
 
-def _print_credentials(credentials: TenantCredentials) -> None:
+def _print_credentials(registry: TenantRegistry, credentials: TenantCredentials) -> None:
+    """Print the operator's password once; say where the services' passwords are."""
     print("MQTT credentials (shown once; only their hashes are kept):")
     print(f"  tenant  {credentials.username}  password {credentials.password}")
-    print(f"  ingest  {credentials.ingest_username}  password {credentials.ingest_password}")
+    folder = registry.service_credentials_dir(credentials.username)
+    ingest = credentials.ingest_usernames
+    print(f"  control {credentials.control_username}  password in {folder}/control.password")
+    print(f"  ingest  {ingest[0]} .. {ingest[-1]}  password in {folder}/ingest.password")
+    print(
+        f"  edge nodes: enrol each with `continuum node enroll {credentials.username} NODE` "
+        "(its own identity and password)"
+    )
 
 
 @operator_command
@@ -180,7 +192,7 @@ def run_create(args: argparse.Namespace) -> int:
         f"samples_per_day={record.quotas.samples_per_day} "
         f"training_gpu_hours={record.quotas.training_gpu_hours:g}"
     )
-    _print_credentials(record.credentials)
+    _print_credentials(registry, record.credentials)
     _apply(registry, args)
     return 0
 
@@ -236,7 +248,7 @@ def run_rotate(args: argparse.Namespace) -> int:
     """Give a tenant new passwords, print them once, and reload the broker if asked."""
     with _audited(args.root) as registry:
         credentials = registry.rotate_credentials(args.name)
-    _print_credentials(credentials)
+    _print_credentials(registry, credentials)
     _apply(registry, args)
     return 0
 

@@ -94,7 +94,8 @@ class EmbeddedBroker:
 
     ``port=0`` picks a free port at the first ``start()``; ``restart()`` keeps it,
     so clients reconnect to the same address.  ``password_file`` and ``acl_file``
-    (mosquitto's own formats) switch off anonymous access; the dev default is
+    (mosquitto's own formats) switch off anonymous access, and a password file binds each
+    client id to its username (``use_username_as_clientid``); the dev default is
     anonymous on loopback only.  ``tls`` makes the listener TLS-only (mutual TLS when it
     requires client certificates).
     """
@@ -286,6 +287,9 @@ class EmbeddedBroker:
         lines = ["allow_anonymous false"]
         if self.password_file is not None:
             lines.append(f"password_file {Path(self.password_file).resolve()}")
+            # The client id becomes the username: one identity is one session, so nobody
+            # can take over another's session by claiming its client id (DESIGN.md §7.6).
+            lines.append("use_username_as_clientid true")
         if self.acl_file is not None:
             lines.append(f"acl_file {Path(self.acl_file).resolve()}")
         return lines

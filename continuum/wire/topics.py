@@ -113,9 +113,17 @@ def artifact_chunk(tenant: str, model: str, version: str, index: int) -> str:
     return f"{artifact_prefix(tenant, model, version)}/chunks/{index}"
 
 
-def pipeline_filter(tenant: str, kind: Literal["samples", "telemetry", "feedback"]) -> str:
-    """Subscription filter for one kind of pipeline topic of every pipeline and node."""
-    return f"{PREFIX}/{check_name(tenant, 'tenant')}/pipelines/+/{kind}/+"
+def pipeline_filter(
+    tenant: str, kind: Literal["samples", "telemetry", "feedback"], node: str | None = None
+) -> str:
+    """Filter for one kind of pipeline topic of every pipeline and node (or of ``node`` only)."""
+    last = "+" if node is None else check_name(node, "node")
+    return f"{PREFIX}/{check_name(tenant, 'tenant')}/pipelines/+/{kind}/{last}"
+
+
+def models_filter(tenant: str) -> str:
+    """Filter for every model artifact (manifests and chunks) of one tenant."""
+    return f"{PREFIX}/{check_name(tenant, 'tenant')}/models/#"
 
 
 def nodes_filter(tenant: str, kind: Literal["status", "reported", "desired", "stored"]) -> str:

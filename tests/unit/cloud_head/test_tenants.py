@@ -16,11 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from cloud_head._tenant_broker import password_matches
 from cloud_head.cli import tenant as tenant_cli
 from cloud_head.tenants import (
     QuotaExceededError,
     Quotas,
     TenantRegistry,
+    service_credentials_dir,
 )
 from continuum.errors import ConfigError, ContinuumError, NotFoundError, NotReadyError, SpecError
 from continuum.signing import key_fingerprint, public_pem_of, sign, verify
@@ -39,6 +41,10 @@ def _password_users(registry: TenantRegistry) -> list[str]:
     return [line.split(":", 1)[0] for line in registry.password_file.read_text().splitlines()]
 
 
+def _service_users(tenant: str) -> list[str]:
+    return [tenant, f"control@{tenant}", *(f"ingest.{i}@{tenant}" for i in range(8))]
+
+
 class TestCreate:
     def test_record_names_what_the_tenant_owns(self, registry: TenantRegistry) -> None:
         record = registry.create(
@@ -46,32 +52,62 @@ class TestCreate:
         )
         assert record.name == "acme"
         assert record.mqtt_username == "acme"
-        assert record.ingest_username == "ingest@acme"
+        assert record.control_username == "control@acme"
+        assert record.ingest_usernames == [f"ingest.{i}@acme" for i in range(8)]
         assert record.ray_namespace == "acme"
         assert record.store_partition == "tenant=acme"
         assert record.topic_filter == "ctm/acme/#"
         assert record.quotas == Quotas(3, 50, 1.5)
 
-    def test_credentials_are_handed_out_once_and_never_stored(
+    def test_operator_credential_is_handed_out_once_and_never_stored(
         self, registry: TenantRegistry
     ) -> None:
         record = registry.create("acme")
-        assert record.credentials is not None
-        password = record.credentials.password
-        assert len(password) >= 40 and password != record.credentials.ingest_password
-        assert password not in repr(record.credentials)
+        credentials = record.credentials
+        assert credentials is not None
+        password = credentials.password
+        assert len(password) >= 40
+        assert len({password, credentials.control_password, credentials.ingest_password}) == 3
+        for secret in (password, credentials.control_password, credentials.ingest_password):
+            assert secret not in repr(credentials)
         assert registry.get("acme").credentials is None
         for path in registry.root.rglob("*"):
             if path.is_file():
                 assert password.encode() not in path.read_bytes(), path
 
-    def test_password_file_holds_mosquitto_hashes_of_both_users(
+    def test_service_passwords_are_kept_owner_only_for_the_cloud_head(
         self, registry: TenantRegistry
     ) -> None:
-        registry.create("acme")
-        lines = registry.password_file.read_text().splitlines()
-        assert sorted(line.split(":", 1)[0] for line in lines) == ["acme", "ingest@acme"]
-        assert all(line.split(":", 1)[1].startswith("$7$") for line in lines)  # PBKDF2-SHA512
+        credentials = registry.create("acme").credentials
+        assert credentials is not None
+        folder = registry.service_credentials_dir("acme")
+        assert folder == service_credentials_dir(registry.root, "acme")
+        assert folder == registry.root / "acme" / "credentials"
+        assert _mode(folder) == 0o700
+        control, ingest = folder / "control.password", folder / "ingest.password"
+        assert control.read_text().strip() == credentials.control_password
+        assert ingest.read_text().strip() == credentials.ingest_password
+        assert _mode(control) == _mode(ingest) == 0o600
+        rotated = registry.rotate_credentials("acme")
+        assert control.read_text().strip() == rotated.control_password
+        assert ingest.read_text().strip() == rotated.ingest_password
+
+    def test_password_file_holds_mosquitto_hashes_of_every_identity(
+        self, registry: TenantRegistry
+    ) -> None:
+        credentials = registry.create("acme").credentials
+        assert credentials is not None
+        hashes = dict(line.split(":", 1) for line in registry.password_file.read_text().split())
+        assert sorted(hashes) == sorted(_service_users("acme"))
+        assert all(h.startswith("$7$") for h in hashes.values())  # PBKDF2-SHA512
+        # One role, one secret: every ingest replica shares the hash of ingest.password.
+        assert len({hashes[user] for user in credentials.ingest_usernames}) == 1
+        for user, password in (
+            ("acme", credentials.password),
+            ("control@acme", credentials.control_password),
+            ("ingest.7@acme", credentials.ingest_password),
+        ):
+            assert password_matches(hashes[user], password), user
 
     def test_signing_key_is_private_and_signs_for_the_public_key(
         self, registry: TenantRegistry
@@ -148,24 +184,28 @@ class TestListAndGet:
 
 
 class TestAcl:
-    def test_acl_limits_each_user_to_its_tenant(self, registry: TenantRegistry) -> None:
+    def test_acl_gives_each_identity_only_its_role_within_its_tenant(
+        self, registry: TenantRegistry
+    ) -> None:
         registry.create("acme")
         registry.create("globex")
         blocks = _acl_blocks(registry.acl_file.read_text())
-        assert blocks == {
-            "acme": ["topic readwrite ctm/acme/#"],
-            "ingest@acme": [
-                "topic read ctm/acme/pipelines/+/samples/+",
-                "topic read ctm/acme/pipelines/+/feedback/+",
-                "topic write ctm/acme/nodes/+/stored",
-            ],
-            "globex": ["topic readwrite ctm/globex/#"],
-            "ingest@globex": [
-                "topic read ctm/globex/pipelines/+/samples/+",
-                "topic read ctm/globex/pipelines/+/feedback/+",
-                "topic write ctm/globex/nodes/+/stored",
-            ],
-        }
+        assert sorted(blocks) == sorted(_service_users("acme") + _service_users("globex"))
+        for tenant in ("acme", "globex"):
+            assert blocks[tenant] == [f"topic read ctm/{tenant}/#"]  # the operator writes nothing
+            assert blocks[f"control@{tenant}"] == [
+                f"topic readwrite ctm/{tenant}/nodes/+/status",
+                f"topic readwrite ctm/{tenant}/nodes/+/reported",
+                f"topic read ctm/{tenant}/pipelines/+/telemetry/+",
+                f"topic write ctm/{tenant}/nodes/+/desired",
+                f"topic write ctm/{tenant}/models/#",
+            ]
+            for replica in range(8):
+                assert blocks[f"ingest.{replica}@{tenant}"] == [
+                    f"topic read ctm/{tenant}/pipelines/+/samples/+",
+                    f"topic read ctm/{tenant}/pipelines/+/feedback/+",
+                    f"topic write ctm/{tenant}/nodes/+/stored",
+                ]
 
     def test_acl_has_no_pattern_or_anonymous_rule(self, registry: TenantRegistry) -> None:
         registry.create("acme")
@@ -192,7 +232,7 @@ class TestDelete:
         registry.create("acme")
         registry.create("globex")
         registry.delete("globex")
-        assert _password_users(registry) == ["acme", "ingest@acme"]
+        assert sorted(_password_users(registry)) == sorted(_service_users("acme"))
         assert "globex" not in registry.acl_file.read_text()
         assert [t.name for t in registry.list()] == ["acme"]
 
@@ -205,6 +245,7 @@ class TestDelete:
         assert archive.parent == registry.archive_dir
         assert not (registry.root / "globex").exists()
         assert not (archive / "keys" / "signing.key").exists()
+        assert not (archive / "credentials").exists()  # the services' passwords go too
         assert (archive / "keys" / "signing.pub").read_bytes() == public_pem
         assert (
             '"key_fingerprint": "' + record.key_fingerprint in (archive / "tenant.json").read_text()
@@ -273,7 +314,7 @@ class TestApplyToBroker:
             timeout=10,
         )
         assert registry.apply_to_broker() is None
-        assert _password_users(registry) == ["acme", "ingest@acme"]
+        assert sorted(_password_users(registry)) == sorted(_service_users("acme"))
 
     def test_lost_password_entry_names_the_fix(self, registry: TenantRegistry) -> None:
         registry.create("acme")
@@ -282,7 +323,7 @@ class TestApplyToBroker:
             registry.apply_to_broker()
         registry.rotate_credentials("acme")
         registry.apply_to_broker()
-        assert _password_users(registry) == ["acme", "ingest@acme"]
+        assert sorted(_password_users(registry)) == sorted(_service_users("acme"))
 
     def test_sighup_goes_to_the_given_pid(self, registry: TenantRegistry, tmp_path: Path) -> None:
         marker = tmp_path / "hup"
