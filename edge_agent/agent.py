@@ -242,7 +242,7 @@ class EdgeAgent:
         """The MQTT link (not connected yet); closes the outbox if it cannot be set up."""
         try:
             return MqttLink(
-                client_id=f"ctm-edge-{self.tenant}-{self.node}",
+                client_id=self.settings.client_id(),
                 broker=self.settings.broker,
                 will=(self._status_topic, self._status(online=False)),
                 max_inflight=self.settings.max_inflight,

@@ -32,6 +32,7 @@ from pydantic_settings import (
 from continuum.errors import ConfigError, ProtocolError, SpecError
 from continuum.residency import load_policy
 from continuum.wire import mqtt, topics
+from continuum.wire.identities import node_identity
 
 ENV_PREFIX = "CONTINUUM_EDGE_"
 
@@ -322,6 +323,27 @@ class AgentSettings(BaseSettings):
             return topics.check_name(value, "node" if info.field_name == "node_id" else "tenant")
         except ProtocolError as exc:
             raise ValueError(str(exc)) from exc
+
+    @model_validator(mode="after")
+    def _broker_user_is_this_node(self) -> AgentSettings:
+        # One identity per node (DESIGN.md §6): the broker's ACL lets edge.NODE@TENANT act
+        # only as NODE, so a config naming another user cannot serve this node.
+        expected = node_identity(self.tenant, self.node_id)
+        if self.broker.username is not None and self.broker.username != expected:
+            raise ValueError(
+                f"broker.username is {self.broker.username!r}, but node {self.node_id!r} of "
+                f"tenant {self.tenant!r} connects as its own identity {expected!r}; "
+                f"`continuum node enroll {self.tenant} {self.node_id}` gives the node its "
+                "credential (username and password)"
+            )
+        return self
+
+    def client_id(self) -> str:
+        """Return the MQTT client id: the node's identity where it authenticates (the broker
+        binds the two), else a stable id naming tenant and node (an anonymous dev broker)."""
+        if self.broker.username is not None or self.broker.tls_cert is not None:
+            return node_identity(self.tenant, self.node_id)
+        return f"ctm-edge-{self.tenant}-{self.node_id}"
 
     @field_validator("labels")
     @classmethod

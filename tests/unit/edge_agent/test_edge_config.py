@@ -169,6 +169,37 @@ class TestInvalidConfig:
             AgentSettings.load(tmp_path / "absent.yaml")
 
 
+class TestTheNodeConnectsAsItself:
+    def test_a_username_other_than_the_nodes_identity_is_refused_naming_both_and_the_fix(
+        self, tmp_path: Path, valid: dict[str, object]
+    ) -> None:
+        data = {**valid, "broker": {"username": "acme", "password": "secret"}}
+        with pytest.raises(ConfigError) as caught:
+            AgentSettings.load(_write(tmp_path, data))
+        message = str(caught.value)
+        assert "'acme'" in message and "'edge.edge-1@acme'" in message
+        assert "continuum node enroll acme edge-1" in message
+        assert "secret" not in message
+
+    def test_another_nodes_identity_is_refused(
+        self, tmp_path: Path, valid: dict[str, object]
+    ) -> None:
+        data = {**valid, "broker": {"username": "edge.edge-2@acme", "password": "x"}}
+        with pytest.raises(ConfigError, match=r"'edge\.edge-2@acme'"):
+            AgentSettings.load(_write(tmp_path, data))
+
+    def test_the_nodes_identity_is_its_client_id(
+        self, tmp_path: Path, valid: dict[str, object]
+    ) -> None:
+        data = {**valid, "broker": {"username": "edge.edge-1@acme", "password": "x"}}
+        assert AgentSettings.load(_write(tmp_path, data)).client_id() == "edge.edge-1@acme"
+
+    def test_without_a_username_the_client_id_stays_the_stable_one(
+        self, tmp_path: Path, valid: dict[str, object]
+    ) -> None:
+        assert AgentSettings.load(_write(tmp_path, valid)).client_id() == "ctm-edge-acme-edge-1"
+
+
 class TestOutboxShares:
     @staticmethod
     def _with_shares(valid: dict[str, object], *shares: float | None) -> dict[str, object]:
