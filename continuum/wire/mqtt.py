@@ -3,11 +3,18 @@
 One home for how continuum speaks MQTT 5: protocol version, TLS and credentials, session
 expiry, the connect handshake with a timeout, and publishing that waits for the broker's
 acknowledgement with a bound. paho is imported lazily so the core stays importable without it.
+
+A client certificate is loaded again before each (re)connect when its files changed
+(``ClientTls``): a renewed certificate (``continuum certs sign --renew``) is picked up by a
+running agent or service at its next connection, without a restart and without losing its
+session or outbox.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import socket
 import ssl
 import threading
@@ -16,10 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from continuum.errors import NotReadyError, OperationTimeoutError
+from continuum._retry import FailureLog
+from continuum.errors import ConfigError, NotReadyError, OperationTimeoutError
 
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
+
+log = logging.getLogger(__name__)
 
 
 class BrokerSettings(BaseModel):
@@ -72,13 +82,10 @@ def make_client(
     if settings.username is not None:
         client.username_pw_set(settings.username, settings.password)
     if settings.tls_ca is not None:
-        client.tls_set(
-            ca_certs=str(settings.tls_ca),
-            certfile=str(settings.tls_cert) if settings.tls_cert else None,
-            keyfile=str(settings.tls_key) if settings.tls_key else None,
-            cert_reqs=ssl.CERT_REQUIRED,
-            tls_version=ssl.PROTOCOL_TLS_CLIENT,
-        )
+        tls = ClientTls(settings.tls_ca, settings.tls_cert, settings.tls_key)
+        client.tls_set_context(tls.context)
+        # paho calls this before every socket it opens: connect and each reconnect.
+        client.on_pre_connect = tls.on_pre_connect
     if will is not None:
         client.will_set(will[0], will[1], qos=1, retain=True)
     client.on_socket_open = _no_delay
@@ -86,6 +93,83 @@ def make_client(
     connect_props.SessionExpiryInterval = settings.session_expiry_s
     client._continuum_connect_props = connect_props  # type: ignore[attr-defined]
     return client
+
+
+class ClientTls:
+    """A TLS client context whose certificate and key are loaded again when their files change.
+
+    paho keeps one ``SSLContext`` for the life of a client; each new connection is made
+    from it. Before each connection ``reload_if_changed`` compares the files' identity
+    (inode, size, modification time) with what was loaded and, if they differ, loads the
+    pair again into the same context. A pair that does not load (the key written but not
+    yet its certificate, a typo in a renewal) is logged once and the previous pair stays in
+    use, so a half-done renewal never takes a working node off the broker.
+
+    Raises:
+        ConfigError: at construction, when the CA, certificate or key cannot be loaded.
+    """
+
+    def __init__(self, ca: Path, cert: Path | None, key: Path | None) -> None:
+        if (cert is None) != (key is None):
+            raise ConfigError("tls_cert and tls_key go together: give both (mutual TLS) or neither")
+        self._cert, self._key = cert, key
+        self._lock = threading.Lock()
+        self._health = FailureLog(f"loading the client certificate {cert}", log)
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the broker's name
+        try:
+            self.context.load_verify_locations(cafile=str(ca))
+        except (OSError, ssl.SSLError) as error:
+            raise ConfigError(f"cannot load the broker's CA {ca}: {error}") from error
+        self._loaded: tuple[tuple[int, int, int], ...] | None = None
+        if cert is not None and key is not None:
+            try:
+                stamp = self._stamp()
+                self.context.load_cert_chain(str(cert), str(key))
+            except (OSError, ssl.SSLError) as error:
+                raise ConfigError(
+                    f"cannot load the client certificate {cert} with key {key}: {error}; "
+                    "check both paths and that the key is the certificate's"
+                ) from error
+            self._loaded = stamp
+
+    def reload_if_changed(self) -> bool:
+        """Load the certificate and key again if their files changed; return whether it did."""
+        if self._cert is None or self._key is None:
+            return False
+        with self._lock:
+            try:
+                stamp = self._stamp()
+                if stamp == self._loaded:
+                    return False
+                # Check the pair in a scratch context first: loading a mismatched pair into
+                # the live one would leave it without a usable certificate.
+                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(
+                    str(self._cert), str(self._key)
+                )
+                self._loaded = None  # a failure below is tried again at the next connect
+                self.context.load_cert_chain(str(self._cert), str(self._key))
+            except (OSError, ssl.SSLError) as error:
+                self._health.failed(f"{error}; keeping the certificate loaded before")
+                return False
+            self._loaded = stamp
+            self._health.recovered()
+        log.info("loaded the renewed client certificate %s", self._cert)
+        return True
+
+    def on_pre_connect(self, client: Any, userdata: Any) -> None:
+        """paho's ``on_pre_connect``: reload a changed certificate; never raise."""
+        try:
+            self.reload_if_changed()
+        except Exception:  # paho re-raises from this callback and would drop the reconnect
+            log.exception("reloading the client certificate failed")
+
+    def _stamp(self) -> tuple[tuple[int, int, int], ...]:
+        stamps = []
+        for path in (self._cert, self._key):
+            assert path is not None
+            info = os.stat(path)
+            stamps.append((info.st_ino, info.st_size, info.st_mtime_ns))
+        return tuple(stamps)
 
 
 def _no_delay(client: Any, userdata: Any, sock: Any) -> None:

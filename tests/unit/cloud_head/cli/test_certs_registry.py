@@ -1,0 +1,206 @@
+"""``continuum certs sign|crl|node``: signing authorises the tenant's operator, refuses any
+identity but the node's, records the certificate in the tenant registry; renewal replaces
+it; the CRL lists what was revoked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from cloud_head.audit import AuditLog
+from cloud_head.cli._common import PASSWORD_ENV
+from cloud_head.tenants import TenantRegistry
+from continuum import pki
+from continuum.cli import EXIT_FAILED, EXIT_INVALID, EXIT_OK, EXIT_REFUSED, main
+from tests.tools import require_tool
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tenant registry hashes with mosquitto's tool; no credential comes from outside."""
+    require_tool("mosquitto_passwd", "apt-get install mosquitto")
+    monkeypatch.delenv(PASSWORD_ENV, raising=False)
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path], Path]:
+    """A head shared by acme and globex, their password files, and the clients CA."""
+    root = tmp_path_factory.mktemp("head")
+    passwords = {}
+    with AuditLog(root / "audit") as log:
+        registry = TenantRegistry(root / "tenants", audit=log)
+        for name in ("acme", "globex"):
+            credentials = registry.create(name).credentials
+            assert credentials is not None
+            passwords[name] = root / f"{name}.password"
+            passwords[name].write_text(credentials.password + "\n")
+    ca = root / "ca"
+    assert main(["certs", "ca", "--out", str(ca), "--deployment", "test-plant"]) == EXIT_OK
+    return root, passwords, ca
+
+
+def _request(folder: Path, tenant: str, node: str) -> Path:
+    assert main(["certs", "request", "--tenant", tenant, "--node", node, "--out", str(folder)]) == 0
+    return folder / f"{node}.csr"
+
+
+def _sign(head: tuple[Path, dict[str, Path], Path], csr: Path, node: str, *extra: str) -> int:
+    root, _, ca = head
+    return main(
+        [
+            *("certs", "sign", "--ca", str(ca), "--csr", str(csr), "--tenant", "acme"),
+            *("--node", node, "--root", str(root), *extra),
+        ]
+    )
+
+
+def _as(head: tuple[Path, dict[str, Path], Path], tenant: str = "acme") -> list[str]:
+    return ["--password-file", str(head[1][tenant])]
+
+
+def _enrolment(root: Path, node: str) -> list[tuple[str | None, bool]]:
+    """(serial, revoked) of each enrolment of acme's ``node``, oldest first."""
+    nodes = TenantRegistry(root / "tenants").nodes("acme")
+    return [(n.cert_serial, n.revoked_at is not None) for n in nodes if n.node == node]
+
+
+class TestSignEnrolsTheNode:
+    def test_signed_certificate_is_recorded_with_its_serial_and_gets_an_acl_block(
+        self, tmp_path: Path, head: tuple[Path, dict[str, Path], Path]
+    ) -> None:
+        csr = _request(tmp_path, "acme", "cam-1")
+        assert _sign(head, csr, "cam-1", *_as(head)) == EXIT_OK
+        cert = x509.load_pem_x509_certificate((tmp_path / "cam-1.crt").read_bytes())
+        assert cert.subject.rfc4514_string() == "CN=edge.cam-1@acme,O=acme"
+        assert cert.public_key() == x509.load_pem_x509_csr(csr.read_bytes()).public_key()
+        assert _enrolment(head[0], "cam-1") == [(pki.serial_hex(cert), False)]
+        assert "user edge.cam-1@acme" in (head[0] / "tenants" / "_broker" / "acl").read_text()
+
+    def test_enrolment_is_audited_as_the_checked_tenant(
+        self, tmp_path: Path, head: tuple[Path, dict[str, Path], Path]
+    ) -> None:
+        assert _sign(head, _request(tmp_path, "acme", "cam-a"), "cam-a", *_as(head)) == EXIT_OK
+        with AuditLog(head[0] / "audit") as log:
+            last = log.records("acme")[-1]
+        assert last.details["event"] == "node enrolled" and last.details["node"] == "cam-a"
+        assert last.actor.startswith("tenant:acme via ")
+
+    def test_renewal_replaces_the_certificate_and_revokes_the_old_serial(
+        self, tmp_path: Path, head: tuple[Path, dict[str, Path], Path]
+    ) -> None:
+        csr = _request(tmp_path, "acme", "cam-2")
+        assert _sign(head, csr, "cam-2", *_as(head)) == EXIT_OK
+        old = x509.load_pem_x509_certificate((tmp_path / "cam-2.crt").read_bytes())
+        assert _sign(head, csr, "cam-2", *_as(head)) == EXIT_INVALID  # exists: --renew
+        assert _sign(head, csr, "cam-2", "--renew", *_as(head)) == EXIT_OK
+        new = x509.load_pem_x509_certificate((tmp_path / "cam-2.crt").read_bytes())
+        assert new.serial_number != old.serial_number
+        assert new.subject == old.subject
+        assert _enrolment(head[0], "cam-2") == [
+            (pki.serial_hex(old), True),
+            (pki.serial_hex(new), False),
+        ]
+        registry = TenantRegistry(head[0] / "tenants")
+        assert pki.serial_hex(old) in registry.revoked_serials()
+
+
+class TestSignRefuses:
+    def test_without_the_tenants_credential(
+        self,
+        tmp_path: Path,
+        head: tuple[Path, dict[str, Path], Path],
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        csr = _request(tmp_path, "acme", "cam-3")
+        assert _sign(head, csr, "cam-3") == EXIT_REFUSED
+        assert PASSWORD_ENV in capsys.readouterr().err
+        assert _sign(head, csr, "cam-3", *_as(head, "globex")) == EXIT_REFUSED
+        assert not (tmp_path / "cam-3.crt").exists()
+        assert _enrolment(head[0], "cam-3") == []
+
+    def test_a_request_claiming_another_tenants_node(
+        self,
+        tmp_path: Path,
+        head: tuple[Path, dict[str, Path], Path],
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        csr = _request(tmp_path, "globex", "cam-4")  # CN edge.cam-4@globex
+        assert _sign(head, csr, "cam-4", *_as(head)) == EXIT_REFUSED
+        assert "not 'edge.cam-4@acme'" in capsys.readouterr().err
+        assert not (tmp_path / "cam-4.crt").exists()
+        assert _enrolment(head[0], "cam-4") == []
+
+    def test_a_request_whose_signature_does_not_verify(
+        self,
+        tmp_path: Path,
+        head: tuple[Path, dict[str, Path], Path],
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        csr = _request(tmp_path, "acme", "cam-5")
+        der = bytearray(
+            x509.load_pem_x509_csr(csr.read_bytes()).public_bytes(serialization.Encoding.DER)
+        )
+        der[-3] ^= 0x01
+        csr.write_bytes(x509.load_der_x509_csr(bytes(der)).public_bytes(serialization.Encoding.PEM))
+        assert _sign(head, csr, "cam-5", *_as(head)) == EXIT_INVALID
+        assert "signature does not verify" in capsys.readouterr().err
+        assert _enrolment(head[0], "cam-5") == []
+
+    def test_a_tenant_the_registry_lacks(
+        self, tmp_path: Path, head: tuple[Path, dict[str, Path], Path]
+    ) -> None:
+        root, _, ca = head
+        csr = _request(tmp_path, "initech", "cam-6")
+        code = main(
+            [
+                *("certs", "sign", "--ca", str(ca), "--csr", str(csr), "--tenant", "initech"),
+                *("--node", "cam-6", "--root", str(root), *_as(head)),
+            ]
+        )
+        assert code in (EXIT_FAILED, EXIT_REFUSED)
+        assert not (tmp_path / "cam-6.crt").exists()
+
+
+class TestCrl:
+    def test_crl_lists_the_revoked_node_and_not_the_others(
+        self, tmp_path: Path, head: tuple[Path, dict[str, Path], Path]
+    ) -> None:
+        root, _, ca = head
+        for node in ("cam-7", "cam-8"):
+            assert _sign(head, _request(tmp_path, "acme", node), node, *_as(head)) == EXIT_OK
+        TenantRegistry(root / "tenants").revoke_node("acme", "cam-7")
+        out = tmp_path / "clients.crl"
+        assert main(["certs", "crl", "--ca", str(ca), "--root", str(root), "--out", str(out)]) == 0
+        crl = x509.load_pem_x509_crl(out.read_bytes())
+        assert crl.is_signature_valid(pki.load_ca(ca).cert.public_key())
+        revoked = {f"{r.serial_number:x}" for r in crl}
+        (seven, _), (eight, _) = _enrolment(root, "cam-7")[0], _enrolment(root, "cam-8")[0]
+        assert seven in revoked and eight not in revoked
+
+
+class TestDevelopmentShortcut:
+    def test_without_root_the_certificate_is_made_and_said_not_enrolled(
+        self,
+        tmp_path: Path,
+        head: tuple[Path, dict[str, Path], Path],
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        ca = head[2]
+        args = ["certs", "node", "--tenant", "acme", "--node", "dev-1", "--ca", str(ca)]
+        assert main([*args, "--out", str(tmp_path)]) == EXIT_OK
+        cert = x509.load_pem_x509_certificate((tmp_path / "dev-1.crt").read_bytes())
+        assert cert.subject.rfc4514_string() == "CN=edge.dev-1@acme,O=acme"
+        assert "NOT enrolled" in capsys.readouterr().out
+        assert _enrolment(head[0], "dev-1") == []
+
+    def test_with_root_it_is_enrolled(
+        self, tmp_path: Path, head: tuple[Path, dict[str, Path], Path]
+    ) -> None:
+        root, _, ca = head
+        args = ["certs", "node", "--tenant", "acme", "--node", "dev-2", "--ca", str(ca)]
+        assert main([*args, "--out", str(tmp_path), "--root", str(root), *_as(head)]) == 0
+        cert = x509.load_pem_x509_certificate((tmp_path / "dev-2.crt").read_bytes())
+        assert _enrolment(root, "dev-2") == [(pki.serial_hex(cert), False)]
