@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from cloud_head._mqtt import BrokerConnection, reason_code_failed
 from continuum._retry import FailureLog
-from continuum.errors import NotReadyError
+from continuum.errors import NotReadyError, ProtocolError
 from continuum.wire import topics
+from continuum.wire.identities import control_identity
 from continuum.wire.mqtt import BrokerSettings, connect, make_client, publish_and_wait
 
 if TYPE_CHECKING:
@@ -41,6 +42,16 @@ def subscriptions(tenant: str) -> list[tuple[str, int]]:
     ]
 
 
+def _relayable(tenant: str, topic: str) -> bool:
+    """Whether ``topic`` is one the control identity writes: a node's desired state or a
+    model artifact of ``tenant``."""
+    try:
+        parsed = topics.parse(topic)
+    except ProtocolError:
+        return False
+    return parsed.tenant == tenant and parsed.kind in ("desired", "artifact")
+
+
 class FleetWorker:
     """Run a ``FleetRegistry`` on MQTT: subscribe to status, reported and telemetry of a tenant.
 
@@ -59,7 +70,7 @@ class FleetWorker:
         """Prepare a worker; ``client_id`` names its persistent session."""
         self._registry = registry
         self._broker = broker
-        self._client_id = client_id or f"ctm-fleet-{registry.tenant}"
+        self._client_id = client_id or control_identity(registry.tenant)
         self._subscriptions = subscriptions(registry.tenant)
         self._client: mqtt.Client | None = None
         self._link = BrokerConnection(_log, f"fleet {self._client_id}")
@@ -108,6 +119,34 @@ class FleetWorker:
         ``disconnects`` (connections lost so far) say whether the fleet view is current.
         """
         return self._registry.stats() | self._link.stats()
+
+    def publish(self, topic: str, payload: bytes, *, timeout_s: float = 30.0) -> None:
+        """Publish ``payload`` retained at QoS 1 on a desired-state or artifact ``topic`` of
+        the tenant, and return once the broker acknowledged it.
+
+        The fleet's connection is the tenant's control identity: the controllers, which must
+        not open a second connection of it, publish through here.
+
+        Raises:
+            ProtocolError: ``topic`` is neither a node's desired state nor a model artifact
+                topic of this tenant (the control identity writes nothing else).
+            NotReadyError: the worker is not connected, or the broker refused the publish.
+            OperationTimeoutError: the broker did not acknowledge within ``timeout_s``.
+        """
+        tenant = self._registry.tenant
+        if not _relayable(tenant, topic):
+            raise ProtocolError(
+                f"the fleet of tenant {tenant!r} relays only its nodes' desired state and its "
+                f"model artifacts (the control identity writes nothing else), not {topic!r}",
+                reason="bad_topic",
+            )
+        client = self._client
+        if client is None or not self.connected:
+            raise NotReadyError(
+                f"the fleet of tenant {tenant!r} is not connected to the broker; {topic} was "
+                "not published (the controller publishes it again at its next tick)"
+            )
+        publish_and_wait(client, topic, payload, qos=1, retain=True, timeout_s=timeout_s)
 
     def clear_retained(self, node: str, timeout_s: float = 10.0) -> list[str]:
         """Clear ``node``'s retained status and reported state on the broker; return the topics.

@@ -28,16 +28,22 @@ from cloud_head.metrics import (
     MetricsExporter,
 )
 from continuum._retry import FailureLog
-from continuum.errors import NotReadyError, OperationTimeoutError
+from continuum.errors import ContinuumError, NotReadyError, OperationTimeoutError
 from continuum.residency import ResidencyPolicy
 from continuum.spec import PipelineSpec
-from continuum.wire.mqtt import connect, make_client
 
 if TYPE_CHECKING:
+    from cloud_head.artifacts import RetainedPublish
     from cloud_head.settings import CloudSettings
     from cloud_head.tenants import Quotas
 
-__all__ = ["ControllerActor", "FleetActor", "IngestActor", "TeacherActor"]
+__all__ = [
+    "ControllerActor",
+    "FleetActor",
+    "IngestActor",
+    "TeacherActor",
+    "relayed_publisher",
+]
 
 log = logging.getLogger("cloud_head.services")
 
@@ -89,9 +95,9 @@ class IngestActor:
             audit_signing_key=signing_key,
             quotas=None if quota_root is None else read_quotas(quota_root, tenant),
         )
-        self._worker = IngestWorker(
-            self._service, settings.broker, client_id=f"ctm-ingest-{tenant}-{replica}"
-        )
+        # Its own identity (ingest.REPLICA@TENANT): reads samples and feedback, writes receipts.
+        broker, identity = settings.service_broker("ingest", replica)
+        self._worker = IngestWorker(self._service, broker, client_id=identity)
         self._worker.start()
         # One compactor per store: replica 0's. Small files from slow uplinks get merged.
         partitions = [(tenant, p.name) for p in pipelines]
@@ -139,7 +145,10 @@ class FleetActor:
         self._registry = FleetRegistry(
             tenant, paths.fleet_db(tenant), quotas=quota_reader(settings.tenants_root, tenant)
         )
-        self._worker = FleetWorker(self._registry, settings.broker)
+        # The tenant's control identity (control@TENANT): the one connection that reads the
+        # fleet's topics and writes desired state and artifacts, for the controllers too.
+        broker, identity = settings.service_broker("control")
+        self._worker = FleetWorker(self._registry, broker, client_id=identity)
         self._worker.start()
         keys = {tenant: signing_key} if signing_key is not None else {}
         self._audit = AuditTrail(
@@ -187,6 +196,20 @@ class FleetActor:
         return [
             t.model_dump(mode="json") for t in self._registry.telemetry(node, pipeline, since_ts)
         ]
+
+    def publish(self, topic: str, payload: bytes, timeout_s: float = 30.0) -> None:
+        """Publish ``payload`` retained on ``topic`` (QoS 1) and return once the broker has it.
+
+        The controllers publish desired state and artifacts through here: a broker identity
+        is one connection (the broker binds the client id to it), so the tenant's control
+        identity is held by this actor alone.
+
+        Raises:
+            ProtocolError: ``topic`` is not a desired-state or artifact topic of the tenant.
+            NotReadyError: not connected to the broker.
+            OperationTimeoutError: the broker did not acknowledge within ``timeout_s``.
+        """
+        self._worker.publish(topic, payload, timeout_s=timeout_s)
 
     def remove(self, node: str, actor: str, reason: str) -> dict[str, Any]:
         """Decommission ``node``: record it, delete it and its telemetry, clear its retained topics.
@@ -238,9 +261,9 @@ class ControllerActor:
         spec: dict[str, Any],
         *,
         signing_key: bytes,
+        fleet: Any,
         training_selector: dict[str, str] | None = None,
     ) -> None:
-        from cloud_head.artifacts import retained_publisher
         from cloud_head.controller import ControllerStores, PipelineController
         from cloud_head.fleet import FleetRegistry
         from cloud_head.labelling import LabelStore
@@ -252,10 +275,6 @@ class ControllerActor:
         workdir = paths.controller(pipeline.tenant, pipeline.name)
         workdir.mkdir(parents=True, exist_ok=True)
         name = f"controller-{pipeline.name}"
-        self._client = make_client(
-            f"ctm-controller-{pipeline.tenant}-{pipeline.name}", settings.broker
-        )
-        connect(self._client, settings.broker)
         self._audit = AuditLog(paths.audit, signing_keys={pipeline.tenant: signing_key})
         stores = ControllerStores(
             registry=paths.open_registry(),
@@ -267,7 +286,7 @@ class ControllerActor:
         self._controller = PipelineController(
             pipeline,
             stores,
-            publish=retained_publisher(self._client),
+            publish=relayed_publisher(fleet),
             private_key_pem=signing_key,
             workdir=workdir,
             code_version=settings.code_version,
@@ -333,10 +352,38 @@ class ControllerActor:
         self._stop.set()
         self._pump.stop()
         self._controller.wait_idle(timeout_s)
-        self._client.disconnect()
-        self._client.loop_stop()
         self._controller.close()
         self._audit.close()
+
+
+def relayed_publisher(fleet: Any, *, timeout_s: float = 30.0) -> RetainedPublish:
+    """Return a ``RetainedPublish`` that sends through the tenant's fleet actor ``fleet``.
+
+    A controller has no broker connection of its own: two connections of the control
+    identity would take each other's session over (the broker binds client ids to
+    identities), so the fleet actor holds it and relays (``FleetActor.publish``).
+    """
+
+    def publish(topic: str, payload: bytes) -> None:
+        try:
+            ray.get(fleet.publish.remote(topic, payload, timeout_s), timeout=timeout_s + 10)
+        except ray.exceptions.GetTimeoutError as error:
+            raise OperationTimeoutError(
+                f"the fleet actor did not relay a message on {topic} within {timeout_s + 10:g} s; "
+                "check the fleet service (`continuum fleet`) and the Ray dashboard"
+            ) from error
+        except ray.exceptions.RayActorError as error:
+            raise NotReadyError(
+                f"the fleet actor, which publishes {topic} for the controller, is not running: "
+                f"{error}; Ray restarts it, the controller tries again at its next tick"
+            ) from error
+        except ray.exceptions.RayTaskError as error:
+            cause = error.cause if isinstance(error.cause, ContinuumError) else None
+            if cause is not None:
+                raise cause from error
+            raise NotReadyError(f"the fleet actor could not publish {topic}: {error}") from error
+
+    return publish
 
 
 def quota_reader(tenants_root: Path | None, tenant: str) -> Callable[[], Quotas] | None:

@@ -85,8 +85,9 @@ class CloudHead:
             actor: who deploys, for the audit log (default ``user@host``).
 
         Raises:
-            ConfigError: no tenant, root or signing key in the settings, or a signing key
-                other than the one the tenant registry pins for the tenant.
+            ConfigError: no tenant, root or signing key in the settings, a signing key
+                other than the one the tenant registry pins for the tenant, or a service's
+                password file in the registry cannot be read.
             SpecError: two pipelines name the same model (a model name is unique per
                 tenant: artifact topics and signatures do not name the pipeline); nothing
                 was recorded or started.
@@ -109,6 +110,7 @@ class CloudHead:
         settings.paths().create_private()  # owner-only folders before any service writes
         # The actors read the registry the deploy resolved, whatever their own file system shows.
         settings = settings.model_copy(update={"tenants_root": quota_root})
+        _check_service_credentials(settings)  # before anything is recorded or started
         selectors = _record_deploy(settings, specs, key, residency, actor)
         head = cls._launch(settings, specs, key, residency, selectors)
         head.wait_ready(settings.ready_timeout_s)
@@ -185,9 +187,11 @@ class CloudHead:
             )
             for i in range(settings.ingest_replicas)
         ]
+        # The fleet holds the tenant's control identity; the controllers publish through it.
         fleet = FleetActor.options(name="fleet", **common).remote(  # type: ignore[attr-defined]
             settings, signing_key=key
         )
+        _wait_for_fleet(tenant, fleet, settings.ready_timeout_s)
         controllers = {
             # Threaded (max_concurrency): status() answers while bootstrap() trains.
             s.name: ControllerActor.options(  # type: ignore[attr-defined]
@@ -196,6 +200,7 @@ class CloudHead:
                 settings,
                 s.model_dump(mode="json"),
                 signing_key=key,
+                fleet=fleet,
                 training_selector=selectors[s.name],
             )
             for s in specs
@@ -245,6 +250,29 @@ class CloudHead:
             self.fleet,
         ]:
             ray.kill(actor, no_restart=True)
+
+
+def _wait_for_fleet(tenant: str, fleet: Any, timeout_s: float) -> None:
+    """Wait until the fleet answers: the controllers publish through its connection."""
+    try:
+        ray.get(fleet.stats.remote(), timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError as error:
+        raise OperationTimeoutError(
+            f"the fleet service of tenant {tenant!r} did not start within {timeout_s:g} s; "
+            f"check that a node labelled {TIER}=cloud has room (`ray status`)"
+        ) from error
+    except ray.exceptions.RayError as error:
+        raise NotReadyError(
+            f"the fleet service of tenant {tenant!r} failed to start: {error}"
+        ) from error
+
+
+def _check_service_credentials(settings: CloudSettings) -> None:
+    """Read every service identity's password now, so a missing one fails the deploy here
+    (``ConfigError`` naming the file) rather than inside an actor."""
+    settings.service_broker("control")
+    for replica in range(settings.ingest_replicas):
+        settings.service_broker("ingest", replica)
 
 
 def _record_deploy(

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from cloud_head._database import parse_url
 from continuum.errors import ConfigError
-from continuum.wire.identities import MAX_INGEST_REPLICAS
+from continuum.wire.identities import MAX_INGEST_REPLICAS, control_identity, ingest_identity
 from continuum.wire.messages import TenantName
 from continuum.wire.mqtt import BrokerSettings
 
@@ -141,7 +141,9 @@ class CloudSettings(BaseSettings):
     )
     broker: BrokerSettings = Field(
         default_factory=lambda: BrokerSettings.model_validate({}),
-        description="The MQTT broker the services connect to, with the tenant's credential.",
+        description="The MQTT broker the services connect to (host, port, TLS). With a tenant "
+        "registry each service connects as its own identity (service_broker); without one, "
+        "with the username and password given here.",
     )
     code_version: str = Field(
         default="unknown",
@@ -253,6 +255,45 @@ class CloudSettings(BaseSettings):
 
         default = self.paths().tenants
         return default if registry_exists(default) else None
+
+    def service_broker(
+        self, role: Literal["ingest", "control"], replica: int = 0
+    ) -> tuple[BrokerSettings, str]:
+        """Return the broker settings and client id a cloud service connects with.
+
+        The unit of trust is the connection (DESIGN.md §6): ingest replica ``replica``
+        connects as ``ingest.{replica}@TENANT`` and the fleet (which also publishes for the
+        controllers) as ``control@TENANT``, with the password the tenant registry keeps in
+        ``service_credentials_dir``; host, port and TLS stay those of ``broker``.  Without a
+        registry (``tenants_root`` unset, or a registry from before service identities, with
+        no credentials folder for the tenant: an anonymous development broker) ``broker`` is
+        returned unchanged.  The client id is the identity either way: the broker binds one
+        to the other, so one identity is one connection.
+
+        Raises:
+            ConfigError: no tenant set, or the registry's credentials folder lacks the
+                role's password file or it cannot be read.
+        """
+        tenant = self.require_tenant()
+        identity = (
+            ingest_identity(tenant, replica) if role == "ingest" else control_identity(tenant)
+        )
+        folder = self._service_credentials_dir(tenant)
+        if folder is None:
+            return self.broker, identity
+        from cloud_head._tenant_identities import read_service_password
+
+        password = read_service_password(folder, role)
+        return self.broker.model_copy(update={"username": identity, "password": password}), identity
+
+    def _service_credentials_dir(self, tenant: str) -> Path | None:
+        """Return the folder of ``tenant``'s service passwords, or None without one."""
+        if self.tenants_root is None:
+            return None
+        from cloud_head import tenants
+
+        folder: Path = tenants.service_credentials_dir(self.tenants_root, tenant)
+        return folder if folder.is_dir() else None
 
     def signing_key(self) -> bytes:
         """Return the tenant's private key PEM from ``signing_key_file``.

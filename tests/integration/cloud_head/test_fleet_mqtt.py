@@ -1,6 +1,7 @@
 """The fleet worker over a real mosquitto: retained status replayed, the last will seen, and
-the live faults of issue 12: empty messages sent with the tenant's own credential, and a
-SIGKILLed broker.
+the live faults of issue 12: empty messages sent by the nodes' own identities, and a
+SIGKILLed broker; on a broker that knows the tenant the worker connects as its control
+identity (control@TENANT).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_head.fleet import FleetRegistry, FleetWorker
-from cloud_head.tenants import TenantCredentials, TenantRegistry
+from cloud_head.tenants import NodeCredentials, TenantCredentials, TenantRegistry
 from continuum.embedded import EmbeddedBroker
 from continuum.wire import topics
 from continuum.wire.messages import NodeStatus, Telemetry
@@ -65,10 +66,10 @@ def edge_client(
     broker: EmbeddedBroker,
     tenant: str,
     node: str,
-    credentials: TenantCredentials | None = None,
+    credentials: NodeCredentials | None = None,
 ) -> mqtt.Client:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=node, protocol=mqtt.MQTTv5)
-    if credentials is not None:
+    if credentials is not None:  # the node's own identity (edge.NODE@TENANT)
         client.username_pw_set(credentials.username, credentials.password)
     client.will_set(topics.node_status(tenant, node), status(tenant, node, False), 1, True)
     client.reconnect_delay_set(min_delay=1, max_delay=1)
@@ -104,18 +105,26 @@ class Heartbeats:
             client.loop_stop()
 
 
+#: The nodes the tenant broker enrols, each with its own identity.
+NODES = ("cam-1", "cam-2", "cam-3")
+#: The broker, the tenant, its credentials and its enrolled nodes' credentials.
+TenantBroker = tuple[EmbeddedBroker, str, TenantCredentials, dict[str, NodeCredentials]]
+
+
 @pytest.fixture
-def tenant_broker(tmp_path: Path) -> Iterator[tuple[EmbeddedBroker, str, TenantCredentials]]:
-    """A mosquitto on a tenant registry's password and ACL files, and one tenant's credential."""
+def tenant_broker(tmp_path: Path) -> Iterator[TenantBroker]:
+    """A mosquitto on a tenant registry's password and ACL files, with one tenant and the
+    nodes ``NODES`` enrolled: the tenant's credentials and each node's."""
     tenants = TenantRegistry(tmp_path / "tenants")
     tenant = f"it-{uuid.uuid4().hex[:8]}"
     credentials = tenants.create(tenant).credentials
     assert credentials is not None
+    nodes = {node: tenants.enroll_node(tenant, node) for node in NODES}
     broker = EmbeddedBroker(
         tmp_path / "broker", password_file=tenants.password_file, acl_file=tenants.acl_file
     ).start()
     try:
-        yield broker, tenant, credentials
+        yield broker, tenant, credentials, nodes
     finally:
         broker.stop()
 
@@ -159,22 +168,20 @@ class TestFleetWorker:
 class TestEmptyStatusMessages:
     """Issue 12, fault 1: one empty message per node made the registry forget three nodes."""
 
-    def test_empty_messages_with_the_tenant_credential_keep_nodes_labels_and_history(
-        self, tmp_path: Path, tenant_broker: tuple[EmbeddedBroker, str, TenantCredentials]
+    def test_empty_messages_from_the_nodes_own_identities_keep_nodes_labels_and_history(
+        self, tmp_path: Path, tenant_broker: TenantBroker
     ) -> None:
-        broker, tenant, credentials = tenant_broker
+        broker, tenant, credentials, enrolled = tenant_broker
         settings = BrokerSettings(
             host=broker.host,
             port=broker.port,
-            username=credentials.username,
-            password=credentials.password,
+            username=credentials.control_username,
+            password=credentials.control_password,
         )
-        nodes = ["cam-1", "cam-2", "cam-3"]
-        edges = [edge_client(broker, tenant, node, credentials) for node in nodes]
+        nodes = list(NODES)
+        edges = [edge_client(broker, tenant, node, enrolled[node]) for node in nodes]
         registry = FleetRegistry(tenant, tmp_path / "fleet.db")
         worker = FleetWorker(registry, settings)
-        attacker = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="plain-paho")
-        attacker.username_pw_set(credentials.username, credentials.password)
         try:
             worker.start()
             for node, edge in zip(nodes, edges, strict=True):
@@ -186,11 +193,11 @@ class TestEmptyStatusMessages:
                 edge.publish(topics.telemetry(tenant, "digits", node), window(node), 1)
             wait_for(lambda: sum(len(registry.telemetry(n, "digits")) for n in nodes) == 3)
 
-            attacker.connect(broker.host, broker.port)
-            attacker.loop_start()
-            for node in nodes:
-                for retain in (False, True):  # a stray publish, then a cleared retained status
-                    sent = attacker.publish(topics.node_status(tenant, node), b"", 1, retain)
+            # Each box (a compromised one, say) may write only its own status: it sends a
+            # stray empty publish, then clears its retained status.
+            for node, edge in zip(nodes, edges, strict=True):
+                for retain in (False, True):
+                    sent = edge.publish(topics.node_status(tenant, node), b"", 1, retain)
                     sent.wait_for_publish(timeout=10)
             wait_for(
                 lambda: sum(worker.stats()["rejected"].values()) + registry.stats()["cleared"] == 6
@@ -204,8 +211,6 @@ class TestEmptyStatusMessages:
             assert [len(registry.telemetry(n, "digits")) for n in nodes] == [1, 1, 1]
             assert worker.stats()["nodes"] == 3
         finally:
-            attacker.loop_stop()
-            attacker.disconnect()
             worker.stop()
             registry.close()
             for edge in edges:

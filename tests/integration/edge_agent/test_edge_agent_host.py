@@ -1,9 +1,11 @@
 """A box two tenants share: one edge-agent process, one agent per tenant, on a real mosquitto
-with a password and an ACL per tenant (``cloud_head.tenants``), anonymous access off.
+with a password and an ACL per identity (``cloud_head.tenants``), anonymous access off.
 
-Each tenant's agent logs in with its own credential and publishes under its own topic
-prefix; the tenants' metrics share one port, labelled by tenant; a tenant whose agent
-cannot start is retried with backoff while the other keeps publishing; SIGTERM stops both.
+Each tenant's agent logs in as its own enrolled node identity (edge.NODE@TENANT) and
+publishes under its own topic prefix; each tenant's cloud stand-in publishes as the tenant's
+control identity and reads with the operator's; the tenants' metrics share one port,
+labelled by tenant; a tenant whose agent cannot start is retried with backoff while the
+other keeps publishing; SIGTERM stops both.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from cloud_head.tenants import TenantCredentials, TenantRegistry
+from cloud_head.tenants import NodeCredentials, TenantRegistry
 from continuum.embedded import EmbeddedBroker
 from continuum.embedded._process import free_port
 from continuum.wire import mqtt, topics
@@ -41,16 +43,18 @@ NODE, PIPELINE = "edge-1", "inspect"
 
 
 class Tenant(AgentRig):
-    """One tenant of the box: the shared agent rig with the tenant's own credential, folder,
-    signing key and cloud stand-in; its agent selects every frame."""
+    """One tenant of the box: the shared agent rig with the node's own identity, the
+    tenant's folder, signing key, cloud stand-in (control) and reader (operator); its agent
+    selects every frame."""
 
     def __init__(
         self,
         name: str,
         folder: Path,
-        credentials: TenantCredentials,
+        credentials: NodeCredentials,
         broker: EmbeddedBroker,
         cloud: CloudStandIn,
+        reader: CloudStandIn,
     ) -> None:
         super().__init__(
             folder,
@@ -72,6 +76,7 @@ class Tenant(AgentRig):
         self.name = name
         self.broker = broker
         self.cloud: CloudStandIn = cloud
+        self.reader = reader
 
     def config(self, *, source: Mapping[str, Any] | None = None, **settings: Any) -> Path:
         """Write this tenant's agent config: its own credential, state dir and key."""
@@ -81,14 +86,16 @@ class Tenant(AgentRig):
 
     def samples(self) -> int:
         """Samples messages the tenant's cloud received."""
-        return len(self.cloud.messages(topics.samples(self.name, PIPELINE, NODE)))
+        return len(self.reader.messages(topics.samples(self.name, PIPELINE, NODE)))
 
 
 @pytest.fixture
 def box(tmp_path: Path) -> Iterator[dict[str, Tenant]]:
-    """A broker that knows only the two tenants' users, and each tenant's cloud stand-in."""
+    """A broker that knows only the two tenants' identities (each with node ``NODE``
+    enrolled), and each tenant's cloud stand-in and reader."""
     registry = TenantRegistry(tmp_path / "tenants")
     credentials = {name: registry.create(name).credentials for name in TENANTS}
+    nodes = {name: registry.enroll_node(name, NODE) for name in TENANTS}
     registry.apply_to_broker()  # password and ACL files written before the broker reads them
     broker = EmbeddedBroker(
         tmp_path / "broker", password_file=registry.password_file, acl_file=registry.acl_file
@@ -99,16 +106,24 @@ def box(tmp_path: Path) -> Iterator[dict[str, Tenant]]:
             assert creds is not None
             folder = tmp_path / name
             folder.mkdir()
-            settings = mqtt.BrokerSettings(
-                host=broker.host, port=broker.port, username=creds.username, password=creds.password
+            control = mqtt.BrokerSettings(
+                host=broker.host,
+                port=broker.port,
+                username=creds.control_username,
+                password=creds.control_password,
             )
-            cloud = CloudStandIn(broker.host, broker.port, name, settings=settings)
-            cloud.subscribe(topics.tenant_filter(name))
-            tenants[name] = Tenant(name, folder, creds, broker, cloud)
+            operator = control.model_copy(
+                update={"username": creds.username, "password": creds.password}
+            )
+            cloud = CloudStandIn(broker.host, broker.port, name, settings=control)
+            reader = CloudStandIn(broker.host, broker.port, name, settings=operator)
+            reader.subscribe(topics.tenant_filter(name))
+            tenants[name] = Tenant(name, folder, nodes[name], broker, cloud, reader)
         yield tenants
     finally:
         for tenant in tenants.values():
             tenant.cloud.close()
+            tenant.reader.close()
         broker.stop()
 
 
@@ -162,9 +177,11 @@ class TestTenantsShareOneProcess:
         assert took < 10.0  # both drained in parallel, each within its 5 s
         broker_log = box["acme"].broker.log_path.read_text(errors="replace")
         for name in TENANTS:
-            # Its own MQTT session, logged in as its own user; its samples under its prefix.
-            assert f"as ctm-edge-{name}-{NODE} (p5, c0, k30, u'{name}')" in broker_log
-            last = box[name].cloud.messages(topics.node_status(name, NODE))[-1][1]
+            # Its own MQTT session, logged in as its own identity, which is its client id too;
+            # its samples under its prefix.
+            identity = f"edge.{NODE}@{name}"
+            assert f"as {identity} (p5, c0, k30, u'{identity}')" in broker_log
+            last = box[name].reader.messages(topics.node_status(name, NODE))[-1][1]
             assert NodeStatus.from_payload(last).online is False
             assert f'continuum_edge_frames_total{{pipeline="inspect",tenant="{name}"}}' in text
         assert text.count("# TYPE continuum_edge_frames_total counter") == 1

@@ -484,3 +484,44 @@ class TestTenantsShareAHeadNotAFleet:
             acme.tick()
         with FleetRegistry("medica", paths.fleet_db("medica")) as medica:
             assert medica.nodes() == []
+
+
+class TestRelayForTheControllers:
+    """The fleet's connection is the control identity; it relays only what control writes."""
+
+    @pytest.mark.parametrize(
+        "topic",
+        [
+            topics.node_status(TENANT, "n1"),
+            topics.node_stored(TENANT, "n1"),
+            topics.samples(TENANT, "p", "n1"),
+            topics.node_desired("other", "n1"),
+            "ctm/acme/anything",
+        ],
+    )
+    def test_a_topic_control_does_not_write_is_refused_naming_it(
+        self, fleet: FleetRegistry, topic: str
+    ) -> None:
+        from cloud_head.fleet import FleetWorker
+        from continuum.errors import ProtocolError
+        from continuum.wire.mqtt import BrokerSettings
+
+        worker = FleetWorker(fleet, BrokerSettings())
+        with pytest.raises(ProtocolError, match="relays only"):
+            worker.publish(topic, b"x")
+
+    def test_desired_state_and_artifacts_wait_for_the_connection(
+        self, fleet: FleetRegistry
+    ) -> None:
+        from cloud_head.fleet import FleetWorker
+        from continuum.errors import NotReadyError
+        from continuum.wire.mqtt import BrokerSettings
+
+        worker = FleetWorker(fleet, BrokerSettings())
+        for topic in (
+            topics.node_desired(TENANT, "n1"),
+            topics.artifact_manifest(TENANT, "m", "v1"),
+            topics.artifact_chunk(TENANT, "m", "v1", 0),
+        ):
+            with pytest.raises(NotReadyError, match="not connected"):
+                worker.publish(topic, b"x")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -122,3 +123,56 @@ class TestSigningKey:
             CloudSettings.load().signing_key()
         with pytest.raises(ConfigError, match="No such file"):
             CloudSettings.load(signing_key_file=tmp_path / "none.key").signing_key()
+
+
+class TestServiceIdentities:
+    """Each cloud service connects as its own identity with the registry's password."""
+
+    @pytest.fixture
+    def registry(self, tmp_path: Path) -> tuple[Path, Any]:
+        from cloud_head.tenants import TenantRegistry
+
+        root = tmp_path / "tenants"
+        record = TenantRegistry(root).create("acme")
+        return root, record.credentials
+
+    def test_the_fleet_connects_as_control_and_keeps_the_brokers_address(
+        self, registry: tuple[Path, Any]
+    ) -> None:
+        root, credentials = registry
+        settings = CloudSettings.load(
+            tenant="acme", tenants_root=root, broker={"host": "broker.lan", "port": 8883}
+        )
+        broker, client_id = settings.service_broker("control")
+        assert (broker.host, broker.port) == ("broker.lan", 8883)
+        assert broker.username == client_id == "control@acme"
+        assert broker.password == credentials.control_password
+
+    def test_each_ingest_replica_connects_as_its_own_identity(
+        self, registry: tuple[Path, Any]
+    ) -> None:
+        root, credentials = registry
+        settings = CloudSettings.load(tenant="acme", tenants_root=root)
+        broker, client_id = settings.service_broker("ingest", 3)
+        assert broker.username == client_id == "ingest.3@acme"
+        assert broker.password == credentials.ingest_password
+
+    def test_without_a_registry_the_broker_settings_stay_as_given(self) -> None:
+        settings = CloudSettings.load(tenant="acme", broker={"username": "dev", "password": "x"})
+        broker, client_id = settings.service_broker("ingest", 1)
+        assert broker == settings.broker
+        assert client_id == "ingest.1@acme"
+
+    def test_a_missing_password_file_names_the_file_and_the_fix(
+        self, registry: tuple[Path, Any]
+    ) -> None:
+        from cloud_head.tenants import service_credentials_dir
+
+        root, _ = registry
+        missing = service_credentials_dir(root, "acme") / "control.password"
+        missing.unlink()
+        settings = CloudSettings.load(tenant="acme", tenants_root=root)
+        with pytest.raises(ConfigError) as caught:
+            settings.service_broker("control")
+        assert str(missing) in str(caught.value)
+        assert "continuum tenant rotate acme" in str(caught.value)
