@@ -17,11 +17,13 @@ broker's reload. ``crl`` writes the CRL of every revoked serial for mosquitto's 
 so the certificate cannot even complete a TLS handshake. Measured on mosquitto 2.0.11: it
 reads the CRL at start and again on SIGHUP (the reload that applies the ACL), not at each
 connection, and a connection already open is not checked again: the ACL reload is what cuts
-a connected node off at once. With ``crlfile`` set, the CRL must exist and be within its
-``nextUpdate`` (``--days``), or OpenSSL refuses every client: make it again from cron.
+a connected node off at once. With ``crlfile`` set, the CRL must exist (mosquitto does not
+start without it) and be within its ``nextUpdate`` (``--days``; past it, OpenSSL refuses
+every client): make it again from cron.
 
 ``node`` is a development shortcut: key and certificate in one step on the operator's
-machine, so the key leaves it; production keeps the CA key offline or in an HSM.
+machine, from where the key is carried to the box; production keeps the CA key offline or
+in an HSM.
 """
 
 from __future__ import annotations
