@@ -10,6 +10,8 @@ without anyone handing passwords around.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 import sqlite3
 import time
@@ -232,6 +234,26 @@ def write_service_passwords(folder: Path, *, control: str, ingest: str) -> None:
     private_dir(folder)
     atomic_write(folder / CONTROL_PASSWORD_FILE, control + "\n", mode=OWNER_ONLY)
     atomic_write(folder / INGEST_PASSWORD_FILE, ingest + "\n", mode=OWNER_ONLY)
+
+
+def ingest_share_group(ingest_password: str) -> str:
+    """Return the MQTT 5 shared-subscription group of a tenant's ingest replicas.
+
+    mosquitto's ``acl_file`` accepts every SUBSCRIBE and checks only ``read`` on delivery,
+    so any identity may join a share group: a node that joined ``$share/ingest/...`` would
+    be handed its share of the tenant's samples, which the read check then drops (measured
+    on mosquitto 2.0.11: half of them).  The group is therefore named by a secret only the
+    ingest replicas hold, derived from their shared password: a node cannot name it, and
+    whatever group it joins gets nothing and takes nothing from ingest's.  A rotation of
+    the ingest password moves the replicas to a new group (ingest is idempotent by sample
+    id, so the overlap during a rolling restart only duplicates deliveries).
+    """
+    if not isinstance(ingest_password, str) or not ingest_password:
+        raise ConfigError("the ingest password is empty; `continuum tenant rotate` writes one")
+    digest = hmac.new(
+        ingest_password.encode(), b"continuum ingest share group", hashlib.sha256
+    ).hexdigest()
+    return f"ingest-{digest[:32]}"
 
 
 def read_service_password(folder: Path, role: Literal["control", "ingest"]) -> str:

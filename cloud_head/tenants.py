@@ -81,6 +81,7 @@ from cloud_head._tenant_identities import (
     revoke_rows,
     write_service_passwords,
 )
+from cloud_head._tenant_identities import ingest_share_group as ingest_share_group
 from cloud_head._tenant_identities import service_credentials_dir as service_credentials_dir
 from cloud_head._tenant_quotas import QUOTA_KINDS as QUOTA_KINDS
 from cloud_head._tenant_quotas import QuotaExceededError, QuotaKind, Quotas
@@ -110,6 +111,7 @@ __all__ = [
     "TenantRecord",
     "TenantRegistry",
     "check_tenant_name",
+    "ingest_share_group",
     "ingest_usernames",
     "read_quotas",
     "service_credentials_dir",

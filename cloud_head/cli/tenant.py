@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     create.add_argument("name", help="tenant name: lowercase letters, digits, '.', '_', '-'")
     _add_quota_flags(create, defaults=True)
     add_root(create)
-    _add_broker(create)
+    add_broker(create)
     create.set_defaults(run=run_create)
 
     listing = actions.add_parser(
@@ -82,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     rotate.add_argument("name", help="tenant name")
     add_root(rotate)
-    _add_broker(rotate)
+    add_broker(rotate)
     rotate.set_defaults(run=run_rotate)
 
     delete = actions.add_parser(
@@ -92,7 +92,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     delete.add_argument("name", help="tenant name")
     delete.add_argument("--yes", action="store_true", help="confirm: the credentials stop working")
     add_root(delete)
-    _add_broker(delete)
+    add_broker(delete)
     delete.set_defaults(run=run_delete)
 
 
@@ -123,7 +123,8 @@ def _quotas(args: argparse.Namespace, base: Quotas) -> Quotas:
     )
 
 
-def _add_broker(parser: argparse.ArgumentParser) -> None:
+def add_broker(parser: argparse.ArgumentParser) -> None:
+    """Add ``--broker-pid`` / ``--broker-pid-file``: the running mosquitto to reload."""
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
         "--broker-pid", type=int, help="pid of the running mosquitto to reload (SIGHUP)"
@@ -149,12 +150,18 @@ def _audited(root: Path, *, create: bool = False) -> Iterator[TenantRegistry]:
         yield _registry(root, create=create, audit=audit)
 
 
-def _apply(registry: TenantRegistry, args: argparse.Namespace) -> None:
+def apply_to_broker(registry: TenantRegistry, args: argparse.Namespace) -> None:
+    """Bring the broker files in line; reload the broker given by ``--broker-pid[-file]``.
+
+    Without a pid the files are written and the message says how to reload: until then
+    the running broker still grants what it granted before.
+    """
     pid = registry.apply_to_broker(pid=args.broker_pid, pid_file=args.broker_pid_file)
     if pid is None:
         print(
-            f"broker files: {registry.password_file} and {registry.acl_file}; reload the "
-            "broker (SIGHUP) for the change to take effect"
+            f"written: {registry.password_file} and {registry.acl_file}; reload the broker for "
+            "the change to take effect: `systemctl reload mosquitto` or `kill -HUP PID` (or "
+            "pass --broker-pid / --broker-pid-file)"
         )
     else:
         print(f"broker (pid {pid}) reloaded {registry.password_file} and {registry.acl_file}")
@@ -193,7 +200,7 @@ def run_create(args: argparse.Namespace) -> int:
         f"training_gpu_hours={record.quotas.training_gpu_hours:g}"
     )
     _print_credentials(registry, record.credentials)
-    _apply(registry, args)
+    apply_to_broker(registry, args)
     return 0
 
 
@@ -249,7 +256,7 @@ def run_rotate(args: argparse.Namespace) -> int:
     with _audited(args.root) as registry:
         credentials = registry.rotate_credentials(args.name)
     _print_credentials(registry, credentials)
-    _apply(registry, args)
+    apply_to_broker(registry, args)
     return 0
 
 
@@ -266,5 +273,5 @@ def run_delete(args: argparse.Namespace) -> int:
     print(f"deleted tenant {args.name}: credentials revoked, private signing key destroyed")
     print(f"  archived public key and record in {archive}")
     print("  its samples, models and audit records are kept; the name will not be reused")
-    _apply(registry, args)
+    apply_to_broker(registry, args)
     return 0

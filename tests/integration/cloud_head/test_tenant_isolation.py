@@ -1,136 +1,48 @@
 """Tenants apart on a real mosquitto: the registry's password and ACL files, reloaded by SIGHUP.
 
-DESIGN.md §7 invariant 3 at the broker: tenant B's credential can neither read nor write
-tenant A's topics (the test watches for the message and sees none arrive), A's own
-traffic flows, and once B is deleted and the broker reloads, B cannot connect and its
-open session is dropped.
+DESIGN.md §7 invariant 3 at the broker: none of tenant B's identities (operator, ingest, an
+enrolled node) can read or write tenant A's topics (the test watches for the message and
+sees none arrive), A's own traffic flows between A's identities, and once B is deleted and
+the broker reloads, B's identities cannot connect and their open sessions are dropped.
+Within a tenant, see ``test_node_identities.py``.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.reasoncodes import ReasonCode
 
-from cloud_head.tenants import TenantCredentials, TenantRegistry
+from cloud_head.tenants import TenantRegistry, ingest_share_group
 from continuum.embedded import EmbeddedBroker
 from continuum.wire import topics
+from continuum.wire.identities import control_identity, ingest_identity, node_identity
+from tests.mqtt_probe import WAIT_S, Probe
 
 pytestmark = pytest.mark.integration
 
-WAIT_S = 5.0
 #: How long to wait for a message that must not arrive, after the control subscriber
 #: already got it (mosquitto fans a message out to every subscriber at once).
 GRACE_S = 0.3
 A, B = "tenant-a", "tenant-b"
-
-
-class Probe:
-    """One MQTT 5 client: records messages, PUBACK codes, CONNACK and disconnects."""
-
-    def __init__(self, broker: EmbeddedBroker, user: str, password: str) -> None:
-        self.received: list[tuple[str, bytes]] = []
-        self._cond = threading.Condition()
-        self._acks: dict[int, ReasonCode] = {}
-        self._subacks: set[int] = set()
-        self._connack: ReasonCode | None = None
-        self.disconnected = threading.Event()
-        self._connected = threading.Event()
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"probe-{user.replace('@', '-')}-{time.monotonic_ns()}",
-            protocol=mqtt.MQTTv5,
-        )
-        self.client.username_pw_set(user, password)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = self._on_message
-        self.client.on_publish = self._on_publish
-        self.client.on_subscribe = self._on_subscribe
-        self.client.connect(broker.host, broker.port, keepalive=30)
-        self.client.loop_start()
-
-    def _on_connect(self, client: object, userdata: object, flags: object, reason: ReasonCode,
-                    props: object) -> None:  # fmt: skip
-        if not self._connected.is_set():
-            self._connack = reason
-            self._connected.set()
-
-    def _on_disconnect(self, client: object, userdata: object, flags: object,
-                       reason: ReasonCode, props: object) -> None:  # fmt: skip
-        self.disconnected.set()
-
-    def _on_message(self, client: object, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        with self._cond:
-            self.received.append((msg.topic, msg.payload))
-            self._cond.notify_all()
-
-    def _on_publish(self, client: object, userdata: object, mid: int, reason: ReasonCode,
-                    props: object) -> None:  # fmt: skip
-        with self._cond:
-            self._acks[mid] = reason
-            self._cond.notify_all()
-
-    def _on_subscribe(self, client: object, userdata: object, mid: int,
-                      reasons: list[ReasonCode], props: object) -> None:  # fmt: skip
-        with self._cond:
-            self._subacks.add(mid)
-            self._cond.notify_all()
-
-    def connack(self) -> ReasonCode:
-        """Wait for the first CONNACK and return its reason code."""
-        assert self._connected.wait(WAIT_S), "no CONNACK"
-        assert self._connack is not None
-        return self._connack
-
-    def subscribe(self, filter_: str) -> None:
-        """Subscribe at QoS 1 and wait for the SUBACK."""
-        assert not self.connack().is_failure
-        _, mid = self.client.subscribe(filter_, qos=1)
-        with self._cond:
-            assert self._cond.wait_for(lambda: mid in self._subacks, WAIT_S), "no SUBACK"
-
-    def publish(self, topic: str, payload: bytes) -> ReasonCode:
-        """Publish at QoS 1 and return the broker's PUBACK reason code."""
-        assert not self.connack().is_failure
-        mid = self.client.publish(topic, payload, qos=1).mid
-        with self._cond:
-            assert self._cond.wait_for(lambda: mid in self._acks, WAIT_S), "no PUBACK"
-            return self._acks[mid]
-
-    def got(self, payload: bytes, timeout_s: float = WAIT_S) -> bool:
-        """Return whether ``payload`` arrived within ``timeout_s``."""
-        with self._cond:
-            return self._cond.wait_for(
-                lambda: any(p == payload for _, p in self.received), timeout_s
-            )
-
-    def close(self) -> None:
-        """Disconnect and stop the network thread."""
-        self.client.disconnect()
-        self.client.loop_stop()
+#: Each tenant's one enrolled node.
+NODE = "cam-1"
 
 
 @dataclass
 class Setup:
     registry: TenantRegistry
     broker: EmbeddedBroker
-    credentials: dict[str, TenantCredentials]
+    passwords: dict[str, str]
     probes: list[Probe]
 
     def probe(self, user: str, password: str | None = None) -> Probe:
-        """Connect a probe as a tenant user or ingest user; closed after the test."""
-        if password is None:
-            creds = self.credentials[user.removeprefix("ingest@")]
-            password = creds.ingest_password if user.startswith("ingest@") else creds.password
-        made = Probe(self.broker, user, password)
+        """Connect a probe as one identity (its own password unless given); closed after."""
+        secret = self.passwords[user] if password is None else password
+        made = Probe(self.broker, user, secret, client_id=user)
         self.probes.append(made)
         return made
 
@@ -150,7 +62,7 @@ def _reloads(log: Path) -> int:
 
 @pytest.fixture
 def setup(tmp_path: Path) -> Iterator[Setup]:
-    """A broker on the registry's files; tenants A and B created and applied."""
+    """A broker on the registry's files; tenants A and B, each with node cam-1, applied."""
     registry = TenantRegistry(tmp_path / "tenants")
     broker = EmbeddedBroker(
         tmp_path / "broker", password_file=registry.password_file, acl_file=registry.acl_file
@@ -160,7 +72,12 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
         for name in (A, B):
             credentials = registry.create(name).credentials
             assert credentials is not None
-            made.credentials[name] = credentials
+            made.passwords[credentials.username] = credentials.password
+            made.passwords[credentials.control_username] = credentials.control_password
+            made.passwords[ingest_identity(name, 0)] = credentials.ingest_password
+            node = registry.enroll_node(name, NODE)
+            assert node.password is not None
+            made.passwords[node.username] = node.password
         made.apply()
         yield made
     finally:
@@ -169,81 +86,101 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
         broker.stop()
 
 
+A_NODE, B_NODE = node_identity(A, NODE), node_identity(B, NODE)
+
+
 def _unique(tag: str) -> bytes:
     return f"{tag}-{time.monotonic_ns()}".encode()
 
 
 class TestTenantCannotReadAnotherTenant:
     def test_b_subscriptions_to_a_receive_none_of_a_messages(self, setup: Setup) -> None:
-        a, b = setup.probe(A), setup.probe(B)
-        a.subscribe(topics.tenant_filter(A))  # control: the message does flow
-        for filter_ in (topics.tenant_filter(A), "ctm/#", "#", topics.shared("ctm/+/#")):
-            b.subscribe(filter_)
+        a_node, a_operator = setup.probe(A_NODE), setup.probe(A)
+        a_operator.subscribe(topics.tenant_filter(A))  # control: the messages do flow
+        spies = [setup.probe(B), setup.probe(B_NODE), setup.probe(control_identity(B))]
+        for spy in spies:
+            for filter_ in (topics.tenant_filter(A), "ctm/#", "#", topics.shared("ctm/+/#")):
+                spy.subscribe(filter_)
         sample, status = _unique("a-sample"), _unique("a-status")
-        assert not a.publish(topics.samples(A, "line-7", "cam-1"), sample).is_failure
-        assert not a.publish(topics.node_status(A, "cam-1"), status).is_failure
-        assert a.got(sample) and a.got(status)
-        assert not b.got(sample, GRACE_S)
-        assert not b.got(status, 0)
-        assert b.received == []
+        assert not a_node.publish(topics.samples(A, "line-7", NODE), sample).is_failure
+        assert not a_node.publish(topics.node_status(A, NODE), status).is_failure
+        assert a_operator.got(sample) and a_operator.got(status)
+        assert not spies[0].got(sample, GRACE_S)
+        assert all(spy.received == [] for spy in spies)
 
-    def test_b_ingest_user_reads_its_own_samples_but_not_a(self, setup: Setup) -> None:
-        a, b, b_ingest = setup.probe(A), setup.probe(B), setup.probe(f"ingest@{B}")
-        b_ingest.subscribe(topics.shared(topics.pipeline_filter(B, "samples")))
-        b_ingest.subscribe(topics.shared(topics.pipeline_filter(A, "samples")))
-        a.subscribe(topics.pipeline_filter(A, "samples"))
+    def test_b_ingest_reads_its_own_samples_but_not_a(self, setup: Setup) -> None:
+        a_node, b_node = setup.probe(A_NODE), setup.probe(B_NODE)
+        a_ingest, b_ingest = setup.probe(ingest_identity(A, 0)), setup.probe(ingest_identity(B, 0))
+        a_group = ingest_share_group(setup.passwords[ingest_identity(A, 0)])
+        b_group = ingest_share_group(setup.passwords[ingest_identity(B, 0)])
+        b_ingest.subscribe(topics.shared(topics.pipeline_filter(B, "samples"), b_group))
+        # B's ingest joins A's samples under every group it can name, its own secret one too.
+        for group in (topics.INGEST_SHARE_GROUP, b_group):
+            b_ingest.subscribe(topics.shared(topics.pipeline_filter(A, "samples"), group))
+        a_ingest.subscribe(topics.shared(topics.pipeline_filter(A, "samples"), a_group))
         own, other = _unique("b-sample"), _unique("a-sample")
-        assert not b.publish(topics.samples(B, "line-1", "cam-9"), own).is_failure
-        assert not a.publish(topics.samples(A, "line-7", "cam-1"), other).is_failure
+        assert not b_node.publish(topics.samples(B, "line-1", NODE), own).is_failure
+        assert not a_node.publish(topics.samples(A, "line-7", NODE), other).is_failure
         assert b_ingest.got(own)
-        assert a.got(other)
+        assert a_ingest.got(other)
         assert not b_ingest.got(other, GRACE_S)
 
 
 class TestTenantCannotWriteAnotherTenant:
     def test_b_publish_into_a_is_refused_and_never_delivered(self, setup: Setup) -> None:
-        a, b = setup.probe(A), setup.probe(B)
-        a.subscribe(topics.tenant_filter(A))
+        a_node, a_operator = setup.probe(A_NODE), setup.probe(A)
+        a_operator.subscribe(topics.tenant_filter(A))
         forged_desired, forged_sample = _unique("forged-desired"), _unique("forged-sample")
-        for topic, payload in (
-            (topics.node_desired(A, "cam-1"), forged_desired),
-            (topics.samples(A, "line-7", "cam-1"), forged_sample),
-        ):
-            reason = b.publish(topic, payload)
-            assert reason.is_failure and reason.getName() == "Not authorized"
+        for user in (control_identity(B), B_NODE, ingest_identity(B, 0)):
+            b = setup.probe(user)
+            for topic, payload in (
+                (topics.node_desired(A, NODE), forged_desired),
+                (topics.samples(A, "line-7", NODE), forged_sample),
+                (topics.node_stored(A, NODE), forged_sample),
+            ):
+                reason = b.publish(topic, payload)
+                assert reason.is_failure and reason.getName() == "Not authorized", (user, topic)
         control = _unique("a-control")
-        assert not a.publish(topics.node_desired(A, "cam-1"), control).is_failure
-        assert a.got(control)  # delivered after the forgeries would have been
-        assert not a.got(forged_desired, GRACE_S)
-        assert not a.got(forged_sample, 0)
+        assert not a_node.publish(topics.node_status(A, NODE), control).is_failure
+        assert a_operator.got(control)  # delivered after the forgeries would have been
+        assert not a_operator.got(forged_desired, GRACE_S)
+        assert not a_operator.got(forged_sample, 0)
 
-    def test_a_own_tree_is_writable_and_readable(self, setup: Setup) -> None:
-        a = setup.probe(A)
-        a.subscribe(topics.tenant_filter(A))
+    def test_a_identities_talk_within_a(self, setup: Setup) -> None:
+        a_node, a_control = setup.probe(A_NODE), setup.probe(control_identity(A))
+        a_node.subscribe(topics.node_desired(A, NODE))
         payload = _unique("a-desired")
-        assert not a.publish(topics.node_desired(A, "cam-1"), payload).is_failure
-        assert a.got(payload)
+        assert not a_control.publish(topics.node_desired(A, NODE), payload).is_failure
+        assert a_node.got(payload)
 
 
 class TestRevocationTakesEffectOnReload:
-    def test_deleted_tenant_cannot_connect_and_its_session_is_dropped(self, setup: Setup) -> None:
-        b_before = setup.probe(B)
-        assert not b_before.connack().is_failure
+    def test_deleted_tenant_cannot_connect_and_its_sessions_are_dropped(self, setup: Setup) -> None:
+        b_users = (B, B_NODE, control_identity(B), ingest_identity(B, 0))
+        before = [setup.probe(user) for user in b_users]
+        assert not any(probe.connack().is_failure for probe in before)
         setup.registry.delete(B)
         setup.apply()
-        assert b_before.disconnected.wait(WAIT_S), "B's open session survived the reload"
-        refused = setup.probe(B).connack()
-        assert refused.is_failure
-        assert refused.getName() in ("Not authorized", "Bad user name or password")
-        a = setup.probe(A)  # A is untouched by B's removal
-        a.subscribe(topics.tenant_filter(A))
+        for user, probe in zip(b_users, before, strict=True):
+            assert probe.disconnected.wait(WAIT_S), f"{user}'s open session survived the reload"
+        for probe in before:
+            probe.close()  # stop its reconnects before the refusal is probed
+        for user in b_users:
+            refused = setup.probe(user).connack()
+            assert refused.is_failure, user
+            assert refused.getName() in ("Not authorized", "Bad user name or password")
+        a_node, a_operator = setup.probe(A_NODE), setup.probe(A)  # A is untouched
+        a_operator.subscribe(topics.tenant_filter(A))
         payload = _unique("a-after")
-        assert not a.publish(topics.node_status(A, "cam-1"), payload).is_failure
-        assert a.got(payload)
+        assert not a_node.publish(topics.node_status(A, NODE), payload).is_failure
+        assert a_operator.got(payload)
 
-    def test_rotated_password_replaces_the_old_one(self, setup: Setup) -> None:
-        old = setup.credentials[A].password
+    def test_rotated_passwords_replace_the_old_ones(self, setup: Setup) -> None:
+        old = {user: setup.passwords[user] for user in (A, control_identity(A))}
         new = setup.registry.rotate_credentials(A)
         setup.apply()
-        assert setup.probe(A, old).connack().is_failure
+        for user, password in old.items():
+            assert setup.probe(user, password).connack().is_failure, user
         assert not setup.probe(A, new.password).connack().is_failure
+        assert not setup.probe(control_identity(A), new.control_password).connack().is_failure
+        assert not setup.probe(ingest_identity(A, 3), new.ingest_password).connack().is_failure

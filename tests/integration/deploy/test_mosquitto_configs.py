@@ -1,8 +1,10 @@
-"""deploy/mosquitto for real: the dev config and the example ACL keep tenants apart.
+"""deploy/mosquitto for real: the dev config and the example ACL let each identity act only
+as itself.
 
 A mosquitto starts from ``deploy/mosquitto/mosquitto.dev.conf`` (only its port and file
-paths rewritten) with ``deploy/mosquitto/acl.example`` and a password file made by
-``mosquitto_passwd``; MQTT 5 clients then probe what each credential can read and write.
+paths rewritten) with ``deploy/mosquitto/acl.example`` (tenant acme, node cam-1) and a
+password file made by ``mosquitto_passwd``; MQTT 5 clients then probe what each identity
+can read and write, and whether one can take over another's session.
 """
 
 from __future__ import annotations
@@ -35,7 +37,17 @@ WAIT_S = 5.0
 #: subscriber already got it (mosquitto fans a message out to all subscribers at once).
 GRACE_S = 0.3
 
-PASSWORDS = {"acme": "acme-secret", "globex": "globex-secret", "ingest@acme": "ingest-secret"}
+OPERATOR, CONTROL, INGEST = "acme", "control@acme", "ingest.0@acme"
+NODE, UNKNOWN = "edge.cam-1@acme", "edge.cam-2@acme"
+#: Every identity gets a password; only UNKNOWN (never enrolled) has no block in the ACL.
+PASSWORDS = {
+    OPERATOR: "acme-secret",
+    CONTROL: "control-secret",
+    INGEST: "ingest-secret",
+    NODE: "cam-1-secret",
+    UNKNOWN: "cam-2-secret",
+    "globex": "globex-secret",
+}
 
 
 @dataclass(frozen=True)
@@ -124,20 +136,29 @@ def dev_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 class Probe:
     """One MQTT 5 client logged in as ``user``; records what it receives and PUBACK codes."""
 
-    def __init__(self, broker: Broker, user: str, password: str | None = None) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        user: str,
+        password: str | None = None,
+        *,
+        client_id: str | None = None,
+    ) -> None:
         self.received: list[tuple[str, bytes]] = []
         self._arrived = threading.Condition()
         self._acks: dict[int, ReasonCode] = {}
         self._subacks: dict[int, list[ReasonCode]] = {}
         self._connack: ReasonCode | None = None
         self._connected = threading.Event()
+        self.disconnected = threading.Event()
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"probe-{user.replace('@', '-')}-{time.monotonic_ns()}",
+            client_id=client_id or f"probe-{user.replace('@', '-')}-{time.monotonic_ns()}",
             protocol=mqtt.MQTTv5,
         )
         self.client.username_pw_set(user, PASSWORDS[user] if password is None else password)
         self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_publish = self._on_publish
         self.client.on_subscribe = self._on_subscribe
@@ -154,6 +175,16 @@ class Probe:
     ) -> None:
         self._connack = reason
         self._connected.set()
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: object,
+        reason: ReasonCode,
+        props: object,
+    ) -> None:
+        self.disconnected.set()
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         with self._arrived:
@@ -228,118 +259,134 @@ def _unique(tag: str) -> bytes:
     return f"{tag}-{time.monotonic_ns()}".encode()
 
 
-class TestTenantCredentialCannotReadAnotherTenant:
-    def test_subscription_to_other_tenant_receives_none_of_its_samples(
+class TestANodeActsOnlyAsItself:
+    def test_node_publishes_its_own_status_and_samples(self, probes: dict[str, Probe]) -> None:
+        node, control, ingest = probes[NODE], probes[CONTROL], probes[INGEST]
+        control.subscribe(topics.nodes_filter("acme", "status"))
+        ingest.subscribe(topics.shared(topics.pipeline_filter("acme", "samples")))
+        status, sample = _unique("cam-1-status"), _unique("cam-1-sample")
+        assert not node.publish(topics.node_status("acme", "cam-1"), status).is_failure
+        assert not node.publish(topics.samples("acme", "line-7", "cam-1"), sample).is_failure
+        assert control.wait_for(status)
+        assert ingest.wait_for(sample)
+
+    def test_node_cannot_write_another_nodes_topics_or_cloud_topics(
         self, probes: dict[str, Probe]
     ) -> None:
-        acme, globex = probes["acme"], probes["globex"]
-        acme.subscribe(topics.tenant_filter("globex"))
-        acme.subscribe("ctm/#")
-        globex.subscribe(topics.tenant_filter("globex"))  # control: the message does flow
-        payload = _unique("globex-sample")
-        topic = topics.samples("globex", "line-7", "cam-1")
-        assert not globex.publish(topic, payload).is_failure
-        assert globex.wait_for(payload)
-        assert not acme.wait_for(payload, GRACE_S)
+        node, operator = probes[NODE], probes[OPERATOR]
+        operator.subscribe(topics.tenant_filter("acme"))
+        forged = {
+            topics.node_status("acme", "cam-2"): _unique("forged-status"),
+            topics.samples("acme", "line-7", "cam-2"): _unique("forged-sample"),
+            topics.node_desired("acme", "cam-1"): _unique("forged-own-desired"),
+            topics.node_stored("acme", "cam-1"): _unique("forged-own-receipt"),
+            topics.artifact_manifest("acme", "digits", "v9"): _unique("forged-manifest"),
+        }
+        for topic, payload in forged.items():
+            reason = node.publish(topic, payload)
+            assert reason.is_failure and reason.getName() == "Not authorized", topic
+        fence = _unique("fence")
+        assert not node.publish(topics.node_status("acme", "cam-1"), fence).is_failure
+        assert operator.wait_for(fence)
+        assert not any(operator.wait_for(p, 0) for p in forged.values())
 
-    def test_shared_subscription_does_not_open_another_tenants_tree(
+    def test_node_reads_its_own_desired_state_and_not_anothers(
         self, probes: dict[str, Probe]
     ) -> None:
-        acme, globex = probes["acme"], probes["globex"]
-        acme.subscribe(topics.shared(topics.tenant_filter("globex")))
-        globex.subscribe(topics.tenant_filter("globex"))
-        payload = _unique("globex-telemetry")
-        assert not globex.publish(topics.telemetry("globex", "line-7", "cam-1"), payload).is_failure
-        assert globex.wait_for(payload)
-        assert not acme.wait_for(payload, GRACE_S)
+        node, control = probes[NODE], probes[CONTROL]
+        node.subscribe(topics.nodes_filter("acme", "desired"))
+        own, other = _unique("desired-cam-1"), _unique("desired-cam-2")
+        assert not control.publish(topics.node_desired("acme", "cam-2"), other).is_failure
+        assert not control.publish(topics.node_desired("acme", "cam-1"), own).is_failure
+        assert node.wait_for(own)
+        assert not node.wait_for(other, GRACE_S)
 
-    def test_retained_status_of_another_tenant_is_not_replayed(
+
+class TestCloudRoles:
+    def test_operator_reads_its_tree_and_writes_nothing(self, probes: dict[str, Probe]) -> None:
+        operator, node = probes[OPERATOR], probes[NODE]
+        operator.subscribe(topics.tenant_filter("acme"))
+        status = _unique("status")
+        assert not node.publish(topics.node_status("acme", "cam-1"), status).is_failure
+        assert operator.wait_for(status)
+        reason = operator.publish(topics.node_desired("acme", "cam-1"), b"x")
+        assert reason.is_failure and reason.getName() == "Not authorized"
+
+    def test_ingest_reads_samples_and_feedback_and_writes_receipts_only(
+        self, probes: dict[str, Probe]
+    ) -> None:
+        ingest, node = probes[INGEST], probes[NODE]
+        ingest.subscribe(topics.shared(topics.pipeline_filter("acme", "samples")))
+        ingest.subscribe(topics.shared(topics.pipeline_filter("acme", "feedback")))
+        node.subscribe(topics.node_stored("acme", "cam-1"))
+        sample, label = _unique("sample"), _unique("feedback")
+        assert not node.publish(topics.samples("acme", "line-7", "cam-1"), sample).is_failure
+        assert not node.publish(topics.feedback("acme", "line-7", "cam-1"), label).is_failure
+        assert ingest.wait_for(sample) and ingest.wait_for(label)
+        receipt = _unique("receipt")
+        assert not ingest.publish(topics.node_stored("acme", "cam-1"), receipt).is_failure
+        assert node.wait_for(receipt)
+        for topic in (topics.node_desired("acme", "cam-1"), topics.node_stored("globex", "c")):
+            reason = ingest.publish(topic, b"x")
+            assert reason.is_failure and reason.getName() == "Not authorized", topic
+
+
+class TestIdentitiesWithoutABlock:
+    def test_an_identity_nobody_enrolled_reads_and_writes_nothing(
+        self, probes: dict[str, Probe]
+    ) -> None:
+        stranger, node, operator = probes[UNKNOWN], probes[NODE], probes[OPERATOR]
+        stranger.subscribe("#")
+        operator.subscribe(topics.tenant_filter("acme"))
+        reason = stranger.publish(topics.node_status("acme", "cam-2"), b"x")
+        assert reason.is_failure and reason.getName() == "Not authorized"
+        status = _unique("status")
+        assert not node.publish(topics.node_status("acme", "cam-1"), status).is_failure
+        assert operator.wait_for(status)
+        assert not stranger.wait_for(status, GRACE_S)
+
+    def test_another_tenant_without_a_block_gets_nothing_of_acme(
+        self, probes: dict[str, Probe]
+    ) -> None:
+        globex, node, operator = probes["globex"], probes[NODE], probes[OPERATOR]
+        globex.subscribe(topics.tenant_filter("acme"))
+        globex.subscribe(topics.shared(topics.pipeline_filter("acme", "samples")))
+        operator.subscribe(topics.tenant_filter("acme"))
+        sample = _unique("sample")
+        assert not node.publish(topics.samples("acme", "line-7", "cam-1"), sample).is_failure
+        assert operator.wait_for(sample)
+        assert not globex.wait_for(sample, GRACE_S)
+
+
+class TestClientIdsAreBoundToIdentities:
+    def test_claiming_a_nodes_client_id_does_not_take_its_session(
         self, dev_broker: Broker, probes: dict[str, Probe]
     ) -> None:
-        status = topics.node_status("globex", "cam-9")
-        payload = _unique("globex-status")
-        assert not probes["globex"].publish(status, payload, retain=True).is_failure
-        late_globex, late_acme = Probe(dev_broker, "globex"), Probe(dev_broker, "acme")
+        control = probes[CONTROL]
+        for same_identity in (probes[NODE], probes[UNKNOWN]):
+            same_identity.close()  # one identity, one session: they would take turns
+        # The node connects with its identity as client id, as an agent does; another
+        # identity asks for the same client id and is given its own instead.
+        node = Probe(dev_broker, NODE, client_id=NODE)
+        intruder = None
         try:
-            late_globex.subscribe(status)
-            late_acme.subscribe(topics.tenant_filter("globex"))
-            assert late_globex.wait_for(payload)
-            assert not late_acme.wait_for(payload, GRACE_S)
+            node.subscribe(topics.node_desired("acme", "cam-1"))
+            intruder = Probe(dev_broker, UNKNOWN, client_id=NODE)
+            assert not intruder.connack().is_failure
+            desired = _unique("desired")
+            assert not control.publish(topics.node_desired("acme", "cam-1"), desired).is_failure
+            assert node.wait_for(desired)
+            assert not node.disconnected.is_set()
+            assert not intruder.wait_for(desired, 0)
         finally:
-            probes["globex"].publish(status, b"", retain=True)  # clear the retained message
-            late_globex.close()
-            late_acme.close()
-
-
-class TestTenantCredentialCannotWriteAnotherTenant:
-    def test_desired_state_published_into_another_tenant_is_refused(
-        self, probes: dict[str, Probe]
-    ) -> None:
-        acme, globex = probes["acme"], probes["globex"]
-        desired = topics.node_desired("globex", "cam-1")
-        globex.subscribe(desired)
-        payload = _unique("forged-desired")
-        reason = acme.publish(desired, payload)
-        assert reason.is_failure and reason.getName() == "Not authorized"
-        assert not globex.wait_for(payload, GRACE_S)
-
-    def test_own_tenant_tree_is_writable_and_readable(self, probes: dict[str, Probe]) -> None:
-        acme = probes["acme"]
-        desired = topics.node_desired("acme", "cam-1")
-        acme.subscribe(desired)
-        payload = _unique("acme-desired")
-        assert not acme.publish(desired, payload).is_failure
-        assert acme.wait_for(payload)
-
-
-class TestIngestCredentialReadsOnlyItsTenantsSamples:
-    def test_shared_group_receives_the_tenants_samples_and_feedback(
-        self, probes: dict[str, Probe]
-    ) -> None:
-        ingest, acme = probes["ingest@acme"], probes["acme"]
-        ingest.subscribe(topics.shared("ctm/acme/pipelines/+/samples/+"))
-        ingest.subscribe(topics.shared("ctm/acme/pipelines/+/feedback/+"))
-        sample, label = _unique("acme-sample"), _unique("acme-feedback")
-        assert not acme.publish(topics.samples("acme", "line-7", "cam-1"), sample).is_failure
-        assert not acme.publish(topics.feedback("acme", "line-7", "cam-1"), label).is_failure
-        assert ingest.wait_for(sample)
-        assert ingest.wait_for(label)
-
-    def test_other_tenants_samples_and_own_control_topics_stay_hidden(
-        self, probes: dict[str, Probe]
-    ) -> None:
-        ingest, acme, globex = probes["ingest@acme"], probes["acme"], probes["globex"]
-        ingest.subscribe(topics.shared("ctm/globex/pipelines/+/samples/+"))
-        ingest.subscribe(topics.tenant_filter("acme"))
-        globex.subscribe(topics.tenant_filter("globex"))
-        acme.subscribe(topics.tenant_filter("acme"))
-        other, status = _unique("globex-sample"), _unique("acme-status")
-        assert not globex.publish(topics.samples("globex", "line-7", "cam-1"), other).is_failure
-        assert not acme.publish(topics.node_status("acme", "cam-1"), status).is_failure
-        assert globex.wait_for(other) and acme.wait_for(status)
-        assert not ingest.wait_for(other, GRACE_S)
-        assert not ingest.wait_for(status, GRACE_S)
-
-    def test_ingest_sends_its_tenants_nodes_their_receipts_and_no_one_elses(
-        self, probes: dict[str, Probe]
-    ) -> None:
-        ingest, acme = probes["ingest@acme"], probes["acme"]
-        receipts = topics.node_stored("acme", "cam-1")
-        acme.subscribe(receipts)
-        receipt = _unique("acme-receipt")
-        assert not ingest.publish(receipts, receipt).is_failure
-        assert acme.wait_for(receipt)
-        refused = ingest.publish(topics.node_stored("globex", "cam-1"), b"x")
-        assert refused.is_failure and refused.getName() == "Not authorized"
-
-    def test_ingest_cannot_publish_desired_state(self, probes: dict[str, Probe]) -> None:
-        reason = probes["ingest@acme"].publish(topics.node_desired("acme", "cam-1"), b"x")
-        assert reason.is_failure and reason.getName() == "Not authorized"
+            node.close()
+            if intruder is not None:
+                intruder.close()
 
 
 class TestDevBrokerRefusesUnknownCredentials:
     def test_wrong_password_gets_no_session(self, dev_broker: Broker) -> None:
-        probe = Probe(dev_broker, "acme", password="not-the-password")
+        probe = Probe(dev_broker, NODE, password="not-the-password")
         try:
             reason = probe.connack()
             assert reason.is_failure

@@ -312,12 +312,30 @@ class TestBrokerConfigs:
         assert all(arg.split()[1] == "127.0.0.1" for arg in conf["listener"])
         assert conf["allow_anonymous"] == ["false"]
 
-    def test_acl_confines_each_tenant_credential_to_its_topic_tree(self) -> None:
+    def test_example_acl_is_what_the_tenant_registry_generates(self) -> None:
+        # One source: the example is acl_text's output for tenant acme with node cam-1.
+        from cloud_head._tenant_broker import acl_text
+        from cloud_head.tenants import NodeRecord
+
+        cam_1 = NodeRecord(tenant="acme", node="cam-1", method="certificate", enrolled_at=0.0)
+        generated = acl_text(["acme"], [cam_1])
+
+        def rules(text: str) -> list[str]:
+            return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+        assert rules((DEPLOY / "mosquitto" / "acl.example").read_text()) == rules(generated)
         acl = mosquitto_directives("mosquitto/acl.example")
-        assert acl["pattern"] == [f"readwrite {topics.PREFIX}/%u/#"]
-        # Service credentials read; the one thing they write is their nodes' receipts.
-        writes = [rule for rule in acl["topic"] if not rule.startswith("read ")]
-        assert writes == [f"write {topics.nodes_filter('acme', 'stored')}"]
+        assert "pattern" not in acl  # per identity, never a rule every username matches
+        assert f"write {topics.node_status('acme', 'cam-1')}" in acl["topic"]
+
+    @pytest.mark.parametrize(
+        "relative", ["mosquitto/mosquitto.conf", "mosquitto/mosquitto.dev.conf"]
+    )
+    def test_client_ids_are_bound_to_identities_on_the_listener(self, relative: str) -> None:
+        # A listener setting in mosquitto 2.0: before the listener line it is ignored.
+        lines = [line.strip() for line in (DEPLOY / relative).read_text().splitlines()]
+        listener = max(i for i, line in enumerate(lines) if line.startswith("listener "))
+        assert "use_username_as_clientid true" in lines[listener:]
 
 
 class TestMetricNamesExist:
