@@ -207,7 +207,10 @@ def _check(settings: AgentSettings, timeout_s: float, out: TextIO, prefix: str =
 def _probe_broker(settings: AgentSettings, timeout_s: float) -> tuple[bool, str, str]:
     broker = settings.broker
     where = f"{broker.host}:{broker.port}"
-    # Its own client id and no session: a probe must not take over the running agent's.
+    # No session of its own. Anonymously it has its own client id too; a broker that binds
+    # client ids to identities gives it the node's, so on a box whose agent runs the probe
+    # takes the agent's connection over for a moment: the agent reconnects, subscribes
+    # again and resends what the broker had not confirmed (ingest de-duplicates).
     probe_settings = mqtt.BrokerSettings(
         **{
             **broker.model_dump(include=set(mqtt.BrokerSettings.model_fields)),

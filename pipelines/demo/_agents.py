@@ -1,7 +1,7 @@
 """The demo's edge: one ``edge-agent`` process per camera, their configs and their supervisor.
 
-Each agent gets a home under ``<workdir>/edge/<node>`` with its config (it holds the tenant's
-broker password, so it is owner-only), its state and its log; a ``Supervisor`` restarts a
+Each agent gets a home under ``<workdir>/edge/<node>`` with its config (it holds the node's
+own broker password, so it is owner-only), its state and its log; a ``Supervisor`` restarts a
 crashed agent (and the embedded broker) as systemd's ``Restart=on-failure`` would.
 """
 
@@ -102,8 +102,8 @@ def start_agent(
 ) -> AgentProcess:
     """Write the agent's config under ``workdir/edge/<node>`` and start its process.
 
-    ``broker`` carries the tenant's credential (``tenancy.broker_for``); ``tenancy`` gives
-    the residency policy and the tenant's field-hashing salt.
+    ``broker`` carries the node's own identity (``tenancy.broker_for_node``); ``tenancy``
+    gives the residency policy and the tenant's field-hashing salt.
     """
     import yaml
 
@@ -126,7 +126,7 @@ def start_agent(
         labels=labels,
     )
     config = _agent_config(agent, camera, broker, options, public_key, drift_at, tenancy)
-    agent.config.touch(mode=0o600)  # it holds the tenant's broker password
+    agent.config.touch(mode=0o600)  # it holds the node's broker password
     agent.config.write_text(yaml.safe_dump(config, sort_keys=False))
     agent.spawn()
     return agent

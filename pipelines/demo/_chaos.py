@@ -2,12 +2,14 @@
 
 The answer to "what happens when things break?" that a user can run in one command.  On a
 schedule set from the run's duration and drift time, ``Chaos`` does what an attacker holding
-the tenant's own broker credential and an unlucky day in production would do:
+one edge box of the tenant (its enrolled identity, ``CHAOS_NODE``) and an unlucky day in
+production would do:
 
 - garbage on every topic of the tenant: empty and retained messages, bytes that are no
   payload, JSON of the wrong shape, on every node's status, reported, desired and receipt
   topic, every pipeline topic and the serving model's artifact topics, sent by a plain paho
-  client that is not ours;
+  client that is not ours; the broker takes what lands on the attacker's own topics (the
+  services refuse and count it) and refuses the rest by its ACL;
 - a SIGKILL of one edge agent (the supervisor restarts it, as systemd would);
 - a SIGKILL of the broker (the supervisor restarts it on the same port, as its service would);
 - a kill of an ingest actor (Ray restarts it);
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "CHAOS_NODE",
     "CUT_SITE",
     "FAULT_KINDS",
     "LINK_CUT_S",
@@ -42,6 +45,9 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
+#: The attacker's edge box: a node of the tenant, enrolled with its own identity, that runs no
+#: agent; it may write its own data topics only.
+CHAOS_NODE = "chaos"
 #: The site whose link is cut: two boxes, not the drifted one, so the drift's recovery is
 #: measured apart from the outage.
 CUT_SITE = "lux-1"
@@ -84,7 +90,7 @@ def schedule(*, drift_at_s: float, agent: str, site: str, ingest: str = "ingest-
             at_s=round(drift_at_s * 0.4, 1),
             kind="garbage",
             target="every topic of the tenant",
-            detail="empty, retained and malformed messages with the tenant's own credential",
+            detail="empty, retained and malformed messages from an edge box of the tenant",
         ),
         Fault(at_s=round(drift_at_s * 0.7, 1), kind="agent_kill", target=agent, detail="SIGKILL"),
         Fault(
@@ -119,10 +125,11 @@ def garbage_everywhere(
 ) -> dict[str, int]:
     """Publish ``GARBAGE`` on every topic of ``tenant`` with a plain paho client.
 
-    ``settings`` (``BrokerSettings``) carries the tenant's own credential: the attacker is an
-    insider of the tenant.  Each payload goes once plain and once retained, at QoS 1, so the
-    broker confirms it took each one.  ``artifacts`` are (model, version) pairs whose
-    manifest and first chunk are attacked too.
+    ``settings`` (``BrokerSettings``) carries the attacker's credential: on a broker that
+    knows the tenants, an enrolled node of the tenant (an insider holding one edge box), whose
+    own topics are among the targets; on an anonymous broker, none.  Each payload goes once
+    plain and once retained, at QoS 1, so the broker confirms it took each one.
+    ``artifacts`` are (model, version) pairs whose manifest and first chunk are attacked too.
 
     Returns:
         How many messages the broker took, and how many it refused (ACL).
@@ -153,7 +160,8 @@ def garbage_everywhere(
         ]
     client = paho.Client(
         CallbackAPIVersion.VERSION2,
-        client_id=f"chaos-{tenant}-{int(time.time())}",
+        # The broker binds the client id to an identity; an anonymous one keeps a fresh id.
+        client_id=settings.username or f"chaos-{tenant}-{int(time.time())}",
         protocol=paho.MQTTv5,
     )
     if settings.username is not None:
@@ -258,7 +266,8 @@ def start_chaos(
     """Start the chaos schedule of a demo run against the tenant of ``spec``.
 
     ``agents`` are the tenant's agent processes (the first is killed), ``attacker`` the
-    tenant's own broker settings, ``links`` the cut site's ``SiteLink``.
+    broker settings of the tenant's ``CHAOS_NODE`` (its own identity), ``links`` the cut
+    site's ``SiteLink``.
     """
     import os
     import signal
@@ -275,9 +284,8 @@ def start_chaos(
         waited = _wait_until_serving(head, spec.name, [a.node for a in agents])
         current = ray.get(head.controllers[spec.name].status.remote(), timeout=30).get("current")
         artifacts = [(spec.edge.model, current)] if current else []
-        outcome = garbage_everywhere(
-            attacker, spec.tenant, [a.node for a in agents], [spec.name], artifacts
-        )
+        nodes = [a.node for a in agents] + [CHAOS_NODE]
+        outcome = garbage_everywhere(attacker, spec.tenant, nodes, [spec.name], artifacts)
         return {**outcome, "waited_for_serving_s": round(waited, 1)}
 
     def agent_kill(target: str) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from pipelines.demo._agents import (
     stop_agents,
     supervise,
 )
-from pipelines.demo._chaos import CUT_SITE, Chaos, start_chaos
+from pipelines.demo._chaos import CHAOS_NODE, CUT_SITE, Chaos, start_chaos
 from pipelines.demo._options import LAB_FPS_SHARE, PIPELINE_MODULE, DemoOptions, Timeline
 
 __all__ = ["LoopRun", "run_loop"]
@@ -50,7 +50,7 @@ def run_loop(
     Deploys both tenants' cloud heads under the residency policy (and tries one deploy the
     policy must refuse), trains their first models, streams from edge-agent processes with
     drift at one of the factory's sites, watches, then stops agents and services and writes
-    the report. ``tenancy`` (``_tenants.Tenancy``) carries the tenants' broker credentials;
+    the report. ``tenancy`` (``_tenants.Tenancy``) carries the nodes' broker identities;
     without one (an anonymous broker) each tenant gets fresh keys and salts. A supervisor
     restarts a crashed edge agent, and the broker when ``embedded_broker`` (the
     ``EmbeddedBroker`` behind ``broker``) is given, as systemd and the broker's service would;
@@ -194,23 +194,24 @@ class LoopRun:
         spec, lab, tenancy, paths = self.spec, self.lab, self.tenancy, self.paths
         with self.console.status("deploying both tenants' cloud heads on Ray under the policy"):
             for tenant, pipeline in ((spec.tenant, spec), (lab.tenant, lab)):
+                # Each service connects as its own identity, read from the tenant registry.
                 self.heads[tenant] = CloudHead.deploy(
                     tenant,
                     [pipeline],
                     paths,
-                    tenancy.broker_for(tenant, self.broker),
+                    self.broker,
                     self.private_keys[tenant],
                     code_version=_code_version(),
                     policy=tenancy.policy,
                     store_labels=tenancy.store_labels,
-                    tenants_root=paths.tenants if tenancy.credentials else None,
+                    tenants_root=paths.tenants if tenancy.secured else None,
                     actor="continuum-demo",
                 )
             refused = world.try_refused_deploy(
                 lab,
                 CloudHead,
                 paths,
-                tenancy.broker_for(lab.tenant, self.broker),
+                self.broker,
                 self.private_keys[lab.tenant],
                 tenancy,
             )
@@ -267,7 +268,7 @@ class LoopRun:
                 heads=self.heads,
                 spec=self.spec,
                 agents=[a for a in self.agents if a.tenant == self.spec.tenant],
-                attacker=self.tenancy.broker_for(self.spec.tenant, self.broker),
+                attacker=self.tenancy.broker_for_node(self.spec.tenant, CHAOS_NODE, self.broker),
                 embedded_broker=self.embedded_broker,
                 links=self.links,
             )
@@ -292,7 +293,7 @@ class LoopRun:
     def _start_lab_agent(self) -> None:
         lab = self.lab
         camera = Camera(
-            node="lab-lux3-a",
+            node=world.LAB_NODE,
             site="lux-3",
             drifted=False,
             tenant=lab.tenant,
@@ -304,12 +305,13 @@ class LoopRun:
         self._start_agent(camera, broker=self.broker, options=slower)
 
     def _start_agent(self, camera: Camera, *, broker: Any, options: DemoOptions) -> None:
-        """Start ``camera``'s agent on ``broker`` with its tenant's credential and key."""
+        """Start ``camera``'s agent on ``broker`` as its own node identity, with its tenant's
+        key."""
         self.agents.append(
             start_agent(
                 self.workdir,
                 camera,
-                broker=self.tenancy.broker_for(camera.tenant, broker),
+                broker=self.tenancy.broker_for_node(camera.tenant, camera.node, broker),
                 options=options,
                 public_key=self.public_keys[camera.tenant],
                 drift_at=self.timeline.drift_at,
@@ -336,7 +338,8 @@ class LoopRun:
         )
 
     def watch(self) -> None:
-        """Show live progress until the cameras' time is over."""
+        """Show live progress until the cameras' time is over, then probe the isolation of
+        the nodes within the first tenant (every node has its desired state by then)."""
         from pipelines.demo._live import watch
         from pipelines.demo._reserved import ReservedScores
 
@@ -352,6 +355,11 @@ class LoopRun:
             self.options,
             reserved,
         )
+        factory = [a.node for a in self.agents if a.tenant == self.spec.tenant]
+        if factory:
+            self.policy["node_isolation"] = world.node_isolation_probe(
+                self.broker, self.tenancy, target=factory[0], pipeline=self.spec.name
+            )
 
     def shut_down(self) -> None:
         """Stop chaos, supervisor, agents and services; keep their last telemetry and status."""

@@ -316,6 +316,9 @@ def _policy_targets(policy: dict[str, Any]) -> dict[str, bool]:
     isolation = policy.get("isolation", {})
     if isolation.get("checked"):
         out["tenants_isolated"] = bool(isolation.get("held"))
+    within = policy.get("node_isolation", {})
+    if within.get("checked"):
+        out["nodes_isolated_within_a_tenant"] = bool(within.get("held"))
     audits = policy.get("audit", {})
     if audits:
         out["audit_verified"] = all(a.get("verified") for a in audits.values())

@@ -79,13 +79,14 @@ def _print_policy(console: Any, policy: dict[str, Any]) -> None:
     isolation = policy.get("isolation") or {}
     if isolation.get("checked"):
         console.print(
-            "  tenant isolation at the broker: medica's credentials "
+            f"  tenant isolation at the broker: {isolation.get('intruder', 'medica')} "
             f"{'could' if isolation['other_tenant_read_ours'] else 'could not'} read acme's "
             f"topics and {'could' if isolation['other_tenant_wrote_ours'] else 'could not'} "
             "write them"
         )
     elif isolation:
         console.print(f"  tenant isolation not checked: {isolation.get('why')}")
+    _print_node_isolation(console, policy.get("node_isolation") or {})
     for tenant, audit in (policy.get("audit") or {}).items():
         console.print(
             f"  audit log of {tenant}: {audit.get('records')} records, "
@@ -93,6 +94,27 @@ def _print_policy(console: Any, policy: dict[str, Any]) -> None:
             + (" (signed head checked)" if audit.get("signature_checked") else "")
             + f"; {audit.get('by_action', {})}"
         )
+
+
+def _print_node_isolation(console: Any, within: dict[str, Any]) -> None:
+    """Print the row "isolation within a tenant": what one node's identity tried as another."""
+    if not within:
+        return
+    if not within.get("checked"):
+        console.print(f"  isolation within a tenant not checked: {within.get('why')}")
+        return
+    attempts = within.get("attempts") or {}
+    allowed = [name for name, refused in attempts.items() if not refused]
+    verdict = (
+        f"[red]the broker let through: {', '.join(allowed)}[/]"
+        if allowed
+        else f"every one refused ({', '.join(attempts)})"
+    )
+    console.print(
+        f"  isolation within a tenant: {within.get('intruder')} acting as node "
+        f"{within.get('target')}: {verdict}"
+        + ("" if within.get("control_delivered") else "; [red]its own message did not arrive[/]")
+    )
 
 
 def _fmt(value: float | None) -> str:

@@ -49,26 +49,66 @@ def policy_path() -> Path:
     return Path(pipelines.__file__).resolve().parent / "residency.yaml"
 
 
+#: The lab's camera: the second tenant's one edge node.
+LAB_NODE = "lab-lux3-a"
+#: A node of each tenant enrolled only for the isolation probes (it runs no agent), so a
+#: probe never takes over a serving agent's session (one identity, one connection).
+PROBE_NODE = "probe"
+
+
 @dataclass
 class Tenancy:
     """Who is who on the demo's broker, and the policy they live under.
 
-    ``credentials`` maps a tenant to its MQTT (username, password); empty on an anonymous
-    broker (the tests' shared one), where isolation cannot be shown and is reported so.
+    ``operators`` maps a tenant to its operator credential (username, password): it reads the
+    tenant's tree and writes nothing.  ``nodes`` maps (tenant, node) to the node's own
+    identity, enrolled in the tenant registry: each edge agent, the chaos attacker and the
+    probes connect as one.  The cloud services take theirs from the registry (``tenants_root``).
+    Both are empty on an anonymous broker (the tests' shared one), where isolation cannot be
+    shown and is reported so.
     """
 
     policy: Path
     store_labels: dict[str, str]
     salts: dict[str, Path]
-    credentials: dict[str, tuple[str, str]] = field(default_factory=dict)
+    operators: dict[str, tuple[str, str]] = field(default_factory=dict)
+    nodes: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     signing_keys: dict[str, tuple[Path, Path]] = field(default_factory=dict)
 
-    def broker_for(self, tenant: str, broker: Any) -> Any:
-        """Return ``broker`` settings with ``tenant``'s credentials, when there are any."""
-        if tenant not in self.credentials:
+    @property
+    def secured(self) -> bool:
+        """Whether the broker knows the tenants (passwords and ACL), not anonymous clients."""
+        return bool(self.operators)
+
+    def broker_for_node(self, tenant: str, node: str, broker: Any) -> Any:
+        """Return ``broker`` settings with ``node``'s own identity, when the broker has any.
+
+        Raises:
+            KeyError: the broker knows the tenants but the node was not enrolled.
+        """
+        if not self.secured:
             return broker
-        user, password = self.credentials[tenant]
+        user, password = self.nodes[(tenant, node)]
         return broker.model_copy(update={"username": user, "password": password})
+
+    def broker_for_operator(self, tenant: str, broker: Any) -> Any:
+        """Return ``broker`` settings with ``tenant``'s operator credential (read only)."""
+        if not self.secured:
+            return broker
+        user, password = self.operators[tenant]
+        return broker.model_copy(update={"username": user, "password": password})
+
+
+def nodes_to_enrol(factory_nodes: list[str]) -> dict[str, list[str]]:
+    """Return every node identity the demo enrols, per tenant: the factory's cameras, the
+    chaos attacker and the probe of the first tenant; the lab's camera and the probe of the
+    second."""
+    from pipelines.demo._chaos import CHAOS_NODE
+
+    return {
+        FIRST_TENANT: [*factory_nodes, CHAOS_NODE, PROBE_NODE],
+        SECOND_TENANT: [LAB_NODE, PROBE_NODE],
+    }
 
 
 def credentials_dir(workdir: Path) -> Path:
@@ -88,11 +128,14 @@ def write_salts(directory: Path, tenants: list[str]) -> dict[str, Path]:
     return out
 
 
-def create_tenants(workdir: Path, tenants: list[str]) -> tuple[Any, Tenancy]:
-    """Create the tenants in a registry under ``workdir/tenants``; return it and the tenancy.
+def create_tenants(workdir: Path, nodes: Mapping[str, list[str]]) -> tuple[Any, Tenancy]:
+    """Create the tenants of ``nodes`` in a registry under ``workdir/tenants`` and enrol each
+    tenant's nodes there; return the registry and the tenancy.
 
-    The registry writes mosquitto's password and ACL files: start the broker on them. Each
-    tenant's password, which the registry hands out once, goes to
+    The registry writes mosquitto's password and ACL files, with an identity per node and
+    per cloud service: start the broker on them.  The services' passwords stay in the
+    registry (``service_credentials_dir``), where the cloud head reads them.  Each tenant's
+    operator password, which the registry hands out once, goes to
     ``workdir/../credentials/<tenant>.password`` (mode 0600) for the operator commands.
     """
     from cloud_head.tenants import TenantRegistry
@@ -101,17 +144,21 @@ def create_tenants(workdir: Path, tenants: list[str]) -> tuple[Any, Tenancy]:
     tenancy = Tenancy(
         policy=policy_path(),
         store_labels=dict(STORE_LABELS),
-        salts=write_salts(workdir / "tenants" / "salts", tenants),
+        salts=write_salts(workdir / "tenants" / "salts", list(nodes)),
     )
-    for name in tenants:
+    for name, names in nodes.items():
         record = registry.create(name)
         assert record.credentials is not None  # create hands them out once
-        tenancy.credentials[name] = (record.credentials.username, record.credentials.password)
+        tenancy.operators[name] = (record.credentials.username, record.credentials.password)
         secret = credentials_dir(workdir.parent) / f"{name}.password"
         secret.parent.mkdir(mode=0o700, exist_ok=True)
         secret.touch(mode=0o600)
         secret.write_text(record.credentials.password + "\n")
         tenancy.signing_keys[name] = (record.signing_key_path, record.public_key_path)
+        for node in names:
+            enrolled = registry.enroll_node(name, node)
+            assert enrolled.password is not None  # enrolled with a password, not a certificate
+            tenancy.nodes[(name, node)] = (enrolled.username, enrolled.password)
     registry.apply_to_broker()
     return registry, tenancy
 
@@ -166,62 +213,145 @@ def try_refused_deploy(
     }
 
 
-def isolation_probe(broker: Any, tenancy: Tenancy, *, wait_s: float = 2.0) -> dict[str, Any]:
-    """Try, with the second tenant's credentials, to read and to write the first's topics.
+class _Probe:
+    """One MQTT client of a probe: connects as an identity with no lasting session (the
+    broker keeps nothing queued for it afterwards) and records what it receives."""
 
-    A message the first tenant publishes on its own telemetry topic must not reach the
-    second's subscriber to ``ctm/acme/#``, and one the second publishes there must not reach
-    the first. Returns what was tried and what arrived.
+    def __init__(self, name: str, settings: Any) -> None:
+        from continuum.wire.mqtt import make_client
+
+        # The broker forces the client id to the identity; without one (anonymous) a name.
+        self.settings = settings.model_copy(update={"session_expiry_s": 0})
+        self.client = make_client(settings.username or f"demo-probe-{name}", self.settings)
+        self.received: list[tuple[str, bytes, bool]] = []
+        self._lock = threading.Lock()
+        self.client.on_message = self._on_message
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        with self._lock:
+            self.received.append((message.topic, bytes(message.payload), bool(message.retain)))
+
+    def start(self) -> _Probe:
+        """Connect (paho's network thread runs from here on)."""
+        from continuum.wire.mqtt import connect
+
+        connect(self.client, self.settings)
+        return self
+
+    def got(self, token: bytes, topic: str | None = None) -> list[bytes]:
+        """Return the payloads received that hold ``token`` (on ``topic`` only, if given)."""
+        with self._lock:
+            return [p for t, p, _ in self.received if token in p and topic in (None, t)]
+
+    def retained_on(self, topic: str) -> bool:
+        """Whether a retained message arrived on ``topic``."""
+        with self._lock:
+            return any(t == topic and retained and p for t, p, retained in self.received)
+
+    def close(self) -> None:
+        """Disconnect; best effort."""
+        with contextlib.suppress(Exception):
+            self.client.disconnect()
+            self.client.loop_stop()
+
+
+def isolation_probe(broker: Any, tenancy: Tenancy, *, wait_s: float = 2.0) -> dict[str, Any]:
+    """Try, with a node identity of the second tenant, to read and to write the first's topics.
+
+    The first tenant's probe node publishes on its own telemetry topic, which the first
+    tenant's operator (reading its whole tree) must receive; the second tenant's probe node
+    subscribes to ``ctm/acme/#`` and must not receive it, and what it publishes on the first
+    tenant's probe topic must not reach the operator. Returns what was tried and what arrived.
     """
-    if FIRST_TENANT not in tenancy.credentials or SECOND_TENANT not in tenancy.credentials:
+    if not tenancy.secured:
         return {"checked": False, "why": "the broker takes anonymous clients (no tenants)"}
     from continuum.wire import topics
-    from continuum.wire.mqtt import connect, make_client
 
-    own = tenancy.broker_for(FIRST_TENANT, broker)
-    other = tenancy.broker_for(SECOND_TENANT, broker)
     token = secrets.token_hex(8).encode()
-    got: dict[str, list[bytes]] = {"intruder": [], "owner": []}
-    lock = threading.Lock()
-
-    def collect(name: str) -> Any:
-        def on_message(client: Any, userdata: Any, message: Any) -> None:
-            with lock:
-                got[name].append(bytes(message.payload))
-
-        return on_message
-
-    owner = make_client(f"demo-probe-{FIRST_TENANT}", own)
-    intruder = make_client(f"demo-probe-{SECOND_TENANT}", other)
-    owner.on_message = collect("owner")
-    intruder.on_message = collect("intruder")
+    probe_topic = topics.telemetry(FIRST_TENANT, "isolation-probe", PROBE_NODE)
+    reader = _Probe("reader", tenancy.broker_for_operator(FIRST_TENANT, broker))
+    owner = _Probe("owner", tenancy.broker_for_node(FIRST_TENANT, PROBE_NODE, broker))
+    intruder = _Probe("intruder", tenancy.broker_for_node(SECOND_TENANT, PROBE_NODE, broker))
     try:
-        for client, settings in ((owner, own), (intruder, other)):
-            connect(client, settings)
-            client.loop_start()
+        for probe in (reader, owner, intruder):
+            probe.start()
         tree = topics.tenant_filter(FIRST_TENANT)
-        intruder.subscribe(tree, qos=1)
-        owner.subscribe(tree, qos=1)
+        reader.client.subscribe(tree, qos=1)
+        intruder.client.subscribe(tree, qos=1)
         time.sleep(0.5)
-        probe_topic = f"ctm/{FIRST_TENANT}/probe/isolation"
-        owner.publish(probe_topic, b"owner:" + token, qos=1)
-        intruder.publish(probe_topic, b"intruder:" + token, qos=1)
+        owner.client.publish(probe_topic, b"owner:" + token, qos=1)
+        intruder.client.publish(probe_topic, b"intruder:" + token, qos=1)
         time.sleep(wait_s)
     finally:
-        for client in (owner, intruder):
-            with contextlib.suppress(Exception):
-                client.loop_stop()
-                client.disconnect()
-    with lock:
-        read = any(token in p for p in got["intruder"])
-        written = any(p == b"intruder:" + token for p in got["owner"])
-        control = any(p == b"owner:" + token for p in got["owner"])
+        for probe in (reader, owner, intruder):
+            probe.close()
+    read = bool(intruder.got(token))
+    written = b"intruder:" + token in reader.got(token)
+    control = b"owner:" + token in reader.got(token)
     return {
         "checked": True,
+        "owner": owner.settings.username,
+        "intruder": intruder.settings.username,
         "control_delivered": control,
         "other_tenant_read_ours": read,
         "other_tenant_wrote_ours": written,
         "held": control and not read and not written,
+    }
+
+
+def node_isolation_probe(
+    broker: Any, tenancy: Tenancy, *, target: str, pipeline: str, wait_s: float = 2.0
+) -> dict[str, Any]:
+    """Try, with one node identity of the first tenant, to act as another node of it.
+
+    The probe node publishes ``target``'s status, samples (of ``pipeline``), telemetry and
+    stored receipt, and its desired state (which only the tenant's control plane may write),
+    and subscribes to ``target``'s desired state.  The tenant's operator, reading the whole
+    tree, sees what the broker let through; the probe's own telemetry must reach it (the
+    control), nothing written as ``target`` may, and the retained desired state the operator
+    is replayed must not reach the probe.  Returns each attempt with whether it was refused.
+    """
+    if not tenancy.secured:
+        return {"checked": False, "why": "the broker takes anonymous clients (no identities)"}
+    from continuum.wire import topics
+
+    tenant = FIRST_TENANT
+    token = secrets.token_hex(8).encode()
+    writes = {
+        "publish status": topics.node_status(tenant, target),
+        "publish samples": topics.samples(tenant, pipeline, target),
+        "publish telemetry": topics.telemetry(tenant, pipeline, target),
+        "publish stored receipt": topics.node_stored(tenant, target),
+        "publish desired state": topics.node_desired(tenant, target),
+    }
+    own = topics.telemetry(tenant, pipeline, PROBE_NODE)
+    desired = topics.node_desired(tenant, target)
+    reader = _Probe("reader", tenancy.broker_for_operator(tenant, broker))
+    intruder = _Probe("intruder", tenancy.broker_for_node(tenant, PROBE_NODE, broker))
+    try:
+        for probe in (reader, intruder):
+            probe.start()
+        reader.client.subscribe(topics.tenant_filter(tenant), qos=1)
+        intruder.client.subscribe(desired, qos=1)
+        time.sleep(0.5)
+        intruder.client.publish(own, b"own:" + token, qos=1)
+        for attempt, topic in writes.items():
+            intruder.client.publish(topic, f"{attempt}:".encode() + token, qos=1)
+        time.sleep(wait_s)
+    finally:
+        for probe in (reader, intruder):
+            probe.close()
+    attempts = {attempt: not reader.got(token, topic) for attempt, topic in writes.items()}
+    attempts["read desired state"] = not intruder.got(b"", desired)
+    control = bool(reader.got(b"own:" + token, own))
+    return {
+        "checked": True,
+        "intruder": intruder.settings.username,
+        "target": target,
+        "control_delivered": control,
+        "desired_retained": reader.retained_on(desired),
+        "attempts": attempts,
+        "held": control and all(attempts.values()),
     }
 
 

@@ -9,9 +9,10 @@ working directory; it ends with ``report.json``, ``report.png`` and a printed su
 
 Two tenants share the infrastructure (``_tenants``): the factory ``acme`` runs the
 loop above, the hospital lab ``medica`` runs ``pipelines/lab_forms.py`` beside it, each
-with its own broker credentials and ACL, Ray namespace, signing key, store partition and
-audit log, under the residency policy ``pipelines/residency.yaml``; the report shows the
-policy decisions taken and the evidence that they held.
+with its own broker identities (one per edge node and per cloud service) and ACL, Ray
+namespace, signing key, store partition and audit log, under the residency policy
+``pipelines/residency.yaml``; the report shows the policy decisions taken and the evidence
+that they held, between the tenants and between the nodes of one tenant.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--chaos",
         action="store_true",
         help="attack and fault the run while it goes: garbage on every topic of the tenant "
-        "(with its own credential), an edge agent SIGKILL, a broker SIGKILL, an ingest actor "
+        "(from an edge box of its own), an edge agent SIGKILL, a broker SIGKILL, an ingest actor "
         "kill and a 30 s link cut at one site; the report accounts for every selected sample",
     )
     parser.set_defaults(run=run)
@@ -192,20 +193,23 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     from continuum.embedded.broker import EmbeddedBroker
     from continuum.embedded.ray_cluster import LocalRayCluster
     from continuum.wire.mqtt import BrokerSettings
+    from pipelines.demo._agents import sites
     from pipelines.demo._tenants import (
         CLOUD_LABELS,
         EDGE_NODE_LABELS,
         FIRST_TENANT,
         SECOND_TENANT,
         create_tenants,
+        nodes_to_enrol,
     )
 
     # A terminal gets the live table; a log file gets wide, plain progress lines.
     console = Console() if options.live else Console(width=150, force_terminal=False)
     workdir = prepare_workdir(options.workdir)
     console.print(f"[bold]continuum demo[/] working directory: {workdir}")
-    # Tenants first: the registry writes the broker's password and ACL files.
-    registry, tenancy = create_tenants(workdir / "cloud", [FIRST_TENANT, SECOND_TENANT])
+    # Tenants and their nodes first: the registry writes the broker's password and ACL files.
+    factory = [node for node, _, _ in sites(options.agents)]
+    registry, tenancy = create_tenants(workdir / "cloud", nodes_to_enrol(factory))
     broker = EmbeddedBroker(
         workdir / "broker", password_file=registry.password_file, acl_file=registry.acl_file
     )
@@ -229,9 +233,10 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
             f"{cluster.token_path})"
         )
         console.print(
-            f"  tenants {FIRST_TENANT} and {SECOND_TENANT}, each limited to its own topics "
-            f"(ACL {registry.acl_file}); residency policy {tenancy.policy}; their "
-            f"passwords, for the operator commands, in {workdir / 'credentials'}; point "
+            f"  tenants {FIRST_TENANT} and {SECOND_TENANT}, each limited to its own topics and "
+            f"every node and cloud service to its own identity (ACL {registry.acl_file}); "
+            f"residency policy {tenancy.policy}; the operators' passwords, for the operator "
+            f"commands, in {workdir / 'credentials'}; point "
             f"those at this run with --root {workdir / 'cloud'} (or CONTINUUM_CLOUD_ROOT)"
         )
         return run_loop(

@@ -1,8 +1,10 @@
 """The closed loop end to end, shortened: real mosquitto, real Ray, edge-agent processes.
 
 One run of ``continuum demo --chaos``'s loop on a broker of its own and the session's
-cluster; the tests read the report it writes. It proves the whole chain moves while the
-run attacks and faults itself: a drifted camera's samples are uplinked and stored, a new
+cluster; the tests read the report it writes. The broker knows the tenants as the demo's
+does: every edge agent, cloud service, the attacker and the probes connect as their own
+identity (``cloud_head.tenants``). It proves the whole chain moves while the run attacks and
+faults itself: a drifted camera's samples are uplinked and stored, a new
 model is trained on Ray Train, gated, registered, canaried and rolled out, accuracy at the
 drifted site rises after the rollout, and every sample the edge selected is accounted for.
 """
@@ -20,31 +22,50 @@ from rich.console import Console
 from cloud_head.cli import audit as audit_cli
 from continuum.embedded.broker import EmbeddedBroker
 from continuum.wire.mqtt import BrokerSettings
-from pipelines.demo._chaos import FAULT_KINDS
+from pipelines.demo._agents import sites
+from pipelines.demo._chaos import CHAOS_NODE, FAULT_KINDS
+from pipelines.demo._tenants import create_tenants, credentials_dir, nodes_to_enrol
 from pipelines.demo.demo import DemoOptions, prepare_workdir, run_loop
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")
-def loop_report(tmp_path_factory: pytest.TempPathFactory, ray_cluster: Any) -> dict[str, Any]:
-    """One run of the loop under --chaos, on a broker of its own (the run kills it)."""
+def loop_run(
+    tmp_path_factory: pytest.TempPathFactory, ray_cluster: Any
+) -> tuple[dict[str, Any], str]:
+    """One run of the loop under --chaos, on a broker of its own (the run kills it) that
+    knows the tenants' identities; the report and the broker's log."""
     workdir = prepare_workdir(tmp_path_factory.mktemp("loop") / "demo")
     options = DemoOptions(
         duration_s=140, drift_at_s=20, fps=25, workdir=workdir, live=False, chaos=True
     )
-    broker = EmbeddedBroker(tmp_path_factory.mktemp("loop-broker")).start()
+    factory = [node for node, _, _ in sites(options.agents)]
+    registry, tenancy = create_tenants(workdir / "cloud", nodes_to_enrol(factory))
+    broker = EmbeddedBroker(
+        tmp_path_factory.mktemp("loop-broker"),
+        password_file=registry.password_file,
+        acl_file=registry.acl_file,
+    ).start()
     try:
-        return run_loop(
+        report = run_loop(
             options,
             workdir,
             BrokerSettings(host=broker.host, port=broker.port),
             console=Console(width=120, force_terminal=False),
             dashboard=None,
+            tenancy=tenancy,
             embedded_broker=broker,
         )
     finally:
         broker.stop()
+    return report, broker.log_path.read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def loop_report(loop_run: tuple[dict[str, Any], str]) -> dict[str, Any]:
+    """The report of the run."""
+    return loop_run[0]
 
 
 def _retrained(report: dict[str, Any]) -> str:
@@ -133,6 +154,8 @@ class TestChaos:
         assert set(faults) == set(FAULT_KINDS)
         assert all(f["ok"] for f in faults.values()), faults
         assert faults["garbage"]["confirmed"] == faults["garbage"]["sent"] > 0
+        # Sent as the tenant's chaos box: the broker took its own topics, refused the rest.
+        assert 0 < faults["garbage"]["refused"] < faults["garbage"]["sent"]
         assert faults["link_cut"]["reset_connections"] >= 1
 
     def test_the_killed_agent_and_broker_were_restarted(self, loop_report: dict[str, Any]) -> None:
@@ -159,9 +182,13 @@ class TestAuditTrail:
         self, loop_report: dict[str, Any], capsys: pytest.CaptureFixture[str]
     ) -> None:
         workdir, tenant = Path(loop_report["options"]["workdir"]), loop_report["tenant"]
-        # No tenant registry pins a key in this run: the one it signed with, from keys/.
-        key = workdir / "keys" / f"{tenant}.pub"
-        args = argparse.Namespace(tenant=tenant, root=workdir / "cloud", public_key=key)
+        # The tenant registry pins the key the run signed with; the operator's credential.
+        args = argparse.Namespace(
+            tenant=tenant,
+            root=workdir / "cloud",
+            public_key=None,
+            password_file=credentials_dir(workdir) / f"{tenant}.password",
+        )
         assert audit_cli.run_verify(args) == 0, capsys.readouterr().out
 
     def test_the_new_models_training_gate_registration_signature_and_rollout_are_recorded(
@@ -177,6 +204,7 @@ class TestAuditTrail:
             intended_use=None,
             root=root,
             public_key=None,
+            password_file=credentials_dir(root.parent) / f"{loop_report['tenant']}.password",
         )
         assert audit_cli.run_export(args) == 0
 
@@ -235,3 +263,42 @@ class TestTwoTenantsUnderThePolicy:
             assert audit["verified"] is True and audit["signature_checked"] is True
         assert audits["medica"]["by_action"]["policy_refusal"] == 1
         assert all(loop_report["targets"].values())
+
+
+class TestEveryConnectionIsItsOwnIdentity:
+    def test_services_and_agents_connected_as_their_identities_bound_to_their_client_ids(
+        self, loop_run: tuple[dict[str, Any], str]
+    ) -> None:
+        report, broker_log = loop_run
+        identities = ["ingest.0@acme", "control@acme", "ingest.0@medica", "control@medica"]
+        identities += [f"edge.{node}@acme" for node in report["agents"]]
+        identities += ["edge.lab-lux3-a@medica", f"edge.{CHAOS_NODE}@acme"]
+        for identity in identities:
+            assert f"as {identity} (p5" in broker_log and f"u'{identity}'" in broker_log, identity
+        for old in ("ctm-ingest-", "ctm-controller-", "ctm-fleet-", "ctm-edge-"):
+            assert old not in broker_log
+
+    def test_a_node_could_not_act_as_another_node_of_its_tenant(
+        self, loop_report: dict[str, Any]
+    ) -> None:
+        within = loop_report["policy"]["node_isolation"]
+        assert within["checked"] is True and within["control_delivered"] is True, within
+        assert within["desired_retained"] is True, within  # the read attempt had a target
+        assert set(within["attempts"]) == {
+            "publish status",
+            "publish samples",
+            "publish telemetry",
+            "publish stored receipt",
+            "publish desired state",
+            "read desired state",
+        }
+        assert all(within["attempts"].values()), within
+        assert loop_report["targets"]["nodes_isolated_within_a_tenant"] is True
+
+    def test_another_tenants_node_could_neither_read_nor_write_the_first_tenants_topics(
+        self, loop_report: dict[str, Any]
+    ) -> None:
+        isolation = loop_report["policy"]["isolation"]
+        assert isolation["checked"] is True and isolation["held"] is True, isolation
+        assert isolation["intruder"] == "edge.probe@medica"
+        assert loop_report["targets"]["tenants_isolated"] is True
