@@ -280,13 +280,15 @@ def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Head]:
 class Client:
     """One client made by ``continuum.wire.mqtt``: records messages and PUBACK reason codes."""
 
-    def __init__(self, settings: mqtt.BrokerSettings, name: str) -> None:
+    def __init__(
+        self, settings: mqtt.BrokerSettings, name: str, *, client_id: str | None = None
+    ) -> None:
         self.received: list[tuple[str, bytes]] = []
         self.disconnected = threading.Event()
         self._cond = threading.Condition()
         self._acks: dict[int, ReasonCode] = {}
         self._subacks: set[int] = set()
-        self.client = mqtt.make_client(f"{name}-{time.monotonic_ns()}", settings)
+        self.client = mqtt.make_client(client_id or f"{name}-{time.monotonic_ns()}", settings)
         self.client.on_message = self._on_message
         self.client.on_publish = self._on_publish
         self.client.on_subscribe = self._on_subscribe
@@ -382,6 +384,51 @@ class TestNodeCertificateActsOnlyAsItsNode:
             assert not node.got(theirs, GRACE_S)
         finally:
             node.close()
+
+    @pytest.mark.parametrize(
+        "topic",
+        [
+            topics.node_desired(TENANT, "node-a"),
+            topics.node_stored(TENANT, "node-a"),
+            topics.node_reported(TENANT, "node-a"),
+            topics.samples(TENANT, "inspect", "node-a"),
+            topics.telemetry(TENANT, "inspect", "node-a"),
+            topics.feedback(TENANT, "inspect", "node-a"),
+            topics.artifact_manifest(TENANT, "cnn", "v9"),
+        ],
+        ids=["desired", "stored", "reported", "samples", "telemetry", "feedback", "model"],
+    )
+    def test_node_b_cannot_write_node_as_topics_nor_the_clouds(
+        self, head: Head, topic: str
+    ) -> None:
+        node_b = Client(head.settings(head.node("node-b")), "node-b")
+        try:
+            refused = node_b.publish(topic, _unique("forged"))
+            assert refused is not None and refused.getName() == "Not authorized"
+        finally:
+            node_b.close()
+
+
+class TestClientIdIsTheCertificatesIdentity:
+    def test_node_b_claiming_node_as_client_id_does_not_take_its_session(self, head: Head) -> None:
+        # Node a's client id is its identity (the broker would make it so anyway).
+        claimed = identities.node_identity(TENANT, "node-a")
+        node_a = Client(head.settings(head.node("node-a")), "node-a", client_id=claimed)
+        control = Client(head.settings(head.control), "control")
+        intruder = None
+        try:
+            node_a.subscribe(topics.node_desired(TENANT, "node-a"))
+            intruder = Client(head.settings(head.node("node-b")), "node-b", client_id=claimed)
+            intruder.subscribe(topics.node_desired(TENANT, "node-a"))
+            desired = _unique("desired-a")
+            assert accepted(control.publish(topics.node_desired(TENANT, "node-a"), desired))
+            assert node_a.got(desired)
+            assert not node_a.disconnected.is_set()
+            assert not intruder.got(desired, GRACE_S)
+        finally:
+            for client in (node_a, control, intruder):
+                if client is not None:
+                    client.close()
 
 
 class TestSigningRefusesAnotherIdentity:
