@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from cloud_head.cli._common import add_credential, authorize
+from cloud_head.cli._common import add_credential, authorize, operator_command
 from continuum import pki
 from continuum._fs import atomic_write
 from continuum.cli.certs import check_name
@@ -114,6 +115,7 @@ def _add_registry(parser: argparse.ArgumentParser, *, required: bool) -> None:
     group.add_argument("--broker-pid-file", type=Path, help="mosquitto's pid_file (SIGHUP)")
 
 
+@operator_command  # a full edge_nodes quota is refused (exit 3), as for `node enroll`
 def run_sign(args: argparse.Namespace) -> int:
     """Sign a node's request after checking it names that node; enrol the node."""
     tenant, node = check_name(args.tenant, "tenant"), check_name(args.node, "node")
@@ -156,6 +158,36 @@ def run_crl(args: argparse.Namespace) -> int:
 
 def run_node(args: argparse.Namespace) -> int:
     """Development: write a node key and certificate signed by the clients CA in one step."""
+    if args.root is not None:
+        return _run_node_enrolled(args)
+    key, cert, key_path, cert_path = _make_node(args)
+    pki.write_key(key, key_path)
+    pki.write_certificate(cert, cert_path, replace=False)
+    _print_issued(cert, cert_path, renewed=False)
+    print(
+        f"  NOT enrolled: the broker grants {identities.node_identity(args.tenant, args.node)} "
+        "nothing until the tenant registry knows it; run this again with --root, or enrol a "
+        "real box with `continuum certs request` on it and `continuum certs sign`"
+    )
+    return 0
+
+
+@operator_command  # with --root given it settles nothing; it refuses a full quota (exit 3)
+def _run_node_enrolled(args: argparse.Namespace) -> int:
+    key, cert, key_path, cert_path = _make_node(args)
+    with _registry(args) as registry:
+        _enroll(registry, args.tenant, args.node, cert, renew=False)
+        pki.write_key(key, key_path)
+        pki.write_certificate(cert, cert_path, replace=False)
+        _print_issued(cert, cert_path, renewed=False)
+        _reload(registry, args)
+    return 0
+
+
+def _make_node(
+    args: argparse.Namespace,
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate, Path, Path]:
+    """Return a new key, its certificate for the node, and where they go (not written)."""
     tenant, node = check_name(args.tenant, "tenant"), check_name(args.node, "node")
     ca = pki.load_ca(args.ca)
     key_path, cert_path = args.out / f"{node}.key", args.out / f"{node}.crt"
@@ -164,23 +196,7 @@ def run_node(args: argparse.Namespace) -> int:
             raise ConfigError(f"{path} exists; remove it or choose another --out directory")
     key, pem = pki.make_request(tenant, node)
     cert = pki.sign_request(x509.load_pem_x509_csr(pem), ca, tenant, node, days=args.days)
-    if args.root is None:
-        pki.write_key(key, key_path)
-        pki.write_certificate(cert, cert_path, replace=False)
-        _print_issued(cert, cert_path, renewed=False)
-        print(
-            f"  NOT enrolled: the broker grants {identities.node_identity(tenant, node)} "
-            "nothing until the tenant registry knows it; run this again with --root, or "
-            "enrol a real box with `continuum certs request` on it and `continuum certs sign`"
-        )
-        return 0
-    with _registry(args) as registry:
-        _enroll(registry, tenant, node, cert, renew=False)
-        pki.write_key(key, key_path)
-        pki.write_certificate(cert, cert_path, replace=False)
-        _print_issued(cert, cert_path, renewed=False)
-        _reload(registry, args)
-    return 0
+    return key, cert, key_path, cert_path
 
 
 @contextmanager

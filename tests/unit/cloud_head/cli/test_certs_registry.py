@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 
 from cloud_head.audit import AuditLog
 from cloud_head.cli._common import PASSWORD_ENV
-from cloud_head.tenants import TenantRegistry
+from cloud_head.tenants import Quotas, TenantRegistry
 from continuum import pki
 from continuum.cli import EXIT_FAILED, EXIT_INVALID, EXIT_OK, EXIT_REFUSED, main
 from tests.tools import require_tool
@@ -162,6 +162,33 @@ class TestSignRefuses:
         )
         assert code in (EXIT_FAILED, EXIT_REFUSED)
         assert not (tmp_path / "cam-6.crt").exists()
+
+    def test_beyond_the_tenants_edge_node_quota(
+        self,
+        tmp_path: Path,
+        head: tuple[Path, dict[str, Path], Path],
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        root, _, ca = head
+        credentials = TenantRegistry(root / "tenants").create("tiny", Quotas(edge_nodes=0))
+        assert credentials.credentials is not None
+        password = tmp_path / "tiny.password"
+        password.write_text(credentials.credentials.password)
+        csr = _request(tmp_path, "tiny", "cam-9")
+        for verb in (
+            ["sign", "--csr", str(csr)],
+            ["node", "--out", str(tmp_path / "dev")],
+        ):
+            code = main(
+                [
+                    *("certs", *verb, "--ca", str(ca), "--tenant", "tiny", "--node", "cam-9"),
+                    *("--root", str(root), "--password-file", str(password)),
+                ]
+            )
+            assert code == EXIT_REFUSED, verb
+            assert "QuotaExceededError" in capsys.readouterr().err
+        assert not (tmp_path / "cam-9.crt").exists()
+        assert not (tmp_path / "dev" / "cam-9.key").exists()
 
 
 class TestCrl:
