@@ -53,8 +53,9 @@ enrolment and revocation, delete) is
 appended to the tenant's own audit log inside the change: when the record cannot be written
 the change is undone (create, quota) or not made (rotate, delete), and the error says so.
 
-The quotas live in ``_tenant_quotas``, the broker's files in ``_tenant_broker`` and the
-nodes and service passwords in ``_tenant_identities``; all are public through this module.
+The quotas live in ``_tenant_quotas``, the broker's files in ``_tenant_broker``, the
+nodes and service passwords in ``_tenant_identities`` and the operator's login and pinned
+keys in ``_tenant_auth``; all are public through this module.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cloud_head._tenant_auth import TenantAuthentication, add_public_key_column
 from cloud_head._tenant_broker import DEFAULT_MOSQUITTO_PASSWD as DEFAULT_MOSQUITTO_PASSWD
 from cloud_head._tenant_broker import BrokerFiles, acl_text, reload_broker
 from cloud_head._tenant_identities import (
@@ -88,14 +90,12 @@ from cloud_head._tenant_quotas import QuotaExceededError, QuotaKind, Quotas
 from cloud_head.audit import AuditAction
 from continuum._fs import OWNER_ONLY, atomic_write, private_dir, private_file
 from continuum.errors import (
-    AccessDeniedError,
-    ArtifactError,
     ConfigError,
     NotFoundError,
     ProtocolError,
     SpecError,
 )
-from continuum.signing import generate_keypair, key_fingerprint, load_public_key
+from continuum.signing import generate_keypair, key_fingerprint
 from continuum.wire import identities, topics
 
 if TYPE_CHECKING:
@@ -245,7 +245,7 @@ def ingest_usernames(tenant: str) -> list[str]:
     ]
 
 
-class TenantRegistry(NodeEnrolment):
+class TenantRegistry(NodeEnrolment, TenantAuthentication):
     """Create, list and delete tenants under ``root``, enrol and revoke their nodes, and apply
     them to the MQTT broker.
 
@@ -282,7 +282,7 @@ class TenantRegistry(NodeEnrolment):
             self._broker.create_missing()
             with closing(self._connect()) as db, db:
                 db.executescript(_SCHEMA + NODES_SCHEMA)
-                _add_public_key_column(db)
+                add_public_key_column(db)
 
     @property
     def db_path(self) -> Path:
@@ -553,73 +553,6 @@ class TenantRegistry(NodeEnrolment):
             self._write_acl()
         return reload_broker(pid, pid_file)
 
-    def public_key(self, name: str) -> bytes:
-        """Return the public key PEM pinned for tenant ``name``: its audit heads' signer.
-
-        A tenant made before keys were pinned has only its key's fingerprint in the registry;
-        its ``keys/signing.pub`` is taken when it has that fingerprint.
-
-        Raises:
-            NotFoundError: no such tenant.
-            ConfigError: no key is pinned and ``signing.pub`` is missing or not the key whose
-                fingerprint the registry holds.
-        """
-        record = self.get(name)
-        with closing(self._connect()) as db:
-            row = db.execute(
-                "SELECT public_key_pem FROM tenants WHERE name = ?", (name,)
-            ).fetchone()
-        if row is not None and row["public_key_pem"]:
-            return str(row["public_key_pem"]).encode()
-        path = self.tenant_dir(name) / "keys" / "signing.pub"
-        try:
-            pem = path.read_bytes()
-            matches = key_fingerprint(pem) == record.key_fingerprint
-        except (OSError, ArtifactError) as error:
-            raise ConfigError(
-                f"tenant {name!r} has no public key pinned in {self.db_path} and {path} cannot "
-                f"be used ({error}); deploy the tenant again with its signing key to pin it, "
-                "or give the key with --public-key"
-            ) from error
-        if not matches:
-            raise ConfigError(
-                f"{path} is not the key registered for tenant {name!r} (fingerprint "
-                f"{record.key_fingerprint[:16]}...); it was replaced: give the tenant's real "
-                "public key with --public-key"
-            )
-        return pem
-
-    def pin_public_key(self, name: str, public_pem: bytes) -> None:
-        """Pin ``public_pem`` as tenant ``name``'s key, or check it is the one pinned.
-
-        A deploy calls this with the key its services will sign with: a key other than the
-        tenant's registered one would sign audit heads that ``audit verify`` then refuses, so
-        it is refused here, before any service starts.
-
-        Raises:
-            NotFoundError: no such tenant.
-            ConfigError: the key is not an Ed25519 public key, or not the tenant's.
-        """
-        try:
-            load_public_key(public_pem)
-            fingerprint = key_fingerprint(public_pem)
-        except ArtifactError as error:
-            raise ConfigError(f"tenant {name!r}'s signing key: {error}") from error
-        with self._locked(), closing(self._connect()) as db, db:
-            record = self.get(name)
-            if fingerprint != record.key_fingerprint:
-                raise ConfigError(
-                    f"the signing key given (fingerprint {fingerprint[:16]}...) is not the "
-                    f"registered key of tenant {name!r} (fingerprint "
-                    f"{record.key_fingerprint[:16]}...); "
-                    f"sign with {record.signing_key_path}, the key `continuum tenant create` "
-                    "made"
-                )
-            db.execute(
-                "UPDATE tenants SET public_key_pem = ? WHERE name = ? AND public_key_pem IS NULL",
-                (public_pem.decode(), name),
-            )
-
     def acl_text(self) -> str:
         """Return the ACL file for the current tenants and nodes (mosquitto ``acl_file``)."""
         return acl_text([t.name for t in self.list()], self.nodes())
@@ -659,27 +592,6 @@ class TenantRegistry(NodeEnrolment):
 
     def _write_acl(self) -> None:
         self._broker.write_acl([t.name for t in self.list()], self.nodes())
-
-    def authenticate(self, name: str, password: str) -> TenantRecord:
-        """Return tenant ``name`` if ``password`` is its MQTT password, else refuse.
-
-        The check reads the broker's own password file (mosquitto's PBKDF2-SHA512 hashes),
-        so the credential that lets an agent publish under ``ctm/{name}/#`` is the one that
-        lets a person read the tenant's samples, models and audit records, and a rotation
-        revokes both at once.
-
-        Raises:
-            NotFoundError: no such tenant.
-            AccessDeniedError: the password is not the tenant's (or the tenant has none).
-        """
-        record = self.get(name)
-        if not self._broker.matches(record.mqtt_username, password):
-            raise AccessDeniedError(
-                f"the credential given is not that of tenant {name!r}: give its MQTT password (the "
-                "one `continuum tenant create` or `rotate` printed) with --password-file or "
-                "CONTINUUM_TENANT_PASSWORD"
-            )
-        return record
 
     def _set_passwords(self, credentials: TenantCredentials) -> None:
         """Set the operator's and services' passwords, and write the services' files."""
@@ -727,10 +639,3 @@ def _service_usernames(name: str) -> list[str]:
     """Return the operator's and services' identities of tenant ``name``."""
     operator, control = identities.operator_identity(name), identities.control_identity(name)
     return [operator, control, *ingest_usernames(name)]
-
-
-def _add_public_key_column(db: sqlite3.Connection) -> None:
-    """Give a registry made before keys were pinned its ``public_key_pem`` column (NULL)."""
-    columns = {row["name"] for row in db.execute("PRAGMA table_info(tenants)")}
-    if "public_key_pem" not in columns:
-        db.execute("ALTER TABLE tenants ADD COLUMN public_key_pem TEXT")
