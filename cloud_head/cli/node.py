@@ -146,6 +146,12 @@ def run_revoke(args: argparse.Namespace) -> int:
     print(
         f"revoked node {args.node} of tenant {args.tenant}: its credential and ACL block are gone"
     )
+    revoked = [n for n in registry.nodes(args.tenant) if n.node == args.node][-1]
+    if revoked.cert_serial is not None:
+        print(
+            f"  certificate serial {revoked.cert_serial} is now on the revocation list: "
+            "regenerate the broker's CRL (`continuum certs crl`) so it cannot connect again"
+        )
     apply_to_broker(registry, args)
     return 0
 

@@ -147,6 +147,17 @@ class TestRevokeAndList:
         assert listed["identity"] == "edge.cam-1@acme"
         assert listed["method"] == "password" and listed["revoked_at"] is not None
 
+    def test_revoking_a_certificate_node_says_to_regenerate_the_crl(
+        self, head: tuple[Path, dict[str, Path]], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        root, passwords = head
+        TenantRegistry(root / "tenants").enroll_node(
+            "acme", "cam-1", method="certificate", cert_serial="0F", not_after=2e9
+        )
+        assert node(root, "revoke", "acme", "cam-1", password=passwords["acme"]) == EXIT_OK
+        out = capsys.readouterr().out
+        assert "serial 0f" in out and "continuum certs crl" in out
+
     def test_revoking_a_node_never_enrolled_says_so(
         self, head: tuple[Path, dict[str, Path]], capsys: pytest.CaptureFixture[str]
     ) -> None:
