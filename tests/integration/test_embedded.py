@@ -271,6 +271,24 @@ class TestEmbeddedBroker:
         assert anonymous.connack is not None and anonymous.connack.is_failure
         assert known.connack == 0
 
+    def test_password_broker_binds_client_ids_to_usernames_on_its_listener(
+        self, tmp_path: Path, mqtt_broker: EmbeddedBroker
+    ) -> None:
+        # A listener setting in mosquitto 2.0: it must follow the listener line to count.
+        passwords = tmp_path / "passwd"
+        subprocess.run(
+            ["mosquitto_passwd", "-b", "-c", str(passwords), "edge.a@acme", "s3cret"], check=True
+        )
+        with EmbeddedBroker(tmp_path / "broker", password_file=passwords) as broker:
+            lines = broker.config_path.read_text().splitlines()
+            client = MqttClient(broker, "claimed-id", username="edge.a@acme", password="s3cret")
+            client.close()
+        assert client.connack == 0  # mosquitto took the config
+        assert lines[0].startswith("#") and lines[1].startswith("listener ")
+        assert "use_username_as_clientid true" in lines[2:]
+        anonymous = mqtt_broker.config_path.read_text()
+        assert "use_username_as_clientid" not in anonymous  # the shared test broker is as before
+
     def test_port_in_use_is_refused_naming_the_address(
         self, mqtt_broker: EmbeddedBroker, tmp_path: Path
     ) -> None:
