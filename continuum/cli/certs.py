@@ -70,7 +70,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         if (missing := _register_entry_point(entry, actions)) is not None
     ]
     if left_out:
-        parser.epilog = "left out here:\n" + "\n".join(f"  {m.describe()}" for m in left_out)
+        parser.epilog = "left out here:\n" + "\n".join(
+            f"  the actions of {m.target}: {m.reason}" for m in left_out
+        )
 
 
 def run_ca(args: argparse.Namespace) -> int:

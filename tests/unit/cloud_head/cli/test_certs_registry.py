@@ -202,7 +202,7 @@ class TestCrl:
         out = tmp_path / "clients.crl"
         assert main(["certs", "crl", "--ca", str(ca), "--root", str(root), "--out", str(out)]) == 0
         crl = x509.load_pem_x509_crl(out.read_bytes())
-        assert crl.is_signature_valid(pki.load_ca(ca).cert.public_key())
+        assert crl.is_signature_valid(pki.load_ca(ca).key.public_key())
         revoked = {f"{r.serial_number:x}" for r in crl}
         (seven, _), (eight, _) = _enrolment(root, "cam-7")[0], _enrolment(root, "cam-8")[0]
         assert seven in revoked and eight not in revoked

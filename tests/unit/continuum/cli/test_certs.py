@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import stat
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -218,7 +219,7 @@ class TestCrl:
     def test_crl_lists_the_serials_and_is_signed_by_the_ca(self, tmp_path: Path) -> None:
         ca = pki.load_ca(_ca(tmp_path))
         crl = x509.load_pem_x509_crl(pki.make_crl(ca, ["1f", "A0", "1f"], days=2))
-        assert crl.is_signature_valid(ca.cert.public_key())
+        assert crl.is_signature_valid(ca.key.public_key())
         assert crl.issuer == ca.cert.subject
         assert sorted(r.serial_number for r in crl) == [0x1F, 0xA0]
         assert crl.next_update_utc is not None
@@ -227,7 +228,7 @@ class TestCrl:
     def test_empty_crl_is_valid(self, tmp_path: Path) -> None:
         ca = pki.load_ca(_ca(tmp_path))
         crl = x509.load_pem_x509_crl(pki.make_crl(ca, []))
-        assert crl.is_signature_valid(ca.cert.public_key()) and len(crl) == 0
+        assert crl.is_signature_valid(ca.key.public_key()) and len(crl) == 0
 
     def test_serial_that_is_not_hex_is_refused(self, tmp_path: Path) -> None:
         ca = pki.load_ca(_ca(tmp_path))
@@ -243,3 +244,35 @@ def test_parser_accepts_the_documented_command_lines(tmp_path: Path) -> None:
     assert args.deployment == "continuum"
     args = parser.parse_args(["certs", "request", "--tenant", "acme", "--node", "n", "--out", "o"])
     assert args.run is certs.run_request
+
+
+class TestSidesAddActions:
+    def _parser(self, monkeypatch: pytest.MonkeyPatch, target: str) -> argparse.ArgumentParser:
+        entry = metadata.EntryPoint(name="registry", value=target, group=certs.ACTIONS_GROUP)
+        monkeypatch.setattr(
+            metadata,
+            "entry_points",
+            lambda group: [entry] if group == certs.ACTIONS_GROUP else [],
+        )
+        parser = argparse.ArgumentParser()
+        certs.register(parser.add_subparsers())
+        return parser
+
+    def test_a_sides_actions_join_certs(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        parser = self._parser(monkeypatch, f"{__name__}:_register_extra")
+        args = parser.parse_args(["certs", "extra"])
+        assert args.run(args) == 7
+
+    def test_a_side_not_installed_is_named_and_the_core_actions_remain(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        parser = self._parser(monkeypatch, "no_such_side.cli.certs:register")
+        with pytest.raises(SystemExit):
+            parser.parse_args(["certs", "--help"])
+        out = capsys.readouterr().out
+        assert "request" in out and "ca" in out
+        assert "the actions of no_such_side.cli.certs:register" in out
+
+
+def _register_extra(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    actions.add_parser("extra").set_defaults(run=lambda args: 7)
