@@ -73,8 +73,7 @@ class IngestActor:
         from cloud_head.ingest import IngestService, IngestWorker
         from cloud_head.labelling import LabelStore
         from cloud_head.store import Compactor, SampleStore
-        from cloud_head.tenants import ingest_share_group, read_quotas
-        from continuum.wire import topics
+        from cloud_head.tenants import read_quotas
 
         logging.basicConfig(level=logging.INFO)
         tenant, paths = settings.require_tenant(), settings.paths()
@@ -97,15 +96,9 @@ class IngestActor:
             quotas=None if quota_root is None else read_quotas(quota_root, tenant),
         )
         # Its own identity (ingest.REPLICA@TENANT): reads samples and feedback, writes receipts.
+        # Its share group is named by its secret (IngestWorker): no other identity joins it.
         broker, identity = settings.service_broker("ingest", replica)
-        # With identities, the share group is named by the ingest secret, so no other
-        # identity can join it and take (and drop) a share of the samples.
-        group = (
-            topics.INGEST_SHARE_GROUP
-            if broker.password is None
-            else ingest_share_group(broker.password)
-        )
-        self._worker = IngestWorker(self._service, broker, client_id=identity, share_group=group)
+        self._worker = IngestWorker(self._service, broker, client_id=identity)
         self._worker.start()
         # One compactor per store: replica 0's. Small files from slow uplinks get merged.
         partitions = [(tenant, p.name) for p in pipelines]

@@ -83,11 +83,24 @@ class IngestWorker:
         broker: BrokerSettings,
         *,
         client_id: str | None = None,
-        share_group: str = topics.INGEST_SHARE_GROUP,
+        share_group: str | None = None,
         max_group: int = 1024,
         retry_max_s: float = 30.0,
     ) -> None:
-        """Prepare a worker; give each replica its own stable ``client_id`` (its session)."""
+        """Prepare a worker; give each replica its own stable ``client_id`` (its session).
+
+        ``share_group`` left out: with a password (an ``ingest.N@TENANT`` identity) the group
+        named by that secret (``cloud_head.tenants.ingest_share_group``), which no other
+        identity can join to take a share of the samples; without one, ``ingest``.
+        """
+        if share_group is None:
+            from cloud_head._tenant_identities import ingest_share_group
+
+            share_group = (
+                topics.INGEST_SHARE_GROUP
+                if not broker.password
+                else ingest_share_group(broker.password)
+            )
         self._service = service
         self._broker = broker
         self._client_id = client_id or f"ctm-ingest-{service.tenant}"
