@@ -1,7 +1,8 @@
-"""The demo report's learning figures: when drift was seen, live beside reserved accuracy."""
+"""The demo report: when drift was seen, live beside reserved accuracy; the isolation targets."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pipelines.demo._report import DETECTION_WITHIN_S, _agent_figures, _loop_targets
@@ -91,3 +92,29 @@ class TestLiveBesideReserved:
         assert info["reserved_accuracy_at_end"] == 0.40
         assert info["uplinked_after_drift"] == 4
         assert info["frames_after_drift"] == 40
+
+
+class TestIsolationWithinATenant:
+    def test_an_attempt_the_broker_let_through_misses_the_target(self) -> None:
+        from pipelines.demo._report import _policy_targets
+
+        within = {
+            "checked": True,
+            "control_delivered": True,
+            "attempts": {"publish status": True, "publish desired state": False},
+            "held": False,
+        }
+        assert (
+            _policy_targets({"node_isolation": within})["nodes_isolated_within_a_tenant"] is False
+        )
+        held = within | {"held": True}
+        assert _policy_targets({"node_isolation": held})["nodes_isolated_within_a_tenant"] is True
+
+    def test_an_anonymous_broker_is_not_judged(self) -> None:
+        from pipelines.demo._report import _policy_targets
+        from pipelines.demo._tenants import Tenancy, node_isolation_probe
+
+        tenancy = Tenancy(policy=Path("p.yaml"), store_labels={}, salts={})
+        within = node_isolation_probe(None, tenancy, target="cam-1", pipeline="p")
+        assert within["checked"] is False and "anonymous" in within["why"]
+        assert "nodes_isolated_within_a_tenant" not in _policy_targets({"node_isolation": within})
