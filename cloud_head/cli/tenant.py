@@ -169,7 +169,7 @@ def apply_to_broker(registry: TenantRegistry, args: argparse.Namespace) -> None:
 
 def _print_credentials(registry: TenantRegistry, credentials: TenantCredentials) -> None:
     """Print the operator's password once; say where the services' passwords are."""
-    print("MQTT credentials (shown once; only their hashes are kept):")
+    print("MQTT credentials (the broker keeps only their hashes; this password is shown once):")
     print(f"  tenant  {credentials.username}  password {credentials.password}")
     folder = registry.service_credentials_dir(credentials.username)
     ingest = credentials.ingest_usernames
