@@ -24,7 +24,12 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from continuum._retry import FailureLog
-from continuum.errors import ConfigError, NotReadyError, OperationTimeoutError
+from continuum.errors import (
+    AccessDeniedError,
+    ConfigError,
+    NotReadyError,
+    OperationTimeoutError,
+)
 
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
@@ -245,7 +250,15 @@ def publish_and_wait(
     retain: bool = False,
     timeout_s: float = 10.0,
 ) -> None:
-    """Publish and wait until the broker acknowledged it (QoS 1) or the bound runs out."""
+    """Publish and wait until the broker acknowledged it (QoS 1) or the bound runs out.
+
+    Raises:
+        NotReadyError: the client is not connected.
+        OperationTimeoutError: no acknowledgement within ``timeout_s``.
+        AccessDeniedError: the broker refused it (an MQTT 5 PUBACK "not authorized": the
+            identity's ACL does not let it write ``topic``), or answered another failure.
+    """
+    acks = _pubacks(client)
     info = client.publish(topic, payload, qos=qos, retain=retain)
     if info.rc != 0:
         raise NotReadyError(f"publish to {topic} failed with rc={info.rc}; is the client up?")
@@ -254,3 +267,44 @@ def publish_and_wait(
         raise OperationTimeoutError(
             f"the broker did not acknowledge a message on {topic} within {timeout_s:g} s"
         )
+    reason = acks.pop(info.mid, None)
+    code = getattr(reason, "value", 0)
+    # 0 success; 16 "no matching subscribers" (taken, nobody listening: fine for retained).
+    if code not in (0, _NO_MATCHING_SUBSCRIBERS):
+        raise AccessDeniedError(
+            f"the broker refused the message on {topic}: {reason} (code {code}); this "
+            "client's identity may not write that topic: check the identity it connects as "
+            "and its ACL (cloud_head.tenants writes it from the registry)"
+        )
+
+
+#: MQTT 5 PUBACK reason "No matching subscribers": the broker took the message.
+_NO_MATCHING_SUBSCRIBERS = 16
+#: PUBACK reasons kept per client until ``publish_and_wait`` reads them; bounded, since
+#: other publishes on the same client leave theirs unread.
+_MAX_PENDING_ACKS = 4096
+
+
+def _pubacks(client: mqtt.Client) -> dict[int, Any]:
+    """Return ``client``'s PUBACK reason codes by message id, recording from now on.
+
+    paho's ``MQTTMessageInfo`` says only that a message was acknowledged, not how: the
+    reason code reaches ``on_publish`` alone, so a refused publish would look delivered.
+    The hook is installed once per client and chains any ``on_publish`` set before it.
+    """
+    acks: dict[int, Any] | None = getattr(client, "_continuum_pubacks", None)
+    if acks is not None:
+        return acks
+    recorded: dict[int, Any] = {}
+    previous: Any = client.on_publish  # VERSION2 callbacks take five arguments
+
+    def on_publish(c: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        if len(recorded) >= _MAX_PENDING_ACKS:
+            recorded.pop(next(iter(recorded)))
+        recorded[mid] = reason
+        if previous is not None:
+            previous(c, userdata, mid, reason, props)
+
+    client.on_publish = on_publish
+    client._continuum_pubacks = recorded  # type: ignore[attr-defined]
+    return recorded
