@@ -143,6 +143,7 @@ class FleetActor:
 
         logging.basicConfig(level=logging.INFO)
         tenant, paths = settings.require_tenant(), settings.paths()
+        self._tenants_root = settings.tenants_root
         self._registry = FleetRegistry(
             tenant, paths.fleet_db(tenant), quotas=quota_reader(settings.tenants_root, tenant)
         )
@@ -212,18 +213,27 @@ class FleetActor:
         """
         self._worker.publish(topic, payload, timeout_s=timeout_s)
 
-    def remove(self, node: str, actor: str, reason: str) -> dict[str, Any]:
+    def remove(
+        self, node: str, reason: str, credential: str | None = None, origin: str | None = None
+    ) -> dict[str, Any]:
         """Decommission ``node``: record it, delete it and its telemetry, clear its retained topics.
 
-        ``actor`` (``user@host``) is recorded as who asked.  A removed node that sends a
-        status again is admitted again as a new node.
+        ``credential`` is the tenant's operator credential, checked here
+        (``authorize_operator``); the tenant it proves, as seen from ``origin``
+        (``user@host``), is recorded as who asked.  A removed node that sends a status again
+        is admitted again as a new node.
 
         Raises:
+            AccessDeniedError: the head has a tenant registry and the credential is not the
+                tenant's.
             NotFoundError: the fleet has no such node.
             AuditWriteError: the removal could not be recorded; nothing was removed.
         """
+        from cloud_head._tenant_auth import authorize_operator
         from cloud_head.fleet import removal_record
         from continuum.errors import NotFoundError
+
+        actor = authorize_operator(self._tenants_root, self._audit.tenant, credential, origin)
 
         info = self._registry.get(node)
         if info is None:
@@ -296,6 +306,8 @@ class ControllerActor:
             training_selector=training_selector,
         )
         self._tick_s = settings.controller.tick_interval_s
+        self._tenants_root = settings.tenants_root
+        self._tenant = pipeline.tenant
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
         self._failures = FailureLog(f"the {name} tick", log)
@@ -328,11 +340,27 @@ class ControllerActor:
         return self._controller.status() | {"last_error": self._last_error}
 
     def set_version(
-        self, version: str, reason: str, actor: str | None = None, action: str = "promote"
+        self,
+        version: str,
+        reason: str,
+        credential: str | None = None,
+        origin: str | None = None,
+        action: str = "promote",
     ) -> dict[str, Any]:
-        """Make ``version`` current everywhere (operator promote or rollback); ``actor`` asked."""
+        """Make ``version`` current everywhere (operator promote or rollback).
+
+        ``credential``: the tenant's operator credential, checked here, not only by the CLI
+        (``authorize_operator``); ``origin``: the caller's ``user@host``, for the record.
+
+        Raises:
+            AccessDeniedError: the head has a tenant registry and the credential is not the
+                tenant's.
+        """
         from dataclasses import asdict
 
+        from cloud_head._tenant_auth import authorize_operator
+
+        actor = authorize_operator(self._tenants_root, self._tenant, credential, origin)
         if action not in ("promote", "rollback"):
             raise ValueError(f"action must be 'promote' or 'rollback', got {action!r}")
         return asdict(
@@ -344,8 +372,13 @@ class ControllerActor:
             )
         )
 
-    def request_retrain(self, reason: str, actor: str | None = None) -> None:
-        """Retrain at the next tick; ``actor`` (``user@host``) is recorded as who asked."""
+    def request_retrain(
+        self, reason: str, credential: str | None = None, origin: str | None = None
+    ) -> None:
+        """Retrain at the next tick, once ``credential`` proved the tenant (as ``set_version``)."""
+        from cloud_head._tenant_auth import authorize_operator
+
+        actor = authorize_operator(self._tenants_root, self._tenant, credential, origin)
         self._controller.request_retrain(reason, actor)
 
     def stop(self, timeout_s: float = 60.0) -> None:

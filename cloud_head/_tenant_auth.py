@@ -129,3 +129,36 @@ def add_public_key_column(db: sqlite3.Connection) -> None:
     columns = {row["name"] for row in db.execute("PRAGMA table_info(tenants)")}
     if "public_key_pem" not in columns:
         db.execute("ALTER TABLE tenants ADD COLUMN public_key_pem TEXT")
+
+
+def authorize_operator(
+    tenants_root: Path | None, tenant: str, credential: str | None, origin: str | None
+) -> str:
+    """Authorise an operator action inside the service that carries it out; return the actor.
+
+    The CLI checks the credential too, but the controller and the fleet are Ray actors that
+    anyone holding the cluster's token can call directly (``ray.get_actor(name,
+    namespace=tenant)``), around the CLI and around a ``--root`` pointed at an empty folder.
+    So every service method that changes a tenant's state takes the operator credential and
+    checks it here against the registry the service itself was started with.  ``origin``
+    (the caller's ``user@host``) is informative only: the audit actor is the tenant whose
+    credential was checked, as seen from there.  A head without a registry is a
+    single-tenant development setup: nothing is checked and the actor is ``origin``.
+
+    Raises:
+        AccessDeniedError: a registry exists and no credential, or a wrong one, was given.
+        NotFoundError: the registry has no such tenant.
+    """
+    from cloud_head.audit import default_actor
+    from cloud_head.tenants import TenantRegistry, registry_exists
+
+    where = origin or default_actor()
+    if tenants_root is None or not registry_exists(tenants_root):
+        return where
+    if not credential:
+        raise AccessDeniedError(
+            f"the cloud head serves several tenants: changing tenant {tenant!r}'s state needs "
+            "its operator credential (--password-file or CONTINUUM_TENANT_PASSWORD)"
+        )
+    record = TenantRegistry(tenants_root).authenticate(tenant, credential)
+    return f"tenant:{record.name} via {where}"

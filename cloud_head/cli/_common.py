@@ -139,11 +139,15 @@ def authorize(args: argparse.Namespace) -> str:
 
     A head whose state has a tenant registry (``<root>/tenants``) serves several tenants:
     every command that reads or changes one tenant's samples, labels, models, rollouts,
-    fleet or audit records must present that tenant's MQTT password, checked against the
+    fleet or audit records must present that tenant's operator password, checked against the
     broker's password file, before it touches anything. The identity it returns is what the
     audit log records as the actor of an action, so the record names the credential that was
     checked, not a name the caller chose. A head without a registry is a single-tenant
     development setup: nothing is checked and the actor is the login, ``user@host``.
+
+    This check is the CLI's; the services check the credential again themselves
+    (``operator_credential`` hands it to them), since a ``--root`` at an empty folder skips
+    this one and the Ray token reaches the services without the CLI.
 
     Returns:
         ``tenant:NAME via user@host`` after a checked credential, else ``user@host``.
@@ -159,13 +163,7 @@ def authorize(args: argparse.Namespace) -> str:
     root = Path(args.root) / "tenants"
     if not registry_exists(root):
         return default_actor()
-    password = os.environ.get(PASSWORD_ENV)
-    path = getattr(args, "password_file", None)
-    if path is not None:
-        try:
-            password = Path(path).read_text().strip()
-        except OSError as error:
-            raise ConfigError(f"--password-file {path}: {error.strerror}") from None
+    password = operator_credential(args)
     if not password:
         raise AccessDeniedError(
             f"the cloud head at {args.root} serves several tenants: give the credential of "
@@ -173,6 +171,22 @@ def authorize(args: argparse.Namespace) -> str:
         )
     record = TenantRegistry(root).authenticate(args.tenant, password)
     return tenant_actor(record.name)
+
+
+def operator_credential(args: argparse.Namespace) -> str | None:
+    """Return the tenant's operator credential given (``--password-file``, else the variable).
+
+    Raises:
+        ConfigError: ``--password-file`` cannot be read.
+    """
+    password = os.environ.get(PASSWORD_ENV)
+    path = getattr(args, "password_file", None)
+    if path is not None:
+        try:
+            password = Path(path).read_text().strip()
+        except OSError as error:
+            raise ConfigError(f"--password-file {path}: {error.strerror}") from None
+    return password or None
 
 
 def tenant_actor(tenant: str) -> str:

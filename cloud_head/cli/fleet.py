@@ -13,6 +13,7 @@ import argparse
 import time
 from typing import TYPE_CHECKING, Any
 
+from cloud_head.audit import default_actor
 from cloud_head.cli._common import (
     add_cluster,
     add_json,
@@ -21,6 +22,7 @@ from cloud_head.cli._common import (
     authorize,
     named_actor,
     operator_command,
+    operator_credential,
     print_json,
     state_dir,
     wants_json,
@@ -172,8 +174,10 @@ def run_remove(args: argparse.Namespace) -> int:
             f"removing node {args.node!r} of tenant {args.tenant!r} deletes it and its "
             "telemetry history; pass --yes to confirm"
         )
-    actor = authorize(args)
-    done = _call_fleet(args, "remove", args.node, actor, args.reason)
+    authorize(args)
+    done = _call_fleet(
+        args, "remove", args.node, args.reason, operator_credential(args), default_actor()
+    )
     print(
         f"removed node {done['node']} of tenant {args.tenant} and "
         f"{done['telemetry_windows']} telemetry window(s); recorded in its audit log"

@@ -7,6 +7,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
+from cloud_head.audit import default_actor
 from cloud_head.cli._common import (
     add_cluster,
     add_json,
@@ -16,6 +17,7 @@ from cloud_head.cli._common import (
     controller,
     open_registry,
     operator_command,
+    operator_credential,
     print_json,
     wants_json,
 )
@@ -154,9 +156,11 @@ def run_set_version(args: argparse.Namespace) -> int:
     """
     import ray
 
-    actor = authorize(args)
+    authorize(args)
     state = ray.get(
-        controller(args).set_version.remote(args.version, args.reason, actor, args.action),
+        controller(args).set_version.remote(
+            args.version, args.reason, operator_credential(args), default_actor(), args.action
+        ),
         timeout=60,
     )
     print(f"{args.action}: {args.pipeline} now serves {args.version} ({state['reason']})")

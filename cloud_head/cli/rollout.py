@@ -6,6 +6,7 @@ import argparse
 import time
 from typing import Any
 
+from cloud_head.audit import default_actor
 from cloud_head.cli._common import (
     add_cluster,
     add_json,
@@ -14,6 +15,7 @@ from cloud_head.cli._common import (
     authorize,
     controller,
     operator_command,
+    operator_credential,
     print_json,
     wants_json,
 )
@@ -207,7 +209,12 @@ def run_retrain(args: argparse.Namespace) -> int:
     """Request a retraining, once authorised; the run's audit records name who asked."""
     import ray
 
-    actor = authorize(args)
-    ray.get(controller(args).request_retrain.remote(args.reason, actor), timeout=60)
+    authorize(args)
+    ray.get(
+        controller(args).request_retrain.remote(
+            args.reason, operator_credential(args), default_actor()
+        ),
+        timeout=60,
+    )
     print(f"retraining of {args.pipeline} requested: it starts at the controller's next tick")
     return 0

@@ -253,3 +253,49 @@ class TestBrokerConnectionMetric:
         wait_for(lambda: fleet.stats()["connected"], 60)
         assert fleet.stats()["disconnected_since"] is None
         wait_for(lambda: scrape(ray_cluster, connected, fleet.tenant) == 1.0, 60)
+
+
+class TestTheServiceChecksTheCredentialItself:
+    """The Ray token reaches the fleet actor without the CLI: the actor checks the operator
+    credential against the registry it was started with (``authorize_operator``)."""
+
+    def test_a_removal_without_the_tenants_credential_is_refused_by_the_service(
+        self, tmp_path: Path, private_mqtt_broker: EmbeddedBroker, ray_cluster: LocalRayCluster
+    ) -> None:
+        from cloud_head.tenants import TenantRegistry
+        from continuum.errors import AccessDeniedError, NotFoundError
+
+        tenant = f"it-{uuid.uuid4().hex[:8]}"
+        registry = TenantRegistry(tmp_path / "tenants")
+        credentials = registry.create(tenant).credentials
+        other = registry.create(f"{tenant}-x").credentials
+        assert credentials is not None and other is not None
+        paths = HeadPaths(tmp_path / "cloud", registry_url=None)
+        broker = private_mqtt_broker
+        actor = FleetActor.options(  # type: ignore[attr-defined]
+            name="fleet", namespace=tenant, label_selector=CLOUD_SELECTOR
+        ).remote(
+            CloudSettings(
+                tenant=tenant,
+                root=paths.root,
+                registry_url=None,
+                tenants_root=registry.root,
+                broker=BrokerSettings(host=broker.host, port=broker.port),
+            )
+        )
+        try:
+            # As anyone holding the Ray token would: straight to the actor, no CLI.
+            handle = ray.get_actor("fleet", namespace=tenant)
+            for given in (None, "guess", other.password):
+                with pytest.raises(ray.exceptions.RayTaskError) as refused:
+                    ray.get(handle.remove.remote("cam-1", "x", given, "mallory@far"), timeout=30)
+                assert isinstance(refused.value.cause, AccessDeniedError), given
+            with pytest.raises(ray.exceptions.RayTaskError) as passed:
+                ray.get(
+                    handle.remove.remote("cam-1", "x", credentials.password, "alice@ops"),
+                    timeout=30,
+                )
+            assert isinstance(passed.value.cause, NotFoundError)  # authorised; no such node
+        finally:
+            ray.get(actor.stop.remote(), timeout=30)
+            ray.kill(actor, no_restart=True)
