@@ -12,11 +12,20 @@ Every record's ``hash`` is the sha256 of the canonical JSON of all its other fie
 ``prev_hash`` included, so editing any byte of a record or removing, inserting or reordering
 records breaks the chain at the first bad record.  A chain alone cannot show that its *last*
 records were removed; the head anchor (the latest ``seq`` and ``hash``, written in the same
-transaction) does, and when the log is given the tenant's Ed25519 key the anchor is signed, so
-rewriting it also needs the key.  What the anchor cannot show is the whole file being replaced
-by an older copy of itself (an older, validly signed head): against that, copy the signed head
-somewhere the operator cannot rewrite (WORM storage, the tenant's own system) — production
-counterpart, not done here.
+transaction as each record) shows an accident, and the seal shows an attack: the tenant's
+signer (``cloud_head.signer.TenantSigner``, the one holder of the tenant's Ed25519 release
+key on the head) checks the chain from its last seal to the head and signs the head anchor,
+every ``seal_interval_s`` (default 1 s) while the head runs and once more when it stops.
+Ingest, the fleet and the controllers hold no key: they append unsigned, and an append never
+touches the seal.  Like journald's forward-secure sealing, what the seal covers cannot be
+removed or changed without the key; the records after it (at most one interval's worth while
+the head runs) can be removed undetected by whoever can write the file, and ``continuum
+audit verify`` says how many there are (``--sealed`` fails on them).  The operator's own
+changes (``continuum tenant ...``, a deploy) are sealed at once, through the same
+``TenantSigner.seal``, by the operator who holds the key file.  What a seal cannot show is
+the whole file being replaced by an older copy of itself (an older, validly signed seal):
+against that, copy the seal somewhere the operator cannot rewrite (WORM storage, the
+tenant's own system) — production counterpart, not done here.
 
 The chain itself (the record encoding, its hash, the signed head, ``verify``'s check) lives
 in ``_audit_chain``; this module stores and appends.
@@ -36,10 +45,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloud_head._audit_chain import (
     GENESIS_HASH,
+    Seal,
     VerifyResult,
     canonical_json,
     check_log,
@@ -51,8 +61,10 @@ from cloud_head._audit_chain import RECORD_FORMAT as RECORD_FORMAT
 from continuum._fs import private_dir, private_file
 from continuum._retry import Backoff
 from continuum.errors import ContinuumError, NotFoundError, NotReadyError, SpecError
-from continuum.signing import key_fingerprint, public_pem_of, sign
 from continuum.wire.topics import check_name
+
+if TYPE_CHECKING:
+    from cloud_head.signer import TenantSigner
 
 __all__ = [
     "GENESIS_HASH",
@@ -62,6 +74,7 @@ __all__ = [
     "AuditTamperedError",
     "AuditTrail",
     "AuditWriteError",
+    "Seal",
     "VerifyResult",
     "canonical_json",
     "default_actor",
@@ -99,6 +112,19 @@ CREATE TABLE IF NOT EXISTS head (
     signature TEXT,
     key_fingerprint TEXT
 );
+-- Written only by the signer's seal; the head row above moves with every append.
+CREATE TABLE IF NOT EXISTS seal (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    key_fingerprint TEXT,
+    sealed_at REAL
+);
+-- A log from before seals: its signed head becomes its seal (once; later appends clear the
+-- head's signature).
+INSERT INTO seal SELECT 1, seq, hash, signature, key_fingerprint, NULL FROM head
+WHERE id = 1 AND signature IS NOT NULL AND NOT EXISTS (SELECT 1 FROM seal);
 -- A guard against accidents (a stray UPDATE from a SQL shell), not against an attacker, who
 -- can drop the triggers: the hash chain and the head anchor are what detect tampering.
 CREATE TRIGGER IF NOT EXISTS records_no_update BEFORE UPDATE ON records
@@ -259,8 +285,9 @@ class AuditLog:
 
     Args:
         root: the directory holding ``<tenant>/audit.sqlite3``.
-        signing_keys: tenant -> Ed25519 private key PEM; a tenant listed here gets a signed
-            head anchor after every append.
+        signing_keys: tenant -> Ed25519 private key PEM, for the operator who holds the key
+            file: a tenant listed here is sealed (``TenantSigner.seal``) after every append.
+            The services hold no key; the tenant's signer seals their appends.
         clock: seconds since the epoch (tests pin it).
     """
 
@@ -273,14 +300,19 @@ class AuditLog:
     ) -> None:
         self.root = Path(root)
         self.clock = clock
-        self._keys = dict(signing_keys or {})
         self._lock = threading.Lock()
         self._logs: dict[str, _TenantLog] = {}
+        self._signers: dict[str, TenantSigner] = {}
+        for tenant, key in (signing_keys or {}).items():
+            self.add_signing_key(tenant, key)
 
     def add_signing_key(self, tenant: str, private_key_pem: bytes) -> None:
-        """Sign ``tenant``'s head anchor with this key from the next append on."""
+        """Seal ``tenant``'s log with this key after every append from now on."""
+        from cloud_head.signer import TenantSigner
+
+        signer = TenantSigner(tenant, private_key_pem)
         with self._lock:
-            self._keys[tenant] = private_key_pem
+            self._signers[tenant] = signer
 
     def __enter__(self) -> AuditLog:
         return self
@@ -343,15 +375,16 @@ class AuditLog:
             ProtocolError: the tenant name is invalid.
             AuditWriteError: the record was not written (storage failed); do not go ahead
                 with what it records.
+            AuditTamperedError: with a signing key for ``tenant``: the record was written but
+                not sealed, because the chain before it is broken.
         """
         check_name(tenant, "tenant")
         action_value = _action(action)
         _one_line(subject, "subject")
         who = _one_line(actor if actor is not None else default_actor(), "actor")
         details_json = canonical_json(dict(details or {}))
-        key = self._keys.get(tenant)
         try:
-            return self._append(tenant, action_value, subject, who, details_json, key)
+            record = self._append(tenant, action_value, subject, who, details_json)
         except (sqlite3.Error, OSError) as exc:
             raise AuditWriteError(
                 f"could not append a {action_value} record about {subject!r} to the audit log "
@@ -361,15 +394,14 @@ class AuditLog:
                 action=action_value,
                 subject=subject,
             ) from exc
+        with self._lock:
+            signer = self._signers.get(tenant)
+        if signer is not None:
+            signer.seal(self)
+        return record
 
     def _append(
-        self,
-        tenant: str,
-        action_value: str,
-        subject: str,
-        who: str,
-        details_json: str,
-        key: bytes | None,
+        self, tenant: str, action_value: str, subject: str, who: str, details_json: str
     ) -> AuditRecord:
         log = self._open(tenant, create=True)
         with log.transaction("IMMEDIATE") as db:
@@ -390,15 +422,12 @@ class AuditLog:
                 "INSERT INTO records VALUES (?,?,?,?,?,?,?,?,?)",
                 (seq, ts, tenant, who, action_value, subject, details_json, prev, digest),
             )
-            signature = fingerprint = None
-            if key is not None:
-                signature = sign(key, head_message(tenant, seq, digest))
-                fingerprint = key_fingerprint(public_pem_of(key))
+            # The head's own signature columns are from before seals (``_TenantLog`` moved
+            # a signed head into the seal table on open): an append clears them.
             db.execute(
-                "INSERT INTO head VALUES (1,?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
-                "seq=excluded.seq, hash=excluded.hash, signature=excluded.signature, "
-                "key_fingerprint=excluded.key_fingerprint",
-                (seq, digest, signature, fingerprint),
+                "INSERT INTO head VALUES (1,?,?,NULL,NULL) ON CONFLICT(id) DO UPDATE SET "
+                "seq=excluded.seq, hash=excluded.hash, signature=NULL, key_fingerprint=NULL",
+                (seq, digest),
             )
         return AuditRecord(
             seq=seq,
@@ -440,22 +469,75 @@ class AuditLog:
             rows = log.db.execute(query + " ORDER BY seq", args).fetchall()
         return [_to_record(r) for r in rows]
 
-    def verify(self, tenant: str, *, public_key_pem: bytes | None = None) -> VerifyResult:
-        """Check ``tenant``'s whole chain and its head anchor; name the first bad record.
-
-        Args:
-            tenant: whose log.
-            public_key_pem: the tenant's Ed25519 public key; when given, the head anchor must
-                carry a valid signature by it.
+    def chain_rows(self, tenant: str, *, after_seq: int = 0) -> list[tuple[Any, ...]]:
+        """Return ``tenant``'s stored records after ``after_seq`` as raw rows, in order, for a
+        chain check (``TenantSigner.seal``).
 
         Raises:
             NotFoundError: the tenant has no log under this root.
         """
         log = self._open(tenant, create=False)
-        with log.transaction("DEFERRED") as db:  # one snapshot of records and head
+        with log.lock:
+            return list(
+                log.db.execute("SELECT * FROM records WHERE seq > ? ORDER BY seq", (after_seq,))
+            )
+
+    def seal_of(self, tenant: str) -> Seal | None:
+        """Return ``tenant``'s seal as stored (None: never sealed); run ``verify`` to check it.
+
+        Raises:
+            NotFoundError: the tenant has no log under this root.
+        """
+        log = self._open(tenant, create=False)
+        with log.lock:
+            return _read_seal(log.db)
+
+    def write_seal(self, tenant: str, seal: Seal) -> None:
+        """Store ``seal`` unless a seal at or past its record is stored (seals only move on).
+
+        Only ``TenantSigner.seal`` calls this: it checked the chain and signed the head.
+
+        Raises:
+            AuditWriteError: the seal could not be written.
+        """
+        try:
+            log = self._open(tenant, create=False)
+            with log.transaction("IMMEDIATE") as db:
+                db.execute(
+                    "INSERT INTO seal VALUES (1,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
+                    "seq=excluded.seq, hash=excluded.hash, signature=excluded.signature, "
+                    "key_fingerprint=excluded.key_fingerprint, sealed_at=excluded.sealed_at "
+                    "WHERE excluded.seq > seal.seq",
+                    (seal.seq, seal.hash, seal.signature, seal.key_fingerprint, seal.sealed_at),
+                )
+        except (sqlite3.Error, OSError) as exc:
+            raise AuditWriteError(
+                f"could not write the seal of record {seal.seq} to the audit log of tenant "
+                f"{tenant!r} at {self.path(tenant)}: {exc}; the signer tries again at its next "
+                "seal (check the disk and the file's permissions)",
+                tenant=tenant,
+                action="seal",
+                subject=f"seal/{seal.seq}",
+            ) from exc
+
+    def verify(self, tenant: str, *, public_key_pem: bytes | None = None) -> VerifyResult:
+        """Check ``tenant``'s whole chain, its head anchor and its seal; name the first bad record.
+
+        Args:
+            tenant: whose log.
+            public_key_pem: the tenant's Ed25519 public key; when given, the log must carry a
+                seal signed by it that matches the chain (records after it are counted in
+                ``unsealed``, not failed).
+
+        Raises:
+            NotFoundError: the tenant has no log under this root.
+        """
+        log = self._open(tenant, create=False)
+        with log.transaction("DEFERRED") as db:  # one snapshot of records, head and seal
             rows = db.execute("SELECT * FROM records ORDER BY seq").fetchall()
-            head = db.execute("SELECT seq, hash, signature FROM head WHERE id = 1").fetchone()
-        return check_log(tenant, rows, head, public_key_pem)
+            head = db.execute("SELECT seq, hash FROM head WHERE id = 1").fetchone()
+            seal = _read_seal(db)
+        return check_log(tenant, rows, head, seal, public_key_pem)
 
 
 @dataclass(frozen=True)
@@ -481,6 +563,28 @@ class AuditTrail:
     ) -> AuditRecord:
         """Append one record; see ``AuditLog.append`` (raises ``AuditWriteError`` on failure)."""
         return self.log.append(self.tenant, action, subject, details, actor or self.actor)
+
+
+def _read_seal(db: sqlite3.Connection) -> Seal | None:
+    """Return the stored seal; a log from before seals has none, but a signed head, its seal."""
+    row = db.execute(
+        "SELECT seq, hash, signature, key_fingerprint, sealed_at FROM seal WHERE id = 1"
+    ).fetchone()
+    if row is None:
+        row = db.execute(
+            "SELECT seq, hash, signature, key_fingerprint, NULL FROM head "
+            "WHERE id = 1 AND signature IS NOT NULL"
+        ).fetchone()
+    if row is None:
+        return None
+    seq, digest, signature, fingerprint, sealed_at = row
+    return Seal(
+        seq=seq,
+        hash=digest,
+        signature=signature,
+        key_fingerprint=fingerprint,
+        sealed_at=sealed_at,
+    )
 
 
 def _to_record(row: tuple[Any, ...]) -> AuditRecord:

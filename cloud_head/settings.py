@@ -154,8 +154,8 @@ class CloudSettings(BaseSettings):
     )
     signing_key_file: Path | None = Field(
         default=None,
-        description="The tenant's Ed25519 private key (PEM): signs models, desired state and "
-        "audit records.",
+        description="The tenant's Ed25519 private key (PEM), held by the tenant's signer "
+        "alone: signs models and desired state and seals the audit log.",
     )
     policy_file: Path | None = Field(
         default=None,
@@ -185,6 +185,14 @@ class CloudSettings(BaseSettings):
         gt=0,
         le=3600,
         description="How long a deploy waits for every service to answer before it fails.",
+    )
+    seal_interval_s: float = Field(
+        default=1.0,
+        ge=0.05,
+        le=3600,
+        description="How often the tenant's signer seals its audit log (checks the chain and "
+        "signs the head): records younger than this can be removed undetected by whoever can "
+        "write the file.",
     )
     controller: ControllerSettings = Field(
         default_factory=ControllerSettings, description="Each pipeline controller's pacing."

@@ -1,15 +1,19 @@
 """``continuum audit verify|export``: check a tenant's audit log, export a model's lineage.
 
 A hash chain alone cannot show that its last records were removed and the head anchor moved
-back with them; only the head's signature can. So ``verify`` checks it by default, against
-the tenant's public key pinned in the tenant registry (``--root``/tenants), or the one given
-with ``--public-key``. With neither it says NOT VERIFIED and fails, unless the operator asks
-for a check of the chain alone with ``--unsigned-ok``.
+back with them; only the seal (the head signed by the tenant's signer) can. So ``verify``
+checks it by default, against the tenant's public key pinned in the tenant registry
+(``--root``/tenants), or the one given with ``--public-key``. With neither it says NOT
+VERIFIED and fails, unless the operator asks for a check of the chain alone with
+``--unsigned-ok``.  Records appended after the last seal (the signer seals every
+``seal_interval_s`` while the head runs) are reported, not failed, unless ``--sealed``.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
+from datetime import datetime
 from pathlib import Path
 
 from cloud_head.cli._common import (
@@ -44,15 +48,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     check = actions.add_parser(
         "verify",
-        help="check the tenant's audit log and its signed head; exit 1 naming the first bad "
+        help="check the tenant's audit log and its seal; exit 1 naming the first bad "
         "record, or NOT VERIFIED without the tenant's public key",
-        description="Check the tenant's hash-chained audit log and its head anchor, whose "
-        "signature must verify against the tenant's public key: the one pinned in the "
-        "tenant registry under --root, or --public-key. Exit 1 naming the first bad record "
-        "(a removed tail shows as a bad signature); exit 1 with NOT VERIFIED when no key is "
-        "available, unless --unsigned-ok. --json prints one document: "
-        '{"tenant", "ok", "records", "first_bad_seq", "reason", "signature_checked", '
-        '"key_source"}; "ok" is true exactly when the exit status is 0.',
+        description="Check the tenant's hash-chained audit log, its head anchor and its seal "
+        "(the head as the tenant's signer last signed it), whose signature must verify "
+        "against the tenant's public key: the one pinned in the tenant registry under --root, "
+        "or --public-key. Exit 1 naming the first bad record (removed sealed records show as "
+        "a bad seal); exit 1 with NOT VERIFIED when no key is available, unless --unsigned-ok. "
+        "Records after the last seal are reported (the signer seals every seal_interval_s, "
+        "default 1 s, while the head runs); --sealed fails on them. --json prints one "
+        'document: {"tenant", "ok", "records", "first_bad_seq", "reason", '
+        '"signature_checked", "key_source", "sealed_seq", "unsealed_records", '
+        '"newest_unsealed_age_s"}; "ok" is true exactly when the exit status is 0.',
     )
     _add_tenant(check)
     add_root(check)
@@ -63,6 +70,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="where no public key is available (no tenant registry under --root, no "
         "--public-key), check the chain and head anchor alone and exit 0 if they hold; such "
         "a check cannot detect that the last records were removed with the head moved back",
+    )
+    check.add_argument(
+        "--sealed",
+        action="store_true",
+        help="also require the seal to cover the head (no record after the last seal): for a "
+        "stopped head, or after waiting one seal interval",
     )
     add_json(check)
     check.set_defaults(run=run_verify)
@@ -138,7 +151,7 @@ def _public_key(args: argparse.Namespace) -> tuple[bytes | None, str | None]:
 
 @operator_command
 def run_verify(args: argparse.Namespace) -> int:
-    """Verify the tenant's log and its signed head; print the outcome; 0 only if both hold."""
+    """Verify the tenant's log and its seal; print the outcome; 0 only if both hold."""
     from cloud_head.audit import AuditLog
 
     authorize(args)
@@ -147,15 +160,20 @@ def run_verify(args: argparse.Namespace) -> int:
         result = log.verify(args.tenant, public_key_pem=key)
     unsigned_ok = bool(getattr(args, "unsigned_ok", False))
     not_verified = result.ok and key is None and not unsigned_ok
-    ok = result.ok and not not_verified
+    tail_refused = result.ok and result.unsealed > 0 and bool(getattr(args, "sealed", False))
+    ok = result.ok and not not_verified and not tail_refused
+    age = _age_s(result.newest_unsealed_ts)
+    tail = _unsealed_note(result.unsealed, age)
     reason = result.reason
     if not_verified:
         reason = (
-            f"NOT VERIFIED: {result.reason}, but the head anchor's signature was not checked: "
+            f"NOT VERIFIED: {result.reason}, but the seal's signature was not checked: "
             f"no public key for tenant {args.tenant!r} (no tenant registry under {args.root}, "
             "no --public-key), so removed last records cannot be ruled out; give --public-key "
             "FILE, or --unsigned-ok to accept a check of the chain alone"
         )
+    elif tail_refused:
+        reason = f"{tail}; --sealed requires the seal to cover the head"
     if wants_json(args):
         print_json(
             {
@@ -166,18 +184,23 @@ def run_verify(args: argparse.Namespace) -> int:
                 "reason": reason,
                 "signature_checked": result.signature_checked,
                 "key_source": key_source,
+                "sealed_seq": result.sealed_seq,
+                "unsealed_records": result.unsealed,
+                "newest_unsealed_age_s": age,
             }
         )
-    elif not_verified:
-        print(f"audit log of tenant {args.tenant!r}: {reason}")
+    elif not_verified or tail_refused:
+        print(f"audit log of tenant {args.tenant!r}: FAILED: {reason}")
     elif ok:
         if result.signature_checked:
-            signed = f"head signature verified (key from {key_source})"
+            signed = f"head signature verified: the seal (key from {key_source})"
         elif key is None:
             signed = "head signature NOT VERIFIED (--unsigned-ok: no key to check it with)"
         else:
-            signed = "no head to check yet"
+            signed = "no records to seal yet"
         print(f"audit log of tenant {args.tenant!r}: OK, {reason}; {signed}")
+        if tail:
+            print(f"  {tail}")
     else:
         where = (
             f"at record {result.first_bad_seq}"
@@ -192,6 +215,32 @@ def run_verify(args: argparse.Namespace) -> int:
     if ok:
         return EXIT_OK
     return EXIT_NOT_VERIFIED if not_verified else EXIT_TAMPERED
+
+
+def _age_s(ts: str | None) -> float | None:
+    """Return how many seconds ago the record stamped ``ts`` (ISO 8601, UTC) was written."""
+    if ts is None:
+        return None
+    try:
+        written = datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+    return round(max(0.0, time.time() - written), 3)
+
+
+def _unsealed_note(unsealed: int, age_s: float | None) -> str:
+    """Say plainly what records after the last seal mean ("" when there are none)."""
+    if not unsealed:
+        return ""
+    from cloud_head.settings import CloudSettings
+
+    interval = CloudSettings.model_fields["seal_interval_s"].default
+    newest = "" if age_s is None else f", the newest {age_s:.0f} s old"
+    return (
+        f"{unsealed} records after the last seal{newest}; the signer seals every "
+        f"{interval:g} s (seal_interval_s) while the head runs: until sealed, whoever can "
+        "write the file could remove them undetected"
+    )
 
 
 @operator_command

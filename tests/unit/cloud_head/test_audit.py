@@ -17,15 +17,18 @@ from cloud_head.audit import (
     AuditAction,
     AuditLog,
     AuditTamperedError,
+    Seal,
     VerifyResult,
+    head_message,
     model_subject,
     record_hash,
 )
 from cloud_head.cli import audit as audit_cli
 from cloud_head.model_card import export_model
 from cloud_head.registry import ModelRegistry
+from cloud_head.signer import TenantSigner
 from continuum.errors import ConfigError, NotFoundError, ProtocolError, SpecError
-from continuum.signing import generate_keypair, sign_artifact
+from continuum.signing import generate_keypair, sign, sign_artifact
 
 # 2026-11-22T12:00:00Z
 NOON = 1_795_348_800.0
@@ -261,22 +264,128 @@ class TestSignedHead:
         fill(tmp_path, signing_keys={"acme": private})
         result = verify(tmp_path, key=public)
         assert result.ok and result.signature_checked
+        assert result.sealed_seq == 5 and result.unsealed == 0
 
-    def test_truncating_and_rewriting_the_head_needs_the_key(self, tmp_path: Path) -> None:
-        private, public = generate_keypair()
+    def test_truncating_below_the_seal_fails_even_without_the_key(self, tmp_path: Path) -> None:
+        private, _ = generate_keypair()
         fill(tmp_path, signing_keys={"acme": private})
         with raw(tmp_path) as db:
             db.execute("DELETE FROM records WHERE seq = 5")
             db.execute("UPDATE head SET seq = 4, hash = (SELECT hash FROM records WHERE seq = 4)")
+        result = verify(tmp_path)
+        assert not result.ok and result.first_bad_seq == 5 and "seal" in result.reason
+
+    def test_truncating_and_moving_the_seal_back_needs_the_key(self, tmp_path: Path) -> None:
+        private, public = generate_keypair()
+        fill(tmp_path, signing_keys={"acme": private})
+        with raw(tmp_path) as db:
+            db.execute("DELETE FROM records WHERE seq = 5")
+            last = "(SELECT hash FROM records WHERE seq = 4)"
+            db.execute(f"UPDATE head SET seq = 4, hash = {last}")
+            db.execute(f"UPDATE seal SET seq = 4, hash = {last}")
         assert verify(tmp_path).ok  # the chain alone cannot tell ...
-        result = verify(tmp_path, key=public)  # ... the signature can
+        result = verify(tmp_path, key=public)  # ... the seal's signature can
         assert not result.ok and "signature does not verify" in result.reason
 
-    def test_an_unsigned_head_fails_when_a_key_is_given(self, tmp_path: Path) -> None:
+    def test_rewriting_a_sealed_record_fails_at_the_seal(self, tmp_path: Path) -> None:
+        private, _ = generate_keypair()
+        fill(tmp_path, signing_keys={"acme": private})
+        with raw(tmp_path) as db:  # a consistent rewrite of the last record, hash and all
+            row = db.execute("SELECT * FROM records WHERE seq = 5").fetchone()
+            forged = record_hash(
+                seq=5,
+                ts=row[1],
+                tenant="acme",
+                actor=row[3],
+                action=row[4],
+                subject=row[5],
+                details='{"batch":"forged","samples":0}',
+                prev_hash=row[7],
+            )
+            db.execute(
+                'UPDATE records SET details = \'{"batch":"forged","samples":0}\', '
+                "hash = ? WHERE seq = 5",
+                (forged,),
+            )
+            db.execute("UPDATE head SET hash = ?", (forged,))
+        result = verify(tmp_path)
+        assert not result.ok and result.first_bad_seq == 5 and "seal" in result.reason
+
+    def test_an_unsealed_log_fails_when_a_key_is_given(self, tmp_path: Path) -> None:
         _, public = generate_keypair()
         fill(tmp_path)
         result = verify(tmp_path, key=public)
-        assert not result.ok and "not signed" in result.reason
+        assert not result.ok and "no seal" in result.reason
+
+
+class TestSeal:
+    def test_appends_without_the_key_keep_the_seal_and_count_as_unsealed(
+        self, tmp_path: Path
+    ) -> None:
+        private, public = generate_keypair()
+        fill(tmp_path, count=3, signing_keys={"acme": private})
+        with AuditLog(tmp_path, clock=lambda: NOON) as log:  # ingest, fleet: no key
+            log.append("acme", "uplink_batch", "digits", {"n": 1}, actor="service:ingest-0")
+            log.append("acme", "uplink_batch", "digits", {"n": 2}, actor="service:ingest-0")
+        result = verify(tmp_path, key=public)
+        assert result.ok and result.signature_checked
+        assert (result.count, result.sealed_seq, result.unsealed) == (5, 3, 2)
+        assert result.newest_unsealed_ts is not None
+
+    def test_the_signer_seals_what_keyless_writers_appended(self, tmp_path: Path) -> None:
+        private, public = generate_keypair()
+        fill(tmp_path, count=2)
+        signer = TenantSigner("acme", private)
+        with AuditLog(tmp_path) as log:
+            seal = signer.seal(log, now=NOON)
+            assert seal is not None and seal.seq == 2
+            log.append("acme", "gate", "digits/v1", actor="service:controller-digits")
+            assert signer.seal(log) is not None
+            assert log.seal_of("acme") is not None and log.seal_of("acme").seq == 3  # type: ignore[union-attr]
+        result = verify(tmp_path, key=public)
+        assert result.ok and result.unsealed == 0 and result.sealed_seq == 3
+
+    def test_the_signer_refuses_to_seal_over_a_broken_chain(self, tmp_path: Path) -> None:
+        private, public = generate_keypair()
+        fill(tmp_path, count=3)
+        with raw(tmp_path) as db:
+            db.execute("UPDATE records SET actor = 'mallory' WHERE seq = 2")
+        with AuditLog(tmp_path) as log, pytest.raises(AuditTamperedError, match="record 2"):
+            TenantSigner("acme", private).seal(log)
+        assert not verify(tmp_path, key=public).ok
+
+    def test_a_new_signer_checks_the_whole_chain_not_from_a_stored_seal(
+        self, tmp_path: Path
+    ) -> None:
+        private, _ = generate_keypair()
+        fill(tmp_path, count=3, signing_keys={"acme": private})
+        with AuditLog(tmp_path) as log:
+            log.append("acme", "gate", "digits/v1", actor="svc")
+        with raw(tmp_path) as db:  # below the seal: a later signer must not cover it
+            db.execute("UPDATE records SET actor = 'mallory' WHERE seq = 1")
+        with AuditLog(tmp_path) as log, pytest.raises(AuditTamperedError, match="record 1"):
+            TenantSigner("acme", private).seal(log)
+
+    def test_a_seal_never_moves_back(self, tmp_path: Path) -> None:
+        private, _ = generate_keypair()
+        fill(tmp_path, count=3, signing_keys={"acme": private})
+        with AuditLog(tmp_path) as log:
+            log.write_seal("acme", Seal(seq=1, hash="0" * 64, signature="00" * 64))
+            assert log.seal_of("acme").seq == 3  # type: ignore[union-attr]
+
+    def test_a_signed_head_from_before_seals_is_read_as_the_seal(self, tmp_path: Path) -> None:
+        private, public = generate_keypair()
+        fill(tmp_path, count=3)
+        with raw(tmp_path) as db:  # the layout of a log written before seals
+            db.execute("DROP TABLE seal")
+            head = db.execute("SELECT seq, hash FROM head").fetchone()
+            signature = sign(private, head_message("acme", head[0], head[1]))
+            db.execute("UPDATE head SET signature = ?", (signature,))
+        assert verify(tmp_path, key=public).signature_checked
+        with AuditLog(tmp_path) as log:  # a keyless append keeps it as the seal
+            log.append("acme", "gate", "digits/v1", actor="svc")
+        result = verify(tmp_path, key=public)
+        assert result.ok and result.sealed_seq == 3 and result.unsealed == 1
 
 
 class TestTenantIsolation:

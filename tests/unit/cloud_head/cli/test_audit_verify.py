@@ -33,7 +33,8 @@ def _write_log(root: Path, private_pem: bytes | None, records: int = 4) -> None:
 
 
 def _truncate(root: Path, removed: int = 2) -> None:
-    """As an attacker would: delete the last records and move the head back onto the new last."""
+    """As an attacker would: delete the last records and move the head and the seal back onto
+    the new last (only the seal's signature can show it)."""
     db = sqlite3.connect(root / "audit" / TENANT / "audit.sqlite3", isolation_level=None)
     try:
         db.execute("DROP TRIGGER records_no_delete")
@@ -41,6 +42,7 @@ def _truncate(root: Path, removed: int = 2) -> None:
         db.execute("DELETE FROM records WHERE seq > ?", (last - removed,))
         seq, digest = db.execute("SELECT seq, hash FROM records ORDER BY seq DESC").fetchone()
         db.execute("UPDATE head SET seq = ?, hash = ? WHERE id = 1", (seq, digest))
+        db.execute("UPDATE seal SET seq = ?, hash = ? WHERE id = 1", (seq, digest))
     finally:
         db.close()
 
@@ -100,6 +102,45 @@ class TestWithTheRegistrysPinnedKey:
         _, other_public = generate_keypair()
         registry.get(TENANT).public_key_path.write_bytes(other_public)
         assert registry.public_key(TENANT) == pinned
+
+
+class TestUnsealedTail:
+    def test_records_after_the_seal_are_reported_and_pass_by_default(
+        self, shared_head: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        root, password = shared_head
+        _write_log(root, None, records=2)  # ingest's and the fleet's appends: no key
+        assert main(_verify(root, "--password-file", str(password))) == 0
+        out = capsys.readouterr().out
+        assert "2 records after the last seal" in out and "seals every" in out
+        assert main(_verify(root, "--password-file", str(password), "--json")) == 0
+        document = json.loads(capsys.readouterr().out)
+        assert (document["sealed_seq"], document["unsealed_records"]) == (4, 2)
+        assert document["newest_unsealed_age_s"] >= 0
+
+    def test_sealed_requires_the_seal_to_cover_the_head(
+        self, shared_head: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        root, password = shared_head
+        assert main(_verify(root, "--password-file", str(password), "--sealed")) == 0
+        _write_log(root, None, records=1)
+        capsys.readouterr()
+        assert main(_verify(root, "--password-file", str(password), "--sealed")) == EXIT_FAILED
+        assert "1 records after the last seal" in capsys.readouterr().out
+
+    def test_removing_sealed_records_fails_without_moving_the_seal(
+        self, shared_head: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        root, password = shared_head
+        db = sqlite3.connect(root / "audit" / TENANT / "audit.sqlite3", isolation_level=None)
+        try:
+            db.execute("DROP TRIGGER records_no_delete")
+            db.execute("DELETE FROM records WHERE seq > 2")
+            db.execute("UPDATE head SET seq = 2, hash = (SELECT hash FROM records WHERE seq = 2)")
+        finally:
+            db.close()
+        assert main(_verify(root, "--password-file", str(password))) == EXIT_FAILED
+        assert "sealed records were removed" in capsys.readouterr().out
 
 
 class TestWithoutAKey:
