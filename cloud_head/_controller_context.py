@@ -1,4 +1,5 @@
-"""What a pipeline controller is wired to: its tenant's stores, the broker, its key and settings.
+"""What a pipeline controller is wired to: its tenant's stores, the broker, its signer and
+settings.
 
 ``ControllerStores`` is what a ``PipelineController`` is given to read and write;
 ``ControllerContext`` is everything fixed for its lifetime, built once by the controller and
@@ -8,7 +9,7 @@ shared by its parts (the retrain trigger, the retraining run).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from cloud_head.labelling import LabelStore
     from cloud_head.registry import ModelRegistry
     from cloud_head.settings import ControllerSettings
+    from cloud_head.signer import ReleaseSigner
     from cloud_head.store import SampleStore
     from cloud_head.tenants import Quotas
     from cloud_head.training import TrainingResult
@@ -70,14 +72,16 @@ class ControllerContext:
 
     ``quotas`` returns the tenant's quotas now (a registry read; None or a None result:
     unlimited); ``training_selector`` is where the Ray Train job may run; ``publish`` sends
-    desired state and artifacts retained; ``train`` runs one training (Ray Train).
+    desired state and artifacts retained; ``train`` runs one training (Ray Train);
+    ``signer`` signs artifacts and desired states (the tenant's signer: the controller never
+    holds the key).
     """
 
     spec: PipelineSpec
     stores: ControllerStores
     publish: RetainedPublish
     train: TrainFunction
-    private_key_pem: bytes = field(repr=False)
+    signer: ReleaseSigner
     code_version: str
     workdir: Path
     training_selector: LabelSelector

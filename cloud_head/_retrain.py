@@ -27,7 +27,6 @@ from cloud_head.audit import AuditAction, model_subject
 from cloud_head.gate import GateResult, gate
 from cloud_head.tenants import QuotaExceededError
 from cloud_head.training import TrainingResult
-from continuum.signing import key_fingerprint, public_pem_of, sign_artifact
 
 if TYPE_CHECKING:
     from cloud_head._controller_context import ControllerContext
@@ -71,7 +70,7 @@ class Retrainer:
         self._log = log
         self._rollout = rollout
         self._retrain = context.spec.retrain
-        self._key_fingerprint = key_fingerprint(public_pem_of(context.private_key_pem))
+        self._key_fingerprint = context.signer.key_fingerprint()
         self._lock = threading.Lock()
         self._stage: TrainingStage = "idle"
         self.quota_refused_at: float | None = None
@@ -300,7 +299,7 @@ class Retrainer:
         The registry calls this inside its transaction: if either record cannot be written,
         the version is not registered.
         """
-        signature = sign_artifact(self._context.private_key_pem, model, version, digest)
+        signature = self._context.signer.sign_artifact(model, version, digest)
         subject = model_subject(self._context.spec.name, version)
         self._record(
             AuditAction.REGISTER,

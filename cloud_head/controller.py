@@ -37,6 +37,7 @@ from cloud_head._training_log import TrainingLog, TrainingRecord
 from cloud_head.desired_state import DesiredStateBook
 from cloud_head.rollout import RolloutController, RolloutState
 from cloud_head.settings import ControllerSettings
+from cloud_head.signer import release_signer
 from cloud_head.training import run_training
 from continuum.errors import ContinuumError
 from continuum.labels import LabelSelector
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from cloud_head._controller_context import TrainFunction
     from cloud_head.artifacts import RetainedPublish
     from cloud_head.registry import ModelVersion
+    from cloud_head.signer import ReleaseSigner
     from cloud_head.tenants import Quotas
     from continuum.spec import PipelineSpec
 
@@ -71,8 +73,9 @@ class PipelineController:
         stores: ControllerStores,
         *,
         publish: RetainedPublish,
-        private_key_pem: bytes,
         workdir: Path,
+        signer: ReleaseSigner | None = None,
+        private_key_pem: bytes | None = None,
         code_version: str,
         settings: ControllerSettings | None = None,
         clock: Callable[[], float] = time.time,
@@ -86,7 +89,10 @@ class PipelineController:
             stores: the tenant's registry, sample and label stores, fleet and audit trail.
             publish: sends desired state and artifacts retained at QoS 1 and waits for the
                 broker (``cloud_head.artifacts.retained_publisher`` of a connected client).
-            private_key_pem: the tenant's key: signs every registered model.
+            signer: the tenant's signer (a client of its ``SignerActor``): signs every
+                registered model and desired state; the controller never holds the key.
+            private_key_pem: instead of ``signer``, the release key itself (tests, tools): a
+                local ``TenantSigner`` is made of it.
             workdir: this pipeline's own state (``HeadPaths.controller``).
             code_version: recorded with every registered model.
             settings: pacing (quota retry, serve timeout, artifact chunks); None: defaults.
@@ -98,6 +104,7 @@ class PipelineController:
 
         Raises:
             ContinuumError: the spec declares no retrain stage.
+            ConfigError: not exactly one of ``signer`` and ``private_key_pem``.
         """
         if spec.retrain is None:
             raise ContinuumError(
@@ -105,12 +112,13 @@ class PipelineController:
             )
         self.spec = spec
         self.settings = ControllerSettings() if settings is None else settings
+        signer = release_signer(spec.tenant, signer, private_key_pem)
         self.context = ControllerContext(
             spec=spec,
             stores=stores,
             publish=publish,
             train=run_training if train is None else train,
-            private_key_pem=private_key_pem,
+            signer=signer,
             code_version=code_version,
             workdir=workdir,
             training_selector=LabelSelector.parse(
@@ -124,7 +132,7 @@ class PipelineController:
         self.registry = stores.registry
         self.clock = clock
         self.book = DesiredStateBook(
-            workdir / "desired.sqlite3", spec.tenant, publish, private_key_pem=private_key_pem
+            workdir / "desired.sqlite3", spec.tenant, publish, signer=signer
         )
         self.states = PipelineStateStore(self.book.path, spec.tenant, spec.name)
         self.rollout = RolloutController(

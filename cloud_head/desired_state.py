@@ -3,9 +3,10 @@ on change and re-issued before it expires.
 
 This is the cloud half of the device shadow (DESIGN.md §5): the rollout decides, the book
 stores a node's whole desired state with a generation above the last (and at least its issue
-time in microseconds, so it rises across the books of several pipelines), signs the
-whole document with the tenant's release key (tenant, node, generation, issue time and
-expiry included: ``continuum.signing.desired_message``) and publishes it retained at QoS 1
+time in microseconds, so it rises across the books of several pipelines), has the tenant's
+signer sign the whole document with the release key (tenant, node, generation, issue time
+and expiry included: ``continuum.signing.desired_message``; the book never holds the key)
+and publishes it retained at QoS 1
 on ``ctm/{tenant}/nodes/{node}/desired`` so a node that reconnects reads its latest orders.
 Agents refuse a document that has expired, so ``refresh_expiring`` re-issues each one (same
 orders, next generation) once half its validity has passed. An entry that takes a node to an
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cloud_head._pipeline_state import connect_state_file
-from continuum import signing
+from cloud_head.signer import ReleaseSigner, release_signer
 from continuum.errors import ConfigError
 from continuum.wire import topics
 from continuum.wire.messages import DesiredModel, DesiredState, chunk_layout, version_order
@@ -51,13 +52,16 @@ class DesiredStateBook:
         path: the SQLite file (shared with the controller's records).
         tenant: whose nodes these are.
         publish: see above.
-        private_key_pem: the tenant's Ed25519 release key: signs every desired state.
+        signer: the tenant's signer (``cloud_head.signer``): signs every desired state.
+        private_key_pem: instead of ``signer``, the release key itself (tests, tools): a
+            local ``TenantSigner`` is made of it.
         validity_s: how long each published desired state is valid (``expires_at``).
         clock: the time (Unix seconds) stamped as ``issued_at``.
 
     Raises:
         ArtifactError: ``private_key_pem`` is not an Ed25519 private key.
-        ConfigError: ``validity_s`` is below a minute.
+        ConfigError: not exactly one of ``signer`` and ``private_key_pem``, or
+            ``validity_s`` is below a minute.
     """
 
     def __init__(
@@ -66,11 +70,12 @@ class DesiredStateBook:
         tenant: str,
         publish: Callable[[str, bytes], None],
         *,
-        private_key_pem: bytes,
+        signer: ReleaseSigner | None = None,
+        private_key_pem: bytes | None = None,
         validity_s: float = DESIRED_VALIDITY_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        signing.load_private_key(private_key_pem)  # fail now, not at the first assignment
+        self._signer = release_signer(tenant, signer, private_key_pem)
         if not validity_s >= _MIN_VALIDITY_S:
             raise ConfigError(
                 f"desired-state validity_s is {validity_s}; use at least {_MIN_VALIDITY_S:.0f} s "
@@ -80,7 +85,6 @@ class DesiredStateBook:
         self.tenant = tenant
         self.validity_s = validity_s
         self._publish = publish
-        self._key = private_key_pem
         self._clock = clock
         self._lock = threading.Lock()
         self._db = connect_state_file(self.path)
@@ -112,7 +116,7 @@ class DesiredStateBook:
         # controller's next tick re-issues it, ``refresh_expiring``), so sign it as of now.
         issued_at = self._clock()
         return signed_desired_state(
-            self._key,
+            self._signer,
             tenant=self.tenant,
             node=node,
             pipelines={k: DesiredModel(**v) for k, v in json.loads(row[1]).items()},
@@ -193,7 +197,7 @@ class DesiredStateBook:
         issued_at = self._clock()
         generation = max(previous + 1, int(issued_at * 1_000_000))
         state = signed_desired_state(
-            self._key,
+            self._signer,
             tenant=self.tenant,
             node=node,
             pipelines={k: DesiredModel.model_validate(v) for k, v in pipelines.items()},
@@ -219,7 +223,7 @@ class DesiredStateBook:
 
 
 def signed_desired_state(
-    private_key_pem: bytes,
+    signer: ReleaseSigner | bytes,
     *,
     tenant: str,
     node: str,
@@ -229,10 +233,11 @@ def signed_desired_state(
     validity_s: float = DESIRED_VALIDITY_S,
 ) -> DesiredState:
     """Return the desired state of ``node``, valid from ``issued_at`` for ``validity_s``,
-    signed whole with the tenant's release key (``continuum.signing.desired_message``).
+    signed whole by the tenant's signer (``continuum.signing.desired_message``).
 
     The one place a desired state gets its signature: the book publishes what this
-    returns, and agents verify it against the tenant's public key.
+    returns, and agents verify it against the tenant's public key.  ``signer`` may be the
+    release key itself (tests, tools): a local ``TenantSigner`` is made of it.
     """
     state = DesiredState(
         tenant=tenant,
@@ -242,7 +247,9 @@ def signed_desired_state(
         expires_at=issued_at + validity_s,
         generation=generation,
     )
-    signature = signing.sign_desired(private_key_pem, state.model_dump(mode="json"))
+    if isinstance(signer, bytes):
+        signer = release_signer(tenant, None, signer)
+    signature = signer.sign_desired_state(state)
     return state.model_copy(update={"signature": signature})
 
 

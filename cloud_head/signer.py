@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Protocol
 
 from cloud_head._audit_chain import Seal, check_chain, head_message
 from continuum import signing
-from continuum.errors import ArtifactError
+from continuum.errors import ArtifactError, ConfigError
 from continuum.wire.topics import check_name
 
 if TYPE_CHECKING:
     from cloud_head.audit import AuditLog
     from continuum.wire.messages import DesiredState
 
-__all__ = ["ReleaseSigner", "TenantSigner"]
+__all__ = ["ReleaseSigner", "TenantSigner", "release_signer"]
 
 
 class ReleaseSigner(Protocol):
@@ -151,3 +151,25 @@ class TenantSigner:
             audit.write_seal(self.tenant, seal)
             self._sealed = (seq, digest)
             return seal
+
+
+def release_signer(
+    tenant: str, signer: ReleaseSigner | None, private_key_pem: bytes | None
+) -> ReleaseSigner:
+    """Return ``signer``, or a local ``TenantSigner`` of ``private_key_pem``: exactly one.
+
+    The cloud head's controllers get ``signer`` (a client of the signer actor); a tool or a
+    test that holds the release key may pass the key instead.
+
+    Raises:
+        ConfigError: both or neither given.
+        ArtifactError: ``private_key_pem`` is not an Ed25519 private key.
+    """
+    if signer is not None and private_key_pem is None:
+        return signer
+    if signer is None and private_key_pem is not None:
+        return TenantSigner(tenant, private_key_pem)
+    raise ConfigError(
+        "give the tenant's signer (signer=, what the cloud head's services get) or, for a "
+        "tool or test that holds the release key, private_key_pem=; not both, not neither"
+    )

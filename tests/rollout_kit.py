@@ -34,11 +34,12 @@ from cloud_head.fleet import FleetRegistry
 from cloud_head.labelling import LabelStore
 from cloud_head.registry import ModelRegistry, ModelVersion
 from cloud_head.rollout import MIN_LABELLED_FOR_DECISION, RolloutController
+from cloud_head.signer import TenantSigner
 from cloud_head.store import SampleStore
 from continuum import select
 from continuum.embedded import EmbeddedBroker
 from continuum.labels import SITE, TIER
-from continuum.signing import generate_keypair, sign_artifact
+from continuum.signing import generate_keypair
 from continuum.spec import (
     DataClass,
     EdgeStageSpec,
@@ -138,7 +139,10 @@ class CloudRig:
         self.fleet = FleetRegistry(self.tenant, self.root / "fleet.sqlite3", clock=self.clock)
         self.store = SampleStore(self.root / "store")
         self.labels = LabelStore(self.root / "labels.sqlite3")
-        self.log = AuditLog(self.root / "audit", signing_keys={self.tenant: self.private_key})
+        # As on the head: the services append unsigned, the tenant's signer holds the key and
+        # seals (``seal``); the controllers ask it to sign.
+        self.signer = TenantSigner(self.tenant, self.private_key)
+        self.log = AuditLog(self.root / "audit")
         self._send = None if self.client is None else retained_publisher(self.client)
         self._book: DesiredStateBook | None = None
         self._opened: list[PipelineController | RolloutController] = []
@@ -260,7 +264,7 @@ class CloudRig:
             PIPELINE,
             "inspector",
             artifact,
-            sign=lambda model, ver, digest: sign_artifact(self.private_key, model, ver, digest),
+            sign=self.signer.sign_artifact,
             parent=None,
             code_version="test",
             metrics={},
@@ -284,7 +288,7 @@ class CloudRig:
                 self.root / "desired.sqlite3",
                 self.tenant,
                 self.publish,
-                private_key_pem=self.private_key,
+                signer=self.signer,
             )
         return self._book
 
@@ -293,6 +297,10 @@ class CloudRig:
         if self._book is not None:
             self._book.close()
             self._book = None
+
+    def seal(self) -> None:
+        """Seal the audit log as the signer actor does every ``seal_interval_s``."""
+        self.signer.seal(self.log)
 
     def trail(self) -> AuditTrail:
         """The tenant's audit trail as the pipeline's controller service writes it."""
@@ -326,7 +334,7 @@ class CloudRig:
                 audit=self.trail() if audited else None,
             ),
             publish=self.publish,
-            private_key_pem=self.private_key,
+            signer=self.signer,
             workdir=self.root / "controller",
             code_version="test",
             clock=self.clock,

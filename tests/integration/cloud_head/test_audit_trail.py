@@ -298,6 +298,7 @@ class TestFirstModelOnRay:
         )
         controller = head.controller(spec)
         version = controller.bootstrap()
+        head.seal()
 
         files = export_model(
             head.registry,
