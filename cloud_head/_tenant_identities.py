@@ -5,7 +5,10 @@ Part of ``cloud_head.tenants``.  Each edge node is enrolled as ``edge.{node}@{te
 keeps every enrolment, revoked ones too, because an auditor asks what existed and when, and
 the CRL lists every certificate serial that was revoked.  The cloud services' passwords are
 kept in owner-only files under the tenant's directory, so a cloud head can be started later
-without anyone handing passwords around.
+without anyone handing passwords around; so are their client certificates and keys, where
+the broker takes certificates (``continuum certs service``), whose serials the
+``service_certs`` table keeps so that replacing them, rotating the tenant's credentials or
+deleting the tenant puts the old ones on the CRL.
 """
 
 from __future__ import annotations
@@ -50,6 +53,17 @@ CREATE TABLE IF NOT EXISTS nodes (
     not_after REAL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS nodes_enrolled ON nodes (tenant, node)
+    WHERE revoked_at IS NULL;
+CREATE TABLE IF NOT EXISTS service_certs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL,
+    identity TEXT NOT NULL,
+    cert_serial TEXT NOT NULL,
+    not_after REAL NOT NULL,
+    issued_at REAL NOT NULL,
+    revoked_at REAL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS service_certs_active ON service_certs (tenant, identity)
     WHERE revoked_at IS NULL;
 """
 
@@ -216,12 +230,62 @@ def revoke_rows(db: sqlite3.Connection, tenant: str, node: str | None, when: flo
 
 
 def revoked_serials(db: sqlite3.Connection) -> list[str]:
-    """Return the serials of every revoked certificate enrolment, of every tenant."""
+    """Return the serials of every revoked certificate, node's or service's, of every tenant."""
     rows = db.execute(
-        "SELECT DISTINCT cert_serial FROM nodes WHERE revoked_at IS NOT NULL "
-        "AND cert_serial IS NOT NULL ORDER BY cert_serial"
+        "SELECT cert_serial FROM nodes WHERE revoked_at IS NOT NULL "
+        "AND cert_serial IS NOT NULL UNION "
+        "SELECT cert_serial FROM service_certs WHERE revoked_at IS NOT NULL ORDER BY cert_serial"
     )
     return [row["cert_serial"] for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceCertificate:
+    """One client certificate issued to a cloud service identity (``control@T``, ``ingest.N@T``)."""
+
+    tenant: str
+    identity: str
+    cert_serial: str
+    not_after: float
+    issued_at: float
+    revoked_at: float | None = None
+
+
+def service_certificate_files(folder: Path, identity: str) -> tuple[Path, Path]:
+    """Return (certificate, key) of service ``identity`` in credentials ``folder``.
+
+    ``control.crt``/``control.key`` and ``ingest.N.crt``/``ingest.N.key``: the identity
+    without its ``@TENANT``, which the folder already names.
+    """
+    parsed = identities.parse_identity(identity)
+    if parsed.role not in ("control", "ingest"):
+        raise ConfigError(f"{identity!r} is not a cloud service identity (control@T, ingest.N@T)")
+    stem = identity.split("@", 1)[0]
+    return folder / f"{stem}.crt", folder / f"{stem}.key"
+
+
+def revoke_service_certs(db: sqlite3.Connection, tenant: str, when: float) -> list[str]:
+    """Mark ``tenant``'s service certificates in force revoked at ``when``; return their serials."""
+    serials = [
+        row["cert_serial"]
+        for row in db.execute(
+            "SELECT cert_serial FROM service_certs WHERE tenant = ? AND revoked_at IS NULL "
+            "ORDER BY identity",
+            (tenant,),
+        )
+    ]
+    db.execute(
+        "UPDATE service_certs SET revoked_at = ? WHERE tenant = ? AND revoked_at IS NULL",
+        (when, tenant),
+    )
+    return serials
+
+
+def remove_service_certificate_files(folder: Path) -> None:
+    """Delete every service certificate and key in ``folder`` (they were revoked)."""
+    if folder.is_dir():
+        for path in [*folder.glob("*.crt"), *folder.glob("*.key")]:
+            path.unlink(missing_ok=True)
 
 
 def service_credentials_dir(root: Path, tenant: str) -> Path:
@@ -419,6 +483,103 @@ class NodeEnrolment:
             return select_nodes(db, tenant)
 
     def revoked_serials(self) -> list[str]:
-        """Return the serial (lowercase hex) of every revoked node certificate: the CRL."""
+        """Return the serial (lowercase hex) of every revoked certificate: the CRL."""
         with closing(self._connect()) as db:
             return revoked_serials(db)
+
+
+class ServiceCertificates:
+    """The service-certificate half of ``TenantRegistry``: which serials the services hold.
+
+    The certificates and keys themselves are made by ``continuum certs service``
+    (``continuum.pki.sign_service``); the registry records their serials, so that the next
+    issue, ``rotate_credentials`` and ``delete`` revoke them (``revoked_serials``: the CRL).
+    """
+
+    if TYPE_CHECKING:
+
+        def _connect(self) -> sqlite3.Connection: ...
+        def _locked(self) -> AbstractContextManager[None]: ...
+        def get(self, name: str) -> TenantRecord: ...
+        def _audit_change(
+            self, name: str, action: AuditAction, details: dict[str, object]
+        ) -> None: ...
+
+    def record_service_certificates(
+        self, tenant: str, issued: dict[str, tuple[str, float]]
+    ) -> list[str]:
+        """Record ``tenant``'s new service certificates; return the serials they replace.
+
+        ``issued`` maps each service identity to its certificate's (serial hex, not_after in
+        Unix seconds).  The certificates in force before are revoked in the same
+        transaction, with one audit record; make the CRL again (``continuum certs crl``)
+        for the broker to refuse them.
+
+        Raises:
+            NotFoundError: no such tenant.
+            SpecError: an identity is not one of the tenant's services, or a serial is empty.
+        """
+        with self._locked(), closing(self._connect()) as db:
+            self.get(tenant)
+            for identity, (serial, _) in issued.items():
+                parsed = _parse_service(identity)
+                if parsed.tenant != tenant:
+                    raise SpecError(
+                        f"{identity!r} is not a service identity of tenant {tenant!r}",
+                        field="identity",
+                    )
+                if not serial.strip():
+                    raise SpecError(f"empty certificate serial for {identity}", field="serial")
+            now = time.time()
+            with db:
+                replaced = revoke_service_certs(db, tenant, now)
+                db.executemany(
+                    "INSERT INTO service_certs (tenant, identity, cert_serial, not_after, "
+                    "issued_at) VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (tenant, identity, serial.strip().lower(), float(not_after), now)
+                        for identity, (serial, not_after) in sorted(issued.items())
+                    ],
+                )
+                self._audit_change(
+                    tenant,
+                    AuditAction.KEY_CHANGE,
+                    {
+                        "event": "service certificates issued",
+                        "certificates": {i: s.strip().lower() for i, (s, _) in issued.items()},
+                        "revoked_serials": replaced,
+                    },
+                )
+        return replaced
+
+    def service_certificates(self, tenant: str) -> list[ServiceCertificate]:
+        """Return every service certificate ``tenant`` was issued, revoked ones too."""
+        self.get(tenant)
+        with closing(self._connect()) as db:
+            rows = db.execute(
+                "SELECT * FROM service_certs WHERE tenant = ? ORDER BY id", (tenant,)
+            ).fetchall()
+        return [
+            ServiceCertificate(
+                tenant=row["tenant"],
+                identity=row["identity"],
+                cert_serial=row["cert_serial"],
+                not_after=row["not_after"],
+                issued_at=row["issued_at"],
+                revoked_at=row["revoked_at"],
+            )
+            for row in rows
+        ]
+
+
+def _parse_service(identity: str) -> identities.Identity:
+    try:
+        parsed = identities.parse_identity(identity)
+    except ProtocolError as error:
+        raise SpecError(str(error), field="identity") from error
+    if parsed.role not in ("control", "ingest"):
+        raise SpecError(
+            f"{identity!r} is not a cloud service identity (control@TENANT, ingest.N@TENANT)",
+            field="identity",
+        )
+    return parsed

@@ -271,16 +271,24 @@ class CloudSettings(BaseSettings):
 
         The unit of trust is the connection (DESIGN.md §6): ingest replica ``replica``
         connects as ``ingest.{replica}@TENANT`` and the fleet (which also publishes for the
-        controllers) as ``control@TENANT``, with the password the tenant registry keeps in
-        ``service_credentials_dir``; host, port and TLS stay those of ``broker``.  Without a
-        registry (``tenants_root`` unset, or a registry from before service identities, with
-        no credentials folder for the tenant: an anonymous development broker) ``broker`` is
-        returned unchanged.  The client id is the identity either way: the broker binds one
-        to the other, so one identity is one connection.
+        controllers) as ``control@TENANT``, with what the tenant registry keeps in
+        ``service_credentials_dir``: the identity's client certificate and key where
+        ``continuum certs service`` issued them (the production broker takes only
+        certificates; host, port and ``tls_ca`` stay those of ``broker``), else the role's
+        password.  Without a registry (``tenants_root`` unset, or a registry from before
+        service identities, with no credentials folder for the tenant: an anonymous
+        development broker) ``broker`` is returned unchanged.  The client id is the identity
+        either way: the broker binds one to the other, so one identity is one connection.
+
+        With a certificate an ingest replica still carries the ingest password: the broker
+        takes the certificate's CN as the username and discards what the client sends
+        (``use_identity_as_username``), and the worker names its share group by that secret
+        (``cloud_head.tenants.ingest_share_group``), which no node can guess.
 
         Raises:
-            ConfigError: no tenant set, or the registry's credentials folder lacks the
-                role's password file or it cannot be read.
+            ConfigError: no tenant set; a certificate without its key or the reverse; a
+                certificate without ``broker.tls_ca``; or the role's password file is
+                missing or unreadable where it is needed.
         """
         tenant = self.require_tenant()
         identity = (
@@ -291,11 +299,43 @@ class CloudSettings(BaseSettings):
             return self.broker, identity
         from cloud_head._tenant_identities import read_service_password
 
-        password = read_service_password(folder, role)
-        return self.broker.model_copy(update={"username": identity, "password": password}), identity
+        certificate = self._service_certificate(folder, identity)
+        if certificate is None:
+            password = read_service_password(folder, role)
+            update: dict[str, Any] = {"username": identity, "password": password}
+        else:
+            cert, key = certificate
+            secret = read_service_password(folder, "ingest") if role == "ingest" else None
+            update = {"username": identity, "password": secret, "tls_cert": cert, "tls_key": key}
+        return self.broker.model_copy(update=update), identity
+
+    def _service_certificate(self, folder: Path, identity: str) -> tuple[Path, Path] | None:
+        """Return (certificate, key) of ``identity`` in ``folder``, or None where it has none.
+
+        Raises:
+            ConfigError: only one of the two files is there, or ``broker.tls_ca`` is unset.
+        """
+        from cloud_head._tenant_identities import service_certificate_files
+
+        cert, key = service_certificate_files(folder, identity)
+        if not cert.exists() and not key.exists():
+            return None
+        if not (cert.exists() and key.exists()):
+            present, absent = (cert, key) if cert.exists() else (key, cert)
+            raise ConfigError(
+                f"{present} is there but {absent} is not: a client certificate needs its key; "
+                f"issue both again with `continuum certs service --tenant {self.tenant}`"
+            )
+        if self.broker.tls_ca is None:
+            raise ConfigError(
+                f"{identity} has a client certificate ({cert}) but the broker has no TLS: set "
+                f"{ENV_PREFIX}BROKER__TLS_CA to the CA bundle of the broker's server "
+                "certificate (mutual TLS), or remove the certificate for a password broker"
+            )
+        return cert, key
 
     def _service_credentials_dir(self, tenant: str) -> Path | None:
-        """Return the folder of ``tenant``'s service passwords, or None without one."""
+        """Return the folder of ``tenant``'s service credentials, or None without one."""
         if self.tenants_root is None:
             return None
         from cloud_head import tenants

@@ -12,7 +12,8 @@ keeps them under one root directory::
     {root}/_broker/passwd         mosquitto password file: hashes only, never a password
     {root}/_broker/acl            mosquitto ACL file, regenerated from the registry
     {root}/{tenant}/keys/         signing.key and signing.pub
-    {root}/{tenant}/credentials/  control.password, ingest.password: the cloud services'
+    {root}/{tenant}/credentials/  control.password, ingest.password: the cloud services';
+                                  control.crt|key, ingest.N.crt|key (``certs service``)
     {root}/_archive/{tenant}-{UTC time}/   what a deleted tenant left behind
 
 Everything here is owner-only (files 0600, folders 0700) except ``_broker``, which
@@ -29,6 +30,10 @@ Passwords are generated here and kept only as mosquitto's PBKDF2 hash in the pas
 the operator's and a node's are handed out once (``create``, ``rotate_credentials``,
 ``enroll_node``), the services' are also written to ``service_credentials_dir`` (owner-only),
 from which the cloud head reads them at start.
+
+The services' client certificates (``continuum certs service``) are recorded by serial
+(``record_service_certificates``); the next issue, ``rotate_credentials`` and ``delete``
+revoke them.
 
 A node is enrolled (``enroll_node``) within the tenant's ``edge_nodes`` quota and revoked
 (``revoke_node``): its password entry and ACL block go, the next ``apply_to_broker`` cuts its
@@ -80,7 +85,10 @@ from cloud_head._tenant_identities import (
     NodeCredentials,
     NodeEnrolment,
     NodeRecord,
+    ServiceCertificates,
+    remove_service_certificate_files,
     revoke_rows,
+    revoke_service_certs,
     write_service_passwords,
 )
 from cloud_head._tenant_identities import ingest_share_group as ingest_share_group
@@ -245,7 +253,7 @@ def ingest_usernames(tenant: str) -> list[str]:
     ]
 
 
-class TenantRegistry(NodeEnrolment, TenantAuthentication):
+class TenantRegistry(NodeEnrolment, ServiceCertificates, TenantAuthentication):
     """Create, list and delete tenants under ``root``, enrol and revoke their nodes, and apply
     them to the MQTT broker.
 
@@ -443,17 +451,26 @@ class TenantRegistry(NodeEnrolment, TenantAuthentication):
         """Give tenant ``name``'s operator and services new passwords (returned once).
 
         The services' files in ``service_credentials_dir`` are rewritten; the old passwords
-        stop working at the broker's next reload (``apply_to_broker``).  Nodes keep theirs
+        stop working at the broker's next reload (``apply_to_broker``).  The services'
+        client certificates are revoked (``revoked_serials``) and their files removed: issue
+        new ones with ``continuum certs service``.  Nodes keep theirs
         (``enroll_node(..., replace=True)`` replaces one).
         """
-        with self._locked():
+        with self._locked(), closing(self._connect()) as db:
             record = self.get(name)
             credentials = _new_credentials(record.name)
-            self._audit_change(
-                name,
-                AuditAction.KEY_CHANGE,
-                {"event": "credentials rotated", "mqtt_users": record.service_usernames},
-            )
+            with db:
+                revoked = revoke_service_certs(db, name, time.time())
+                self._audit_change(
+                    name,
+                    AuditAction.KEY_CHANGE,
+                    {
+                        "event": "credentials rotated",
+                        "mqtt_users": record.service_usernames,
+                        "revoked_service_serials": revoked,
+                    },
+                )
+            remove_service_certificate_files(self.service_credentials_dir(name))
             self._set_passwords(credentials)
         return credentials
 
@@ -514,6 +531,7 @@ class TenantRegistry(NodeEnrolment, TenantAuthentication):
                 )
                 db.execute("DELETE FROM tenants WHERE name = ?", (name,))
                 revoke_rows(db, name, None, deleted_at)
+                revoke_service_certs(db, name, deleted_at)
             self._write_acl()
         return archive
 

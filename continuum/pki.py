@@ -4,8 +4,10 @@ One home for what a broker identity looks like in a certificate (DESIGN.md §6):
 is ``O = tenant, CN = identity`` (``continuum.wire.identities``; mosquitto's
 ``use_identity_as_username`` makes the CN the MQTT username, so the CN is what the ACL
 grants to) and the subjectAltName is the URN ``urn:continuum:{tenant}:node:{node}`` (RFC
-5280 verifiers want one). The signer builds the certificate from the identity it was asked
-for, never from what the request claims, and refuses a request that claims anything else.
+5280 verifiers want one); a cloud service's (``control@{tenant}``, ``ingest.{N}@{tenant}``)
+carries ``urn:continuum:{tenant}:service:{role}``. The signer builds the certificate from
+the identity it was asked for, never from what the request claims, and refuses a request
+that claims anything else.
 Keys are ECDSA P-256, which mosquitto's OpenSSL and Python's ssl module both take.
 """
 
@@ -22,8 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from continuum._fs import OWNER_ONLY, atomic_write
-from continuum.errors import AccessDeniedError, ConfigError
-from continuum.wire.identities import node_identity
+from continuum.errors import AccessDeniedError, ConfigError, ProtocolError
+from continuum.wire.identities import Identity, node_identity, parse_identity
 
 __all__ = [
     "CA_CERT",
@@ -31,6 +33,7 @@ __all__ = [
     "CA_VALIDITY_DAYS",
     "CRL_VALIDITY_DAYS",
     "NODE_VALIDITY_DAYS",
+    "SERVICE_VALIDITY_DAYS",
     "ClientsCa",
     "check_request",
     "load_ca",
@@ -39,7 +42,9 @@ __all__ = [
     "make_request",
     "node_uri",
     "serial_hex",
+    "service_uri",
     "sign_request",
+    "sign_service",
     "write_certificate",
     "write_key",
 ]
@@ -47,6 +52,8 @@ __all__ = [
 #: The clients CA outlives many node certificates; node certificates are renewed yearly.
 CA_VALIDITY_DAYS = 5 * 365
 NODE_VALIDITY_DAYS = 365
+#: Service certificates live on the head and are reissued by ``continuum certs service``.
+SERVICE_VALIDITY_DAYS = 365
 #: A CRL past its nextUpdate makes OpenSSL refuse every client: make a new one well before.
 CRL_VALIDITY_DAYS = 30
 #: Tolerate clocks a little behind the one that issued the certificate.
@@ -69,6 +76,18 @@ def node_uri(tenant: str, node: str) -> str:
     """Return the URI a node certificate carries as its subjectAltName: tenant and node."""
     node_identity(tenant, node)  # checks both names
     return f"urn:continuum:{tenant}:node:{node}"
+
+
+def service_uri(identity: str) -> str:
+    """Return the URI a cloud service's certificate carries: its tenant and role.
+
+    Raises:
+        AccessDeniedError: ``identity`` is not a cloud service's (``control@T``,
+            ``ingest.N@T``): node certificates are signed from the box's request only.
+    """
+    parsed = _service_identity(identity)
+    role = identity.split("@", 1)[0]
+    return f"urn:continuum:{parsed.tenant}:service:{role}"
 
 
 def serial_hex(cert: x509.Certificate) -> str:
@@ -217,6 +236,55 @@ def sign_request(
     identity = node_identity(tenant, node)
     public = csr.public_key()
     assert isinstance(public, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)  # check_request
+    return _client_certificate(
+        public, ca, tenant, identity, node_uri(tenant, node), days=days, lifetime=lifetime
+    )
+
+
+def sign_service(
+    ca: ClientsCa,
+    identity: str,
+    *,
+    days: int = SERVICE_VALIDITY_DAYS,
+    lifetime: dt.timedelta | None = None,
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """Return a new key and its client certificate for cloud service identity ``identity``.
+
+    The key is made here, not requested: the services run on the head that holds the CA's
+    signing step, so the key never travels. Only ``control@T`` and ``ingest.N@T`` are
+    signed this way; a node's identity needs its box's request (``sign_request``), so
+    nobody on the head can mint a node's key.
+
+    Raises:
+        AccessDeniedError: ``identity`` is not a cloud service's.
+        ConfigError: ``days`` is not positive.
+    """
+    _check_days(days)
+    parsed = _service_identity(identity)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _client_certificate(
+        key.public_key(),
+        ca,
+        parsed.tenant,
+        identity,
+        service_uri(identity),
+        days=days,
+        lifetime=lifetime,
+    )
+    return key, cert
+
+
+def _client_certificate(
+    public: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
+    ca: ClientsCa,
+    tenant: str,
+    identity: str,
+    uri: str,
+    *,
+    days: int,
+    lifetime: dt.timedelta | None,
+) -> x509.Certificate:
+    """Return a client certificate ``O = tenant, CN = identity`` for ``public`` by ``ca``."""
     now = dt.datetime.now(dt.UTC)
     not_after = min(now + (lifetime or dt.timedelta(days=days)), ca.cert.not_valid_after_utc)
     return (
@@ -231,8 +299,7 @@ def sign_request(
         .add_extension(_key_usage(cert_sign=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(node_uri(tenant, node))]),
-            critical=False,
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=False
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
         .add_extension(
@@ -241,6 +308,22 @@ def sign_request(
         )
         .sign(ca.key, hashes.SHA256())
     )
+
+
+def _service_identity(identity: str) -> Identity:
+    try:
+        parsed = parse_identity(identity)
+    except ProtocolError as error:
+        raise AccessDeniedError(
+            f"{error}; a service certificate is for control@TENANT or ingest.N@TENANT"
+        ) from None
+    if parsed.role not in ("control", "ingest"):
+        raise AccessDeniedError(
+            f"{identity!r} is not a cloud service's identity (control@TENANT or "
+            "ingest.N@TENANT): a node's certificate is signed from the request its box made "
+            "(`continuum certs request`, then `continuum certs sign`)"
+        )
+    return parsed
 
 
 def make_crl(ca: ClientsCa, serials: list[str], *, days: int = CRL_VALIDITY_DAYS) -> bytes:

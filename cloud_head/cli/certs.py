@@ -1,4 +1,5 @@
-"""``continuum certs sign|crl|node``: the certificate actions that need the tenant registry.
+"""``continuum certs sign|service|crl|node``: the certificate actions that need the tenant
+registry.
 
 They join the core's ``continuum certs`` (``continuum.cli.certs``, which makes the clients
 CA and, on the box, a node's key and request) through the entry-point group
@@ -11,6 +12,14 @@ like every verb that changes a tenant's state, refuses a request for any identit
 registry does not know reaches nothing) and writes ``NODE.crt``. ``--renew`` issues a new
 certificate for an enrolled node in place of the old file, and its old serial joins the
 revoked ones; agents load it at their next reconnect (``continuum.wire.mqtt.ClientTls``).
+
+``service`` issues the cloud services' certificates: ``control@TENANT`` and every
+``ingest.N@TENANT``, a key and a certificate each, made on the head where the services run
+and written owner-only to the tenant's credentials folder
+(``cloud_head.tenants.service_credentials_dir``), from which ``CloudSettings.service_broker``
+connects with them.  It authorises the operator as ``sign`` does and records the serials in
+the registry; running it again replaces them and revokes the old ones, as do ``continuum
+tenant rotate`` and deleting the tenant (make the CRL again, then reload the broker).
 
 Revocation (``continuum node revoke``) removes the node's ACL block, which cuts it off at the
 broker's reload. ``crl`` writes the CRL of every revoked serial for mosquitto's ``crlfile``,
@@ -71,6 +80,18 @@ def register(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="the node is enrolled: issue it a new certificate in place of NODE.crt",
     )
     sign.set_defaults(run=run_sign)
+
+    service = actions.add_parser(
+        "service",
+        help="issue the tenant's cloud services (control, ingest.0-7) their certificates",
+    )
+    service.add_argument("--tenant", required=True, help="tenant name")
+    service.add_argument("--ca", required=True, type=Path, help="directory with ca.key and ca.crt")
+    _add_registry(service, required=True)
+    service.add_argument(
+        "--days", type=int, default=pki.SERVICE_VALIDITY_DAYS, help="validity in days"
+    )
+    service.set_defaults(run=run_service)
 
     crl = actions.add_parser("crl", help="write the CRL of revoked nodes (mosquitto crlfile)")
     crl.add_argument("--ca", required=True, type=Path, help="directory with ca.key and ca.crt")
@@ -137,6 +158,53 @@ def run_sign(args: argparse.Namespace) -> int:
         pki.write_certificate(cert, cert_path, replace=args.renew)
         _print_issued(cert, cert_path, renewed=args.renew)
         _reload(registry, args)
+    return 0
+
+
+@operator_command
+def run_service(args: argparse.Namespace) -> int:
+    """Issue the tenant's service identities a key and certificate each; revoke the old ones."""
+    from cloud_head._tenant_identities import service_certificate_files
+    from cloud_head.tenants import ingest_usernames, service_credentials_dir
+
+    tenant = check_name(args.tenant, "tenant")
+    ca = pki.load_ca(args.ca)
+    wanted = [identities.control_identity(tenant), *ingest_usernames(tenant)]
+    issued = {identity: pki.sign_service(ca, identity, days=args.days) for identity in wanted}
+    with _registry(args) as registry:
+        folder = service_credentials_dir(registry.root, tenant)
+        if not folder.is_dir():
+            raise ConfigError(
+                f"tenant {tenant!r} has no credentials folder {folder}; `continuum tenant "
+                f"rotate {tenant}` makes it"
+            )
+        replaced = registry.record_service_certificates(
+            tenant,
+            {
+                identity: (pki.serial_hex(cert), cert.not_valid_after_utc.timestamp())
+                for identity, (_, cert) in issued.items()
+            },
+        )
+        for identity, (key, cert) in issued.items():
+            cert_path, key_path = service_certificate_files(folder, identity)
+            try:
+                # Key first: a certificate never sits beside a key of another pair for long.
+                key_path.unlink(missing_ok=True)
+                pki.write_key(key, key_path)
+                pki.write_certificate(cert, cert_path, replace=True)
+            except OSError as error:
+                raise ConfigError(
+                    f"cannot write {identity}'s key or certificate in {folder}: "
+                    f"{error.strerror}; fix the folder and run `continuum certs service` again "
+                    "(the registry already revoked the old ones)"
+                ) from error
+            _print_issued(cert, cert_path, renewed=False)
+        if replaced:
+            print(
+                f"  {len(replaced)} old service certificates revoked: make the CRL again "
+                "(`continuum certs crl`) before reloading the broker"
+            )
+        _reload(registry, args, "once the CRL is made again")
     return 0
 
 
@@ -225,13 +293,14 @@ def _enroll(
     )
 
 
-def _reload(registry: TenantRegistry, args: argparse.Namespace) -> None:
+def _reload(
+    registry: TenantRegistry,
+    args: argparse.Namespace,
+    why: str = "for the node to reach its topics",
+) -> None:
     pid = registry.apply_to_broker(pid=args.broker_pid, pid_file=args.broker_pid_file)
     if pid is None:
-        print(
-            f"  ACL written to {registry.acl_file}; reload the broker (SIGHUP) for the node "
-            "to reach its topics"
-        )
+        print(f"  ACL written to {registry.acl_file}; reload the broker (SIGHUP) {why}")
     else:
         print(f"  broker (pid {pid}) reloaded {registry.acl_file}")
 

@@ -176,3 +176,67 @@ class TestServiceIdentities:
             settings.service_broker("control")
         assert str(missing) in str(caught.value)
         assert "continuum tenant rotate acme" in str(caught.value)
+
+
+class TestServiceCertificates:
+    """Where `continuum certs service` issued them, a service connects with its certificate."""
+
+    @pytest.fixture
+    def folder(self, tmp_path: Path) -> Path:
+        from cloud_head.tenants import TenantRegistry, service_credentials_dir
+        from continuum import pki
+
+        root = tmp_path / "tenants"
+        TenantRegistry(root).create("acme")
+        folder = service_credentials_dir(root, "acme")
+        pki.make_ca(tmp_path / "ca", deployment="test")
+        ca = pki.load_ca(tmp_path / "ca")
+        for stem, identity in (("control", "control@acme"), ("ingest.2", "ingest.2@acme")):
+            key, cert = pki.sign_service(ca, identity)
+            pki.write_key(key, folder / f"{stem}.key")
+            pki.write_certificate(cert, folder / f"{stem}.crt", replace=False)
+        return folder
+
+    def _settings(self, folder: Path, **broker: Any) -> CloudSettings:
+        return CloudSettings.load(
+            tenant="acme",
+            tenants_root=folder.parent.parent,
+            broker={"host": "broker.lan", "port": 8883, "tls_ca": "/etc/ca.crt", **broker},
+        )
+
+    def test_control_uses_its_certificate_not_a_password(self, folder: Path) -> None:
+        broker, client_id = self._settings(folder).service_broker("control")
+        assert client_id == broker.username == "control@acme"
+        assert (broker.tls_cert, broker.tls_key) == (folder / "control.crt", folder / "control.key")
+        assert broker.password is None
+        assert (broker.host, broker.port, broker.tls_ca) == (
+            "broker.lan",
+            8883,
+            Path("/etc/ca.crt"),
+        )
+
+    def test_an_ingest_replica_keeps_the_secret_that_names_its_share_group(
+        self, folder: Path
+    ) -> None:
+        broker, client_id = self._settings(folder).service_broker("ingest", 2)
+        assert client_id == "ingest.2@acme"
+        assert broker.tls_cert == folder / "ingest.2.crt"
+        assert broker.password == (folder / "ingest.password").read_text().strip()
+
+    def test_a_replica_without_a_certificate_keeps_its_password(self, folder: Path) -> None:
+        broker, _ = self._settings(folder).service_broker("ingest", 5)
+        assert broker.tls_cert is None and broker.tls_key is None
+        assert broker.password == (folder / "ingest.password").read_text().strip()
+
+    @pytest.mark.parametrize("gone", ["control.key", "control.crt"])
+    def test_half_a_pair_names_both_files_and_the_fix(self, folder: Path, gone: str) -> None:
+        (folder / gone).unlink()
+        with pytest.raises(ConfigError) as caught:
+            self._settings(folder).service_broker("control")
+        message = str(caught.value)
+        assert str(folder / "control.crt") in message and str(folder / "control.key") in message
+        assert "continuum certs service --tenant acme" in message
+
+    def test_a_certificate_on_a_broker_without_tls_says_to_set_its_ca(self, folder: Path) -> None:
+        with pytest.raises(ConfigError, match="BROKER__TLS_CA"):
+            self._settings(folder, tls_ca=None).service_broker("control")

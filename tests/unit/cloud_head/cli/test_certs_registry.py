@@ -231,3 +231,117 @@ class TestDevelopmentShortcut:
         assert main([*args, "--out", str(tmp_path), "--root", str(root), *_as(head)]) == 0
         cert = x509.load_pem_x509_certificate((tmp_path / "dev-2.crt").read_bytes())
         assert _enrolment(root, "dev-2") == [(pki.serial_hex(cert), False)]
+
+
+def _service(head: tuple[Path, dict[str, Path], Path], *extra: str, tenant: str = "acme") -> int:
+    root, _, ca = head
+    return main(
+        ["certs", "service", "--tenant", tenant, "--ca", str(ca), "--root", str(root), *extra]
+    )
+
+
+def _service_files(root: Path, tenant: str = "acme") -> dict[str, x509.Certificate]:
+    """Each service identity's certificate in the tenant's credentials folder, by file stem."""
+    from cloud_head.tenants import service_credentials_dir
+
+    folder = service_credentials_dir(root / "tenants", tenant)
+    return {
+        path.stem: x509.load_pem_x509_certificate(path.read_bytes())
+        for path in sorted(folder.glob("*.crt"))
+    }
+
+
+class TestServiceCertificates:
+    """`certs service` gives control@T and each ingest.N@T a key and certificate, on the head."""
+
+    @pytest.fixture
+    def fresh(self, tmp_path: Path) -> tuple[Path, dict[str, Path], Path]:
+        """A head of its own (rotation and deletion change it): acme, its password, a CA."""
+        root = tmp_path / "head"
+        with AuditLog(root / "audit") as log:
+            credentials = TenantRegistry(root / "tenants", audit=log).create("acme").credentials
+        assert credentials is not None
+        (tmp_path / "acme.password").write_text(credentials.password + "\n")
+        assert main(["certs", "ca", "--out", str(tmp_path / "ca"), "--deployment", "t"]) == 0
+        return root, {"acme": tmp_path / "acme.password"}, tmp_path / "ca"
+
+    def test_every_service_identity_gets_an_owner_only_pair_recorded_and_audited(
+        self, fresh: tuple[Path, dict[str, Path], Path]
+    ) -> None:
+        from cloud_head.tenants import service_credentials_dir
+
+        root = fresh[0]
+        assert _service(fresh, *_as(fresh)) == EXIT_OK
+        certs = _service_files(root)
+        stems = ["control", *(f"ingest.{n}" for n in range(8))]
+        assert sorted(certs) == sorted(stems)
+        folder = service_credentials_dir(root / "tenants", "acme")
+        ca = pki.load_ca(fresh[2])
+        for stem, cert in certs.items():
+            assert cert.subject.rfc4514_string() == f"CN={stem}@acme,O=acme"
+            assert cert.issuer == ca.cert.subject
+            key = serialization.load_pem_private_key(
+                (folder / f"{stem}.key").read_bytes(), password=None
+            )
+            assert key.public_key() == cert.public_key()
+            assert (folder / f"{stem}.key").stat().st_mode & 0o077 == 0
+        recorded = TenantRegistry(root / "tenants").service_certificates("acme")
+        assert {(c.identity, c.cert_serial) for c in recorded} == {
+            (f"{stem}@acme", pki.serial_hex(cert)) for stem, cert in certs.items()
+        }
+        with AuditLog(root / "audit") as log:
+            last = log.records("acme")[-1]
+        assert last.details["event"] == "service certificates issued"
+        assert last.actor.startswith("tenant:acme via ")
+
+    def test_issuing_again_replaces_them_and_revokes_the_old_serials(
+        self, fresh: tuple[Path, dict[str, Path], Path]
+    ) -> None:
+        root = fresh[0]
+        assert _service(fresh, *_as(fresh)) == EXIT_OK
+        old = {pki.serial_hex(c) for c in _service_files(root).values()}
+        assert _service(fresh, *_as(fresh)) == EXIT_OK
+        new = {pki.serial_hex(c) for c in _service_files(root).values()}
+        assert len(new) == 9 and not old & new
+        revoked = set(TenantRegistry(root / "tenants").revoked_serials())
+        assert old <= revoked and not new & revoked
+
+    def test_rotating_the_tenant_revokes_them_and_removes_the_files(
+        self, fresh: tuple[Path, dict[str, Path], Path]
+    ) -> None:
+        root = fresh[0]
+        assert _service(fresh, *_as(fresh)) == EXIT_OK
+        issued = {pki.serial_hex(c) for c in _service_files(root).values()}
+        registry = TenantRegistry(root / "tenants")
+        registry.rotate_credentials("acme")
+        assert issued <= set(registry.revoked_serials())
+        assert _service_files(root) == {}  # the services fall back to the new passwords
+
+    def test_deleting_the_tenant_revokes_them(
+        self, fresh: tuple[Path, dict[str, Path], Path]
+    ) -> None:
+        root = fresh[0]
+        assert _service(fresh, *_as(fresh)) == EXIT_OK
+        issued = {pki.serial_hex(c) for c in _service_files(root).values()}
+        registry = TenantRegistry(root / "tenants")
+        registry.delete("acme")
+        assert issued <= set(registry.revoked_serials())
+
+    def test_without_the_tenants_credential_nothing_is_issued(
+        self,
+        head: tuple[Path, dict[str, Path], Path],
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        assert _service(head, *_as(head, "globex")) == EXIT_REFUSED
+        assert "acme" in capsys.readouterr().err
+        assert _service_files(head[0]) == {}
+        assert TenantRegistry(head[0] / "tenants").service_certificates("acme") == []
+
+    @pytest.mark.parametrize("identity", ["edge.cam-1@acme", "acme", "ingest.8@acme"])
+    def test_the_signer_makes_no_key_for_a_node_or_the_operator(
+        self, head: tuple[Path, dict[str, Path], Path], identity: str
+    ) -> None:
+        from continuum.errors import AccessDeniedError
+
+        with pytest.raises(AccessDeniedError, match=r"control@TENANT or ingest\.N@TENANT"):
+            pki.sign_service(pki.load_ca(head[2]), identity)
