@@ -4,8 +4,9 @@ itself, a certificate is signed only for its own identity, revocation and renewa
 A mosquitto starts from ``deploy/mosquitto/mosquitto.conf`` (its port and file paths
 rewritten, ``crlfile`` turned on) with the tenant registry's generated ACL. Node
 certificates are made as in production: the key and request by ``continuum certs request``,
-the signature and enrolment by ``continuum certs sign`` with the tenant's credential. The
-clients connect with ``continuum.wire.mqtt`` (the agent's own TLS setup).
+the signature and enrolment by ``continuum certs sign`` with the tenant's credential; the
+cloud services' by ``continuum certs service``, from which ``CloudSettings.service_broker``
+connects them. The clients connect with ``continuum.wire.mqtt`` (the agent's own TLS setup).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,14 +29,20 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from paho.mqtt.reasoncodes import ReasonCode
 
-from cloud_head.tenants import TenantRegistry
+from cloud_head.ingest import IngestService, IngestWorker
+from cloud_head.labelling import LabelStore
+from cloud_head.settings import CloudSettings
+from cloud_head.store import SampleStore
+from cloud_head.tenants import TenantRegistry, service_credentials_dir
 from continuum import pki
 from continuum.cli import EXIT_OK, EXIT_REFUSED, main
 from continuum.embedded._process import free_port
 from continuum.embedded.broker import find_mosquitto
 from continuum.errors import NotReadyError
-from continuum.wire import identities, mqtt, topics
+from continuum.wire import codec, identities, mqtt, topics
+from continuum.wire.messages import StoredReceipt
 from edge_agent.link import MqttLink
+from tests.integration.cloud_head.test_ingest_mqtt import make_batch, make_spec
 from tests.integration.deploy.test_mosquitto_configs import DEPLOY, render_dev_config
 from tests.tools import require_tool
 
@@ -208,6 +215,30 @@ class Head:
             ]
         )
 
+    def issue_service_certificates(self) -> None:
+        """``continuum certs service`` as acme's operator: control and ingest.0-7."""
+        code = main(
+            [
+                *("certs", "service", "--tenant", TENANT, "--ca", str(self.pki.clients_ca)),
+                *("--root", str(self.root), "--password-file", str(self.password_file)),
+            ]
+        )
+        assert code == EXIT_OK
+
+    def cloud_settings(self) -> CloudSettings:
+        """acme's cloud head on this broker: the registry says who each service is."""
+        return CloudSettings.load(
+            tenant=TENANT,
+            tenants_root=self.registry.root,
+            broker={
+                "host": "127.0.0.1",
+                "port": self.broker.port,
+                "tls_ca": self.pki.server_ca,
+                "connect_timeout_s": 3.0,
+                "session_expiry_s": 600,
+            },
+        )
+
     def node(self, node: str) -> tuple[Path, Path]:
         return self.pki.nodes / f"{node}.crt", self.pki.nodes / f"{node}.key"
 
@@ -234,7 +265,6 @@ def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Head]:
         if tenant == TENANT:
             password_file.write_text(credentials.password + "\n")
     assert main(["certs", "ca", "--out", str(work / "ca"), "--deployment", "test"]) == EXIT_OK
-    clients = pki.load_ca(work / "ca")
     server_ca = _self_signed("test server CA")
     keys = Pki(
         clients_ca=work / "ca",
@@ -243,11 +273,8 @@ def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Head]:
         nodes=work / "nodes",
     )
     keys.server_ca.write_bytes(server_ca[1].public_bytes(serialization.Encoding.PEM))
-    control = _write(
-        _leaf((clients.key, clients.cert), identities.control_identity(TENANT), server=False),
-        work / "services",
-        "control",
-    )
+    credentials = service_credentials_dir(registry.root, TENANT)
+    control = (credentials / "control.crt", credentials / "control.key")
     crl = work / "clients.crl"
     data = work / "data"
     data.mkdir()
@@ -267,6 +294,7 @@ def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Head]:
     conf.write_text(text + f"crlfile {crl}\n")
     broker = Broker(conf, port, work / "mosquitto.log")
     built = Head(work, registry, password_file, keys, broker, control, crl)
+    built.issue_service_certificates()
     for node in ("node-a", "node-b"):
         assert built.sign(node) == EXIT_OK
     built.write_crl()
@@ -562,3 +590,67 @@ class TestRenewal:
                 time.sleep(0.02)
         finally:
             link.stop()
+
+
+class TestCloudServicesConnectWithTheirCertificates:
+    """The cloud side on the production config: certificates from ``certs service``."""
+
+    def test_an_ingest_replica_stores_node_as_sample_and_sends_its_receipt(
+        self, head: Head, tmp_path: Path
+    ) -> None:
+        broker, identity = head.cloud_settings().service_broker("ingest", 0)
+        assert identity == identities.ingest_identity(TENANT, 0)
+        assert broker.tls_cert is not None and broker.tls_cert.name == "ingest.0.crt"
+        store, labels = SampleStore(tmp_path / "store"), LabelStore(tmp_path / "labels.db")
+        service = IngestService(TENANT, [make_spec(TENANT)], store, labels, tmp_path / "seen.db")
+        worker = IngestWorker(service, broker, client_id=identity)
+        node = Client(head.settings(head.node("node-a")), "node-a")
+        try:
+            node.subscribe(topics.node_stored(TENANT, "node-a"))
+            worker.start()
+            _wait(lambda: worker.connected)
+            batch = codec.encode_samples(make_batch(range(0, 5), node="node-a"))
+            assert accepted(node.publish(topics.samples(TENANT, "digits", "node-a"), batch))
+            _wait(lambda: store.count(TENANT, "digits") == 5)
+            _wait(lambda: any(t.endswith("/stored") for t, _ in node.received))
+            receipts = [
+                StoredReceipt.from_payload(p) for t, p in node.received if t.endswith("/stored")
+            ]
+            assert [(0, 4)] in [[tuple(r) for r in receipt.seqs] for receipt in receipts]
+        finally:
+            node.close()
+            worker.stop()
+            service.close()
+            labels.close()
+
+    def test_after_rotation_the_old_control_certificate_gets_no_session(
+        self, head: Head, tmp_path: Path
+    ) -> None:
+        # Kept aside: rotation revokes the service certificates and removes their files.
+        old = (tmp_path / "control.crt", tmp_path / "control.key")
+        for kept, path in zip(old, head.control, strict=True):
+            kept.write_bytes(path.read_bytes())
+            kept.chmod(0o600)
+        Client(head.settings(old), "control-old").close()  # it worked before
+        credentials = head.registry.rotate_credentials(TENANT)
+        head.password_file.write_text(credentials.password + "\n")
+        assert not head.control[0].exists()
+        head.write_crl()
+        head.broker.reload()
+        settings = head.settings(old)
+        client = mqtt.make_client("control-old-again", settings)
+        with pytest.raises((NotReadyError, OSError)):
+            mqtt.connect(client, settings)
+        client.loop_stop()
+        # The operator issues new ones, which connect.
+        head.issue_service_certificates()
+        broker, identity = head.cloud_settings().service_broker("control")
+        assert broker.tls_cert == head.control[0]
+        Client(broker, "control-new", client_id=identity).close()
+
+
+def _wait(condition: Callable[[], bool], timeout_s: float = 3 * WAIT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met"
+        time.sleep(0.05)
