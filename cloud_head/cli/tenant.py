@@ -179,6 +179,11 @@ def _print_credentials(registry: TenantRegistry, credentials: TenantCredentials)
         f"  edge nodes: enrol each with `continuum node enroll {credentials.username} NODE` "
         "(its own identity and password)"
     )
+    print(
+        "  on a broker that takes only certificates: `continuum certs service --tenant "
+        f"{credentials.username}` issues the services theirs (a rotate revoked the old ones: "
+        "issue new ones, then `continuum certs crl`)"
+    )
 
 
 @operator_command
