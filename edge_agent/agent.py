@@ -22,6 +22,7 @@ from continuum.spec import PipelineSpec, load_pipeline
 from continuum.wire import topics
 from continuum.wire.messages import SCHEMA_VERSION, NodeStatus, StoredReceipt, Telemetry
 from edge_agent import capabilities
+from edge_agent._instance import StateLock
 from edge_agent.config import AgentSettings
 from edge_agent.link import MqttLink
 from edge_agent.metrics import AgentMetrics
@@ -174,6 +175,7 @@ class EdgeAgent:
             settings.state_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"state_dir: cannot create {settings.state_dir}: {exc}") from exc
+        self._lock = StateLock(settings.state_dir)
         plans, salt = residency_plans(settings, self._specs)
         self._caps = capabilities.probe()
         self.metrics = AgentMetrics()
@@ -281,6 +283,7 @@ class EdgeAgent:
         """Bring the agent up: metrics, saved models, runtimes, uplink, model manager, link."""
         if self._started:
             return
+        self._lock.acquire()  # before anything runs: one agent per state directory
         self._started = True
         if self.settings.metrics_port:
             try:
@@ -358,6 +361,7 @@ class EdgeAgent:
             runtime.close()
         self.outbox.close()
         self.metrics.close()
+        self._lock.release()
         log.info(
             "edge agent %s/%s stopped (%s)",
             self.tenant,

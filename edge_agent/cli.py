@@ -25,6 +25,7 @@ from continuum.errors import ConfigError, ContinuumError, NotReadyError, SpecErr
 from continuum.spec import resolve_ref
 from continuum.wire import mqtt
 from edge_agent import capabilities
+from edge_agent._instance import lock_holder
 from edge_agent.config import AgentSettings
 
 __all__ = ["main"]
@@ -207,10 +208,14 @@ def _check(settings: AgentSettings, timeout_s: float, out: TextIO, prefix: str =
 def _probe_broker(settings: AgentSettings, timeout_s: float) -> tuple[bool, str, str]:
     broker = settings.broker
     where = f"{broker.host}:{broker.port}"
-    # No session of its own. Anonymously it has its own client id too; a broker that binds
-    # client ids to identities gives it the node's, so on a box whose agent runs the probe
-    # takes the agent's connection over for a moment: the agent reconnects, subscribes
-    # again and resends what the broker had not confirmed (ingest de-duplicates).
+    running = lock_holder(settings.state_dir)
+    if running is not None:
+        # The broker binds the client id to the identity: a probe logging in as this node
+        # would take the running agent's session over. Ask the agent instead.
+        return _running_agent_link(settings, where, running)
+    # No session of its own: it connects with a clean start and no expiry, and the broker
+    # gives it the node's client id (the identity), so it would end the node's session;
+    # it only runs while no agent runs with this state directory.
     probe_settings = mqtt.BrokerSettings(
         **{
             **broker.model_dump(include=set(mqtt.BrokerSettings.model_fields)),
@@ -228,3 +233,30 @@ def _probe_broker(settings: AgentSettings, timeout_s: float) -> tuple[bool, str,
     client.disconnect()
     client.loop_stop()
     return True, "broker", f"{where} reachable, MQTT 5 session accepted"
+
+
+def _running_agent_link(settings: AgentSettings, where: str, pid: int) -> tuple[bool, str, str]:
+    """Report the broker link of the agent running with this config, from its ``/metrics``."""
+    who = f"the agent (pid {pid})" if pid else "an agent"
+    note = (
+        f"not probed: {who} runs with this state_dir and holds the node's one connection "
+        "(a probe would take its session)"
+    )
+    if not settings.metrics_port:
+        return True, "broker", f"{where}: {note}; set metrics_port to see its link state here"
+    import urllib.request
+
+    wildcard = settings.metrics_host in ("", "0.0.0.0", "::")
+    host = "127.0.0.1" if wildcard else settings.metrics_host
+    url = f"http://{host}:{settings.metrics_port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            text = reply.read().decode(errors="replace")
+    except OSError as exc:
+        return False, "broker", f"{where}: {note}; its metrics at {url} did not answer: {exc}"
+    for line in text.splitlines():
+        if line.startswith("continuum_edge_broker_connected"):
+            connected = line.rsplit(" ", 1)[-1].strip() in ("1", "1.0")
+            state = "connected" if connected else "NOT connected"
+            return connected, "broker", f"{where}: {note}; it reports {state}"
+    return False, "broker", f"{where}: {note}; its metrics at {url} lack the link gauge"

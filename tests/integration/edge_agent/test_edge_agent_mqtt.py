@@ -19,6 +19,7 @@ import pytest
 
 from cloud_head.desired_state import DesiredStateBook, signed_desired_state
 from continuum.embedded import EmbeddedBroker
+from continuum.errors import ConfigError
 from continuum.signing import generate_keypair
 from continuum.wire import topics
 from continuum.wire.codec import decode_feedback, decode_samples
@@ -33,6 +34,7 @@ from continuum.wire.messages import (
 )
 from edge_agent.agent import EdgeAgent
 from edge_agent.cli import main
+from edge_agent.config import AgentSettings
 from edge_agent.link import MAX_PACKET_BYTES
 from tests.edge_agent_kit import (
     AgentRig,
@@ -593,6 +595,31 @@ class TestCommandLine:
         assert main(["check", "--config", str(config), "--timeout", "2"]) == 1
         assert "[FAIL] broker:" in capsys.readouterr().out
 
+    def test_one_agent_per_state_dir_and_check_leaves_a_running_agent_alone(
+        self, rig: Rig, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        # The broker binds the client id to the node's identity: a second agent, or a check
+        # logging in as the node, would take the running agent's session over.
+        from continuum.embedded._process import free_port
+
+        port = free_port()
+        agent = rig.agent(pattern=[0.0], metrics_port=port, metrics_host="127.0.0.1")
+        metrics = f"http://127.0.0.1:{port}/metrics"
+        wait_for(lambda: "continuum_edge_broker_connected 1.0" in _get(metrics), timeout_s=15)
+        config = rig.folder / "agent.yaml"
+        twin = EdgeAgent(AgentSettings.load(config))
+        with pytest.raises(ConfigError, match=rf"another edge agent \(pid {os.getpid()}\)"):
+            twin.start()
+        twin.stop()
+        assert main(["check", "--config", str(config)]) == 0
+        out = capsys.readouterr().out
+        assert "[ok] broker:" in out and "not probed" in out and "it reports connected" in out
+        assert agent.link.connects == 1
+        agent.stop()
+        assert main(["check", "--config", str(config)]) == 0  # nobody runs: probed again
+        out = capsys.readouterr().out
+        assert "MQTT 5 session accepted" in out and "not probed" not in out
+
     def test_sigterm_drains_flushes_and_exits_zero(self, rig: Rig) -> None:
         config = rig.config(pattern=[0.0], shutdown_timeout_s=5.0)
         env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -674,3 +701,8 @@ class TestMetricsEndpoint:
         assert "continuum_edge_inference_latency_seconds_bucket" in text
         assert "continuum_edge_outbox_depth" in text
         assert_promtool_accepts_metrics(text)  # Prometheus' own linter, as a scraper judges
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        return str(reply.read().decode())
