@@ -1,11 +1,13 @@
-"""The cloud head's services as Ray actors: ingest, fleet, a controller and a teacher per pipeline.
+"""The cloud head's services as Ray actors: the signer, ingest, fleet, a controller and a
+teacher per pipeline.
 
-Each actor wraps protocol logic that lives in its own module (ingest, fleet, controller,
-teacher) and adds what running on Ray means: a lifetime independent of the driver, a
-thread that ticks it, and metrics exported with ``ray.util.metrics``. Every actor takes the
-head's ``CloudSettings`` (they cross Ray pickled, with the values the driver read) and the
-few things that are not settings: the pipeline specs, the residency policy as text, the
-tenant's signing key.
+Each actor wraps protocol logic that lives in its own module (signer, ingest, fleet,
+controller, teacher) and adds what running on Ray means: a lifetime independent of the
+driver, a thread that ticks it, and metrics exported with ``ray.util.metrics``. Every actor
+takes the head's ``CloudSettings`` (they cross Ray pickled, with the values the driver read)
+and the few things that are not settings: the pipeline specs, the residency policy as text.
+Only the signer gets the tenant's signing key; the controllers get a handle to it
+(``RemoteSigner``), ingest and the fleet nothing.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from cloud_head.metrics import (
     MetricsExporter,
 )
 from continuum._retry import FailureLog
-from continuum.errors import ContinuumError, NotReadyError, OperationTimeoutError
+from continuum.errors import ContinuumError, NotFoundError, NotReadyError, OperationTimeoutError
 from continuum.residency import ResidencyPolicy
 from continuum.spec import PipelineSpec
 
@@ -36,16 +38,84 @@ if TYPE_CHECKING:
     from cloud_head.artifacts import RetainedPublish
     from cloud_head.settings import CloudSettings
     from cloud_head.tenants import Quotas
+    from continuum.wire.messages import DesiredState
 
 __all__ = [
     "ControllerActor",
     "FleetActor",
     "IngestActor",
+    "SignerActor",
     "TeacherActor",
     "relayed_publisher",
 ]
 
 log = logging.getLogger("cloud_head.services")
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class SignerActor:
+    """The tenant's signer (``cloud_head.signer.TenantSigner``): the one service holding its
+    release key.  It signs artifacts and desired states for the controllers, and seals the
+    tenant's audit log every ``settings.seal_interval_s`` and once more on ``stop``.
+    """
+
+    def __init__(self, settings: CloudSettings, *, signing_key: bytes) -> None:
+        from cloud_head.signer import TenantSigner
+
+        logging.basicConfig(level=logging.INFO)
+        tenant = settings.require_tenant()
+        self._signer = TenantSigner(tenant, signing_key)
+        self._log = AuditLog(settings.paths().audit)
+        self._interval_s = settings.seal_interval_s
+        self._sealed_seq: int | None = None
+        self._last_error: str | None = None
+        self._failures = FailureLog(f"sealing the audit log of tenant {tenant!r}", log)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="signer-seal", daemon=True)
+        self._thread.start()
+
+    def sign_artifact(self, model: str, version: str, sha256: str) -> str:
+        """Return the release key's signature of one model artifact (``TenantSigner``)."""
+        return self._signer.sign_artifact(model, version, sha256)
+
+    def sign_desired_state(self, state: DesiredState) -> str:
+        """Return the release key's signature of one of the tenant's desired states."""
+        return self._signer.sign_desired_state(state)
+
+    def key_fingerprint(self) -> str:
+        """Return the release key's fingerprint."""
+        return self._signer.key_fingerprint()
+
+    def seal(self) -> int | None:
+        """Seal the audit log now; return the last record sealed (None: nothing yet)."""
+        from cloud_head.audit import AuditTamperedError, AuditWriteError
+
+        try:
+            seal = self._signer.seal(self._log)
+        except (AuditTamperedError, AuditWriteError, NotFoundError) as error:
+            self._last_error = str(error)
+            self._failures.failed(self._last_error)
+            return self._sealed_seq
+        self._failures.recovered()
+        self._last_error = None
+        if seal is not None:
+            self._sealed_seq = seal.seq
+        return self._sealed_seq
+
+    def stats(self) -> dict[str, Any]:
+        """Return the last record sealed and why the last seal failed, if it did."""
+        return {"sealed_seq": self._sealed_seq, "last_error": self._last_error}
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop the timer and seal once more: the other services have stopped appending."""
+        self._stop.set()
+        self._thread.join(timeout_s)
+        self.seal()
+        self._log.close()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            self.seal()
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -55,8 +125,8 @@ class IngestActor:
     ``policy_yaml`` (the residency policy; it crosses Ray as text) makes the replica enforce
     it on every batch, with ``settings.store_labels`` saying where the store is and the fleet
     registry saying where each node is; the tenant's audit log receives its refusals and a
-    periodic summary of what it stored, under the head signed with ``signing_key`` like the
-    controller's records; ``settings.tenants_root`` (the tenant registry) makes it enforce
+    periodic summary of what it stored, unsigned (it parses untrusted payloads, so it holds
+    no key: the signer seals them); ``settings.tenants_root`` (the tenant registry) makes it enforce
     the tenant's ``samples_per_day`` quota.
     """
 
@@ -67,7 +137,6 @@ class IngestActor:
         replica: int,
         *,
         policy_yaml: str | None = None,
-        signing_key: bytes | None = None,
     ) -> None:
         from cloud_head.fleet import FleetRegistry
         from cloud_head.ingest import IngestService, IngestWorker
@@ -92,7 +161,6 @@ class IngestActor:
             store_labels=settings.store_labels,
             fleet=FleetRegistry(tenant, paths.fleet_db(tenant)) if residency is not None else None,
             audit_dir=paths.audit,
-            audit_signing_key=signing_key,
             quotas=None if quota_root is None else read_quotas(quota_root, tenant),
         )
         # Its own identity (ingest.REPLICA@TENANT): reads samples and feedback, writes receipts.
@@ -134,11 +202,11 @@ class FleetActor:
     """The fleet registry: every node's status, reported models and telemetry.
 
     ``remove`` is the one way a node leaves the fleet (``continuum fleet remove``): recorded
-    in the tenant's audit log, under the head signed with ``signing_key`` like the
-    controller's records, before anything is deleted.
+    in the tenant's audit log (unsigned: the fleet parses untrusted payloads and holds no
+    key; the signer seals it) before anything is deleted.
     """
 
-    def __init__(self, settings: CloudSettings, *, signing_key: bytes | None = None) -> None:
+    def __init__(self, settings: CloudSettings) -> None:
         from cloud_head.fleet import FleetRegistry, FleetWorker
 
         logging.basicConfig(level=logging.INFO)
@@ -152,10 +220,7 @@ class FleetActor:
         broker, identity = settings.service_broker("control")
         self._worker = FleetWorker(self._registry, broker, client_id=identity)
         self._worker.start()
-        keys = {tenant: signing_key} if signing_key is not None else {}
-        self._audit = AuditTrail(
-            AuditLog(paths.audit, signing_keys=keys), tenant, service_actor("fleet")
-        )
+        self._audit = AuditTrail(AuditLog(paths.audit), tenant, service_actor("fleet"))
         metrics = FleetMetrics(tenant)
         connection = BrokerConnectionMetrics(tenant, "fleet")
 
@@ -271,13 +336,14 @@ class ControllerActor:
         settings: CloudSettings,
         spec: dict[str, Any],
         *,
-        signing_key: bytes,
+        signer: Any,
         fleet: Any,
         training_selector: dict[str, str] | None = None,
     ) -> None:
         from cloud_head.controller import ControllerStores, PipelineController
         from cloud_head.fleet import FleetRegistry
         from cloud_head.labelling import LabelStore
+        from cloud_head.signer import RemoteSigner
         from cloud_head.store import SampleStore
 
         logging.basicConfig(level=logging.INFO)
@@ -286,7 +352,7 @@ class ControllerActor:
         workdir = paths.controller(pipeline.tenant, pipeline.name)
         workdir.mkdir(parents=True, exist_ok=True)
         name = f"controller-{pipeline.name}"
-        self._audit = AuditLog(paths.audit, signing_keys={pipeline.tenant: signing_key})
+        self._audit = AuditLog(paths.audit)  # unsigned: the signer seals what it appends
         stores = ControllerStores(
             registry=paths.open_registry(),
             store=SampleStore(paths.store),
@@ -298,7 +364,7 @@ class ControllerActor:
             pipeline,
             stores,
             publish=relayed_publisher(fleet),
-            private_key_pem=signing_key,
+            signer=RemoteSigner(signer),
             workdir=workdir,
             code_version=settings.code_version,
             settings=settings.controller,

@@ -5,7 +5,9 @@ checks every stage against the nodes it knows (the fleet's and the Ray cluster's
 store's labels, records the decisions (or the refusal, first) in the tenant's audit log and
 starts nothing that was refused; the training job's selector is the one the policy derives.
 The services are named, detached Ray actors in the tenant's namespace on the cloud tier
-(``cloud_head._service_actors``), configured by the head's ``CloudSettings``.
+(``cloud_head._service_actors``), configured by the head's ``CloudSettings``.  The signer
+starts first and stops last: it alone gets the tenant's signing key, signs for the
+controllers and seals the audit log that every other service appends to unsigned.
 """
 
 from __future__ import annotations
@@ -26,7 +28,13 @@ from cloud_head._deploy_check import (
     registered_models,
     spec_digest,
 )
-from cloud_head._service_actors import ControllerActor, FleetActor, IngestActor, TeacherActor
+from cloud_head._service_actors import (
+    ControllerActor,
+    FleetActor,
+    IngestActor,
+    SignerActor,
+    TeacherActor,
+)
 from cloud_head.audit import AuditLog, AuditTrail, default_actor
 from cloud_head.paths import HeadPaths
 from cloud_head.settings import CloudSettings
@@ -43,6 +51,7 @@ __all__ = [
     "FleetActor",
     "HeadPaths",
     "IngestActor",
+    "SignerActor",
     "TeacherActor",
     "check_deploy",
     "known_nodes",
@@ -62,6 +71,8 @@ class CloudHead:
     fleet: Any
     controllers: dict[str, Any]
     teachers: dict[str, Any] = field(default_factory=dict)
+    #: The tenant's signer (``SignerActor``): the one holder of its signing key.
+    signer: Any = None
 
     @classmethod
     def start(
@@ -79,6 +90,8 @@ class CloudHead:
             settings: the head's settings: tenant, state root, broker, residency policy file,
                 store labels, quotas, replicas and each service's pacing.
             signing_key_pem: the tenant's private key; None: ``settings.signing_key_file``.
+                Only the signer service gets it (and this driver, which seals its deploy
+                records with it).
             policy: a parsed residency policy, instead of ``settings.policy_file``. Every
                 pipeline is checked against it and the known nodes, and its training job gets
                 the selector the policy derives. Neither: no residency check (recorded).
@@ -181,17 +194,20 @@ class CloudHead:
         }
         dumped = [s.model_dump(mode="json") for s in specs]
         text = None if residency is None else policy_yaml(residency)
+        # First: the controllers ask it for the key's fingerprint as they start.
+        signer = SignerActor.options(name="signer", **common).remote(  # type: ignore[attr-defined]
+            settings, signing_key=key
+        )
+        _wait_for(tenant, "signer", signer, settings.ready_timeout_s)
         ingest = [
             IngestActor.options(name=f"ingest-{i}", **common).remote(  # type: ignore[attr-defined]
-                settings, dumped, i, policy_yaml=text, signing_key=key
+                settings, dumped, i, policy_yaml=text
             )
             for i in range(settings.ingest_replicas)
         ]
         # The fleet holds the tenant's control identity; the controllers publish through it.
-        fleet = FleetActor.options(name="fleet", **common).remote(  # type: ignore[attr-defined]
-            settings, signing_key=key
-        )
-        _wait_for_fleet(tenant, fleet, settings.ready_timeout_s)
+        fleet = FleetActor.options(name="fleet", **common).remote(settings)  # type: ignore[attr-defined]
+        _wait_for(tenant, "fleet", fleet, settings.ready_timeout_s)
         controllers = {
             # Threaded (max_concurrency): status() answers while bootstrap() trains.
             s.name: ControllerActor.options(  # type: ignore[attr-defined]
@@ -199,7 +215,7 @@ class CloudHead:
             ).remote(
                 settings,
                 s.model_dump(mode="json"),
-                signing_key=key,
+                signer=signer,
                 fleet=fleet,
                 training_selector=selectors[s.name],
             )
@@ -215,11 +231,12 @@ class CloudHead:
             for s in specs
             if s.label.source == "teacher"
         }
-        return cls(tenant, ingest, fleet, controllers, teachers)
+        return cls(tenant, ingest, fleet, controllers, teachers, signer)
 
     def wait_ready(self, timeout_s: float) -> None:
         """Wait until every service answers; an unschedulable one is reported, not waited on."""
         refs = [a.stats.remote() for a in self.ingest] + [self.fleet.stats.remote()]
+        refs += [] if self.signer is None else [self.signer.stats.remote()]
         refs += [c.status.remote() for c in self.controllers.values()]
         refs += [t.status.remote() for t in self.teachers.values()]
         deadline = time.monotonic() + timeout_s
@@ -243,27 +260,31 @@ class CloudHead:
         calls += [t.stop.remote() for t in self.teachers.values()]
         calls += [a.stop.remote() for a in self.ingest] + [self.fleet.stop.remote()]
         ray.wait(calls, num_returns=len(calls), timeout=timeout_s + 10)
+        if self.signer is not None:  # last: its final seal covers what the others appended
+            ray.wait([self.signer.stop.remote()], timeout=timeout_s)
         for actor in [
             *self.controllers.values(),
             *self.teachers.values(),
             *self.ingest,
             self.fleet,
+            *([] if self.signer is None else [self.signer]),
         ]:
             ray.kill(actor, no_restart=True)
 
 
-def _wait_for_fleet(tenant: str, fleet: Any, timeout_s: float) -> None:
-    """Wait until the fleet answers: the controllers publish through its connection."""
+def _wait_for(tenant: str, name: str, service: Any, timeout_s: float) -> None:
+    """Wait until the ``name`` service answers: the controllers need the signer and the fleet
+    (whose connection they publish through) as they start."""
     try:
-        ray.get(fleet.stats.remote(), timeout=timeout_s)
+        ray.get(service.stats.remote(), timeout=timeout_s)
     except ray.exceptions.GetTimeoutError as error:
         raise OperationTimeoutError(
-            f"the fleet service of tenant {tenant!r} did not start within {timeout_s:g} s; "
+            f"the {name} service of tenant {tenant!r} did not start within {timeout_s:g} s; "
             f"check that a node labelled {TIER}=cloud has room (`ray status`)"
         ) from error
     except ray.exceptions.RayError as error:
         raise NotReadyError(
-            f"the fleet service of tenant {tenant!r} failed to start: {error}"
+            f"the {name} service of tenant {tenant!r} failed to start: {error}"
         ) from error
 
 

@@ -15,18 +15,24 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cloud_head._audit_chain import Seal, check_chain, head_message
 from continuum import signing
-from continuum.errors import ArtifactError, ConfigError
+from continuum.errors import (
+    ArtifactError,
+    ConfigError,
+    ContinuumError,
+    NotReadyError,
+    OperationTimeoutError,
+)
 from continuum.wire.topics import check_name
 
 if TYPE_CHECKING:
     from cloud_head.audit import AuditLog
     from continuum.wire.messages import DesiredState
 
-__all__ = ["ReleaseSigner", "TenantSigner", "release_signer"]
+__all__ = ["ReleaseSigner", "RemoteSigner", "TenantSigner", "release_signer"]
 
 
 class ReleaseSigner(Protocol):
@@ -151,6 +157,50 @@ class TenantSigner:
             audit.write_seal(self.tenant, seal)
             self._sealed = (seq, digest)
             return seal
+
+
+class RemoteSigner:
+    """A ``ReleaseSigner`` that asks the tenant's signer actor
+    (``cloud_head._service_actors.SignerActor``): how a controller signs without the key."""
+
+    def __init__(self, actor: Any, *, timeout_s: float = 30.0) -> None:
+        self._actor = actor
+        self._timeout_s = timeout_s
+        self._fingerprint: str | None = None
+
+    def sign_artifact(self, model: str, version: str, sha256: str) -> str:
+        """Return the signer's signature of one model artifact."""
+        return str(self._call("sign_artifact", model, version, sha256))
+
+    def sign_desired_state(self, state: DesiredState) -> str:
+        """Return the signer's signature of one desired state."""
+        return str(self._call("sign_desired_state", state))
+
+    def key_fingerprint(self) -> str:
+        """Return the release key's fingerprint (asked once)."""
+        if self._fingerprint is None:
+            self._fingerprint = str(self._call("key_fingerprint"))
+        return self._fingerprint
+
+    def _call(self, method: str, *args: Any) -> Any:
+        import ray
+
+        try:
+            return ray.get(getattr(self._actor, method).remote(*args), timeout=self._timeout_s)
+        except ray.exceptions.GetTimeoutError as error:
+            raise OperationTimeoutError(
+                f"the signer did not answer {method} within {self._timeout_s:g} s; check the "
+                "signer service in the Ray dashboard; the controller tries again at its next tick"
+            ) from error
+        except ray.exceptions.RayActorError as error:
+            raise NotReadyError(
+                f"the signer, which signs for the controller, is not running: {error}; Ray "
+                "restarts it, the controller tries again at its next tick"
+            ) from error
+        except ray.exceptions.RayTaskError as error:
+            if isinstance(error.cause, ContinuumError):
+                raise error.cause from error
+            raise NotReadyError(f"the signer could not {method}: {error}") from error
 
 
 def release_signer(

@@ -126,21 +126,13 @@ class AuditSummary:
         tenant: str,
         audit_dir: str | Path | None,
         *,
-        signing_key: bytes | None,
         interval_s: float,
         counts: IngestCounts,
     ) -> None:
-        """Append to the log under ``audit_dir`` (None: write nothing), signing its head
-        with ``signing_key`` (the tenant's Ed25519 private key PEM), if given."""
+        """Append to the log under ``audit_dir`` (None: write nothing), unsigned: ingest parses
+        untrusted payloads, so it holds no key; the tenant's signer seals what it appends."""
         self._tenant = tenant
-        self._log = (
-            AuditLog(
-                audit_dir,
-                signing_keys=None if signing_key is None else {tenant: signing_key},
-            )
-            if audit_dir is not None
-            else None
-        )
+        self._log = AuditLog(audit_dir) if audit_dir is not None else None
         self.interval_s = interval_s
         self._written_at = time.monotonic()
         # (node, reason) -> its refusal records not yet appended, the last one still open

@@ -61,7 +61,6 @@ class IngestService:
         fleet: FleetRegistry | None = None,
         audit_dir: str | Path | None = None,
         quotas: Quotas | None = None,
-        audit_signing_key: bytes | None = None,
         audit_interval_s: float = 10.0,
         node_grace_s: float = NODE_GRACE_S,
         clock_ns: Callable[[], int] = time.time_ns,
@@ -72,9 +71,8 @@ class IngestService:
             policy: the residency policy to enforce; None enforces none.
             store_labels: the labels of the store this service writes (needed with a policy).
             fleet: the fleet registry that knows each node's labels (needed with a policy).
-            audit_dir: root of the tenant audit logs; None writes no audit records.
-            audit_signing_key: the tenant's Ed25519 private key PEM: the log's head is
-                signed after each append, as the controller signs it.
+            audit_dir: root of the tenant audit logs; None writes no audit records.  Ingest
+                appends unsigned and holds no key: the tenant's signer seals its records.
             audit_interval_s: how often the summary of stored samples and refusals is
                 appended (0: after every flush).
             quotas: the tenant's quotas; ``samples_per_day`` is enforced when given.
@@ -108,7 +106,6 @@ class IngestService:
         self._audit = AuditSummary(
             tenant,
             audit_dir,
-            signing_key=audit_signing_key,
             interval_s=audit_interval_s,
             counts=self._counts,
         )

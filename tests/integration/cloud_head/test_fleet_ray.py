@@ -26,6 +26,7 @@ from cloud_head.audit import AuditAction, AuditLog, default_actor
 from cloud_head.paths import HeadPaths
 from cloud_head.services import CLOUD_SELECTOR, FleetActor
 from cloud_head.settings import CloudSettings
+from cloud_head.signer import TenantSigner
 from continuum.embedded import EmbeddedBroker, LocalRayCluster
 from continuum.signing import generate_keypair
 from continuum.wire import topics
@@ -63,7 +64,6 @@ class Fleet:
                 registry_url=None,
                 broker=BrokerSettings(host=broker.host, port=broker.port),
             ),
-            signing_key=self.private_pem,
         )
         self.edge = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edge-{self.tenant}")
         self.edge.connect(broker.host, broker.port)
@@ -194,6 +194,9 @@ class TestFleetRemove:
             assert record.actor == default_actor()
             assert record.details["reason"] == "scrapped"
             assert record.details["labels"]["continuum.io/site"] == "lux-1"
+            # The fleet holds no key: its record waits for the tenant's signer to seal it.
+            assert "no seal" in log.verify(fleet.tenant, public_key_pem=fleet.public_pem).reason
+            TenantSigner(fleet.tenant, fleet.private_pem).seal(log)
             verified = log.verify(fleet.tenant, public_key_pem=fleet.public_pem)
             assert verified.ok and verified.signature_checked
         assert retained(fleet.broker, topics.node_status(fleet.tenant, "cam-1")) == []

@@ -7,6 +7,7 @@ samples with the registered model's current version.
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 import ray
 
+from cloud_head.audit import AuditAction, AuditLog
 from cloud_head.labelling import LabelStore
 from cloud_head.services import CloudHead, HeadPaths
 from cloud_head.store import SampleStore
@@ -64,7 +66,7 @@ def test_the_teacher_actor_waits_for_its_model_then_labels_the_store(
     )
     store.append(tenant, SampleBatch(spec.name, "cam-1", "v1", DataClass.INTERNAL, records))
     store.flush()
-    private_pem, _ = generate_keypair()
+    private_pem, public_pem = generate_keypair()
     head = CloudHead.deploy(
         tenant,
         [spec],
@@ -74,6 +76,18 @@ def test_the_teacher_actor_waits_for_its_model_then_labels_the_store(
         code_version="test",
     )
     try:
+        # The signer seals, within seal_interval_s, what a keyless service appends.
+        assert ray.get_actor("signer", namespace=tenant) is not None
+        with AuditLog(paths.audit) as log:
+            record = log.append(tenant, AuditAction.GATE, f"{spec.name}/v0", actor="service:x")
+        deadline = time.monotonic() + 30
+        while ray.get(head.signer.stats.remote(), timeout=30)["sealed_seq"] != record.seq:
+            assert time.monotonic() < deadline, "the signer did not seal within 30 s"
+            time.sleep(0.2)
+        with AuditLog(paths.audit) as log:
+            sealed = log.verify(tenant, public_key_pem=public_pem)
+        assert sealed.ok and sealed.signature_checked and sealed.unsealed == 0, sealed.reason
+
         teacher = head.teachers[spec.name]
         assert ray.get_actor(f"teacher-{spec.name}", namespace=tenant) is not None
         waiting = ray.get(teacher.run_once.remote(), timeout=60)
