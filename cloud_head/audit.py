@@ -17,10 +17,15 @@ signer (``cloud_head.signer.TenantSigner``, the one holder of the tenant's Ed255
 key on the head) checks the chain from its last seal to the head and signs the head anchor,
 every ``seal_interval_s`` (default 1 s) while the head runs and once more when it stops.
 Ingest, the fleet and the controllers hold no key: they append unsigned, and an append never
-touches the seal.  Like journald's forward-secure sealing, what the seal covers cannot be
-removed or changed without the key; the records after it (at most one interval's worth while
-the head runs) can be removed undetected by whoever can write the file, and ``continuum
-audit verify`` says how many there are (``--sealed`` fails on them).  The operator's own
+touches the seal.  (Within one Ray cluster any holder of the cluster token can call the
+signer actor, since Ray namespaces are not a security boundary, which is why it signs only
+artifacts, desired states and seals through its methods, never raw bytes; tenants that
+distrust each other get a cluster each, ``deploy/tenant-clusters/``.)
+
+Like journald's forward-secure sealing, what the seal covers cannot be removed or changed
+without the key; the records after it (at most one interval's worth while the head runs)
+can be removed undetected by whoever can write the file, and ``continuum audit verify``
+says how many there are (``--sealed`` fails on them).  The operator's own
 changes (``continuum tenant ...``, a deploy) are sealed at once, through the same
 ``TenantSigner.seal``, by the operator who holds the key file.  What a seal cannot show is
 the whole file being replaced by an older copy of itself (an older, validly signed seal):
