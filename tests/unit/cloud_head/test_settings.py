@@ -240,3 +240,15 @@ class TestServiceCertificates:
     def test_a_certificate_on_a_broker_without_tls_says_to_set_its_ca(self, folder: Path) -> None:
         with pytest.raises(ConfigError, match="BROKER__TLS_CA"):
             self._settings(folder, tls_ca=None).service_broker("control")
+
+
+class TestSealInterval:
+    def test_the_signer_seals_every_second_by_default(self) -> None:
+        assert CloudSettings.load().seal_interval_s == 1.0
+
+    @pytest.mark.parametrize("interval", [0, -1, 0.01, 7200])
+    def test_an_interval_out_of_bounds_is_refused_naming_its_variable(
+        self, interval: float
+    ) -> None:
+        with pytest.raises(ConfigError, match="CONTINUUM_CLOUD_SEAL_INTERVAL_S"):
+            CloudSettings.load(seal_interval_s=interval)
