@@ -7,7 +7,7 @@ both depend on it without depending on each other.
 
 from __future__ import annotations
 
-from enum import StrEnum
+import sys
 from typing import Annotated
 
 from pydantic import BeforeValidator
@@ -15,6 +15,20 @@ from pydantic import BeforeValidator
 from continuum.errors import SpecError
 
 __all__ = ["DataClass", "DataClassField"]
+
+if sys.version_info >= (3, 11):
+    from enum import StrEnum
+else:  # Python 3.10 (JetPack 6): the edge install supports it, and enum.StrEnum is 3.11+.
+    from enum import Enum
+
+    class StrEnum(str, Enum):
+        """``enum.StrEnum`` as 3.11 has it: ``str()`` and ``format()`` give the value."""
+
+        def __str__(self) -> str:
+            return str.__str__(self)
+
+        def __format__(self, format_spec: str) -> str:
+            return str.__format__(self, format_spec)
 
 
 class DataClass(StrEnum):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Final, Self
+from typing import Any, Final
 
 from pydantic import Field, field_validator, model_validator
+from typing_extensions import Self
 
 from continuum._grammar import (
     RULES_FORMS,

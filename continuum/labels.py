@@ -12,9 +12,10 @@ import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 
 from pydantic import ConfigDict, Field, RootModel, ValidationError, field_validator
+from typing_extensions import Self
 
 from continuum._validation import key_path, spec_error
 from continuum.errors import PlacementError, SpecError

@@ -111,7 +111,7 @@ def make_ca(out: Path, *, deployment: str, days: int = CA_VALIDITY_DAYS) -> tupl
             x509.NameAttribute(NameOID.COMMON_NAME, f"{deployment} clients CA"),
         ]
     )
-    now = dt.datetime.now(dt.UTC)
+    now = dt.datetime.now(dt.timezone.utc)
     public = key.public_key()
     cert = (
         x509.CertificateBuilder()
@@ -285,7 +285,7 @@ def _client_certificate(
     lifetime: dt.timedelta | None,
 ) -> x509.Certificate:
     """Return a client certificate ``O = tenant, CN = identity`` for ``public`` by ``ca``."""
-    now = dt.datetime.now(dt.UTC)
+    now = dt.datetime.now(dt.timezone.utc)
     not_after = min(now + (lifetime or dt.timedelta(days=days)), ca.cert.not_valid_after_utc)
     return (
         x509.CertificateBuilder()
@@ -333,7 +333,7 @@ def make_crl(ca: ClientsCa, serials: list[str], *, days: int = CRL_VALIDITY_DAYS
         ConfigError: a serial is not hexadecimal.
     """
     _check_days(days)
-    now = dt.datetime.now(dt.UTC)
+    now = dt.datetime.now(dt.timezone.utc)
     builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(ca.cert.subject)

@@ -2,6 +2,7 @@
 # One entry point for the README's two commands on a fresh Debian/Ubuntu machine:
 #   scripts/bootstrap.sh demo [ARGS]   install everything, then run `continuum demo`
 #   scripts/bootstrap.sh test [ARGS]   install what tests need, then run the whole suite
+#                                      (first the core and edge unit tests on Python 3.10)
 # Idempotent: a second run reuses .venv and skips what is already installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,6 +70,50 @@ if [ "$mode" = test ] && ! command -v promtool >/dev/null 2>&1 && [ ! -x .venv/b
     echo "    (could not download it: the promtool checks will be skipped)" >&2
   fi
   rm -rf "$tmp"
+fi
+
+# The edge install (the agent and the core it imports) supports Python 3.10: JetPack 6 ships
+# it. Where this machine has a 3.10 (system or pyenv), the core's and the agent's unit tests
+# run on it first, in .venv310 with the edge extra only (the cloud extra needs 3.11+); a
+# failure there fails this command. Deselected: the two checks that the cloud side's commands
+# are listed, which an edge-only install rightly does not list.
+find_python310() {
+  local candidate
+  for candidate in "${PYTHON310:-}" python3.10 \
+    "$(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.10*/bin/python3.10 2>/dev/null | sort -V | tail -n 1)"; do
+    # A pyenv shim exists even when 3.10 is not selected: only an interpreter that runs counts.
+    if [ -n "$candidate" ] && "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))' >/dev/null 2>&1; then
+      command -v "$candidate"
+      return 0
+    fi
+  done
+  return 1
+}
+if [ "$mode" = test ]; then
+  if PY310="$(find_python310)"; then
+    if [ ! -x .venv310/bin/python ]; then
+      echo "==> creating .venv310 with $PY310 (the edge install's Python 3.10 tests)"
+      "$PY310" -m venv .venv310 || { rm -rf .venv310; apt_install python3.10-venv; "$PY310" -m venv .venv310; }
+    fi
+    stamp310=".venv310/.continuum-installed"
+    if [ ! -f "$stamp310" ] || [ pyproject.toml -nt "$stamp310" ]; then
+      echo "==> installing continuum[edge] and the edge tests' needs into .venv310"
+      .venv310/bin/python -m pip install -q --upgrade pip
+      # onnx builds the test models, scipy is the statistics' reference, scikit-learn holds
+      # the digits (an older release on 3.10: the cloud extra's floor has no 3.10 build).
+      .venv310/bin/python -m pip install -q -e '.[edge]' pytest pytest-timeout hypothesis \
+        'onnx>=1.23' 'scipy>=1.11' scikit-learn
+      touch "$stamp310"
+    fi
+    echo "==> core and edge unit tests on $(.venv310/bin/python --version)"
+    # .venv/bin after .venv310/bin: promtool (copied there above) without the 3.11 python.
+    PATH="$PWD/.venv310/bin:$PWD/.venv/bin:$PATH" .venv310/bin/python -m pytest -q \
+      tests/unit/continuum tests/unit/edge_agent \
+      --deselect tests/unit/continuum/cli/test_main.py::TestCommandsFromEntryPoints::test_the_sides_commands_are_assembled_from_entry_points \
+      --deselect tests/unit/continuum/cli/test_main.py::TestCommandsFromEntryPoints::test_a_broken_plugin_is_reported_by_name_and_the_rest_work
+  else
+    echo "==> no Python 3.10 here (python3.10, pyenv or PYTHON310): the 3.10 edge tests are skipped"
+  fi
 fi
 
 export PATH="$PWD/.venv/bin:$PATH"

@@ -23,7 +23,6 @@ import pytest
 
 from cloud_head.paths import REGISTRY_URL_ENV
 from continuum.embedded import EmbeddedBroker, LocalRayCluster
-from pipelines.demo._tenants import CLOUD_LABELS, EDGE_NODE_LABELS
 from tests.postgres_server import PostgresServer, find_postgres_bin
 from tests.s3_server import S3Server, aws_free_environ, child_uri, moto_missing
 
@@ -175,6 +174,10 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRayCl
     Head: ``continuum.io/tier=cloud``, 2 CPUs.  One worker node:
     ``continuum.io/tier=edge``, ``continuum.io/site=lux-1``, 1 CPU.  No dashboard.
     """
+    # Imported here: pipelines.demo needs the cloud extra, which a 3.10 edge-only venv
+    # (scripts/bootstrap.sh test) lacks, and this conftest loads for every test.
+    from pipelines.demo._tenants import CLOUD_LABELS, EDGE_NODE_LABELS
+
     cluster = LocalRayCluster(
         tmp_path_factory.mktemp("ray-cluster"),
         # The demo's topology: a central pool in Frankfurt, an edge site in Luxembourg.

@@ -201,7 +201,7 @@ class TestIssuedCertificate:
 
     def test_validity_is_bounded_and_never_outlives_the_ca(self, tmp_path: Path) -> None:
         leaf, _ = self._issue(tmp_path)
-        now = dt.datetime.now(dt.UTC)
+        now = dt.datetime.now(dt.timezone.utc)
         assert leaf.not_valid_before_utc <= now
         assert now + dt.timedelta(days=9) < leaf.not_valid_after_utc
         assert leaf.not_valid_after_utc <= now + dt.timedelta(days=10, minutes=1)
@@ -223,7 +223,7 @@ class TestCrl:
         assert crl.issuer == ca.cert.subject
         assert sorted(r.serial_number for r in crl) == [0x1F, 0xA0]
         assert crl.next_update_utc is not None
-        assert crl.next_update_utc <= dt.datetime.now(dt.UTC) + dt.timedelta(days=2)
+        assert crl.next_update_utc <= dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=2)
 
     def test_empty_crl_is_valid(self, tmp_path: Path) -> None:
         ca = pki.load_ca(_ca(tmp_path))
