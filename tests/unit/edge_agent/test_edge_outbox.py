@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -547,7 +548,8 @@ class TestReceipts:
         from edge_agent.outbox import _db
 
         path = tmp_path / "outbox.db"
-        with sqlite3.connect(path) as db:  # as schema 2 made it: no sent_at columns
+        # as schema 2 made it: no sent_at columns
+        with contextlib.closing(sqlite3.connect(path)) as db, db:
             schema = _db.SCHEMA.replace(",\n    sent_at        REAL", "")
             schema = schema.replace(",\n    sent_at     REAL", "")
             assert schema.count("sent_at") == _db.SCHEMA.count("sent_at") - 2
@@ -677,7 +679,8 @@ class TestLabelReceipts:
         from edge_agent.outbox import _db
 
         path = tmp_path / "outbox.db"
-        with sqlite3.connect(path) as db:  # as schema 3 made it: no feedback.sent_at column
+        # as schema 3 made it: no feedback.sent_at column
+        with contextlib.closing(sqlite3.connect(path)) as db, db:
             schema = _db.SCHEMA.replace(",\n    sent_at     REAL", "")
             assert schema.count("sent_at") == _db.SCHEMA.count("sent_at") - 1
             db.executescript(schema)
@@ -696,7 +699,7 @@ class TestLabelReceipts:
             assert outbox.stats().pipelines["inspect"].feedback_awaiting_receipt == 1
             assert outbox.confirm_feedback([(5, 5)]) == 1
             assert outbox.stats().feedback == 0 and outbox.bytes_used == 0
-        with sqlite3.connect(path) as db:
+        with contextlib.closing(sqlite3.connect(path)) as db, db:
             schema = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
             assert schema == (_db.SCHEMA_VERSION,)
 
@@ -785,7 +788,7 @@ class TestRefusedSamples:
         from edge_agent.outbox import _db
 
         path = tmp_path / "outbox.db"
-        with sqlite3.connect(path) as db:
+        with contextlib.closing(sqlite3.connect(path)) as db, db:
             db.executescript(_db.SCHEMA)
             db.execute("DROP TABLE refused")
             db.execute("INSERT INTO meta VALUES ('schema', 4)")

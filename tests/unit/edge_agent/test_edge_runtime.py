@@ -71,16 +71,20 @@ class Harness:
         )
         self.metrics = AgentMetrics()
         self.telemetry: list[Telemetry] = []
-        self.runtime = PipelineRuntime(
-            spec=spec,
-            node=NODE,
-            source=source,  # type: ignore[arg-type]
-            outbox=self.outbox,
-            metrics=self.metrics,
-            on_telemetry=self.telemetry.append,
-            telemetry_interval_s=60.0,
-            **options,
-        )
+        try:
+            self.runtime = PipelineRuntime(
+                spec=spec,
+                node=NODE,
+                source=source,  # type: ignore[arg-type]
+                outbox=self.outbox,
+                metrics=self.metrics,
+                on_telemetry=self.telemetry.append,
+                telemetry_interval_s=60.0,
+                **options,
+            )
+        except BaseException:
+            self.outbox.close()  # a refused option must not leak the database (3.13 warns)
+            raise
 
     def run(self, model: ServingModel, timeout_s: float = 10.0) -> None:
         self.runtime.start()
