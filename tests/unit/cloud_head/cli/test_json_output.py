@@ -99,8 +99,13 @@ class TestAuditVerifyJson:
             "reason",
             "signature_checked",
             "key_source",
+            "sealed_seq",
+            "unsealed_records",
+            "newest_unsealed_age_s",
         }
         assert (document["tenant"], document["ok"], document["records"]) == ("acme", True, 2)
+        # Appended without a key and never sealed: both records after the (absent) seal.
+        assert (document["sealed_seq"], document["unsealed_records"]) == (None, 2)
         assert (document["first_bad_seq"], document["signature_checked"]) == (None, False)
         assert document["key_source"] is None
         assert document["reason"].startswith("2 records intact")
