@@ -10,11 +10,16 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 #: Where bootstrap puts tools that are not on PATH when the venv's python runs directly.
 _VENV_BIN = Path(sys.executable).parent
+
+
+if TYPE_CHECKING:
+    from cloud_head.registry import ModelRegistry
 
 
 def require_tool(name: str, install: str) -> str:
@@ -43,3 +48,35 @@ def assert_promtool_accepts_metrics(text: str) -> None:
         [promtool(), "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
     )
     assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def register_test_version(
+    registry: ModelRegistry,
+    tenant: str,
+    pipeline: str,
+    model: str,
+    artifact: Path,
+    *,
+    private_pem: bytes | None = None,
+) -> None:
+    """Record ``artifact`` as the next version of ``model`` in a real registry.
+
+    Signed with ``private_pem`` as the controller signs (the artifact's digest), or with a
+    placeholder where the test reads nothing of the signature.
+    """
+    from continuum.signing import sign
+
+    registry.register(
+        tenant,
+        pipeline,
+        model,
+        artifact,
+        sign=lambda _model, _version, digest: (
+            "00" if private_pem is None else sign(private_pem, digest.encode())
+        ),
+        parent=None,
+        code_version="test",
+        metrics={},
+        gate={},
+        lineage={},
+    )

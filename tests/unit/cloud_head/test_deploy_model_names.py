@@ -20,6 +20,7 @@ from continuum.errors import SpecError
 from continuum.signing import generate_keypair
 from continuum.spec import PipelineSpec
 from continuum.wire.mqtt import BrokerSettings
+from tests.tools import register_test_version
 
 
 def spec(name: str, model: str, tenant: str = "clinic") -> PipelineSpec:
@@ -36,18 +37,7 @@ def register_version(paths: HeadPaths, tenant: str, pipeline: str, model: str) -
     artifact.write_bytes(b"not a model; the registry only copies and hashes it")
     registry = paths.open_registry()
     try:
-        registry.register(
-            tenant,
-            pipeline,
-            model,
-            artifact,
-            sign=lambda *_: "00",
-            parent=None,
-            code_version="test",
-            metrics={},
-            gate={},
-            lineage={},
-        )
+        register_test_version(registry, tenant, pipeline, model, artifact)
     finally:
         registry.close()
 

@@ -23,9 +23,10 @@ from cloud_head.registry import ModelRegistry
 from cloud_head.seen import SeenIndex
 from cloud_head.store import SampleStore
 from cloud_head.tenants import TenantRegistry
-from continuum.signing import generate_keypair, sign
+from continuum.signing import generate_keypair
 from continuum.spec import DataClass
 from continuum.wire.codec import SampleBatch, SampleRecord
+from tests.tools import register_test_version
 
 SECRET_DIRS = 0o700
 SECRET_FILES = 0o600
@@ -114,17 +115,8 @@ class TestModelRegistry:
         artifact.write_bytes(b"not really onnx")
         registry = ModelRegistry(tmp_path / "cloud" / "registry")
         try:
-            registry.register(
-                "acme",
-                "digits",
-                "digits-cnn",
-                artifact,
-                sign=lambda model, version, digest: sign(private_pem, digest.encode()),
-                parent=None,
-                code_version="test",
-                metrics={},
-                gate={},
-                lineage={},
+            register_test_version(
+                registry, "acme", "digits", "digits-cnn", artifact, private_pem=private_pem
             )
         finally:
             registry.close()

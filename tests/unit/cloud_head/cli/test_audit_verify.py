@@ -19,8 +19,8 @@ from cloud_head.registry import ModelRegistry
 from cloud_head.tenants import TenantRegistry
 from continuum.cli import EXIT_FAILED, EXIT_INVALID, main
 from continuum.errors import ConfigError
-from continuum.signing import generate_keypair, public_pem_of, sign
-from tests.tools import require_tool
+from continuum.signing import generate_keypair, public_pem_of
+from tests.tools import register_test_version, require_tool
 
 TENANT = "acme"
 
@@ -261,17 +261,8 @@ class TestExport:
         artifact.write_bytes(b"model bytes")
         registry = ModelRegistry(root / "registry")
         try:
-            registry.register(
-                TENANT,
-                "digits",
-                "digits-cnn",
-                artifact,
-                sign=lambda model, version, digest: sign(private_pem, digest.encode()),
-                parent=None,
-                code_version="test",
-                metrics={},
-                gate={},
-                lineage={},
+            register_test_version(
+                registry, TENANT, "digits", "digits-cnn", artifact, private_pem=private_pem
             )
         finally:
             registry.close()
