@@ -181,7 +181,7 @@ class PostgresServer:
     def _run(self, program: str, *args: str) -> None:
         command = [str(self.bindir / program), *args]
         if self._as_root:
-            command = ["runuser", "-u", ROOT_RUNS_AS, "--", *command]
+            command = [_runuser(), "-u", ROOT_RUNS_AS, "--", *command]
         try:
             done = subprocess.run(
                 command,
@@ -203,3 +203,9 @@ class PostgresServer:
                 f"{done.stderr.strip() or done.stdout.strip()}\nlog {self.log_path}:\n"
                 f"{log_tail(self.log_path)}"
             )
+
+
+def _runuser() -> str:
+    """Return util-linux's ``runuser``: on PATH, else where Debian puts it (``/usr/sbin``, which
+    a non-login root shell may leave off PATH)."""
+    return shutil.which("runuser") or "/usr/sbin/runuser"
