@@ -17,10 +17,13 @@ from prometheus_client import (
     Gauge,
     Histogram,
     Info,
+    ProcessCollector,
     generate_latest,
     start_http_server,
 )
 from prometheus_client.metrics_core import Metric
+
+from edge_agent._health import HealthCollector
 
 __all__ = ["AgentMetrics", "MetricsEndpoint", "TenantMetrics"]
 
@@ -250,6 +253,10 @@ class AgentMetrics:
             ["reason"],
             registry=r,
         )
+        # Device health, read at each scrape: process_* (CPU, memory, fds, start time; Linux
+        # only, nothing elsewhere) and the host, GPU and build-info families of _health.
+        ProcessCollector(registry=r)
+        r.register(HealthCollector())
         self._endpoint: MetricsEndpoint | None = None
 
     def serve(self, port: int, host: str = "0.0.0.0") -> int:
