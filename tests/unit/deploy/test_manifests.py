@@ -451,3 +451,60 @@ class TestTenantsThatDistrustEachOtherGetAClusterEach:
         (cluster,) = [d for d in rendered if d["kind"] == "RayCluster"]
         refs = re.findall(r"'secretKeyRef': \{[^}]*\}", str(cluster))
         assert refs and all("continuum-ray-auth" in r and "namespace" not in r for r in refs)
+
+
+class TestEveryAlertAndPanelIsCovered:
+    """Issue 16: promtool unit tests for every alert, and panels only on series that exist."""
+
+    def test_every_alert_has_a_case_that_fires_and_one_that_does_not(self) -> None:
+        rules = load_yaml("prometheus/alerts.yml")
+        alerts = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
+        cases = [
+            case
+            for test in load_yaml("prometheus/alerts.test.yml")["tests"]
+            for case in test.get("alert_rule_test", [])
+        ]
+        fires = {c["alertname"] for c in cases if c.get("exp_alerts")}
+        quiet = {c["alertname"] for c in cases if not c.get("exp_alerts")}
+        assert alerts, "alerts.yml has no alert"
+        assert not alerts - fires, f"add a firing case to alerts.test.yml for {alerts - fires}"
+        assert not alerts - quiet, (
+            f"add a case with exp_alerts: [] to alerts.test.yml for {alerts - quiet}"
+        )
+        assert not (fires | quiet) - alerts, "alerts.test.yml tests alerts that no longer exist"
+
+    def test_device_health_and_issue_16_panels_are_on_the_dashboard(self) -> None:
+        board = json.loads((DEPLOY / "grafana" / "continuum-dashboard.json").read_text())
+        used = {
+            n
+            for p in board["panels"]
+            for t in p.get("targets", [])
+            for n in re.findall(
+                r"\b[a-z_]+(?:_total|_bytes|_ratio|_celsius|_info|_average)\b", t["expr"]
+            )
+        }
+        assert {
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "continuum_edge_host_load_average",
+            "continuum_edge_host_memory_available_bytes",
+            "continuum_edge_host_temperature_celsius",
+            "continuum_edge_gpu_utilization_ratio",
+            "continuum_edge_build_info",
+            "continuum_edge_source_failures_total",
+            "continuum_edge_fields_dropped_total",
+            "continuum_edge_fields_hashed_total",
+            "continuum_edge_samples_kept_at_edge_total",
+            "continuum_edge_model_swaps_total",
+            "continuum_edge_broker_reconnects_total",
+        } <= used
+
+    def test_process_metrics_on_the_dashboard_are_exported_by_the_agent(self) -> None:
+        board = json.loads((DEPLOY / "grafana" / "continuum-dashboard.json").read_text())
+        used = {
+            n
+            for p in board["panels"]
+            for t in p.get("targets", [])
+            for n in re.findall(r"\bprocess_[a-z_]+", t["expr"])
+        }
+        assert used <= exported_edge_metric_names()
