@@ -19,6 +19,7 @@ import os
 import platform
 import threading
 from collections.abc import Iterator
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,12 @@ _JETSON_GPU_LOAD = (
 _PACKAGES = {"version": "continuum", "onnxruntime": "onnxruntime", "tensorrt": "tensorrt"}
 
 
+@lru_cache(maxsize=1)
 def build_versions() -> dict[str, str]:
     """Return the labels of ``continuum_edge_build_info``: what this box runs, for the fleet.
+
+    Read once per process (installed versions do not change under a running agent); the
+    caller must not modify the dict.
 
     TensorRT on Jetson comes from JetPack's system packages, which may lack pip metadata; its
     module's ``__version__`` is asked then, without importing it where it is absent.
@@ -82,7 +87,7 @@ class HealthCollector(Collector):
         self._thermal_root = thermal_root
         self._meminfo = meminfo
         self._gpu_load_files = gpu_load_files
-        self._build = build_versions()
+        self._build = dict(build_versions())
         self._nvml = _Nvml()
 
     def describe(self) -> list[Metric]:
