@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from continuum.backends.base import TensorMeta, check_batch, check_frames, single_input
+from continuum.backends.tensorrt import tensorrt_version
 from continuum.errors import BackendError, BackendUnavailableError
 
 log = logging.getLogger(__name__)
@@ -219,9 +220,15 @@ class OnnxRuntimeBackend:
             elif provider == TENSORRT:
                 options = {"device_id": str(self._device_id), "trt_fp16_enable": "True"}
                 if self._engine_cache_dir is not None:
-                    self._engine_cache_dir.mkdir(parents=True, exist_ok=True)
+                    # ONNX Runtime names its engine files by model and GPU, not by TensorRT
+                    # version, and an engine does not survive a TensorRT upgrade (a JetPack
+                    # update): one folder per ONNX Runtime and TensorRT version.
+                    folder = self._engine_cache_dir / ort_engine_folder(
+                        str(getattr(ort, "__version__", "unknown")), tensorrt_version()
+                    )
+                    folder.mkdir(parents=True, exist_ok=True)
                     options["trt_engine_cache_enable"] = "True"
-                    options["trt_engine_cache_path"] = str(self._engine_cache_dir)
+                    options["trt_engine_cache_path"] = str(folder)
                 result.append((TENSORRT, options))
             else:
                 result.append(provider)
@@ -415,3 +422,8 @@ def _ort_reason(exc: BaseException) -> str:
         if len(parts) == 4:
             return f"{parts[3]} ({parts[2].lower()})"
     return text or type(exc).__name__
+
+
+def ort_engine_folder(ort_version: str, trt_version: str | None) -> str:
+    """Return the engine-cache subfolder of ONNX Runtime's TensorRT provider for these versions."""
+    return f"ort-{ort_version}-trt-{trt_version or 'unknown'}"

@@ -389,3 +389,30 @@ class TestFrames:
     def test_frames_before_load_say_to_load(self) -> None:
         with pytest.raises(BackendError, match="call load"):
             OnnxRuntimeBackend().infer_frames([np.zeros((1, 8, 8), dtype=np.float32)])
+
+
+class _ProvidersOffered:
+    """What ``onnxruntime`` says it offers on a box with TensorRT (none here: no GPU)."""
+
+    __version__ = "1.23.0"
+
+    @staticmethod
+    def get_available_providers() -> list[str]:
+        return [onnxruntime_backend.TENSORRT, "CPUExecutionProvider"]
+
+
+class TestTensorRTProviderEngineCache:
+    def test_engines_go_to_a_folder_per_onnxruntime_and_tensorrt_version(
+        self, tmp_path: Path
+    ) -> None:
+        # An engine does not survive a TensorRT upgrade, and ONNX Runtime does not put the
+        # version into its engine file names: a JetPack update must not reuse old engines.
+        backend = OnnxRuntimeBackend(engine_cache_dir=tmp_path / "engines")
+        [(name, options), *_] = backend._provider_list(_ProvidersOffered)
+        trt = onnxruntime_backend.tensorrt_version()
+        folder = tmp_path / "engines" / f"ort-1.23.0-trt-{trt or 'unknown'}"
+        assert name == onnxruntime_backend.TENSORRT
+        assert options["trt_engine_cache_path"] == str(folder) and folder.is_dir()
+        assert onnxruntime_backend.ort_engine_folder("1.23.0", "10.3.0") != (
+            onnxruntime_backend.ort_engine_folder("1.23.0", "10.7.0")
+        )
