@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 
+from cloud_head._actor_calls import call_actor
 from cloud_head.audit import AuditAction, AuditLog, AuditTrail, service_actor
 from cloud_head.metrics import (
     BrokerConnectionMetrics,
@@ -30,7 +31,7 @@ from cloud_head.metrics import (
     MetricsExporter,
 )
 from continuum._retry import FailureLog
-from continuum.errors import ContinuumError, NotFoundError, NotReadyError, OperationTimeoutError
+from continuum.errors import NotFoundError, NotReadyError, OperationTimeoutError
 from continuum.residency import ResidencyPolicy
 from continuum.spec import PipelineSpec
 
@@ -465,23 +466,16 @@ def relayed_publisher(fleet: Any, *, timeout_s: float = 30.0) -> RetainedPublish
     """
 
     def publish(topic: str, payload: bytes) -> None:
-        try:
-            ray.get(fleet.publish.remote(topic, payload, timeout_s), timeout=timeout_s + 10)
-        except ray.exceptions.GetTimeoutError as error:
-            raise OperationTimeoutError(
-                f"the fleet actor did not relay a message on {topic} within {timeout_s + 10:g} s; "
-                "check the fleet service (`continuum fleet`) and the Ray dashboard"
-            ) from error
-        except ray.exceptions.RayActorError as error:
-            raise NotReadyError(
-                f"the fleet actor, which publishes {topic} for the controller, is not running: "
-                f"{error}; Ray restarts it, the controller tries again at its next tick"
-            ) from error
-        except ray.exceptions.RayTaskError as error:
-            cause = error.cause if isinstance(error.cause, ContinuumError) else None
-            if cause is not None:
-                raise cause from error
-            raise NotReadyError(f"the fleet actor could not publish {topic}: {error}") from error
+        call_actor(
+            fleet,
+            "publish",
+            topic,
+            payload,
+            timeout_s,
+            timeout_s=timeout_s + 10,
+            who="the fleet actor",
+            role=f"publishes {topic} for the controller",
+        )
 
     return publish
 

@@ -17,14 +17,12 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
+from cloud_head._actor_calls import call_actor
 from cloud_head._audit_chain import Seal, check_chain, head_message
 from continuum import signing
 from continuum.errors import (
     ArtifactError,
     ConfigError,
-    ContinuumError,
-    NotReadyError,
-    OperationTimeoutError,
 )
 from continuum.wire.topics import check_name
 
@@ -183,24 +181,14 @@ class RemoteSigner:
         return self._fingerprint
 
     def _call(self, method: str, *args: Any) -> Any:
-        import ray
-
-        try:
-            return ray.get(getattr(self._actor, method).remote(*args), timeout=self._timeout_s)
-        except ray.exceptions.GetTimeoutError as error:
-            raise OperationTimeoutError(
-                f"the signer did not answer {method} within {self._timeout_s:g} s; check the "
-                "signer service in the Ray dashboard; the controller tries again at its next tick"
-            ) from error
-        except ray.exceptions.RayActorError as error:
-            raise NotReadyError(
-                f"the signer, which signs for the controller, is not running: {error}; Ray "
-                "restarts it, the controller tries again at its next tick"
-            ) from error
-        except ray.exceptions.RayTaskError as error:
-            if isinstance(error.cause, ContinuumError):
-                raise error.cause from error
-            raise NotReadyError(f"the signer could not {method}: {error}") from error
+        return call_actor(
+            self._actor,
+            method,
+            *args,
+            timeout_s=self._timeout_s,
+            who="the signer",
+            role="signs for the controller",
+        )
 
 
 def release_signer(
