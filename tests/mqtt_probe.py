@@ -10,23 +10,29 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
-
-from continuum.embedded import EmbeddedBroker
 
 WAIT_S = 5.0
 #: MQTT 5 reason code "not authorized" (0x87): the PUBACK of a publish the ACL refused.
 NOT_AUTHORIZED = 135
 
 
+class Listening(Protocol):
+    """A broker on loopback: an ``EmbeddedBroker``, or a test's own mosquitto (its ``port``;
+    ``host`` where it has one, else 127.0.0.1)."""
+
+    port: int
+
+
 class Probe:
     """One MQTT 5 client: records messages, PUBACK codes, CONNACK and disconnects."""
 
     def __init__(
-        self, broker: EmbeddedBroker, user: str, password: str, *, client_id: str | None = None
+        self, broker: Listening, user: str, password: str, *, client_id: str | None = None
     ) -> None:
         self.received: list[tuple[str, bytes]] = []
         self._cond = threading.Condition()
@@ -46,7 +52,7 @@ class Probe:
         self.client.on_message = self._on_message
         self.client.on_publish = self._on_publish
         self.client.on_subscribe = self._on_subscribe
-        self.client.connect(broker.host, broker.port, keepalive=30)
+        self.client.connect(getattr(broker, "host", "127.0.0.1"), broker.port, keepalive=30)
         self.client.loop_start()
 
     def _on_connect(self, client: object, userdata: object, flags: object, reason: ReasonCode,
@@ -89,10 +95,10 @@ class Probe:
         with self._cond:
             assert self._cond.wait_for(lambda: mid in self._subacks, WAIT_S), "no SUBACK"
 
-    def publish(self, topic: str, payload: bytes) -> ReasonCode:
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> ReasonCode:
         """Publish at QoS 1 and return the broker's PUBACK reason code."""
         assert not self.connack().is_failure
-        mid = self.client.publish(topic, payload, qos=1).mid
+        mid = self.client.publish(topic, payload, qos=1, retain=retain).mid
         with self._cond:
             assert self._cond.wait_for(lambda: mid in self._acks, WAIT_S), "no PUBACK"
             return self._acks[mid]

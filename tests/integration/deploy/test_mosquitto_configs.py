@@ -13,20 +13,17 @@ import os
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.reasoncodes import ReasonCode
 
 from continuum.embedded._process import free_port
 from continuum.embedded.broker import find_mosquitto
 from continuum.wire import topics
+from tests.mqtt_probe import Probe
 from tests.tools import require_tool
 
 pytestmark = pytest.mark.integration
@@ -133,126 +130,23 @@ def dev_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
             process.wait(timeout=WAIT_S)
 
 
-class Probe:
-    """One MQTT 5 client logged in as ``user``; records what it receives and PUBACK codes."""
-
-    def __init__(
-        self,
-        broker: Broker,
-        user: str,
-        password: str | None = None,
-        *,
-        client_id: str | None = None,
-    ) -> None:
-        self.received: list[tuple[str, bytes]] = []
-        self._arrived = threading.Condition()
-        self._acks: dict[int, ReasonCode] = {}
-        self._subacks: dict[int, list[ReasonCode]] = {}
-        self._connack: ReasonCode | None = None
-        self._connected = threading.Event()
-        self.disconnected = threading.Event()
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id or f"probe-{user.replace('@', '-')}-{time.monotonic_ns()}",
-            protocol=mqtt.MQTTv5,
-        )
-        self.client.username_pw_set(user, PASSWORDS[user] if password is None else password)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = self._on_message
-        self.client.on_publish = self._on_publish
-        self.client.on_subscribe = self._on_subscribe
-        self.client.connect("127.0.0.1", broker.port, keepalive=30)
-        self.client.loop_start()
-
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: object,
-        flags: object,
-        reason: ReasonCode,
-        props: object,
-    ) -> None:
-        self._connack = reason
-        self._connected.set()
-
-    def _on_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: object,
-        flags: object,
-        reason: ReasonCode,
-        props: object,
-    ) -> None:
-        self.disconnected.set()
-
-    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        with self._arrived:
-            self.received.append((msg.topic, msg.payload))
-            self._arrived.notify_all()
-
-    def _on_publish(
-        self, client: mqtt.Client, userdata: object, mid: int, reason: ReasonCode, props: object
-    ) -> None:
-        with self._arrived:
-            self._acks[mid] = reason
-            self._arrived.notify_all()
-
-    def _on_subscribe(
-        self,
-        client: mqtt.Client,
-        userdata: object,
-        mid: int,
-        reasons: list[ReasonCode],
-        props: object,
-    ) -> None:
-        with self._arrived:
-            self._subacks[mid] = reasons
-            self._arrived.notify_all()
-
-    def connack(self) -> ReasonCode:
-        """Wait for CONNACK and return its reason code."""
-        assert self._connected.wait(WAIT_S), "no CONNACK"
-        assert self._connack is not None
-        return self._connack
-
-    def subscribe(self, filter_: str) -> None:
-        """Subscribe at QoS 1 and wait for the SUBACK."""
-        assert not self.connack().is_failure
-        _, mid = self.client.subscribe(filter_, qos=1)
-        with self._arrived:
-            assert self._arrived.wait_for(lambda: mid in self._subacks, WAIT_S), "no SUBACK"
-
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> ReasonCode:
-        """Publish at QoS 1 and return the broker's PUBACK reason code."""
-        assert not self.connack().is_failure
-        mid = self.client.publish(topic, payload, qos=1, retain=retain).mid
-        with self._arrived:
-            assert self._arrived.wait_for(lambda: mid in self._acks, WAIT_S), "no PUBACK"
-            return self._acks[mid]
-
-    def wait_for(self, payload: bytes, timeout_s: float = WAIT_S) -> bool:
-        """Return whether a message with ``payload`` arrived within ``timeout_s``."""
-        with self._arrived:
-            return self._arrived.wait_for(
-                lambda: any(p == payload for _, p in self.received), timeout_s
-            )
-
-    def close(self) -> None:
-        """Disconnect and stop the network thread."""
-        self.client.disconnect()
-        self.client.loop_stop()
+def connect_probe(
+    broker: Broker, user: str, password: str | None = None, *, client_id: str | None = None
+) -> Probe:
+    """Connect a probe as ``user`` (its password from PASSWORDS unless one is given)."""
+    given = PASSWORDS[user] if password is None else password
+    return Probe(broker, user, given, client_id=client_id)
 
 
 @pytest.fixture
 def probes(dev_broker: Broker) -> Iterator[dict[str, Probe]]:
     """One connected probe per credential of PASSWORDS."""
-    made = {user: Probe(dev_broker, user) for user in PASSWORDS}
+    made = {user: connect_probe(dev_broker, user) for user in PASSWORDS}
     try:
         yield made
     finally:
-        for probe in made.values():
-            probe.close()
+        for made_probe in made.values():
+            made_probe.close()
 
 
 def _unique(tag: str) -> bytes:
@@ -267,8 +161,8 @@ class TestANodeActsOnlyAsItself:
         status, sample = _unique("cam-1-status"), _unique("cam-1-sample")
         assert not node.publish(topics.node_status("acme", "cam-1"), status).is_failure
         assert not node.publish(topics.samples("acme", "line-7", "cam-1"), sample).is_failure
-        assert control.wait_for(status)
-        assert ingest.wait_for(sample)
+        assert control.got(status)
+        assert ingest.got(sample)
 
     def test_node_cannot_write_another_nodes_topics_or_cloud_topics(
         self, probes: dict[str, Probe]
@@ -287,8 +181,8 @@ class TestANodeActsOnlyAsItself:
             assert reason.is_failure and reason.getName() == "Not authorized", topic
         fence = _unique("fence")
         assert not node.publish(topics.node_status("acme", "cam-1"), fence).is_failure
-        assert operator.wait_for(fence)
-        assert not any(operator.wait_for(p, 0) for p in forged.values())
+        assert operator.got(fence)
+        assert not any(operator.got(p, 0) for p in forged.values())
 
     def test_node_reads_its_own_desired_state_and_not_anothers(
         self, probes: dict[str, Probe]
@@ -298,8 +192,8 @@ class TestANodeActsOnlyAsItself:
         own, other = _unique("desired-cam-1"), _unique("desired-cam-2")
         assert not control.publish(topics.node_desired("acme", "cam-2"), other).is_failure
         assert not control.publish(topics.node_desired("acme", "cam-1"), own).is_failure
-        assert node.wait_for(own)
-        assert not node.wait_for(other, GRACE_S)
+        assert node.got(own)
+        assert not node.got(other, GRACE_S)
 
 
 class TestCloudRoles:
@@ -308,7 +202,7 @@ class TestCloudRoles:
         operator.subscribe(topics.tenant_filter("acme"))
         status = _unique("status")
         assert not node.publish(topics.node_status("acme", "cam-1"), status).is_failure
-        assert operator.wait_for(status)
+        assert operator.got(status)
         reason = operator.publish(topics.node_desired("acme", "cam-1"), b"x")
         assert reason.is_failure and reason.getName() == "Not authorized"
 
@@ -322,10 +216,10 @@ class TestCloudRoles:
         sample, label = _unique("sample"), _unique("feedback")
         assert not node.publish(topics.samples("acme", "line-7", "cam-1"), sample).is_failure
         assert not node.publish(topics.feedback("acme", "line-7", "cam-1"), label).is_failure
-        assert ingest.wait_for(sample) and ingest.wait_for(label)
+        assert ingest.got(sample) and ingest.got(label)
         receipt = _unique("receipt")
         assert not ingest.publish(topics.node_stored("acme", "cam-1"), receipt).is_failure
-        assert node.wait_for(receipt)
+        assert node.got(receipt)
         for topic in (topics.node_desired("acme", "cam-1"), topics.node_stored("globex", "c")):
             reason = ingest.publish(topic, b"x")
             assert reason.is_failure and reason.getName() == "Not authorized", topic
@@ -342,8 +236,8 @@ class TestIdentitiesWithoutABlock:
         assert reason.is_failure and reason.getName() == "Not authorized"
         status = _unique("status")
         assert not node.publish(topics.node_status("acme", "cam-1"), status).is_failure
-        assert operator.wait_for(status)
-        assert not stranger.wait_for(status, GRACE_S)
+        assert operator.got(status)
+        assert not stranger.got(status, GRACE_S)
 
     def test_another_tenant_without_a_block_gets_nothing_of_acme(
         self, probes: dict[str, Probe]
@@ -354,8 +248,8 @@ class TestIdentitiesWithoutABlock:
         operator.subscribe(topics.tenant_filter("acme"))
         sample = _unique("sample")
         assert not node.publish(topics.samples("acme", "line-7", "cam-1"), sample).is_failure
-        assert operator.wait_for(sample)
-        assert not globex.wait_for(sample, GRACE_S)
+        assert operator.got(sample)
+        assert not globex.got(sample, GRACE_S)
 
 
 class TestClientIdsAreBoundToIdentities:
@@ -367,17 +261,17 @@ class TestClientIdsAreBoundToIdentities:
             same_identity.close()  # one identity, one session: they would take turns
         # The node connects with its identity as client id, as an agent does; another
         # identity asks for the same client id and is given its own instead.
-        node = Probe(dev_broker, NODE, client_id=NODE)
+        node = connect_probe(dev_broker, NODE, client_id=NODE)
         intruder = None
         try:
             node.subscribe(topics.node_desired("acme", "cam-1"))
-            intruder = Probe(dev_broker, UNKNOWN, client_id=NODE)
+            intruder = connect_probe(dev_broker, UNKNOWN, client_id=NODE)
             assert not intruder.connack().is_failure
             desired = _unique("desired")
             assert not control.publish(topics.node_desired("acme", "cam-1"), desired).is_failure
-            assert node.wait_for(desired)
+            assert node.got(desired)
             assert not node.disconnected.is_set()
-            assert not intruder.wait_for(desired, 0)
+            assert not intruder.got(desired, 0)
         finally:
             node.close()
             if intruder is not None:
@@ -386,10 +280,10 @@ class TestClientIdsAreBoundToIdentities:
 
 class TestDevBrokerRefusesUnknownCredentials:
     def test_wrong_password_gets_no_session(self, dev_broker: Broker) -> None:
-        probe = Probe(dev_broker, NODE, password="not-the-password")
+        stranger = connect_probe(dev_broker, NODE, password="not-the-password")
         try:
-            reason = probe.connack()
+            reason = stranger.connack()
             assert reason.is_failure
             assert reason.getName() in ("Bad user name or password", "Not authorized")
         finally:
-            probe.close()
+            stranger.close()
