@@ -7,13 +7,12 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from typing_extensions import Self
 
 from continuum._data_class import DataClass, DataClassField
@@ -24,9 +23,11 @@ from continuum._grammar import (
     trigger_fields,
 )
 from continuum._refs import check_ref
+from continuum._spec_base import FrozenSpec, bounded
 from continuum._validation import key_path, raw_message, spec_error
 from continuum.drift import DETECTOR_FIX, Detector, DriftSpec
 from continuum.errors import ProtocolError, SpecError
+from continuum.imaging import ImagePrep
 from continuum.labels import TIER, LabelSelector
 from continuum.select import PolicySpec
 from continuum.wire.topics import check_name
@@ -51,35 +52,6 @@ __all__ = [
 BackendKind = Literal["auto", "onnxruntime", "tensorrt"]
 LabelSource = Literal["delayed_feedback", "teacher", "human"]
 GateMetric = Literal["accuracy", "f1_macro"]
-
-
-class FrozenSpec(BaseModel):
-    """The base of every spec class: immutable, and an unknown key is an error."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-def bounded(
-    value: float,
-    *,
-    low: float,
-    high: float | None = None,
-    low_open: bool = False,
-    high_open: bool = False,
-    example: str,
-) -> float:
-    """Return ``value`` if it lies in the interval; else raise ``SpecError`` naming it."""
-    ok = math.isfinite(value) and (value > low if low_open else value >= low)
-    if high is not None:
-        ok = ok and (value < high if high_open else value <= high)
-    if ok:
-        return value
-    left = "(" if low_open else "["
-    if high is None:
-        interval = f"{left}{low:g}, inf)"
-    else:
-        interval = f"{left}{low:g}, {high:g}{')' if high_open else ']'}"
-    raise SpecError(f"must be in {interval}, got {value!r}", fix=f"use e.g. {example}")
 
 
 def topic_name(value: str, what: str, example: str) -> str:
@@ -158,6 +130,9 @@ class EdgeStageSpec(FrozenSpec):
     )
     max_batch: int = Field(default=8, description="Largest micro-batch, in samples.")
     max_wait_ms: float = Field(default=5.0, description="Longest wait to fill a micro-batch.")
+    image: ImagePrep | None = Field(
+        default=None, description="Image prep of camera frames, before preprocess; or null."
+    )
 
     @field_validator("model")
     @classmethod
@@ -189,6 +164,14 @@ class EdgeStageSpec(FrozenSpec):
     @classmethod
     def _check_max_wait(cls, value: float) -> float:
         return bounded(value, low=0, high=60000, example="max_wait_ms=5")
+
+    @model_validator(mode="after")
+    def _check_image(self) -> Self:
+        # The prep is recorded so the cloud trains on what the edge saw: it must make
+        # exactly the tensors the model takes, or every frame would be rejected at the edge.
+        if self.image is not None:
+            self.image.check_input(self.input.shape, self.input.dtype)
+        return self
 
 
 class UplinkSpec(FrozenSpec):

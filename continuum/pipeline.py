@@ -39,6 +39,7 @@ from continuum._stage_specs import (
 from continuum._validation import check_partial, validate
 from continuum.drift import DETECTOR_FIX, DETECTOR_TYPES, Detector
 from continuum.errors import SpecError
+from continuum.imaging import ImagePrep
 from continuum.labels import TIER, LabelSelector
 from continuum.select import Policy
 
@@ -110,6 +111,7 @@ class Pipeline:
         where: Mapping[str, str] | LabelSelector | None = None,
         max_batch: int = 8,
         max_wait_ms: float = 5.0,
+        image: ImagePrep | Mapping[str, Any] | None = None,
     ) -> EdgeDecorator: ...
 
     def edge(
@@ -125,6 +127,7 @@ class Pipeline:
         where: Mapping[str, str] | LabelSelector | None = None,
         max_batch: int = 8,
         max_wait_ms: float = 5.0,
+        image: ImagePrep | Mapping[str, Any] | None = None,
     ) -> Callable[..., Any]:
         """Declare the edge inference stage; decorate its preprocess function, or call it plain.
 
@@ -133,6 +136,8 @@ class Pipeline:
         ``pipe.edge(model=..., shape=...)`` without decorating declares a stage with no
         preprocess.  ``shape`` and ``dtype`` describe one sample (no batch axis); ``input``
         gives the whole ``TensorSchema`` instead.  ``where`` defaults to edge-tier nodes.
+        ``image`` declares how camera frames become that input (``ImagePrep``: crop, resize,
+        colour, normalisation); the agent applies it before the preprocess function.
         """
         if fn is not None and not callable(fn):
             raise SpecError(
@@ -159,6 +164,8 @@ class Pipeline:
             "max_batch": max_batch,
             "max_wait_ms": max_wait_ms,
         }
+        if image is not None:
+            data["image"] = image
         if input is not None:
             data["input"] = input
         elif shape is not None:

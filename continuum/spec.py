@@ -41,6 +41,7 @@ from continuum._stage_specs import (
     parse_trigger,
 )
 from continuum.errors import SpecError
+from continuum.imaging import ImagePrep
 from continuum.pipeline import Pipeline
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "EdgeStageSpec",
     "GateMetric",
     "GateSpec",
+    "ImagePrep",
     "LabelSource",
     "LabelSpec",
     "PipelineSpec",

@@ -147,15 +147,27 @@ class RuntimeCore:
 
 
 def _preprocess(spec: PipelineSpec) -> Callable[[Any], Any] | None:
-    """The pipeline's preprocess function, if it declares one.
+    """The pipeline's frame preparation: its declared image prep, then its preprocess function.
+
+    Either may be absent; with both, the function receives the prepared image.
 
     Raises:
         ConfigError: the reference does not resolve.
     """
-    if spec.edge.preprocess is None:
-        return None
-    try:
-        found: Callable[[Any], Any] = resolve_ref(spec.edge.preprocess, field="edge.preprocess")
-    except SpecError as exc:
-        raise ConfigError(f"pipeline {spec.name}: {exc}") from exc
-    return found
+    image = spec.edge.image
+    function: Callable[[Any], Any] | None = None
+    if spec.edge.preprocess is not None:
+        try:
+            function = resolve_ref(spec.edge.preprocess, field="edge.preprocess")
+        except SpecError as exc:
+            raise ConfigError(f"pipeline {spec.name}: {exc}") from exc
+    if image is None:
+        return function
+    if function is None:
+        return image.apply
+    then = function
+
+    def prepared(frame: Any) -> Any:
+        return then(image.apply(frame))
+
+    return prepared
