@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from continuum.errors import InputMismatchError
+from continuum.metrics import f1_macro
 from continuum.spec import GateMetric, GateSpec
 
 __all__ = [
@@ -101,19 +102,6 @@ class GateResult:
     gain: float | None = None
     parts: Mapping[str, PartScore] = field(default_factory=dict)
     edge_per_node: Mapping[str, int] = field(default_factory=dict)
-
-
-def f1_macro(y_true: NDArray[np.int64], y_pred: NDArray[np.int64]) -> float:
-    """Return the macro-averaged F1 over the classes present in ``y_true`` or ``y_pred``."""
-    classes = np.union1d(y_true, y_pred)
-    scores = []
-    for c in classes:
-        tp = float(np.sum((y_pred == c) & (y_true == c)))
-        fp = float(np.sum((y_pred == c) & (y_true != c)))
-        fn = float(np.sum((y_pred != c) & (y_true == c)))
-        denominator = 2 * tp + fp + fn
-        scores.append(2 * tp / denominator if denominator else 0.0)
-    return float(np.mean(scores)) if scores else 0.0
 
 
 def score(y_true: NDArray[np.int64], y_pred: NDArray[np.int64], metric: GateMetric) -> float:
