@@ -179,6 +179,8 @@ class EdgeAgent:
         plans, salt = residency_plans(settings, self._specs)
         self._caps = capabilities.probe()
         self.metrics = AgentMetrics()
+        for name, source in sources.items():
+            self.metrics.watch_source(name, source)  # a source's own counts (video drops)
         self.gate = ResidencyGate(
             plans,
             declared={spec.name: spec.edge.input.fields for spec in self._specs},

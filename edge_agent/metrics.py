@@ -24,6 +24,7 @@ from prometheus_client import (
 from prometheus_client.metrics_core import Metric
 
 from edge_agent._health import HealthCollector
+from edge_agent._source_counts import SourceCollector
 
 __all__ = ["AgentMetrics", "MetricsEndpoint", "TenantMetrics"]
 
@@ -257,7 +258,15 @@ class AgentMetrics:
         # only, nothing elsewhere) and the host, GPU and build-info families of _health.
         ProcessCollector(registry=r)
         r.register(HealthCollector())
+        # Counts the sources keep themselves (frames dropped, stream failures), read at each
+        # scrape: continuum_edge_source_*; see watch_source.
+        self._sources = SourceCollector()
+        r.register(self._sources)
         self._endpoint: MetricsEndpoint | None = None
+
+    def watch_source(self, pipeline: str, source: object) -> None:
+        """Export the counts of ``pipeline``'s source, if it keeps any (``counts()``)."""
+        self._sources.watch(pipeline, source)
 
     def serve(self, port: int, host: str = "0.0.0.0") -> int:
         """Serve ``/metrics`` on ``host:port`` in a daemon thread; return the bound port."""

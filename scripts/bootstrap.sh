@@ -35,6 +35,15 @@ if [ "$mode" = test ] && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/n
   apt_install postgresql
 fi
 
+# The video source's tests serve a clip over RTSP with GStreamer's RTSP server, driven by
+# Debian's own python3 (python3-gi is built for it); plugins-good has the Matroska demuxer
+# and the H.264 payloader it uses, plugins-ugly x264enc for a live test pattern.
+if [ "$mode" = test ] && ! /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0')" 2>/dev/null; then
+  echo "==> installing GStreamer's RTSP server from Debian's packages (for the video tests)"
+  apt_install gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-base \
+    gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly
+fi
+
 PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 if [ ! -x .venv/bin/python ]; then
