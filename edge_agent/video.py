@@ -126,6 +126,8 @@ class VideoSource:
         self._failures = 0
         self._reconnects = 0
         self._decoded = 0
+        self._decoders: set[_Decoder] = set()
+        self._closed = False
 
     def counts(self) -> SourceCounts:
         """Return the counts so far: frames decoded and dropped, failures, reconnections."""
@@ -140,11 +142,26 @@ class VideoSource:
     def __iter__(self) -> Iterator[Frame]:
         """Start a decoder thread and yield its frames; closing the iterator stops it."""
         decoder = _Decoder(self)
+        with self._lock:
+            if self._closed:
+                return
+            self._decoders.add(decoder)
         decoder.start()
         try:
             while (frame := decoder.next_frame()) is not None:
                 yield frame
         finally:
+            decoder.stop()
+            with self._lock:
+                self._decoders.discard(decoder)
+
+    def close(self) -> None:
+        """Stop decoding: iterations end once their queued frames are taken (the agent calls
+        this when the pipeline stops, while its source thread may wait on a dead camera)."""
+        with self._lock:
+            self._closed = True
+            decoders = list(self._decoders)
+        for decoder in decoders:
             decoder.stop()
 
     def __repr__(self) -> str:

@@ -110,7 +110,7 @@ if [ "$mode" = test ]; then
       .venv310/bin/python -m pip install -q --upgrade pip
       # onnx builds the test models, scipy is the statistics' reference, scikit-learn holds
       # the digits (an older release on 3.10: the cloud extra's floor has no 3.10 build).
-      .venv310/bin/python -m pip install -q -e '.[edge]' pytest pytest-timeout hypothesis \
+      .venv310/bin/python -m pip install -q -e '.[edge,video]' pytest pytest-timeout hypothesis \
         'onnx>=1.23' 'scipy>=1.11' scikit-learn
       touch "$stamp310"
     fi
