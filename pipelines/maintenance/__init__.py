@@ -1,0 +1,1 @@
+"""The predictive-maintenance example: simulated bearings, gateway, data, autoencoder, trainer."""
