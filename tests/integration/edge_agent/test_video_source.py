@@ -19,8 +19,9 @@ from tests.video_clip import FPS, SIZE
 
 pytestmark = pytest.mark.integration
 
-#: The outage of the reconnect test; the issue asks for 20 s (shorter for a quick local run).
-OUTAGE_S = float(os.environ.get("CONTINUUM_TEST_VIDEO_OUTAGE_S", "20"))
+#: The outage of the reconnect test here; the 20 s one the issue asks for is the agent's,
+#: in test_edge_agent_camera.
+OUTAGE_S = 5.0
 #: FFmpeg's RTSP demuxer buffers about 2 s of stream while it probes it at open: a burst.
 SETTLE_S = 3.0
 
@@ -127,7 +128,6 @@ class TestBackpressure:
         assert found is not None and float(found.group(1)) >= counts.dropped["backpressure"]
 
 
-@pytest.mark.slow
 class TestOutage:
     def test_source_reconnects_by_itself_after_the_camera_is_gone_and_memory_stays_flat(
         self, rtsp_server: RtspServer
@@ -153,7 +153,7 @@ class TestOutage:
         assert during == 0
         assert counts.reconnects == 1, counts
         # Each failed attempt during the outage was counted (backoff 0.5 s doubling to 4 s).
-        assert counts.failures >= 3, counts
+        assert counts.failures >= 2, counts
         # Back within the longest backoff plus FFmpeg's stream probe at open.
         assert back_after_s < 4.0 + 5.0, back_after_s
         assert rss_after - rss_before < 20 * 2**20, (rss_before, rss_after)
