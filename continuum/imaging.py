@@ -184,10 +184,11 @@ class ImagePrep(FrozenSpec):
                     f"{image.shape[1]}x{image.shape[0]} frame"
                 )
             image = image[y : y + h, x : x + w]
-        pixels = image.astype(np.float32)
         if self.resize is not None and self.resize != image.shape[:2]:
             resize = _resize_area if self.resample == "area" else _resize_bilinear
-            pixels = resize(pixels, self.resize)
+            pixels = resize(image, self.resize)
+        else:
+            pixels = image.astype(np.float32)
         if self.colour == "gray":
             pixels = (pixels @ _LUMA)[..., None] if pixels.shape[2] == 3 else pixels
         else:
@@ -221,31 +222,40 @@ def _resize_bilinear(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         src = np.clip((np.arange(out, dtype=np.float64) + 0.5) * (n / out) - 0.5, 0, n - 1)
         low = np.floor(src).astype(np.intp)
         high = np.minimum(low + 1, n - 1)
-        shape = [1, 1, 1]
-        shape[axis] = out
-        weight = (src - low).astype(np.float32).reshape(shape)
-        a = np.take(pixels, low, axis=axis)
-        b = np.take(pixels, high, axis=axis)
+        weight = _along((src - low).astype(np.float32), axis)
+        a = np.take(pixels, low, axis=axis).astype(np.float32)
+        b = np.take(pixels, high, axis=axis).astype(np.float32)
         pixels = a + (b - a) * weight
-    return pixels
+    return pixels.astype(np.float32, copy=False)
 
 
 def _resize_area(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Box-average resize: each output pixel is the mean of the input area it covers.
 
-    Exact for fractional boxes: along each axis the running sum of the rows is interpolated
-    at the box edges, so the cost is linear in the frame size.
+    Exact for fractional boxes: output ``j`` along an axis covers input ``[j*s, (j+1)*s)``
+    with ``s = n / out``; each input pixel it touches weighs by the length it shares.  The
+    sum runs over at most ``ceil(s) + 1`` taps gathered at the output size, so the cost is
+    about one pass over the frame, and uint8 frames are read without a float copy first.
     """
     for axis, out in enumerate(size):
         n = pixels.shape[axis]
-        moved = np.moveaxis(pixels, axis, 0).astype(np.float64)
-        # total[i] = sum of rows [0, i); the sum up to a fractional edge e adds frac(e) of row i.
-        total = np.concatenate([np.zeros_like(moved[:1]), np.cumsum(moved, axis=0)])
-        edges = np.arange(out + 1, dtype=np.float64) * (n / out)
-        whole = np.minimum(np.floor(edges).astype(np.intp), n)
-        frac = (edges - whole).reshape(-1, 1, 1)
-        rows = np.minimum(whole, n - 1)
-        upto = total[whole] + frac * moved[rows]
-        mean = (upto[1:] - upto[:-1]) / (n / out)
-        pixels = np.moveaxis(mean.astype(np.float32), 0, axis)
+        scale = n / out
+        starts = np.arange(out, dtype=np.float64) * scale
+        taps = np.floor(starts).astype(np.intp)[:, None] + np.arange(int(np.ceil(scale)) + 1)
+        overlap = np.minimum(taps + 1, starts[:, None] + scale) - np.maximum(taps, starts[:, None])
+        weights = (np.clip(overlap, 0.0, None) / scale).astype(np.float32)
+        taps = np.minimum(taps, n - 1)  # taps past the end have weight 0
+        total = np.zeros(
+            [out if i == axis else d for i, d in enumerate(pixels.shape)], dtype=np.float32
+        )
+        for k in range(taps.shape[1]):
+            total += np.take(pixels, taps[:, k], axis=axis) * _along(weights[:, k], axis)
+        pixels = total
     return pixels
+
+
+def _along(values: np.ndarray, axis: int) -> np.ndarray:
+    """Return 1-D ``values`` shaped to broadcast along ``axis`` of an HWC image."""
+    shape = [1, 1, 1]
+    shape[axis] = values.shape[0]
+    return values.reshape(shape)

@@ -60,6 +60,15 @@ class TestValues:
         out = ImagePrep(resize=(1, 2), colour="gray", scale=1.0).apply(frame)[0, 0]
         np.testing.assert_allclose(out, [(0 + 15) / 1.5, (15 + 90) / 1.5], rtol=1e-6)
 
+    def test_area_resize_equals_the_box_mean_of_the_upsampled_frame(self) -> None:
+        # Repeating every pixel out times makes each output box whole input blocks:
+        # their plain mean is the exact area average, for any ratio.
+        frame = np.random.default_rng(7).integers(0, 256, (7, 11, 3), dtype=np.uint8)
+        up = frame.astype(np.float64).repeat(3, axis=0).repeat(4, axis=1)
+        expected = up.reshape(3, 7, 4, 11, 3).mean(axis=(1, 3))
+        out = ImagePrep(resize=(3, 4), scale=1.0, layout="hwc").apply(frame)
+        np.testing.assert_allclose(out, expected, rtol=1e-5)
+
     def test_bilinear_upscale_aligns_pixel_centres(self) -> None:
         frame = np.array([[0, 100]], np.uint8)
         out = ImagePrep(resize=(1, 4), resample="bilinear", colour="gray", scale=1.0)
