@@ -21,6 +21,7 @@ from continuum.wire.codec import decode_samples
 from edge_agent.agent import EdgeAgent
 from tests.edge_agent_kit import AgentRig, CloudStandIn, wait_for
 from tests.integration.edge_agent.conftest import RtspServer
+from tests.tools import assert_promtool_accepts_metrics
 from tests.video_clip import FPS
 
 pytestmark = pytest.mark.integration
@@ -38,15 +39,28 @@ def rss_bytes() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def write_camera_pipeline(folder: Path) -> Path:
+#: Seconds the slow pipeline's preprocess takes per frame: inference at 4 frames/s.
+SLOW_S = 0.25
+
+
+def slow_preprocess(image: np.ndarray) -> np.ndarray:
+    """Stand in for a model slower than the camera (runs after the declared image prep)."""
+    time.sleep(SLOW_S)
+    return image
+
+
+def write_camera_pipeline(folder: Path, *, slow: bool = False) -> Path:
     """The camera pipeline: 64x64 RGB frames to the model's 1x8x8 gray input, 0..16 scale."""
     pipe = Pipeline(PIPELINE, tenant=TENANT, data_class="internal")
-    pipe.edge(
+    declare = pipe.edge(
         model="inspector",
         backend="onnxruntime",
         shape=(1, 8, 8),
         image=ImagePrep(resize=(8, 8), colour="gray", scale=16 / 255),
+        max_batch=1,
     )
+    if slow:
+        declare(slow_preprocess)
     pipe.uplink(select.random(1.0))
     path = folder / f"{PIPELINE}.yaml"
     path.write_text(pipe.spec.to_yaml(), encoding="utf-8")
@@ -87,9 +101,9 @@ def frames_inferred(agent: EdgeAgent) -> float:
     return value or 0.0
 
 
-def source_count(agent: EdgeAgent, name: str) -> float:
+def source_count(agent: EdgeAgent, name: str, **labels: str) -> float:
     value = agent.metrics.registry.get_sample_value(
-        f"continuum_edge_source_{name}_total", {"pipeline": PIPELINE}
+        f"continuum_edge_source_{name}_total", {"pipeline": PIPELINE, **labels}
     )
     return value or 0.0
 
@@ -138,3 +152,29 @@ class TestCameraPipeline:
         started = time.monotonic()
         agent.stop(timeout_s=5.0)
         assert time.monotonic() - started < 10.0
+
+
+class TestCameraFasterThanInference:
+    def test_a_camera_faster_than_inference_drops_the_oldest_frames_and_says_so(
+        self, rig: AgentRig, rtsp_server: RtspServer
+    ) -> None:
+        rig.spec = write_camera_pipeline(rig.folder, slow=True)
+        cam = {"ref": "edge_agent.video:VideoSource", "args": {"url": rtsp_server.url}}
+        agent = rig.agent(source=cam, confirm_stored=False)
+        agent.start()
+        rig.roll_out("v1", 1)
+        wait_for(lambda: frames_inferred(agent) > 0, timeout_s=20)
+        # The runtime's own frame queue (16 frames at max_batch=1) fills first, in ~3 s.
+        time.sleep(SETTLE_S + 3.0)
+        dropped_before = source_count(agent, "frames_dropped", reason="backpressure")
+        inferred = rate(agent, 5.0)
+        dropped = source_count(agent, "frames_dropped", reason="backpressure") - dropped_before
+        assert inferred <= 1 / SLOW_S * 1.1, inferred
+        # What inference cannot take of the camera's 10 frames/s is dropped at the source.
+        assert dropped >= (FPS - 1 / SLOW_S) * 5.0 * 0.7, dropped
+        text = agent.metrics.render().decode()
+        assert (
+            f'continuum_edge_source_frames_dropped_total{{pipeline="{PIPELINE}",'
+            'reason="backpressure"}' in text
+        )
+        assert_promtool_accepts_metrics(text)
