@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import threading
 import time
 from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +18,7 @@ from continuum.sources import Frame
 from edge_agent.metrics import AgentMetrics
 from edge_agent.video import VideoSource
 from tests.integration.edge_agent.conftest import RtspServer
-from tests.video_clip import FPS, SIZE
+from tests.video_clip import FPS, SIZE, encode_digits_clip
 
 pytestmark = pytest.mark.integration
 
@@ -157,3 +160,28 @@ class TestOutage:
         # Back within the longest backoff plus FFmpeg's stream probe at open.
         assert back_after_s < 4.0 + 5.0, back_after_s
         assert rss_after - rss_before < 20 * 2**20, (rss_before, rss_after)
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class TestHttp:
+    def test_a_clip_over_http_is_decoded_whole_at_its_rate(self, tmp_path: Path) -> None:
+        encode_digits_clip(tmp_path / "digits.mkv", seconds=2)
+        handler = functools.partial(_QuietHandler, directory=str(tmp_path))
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, name="test-http", daemon=True).start()
+        try:
+            url = f"http://127.0.0.1:{server.server_port}/digits.mkv"
+            source = VideoSource(url, live=False, pace=True)
+            started = time.monotonic()
+            frames = list(source)
+            elapsed = time.monotonic() - started
+        finally:
+            server.shutdown()
+            server.server_close()
+        assert len(frames) == 2 * FPS
+        assert 1.8 <= elapsed <= 5.0, elapsed
+        assert source.counts().failures == 0
