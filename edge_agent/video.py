@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -105,7 +106,8 @@ class VideoSource:
             raise ConfigError(f"retry_max_s ({retry_max_s}) is below retry_min_s ({retry_min_s})")
         if rtsp_transport not in ("tcp", "udp"):
             raise ConfigError(f"rtsp_transport must be tcp or udp, got {rtsp_transport!r}")
-        is_device = url.startswith("/dev/video")
+        # /dev/video0, or a stable name such as /dev/v4l/by-id/usb-...-video-index0.
+        is_device = url.startswith("/dev/")
         is_file = not is_device and not url.startswith(_LIVE_SCHEMES)
         if is_file and not Path(url).is_file():
             raise ConfigError(
@@ -113,6 +115,8 @@ class VideoSource:
                 "http(s):// URL, or a V4L2 device such as /dev/video0"
             )
         self.url = url
+        #: The URL without its user and password, for logs, thread names and repr.
+        self.shown_url = _redact(url)
         self.max_fps = max_fps
         self.queue_frames = queue_frames
         self.live = not is_file if live is None else live
@@ -165,7 +169,7 @@ class VideoSource:
             decoder.stop()
 
     def __repr__(self) -> str:
-        return f"VideoSource({self.url!r}, max_fps={self.max_fps})"
+        return f"VideoSource({self.shown_url!r}, max_fps={self.max_fps})"
 
     # What the decoder thread reports, under the lock.
     def _count(self, *, decoded: int = 0, failures: int = 0, reconnects: int = 0) -> None:
@@ -198,7 +202,7 @@ class _Decoder:
         self._stopping = threading.Event()
         self._ended = False
         self._thread = threading.Thread(
-            target=self._run, name=f"video-source {source.url}", daemon=True
+            target=self._run, name=f"video-source {source.shown_url}", daemon=True
         )
 
     def start(self) -> None:
@@ -228,7 +232,7 @@ class _Decoder:
     def _run(self) -> None:
         source = self._source
         backoff = Backoff(*source._retry)
-        failures = FailureLog(f"video source {source.url}", log)
+        failures = FailureLog(f"video source {source.shown_url}", log)
         opened_before = False
         try:
             while not self._stopping.is_set():
@@ -257,7 +261,8 @@ class _Decoder:
 
     def _lost(self, backoff: Backoff, failures: FailureLog, detail: str) -> None:
         self._source._count(failures=1)
-        failures.failed(detail)
+        # FFmpeg's errors quote the URL, with the camera's password if it has one.
+        failures.failed(detail.replace(self._source.url, self._source.shown_url))
         self._stopping.wait(backoff.next_delay())
 
     def _decode(self, container: Any, backoff: Backoff, failures: FailureLog) -> None:
@@ -301,6 +306,11 @@ def _ffmpeg_options(
         options.update(rw_timeout=micros)
     options.update({str(k): str(v) for k, v in (extra or {}).items()})
     return options
+
+
+def _redact(url: str) -> str:
+    """Return ``url`` with any ``user:password@`` replaced by ``***@``."""
+    return re.sub(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", r"\1***@", url, flags=re.IGNORECASE)
 
 
 def _check_positive(**values: float | None) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from continuum.embedded._process import free_port
 from continuum.sources import Frame
 from edge_agent.metrics import AgentMetrics
 from edge_agent.video import VideoSource
@@ -165,6 +166,29 @@ class TestOutage:
 class _QuietHandler(SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
+
+
+class TestCredentials:
+    def test_camera_passwords_stay_out_of_logs_and_thread_names(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        port = free_port()
+        source = VideoSource(
+            f"rtsp://admin:s3cret@127.0.0.1:{port}/s1", retry_min_s=5, retry_max_s=5
+        )
+        iterator = iter(source)
+        reader = threading.Thread(target=lambda: next(iterator, None), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 10
+        while source.counts().failures == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        names = [t.name for t in threading.enumerate()]
+        source.close()
+        reader.join(10)
+        assert source.counts().failures >= 1  # nothing listens there: refused
+        assert any(f"rtsp://***@127.0.0.1:{port}/s1" in n for n in names), names
+        assert "s3cret" not in " ".join(names) + caplog.text + repr(source)
+        assert "***@127.0.0.1" in caplog.text
 
 
 class TestHttp:

@@ -11,7 +11,7 @@ import pytest
 
 from continuum.errors import ConfigError
 from edge_agent._source_counts import SourceCollector, SourceCounts
-from edge_agent.video import VideoSource, _ffmpeg_options
+from edge_agent.video import VideoSource, _ffmpeg_options, _redact
 from tests.video_clip import FPS, digit_frames, encode_digits_clip
 
 
@@ -111,6 +111,14 @@ class TestConfig:
         assert _ffmpeg_options("/dev/video0", 1, "tcp", {"video_size": "640x480"}) == {
             "video_size": "640x480"
         }
+
+    def test_camera_passwords_are_redacted_for_logs(self) -> None:
+        assert _redact("rtsp://admin:s3cret@10.0.0.7:554/s1") == "rtsp://***@10.0.0.7:554/s1"
+        assert _redact("HTTP://u@cam/mjpg") == "HTTP://***@cam/mjpg"
+        assert _redact("/dev/video0") == "/dev/video0"
+        assert (
+            repr(VideoSource("rtsp://a:b@cam/s")) == "VideoSource('rtsp://***@cam/s', max_fps=None)"
+        )
 
     def test_devices_and_urls_are_live_files_are_not(self, clip: Path) -> None:
         assert VideoSource("/dev/video0").live
