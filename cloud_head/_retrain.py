@@ -237,7 +237,7 @@ class Retrainer:
         spec = self._context.spec
         holdout = gate_holdout(spec, run.data)
         current = None if run.parent is None else run.parent.artifact_path
-        verdict = gate(result.onnx_path, current, holdout, spec.gate)
+        verdict = gate(result.onnx_path, current, holdout, spec.gate, task=spec.edge.task)
         gate_record = asdict(verdict) | {"holdout_size": holdout.size()}
         self._record(
             AuditAction.GATE,
@@ -245,7 +245,7 @@ class Retrainer:
             gate_record
             | {
                 "run": run.name,
-                "metric": spec.gate.metric,
+                "metric": spec.gate_metric,
                 "current_version": None if run.parent is None else run.parent.version,
                 "verdict": "passed" if verdict.passed else "rejected",
             },

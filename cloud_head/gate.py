@@ -17,9 +17,11 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from continuum import task as tasks
 from continuum.errors import InputMismatchError
 from continuum.metrics import f1_macro
 from continuum.spec import GateMetric, GateSpec
+from continuum.task import Task, TaskOutputs
 
 __all__ = [
     "GateHoldout",
@@ -66,7 +68,7 @@ class GateHoldout:
             return self.edge_x, self.edge_y
         shape = parts[0][0].shape[1:]
         x = np.concatenate([np.asarray(px).reshape(-1, *shape) for px, _ in parts])
-        y = np.concatenate([np.asarray(py, dtype=np.int64).reshape(-1) for _, py in parts])
+        y = np.concatenate([np.asarray(py).reshape(-1) for _, py in parts])
         return x, y
 
     def size(self) -> int:
@@ -79,7 +81,7 @@ class PartScore:
     """Both models' scores on one part of the holdout and its size (for readers only)."""
 
     size: int
-    candidate_score: float
+    candidate_score: float | None
     current_score: float | None
 
 
@@ -104,51 +106,67 @@ class GateResult:
     edge_per_node: Mapping[str, int] = field(default_factory=dict)
 
 
-def score(y_true: NDArray[np.int64], y_pred: NDArray[np.int64], metric: GateMetric) -> float:
-    """Return ``metric`` of predictions ``y_pred`` against ``y_true``."""
+def score(
+    y_true: NDArray[np.generic], y_pred: NDArray[np.generic] | TaskOutputs, metric: GateMetric
+) -> float:
+    """Return ``metric`` of ``y_pred`` against ``y_true``.
+
+    ``y_pred`` is a model's outputs read by its task, or a classifier's predicted classes
+    (for accuracy and f1_macro).
+    """
+    if isinstance(y_pred, TaskOutputs):
+        return tasks.score(metric, y_true, y_pred)
     if metric == "accuracy":
-        return float(np.mean(y_true == y_pred))
+        return float(np.mean(np.asarray(y_true) == np.asarray(y_pred)))
     if metric == "f1_macro":
         return f1_macro(y_true, y_pred)
-    raise ValueError(f"unknown gate metric {metric!r}; use 'accuracy' or 'f1_macro'")
+    raise ValueError(
+        f"{metric!r} scores a model's outputs, not predicted classes; pass TaskOutputs"
+    )
 
 
-def _predict(model: Path, x: NDArray[np.generic]) -> NDArray[np.int64]:
+def _predict(model: Path, x: NDArray[np.generic], task: Task) -> TaskOutputs:
+    """Run ``model`` on ``x`` and read its outputs by ``task``'s contract."""
     from continuum.backends import open_backend
 
     backend = open_backend("onnxruntime", model, max_batch=EVAL_BATCH)
     try:
         parts = [
-            np.asarray(backend.infer(x[start : start + EVAL_BATCH])).argmax(axis=1)
+            np.asarray(backend.infer(x[start : start + EVAL_BATCH]))
             for start in range(0, len(x), EVAL_BATCH)
         ]
     finally:
         backend.close()
-    return np.concatenate(parts).astype(np.int64)
+    return task.read(np.concatenate(parts))
 
 
 def evaluate(
     model: Path | str,
     x: NDArray[np.generic],
-    y: NDArray[np.integer],
-    metric: GateMetric = "accuracy",
+    y: NDArray[np.generic],
+    metric: GateMetric | None = None,
+    *,
+    task: Task | None = None,
 ) -> float:
-    """Score the ONNX model at ``model`` on holdout images ``x`` with labels ``y``.
+    """Score the ONNX model at ``model`` on holdout inputs ``x`` with labels ``y``.
+
+    ``task`` (default: classification) reads the outputs; ``metric`` defaults to its own.
 
     Raises:
-        InputMismatchError: the holdout is empty, ``x`` and ``y`` differ in length, or ``x``
-            does not fit the model's input.
+        InputMismatchError: the holdout is empty, ``x`` and ``y`` differ in length, ``x``
+            does not fit the model's input, or the outputs break the task's contract.
         BackendError: the model does not load or run.
     """
-    x, y_true = _checked(x, y)
-    return score(y_true, _predict(Path(model), x), metric)
+    kind = task or tasks.classification()
+    x, y_true = _checked(x, y, kind)
+    return score(y_true, _predict(Path(model), x, kind), metric or kind.default_metric)
 
 
 def _checked(
-    x: NDArray[np.generic], y: NDArray[np.integer]
-) -> tuple[NDArray[np.generic], NDArray[np.int64]]:
+    x: NDArray[np.generic], y: NDArray[np.generic], task: Task
+) -> tuple[NDArray[np.generic], NDArray[np.generic]]:
     x = np.asarray(x)
-    y_true = np.asarray(y, dtype=np.int64).reshape(-1)
+    y_true = np.asarray(y, dtype=np.int64 if task.integer_labels else np.float64).reshape(-1)
     if len(x) != len(y_true):
         raise InputMismatchError(
             "holdout images and labels differ in length",
@@ -168,24 +186,29 @@ def _checked(
 def gate(
     candidate: Path | str,
     current: Path | str | None,
-    holdout: GateHoldout | tuple[NDArray[np.generic], NDArray[np.integer]],
+    holdout: GateHoldout | tuple[NDArray[np.generic], NDArray[np.generic]],
     spec: GateSpec,
+    *,
+    task: Task | None = None,
 ) -> GateResult:
     """Decide whether ``candidate`` may replace ``current``: it must gain ``spec.min_gain``.
 
-    Both ONNX models are scored on the same ``holdout`` with ``spec.metric``: a plain
-    ``(x, y)``, or a ``GateHoldout`` whose parts are also scored apart.  Without a current
-    model the candidate passes on its score alone.
+    Both ONNX models are scored on the same ``holdout`` with ``spec.metric`` (default: the
+    task's), their outputs read by ``task`` (default: classification): a plain ``(x, y)``,
+    or a ``GateHoldout`` whose parts are also scored apart.  For an error metric (mae,
+    rmse) the gain is the fall of the error.  Without a current model the candidate passes
+    on its score alone.
 
     Raises:
         InputMismatchError, BackendError: as ``evaluate``.
     """
     whole = holdout if isinstance(holdout, GateHoldout) else None
     raw_x, raw_y = holdout.combined() if isinstance(holdout, GateHoldout) else holdout
-    x, y = _checked(raw_x, raw_y)
-    metric: GateMetric = spec.metric
-    candidate_pred = _predict(Path(candidate), x)
-    current_pred = None if current is None else _predict(Path(current), x)
+    kind = task or tasks.classification()
+    x, y = _checked(raw_x, raw_y, kind)
+    metric: GateMetric = spec.metric or kind.default_metric
+    candidate_pred = _predict(Path(candidate), x, kind)
+    current_pred = None if current is None else _predict(Path(current), x, kind)
     candidate_score = score(y, candidate_pred, metric)
     current_score = None if current_pred is None else score(y, current_pred, metric)
     parts = {} if whole is None else _part_scores(whole, y, candidate_pred, current_pred, metric)
@@ -202,7 +225,7 @@ def gate(
             parts=parts,
             edge_per_node=per_node,
         )
-    gain = candidate_score - current_score
+    gain = tasks.gain(metric, candidate_score, current_score)
     # Compare with a tolerance so a tie at min_gain=0 is not lost to float rounding.
     passed = gain >= spec.min_gain - 1e-12
     verdict = "passes" if passed else "fails"
@@ -224,9 +247,9 @@ def gate(
 
 def _part_scores(
     holdout: GateHoldout,
-    y: NDArray[np.int64],
-    candidate_pred: NDArray[np.int64],
-    current_pred: NDArray[np.int64] | None,
+    y: NDArray[np.generic],
+    candidate_pred: TaskOutputs,
+    current_pred: TaskOutputs | None,
     metric: GateMetric,
 ) -> dict[str, PartScore]:
     """Score each part of the holdout from the predictions on the whole (parts in order)."""
@@ -236,13 +259,24 @@ def _part_scores(
         end = start + len(part_y)
         scores[name] = PartScore(
             size=end - start,
-            candidate_score=score(y[start:end], candidate_pred[start:end], metric),
+            candidate_score=_part_score(y[start:end], candidate_pred, start, end, metric),
             current_score=None
             if current_pred is None
-            else score(y[start:end], current_pred[start:end], metric),
+            else _part_score(y[start:end], current_pred, start, end, metric),
         )
         start = end
     return scores
+
+
+def _part_score(
+    y: NDArray[np.generic], outputs: TaskOutputs, start: int, end: int, metric: GateMetric
+) -> float | None:
+    """Score rows ``start:end``; None where the part alone cannot be scored (e.g. a ranking
+    metric on a part whose labels hold one class), since parts are for readers only."""
+    try:
+        return score(y, outputs.rows_between(start, end), metric)
+    except InputMismatchError:
+        return None
 
 
 def _parts_text(parts: Mapping[str, PartScore], per_node: Mapping[str, int]) -> str:
@@ -250,6 +284,9 @@ def _parts_text(parts: Mapping[str, PartScore], per_node: Mapping[str, int]) -> 
     out = ""
     for name, part in parts.items():
         size = f"{part.size} from {len(per_node)} node(s)" if name == "edge" else str(part.size)
+        if part.candidate_score is None:
+            out += f"; {name} {size}: not scorable alone"
+            continue
         versus = "" if part.current_score is None else f" vs {part.current_score:.4f}"
         out += f"; {name} {size}: {part.candidate_score:.4f}{versus}"
     return out

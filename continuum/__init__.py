@@ -1,12 +1,12 @@
 """continuum: edge-to-cloud AI continuum orchestration.
 
-The public surface is the pipeline DSL (``Pipeline``, ``select``, ``drift``), the spec it
+The public surface is the pipeline DSL (``Pipeline``, ``task``, ``select``, ``drift``), the spec it
 produces (``PipelineSpec`` and its parts) and the error hierarchy.
 """
 
 from __future__ import annotations
 
-from continuum import drift, select
+from continuum import drift, select, task
 from continuum.errors import ContinuumError, SpecError
 from continuum.labels import LabelSelector
 from continuum.pipeline import Pipeline
@@ -42,4 +42,5 @@ __all__ = [
     "drift",
     "load_pipeline",
     "select",
+    "task",
 ]

@@ -37,7 +37,8 @@ ROLLBACK_FORMS = '"accuracy drop 0.02", "accuracy drop 2%" or a number in (0, 1]
 LATENCY_FORMS = '"p95 latency +20%", "latency increase 20%" or a number in (0, 10] (0.2 = +20%)'
 RULES_FORMS = (
     '"accuracy drop 0.02", "p95 latency +20%" (or "latency increase 20%"), '
-    'or both joined with " or "'
+    'or both joined with " or "; another task metric reads "recall drop 0.05" or '
+    '"mae rise 2.5"'
 )
 
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
@@ -158,19 +159,71 @@ def parse_latency_rise(value: object, *, field: str = "rollback_on") -> float:
     return rise
 
 
+_QUALITY_RULE = re.compile(
+    rf"^([a-z][a-z0-9_.]*)\s+(drop|rise)\s+(?:of\s+|by\s+)?{_NUMBER}\s*(%?)$"
+)
+
+
+def parse_quality_rule(value: str, *, field: str = "rollback_on") -> tuple[str, float]:
+    """Return ``(metric, amount)`` of ``"recall drop 0.05"`` or ``"mae rise 2.5"``.
+
+    A metric where higher is better rolls back on a drop, an error metric on a rise; a
+    share (in [0, 1]) drops by at most 1.
+
+    Raises:
+        SpecError: the rule cannot be read, names an unknown metric, goes the wrong way,
+            or its amount is out of range.
+    """
+    from continuum.task import metric_info  # the task module imports the grammar's users
+
+    match = _QUALITY_RULE.match(value.strip().lower())
+    if match is None:
+        raise SpecError(
+            f"cannot read rollback rule {value!r}", field=field, fix=f"write {RULES_FORMS}"
+        )
+    metric, way = match.group(1), match.group(2)
+    if metric == "accuracy" and way == "drop":
+        return metric, parse_rollback(value, field=field)
+    info = metric_info(metric)
+    amount = float(match.group(3)) / (100.0 if match.group(4) else 1.0)
+    want = "drop" if info.higher_is_better else "rise"
+    if way != want:
+        raise SpecError(
+            f"{metric} gets worse by a {want}, not a {way}",
+            field=field,
+            fix=f'write e.g. "{metric} {want} {0.05 if info.bounded else 2.5:g}"',
+        )
+    if not (amount > 0.0 and (amount <= 1.0 or not info.bounded)):
+        raise SpecError(
+            f"the {metric} {want} must be in {'(0, 1]' if info.bounded else '(0, inf)'}, "
+            f"got {amount:g}",
+            field=field,
+            fix=f'write e.g. "{metric} {want} {0.05 if info.bounded else 2.5:g}"',
+        )
+    return metric, amount
+
+
 class RollbackRules(BaseModel):
-    """What rolls a rollout back: an accuracy drop, a p95 latency rise or either (None: off)."""
+    """What rolls a rollout back: the task metric worsening, a p95 latency rise or either.
+
+    ``accuracy_drop`` is how far ``metric`` may worsen (a drop of accuracy or recall, a
+    rise of MAE) before the candidate is rolled back; None turns that rule off.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     accuracy_drop: float | None = None
     latency_rise: float | None = None
+    metric: str = "accuracy"
 
     def describe(self) -> str:
         """Return the rules as a user writes them: ``accuracy drop 0.02 or p95 latency +20%``."""
         parts = []
         if self.accuracy_drop is not None:
-            parts.append(f"accuracy drop {self.accuracy_drop:g}")
+            from continuum.task import metric_info
+
+            way = "drop" if metric_info(self.metric).higher_is_better else "rise"
+            parts.append(f"{self.metric} {way} {self.accuracy_drop:g}")
         if self.latency_rise is not None:
             parts.append(f"p95 latency +{self.latency_rise * 100:g}%")
         return " or ".join(parts) or "no rule"
@@ -189,24 +242,29 @@ def parse_rollback_rules(value: object, *, field: str = "rollback_on") -> Rollba
     parts = [part.strip() for part in re.split(r"\s+or\s+", value.strip(), flags=re.IGNORECASE)]
     drop: float | None = None
     rise: float | None = None
+    quality = "accuracy"
     for part in parts:
         lowered = part.lower()
-        metric = "accuracy" if lowered.startswith("accuracy") else "latency"
-        if metric not in lowered:
+        kind = "latency" if "latency" in lowered else "quality"
+        if kind == "latency" and rise is not None:
             raise SpecError(
-                f"cannot read rollback rule {part!r}" + (f" in {value!r}" if part != value else ""),
-                field=field,
-                fix=f"write {RULES_FORMS}",
-            )
-        if (drop if metric == "accuracy" else rise) is not None:
-            raise SpecError(
-                f"{value!r} gives the {metric} rule twice",
+                f"{value!r} gives the latency rule twice",
                 field=field,
                 fix=f"keep one; write {RULES_FORMS}",
             )
         try:
-            if metric == "accuracy":
-                drop = parse_rollback(part, field=field)
+            if kind == "quality":
+                metric, amount = parse_quality_rule(part, field=field)
+                if drop is not None:
+                    twice = f"the {metric} rule" if metric == quality else "two metric rules"
+                    raise SpecError(
+                        f"{value!r} gives {twice} twice"
+                        if metric == quality
+                        else f"{value!r} gives {twice}",
+                        field=field,
+                        fix=f"keep one; write {RULES_FORMS}",
+                    )
+                quality, drop = metric, amount
             else:
                 rise = parse_latency_rise(part, field=field)
         except SpecError as error:
@@ -217,7 +275,7 @@ def parse_rollback_rules(value: object, *, field: str = "rollback_on") -> Rollba
                 field=field,
                 fix=f"write {RULES_FORMS}",
             ) from error
-    return RollbackRules(accuracy_drop=drop, latency_rise=rise)
+    return RollbackRules(accuracy_drop=drop, latency_rise=rise, metric=quality)
 
 
 def trigger_fields(when: str, field: str) -> dict[str, Any]:

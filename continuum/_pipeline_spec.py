@@ -6,7 +6,8 @@ import json
 from typing import Any, Final, Literal
 
 import yaml
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
+from typing_extensions import Self
 
 from continuum._data_class import DataClassField
 from continuum._loading import model_from_mapping, model_from_yaml
@@ -21,6 +22,7 @@ from continuum._stage_specs import (
     topic_name,
 )
 from continuum.errors import SpecError
+from continuum.task import check_gate_metric, check_policy_kinds, check_rollback_metric
 
 __all__ = ["API_VERSION", "PipelineSpec"]
 
@@ -53,6 +55,22 @@ class PipelineSpec(FrozenSpec):
     @classmethod
     def _check_tenant(cls, value: str) -> str:
         return topic_name(value, "tenant", "acme")
+
+    @model_validator(mode="after")
+    def _fits_task(self) -> Self:
+        # Everything downstream of the model reads its outputs through the task: a policy,
+        # gate or rollback rule that cannot is refused here, naming the ones that can.
+        task = self.edge.task
+        check_policy_kinds(task, self.uplink.policy.kinds())
+        check_gate_metric(task, self.gate_metric)
+        if self.rollout.rollback_on_drop is not None:
+            check_rollback_metric(task, self.rollout.rollback_metric)
+        return self
+
+    @property
+    def gate_metric(self) -> str:
+        """The gate's metric: the one declared, else the task's default."""
+        return self.gate.metric or self.edge.task.default_metric
 
     @classmethod
     def from_dict(cls, data: Any) -> PipelineSpec:
@@ -93,7 +111,7 @@ class PipelineSpec(FrozenSpec):
         lines = [
             f"pipeline {self.name} (tenant {self.tenant}, data class {self.data_class.value})",
             f"  edge:    model {edge.model} on {edge.backend}, input {list(edge.input.shape)} "
-            f"{edge.input.dtype}, on {edge.where}",
+            f"{edge.input.dtype}, {edge.task.describe()}, on {edge.where}",
             f"  uplink:  {uplink.policy.describe()}, budget {budget}",
             f"  label:   {self.label.source}"
             + (f" ({self.label.teacher_model})" if self.label.teacher_model else ""),
@@ -107,7 +125,7 @@ class PipelineSpec(FrozenSpec):
                 f"{retrain.gpus:g} GPU {retrain.cpus:g} CPU, on {retrain.where}"
             )
         rollout = self.rollout
-        lines.append(f"  gate:    {self.gate.metric} gain >= {self.gate.min_gain:g}")
+        lines.append(f"  gate:    {self.gate_metric} gain >= {self.gate.min_gain:g}")
         lines.append(f"  rollout: {rollout.describe()}")
         return "\n".join(lines)
 

@@ -18,6 +18,7 @@ from continuum._grammar import (
 )
 from continuum._stage_specs import FrozenSpec, bounded
 from continuum.errors import SpecError
+from continuum.task import metric_info
 
 __all__ = ["MAX_RAMP_STEPS", "RolloutSpec"]
 
@@ -54,7 +55,14 @@ class RolloutSpec(FrozenSpec):
         description="How long each later step holds, seconds; defaults to promote_after_s.",
     )
     rollback_on_drop: float | None = Field(
-        default=0.02, description="Roll back if accuracy drops by this; null: not checked."
+        default=0.02,
+        description="Roll back if rollback_metric worsens by this (accuracy or recall drops, "
+        "MAE rises); null: not checked.",
+    )
+    rollback_metric: str = Field(
+        default="accuracy",
+        description="The task metric the edge reports per window that rollback_on_drop "
+        "watches (continuum.task: accuracy, precision, recall, f1, mae, rmse).",
     )
     rollback_on_latency_rise: float | None = Field(
         default=None,
@@ -82,6 +90,14 @@ class RolloutSpec(FrozenSpec):
             rules = parse_rollback_rules(data.pop("rollback_on"), field="rollback_on")
             data["rollback_on_drop"] = rules.accuracy_drop
             data["rollback_on_latency_rise"] = rules.latency_rise
+            if data.get("rollback_metric", rules.metric) != rules.metric:
+                raise SpecError(
+                    f"rollback_on watches {rules.metric}, rollback_metric says "
+                    f"{data['rollback_metric']}",
+                    field="rollback_on",
+                    fix="keep rollback_on alone; it names the metric",
+                )
+            data["rollback_metric"] = rules.metric
         return data
 
     @field_validator("canary")
@@ -107,7 +123,22 @@ class RolloutSpec(FrozenSpec):
     @field_validator("rollback_on_drop", mode="before")
     @classmethod
     def _check_rollback(cls, value: object) -> float | None:
-        return None if value is None else parse_rollback(value, field="rollback_on_drop")
+        if value is None:
+            return None
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 1:
+            return float(value)  # an error metric's rise (units); checked with the metric below
+        return parse_rollback(value, field="rollback_on_drop")
+
+    @field_validator("rollback_metric")
+    @classmethod
+    def _check_metric(cls, value: str) -> str:
+        if not metric_info(value).windowed:
+            raise SpecError(
+                f"{value!r} is not computed per telemetry window at the edge",
+                field="rollback_metric",
+                fix="roll back on accuracy, precision, recall, f1, mae or rmse",
+            )
+        return value
 
     @field_validator("rollback_on_latency_rise", mode="before")
     @classmethod
@@ -124,6 +155,13 @@ class RolloutSpec(FrozenSpec):
                 field="rollback_on",
                 fix=f"write {RULES_FORMS}",
             )
+        drop = self.rollback_on_drop
+        if drop is not None and drop > 1 and metric_info(self.rollback_metric).bounded:
+            raise SpecError(
+                f"{self.rollback_metric} lies in [0, 1], so a drop of {drop:g} never fires",
+                field="rollback_on",
+                fix=f'write e.g. "{self.rollback_metric} drop 0.05"',
+            )
         if len(self.ramp_shares()) > MAX_RAMP_STEPS:
             raise SpecError(
                 f"a ramp from canary {self.canary:g} by factor {self.ramp_factor:g} takes "
@@ -137,7 +175,9 @@ class RolloutSpec(FrozenSpec):
     def rules(self) -> RollbackRules:
         """Return the rollback rules of the rollout."""
         return RollbackRules(
-            accuracy_drop=self.rollback_on_drop, latency_rise=self.rollback_on_latency_rise
+            metric=self.rollback_metric,
+            accuracy_drop=self.rollback_on_drop,
+            latency_rise=self.rollback_on_latency_rise,
         )
 
     def ramp_shares(self) -> tuple[float, ...]:

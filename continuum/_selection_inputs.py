@@ -26,6 +26,7 @@ __all__ = [
     "Probabilities",
     "Probs",
     "Reasons",
+    "ScoreHistory",
     "Seeds",
     "SelectionContext",
     "below_rate",
@@ -99,12 +100,15 @@ class SelectionContext:
     each ``drift(detector)`` leaf fires while its own detector is among them.
     ``drift_active`` makes every ``drift(...)`` leaf fire whatever its detector (a context
     built without per-detector verdicts: a replay, a test); ``drift_score`` is informative.
+    ``recent_scores`` are the stream's last scores (``ScoreHistory``), which a rolling
+    quantile leaf compares the batch with.
     """
 
     seeds: npt.NDArray[np.integer[Any]]
     drift_active: bool = False
     drift_score: float = 0.0
     drifted: frozenset[Detector] = frozenset()
+    recent_scores: npt.NDArray[np.float64] | None = None
 
     def __post_init__(self) -> None:
         seeds = self.seeds
@@ -143,6 +147,7 @@ class SelectionContext:
         drift_active: bool = False,
         drift_score: float = 0.0,
         drifted: frozenset[Detector] = frozenset(),
+        recent_scores: npt.NDArray[np.float64] | None = None,
     ) -> SelectionContext:
         """Build a context for samples ``seqs`` of ``node``: seed = ``seed_from_id(node) + seq``.
 
@@ -171,7 +176,50 @@ class SelectionContext:
                 )
             offsets = values.astype(np.uint64)
         seeds = offsets + _node_key(node)  # wraps modulo 2**64, as intended
-        return cls(seeds=seeds, drift_active=drift_active, drift_score=drift_score, drifted=drifted)
+        return cls(
+            seeds=seeds,
+            drift_active=drift_active,
+            drift_score=drift_score,
+            drifted=drifted,
+            recent_scores=recent_scores,
+        )
+
+
+class ScoreHistory:
+    """The last ``size`` scores of one stream, for rolling-quantile selection.
+
+    A ring buffer: ``push`` costs one or two slice copies, ``values`` returns a view of
+    what is filled.  Not thread-safe: one history per stream, fed by its inference thread.
+    """
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"a score history holds at least one score, got size {size}")
+        self._buffer = np.zeros(size, dtype=np.float64)
+        self._next = 0
+        self._filled = 0
+
+    def push(self, scores: npt.ArrayLike) -> None:
+        """Add a batch of scores, forgetting the oldest beyond ``size``."""
+        values = np.asarray(scores, dtype=np.float64).reshape(-1)
+        size = self._buffer.shape[0]
+        if values.shape[0] >= size:
+            self._buffer[:] = values[-size:]
+            self._next, self._filled = 0, size
+            return
+        end = self._next + values.shape[0]
+        if end <= size:
+            self._buffer[self._next : end] = values
+        else:
+            split = size - self._next
+            self._buffer[self._next :] = values[:split]
+            self._buffer[: end - size] = values[split:]
+        self._next = end % size
+        self._filled = min(size, self._filled + values.shape[0])
+
+    def values(self) -> npt.NDArray[np.float64]:
+        """Return the scores held (in no particular order)."""
+        return self._buffer[: self._filled]
 
 
 @functools.lru_cache(maxsize=256)

@@ -30,6 +30,7 @@ from continuum.errors import ProtocolError, SpecError
 from continuum.imaging import ImagePrep
 from continuum.labels import TIER, LabelSelector
 from continuum.select import PolicySpec
+from continuum.task import Classification, TaskSpec, metric_info
 from continuum.wire.topics import check_name
 
 __all__ = [
@@ -51,7 +52,8 @@ __all__ = [
 
 BackendKind = Literal["auto", "onnxruntime", "tensorrt"]
 LabelSource = Literal["delayed_feedback", "teacher", "human"]
-GateMetric = Literal["accuracy", "f1_macro"]
+#: A gate metric's name (``continuum.task.metric_info`` knows them; the task says which fit).
+GateMetric = str
 
 
 def topic_name(value: str, what: str, example: str) -> str:
@@ -132,6 +134,11 @@ class EdgeStageSpec(FrozenSpec):
     max_wait_ms: float = Field(default=5.0, description="Longest wait to fill a micro-batch.")
     image: ImagePrep | None = Field(
         default=None, description="Image prep of camera frames, before preprocess; or null."
+    )
+    task: TaskSpec = Field(
+        default_factory=Classification,
+        description="What the model answers (continuum.task): its output contract, the "
+        "policies and metrics that fit it.",
     )
 
     @field_validator("model")
@@ -376,9 +383,15 @@ class GateSpec(FrozenSpec):
     set) when given, so a model that forgets the old distribution does not pass.
     """
 
-    metric: GateMetric = "accuracy"
+    metric: GateMetric | None = Field(
+        default=None,
+        description="The metric the candidate must gain on; null: the task's default "
+        "(accuracy, pr_auc, mae, f1).  For an error metric (mae, rmse) a gain is a fall.",
+    )
     min_gain: float = Field(
-        default=0.0, description="Required gain on the held-out set, in [0, 1]."
+        default=0.0,
+        description="Required gain on the held-out set: in [0, 1] for a share, in the "
+        "target's units for an error metric.",
     )
 
     holdout: str | None = Field(
@@ -391,10 +404,27 @@ class GateSpec(FrozenSpec):
     def _check_holdout(cls, value: str | None) -> str | None:
         return None if value is None else check_ref(value, "holdout")
 
+    @field_validator("metric")
+    @classmethod
+    def _check_metric(cls, value: str | None) -> str | None:
+        if value is not None:
+            metric_info(value)
+        return value
+
     @field_validator("min_gain")
     @classmethod
     def _check_gain(cls, value: float) -> float:
-        return bounded(value, low=0, high=1, example="min_gain=0.01")
+        return bounded(value, low=0, example="min_gain=0.01")
+
+    @model_validator(mode="after")
+    def _gain_in_range(self) -> Self:
+        if self.metric is not None and metric_info(self.metric).bounded and self.min_gain > 1:
+            raise SpecError(
+                f"{self.metric} lies in [0, 1], so a gain of {self.min_gain:g} can never be met",
+                field="min_gain",
+                fix="use e.g. min_gain=0.01 (one point)",
+            )
+        return self
 
 
 def parse_trigger(when: str | TriggerSpec, *, field: str = "when") -> TriggerSpec:

@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
+from pydantic import TypeAdapter
+
 from continuum._data_class import DataClass
 from continuum._grammar import parse_duration, parse_rollback_rules
 from continuum._pipeline_spec import PipelineSpec
@@ -42,6 +44,14 @@ from continuum.errors import SpecError
 from continuum.imaging import ImagePrep
 from continuum.labels import TIER, LabelSelector
 from continuum.select import Policy
+from continuum.task import (
+    Classification,
+    Task,
+    TaskSpec,
+    check_gate_metric,
+    check_policy_kinds,
+    check_rollback_metric,
+)
 
 __all__ = ["EdgeDecorator", "Pipeline"]
 
@@ -112,6 +122,7 @@ class Pipeline:
         max_batch: int = 8,
         max_wait_ms: float = 5.0,
         image: ImagePrep | Mapping[str, Any] | None = None,
+        task: Task | Mapping[str, Any] | None = None,
     ) -> EdgeDecorator: ...
 
     def edge(
@@ -128,6 +139,7 @@ class Pipeline:
         max_batch: int = 8,
         max_wait_ms: float = 5.0,
         image: ImagePrep | Mapping[str, Any] | None = None,
+        task: Task | Mapping[str, Any] | None = None,
     ) -> Callable[..., Any]:
         """Declare the edge inference stage; decorate its preprocess function, or call it plain.
 
@@ -138,6 +150,9 @@ class Pipeline:
         gives the whole ``TensorSchema`` instead.  ``where`` defaults to edge-tier nodes.
         ``image`` declares how camera frames become that input (``ImagePrep``: crop, resize,
         colour, normalisation); the agent applies it before the preprocess function.
+        ``task`` says what the model answers (``continuum.task``: classification, the
+        default; binary, regression, anomaly); the policies, gate and rollback rules
+        declared later must fit it.
         """
         if fn is not None and not callable(fn):
             raise SpecError(
@@ -166,12 +181,19 @@ class Pipeline:
         }
         if image is not None:
             data["image"] = image
+        if task is not None:
+            data["task"] = task
         if input is not None:
             data["input"] = input
         elif shape is not None:
             data["input"] = {"shape": tuple(shape), "dtype": dtype}
         check_partial(EdgeStageSpec, data, prefix="edge", missing_ok={"input"})
         self._edge = data
+        try:
+            self._check_fit()
+        except SpecError:
+            self._edge = None
+            raise
 
         def attach(function: Callable[P, R], /) -> Callable[P, R]:
             if "preprocess" in data:
@@ -219,6 +241,7 @@ class Pipeline:
                 )
         data = {"policy": policy, "budget_kbps": budget_kbps, "drift": extra}
         self._uplink = validate(UplinkSpec, data, prefix="uplink")
+        self._checked_or_undone("_uplink")
 
     def label(
         self,
@@ -261,12 +284,15 @@ class Pipeline:
 
     def gate(
         self,
-        metric: GateMetric = "accuracy",
+        metric: GateMetric | None = None,
         *,
         min_gain: float = 0.0,
         holdout: Callable[[], tuple[Any, Any]] | str | None = None,
     ) -> None:
         """Declare the evaluation gate: the candidate must gain ``min_gain`` on ``metric``.
+
+        ``metric`` must fit the edge stage's task (``continuum.task``); None takes the
+        task's default.  For an error metric (mae, rmse) the gain is a fall.
 
         ``holdout`` is a module-level function (or its ref) returning a fixed reference set
         ``(x, y)`` that the gate scores on besides the held-out recent edge samples.
@@ -278,6 +304,7 @@ class Pipeline:
             "holdout": None if holdout is None else ref_of(holdout, field="gate.holdout"),
         }
         self._gate = validate(GateSpec, data, prefix="gate")
+        self._checked_or_undone("_gate")
 
     def rollout(
         self,
@@ -298,6 +325,7 @@ class Pipeline:
             step_after: how long each later step holds; defaults to ``promote_after``.
             rollback_on: ``"accuracy drop 0.02"``, ``"p95 latency +20%"`` or both joined
                 with ``" or "``; a rule that fires at any step rolls the candidate back.
+                Another task metric reads ``"recall drop 0.05"`` or ``"mae rise 2.5"``.
         """
         self._once("rollout", self._rollout, "keep one rollout")
         promote_after_s = parse_duration(promote_after, field="rollout.promote_after")
@@ -310,9 +338,11 @@ class Pipeline:
             if step_after is None
             else parse_duration(step_after, field="rollout.step_after"),
             "rollback_on_drop": rules.accuracy_drop,
+            "rollback_metric": rules.metric,
             "rollback_on_latency_rise": rules.latency_rise,
         }
         self._rollout = validate(RolloutSpec, data, prefix="rollout")
+        self._checked_or_undone("_rollout")
 
     @property
     def spec(self) -> PipelineSpec:
@@ -352,9 +382,37 @@ class Pipeline:
             f"data_class={self._data_class.value!r}, declared={declared})"
         )
 
+    def _check_fit(self) -> None:
+        """Refuse, at the declaring call, a policy, gate or rollback rule the task cannot feed.
+
+        The edge stage may be declared before or after the others: whichever comes second
+        is checked against the first.  ``spec`` checks the whole again (YAML has no order).
+        """
+        if self._edge is None:
+            return
+        given = self._edge.get("task")
+        task: Task = Classification() if given is None else _TASK.validate_python(given)
+        if self._uplink is not None:
+            check_policy_kinds(task, self._uplink.policy.kinds())
+        if self._gate is not None and self._gate.metric is not None:
+            check_gate_metric(task, self._gate.metric)
+        if self._rollout is not None and self._rollout.rollback_on_drop is not None:
+            check_rollback_metric(task, self._rollout.rollback_metric)
+
+    def _checked_or_undone(self, attribute: str) -> None:
+        """Check the fit; on a misfit forget the part just declared, so it may be fixed."""
+        try:
+            self._check_fit()
+        except SpecError:
+            setattr(self, attribute, None)
+            raise
+
     def _once(self, part: str, current: object, fix: str) -> None:
         if current is not None:
             raise SpecError(f"{part} is declared twice", field=part, fix=fix)
+
+
+_TASK: TypeAdapter[Task] = TypeAdapter(TaskSpec)
 
 
 def _selector_data(where: Mapping[str, str] | LabelSelector) -> Any:

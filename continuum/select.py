@@ -2,8 +2,12 @@
 
 A policy is a frozen pydantic spec with a ``kind`` discriminator, composed with ``|`` (any)
 and ``&`` (all), that round-trips through JSON/YAML.  Deciding is a pure function of the
-model's output probabilities and a ``SelectionContext``: random picks come from a hash of
-each sample's seed, never from a global RNG, so a replay selects the same samples.
+model's outputs (read by the pipeline's task, ``continuum.task``) and a ``SelectionContext``:
+random picks come from a hash of each sample's seed, never from a global RNG, so a replay
+selects the same samples.  Each leaf judges the outputs of some tasks: ``low_confidence``,
+``small_margin`` and ``high_entropy`` class probabilities; ``near_threshold`` and
+``above_quantile`` a binary or anomaly score; ``wide_interval`` a regression's predicted
+spread; ``random`` and ``drift`` any task.  A pipeline refuses a leaf its task cannot feed.
 What policies decide on (``Probabilities``, ``SelectionContext``, the seed hash) lives in
 ``_selection_inputs`` and the ``TokenBucket`` in ``_token_bucket``; both are re-exported here.
 """
@@ -23,6 +27,7 @@ from continuum._selection_inputs import (
     Probabilities,
     Probs,
     Reasons,
+    ScoreHistory,
     SelectionContext,
     below_rate,
     check_probs,
@@ -32,31 +37,39 @@ from continuum._selection_inputs import (
 from continuum._token_bucket import TokenBucket
 from continuum._validation import validate
 from continuum.drift import DETECTOR_FIX, DETECTOR_TYPES, Detector, DriftSpec
-from continuum.errors import SpecError
+from continuum.errors import InputMismatchError, SpecError
+from continuum.task import TaskOutputs
 
 __all__ = [
     "PROBS_ATOL",
+    "AboveQuantile",
     "AllOf",
     "AnyOf",
     "DriftBoost",
     "HighEntropy",
     "LowConfidence",
+    "NearThreshold",
     "Policy",
     "PolicySpec",
     "Probabilities",
     "RandomRate",
+    "ScoreHistory",
     "SelectionContext",
     "SmallMargin",
     "TokenBucket",
+    "WideInterval",
+    "above_quantile",
     "all_of",
     "any_of",
     "drift",
     "high_entropy",
     "low_confidence",
+    "near_threshold",
     "random",
     "seed_from_id",
     "small_margin",
     "splitmix64",
+    "wide_interval",
 ]
 
 # Each random-drawing leaf kind hashes the seed with its own salt, so `random(r)` and
@@ -78,24 +91,36 @@ class Policy(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    def decide(self, probs: npt.ArrayLike | Probabilities, ctx: SelectionContext) -> Mask:
+    def decide(
+        self, outputs: npt.ArrayLike | Probabilities | TaskOutputs, ctx: SelectionContext
+    ) -> Mask:
         """Return a bool per sample: True where the sample should be uplinked.
 
-        Raises ``InputMismatchError`` unless ``probs`` is (batch, classes >= 2), finite, rows
-        summing to 1, with one seed per row in ``ctx``.  ``Probabilities`` were checked when
-        they were built: only their shape is checked again.
+        ``outputs`` are a task's read outputs (``Task.read``), or a classifier's
+        probabilities.  Raises ``InputMismatchError`` unless probabilities are
+        (batch, classes >= 2), finite, rows summing to 1, with one seed per row in ``ctx``,
+        or a leaf gets outputs it cannot judge.  ``Probabilities`` and ``TaskOutputs``
+        were checked when they were built: only their length is checked again.
         """
-        return self._mask(check_probs(probs, ctx), ctx)
+        return self._mask(_outputs(outputs, ctx), ctx)
 
     def explain(
-        self, probs: npt.ArrayLike | Probabilities, ctx: SelectionContext
+        self, outputs: npt.ArrayLike | Probabilities | TaskOutputs, ctx: SelectionContext
     ) -> list[str | None]:
         """Return per sample why it was selected (a leaf's ``kind``), or None if it was not.
 
         ``any_of`` names its first selecting child in declaration order; ``all_of`` joins
         its children's reasons with ``&`` (e.g. ``"low_confidence&random"``).
         """
-        return list(self._reasons(check_probs(probs, ctx), ctx))
+        return list(self._reasons(_outputs(outputs, ctx), ctx))
+
+    def kinds(self) -> frozenset[str]:
+        """Return the ``kind`` of every node of the policy (leaves and combinators)."""
+        return frozenset({getattr(self, "kind")})  # noqa: B009 (set by subclasses)
+
+    def history_window(self) -> int:
+        """Return how many recent scores the runtime must keep for ``above_quantile`` leaves."""
+        return 0
 
     def detectors(self) -> tuple[Detector, ...]:
         """Return the drift detectors that ``drift(...)`` leaves need the runtime to run."""
@@ -119,11 +144,47 @@ class Policy(BaseModel):
         right = other.policies if isinstance(other, AllOf) else (other,)
         return all_of(*left, *right)
 
-    def _mask(self, probs: Probs, ctx: SelectionContext) -> Mask:
+    def _mask(self, out: TaskOutputs, ctx: SelectionContext) -> Mask:
         raise NotImplementedError
 
-    def _reasons(self, probs: Probs, ctx: SelectionContext) -> Reasons:
+    def _reasons(self, out: TaskOutputs, ctx: SelectionContext) -> Reasons:
         raise NotImplementedError
+
+
+def _outputs(
+    outputs: npt.ArrayLike | Probabilities | TaskOutputs, ctx: SelectionContext
+) -> TaskOutputs:
+    """Return ``outputs`` as checked task outputs with one row per seed of ``ctx``."""
+    if isinstance(outputs, TaskOutputs):
+        if outputs.rows != ctx.seeds.shape[0]:
+            raise InputMismatchError(
+                "ctx.seeds must hold one seed per row of the outputs",
+                expected=f"{outputs.rows} seeds",
+                got=f"{ctx.seeds.shape[0]} seeds",
+            )
+        return outputs
+    probs = check_probs(outputs, ctx)
+    if isinstance(outputs, Probabilities):
+        checked = outputs
+    else:
+        probs = np.array(probs, dtype=np.float64)
+        probs.flags.writeable = False
+        checked = Probabilities(values=probs)
+    rows = probs.shape[0]
+    score = probs.max(axis=1) if probs.size else np.zeros(rows)
+    prediction = probs.argmax(axis=1).astype(np.float64) if probs.size else np.zeros(rows)
+    return TaskOutputs(kind="classification", score=score, prediction=prediction, probs=checked)
+
+
+def _class_probs(out: TaskOutputs, kind: str) -> Probs:
+    """The class probabilities a classification leaf judges; refuse other tasks' outputs."""
+    if out.probs is None:
+        raise InputMismatchError(
+            f"{kind} judges class probabilities, and this model is a {out.kind} model",
+            expected="a classification model's outputs",
+            got=f"{out.kind} outputs; declare a policy that fits the task (continuum.task)",
+        )
+    return out.probs.values
 
 
 def _selected(reasons: Reasons) -> Mask:
@@ -131,9 +192,9 @@ def _selected(reasons: Reasons) -> Mask:
 
 
 class _Leaf(Policy):
-    def _reasons(self, probs: Probs, ctx: SelectionContext) -> Reasons:
-        reasons = np.full(probs.shape[0], None, dtype=object)
-        reasons[self._mask(probs, ctx)] = getattr(self, "kind")  # noqa: B009 (set by subclasses)
+    def _reasons(self, out: TaskOutputs, ctx: SelectionContext) -> Reasons:
+        reasons = np.full(out.rows, None, dtype=object)
+        reasons[self._mask(out, ctx)] = getattr(self, "kind")  # noqa: B009 (set by subclasses)
         return reasons
 
 
@@ -152,8 +213,9 @@ class LowConfidence(_Leaf):
         """Return ``low_confidence(threshold)``."""
         return f"low_confidence({self.threshold:g})"
 
-    def _mask(self, probs: Probs, ctx: SelectionContext) -> Mask:
-        return np.asarray(probs.max(axis=1) < self.threshold, dtype=np.bool_)
+    def _mask(self, out: TaskOutputs, ctx: SelectionContext) -> Mask:
+        _class_probs(out, self.kind)
+        return np.asarray(out.score < self.threshold, dtype=np.bool_)
 
 
 class SmallMargin(_Leaf):
@@ -171,7 +233,8 @@ class SmallMargin(_Leaf):
         """Return ``small_margin(threshold)``."""
         return f"small_margin({self.threshold:g})"
 
-    def _mask(self, probs: Probs, ctx: SelectionContext) -> Mask:
+    def _mask(self, out: TaskOutputs, ctx: SelectionContext) -> Mask:
+        probs = _class_probs(out, self.kind)
         top2 = np.partition(probs, -2, axis=1)[:, -2:]
         return np.asarray(top2[:, 1] - top2[:, 0] < self.threshold, dtype=np.bool_)
 
@@ -191,7 +254,8 @@ class HighEntropy(_Leaf):
         """Return ``high_entropy(threshold)``."""
         return f"high_entropy({self.threshold:g})"
 
-    def _mask(self, probs: Probs, ctx: SelectionContext) -> Mask:
+    def _mask(self, out: TaskOutputs, ctx: SelectionContext) -> Mask:
+        probs = _class_probs(out, self.kind)
         # 0 * ln 0 counts as 0: take the log of 1 where p == 0.
         logs = np.log(np.where(probs > 0.0, probs, 1.0))
         entropy = -np.sum(probs * logs, axis=1) / math.log(probs.shape[1])
@@ -213,7 +277,7 @@ class RandomRate(_Leaf):
         """Return ``random(rate)``."""
         return f"random({self.rate:g})"
 
-    def _mask(self, probs: Probs, ctx: SelectionContext) -> Mask:
+    def _mask(self, out: TaskOutputs, ctx: SelectionContext) -> Mask:
         return below_rate(ctx.seeds, self.rate, _RANDOM_SALT)
 
 
@@ -244,10 +308,144 @@ class DriftBoost(_Leaf):
         rate = "" if self.rate == 1.0 else f", rate={self.rate:g}"
         return f"drift({self.detector.describe()}{rate})"
 
-    def _mask(self, probs: Probs, ctx: SelectionContext) -> Mask:
+    def _mask(self, out: TaskOutputs, ctx: SelectionContext) -> Mask:
         if not (ctx.drift_active or self.detector in ctx.drifted):
-            return np.zeros(probs.shape[0], dtype=np.bool_)
+            return np.zeros(out.rows, dtype=np.bool_)
         return below_rate(ctx.seeds, self.rate, _DRIFT_SALT)
+
+
+def _threshold_of(out: TaskOutputs, kind: str) -> float:
+    """The decision threshold a score leaf measures from; refuse outputs without one."""
+    if out.threshold is None:
+        raise InputMismatchError(
+            f"{kind} judges a binary or anomaly score, and this model is a {out.kind} model",
+            expected="a binary or anomaly model's outputs",
+            got=f"{out.kind} outputs; declare a policy that fits the task (continuum.task)",
+        )
+    return out.threshold
+
+
+class NearThreshold(_Leaf):
+    """Select samples whose score lies within ``width`` of the task's decision threshold.
+
+    The operating point is where a binary or anomaly model's decisions are made and where
+    a label teaches it the most: a transaction scored 0.48 against a threshold of 0.5 is
+    the one a reviewer should see.  For an anomaly score ``width`` is in the score's units
+    (1.0 is the calibrated threshold when the trainer folds its calibration in).
+    """
+
+    kind: Literal["near_threshold"] = "near_threshold"
+    width: float = Field(description="Select when |score - threshold| <= width; > 0.")
+
+    @field_validator("width")
+    @classmethod
+    def _check(cls, value: float) -> float:
+        if not (math.isfinite(value) and value > 0.0):
+            raise SpecError(
+                f"must be a positive number, got {value}",
+                field="width",
+                fix="use e.g. near_threshold(0.1) for scores within 0.1 of the threshold",
+            )
+        return value
+
+    def describe(self) -> str:
+        """Return ``near_threshold(width)``."""
+        return f"near_threshold({self.width:g})"
+
+    def _mask(self, out: TaskOutputs, ctx: SelectionContext) -> Mask:
+        threshold = _threshold_of(out, self.kind)
+        return np.asarray(np.abs(out.score - threshold) <= self.width, dtype=np.bool_)
+
+
+class AboveQuantile(_Leaf):
+    """Select samples scored above the ``q`` quantile of this stream's recent scores.
+
+    A rolling quantile rather than a fixed cut: the top 1% of a sensor's anomaly scores
+    stays the top 1% when a machine ages and every score rises, so the uplink keeps
+    sending the stream's most unusual windows at a steady, budgetable rate.  The runtime
+    keeps the last ``window`` scores (``SelectionContext.recent_scores``); without them
+    (a replay), the batch's own scores stand in.
+    """
+
+    kind: Literal["above_quantile"] = "above_quantile"
+    q: float = Field(description="The quantile of recent scores to exceed, in (0, 1).")
+    window: int = Field(default=1000, description="How many recent scores make the quantile.")
+
+    @field_validator("q")
+    @classmethod
+    def _check_q(cls, value: float) -> float:
+        if not 0.0 < value < 1.0:
+            raise SpecError(
+                f"must be in (0, 1), got {value}",
+                field="q",
+                fix="use e.g. above_quantile(0.99) for the top 1% of recent scores",
+            )
+        return value
+
+    @field_validator("window")
+    @classmethod
+    def _check_window(cls, value: int) -> int:
+        if not 10 <= value <= 100_000:
+            raise SpecError(
+                f"must be in [10, 100000], got {value}",
+                field="window",
+                fix="use e.g. above_quantile(0.99, window=1000)",
+            )
+        return value
+
+    def describe(self) -> str:
+        """Return ``above_quantile(q)`` or ``above_quantile(q, window=n)``."""
+        window = "" if self.window == 1000 else f", window={self.window}"
+        return f"above_quantile({self.q:g}{window})"
+
+    def history_window(self) -> int:
+        """Return ``window``."""
+        return self.window
+
+    def _mask(self, out: TaskOutputs, ctx: SelectionContext) -> Mask:
+        _threshold_of(out, self.kind)
+        recent = ctx.recent_scores
+        pool = out.score if recent is None or recent.size == 0 else recent
+        if pool.size == 0:
+            return np.zeros(out.rows, dtype=np.bool_)
+        cut = float(np.quantile(pool, self.q))
+        return np.asarray(out.score > cut, dtype=np.bool_)
+
+
+class WideInterval(_Leaf):
+    """Select samples whose predicted standard deviation is at least ``std``.
+
+    A regression model that says how unsure it is (``regression(uncertainty=True)``)
+    points at the samples whose label would teach it most, as low confidence does for a
+    classifier.  ``std`` is in the target's units.
+    """
+
+    kind: Literal["wide_interval"] = "wide_interval"
+    std: float = Field(description="Select when the predicted std >= this; > 0, target units.")
+
+    @field_validator("std")
+    @classmethod
+    def _check(cls, value: float) -> float:
+        if not (math.isfinite(value) and value > 0.0):
+            raise SpecError(
+                f"must be a positive number, got {value}",
+                field="std",
+                fix="use e.g. wide_interval(5.0) for a std of 5 target units or more",
+            )
+        return value
+
+    def describe(self) -> str:
+        """Return ``wide_interval(std)``."""
+        return f"wide_interval({self.std:g})"
+
+    def _mask(self, out: TaskOutputs, ctx: SelectionContext) -> Mask:
+        if out.spread is None:
+            raise InputMismatchError(
+                "wide_interval judges a regression model's predicted std",
+                expected="regression(uncertainty=True) outputs",
+                got=f"{out.kind} outputs without a std",
+            )
+        return np.asarray(out.spread >= self.std, dtype=np.bool_)
 
 
 def _nonempty(value: tuple[Policy, ...], kind: str) -> tuple[Policy, ...]:
@@ -275,21 +473,29 @@ class AnyOf(Policy):
         """Return the detectors of all children, in order."""
         return tuple(d for p in self.policies for d in p.detectors())
 
+    def kinds(self) -> frozenset[str]:
+        """Return this node's kind and its children's."""
+        return frozenset({self.kind}).union(*(p.kinds() for p in self.policies))
+
+    def history_window(self) -> int:
+        """Return the longest history any child needs."""
+        return max(p.history_window() for p in self.policies)
+
     def describe(self) -> str:
         """Return the children joined with `` | ``."""
         return " | ".join(p.describe() for p in self.policies)
 
-    def _mask(self, probs: Probs, ctx: SelectionContext) -> Mask:
+    def _mask(self, out: TaskOutputs, ctx: SelectionContext) -> Mask:
         first, *rest = self.policies
-        mask = first._mask(probs, ctx)
+        mask = first._mask(out, ctx)
         for policy in rest:
-            mask = mask | policy._mask(probs, ctx)
+            mask = mask | policy._mask(out, ctx)
         return mask
 
-    def _reasons(self, probs: Probs, ctx: SelectionContext) -> Reasons:
-        reasons = np.full(probs.shape[0], None, dtype=object)
+    def _reasons(self, out: TaskOutputs, ctx: SelectionContext) -> Reasons:
+        reasons = np.full(out.rows, None, dtype=object)
         for policy in self.policies:
-            child = policy._reasons(probs, ctx)
+            child = policy._reasons(out, ctx)
             fill = ~_selected(reasons) & _selected(child)
             reasons[fill] = child[fill]
         return reasons
@@ -310,6 +516,14 @@ class AllOf(Policy):
         """Return the detectors of all children, in order."""
         return tuple(d for p in self.policies for d in p.detectors())
 
+    def kinds(self) -> frozenset[str]:
+        """Return this node's kind and its children's."""
+        return frozenset({self.kind}).union(*(p.kinds() for p in self.policies))
+
+    def history_window(self) -> int:
+        """Return the longest history any child needs."""
+        return max(p.history_window() for p in self.policies)
+
     def describe(self) -> str:
         """Return the children joined with `` & `` (any_of children in parentheses)."""
         parts = (
@@ -318,17 +532,17 @@ class AllOf(Policy):
         )
         return " & ".join(parts)
 
-    def _mask(self, probs: Probs, ctx: SelectionContext) -> Mask:
+    def _mask(self, out: TaskOutputs, ctx: SelectionContext) -> Mask:
         first, *rest = self.policies
-        mask = first._mask(probs, ctx)
+        mask = first._mask(out, ctx)
         for policy in rest:
-            mask = mask & policy._mask(probs, ctx)
+            mask = mask & policy._mask(out, ctx)
         return mask
 
-    def _reasons(self, probs: Probs, ctx: SelectionContext) -> Reasons:
-        children = [policy._reasons(probs, ctx) for policy in self.policies]
-        reasons = np.full(probs.shape[0], None, dtype=object)
-        for row in range(probs.shape[0]):
+    def _reasons(self, out: TaskOutputs, ctx: SelectionContext) -> Reasons:
+        children = [policy._reasons(out, ctx) for policy in self.policies]
+        reasons = np.full(out.rows, None, dtype=object)
+        for row in range(out.rows):
             parts = [str(child[row]) for child in children]
             if all(child[row] is not None for child in children):
                 reasons[row] = "&".join(parts)
@@ -336,7 +550,16 @@ class AllOf(Policy):
 
 
 PolicySpec = Annotated[
-    LowConfidence | SmallMargin | HighEntropy | RandomRate | DriftBoost | AnyOf | AllOf,
+    LowConfidence
+    | SmallMargin
+    | HighEntropy
+    | NearThreshold
+    | AboveQuantile
+    | WideInterval
+    | RandomRate
+    | DriftBoost
+    | AnyOf
+    | AllOf,
     Field(discriminator="kind"),
 ]
 
@@ -357,6 +580,21 @@ def small_margin(threshold: float) -> SmallMargin:
 def high_entropy(threshold: float) -> HighEntropy:
     """Select samples whose normalised entropy is above ``threshold`` (in [0, 1])."""
     return validate(HighEntropy, dict(threshold=threshold))
+
+
+def near_threshold(width: float) -> NearThreshold:
+    """Select binary or anomaly scores within ``width`` of the task's threshold."""
+    return validate(NearThreshold, dict(width=width))
+
+
+def above_quantile(q: float, window: int = 1000) -> AboveQuantile:
+    """Select binary or anomaly scores above the ``q`` quantile of the last ``window``."""
+    return validate(AboveQuantile, dict(q=q, window=window))
+
+
+def wide_interval(std: float) -> WideInterval:
+    """Select regression predictions whose std is at least ``std`` (target units)."""
+    return validate(WideInterval, dict(std=std))
 
 
 def random(rate: float) -> RandomRate:
