@@ -34,6 +34,8 @@ class SourceCounts:
     dropped: Mapping[str, int] = field(default_factory=dict)
     failures: int = 0
     reconnects: int = 0
+    #: Input messages refused as malformed and skipped (a sensor gateway's bad payloads).
+    malformed: int = 0
 
 
 @runtime_checkable
@@ -77,6 +79,12 @@ class SourceCollector(Collector):
             "Streams the source opened again after a failure.",
             labels=["pipeline"],
         )
+        malformed = CounterMetricFamily(
+            f"{_NS}_messages_malformed",
+            "Input messages the source refused as malformed and skipped (sensor gateway "
+            "payloads that are none of the accepted forms).",
+            labels=["pipeline"],
+        )
         with self._lock:
             sources = list(self._sources.items())
         for pipeline, source in sources:
@@ -86,4 +94,5 @@ class SourceCollector(Collector):
                 dropped.add_metric([pipeline, reason], value)
             failures.add_metric([pipeline], counts.failures)
             reconnects.add_metric([pipeline], counts.reconnects)
-        yield from (decoded, dropped, failures, reconnects)
+            malformed.add_metric([pipeline], counts.malformed)
+        yield from (decoded, dropped, failures, reconnects, malformed)

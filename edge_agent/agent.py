@@ -134,7 +134,13 @@ def load_sources(settings: AgentSettings, specs: list[PipelineSpec]) -> dict[str
     problems = []
     for index, (entry, spec) in enumerate(zip(settings.pipelines, specs, strict=True)):
         try:
-            sources[spec.name] = load_source(entry.source.ref, entry.source.args)
+            source = load_source(entry.source.ref, entry.source.args)
+            # A source that knows the tensor shape it makes (a sensor gateway's channels x
+            # window) refuses a pipeline declaring another, naming both, before the first frame.
+            check = getattr(source, "check_input_shape", None)
+            if callable(check):
+                check(tuple(spec.edge.input.shape))
+            sources[spec.name] = source
         except ConfigError as exc:
             problems.append(f"  pipelines.{index}.source: {exc}")
     if problems:

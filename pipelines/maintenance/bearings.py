@@ -50,6 +50,7 @@ __all__ = [
     "Machine",
     "MachineType",
     "SensorState",
+    "VibrationStream",
     "make_machine",
 ]
 
@@ -62,6 +63,9 @@ FS_HZ = 1024.0
 WINDOW = 1024
 #: Wear from which the plant's maintenance records call a bearing faulty.
 FAULT_WEAR = 0.5
+#: Vibration components with a phase of their own: 3 shaft harmonics, 2 BPFO, BPFI's
+#: modulation and carrier.
+_N_COMPONENTS = 7
 
 
 @dataclass(frozen=True)
@@ -198,37 +202,51 @@ class Machine:
         n: int = WINDOW,
         fs_hz: float = FS_HZ,
     ) -> NDArray[np.float32]:
-        """Return ``n`` accelerometer samples (g) at ``fs_hz`` for a bearing at ``wear``."""
+        """Return ``n`` accelerometer samples (g) at ``fs_hz`` for a bearing at ``wear``,
+        starting at a random shaft angle (one independent window)."""
+        offsets = rng.uniform(0, 2 * np.pi, size=_N_COMPONENTS)
+        samples, _ = self.vibration_from(
+            wear, float(rng.uniform(0, 2 * np.pi)), offsets, rng, sensor, n, fs_hz
+        )
+        return samples
+
+    def vibration_from(
+        self,
+        wear: float,
+        angle: float,
+        offsets: NDArray[np.float64],
+        rng: np.random.Generator,
+        sensor: SensorState | None = None,
+        n: int = WINDOW,
+        fs_hz: float = FS_HZ,
+    ) -> tuple[NDArray[np.float32], float]:
+        """Return ``n`` samples from shaft ``angle`` (rad) and the angle after them.
+
+        Every component is locked to the shaft angle (the defect frequencies are multiples of
+        the shaft rate), so a stream that carries the angle from call to call is continuous
+        (``VibrationStream``); ``offsets`` are the components' phases.
+        """
         sensor = sensor or SensorState()
         kind = self.kind
         wear = float(np.clip(wear, 0.0, 1.0))
-        # The speed wanders a little under load from window to window.
+        # The speed wanders a little under load from call to call.
         fr = self.shaft_hz * (1.0 + 0.004 * rng.standard_normal())
-        t = np.arange(n) / fs_hz
+        theta = angle + 2 * np.pi * fr * np.arange(n) / fs_hz
         x = np.zeros(n)
         for k, amplitude in enumerate(kind.harmonics_g, start=1):
             scale = self.balance_factor if k == 1 else 1.0
-            x += scale * amplitude * np.sin(2 * np.pi * k * fr * t + rng.uniform(0, 2 * np.pi))
+            x += scale * amplitude * np.sin(k * theta + offsets[k - 1])
         defect = wear**4
-        bpfo, bpfi = kind.bearing.bpfo(fr), kind.bearing.bpfi(fr)
+        bpfo, bpfi = kind.bearing.bpfo(fr) / fr, kind.bearing.bpfi(fr) / fr  # orders
         for m in (1, 2):
-            x += (
-                defect
-                * kind.outer_defect_g
-                / m
-                * np.sin(2 * np.pi * m * bpfo * t + rng.uniform(0, 2 * np.pi))
-            )
-        modulation = 0.5 * (1.0 + np.cos(2 * np.pi * fr * t + rng.uniform(0, 2 * np.pi)))
-        x += (
-            defect
-            * kind.inner_defect_g
-            * modulation
-            * np.sin(2 * np.pi * bpfi * t + rng.uniform(0, 2 * np.pi))
-        )
+            x += defect * kind.outer_defect_g / m * np.sin(m * bpfo * theta + offsets[2 + m])
+        modulation = 0.5 * (1.0 + np.cos(theta + offsets[5]))
+        x += defect * kind.inner_defect_g * modulation * np.sin(bpfi * theta + offsets[6])
         x += kind.noise_g * (1.0 + wear) * rng.standard_normal(n)
         measured = sensor.vib_gain * x + sensor.vib_offset_g
         measured += sensor.vib_noise_g * rng.standard_normal(n)
-        return measured.astype(np.float32)
+        end = float((angle + 2 * np.pi * fr * n / fs_hz) % (2 * np.pi))
+        return measured.astype(np.float32), end
 
     def slow_readings(
         self, wear: float, rng: np.random.Generator, sensor: SensorState | None = None
@@ -260,3 +278,20 @@ def make_machine(kind: str, rng: np.random.Generator) -> Machine:
         ambient_c=float(rng.uniform(20.0, 28.0)),
         load_factor=float(rng.uniform(0.85, 1.15)),
     )
+
+
+class VibrationStream:
+    """One machine's accelerometer as a continuous stream: ``next`` carries the shaft angle."""
+
+    def __init__(self, machine: Machine, rng: np.random.Generator) -> None:
+        self.machine = machine
+        self._rng = rng
+        self._angle = float(rng.uniform(0, 2 * np.pi))
+        self._offsets = rng.uniform(0, 2 * np.pi, size=_N_COMPONENTS)
+
+    def next(self, n: int, wear: float, sensor: SensorState | None = None) -> NDArray[np.float32]:
+        """Return the next ``n`` samples at ``FS_HZ`` for a bearing at ``wear``."""
+        samples, self._angle = self.machine.vibration_from(
+            wear, self._angle, self._offsets, self._rng, sensor, n
+        )
+        return samples
