@@ -120,3 +120,20 @@ class TestTrainerConfig:
         a, y = rows_to_arrays([x[0].ravel().tolist(), x[1].ravel().tobytes()], [0, 1])
         np.testing.assert_array_equal(a, x)
         assert y.tolist() == [0, 1]
+
+
+class TestPipelineDeclaration:
+    def test_the_pipeline_declares_the_models_shape_and_anomaly_contract(
+        self, model: SpectralAutoencoder, tmp_path: Path
+    ) -> None:
+        from pipelines.predictive_maintenance import pipe
+
+        edge = pipe.spec.edge
+        assert tuple(edge.input.shape) == INPUT_SHAPE
+        assert edge.task.kind == "anomaly" and edge.task.threshold == 1.0
+        _, onnx_path = save(model, tmp_path)
+        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        test = load_splits().test
+        (out,) = session.run([OUTPUT_NAME], {INPUT_NAME: test.x})
+        flagged = edge.task.read(out).prediction.astype(bool)
+        np.testing.assert_array_equal(flagged, scores(model, test.x) >= 1.0)
