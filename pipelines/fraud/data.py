@@ -1,9 +1,13 @@
 """The fraud example's fixed data: one simulated bank history cut into disjoint splits.
 
+The history is simulated in one pass (a warm-up week, then 72 days at one steady rate), so
+the behaviour features (transactions in the last hour or day, minutes since the previous one)
+run on without a seam at the drift onset: the only change there is the new pattern.
+
 Period one (days 0-50, no drift) is split at random into ``train`` (what the first model
 learns), ``validation`` (calibration of the operating point and the gate's reference
 holdout), ``stream_before`` (what the branch terminals replay) and the RESERVED
-``test_before``.  Period two (days 50-65) has the account-takeover wave at ``DRIFT_BRANCH``
+``test_before``.  Period two (days 50-72) has the account-takeover wave at ``DRIFT_BRANCH``
 from its first day and is split into ``stream_after`` (replayed after the drift onset) and
 the RESERVED ``test_after``.  No terminal ever streams a reserved row, and no trainer reads
 one.
@@ -18,17 +22,23 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pipelines.fraud.features import features
-from pipelines.fraud.transactions import BRANCHES, DRIFT_BRANCH, Transactions, simulate
+from pipelines.fraud.transactions import (
+    BRANCHES,
+    DAY_S,
+    DRIFT_BRANCH,
+    Transactions,
+    simulate,
+)
 
 __all__ = ["FraudSplits", "Split", "load_splits", "reference_holdout"]
 
-#: Legitimate rows simulated per period; the fraud comes on top (``transactions``).
-N_BEFORE = 90_000
-N_AFTER = 40_000
+#: Legitimate rows simulated per day; the fraud comes on top (``transactions``).
+PER_DAY = 1_800
+WARM_UP_DAYS = 7.0
 #: Shares of period one: train, validation, stream_before; the rest is test_before.
-BEFORE_SHARES = (0.5, 0.15, 0.15)
+BEFORE_SHARES = (0.45, 0.2, 0.15)
 DRIFT_DAY = 50.0
-AFTER_DAYS = 15.0
+AFTER_DAYS = 22.0
 
 
 @dataclass(frozen=True)
@@ -71,10 +81,13 @@ def _split(rows: Transactions, index: NDArray[np.int64]) -> Split:
 @functools.cache
 def load_splits(seed: int = 0) -> FraudSplits:
     """Simulate the history for ``seed`` and split it (cached: the arrays are shared, read only)."""
-    before = simulate(N_BEFORE, day0=0.0, days=DRIFT_DAY, seed=seed)
-    after = simulate(
-        N_AFTER, day0=DRIFT_DAY, days=AFTER_DAYS, seed=seed + 1000, drift_onset_day=DRIFT_DAY
+    days = WARM_UP_DAYS + DRIFT_DAY + AFTER_DAYS
+    history = simulate(
+        int(PER_DAY * days), day0=-WARM_UP_DAYS, days=days, seed=seed, drift_onset_day=DRIFT_DAY
     )
+    day = history.time_s / DAY_S
+    before = history.take(np.flatnonzero((day >= 0) & (day < DRIFT_DAY)))
+    after = history.take(np.flatnonzero(day >= DRIFT_DAY))
     rng = np.random.default_rng([seed, 3])
     order = rng.permutation(len(before))
     cuts = np.cumsum(np.array(BEFORE_SHARES) * len(before)).astype(int)
@@ -97,8 +110,8 @@ def load_splits(seed: int = 0) -> FraudSplits:
 def reference_holdout(seed: int = 0) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
     """Return the gate's fixed labelled set: the validation split (never the reserved tests).
 
-    Recall at 1 % FPR needs many negatives and some positives: about 13,500 rows with about
-    40 frauds, of the known patterns only; the gate's edge slice brings the new ones.
+    Recall at 1 % FPR needs many negatives and some positives: about 18,000 rows with about
+    50 frauds, of the known patterns only; the gate's edge slice brings the new ones.
     """
     validation = load_splits(seed).validation
     return validation.x.copy(), validation.y.copy()

@@ -16,7 +16,9 @@ Fraud (``FRAUD_SHARE`` of transactions, in bursts of a few on one compromised cu
 
 * ``cnp`` (card not present, 55 %): e-commerce at electronics, digital goods, airlines or
   jewellery; mostly 3-4x the customer's usual amount, a quarter are small card tests; abroad
-  55 %, new merchant 80 %, a third at any hour, the rest at day-time hours;
+  55 %, new merchant 80 %, a third at any hour, the rest at day-time hours; a new device no
+  more often than legitimate e-commerce (4 %: the card's details, not the customer's
+  e-banking, are stolen);
 * ``skimming`` (a cloned card, 45 %): card present, mostly cash withdrawals; 2-3x usual;
   abroad 70 %, half at any hour; longer bursts.
 
@@ -291,7 +293,7 @@ def _card_fraud(
             channel = np.ones(n, dtype=np.int64)
             foreign = rng.random(n) < 0.55
             new_cp = rng.random(n) < 0.8
-            new_device = rng.random(n) < 0.1
+            new_device = rng.random(n) < 0.04
         else:
             mcc = _pick(rng, ("atm_cash", "jewellery", "electronics", "fuel"),
                         (0.6, 0.15, 0.15, 0.1), n)  # fmt: skip
