@@ -1,0 +1,58 @@
+"""The fraud-scoring pipeline declaration against its model, terminal and residency policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from continuum import DataClass, Pipeline, select, task
+from continuum.errors import InputMismatchError, SpecError
+from pipelines.fraud.data import load_splits
+from pipelines.fraud.features import N_FEATURES
+from pipelines.fraud.terminal import BranchTerminal
+from pipelines.fraud.train import Recipe, fit, save
+from pipelines.fraud_scoring import pipe
+
+
+class TestTheDeclaration:
+    def test_it_declares_a_binary_task_gated_on_recall_at_one_percent_fpr(self) -> None:
+        spec = pipe.spec
+        assert spec.edge.task == task.binary(threshold=0.5)
+        assert spec.edge.input.shape == (N_FEATURES,)
+        assert spec.gate.metric == "recall_at_fpr_0.01"
+        assert spec.gate.holdout == "pipelines.fraud.data:reference_holdout"
+
+    def test_the_identifiers_the_terminal_sends_are_classed_to_stay_in_luxembourg(self) -> None:
+        fields = pipe.spec.edge.input.fields
+        frame = next(iter(BranchTerminal(tps=10_000, max_frames=1)))
+        assert set(frame.fields) == set(fields)
+        assert fields["customer_name"] == DataClass.RESTRICTED
+        assert fields["iban"] == DataClass.CONFIDENTIAL
+
+    def test_a_classification_policy_is_refused_for_this_task(self) -> None:
+        other = Pipeline("fraud-misdeclared", tenant="acme", data_class="internal")
+        other.edge(model="fraud-mlp", shape=(N_FEATURES,), task=task.binary(threshold=0.5))
+        with pytest.raises(SpecError, match="near_threshold"):
+            other.uplink(select.low_confidence(0.7))
+
+
+class TestTheModelMeetsTheDeclaredContract:
+    def test_the_exported_model_reads_as_the_declared_binary_task(self, tmp_path: Path) -> None:
+        splits = load_splits()
+        model = fit(
+            splits.train.x, splits.train.y, calibration=(splits.validation.x, splits.validation.y),
+            recipe=Recipe(epochs=2), threads=2,
+        )  # fmt: skip
+        _, onnx_path = save(model, tmp_path)
+        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        x = np.array(splits.validation.x[:500])
+        (out,) = session.run(None, {"input": x})
+        read = pipe.spec.edge.task.read(out)
+        assert read.kind == "binary" and read.rows == 500
+        np.testing.assert_array_equal(read.prediction, out[:, 0] >= 0.5)
+        # Logits would break the contract, and the task says so.
+        with pytest.raises(InputMismatchError, match="end it in a sigmoid"):
+            pipe.spec.edge.task.read(np.log(out / (1 - out + 1e-9)) - 5.0)
