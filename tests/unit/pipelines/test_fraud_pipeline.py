@@ -9,11 +9,12 @@ import onnxruntime as ort
 import pytest
 
 from continuum import DataClass, Pipeline, select, task
+from continuum.drift import LabelsSpec, monitor_for
 from continuum.errors import InputMismatchError, SpecError
 from pipelines.fraud.data import load_splits
 from pipelines.fraud.features import N_FEATURES
 from pipelines.fraud.terminal import BranchTerminal
-from pipelines.fraud.train import Recipe, fit, save
+from pipelines.fraud.train import Recipe, fit, predict, save
 from pipelines.fraud_scoring import pipe
 
 
@@ -56,3 +57,32 @@ class TestTheModelMeetsTheDeclaredContract:
         # Logits would break the contract, and the task says so.
         with pytest.raises(InputMismatchError, match="end it in a sigmoid"):
             pipe.spec.edge.task.read(np.log(out / (1 - out + 1e-9)) - 5.0)
+
+
+class TestTheDeclaredLabelDetectorSeesTheTakeovers:
+    def test_it_fires_after_the_onset_at_lux_gare_and_not_before(self) -> None:
+        (spec,) = [
+            leaf.detector
+            for leaf in pipe.spec.uplink.policy.policies
+            if isinstance(getattr(leaf, "detector", None), LabelsSpec)
+        ]
+        splits = load_splits()
+        model = fit(
+            splits.train.x, splits.train.y, calibration=(splits.validation.x, splits.validation.y),
+            recipe=Recipe(epochs=4), threads=2,
+        )  # fmt: skip
+        onset = 4000
+        frames = list(BranchTerminal(tps=10_000, max_frames=9000, drift_after_frames=onset))
+        scores = predict(model, np.stack([f.tensor for f in frames]))
+        errors = ((scores >= 0.5).astype(np.int64) != np.array([f.label for f in frames])).astype(
+            np.int64
+        )
+        monitor = monitor_for(spec)
+        fired = [
+            start
+            for start in range(0, len(errors), 50)
+            if monitor.update(errors[start : start + 50]).drifted
+        ]
+        assert fired, "the labels detector never fired on the takeover wave"
+        assert min(fired) >= onset
+        assert min(fired) < onset + 3000
