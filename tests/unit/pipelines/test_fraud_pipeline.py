@@ -8,13 +8,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from cloud_head.gate import GateHoldout, gate
 from continuum import DataClass, Pipeline, select, task
 from continuum.drift import LabelsSpec, monitor_for
 from continuum.errors import InputMismatchError, SpecError
-from pipelines.fraud.data import load_splits
+from pipelines.fraud.data import load_splits, reference_holdout
 from pipelines.fraud.features import N_FEATURES
 from pipelines.fraud.terminal import BranchTerminal
-from pipelines.fraud.train import Recipe, fit, predict, save
+from pipelines.fraud.train import FINE_TUNE, Recipe, fit, predict, save
 from pipelines.fraud_scoring import pipe
 
 
@@ -86,3 +87,34 @@ class TestTheDeclaredLabelDetectorSeesTheTakeovers:
         assert fired, "the labels detector never fired on the takeover wave"
         assert min(fired) >= onset
         assert min(fired) < onset + 3000
+
+
+class TestTheDeclaredGateJudgesARetrain:
+    def test_a_fine_tune_on_the_takeovers_passes_and_the_old_model_would_not(
+        self, tmp_path: Path
+    ) -> None:
+        splits = load_splits()
+        calibration = (splits.validation.x, splits.validation.y)
+        first = fit(splits.train.x, splits.train.y, calibration=calibration,
+                    recipe=Recipe(epochs=4), threads=2)  # fmt: skip
+        stream = splits.stream_after.at_branch("lux-gare")
+        half = len(stream.y) // 2
+        # What the branch uplinked in the first half (near the threshold, random, chargebacks)
+        # trains; the second half is the gate's held-out edge slice.
+        p = predict(first, stream.x[:half])
+        chosen = np.flatnonzero((np.abs(p - 0.5) <= 0.4) | (stream.y[:half] == 1))
+        tuned = fit(splits.train.x, splits.train.y, new_x=stream.x[chosen],
+                    new_y=stream.y[chosen], base_state=first.state_dict(),
+                    calibration=calibration, recipe=FINE_TUNE, threads=2)  # fmt: skip
+        _, first_onnx = save(first, tmp_path / "first")
+        _, tuned_onnx = save(tuned, tmp_path / "tuned")
+        ref_x, ref_y = reference_holdout()
+        holdout = GateHoldout(
+            reference_x=ref_x, reference_y=ref_y,
+            edge_x=np.array(stream.x[half:]), edge_y=np.array(stream.y[half:]),
+        )  # fmt: skip
+        spec, declared = pipe.spec.gate, pipe.spec.edge.task
+        forward = gate(tuned_onnx, first_onnx, holdout, spec, task=declared)
+        backward = gate(first_onnx, tuned_onnx, holdout, spec, task=declared)
+        assert forward.passed and not backward.passed
+        assert forward.parts["edge"].candidate_score > forward.parts["edge"].current_score + 0.3
