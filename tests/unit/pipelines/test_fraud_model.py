@@ -156,6 +156,28 @@ class TestBranchTerminal:
         np.testing.assert_array_equal(tensors[:100], before.x[:100])
         np.testing.assert_array_equal(tensors[100:], after.x[:200])
 
+    def test_the_drift_starts_at_a_time_and_frames_are_paced(self) -> None:
+        now = [1000.0]
+        slept: list[float] = []
+
+        def sleep(seconds: float) -> None:
+            slept.append(seconds)
+            now[0] += seconds
+
+        terminal = BranchTerminal(
+            tps=10.0, max_frames=30, drift_after_s=1.45, clock=lambda: now[0], sleep=sleep
+        )
+        frames = list(terminal)
+        splits = load_splits()
+        after = splits.stream_after.at_branch("lux-gare").x
+        before = splits.stream_before.at_branch("lux-gare").x
+        tensors = np.stack([f.tensor for f in frames])
+        # Frames 0-14 are captured at 0.0-1.4 s, before the onset; 15 on after it.
+        np.testing.assert_array_equal(tensors[:15], before[:15])
+        np.testing.assert_array_equal(tensors[15:], after[:15])
+        assert sum(slept) == pytest.approx(2.9)
+        assert frames[15].captured_at_ns == int(1001.5 * 1e9)
+
     def test_labels_arrive_as_chargebacks_or_when_the_window_closes(self) -> None:
         terminal = BranchTerminal(
             tps=10_000, max_frames=6000, drift_after_frames=0, missed_share=0.5
