@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
+from continuum.task import metric_info
+
 if TYPE_CHECKING:
     from continuum.spec import RollbackRules, RolloutSpec
     from continuum.wire.messages import Telemetry
@@ -27,6 +29,7 @@ __all__ = [
     "judge",
     "node_names",
     "p95_of",
+    "quality_of",
     "ramp_schedule",
 ]
 
@@ -107,18 +110,28 @@ def judge(rules: RollbackRules, figures: StepFigures) -> Judgement:
     held: list[str] = []
     drop = rules.accuracy_drop
     if drop is not None:
+        # The task's metric (accuracy, recall, MAE...): worse is lower, or for an error
+        # metric higher.
+        metric = rules.metric
+        higher_is_better = metric_info(metric).higher_is_better
         cand, base = figures.candidate_accuracy, figures.baseline_accuracy
         if figures.labelled < MIN_LABELLED_FOR_DECISION:
             missing.append(f"{figures.labelled} of {MIN_LABELLED_FOR_DECISION} labelled frames")
-        elif cand is not None and base is not None and cand < base - drop:
+        elif (
+            cand is not None
+            and base is not None
+            and (cand < base - drop if higher_is_better else cand > base + drop)
+        ):
+            way = "fell more than" if higher_is_better else "rose more than"
+            side = "below" if higher_is_better else "above"
             return Judgement(
                 "roll back",
-                f"accuracy {cand:.3f} fell more than {drop:g} below the baseline's {base:.3f} "
+                f"{metric} {cand:.3f} {way} {drop:g} {side} the baseline's {base:.3f} "
                 f"(over {figures.labelled} labelled frames)",
             )
         else:
             held.append(
-                f"accuracy {_figure(cand, '.3f')} vs baseline {_figure(base, '.3f')} "
+                f"{metric} {_figure(cand, '.3f')} vs baseline {_figure(base, '.3f')} "
                 f"over {figures.labelled} labelled frames"
             )
     rise = rules.latency_rise
@@ -155,9 +168,41 @@ def _percent(value: float, base: float) -> str:
 
 def accuracy_of(windows: Sequence[Telemetry], version: str) -> tuple[float | None, int]:
     """Return the accuracy of ``version`` over the windows' labelled frames, and how many."""
-    labelled = sum(w.labelled for w in windows if w.model_version == version)
-    correct = sum(w.correct for w in windows if w.model_version == version)
-    return (correct / labelled if labelled else None), labelled
+    return quality_of(windows, version, "accuracy")
+
+
+def quality_of(windows: Sequence[Telemetry], version: str, metric: str) -> tuple[float | None, int]:
+    """Return ``metric`` of ``version`` over the windows' labelled frames, and how many.
+
+    The windows carry counts, not rates, so the figure is over every labelled frame
+    rather than an average of windows: accuracy = correct / labelled; precision, recall
+    and F1 at the task's threshold from the positive counts; MAE and RMSE from the error
+    sums.  None where the counts leave it undefined (no labelled frame; no flagged frame
+    for precision; no positive label for recall).
+    """
+    mine = [w for w in windows if w.model_version == version]
+    labelled = sum(w.labelled for w in mine)
+    if not labelled:
+        return None, 0
+    tp = sum(w.true_positive for w in mine)
+    flagged = sum(w.predicted_positive for w in mine)
+    positive = sum(w.labelled_positive for w in mine)
+    value: float | None
+    if metric == "accuracy":
+        value = sum(w.correct for w in mine) / labelled
+    elif metric == "precision":
+        value = tp / flagged if flagged else None
+    elif metric == "recall":
+        value = tp / positive if positive else None
+    elif metric == "f1":
+        value = 2 * tp / (flagged + positive) if flagged + positive else None
+    elif metric == "mae":
+        value = sum(w.abs_error_sum for w in mine) / labelled
+    elif metric == "rmse":
+        value = math.sqrt(sum(w.squared_error_sum for w in mine) / labelled)
+    else:
+        raise ValueError(f"{metric!r} is not computed per telemetry window")
+    return value, labelled
 
 
 def p95_of(windows: Sequence[Telemetry]) -> tuple[float | None, int]:

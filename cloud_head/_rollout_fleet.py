@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cloud_head._ramp import StepFigures, accuracy_of, node_names, p95_of
+from cloud_head._ramp import StepFigures, node_names, p95_of, quality_of
 from cloud_head._training_cut import began_after_cut
 
 if TYPE_CHECKING:
@@ -181,11 +181,12 @@ class RolloutFleetView:
             alongside.extend(self.served(node, step.started_at, baseline))
         unseen = [w for w in windows if began_after_cut(w, cuts)]
         baseline_unseen = [w for w in before if began_after_cut(w, cuts)]
-        baseline_acc, baseline_labelled = accuracy_of(baseline_unseen, baseline)
+        metric = self.spec.rollout.rollback_metric
+        baseline_acc, baseline_labelled = quality_of(baseline_unseen, baseline, metric)
         if baseline_acc is None:
             baseline_unseen = [w for w in before if began_after_cut(w, baseline_cuts or {})]
-            baseline_acc, baseline_labelled = accuracy_of(baseline_unseen, baseline)
-        candidate_acc, labelled = accuracy_of(unseen, candidate)
+            baseline_acc, baseline_labelled = quality_of(baseline_unseen, baseline, metric)
+        candidate_acc, labelled = quality_of(unseen, candidate, metric)
         candidate_p95, latency_windows = p95_of(windows)
         baseline_p95, _ = p95_of(alongside)
         reporting = sorted({w.node for w in alongside if w.latency_p95_ms is not None})

@@ -51,8 +51,9 @@ class RolloutState:
     at step 0, more at each ramp step); ``steps`` is every step of this candidate's rollout,
     the current one last; ``order`` is the ranking the steps take their nodes from;
     ``verdict`` says what the last ``tick`` concluded at the current step (holding until
-    ``decide_at``, waiting for data) and the accuracies and latencies are its figures: the
-    accuracies over ``canary_labelled_frames`` and ``baseline_labelled_frames`` unseen frames,
+    ``decide_at``, waiting for data) and the ``*_accuracy`` figures and latencies are its
+    figures: the ``*_accuracy`` ones hold ``metric`` (accuracy, or the task's: recall,
+    MAE...) over ``canary_labelled_frames`` and ``baseline_labelled_frames`` unseen frames,
     from windows that began after the candidate's training cut; ``windows_before_cut`` and
     ``baseline_windows_before_cut`` count the windows left out for beginning before it.
     In stage "waiting" the candidate is on no node yet: ``started_at`` is when the wait
@@ -80,10 +81,13 @@ class RolloutState:
     baseline_labelled_frames: int = 0
     windows_before_cut: int = 0
     baseline_windows_before_cut: int = 0
+    #: The task metric the ``*_accuracy`` figures hold (the rollout's rollback metric).
+    metric: str = "accuracy"
 
     def figures_record(self) -> dict[str, Any]:
         """Return the step's figures as the audit records of its decision keep them."""
         return {
+            "metric": self.metric,
             "canary_accuracy": self.canary_accuracy,
             "baseline_accuracy": self.baseline_accuracy,
             "canary_labelled_frames": self.canary_labelled_frames,

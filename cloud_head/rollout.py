@@ -351,6 +351,7 @@ class RolloutController(RolloutSteps):
         state = self.save_state(
             replace(
                 state,
+                metric=rollout.rollback_metric,
                 canary_accuracy=figures.candidate_accuracy,
                 baseline_accuracy=figures.baseline_accuracy,
                 canary_latency_p95_ms=figures.candidate_p95_ms,

@@ -357,14 +357,19 @@ class NearThreshold(_Leaf):
         return np.asarray(np.abs(out.score - threshold) <= self.width, dtype=np.bool_)
 
 
+#: A rolling quantile needs this many scores (or ``window``, if fewer) before it selects.
+_MIN_QUANTILE_SCORES = 20
+
+
 class AboveQuantile(_Leaf):
     """Select samples scored above the ``q`` quantile of this stream's recent scores.
 
     A rolling quantile rather than a fixed cut: the top 1% of a sensor's anomaly scores
     stays the top 1% when a machine ages and every score rises, so the uplink keeps
     sending the stream's most unusual windows at a steady, budgetable rate.  The runtime
-    keeps the last ``window`` scores (``SelectionContext.recent_scores``); without them
-    (a replay), the batch's own scores stand in.
+    keeps the last ``window`` scores (``SelectionContext.recent_scores``) and compares
+    each batch with them and itself; without them (a replay) the batch alone stands in.
+    Until 20 scores (or ``window``, if fewer) are known, nothing is selected.
     """
 
     kind: Literal["above_quantile"] = "above_quantile"
@@ -405,8 +410,10 @@ class AboveQuantile(_Leaf):
     def _mask(self, out: TaskOutputs, ctx: SelectionContext) -> Mask:
         _threshold_of(out, self.kind)
         recent = ctx.recent_scores
-        pool = out.score if recent is None or recent.size == 0 else recent
-        if pool.size == 0:
+        pool = out.score if recent is None else np.concatenate([recent, out.score])
+        if pool.size < min(self.window, _MIN_QUANTILE_SCORES):
+            # Too few scores to say what is unusual yet: a stream's first batches would
+            # otherwise send their own top rows, however ordinary.
             return np.zeros(out.rows, dtype=np.bool_)
         cut = float(np.quantile(pool, self.q))
         return np.asarray(out.score > cut, dtype=np.bool_)

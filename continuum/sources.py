@@ -45,7 +45,7 @@ class Frame:
     """
 
     tensor: np.ndarray
-    label: int | None = None
+    label: int | float | None = None
     label_delay_s: float = 0.0
     captured_at_ns: int = field(default_factory=time.time_ns)
     fields: Mapping[str, FieldValue] = field(default_factory=lambda: _NO_FIELDS)

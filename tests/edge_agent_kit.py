@@ -74,6 +74,38 @@ def build_model(
     return path
 
 
+def build_score_model(path: Path, *, gain: float = 1.0, sigmoid: bool = False) -> Path:
+    """Write a real ONNX scorer of SHAPE frames: one output per sample, (N, 1).
+
+    The score is ``gain * mean(x)``, through a sigmoid of ``gain * (mean(x) - 0.5)`` with
+    ``sigmoid`` (a binary model's P(positive)); plain, it serves as a regression's value
+    or an anomaly score.
+    """
+    features = math.prod(SHAPE)
+    weights = np.full((features, 1), gain / features, dtype=np.float32)
+    bias = np.full((1,), -gain / 2 if sigmoid else 0.0, dtype=np.float32)
+    nodes = [
+        helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "W"], ["raw"]),
+        helper.make_node("Add", ["raw", "b"], ["linear" if sigmoid else "score"]),
+    ]
+    if sigmoid:
+        nodes.append(helper.make_node("Sigmoid", ["linear"], ["score"]))
+    graph = helper.make_graph(
+        nodes,
+        "scorer",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *SHAPE])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 1])],
+        initializer=[numpy_helper.from_array(weights, "W"), numpy_helper.from_array(bias, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
 def build_wrong_input_model(path: Path) -> Path:
     """Write a valid ONNX model whose input is (N, 3) floats: it loads but cannot serve SHAPE."""
     weights = np.ones((3, CLASSES), dtype=np.float32)

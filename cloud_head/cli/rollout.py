@@ -162,7 +162,7 @@ def rollout_lines(rollout: dict[str, Any], *, now: float) -> list[str]:
 
 
 def _accuracy_lines(rollout: dict[str, Any]) -> list[str]:
-    """The canary's and the baseline's accuracy, and the unseen frames each is over.
+    """The canary's and the baseline's task metric, and the unseen frames each is over.
 
     "canary accuracy: 0.960 on 812 unseen frames; 0 windows before the training cut left
     out": a window that began before the node's training cut of the candidate may hold
@@ -170,6 +170,7 @@ def _accuracy_lines(rollout: dict[str, Any]) -> list[str]:
     alone).
     """
     lines = []
+    metric = rollout.get("metric") or "accuracy"
     sides = (
         ("canary", "canary_labelled_frames", "windows_before_cut"),
         ("baseline", "baseline_labelled_frames", "baseline_windows_before_cut"),
@@ -178,7 +179,7 @@ def _accuracy_lines(rollout: dict[str, Any]) -> list[str]:
         accuracy = rollout.get(f"{side}_accuracy")
         if accuracy is None:
             continue
-        line = f"{side} accuracy: {accuracy:.3f}"
+        line = f"{side} {metric}: {accuracy:.3f}"
         if frames_key in rollout:
             left_out = int(rollout.get(left_out_key) or 0)
             line += (

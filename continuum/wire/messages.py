@@ -287,7 +287,12 @@ class DriftReading(_WireModel):
 class Telemetry(_Message):
     """Metrics of one pipeline on one node over one window.
 
-    Latencies and mean confidence are ``None`` when the window saw no frames.  ``drift``
+    Latencies and mean confidence are ``None`` when the window saw no frames (mean
+    confidence also for tasks without one: regression, anomaly).  The labelled frames'
+    counts give the task's metric per window (``continuum.task.window_metric``):
+    ``correct`` (accuracy), ``labelled_positive``/``predicted_positive``/``true_positive``
+    (precision, recall, F1 at the threshold of a binary or anomaly task) and the error
+    sums (MAE, RMSE of a regression).  ``drift``
     holds one reading per detector the pipeline runs; ``drifted`` is true when any of them
     reports drift and ``drift_score`` is the largest of their scores (0.0 without
     detectors), so a reader that knows only those two fields (older clouds, the retrain
@@ -310,12 +315,24 @@ class Telemetry(_Message):
     drift: list[DriftReading] = Field(default_factory=list, max_length=MAX_DRIFT_READINGS)
     labelled: Count = 0
     correct: Count = 0
+    labelled_positive: Count = 0
+    predicted_positive: Count = 0
+    true_positive: Count = 0
+    abs_error_sum: float = Field(0.0, ge=0.0, allow_inf_nan=False)
+    squared_error_sum: float = Field(0.0, ge=0.0, allow_inf_nan=False)
     ts: Timestamp
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         if self.correct > self.labelled:
             raise ValueError(f"correct ({self.correct}) exceeds labelled ({self.labelled})")
+        positives = (self.labelled_positive, self.predicted_positive)
+        if self.true_positive > min(positives) or max(positives) > self.labelled:
+            raise ValueError(
+                f"true_positive ({self.true_positive}), labelled_positive "
+                f"({self.labelled_positive}) and predicted_positive ({self.predicted_positive}) "
+                f"do not fit labelled ({self.labelled})"
+            )
         p50, p95 = self.latency_p50_ms, self.latency_p95_ms
         if p50 is not None and p95 is not None and p50 > p95:
             raise ValueError(f"latency_p50_ms ({p50}) exceeds latency_p95_ms ({p95})")

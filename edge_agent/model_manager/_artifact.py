@@ -11,7 +11,7 @@ import numpy as np
 from continuum import signing
 from continuum._fs import fsync_dir
 from continuum.backends import InferenceBackend
-from continuum.errors import ArtifactError, ContinuumError
+from continuum.errors import ArtifactError, ContinuumError, InputMismatchError
 from continuum.spec import PipelineSpec
 from edge_agent.model_manager._fetch import Fetch, FetchFailedError
 from edge_agent.model_manager._serving import BackendOpener
@@ -99,7 +99,8 @@ class ModelLoader:
 
         Raises:
             ArtifactError: the model does not load, does not fit the pipeline's input, or
-                answers a probe with anything but finite class scores.
+                answers a probe with outputs that break the task's contract (shape, range,
+                NaN).
         """
         backend = self._open(
             spec.edge.backend,
@@ -132,20 +133,23 @@ def _probe(backend: InferenceBackend, spec: PipelineSpec) -> None:
         batches.append(frames)  # as the runtime runs micro-batches
     for batch in batches:
         out = np.asarray(backend.infer_frames(batch))
-        if out.ndim != 2 or out.shape[0] != len(batch) or out.shape[1] < 2:
+        try:
+            read = spec.edge.task.read(out)
+        except InputMismatchError as exc:
             raise ArtifactError(
-                f"model output has shape {out.shape} for {len(batch)} input(s); the "
-                "edge stage needs class probabilities of shape (batch, classes >= 2)"
-            )
-        if not np.isfinite(out).all():
+                f"model output of shape {out.shape} for {len(batch)} input(s) breaks the "
+                f"pipeline's task {spec.edge.task.describe()}: {exc}; every frame it served "
+                "would be rejected"
+            ) from exc
+        if read.rows != len(batch):
             raise ArtifactError(
-                "model output holds NaN or infinite values for a probe input; every "
-                "frame it served would be rejected"
+                f"model output has shape {out.shape} for {len(batch)} input(s); the edge "
+                "stage needs one row per input"
             )
 
 
 def probe_frames(spec: PipelineSpec) -> list[np.ndarray]:
-    """Two frames a new model must answer with finite class scores, alone and together: all
+    """Two frames a new model must answer within its task's contract, alone and together: all
     zeros, and seeded noise over the input's usual range (0..1, or 0..255 for integer
     pixels), as a model may be finite on zeros alone."""
     shape, dtype = tuple(spec.edge.input.shape), spec.edge.input.numpy_dtype()

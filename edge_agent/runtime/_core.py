@@ -15,7 +15,7 @@ import numpy as np
 
 from continuum._retry import Backoff
 from continuum.errors import ConfigError, ContinuumError, SpecError
-from continuum.select import TokenBucket
+from continuum.select import ScoreHistory, TokenBucket
 from continuum.sources import Source
 from continuum.spec import PipelineSpec, resolve_ref
 from continuum.wire.messages import Telemetry
@@ -50,6 +50,16 @@ class Window:
     dropped: int = 0
     labelled: int = 0
     correct: int = 0
+    #: Binary and anomaly tasks: labelled frames whose label is 1, that the model flagged,
+    #: and both (precision and recall at the threshold come from these).
+    labelled_positive: int = 0
+    predicted_positive: int = 0
+    true_positive: int = 0
+    #: Regression: sums of absolute and squared errors of the labelled frames.
+    abs_error_sum: float = 0.0
+    squared_error_sum: float = 0.0
+    #: Frames whose task defines a confidence in [0, 1] (classification, binary).
+    confident: int = 0
     confidence_sum: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
 
@@ -106,6 +116,9 @@ class RuntimeCore:
         self._max_wait_s = edge.max_wait_ms / 1000.0
         self._preprocess = _preprocess(spec)
         self._policy = spec.uplink.policy
+        self._task = edge.task
+        history = self._policy.history_window()
+        self._history = ScoreHistory(history) if history else None
         self._drift = DriftWatch(
             spec.uplink.detectors, pipeline=self.name, metrics=metrics, wall_clock=wall_clock
         )

@@ -1,7 +1,7 @@
-"""After the model: one inferred batch checked, its confidences, input tensors and (once
-due) label outcomes fed to the drift watch, the uplink policy applied, the bandwidth budget
-spent, the selected samples and their delayed labels put into the durable outbox, and the
-batch counted."""
+"""After the model: one inferred batch read through the pipeline's task (its output
+contract), its scores, input tensors and (once due) label outcomes fed to the drift watch,
+the uplink policy applied, the bandwidth budget spent, the selected samples and their
+delayed labels put into the durable outbox, and the batch counted."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import time
 import numpy as np
 
 from continuum.errors import ContinuumError
-from continuum.select import Probabilities, SelectionContext
+from continuum.select import SelectionContext
+from continuum.task import TaskOutputs
 from edge_agent.model_manager import ServingModel
 from edge_agent.outbox import AppendResult, FeedbackEntry, SampleEntry
 from edge_agent.runtime._frames import Arrival
@@ -36,24 +37,34 @@ class Selection(TelemetryWindows):
         scored = self._scored(output, kept)
         if scored is None:
             return
-        probs = scored.values
-        confidence = probs.max(axis=1)
-        prediction = probs.argmax(axis=1)
+        # The score is what the outputs detectors watch and a sample record carries: the
+        # top probability, P(positive), the predicted value or the anomaly score.
+        score = scored.score
+        # A record's prediction is an integer: the class, or 0/1 at the threshold; a
+        # regression's value travels in the score.
+        prediction = (
+            np.zeros(len(kept), dtype=np.int64)
+            if scored.kind == "regression"
+            else scored.prediction.astype(np.int64)
+        )
         latency_ms = [(done_ns - item[1]) / 1e6 for item in kept]
         if self._drift.active:
-            self._drift.update(confidence, tensors, self._outcomes(kept, prediction))
+            self._drift.update(score, tensors, self._outcomes(kept, prediction))
         seqs = self._outbox.reserve_seqs(len(kept))
         selected = self._select(scored, seqs)
+        if self._history is not None:
+            self._history.push(score)
         entries, over_budget = self._within_budget(
-            model, kept, tensors, selected, seqs, prediction, confidence
+            model, kept, tensors, selected, seqs, prediction, score
         )
         result = self._queue(kept, selected, seqs, entries)
-        self._count(kept, prediction, confidence, latency_ms, len(selected), over_budget, result)
+        self._count(kept, scored, latency_ms, len(selected), over_budget, result)
 
     def _outcomes(self, kept: list[Arrival], prediction: np.ndarray) -> list[tuple[float, bool]]:
         """(when its label is known, whether the prediction was wrong) of each labelled
-        frame, for a labels detector; frames without a label tell nothing."""
-        if not self._drift.wants_labels:
+        frame, for a labels detector; frames without a label tell nothing, and neither
+        does a regression's (no prediction is plainly right or wrong)."""
+        if not self._drift.wants_labels or not self._task.integer_labels:
             return []
         return [
             (
@@ -66,28 +77,32 @@ class Selection(TelemetryWindows):
 
     def _scored(
         self, output: np.ndarray | ContinuumError | ValueError, kept: list[Arrival]
-    ) -> Probabilities | None:
-        """The batch's class probabilities, checked once; None (frames rejected) if the
-        model failed or answered with the wrong rows."""
+    ) -> TaskOutputs | None:
+        """The batch's outputs read by the task's contract, checked once; None (frames
+        rejected) if the model failed, broke the contract or answered with the wrong rows."""
         n = len(kept)
         try:
             if isinstance(output, Exception):
                 raise output
             # Checked once here; selection takes the checked form without checking again.
-            scored = Probabilities.from_outputs(output)
-            if scored.values.shape[0] != n:
-                raise ValueError(f"model returned {scored.values.shape[0]} rows for {n} inputs")
+            scored = self._task.read(output)
+            if scored.rows != n:
+                raise ValueError(f"model returned {scored.rows} rows for {n} inputs")
         except (ContinuumError, ValueError) as exc:
             for _ in kept:
                 self._reject_frame("inference_error", str(exc))
             return None
         return scored
 
-    def _select(self, scored: Probabilities, seqs: range) -> np.ndarray:
+    def _select(self, scored: TaskOutputs, seqs: range) -> np.ndarray:
         """The rows the uplink policy selects (none, counted and logged, if it cannot judge)."""
         drift = self._drift
         ctx = SelectionContext.for_node(
-            self.node, seqs, drift_score=drift.score, drifted=drift.drifted
+            self.node,
+            seqs,
+            drift_score=drift.score,
+            drifted=drift.drifted,
+            recent_scores=None if self._history is None else self._history.values(),
         )
         try:
             return np.flatnonzero(self._policy.decide(scored, ctx))
@@ -127,7 +142,9 @@ class Selection(TelemetryWindows):
                         )
                     over_budget += 1
                     continue
-            immediate = frame.label is not None and frame.label_delay_s <= 0
+            immediate = (
+                frame.label is not None and frame.label_delay_s <= 0 and self._integer_labels()
+            )
             entries.append(
                 SampleEntry(
                     pipeline=self.name,
@@ -162,18 +179,33 @@ class Selection(TelemetryWindows):
                 due_at=kept[i][0].captured_at_ns / 1e9 + kept[i][0].label_delay_s,
             )
             for i in selected
-            if seqs[i] in stored and kept[i][0].label is not None and kept[i][0].label_delay_s > 0
+            if seqs[i] in stored
+            and kept[i][0].label is not None
+            and kept[i][0].label_delay_s > 0
+            and self._integer_labels()
         ]
         self._outbox.append_feedback(feedback)
         if result.appended or feedback:
             self._on_enqueued()
         return result
 
+    def _integer_labels(self) -> bool:
+        """Whether labels travel up the link: the wire carries integer labels (classes,
+        0/1); a regression's values are counted at the edge (MAE, RMSE in telemetry) and
+        not uplinked, said once in the log."""
+        if self._task.integer_labels:
+            return True
+        self._warn_once(
+            "regression_labels",
+            "regression labels are counted in telemetry but not uplinked: the wire's label "
+            "field holds integers",
+        )
+        return False
+
     def _count(
         self,
         kept: list[Arrival],
-        prediction: np.ndarray,
-        confidence: np.ndarray,
+        scored: TaskOutputs,
         latency_ms: list[float],
         selected: int,
         over_budget: int,
@@ -181,21 +213,30 @@ class Selection(TelemetryWindows):
     ) -> None:
         """Add the batch to the telemetry window and the metrics."""
         n = len(kept)
-        labelled = 0
-        correct = 0
-        for row, item in enumerate(kept):
-            label = item[0].label
-            if label is not None:
-                labelled += 1
-                correct += int(prediction[row]) == label
-
         w = self._window
+        rows = [row for row, item in enumerate(kept) if item[0].label is not None]
+        if rows:
+            labels = np.array([kept[row][0].label for row in rows], dtype=np.float64)
+            predicted = scored.prediction[rows]
+            w.labelled += len(rows)
+            if scored.kind == "regression":
+                errors = predicted - labels
+                w.abs_error_sum += float(np.abs(errors).sum())
+                w.squared_error_sum += float(np.square(errors).sum())
+            else:
+                w.correct += int(np.count_nonzero(predicted == labels))
+            if scored.threshold is not None:
+                positive, flagged = labels == 1.0, predicted == 1.0
+                w.labelled_positive += int(np.count_nonzero(positive))
+                w.predicted_positive += int(np.count_nonzero(flagged))
+                w.true_positive += int(np.count_nonzero(positive & flagged))
         w.frames += n
         w.uplinked += result.appended
         w.dropped += over_budget + result.refused
-        w.labelled += labelled
-        w.correct += correct
-        w.confidence_sum += float(confidence.sum())
+        confidence = scored.confidence
+        if confidence is not None:
+            w.confident += n
+            w.confidence_sum += float(confidence.sum())
         if len(w.latencies_ms) < _MAX_LATENCIES_PER_WINDOW:
             w.latencies_ms.extend(latency_ms)
 

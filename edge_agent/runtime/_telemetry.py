@@ -37,8 +37,8 @@ class TelemetryWindows(RuntimeCore):
         if latencies.size:
             p50, p95 = (min(float(v), 3.6e6) for v in np.percentile(latencies, [50, 95]))
         mean_conf = None
-        if w.frames:
-            mean_conf = min(1.0, max(0.0, w.confidence_sum / w.frames))
+        if w.confident:
+            mean_conf = min(1.0, max(0.0, w.confidence_sum / w.confident))
         drift = self._drift
         score = drift.score
         message = Telemetry(
@@ -58,6 +58,11 @@ class TelemetryWindows(RuntimeCore):
             drift=drift.readings(),
             labelled=w.labelled,
             correct=w.correct,
+            labelled_positive=w.labelled_positive,
+            predicted_positive=w.predicted_positive,
+            true_positive=w.true_positive,
+            abs_error_sum=w.abs_error_sum,
+            squared_error_sum=w.squared_error_sum,
             ts=self._wall(),
         )
         try:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from continuum import Pipeline, drift, select
+from continuum import Pipeline, drift, select, task
 from continuum._retry import Backoff
 from continuum.backends import open_backend
 from continuum.select import Policy
@@ -24,7 +24,7 @@ from edge_agent.outbox import Outbox
 from edge_agent.runtime import PipelineRuntime, as_probabilities
 from edge_agent.runtime._batching import BatchSizer
 from edge_agent.runtime._frames import FrameQueue
-from tests.edge_agent_kit import PatternSource, build_model
+from tests.edge_agent_kit import PatternSource, build_model, build_score_model
 
 NODE = "edge-1"
 
@@ -133,10 +133,11 @@ class TestSelectionWiring:
         assert window.model_version == "v1"
         assert window.mean_confidence == pytest.approx((0.1 + 0.9996) / 2, abs=1e-3)
 
-    def test_a_model_selection_cannot_judge_does_not_stop_the_loop(
+    def test_a_model_that_breaks_the_tasks_contract_does_not_stop_the_loop(
         self, tmp_path: Path, harness_factory
     ) -> None:  # type: ignore[no-untyped-def]
-        # One output class: inference works, the policy cannot rank it; nothing goes up.
+        # One output class: inference works, but a classifier must answer two classes or
+        # more; every frame is rejected and counted, nothing goes up, the loop runs on.
         path = build_model(tmp_path / "one-class.onnx", classes=1)
         model = ServingModel(
             "inspect",
@@ -150,8 +151,8 @@ class TestSelectionWiring:
         h = harness_factory(_spec(select.low_confidence(0.5)), PatternSource([1.0, 0.0], 20))
         h.run(model)
         assert h.samples() == []
-        (window,) = h.telemetry
-        assert (window.frames, window.uplinked) == (20, 0)
+        rejected = h.metrics.frames_rejected.labels("inspect", "inference_error")._value.get()
+        assert rejected == 20
 
     def test_random_selection_is_a_pure_function_of_the_sample_id(
         self, tmp_path: Path, harness_factory
@@ -529,3 +530,75 @@ class TestProbabilities:
     def test_non_finite_outputs_are_refused(self) -> None:
         with pytest.raises(ValueError, match="NaN"):
             as_probabilities(np.array([[np.nan, 1.0]]))
+
+
+def _task_spec(kind: task.Task, policy: Policy) -> PipelineSpec:
+    pipe = Pipeline("inspect", tenant="acme", data_class="internal")
+    pipe.edge(model="inspector", backend="onnxruntime", shape=(1, 8, 8), max_batch=4, task=kind)
+    pipe.uplink(policy)
+    if kind.kind == "regression":
+        pipe.rollout(rollback_on="mae rise 1.0")
+    elif kind.kind != "classification":
+        pipe.rollout(rollback_on="recall drop 0.05")
+    return pipe.spec
+
+
+def _scorer(tmp_path: Path, *, gain: float = 1.0, sigmoid: bool = False) -> ServingModel:
+    path = build_score_model(tmp_path / "scorer.onnx", gain=gain, sigmoid=sigmoid)
+    backend = open_backend("onnxruntime", path)
+    return ServingModel("inspect", "inspector", "v1", "0" * 64, "0" * 128, path, backend)
+
+
+class TestTasks:
+    """The runtime reads outputs through the pipeline's task: selection on its score,
+    telemetry counts that give its metric per window."""
+
+    def test_a_binary_task_selects_near_its_threshold_and_counts_decisions(
+        self, tmp_path: Path, harness_factory
+    ) -> None:  # type: ignore[no-untyped-def]
+        # sigmoid(8 * (v - 0.5)): 0.45 -> 0.40, 0.5 -> 0.5, 0.9 -> 0.96, 0.1 -> 0.04.
+        spec = _task_spec(task.binary(threshold=0.5), select.near_threshold(0.15))
+        source = PatternSource([0.45, 0.5, 0.9, 0.1], 40, labels=[1, 0, 1, 0])
+        h = harness_factory(spec, source)
+        h.run(_scorer(tmp_path, gain=8.0, sigmoid=True))
+        records = h.samples()
+        assert len(records) == 20  # the 0.45 and 0.5 frames
+        assert sorted({round(r.confidence, 2) for r in records}) == [0.4, 0.5]
+        assert {r.prediction for r in records} == {0, 1}  # 0.40 -> 0, 0.50 -> 1
+        (window,) = h.telemetry
+        # Flagged: 0.5 (label 0) and 0.9 (label 1); positives: 0.45 and 0.9.
+        assert (window.labelled, window.labelled_positive) == (40, 20)
+        assert (window.predicted_positive, window.true_positive) == (20, 10)
+        assert window.correct == 20
+        assert window.mean_confidence == pytest.approx(
+            np.mean([0.5987, 0.5, 0.9608, 0.9608]), abs=1e-3
+        )
+
+    def test_an_anomaly_task_selects_above_the_streams_recent_quantile(
+        self, tmp_path: Path, harness_factory
+    ) -> None:  # type: ignore[no-untyped-def]
+        # Scores 0.1 .. 1.0 by tenths, repeated: the top decile of the recent scores is 1.0.
+        pattern = [round(0.1 * k, 1) for k in range(1, 11)]
+        spec = _task_spec(task.anomaly(threshold=0.95), select.above_quantile(0.85, window=50))
+        h = harness_factory(spec, PatternSource(pattern, 100))
+        h.run(_scorer(tmp_path))
+        scores = sorted({round(r.confidence, 3) for r in h.samples()})
+        assert scores and scores[0] >= 0.9, scores
+        (window,) = h.telemetry
+        assert window.mean_confidence is None  # an anomaly score is no confidence
+
+    def test_a_regression_task_sums_its_errors_for_mae_and_rmse(
+        self, tmp_path: Path, harness_factory
+    ) -> None:  # type: ignore[no-untyped-def]
+        spec = _task_spec(task.regression(), select.random(1.0))
+        # Value = 10 * mean: 2.0 and 8.0; labels 3 and 8 -> errors 1 and 0.
+        source = PatternSource([0.2, 0.8], 10, labels=[3, 8])
+        h = harness_factory(spec, source)
+        h.run(_scorer(tmp_path, gain=10.0))
+        (window,) = h.telemetry
+        assert window.labelled == 10
+        assert window.abs_error_sum == pytest.approx(5.0, abs=1e-4)
+        assert window.squared_error_sum == pytest.approx(5.0, abs=1e-4)
+        records = h.samples()
+        assert {round(r.confidence, 3) for r in records} == {2.0, 8.0}
+        assert all(r.label is None for r in records)  # values are not uplinked as labels
