@@ -11,13 +11,15 @@ port, credentials, TLS CA, client id, keepalive).  Named in the agent config as:
               "topics": {"vibration": "factory/line-1/press-7/vibration",
                          "temperature": "factory/line-1/press-7/temperature",
                          "current": "factory/line-1/press-7/current"},
+              "channels": ["vibration", "temperature", "current"],
               "window": 1024, "stride": 512}}
 
-One topic per channel; the first channel is the clock (list the high-rate one first) and the
-others are held at their last reading (``edge_agent._sensor_windows`` documents the payload
-forms and why hold-last).  Each frame is a tensor ``(channels, window)`` float32, cut every
-``stride`` clock samples; the pipeline's ``edge.input.shape`` must be exactly that
-(``check_input_shape``, called by the agent at start).  A reading may carry the maintenance
+One topic per channel; ``channels`` gives the tensor's row order, the clock channel (the
+high-rate one) first, and the others are held at their last reading
+(``edge_agent._sensor_windows`` documents the payload forms and why hold-last).  Each frame
+is a tensor ``(channels, window)`` float32, cut every ``stride`` clock samples; the
+pipeline's ``edge.input.shape`` must be exactly that (``check_input_shape``, called by the
+agent at start).  A reading may carry the maintenance
 record the plant will know later (``label``, ``label_delay_s``): it becomes the frame's
 delayed label, as a camera's ground truth does.
 
@@ -59,7 +61,10 @@ class SensorGatewaySource:
     """Yield windows of a sensor gateway's MQTT topics as frames (see the module docstring).
 
     Args:
-        topics: channel name -> MQTT topic; the first is the clock channel.
+        topics: channel name -> MQTT topic.
+        channels: the tensor's row order, clock channel first; required with more than one
+            channel, because YAML and JSON tools may reorder a mapping's keys (PyYAML's
+            ``safe_dump`` sorts them) and a silently swapped row is a wrong input.
         window: clock samples per window (the tensor's second axis).
         stride: clock samples between window starts (default: ``window``, no overlap).
         host, port: the gateway's broker.
@@ -79,6 +84,7 @@ class SensorGatewaySource:
         self,
         topics: Mapping[str, str],
         window: int,
+        channels: Sequence[str] | None = None,
         stride: int | None = None,
         host: str = "127.0.0.1",
         port: int = 1883,
@@ -129,8 +135,20 @@ class SensorGatewaySource:
             raise ConfigError("keepalive_s must be >= 1 and connect_timeout_s > 0")
         if max_stale_s is not None and max_stale_s <= 0:
             raise ConfigError(f"max_stale_s must be > 0 or null, got {max_stale_s}")
+        if channels is None and len(topics) > 1:
+            raise ConfigError(
+                f"channels: give the tensor's row order, clock (high-rate) channel first, e.g. "
+                f"channels: {list(topics)}; a mapping's key order does not survive every "
+                "YAML/JSON tool"
+            )
+        order = tuple(topics) if channels is None else tuple(channels)
+        if sorted(order) != sorted(topics) or len(set(order)) != len(order):
+            raise ConfigError(
+                f"channels {list(order)} must name each channel of topics ({', '.join(topics)}) "
+                "once"
+            )
         self.topics = dict(topics)
-        self.channels = tuple(self.topics)
+        self.channels = order
         self.window = window
         self.stride = stride
         self.host, self.port = host, port

@@ -40,6 +40,7 @@ from pipelines.maintenance.bearings import (
     CHANNELS,
     FAULT_WEAR,
     FS_HZ,
+    WINDOW,
     Machine,
     SensorState,
     VibrationStream,
@@ -134,6 +135,17 @@ class SimulatedGateway:
     def topics(self, machine: str) -> dict[str, str]:
         """Return channel -> topic of ``machine``."""
         return topics_for(self.prefix, machine)
+
+    def source_args(self, machine: str, host: str, port: int) -> dict[str, Any]:
+        """Return the ``SensorGatewaySource`` args that read ``machine`` as the model wants it:
+        its topics, the channel order of ``CHANNELS`` and windows of ``WINDOW``."""
+        return {
+            "host": host,
+            "port": port,
+            "topics": self.topics(machine),
+            "channels": list(CHANNELS),
+            "window": WINDOW,
+        }
 
     def wear(self, machine: str) -> float:
         """Return the current wear of ``machine``'s bearing."""

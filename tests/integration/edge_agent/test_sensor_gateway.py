@@ -8,6 +8,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -16,9 +17,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from continuum.embedded import EmbeddedBroker
 from continuum.sources import Frame
+from continuum.wire import topics
+from continuum.wire.codec import decode_feedback, decode_samples
 from edge_agent.gateway import SensorGatewaySource
 from pipelines.maintenance.bearings import CHANNELS, WINDOW
+from pipelines.maintenance.data import load_splits
 from pipelines.maintenance.gateway import SimulatedGateway
+from pipelines.maintenance.train import Recipe, fit, save
+from tests.edge_agent_kit import AgentRig, CloudStandIn, desired_for, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +67,9 @@ def _publisher(broker: EmbeddedBroker) -> mqtt.Client:
 class TestRealTopic:
     def test_readings_become_the_expected_windows(self, mqtt_broker: EmbeddedBroker) -> None:
         topics = {"vibration": "factory/t1/p7/vibration", "temperature": "factory/t1/p7/temp"}
-        source = SensorGatewaySource(topics, window=8, stride=4, port=mqtt_broker.port)
+        source = SensorGatewaySource(
+            topics, window=8, stride=4, channels=["vibration", "temperature"], port=mqtt_broker.port
+        )
         reader = _Reader(source)
         publisher = _publisher(mqtt_broker)
         try:
@@ -95,7 +103,7 @@ class TestSimulatedGateway:
             port=mqtt_broker.port, machines={"press-7": "A"}, speed=32, wear_per_s=0.05
         )
         source = SensorGatewaySource(
-            gateway.topics("press-7"), window=WINDOW, port=mqtt_broker.port
+            **gateway.source_args("press-7", "127.0.0.1", mqtt_broker.port)
         )
         source.check_input_shape((len(CHANNELS), WINDOW))
         reader = _Reader(source)
@@ -122,9 +130,7 @@ class TestBrokerRestart:
         broker = private_mqtt_broker
         gateway = SimulatedGateway(port=broker.port, speed=32)
         source = SensorGatewaySource(
-            gateway.topics("press-7"),
-            window=WINDOW,
-            port=broker.port,
+            **gateway.source_args("press-7", "127.0.0.1", broker.port),
             reconnect_min_s=0.2,
             reconnect_max_s=1.0,
             keepalive_s=2,
@@ -143,3 +149,56 @@ class TestBrokerRestart:
             reader.close()
         counts = source.counts()
         assert counts.failures >= 1 and counts.reconnects >= 1
+
+
+class TestAgentEndToEnd:
+    def test_a_real_agent_scores_gateway_windows_and_uplinks_them_with_labels(
+        self, mqtt_broker: EmbeddedBroker, tmp_path: Path
+    ) -> None:
+        from pipelines.predictive_maintenance import pipe
+
+        name, node = pipe.spec.name, "press-edge-1"
+        cloud = CloudStandIn(mqtt_broker.host, mqtt_broker.port, "acme")
+        cloud.subscribe(f"ctm/acme/pipelines/{name}/#")
+        rig = AgentRig(tmp_path, port=mqtt_broker.port, node=node, pipeline=name, cloud=cloud)
+        rig.spec = tmp_path / "press.yaml"
+        rig.spec.write_text(pipe.spec.to_yaml(), encoding="utf-8")
+        train = load_splits().train
+        _, onnx_path = save(fit(train.x[:300], train.y[:300], recipe=Recipe(epochs=2)), tmp_path)
+        gateway = SimulatedGateway(
+            port=mqtt_broker.port, speed=32, wear_per_s=0.05, label_delay_s=0.5, seed=3
+        )
+        source = {
+            "ref": "edge_agent.gateway:SensorGatewaySource",
+            "args": gateway.source_args("press-7", mqtt_broker.host, mqtt_broker.port),
+        }
+        agent = rig.agent(source=source, confirm_stored=False, telemetry_interval_s=0.5)
+        try:
+            agent.start()
+            want = desired_for(onnx_path, rig.private, model="bearing-ae", version="v1")
+            cloud.publish_artifact(onnx_path, want)
+            cloud.set_desired(node, {name: want}, 1, signer=rig.private)
+            with gateway:
+                batches = wait_for(
+                    lambda: (
+                        [decode_samples(p) for _, p, _ in cloud.messages("/samples/")]
+                        if len(cloud.messages("/samples/")) >= 2
+                        else None
+                    ),
+                    timeout_s=40.0,
+                )
+                feedback = wait_for(lambda: cloud.messages("/feedback/"), timeout_s=20.0)
+        finally:
+            rig.stop_agents()
+            for topic in (topics.node_desired("acme", node), topics.node_status("acme", node)):
+                cloud.publish(topic, b"", retain=True)
+            cloud.close()
+        records = [r for b in batches for r in b.records]
+        assert all(r.tensor.shape == (3, WINDOW) for r in records)
+        assert all(b.model_version == "v1" for b in batches)
+        labels = {label for _, label in decode_feedback(feedback[0][1]).items}
+        assert labels <= {0, 1}
+        # Rows in the declared order, though the config's YAML sorted the topics' keys.
+        assert all(20 < r.tensor[1].mean() < 80 and 5 < r.tensor[2].mean() < 20 for r in records)
+        decoded = agent.metrics.render().decode()
+        assert f'continuum_edge_source_frames_decoded_total{{pipeline="{name}"}}' in decoded

@@ -27,6 +27,7 @@ from edge_agent.metrics import AgentMetrics
 from edge_agent.sources import load_source
 
 TOPICS = {"vibration": "f/l1/p7/vibration", "temperature": "f/l1/p7/temperature"}
+ORDER = ["vibration", "temperature"]
 
 
 def _chunk(values: list[float], ts: float = 100.0, **extra: object) -> Reading:
@@ -121,7 +122,7 @@ def _message(topic: str, payload: object) -> mqtt.MQTTMessage:
 
 class TestSource:
     def test_the_oldest_window_is_dropped_when_the_consumer_falls_behind(self) -> None:
-        source = SensorGatewaySource(TOPICS, window=2, queue_frames=3)
+        source = SensorGatewaySource(TOPICS, window=2, channels=ORDER, queue_frames=3)
         windower = Windower(source.channels, source.window, source.stride)
         source._on_message(windower, _message(TOPICS["temperature"], {"value": 40}))
         for i in range(5):
@@ -145,7 +146,7 @@ class TestSource:
         )
 
     def test_the_pipeline_shape_must_be_channels_by_window(self) -> None:
-        source = SensorGatewaySource(TOPICS, window=1024, stride=512)
+        source = SensorGatewaySource(TOPICS, window=1024, stride=512, channels=ORDER)
         source.check_input_shape((2, 1024))
         with pytest.raises(ConfigError, match=r"\[3, 1024\].*\[2, 1024\].*shape=\(2, 1024\)"):
             source.check_input_shape((3, 1024))
@@ -162,17 +163,22 @@ class TestSource:
             ({"password": "x"}, "without username"),
             ({"tls_ca": "/nonexistent/ca.pem"}, "tls_ca"),
             ({"reconnect_min_s": 5, "reconnect_max_s": 1}, "reconnect_min_s"),
+            ({"channels": None}, "row order, clock"),
+            ({"channels": ["vibration", "current"]}, "name each channel of topics"),
+            ({"channels": ["vibration", "vibration"]}, "name each channel of topics"),
         ],
     )
     def test_bad_config_is_refused_naming_the_fix(
         self, args: dict[str, object], problem: str
     ) -> None:
-        full: dict[str, object] = {"topics": TOPICS, "window": 8, **args}
+        full: dict[str, object] = {"topics": TOPICS, "window": 8, "channels": ORDER, **args}
         with pytest.raises(ConfigError, match=problem):
             load_source("edge_agent.gateway:SensorGatewaySource", full)
 
     def test_a_closed_source_ends_its_iteration(self) -> None:
-        source = SensorGatewaySource(TOPICS, window=2, port=1, connect_timeout_s=0.2)
+        source = SensorGatewaySource(
+            TOPICS, window=2, channels=ORDER, port=1, connect_timeout_s=0.2
+        )
         source.close()
         assert list(source) == []
 
@@ -200,7 +206,7 @@ class TestAgentStart:
                     "spec": "press.yaml",
                     "source": {
                         "ref": "edge_agent.gateway:SensorGatewaySource",
-                        "args": {"topics": TOPICS, "window": window},
+                        "args": {"topics": TOPICS, "window": window, "channels": ORDER},
                     },
                 }
             ],
@@ -215,5 +221,6 @@ class TestAgentStart:
         specs = load_pipelines(settings)
         with pytest.raises(ConfigError, match=r"pipelines\.0\.source.*\[2, 8\].*\[2, 16\]"):
             load_sources(settings, specs)
-        good = self._settings(tmp_path, window=8)
-        assert isinstance(load_sources(good, specs)["press-7"], SensorGatewaySource)
+        good = load_sources(self._settings(tmp_path, window=8), specs)["press-7"]
+        # PyYAML sorted the topics' keys (temperature first); the rows keep the declared order.
+        assert isinstance(good, SensorGatewaySource) and good.channels == tuple(ORDER)
