@@ -39,6 +39,7 @@ __all__ = ["MalformedReadingError", "Reading", "Window", "Windower", "parse_read
 
 #: A chunk longer than this is refused: it would make one window hold seconds of one message.
 MAX_CHUNK_VALUES = 65_536
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class MalformedReadingError(ValueError):
@@ -81,7 +82,10 @@ def parse_reading(payload: bytes | bytearray, now: float) -> Reading:
     except (UnicodeDecodeError, ValueError) as exc:
         raise MalformedReadingError(f"not JSON: {exc}") from None
     if not isinstance(body, dict):
-        return Reading(values=np.array([_number(body, "the reading")]), ts=now)
+        bare = _number(body, "the reading")
+        if abs(bare) > _FLOAT32_MAX:
+            raise MalformedReadingError("the reading is beyond float32's range")
+        return Reading(values=np.array([bare]), ts=now)
     if ("value" in body) == ("values" in body):
         raise MalformedReadingError(
             'needs exactly one of "value" (a reading) or "values" (a chunk)'
@@ -95,6 +99,8 @@ def parse_reading(payload: bytes | bytearray, now: float) -> Reading:
                 f'"values" must be a list of 1 to {MAX_CHUNK_VALUES} numbers'
             )
         values = np.array([_number(v, "an item of values") for v in raw])
+    if np.abs(values).max() > _FLOAT32_MAX:
+        raise MalformedReadingError("a value is beyond float32's range (the tensor's dtype)")
     ts = _number(body["ts"], "ts") if "ts" in body else now
     rate = body.get("rate_hz")
     rate_hz = None if rate is None else _number(rate, "rate_hz")

@@ -59,6 +59,8 @@ class TestPayloadForms:
             (b'{"values": [1, "x"]}', "an item of values"),
             (b'{"value": NaN}', "not finite"),
             (b'{"value": true}', "bool, not a number"),
+            (b'{"values": [1, 1e300]}', "float32's range"),
+            (b"-1e39", "float32's range"),
             (b'{"value": 1, "rate_hz": 0}', "rate_hz"),
             (b'{"value": 1, "label": -1}', "label"),
             (b'{"value": 1, "label": 0.5}', "label"),
