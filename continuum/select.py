@@ -7,7 +7,8 @@ random picks come from a hash of each sample's seed, never from a global RNG, so
 selects the same samples.  Each leaf judges the outputs of some tasks: ``low_confidence``,
 ``small_margin`` and ``high_entropy`` class probabilities; ``near_threshold`` and
 ``above_quantile`` a binary or anomaly score; ``wide_interval`` a regression's predicted
-spread; ``random`` and ``drift`` any task.  A pipeline refuses a leaf its task cannot feed.
+spread; ``mistakes`` (when a delayed label arrives) a prediction that can be wrong;
+``random`` and ``drift`` any task.  A pipeline refuses a leaf its task cannot feed.
 What policies decide on (``Probabilities``, ``SelectionContext``, the seed hash) lives in
 ``_selection_inputs`` and the ``TokenBucket`` in ``_token_bucket``; both are re-exported here.
 """
@@ -48,6 +49,7 @@ __all__ = [
     "DriftBoost",
     "HighEntropy",
     "LowConfidence",
+    "Mistakes",
     "NearThreshold",
     "Policy",
     "PolicySpec",
@@ -64,6 +66,7 @@ __all__ = [
     "drift",
     "high_entropy",
     "low_confidence",
+    "mistakes",
     "near_threshold",
     "random",
     "seed_from_id",
@@ -76,6 +79,7 @@ __all__ = [
 # `drift(..., rate=r)` pick independent subsets of the same frames.
 _RANDOM_SALT = np.uint64(0)
 _DRIFT_SALT = np.uint64(0xD1B54A32D192ED03)
+_MISTAKES_SALT = np.uint64(0x8CB92BA72F3D8DD7)
 
 
 def _unit_interval(value: float, field: str, example: str) -> float:
@@ -121,6 +125,10 @@ class Policy(BaseModel):
     def history_window(self) -> int:
         """Return how many recent scores the runtime must keep for ``above_quantile`` leaves."""
         return 0
+
+    def late_leaf(self) -> Mistakes | None:
+        """Return the ``mistakes()`` leaf that selects when labels arrive, if there is one."""
+        return self if isinstance(self, Mistakes) else None
 
     def detectors(self) -> tuple[Detector, ...]:
         """Return the drift detectors that ``drift(...)`` leaves need the runtime to run."""
@@ -357,6 +365,73 @@ class NearThreshold(_Leaf):
         return np.asarray(np.abs(out.score - threshold) <= self.width, dtype=np.bool_)
 
 
+class Mistakes(_Leaf):
+    """When a sample's delayed label arrives and shows the model was wrong, select it.
+
+    The examples a model gets wrong are the ones that teach it, and for a rare event they
+    are found only by their label: a fraud scored as legitimate is far from any threshold
+    until its chargeback comes back weeks later.  The edge holds the tensors of the frames
+    it did not select until their labels are due (at most ``hold_frames`` of them, for at
+    most ``hold_s``; the oldest go first), then selects a ``rate`` share (by seed hash) of
+    those whose label disagrees with the prediction, with the label attached.  At
+    inference time the leaf selects nothing, so it combines with ``|`` only.
+    """
+
+    kind: Literal["mistakes"] = "mistakes"
+    rate: float = Field(default=1.0, description="Share of the mistakes selected, in [0, 1].")
+    hold_s: float = Field(
+        default=86_400.0, description="Longest label delay the edge waits for, seconds."
+    )
+    hold_frames: int = Field(
+        default=10_000, description="Most frames held for their labels at once (memory)."
+    )
+
+    @field_validator("rate")
+    @classmethod
+    def _check(cls, value: float) -> float:
+        return _unit_interval(value, "rate", "mistakes(rate=0.5)")
+
+    @field_validator("hold_s")
+    @classmethod
+    def _check_hold(cls, value: float) -> float:
+        if not (math.isfinite(value) and 0.0 < value <= 30 * 86_400.0):
+            raise SpecError(
+                f"must be in (0, 30 days], got {value}",
+                field="hold_s",
+                fix="use e.g. mistakes(hold_s=3600) to wait an hour for labels",
+            )
+        return value
+
+    @field_validator("hold_frames")
+    @classmethod
+    def _check_frames(cls, value: int) -> int:
+        if not 1 <= value <= 1_000_000:
+            raise SpecError(
+                f"must be in [1, 1000000], got {value}",
+                field="hold_frames",
+                fix="use e.g. mistakes(hold_frames=10000)",
+            )
+        return value
+
+    def describe(self) -> str:
+        """Return ``mistakes()`` with the settings that differ from the defaults."""
+        parts = [] if self.rate == 1.0 else [f"rate={self.rate:g}"]
+        if self.hold_s != 86_400.0:
+            parts.append(f"hold_s={self.hold_s:g}")
+        if self.hold_frames != 10_000:
+            parts.append(f"hold_frames={self.hold_frames}")
+        return f"mistakes({', '.join(parts)})"
+
+    def _mask(self, out: TaskOutputs, ctx: SelectionContext) -> Mask:
+        return np.zeros(out.rows, dtype=np.bool_)
+
+    def decide_late(self, seeds: npt.NDArray[np.integer[Any]], wrong: Mask) -> Mask:
+        """Return which labelled frames to select now: the wrong ones, a ``rate`` share."""
+        return np.asarray(wrong, dtype=np.bool_) & below_rate(
+            np.asarray(seeds, dtype=np.uint64), self.rate, _MISTAKES_SALT
+        )
+
+
 #: A rolling quantile needs this many scores (or ``window``, if fewer) before it selects.
 _MIN_QUANTILE_SCORES = 20
 
@@ -488,6 +563,10 @@ class AnyOf(Policy):
         """Return the longest history any child needs."""
         return max(p.history_window() for p in self.policies)
 
+    def late_leaf(self) -> Mistakes | None:
+        """Return the first child's ``mistakes()`` leaf, if any."""
+        return next((leaf for p in self.policies if (leaf := p.late_leaf()) is not None), None)
+
     def describe(self) -> str:
         """Return the children joined with `` | ``."""
         return " | ".join(p.describe() for p in self.policies)
@@ -517,6 +596,12 @@ class AllOf(Policy):
     @field_validator("policies")
     @classmethod
     def _check(cls, value: tuple[Policy, ...]) -> tuple[Policy, ...]:
+        if any("mistakes" in p.kinds() for p in value):
+            raise SpecError(
+                "mistakes() decides when a label arrives, after the other policies have",
+                field="policies",
+                fix="combine it with |, e.g. near_threshold(0.1) | mistakes()",
+            )
         return _nonempty(value, "all_of")
 
     def detectors(self) -> tuple[Detector, ...]:
@@ -530,6 +615,10 @@ class AllOf(Policy):
     def history_window(self) -> int:
         """Return the longest history any child needs."""
         return max(p.history_window() for p in self.policies)
+
+    def late_leaf(self) -> Mistakes | None:
+        """Return the first child's ``mistakes()`` leaf, if any."""
+        return next((leaf for p in self.policies if (leaf := p.late_leaf()) is not None), None)
 
     def describe(self) -> str:
         """Return the children joined with `` & `` (any_of children in parentheses)."""
@@ -557,7 +646,8 @@ class AllOf(Policy):
 
 
 PolicySpec = Annotated[
-    LowConfidence
+    Mistakes
+    | LowConfidence
     | SmallMargin
     | HighEntropy
     | NearThreshold
@@ -602,6 +692,11 @@ def above_quantile(q: float, window: int = 1000) -> AboveQuantile:
 def wide_interval(std: float) -> WideInterval:
     """Select regression predictions whose std is at least ``std`` (target units)."""
     return validate(WideInterval, dict(std=std))
+
+
+def mistakes(rate: float = 1.0, *, hold_s: float = 86_400.0, hold_frames: int = 10_000) -> Mistakes:
+    """Select frames whose delayed label shows the model wrong, when the label arrives."""
+    return validate(Mistakes, dict(rate=rate, hold_s=hold_s, hold_frames=hold_frames))
 
 
 def random(rate: float) -> RandomRate:

@@ -262,6 +262,7 @@ class Classification(_Task):
         "low_confidence",
         "small_margin",
         "high_entropy",
+        "mistakes",
     }
     default_metric: ClassVar[str] = "accuracy"
 
@@ -300,7 +301,11 @@ class Binary(_Task):
     threshold: float = Field(
         default=0.5, description="Decide positive when score >= it; in (0, 1)."
     )
-    policies: ClassVar[frozenset[str]] = _ANY_TASK | {"near_threshold", "above_quantile"}
+    policies: ClassVar[frozenset[str]] = _ANY_TASK | {
+        "near_threshold",
+        "above_quantile",
+        "mistakes",
+    }
     default_metric: ClassVar[str] = "pr_auc"
 
     @field_validator("threshold")
@@ -419,7 +424,11 @@ class Anomaly(_Task):
         default=1.0,
         description="Flag when score >= it; 1.0 where the trainer folds its calibration in.",
     )
-    policies: ClassVar[frozenset[str]] = _ANY_TASK | {"near_threshold", "above_quantile"}
+    policies: ClassVar[frozenset[str]] = _ANY_TASK | {
+        "near_threshold",
+        "above_quantile",
+        "mistakes",
+    }
     default_metric: ClassVar[str] = "f1"
 
     @field_validator("threshold")

@@ -16,7 +16,7 @@ import numpy as np
 from continuum._retry import Backoff
 from continuum.errors import ConfigError, ContinuumError, SpecError
 from continuum.select import ScoreHistory, TokenBucket
-from continuum.sources import Source
+from continuum.sources import Frame, Source
 from continuum.spec import PipelineSpec, resolve_ref
 from continuum.wire.messages import Telemetry
 from edge_agent.metrics import AgentMetrics
@@ -62,6 +62,19 @@ class Window:
     confident: int = 0
     confidence_sum: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Held:
+    """A frame not selected at inference, held until its label is due (``select.mistakes``)."""
+
+    due_at: float
+    seq: int
+    frame: Frame = field(compare=False)
+    tensor: np.ndarray = field(compare=False)
+    prediction: int = field(compare=False)
+    score: float = field(compare=False)
+    model_version: str = field(compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +132,9 @@ class RuntimeCore:
         self._task = edge.task
         history = self._policy.history_window()
         self._history = ScoreHistory(history) if history else None
+        #: ``select.mistakes()``: frames held until their labels are due (a heap by due time).
+        self._late = self._policy.late_leaf() if edge.task.integer_labels else None
+        self._held: list[Held] = []
         self._drift = DriftWatch(
             spec.uplink.detectors, pipeline=self.name, metrics=metrics, wall_clock=wall_clock
         )

@@ -40,6 +40,7 @@ class InferenceLoop(Selection):
                     self._sizer.record(len(batch), (time.perf_counter_ns() - started_ns) / 1e9)
                 elif self._source_done.is_set() and not self._frames:
                     break
+                self._release_due()
                 self._maybe_emit()
             self._emit_window(final=True)
         except Exception:
@@ -83,6 +84,7 @@ class InferenceLoop(Selection):
                         break
                 else:
                     last_done_ns = self._finish_oldest(running, last_done_ns)
+                self._release_due()
                 self._maybe_emit()
             self._emit_window(final=True)
         except Exception:

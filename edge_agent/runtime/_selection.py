@@ -5,6 +5,7 @@ delayed labels put into the durable outbox, and the batch counted."""
 
 from __future__ import annotations
 
+import heapq
 import time
 
 import numpy as np
@@ -14,6 +15,7 @@ from continuum.select import SelectionContext
 from continuum.task import TaskOutputs
 from edge_agent.model_manager import ServingModel
 from edge_agent.outbox import AppendResult, FeedbackEntry, SampleEntry
+from edge_agent.runtime._core import Held
 from edge_agent.runtime._frames import Arrival
 from edge_agent.runtime._telemetry import TelemetryWindows
 
@@ -59,6 +61,96 @@ class Selection(TelemetryWindows):
         )
         result = self._queue(kept, selected, seqs, entries)
         self._count(kept, scored, latency_ms, len(selected), over_budget, result)
+        if self._late is not None:
+            self._hold(model, kept, tensors, selected, seqs, prediction, score)
+            self._release_due()
+
+    def _hold(
+        self,
+        model: ServingModel,
+        kept: list[Arrival],
+        tensors: list[np.ndarray],
+        selected: np.ndarray,
+        seqs: range,
+        prediction: np.ndarray,
+        score: np.ndarray,
+    ) -> None:
+        """Keep the labelled frames not selected now until their labels are due, oldest
+        forgotten first beyond the leaf's ``hold_frames``."""
+        late = self._late
+        assert late is not None
+        taken = set(selected.tolist())
+        for row, (frame, _) in enumerate(kept):
+            if row in taken or frame.label is None or frame.label_delay_s > late.hold_s:
+                continue
+            held = Held(
+                due_at=frame.captured_at_ns / 1e9 + max(0.0, frame.label_delay_s),
+                seq=seqs[row],
+                frame=frame,
+                tensor=tensors[row],
+                prediction=int(prediction[row]),
+                score=float(score[row]),
+                model_version=model.version,
+            )
+            if len(self._held) >= late.hold_frames:
+                heapq.heapreplace(self._held, held)  # the earliest due makes room
+                self._warn_once(
+                    "mistakes_full",
+                    f"more than {late.hold_frames} frames wait for their labels: the "
+                    "earliest due are forgotten (raise mistakes(hold_frames=...))",
+                )
+            else:
+                heapq.heappush(self._held, held)
+
+    def _release_due(self) -> None:
+        """Select the held frames whose labels are due and show a mistake (the
+        ``mistakes()`` leaf), with their labels; forget the rest (the inference thread)."""
+        late = self._late
+        if late is None or not self._held:
+            return
+        now = self._wall()
+        due: list[Held] = []
+        while self._held and self._held[0].due_at <= now:
+            due.append(heapq.heappop(self._held))
+        if not due:
+            return
+        wrong = np.array([h.prediction != h.frame.label for h in due], dtype=np.bool_)
+        seeds = SelectionContext.for_node(self.node, [h.seq for h in due]).seeds
+        picked = [h for h, take in zip(due, late.decide_late(seeds, wrong), strict=True) if take]
+        if not picked:
+            return
+        entries: list[SampleEntry] = []
+        over_budget = 0
+        now_s = time.monotonic()
+        for held in picked:
+            size = held.tensor.nbytes + _RECORD_OVERHEAD_BYTES
+            if self._bucket is not None and not self._bucket.try_take(size, now_s):
+                over_budget += 1
+                continue
+            frame = held.frame
+            entries.append(
+                SampleEntry(
+                    pipeline=self.name,
+                    model_version=held.model_version,
+                    data_class=str(self.spec.data_class),
+                    seq=held.seq,
+                    captured_at_ns=frame.captured_at_ns,
+                    tensor=held.tensor,
+                    prediction=held.prediction,
+                    confidence=held.score,
+                    label=None if frame.label is None else int(frame.label),
+                    fields=frame.fields,
+                )
+            )
+        result = self._outbox.append_samples(entries)
+        if result.appended:
+            self._on_enqueued()
+        w = self._window
+        w.uplinked += result.appended
+        w.dropped += over_budget + result.refused
+        self._m_selected.inc(len(picked))
+        if over_budget:
+            self._m_over_budget.inc(over_budget)
 
     def _outcomes(self, kept: list[Arrival], prediction: np.ndarray) -> list[tuple[float, bool]]:
         """(when its label is known, whether the prediction was wrong) of each labelled

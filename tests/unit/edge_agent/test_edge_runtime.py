@@ -14,6 +14,7 @@ import pytest
 from continuum import Pipeline, drift, select, task
 from continuum._retry import Backoff
 from continuum.backends import open_backend
+from continuum.errors import SpecError
 from continuum.select import Policy
 from continuum.sources import Frame
 from continuum.spec import PipelineSpec
@@ -602,3 +603,23 @@ class TestTasks:
         records = h.samples()
         assert {round(r.confidence, 3) for r in records} == {2.0, 8.0}
         assert all(r.label is None for r in records)  # values are not uplinked as labels
+
+    def test_mistakes_are_selected_when_their_labels_arrive(
+        self, tmp_path: Path, harness_factory
+    ) -> None:  # type: ignore[no-untyped-def]
+        # P(fraud): 0.40 (label 1: missed), 0.96 (label 1: caught), 0.04 (label 0: right).
+        spec = _task_spec(task.binary(threshold=0.5), select.mistakes())
+        source = PatternSource([0.45, 0.9, 0.1], 60, fps=100.0, labels=[1, 1, 0], label_delay_s=0.2)
+        h = harness_factory(spec, source)
+        h.run(_scorer(tmp_path, gain=8.0, sigmoid=True))
+        records = h.samples()
+        # Every released frame is a miss, carries its label, and kept its inference seq;
+        # the frames whose labels fell due after the source ended were never released.
+        assert 10 <= len(records) <= 20
+        assert all(r.label == 1 and r.prediction == 0 for r in records)
+        assert all(round(r.confidence, 2) == 0.4 for r in records)
+        assert len({r.seq for r in records}) == len(records)
+
+    def test_mistakes_combine_with_or_only(self) -> None:
+        with pytest.raises(SpecError, match=r"combine it with \|"):
+            select.near_threshold(0.1) & select.mistakes()
