@@ -62,11 +62,7 @@ class TestTheModelMeetsTheDeclaredContract:
 
 class TestTheDeclaredLabelDetectorSeesTheTakeovers:
     def test_it_fires_after_the_onset_at_lux_gare_and_not_before(self) -> None:
-        (spec,) = [
-            leaf.detector
-            for leaf in pipe.spec.uplink.policy.policies
-            if isinstance(getattr(leaf, "detector", None), LabelsSpec)
-        ]
+        (spec,) = [d for d in pipe.spec.uplink.detectors if isinstance(d, LabelsSpec)]
         splits = load_splits()
         model = fit(
             splits.train.x, splits.train.y, calibration=(splits.validation.x, splits.validation.y),
