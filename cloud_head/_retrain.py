@@ -238,14 +238,19 @@ class Retrainer:
         holdout = gate_holdout(spec, run.data)
         current = None if run.parent is None else run.parent.artifact_path
         verdict = gate(result.onnx_path, current, holdout, spec.gate, task=spec.edge.task)
-        gate_record = asdict(verdict) | {"holdout_size": holdout.size()}
+        # The registry's gate record says what was scored, so the model card speaks the
+        # task's metric: recall at 1 % FPR for a fraud scorer, MAE for a regression.
+        gate_record = asdict(verdict) | {
+            "holdout_size": holdout.size(),
+            "metric": spec.gate_metric,
+            "task": spec.edge.task.describe(),
+        }
         self._record(
             AuditAction.GATE,
             run.subject,
             gate_record
             | {
                 "run": run.name,
-                "metric": spec.gate_metric,
                 "current_version": None if run.parent is None else run.parent.version,
                 "verdict": "passed" if verdict.passed else "rejected",
             },

@@ -234,15 +234,18 @@ def _gate_section(gate: Mapping[str, Any]) -> list[str]:
     if not gate:
         return ["## Evaluation gate", "", "No gate result recorded.", ""]
     verdict = "passed" if gate.get("passed") else "failed"
+    # Records written before tasks existed name no metric: those gates scored accuracy.
+    metric = _cell(gate.get("metric") or "accuracy")
+    task = f" A `{_cell(gate['task'])}` model, scored on `{metric}`." if gate.get("task") else ""
     return [
         "## Evaluation gate",
         "",
-        f"The gate **{verdict}**: {gate.get('reason', 'no reason recorded')}",
+        f"The gate **{verdict}**: {gate.get('reason', 'no reason recorded')}{task}",
         "",
         *_table(
             [
-                ("Candidate score", gate.get("candidate_score")),
-                ("Current model's score", gate.get("current_score")),
+                (f"Candidate {metric}", gate.get("candidate_score")),
+                (f"Current model's {metric}", gate.get("current_score")),
                 ("Required gain", gate.get("margin")),
                 ("Gain achieved", gate.get("gain")),
                 ("Holdout size", gate.get("holdout_size")),
