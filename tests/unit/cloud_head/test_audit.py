@@ -531,7 +531,7 @@ class TestExport:
         assert "Flag mis-stamped digits on line 7" in card
         assert "2026-11-21, 2026-11-22" in card
         assert "| Candidate accuracy | 0.9312 |" in card
-        assert "| Current model's score | 0.9011 |" in card
+        assert "| Current model's accuracy | 0.9011 |" in card
         assert "The gate **passed**" in card
         assert "| Parent version | v1 |" in card
         assert "rollback" in card and "drop" in card
