@@ -3,6 +3,7 @@ and ``InputDriftMonitor``, which tests each feature's window against its referen
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -35,7 +36,35 @@ class InputFeatures:
 
     def __init__(self, shape: tuple[int, ...], spec: InputsSpec) -> None:
         self.shape = shape
-        self._image = len(shape) in (2, 3)
+        layout = spec.layout
+        if layout == "auto":
+            layout = "image" if len(shape) in (2, 3) else "vector"
+        if layout == "image" and len(shape) not in (2, 3):
+            raise InputMismatchError(
+                "an image input is (channels, height, width) or (height, width)",
+                expected="a 2-D or 3-D input shape, or drift.inputs(layout='vector')",
+                got=f"shape {shape}",
+            )
+        if layout == "signal" and len(shape) not in (1, 2):
+            raise InputMismatchError(
+                "a signal input is (channels, samples) or (samples,)",
+                expected="a 1-D or 2-D input shape, or drift.inputs(layout='vector')",
+                got=f"shape {shape}",
+            )
+        self._image = layout == "image"
+        self._signal_bands = spec.bands if layout == "signal" else 0
+        if self._signal_bands:
+            channels = 1 if len(shape) == 1 else shape[0]
+            samples = shape[-1]
+            # Equal bands of the one-sided spectrum, the constant term left out (the mean).
+            self._band_edges = np.linspace(1, samples // 2 + 1, self._signal_bands + 1).astype(int)
+            self.names = [
+                f"{what}[{c}]"
+                for c in range(channels)
+                for what in ("mean", "rms", "crest", *(f"band{b}" for b in range(spec.bands)))
+            ]
+            self._projection = None
+            return
         if self._image:
             channels = 1 if len(shape) == 2 else shape[0]
             height, width = shape[-2:]
@@ -88,6 +117,8 @@ class InputFeatures:
         """
         batch = self._as_batch(inputs)
         n = batch.shape[0]
+        if self._signal_bands:
+            return self._signal_rows(batch.reshape(n, -1, batch.shape[-1]))
         if self._image:
             images = batch.reshape(n, -1, *batch.shape[-2:])
             planes = images.reshape(n * images.shape[1], -1)
@@ -107,6 +138,27 @@ class InputFeatures:
         if self._projection is not None:
             parts.append(flat @ self._projection)
         return np.concatenate(parts, axis=1).astype(np.float64)
+
+    def _signal_rows(self, windows: npt.NDArray[np.float32]) -> FloatRows:
+        """Per window and channel: mean, RMS about it, crest factor and band energy shares."""
+        values = windows.astype(np.float64)
+        mean = values.mean(axis=2)
+        centred = values - mean[..., None]
+        rms = np.sqrt(np.mean(centred * centred, axis=2))
+        peak = np.abs(centred).max(axis=2)
+        crest = np.where(rms > 0, peak / np.where(rms > 0, rms, 1.0), 0.0)
+        power = np.abs(np.fft.rfft(centred, axis=2)) ** 2
+        edges = self._band_edges
+        bands = np.stack(
+            [power[..., lo:hi].sum(axis=2) for lo, hi in itertools.pairwise(edges)],
+            axis=2,
+        )
+        total = bands.sum(axis=2, keepdims=True)
+        shares = np.where(total > 0, bands / np.where(total > 0, total, 1.0), 0.0)
+        per_channel = np.concatenate(
+            [mean[..., None], rms[..., None], crest[..., None], shares], axis=2
+        )
+        return per_channel.reshape(windows.shape[0], -1)
 
     def _as_batch(
         self, inputs: npt.NDArray[np.generic] | Sequence[npt.NDArray[np.generic]]

@@ -176,9 +176,14 @@ class InputsSpec(_DetectorBase):
     or (H, W): per channel the mean intensity, the contrast (standard deviation) and the
     edge energy (mean absolute gradient), plus ``projections`` fixed random projections of
     the image block-averaged to at most 16x16 per channel, which see a mirror, a shift or a
-    zoom that leaves the intensity histogram as it was.  Vectors (tabular rows, sensor
-    windows): each feature, or ``projections`` random projections when there are more than
-    ``max_features``.  Large images are subsampled first, so a frame costs tens of
+    zoom that leaves the intensity histogram as it was.  Vectors (tabular rows): each
+    feature, or ``projections`` random projections when there are more than
+    ``max_features``.  Signals (``layout="signal"``: sensor windows (channels, samples)):
+    per channel the mean (offset), the RMS about it (level), the crest factor (peak / RMS,
+    impulsiveness) and the share of spectral energy in each of ``bands`` equal frequency
+    bands (where a bearing's defect lines or a new machine's shaft speed show first).
+    ``layout="auto"`` reads a 2-D or 3-D shape as an image, any other as a vector.
+    Large images are subsampled first, so a frame costs tens of
     microseconds whatever its size.  The projections come from a fixed seed, so every node
     and every restart computes the same features.
 
@@ -198,11 +203,26 @@ class InputsSpec(_DetectorBase):
     max_features: int = Field(
         default=32, description="A vector with more features is watched through projections."
     )
+    layout: Literal["auto", "image", "signal", "vector"] = Field(
+        default="auto",
+        description="How to read one input: auto (2-D/3-D image, else vector), image, "
+        "signal (channels, samples) or vector.",
+    )
+    bands: int = Field(default=4, description="Spectral bands per channel of a signal.")
 
     @property
     def signal(self) -> Signal:
         """``inputs``: summary features of the tensors the model is fed."""
         return "inputs"
+
+    @field_validator("bands")
+    @classmethod
+    def _bands_in_range(cls, value: int) -> int:
+        if not 1 <= value <= 64:
+            raise SpecError(
+                f"must be between 1 and 64, got {value}", field="bands", fix="use bands=4"
+            )
+        return value
 
     @field_validator("alpha")
     @classmethod
@@ -319,8 +339,12 @@ def inputs(
     reference: int = 300,
     projections: int = 16,
     max_features: int = 32,
+    *,
+    layout: Literal["auto", "image", "signal", "vector"] = "auto",
+    bands: int = 4,
 ) -> InputsSpec:
-    """Declare a detector on the model's input tensors (intensity, contrast, edges, layout)."""
+    """Declare a detector on the model's input tensors: an image's intensity, contrast,
+    edges and layout; a vector's features; a signal's level, offset, crest and spectrum."""
     return validate(
         InputsSpec,
         dict(
@@ -329,6 +353,8 @@ def inputs(
             reference=reference,
             projections=projections,
             max_features=max_features,
+            layout=layout,
+            bands=bands,
         ),
     )
 

@@ -242,3 +242,43 @@ class TestScoringAgainstScikitLearn:
         assert score("rmse", truth, out) == pytest.approx(
             np.sqrt(reference.mean_squared_error(truth, guess))
         )
+
+
+class TestSignalInputDrift:
+    """Sensor windows are watched per channel: level, offset, crest and spectrum."""
+
+    def _windows(self, rng: np.random.Generator, n: int, hz: float, gain: float) -> np.ndarray:
+        t = np.arange(1024) / 1024.0
+        vibration = gain * np.sin(2 * np.pi * hz * t) + 0.1 * rng.standard_normal((n, 1024))
+        temperature = 40.0 + 0.2 * rng.standard_normal((n, 1024))
+        return np.stack([vibration, temperature], axis=1).astype(np.float32)
+
+    def test_features_are_named_per_channel(self) -> None:
+        from continuum import drift
+        from continuum.drift._inputs import InputFeatures
+
+        features = InputFeatures((2, 1024), drift.inputs(layout="signal", bands=2))
+        assert features.names == [
+            "mean[0]", "rms[0]", "crest[0]", "band0[0]", "band1[0]",
+            "mean[1]", "rms[1]", "crest[1]", "band0[1]", "band1[1]",
+        ]  # fmt: skip
+
+    def test_a_new_shaft_speed_is_seen_in_the_spectrum_not_the_level(self) -> None:
+        from continuum import drift
+        from continuum.drift._inputs import InputDriftMonitor
+
+        rng = np.random.default_rng(0)
+        monitor = InputDriftMonitor(drift.inputs(layout="signal", window=100, reference=150))
+        monitor.update(self._windows(rng, 150, hz=30.0, gain=1.0))
+        calm = monitor.update(self._windows(rng, 100, hz=30.0, gain=1.0))
+        assert not calm.drifted
+        moved = monitor.update(self._windows(rng, 100, hz=300.0, gain=1.0))
+        assert moved.drifted
+        assert moved.feature is not None and moved.feature.startswith("band")
+
+    def test_a_signal_layout_refuses_an_image_shape(self) -> None:
+        from continuum import drift
+        from continuum.drift._inputs import InputFeatures
+
+        with pytest.raises(InputMismatchError, match="signal"):
+            InputFeatures((3, 8, 8), drift.inputs(layout="signal"))
