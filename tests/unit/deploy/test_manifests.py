@@ -282,10 +282,13 @@ class TestEdgeFilesAgree:
         targets = load_yaml("prometheus/targets/example-edge-site.yml")
         assert all(t.endswith(f":{port}") for group in targets for t in group["targets"])
 
-    def test_container_installs_only_the_edge_extra_as_non_root(self) -> None:
+    def test_container_installs_only_the_edge_extras_as_non_root(self) -> None:
+        # The edge and its camera decoder (PyAV): never the cloud side (torch, Ray).
         containerfile = (DEPLOY / "edge" / "Containerfile").read_text()
         assert "python:3.11-slim" in containerfile
-        assert "[edge]" in containerfile and "[cloud]" not in containerfile
+        assert "[edge,video]" in containerfile and "cloud" not in re.findall(
+            r"\[([a-z,]+)\]", containerfile
+        )
         users = re.findall(r"^USER (\S+)", containerfile, re.MULTILINE)
         assert users and not users[-1].startswith(("root", "0"))
 
