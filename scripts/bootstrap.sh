@@ -35,6 +35,13 @@ if [ "$mode" = test ] && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/n
   apt_install postgresql
 fi
 
+# The HPC path's tests run a real single-node Slurm (slurmctld + slurmd + munge) the way the
+# tests run mosquitto: their own config and ports in a temporary folder, no system service.
+if [ "$mode" = test ] && ! command -v sbatch >/dev/null 2>&1; then
+  echo "==> installing Slurm and munge from Debian's packages (for the HPC tests)"
+  apt_install slurm-wlm munge
+fi
+
 # The video source's tests serve a clip over RTSP with GStreamer's RTSP server, driven by
 # Debian's own python3 (python3-gi is built for it); plugins-good has the Matroska demuxer
 # and the H.264 payloader it uses, plugins-ugly x264enc for a live test pattern.
