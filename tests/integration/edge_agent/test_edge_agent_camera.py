@@ -178,3 +178,52 @@ class TestCameraFasterThanInference:
             'reason="backpressure"}' in text
         )
         assert_promtool_accepts_metrics(text)
+
+
+class TestCameraToTheStore:
+    def test_camera_frames_are_stored_by_a_real_ingest_as_the_edge_prepared_them(
+        self, rig: AgentRig, rtsp_server: RtspServer, mqtt_broker: EmbeddedBroker, tmp_path: Path
+    ) -> None:
+        # The whole way of a camera frame: RTSP, PyAV, the declared ImagePrep, inference,
+        # selection, the outbox, the broker, ingest (acked after the write), Parquet.
+        from cloud_head.ingest import IngestService, IngestWorker
+        from cloud_head.labelling import LabelStore
+        from cloud_head.store import SampleStore
+        from continuum.spec import load_pipeline
+        from continuum.wire.mqtt import BrokerSettings
+        from tests.edge_agent_kit import stored_ids
+
+        store = SampleStore(tmp_path / "store")
+        labels = LabelStore(tmp_path / "labels.db")
+        service = IngestService(
+            TENANT, [load_pipeline(rig.spec)], store, labels, tmp_path / "seen.db"
+        )
+        settings = BrokerSettings(host=mqtt_broker.host, port=mqtt_broker.port)
+        worker = IngestWorker(service, settings, client_id="ingest-camera-1")
+        worker.start()
+        try:
+            cam = {"ref": "edge_agent.video:VideoSource", "args": {"url": rtsp_server.url}}
+            agent = rig.agent(source=cam)
+            agent.start()
+            rig.roll_out("v1", 1)
+            wait_for(
+                lambda: len(stored_ids(store, TENANT, PIPELINE)) >= 2 * FPS,
+                timeout_s=60.0,
+                interval_s=0.5,
+            )
+            table = store.read(TENANT, PIPELINE, columns=["dtype", "shape", "tensor"])
+            digits = load_digits().images.astype(np.float32)
+            for dtype, shape, raw in zip(
+                table.column("dtype").to_pylist()[:20],
+                table.column("shape").to_pylist()[:20],
+                table.column("tensor").to_pylist()[:20],
+                strict=True,
+            ):
+                assert (dtype, tuple(shape)) == ("float32", (1, 8, 8))
+                image = np.frombuffer(raw, dtype="<f4").reshape(8, 8)
+                assert np.abs(digits - image).mean(axis=(1, 2)).min() < 1.0
+        finally:
+            rig.stop_agents()
+            worker.stop()
+            service.close()
+            labels.close()
