@@ -371,10 +371,11 @@ class Mistakes(_Leaf):
     The examples a model gets wrong are the ones that teach it, and for a rare event they
     are found only by their label: a fraud scored as legitimate is far from any threshold
     until its chargeback comes back weeks later.  The edge holds the tensors of the frames
-    it did not select until their labels are due (at most ``hold_frames`` of them, for at
-    most ``hold_s``; the oldest go first), then selects a ``rate`` share (by seed hash) of
-    those whose label disagrees with the prediction, with the label attached.  At
-    inference time the leaf selects nothing, so it combines with ``|`` only.
+    it did not select until their labels are due (at most ``hold_frames`` of them and
+    ``hold_mb`` of tensors, for at most ``hold_s``; when full, newer frames are not held),
+    then selects a ``rate`` share (by seed hash) of those whose label disagrees with the
+    prediction, with the label attached.  At inference time the leaf selects nothing, so
+    it combines with ``|`` only.
     """
 
     kind: Literal["mistakes"] = "mistakes"
@@ -383,7 +384,10 @@ class Mistakes(_Leaf):
         default=86_400.0, description="Longest label delay the edge waits for, seconds."
     )
     hold_frames: int = Field(
-        default=10_000, description="Most frames held for their labels at once (memory)."
+        default=10_000, description="Most frames held for their labels at once."
+    )
+    hold_mb: float = Field(
+        default=64.0, description="Most tensor memory held for labels at once, in MiB."
     )
 
     @field_validator("rate")
@@ -399,6 +403,17 @@ class Mistakes(_Leaf):
                 f"must be in (0, 30 days], got {value}",
                 field="hold_s",
                 fix="use e.g. mistakes(hold_s=3600) to wait an hour for labels",
+            )
+        return value
+
+    @field_validator("hold_mb")
+    @classmethod
+    def _check_mb(cls, value: float) -> float:
+        if not (math.isfinite(value) and 0.0 < value <= 65_536.0):
+            raise SpecError(
+                f"must be in (0, 65536] MiB, got {value}",
+                field="hold_mb",
+                fix="use e.g. mistakes(hold_mb=64)",
             )
         return value
 
@@ -420,6 +435,8 @@ class Mistakes(_Leaf):
             parts.append(f"hold_s={self.hold_s:g}")
         if self.hold_frames != 10_000:
             parts.append(f"hold_frames={self.hold_frames}")
+        if self.hold_mb != 64.0:
+            parts.append(f"hold_mb={self.hold_mb:g}")
         return f"mistakes({', '.join(parts)})"
 
     def _mask(self, out: TaskOutputs, ctx: SelectionContext) -> Mask:

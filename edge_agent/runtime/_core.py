@@ -135,6 +135,7 @@ class RuntimeCore:
         #: ``select.mistakes()``: frames held until their labels are due (a heap by due time).
         self._late = self._policy.late_leaf() if edge.task.integer_labels else None
         self._held: list[Held] = []
+        self._held_bytes = 0
         self._drift = DriftWatch(
             spec.uplink.detectors, pipeline=self.name, metrics=metrics, wall_clock=wall_clock
         )

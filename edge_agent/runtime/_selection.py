@@ -75,10 +75,11 @@ class Selection(TelemetryWindows):
         prediction: np.ndarray,
         score: np.ndarray,
     ) -> None:
-        """Keep the labelled frames not selected now until their labels are due, oldest
-        forgotten first beyond the leaf's ``hold_frames``."""
+        """Keep the labelled frames not selected now until their labels are due, within the
+        leaf's ``hold_frames`` and ``hold_mb``."""
         late = self._late
         assert late is not None
+        limit_bytes = late.hold_mb * 2**20
         taken = set(selected.tolist())
         for row, (frame, _) in enumerate(kept):
             if row in taken or frame.label is None or frame.label_delay_s > late.hold_s:
@@ -92,15 +93,21 @@ class Selection(TelemetryWindows):
                 score=float(score[row]),
                 model_version=model.version,
             )
-            if len(self._held) >= late.hold_frames:
-                heapq.heapreplace(self._held, held)  # the earliest due makes room
+            if (
+                len(self._held) >= late.hold_frames
+                or self._held_bytes + held.tensor.nbytes > limit_bytes
+            ):
+                # Full: a new frame is not held, so the frames whose labels come soonest
+                # are kept (forgetting them would waste the wait already spent).
                 self._warn_once(
                     "mistakes_full",
-                    f"more than {late.hold_frames} frames wait for their labels: the "
-                    "earliest due are forgotten (raise mistakes(hold_frames=...))",
+                    f"{late.hold_frames} frames or {late.hold_mb:g} MiB already wait for "
+                    "their labels: newer frames are not held (raise mistakes(hold_frames=..., "
+                    "hold_mb=...))",
                 )
-            else:
-                heapq.heappush(self._held, held)
+                continue
+            heapq.heappush(self._held, held)
+            self._held_bytes += held.tensor.nbytes
 
     def _release_due(self) -> None:
         """Select the held frames whose labels are due and show a mistake (the
@@ -112,6 +119,7 @@ class Selection(TelemetryWindows):
         due: list[Held] = []
         while self._held and self._held[0].due_at <= now:
             due.append(heapq.heappop(self._held))
+            self._held_bytes -= due[-1].tensor.nbytes
         if not due:
             return
         wrong = np.array([h.prediction != h.frame.label for h in due], dtype=np.bool_)

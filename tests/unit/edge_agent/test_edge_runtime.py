@@ -623,3 +623,13 @@ class TestTasks:
     def test_mistakes_combine_with_or_only(self) -> None:
         with pytest.raises(SpecError, match=r"combine it with \|"):
             select.near_threshold(0.1) & select.mistakes()
+
+    def test_mistakes_hold_no_more_than_their_bound(self, tmp_path: Path, harness_factory) -> None:  # type: ignore[no-untyped-def]
+        # Every frame a miss, labels due long after the run: at most hold_frames wait.
+        spec = _task_spec(task.binary(threshold=0.5), select.mistakes(hold_frames=5))
+        source = PatternSource([0.45], 40, labels=[1], label_delay_s=60.0)
+        h = harness_factory(spec, source)
+        h.run(_scorer(tmp_path, gain=8.0, sigmoid=True))
+        assert len(h.runtime._held) == 5
+        assert h.runtime._held_bytes == 5 * 64 * 4
+        assert h.samples() == []
