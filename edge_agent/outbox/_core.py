@@ -76,12 +76,17 @@ class OutboxCore:
         self._closed = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._checkpoints: Checkpointer | None = None  # started once the database is set up
+        db: sqlite3.Connection | None = None
         try:
-            self._db = connect(self.path, synchronous)
+            db = self._db = connect(self.path, synchronous)
             self._seqs = SeqAllocator(self._db)
             self._load()
             self._checkpoints = Checkpointer(self.path, synchronous)
         except sqlite3.DatabaseError as exc:
+            # The agent refuses to start on it; the connection must not outlive the refusal
+            # (a supervisor that retries would pile up open files).
+            if db is not None:
+                db.close()
             raise ConfigError(
                 f"cannot open the outbox database {self.path}: {exc} (if the file is corrupt, "
                 "move it aside; its unsent samples are lost)"

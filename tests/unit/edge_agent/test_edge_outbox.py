@@ -118,6 +118,32 @@ class TestDurability:
             "internal",
         )
 
+    def test_a_file_that_is_no_outbox_is_refused_naming_the_fix_and_left_closed(
+        self, tmp_path: Path
+    ) -> None:
+        import gc
+        import os
+        import sqlite3
+
+        # A database that opens but is not an outbox: its reading fails after the connect.
+        path = tmp_path / "outbox.db"
+        with contextlib.closing(sqlite3.connect(path)) as other:
+            other.execute("CREATE TABLE samples (x)")
+            other.commit()
+
+        def open_files() -> int:
+            return sum(
+                1
+                for fd in os.listdir("/proc/self/fd")
+                if os.path.realpath(f"/proc/self/fd/{fd}") == str(path.resolve())
+            )
+
+        with pytest.raises(ConfigError, match="move it aside") as caught:
+            _open(path)
+        # The refusal's traceback (kept by whoever logs it) must not keep the file open.
+        gc.collect()
+        assert caught.value is not None and open_files() == 0
+
     def test_feedback_survives_reopen_and_waits_until_due(self, tmp_path: Path) -> None:
         clock = FakeClock()
         path = tmp_path / "outbox.db"
