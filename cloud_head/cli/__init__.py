@@ -1,5 +1,5 @@
 """The cloud head's operator commands: ``fleet``, ``models``, ``rollout``, ``retrain``,
-``label``, ``audit``, ``tenant`` and ``node``.
+``label``, ``audit``, ``tenant``, ``node`` and ``hpc``.
 
 The ``continuum`` command finds them through the ``continuum.commands`` entry points. Importing
 this package checks, without importing them, that the cloud's own dependencies are installed:
