@@ -69,12 +69,12 @@ class AgentProcess:
         return f"exited with code {code}"
 
 
-def sites(count: int) -> list[tuple[str, str, bool]]:
-    """Return (node, site, drifted) per agent: all at lux-1 but the last, alone at lux-2."""
-    letters = "abcdefgh"
-    out = [(f"cam-lux1-{letters[index]}", "lux-1", False) for index in range(count - 1)]
-    out.append(("cam-lux2-a", "lux-2", True))
-    return out
+def sites(count: int, scenario: str = "digits") -> list[tuple[str, str, bool]]:
+    """Return (node, site, drifted) per agent of ``scenario``, the drifted one last (digits:
+    all at lux-1 but the last, alone at lux-2)."""
+    from pipelines.demo._scenarios import scenario_named
+
+    return scenario_named(scenario).sites(count)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,6 +88,8 @@ class Camera:
     pipeline: str
     spec_path: Path
     fields: dict[str, str] | None = None
+    #: The agent config's ``source`` entry (ref and args); None: the digits camera.
+    source: dict[str, Any] | None = None
 
 
 def start_agent(
@@ -141,18 +143,22 @@ def _agent_config(
     drift_at: float,
     tenancy: Any,
 ) -> dict[str, Any]:
-    """Return the agent's config: its broker, its camera as a source, the tenant's policy."""
+    """Return the agent's config: its broker, its source (the camera's own, or the digits
+    camera), the tenant's policy."""
     connection: dict[str, Any] = {"host": broker.host, "port": broker.port}
     if broker.username is not None:
         connection |= {"username": broker.username, "password": broker.password}
-    camera_args = {
-        "fps": options.fps,
-        "seed": sum(map(ord, agent.node)),
-        "label_delay_s": options.label_delay_s,
-        "drift_kind": options.drift if camera.drifted else None,
-        "drift_start_unix": drift_at,
-        **({"fields": camera.fields} if camera.fields else {}),
-    }
+    source = camera.source
+    if source is None:
+        camera_args = {
+            "fps": options.fps,
+            "seed": sum(map(ord, agent.node)),
+            "label_delay_s": options.label_delay_s,
+            "drift_kind": options.drift if camera.drifted else None,
+            "drift_start_unix": drift_at,
+            **({"fields": camera.fields} if camera.fields else {}),
+        }
+        source = {"ref": "pipelines.digits.camera:DigitsCamera", "args": camera_args}
     return {
         "node_id": agent.node,
         "tenant": agent.tenant,
@@ -163,12 +169,7 @@ def _agent_config(
         "telemetry_interval_s": 2.0,
         "metrics_host": "127.0.0.1",
         "metrics_port": agent.metrics_port,
-        "pipelines": [
-            {
-                "spec": str(camera.spec_path),
-                "source": {"ref": "pipelines.digits.camera:DigitsCamera", "args": camera_args},
-            }
-        ],
+        "pipelines": [{"spec": str(camera.spec_path), "source": source}],
         # The tenant's policy: the agent drops or hashes what may not leave the site.
         "residency": {
             "policy": str(tenancy.policy),

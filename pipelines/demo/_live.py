@@ -12,6 +12,7 @@ from typing import Any
 
 from pipelines.demo._options import TENANT, DemoOptions, Timeline
 from pipelines.demo._reserved import ReservedScores
+from pipelines.demo._scenarios import Scenario, scenario_named, window_metric
 
 __all__ = ["live_view", "watch"]
 
@@ -24,12 +25,15 @@ def watch(
     timeline: Timeline,
     options: DemoOptions,
     reserved: ReservedScores | None = None,
+    scenario: Scenario | None = None,
 ) -> dict[str, Any]:
     """Show live progress until the duration is over; return the last controller status.
 
     ``reserved`` scores each new model version on the reserved split, shown beside the live
-    accuracy (a failed scoring is said once and the column stays empty).
+    metric of ``scenario`` (digits: accuracy; a failed scoring is said once and the column
+    stays empty).
     """
+    scenario = scenario or scenario_named("digits")
     from rich.live import Live
 
     controller = heads[TENANT].controllers[pipeline]
@@ -54,7 +58,7 @@ def watch(
                 except Exception as error:  # the live view goes on without the column
                     console.print(f"[yellow]reserved-split scoring failed: {error}[/]")
                     reserved = None
-            view = live_view(agents, nodes, ingest, status, timeline, pipeline, reserved)
+            view = live_view(agents, nodes, ingest, status, timeline, pipeline, reserved, scenario)
             if options.live:
                 live.update(view)
             elif time.time() - last_print > 10:
@@ -108,12 +112,15 @@ def live_view(
     timeline: Any,
     pipeline: str,
     reserved: ReservedScores | None = None,
+    scenario: Scenario | None = None,
 ) -> Any:
     """Return a rich renderable: one row per agent, then the cloud's state."""
     from rich.console import Group
 
     return Group(
-        _agents_table(agents, nodes, timeline, pipeline, reserved),
+        _agents_table(
+            agents, nodes, timeline, pipeline, reserved, scenario or scenario_named("digits")
+        ),
         _cloud_table(ingest, status, timeline),
     )
 
@@ -124,17 +131,20 @@ def _agents_table(
     timeline: Any,
     pipeline: str,
     reserved: ReservedScores | None,
+    scenario: Scenario,
 ) -> Any:
     """One row per agent: where it is, what it serves, how well (live, and on the reserved
-    split under its camera's condition), what it uplinks, and what each drift signal says."""
+    split under its site's condition, in the scenario's metrics), what it uplinks, and what
+    each drift signal says."""
     from rich.table import Table
 
     by_node = {n["node"]: n for n in nodes}
     now = time.time()
     elapsed = now - timeline.stream_start
     until_drift = timeline.drift_at - now
+    site = scenario.drift_site
     title = f"t = {elapsed:5.0f} s   " + (
-        f"drift at lux-2 in {until_drift:.0f} s" if until_drift > 0 else "lux-2 camera drifted"
+        f"drift at {site} in {until_drift:.0f} s" if until_drift > 0 else f"{site} drifted"
     )
     table = Table(title=title, expand=False)
     for column in (
@@ -143,9 +153,9 @@ def _agents_table(
         "site",
         "online",
         "model",
-        "frames/s",
-        "live acc",
-        "reserved acc",
+        f"{scenario.records}/s",
+        f"live {scenario.live_metric}",
+        f"reserved {scenario.metric}",
         "uplinked",
         "drift (outputs inputs labels)",
     ):
@@ -156,10 +166,10 @@ def _agents_table(
         info = by_node.get(agent.node, {})
         last = (info.get("telemetry") or {}).get(getattr(agent, "pipeline", "") or pipeline) or {}
         rate = last.get("frames", 0) / last["window_s"] if last.get("window_s") else 0.0
-        acc = last.get("correct", 0) / last["labelled"] if last.get("labelled") else None
+        acc = window_metric([last], scenario.live_metric)
         share = last.get("uplinked", 0) / last["frames"] if last.get("frames") else 0.0
         drifting = agent.drifted and until_drift <= 0
-        # The reserved split is the digits pipeline's: the lab's forms have none.
+        # The reserved split is the factory pipeline's: the lab's forms have none.
         held = (
             reserved.accuracy(last.get("model_version"), drifting)
             if reserved is not None and getattr(agent, "tenant", TENANT) == TENANT

@@ -24,13 +24,14 @@ from pipelines.demo._agents import (
     AgentProcess,
     Camera,
     collect_telemetry,
-    sites,
     start_agent,
     stop_agents,
     supervise,
 )
 from pipelines.demo._chaos import CHAOS_NODE, CUT_SITE, Chaos, start_chaos
-from pipelines.demo._options import LAB_FPS_SHARE, PIPELINE_MODULE, DemoOptions, Timeline
+from pipelines.demo._options import LAB_FPS_SHARE, DemoOptions, Timeline
+from pipelines.demo._plant import Plant
+from pipelines.demo._scenarios import Scenario, SourceContext, scenario_named
 
 __all__ = ["LoopRun", "run_loop"]
 
@@ -105,6 +106,8 @@ class LoopRun:
     links: dict[str, SiteLink] = field(default_factory=dict)
     supervisor: Supervisor | None = None
     chaos: Chaos | None = None
+    #: The maintenance scenario's plant broker and line gateways (None elsewhere).
+    plant: Plant | None = None
     public_keys: dict[str, Path] = field(default_factory=dict)
     private_keys: dict[str, bytes] = field(default_factory=dict)
 
@@ -131,7 +134,10 @@ class LoopRun:
             )
         paths = [
             Path(importlib.import_module(name).__file__ or "")
-            for name in (PIPELINE_MODULE, world.SECOND_PIPELINE_MODULE)
+            for name in (
+                scenario_named(options.scenario).pipeline_module,
+                world.SECOND_PIPELINE_MODULE,
+            )
         ]
         specs = {path: load_pipeline(path) for path in paths}
         run = cls(
@@ -149,6 +155,11 @@ class LoopRun:
         )
         run.timeline.event("infrastructure up", dashboard=dashboard)
         return run
+
+    @property
+    def scenario(self) -> Scenario:
+        """What this run's loop is (``_scenarios``): its pipeline, sources, drift and targets."""
+        return scenario_named(self.options.scenario)
 
     @property
     def spec(self) -> Any:
@@ -255,8 +266,20 @@ class LoopRun:
             self.links[CUT_SITE] = SiteLink(
                 self.broker.host, self.broker.port, name=CUT_SITE
             ).start()
+        if self.scenario.gateway:  # the plant's broker first: the agents' sources read it
+            self.plant = Plant(
+                self.workdir,
+                self.scenario.sites(self.options.agents),
+                drift=self.options.drift,
+            ).start_broker()
         self._start_factory_agents()
         self._start_lab_agent()
+        if self.plant is not None:
+            self.plant.start_gateways(
+                rate=self.options.fps,
+                drift_at=self.timeline.drift_at,
+                label_delay_s=self.options.label_delay_s,
+            )
         self.policy["uplink_plans"] = world.uplink_plans(self.tenancy, self.agents, self.specs)
         self._announce_agents()
         self.supervisor = supervise(self.agents, self.embedded_broker, self.timeline, self.console)
@@ -274,12 +297,24 @@ class LoopRun:
             )
 
     def _start_factory_agents(self) -> None:
-        spec = self.spec
-        for node, site, drifted in sites(self.options.agents):
+        spec, options = self.spec, self.options
+        for node, site, drifted in self.scenario.sites(options.agents):
             site_broker = self.broker
             if site in self.links:
                 link = self.links[site]
                 site_broker = self.broker.model_copy(update={"host": link.host, "port": link.port})
+            source = self.scenario.source(
+                SourceContext(
+                    node=node,
+                    site=site,
+                    drifted=drifted,
+                    rate=options.fps,
+                    label_delay_s=options.label_delay_s,
+                    drift=options.drift,
+                    drift_at=self.timeline.drift_at,
+                    gateway=None if self.plant is None else self.plant.address,
+                )
+            )
             camera = Camera(
                 node=node,
                 site=site,
@@ -287,6 +322,7 @@ class LoopRun:
                 tenant=spec.tenant,
                 pipeline=spec.name,
                 spec_path=self.spec_path,
+                source=source,
             )
             self._start_agent(camera, broker=site_broker, options=self.options)
 
@@ -320,11 +356,18 @@ class LoopRun:
         )
 
     def _announce_agents(self) -> None:
-        options, console = self.options, self.console
+        options, console, scenario = self.options, self.console, self.scenario
         console.print(
-            f"  {len(self.agents)} edge agents streaming at {options.fps:g} frames/s; "
-            f"drift ({options.drift}) at site lux-2 in {options.drift_at_s:g} s"
+            f"  {len(self.agents)} edge agents streaming at {options.fps:g} "
+            f"{scenario.records}/s; drift ({options.drift}) at site {scenario.drift_site} in "
+            f"{options.drift_at_s:g} s"
         )
+        if self.plant is not None:
+            host, port = self.plant.address
+            console.print(
+                f"  plant broker (the line gateways', not continuum's) on {host}:{port}; "
+                f"gateways at {', '.join(self.plant.gateways)}"
+            )
         for node, plan in self.policy["uplink_plans"].items():
             console.print(f"  uplink plan of {node}: {plan}")
         console.print(
@@ -344,7 +387,7 @@ class LoopRun:
         from pipelines.demo._reserved import ReservedScores
 
         reserved = ReservedScores(
-            self.workdir, self.spec.tenant, self.spec.name, self.options.drift
+            self.workdir, self.spec.tenant, self.spec.name, self.options.drift, self.scenario
         )
         self.controller_status = watch(
             self.console,
@@ -354,6 +397,7 @@ class LoopRun:
             self.timeline,
             self.options,
             reserved,
+            self.scenario,
         )
         factory = [a.node for a in self.agents if a.tenant == self.spec.tenant]
         if factory:
@@ -375,6 +419,8 @@ class LoopRun:
             for link in self.links.values():
                 link.restore()
             stop_agents(self.agents)
+            if self.plant is not None:
+                self.plant.stop()
             for link in self.links.values():
                 link.stop()
             self._collect_last_words()
@@ -416,6 +462,12 @@ class LoopRun:
             self.policy["store"] = {
                 lab.name: world.store_evidence(paths.store, lab.tenant, lab.name)
             }
+            if self.scenario.name == "fraud":  # the customers' identifiers stayed in LU
+                from pipelines.demo._bank import bank_store_evidence
+
+                self.policy["store"][spec.name] = bank_store_evidence(
+                    paths.store, spec.tenant, spec.name
+                )
             self.policy["lab_ingest"] = self.lab_status
             evidence = world.audit_evidence(paths.audit, list(self.heads), self.public_keys)
             self.policy["audit"] = {tenant: evidence[tenant] for tenant in self.heads}
@@ -429,6 +481,7 @@ class LoopRun:
             controller=self.controller_status,
             timeline=asdict(self.timeline),
             drift_kind=self.options.drift,
+            scenario=self.scenario,
             dashboard=self.dashboard,
             interrupted=interrupted,
             second_tenant={

@@ -1,4 +1,5 @@
-"""The demo's ``report.png``: live accuracy per agent over time, with drift, models and faults."""
+"""The demo's ``report.png``: the live metric per agent over time (accuracy for digits, the
+scenario's task metric otherwise), with drift, models and faults."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ __all__ = ["write_plot"]
 
 
 def write_plot(report: dict[str, Any], path: Path) -> None:
-    """Draw live accuracy over time per agent, with drift onset and model versions marked."""
+    """Draw the live metric over time per agent beside its reserved-split score, with drift
+    onset and model versions marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -63,12 +65,13 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
     )
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("seconds since the cameras started")
-    ax.set_ylabel("accuracy: live (3 windows) solid, reserved split dashed")
+    metric = report.get("metric") or {"reserved": "accuracy", "live": "accuracy"}
+    ax.set_ylabel(f"live {metric['live']} solid, reserved-split {metric['reserved']} dashed")
     share = report.get("uplink_share")
     ax.set_title(
         f"continuum demo — {report['pipeline']}: uplinked "
         + ("n/a" if share is None else f"{share:.1%}")
-        + " of frames"
+        + f" of {report.get('records', 'frames')}"
     )
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:  # a run where no agent reported accuracy has none

@@ -1,36 +1,34 @@
 """The demo's report (``report.json``): the figures of the run and the targets they meet.
 
-Figures are honest: before/after accuracies are measured on the reserved test split,
-which no camera streams and nothing uplinks, under the same camera condition as the site
-(clean, or with the drifted site's fault), with the model version each site was serving.
-The live accuracies the agents reported (on the frames they saw) are kept beside them.
+Figures are honest: before/after scores are measured on the reserved test split, which no
+camera, terminal or gateway streams and nothing uplinks, under the same condition as the site
+(clean, or drifted), with the model version each site was serving.  The live figures the
+agents reported (on the records they saw) are kept beside them.  The scenario
+(``_scenarios``) says which metric both are: accuracy for digits, recall at 1 % FPR (live:
+recall at the threshold) for fraud, F1 at the calibrated threshold for maintenance.  The
+per-agent keys keep the digits report's names (``accuracy_before_drift``...); ``metric``
+names what they hold and ``task_metric`` repeats them per site under neutral names.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from pipelines.demo._chaos import FAULT_KINDS as CHAOS_FAULTS
 from pipelines.demo._reserved import ReservedScores
-from pipelines.digits.data import N_STREAM
-from pipelines.digits.faults import NOVELTY
+from pipelines.demo._scenarios import Scenario, Targets, scenario_named, window_metric
 
-#: Targets the demo promises (issue #3): pre-drift accuracy, drop, recovery, uplink share.
-PRE_DRIFT_MIN = 0.95
-DRIFT_DROP_MIN = 0.15
-RECOVERY_TOLERANCE = 0.05
-UPLINK_SHARE_MAX = 0.30
-ROLLING_WINDOWS = 5
+_DIGITS = scenario_named("digits")
+#: The digits demo's targets (issue #3); each scenario has its own (``_scenarios``).
+PRE_DRIFT_MIN = _DIGITS.targets.pre_drift_min
+DRIFT_DROP_MIN = _DIGITS.targets.drift_drop_min
+RECOVERY_TOLERANCE = _DIGITS.targets.recovery_tolerance
+UPLINK_SHARE_MAX = _DIGITS.targets.uplink_share_max
+ROLLING_WINDOWS = _DIGITS.live_windows
 #: A fault that hurts accuracy must be seen by at least one drift signal this soon (issue 20).
-DETECTION_WITHIN_S = 30.0
-
-
-def _rolling(windows: list[dict[str, Any]], count: int = ROLLING_WINDOWS) -> float | None:
-    recent = windows[-count:]
-    labelled = sum(w.get("labelled", 0) for w in recent)
-    correct = sum(w.get("correct", 0) for w in recent)
-    return correct / labelled if labelled else None
+DETECTION_WITHIN_S = _DIGITS.targets.detection_within_s
 
 
 def _served_at(windows: list[dict[str, Any]], t: float) -> str | None:
@@ -59,6 +57,7 @@ def build_report(
     policy: dict[str, Any] | None = None,
     account: dict[str, Any] | None = None,
     chaos: bool = False,
+    scenario: Scenario | None = None,
 ) -> dict[str, Any]:
     """Compute the figures of the run and the targets they meet.
 
@@ -68,8 +67,10 @@ def build_report(
     logs. Each becomes a target, so a run where a rule did not hold is not a success.
     ``account`` (``_account``) says where every selected sample ended: no sample lost
     or stored twice is a target; with ``chaos`` every planned fault must have landed.
+    ``scenario`` (default digits) gives the metrics, the drifted site and the targets.
     """
-    versions = ReservedScores(workdir, tenant, pipeline, drift_kind).refresh()
+    scenario = scenario or _DIGITS
+    versions = ReservedScores(workdir, tenant, pipeline, drift_kind, scenario).refresh()
     start = timeline["stream_start"]
     per_agent = {
         node: _agent_figures(
@@ -79,13 +80,14 @@ def build_report(
             versions,
             start=start,
             drift_at=timeline["drift_at"],
+            scenario=scenario,
         )
         for node, site, drifted in agents
     }
     frames = sum(a["frames"] for a in per_agent.values())
     uplinked = sum(a["uplinked"] for a in per_agent.values())
     share = uplinked / frames if frames else None
-    targets = _loop_targets(per_agent, share)
+    targets = _loop_targets(per_agent, share, scenario.targets)
     tenants: dict[str, Any] = {}
     if second_tenant is not None:
         tenants[second_tenant["tenant"]] = lab = _second_tenant_figures(second_tenant, telemetry)
@@ -93,23 +95,28 @@ def build_report(
     events = [{**e, "t": round(e["t"] - start, 2)} for e in timeline.get("events", [])]
     faults = [e for e in events if e["event"] == "fault"]
     targets |= _evidence_targets(policy, account, faults if chaos else None)
+    sites = _site_figures(per_agent)
     return {
+        "scenario": scenario.name,
         "pipeline": pipeline,
         "tenant": tenant,
+        "metric": {"reserved": scenario.metric, "live": scenario.live_metric},
+        "records": scenario.records,
+        "task_metric": _task_metric(scenario, sites, share),
         "options": options,
         "interrupted": interrupted,
         "dashboard": dashboard,
         "drift": {
             "kind": drift_kind,
-            "site": "lux-2",
+            "site": scenario.drift_site,
             "at_s": round(timeline["drift_at"] - start, 2),
-            # How the cameras avoid showing a frame twice (issue 20): live accuracy is then
-            # measured on frames no model trained on.
-            "frames": f"never repeated: {NOVELTY} over the {N_STREAM}-image stream pool",
+            # How the sources avoid showing a record twice (issue 20): the live metric is
+            # then measured on records no model trained on.
+            "frames": scenario.novelty(drift_kind),
         },
         "versions": versions,
         "agents": per_agent,
-        "sites": _site_figures(per_agent),
+        "sites": sites,
         "frames": frames,
         "uplinked": uplinked,
         "uplink_share": share,
@@ -134,14 +141,21 @@ def _agent_figures(
     *,
     start: float,
     drift_at: float,
+    scenario: Scenario | None = None,
 ) -> dict[str, Any]:
-    """Return one agent's figures: test-split accuracies of what it served, and its live ones.
+    """Return one agent's figures: test-split scores of what it served, and its live ones.
 
-    ``windows`` are its telemetry windows in time order; the accuracies before, right after
-    the drift and at the end are those of the versions it served then, under its camera's
-    condition; it recovered when it first served a version within ``RECOVERY_TOLERANCE`` of
-    its pre-drift accuracy on drifted frames.
+    ``windows`` are its telemetry windows in time order; the scores before, right after
+    the drift and at the end are those of the versions it served then, under its site's
+    condition; it recovered when it first served a version within the scenario's recovery
+    tolerance of its pre-drift score on the drifted condition.
     """
+    scenario = scenario or _DIGITS
+    tolerance = scenario.targets.recovery_tolerance
+
+    def rolling(upto: list[dict[str, Any]], count: int | None) -> float | None:
+        return window_metric(upto, scenario.live_metric, count)
+
     before = _served_at(windows, drift_at)
     final = windows[-1]["model_version"] if windows else None
     condition = "drifted" if drifted else "clean"
@@ -150,13 +164,13 @@ def _agent_figures(
     if drifted and pre is not None:
         for w in windows:
             score = versions.get(w["model_version"], {}).get("drifted")
-            if w["ts"] > drift_at and score is not None and score >= pre - RECOVERY_TOLERANCE:
+            if w["ts"] > drift_at and score is not None and score >= pre - tolerance:
                 recovery_s = w["ts"] - drift_at
                 break
     live = [
         {
             "t": round(w["ts"] - start, 2),
-            "accuracy": _rolling(windows[: i + 1], 3),
+            "accuracy": rolling(windows[: i + 1], max(3, scenario.live_windows // 2)),
             "reserved_accuracy": versions.get(w["model_version"], {}).get(
                 "drifted" if drifted and w["ts"] > drift_at else "clean"
             ),
@@ -182,7 +196,7 @@ def _agent_figures(
         "uplinked": sum(w["uplinked"] for w in windows),
         "uplinked_after_drift": sum(w["uplinked"] for w in windows if w["ts"] > drift_at),
         "frames_after_drift": sum(w["frames"] for w in windows if w["ts"] > drift_at),
-        "live_accuracy_at_end": _rolling(windows),
+        "live_accuracy_at_end": rolling(windows, scenario.live_windows),
         "reserved_accuracy_at_end": versions.get(final or "", {}).get(condition),
         "drift_detection": _detection(windows, drift_at if drifted else None),
         "live": live,
@@ -239,30 +253,58 @@ def _site_figures(per_agent: dict[str, Any]) -> dict[str, Any]:
     return sites
 
 
-def _loop_targets(per_agent: dict[str, Any], share: float | None) -> dict[str, bool]:
-    """Return whether the loop met the figures it promises (issue #3)."""
+def _loop_targets(
+    per_agent: dict[str, Any], share: float | None, targets: Targets | None = None
+) -> dict[str, bool]:
+    """Return whether the loop met the figures it promises (issue #3; the scenario's
+    ``targets``, digits' by default)."""
+    limits = targets or _DIGITS.targets
     drifted_agents = [a for a in per_agent.values() if a["drifted_camera"]]
     pre_values = [a["accuracy_before_drift"] for a in per_agent.values()]
-    return {
-        "pre_drift_accuracy": all(v is not None and v >= PRE_DRIFT_MIN for v in pre_values),
+    out = {
+        "pre_drift_accuracy": all(v is not None and v >= limits.pre_drift_min for v in pre_values),
         "drift_matters": all(
             a["accuracy_before_drift"] is not None
             and a["accuracy_after_drift"] is not None
-            and a["accuracy_before_drift"] - a["accuracy_after_drift"] >= DRIFT_DROP_MIN
+            and a["accuracy_before_drift"] - a["accuracy_after_drift"] >= limits.drift_drop_min
             for a in drifted_agents
         ),
         "recovered": all(
             a["accuracy_before_drift"] is not None
             and a["accuracy_after_recovery"] is not None
-            and a["accuracy_after_recovery"] >= a["accuracy_before_drift"] - RECOVERY_TOLERANCE
+            and a["accuracy_after_recovery"]
+            >= a["accuracy_before_drift"] - limits.recovery_tolerance
             for a in per_agent.values()
         ),
-        "uplink_share": share is not None and share < UPLINK_SHARE_MAX,
-        "drift_detected": all(
+        "uplink_share": share is not None and share < limits.uplink_share_max,
+    }
+    within = limits.detection_within_s
+    if within is not None:
+        out["drift_detected"] = all(
             a["drift_detection"]["first_s"] is not None
-            and a["drift_detection"]["first_s"] <= DETECTION_WITHIN_S
+            and a["drift_detection"]["first_s"] <= within
             for a in drifted_agents
-        ),
+        )
+    return out
+
+
+def _task_metric(scenario: Scenario, sites: dict[str, Any], share: float | None) -> dict[str, Any]:
+    """Return the scenario's task metric per site under neutral names, with its targets."""
+    return {
+        "name": scenario.metric,
+        "live": scenario.live_metric,
+        "uplink_share": share,
+        "targets": asdict(scenario.targets),
+        "sites": {
+            name: {
+                "drifted": site["drifted_camera"],
+                "before_drift": site.get("accuracy_before_drift"),
+                "right_after_drift": site.get("accuracy_after_drift"),
+                "after_recovery": site.get("accuracy_after_recovery"),
+                "seconds_to_recovery": site.get("seconds_to_recovery"),
+            }
+            for name, site in sites.items()
+        },
     }
 
 
@@ -277,7 +319,7 @@ def _second_tenant_figures(
             "site": site,
             "frames": sum(w["frames"] for w in windows),
             "uplinked": sum(w["uplinked"] for w in windows),
-            "accuracy": _rolling(sorted(windows, key=lambda w: w["ts"]), 10**6),
+            "accuracy": window_metric(sorted(windows, key=lambda w: w["ts"]), "accuracy"),
             "model_version": windows[-1]["model_version"] if windows else None,
         }
     return {

@@ -1,14 +1,19 @@
-"""Each model version's accuracy on the reserved test split, under each site's camera condition.
+"""Each model version's task metric on the reserved test split, under each site's condition.
 
-The reserved split is never streamed or uplinked, so its accuracy is what a model learned, not
-what it remembers of the frames it was retrained on. The live view shows it beside the live
-accuracy the agents report while the run goes, and the report scores every version with it.
+The reserved split is never streamed or uplinked, so its score is what a model learned, not
+what it remembers of the records it was retrained on. The live view shows it beside the live
+metric the agents report while the run goes, and the report scores every version with it.
+The scenario (``_scenarios``) gives the split under the clean and the drifted condition and
+the metric; the pipeline's task reads the model's outputs (``continuum.task.score``), as the
+gate does.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+from pipelines.demo._scenarios import Reserved, Scenario, scenario_named
 
 __all__ = ["CONDITION_SEED", "ReservedScores", "reserved_images"]
 
@@ -35,27 +40,63 @@ class ReservedScores:
     """Score the registered versions of one pipeline on the reserved split, once each.
 
     ``refresh()`` scores the versions registered since the last call; ``scores`` maps each
-    version to its ``clean`` and ``drifted`` accuracy (under ``drift_kind``) and its registry
-    facts (status, parent, gate, lineage), as the report keeps them.
+    version to its ``clean`` and ``drifted`` score (the scenario's metric, under
+    ``drift_kind``) and its registry facts (status, parent, gate, lineage), as the report
+    keeps them.  ``scenario`` defaults to digits (accuracy on the camera's faults).
     """
 
-    def __init__(self, workdir: Path, tenant: str, pipeline: str, drift_kind: str) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        tenant: str,
+        pipeline: str,
+        drift_kind: str,
+        scenario: Scenario | None = None,
+    ) -> None:
         self._workdir = workdir
         self._tenant = tenant
         self._pipeline = pipeline
         self._drift_kind = drift_kind
-        self._images: Any = None
+        self._scenario = scenario or scenario_named("digits")
+        self._reserved: Reserved | None = None
+        self._task: Any = None
         self.scores: dict[str, dict[str, Any]] = {}
 
-    def _conditions(self) -> Any:
-        if self._images is None:
-            self._images = reserved_images(self._drift_kind)
-        return self._images
+    def _conditions(self) -> Reserved:
+        if self._reserved is None:
+            self._reserved = self._scenario.reserved(self._drift_kind)
+        return self._reserved
+
+    def _task_of(self) -> Any:
+        """The pipeline's task, which reads the models' outputs as the edge and the gate do."""
+        if self._task is None:
+            import importlib
+
+            from continuum.spec import load_pipeline
+
+            module = importlib.import_module(self._scenario.pipeline_module)
+            self._task = load_pipeline(Path(module.__file__ or "")).edge.task
+        return self._task
+
+    def _score(self, artifact: Path) -> dict[str, float]:
+        from continuum.backends import open_backend
+        from continuum.task import score
+
+        reserved, task, metric = self._conditions(), self._task_of(), self._scenario.metric
+        backend = open_backend("onnxruntime", artifact, max_batch=1024)
+        try:
+            clean = task.read(_infer(backend, reserved.clean_x))
+            drifted = task.read(_infer(backend, reserved.drifted_x))
+            return {
+                "clean": score(metric, reserved.clean_y, clean),
+                "drifted": score(metric, reserved.drifted_y, drifted),
+            }
+        finally:
+            backend.close()
 
     def refresh(self) -> dict[str, dict[str, Any]]:
         """Score the versions not scored yet and refresh every version's registry facts."""
         from cloud_head.paths import HeadPaths
-        from continuum.backends import open_backend
 
         # The demo's head took its registry URL from the same environment (HeadPaths' default).
         registry = HeadPaths(self._workdir / "cloud").open_registry()
@@ -66,17 +107,7 @@ class ReservedScores:
         for version in versions:
             known = self.scores.get(version.version)
             if known is None:
-                clean_x, drifted_x, labels = self._conditions()
-                backend = open_backend("onnxruntime", version.artifact_path, max_batch=1024)
-                try:
-                    known = {
-                        "clean": float((backend.infer(clean_x).argmax(axis=1) == labels).mean()),
-                        "drifted": float(
-                            (backend.infer(drifted_x).argmax(axis=1) == labels).mean()
-                        ),
-                    }
-                finally:
-                    backend.close()
+                known = self._score(Path(version.artifact_path))
             self.scores[version.version] = known | {
                 "status": version.status,
                 "parent": version.parent,
@@ -87,6 +118,13 @@ class ReservedScores:
         return self.scores
 
     def accuracy(self, version: str | None, drifted: bool) -> float | None:
-        """The reserved accuracy of ``version`` under the clean or the drifted condition."""
+        """The reserved score of ``version`` under the clean or the drifted condition."""
         score = self.scores.get(version or "")
         return None if score is None else score["drifted" if drifted else "clean"]
+
+
+def _infer(backend: Any, x: Any) -> Any:
+    """Run ``x`` through ``backend`` in batches of at most 1,024 rows."""
+    import numpy as np
+
+    return np.concatenate([backend.infer(x[i : i + 1024]) for i in range(0, len(x), 1024)])

@@ -70,6 +70,14 @@ def _print_policy(console: Any, policy: dict[str, Any]) -> None:
     for node, plan in (policy.get("uplink_plans") or {}).items():
         console.print(f"  uplink plan of {node}: {plan}")
     for pipeline, store in (policy.get("store") or {}).items():
+        if "iban_pseudonymised" in store:  # the fraud scenario's bank
+            console.print(
+                f"  store of {pipeline}: {store['rows']} rows in {store['files']} files; field "
+                f"columns {store['field_columns']}; customer name stored: "
+                f"{'yes' if store['name_column'] or store['raw_values_found'] else 'no'}; "
+                f"IBAN pseudonymised: {'yes' if store['iban_pseudonymised'] else 'no'}"
+            )
+            continue
         console.print(
             f"  store of {pipeline}: {store['rows']} rows in {store['files']} files; field "
             f"columns {store['field_columns']}; patient id stored: "
@@ -129,7 +137,11 @@ def _print_live_and_reserved(console: Any, report: dict[str, Any]) -> None:
     """
     from rich.table import Table
 
-    table = Table(title="live accuracy (frames the camera showed) beside reserved-split accuracy")
+    metric = report.get("metric") or {"reserved": "accuracy", "live": "accuracy"}
+    table = Table(
+        title=f"live {metric['live']} ({report.get('records', 'frames')} the source showed) "
+        f"beside reserved-split {metric['reserved']}"
+    )
     for column in (
         "agent",
         "serving",
@@ -172,10 +184,12 @@ def print_summary(console: Any, report: dict[str, Any]) -> None:
     """Print the figures a user checks first, and whether each target was met."""
     from rich.table import Table
 
-    table = Table(title="accuracy on the reserved test split (never streamed or uplinked)")
+    metric = (report.get("metric") or {}).get("reserved", "accuracy")
+    records = report.get("records", "frames")
+    table = Table(title=f"{metric} on the reserved test split (never streamed or uplinked)")
     for column in (
         "site",
-        "camera",
+        "condition",
         "before drift",
         "right after drift",
         "after recovery",
@@ -195,16 +209,16 @@ def print_summary(console: Any, report: dict[str, Any]) -> None:
         )
     console.print(table)
     if report["drift"].get("frames"):
-        console.print(f"camera frames: {report['drift']['frames']}")
+        console.print(f"{records}: {report['drift']['frames']}")
     _print_live_and_reserved(console, report)
     share = report.get("uplink_share")
     console.print(
-        f"frames uplinked: {report['uplinked']} of {report['frames']} "
+        f"{records} uplinked: {report['uplinked']} of {report['frames']} "
         f"({'n/a' if share is None else f'{share:.1%}'})"
     )
     for version, scores in report["versions"].items():
         console.print(
-            f"  model {version}: clean {scores['clean']:.3f}, {report['drift']['kind']} "
+            f"  model {version}: {metric} clean {scores['clean']:.3f}, {report['drift']['kind']} "
             f"{scores['drifted']:.3f} ({scores['status']})"
         )
     for event in report["rollout"].get("history", []):

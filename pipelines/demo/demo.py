@@ -13,6 +13,13 @@ with its own broker identities (one per edge node and per cloud service) and ACL
 namespace, signing key, store partition and audit log, under the residency policy
 ``pipelines/residency.yaml``; the report shows the policy decisions taken and the evidence
 that they held, between the tenants and between the nodes of one tenant.
+
+``--scenario`` picks the factory tenant's loop (``_scenarios``): ``digits`` (the default,
+above), ``fraud`` (branch terminals of a Luxembourg bank scoring transactions, an
+account-takeover wave at one branch, chargebacks as delayed labels) or ``maintenance``
+(presses read through a simulated line gateway on the plant's own broker, a new machine type
+at one site, maintenance records as delayed labels).  Each has its own defaults, metric,
+targets and picture; the report keeps one shape.
 """
 
 from __future__ import annotations
@@ -34,9 +41,14 @@ __all__ = ["DemoOptions", "prepare_workdir", "register", "run", "run_demo", "run
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``demo`` subcommand."""
-    from pipelines.digits.data import DRIFT_KINDS
+    from pipelines.demo._scenarios import SCENARIOS, scenario_named
 
     defaults = DemoOptions()
+    per_scenario = {name: scenario_named(name).defaults for name in SCENARIOS}
+
+    def each(key: str) -> str:
+        return ", ".join(f"{name} {values[key]:g}" for name, values in per_scenario.items())
+
     parser = subparsers.add_parser(
         "demo",
         help="run the closed loop end to end on one machine",
@@ -44,42 +56,55 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "a local Ray cluster (head labelled cloud, worker labelled edge), the digits "
         "inspection pipeline with edge-agent processes as cameras, drift at one site, "
         "selective uplink, retraining on Ray Train, gate, canary and promotion. Writes "
-        "report.json and report.png into the working directory.",
+        "report.json and report.png into the working directory. --scenario fraud and "
+        "--scenario maintenance run the same loop on bank transactions and on press sensors.",
+    )
+    parser.add_argument(
+        "--scenario",
+        choices=SCENARIOS,
+        default=defaults.scenario,
+        help="the loop to run: digits (camera inspection, the default), fraud (transaction "
+        "scoring at a bank's branches, an account-takeover wave at lux-gare, gated on recall "
+        "at 1%% FPR) or maintenance (presses read through a line gateway, a new machine type "
+        "at lux-2, gated on F1 at the calibrated anomaly threshold)",
     )
     parser.add_argument(
         "--duration",
         type=_positive("duration", 30.0, 3600.0),
-        default=defaults.duration_s,
+        default=None,
         metavar="SECONDS",
-        help=f"how long the cameras stream, in seconds (30-3600; default {defaults.duration_s:g})",
+        help=f"how long the sources stream, in seconds (30-3600; default per scenario: "
+        f"{each('duration_s')})",
     )
     parser.add_argument(
         "--agents",
         type=_int_range("agents", 2, 8),
-        default=defaults.agents,
-        help=f"number of edge agents (2-8; default {defaults.agents}); the last one is alone "
-        "at site lux-2, where the camera drifts",
+        default=None,
+        help=f"number of edge agents (2-8, fraud 2-4; default {defaults.agents}); the last "
+        "one is alone at the drifted site (digits and maintenance lux-2, fraud lux-gare)",
     )
     parser.add_argument(
         "--drift",
-        default=defaults.drift,
+        default=None,
         metavar="KIND",
-        help=f"the camera fault at the drifted site (default {defaults.drift}; "
-        f"one of {', '.join(DRIFT_KINDS)})",
+        help="the drift at the drifted site; digits: a camera fault (default "
+        f"{defaults.drift}; one of {', '.join(scenario_named('digits').drifts)}); maintenance: "
+        f"{' or '.join(scenario_named('maintenance').drifts)}; fraud: account_takeover",
     )
     parser.add_argument(
         "--drift-at",
         type=_positive("drift-at", 10.0, 3000.0),
-        default=defaults.drift_at_s,
+        default=None,
         metavar="SECONDS",
-        help=f"seconds after streaming starts when the drift begins (default "
-        f"{defaults.drift_at_s:g})",
+        help=f"seconds after streaming starts when the drift begins (default per scenario: "
+        f"{each('drift_at_s')})",
     )
     parser.add_argument(
         "--fps",
         type=_positive("fps", 1.0, 200.0),
-        default=defaults.fps,
-        help=f"frames per second per camera (default {defaults.fps:g})",
+        default=None,
+        help=f"records per second per agent: camera frames, transactions or sensor windows "
+        f"(default per scenario: {each('fps')})",
     )
     parser.add_argument(
         "--workdir",
@@ -96,7 +121,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="attack and fault the run while it goes: garbage on every topic of the tenant "
         "(from an edge box of its own), an edge agent SIGKILL, a broker SIGKILL, an ingest actor "
-        "kill and a 30 s link cut at one site; the report accounts for every selected sample",
+        "kill and a 30 s link cut at one site; the report accounts for every selected sample "
+        "(digits scenario only)",
     )
     parser.set_defaults(run=run)
 
@@ -133,37 +159,62 @@ def _int_range(name: str, low: int, high: int) -> Any:
     return parse
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the demo from parsed arguments; 0 when it completed and met its targets."""
-    from pipelines.digits.data import DRIFT_KINDS
+def options_from(args: argparse.Namespace) -> DemoOptions:
+    """Return the run's options: the scenario's defaults with the flags given, checked.
 
-    if args.drift not in DRIFT_KINDS:
-        raise ConfigError(
-            f"--drift {args.drift!r} is not a camera fault the demo knows; "
-            f"use one of {', '.join(DRIFT_KINDS)}"
-        )
-    if args.drift_at >= args.duration - 20:
-        raise ConfigError(
-            f"--drift-at {args.drift_at:g} leaves too little of --duration {args.duration:g} to "
-            "recover; make --duration at least --drift-at + 90"
-        )
-    if args.chaos and args.duration < args.drift_at + MIN_TAIL_S:
-        raise ConfigError(
-            f"--chaos needs --duration of at least --drift-at + {MIN_TAIL_S:g} "
-            f"({args.drift_at + MIN_TAIL_S:g} s) for every fault to land and be recovered from, "
-            f"got {args.duration:g}"
-        )
-    options = DemoOptions(
-        duration_s=args.duration,
-        agents=args.agents,
-        drift=args.drift,
-        drift_at_s=args.drift_at,
+    Raises:
+        ConfigError: a drift the scenario does not know, too many agents for its sites, a
+            drift too late to recover from, or --chaos where it does not fit.
+    """
+    from pipelines.demo._scenarios import scenario_named
+
+    scenario = scenario_named(getattr(args, "scenario", "digits"))
+    given = {
+        "duration_s": args.duration,
+        "agents": args.agents,
+        "drift": args.drift,
+        "drift_at_s": args.drift_at,
+        "fps": args.fps,
+    }
+    options = DemoOptions.for_scenario(
+        scenario.name,
+        **{key: value for key, value in given.items() if value is not None},
         workdir=args.workdir,
-        fps=args.fps,
         live=not args.no_live and sys.stdout.isatty(),
         chaos=args.chaos,
     )
-    report = run_demo(options)
+    if options.drift not in scenario.drifts:
+        raise ConfigError(
+            f"--drift {options.drift!r} is not a drift the {scenario.name} scenario knows; "
+            f"use one of {', '.join(scenario.drifts)}"
+        )
+    if options.agents > scenario.max_agents:
+        raise ConfigError(
+            f"--agents {options.agents}: the {scenario.name} scenario has sites for at most "
+            f"{scenario.max_agents} agents; use --agents {scenario.max_agents} or fewer"
+        )
+    if options.chaos and not scenario.chaos:
+        raise ConfigError(
+            f"--chaos runs on the digits scenario only; drop --chaos or use --scenario digits, "
+            f"got --scenario {scenario.name}"
+        )
+    if options.drift_at_s >= options.duration_s - 20:
+        raise ConfigError(
+            f"--drift-at {options.drift_at_s:g} leaves too little of --duration "
+            f"{options.duration_s:g} to recover; make --duration at least --drift-at + 90"
+        )
+    if options.chaos and options.duration_s < options.drift_at_s + MIN_TAIL_S:
+        raise ConfigError(
+            f"--chaos needs --duration of at least --drift-at + {MIN_TAIL_S:g} "
+            f"({options.drift_at_s + MIN_TAIL_S:g} s) for every fault to land and be recovered "
+            f"from, got {options.duration_s:g}"
+        )
+    return options
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo from parsed arguments; 0 when it completed and met its targets."""
+    report = run_demo(options_from(args))
     if report.get("interrupted"):
         return 130
     return 0 if report.get("targets_met") else 1
@@ -193,7 +244,7 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     from continuum.embedded.broker import EmbeddedBroker
     from continuum.embedded.ray_cluster import LocalRayCluster
     from continuum.wire.mqtt import BrokerSettings
-    from pipelines.demo._agents import sites
+    from pipelines.demo._scenarios import scenario_named
     from pipelines.demo._tenants import (
         CLOUD_LABELS,
         EDGE_NODE_LABELS,
@@ -206,9 +257,11 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     # A terminal gets the live table; a log file gets wide, plain progress lines.
     console = Console() if options.live else Console(width=150, force_terminal=False)
     workdir = prepare_workdir(options.workdir)
-    console.print(f"[bold]continuum demo[/] working directory: {workdir}")
+    console.print(
+        f"[bold]continuum demo[/] ({options.scenario} scenario) working directory: {workdir}"
+    )
     # Tenants and their nodes first: the registry writes the broker's password and ACL files.
-    factory = [node for node, _, _ in sites(options.agents)]
+    factory = [node for node, _, _ in scenario_named(options.scenario).sites(options.agents)]
     registry, tenancy = create_tenants(workdir / "cloud", nodes_to_enrol(factory))
     broker = EmbeddedBroker(
         workdir / "broker", password_file=registry.password_file, acl_file=registry.acl_file
