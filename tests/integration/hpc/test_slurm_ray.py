@@ -1,0 +1,261 @@
+"""``continuum hpc`` on a real local Slurm: Ray nodes labelled tier=hpc inside an allocation.
+
+Each allocation asks for one node and gives Ray one CPU, so the 2-CPU local Slurm holds two at
+once. The allocation's own Ray cluster is asked from a child process (``_ray_probe.py``): this
+process may be a driver of the session's other Ray cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloud_head.cli.hpc import SLURM_JOB_LABEL
+from continuum.cli import EXIT_INVALID, EXIT_OK, main
+from continuum.embedded import LocalRayCluster
+from continuum.embedded._process import port_accepts
+from tests.slurm_cluster import SlurmCluster
+
+pytestmark = pytest.mark.integration
+
+_PROBE = Path(__file__).with_name("_ray_probe.py")
+_LABELS = {
+    "continuum.io/tier": "hpc",
+    "continuum.io/site": "lux-hpc",
+    "continuum.io/country": "LU",
+    "continuum.io/jurisdiction": "LU",
+    "continuum.io/accelerator": "h100",
+}
+_UP = [
+    "hpc", "up", "--nodes", "1", "--time", "00:10:00", "--cpus-per-node", "1",
+    "--site", "lux-hpc", "--country", "LU", "--jurisdiction", "LU", "--accelerator", "h100",
+    "--timeout-s", "90",
+]  # fmt: skip
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def _up(capsys: pytest.CaptureFixture[str], state_dir: Path, *extra: str) -> str:
+    status, out, err = _run(capsys, *_UP, "--state-dir", str(state_dir), *extra)
+    assert status == EXIT_OK, err
+    return out.splitlines()[0]
+
+
+def _ray_processes(job_id: str) -> list[str]:
+    """Return the command lines of processes running in the allocation's Ray temp dirs."""
+    marker = f"/tmp/ctm-hpc-{job_id}-"
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:  # it ended meanwhile
+                continue
+            if marker in cmdline:
+                found.append(cmdline)
+    return found
+
+
+def _probe(info: dict[str, Any]) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_AUTH_MODE=info["auth_mode"], RAY_AUTH_TOKEN_PATH=info["auth_token_path"])
+    done = subprocess.run(
+        [sys.executable, str(_PROBE), info["address"]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return result
+
+
+@pytest.fixture(scope="module")
+def own_allocation(
+    slurm_cluster: SlurmCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Bring up an allocation with a Ray cluster of its own; yield its job id and head file."""
+    state_dir = tmp_path_factory.mktemp("hpc-own")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(slurm_cluster.env)
+    up = subprocess.run(
+        [sys.executable, "-m", "continuum.cli", *_UP, "--state-dir", str(state_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert up.returncode == 0, up.stderr
+    job_id = up.stdout.splitlines()[0]
+    try:
+        yield job_id, json.loads((state_dir / f"ray-{job_id}.json").read_text())
+    finally:
+        slurm_cluster.run("scancel", job_id)
+
+
+class TestOwnClusterInsideTheAllocation:
+    def test_the_ray_node_carries_the_labels_given(
+        self, own_allocation: tuple[str, dict[str, Any]]
+    ) -> None:
+        job_id, info = own_allocation
+        assert info["layout"] == "own"
+        nodes = _probe(info)["nodes"]
+        assert len(nodes) == 1
+        assert nodes[0]["alive"]
+        assert nodes[0]["name"] == f"slurm-{job_id}-{os.uname().nodename.split('.')[0]}"
+        labels = {k: v for k, v in nodes[0]["labels"].items() if not k.startswith("ray.io/")}
+        assert labels == {**_LABELS, SLURM_JOB_LABEL: job_id}
+
+    def test_a_task_selecting_tier_hpc_runs_on_it(
+        self, own_allocation: tuple[str, dict[str, Any]]
+    ) -> None:
+        job_id, info = own_allocation
+        ran_on = _probe(info)["task_node"]
+        assert ran_on["labels"][SLURM_JOB_LABEL] == job_id
+        assert ran_on["labels"]["continuum.io/tier"] == "hpc"
+
+    def test_status_lists_the_allocation_and_its_labelled_node(
+        self,
+        own_allocation: tuple[str, dict[str, Any]],
+        slurm_env: SlurmCluster,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        job_id, info = own_allocation
+        state_dir = Path(info["auth_token_path"]).parent
+        status, out, err = _run(capsys, "hpc", "status", "--state-dir", str(state_dir), "--json")
+        assert status == EXIT_OK, err
+        (mine,) = [a for a in json.loads(out)["allocations"] if a["job_id"] == job_id]
+        assert mine["state"] == "RUNNING"
+        assert mine["address"] == info["address"]
+        assert [n["labels"] for n in mine["ray_nodes"]] == [{**_LABELS, SLURM_JOB_LABEL: job_id}]
+
+
+class TestDown:
+    def test_down_ends_the_job_and_every_ray_process_it_started(
+        self, slurm_env: SlurmCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        job_id = _up(capsys, tmp_path)
+        info = json.loads((tmp_path / f"ray-{job_id}.json").read_text())
+        host, _, port = info["address"].rpartition(":")
+        assert _ray_processes(job_id), "the allocation runs no Ray process to stop"
+
+        status, out, err = _run(capsys, "hpc", "down", job_id, "--state-dir", str(tmp_path))
+
+        assert status == EXIT_OK, err
+        assert "its Ray nodes stopped" in out
+        assert job_id not in slurm_env.run("squeue", "--noheader", "-o%i").split()
+        assert _ray_processes(job_id) == []
+        assert not port_accepts(host, int(port))
+        assert not (tmp_path / f"ray-{job_id}.json").exists()
+        assert not (tmp_path / f"ray-{job_id}.token").exists()
+        assert not Path(f"/tmp/ctm-hpc-{job_id}-0").exists()
+
+    def test_down_refuses_a_job_that_is_not_an_allocation_of_ours(
+        self, slurm_env: SlurmCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        other = slurm_env.run(
+            "sbatch", "--parsable", "--job-name=someone-else", "--wrap=sleep 60"
+        ).strip()
+        try:
+            status, _, err = _run(capsys, "hpc", "down", other, "--state-dir", str(tmp_path))
+            assert status == EXIT_INVALID
+            assert "not a continuum-ray allocation" in err and "scancel" in err
+            assert other in slurm_env.run("squeue", "--noheader", "-o%i").split()
+        finally:
+            slurm_env.run("scancel", other)
+
+
+class TestRefusals:
+    @pytest.mark.parametrize(
+        ("change", "says"),
+        [
+            (("--time", "2h"), "write HH:MM:SS or D-HH:MM:SS"),
+            (("--time", "01:75:00"), "write HH:MM:SS or D-HH:MM:SS"),
+            (("--nodes", "0"), "give a whole number 1-4096"),
+            (("--country", "Luxembourg"), "ISO 3166 two-letter code"),
+            (("--site", "lux hpc"), "use 1-63 letters, digits"),
+            (("--join", "head-node"), "write the head's GCS as HOST:PORT"),
+        ],
+    )
+    def test_a_wrong_argument_is_refused_with_the_fix(
+        self,
+        change: tuple[str, str],
+        says: str,
+        slurm_env: SlurmCluster,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        option, value = change
+        argv = [*_UP, "--state-dir", str(tmp_path)]
+        if option in argv:
+            argv[argv.index(option) + 1] = value
+        else:
+            argv += [option, value]
+        before = _our_jobs(slurm_env)
+        status, _, err = _run(capsys, *argv)
+        assert status == EXIT_INVALID
+        assert says in err
+        assert _our_jobs(slurm_env) == before  # nothing was submitted
+
+
+def _our_jobs(slurm: SlurmCluster) -> set[str]:
+    return set(slurm.run("squeue", "--noheader", "--name=continuum-ray", "-o%i").split())
+
+
+class TestJoinLayout:
+    def test_the_allocation_joins_an_existing_cluster_and_takes_hpc_tasks(
+        self,
+        ray_cluster: LocalRayCluster,
+        slurm_env: SlurmCluster,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        import ray
+
+        for name, value in ray_cluster.client_env.items():
+            monkeypatch.setenv(name, value)
+        job_id = _up(capsys, tmp_path, "--join", ray_cluster.address)
+        try:
+            mine = _alive_nodes_of(job_id)
+            assert len(mine) == 1
+            labels = {k: v for k, v in mine[0]["Labels"].items() if not k.startswith("ray.io/")}
+            assert labels == {**_LABELS, SLURM_JOB_LABEL: job_id}
+
+            @ray.remote(num_cpus=1)
+            def where() -> str:
+                return ray.get_runtime_context().get_node_id()
+
+            selector = {"continuum.io/tier": "hpc", SLURM_JOB_LABEL: job_id}
+            ran_on = ray.get(where.options(label_selector=selector).remote(), timeout=60)
+            assert ran_on == mine[0]["NodeID"]
+        finally:
+            status, _, err = _run(capsys, "hpc", "down", job_id, "--state-dir", str(tmp_path))
+        assert status == EXIT_OK, err
+        deadline = time.monotonic() + 30
+        while _alive_nodes_of(job_id) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _alive_nodes_of(job_id) == []
+        assert _ray_processes(job_id) == []
+
+
+def _alive_nodes_of(job_id: str) -> list[dict[str, Any]]:
+    import ray
+
+    nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
+    return [n for n in nodes if n["Alive"] and n.get("Labels", {}).get(SLURM_JOB_LABEL) == job_id]
