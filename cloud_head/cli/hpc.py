@@ -32,7 +32,7 @@ JOB_NAME = "continuum-ray"
 #: Where the address and ready files go when ``--state-dir`` is left out.
 STATE_DIR_ENV = "CONTINUUM_HPC_STATE_DIR"
 #: The label that ties a Ray node to its Slurm job (the sbatch script sets it).
-SLURM_JOB_LABEL = "hpc.continuum.io/slurm-job"
+SLURM_JOB_LABEL = "hpc.continuum/slurm-job"
 #: The sbatch script in a source checkout (``--script`` names another).
 DEFAULT_SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "slurm" / "continuum-ray.sbatch"
 
@@ -59,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="submit an allocation that runs Ray, print its job id, wait until Ray is up",
         description="Submit deploy/slurm/continuum-ray.sbatch for NODES nodes. Each node runs "
         "a Ray node labelled continuum.io/tier=hpc plus the site, country, jurisdiction (and "
-        "accelerator) given here, and hpc.continuum.io/slurm-job=JOB. Without --join the "
+        "accelerator) given here, and hpc.continuum/slurm-job=JOB. Without --join the "
         "allocation runs its own Ray cluster (head on its first node); its address and auth "
         "token are written to the state directory.",
     )
