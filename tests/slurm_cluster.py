@@ -53,15 +53,20 @@ def _which(name: str) -> str | None:
 
 
 class SlurmCluster:
-    """Start and stop munged, slurmctld and slurmd: one node (this host) with ``cpus`` CPUs.
+    """Start and stop munged, slurmctld and one slurmd per node, all on this host.
 
-    ``env`` is what a client process (sbatch, ``continuum hpc``) adds to its environment.
+    ``nodes`` Slurm nodes of ``cpus`` CPUs each: the first is named after this host, the
+    others ``<host>-2``... (Slurm runs several slurmd on one host, each on its own port), so
+    a multi-node allocation runs here. ``env`` is what a client process (sbatch,
+    ``continuum hpc``) adds to its environment.
     """
 
-    def __init__(self, *, cpus: int = 2, timeout_s: float = 30.0) -> None:
+    def __init__(self, *, nodes: int = 1, cpus: int = 2, timeout_s: float = 30.0) -> None:
         self.cpus = cpus
         self.timeout_s = timeout_s
-        self.node = socket.gethostname().split(".")[0]
+        host = socket.gethostname().split(".")[0]
+        self.host = host
+        self.nodes = [host, *(f"{host}-{index}" for index in range(2, nodes + 1))]
         # Under /tmp, short: munge's socket path must fit a unix socket address.
         self.workdir = Path(tempfile.mkdtemp(prefix="ctm-slurm-", dir="/tmp"))
         self._daemons: dict[str, subprocess.Popen[bytes]] = {}
@@ -87,8 +92,9 @@ class SlurmCluster:
             self._spawn("munged", [_need("munged"), "--foreground", "--force", *self._munge_args()])
             self._wait_for(lambda: (self.workdir / "munge.socket").exists(), "munged's socket")
             self._spawn("slurmctld", [_need("slurmctld"), "-D", "-i"])
-            self._spawn("slurmd", [_need("slurmd"), "-D", "-N", self.node])
-            self._wait_for(self._node_idle, f"node {self.node} idle in sinfo")
+            for node in self.nodes:
+                self._spawn(f"slurmd-{node}", [_need("slurmd"), "-D", "-N", node])
+            self._wait_for(self._nodes_idle, f"nodes {', '.join(self.nodes)} idle in sinfo")
         except BaseException:
             self.stop()
             raise
@@ -102,9 +108,9 @@ class SlurmCluster:
                 while time.monotonic() < deadline and self.run("squeue", "--noheader").strip():
                     time.sleep(0.2)
         sessions = [process.pid for process in self._daemons.values()]
-        for name in ("slurmd", "slurmctld", "munged"):  # the reverse of their start
-            process = self._daemons.get(name)
-            if process is not None and process.poll() is None:
+        for name in reversed(self._daemons):  # the reverse of their start
+            process = self._daemons[name]
+            if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     process.wait(timeout=self.timeout_s)
@@ -151,30 +157,35 @@ class SlurmCluster:
     def _write_config(self) -> None:
         w = self.workdir
         (w / "state").mkdir()
-        (w / "spool").mkdir()
+        for node in self.nodes:  # each slurmd's own spool, where its socket goes
+            (w / "spool" / node).mkdir(parents=True)
         key = w / "munge.key"
         key.write_bytes(secrets.token_bytes(1024))
         key.chmod(0o400)
-        controller_port = free_port()
-        node_port = free_port()
-        while node_port == controller_port:
-            node_port = free_port()
+        ports: set[int] = set()
+        while len(ports) < 1 + len(self.nodes):
+            ports.add(free_port())
+        controller_port, *node_ports = sorted(ports)
+        node_lines = [
+            f"NodeName={node} NodeHostname={self.host} NodeAddr=127.0.0.1 Port={port} "
+            f"CPUs={self.cpus} State=UNKNOWN"
+            for node, port in zip(self.nodes, node_ports, strict=True)
+        ]
         self.conf_path.write_text(
             "\n".join(
                 [
                     "ClusterName=continuum-test",
-                    f"SlurmctldHost={self.node}(127.0.0.1)",
+                    f"SlurmctldHost={self.host}(127.0.0.1)",
                     f"SlurmctldPort={controller_port}",
-                    f"SlurmdPort={node_port}",
                     "SlurmUser=root",
                     "SlurmdUser=root",
                     "AuthType=auth/munge",
                     "CredType=cred/munge",
                     f"AuthInfo=socket={w / 'munge.socket'}",
                     f"StateSaveLocation={w / 'state'}",
-                    f"SlurmdSpoolDir={w / 'spool'}",
+                    f"SlurmdSpoolDir={w / 'spool'}/%n",
                     f"SlurmctldPidFile={w / 'slurmctld.pid'}",
-                    f"SlurmdPidFile={w / 'slurmd.pid'}",
+                    f"SlurmdPidFile={w / 'slurmd-%n.pid'}",
                     "ProctrackType=proctrack/linuxproc",
                     "TaskPlugin=task/none",
                     "JobAcctGatherType=jobacct_gather/none",
@@ -185,7 +196,7 @@ class SlurmCluster:
                     "ReturnToService=2",
                     # How long a cancelled job's processes have between SIGTERM and SIGKILL.
                     "KillWait=10",
-                    f"NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} State=UNKNOWN",
+                    *node_lines,
                     f"PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
                     "",
                 ]
@@ -205,12 +216,12 @@ class SlurmCluster:
                 start_new_session=True,
             )
 
-    def _node_idle(self) -> bool:
+    def _nodes_idle(self) -> bool:
         try:
             states = self.run("sinfo", "--noheader", "--Node", "-o%t")
         except subprocess.CalledProcessError:
             return False  # slurmctld not listening yet
-        return "idle" in states.split()
+        return states.split() == ["idle"] * len(self.nodes)
 
     def _wait_for(self, ready: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + self.timeout_s

@@ -11,14 +11,14 @@ from tests.slurm_cluster import SlurmCluster, slurm_missing
 
 @pytest.fixture(scope="session")
 def slurm_cluster() -> Iterator[SlurmCluster]:
-    """Yield a local Slurm (munged, slurmctld, slurmd; one node with 2 CPUs) for the session.
+    """Yield a local Slurm (munged, slurmctld, two slurmd: two nodes of 2 CPUs) for the session.
 
     Skips, saying how to install it, where Slurm's binaries are missing.
     """
     reason = slurm_missing()
     if reason is not None:
         pytest.skip(reason)
-    with SlurmCluster(cpus=2) as cluster:
+    with SlurmCluster(nodes=2, cpus=2) as cluster:
         yield cluster
 
 

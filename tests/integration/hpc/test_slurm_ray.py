@@ -1,8 +1,8 @@
 """``continuum hpc`` on a real local Slurm: Ray nodes labelled tier=hpc inside an allocation.
 
-Each allocation asks for one node and gives Ray one CPU, so the 2-CPU local Slurm holds two at
-once. The allocation's own Ray cluster is asked from a child process (``_ray_probe.py``): this
-process may be a driver of the session's other Ray cluster.
+The local Slurm has two nodes of 2 CPUs on this one machine; each allocation takes one CPU per
+node and gives Ray one CPU per node. The allocation's own Ray cluster is asked from a child
+process (``_ray_probe.py``): this process may be a driver of the session's other Ray cluster.
 """
 
 from __future__ import annotations
@@ -110,14 +110,14 @@ def own_allocation(
 
 class TestOwnClusterInsideTheAllocation:
     def test_the_ray_node_carries_the_labels_given(
-        self, own_allocation: tuple[str, dict[str, Any]]
+        self, own_allocation: tuple[str, dict[str, Any]], slurm_cluster: SlurmCluster
     ) -> None:
         job_id, info = own_allocation
         assert info["layout"] == "own"
         nodes = _probe(info)["nodes"]
         assert len(nodes) == 1
         assert nodes[0]["alive"]
-        assert nodes[0]["name"] == f"slurm-{job_id}-{os.uname().nodename.split('.')[0]}"
+        assert nodes[0]["name"] in {f"slurm-{job_id}-{node}" for node in slurm_cluster.nodes}
         labels = {k: v for k, v in nodes[0]["labels"].items() if not k.startswith("ray.io/")}
         assert labels == {**_LABELS, SLURM_JOB_LABEL: job_id}
 
@@ -145,13 +145,16 @@ class TestOwnClusterInsideTheAllocation:
         assert [n["labels"] for n in mine["ray_nodes"]] == [{**_LABELS, SLURM_JOB_LABEL: job_id}]
 
 
-class TestDown:
-    def test_down_ends_the_job_and_every_ray_process_it_started(
+class TestTwoNodesThenDown:
+    def test_both_nodes_join_the_head_and_down_ends_every_ray_process(
         self, slurm_env: SlurmCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        job_id = _up(capsys, tmp_path)
+        job_id = _up(capsys, tmp_path, "--nodes", "2")
         info = json.loads((tmp_path / f"ray-{job_id}.json").read_text())
         host, _, port = info["address"].rpartition(":")
+        nodes = _probe(info)["nodes"]
+        assert sorted(n["name"] for n in nodes) == [f"slurm-{job_id}-{n}" for n in slurm_env.nodes]
+        assert all(n["alive"] and n["labels"][SLURM_JOB_LABEL] == job_id for n in nodes)
         assert _ray_processes(job_id), "the allocation runs no Ray process to stop"
 
         status, out, err = _run(capsys, "hpc", "down", job_id, "--state-dir", str(tmp_path))
@@ -164,8 +167,11 @@ class TestDown:
         assert not (tmp_path / f"ray-{job_id}.json").exists()
         assert not (tmp_path / f"ray-{job_id}.token").exists()
         assert not Path(f"/tmp/ctm-hpc-{job_id}-0").exists()
+        assert not Path(f"/tmp/ctm-hpc-{job_id}-1").exists()
 
-    def test_down_refuses_a_job_that_is_not_an_allocation_of_ours(
+
+class TestDownRefuses:
+    def test_a_job_that_is_not_an_allocation_of_ours(
         self, slurm_env: SlurmCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         other = slurm_env.run(
