@@ -105,8 +105,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "status",
         help="list the allocations running Ray, and the Ray nodes of each with their labels",
         description='--json prints {"allocations": [{"job_id", "state", "partition", "nodes", '
-        '"elapsed", "time_limit", "reason", "layout", "address", "ray_nodes": [{"name", '
-        '"alive", "labels"}] or null, "ray_error"}]}.',
+        '"elapsed", "time_limit", "reason", "layout", "address", "ready_hosts", "ray_nodes": '
+        '[{"name", "alive", "labels"}] or null, "ray_error"}]}.',
     )
     _add_state_dir(status)
     add_json(status)
@@ -227,6 +227,7 @@ def run_up(args: argparse.Namespace) -> int:
         )
     if args.timeout_s <= 0:
         raise ConfigError(f"--timeout-s must be positive, got {args.timeout_s:g}")
+    _check_sbatch_args(args.sbatch_arg)
     state = _state_dir(args)
     state.mkdir(parents=True, exist_ok=True)
     from continuum.embedded import find_ray_cli
@@ -274,6 +275,39 @@ def run_up(args: argparse.Namespace) -> int:
     return 0
 
 
+#: sbatch options ``up`` sets itself, with the flag of ours that sets each.
+_OWN_OPTIONS = {
+    "--job-name": "none: `status` and `down` find allocations by it",
+    "-J": "none: `status` and `down` find allocations by it",
+    "--output": "--state-dir",
+    "-o": "--state-dir",
+    "--nodes": "--nodes",
+    "-N": "--nodes",
+    "--time": "--time",
+    "-t": "--time",
+    "--partition": "--partition",
+    "-p": "--partition",
+    "--parsable": "none: `up` reads the job id with it",
+}
+
+
+def _check_sbatch_args(extra: list[str]) -> None:
+    """Refuse an ``--sbatch-arg`` that is no option or that overrides one ``up`` sets."""
+    for arg in extra:
+        name = arg.split("=", 1)[0]
+        if not arg.startswith("-"):
+            raise ConfigError(
+                f"--sbatch-arg {arg!r} is not an sbatch option: write it whole, with its value "
+                "after '=', e.g. --sbatch-arg=--gres=gpu:4"
+            )
+        if name in _OWN_OPTIONS or (name[:2] in _OWN_OPTIONS and not name.startswith("--")):
+            own = _OWN_OPTIONS.get(name, _OWN_OPTIONS.get(name[:2], ""))
+            raise ConfigError(
+                f"--sbatch-arg {arg!r} sets what `continuum hpc up` sets itself; use its flag "
+                f"instead ({own})"
+            )
+
+
 def _await_ray(allocation: Allocation, nodes: int, timeout_s: float) -> dict[str, Any]:
     """Wait until the head is written and ``nodes`` nodes are ready; raise on the job's end."""
     deadline = time.monotonic() + timeout_s
@@ -283,8 +317,8 @@ def _await_ray(allocation: Allocation, nodes: int, timeout_s: float) -> dict[str
         if info is not None and len(allocation.ready_hosts()) >= nodes:
             return info
         job = _squeue(allocation.job_id)
-        state, reason = (job["state"], job["reason"]) if job else ("ENDED", "")
-        if state in _ENDED or state == "ENDED":
+        state, reason = (job["state"], job["reason"]) if job else ("gone from the queue", "")
+        if job is None or state in _ENDED:
             raise NotReadyError(
                 f"Slurm job {allocation.job_id} ended ({state}) before its Ray nodes ran; "
                 f"{allocation.output_path} ends:\n{allocation.output_tail()}"
@@ -329,9 +363,12 @@ def run_status(args: argparse.Namespace) -> int:
     state = _state_dir(args)
     allocations: list[dict[str, Any]] = []
     for row in _squeue_rows():
-        info = Allocation(state, row["job_id"]).info() or {}
+        allocation = Allocation(state, row["job_id"])
+        info = allocation.info() or {}
         document: dict[str, Any] = {**row, "layout": info.get("layout")}
         document["address"] = info.get("address")
+        # What the nodes themselves reported, for when the head cannot be asked from here.
+        document["ready_hosts"] = allocation.ready_hosts()
         document["ray_nodes"], document["ray_error"] = None, None
         if info:
             try:
@@ -352,6 +389,7 @@ def run_status(args: argparse.Namespace) -> int:
         )
         if a["ray_error"]:
             print(f"  ray: {a['ray_error']}")
+            print(f"  nodes that reported Ray running: {', '.join(a['ready_hosts']) or 'none'}")
         for node in a["ray_nodes"] or []:
             shown = ",".join(f"{k}={v}" for k, v in sorted(node["labels"].items()))
             print(f"  {node['name']}  {'alive' if node['alive'] else 'dead'}  {shown}")
@@ -433,6 +471,8 @@ def run_down(args: argparse.Namespace) -> int:
     while time.monotonic() < deadline:
         job = _squeue(args.job_id)
         if job is None or job["state"] in _ENDED:
+            # A joining allocation has no head of its own to remove its head file on the way out.
+            allocation.info_path.unlink(missing_ok=True)
             left = allocation.ready_hosts()
             if left:  # Slurm killed them before they could clean up after themselves
                 print(

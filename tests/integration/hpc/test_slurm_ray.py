@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from cloud_head.cli.hpc import SLURM_JOB_LABEL
-from continuum.cli import EXIT_INVALID, EXIT_OK, main
+from continuum.cli import EXIT_FAILED, EXIT_INVALID, EXIT_OK, main
 from continuum.embedded import LocalRayCluster
 from continuum.embedded._process import port_accepts
 from tests.slurm_cluster import SlurmCluster
@@ -142,6 +142,7 @@ class TestOwnClusterInsideTheAllocation:
         (mine,) = [a for a in json.loads(out)["allocations"] if a["job_id"] == job_id]
         assert mine["state"] == "RUNNING"
         assert mine["address"] == info["address"]
+        assert len(mine["ready_hosts"]) == 1
         assert [n["labels"] for n in mine["ray_nodes"]] == [{**_LABELS, SLURM_JOB_LABEL: job_id}]
 
 
@@ -196,6 +197,8 @@ class TestRefusals:
             (("--country", "Luxembourg"), "ISO 3166 two-letter code"),
             (("--site", "lux hpc"), "use 1-63 letters, digits"),
             (("--join", "head-node"), "write the head's GCS as HOST:PORT"),
+            (("--sbatch-arg", "--job-name=mine"), "sets what `continuum hpc up` sets itself"),
+            (("--sbatch-arg", "gpu:4"), "is not an sbatch option"),
         ],
     )
     def test_a_wrong_argument_is_refused_with_the_fix(
@@ -210,8 +213,8 @@ class TestRefusals:
         argv = [*_UP, "--state-dir", str(tmp_path)]
         if option in argv:
             argv[argv.index(option) + 1] = value
-        else:
-            argv += [option, value]
+        else:  # one word: argparse takes a value that starts with '-' for an option
+            argv.append(f"{option}={value}")
         before = _our_jobs(slurm_env)
         status, _, err = _run(capsys, *argv)
         assert status == EXIT_INVALID
@@ -221,6 +224,29 @@ class TestRefusals:
 
 def _our_jobs(slurm: SlurmCluster) -> set[str]:
     return set(slurm.run("squeue", "--noheader", "--name=continuum-ray", "-o%i").split())
+
+
+class TestSlurmRefusals:
+    def test_sbatch_refusing_the_job_is_reported_with_its_reason(
+        self, slurm_env: SlurmCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        argv = [*_UP, "--state-dir", str(tmp_path), "--partition", "no-such-partition"]
+        status, out, err = _run(capsys, *argv)
+        assert status == EXIT_FAILED
+        assert "sbatch failed" in err and "invalid partition" in err.lower()
+        assert out == ""
+
+    def test_an_allocation_that_ends_before_ray_runs_is_reported_with_its_output(
+        self, slurm_env: SlurmCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        script = tmp_path / "broken.sbatch"
+        script.write_text("#!/bin/bash\necho 'no ray here' >&2\nexit 3\n")
+        argv = [*_UP, "--state-dir", str(tmp_path), "--script", str(script)]
+        status, out, err = _run(capsys, *argv)
+        assert status == EXIT_FAILED
+        job_id = out.splitlines()[0]
+        assert f"Slurm job {job_id} ended" in err and "before its Ray nodes ran" in err
+        assert "no ray here" in err
 
 
 class TestJoinLayout:
@@ -258,6 +284,7 @@ class TestJoinLayout:
             time.sleep(0.5)
         assert _alive_nodes_of(job_id) == []
         assert _ray_processes(job_id) == []
+        assert list(tmp_path.glob(f"ray-{job_id}*.json")) == []
 
 
 def _alive_nodes_of(job_id: str) -> list[dict[str, Any]]:
