@@ -225,7 +225,9 @@ def _fraud_reserved(drift: str) -> Reserved:
 def _fraud_novelty(drift: str) -> str:
     return (
         "an account-takeover wave at lux-gare (night-time SEPA transfers to new payees from new "
-        "devices), unseen in training; every branch replays its own rows, never a reserved one"
+        "devices), unseen in training; each branch replays its own stream rows in time order "
+        "(from their start again once through: about 2 min at 50 tx/s after the onset), "
+        "never a reserved one"
     )
 
 
