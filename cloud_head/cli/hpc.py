@@ -40,6 +40,7 @@ _TIME = re.compile(r"^(?:(\d+)-)?(\d{1,2}):(\d{2}):(\d{2})$")
 _ADDRESS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*:(\d{1,5})$")
 _JOB_ID = re.compile(r"^\d+$")
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
+_INTERFACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,14}$")
 _ENDED = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL"}
 _ENDED |= {"OUT_OF_MEMORY", "PREEMPTED", "TIMEOUT"}
 _SLURM_TIMEOUT_S = 30.0
@@ -83,6 +84,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "RAY_AUTH_MODE and RAY_AUTH_TOKEN_PATH of this shell pass on) instead of starting one",
     )
     up.add_argument("--cpus-per-node", type=_node_count, help="CPUs Ray offers on each node")
+    up.add_argument(
+        "--interface",
+        type=_interface,
+        help="network interface whose IPv4 address each Ray node uses (e.g. ib0; default: "
+        "the one Ray picks)",
+    )
     up.add_argument(
         "--sbatch-arg",
         action="append",
@@ -154,6 +161,14 @@ def _address(text: str) -> str:
     if match is None or not 1 <= int(match[1]) <= 65535:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a Ray address: write the head's GCS as HOST:PORT, e.g. 10.0.0.5:6379"
+        )
+    return text
+
+
+def _interface(text: str) -> str:
+    if not _INTERFACE.match(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a network interface name: give one as `ip addr` lists it, e.g. ib0"
         )
     return text
 
@@ -243,6 +258,9 @@ def run_up(args: argparse.Namespace) -> int:
     command += ["--accelerator", labels[ACCELERATOR]] if ACCELERATOR in labels else []
     command += ["--join", args.join] if args.join else []
     command += ["--cpus", str(args.cpus_per_node)] if args.cpus_per_node else []
+    command += ["--interface", args.interface] if args.interface else []
+    if args.join:
+        _check_join_auth()
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
     out = _slurm(command, env=env)
     job_id = out.split(";")[0].strip()
@@ -289,6 +307,26 @@ _OWN_OPTIONS = {
     "-p": "--partition",
     "--parsable": "none: `up` reads the job id with it",
 }
+
+
+def _check_join_auth() -> None:
+    """Refuse ``--join`` without the cluster's auth settings, which the nodes inherit.
+
+    Left implicit, a node joining a token cluster fails after ~20 s with InvalidAuthToken.
+    """
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode not in ("token", "disabled"):
+        raise ConfigError(
+            f"--join needs RAY_AUTH_MODE set to the joined cluster's mode (token or disabled), "
+            f"got {mode!r}: export RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=<its token file "
+            "on the shared filesystem>"
+        )
+    token = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if mode == "token" and not (token and Path(token).is_file()):
+        raise ConfigError(
+            f"--join with RAY_AUTH_MODE=token needs RAY_AUTH_TOKEN_PATH naming the cluster's "
+            f"token file, readable from the compute nodes (got {token!r})"
+        )
 
 
 def _check_sbatch_args(extra: list[str]) -> None:

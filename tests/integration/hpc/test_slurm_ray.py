@@ -199,6 +199,7 @@ class TestRefusals:
             (("--join", "head-node"), "write the head's GCS as HOST:PORT"),
             (("--sbatch-arg", "--job-name=mine"), "sets what `continuum hpc up` sets itself"),
             (("--sbatch-arg", "gpu:4"), "is not an sbatch option"),
+            (("--interface", "ib0; rm"), "is not a network interface name"),
         ],
     )
     def test_a_wrong_argument_is_refused_with_the_fix(
@@ -226,6 +227,37 @@ def _our_jobs(slurm: SlurmCluster) -> set[str]:
     return set(slurm.run("squeue", "--noheader", "--name=continuum-ray", "-o%i").split())
 
 
+class TestJoinRefusals:
+    def test_join_without_the_clusters_auth_mode_is_refused(
+        self,
+        slurm_env: SlurmCluster,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+        before = _our_jobs(slurm_env)
+        argv = [*_UP, "--state-dir", str(tmp_path), "--join", "127.0.0.1:6379"]
+        status, _, err = _run(capsys, *argv)
+        assert status == EXIT_INVALID
+        assert "export RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH" in err
+        assert _our_jobs(slurm_env) == before
+
+    def test_join_in_token_mode_without_a_token_file_is_refused(
+        self,
+        slurm_env: SlurmCluster,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        monkeypatch.setenv("RAY_AUTH_MODE", "token")
+        monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "missing-token"))
+        argv = [*_UP, "--state-dir", str(tmp_path), "--join", "127.0.0.1:6379"]
+        status, _, err = _run(capsys, *argv)
+        assert status == EXIT_INVALID
+        assert "needs RAY_AUTH_TOKEN_PATH naming the cluster's token file" in err
+
+
 class TestSlurmRefusals:
     def test_sbatch_refusing_the_job_is_reported_with_its_reason(
         self, slurm_env: SlurmCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -247,6 +279,15 @@ class TestSlurmRefusals:
         job_id = out.splitlines()[0]
         assert f"Slurm job {job_id} ended" in err and "before its Ray nodes ran" in err
         assert "no ray here" in err
+
+    def test_a_node_without_the_interface_named_stops_the_allocation_with_the_reason(
+        self, slurm_env: SlurmCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        argv = [*_UP, "--state-dir", str(tmp_path), "--interface", "nosuch0"]
+        status, out, err = _run(capsys, *argv)
+        assert status == EXIT_FAILED
+        assert f"Slurm job {out.splitlines()[0]} ended" in err
+        assert "has no IPv4 address on interface 'nosuch0'" in err
 
 
 class TestJoinLayout:
