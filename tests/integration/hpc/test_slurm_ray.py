@@ -286,8 +286,10 @@ class TestSlurmRefusals:
         argv = [*_UP, "--state-dir", str(tmp_path), "--interface", "nosuch0"]
         status, out, err = _run(capsys, *argv)
         assert status == EXIT_FAILED
-        assert f"Slurm job {out.splitlines()[0]} ended" in err
+        job_id = out.splitlines()[0]
+        assert f"Slurm job {job_id} ended" in err
         assert "has no IPv4 address on interface 'nosuch0'" in err
+        assert not Path(f"/tmp/ctm-hpc-{job_id}-0").exists()
 
 
 class TestJoinLayout:
