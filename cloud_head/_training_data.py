@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from cloud_head.registry import ModelVersion
     from cloud_head.store import SampleStore
     from continuum.spec import PipelineSpec
+    from continuum.task import Task
 
 __all__ = [
     "GATE_EDGE_PER_NODE",
@@ -145,7 +146,7 @@ def load_training_data(
     nodes = [str(n) for n in table.column("node").to_pylist()]
     captured = np.asarray(table.column("captured_at_ns").to_pylist(), dtype=np.int64)
     seqs = np.asarray(table.column("seq").to_pylist(), dtype=np.int64)
-    ok, out_of_range = _usable_labels(y, current)
+    ok, out_of_range = _usable_labels(y, current, spec.edge.task)
     x, y, captured, seqs = x[ok], y[ok], captured[ok], seqs[ok]
     nodes = [n for n, keep in zip(nodes, ok.tolist(), strict=True) if keep]
     held = holdout_mask(nodes, captured)
@@ -193,21 +194,30 @@ def _cuts(
     return {n: TrainingCut(captured_at_ns=latest[n], seq=highest[n]) for n in latest}
 
 
-def _usable_labels(y: np.ndarray, current: ModelVersion | None) -> tuple[np.ndarray, int]:
-    """Return which samples have a label that is a class of the model, and how many do not.
+def _usable_labels(
+    y: np.ndarray, current: ModelVersion | None, task: Task
+) -> tuple[np.ndarray, int]:
+    """Return which samples have a label the task can learn from, and how many do not.
 
     Labels arrive from edge feedback and stored samples, where a faulty or hostile node can
-    put any integer: one such label would fail every retraining from then on. The model's
-    output width bounds the classes (without a model yet, only negatives are left out).
+    put any number: one such label would fail every retraining from then on.  A
+    classifier's output width bounds its classes (without a model yet, only negatives are
+    left out); a binary or anomaly label is 0 or 1; a regression's is any finite value.
     """
-    classes = None if current is None else current.classes()
-    ok = (y >= 0) & (y < classes) if classes is not None else y >= 0
+    if task.kind == "regression":
+        ok = np.isfinite(y)
+    elif task.kind in ("binary", "anomaly"):
+        ok = (y == 0) | (y == 1)
+    else:
+        classes = None if current is None else current.classes()
+        whole = np.isfinite(y) & (y == np.floor(y))  # a value stored by mistake is no class
+        ok = whole & (y >= 0) & (y < classes) if classes is not None else whole & (y >= 0)
     dropped = int((~ok).sum())
     if dropped:
         log.warning(
-            "left %d sample(s) out of training: their label is not a class of the model (0..%s)",
+            "left %d sample(s) out of training: their label does not fit the task %s",
             dropped,
-            "?" if classes is None else classes - 1,
+            task.describe(),
         )
     return np.asarray(ok, dtype=bool), dropped
 
@@ -224,6 +234,8 @@ def gate_holdout(spec: PipelineSpec, data: TrainingData) -> GateHoldout:
         edge_x=edge_x,
         edge_y=edge_y,
         reference_x=np.asarray(ref_x, dtype=spec.edge.input.dtype).reshape(-1, *shape),
-        reference_y=np.asarray(ref_y, dtype=np.int64).reshape(-1),
+        reference_y=np.asarray(
+            ref_y, dtype=np.int64 if spec.edge.task.integer_labels else np.float64
+        ).reshape(-1),
         edge_per_node=data.edge_per_node,
     )

@@ -47,21 +47,21 @@ class GateHoldout:
     """
 
     edge_x: NDArray[np.generic]
-    edge_y: NDArray[np.int64]
+    edge_y: NDArray[np.generic]
     reference_x: NDArray[np.generic] | None = None
-    reference_y: NDArray[np.int64] | None = None
+    reference_y: NDArray[np.generic] | None = None
     edge_per_node: Mapping[str, int] = field(default_factory=dict)
 
-    def parts(self) -> dict[str, tuple[NDArray[np.generic], NDArray[np.int64]]]:
+    def parts(self) -> dict[str, tuple[NDArray[np.generic], NDArray[np.generic]]]:
         """Return the non-empty parts by name: "reference", then "edge"."""
-        found: dict[str, tuple[NDArray[np.generic], NDArray[np.int64]]] = {}
+        found: dict[str, tuple[NDArray[np.generic], NDArray[np.generic]]] = {}
         if self.reference_x is not None and self.reference_y is not None and len(self.reference_y):
             found["reference"] = (self.reference_x, self.reference_y)
         if len(self.edge_y):
             found["edge"] = (self.edge_x, self.edge_y)
         return found
 
-    def combined(self) -> tuple[NDArray[np.generic], NDArray[np.int64]]:
+    def combined(self) -> tuple[NDArray[np.generic], NDArray[np.generic]]:
         """Return both parts as one holdout (reference first), the one the verdict is on."""
         parts = list(self.parts().values())
         if not parts:

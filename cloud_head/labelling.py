@@ -7,6 +7,7 @@ and joined with the sample store when a training set is read.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import threading
 import time
@@ -69,10 +70,13 @@ CREATE TABLE IF NOT EXISTS proposals (
 
 @dataclass(frozen=True, slots=True)
 class Label:
-    """One sample's label, where it came from and when it was recorded (Unix seconds)."""
+    """One sample's label, where it came from and when it was recorded (Unix seconds).
+
+    A class (int), or a regression's value (float).
+    """
 
     sample_id: str
-    label: int
+    label: int | float
     source: str
     ts: float
 
@@ -125,7 +129,7 @@ class LabelStore:
         tenant: str,
         pipeline: str,
         sample_id: str,
-        label: int,
+        label: int | float,
         *,
         source: LabelSource,
         ts: float | None = None,
@@ -137,12 +141,16 @@ class LabelStore:
         self,
         tenant: str,
         pipeline: str,
-        items: Iterable[tuple[str, int]],
+        items: Iterable[tuple[str, int | float]],
         *,
         source: LabelSource,
         ts: float | None = None,
     ) -> int:
-        """Record labels in one transaction; return how many were written (not outranked)."""
+        """Record labels in one transaction; return how many were written (not outranked).
+
+        A label is a class (int) or a regression's value (float, finite); SQLite keeps
+        either in the one column.
+        """
         if source not in get_args(LabelSource):
             raise ValueError(f"unknown label source {source!r}; use one of {get_args(LabelSource)}")
         topics.check_name(tenant, "tenant")
@@ -150,7 +158,7 @@ class LabelStore:
         stamp = time.time() if ts is None else ts
         priority = _PRIORITY[source]
         rows = [
-            (tenant, pipeline, sample_id, int(label), source, priority, stamp)
+            (tenant, pipeline, sample_id, _label_value(label), source, priority, stamp)
             for sample_id, label in items
         ]
         with self._lock:
@@ -179,7 +187,9 @@ class LabelStore:
                 "WHERE tenant = ? AND pipeline = ? AND sample_id = ?",
                 (tenant, pipeline, sample_id),
             ).fetchone()
-        return None if row is None else Label(row[0], int(row[1]), str(row[2]), float(row[3]))
+        return (
+            None if row is None else Label(row[0], _label_value(row[1]), str(row[2]), float(row[3]))
+        )
 
     def labels(self, tenant: str, pipeline: str) -> dict[str, Label]:
         """Return every label of one pipeline by sample id."""
@@ -188,7 +198,7 @@ class LabelStore:
                 "SELECT sample_id, label, source, ts FROM labels WHERE tenant = ? AND pipeline = ?",
                 (tenant, pipeline),
             ).fetchall()
-        return {r[0]: Label(r[0], int(r[1]), str(r[2]), float(r[3])) for r in rows}
+        return {r[0]: Label(r[0], _label_value(r[1]), str(r[2]), float(r[3])) for r in rows}
 
     def count(self, tenant: str, pipeline: str) -> int:
         """Return the number of labelled sample ids of one pipeline."""
@@ -258,6 +268,15 @@ class LabelStore:
         self.close()
 
 
+def _label_value(label: int | float) -> int | float:
+    """Return ``label`` as the store keeps it: an int, or a finite float; refuse the rest."""
+    if isinstance(label, float):
+        if not math.isfinite(label):
+            raise ValueError(f"a label must be a finite number, got {label!r}")
+        return label
+    return int(label)
+
+
 def labelled(
     samples: SampleStore,
     labels: LabelStore,
@@ -275,13 +294,17 @@ def labelled(
     table = samples.read(tenant, pipeline)
     known = labels.labels(tenant, pipeline)
     ids = pa.array(list(known), type=pa.string())
-    values = pa.array([lab.label for lab in known.values()], type=pa.int64())
+    # A regression's labels are values: the label column is then float64, the edge's
+    # (integer) labels cast to it; classes stay int64.
+    floats = any(isinstance(lab.label, float) for lab in known.values())
+    label_type = pa.float64() if floats else pa.int64()
+    values = pa.array([lab.label for lab in known.values()], type=label_type)
     sources = pa.array([lab.source for lab in known.values()], type=pa.string())
     index = pc.index_in(table.column("sample_id"), value_set=ids)
     joined = pc.take(values, index)
     joined_source = pc.take(sources, index)
     if edge_labels:
-        edge = table.column("label")
+        edge = table.column("label").cast(label_type)
         label = pc.coalesce(joined, edge)
         source = pc.if_else(
             pc.is_valid(joined), joined_source, pc.if_else(pc.is_valid(edge), "edge", None)
@@ -289,7 +312,7 @@ def labelled(
     else:
         label, source = joined, joined_source
     column = table.schema.get_field_index("label")
-    table = table.set_column(column, table.schema.field("label"), label)
+    table = table.set_column(column, pa.field("label", label_type), label)
     table = table.append_column(pa.field("label_source", pa.string()), source)
     table = table.filter(pc.is_valid(table.column("label")))
     return table.sort_by([("ingested_at_ns", "ascending"), ("sample_id", "ascending")])
@@ -300,7 +323,8 @@ def to_xy(
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Rebuild ``(x, y, sample_ids)`` from a labelled table (see ``labelled``)."""
     x, ids = to_numpy(table, shape=shape, dtype=dtype)
-    y = np.asarray(table.column("label").to_pylist(), dtype=np.int64)
+    floats = pa.types.is_floating(table.schema.field("label").type)
+    y = np.asarray(table.column("label").to_pylist(), dtype=np.float64 if floats else np.int64)
     return x, y, ids
 
 

@@ -182,11 +182,13 @@ def _run_dirs(workdir: Path) -> tuple[Path, Path]:
 
 
 def _tensors(
-    train_x: NDArray[np.generic], train_y: NDArray[np.integer]
-) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-    """Return the samples as contiguous float32 and their labels as int64, checked alike."""
+    train_x: NDArray[np.generic], train_y: NDArray[np.generic]
+) -> tuple[NDArray[np.float32], NDArray[np.generic]]:
+    """Return the samples as contiguous float32 and their labels, checked alike: int64
+    classes, or float64 values (a regression's)."""
     x = np.ascontiguousarray(np.asarray(train_x, dtype=np.float32))
-    y = np.asarray(train_y, dtype=np.int64).reshape(-1)
+    labels = np.asarray(train_y)
+    y = labels.astype(np.float64 if labels.dtype.kind == "f" else np.int64).reshape(-1)
     if len(x) != len(y):
         raise InputMismatchError(
             "training images and labels differ in length", expected=f"{len(x)}", got=f"{len(y)}"
@@ -197,7 +199,7 @@ def _tensors(
 def _torch_trainer(
     loop: Callable[[dict[str, Any]], Any],
     loop_config: dict[str, Any],
-    data: tuple[NDArray[np.float32], NDArray[np.int64]],
+    data: tuple[NDArray[np.float32], NDArray[np.generic]],
     resources: dict[str, float],
     selector: dict[str, str],
     storage: Path,
@@ -336,15 +338,17 @@ def _check_placeable(
         )
 
 
-def _dataset(x: NDArray[np.float32], y: NDArray[np.int64]) -> Any:
-    """Return a Ray Dataset with a ``tensor`` column (flat float32 list) and ``label`` (int64)."""
+def _dataset(x: NDArray[np.float32], y: NDArray[np.generic]) -> Any:
+    """Return a Ray Dataset with a ``tensor`` column (flat float32 list) and ``label`` (int64
+    classes, or float64 values)."""
     import pyarrow as pa
     import ray.data
 
     width = int(np.prod(x.shape[1:])) if x.ndim > 1 else 1
     flat = pa.array(x.reshape(-1), type=pa.float32())
     tensor = pa.FixedSizeListArray.from_arrays(flat, width)
-    table = pa.table({"tensor": tensor, "label": pa.array(y, type=pa.int64())})
+    label_type = pa.float64() if y.dtype.kind == "f" else pa.int64()
+    table = pa.table({"tensor": tensor, "label": pa.array(y, type=label_type)})
     return ray.data.from_arrow(table)
 
 

@@ -167,7 +167,7 @@ class PatternSource:
         pattern: list[float],
         count: int = 10,
         fps: float = 0.0,
-        labels: list[int] | None = None,
+        labels: list[int] | list[float] | None = None,
         label_delay_s: float = 0.0,
         shape: list[int] | None = None,
     ) -> None:

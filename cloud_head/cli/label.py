@@ -9,6 +9,7 @@ label, the most trusted source, which the next retraining uses.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -68,13 +69,40 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     fix = actions.add_parser("fix", help="give a sample its correct label")
     _common(fix)
     fix.add_argument("sample_id")
-    fix.add_argument("label", type=_count, help="the correct class index")
+    fix.add_argument(
+        "label",
+        type=_label,
+        help="the correct class index (0, 1, ...), or a regression's value (e.g. 412.5)",
+    )
     fix.set_defaults(run=run_fix)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
     add_tenant(parser)
     add_root(parser, registry=True)
+
+
+def _label(text: str) -> int | float:
+    """A class index (a whole number >= 0, as an int) or, written with a decimal point or
+    an exponent, a regression's value (a finite float)."""
+    if not any(mark in text for mark in ".eE"):
+        try:
+            return _count(text)
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(
+                f"expected a class index (0 or more), or a value with a decimal point "
+                f"(e.g. {text}.0 for a regression), got {text!r}"
+            ) from None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a class index or a number, got {text!r}"
+        ) from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    # Which one fits is the pipeline's task: training leaves out labels that do not.
+    return value
 
 
 def _count(text: str) -> int:

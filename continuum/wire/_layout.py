@@ -96,15 +96,24 @@ I32_MIN, I32_MAX = -(2**31), 2**31 - 1
 I16_MIN, I16_MAX = -(2**15), 2**15 - 1
 
 
-def frame(kind: int, body: bytes) -> bytes:
-    """Return ``body`` behind a frame header of ``kind``, its CRC32 over both."""
-    prefix = HEADER.pack(MAGIC, FORMAT_VERSION, kind, 0, len(body), 0)[:CRC_OFFSET]
+#: Frame flag of a feedback batch: its labels are f64 values (a regression's), not i32.
+FEEDBACK_FLOAT_LABELS: Final = 0x01
+#: Where the flags byte sits in the frame header (after magic, version and kind).
+FLAGS_OFFSET: Final = 6
+
+
+def frame(kind: int, body: bytes, flags: int = 0) -> bytes:
+    """Return ``body`` behind a frame header of ``kind`` and ``flags``, its CRC32 over both."""
+    prefix = HEADER.pack(MAGIC, FORMAT_VERSION, kind, flags, len(body), 0)[:CRC_OFFSET]
     crc = zlib.crc32(body, zlib.crc32(prefix))
     return b"".join((prefix, U32.pack(crc), body))
 
 
-def open_frame(payload: bytes, kind: int) -> int:
-    """Check the frame header and CRC of ``payload``; return the offset of its body."""
+def open_frame(payload: bytes, kind: int, allowed_flags: int = 0) -> int:
+    """Check the frame header and CRC of ``payload``; return the offset of its body.
+
+    A flag bit outside ``allowed_flags`` (what the kind defines) is rejected.
+    """
     size = len(payload)
     if size > MAX_PAYLOAD_BYTES:
         raise ProtocolError(
@@ -133,8 +142,10 @@ def open_frame(payload: bytes, kind: int) -> int:
             f"{KIND_NAMES.get(got_kind, 'an unknown kind')} (kind {got_kind})",
             reason="bad_kind",
         )
-    if flags:
-        raise ProtocolError(f"unknown frame flag bits {flags:#04x}", reason="bad_flags")
+    if flags & ~allowed_flags:
+        raise ProtocolError(
+            f"unknown frame flag bits {flags & ~allowed_flags:#04x}", reason="bad_flags"
+        )
     declared = HEADER.size + body_len
     if declared > MAX_PAYLOAD_BYTES:
         raise ProtocolError(

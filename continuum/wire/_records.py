@@ -183,11 +183,14 @@ class SampleColumns:
 
 @dataclass(frozen=True, slots=True)
 class FeedbackBatch:
-    """Delayed ground-truth labels of earlier samples of one node: ``(seq, label)`` pairs."""
+    """Delayed ground-truth labels of earlier samples of one node: ``(seq, label)`` pairs.
+
+    A label is a class (int) or, for a regression, a value (float).
+    """
 
     pipeline: str
     node: str
-    items: tuple[tuple[int, int], ...]
+    items: tuple[tuple[int, int | float], ...]
 
 
 def le_bytes(tensor: npt.NDArray[Any]) -> bytes:

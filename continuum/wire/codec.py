@@ -9,7 +9,8 @@ Frame header (15 bytes)::
     magic      4s   b"CTMW"
     version    u8   FORMAT_VERSION
     kind       u8   1 = sample batch, 2 = feedback batch
-    flags      u8   0 (no flags are defined in version 1; any set bit is rejected)
+    flags      u8   feedback batch: bit 0 = labels are f64 values; any other set bit (and
+                    any bit of a sample batch) is rejected
     body_len   u32  bytes after the header
     crc32      u32  zlib.crc32 over the 11 header bytes before it, then the body
 
@@ -39,7 +40,9 @@ Sample batch body::
           type   u8   0 = UTF-8 text, 1 = bytes
           length u32  then that many value bytes (at most MAX_FIELD_BYTES)
 
-Feedback batch body: pipeline, node, count u32, then per item seq u64 and label i32.
+Feedback batch body: pipeline, node, count u32, then per item seq u64 and label i32 (f64,
+finite, when the frame's flag bit 0 is set: a regression's values; an encoder sets it only
+for a batch holding a float label, so classes still travel as before).
 
 Decoding rejects anything it cannot prove well formed with a ``ProtocolError`` whose
 ``reason`` is one of ``REASONS``, so ingest can count rejects by reason.  Decoded tensors are
@@ -77,6 +80,8 @@ from continuum.wire._layout import (
     DIMS,
     DTYPE_BY_CODE,
     DTYPE_CODES,
+    FEEDBACK_FLOAT_LABELS,
+    FLAGS_OFFSET,
     FORMAT_VERSION,
     HEADER,
     I16_MAX,
@@ -152,6 +157,7 @@ __all__ = [
 ]
 
 _FEEDBACK_ITEM: Final = struct.Struct("<Qi")
+_FEEDBACK_FLOAT_ITEM: Final = struct.Struct("<Qd")
 
 
 def encode_samples(batch: SampleBatch) -> bytes:
@@ -446,14 +452,22 @@ def encode_feedback(batch: FeedbackBatch) -> bytes:
         pack_name(batch.node, "node"),
         U32.pack(len(batch.items)),
     ]
+    floats = any(isinstance(label, float) for _, label in batch.items)
+    item = _FEEDBACK_FLOAT_ITEM if floats else _FEEDBACK_ITEM
     for index, (seq, label) in enumerate(batch.items):
+        if floats and not (isinstance(label, int | float) and math.isfinite(label)):
+            raise ProtocolError(
+                f"feedback item {index}: label {label!r} is not a finite number",
+                reason="bad_value",
+            )
         try:
-            parts.append(_FEEDBACK_ITEM.pack(seq, label))
+            parts.append(item.pack(seq, label))
         except struct.error as exc:
             check_int(seq, 0, U64_MAX, f"feedback item {index}: seq")
-            check_int(label, I32_MIN, I32_MAX, f"feedback item {index}: label")
+            if isinstance(label, int):
+                check_int(label, I32_MIN, I32_MAX, f"feedback item {index}: label")
             raise ProtocolError(f"feedback item {index}: {exc}", reason="bad_value") from exc
-    return frame(KIND_FEEDBACK, b"".join(parts))
+    return frame(KIND_FEEDBACK, b"".join(parts), FEEDBACK_FLOAT_LABELS if floats else 0)
 
 
 def decode_feedback(payload: bytes) -> FeedbackBatch:
@@ -463,7 +477,8 @@ def decode_feedback(payload: bytes) -> FeedbackBatch:
         ProtocolError: the payload is not a well-formed feedback batch; ``reason`` says why.
     """
     payload = as_bytes(payload)
-    offset = open_frame(payload, KIND_FEEDBACK)
+    offset = open_frame(payload, KIND_FEEDBACK, allowed_flags=FEEDBACK_FLOAT_LABELS)
+    item = _FEEDBACK_FLOAT_ITEM if payload[FLAGS_OFFSET] & FEEDBACK_FLOAT_LABELS else _FEEDBACK_ITEM
     try:
         pipeline, offset = unpack_name(payload, offset, "pipeline")
         node, offset = unpack_name(payload, offset, "node")
@@ -474,15 +489,22 @@ def decode_feedback(payload: bytes) -> FeedbackBatch:
         ) from exc
     offset += 4
     check_count(count, "feedback items")
-    end = offset + count * _FEEDBACK_ITEM.size
+    end = offset + count * item.size
     if end > len(payload):
         raise ProtocolError(
             f"feedback batch declares {count} items but holds only "
-            f"{(len(payload) - offset) // _FEEDBACK_ITEM.size}",
+            f"{(len(payload) - offset) // item.size}",
             reason="truncated",
         )
     check_consumed(end, len(payload))
-    items = tuple(_FEEDBACK_ITEM.iter_unpack(memoryview(payload)[offset:end]))
+    items = tuple(item.iter_unpack(memoryview(payload)[offset:end]))
+    if item is _FEEDBACK_FLOAT_ITEM:
+        bad = next((i for i, (_, label) in enumerate(items) if not math.isfinite(label)), None)
+        if bad is not None:
+            raise ProtocolError(
+                f"feedback item {bad}: label {items[bad][1]!r} is not a finite number",
+                reason="bad_value",
+            )
     return FeedbackBatch(pipeline, node, items)
 
 

@@ -44,7 +44,16 @@ class FeedbackQueue(OutboxCore):
                         self._db.executemany(
                             "INSERT INTO feedback (pipeline, seq, label, due_at, enqueued_at) "
                             "VALUES (?,?,?,?,?)",
-                            [(pipeline, e.seq, int(e.label), float(e.due_at), now) for e in kept],
+                            [
+                                (
+                                    pipeline,
+                                    e.seq,
+                                    e.label if isinstance(e.label, float) else int(e.label),
+                                    float(e.due_at),
+                                    now,
+                                )
+                                for e in kept
+                            ],
                         )
                     parts.count(pipeline, len(kept) * FEEDBACK_SIZE)
         for pipeline, count in refused.items():
@@ -141,3 +150,8 @@ class FeedbackQueue(OutboxCore):
         """End the lease of feedback items that were not acknowledged."""
         with self._lock:
             self._leased_feedback.difference_update(ids)
+
+
+def _stored(label: int | float) -> int | float:
+    """A label as the outbox keeps it: a class as an int, a regression's value as a float."""
+    return label if isinstance(label, float) else int(label)

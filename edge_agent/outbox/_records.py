@@ -50,11 +50,14 @@ class SampleEntry:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FeedbackEntry:
-    """A delayed label for uplinked sample ``seq``, to send once ``due_at`` (Unix s) passed."""
+    """A delayed label for uplinked sample ``seq``, to send once ``due_at`` (Unix s) passed.
+
+    A class (int) or a regression's value (float).
+    """
 
     pipeline: str
     seq: int
-    label: int
+    label: int | float
     due_at: float
 
 
@@ -92,7 +95,7 @@ class PendingFeedback:
 
     pipeline: str
     ids: tuple[int, ...]
-    items: tuple[tuple[int, int], ...]
+    items: tuple[tuple[int, int | float], ...]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

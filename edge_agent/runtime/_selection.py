@@ -242,8 +242,10 @@ class Selection(TelemetryWindows):
                         )
                     over_budget += 1
                     continue
+            # A class label known at capture rides in the record; a regression's value, which
+            # the record's integer label field cannot hold, follows as feedback (``_queue``).
             immediate = (
-                frame.label is not None and frame.label_delay_s <= 0 and self._integer_labels()
+                frame.label is not None and frame.label_delay_s <= 0 and self._task.integer_labels
             )
             entries.append(
                 SampleEntry(
@@ -271,36 +273,23 @@ class Selection(TelemetryWindows):
         """Put ``entries`` into the outbox, then the delayed labels of those it kept."""
         result = self._outbox.append_samples(entries)
         stored = set(result.kept)
+        integer = self._task.integer_labels
         feedback = [
             FeedbackEntry(
                 pipeline=self.name,
                 seq=seqs[i],
-                label=int(kept[i][0].label),
-                due_at=kept[i][0].captured_at_ns / 1e9 + kept[i][0].label_delay_s,
+                label=int(label) if integer else float(label),
+                due_at=frame.captured_at_ns / 1e9 + max(0.0, frame.label_delay_s),
             )
             for i in selected
             if seqs[i] in stored
-            and kept[i][0].label is not None
-            and kept[i][0].label_delay_s > 0
-            and self._integer_labels()
+            and (label := (frame := kept[i][0]).label) is not None
+            and (frame.label_delay_s > 0 or not integer)
         ]
         self._outbox.append_feedback(feedback)
         if result.appended or feedback:
             self._on_enqueued()
         return result
-
-    def _integer_labels(self) -> bool:
-        """Whether labels travel up the link: the wire carries integer labels (classes,
-        0/1); a regression's values are counted at the edge (MAE, RMSE in telemetry) and
-        not uplinked, said once in the log."""
-        if self._task.integer_labels:
-            return True
-        self._warn_once(
-            "regression_labels",
-            "regression labels are counted in telemetry but not uplinked: the wire's label "
-            "field holds integers",
-        )
-        return False
 
     def _count(
         self,

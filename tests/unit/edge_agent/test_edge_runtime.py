@@ -588,21 +588,26 @@ class TestTasks:
         (window,) = h.telemetry
         assert window.mean_confidence is None  # an anomaly score is no confidence
 
-    def test_a_regression_task_sums_its_errors_for_mae_and_rmse(
+    def test_a_regression_task_sums_its_errors_and_sends_its_values_as_feedback(
         self, tmp_path: Path, harness_factory
     ) -> None:  # type: ignore[no-untyped-def]
         spec = _task_spec(task.regression(), select.random(1.0))
-        # Value = 10 * mean: 2.0 and 8.0; labels 3 and 8 -> errors 1 and 0.
-        source = PatternSource([0.2, 0.8], 10, labels=[3, 8])
+        # Value = 10 * mean: 2.0 and 8.0; labels 2.5 and 8 -> errors 0.5 and 0.
+        source = PatternSource([0.2, 0.8], 10, labels=[2.5, 8.0])
         h = harness_factory(spec, source)
         h.run(_scorer(tmp_path, gain=10.0))
         (window,) = h.telemetry
         assert window.labelled == 10
-        assert window.abs_error_sum == pytest.approx(5.0, abs=1e-4)
-        assert window.squared_error_sum == pytest.approx(5.0, abs=1e-4)
+        assert window.abs_error_sum == pytest.approx(2.5, abs=1e-4)
+        assert window.squared_error_sum == pytest.approx(1.25, abs=1e-4)
         records = h.samples()
         assert {round(r.confidence, 3) for r in records} == {2.0, 8.0}
-        assert all(r.label is None for r in records)  # values are not uplinked as labels
+        # The values follow as feedback (the record's label field holds integers).
+        assert all(r.label is None for r in records)
+        pending = h.outbox.next_feedback(100)
+        assert pending is not None
+        by_seq = dict(pending.items)
+        assert sorted({by_seq[r.seq] for r in records}) == [2.5, 8.0]
 
     def test_mistakes_are_selected_when_their_labels_arrive(
         self, tmp_path: Path, harness_factory
