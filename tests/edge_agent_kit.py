@@ -471,11 +471,14 @@ class AgentRig:
         *,
         favour: int = 0,
         signer: bytes | None = None,
+        artifact: Path | None = None,
         **damage: Any,
     ) -> DesiredModel:
         """Publish a model signed by the tenant (or ``signer``) and make it the node's
-        desired state; ``damage`` goes to ``CloudStandIn.publish_artifact``."""
-        artifact = build_model(self.folder / f"{version}.onnx", favour=favour)
+        desired state: ``artifact``, or a classifier favouring class ``favour``; ``damage``
+        goes to ``CloudStandIn.publish_artifact``."""
+        if artifact is None:
+            artifact = build_model(self.folder / f"{version}.onnx", favour=favour)
         want = desired_for(artifact, signer or self.private, model="inspector", version=version)
         cloud = self.cloud or CloudStandIn(self.host, self.port, self.tenant)
         try:
