@@ -104,6 +104,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="how long to wait for the Ray nodes, queueing included (default 600)",
     )
     up.add_argument("--script", type=Path, default=None, help="the sbatch script to submit")
+    up.add_argument(
+        "--ray-cli",
+        default=None,
+        metavar="PATH",
+        help="the ray executable as the compute nodes see it (default: this environment's, "
+        "which must then be on a filesystem they share)",
+    )
     _add_state_dir(up)
     add_json(up)
     up.set_defaults(run=run_up)
@@ -252,7 +259,8 @@ def run_up(args: argparse.Namespace) -> int:
     command += [f"--output={state}/ray-%j.out"]
     command += [f"--partition={args.partition}"] if args.partition else []
     command += [f"--account={args.account}"] if args.account else []
-    command += [*args.sbatch_arg, str(script), "--state-dir", str(state), "--ray", find_ray_cli()]
+    ray_cli = args.ray_cli or find_ray_cli()
+    command += [*args.sbatch_arg, str(script), "--state-dir", str(state), "--ray", ray_cli]
     command += ["--site", labels[SITE], "--country", labels[COUNTRY]]
     command += ["--jurisdiction", labels[JURISDICTION]]
     command += ["--accelerator", labels[ACCELERATOR]] if ACCELERATOR in labels else []

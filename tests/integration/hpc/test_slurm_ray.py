@@ -280,6 +280,16 @@ class TestSlurmRefusals:
         assert f"Slurm job {job_id} ended" in err and "before its Ray nodes ran" in err
         assert "no ray here" in err
 
+    def test_a_ray_cli_the_nodes_lack_stops_the_allocation_with_the_fix(
+        self, slurm_env: SlurmCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        argv = [*_UP, "--state-dir", str(tmp_path), "--ray-cli", str(tmp_path / "no-ray")]
+        status, out, err = _run(capsys, *argv)
+        assert status == EXIT_FAILED
+        assert f"Slurm job {out.splitlines()[0]} ended" in err
+        assert f"no ray executable at '{tmp_path / 'no-ray'}'" in err
+        assert "--ray-cli PATH" in err
+
     def test_a_node_without_the_interface_named_stops_the_allocation_with_the_reason(
         self, slurm_env: SlurmCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
