@@ -53,17 +53,24 @@ def _up(capsys: pytest.CaptureFixture[str], state_dir: Path, *extra: str) -> str
     return out.splitlines()[0]
 
 
-def _ray_processes(job_id: str) -> list[str]:
-    """Return the command lines of processes running in the allocation's Ray temp dirs."""
-    marker = f"/tmp/ctm-hpc-{job_id}-"
+def _temp_dirs(state_dir: Path, job_id: str) -> list[str]:
+    """Return the Ray temp dirs of the allocation's running nodes, from their ready files."""
+    ready = (state_dir / f"ray-{job_id}").glob("*.ready")
+    lines = [line for path in ready for line in path.read_text().splitlines()]
+    return [line.removeprefix("temp_dir=") for line in lines if line.startswith("temp_dir=")]
+
+
+def _processes_in(temp_dirs: list[str]) -> list[str]:
+    """Return the command lines of processes that run in any of these Ray temp dirs."""
+    assert temp_dirs, "no Ray temp dir to look for"
     found = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
+        if entry.name.isdigit() and entry.name != str(os.getpid()):
             try:
                 cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:  # it ended meanwhile
                 continue
-            if marker in cmdline:
+            if any(f"{temp}/" in cmdline or f"={temp} " in cmdline for temp in temp_dirs):
                 found.append(cmdline)
     return found
 
@@ -156,19 +163,20 @@ class TestTwoNodesThenDown:
         nodes = _probe(info)["nodes"]
         assert sorted(n["name"] for n in nodes) == [f"slurm-{job_id}-{n}" for n in slurm_env.nodes]
         assert all(n["alive"] and n["labels"][SLURM_JOB_LABEL] == job_id for n in nodes)
-        assert _ray_processes(job_id), "the allocation runs no Ray process to stop"
+        temp_dirs = _temp_dirs(tmp_path, job_id)
+        assert len(temp_dirs) == 2
+        assert _processes_in(temp_dirs), "the allocation runs no Ray process to stop"
 
         status, out, err = _run(capsys, "hpc", "down", job_id, "--state-dir", str(tmp_path))
 
         assert status == EXIT_OK, err
         assert "its Ray nodes stopped" in out
         assert job_id not in slurm_env.run("squeue", "--noheader", "-o%i").split()
-        assert _ray_processes(job_id) == []
+        assert _processes_in(temp_dirs) == []
         assert not port_accepts(host, int(port))
         assert not (tmp_path / f"ray-{job_id}.json").exists()
         assert not (tmp_path / f"ray-{job_id}.token").exists()
-        assert not Path(f"/tmp/ctm-hpc-{job_id}-0").exists()
-        assert not Path(f"/tmp/ctm-hpc-{job_id}-1").exists()
+        assert not any(Path(temp).exists() for temp in temp_dirs)
 
 
 class TestDownRefuses:
@@ -294,12 +302,13 @@ class TestSlurmRefusals:
         self, slurm_env: SlurmCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         argv = [*_UP, "--state-dir", str(tmp_path), "--interface", "nosuch0"]
+        temp_dirs_before = set(Path("/tmp").glob("ctm-hpc-*"))
         status, out, err = _run(capsys, *argv)
         assert status == EXIT_FAILED
         job_id = out.splitlines()[0]
         assert f"Slurm job {job_id} ended" in err
         assert "has no IPv4 address on interface 'nosuch0'" in err
-        assert not Path(f"/tmp/ctm-hpc-{job_id}-0").exists()
+        assert set(Path("/tmp").glob("ctm-hpc-*")) <= temp_dirs_before
 
 
 class TestJoinLayout:
@@ -316,6 +325,7 @@ class TestJoinLayout:
         for name, value in ray_cluster.client_env.items():
             monkeypatch.setenv(name, value)
         job_id = _up(capsys, tmp_path, "--join", ray_cluster.address)
+        temp_dirs = _temp_dirs(tmp_path, job_id)
         try:
             mine = _alive_nodes_of(job_id)
             assert len(mine) == 1
@@ -336,7 +346,7 @@ class TestJoinLayout:
         while _alive_nodes_of(job_id) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert _alive_nodes_of(job_id) == []
-        assert _ray_processes(job_id) == []
+        assert _processes_in(temp_dirs) == []
         assert list(tmp_path.glob(f"ray-{job_id}*.json")) == []
 
 
