@@ -50,7 +50,7 @@ def test_regression_values_reach_the_label_store_as_values(
     try:
         agent.start()
         rig.roll_out(artifact=build_score_model(tmp_path / "v1.onnx", gain=10.0))
-        wait_for(lambda: len(labels.labels(TENANT, PIPELINE)) == 40, timeout_s=30.0)
+        wait_for(lambda: len(labels.labels(TENANT, PIPELINE)) == 40, timeout_s=90.0)
         values = {label.label for label in labels.labels(TENANT, PIPELINE).values()}
         assert values == {2.5, 8.25}
         assert int(service.stats()["stored"]) == 40
