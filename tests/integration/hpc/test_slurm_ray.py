@@ -179,6 +179,32 @@ class TestTwoNodesThenDown:
         assert not any(Path(temp).exists() for temp in temp_dirs)
 
 
+class TestTimeLimit:
+    @pytest.mark.slow
+    @pytest.mark.timeout(240)
+    def test_the_end_of_the_time_limit_stops_every_ray_process_and_cleans_up(
+        self, slurm_env: SlurmCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        argv = [*_UP, "--state-dir", str(tmp_path), "--time", "00:01:00"]
+        status, out, err = _run(capsys, *argv)
+        assert status == EXIT_OK, err
+        job_id = out.splitlines()[0]
+        temp_dirs = _temp_dirs(tmp_path, job_id)
+        assert _processes_in(temp_dirs)
+        deadline = time.monotonic() + 180  # slurmctld checks time limits every 30 s or so
+        while job_id in _jobs(slurm_env) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert job_id not in _jobs(slurm_env)
+        assert "DUE TO TIME LIMIT" in (tmp_path / f"ray-{job_id}.out").read_text()
+        assert _processes_in(temp_dirs) == []
+        assert not any(Path(temp).exists() for temp in temp_dirs)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [f"ray-{job_id}", f"ray-{job_id}.out"]
+
+
+def _jobs(slurm: SlurmCluster) -> list[str]:
+    return slurm.run("squeue", "--noheader", "-o%i").split()
+
+
 class TestDownRefuses:
     def test_a_job_that_is_not_an_allocation_of_ours(
         self, slurm_env: SlurmCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
