@@ -23,8 +23,11 @@ TENANT, PIPELINE, NODE = "acme", "rul", "press-7"
 
 
 def test_regression_values_reach_the_label_store_as_values(
-    tmp_path: Path, mqtt_broker: EmbeddedBroker
+    tmp_path: Path, private_mqtt_broker: EmbeddedBroker
 ) -> None:
+    # A broker of its own: an ingest session other tests left on the shared broker would
+    # take its share of the group's messages.
+    mqtt_broker = private_mqtt_broker
     rig = AgentRig(
         tmp_path,
         host=mqtt_broker.host,
