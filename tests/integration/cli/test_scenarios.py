@@ -9,11 +9,13 @@ FPR, F1 at the calibrated threshold), a rollout followed, and the report carries
 metric on the reserved split before, right after and after the drift.  At this size the
 demo's default targets are not asserted (the drift detectors need longer histories).
 
-The fraud gate's verdict is not asserted either: it demands no loss of recall at 1 % FPR on
-a reference holdout of 53 frauds (``min_gain=0.0``), and a fine-tune on a minute of uplinks
-has lost 3 of them in one run and passed in others.  So for fraud every retrain must have
-been gated on the metric and every registered one canaried; for maintenance a retrain must
-have been registered and canaried.
+The gate's verdict is not asserted either: it demands no loss on the metric
+(``min_gain=0.0``), and on a minute of uplinks a fine-tune may come too early or see too
+little: the fraud one has lost 3 of the reference's 53 frauds in one run and passed in
+others; the maintenance one, triggered before the drift had reached its samples, lost F1
+in a suite run on a loaded machine and passed in others.  So every retrain must have been
+gated on the task metric, every registered one canaried, and every agent must have served
+the rolled-out first model.
 """
 
 from __future__ import annotations
@@ -97,10 +99,6 @@ class TestScenarioLoop:
             if training["outcome"] != "registered":
                 assert training["outcome"].startswith("rejected by the gate"), training
                 assert metric in training["outcome"]
-        if report["scenario"] == "maintenance":
-            assert any(t["outcome"] == "registered" for t in judged), [
-                (t["reason"], t["outcome"]) for t in judged
-            ]
 
     def test_every_registered_retrain_was_canaried(self, scenario_report: dict[str, Any]) -> None:
         report = scenario_report
@@ -109,10 +107,8 @@ class TestScenarioLoop:
         for version in retrained:
             if report["versions"][version]["status"] != "registered":
                 assert any(h.startswith(f"canary {version} ") for h in history), history
-        if report["scenario"] == "maintenance":
-            assert retrained and any(h.startswith("canary ") for h in history), history
-            served = {p["model_version"] for a in report["agents"].values() for p in a["live"]}
-            assert len(served) >= 2, served
+        for node, agent in report["agents"].items():
+            assert {p["model_version"] for p in agent["live"]}, node  # it served a rollout
 
     def test_the_report_carries_the_task_metric_on_the_reserved_split(
         self, scenario_report: dict[str, Any]
