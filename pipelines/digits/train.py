@@ -20,13 +20,11 @@ from numpy.typing import NDArray
 from torch import nn
 
 from continuum.errors import ConfigError
+from pipelines._checkpoints import load_state, positive_option, save_checkpoint
 from pipelines.digits.augment import augment_batch, check_augment
 from pipelines.digits.data import IMAGE_SHAPE, load_splits
 from pipelines.digits.faults import DEFAULT_AUGMENT
 from pipelines.digits.model import DigitsCNN, export_onnx
-
-PT_NAME = "model.pt"
-ONNX_NAME = "model.onnx"
 
 
 @dataclass(frozen=True)
@@ -146,16 +144,7 @@ def accuracy(model: nn.Module, x: NDArray[np.float32], y: NDArray[np.int64]) -> 
 
 def save(model: nn.Module, directory: Path) -> tuple[Path, Path]:
     """Write ``model.pt`` (state dict) and ``model.onnx`` into ``directory``; return both paths."""
-    directory.mkdir(parents=True, exist_ok=True)
-    pt_path = directory / PT_NAME
-    torch.save(model.state_dict(), pt_path)
-    return pt_path, export_onnx(model, directory / ONNX_NAME)
-
-
-def load_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a state dict written by ``save``."""
-    state: dict[str, torch.Tensor] = torch.load(Path(path), map_location="cpu", weights_only=True)
-    return state
+    return save_checkpoint(model, directory, export_onnx)
 
 
 def rows_to_arrays(
@@ -172,18 +161,6 @@ def rows_to_arrays(
         else np.zeros((0, *IMAGE_SHAPE), dtype=np.float32)
     )
     return x, np.asarray(labels, dtype=np.int64).reshape(-1)
-
-
-def _positive(config: Mapping[str, Any], key: str, kind: type[int] | type[float]) -> Any:
-    """Return ``config[key]`` as ``kind`` if set (None or absent: None); refuse a bad value."""
-    value = config.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ConfigError(f"trainer config {key}: expected a number > 0 or null, got {value!r}")
-    if kind is int and value != int(value):
-        raise ConfigError(f"trainer config {key}: expected a whole number, got {value!r}")
-    return kind(value)
 
 
 #: Every key the loop's config may hold: what ``run_training`` sets for each run, and the
@@ -214,7 +191,7 @@ def recipe_for(config: Mapping[str, Any]) -> Recipe:
     recipe = FINE_TUNE if config.get("base_model") else SCRATCH
     changes: dict[str, Any] = {}
     for key, kind in (("epochs", int), ("oversample", int), ("lr", float)):
-        value = _positive(config, key, kind)
+        value = positive_option(config, key, kind)
         if value is not None:
             changes[key] = value
     augment = config.get("augment")

@@ -39,12 +39,11 @@ from torch import nn
 
 from continuum import metrics
 from continuum.errors import ConfigError, InputMismatchError
+from pipelines._checkpoints import load_state, positive_option, save_checkpoint
 from pipelines.fraud.data import load_splits
 from pipelines.fraud.features import N_FEATURES, SHAPE
 from pipelines.fraud.model import FraudMLP, export_onnx
 
-PT_NAME = "model.pt"
-ONNX_NAME = "model.onnx"
 WEIGHTINGS = ("sqrt", "balanced", "none")
 
 
@@ -212,16 +211,7 @@ def scores(model: FraudMLP, x: NDArray[np.float32], y: NDArray[np.int64]) -> dic
 
 def save(model: FraudMLP, directory: Path) -> tuple[Path, Path]:
     """Write ``model.pt`` (state dict) and ``model.onnx`` into ``directory``; return both paths."""
-    directory.mkdir(parents=True, exist_ok=True)
-    pt_path = directory / PT_NAME
-    torch.save(model.state_dict(), pt_path)
-    return pt_path, export_onnx(model, directory / ONNX_NAME)
-
-
-def load_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a state dict written by ``save``."""
-    state: dict[str, torch.Tensor] = torch.load(Path(path), map_location="cpu", weights_only=True)
-    return state
+    return save_checkpoint(model, directory, export_onnx)
 
 
 def rows_to_arrays(
@@ -255,18 +245,6 @@ CONFIG_KEYS = frozenset(
 )
 
 
-def _positive(config: Mapping[str, Any], key: str, kind: type[int] | type[float]) -> Any:
-    """Return ``config[key]`` as ``kind`` if set (None or absent: None); refuse a bad value."""
-    value = config.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ConfigError(f"trainer config {key}: expected a number > 0 or null, got {value!r}")
-    if kind is int and value != int(value):
-        raise ConfigError(f"trainer config {key}: expected a whole number, got {value!r}")
-    return kind(value)
-
-
 def recipe_for(config: Mapping[str, Any]) -> Recipe:
     """Return the recipe a Ray Train config asks for: FINE_TUNE with a ``base_model``, else SCRATCH.
 
@@ -286,7 +264,7 @@ def recipe_for(config: Mapping[str, Any]) -> Recipe:
     recipe = FINE_TUNE if config.get("base_model") else SCRATCH
     changes: dict[str, Any] = {}
     for key, kind in (("epochs", int), ("oversample", int), ("lr", float), ("target_fpr", float)):
-        value = _positive(config, key, kind)
+        value = positive_option(config, key, kind)
         if value is not None:
             changes[key] = value
     weighting = config.get("weighting")

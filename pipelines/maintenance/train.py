@@ -27,11 +27,9 @@ import torch
 from numpy.typing import NDArray
 
 from continuum.errors import ConfigError
+from pipelines._checkpoints import load_state, save_checkpoint
 from pipelines.maintenance.data import INPUT_SHAPE, load_splits
 from pipelines.maintenance.model import SpectralAutoencoder, export_onnx
-
-PT_NAME = "model.pt"
-ONNX_NAME = "model.onnx"
 
 
 @dataclass(frozen=True)
@@ -164,17 +162,8 @@ def precision_recall(
 
 
 def save(model: SpectralAutoencoder, directory: Path) -> tuple[Path, Path]:
-    """Write ``model.pt`` (state dict) and ``model.onnx`` into ``directory``; return both."""
-    directory.mkdir(parents=True, exist_ok=True)
-    pt_path = directory / PT_NAME
-    torch.save(model.state_dict(), pt_path)
-    return pt_path, export_onnx(model, directory / ONNX_NAME)
-
-
-def load_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a state dict written by ``save``."""
-    state: dict[str, torch.Tensor] = torch.load(Path(path), map_location="cpu", weights_only=True)
-    return state
+    """Write ``model.pt`` (state dict) and ``model.onnx`` into ``directory``; return both paths."""
+    return save_checkpoint(model, directory, export_onnx)
 
 
 def rows_to_arrays(
