@@ -1,21 +1,37 @@
 """What every example trainer shares: its checkpoint (a state dict and the ONNX model the edge
-runs, side by side) and the checks of a positive numeric option in its Ray Train config."""
+runs, side by side), the ONNX export itself, the dataset rows turned back into arrays, and the
+check of a positive numeric option in its Ray Train config."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch import nn
 
 from continuum.errors import ConfigError
 
-__all__ = ["ONNX_NAME", "PT_NAME", "load_state", "positive_option", "save_checkpoint"]
+__all__ = [
+    "ONNX_NAME",
+    "OPSET",
+    "PT_NAME",
+    "export_graph",
+    "load_state",
+    "positive_option",
+    "rows_of",
+    "save_checkpoint",
+    "stacked",
+]
 
 PT_NAME = "model.pt"
 ONNX_NAME = "model.onnx"
+#: The ONNX opset every example model is exported with.
+OPSET = 17
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -47,3 +63,50 @@ def positive_option(config: Mapping[str, Any], key: str, kind: type[int] | type[
     if kind is int and value != int(value):
         raise ConfigError(f"trainer config {key}: expected a whole number, got {value!r}")
     return kind(value)
+
+
+def export_graph(
+    wrapped: nn.Module, example: torch.Tensor, path: Path, *, input_name: str, output_name: str
+) -> Path:
+    """Write ``wrapped`` (the model with its output head: softmax, sigmoid, calibration) as
+    one ONNX file at ``path``, the batch axis dynamic; return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        # The TorchScript exporter (dynamo=False: the dynamo one needs onnxscript, DESIGN §10)
+        # announces its own deprecation; the export itself is exact for these models.
+        warnings.filterwarnings(
+            "ignore", message=r"You are using the legacy TorchScript", category=DeprecationWarning
+        )
+        warnings.filterwarnings(
+            "ignore", message=r"The feature will be removed", category=DeprecationWarning
+        )
+        with torch.no_grad():
+            torch.onnx.export(
+                wrapped.eval(),
+                (example,),
+                str(path),
+                input_names=[input_name],
+                output_names=[output_name],
+                dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+                opset_version=OPSET,
+                dynamo=False,
+                external_data=False,
+            )
+    return path
+
+
+def rows_of(tensors: Sequence[Any] | NDArray[Any]) -> list[NDArray[Any]]:
+    """Return a Ray Dataset's ``tensor`` column (flat float32 lists, or raw float32 bytes per
+    row, as ``run_training`` writes it) as one array per row."""
+    return [
+        np.frombuffer(t, dtype=np.float32) if isinstance(t, bytes | bytearray) else np.asarray(t)
+        for t in tensors
+    ]
+
+
+def stacked(rows: Sequence[NDArray[Any]], shape: tuple[int, ...]) -> NDArray[np.float32]:
+    """Return ``rows`` as one float32 array of samples shaped ``shape`` (none: an empty one)."""
+    if not rows:
+        return np.zeros((0, *shape), dtype=np.float32)
+    return np.stack(rows).astype(np.float32).reshape(-1, *shape)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from pipelines._checkpoints import export_graph
+
 INPUT_NAME = "input"
 OUTPUT_NAME = "probs"
-OPSET = 17
 
 
 class DigitsCNN(nn.Module):
@@ -55,29 +55,7 @@ def export_onnx(model: nn.Module, path: Path) -> Path:
 
     The batch axis is dynamic; the output is softmax probabilities (N, 10).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    wrapped = _WithSoftmax(model).eval()
     example = torch.zeros(1, 1, 8, 8, dtype=torch.float32)
-    with warnings.catch_warnings():
-        # The TorchScript exporter (dynamo=False: the dynamo one needs onnxscript, DESIGN §10)
-        # announces its own deprecation; the export itself is exact for this model.
-        warnings.filterwarnings(
-            "ignore", message=r"You are using the legacy TorchScript", category=DeprecationWarning
-        )
-        warnings.filterwarnings(
-            "ignore", message=r"The feature will be removed", category=DeprecationWarning
-        )
-        with torch.no_grad():
-            torch.onnx.export(
-                wrapped,
-                (example,),
-                str(path),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                opset_version=OPSET,
-                dynamo=False,
-                external_data=False,
-            )
-    return path
+    return export_graph(
+        _WithSoftmax(model), example, path, input_name=INPUT_NAME, output_name=OUTPUT_NAME
+    )

@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from continuum.errors import ConfigError
-from pipelines._checkpoints import load_state, positive_option, save_checkpoint
+from pipelines._checkpoints import load_state, positive_option, rows_of, save_checkpoint, stacked
 from pipelines.digits.augment import augment_batch, check_augment
 from pipelines.digits.data import IMAGE_SHAPE, load_splits
 from pipelines.digits.faults import DEFAULT_AUGMENT
@@ -151,16 +151,7 @@ def rows_to_arrays(
     tensors: list[Any] | NDArray[Any], labels: list[Any] | NDArray[Any]
 ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
     """Turn dataset columns (flat float32 lists or raw float32 bytes per row) into arrays."""
-    images = [
-        np.frombuffer(t, dtype=np.float32) if isinstance(t, bytes | bytearray) else np.asarray(t)
-        for t in tensors
-    ]
-    x = (
-        np.stack(images).astype(np.float32).reshape(-1, *IMAGE_SHAPE)
-        if images
-        else np.zeros((0, *IMAGE_SHAPE), dtype=np.float32)
-    )
-    return x, np.asarray(labels, dtype=np.int64).reshape(-1)
+    return stacked(rows_of(tensors), IMAGE_SHAPE), np.asarray(labels, dtype=np.int64).reshape(-1)
 
 
 #: Every key the loop's config may hold: what ``run_training`` sets for each run, and the

@@ -10,17 +10,16 @@ are those of the uncalibrated model.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from pipelines._checkpoints import export_graph
 from pipelines.fraud.features import N_FEATURES
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "score"
-OPSET = 17
 
 
 class FraudMLP(nn.Module):
@@ -65,29 +64,7 @@ def export_onnx(model: FraudMLP, path: Path) -> Path:
 
     The batch axis is dynamic; the output is P(fraud) in [0, 1].
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    wrapped = _WithSigmoid(model).eval()
     example = torch.zeros(1, int(model.mean.shape[0]), dtype=torch.float32)
-    with warnings.catch_warnings():
-        # The TorchScript exporter (dynamo=False: the dynamo one needs onnxscript, DESIGN §10)
-        # announces its own deprecation; the export itself is exact for this model.
-        warnings.filterwarnings(
-            "ignore", message=r"You are using the legacy TorchScript", category=DeprecationWarning
-        )
-        warnings.filterwarnings(
-            "ignore", message=r"The feature will be removed", category=DeprecationWarning
-        )
-        with torch.no_grad():
-            torch.onnx.export(
-                wrapped,
-                (example,),
-                str(path),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                opset_version=OPSET,
-                dynamo=False,
-                external_data=False,
-            )
-    return path
+    return export_graph(
+        _WithSigmoid(model), example, path, input_name=INPUT_NAME, output_name=OUTPUT_NAME
+    )

@@ -39,7 +39,7 @@ from torch import nn
 
 from continuum import metrics
 from continuum.errors import ConfigError, InputMismatchError
-from pipelines._checkpoints import load_state, positive_option, save_checkpoint
+from pipelines._checkpoints import load_state, positive_option, rows_of, save_checkpoint, stacked
 from pipelines.fraud.data import load_splits
 from pipelines.fraud.features import N_FEATURES, SHAPE
 from pipelines.fraud.model import FraudMLP, export_onnx
@@ -218,10 +218,7 @@ def rows_to_arrays(
     tensors: list[Any] | NDArray[Any], labels: list[Any] | NDArray[Any]
 ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
     """Turn dataset columns (flat float32 lists or raw float32 bytes per row) into arrays."""
-    rows = [
-        np.frombuffer(t, dtype=np.float32) if isinstance(t, bytes | bytearray) else np.asarray(t)
-        for t in tensors
-    ]
+    rows = rows_of(tensors)
     for i, row in enumerate(rows):
         if row.size != N_FEATURES:
             raise InputMismatchError(
@@ -229,12 +226,7 @@ def rows_to_arrays(
                 expected=f"{N_FEATURES} float32 values",
                 got=f"{row.size} values",
             )
-    x = (
-        np.stack(rows).astype(np.float32).reshape(-1, N_FEATURES)
-        if rows
-        else np.zeros((0, N_FEATURES), dtype=np.float32)
-    )
-    return x, _checked_labels(np.asarray(labels), "uplinked labels")
+    return stacked(rows, (N_FEATURES,)), _checked_labels(np.asarray(labels), "uplinked labels")
 
 
 #: Every key the loop's config may hold: what ``run_training`` sets for each run, and the

@@ -18,18 +18,17 @@ on held-out normal windows), so score 1.0 is the operating point and the pipelin
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from pipelines._checkpoints import export_graph
 from pipelines.maintenance.bearings import CHANNELS, WINDOW
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "score"
-OPSET = 17
 #: Welch segments: 256 samples (4 Hz bins at 1,024 Hz), hopping by half a segment.
 SEGMENT = 256
 N_BINS = SEGMENT // 2 + 1
@@ -136,29 +135,7 @@ class _Score(nn.Module):
 def export_onnx(model: SpectralAutoencoder, path: Path) -> Path:
     """Write ``model`` as one ONNX file: input ``input`` (N, 3, WINDOW) float32, output
     ``score`` (N, 1) float32 >= 0, where 1.0 is the calibrated threshold.  Batch is dynamic."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    wrapped = _Score(model).eval()
     example = torch.zeros(1, len(CHANNELS), WINDOW, dtype=torch.float32)
-    with warnings.catch_warnings():
-        # The TorchScript exporter (dynamo=False: the dynamo one needs onnxscript, DESIGN §10)
-        # announces its own deprecation; the export itself is exact for this model.
-        warnings.filterwarnings(
-            "ignore", message=r"You are using the legacy TorchScript", category=DeprecationWarning
-        )
-        warnings.filterwarnings(
-            "ignore", message=r"The feature will be removed", category=DeprecationWarning
-        )
-        with torch.no_grad():
-            torch.onnx.export(
-                wrapped,
-                (example,),
-                str(path),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                opset_version=OPSET,
-                dynamo=False,
-                external_data=False,
-            )
-    return path
+    return export_graph(
+        _Score(model), example, path, input_name=INPUT_NAME, output_name=OUTPUT_NAME
+    )

@@ -27,7 +27,7 @@ import torch
 from numpy.typing import NDArray
 
 from continuum.errors import ConfigError
-from pipelines._checkpoints import load_state, save_checkpoint
+from pipelines._checkpoints import load_state, rows_of, save_checkpoint, stacked
 from pipelines.maintenance.data import INPUT_SHAPE, load_splits
 from pipelines.maintenance.model import SpectralAutoencoder, export_onnx
 
@@ -170,16 +170,7 @@ def rows_to_arrays(
     tensors: list[Any] | NDArray[Any], labels: list[Any] | NDArray[Any]
 ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
     """Turn dataset columns (flat float32 lists or raw float32 bytes per row) into arrays."""
-    rows = [
-        np.frombuffer(t, dtype=np.float32) if isinstance(t, bytes | bytearray) else np.asarray(t)
-        for t in tensors
-    ]
-    x = (
-        np.stack(rows).astype(np.float32).reshape(-1, *INPUT_SHAPE)
-        if rows
-        else np.zeros((0, *INPUT_SHAPE), dtype=np.float32)
-    )
-    return x, np.asarray(labels, dtype=np.int64).reshape(-1)
+    return stacked(rows_of(tensors), INPUT_SHAPE), np.asarray(labels, dtype=np.int64).reshape(-1)
 
 
 #: Every key the loop's config may hold: what ``run_training`` sets for each run, and the
