@@ -355,25 +355,31 @@ def node_isolation_probe(
     }
 
 
-def store_evidence(store_root: Path, tenant: str, pipeline: str) -> dict[str, Any]:
-    """Read every Parquet file of ``pipeline`` and look for what must not be there.
+@dataclass(frozen=True)
+class StoreScan:
+    """What one pipeline's Parquet files hold: how many files and rows, which columns, and
+    every value of every text and field column (the tensor and the numbers left out)."""
 
-    The patient id must not be stored at all (dropped on the edge), and every technician
-    value must be a pseudonym (``hmac-sha256:...``). Every text and field column of every
-    row is searched for a raw patient id or technician name (the files are compressed, so
-    searching their bytes would prove nothing).
-    """
-    import re
+    files: int
+    rows: int
+    columns: frozenset[str]
+    values: tuple[tuple[str, str], ...]  # (column, value as text)
 
+    def of(self, column: str) -> list[str]:
+        """The values of ``column``."""
+        return [value for name, value in self.values if name == column]
+
+
+def scan_store(store_root: Path, tenant: str, pipeline: str) -> StoreScan:
+    """Read every Parquet file of ``pipeline`` under ``store_root`` (the files are compressed,
+    so searching their bytes would prove nothing: each value is read)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    raw = re.compile(r"P-\d{8}|tech-\d{2}")
     files = sorted((store_root / f"tenant={tenant}" / f"pipeline={pipeline}").rglob("*.parquet"))
     columns: set[str] = set()
     rows = 0
-    technicians: list[str] = []
-    raw_values: set[str] = set()
+    values: list[tuple[str, str]] = []
     for path in files:
         table = pq.read_table(path)
         columns |= set(table.column_names)
@@ -387,18 +393,33 @@ def store_evidence(store_root: Path, tenant: str, pipeline: str) -> dict[str, An
                 if value is None:
                     continue
                 shown = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-                if name == "field_technician":
-                    technicians.append(shown)
-                raw_values.update(raw.findall(shown))
+                values.append((name, shown))
+    return StoreScan(len(files), rows, frozenset(columns), tuple(values))
+
+
+def store_evidence(store_root: Path, tenant: str, pipeline: str) -> dict[str, Any]:
+    """Read every Parquet file of ``pipeline`` and look for what must not be there.
+
+    The patient id must not be stored at all (dropped on the edge), and every technician
+    value must be a pseudonym (``hmac-sha256:...``). Every text and field column of every
+    row is searched for a raw patient id or technician name (``scan_store``).
+    """
+    import re
+
+    raw = re.compile(r"P-\d{8}|tech-\d{2}")
+    scan = scan_store(store_root, tenant, pipeline)
+    raw_values = {found for _, value in scan.values for found in raw.findall(value)}
+    technicians = scan.of("field_technician")
     hashed = bool(technicians) and all(v.startswith("hmac-sha256:") for v in technicians)
+    columns = scan.columns
     return {
-        "files": len(files),
-        "rows": rows,
+        "files": scan.files,
+        "rows": scan.rows,
         "field_columns": sorted(c for c in columns if c.startswith("field_")),
         "patient_id_column": "field_patient_id" in columns,
         "raw_values_found": sorted(raw_values)[:10],
         "technician_pseudonymised": hashed,
-        "held": rows > 0 and "field_patient_id" not in columns and not raw_values and hashed,
+        "held": scan.rows > 0 and "field_patient_id" not in columns and not raw_values and hashed,
     }
 
 
