@@ -43,6 +43,7 @@ __all__ = [
     "LabelSpec",
     "RetrainSpec",
     "TensorSchema",
+    "TrainingPool",
     "TriggerSpec",
     "UplinkSpec",
     "bounded",
@@ -323,6 +324,9 @@ class TriggerSpec(FrozenSpec):
 
 #: A trainer option's value: plain JSON, so the spec round-trips through YAML and the audit log.
 TrainerOption = str | int | float | bool | list[str | int | float | bool]
+#: Where retraining may run (``RetrainSpec.pool``).
+TrainingPool = Literal["hpc", "cloud", "auto"]
+TRAINING_POOLS: tuple[str, ...] = ("hpc", "cloud", "auto")
 #: Keys of the training loop's config that the controller fills for every run.
 RESERVED_TRAINER_KEYS = frozenset({"base_model", "epochs", "seed", "threads", "shape"})
 
@@ -340,6 +344,17 @@ class RetrainSpec(FrozenSpec):
     options: dict[str, TrainerOption] = Field(
         default_factory=dict,
         description="The trainer's own declared options (e.g. augmentation), passed to its loop.",
+    )
+    pool: TrainingPool | None = Field(
+        default=None,
+        description="Which pool trains: 'hpc' (a Slurm allocation's Ray nodes, tier=hpc), "
+        "'cloud' (tier=cloud), 'auto' (the cloud pool, or an HPC allocation when the cloud "
+        "pool lacks the GPUs asked); null: any node 'where' and the policy allow.",
+    )
+    fallback: bool = Field(
+        default=False,
+        description="With pool 'hpc': train on the cloud pool when no HPC allocation can take "
+        "the run (none up, refused by the policy, too little time left, pre-empted mid-run).",
     )
 
     @field_validator("trainer")
@@ -374,6 +389,35 @@ class RetrainSpec(FrozenSpec):
     @classmethod
     def _check_cpus(cls, value: float) -> float:
         return bounded(value, low=0, low_open=True, high=4096, example="cpus=2")
+
+    @field_validator("pool", mode="before")
+    @classmethod
+    def _check_pool(cls, value: object) -> object:
+        if value is not None and value not in TRAINING_POOLS:
+            raise SpecError(
+                f"unknown pool {value!r}",
+                field="pool",
+                fix=f"use one of {', '.join(TRAINING_POOLS)}, or leave it out for any node",
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _pool_fits(self) -> Self:
+        if self.fallback and self.pool != "hpc":
+            raise SpecError(
+                f"fallback=True needs pool='hpc' (got pool={self.pool!r}): it says where an "
+                "HPC run goes when no allocation can take it",
+                field="fallback",
+                fix="set pool='hpc', or drop fallback ('auto' already picks either pool)",
+            )
+        tier = self.where.root.get(TIER)
+        if self.pool is not None and tier is not None:
+            raise SpecError(
+                f"where names {TIER}: {tier} and pool={self.pool!r} picks the tier too",
+                field="where",
+                fix=f"drop {TIER} from where; the pool sets it",
+            )
+        return self
 
 
 class GateSpec(FrozenSpec):

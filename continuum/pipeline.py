@@ -263,6 +263,8 @@ class Pipeline:
         cpus: float = 1.0,
         where: Mapping[str, str] | LabelSelector | None = None,
         options: Mapping[str, Any] | None = None,
+        pool: str | None = None,
+        fallback: bool = False,
     ) -> None:
         """Declare retraining: the Ray Train loop, when it runs, its resources and placement.
 
@@ -270,6 +272,10 @@ class Pipeline:
         ``"manual"``, or several joined with ``" or "``.  ``where`` defaults to any node.
         ``options`` are the trainer's own declared options (plain JSON values, e.g.
         ``{"augment": ["shift", "noise"]}``), passed to its loop's config on every run.
+        ``pool`` picks the pool: ``"hpc"`` (the Ray nodes of a Slurm allocation, ``continuum
+        hpc up``), ``"cloud"``, or ``"auto"`` (cloud, or HPC when the cloud lacks the GPUs);
+        ``fallback=True`` lets an ``"hpc"`` run go to the cloud pool when no allocation can
+        take it.  The residency policy bounds every pool alike.
         """
         self._once("retrain", self._retrain, "put all triggers in one when=... or ...")
         data = {
@@ -279,6 +285,8 @@ class Pipeline:
             "cpus": cpus,
             "where": {} if where is None else _selector_data(where),
             "options": dict(options or {}),
+            "pool": pool,
+            "fallback": fallback,
         }
         self._retrain = validate(RetrainSpec, data, prefix="retrain")
 
