@@ -1,0 +1,292 @@
+"""How the screening model is trained: the recipe, a plain-torch ``fit`` and the Ray Train loop.
+
+The loop is an ordinary Ray Train loop (``ray.train.get_dataset_shard("train")``,
+``ray.train.report(checkpoint=...)``): the residency plan decides where it runs.  Central,
+it would run on a cloud worker over the pooled store; federated (this pipeline's data is
+``restricted``: ``same_site``), each site runs it on its own node over its own rows, from the
+round's global weights, and only the weights, the row count and the metrics leave the site.
+
+At a site (``CONTINUUM_SITE_DATA`` set on the node) the loop also replays the site's own
+reference rows (``<root>/reference/<tenant>/<pipeline>.npz``, its holdout rows left out),
+as the fraud trainer replays its training split: the known cases hold while the new,
+uplinked ones teach the change.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from continuum import metrics
+from continuum.errors import ConfigError, InputMismatchError
+from pipelines._checkpoints import load_state, positive_option, rows_of, save_checkpoint, stacked
+from pipelines.hospitals.data import N_FEATURES, SHAPE, holdout_mask
+from pipelines.hospitals.model import ScreeningMLP, export_onnx
+
+#: The tenant and pipeline whose site reference file the loop replays.
+TENANT = "medica"
+PIPELINE = "hospital-screening"
+#: The environment variable of a site's node naming its data root (the federated contract).
+SITE_DATA_ENV = "CONTINUUM_SITE_DATA"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Hyper-parameters of one training run (one local round of a federated one)."""
+
+    epochs: int = 60
+    lr: float = 1e-2
+    batch_size: int = 32
+    weight_decay: float = 1e-4
+    #: How many times the new (uplinked) rows are repeated next to the replayed ones.
+    oversample: int = 2
+
+
+SCRATCH = Recipe()
+#: A federated round or a fine-tune starts from weights that already work: fewer epochs.
+FINE_TUNE = Recipe(epochs=10, lr=5e-3)
+
+
+def _checked_labels(y: Any, what: str) -> NDArray[np.int64]:
+    labels = np.asarray(y).reshape(-1)
+    if labels.size and not np.isin(labels, (0, 1)).all():
+        raise InputMismatchError(
+            f"{what}: the screening model learns labels 0 (benign) and 1 (malignant)",
+            expected="labels in {0, 1}",
+            got=str(np.unique(labels)[:5].tolist()),
+        )
+    return labels.astype(np.int64)
+
+
+def fit(
+    x: NDArray[np.floating],
+    y: NDArray[np.integer],
+    *,
+    base_state: Mapping[str, torch.Tensor] | None = None,
+    recipe: Recipe = SCRATCH,
+    seed: int = 0,
+    threads: int = 1,
+) -> ScreeningMLP:
+    """Train a ``ScreeningMLP`` on ``x, y``.
+
+    With ``base_state`` the model starts from those weights and keeps their standardisation,
+    else it starts afresh and standardises by ``x``.
+
+    Raises:
+        InputMismatchError: labels other than 0/1, or rows not 30 measurements wide.
+        ValueError: nothing to train on.
+    """
+    rows = np.array(x, dtype=np.float32)  # a copy: the splits are read only
+    if rows.ndim != 2 or rows.shape[1] != N_FEATURES:
+        raise InputMismatchError(
+            "training rows are not measurement vectors",
+            expected=f"(n, {N_FEATURES}) float32",
+            got=str(rows.shape),
+        )
+    labels = _checked_labels(y, "training labels")
+    if len(rows) == 0:
+        raise ValueError("nothing to train on: no rows")
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    data_x = torch.from_numpy(rows)
+    data_y = torch.from_numpy(labels.astype(np.float32)).reshape(-1, 1)
+    model = ScreeningMLP()
+    if base_state is not None:
+        model.load_state_dict(dict(base_state))
+    else:
+        model.mean.copy_(data_x.mean(dim=0))
+        model.std.copy_(data_x.std(dim=0).clamp_min(1e-3) if len(data_x) > 1 else model.std)
+    loss_fn = nn.BCEWithLogitsLoss()
+    optimiser = torch.optim.AdamW(
+        model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay
+    )
+    model.train()
+    for _ in range(recipe.epochs):
+        order = torch.randperm(len(data_x), generator=generator)
+        for start in range(0, len(order), recipe.batch_size):
+            idx = order[start : start + recipe.batch_size]
+            optimiser.zero_grad()
+            loss_fn(model(data_x[idx]), data_y[idx]).backward()
+            optimiser.step()
+    model.eval()
+    return model
+
+
+def predict(model: nn.Module, x: NDArray[np.floating]) -> NDArray[np.float32]:
+    """Return P(malignant) (n,) of ``model`` on measurement rows ``x``, as the ONNX graph does."""
+    model.eval()
+    with torch.no_grad():
+        rows = torch.from_numpy(np.array(x, dtype=np.float32).reshape(-1, N_FEATURES))
+        out: NDArray[np.float32] = torch.sigmoid(model(rows)).numpy().reshape(-1)
+    return out
+
+
+def scores(model: nn.Module, x: NDArray[np.floating], y: NDArray[np.integer]) -> dict[str, float]:
+    """Return accuracy (at 0.5) and ROC-AUC of ``model`` on ``x, y``."""
+    p = predict(model, x)
+    out = {"accuracy": metrics.accuracy(y, (p >= 0.5).astype(np.int64))}
+    if 0 < int(np.sum(y)) < len(y):
+        out["roc_auc"] = metrics.roc_auc(y, p)
+    return out
+
+
+def average_states(
+    states: Sequence[Mapping[str, torch.Tensor]], counts: Sequence[int]
+) -> dict[str, torch.Tensor]:
+    """Return the row-weighted mean of ``states`` (FedAvg), buffers included.
+
+    Used offline only (the demo's baselines and ``benchmarks/federated.py`` replay what the
+    federated rounds do); the rounds themselves aggregate with Flower in ``cloud_head``.
+    """
+    if not states or len(states) != len(counts) or sum(counts) <= 0:
+        raise ValueError("average_states needs one positive count per state")
+    total = float(sum(counts))
+    out: dict[str, torch.Tensor] = {}
+    for key in states[0]:
+        mean = torch.zeros_like(states[0][key], dtype=torch.float64)
+        for state, count in zip(states, counts, strict=True):
+            mean += state[key].double() * (count / total)
+        out[key] = mean.to(states[0][key].dtype)
+    return out
+
+
+def save(model: ScreeningMLP, directory: Path) -> tuple[Path, Path]:
+    """Write ``model.pt`` (state dict) and ``model.onnx`` into ``directory``; return both."""
+    return save_checkpoint(model, directory, export_onnx)
+
+
+def rows_to_arrays(
+    tensors: Sequence[Any], labels: Sequence[Any]
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """Turn dataset columns (flat float32 lists or raw float32 bytes per row) into arrays."""
+    rows = rows_of(tensors)
+    for i, row in enumerate(rows):
+        if row.size != N_FEATURES:
+            raise InputMismatchError(
+                f"training row {i} is not one measurement vector",
+                expected=f"{N_FEATURES} float32 values",
+                got=f"{row.size} values",
+            )
+    return stacked(rows, SHAPE), _checked_labels(np.asarray(labels), "uplinked labels")
+
+
+def site_reference(
+    tenant: str = TENANT, pipeline: str = PIPELINE
+) -> tuple[NDArray[np.float32], NDArray[np.int64]] | None:
+    """Return this node's site reference rows without their holdout, or None off a site.
+
+    Reads ``$CONTINUUM_SITE_DATA/reference/<tenant>/<pipeline>.npz`` (arrays ``x`` and ``y``)
+    where the node has a site data root; a central worker has none and replays nothing.
+    """
+    root = os.environ.get(SITE_DATA_ENV)
+    if not root:
+        return None
+    path = Path(root) / "reference" / tenant / f"{pipeline}.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as npz:
+        x, y = np.asarray(npz["x"], dtype=np.float32), _checked_labels(npz["y"], str(path))
+    keep = ~holdout_mask(len(y))
+    return x[keep], y[keep]
+
+
+#: Every key the loop's config may hold: what ``run_training`` (or a federated round) sets,
+#: and the trainer's own options (``pipe.retrain(options=...)``).
+CONFIG_KEYS = frozenset(
+    {"base_model", "epochs", "seed", "threads", "shape", "replay", "oversample", "lr"}
+)
+
+
+def recipe_for(config: Mapping[str, Any]) -> Recipe:
+    """Return the recipe a Ray Train config asks for: FINE_TUNE with a ``base_model``, else
+    SCRATCH; ``epochs``, ``oversample`` and ``lr`` override it.
+
+    Raises:
+        ConfigError: an unknown key or a value out of range.
+    """
+    unknown = sorted(set(config) - CONFIG_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"trainer config: unknown key(s) {', '.join(unknown)}; the screening trainer takes "
+            f"{', '.join(sorted(CONFIG_KEYS))}"
+        )
+    recipe = FINE_TUNE if config.get("base_model") else SCRATCH
+    changes: dict[str, Any] = {}
+    for key, kind in (("epochs", int), ("oversample", int), ("lr", float)):
+        value = positive_option(config, key, kind)
+        if value is not None:
+            changes[key] = value
+    return replace(recipe, **changes)
+
+
+def training_rows(
+    new_x: NDArray[np.float32],
+    new_y: NDArray[np.int64],
+    replay: tuple[NDArray[np.float32], NDArray[np.int64]] | None,
+    oversample: int,
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """Return the replayed rows plus the new ones repeated ``oversample`` times."""
+    xs = [np.zeros((0, N_FEATURES), dtype=np.float32)] if replay is None else [replay[0]]
+    ys = [np.zeros((0,), dtype=np.int64)] if replay is None else [replay[1]]
+    if len(new_x):
+        xs += [new_x] * oversample
+        ys += [new_y] * oversample
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point: train on the ``train`` shard (plus the site's reference rows at a
+    site) and report a checkpoint holding ``model.pt`` and ``model.onnx``.
+
+    Config keys: ``base_model`` (the parent's ``model.pt``, or None: from scratch),
+    ``epochs``, ``seed``, ``shape`` ([30]); optional ``replay`` (default True: add the site's
+    reference rows where there is a site), ``oversample``, ``lr``, ``threads``.
+    """
+    import ray.train
+
+    started = time.monotonic()
+    shape = tuple(config.get("shape") or SHAPE)
+    if shape != SHAPE:
+        raise ConfigError(f"the screening trainer takes rows shaped {SHAPE}, got {shape}")
+    recipe = recipe_for(config)
+    base_model = config.get("base_model")
+    shard = ray.train.get_dataset_shard("train")
+    tensors: list[Any] = []
+    labels: list[Any] = []
+    if shard is not None:
+        for batch in shard.iter_batches(batch_size=4096, batch_format="numpy"):
+            tensors.extend(list(batch["tensor"]))
+            labels.extend(batch["label"].tolist())
+    new_x, new_y = rows_to_arrays(tensors, labels)
+    replay = site_reference() if config.get("replay", True) else None
+    x, y = training_rows(new_x, new_y, replay, recipe.oversample)
+    model = fit(
+        x,
+        y,
+        base_state=load_state(base_model) if base_model else None,
+        recipe=recipe,
+        seed=int(config.get("seed", 0)),
+        threads=int(config.get("threads", 1)),
+    )
+    report: dict[str, Any] = {
+        **{f"train_{k}": v for k, v in scores(model, x, y).items()},
+        "new_samples": len(new_x),
+        "replay_samples": 0 if replay is None else len(replay[1]),
+        "fine_tuned": bool(base_model),
+        "train_seconds": time.monotonic() - started,
+        **{f"recipe_{k}": v for k, v in asdict(recipe).items()},
+    }
+    with tempfile.TemporaryDirectory(prefix="screening-ckpt-") as tmp:
+        save(model, Path(tmp))
+        ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
