@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from typing_extensions import Self
 
 from continuum._data_class import DataClass, DataClassField
+from continuum._federated_spec import FederatedSpec
 from continuum._grammar import (
     TRIGGER_FORMS,
     format_duration,
@@ -355,6 +356,11 @@ class RetrainSpec(FrozenSpec):
         default=False,
         description="With pool 'hpc': train on the cloud pool when no HPC allocation can take "
         "the run (none up, refused by the policy, too little time left, pre-empted mid-run).",
+    )
+    federated: FederatedSpec = Field(
+        default_factory=FederatedSpec,
+        description="Rounds, quorum and strategy when the residency policy keeps the data at "
+        "its sites and deploy plans federated retraining; unused when it trains centrally.",
     )
 
     @field_validator("trainer")

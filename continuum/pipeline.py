@@ -265,6 +265,7 @@ class Pipeline:
         options: Mapping[str, Any] | None = None,
         pool: str | None = None,
         fallback: bool = False,
+        federated: Mapping[str, Any] | None = None,
     ) -> None:
         """Declare retraining: the Ray Train loop, when it runs, its resources and placement.
 
@@ -275,7 +276,9 @@ class Pipeline:
         ``pool`` picks the pool: ``"hpc"`` (the Ray nodes of a Slurm allocation, ``continuum
         hpc up``), ``"cloud"``, or ``"auto"`` (cloud, or HPC when the cloud lacks the GPUs);
         ``fallback=True`` lets an ``"hpc"`` run go to the cloud pool when no allocation can
-        take it.  The residency policy bounds every pool alike.
+        take it.  The residency policy bounds every pool alike.  ``federated`` (rounds,
+        quorum, strategy, clip_factor, outliers...: ``continuum.spec.FederatedSpec``) applies
+        when the policy keeps the data at its sites and deploy plans federated retraining.
         """
         self._once("retrain", self._retrain, "put all triggers in one when=... or ...")
         data = {
@@ -287,6 +290,7 @@ class Pipeline:
             "options": dict(options or {}),
             "pool": pool,
             "fallback": fallback,
+            "federated": dict(federated or {}),
         }
         self._retrain = validate(RetrainSpec, data, prefix="retrain")
 

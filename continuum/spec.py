@@ -15,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 
 from continuum._data_class import DataClass
+from continuum._federated_spec import FederatedSpec
 from continuum._grammar import (
     RollbackRules,
     format_duration,
@@ -49,6 +50,7 @@ __all__ = [
     "BackendKind",
     "DataClass",
     "EdgeStageSpec",
+    "FederatedSpec",
     "GateMetric",
     "GateSpec",
     "ImagePrep",

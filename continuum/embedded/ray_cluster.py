@@ -100,7 +100,9 @@ class LocalRayCluster:
     and its GCS and raylets listen on all interfaces, which is why token auth is the
     default.  All nodes use free ports and share one short temp dir.
     ``env`` is added to every Ray process's environment (e.g. ``PYTHONPATH`` for code
-    that tasks import by module name).  Each node's ``ray start`` may take
+    that tasks import by module name); ``edge_env[i]``, where given, only to edge node
+    ``i``'s: what a node knows of its own site and no other node does, such as where its
+    site's data lives (``CONTINUUM_SITE_DATA``).  Each node's ``ray start`` may take
     ``start_timeout_s`` (Ray alone allows its raylet 30 s) and is tried ``START_ATTEMPTS``
     times.  ``ray_cli`` is the ``ray`` executable to run (default: this environment's).
     """
@@ -118,6 +120,7 @@ class LocalRayCluster:
         object_store_bytes: int = 128 * 1024 * 1024,
         temp_dir: Path | str | None = None,
         env: Mapping[str, str] | None = None,
+        edge_env: Sequence[Mapping[str, str] | None] | None = None,
         start_timeout_s: float = 60.0,
         stop_timeout_s: float = 15.0,
         ray_cli: Path | str | None = None,
@@ -142,6 +145,12 @@ class LocalRayCluster:
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.extra_env = dict(env or {})
+        if edge_env is not None and len(edge_env) > len(self.edge_nodes):
+            raise ConfigError(
+                f"edge_env has {len(edge_env)} entries for {len(self.edge_nodes)} edge nodes; "
+                "give at most one environment per edge node, in the same order"
+            )
+        self.edge_env = [dict(e or {}) for e in (edge_env or ())]
         self._ray_cli_arg = None if ray_cli is None else str(ray_cli)
         self._ray_cli = ""
         self._env: dict[str, str] = {}
@@ -390,6 +399,11 @@ class LocalRayCluster:
         env.setdefault("RAY_worker_maximum_startup_concurrency", str(_STARTUP_CONCURRENCY))
         return env
 
+    def _node_env(self, name: str) -> dict[str, str]:
+        """Return edge node ``name``'s own environment (``edge_env``); the head has none."""
+        index = int(name.removeprefix("edge-")) if name.startswith("edge-") else -1
+        return self.edge_env[index] if 0 <= index < len(self.edge_env) else {}
+
     def _launch(self, spec: NodeSpec, *, attempt: int = 1) -> NodeProcess:
         """Start one attempt at ``spec``'s node (``ray start --block`` in its own session)."""
         assert self._temp_dir is not None
@@ -427,7 +441,7 @@ class LocalRayCluster:
             offset = out.tell()
             process = subprocess.Popen(
                 args,
-                env=dict(self._env),
+                env=self._env | self._node_env(name),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -3,13 +3,15 @@
 A ``ResidencyPolicy`` (YAML, validated) maps each data class, optionally per tenant, to
 constraints on node labels.  The functions here turn it into decisions at every point where
 data or work moves (DESIGN.md §6): deploy (``check_pipeline``, ``check_placement``), uplink
-(``uplink_plan``), ingest (``ingest_allows``) and training (``derive_training_selector``).
+(``uplink_plan``), ingest (``ingest_allows``) and training (``derive_training_selector``;
+``training_plan``: central, or federated where the data may not leave its sites).
 Every ``Decision`` carries the rule (and, for a field of the sample, the field) as
 attributes and the reason in words, for the audit log.  No Ray, no MQTT.
 
 The rooms: ``_policy`` (the declared policy), ``_decision`` (a decision and a rule's
 constraints), ``_placement`` (selectors, nodes and stores), ``_uplink`` (what leaves the edge,
-field by field) and ``_pipeline`` (a pipeline's decisions stage by stage).
+field by field), ``_pipeline`` (a pipeline's decisions stage by stage) and
+``_training_plan`` (central or federated retraining).
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ from continuum.residency._policy import (
     TenantOverride,
     load_policy,
 )
+from continuum.residency._training_plan import CROSSES, TrainingPlan, training_plan
 from continuum.residency._uplink import UplinkPlan, hash_field, uplink_plan
 
 __all__ = [
+    "CROSSES",
     "ClassPolicy",
     "Decision",
     "FieldAction",
@@ -47,6 +51,7 @@ __all__ = [
     "Purpose",
     "ResidencyPolicy",
     "TenantOverride",
+    "TrainingPlan",
     "UplinkPlan",
     "check_pipeline",
     "check_placement",
@@ -58,5 +63,6 @@ __all__ = [
     "node_may_process",
     "pipeline_decisions",
     "route",
+    "training_plan",
     "uplink_plan",
 ]
