@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from cloud_head._training_data import TrainingData, gate_holdout, load_training_data
 from cloud_head._training_log import TrainingLog, TrainingRecord
+from cloud_head._training_pool import placement_of
 from cloud_head.artifacts import publish_artifact
 from cloud_head.audit import AuditAction, model_subject
 from cloud_head.gate import GateResult, gate
@@ -213,8 +214,9 @@ class Retrainer:
         """Run the pipeline's loop on Ray Train; charge its wall time to the GPU-hours used."""
         base_pt = None if run.parent is None else run.parent.lineage.get("checkpoint")
         timer = time.monotonic()
+        placement = None
         try:
-            return self._context.train(
+            result = self._context.train(
                 self._retrain.trainer,
                 run.data.train_x,
                 run.data.train_y,
@@ -225,7 +227,13 @@ class Retrainer:
                 cpus=self._retrain.cpus,
                 config=dict(self._retrain.options),
             )
+            placement = result.ray_info.get("placement")
+            return result
+        except Exception as error:
+            placement = placement_of(error)  # a pooled run: which pool and allocation it had
+            raise
         finally:
+            self._log.place(run.index, placement)
             self._log.charge(run.index, time.monotonic() - timer, self._retrain.gpus)
 
     def _gate(self, run: _Run, result: TrainingResult) -> tuple[GateResult, dict[str, Any]]:

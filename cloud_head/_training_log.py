@@ -39,6 +39,8 @@ class TrainingRecord:
     requested_by: str | None = None
     run_s: float | None = None
     gpu_hours: float = 0.0
+    #: Which pool trained it and why, the Slurm allocation, each attempt (``_training_pool``).
+    placement: dict[str, Any] = field(default_factory=dict)
 
 
 class TrainingLog:
@@ -153,12 +155,25 @@ class TrainingLog:
             self._records[index] = replace(self._records[index], run_s=seconds, gpu_hours=hours)
         self.save()
 
+    def place(self, index: int, placement: dict[str, Any] | None) -> None:
+        """Record where run ``index`` trained (pool, allocation, attempts); store it."""
+        if not placement:
+            return
+        with self._lock:
+            self._records[index] = replace(self._records[index], placement=dict(placement))
+        self.save()
+
     def usage(self, index: int) -> dict[str, Any]:
-        """Return run ``index``'s wall time and GPU-hours, and the pipeline's total."""
+        """Return run ``index``'s wall time and GPU-hours, the pipeline's total, and where it
+        trained (pool and Slurm allocation) when its pipeline names a pool."""
         with self._lock:
             record = self._records[index]
             used = self._gpu_hours_used
-        return {"run_s": record.run_s, "gpu_hours": record.gpu_hours, "gpu_hours_used": used}
+        usage = {"run_s": record.run_s, "gpu_hours": record.gpu_hours, "gpu_hours_used": used}
+        if record.placement:
+            usage |= {k: record.placement.get(k) for k in ("pool", "allocation")}
+            usage["attempts"] = record.placement.get("attempts", [])
+        return usage
 
     def finish(self, index: int, outcome: str, **changes: Any) -> None:
         """Record how run ``index`` ended (and its version, gate, metrics); store it."""

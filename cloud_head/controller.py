@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from cloud_head.registry import ModelVersion
     from cloud_head.signer import ReleaseSigner
     from cloud_head.tenants import Quotas
+    from continuum.residency import ResidencyPolicy
     from continuum.spec import PipelineSpec
 
 __all__ = [
@@ -82,6 +83,7 @@ class PipelineController:
         quotas: Callable[[], Quotas | None] | None = None,
         training_selector: LabelSelector | Mapping[str, str] | None = None,
         train: TrainFunction | None = None,
+        residency: ResidencyPolicy | None = None,
     ) -> None:
         """Build the controller of ``spec``'s loop and resume what its workdir holds.
 
@@ -101,6 +103,11 @@ class PipelineController:
             training_selector: where the Ray Train job may run, as derived from the
                 residency policy at deploy; None: the spec's ``retrain.where``.
             train: runs one training; None: ``run_training`` on the connected Ray cluster.
+                A pipeline that names a ``retrain.pool`` gets it wrapped in
+                ``PooledTraining`` (pool choice, allocation time limits, moving a run whose
+                Slurm allocation ended); ``train`` must then take ``run_name`` too.
+            residency: the residency policy, to name the rule when it refuses an HPC
+                allocation (None: the refusal names the training selector's term).
 
         Raises:
             ContinuumError: the spec declares no retrain stage.
@@ -117,7 +124,7 @@ class PipelineController:
             spec=spec,
             stores=stores,
             publish=publish,
-            train=run_training if train is None else train,
+            train=self._pooled(spec, run_training if train is None else train, residency, clock),
             signer=signer,
             code_version=code_version,
             workdir=workdir,
@@ -154,6 +161,30 @@ class PipelineController:
             self.trigger.request(rerun)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+
+    def _pooled(
+        self,
+        spec: PipelineSpec,
+        train: TrainFunction,
+        residency: ResidencyPolicy | None,
+        clock: Callable[[], float],
+    ) -> TrainFunction:
+        """Return ``train`` placed by ``retrain.pool`` (as is when the pipeline names none)."""
+        if spec.retrain is None or spec.retrain.pool is None:
+            return train
+        from cloud_head._training_pool import PooledTraining, residency_rule
+
+        def estimate_s() -> float:  # as the GPU-hours quota check estimates a run
+            last = self.trainings.last_run_s()
+            return DEFAULT_RUN_ESTIMATE_S if last is None else last
+
+        return PooledTraining(
+            spec,
+            train=train,
+            estimate_s=estimate_s,
+            rule_of=None if residency is None else residency_rule(residency, spec),
+            clock=clock,
+        )
 
     @property
     def training_selector(self) -> LabelSelector:
