@@ -1,7 +1,8 @@
 """Who in the fleet is online by the clock: the live nodes, their heartbeat fast path, the silent.
 
 Part of ``cloud_head.fleet``: ``FleetRegistry`` holds one ``Liveness`` and calls it under its
-memory lock, so nothing here locks.
+memory lock, so nothing here locks.  Every heartbeat's lag goes to the ``Backlog``
+(``_fleet_backlog``), and no node is found silent while it says the registry is behind.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
+from cloud_head._fleet_backlog import FLOOR_RISE, Backlog
 from continuum.wire.messages import MAX_MESSAGE_BYTES, NodeStatus
 
 #: The key that ends a status as pydantic writes it (``ts`` is its last field).
@@ -30,6 +32,8 @@ class LiveNode:
     not laid out as pydantic writes it (or the node is refused): then every status is parsed.
     ``since``: when the registry began to watch it, for a node it found online in its file
     rather than heard from (its silence is counted from then, not from before the restart).
+    ``lag_floor``: the least lag (cloud clock minus the status's ``ts``) heard from it, rising
+    slowly (see ``_fleet_backlog``): its clock's offset plus the transit.
     """
 
     status: NodeStatus
@@ -37,6 +41,7 @@ class LiveNode:
     last_seen: float
     period: float
     since: float = 0.0
+    lag_floor: float = math.inf
 
 
 def heartbeat_prefix(payload: bytes, status: NodeStatus) -> bytes | None:
@@ -57,6 +62,7 @@ class Liveness:
     def __init__(self) -> None:
         self._live: dict[str, LiveNode] = {}
         self._by_period: dict[float, OrderedDict[str, None]] = {}
+        self.backlog = Backlog()
 
     def __contains__(self, node: object) -> bool:
         return node in self._live
@@ -80,14 +86,23 @@ class Liveness:
         tail = payload[len(live.prefix) :]
         if len(tail) > _TS_TAIL_MAX or not _TS_TAIL.fullmatch(tail):
             return False
-        if not math.isfinite(float(tail[:-1])):
+        ts = float(tail[:-1])
+        if not math.isfinite(ts):
             return False
+        self._lag(live, now - ts)
         self._heard(node, live, now)
         return True
 
-    def watch(self, node: str, live: LiveNode) -> None:
-        """Watch ``node`` as ``live`` says, replacing what was known of it."""
+    def watch(self, node: str, live: LiveNode, previous: LiveNode | None = None) -> None:
+        """Watch ``node`` as ``live`` says, replacing what was known of it.
+
+        ``previous``: what was watched of it until this status (already dropped), whose lag
+        floor carries over; the status then counts as one of its heartbeats.
+        """
         self.drop(node)
+        if previous is not None:
+            live.lag_floor = previous.lag_floor
+            self._lag(live, live.last_seen - live.status.ts)
         self._live[node] = live
         self._by_period.setdefault(live.period, OrderedDict())[node] = None
 
@@ -108,7 +123,14 @@ class Liveness:
             self._heard(node, live, now)
 
     def silent(self, now: float) -> list[tuple[str, LiveNode]]:
-        """Stop watching the nodes silent for more than two of their periods; return them."""
+        """Stop watching the nodes silent for more than two of their periods; return them.
+
+        None while the backlog says the registry is behind: their heartbeats may be in its
+        queue.  How many would be is kept as the backlog's ``overdue``.
+        """
+        if self.backlog.behind:
+            self.backlog.overdue = self._overdue(now)
+            return []
         found: list[tuple[str, LiveNode]] = []
         for period, bucket in list(self._by_period.items()):
             cutoff = now - 2 * period
@@ -120,6 +142,23 @@ class Liveness:
                 self.drop(node)
                 found.append((node, live))
         return found
+
+    def _overdue(self, now: float) -> int:
+        """Count the nodes silent for more than two of their periods, watching them still."""
+        count = 0
+        for period, bucket in self._by_period.items():
+            cutoff = now - 2 * period
+            for node in bucket:
+                live = self._live[node]
+                if max(live.last_seen, live.since) >= cutoff:
+                    break
+                count += 1
+        return count
+
+    def _lag(self, live: LiveNode, lag_s: float) -> None:
+        floor = min(lag_s, live.lag_floor + FLOOR_RISE * live.period)
+        live.lag_floor = floor
+        self.backlog.record(lag_s, floor, live.period)
 
     def _heard(self, node: str, live: LiveNode, now: float) -> None:
         live.last_seen = now

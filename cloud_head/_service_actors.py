@@ -227,7 +227,9 @@ class FleetActor:
 
         def export() -> None:
             stats = self._stats()
-            metrics.update(stats["nodes"], stats["online"])
+            metrics.update(
+                stats["nodes"], stats["online"], behind=stats["behind"], lag_s=stats["lag_s"]
+            )
             connection.update(stats)
 
         self._pump = MetricsExporter("fleet", export)

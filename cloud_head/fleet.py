@@ -33,11 +33,19 @@ heartbeat periods is marked offline by the clock, counted as ``timed_out``, whet
 will came (a half-open connection) or the registry's own broker connection is down (then
 nothing is heard, and a dead broker shows as an offline fleet within two periods).  It comes
 back online with its next status, which the broker replays at once on resubscribe.
+
+Silence proves nothing while the registry itself is behind: when the heartbeats it handles are
+late by half a period or more beyond their nodes' usual lag, their successors may be waiting
+in its queue, so it withholds offline verdicts by silence until it catches up, and says so
+(``stats()["behind"]``, the ``continuum_fleet_registry_behind`` gauge, one log line when it
+starts and one when it ends); last wills and offline statuses still apply at once.
+``_fleet_backlog`` owns that rule.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import Counter
@@ -46,6 +54,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
+from cloud_head._fleet_backlog import BacklogState, log_change
 from cloud_head._fleet_db import FleetDatabase, PendingNode, TelemetryRow
 from cloud_head._fleet_liveness import Liveness, LiveNode, heartbeat_prefix
 from cloud_head._fleet_mqtt import FleetWorker, subscriptions
@@ -61,6 +70,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TELEMETRY_RETENTION_S",
+    "BacklogState",
     "FleetRegistry",
     "FleetUpdate",
     "FleetWorker",
@@ -274,12 +284,11 @@ class FleetRegistry:
         prefix = heartbeat_prefix(payload, status) if admitted else None
         with self._lock:
             self._pending_locked(node, now).status = status.model_dump_json()
-            self._liveness.drop(node)
+            previous = self._liveness.drop(node)
             if status.online:
                 period = status.heartbeat_s or self._heartbeat_s
-                self._liveness.watch(
-                    node, LiveNode(status=status, prefix=prefix, last_seen=now, period=period)
-                )
+                live = LiveNode(status=status, prefix=prefix, last_seen=now, period=period)
+                self._liveness.watch(node, live, previous)
 
     def _pending_locked(self, node: str, now: float) -> PendingNode:
         pending = self._pending.get(node)
@@ -331,6 +340,9 @@ class FleetRegistry:
         online but no message has named yet (a restart, or a node whose retained status was
         cleared), counting their silence from then.
 
+        While the registry is behind (see the module's docstring) no node is marked offline
+        for silence; the nodes that would be are counted as ``overdue`` in ``stats()``.
+
         Returns:
             The nodes marked offline by this call.
         """
@@ -339,12 +351,19 @@ class FleetRegistry:
             self._resume(now)
         silent: list[str] = []
         with self._lock:
+            backlog = self._liveness.backlog
+            before = backlog.state()
+            shortest = min([self._heartbeat_s, *self._liveness.periods()])
+            change = backlog.judge(now, quiet_after_s=2 * shortest)
             for node, live in self._liveness.silent(now):
                 offline = live.status.model_copy(update={"online": False})
                 pending = self._pending_locked(node, live.last_seen)
                 pending.status = offline.model_dump_json()
                 silent.append(node)
             self._counts["timed_out"] += len(silent)
+            after = backlog.state()
+        if change is not None:
+            log_change(_log, self._tenant, change, before, after, now)
         if silent:
             _log.warning(
                 "marked %d node(s) offline after more than two heartbeat periods without a "
@@ -494,11 +513,22 @@ class FleetRegistry:
         _log.info("removed node %s and %d telemetry window(s)", node, windows)
         return windows
 
+    def backlog(self) -> BacklogState:
+        """Return how late the registry handles heartbeats, as last judged by ``tick()``."""
+        with self._lock:
+            return self._liveness.backlog.state()
+
     def stats(self) -> dict[str, Any]:
-        """Return a snapshot of the counters and the fleet size."""
+        """Return a snapshot of the counters, the fleet size and the backlog.
+
+        ``behind``: whether offline verdicts by silence are withheld now; ``lag_s``: the
+        median age of the heartbeats handled in the last tick (None if none); ``overdue``:
+        nodes silent for over two periods whose verdict is withheld; ``behind_episodes``.
+        """
         self._flush()
         total, up, refused = self._db.counts()
         with self._lock:
+            backlog = self._liveness.backlog.state()
             return {
                 "nodes": total,
                 "online": up,
@@ -511,6 +541,10 @@ class FleetRegistry:
                 "refused_nodes": refused,
                 "refusals": self._counts["refused"],
                 "rejected": dict(self._rejected),
+                "behind": backlog.behind,
+                "lag_s": None if math.isnan(backlog.lag_s) else backlog.lag_s,
+                "overdue": backlog.overdue,
+                "behind_episodes": backlog.episodes,
             }
 
     def close(self) -> None:

@@ -109,7 +109,7 @@ class IngestMetrics:
 
 
 class FleetMetrics:
-    """Nodes known and online, per tenant."""
+    """Nodes known and online, per tenant, and whether the registry is behind its heartbeats."""
 
     def __init__(self, tenant: str) -> None:
         from ray.util.metrics import Gauge
@@ -121,11 +121,27 @@ class FleetMetrics:
         self._known = Gauge(
             "continuum_fleet_nodes", description="Nodes ever seen", tag_keys=("tenant",)
         )
+        self._behind = Gauge(
+            "continuum_fleet_registry_behind",
+            description="1 while the registry handles heartbeats late and withholds offline "
+            "verdicts by silence, else 0",
+            tag_keys=("tenant",),
+        )
+        self._lag = Gauge(
+            "continuum_fleet_heartbeat_lag_seconds",
+            description="Median age of the heartbeats the registry handled in its last tick",
+            tag_keys=("tenant",),
+        )
 
-    def update(self, nodes: int, online: int) -> None:
-        """Export the node counts."""
+    def update(
+        self, nodes: int, online: int, *, behind: bool = False, lag_s: float | None = None
+    ) -> None:
+        """Export the node counts and the registry's backlog."""
         self._known.set(float(nodes), tags=self._tags)
         self._online.set(float(online), tags=self._tags)
+        self._behind.set(1.0 if behind else 0.0, tags=self._tags)
+        if lag_s is not None:
+            self._lag.set(lag_s, tags=self._tags)
 
 
 class ControllerMetrics:
