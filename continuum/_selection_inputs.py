@@ -22,6 +22,7 @@ from continuum.errors import InputMismatchError
 
 __all__ = [
     "PROBS_ATOL",
+    "SMALL_BATCH",
     "Mask",
     "Probabilities",
     "Probs",
@@ -37,6 +38,10 @@ __all__ = [
 
 #: How far a row of ``probs`` may sum from 1 (float16/float32 softmax rounding).
 PROBS_ATOL = 1e-3
+#: Up to this many rows, outputs are checked and read on Python floats rather than numpy
+#: arrays: an edge at batch 1 pays per numpy call (several microseconds each right after a
+#: model run), not per element.
+SMALL_BATCH = 4
 
 Mask = npt.NDArray[np.bool_]
 Seeds = npt.NDArray[np.uint64]
@@ -156,7 +161,18 @@ class SelectionContext:
         id (node and seq), so a replay selects the same samples; consecutive seqs give
         consecutive seeds, which SplitMix64 (a counter-based generator) is built to mix.
         """
+        key = _node_key(node)
         if isinstance(seqs, range) and seqs.step == 1 and seqs.start >= 0:
+            if seqs.stop + int(key) < 2**64:  # the usual case: one numpy call, no wrap
+                first = seqs.start + int(key)
+                seeds = np.arange(first, first + len(seqs), dtype=np.uint64)
+                return cls(
+                    seeds=seeds,
+                    drift_active=drift_active,
+                    drift_score=drift_score,
+                    drifted=drifted,
+                    recent_scores=recent_scores,
+                )
             offsets = np.arange(seqs.start, seqs.stop, dtype=np.uint64)
         else:
             values = np.asarray(seqs)
@@ -175,7 +191,7 @@ class SelectionContext:
                     got=f"{int(values.min())}",
                 )
             offsets = values.astype(np.uint64)
-        seeds = offsets + _node_key(node)  # wraps modulo 2**64, as intended
+        seeds = offsets + key  # wraps modulo 2**64, as intended
         return cls(
             seeds=seeds,
             drift_active=drift_active,
@@ -260,6 +276,10 @@ class Probabilities:
             InputMismatchError: ``outputs`` is not 2-D, or holds NaN or infinite values.
         """
         out = np.asarray(outputs)
+        if out.ndim == 2 and 0 < out.shape[0] <= SMALL_BATCH and out.dtype.kind == "f":
+            small = _small_probabilities(out)
+            if small is not None:
+                return cls(values=small)
         if out.dtype.kind != "f":  # integers, booleans: as probabilities they are float64
             out = np.asarray(out, dtype=np.float64)
         if out.ndim != 2:
@@ -302,6 +322,28 @@ class Probabilities:
                 np.minimum(values, 1.0, out=values)
         values.flags.writeable = False
         return cls(values=values)
+
+
+def _small_probabilities(out: npt.NDArray[np.floating[Any]]) -> Probs | None:
+    """Return a few rows that already are probabilities as read-only float64, else None.
+
+    The same test as ``from_outputs`` on Python floats: right after a model run each numpy
+    call costs several microseconds (the run evicted the caches) and the test makes six,
+    where one ``tolist`` gives the rows.  Anything else (logits, NaN, infinities) returns
+    None and takes the numpy path, which tells them apart.
+    """
+    rows = out.tolist()
+    clip = False
+    for row in rows:
+        total = sum(row)
+        if not (min(row) >= 0.0 and 1.0 - PROBS_ATOL <= total <= 1.0 + PROBS_ATOL):
+            return None
+        clip = clip or total > 1.0
+    values = np.array(rows, dtype=np.float64)
+    if clip:
+        np.minimum(values, 1.0, out=values)
+    values.flags.writeable = False
+    return values
 
 
 def _seeds_mismatch(rows: int, ctx: SelectionContext) -> InputMismatchError:

@@ -317,7 +317,8 @@ class DriftBoost(_Leaf):
         return f"drift({self.detector.describe()}{rate})"
 
     def _mask(self, out: TaskOutputs, ctx: SelectionContext) -> Mask:
-        if not (ctx.drift_active or self.detector in ctx.drifted):
+        # An empty set first: hashing the detector spec costs more than the rest of the leaf.
+        if not (ctx.drift_active or (ctx.drifted and self.detector in ctx.drifted)):
             return np.zeros(out.rows, dtype=np.bool_)
         return below_rate(ctx.seeds, self.rate, _DRIFT_SALT)
 

@@ -40,7 +40,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from continuum._selection_inputs import Probabilities
+from continuum._selection_inputs import SMALL_BATCH, Probabilities
 from continuum._validation import validate
 from continuum.errors import InputMismatchError, SpecError
 
@@ -276,14 +276,18 @@ class Classification(_Task):
                 expected="shape (batch, classes) with classes >= 2",
                 got=f"shape {values.shape}",
             )
-        score = values.max(axis=1)
+        if values.shape[0] <= SMALL_BATCH:  # see SMALL_BATCH: one call instead of four
+            rows = values.tolist()
+            tops = [max(row) for row in rows]
+            score = np.array(tops, dtype=np.float64)
+            best = [float(row.index(top)) for row, top in zip(rows, tops, strict=True)]
+            prediction = np.array(best, dtype=np.float64)
+            prediction.flags.writeable = False
+        else:
+            score = values.max(axis=1)
+            prediction = _frozen(values.argmax(axis=1))
         score.flags.writeable = False
-        return TaskOutputs(
-            kind="classification",
-            score=score,
-            prediction=_frozen(values.argmax(axis=1)),
-            probs=probs,
-        )
+        return TaskOutputs(kind="classification", score=score, prediction=prediction, probs=probs)
 
     def metrics(self) -> tuple[str, ...]:
         """Accuracy and macro F1."""

@@ -8,9 +8,10 @@ agents' registries into one endpoint, each sample labelled with its tenant.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from wsgiref.simple_server import WSGIServer
 
+import numpy as np
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -26,7 +27,7 @@ from prometheus_client.metrics_core import Metric
 from edge_agent._health import HealthCollector
 from edge_agent._source_counts import SourceCollector
 
-__all__ = ["AgentMetrics", "MetricsEndpoint", "TenantMetrics"]
+__all__ = ["AgentMetrics", "MetricsEndpoint", "TenantMetrics", "observe_many"]
 
 _NS = "continuum_edge"
 #: Edge inference on small models takes tens of microseconds to tens of milliseconds.
@@ -334,3 +335,31 @@ class TenantMetrics:
                     for sample in family.samples
                 )
         yield from merged.values()
+
+
+def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
+    """Observe every value of ``values`` on a histogram child, a batch at a time.
+
+    ``Histogram.observe`` takes a lock and walks the buckets per value: for a micro-batch of
+    32 frames that is 32 lock round trips on the inference thread.  Here the values are
+    bucketed at once (``le`` semantics: a value goes to the first bound it does not exceed)
+    and each touched bucket and the sum are added to once, the same counts ``observe``
+    would leave.  One value, or a histogram without the internals this relies on, goes
+    through ``observe``.
+    """
+    count = len(values)
+    if count == 0:
+        return
+    buckets = getattr(histogram, "_buckets", None)
+    bounds = getattr(histogram, "_upper_bounds", None)
+    total = getattr(histogram, "_sum", None)
+    if count == 1 or buckets is None or bounds is None or total is None:
+        for value in values:
+            histogram.observe(value)
+        return
+    array = np.asarray(values, dtype=np.float64)
+    index = np.searchsorted(np.asarray(bounds, dtype=np.float64), array, side="left")
+    for bucket, hits in enumerate(np.bincount(index, minlength=len(bounds)).tolist()):
+        if hits:
+            buckets[bucket].inc(hits)
+    total.inc(float(array.sum()))

@@ -13,6 +13,7 @@ import numpy as np
 from continuum.errors import ContinuumError
 from continuum.select import SelectionContext
 from continuum.task import TaskOutputs
+from edge_agent.metrics import observe_many
 from edge_agent.model_manager import ServingModel
 from edge_agent.outbox import AppendResult, FeedbackEntry, SampleEntry
 from edge_agent.runtime._core import Held
@@ -22,6 +23,7 @@ from edge_agent.runtime._telemetry import TelemetryWindows
 #: Approximate wire bytes of one sample record besides its tensor (codec record header).
 _RECORD_OVERHEAD_BYTES = 40
 _MAX_LATENCIES_PER_WINDOW = 100_000
+_NOTHING_APPENDED = AppendResult(appended=0, refused=0, evicted=0)
 
 
 class Selection(TelemetryWindows):
@@ -271,6 +273,8 @@ class Selection(TelemetryWindows):
         entries: list[SampleEntry],
     ) -> AppendResult:
         """Put ``entries`` into the outbox, then the delayed labels of those it kept."""
+        if not entries:  # most batches: nothing selected, or nothing within the budget
+            return _NOTHING_APPENDED
         result = self._outbox.append_samples(entries)
         stored = set(result.kept)
         integer = self._task.integer_labels
@@ -331,8 +335,7 @@ class Selection(TelemetryWindows):
 
         self._m_frames.inc(n)
         self._m_batch.observe(n)
-        for value in latency_ms:
-            self._m_latency.observe(value / 1000.0)
+        observe_many(self._m_latency, [value / 1000.0 for value in latency_ms])
         if selected:
             self._m_selected.inc(selected)
         if over_budget:
