@@ -55,7 +55,8 @@ residency check and its bounded caches), ``_dedup`` (seen ids, adoption of unrec
 files), ``_quota`` (the daily samples quota), ``_writes`` (the durable write of a group),
 ``_audit`` (the audit summary, final refusals with their ids), ``_refusals`` (final or
 temporary), ``_outcome`` (what became of each message, counted), ``_service``
-(``IngestService``) and ``_worker`` (``IngestWorker``).
+(``IngestService``), ``_worker`` (``IngestWorker``) and ``_site`` (``SiteIngest``: the same
+ingest on a site's broker, writing the site's own stores, for a pipeline trained federated).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ from cloud_head.ingest._refusals import (
 )
 from cloud_head.ingest._residency import NODE_GRACE_S
 from cloud_head.ingest._service import IngestService
+from cloud_head.ingest._site import SiteIngest, SiteIngestActor
 from cloud_head.ingest._worker import IngestWorker
 
 __all__ = [
@@ -82,5 +84,7 @@ __all__ = [
     "IngestWorker",
     "Outcome",
     "OutcomeKind",
+    "SiteIngest",
+    "SiteIngestActor",
     "is_final",
 ]
