@@ -6,15 +6,14 @@ it would run on a cloud worker over the pooled store; federated (this pipeline's
 ``restricted``: ``same_site``), each site runs it on its own node over its own rows, from the
 round's global weights, and only the weights, the row count and the metrics leave the site.
 
-At a site (``CONTINUUM_SITE_DATA`` set on the node) the loop also replays the site's own
-reference rows (``<root>/reference/<tenant>/<pipeline>.npz``, its holdout rows left out),
-as the fraud trainer replays its training split: the known cases hold while the new,
-uplinked ones teach the change.
+At a site, the ``train`` shard already holds the site's own reference rows (its seed data,
+``<root>/reference/<tenant>/<pipeline>.npz``, less its holdout) next to its uplinked,
+pathology-labelled samples (``cloud_head.federated.site_split``), so the known cases hold
+while the new ones teach the change; the loop itself reads nothing but its shard.
 """
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -30,14 +29,8 @@ from torch import nn
 from continuum import metrics
 from continuum.errors import ConfigError, InputMismatchError
 from pipelines._checkpoints import load_state, positive_option, rows_of, save_checkpoint, stacked
-from pipelines.hospitals.data import N_FEATURES, SHAPE, holdout_mask
+from pipelines.hospitals.data import N_FEATURES, SHAPE
 from pipelines.hospitals.model import ScreeningMLP, export_onnx
-
-#: The tenant and pipeline whose site reference file the loop replays.
-TENANT = "medica"
-PIPELINE = "hospital-screening"
-#: The environment variable of a site's node naming its data root (the federated contract).
-SITE_DATA_ENV = "CONTINUUM_SITE_DATA"
 
 
 @dataclass(frozen=True)
@@ -48,8 +41,6 @@ class Recipe:
     lr: float = 1e-2
     batch_size: int = 32
     weight_decay: float = 1e-4
-    #: How many times the new (uplinked) rows are repeated next to the replayed ones.
-    oversample: int = 2
 
 
 SCRATCH = Recipe()
@@ -181,36 +172,15 @@ def rows_to_arrays(
     return stacked(rows, SHAPE), _checked_labels(np.asarray(labels), "uplinked labels")
 
 
-def site_reference(
-    tenant: str = TENANT, pipeline: str = PIPELINE
-) -> tuple[NDArray[np.float32], NDArray[np.int64]] | None:
-    """Return this node's site reference rows without their holdout, or None off a site.
-
-    Reads ``$CONTINUUM_SITE_DATA/reference/<tenant>/<pipeline>.npz`` (arrays ``x`` and ``y``)
-    where the node has a site data root; a central worker has none and replays nothing.
-    """
-    root = os.environ.get(SITE_DATA_ENV)
-    if not root:
-        return None
-    path = Path(root) / "reference" / tenant / f"{pipeline}.npz"
-    if not path.is_file():
-        return None
-    with np.load(path) as npz:
-        x, y = np.asarray(npz["x"], dtype=np.float32), _checked_labels(npz["y"], str(path))
-    keep = ~holdout_mask(len(y))
-    return x[keep], y[keep]
-
-
 #: Every key the loop's config may hold: what ``run_training`` (or a federated round) sets,
 #: and the trainer's own options (``pipe.retrain(options=...)``).
-CONFIG_KEYS = frozenset(
-    {"base_model", "epochs", "seed", "threads", "shape", "replay", "oversample", "lr"}
-)
+CONFIG_KEYS = frozenset({"base_model", "epochs", "seed", "threads", "shape", "lr", "proximal_mu"})
 
 
 def recipe_for(config: Mapping[str, Any]) -> Recipe:
     """Return the recipe a Ray Train config asks for: FINE_TUNE with a ``base_model``, else
-    SCRATCH; ``epochs``, ``oversample`` and ``lr`` override it.
+    SCRATCH; ``epochs`` and ``lr`` override it (``proximal_mu``, FedProx's, is accepted and
+    unused: the rounds are few and short).
 
     Raises:
         ConfigError: an unknown key or a value out of range.
@@ -223,35 +193,19 @@ def recipe_for(config: Mapping[str, Any]) -> Recipe:
         )
     recipe = FINE_TUNE if config.get("base_model") else SCRATCH
     changes: dict[str, Any] = {}
-    for key, kind in (("epochs", int), ("oversample", int), ("lr", float)):
+    for key, kind in (("epochs", int), ("lr", float)):
         value = positive_option(config, key, kind)
         if value is not None:
             changes[key] = value
     return replace(recipe, **changes)
 
 
-def training_rows(
-    new_x: NDArray[np.float32],
-    new_y: NDArray[np.int64],
-    replay: tuple[NDArray[np.float32], NDArray[np.int64]] | None,
-    oversample: int,
-) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-    """Return the replayed rows plus the new ones repeated ``oversample`` times."""
-    xs = [np.zeros((0, N_FEATURES), dtype=np.float32)] if replay is None else [replay[0]]
-    ys = [np.zeros((0,), dtype=np.int64)] if replay is None else [replay[1]]
-    if len(new_x):
-        xs += [new_x] * oversample
-        ys += [new_y] * oversample
-    return np.concatenate(xs), np.concatenate(ys)
-
-
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point: train on the ``train`` shard (plus the site's reference rows at a
-    site) and report a checkpoint holding ``model.pt`` and ``model.onnx``.
+    """Ray Train entry point: train on the ``train`` shard and report a checkpoint holding
+    ``model.pt`` and ``model.onnx``.
 
     Config keys: ``base_model`` (the parent's ``model.pt``, or None: from scratch),
-    ``epochs``, ``seed``, ``shape`` ([30]); optional ``replay`` (default True: add the site's
-    reference rows where there is a site), ``oversample``, ``lr``, ``threads``.
+    ``epochs``, ``seed``, ``shape`` ([30]); optional ``lr``, ``threads``.
     """
     import ray.train
 
@@ -268,9 +222,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for batch in shard.iter_batches(batch_size=4096, batch_format="numpy"):
             tensors.extend(list(batch["tensor"]))
             labels.extend(batch["label"].tolist())
-    new_x, new_y = rows_to_arrays(tensors, labels)
-    replay = site_reference() if config.get("replay", True) else None
-    x, y = training_rows(new_x, new_y, replay, recipe.oversample)
+    x, y = rows_to_arrays(tensors, labels)
     model = fit(
         x,
         y,
@@ -281,8 +233,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     report: dict[str, Any] = {
         **{f"train_{k}": v for k, v in scores(model, x, y).items()},
-        "new_samples": len(new_x),
-        "replay_samples": 0 if replay is None else len(replay[1]),
+        "rows": len(x),
+        "malignant_rows": int(y.sum()),
         "fine_tuned": bool(base_model),
         "train_seconds": time.monotonic() - started,
         **{f"recipe_{k}": v for k, v in asdict(recipe).items()},

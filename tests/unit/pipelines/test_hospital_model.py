@@ -10,19 +10,16 @@ import pytest
 import torch
 
 from continuum.errors import ConfigError, InputMismatchError
-from pipelines.hospitals.data import SITES, holdout_mask, load_splits
+from pipelines.hospitals.data import SITES, load_splits
 from pipelines.hospitals.train import (
     FINE_TUNE,
     SCRATCH,
-    SITE_DATA_ENV,
     average_states,
     fit,
     predict,
     recipe_for,
     save,
     scores,
-    site_reference,
-    training_rows,
 )
 
 
@@ -93,27 +90,3 @@ class TestLoopConfig:
     def test_a_base_model_fine_tunes(self) -> None:
         assert recipe_for({"base_model": "m.pt"}).epochs == FINE_TUNE.epochs
         assert recipe_for({"base_model": "m.pt", "epochs": 2}).epochs == 2
-
-    def test_new_rows_are_repeated_next_to_the_replayed_ones(self) -> None:
-        replay = (np.zeros((5, 30), np.float32), np.zeros(5, np.int64))
-        x, y = training_rows(np.ones((2, 30), np.float32), np.ones(2, np.int64), replay, 3)
-        assert len(x) == 11 and int(y.sum()) == 6
-
-
-class TestSiteReference:
-    def test_reads_the_sites_own_file_without_its_holdout(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        ref = load_splits().reference["hosp-metz"]
-        target = tmp_path / "reference" / "medica" / "hospital-screening.npz"
-        target.parent.mkdir(parents=True)
-        np.savez(target, x=ref.x, y=ref.y)
-        monkeypatch.setenv(SITE_DATA_ENV, str(tmp_path))
-        got = site_reference()
-        assert got is not None
-        keep = ~holdout_mask(len(ref.y))
-        assert np.array_equal(got[0], ref.x[keep]) and np.array_equal(got[1], ref.y[keep])
-
-    def test_off_a_site_there_is_nothing_to_replay(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.delenv(SITE_DATA_ENV, raising=False)
-        assert site_reference() is None
