@@ -45,7 +45,7 @@ class Recipe:
 
 SCRATCH = Recipe()
 #: A federated round or a fine-tune starts from weights that already work: fewer epochs.
-FINE_TUNE = Recipe(epochs=10, lr=5e-3)
+FINE_TUNE = Recipe(epochs=20, lr=1e-2)
 
 
 def _checked_labels(y: Any, what: str) -> NDArray[np.int64]:
