@@ -163,14 +163,15 @@ def federated_rounds(
                 seed=seed + number,
             )
             times.append(time.perf_counter() - began)
+            local = {k: v.numpy() for k, v in model.state_dict().items()}
             reply = {
-                "state": {k: v.numpy() for k, v in model.state_dict().items()},
+                "state": local,
                 "num_examples": len(y),
                 "metrics": {"train_accuracy": 1.0},
                 "counts": {"reference_train": len(y)},
             }
             crossed += len(pickle.dumps(reply))
-            updates.append(SiteUpdate(site=site, state=reply["state"], num_examples=len(y)))
+            updates.append(SiteUpdate(site=site, state=local, num_examples=len(y)))
         check = check_updates(updates, state, options)
         state = aggregate(check.kept, options, number)
         model = ScreeningMLP()
