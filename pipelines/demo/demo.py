@@ -57,7 +57,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "inspection pipeline with edge-agent processes as cameras, drift at one site, "
         "selective uplink, retraining on Ray Train, gate, canary and promotion. Writes "
         "report.json and report.png into the working directory. --scenario fraud and "
-        "--scenario maintenance run the same loop on bank transactions and on press sensors.",
+        "--scenario maintenance run the same loop on bank transactions and on press sensors; "
+        "--scenario hospitals runs three hospitals whose data never leaves them (a broker, "
+        "a Ray worker and a store per site) with federated retraining.",
     )
     parser.add_argument(
         "--scenario",
@@ -66,7 +68,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the loop to run: digits (camera inspection, the default), fraud (transaction "
         "scoring at a bank's branches, an account-takeover wave at lux-gare, gated on recall "
         "at 1%% FPR) or maintenance (presses read through a line gateway, a new machine type "
-        "at lux-2, gated on F1 at the calibrated anomaly threshold)",
+        "at lux-2, gated on F1 at the calibrated anomaly threshold) or hospitals (breast-cancer "
+        "screening at three hospitals, restricted data kept at each site, federated "
+        "retraining, a device recalibrated at hosp-trier)",
     )
     parser.add_argument(
         "--duration",
@@ -254,6 +258,10 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
         nodes_to_enrol,
     )
 
+    if scenario_named(options.scenario).federated:  # sites of their own: its own loop
+        from pipelines.demo._hospitals import run_hospitals
+
+        return run_hospitals(options)
     # A terminal gets the live table; a log file gets wide, plain progress lines.
     console = Console() if options.live else Console(width=150, force_terminal=False)
     workdir = prepare_workdir(options.workdir)
