@@ -1,0 +1,329 @@
+"""Federated rounds on a real Ray cluster whose site nodes hold their own data.
+
+Four site nodes (1 CPU each, labelled ``continuum.io/site``), each started with its own
+``CONTINUUM_SITE_DATA`` holding a share of scikit-learn's breast cancer measurements; node
+``hospital-d`` is broken: its loop reports its update scaled 40 times.  The pipeline is
+restricted (``same_site``), so ``training_plan`` plans federated training, and the tiny
+logistic loop of ``tiny_trainer`` trains at each site in Ray Train's local mode.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cloud_head.federated import FederatedTrainer, QuorumError
+from cloud_head.gate import evaluate
+from continuum.embedded import LocalRayCluster
+from continuum.embedded._process import kill_sessions
+from continuum.labels import SITE, TIER
+from continuum.residency import ResidencyPolicy, TrainingPlan, training_plan
+from continuum.spec import PipelineSpec
+from tests.conftest import RAY_TEST_NAMESPACE, _test_python_path
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+SITES = ("hospital-a", "hospital-b", "hospital-c", "hospital-d")
+POISONED = "hospital-d"
+TRAINER = "tests.integration.federated.tiny_trainer:train_loop_per_worker"
+POLICY = ResidencyPolicy.from_dict(
+    {
+        "classes": {
+            "public": {},
+            "internal": {},
+            "confidential": {"jurisdiction": ["LU"]},
+            "restricted": {"same_site": True},
+        }
+    }
+)
+
+
+def _site_data(root: Path) -> tuple[list[dict[str, str]], tuple[np.ndarray, np.ndarray]]:
+    """Write each site's reference share (each site's own shift); return node envs and a
+    test split that no site holds."""
+    from sklearn.datasets import load_breast_cancer
+
+    x, y = load_breast_cancer(return_X_y=True)
+    order = np.random.default_rng(7).permutation(len(y))
+    x, y = x[order].astype(np.float32), y[order].astype(np.int64)
+    test = (x[:100], y[:100])
+    envs = []
+    for index, site in enumerate(SITES):
+        folder = root / site / "reference" / "medica"
+        folder.mkdir(parents=True)
+        rows = slice(100 + index * 115, 100 + (index + 1) * 115)
+        np.savez(folder / "tumour-risk.npz", x=x[rows] * (1.0 + 0.05 * index), y=y[rows])
+        env = {"CONTINUUM_SITE_DATA": str(root / site)}
+        if site == POISONED:
+            env["TINY_TRAINER_SCALE_UPDATE"] = "40"
+        envs.append(env)
+    return envs, test
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A cluster of a cloud head and the four site nodes, this process connected to it."""
+    import ray
+
+    root = tmp_path_factory.mktemp("sites")
+    envs, test = _site_data(root)
+    cluster = LocalRayCluster(
+        tmp_path_factory.mktemp("ray"),
+        head_labels={TIER: "cloud", SITE: "fra-dc"},
+        head_cpus=1,
+        edge_nodes=[{TIER: "site", SITE: s} for s in SITES],
+        edge_env=envs,
+        dashboard=True,  # the state API: which node ran each task
+        env={"PYTHONPATH": _test_python_path()},
+    )
+    try:
+        cluster.start()
+        cluster.connect(RAY_TEST_NAMESPACE, log_to_driver=False)
+        yield {"cluster": cluster, "test": test}
+    finally:
+        ray.shutdown()
+        cluster.stop()
+
+
+def spec_of(sites: tuple[str, ...], **federated: Any) -> PipelineSpec:
+    return PipelineSpec.from_dict(
+        {
+            "name": "tumour-risk",
+            "tenant": "medica",
+            "data_class": "restricted",
+            "edge": {
+                "model": "risk",
+                "input": {"shape": [30]},
+                "where": {TIER: "edge", SITE: f"in({','.join(sites)})"},
+            },
+            "uplink": {"policy": {"kind": "random", "rate": 0.1}},
+            "retrain": {
+                "trainer": TRAINER,
+                "where": {TIER: "cloud"},
+                "federated": {"round_timeout_s": 120, "quorum_wait_s": 0, **federated},
+            },
+            "gate": {"metric": "accuracy"},
+        }
+    )
+
+
+def plan_of(spec: PipelineSpec) -> TrainingPlan:
+    import ray
+
+    nodes = {
+        f"ray:{n['NodeID'][:12]}": dict(n.get("Labels") or {}) for n in ray.nodes() if n["Alive"]
+    }
+    return training_plan(POLICY, spec, nodes)
+
+
+def trainer_of(
+    spec: PipelineSpec, tmp_path: Path, records: list[dict[str, Any]], **kwargs: Any
+) -> FederatedTrainer:
+    return FederatedTrainer(
+        spec, plan_of(spec), tmp_path / "federated.sqlite3", record=records.append, **kwargs
+    )
+
+
+def rounds_of(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in records if r["event"] == "federated_round"]
+
+
+class TestThreeSitesProduceAModel:
+    def test_rounds_train_at_each_site_and_the_model_learns(
+        self, sites: dict[str, Any], tmp_path: Path
+    ) -> None:
+        from ray.util.state import list_tasks
+
+        spec = spec_of(SITES[:3], rounds=2)
+        plan = plan_of(spec)
+        assert plan.mode == "federated" and sorted(plan.sites) == list(SITES[:3])
+        records: list[dict[str, Any]] = []
+        trainer = trainer_of(spec, tmp_path, records)
+        result = trainer.train(
+            "run-1", parent=None, base_model=None, base_graph=None, workdir=tmp_path / "run-1"
+        )
+        rounds = rounds_of(records)
+        assert [r["round"] for r in rounds] == [1, 2]
+        for record in rounds:
+            assert record["participants"] == list(SITES[:3])
+            assert record["skipped"] == {}
+            assert all(record["sample_counts"][s] == 92 for s in SITES[:3])  # 4/5 of 115
+            assert record["clipped"] == [] and record["excluded"] == []
+        assert result.lineage["sha256"] == rounds[-1]["sha256"]
+        assert result.lineage["rounds"] == 2
+        x, y = sites["test"]
+        assert evaluate(result.onnx_path, x, y, "accuracy") > 0.85
+
+        scores = trainer.evaluate(result.onnx_path, None)
+        assert sorted(scores.per_site) == list(SITES[:3])
+        assert scores.size == 3 * 23 and scores.candidate > 0.85
+
+        # Every site's task ran on a node of its site, and no task ran elsewhere.
+        cluster: LocalRayCluster = sites["cluster"]
+        site_of = {
+            n["NodeID"]: (n.get("Labels") or {}).get(SITE) for n in __import__("ray").nodes()
+        }
+        tasks = list_tasks(
+            address=cluster.dashboard_url,
+            filters=[("type", "=", "NORMAL_TASK")],
+            detail=True,
+            limit=10_000,
+            raise_on_missing_output=False,
+        )
+        ours = [t for t in tasks if t.name.startswith("federated-")]
+        assert len([t for t in ours if t.name.startswith("federated-train:")]) == 6
+        for task in ours:
+            assert site_of[task.node_id] == task.name.split(":", 1)[1], task.name
+        for task in tasks:  # Ray Data's block tasks too
+            assert site_of.get(task.node_id) in SITES, (task.name, site_of.get(task.node_id))
+        trainer.close()
+
+
+@pytest.fixture(scope="module")
+def parent(sites: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A current model (one clean round of the three sites): retraining starts from it."""
+    folder = tmp_path_factory.mktemp("parent")
+    trainer = trainer_of(spec_of(SITES[:3], rounds=1), folder, [])
+    result = trainer.train(
+        "run-0", parent=None, base_model=None, base_graph=None, workdir=folder / "run"
+    )
+    trainer.close()
+    return result.pt_path, result.onnx_path
+
+
+class TestAScaledUpUpdate:
+    @pytest.mark.parametrize("action", ["clip", "exclude"])
+    def test_is_held_to_the_bound_counted_and_recorded(
+        self, sites: dict[str, Any], parent: tuple[Path, Path], tmp_path: Path, action: str
+    ) -> None:
+        spec = spec_of(("hospital-a", "hospital-b", POISONED), rounds=1, outliers=action)
+        records: list[dict[str, Any]] = []
+        trainer = trainer_of(spec, tmp_path, records)
+        result = trainer.train(
+            "run-p",
+            parent="v1",
+            base_model=parent[0],
+            base_graph=parent[1],
+            workdir=tmp_path / "run",
+        )
+        (record,) = rounds_of(records)
+        norms = record["update_norms"]
+        assert (
+            norms[POISONED] > record["norm_bound"] >= max(norms["hospital-a"], norms["hospital-b"])
+        )
+        if action == "clip":
+            assert record["clipped"] == [POISONED] and record["aggregated"] == sorted(
+                record["participants"]
+            )
+            assert trainer.counters.clipped == 1
+        else:
+            assert record["excluded"] == [POISONED] and POISONED not in record["aggregated"]
+            assert trainer.counters.excluded == 1
+        x, y = sites["test"]
+        assert evaluate(result.onnx_path, x, y, "accuracy") > 0.85
+        trainer.close()
+
+
+class _HeadDied(BaseException):
+    """Stands for the head process dying: nothing in the driver catches it."""
+
+
+class TestAHeadRestartMidTraining:
+    def test_resumes_after_the_last_completed_round(
+        self, sites: dict[str, Any], tmp_path: Path
+    ) -> None:
+        spec = spec_of(SITES[:3], rounds=3)
+        records: list[dict[str, Any]] = []
+
+        def dies_in_round_two(record: dict[str, Any]) -> None:
+            if record.get("round") == 2:
+                raise _HeadDied
+            records.append(record)
+
+        first = FederatedTrainer(
+            spec, plan_of(spec), tmp_path / "federated.sqlite3", record=dies_in_round_two
+        )
+        with pytest.raises(_HeadDied):
+            first.train(
+                "run-1", parent=None, base_model=None, base_graph=None, workdir=tmp_path / "a"
+            )
+        first.close()
+        assert [r["round"] for r in rounds_of(records)] == [1]
+
+        second = trainer_of(spec, tmp_path, records)
+        result = second.train(
+            "run-2", parent=None, base_model=None, base_graph=None, workdir=tmp_path / "b"
+        )
+        (resumed,) = [r for r in records if r["event"] == "federated_resumed"]
+        assert resumed["completed_rounds"] == 1
+        assert resumed["sha256"] == rounds_of(records)[0]["sha256"]
+        assert [r["round"] for r in rounds_of(records)] == [1, 2, 3]
+        assert result.lineage["resumed_from_round"] == 1 and result.lineage["rounds"] == 3
+        second.close()
+
+
+class TestASiteKilledMidRound:
+    """Last in the module: the killed site's node stays down."""
+
+    def test_is_skipped_when_the_quorum_answered(
+        self, sites: dict[str, Any], tmp_path: Path
+    ) -> None:
+        from ray.util.state import list_tasks
+
+        cluster: LocalRayCluster = sites["cluster"]
+        spec = spec_of(SITES[:3], rounds=1, quorum=2)
+        plan = plan_of(spec)  # while hospital-c's node is up
+        records: list[dict[str, Any]] = []
+        trainer = FederatedTrainer(
+            spec, plan, tmp_path / "federated.sqlite3", record=records.append
+        )
+        outcome: dict[str, Any] = {}
+
+        def train() -> None:
+            try:
+                outcome["result"] = trainer.train(
+                    "run-k", parent=None, base_model=None, base_graph=None, workdir=tmp_path / "k"
+                )
+            except BaseException as error:  # reported to the test thread
+                outcome["error"] = error
+
+        thread = threading.Thread(target=train)
+        thread.start()
+        deadline = time.monotonic() + 120
+        victim = next(n for n in cluster.nodes if n.labels.get(SITE) == "hospital-c")
+        while time.monotonic() < deadline:
+            running = list_tasks(
+                address=cluster.dashboard_url,
+                filters=[("name", "=", "federated-train:hospital-c"), ("state", "=", "RUNNING")],
+                raise_on_missing_output=False,
+            )
+            if running:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the site's task never ran")
+        kill_sessions([victim.pid], timeout_s=10)
+        thread.join(300)
+        assert "error" not in outcome, outcome.get("error")
+        (record,) = rounds_of(records)
+        assert record["participants"] == ["hospital-a", "hospital-b"]
+        assert list(record["skipped"]) == ["hospital-c"]
+        assert trainer.counters.skipped == 1
+        assert outcome["result"].onnx_path.is_file()
+        trainer.close()
+
+        # A quorum of all three cannot be reached while hospital-c is down: the round says so.
+        strict = spec_of(SITES[:3], rounds=1, quorum=3, round_timeout_s=30)
+        waiting = FederatedTrainer(strict, plan, tmp_path / "w.sqlite3")
+        with pytest.raises(QuorumError, match=r"waiting for quorum: 2 of 3 sites answered"):
+            waiting.train(
+                "run-w", parent=None, base_model=None, base_graph=None, workdir=tmp_path / "w"
+            )
+        assert waiting.counters.quorum_waits == 1
+        waiting.close()
