@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from cloud_head._fleet_backlog import FLOOR_RISE, Backlog
+from cloud_head._fleet_backlog import Backlog
 from continuum.wire.messages import MAX_MESSAGE_BYTES, NodeStatus
 
 #: The key that ends a status as pydantic writes it (``ts`` is its last field).
@@ -32,8 +32,8 @@ class LiveNode:
     not laid out as pydantic writes it (or the node is refused): then every status is parsed.
     ``since``: when the registry began to watch it, for a node it found online in its file
     rather than heard from (its silence is counted from then, not from before the restart).
-    ``lag_floor``: the least lag (cloud clock minus the status's ``ts``) heard from it, rising
-    slowly (see ``_fleet_backlog``): its clock's offset plus the transit.
+    ``lag_floor``: its usual lag (cloud clock minus the status's ``ts``: its clock's offset
+    plus the transit; see ``_fleet_backlog``), None until its first heartbeat.
     """
 
     status: NodeStatus
@@ -41,7 +41,7 @@ class LiveNode:
     last_seen: float
     period: float
     since: float = 0.0
-    lag_floor: float = math.inf
+    lag_floor: float | None = None
 
 
 def heartbeat_prefix(payload: bytes, status: NodeStatus) -> bytes | None:
@@ -89,7 +89,7 @@ class Liveness:
         ts = float(tail[:-1])
         if not math.isfinite(ts):
             return False
-        self._lag(live, now - ts)
+        self._lag(live, now - ts, now)
         self._heard(node, live, now)
         return True
 
@@ -102,7 +102,7 @@ class Liveness:
         self.drop(node)
         if previous is not None:
             live.lag_floor = previous.lag_floor
-            self._lag(live, live.last_seen - live.status.ts)
+            self._lag(live, live.last_seen - live.status.ts, live.last_seen)
         self._live[node] = live
         self._by_period.setdefault(live.period, OrderedDict())[node] = None
 
@@ -125,10 +125,10 @@ class Liveness:
     def silent(self, now: float) -> list[tuple[str, LiveNode]]:
         """Stop watching the nodes silent for more than two of their periods; return them.
 
-        None while the backlog says the registry is behind: their heartbeats may be in its
-        queue.  How many would be is kept as the backlog's ``overdue``.
+        None while the backlog says the registry is behind (or holds this tick's verdicts):
+        their heartbeats may be in its queue.  How many would be is the backlog's ``overdue``.
         """
-        if self.backlog.behind:
+        if self.backlog.behind or self.backlog.hold:
             self.backlog.overdue = self._overdue(now)
             return []
         found: list[tuple[str, LiveNode]] = []
@@ -155,10 +155,8 @@ class Liveness:
                 count += 1
         return count
 
-    def _lag(self, live: LiveNode, lag_s: float) -> None:
-        floor = min(lag_s, live.lag_floor + FLOOR_RISE * live.period)
-        live.lag_floor = floor
-        self.backlog.record(lag_s, floor, live.period)
+    def _lag(self, live: LiveNode, lag_s: float, now: float) -> None:
+        live.lag_floor = self.backlog.record(lag_s, live.lag_floor, live.period, now)
 
     def _heard(self, node: str, live: LiveNode, now: float) -> None:
         live.last_seen = now

@@ -6,7 +6,10 @@ Public through ``cloud_head.fleet``; the protocol logic it runs is ``FleetRegist
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import struct
+import termios
 import threading
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -190,7 +193,7 @@ class FleetWorker:
         while True:
             stopping = self._stopping.wait(self._registry.tick_interval_s)
             try:
-                self._registry.tick()
+                self._registry.tick(unread=self._unread())
             except Exception as exc:  # e.g. a locked or full disk: keep the changes, try again
                 _log.debug("fleet registry tick failed", exc_info=True)
                 self._tick_failures.failed(f"{type(exc).__name__}: {exc}")
@@ -198,6 +201,23 @@ class FleetWorker:
                 self._tick_failures.recovered()
             if stopping:
                 return
+
+    def _unread(self) -> bool:
+        """Whether bytes wait unread on the broker connection (FIONREAD, plus what TLS holds).
+
+        With no heartbeat handled lately, that means the handling stalled, not the nodes.
+        """
+        client = self._client
+        sock: Any = None if client is None else client.socket()
+        if sock is None:
+            return False
+        try:
+            if getattr(sock, "pending", None) is not None and sock.pending() > 0:
+                return True
+            waiting = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+        except (OSError, ValueError):  # closed meanwhile: nothing waits
+            return False
+        return bool(struct.unpack("i", waiting)[0] > 0)
 
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, props: Any

@@ -35,7 +35,7 @@ nothing is heard, and a dead broker shows as an offline fleet within two periods
 back online with its next status, which the broker replays at once on resubscribe.
 
 Silence proves nothing while the registry itself is behind: when the heartbeats it handles are
-late by half a period or more beyond their nodes' usual lag, their successors may be waiting
+late by a quarter period or more beyond their nodes' usual lag, their successors may be waiting
 in its queue, so it withholds offline verdicts by silence until it catches up, and says so
 (``stats()["behind"]``, the ``continuum_fleet_registry_behind`` gauge, one log line when it
 starts and one when it ends); last wills and offline statuses still apply at once.
@@ -328,7 +328,7 @@ class FleetRegistry:
 
     # -- upkeep ----------------------------------------------------------------------------
 
-    def tick(self) -> list[str]:
+    def tick(self, *, unread: bool = False) -> list[str]:
         """Mark nodes silent for over two of their heartbeat periods offline, then flush.
 
         Call it every ``tick_interval_s`` (``FleetWorker`` does), whether or not the broker
@@ -343,6 +343,11 @@ class FleetRegistry:
         While the registry is behind (see the module's docstring) no node is marked offline
         for silence; the nodes that would be are counted as ``overdue`` in ``stats()``.
 
+        Args:
+            unread: whether messages wait unread on the registry's connection now
+                (``FleetWorker`` asks its socket): with no heartbeat handled lately, the
+                registry's handling stalled, not its nodes, and silence proves nothing.
+
         Returns:
             The nodes marked offline by this call.
         """
@@ -354,7 +359,9 @@ class FleetRegistry:
             backlog = self._liveness.backlog
             before = backlog.state()
             shortest = min([self._heartbeat_s, *self._liveness.periods()])
-            change = backlog.judge(now, quiet_after_s=2 * shortest)
+            change = backlog.judge(
+                now, quiet_after_s=2 * shortest, stall_after_s=shortest / 4, unread=unread
+            )
             for node, live in self._liveness.silent(now):
                 offline = live.status.model_copy(update={"online": False})
                 pending = self._pending_locked(node, live.last_seen)

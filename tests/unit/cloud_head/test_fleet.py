@@ -33,6 +33,7 @@ def status(
     site: str = "lux-1",
     tenant: str = TENANT,
     heartbeat_s: float | None = None,
+    ts: float = 900.0,
 ) -> bytes:
     return NodeStatus(
         node=node,
@@ -45,7 +46,7 @@ def status(
         agent_version="0.1.0",
         pipelines=["digits"],
         heartbeat_s=heartbeat_s,
-        ts=900.0,
+        ts=ts,
     ).to_payload()
 
 
@@ -376,7 +377,7 @@ class TestSilentNodes:
         fleet.handle(topics.node_status(TENANT, "cam-1"), status("cam-1"))
         fleet.handle(topics.node_status(TENANT, "cam-2"), status("cam-2"))
         clock.now = 1_015.0
-        fleet.handle(topics.node_status(TENANT, "cam-2"), heartbeat("cam-2", 915.0))
+        fleet.handle(topics.node_status(TENANT, "cam-2"), heartbeat("cam-2", 1_015.0))
         clock.now = 1_020.0
         assert fleet.tick() == []  # exactly two periods: not yet
         clock.now = 1_020.5
@@ -430,7 +431,8 @@ class TestSilentNodes:
         self, fleet: FleetRegistry, clock: Clock
     ) -> None:
         fleet.handle(topics.node_status(TENANT, "cam-1"), status("cam-1", heartbeat_s=60))
-        fleet.handle(topics.node_status(TENANT, "cam-1"), status("cam-1", heartbeat_s=2.0))
+        changed = status("cam-1", heartbeat_s=2.0, ts=1_000.0)  # sent now, as agents do
+        fleet.handle(topics.node_status(TENANT, "cam-1"), changed)
         clock.now = 1_004.5
         assert fleet.tick() == ["cam-1"]
 
@@ -447,7 +449,7 @@ class TestSilentNodes:
         with FleetRegistry(TENANT, path, clock=clock, heartbeat_interval_s=10.0) as fleet:
             assert fleet.tick() == []  # the broker's replay has two periods to arrive
             clock.now = 2_010.0
-            fleet.handle(topics.node_status(TENANT, "cam-2"), heartbeat("cam-2", 1_910.0))
+            fleet.handle(topics.node_status(TENANT, "cam-2"), heartbeat("cam-2", 2_010.0))
             clock.now = 2_020.5
             assert fleet.tick() == ["cam-1"]
             assert fleet.liveness() == {"cam-1": (False, 1_000.0), "cam-2": (True, 2_010.0)}

@@ -145,20 +145,92 @@ class TestABacklogWithholdsSilenceVerdicts:
         assert not fleet.stats()["behind"]
 
 
+class TestAStalledRegistryIsBehind:
+    """Its handling stopped (a paused process, a blocked thread) while messages wait unread:
+    the tick thread must not read the silence it caused as its nodes' silence."""
+
+    def test_one_stalled_tick_holds_the_verdicts_two_make_it_behind(
+        self, fleet: FleetRegistry, clock: Clock, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        start(fleet, clock)
+        clock.now = 1_031.0  # nothing handled since 1010; the nodes' beats wait unread
+        assert fleet.tick(unread=True) == []
+        assert not fleet.stats()["behind"]  # one look may be a message that just arrived
+        clock.now = 1_031.25
+        with caplog.at_level(logging.WARNING, logger="cloud_head.fleet"):
+            assert fleet.tick(unread=True) == []
+        state = fleet.backlog()
+        assert state.behind and state.stalled and state.overdue == 4
+        assert "wait unread" in caplog.text and "21.2 s" in caplog.text
+        clock.now = 1_040.0  # still nothing handled, still waiting: still behind
+        assert fleet.tick(unread=True) == []
+        for node in NODES:  # the queue drains: old beats, then fresh ones
+            beat(fleet, clock, 1_040.5, node, 1_020.0)
+        assert fleet.tick() == []
+        for node in NODES:
+            beat(fleet, clock, 1_041.0, node, 1_040.9)
+        assert fleet.tick() == []
+        stats = fleet.stats()
+        assert not stats["behind"] and stats["timed_out"] == 0 and all(online(fleet).values())
+
+    def test_unread_bytes_while_heartbeats_are_handled_are_no_stall(
+        self, fleet: FleetRegistry, clock: Clock
+    ) -> None:
+        start(fleet, clock)
+        for t in (1_020.0, 1_030.0):
+            for node in ("cam-1", "cam-2", "cam-3"):  # cam-4 went half-open
+                beat(fleet, clock, t, node, t)
+        clock.now = 1_030.5
+        assert fleet.tick(unread=True) == ["cam-4"]
+        assert not fleet.stats()["behind"]
+
+    def test_nothing_unread_and_nothing_handled_is_silence(
+        self, fleet: FleetRegistry, clock: Clock
+    ) -> None:
+        start(fleet, clock)
+        clock.now = 1_030.5
+        assert sorted(fleet.tick(unread=False)) == list(NODES)
+
+
 class TestClocksAreNotABacklog:
     def test_a_node_whose_clock_is_minutes_off_leaves_the_verdicts_alone(
         self, fleet: FleetRegistry, clock: Clock
     ) -> None:
-        beat(fleet, clock, 1_000.0, "cam-1", 700.0)  # 5 minutes behind the cloud
-        beat(fleet, clock, 1_000.0, "cam-2", 1_000.0)
-        beat(fleet, clock, 1_000.0, "cam-3", 1_000.0)
-        for t in (1_010.0, 1_020.0):
-            beat(fleet, clock, t, "cam-1", t - 300.0)
-            beat(fleet, clock, t, "cam-2", t)
+        skews = {"cam-1": 300.0, "cam-2": 0.0, "cam-3": 0.0, "cam-4": 0.0}  # cam-1: 5 min slow
+        for t in (1_000.0, 1_010.0, 1_020.0):
+            for node, skew in skews.items():
+                if node != "cam-4" or t == 1_000.0:  # cam-4 goes half-open after its first
+                    beat(fleet, clock, t, node, t - skew)
             assert fleet.tick() == []
         clock.now = 1_020.5
-        assert fleet.tick() == ["cam-3"]
+        assert fleet.tick() == ["cam-4"]
         assert not fleet.stats()["behind"]
+
+    def test_a_clock_ahead_of_the_clouds_is_learnt_at_once(
+        self, fleet: FleetRegistry, clock: Clock
+    ) -> None:
+        """A node 8 s ahead beats with a negative lag; its floor follows at once, so a queue
+        of 4 s on top of it reads as one (less the floor's rise of 0.05 of a period)."""
+        start(fleet, clock, ("cam-1",))
+        beat(fleet, clock, 1_020.0, "cam-1", 1_028.0)
+        fleet.tick()
+        assert not fleet.stats()["behind"]
+        beat(fleet, clock, 1_033.0, "cam-1", 1_037.0)
+        fleet.tick()
+        assert fleet.backlog().excess_periods == pytest.approx(0.35)
+        assert fleet.stats()["behind"]
+
+    def test_a_registry_that_starts_behind_sees_its_queue(
+        self, fleet: FleetRegistry, clock: Clock
+    ) -> None:
+        """The first heartbeats it handles are already 6 s old: a queue, not six-second
+        offsets (the floor starts at zero, not at the first lag)."""
+        for node in NODES:
+            beat(fleet, clock, 1_000.0, node, 1_000.0)
+        for node in NODES:
+            beat(fleet, clock, 1_016.0, node, 1_010.0)
+        assert fleet.tick() == []
+        assert fleet.stats()["behind"]
 
     def test_a_clock_step_of_the_whole_fleet_wears_off(
         self, fleet: FleetRegistry, clock: Clock
@@ -174,7 +246,7 @@ class TestClocksAreNotABacklog:
             episodes_at.append(fleet.stats()["behind"])
         assert episodes_at[0] is True  # it cannot tell a step from a queue at first
         caught_up = episodes_at.index(False)
-        assert caught_up <= 20  # 0.02 of a period per beat: 0.6 -> below 0.25 in ~18 beats
+        assert caught_up <= 30  # 0.02 of a period per beat: 0.6 -> below 0.1 in ~25 beats
         assert not any(episodes_at[caught_up:])
 
 
