@@ -16,6 +16,8 @@ _LARGER_BATCH_GAIN = 0.01
 #: With batches overlapping on the model, one cost sample spans this many times as many
 #: full batches as are in flight.
 _OVERLAP_WINDOW = 4
+#: Weight of the newest batch in ``BatchSizer.frame_cost_s``.
+_COST_SMOOTHING = 0.1
 
 
 class BatchSizer:
@@ -68,6 +70,9 @@ class BatchSizer:
         self._window_batches = 0
         #: The most frames the next batch may take.
         self.cap = 1
+        #: Smoothed seconds per frame of the batches recorded lately, whatever their size
+        #: (0.0 before the first): what a frame costs the runtime from the model on.
+        self.frame_cost_s = 0.0
 
     @property
     def chosen(self) -> int:
@@ -76,6 +81,12 @@ class BatchSizer:
 
     def record(self, frames: int, seconds: float) -> None:
         """Note that a batch of ``frames`` took ``seconds`` to process, and set ``cap``."""
+        if frames > 0:
+            per_frame = seconds / frames
+            if self.frame_cost_s == 0.0:
+                self.frame_cost_s = per_frame
+            else:
+                self.frame_cost_s += _COST_SMOOTHING * (per_frame - self.frame_cost_s)
         if frames != self.cap:
             return
         if self._settling:

@@ -146,6 +146,13 @@ class RuntimeCore:
         )
         self._frames = FrameQueue(maxsize=max(16, 4 * edge.max_batch))
         self._sizer = BatchSizer(edge.max_batch, overlap=batches_in_flight)
+        #: Held by whichever thread runs a batch and what follows it (serial mode): the
+        #: inference thread, or the source thread when it runs a frame to completion itself.
+        self._work = threading.Lock()
+        #: The source thread's smoothed CPU time per frame (its own work, not its waits).
+        self._source_cpu_s = 0.0
+        #: Set when a frame run on the source thread failed: the pipeline stops.
+        self._inline_failed = False
         self._model: ServingModel | None = None
         self._pending: ServingModel | None = None
         self._swap_lock = threading.Lock()
@@ -165,6 +172,10 @@ class RuntimeCore:
         #: Smoothed time between frame arrivals (written by the source thread only).
         self._arrival_gap_s = 0.0
         self._threads: list[threading.Thread] = []
+
+    def _run_inline(self, item: Arrival) -> bool:
+        """Run ``item`` to completion on the calling thread if that pays; see InferenceLoop."""
+        return False
 
     def _reject_frame(self, reason: str, detail: str) -> None:
         self._metrics.frames_rejected.labels(self.name, reason).inc()

@@ -20,33 +20,79 @@ from edge_agent.runtime._selection import Selection
 
 log = logging.getLogger(__name__)
 
+#: A frame runs to completion on the source thread only while the source's own CPU time per
+#: frame is below this share of a frame's cost on the model and after it (see _run_inline).
+_INLINE_SOURCE_SHARE = 0.25
+
 
 class InferenceLoop(Selection):
     """The inference part of ``PipelineRuntime`` (see there)."""
 
     def _infer_loop(self) -> None:
         try:
-            while True:
-                self._apply_swap()
-                if self._model is None:
+            while not self._inline_failed:
+                # Waits happen outside the work lock, so the source may run frames meanwhile.
+                if self._model is None and self._pending is None:
                     if self._stopping.is_set() or self._source_done.is_set():
                         break
                     self._model_ready.wait(POLL_S)
                     continue
-                batch = self._collect()
-                if batch:
-                    started_ns = time.perf_counter_ns()
-                    self._process(batch)
-                    self._sizer.record(len(batch), (time.perf_counter_ns() - started_ns) / 1e9)
-                elif self._source_done.is_set() and not self._frames:
-                    break
-                self._release_due()
-                self._maybe_emit()
-            self._emit_window(final=True)
+                if self._model is not None:
+                    self._frames.wait(POLL_S)
+                with self._work:
+                    self._apply_swap()
+                    if self._model is None:
+                        continue
+                    batch = self._collect(wait_s=0.0)
+                    if batch:
+                        started_ns = time.perf_counter_ns()
+                        self._process(batch)
+                        spent_s = (time.perf_counter_ns() - started_ns) / 1e9
+                        self._sizer.record(len(batch), spent_s)
+                    elif self._source_done.is_set() and not self._frames:
+                        break
+                    self._release_due()
+                    self._maybe_emit()
+            with self._work:
+                self._emit_window(final=True)
         except Exception:
             log.exception("pipeline %s: inference loop failed; the pipeline stops", self.name)
         finally:
             self._finished.set()
+
+    def _run_inline(self, item: Arrival) -> bool:
+        """Run one frame to completion on the calling (source) thread; False: queue it.
+
+        Serial mode only, while batches are of one frame (``BatchSizer.cap``), nothing is
+        queued (so frames stay in order) and the source's own CPU time per frame is small
+        beside the model's: then handing the frame to the inference thread buys no overlap
+        and costs two thread wake-ups (tens of microseconds, more than a small model's run).
+        A source that spends CPU on each frame (decoding video) keeps the hand-off, so that
+        it decodes the next frame while the model runs this one.
+        """
+        if self._in_flight != 1 or self._sizer.cap != 1 or self._frames:
+            return False
+        if self._source_cpu_s > _INLINE_SOURCE_SHARE * self._sizer.frame_cost_s:
+            return False
+        if not self._work.acquire(blocking=False):
+            return False
+        try:
+            self._apply_swap()
+            if self._model is None or self._frames or self._sizer.cap != 1:
+                return False
+            try:
+                started_ns = time.perf_counter_ns()
+                self._process([item])
+                self._sizer.record(1, (time.perf_counter_ns() - started_ns) / 1e9)
+                self._release_due()
+                self._maybe_emit()
+            except Exception:
+                log.exception("pipeline %s: inference failed; the pipeline stops", self.name)
+                self._inline_failed = True
+                self._stopping.set()
+            return True
+        finally:
+            self._work.release()
 
     def _infer_pipelined(self) -> None:
         """The inference loop with ``batches_in_flight`` batches on the model at once.
@@ -124,13 +170,13 @@ class InferenceLoop(Selection):
             old.backend.close()
             log.info("pipeline %s: swapped %s -> %s", self.name, old.version, new.version)
 
-    def _collect(self) -> list[Arrival]:
-        """Return the next micro-batch: up to the sizer's cap, waiting at most
-        ``max_wait_ms`` after the first frame arrived, and not at all when frames come
-        further apart than that (waiting would only add latency, never batch size).
+    def _collect(self, wait_s: float = POLL_S) -> list[Arrival]:
+        """Return the next micro-batch: up to the sizer's cap, waiting at most ``wait_s``
+        for a first frame and ``max_wait_ms`` after it arrived, and not at all when frames
+        come further apart than that (waiting would only add latency, never batch size).
         """
         frames = self._frames
-        if not frames.wait(POLL_S):
+        if not frames.wait(wait_s):
             return []
         cap = self._sizer.cap
         batch: list[Arrival] = []

@@ -28,10 +28,16 @@ class SourceLoop(RuntimeCore):
             while not self._stopping.is_set():
                 started = time.monotonic()
                 try:
+                    cpu_mark = time.thread_time()
                     for frame in self._source:
                         if self._stopping.is_set():
                             break
                         arrived_ns = time.monotonic_ns()
+                        # This thread's CPU time to produce the frame (decoding, copying),
+                        # not the time it waited for it: what running the frame here too
+                        # would take from the source (see InferenceLoop._run_inline).
+                        cpu_s = time.thread_time() - cpu_mark
+                        self._source_cpu_s += _GAP_SMOOTHING * (cpu_s - self._source_cpu_s)
                         if last_ns is not None:
                             gap_s = (arrived_ns - last_ns) / 1e9
                             if self._arrival_gap_s == 0.0:
@@ -42,9 +48,11 @@ class SourceLoop(RuntimeCore):
                                 )
                         last_ns = arrived_ns
                         item = (frame, arrived_ns)
-                        while not self._frames.put(item, POLL_S):
-                            if self._stopping.is_set():
-                                break
+                        if not self._run_inline(item):
+                            while not self._frames.put(item, POLL_S):
+                                if self._stopping.is_set():
+                                    break
+                        cpu_mark = time.thread_time()
                     else:
                         log.info("pipeline %s: source ended", self.name)
                     return
