@@ -132,7 +132,7 @@ class HospitalsRun:
             head_labels=CLOUD_LABELS,
             edge_nodes=[site_labels(site) for site in SITES],
             edge_env=[{"CONTINUUM_SITE_DATA": str(self.site_dir(site))} for site in SITES],
-            dashboard=False,
+            dashboard=True,  # the state API: where each task that read site data ran
             head_cpus=2,
             edge_cpus=1,
         )

@@ -132,10 +132,11 @@ def inspect_files(
     }
 
 
-def ray_placement(site_nodes: Mapping[str, str]) -> dict[str, Any]:
+def ray_placement(site_nodes: Mapping[str, str], dashboard: str) -> dict[str, Any]:
     """Return where every Ray task and actor that touches a site's rows ran (state API).
 
-    ``site_nodes`` maps each site to its Ray node id.  ``off_site`` lists those that ran on a
+    ``site_nodes`` maps each site to its Ray node id; ``dashboard`` is the cluster's
+    dashboard URL (the state API's address).  ``off_site`` lists those that ran on a
     node that is no site's (the cloud head): none may.
     """
     from ray.util.state import list_actors, list_tasks
@@ -143,9 +144,13 @@ def ray_placement(site_nodes: Mapping[str, str]) -> dict[str, Any]:
     sites_of = {node: site for site, node in site_nodes.items()}
     ran: dict[str, dict[str, int]] = {}
     off_site: list[dict[str, Any]] = []
-    records = [(t.name, t.node_id) for t in list_tasks(limit=10_000, raise_on_missing_output=False)]
+    records = [
+        (t.name, t.node_id)
+        for t in list_tasks(address=dashboard, limit=10_000, raise_on_missing_output=False)
+    ]
     records += [
-        (a.class_name, a.node_id) for a in list_actors(limit=10_000, raise_on_missing_output=False)
+        (a.class_name, a.node_id)
+        for a in list_actors(address=dashboard, limit=10_000, raise_on_missing_output=False)
     ]
     for name, node in records:
         if not name or not any(key in name for key in SITE_TASKS):

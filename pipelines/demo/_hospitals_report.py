@@ -129,7 +129,11 @@ def build_hospitals_report(run: HospitalsRun, *, interrupted: bool) -> dict[str,
     from pipelines.hospitals import baselines
     from pipelines.hospitals.data import DRIFT_SITE, SITES
 
-    placement = ray_placement(run.node_ids) if run.node_ids else {"off_site": [], "ran": {}}
+    placement = (
+        ray_placement(run.node_ids, run.cluster.dashboard_url)
+        if run.node_ids and run.cluster is not None
+        else {"off_site": [], "ran": {}}
+    )
     run.stop_infrastructure()
     rows = rows_by_site()
     evidence = inspect_files(
