@@ -628,6 +628,11 @@ def main() -> None:
     """Build both models, run every case and print the tables, the verdicts and the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a tenth of the frames (smoke run)")
+    parser.add_argument(
+        "--models",
+        default="cnn,squeezenet",
+        help="comma-separated: cnn, squeezenet (default both; verdicts of the models run)",
+    )
     harness.add_arguments(parser, rounds=ROUNDS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
@@ -641,15 +646,21 @@ def main() -> None:
             f"{platform.machine()}; 1 intra-op thread unless a case says more"
         )
         headline: dict[str, dict[str, Case]] = {}
-        for build in (digits_cnn, squeezenet):
-            model = build(workdir)
+        builds = {"cnn": digits_cnn, "squeezenet": squeezenet}
+        chosen = [m.strip() for m in args.models.split(",") if m.strip()]
+        if not chosen or set(chosen) - set(builds):
+            parser.error(f"--models takes some of {', '.join(builds)}, got {args.models!r}")
+        for key in chosen:
+            model = builds[key](workdir)
             frames = max(10, FRAMES[model.key] // (10 if args.quick else 1))
             cases = measure(model, frames, workdir, rounds)
             print_results(model, cases)
             record(report, model, cases)
             headline[model.key] = cases
-    judge_cnn(report, headline["cnn"])
-    judge_squeezenet(report, headline["squeezenet"])
+    if "cnn" in headline:
+        judge_cnn(report, headline["cnn"])
+    if "squeezenet" in headline:
+        judge_squeezenet(report, headline["squeezenet"])
     print(f"(took {time.perf_counter() - started:.0f} s)")
     report.finish(args.json)
 
