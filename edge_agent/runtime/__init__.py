@@ -6,7 +6,10 @@ cheapest per frame, at most ``max_batch`` frames, or ``max_wait_ms`` after the f
 then: latency per frame (arrival to result), the drift detectors (confidences, input
 tensors, labels once due), the uplink policy, the bandwidth budget, the durable outbox,
 delayed labels, and one ``Telemetry`` message per window.  A new model is swapped in
-between two batches, never during one.
+between two batches, never during one.  While batches are of one frame and the source
+spends little CPU per frame (a camera that waits for its next frame), the source thread
+runs each frame to completion itself instead of handing it over: two thread wake-ups cost
+more than a small model's whole run (``InferenceLoop._run_inline``).
 
 The rooms, each a private module: ``_source`` (the source thread), ``_frames`` (the
 hand-off queue), ``_batching`` (the batch sizer), ``_inference`` (the inference thread and
