@@ -18,6 +18,7 @@ import argparse
 import datetime as dt
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import re
@@ -206,6 +207,17 @@ def environment(paths: Sequence[Path] = ()) -> dict[str, Any]:
     }
 
 
+def _finite(value: Any) -> Any:
+    """Return ``value`` with NaN and infinities as None: strict JSON readers refuse them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     """Print a plain-text table: first column left-aligned, the rest right-aligned."""
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
@@ -317,6 +329,6 @@ class Report:
         result = self.to_json()
         if json_path is not None:
             json_path.parent.mkdir(parents=True, exist_ok=True)
-            json_path.write_text(json.dumps(result, indent=2) + "\n")
+            json_path.write_text(json.dumps(_finite(result), indent=2, allow_nan=False) + "\n")
             print(f"wrote {json_path}")
         return result

@@ -1,6 +1,9 @@
-"""Benchmark the fleet registry against a growing fleet of simulated agents (issue 5).
+"""Benchmark the fleet registry against a growing fleet of simulated agents (issues 5, 18).
 
-Run: ``python benchmarks/fleet_scale.py`` (a few minutes; ``--help`` for the flags).
+Run: ``python benchmarks/fleet_scale.py`` (a few minutes; ``--help`` for the flags;
+``--json PATH`` writes the result).  The headline run is
+``python benchmarks/fleet_scale.py --steps 1000,2500,5000,10000,15000,20000 --json fleet.json``
+on a quiet machine.
 
 One mosquitto on loopback (``EmbeddedBroker``); the registry process runs the real
 ``FleetWorker`` and ``FleetRegistry`` on a temporary SQLite file, as the cloud head's fleet
@@ -8,21 +11,29 @@ actor does; simulated agents (``tests/fleet_simulator.py``: asyncio MQTT 5 clien
 agent's last will and retained ``NodeStatus`` heartbeat) run on a few simulator processes,
 because one process's file-descriptor limit (``ulimit -Hn``) caps its sockets.
 
-The fleet grows in steps. At each one the benchmark measures:
+At each step of the ramp, over a window of steady heartbeats:
 
-- connect: seconds from TCP connect to CONNACK per agent (p50/p99) and the ramp's wall time;
-- lag: for every live node, now minus the registry's last-seen time, sampled each period
-  (p50/p99/max) and the share of samples within two heartbeat periods;
-- flip: a sample of agents is killed abruptly (socket closed, no DISCONNECT, so the broker
-  fires their wills); seconds from the kill until the registry holds each one offline;
-- CPU of the registry process, of mosquitto and of the simulators over the lag window, and
-  the registry's CPU per status message;
-- baseline: a bare paho subscriber with the registry's own subscriptions, which only counts
-  what arrives, connected for a short window after the registry's: its CPU per message is
-  the cost of receiving, so ``ratio`` is what the registry adds to it.
+- sent: heartbeats the simulators wrote (their own counters) against N / period, the rate the
+  fleet should send; processed: statuses the registry handled (its own counter) over the same
+  window: a registry that queues or a broker that drops shows as heartbeats not processed;
+- lag: payload ``ts`` to the registry's handling of it, from the registry's lag histogram
+  (``FleetRegistry.backlog()``; a bucket's upper bound, so ``p99 <= 2 s`` is what it shows);
+- false offline: live agents (not killed) the registry ever held offline during the step,
+  polled each period, and its ``timed_out`` count (offline verdicts by silence);
+- behind: whether the registry said it was behind (and withheld silence verdicts);
+- flip: a sample of agents is killed abruptly (no DISCONNECT: the broker fires their wills);
+  seconds from the kill until the registry holds each one offline;
+- CPU of the registry, mosquitto and the simulators over the window, and the registry's CPU
+  per status; the bare baseline (a paho subscriber with the registry's subscriptions that only
+  counts) over a short window after: its rate and CPU per status.
 
-The ramp stops at the first step where the registry falls behind (share current < 99%, or a
-flip slower than two periods), and the last line says the largest fleet it held.
+A step is held if >= 99% of the heartbeats sent were processed, the p99 lag is under two
+periods, no live agent was ever held offline (none timed out) and every killed one flipped
+(by its will) within two periods.
+The ramp stops at the first step not held and names what stopped it: the simulators (they
+sent under 99% of N / period), the machine (all cores busy), mosquitto, or the registry; the
+file-descriptor limit caps the plan before it starts.  The per-core ceiling is statuses per
+registry CPU-second; past it, the registry scales out as ingest does (the plan is printed).
 """
 
 from __future__ import annotations
@@ -32,7 +43,6 @@ import contextlib
 import math
 import multiprocessing as mp
 import os
-import platform
 import random
 import statistics
 import sys
@@ -42,13 +52,15 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 # The simulator is shared with the integration test and lives under tests/ (see its docstring).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import _harness as harness
 
 from cloud_head.fleet import FleetRegistry, FleetWorker, subscriptions
 from continuum.embedded import EmbeddedBroker
@@ -57,9 +69,12 @@ from tests.fleet_simulator import SimulatorProcess, raise_fd_limit
 
 TENANT = "bench"
 DEFAULT_STEPS = "1000,2500,5000,10000,15000,20000"
-SHARE_CURRENT_MIN = 0.99
+GOAL_AGENTS = 20_000
+PROCESSED_MIN = 0.99
 #: Descriptors kept free below the hard limit: the broker's own files, registry, baseline.
 FD_MARGIN = 64
+#: A process at this share of a core (or the machine at this share of its cores) is saturated.
+SATURATED = 0.9
 
 
 # -- child processes ------------------------------------------------------------------------
@@ -81,14 +96,16 @@ def _registry_main(conn: Connection, host: str, port: int, db: str, period_s: fl
     conn.send(("ok", None))
     while True:
         command, *args = conn.recv()
-        if command == "lags":
+        if command == "down":  # nodes held offline, the oldest last-seen of the rest, overdue
             live = registry.liveness()
-            now = time.time()
-            conn.send(("ok", {node: (up, now - seen) for node, (up, seen) in live.items()}))
+            down = [node for node, (up, _) in live.items() if not up]
+            oldest = min((seen for up, seen in live.values() if up), default=time.time())
+            overdue = registry.backlog().overdue
+            conn.send(("ok", (down, len(live), time.time() - oldest, overdue)))
         elif command == "flips":
             conn.send(("ok", _watch_flips(registry, *args)))
         elif command == "stats":
-            conn.send(("ok", worker.stats()))
+            conn.send(("ok", (worker.stats(), registry.backlog())))
         elif command == "stop":
             worker.stop()
             registry.close()
@@ -207,39 +224,66 @@ class _Child:
 
 @dataclass
 class Step:
-    """What one step of the ramp measured."""
+    """What one step of the ramp measured (rates per second, lags in seconds)."""
 
     agents: int
-    label: str
-    connect_p50_ms: float = math.nan
-    connect_p99_ms: float = math.nan
-    ramp_s: float = math.nan
-    rate_in: float = math.nan
+    expected_rate: float  # N / period: what the fleet should send
+    sent_rate: float = math.nan
+    rate_in: float = math.nan  # statuses the registry processed per second
+    processed: float = math.nan  # share of the heartbeats sent that were processed
     lag_p50: float = math.nan
     lag_p99: float = math.nan
     lag_max: float = math.nan
-    current: float = 0.0
+    false_offline: int = 0  # live agents ever held offline during the step
+    timed_out: int = 0  # offline verdicts by silence during the step
+    behind: int = 0  # episodes the registry said it was behind
+    overdue_max: int = 0  # most nodes whose silence verdict it withheld at once
     flip_p50: float = math.nan
     flip_max: float = math.nan
     flips_missing: int = 0
+    connect_p99_ms: float = math.nan
+    ramp_s: float = math.nan
     registry_cpu: float = math.nan
     registry_us: float = math.nan
+    mosquitto_cpu: float = math.nan
+    sims_cpu: list[float] = field(default_factory=list)
+    bare_rate: float = math.nan
     bare_cpu: float = math.nan
     bare_us: float = math.nan
-    bare_rate: float = math.nan
-    mosquitto_cpu: float = math.nan
-    sims_cpu: float = math.nan
-    timed_out: int = 0
-    note: str = ""
+    failed: str = ""  # a ramp that could not be set up
 
     def held(self, period_s: float) -> bool:
-        """Whether the registry kept up at this step."""
+        """Whether the registry kept up at this step (the module docstring's four tests)."""
         return (
-            self.current >= SHARE_CURRENT_MIN
+            not self.failed
+            and self.processed >= PROCESSED_MIN
+            and self.lag_p99 < 2 * period_s
+            and self.false_offline == 0
+            and self.timed_out == 0
             and self.flips_missing == 0
             and self.flip_max <= 2 * period_s
-            and not self.note
         )
+
+    def limit(self, cpus: int) -> str:
+        """Name what stopped the step: the simulators, the machine, mosquitto or the registry."""
+        if self.failed:
+            return self.failed
+        if self.sent_rate < PROCESSED_MIN * self.expected_rate:
+            busiest = max(self.sims_cpu, default=math.nan)
+            return (
+                f"simulators: sent {self.sent_rate:,.0f}/s of {self.expected_rate:,.0f}/s "
+                f"(busiest at {100 * busiest:.0f}% of a core): add --processes or cores"
+            )
+        total = self.registry_cpu + self.mosquitto_cpu + sum(self.sims_cpu)
+        if total >= SATURATED * cpus:
+            return (
+                f"machine: {100 * total:.0f}% of {cpus} cores busy (registry "
+                f"{100 * self.registry_cpu:.0f}%, mosquitto {100 * self.mosquitto_cpu:.0f}%, "
+                f"simulators {100 * sum(self.sims_cpu):.0f}%)"
+            )
+        if self.mosquitto_cpu >= SATURATED:
+            return f"mosquitto at {100 * self.mosquitto_cpu:.0f}% of a core"
+        return f"registry at {100 * self.registry_cpu:.0f}% of a core"
 
 
 class Bench:
@@ -247,6 +291,7 @@ class Bench:
 
     def __init__(self, args: argparse.Namespace, workdir: Path, fd_limit: int) -> None:
         self.period_s: float = args.period_s
+        self.window_s: float = max(args.window_s, 3 * self.period_s)
         self.broker = EmbeddedBroker(workdir / "broker", autosave_interval_s=30).start()
         host, port = self.broker.host, self.broker.port
         self.registry = _Child(_registry_main, host, port, str(workdir / "fleet.db"), self.period_s)
@@ -258,6 +303,7 @@ class Bench:
         ]
         self.per_process = fd_limit - FD_MARGIN
         self.alive: list[list[str]] = [[] for _ in self.sims]
+        self.killed: set[str] = set()
         self.next_index = 0
         self.rng = random.Random(5)
 
@@ -272,16 +318,29 @@ class Bench:
     def total(self) -> int:
         return sum(len(a) for a in self.alive)
 
-    def run_step(self, target: int, label: str) -> Step:
-        step = Step(target, label)
-        period = self.period_s
-        # Ramp: spread the new agents over the processes with the fewest.
+    def run_step(self, target: int) -> Step:
+        step = Step(target, target / self.period_s)
+        stats0, backlog0 = self.registry.call("stats")
+        if not self._ramp(step, target):
+            return step
+        down: set[str] = set()
+        self._settle(down)
+        self._window(step, down)
+        self._flip(step, down)
+        stats1, backlog1 = self.registry.call("stats")
+        step.false_offline = len(down - self.killed)
+        step.timed_out = stats1["timed_out"] - stats0["timed_out"]
+        step.behind = backlog1.episodes - backlog0.episodes + int(backlog0.behind)
+        self._bare(step)
+        return step
+
+    def _ramp(self, step: Step, target: int) -> bool:
         want = [len(a) for a in self.alive]
         for _ in range(target - self.total):
             want[want.index(min(want))] += 1
         if max(want) > self.per_process:
-            step.note = f"over {self.per_process} sockets per simulator: add --processes"
-            return step
+            step.failed = f"fd limit: over {self.per_process} sockets per simulator"
+            return False
         batches = []
         for i, n in enumerate(want):
             names = [f"sim-{self.next_index + k:05d}" for k in range(n - len(self.alive[i]))]
@@ -294,142 +353,191 @@ class Bench:
                     pool.map(lambda sb: sb[0].add(sb[1]), zip(self.sims, batches, strict=True))
                 )
         except (RuntimeError, TimeoutError) as exc:
-            step.note = f"ramp failed: {exc}"
-            return step
+            step.failed = f"ramp failed: {exc}"
+            return False
         step.ramp_s = time.perf_counter() - started
         for i, names in enumerate(batches):
             self.alive[i].extend(names)
         connects = sorted(t for ts in took for t in ts)
         if connects:
-            step.connect_p50_ms = 1e3 * connects[len(connects) // 2]
             step.connect_p99_ms = 1e3 * connects[int(len(connects) * 0.99)]
-        alive = {n for names in self.alive for n in names}
-        self._settle(alive)
+        return True
 
-        # The registry's window: lag samples, message rate and CPU.
-        window_s = max(5.0, 5 * period)
-        before = self._cpu()
-        stats0 = self.registry.call("stats")
+    def _poll_down(self, down: set[str]) -> tuple[int, float, int]:
+        """Add the agents the registry holds offline to ``down``; return how many it knows,
+        the oldest last-seen age of those it holds online and how many are overdue."""
+        offline, known, oldest, overdue = self.registry.call("down")
+        down.update(offline)
+        return known, oldest, overdue
+
+    def _settle(self, down: set[str]) -> None:
+        """Wait until the registry knows every agent and none is older than two periods."""
+        deadline = time.monotonic() + max(20.0, 10 * self.period_s)
+        time.sleep(2 * self.period_s)
+        while time.monotonic() < deadline:
+            known, oldest, _ = self._poll_down(down)
+            if known >= self.total + len(self.killed) and oldest <= 2 * self.period_s:
+                return
+            time.sleep(self.period_s / 2)
+
+    def _window(self, step: Step, down: set[str]) -> None:
+        """Measure sent, processed, lag and CPU over a window of steady heartbeats."""
+        sent0, (stats0, backlog0), cpu0 = self._sent(), self.registry.call("stats"), self._cpu()
         started = time.monotonic()
-        lags: list[float] = []
-        samples = max(3, round(window_s / max(period, 1.0)))
-        for k in range(samples):
-            time.sleep(max(0.0, started + (k + 1) * window_s / samples - time.monotonic()))
-            lags += [lag for node, (_, lag) in self.registry.call("lags").items() if node in alive]
-        stats1 = self.registry.call("stats")
+        polls = 3  # each costs the registry a read of every node: few, so its CPU is its own
+        overdue = 0
+        for k in range(polls):
+            time.sleep(max(0.0, started + (k + 1) * self.window_s / polls - time.monotonic()))
+            overdue = max(overdue, self._poll_down(down)[2])
+        sent1, (stats1, backlog1), cpu1 = self._sent(), self.registry.call("stats"), self._cpu()
         elapsed = time.monotonic() - started
-        after = self._cpu()
-        handled = stats1["status"] - stats0["status"]
-        step.rate_in = handled / elapsed
-        step.timed_out = stats1["timed_out"] - stats0["timed_out"]
-        lags.sort()
-        step.lag_p50 = lags[len(lags) // 2]
-        step.lag_p99 = lags[int(len(lags) * 0.99)]
-        step.lag_max = lags[-1]
-        step.current = sum(1 for lag in lags if lag <= 2 * period) / len(lags)
-        step.registry_cpu = (after["registry"] - before["registry"]) / elapsed
-        step.registry_us = 1e6 * (after["registry"] - before["registry"]) / max(handled, 1)
-        step.mosquitto_cpu = (after["mosquitto"] - before["mosquitto"]) / elapsed
-        step.sims_cpu = (after["sims"] - before["sims"]) / elapsed
+        sent, handled = sent1 - sent0, stats1["status"] - stats0["status"]
+        step.sent_rate, step.rate_in = sent / elapsed, handled / elapsed
+        step.processed = handled / sent if sent else math.nan
+        step.overdue_max = overdue
+        step.lag_p50 = backlog1.lag_quantile(0.5, since=backlog0)
+        step.lag_p99 = backlog1.lag_quantile(0.99, since=backlog0)
+        step.lag_max = backlog1.lag_quantile(1.0, since=backlog0)
+        step.registry_cpu = (cpu1["registry"] - cpu0["registry"]) / elapsed
+        step.registry_us = 1e6 * (cpu1["registry"] - cpu0["registry"]) / max(handled, 1)
+        step.mosquitto_cpu = (cpu1["mosquitto"] - cpu0["mosquitto"]) / elapsed
+        step.sims_cpu = [(b - a) / elapsed for a, b in zip(cpu0["sims"], cpu1["sims"], strict=True)]
 
-        # The flip: kill a sample abruptly; the broker publishes their wills.
-        sample = min(100, max(10, target // 100))
+    def _flip(self, step: Step, down: set[str]) -> None:
+        """Kill a sample abruptly (the broker publishes their wills) and time their flips."""
+        sample = min(100, max(10, step.agents // 100))
         killed: dict[str, float] = {}
         for i, sim in enumerate(self.sims):
             share = round(sample * len(self.alive[i]) / max(self.total, 1))
             chosen = self.rng.sample(self.alive[i], min(share, len(self.alive[i])))
             killed.update(sim.kill(chosen))
             self.alive[i] = [n for n in self.alive[i] if n not in killed]
-        flips = self.registry.call("flips", killed, 4 * period + 2.0)
+        self.killed.update(killed)
+        flips = self.registry.call("flips", killed, 4 * self.period_s + 2.0)
+        self._poll_down(down)
         step.flips_missing = len(killed) - len(flips)
         if flips:
             step.flip_p50 = statistics.median(flips.values())
             step.flip_max = max(flips.values())
 
-        # The baseline: the same messages to a subscriber that only counts them.
-        if self.bare.call("connect"):
-            time.sleep(1.0)
-            window_s = max(3.0, 3 * period)
-            count0, cpu0, t0 = self.bare.call("count"), _cpu_s(self.bare.pid), time.monotonic()
-            time.sleep(window_s)
-            count1, cpu1, t1 = self.bare.call("count"), _cpu_s(self.bare.pid), time.monotonic()
-            self.bare.call("disconnect")
-            step.bare_rate = (count1 - count0) / (t1 - t0)
-            step.bare_cpu = (cpu1 - cpu0) / (t1 - t0)
-            step.bare_us = 1e6 * (cpu1 - cpu0) / max(count1 - count0, 1)
-        return step
+    def _bare(self, step: Step) -> None:
+        """The same messages to a subscriber that only counts them: its rate and CPU."""
+        if not self.bare.call("connect"):
+            return
+        time.sleep(1.0)
+        window_s = max(3.0, 3 * self.period_s)
+        count0, cpu0, t0 = self.bare.call("count"), _cpu_s(self.bare.pid), time.monotonic()
+        time.sleep(window_s)
+        count1, cpu1, t1 = self.bare.call("count"), _cpu_s(self.bare.pid), time.monotonic()
+        self.bare.call("disconnect")
+        step.bare_rate = (count1 - count0) / (t1 - t0)
+        step.bare_cpu = (cpu1 - cpu0) / (t1 - t0)
+        step.bare_us = 1e6 * (cpu1 - cpu0) / max(count1 - count0, 1)
 
-    def _settle(self, alive: set[str]) -> None:
-        """Wait until the registry holds every live agent online and current, or time out."""
-        deadline = time.monotonic() + max(20.0, 10 * self.period_s)
-        time.sleep(2 * self.period_s)
-        while time.monotonic() < deadline:
-            lags = self.registry.call("lags")
-            if all(lags.get(n, (False, 0.0))[0] and lags[n][1] <= 2 * self.period_s for n in alive):
-                return
-            time.sleep(self.period_s / 2)
+    def _sent(self) -> int:
+        return sum(sim.counts()["sent"] for sim in self.sims)
 
-    def _cpu(self) -> dict[str, float]:
+    def _cpu(self) -> dict[str, Any]:
         assert self.broker.pid is not None
         return {
             "registry": _cpu_s(self.registry.pid),
             "mosquitto": _cpu_s(self.broker.pid),
-            "sims": sum(_cpu_s(s.pid) for s in self.sims),
+            "sims": [_cpu_s(s.pid) for s in self.sims],
         }
 
 
 # -- report ---------------------------------------------------------------------------------
 
 
-def _plan(steps: Sequence[int], max_agents: int, capacity: int) -> list[tuple[int, str]]:
-    plan: list[tuple[int, str]] = []
+def _plan(steps: Sequence[int], max_agents: int, capacity: int) -> tuple[list[int], str]:
+    plan: list[int] = []
     for n in sorted(set(steps)):
         if n > max_agents:
             break
         if n > capacity:
-            plan.append((capacity, f"{capacity} (fd cap)"))
-            break
-        plan.append((n, str(n)))
-    return plan
-
-
-def _row(step: Step, period_s: float) -> str:
-    ratio = step.registry_us / step.bare_us if step.bare_us == step.bare_us else math.nan
-    flips = f"{step.flip_p50:5.3f}/{step.flip_max:5.3f}"
-    if step.flips_missing:
-        flips += f" ({step.flips_missing} missed)"
-    verdict = "held" if step.held(period_s) else "BEHIND"
-    return (
-        f"{step.label:>14} {step.connect_p50_ms:6.1f}/{step.connect_p99_ms:<6.1f} "
-        f"{step.ramp_s:6.1f} {step.rate_in:8.0f} "
-        f"{step.lag_p50:5.2f}/{step.lag_p99:5.2f}/{step.lag_max:5.2f} {100 * step.current:7.2f} "
-        f"{flips:>11} {100 * step.registry_cpu:6.1f} {step.registry_us:6.1f} "
-        f"{100 * step.bare_cpu:6.1f} {step.bare_us:6.1f} {ratio:5.2f} "
-        f"{100 * step.mosquitto_cpu:6.1f} {100 * step.sims_cpu:6.1f} {step.timed_out:5d}  "
-        f"{verdict}{'  ' + step.note if step.note else ''}"
-    )
+            plan.append(capacity)
+            return plan, f"the file-descriptor limit caps the fleet at {capacity} agents"
+        plan.append(n)
+    return plan, ""
 
 
 HEADER = (
-    f"{'agents':>14} {'connect ms':>13} {'ramp s':>6} {'msg/s in':>8} "
-    f"{'lag p50/p99/max s':>17} {'current%':>7} {'flip p50/max':>11} {'reg%':>6} "
-    f"{'reg us':>6} {'bare%':>6} {'bareus':>6} {'ratio':>5} {'mosq%':>6} {'sims%':>6} "
-    f"{'tmout':>5}"
+    f"{'agents':>7} {'N/period':>8} {'sent/s':>8} {'proc/s':>8} {'proc%':>6} "
+    f"{'lag p50/p99':>11} {'false off':>9} {'tmout':>5} {'behind':>6} {'flip p50/max':>12} "
+    f"{'reg%':>5} {'reg us':>6} {'mosq%':>5} {'sims%':>9} {'bare/s':>8} {'bareus':>6}  verdict"
 )
 
 
+def _row(step: Step, period_s: float) -> str:
+    flips = f"{step.flip_p50:.2f}/{step.flip_max:.2f}"
+    if step.flips_missing:
+        flips += f"({step.flips_missing}!)"
+    sims = "/".join(f"{100 * c:.0f}" for c in step.sims_cpu) or "-"
+    return (
+        f"{step.agents:>7} {step.expected_rate:8.0f} {step.sent_rate:8.0f} {step.rate_in:8.0f} "
+        f"{100 * step.processed:6.2f} {step.lag_p50:5.2g}/{step.lag_p99:<5.2g} "
+        f"{step.false_offline:9d} {step.timed_out:5d} {step.behind:6d} {flips:>12} "
+        f"{100 * step.registry_cpu:5.0f} {step.registry_us:6.1f} {100 * step.mosquitto_cpu:5.0f} "
+        f"{sims:>9} {step.bare_rate:8.0f} {step.bare_us:6.1f}  "
+        f"{'held' if step.held(period_s) else 'NOT HELD'}"
+    )
+
+
+def _verdicts(
+    report: harness.Report, steps: list[Step], period_s: float, largest: int, goal: int
+) -> None:
+    cpus = os.cpu_count() or 1
+    report.verdict(
+        harness.Verdict(
+            name=f"{goal:,} agents at {1 / period_s:g} heartbeat/s held",
+            target=f">= {goal:,} agents",
+            measured=f"{largest:,} agents held",
+            met=largest >= goal,
+        )
+    )
+    false_offline = sum(s.false_offline for s in steps)
+    report.verdict(
+        harness.Verdict(
+            name="no live agent held offline at any step (overloaded ones included)",
+            target="0",
+            measured=f"{false_offline} ({sum(s.timed_out for s in steps)} timed out)",
+            met=false_offline == 0,
+        )
+    )
+    held = [s for s in steps if s.held(period_s)]
+    unheld = [s for s in steps if not s.held(period_s)]
+    if held:
+        best = max(held, key=lambda s: s.agents)
+        ceiling = best.rate_in / best.registry_cpu if best.registry_cpu > 0 else math.nan
+        replicas = math.ceil(goal / period_s / ceiling) if ceiling == ceiling else 0
+        print(
+            f"\nper-core ceiling of the registry: {ceiling:,.0f} statuses per CPU-second "
+            f"({best.registry_us:.1f} us each at {best.agents:,} agents; the bare subscriber "
+            f"{best.bare_us:.1f} us) = {ceiling * period_s:,.0f} agents at a {period_s:g} s "
+            f"period on one core.\nplan for {goal:,}: {replicas} registry replicas, each on "
+            "its own core, splitting the live heartbeats through a shared subscription "
+            "($share/fleet/...) as ingest does, with one plain retained-status subscriber "
+            "for the replay at (re)connect and one shared store for their writes."
+        )
+        report.case("per-core ceiling", [ceiling], "statuses/CPU-s", agents=best.agents)
+    if unheld:
+        print(f"stopped at {unheld[0].agents:,} agents by the {unheld[0].limit(cpus)}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ramp and print the table; return 0 if the first step held."""
+    """Run the ramp, print the table and verdicts; return 0 if the first step held."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--max-agents", type=int, default=20_000, help="largest fleet to try")
     parser.add_argument(
         "--steps", default=DEFAULT_STEPS, help=f"fleet sizes, comma-separated ({DEFAULT_STEPS})"
     )
-    parser.add_argument(
-        "--period-s", type=float, default=1.0, help="heartbeat period of every agent (1.0)"
-    )
+    parser.add_argument("--period-s", type=float, default=1.0, help="heartbeat period (1.0)")
+    parser.add_argument("--window-s", type=float, default=10.0, help="measured window per step")
     parser.add_argument(
         "--processes", type=int, default=0, help="simulator processes (0: one per 5000, 2-4)"
+    )
+    parser.add_argument(
+        "--json", type=Path, default=None, metavar="PATH", help="also write the result as JSON"
     )
     args = parser.parse_args(argv)
     try:
@@ -449,31 +557,46 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     fd_limit = raise_fd_limit()
     # mosquitto holds one descriptor per agent, plus the registry's and the baseline's.
-    capacity = fd_limit - FD_MARGIN
-    plan = _plan(steps, args.max_agents, capacity)
-    print(
-        f"fleet_scale: {os.cpu_count()} CPUs, {platform.python_implementation()} "
-        f"{platform.python_version()}, RLIMIT_NOFILE {fd_limit}, heartbeat {args.period_s:g} s, "
-        f"{args.processes} simulator processes, steps {[label for _, label in plan]}"
-    )
-    print(HEADER, flush=True)
-    largest = 0
+    plan, capped = _plan(steps, args.max_agents, fd_limit - FD_MARGIN)
     with tempfile.TemporaryDirectory(prefix="ctm-fleet-scale-") as tmp:
+        report = harness.Report("fleet_scale", paths=[Path(tmp)])
+        note = f" ({capped})" if capped else ""
+        print(
+            f"RLIMIT_NOFILE {fd_limit}, heartbeat {args.period_s:g} s, window "
+            f"{args.window_s:g} s, {args.processes} simulator processes, steps {plan}{note}"
+        )
+        print(HEADER, flush=True)
+        results: list[Step] = []
         bench = Bench(args, Path(tmp), fd_limit)
         try:
-            for target, label in plan:
-                step = bench.run_step(target, label)
+            for target in plan:
+                step = bench.run_step(target)
+                results.append(step)
                 print(_row(step, args.period_s), flush=True)
+                held = step.held(args.period_s)
+                limit = "" if held else step.limit(os.cpu_count() or 1)
+                report.case(
+                    f"{target} agents",
+                    [step.rate_in],
+                    "statuses/s",
+                    held=held,
+                    limit=limit,
+                    **asdict(step),
+                )
                 if not step.held(args.period_s):
                     break
-                largest = target
         finally:
             bench.close()
-    print(
-        "lag: now minus the registry's last-seen time per live node; current: share of lag "
-        "samples within 2 periods; reg/bare us: CPU per status received; ratio: reg / bare"
-    )
-    print(f"largest fleet held: {largest} agents")
+        print(
+            "sent: the simulators' own count; proc: statuses the registry handled in the same "
+            "window; lag: payload ts to handling (histogram bucket bounds, s); false off: live "
+            "agents ever held offline; tmout: offline verdicts by silence; behind: episodes the "
+            "registry withheld them; bare: a subscriber that only counts"
+        )
+        largest = max((s.agents for s in results if s.held(args.period_s)), default=0)
+        print(f"largest fleet held: {largest:,} agents" + (f"; {capped}" if capped else ""))
+        _verdicts(report, results, args.period_s, largest, GOAL_AGENTS)
+        report.finish(args.json)
     return 0 if largest else 1
 
 

@@ -129,6 +129,7 @@ class Backlog:
         self._heartbeats = 0
         self._last_heard: float | None = None  # the last judgement that had heartbeats
         self._last_record: float | None = None  # when the newest heartbeat was handled
+        self._last_handled: float | None = None  # when the newest message of any kind was
         self._stalls = 0  # consecutive judgements that found the handling stalled
         #: Withhold this tick's silence verdicts without calling it a backlog yet (one
         #: stalled-looking tick: a message may just have arrived as the tick looked).
@@ -145,7 +146,7 @@ class Backlog:
     def record(self, lag_s: float, floor_s: float | None, period_s: float, now: float) -> float:
         """Record one heartbeat handled at ``now``, ``lag_s`` after its ``ts``; return its
         node's new lag floor (``floor_s``: the old one, None for a node new to it)."""
-        self._last_record = now
+        self._last_record = self._last_handled = now
         old = self.fleet_floor if floor_s is None else floor_s
         rise = max(FLOOR_RISE * period_s, FLOOR_RISE * (lag_s - old))
         floor = min(lag_s, old + rise)
@@ -164,6 +165,10 @@ class Backlog:
         self._buckets[bisect.bisect_left(LAG_BUCKETS_S, lag_s)] += 1
         return floor
 
+    def handled(self, now: float) -> None:
+        """Note that a message of any kind was handled at ``now`` (the handling goes on)."""
+        self._last_handled = now
+
     def judge(
         self, now: float, quiet_after_s: float, stall_after_s: float, *, unread: bool = False
     ) -> Change | None:
@@ -172,7 +177,7 @@ class Backlog:
         With none handled, the state stands, except:
 
         - stalled: messages wait unread on the registry's connection (``unread``) and no
-          heartbeat was handled for ``stall_after_s`` - its handling stopped (a paused
+          message was handled for ``stall_after_s`` - its handling stopped (a paused
           process, a blocked thread), not its nodes.  One such judgement withholds that
           tick's silence verdicts (``hold``); two in a row make the registry behind.
         - quiet: nothing handled for ``quiet_after_s`` and nothing waiting: the registry is
@@ -183,7 +188,7 @@ class Backlog:
         if self._count:
             self._stalls, self.stalled = 0, False
             return self._judge_window(now)
-        last = self._last_record
+        last = self._last_handled
         if unread and (last is None or now - last > stall_after_s):
             self._stalls += 1
             if self._stalls < 2:
@@ -234,7 +239,7 @@ class Backlog:
             excess_periods=self._excess_periods,
             overdue=self.overdue,
             heartbeats=self._heartbeats,
-            heard_at=self._last_record,
+            heard_at=self._last_handled,
             lag_buckets=tuple(buckets),
         )
 

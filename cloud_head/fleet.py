@@ -177,6 +177,7 @@ class FleetRegistry:
             _log.exception("unexpected error applying a message on %s", topic)
             update = FleetUpdate(kind="rejected", reason="internal_error", detail=repr(exc))
         with self._lock:
+            self._liveness.backlog.handled(self._clock())
             if update.kind == "rejected":
                 self._rejected[update.reason] += 1
             else:

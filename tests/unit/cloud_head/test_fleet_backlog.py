@@ -184,6 +184,21 @@ class TestAStalledRegistryIsBehind:
         assert fleet.tick(unread=True) == ["cam-4"]
         assert not fleet.stats()["behind"]
 
+    def test_handling_other_messages_while_bytes_wait_is_no_stall(
+        self, fleet: FleetRegistry, clock: Clock
+    ) -> None:
+        """New agents' first statuses (parsed in full, no heartbeats yet) keep it busy."""
+        start(fleet, clock)
+        for node in NODES:
+            beat(fleet, clock, 1_020.0, node, 1_020.0)
+        fleet.tick()
+        beat(fleet, clock, 1_023.0, "cam-5", 1_023.0)  # a new node's first status
+        clock.now = 1_023.1
+        assert fleet.tick(unread=True) == []
+        clock.now = 1_023.2
+        assert fleet.tick(unread=True) == []
+        assert not fleet.backlog().stalled and not fleet.stats()["behind"]
+
     def test_nothing_unread_and_nothing_handled_is_silence(
         self, fleet: FleetRegistry, clock: Clock
     ) -> None:
