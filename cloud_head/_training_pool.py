@@ -462,6 +462,7 @@ class PooledTraining:
 
     def _keep_for_resume(self, workdir: Path, run_name: str) -> None:
         path = workdir.parent / RESUME_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"workdir": str(workdir), "run_name": run_name}))
 
     def _forget_resume(self, workdir: Path) -> None:

@@ -41,6 +41,7 @@ from cloud_head.signer import release_signer
 from cloud_head.training import run_training
 from continuum.errors import ContinuumError
 from continuum.labels import LabelSelector
+from continuum.residency import TrainingPlan
 
 if TYPE_CHECKING:
     from cloud_head._controller_context import TrainFunction
@@ -83,6 +84,7 @@ class PipelineController:
         quotas: Callable[[], Quotas | None] | None = None,
         training_selector: LabelSelector | Mapping[str, str] | None = None,
         train: TrainFunction | None = None,
+        training_plan: TrainingPlan | Mapping[str, Any] | None = None,
         residency: ResidencyPolicy | None = None,
     ) -> None:
         """Build the controller of ``spec``'s loop and resume what its workdir holds.
@@ -108,6 +110,9 @@ class PipelineController:
                 Slurm allocation ended); ``train`` must then take ``run_name`` too.
             residency: the residency policy, to name the rule when it refuses an HPC
                 allocation (None: the refusal names the training selector's term).
+            training_plan: the residency policy's plan from deploy (or its record); a
+                federated plan trains in rounds at the data's sites (``cloud_head.
+                federated``) instead of ``train``. None: central.
 
         Raises:
             ContinuumError: the spec declares no retrain stage.
@@ -135,6 +140,9 @@ class PipelineController:
             settings=self.settings,
             clock=clock,
             quotas=quotas,
+            training_plan=None
+            if training_plan is None or isinstance(training_plan, TrainingPlan)
+            else TrainingPlan.from_record(training_plan),
         )
         self.registry = stores.registry
         self.clock = clock
@@ -170,9 +178,10 @@ class PipelineController:
         clock: Callable[[], float],
     ) -> TrainFunction:
         """Return ``train`` placed by ``retrain.pool`` (as is when the pipeline names none)."""
-        if spec.retrain is None or spec.retrain.pool is None:
-            return train
         from cloud_head._training_pool import PooledTraining, residency_rule
+
+        if spec.retrain is None or spec.retrain.pool is None or isinstance(train, PooledTraining):
+            return train  # no pool named, or placed already (a caller's own PooledTraining)
 
         def estimate_s() -> float:  # as the GPU-hours quota check estimates a run
             last = self.trainings.last_run_s()
@@ -193,6 +202,7 @@ class PipelineController:
 
     def close(self) -> None:
         """Close the controller's files (a running training is not waited for: ``wait_idle``)."""
+        self.retrainer.close()
         self.states.close()
         self.book.close()
 
@@ -211,6 +221,20 @@ class PipelineController:
             "trained_on": self.trainings.trained_on,
             "gpu_hours_used": self.trainings.gpu_hours_used,
             "training_selector": str(self.training_selector),
+            "federated": self._federated_status(),
+        }
+
+    def _federated_status(self) -> dict[str, Any] | None:
+        """Return the federated rounds' state (None: central): what the run waits for, and
+        the rounds, clipped and excluded updates and skipped sites counted so far."""
+        federated = self.retrainer.federated
+        if federated is None:
+            return None
+        return {
+            "sites": federated.sites,
+            "quorum": federated.quorum(),
+            "status": federated.status,
+            **asdict(federated.counters),
         }
 
     def request_retrain(self, reason: str = "requested by hand", actor: str | None = None) -> None:

@@ -36,10 +36,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     status = actions.add_parser(
         "status",
         help="print the rollout's stage and history",
-        description="Print the rollout's stage and history. --json prints one document: "
-        '{"tenant", "pipeline", "current", "training", "rollout": the controller\'s rollout '
-        "snapshot (stage, candidate, baseline, reason, steps, plan, verdict, accuracies, "
-        "latencies, history)}.",
+        description="Print the last training run (how it ended, which pool and Slurm "
+        "allocation trained it, GPU-hours) and the rollout's stage and history. --json prints "
+        'one document: {"tenant", "pipeline", "current", "training", "rollout": the '
+        "controller's rollout snapshot (stage, candidate, baseline, reason, steps, plan, "
+        'verdict, accuracies, latencies, history), "last_training": the last run\'s record '
+        '(outcome, placement: pool, allocation, attempts; gpu_hours), "gpu_hours_used"}.',
     )
     add_tenant(status)
     add_root(status)
@@ -92,12 +94,51 @@ def print_status(args: argparse.Namespace, status: dict[str, Any]) -> None:
                 "current": status["current"],
                 "training": status["training"],
                 "rollout": status["rollout"],
+                "last_training": (status.get("trainings") or [None])[-1],
+                "gpu_hours_used": status.get("gpu_hours_used"),
             }
         )
         return
     print(f"pipeline {args.pipeline}: current {status['current']}, training {status['training']}")
+    for line in training_lines(status):
+        print(line)
     for line in rollout_lines(status["rollout"], now=time.time()):
         print(line)
+
+
+def training_lines(status: dict[str, Any]) -> list[str]:
+    """Return the last training run's lines: how it ended, where it trained, GPU-hours.
+
+    "last training: run-1 registered v3; pool hpc, Slurm allocation 4711 (...)"; a run moved
+    after its allocation ended lists each attempt and how it ended.
+    """
+    trainings = status.get("trainings") or []
+    if not trainings:
+        return []
+    last = trainings[-1]
+    line = f"last training: {last.get('run') or '-'} {last['outcome']}"
+    placement = last.get("placement") or {}
+    if placement.get("pool"):
+        line += f"; pool {placement['pool']}"
+        if placement.get("allocation"):
+            line += f", Slurm allocation {placement['allocation']}"
+        if placement.get("why"):
+            line += f" ({placement['why']})"
+    lines = [line]
+    if placement.get("resumed_run"):
+        lines.append(f"  resumed the checkpoint of {placement['resumed_run']}")
+    attempts = placement.get("attempts") or []
+    for number, attempt in enumerate(attempts if len(attempts) > 1 else [], start=1):
+        where = attempt["pool"] + (
+            f", Slurm allocation {attempt['allocation']}" if attempt.get("allocation") else ""
+        )
+        lines.append(f"  attempt {number}: {where}: {attempt['outcome']}")
+    used = status.get("gpu_hours_used")
+    lines.append(
+        f"  GPU-hours: {float(last.get('gpu_hours') or 0.0):.4g} this run"
+        + ("" if used is None else f", {float(used):.4g} in all (training_gpu_hours quota)")
+    )
+    return lines
 
 
 def rollout_lines(rollout: dict[str, Any], *, now: float) -> list[str]:

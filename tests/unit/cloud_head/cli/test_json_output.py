@@ -177,7 +177,16 @@ class TestRolloutStatusJson:
         args = argparse.Namespace(tenant="acme", pipeline="digits-inspection", json=True)
         print_status(args, status)
         document = json.loads(capsys.readouterr().out)
-        assert set(document) == {"tenant", "pipeline", "current", "training", "rollout"}
+        assert set(document) == {
+            "tenant",
+            "pipeline",
+            "current",
+            "training",
+            "rollout",
+            "last_training",
+            "gpu_hours_used",
+        }
+        assert document["last_training"] is None
         assert (document["current"], document["training"]) == ("v1", "idle")
         assert document["rollout"]["stage"] == "canary"
         assert document["rollout"]["steps"][0]["nodes"] == ["cam-3"]
