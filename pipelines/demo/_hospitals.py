@@ -64,17 +64,20 @@ def run_hospitals(options: DemoOptions) -> dict[str, Any]:
     console.print(f"[bold]continuum demo[/] (hospitals scenario) working directory: {run.workdir}")
     interrupted = False
     try:
-        run.start_infrastructure()
-        run.deploy()
-        run.first_model()
-        run.start_stations()
-        run.watch()
-    except KeyboardInterrupt:
-        interrupted = True
-        console.print("[yellow]interrupted: shutting down cleanly[/]")
-    finally:
-        run.shut_down()
-    return run.report(interrupted=interrupted)
+        try:
+            run.start_infrastructure()
+            run.deploy()
+            run.first_model()
+            run.start_stations()
+            run.watch()
+        except KeyboardInterrupt:
+            interrupted = True
+            console.print("[yellow]interrupted: shutting down cleanly[/]")
+        finally:
+            run.shut_down()
+        return run.report(interrupted=interrupted)
+    finally:  # whatever failed: no broker or Ray node outlives the run
+        run.stop_infrastructure()
 
 
 @dataclass(kw_only=True)
@@ -309,9 +312,14 @@ class HospitalsRun:
                     self.head.stop(timeout_s=30)
 
     def stop_infrastructure(self) -> None:
-        """Stop Ray and every broker (after the report has read what it needs)."""
+        """Stop Ray and every broker (after the report has read what it needs); again: no-op."""
         if self.cluster is not None:
+            with contextlib.suppress(Exception):
+                import ray
+
+                ray.shutdown()
             self.cluster.stop()
+            self.cluster = None
         for broker in self.site_brokers.values():
             broker.stop()
         if self.central is not None:
@@ -323,10 +331,7 @@ class HospitalsRun:
 
         from pipelines.demo._hospitals_report import build_hospitals_report
 
-        try:
-            report = build_hospitals_report(self, interrupted=interrupted)
-        finally:
-            self.stop_infrastructure()
+        report = build_hospitals_report(self, interrupted=interrupted)
         report["options"] = asdict(self.options) | {"workdir": str(self.workdir)}
         (self.workdir / "report.json").write_text(json.dumps(report, indent=2, default=str))
         _print_summary(self.console, report)

@@ -134,7 +134,7 @@ def build_hospitals_report(run: HospitalsRun, *, interrupted: bool) -> dict[str,
         if run.node_ids and run.cluster is not None
         else {"off_site": [], "ran": {}}
     )
-    run.stop_infrastructure()
+    run.stop_infrastructure()  # the brokers save their persistence files as they stop
     rows = rows_by_site()
     evidence = inspect_files(
         run.workdir,
