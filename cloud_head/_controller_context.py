@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from cloud_head.tenants import Quotas
     from cloud_head.training import TrainingResult
     from continuum.labels import LabelSelector
+    from continuum.residency import TrainingPlan
     from continuum.spec import PipelineSpec
 
 __all__ = ["ControllerContext", "ControllerStores", "TrainFunction"]
@@ -88,3 +89,4 @@ class ControllerContext:
     settings: ControllerSettings
     clock: Callable[[], float]
     quotas: Callable[[], Quotas | None] | None = None
+    training_plan: TrainingPlan | None = None

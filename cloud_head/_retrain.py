@@ -25,12 +25,13 @@ from cloud_head._training_log import TrainingLog, TrainingRecord
 from cloud_head._training_pool import placement_of
 from cloud_head.artifacts import publish_artifact
 from cloud_head.audit import AuditAction, model_subject
-from cloud_head.gate import GateResult, gate
+from cloud_head.gate import GateResult, gate, gate_scores
 from cloud_head.tenants import QuotaExceededError
 from cloud_head.training import TrainingResult
 
 if TYPE_CHECKING:
     from cloud_head._controller_context import ControllerContext
+    from cloud_head.federated import FederatedTrainer
     from cloud_head.registry import ModelVersion
     from cloud_head.rollout import RolloutController
 
@@ -75,6 +76,30 @@ class Retrainer:
         self._lock = threading.Lock()
         self._stage: TrainingStage = "idle"
         self.quota_refused_at: float | None = None
+        self.federated = self._federated_trainer()
+
+    def _federated_trainer(self) -> FederatedTrainer | None:
+        """Return the rounds driver when deploy planned federated training (else None)."""
+        plan = self._context.training_plan
+        if plan is None or plan.mode != "federated":
+            return None
+        from cloud_head.federated import FederatedTrainer
+
+        spec = self._context.spec
+        return FederatedTrainer(
+            spec,
+            plan,
+            self._context.workdir / "federated.sqlite3",
+            record=lambda details: self._record(
+                AuditAction.TRAINING_RUN, model_subject(spec.name, str(details["run"])), details
+            ),
+            clock=self._context.clock,
+        )
+
+    def close(self) -> None:
+        """Close the federated rounds' database, if any."""
+        if self.federated is not None:
+            self.federated.close()
 
     @property
     def stage(self) -> TrainingStage:
@@ -171,6 +196,9 @@ class Retrainer:
                 "parent": parent,
                 "data": run.snapshot,
                 "label_selector": dict(self._context.training_selector.root),
+                "training_plan": None
+                if self._context.training_plan is None
+                else self._context.training_plan.to_record(),
                 "gpus": self._retrain.gpus,
                 "cpus": self._retrain.cpus,
                 "trainer_options": dict(self._retrain.options),
@@ -212,6 +240,8 @@ class Retrainer:
 
     def _train(self, run: _Run) -> TrainingResult:
         """Run the pipeline's loop on Ray Train; charge its wall time to the GPU-hours used."""
+        if self.federated is not None:
+            return self._train_federated(run, self.federated)
         base_pt = None if run.parent is None else run.parent.lineage.get("checkpoint")
         timer = time.monotonic()
         placement = None
@@ -236,6 +266,56 @@ class Retrainer:
             self._log.place(run.index, placement)
             self._log.charge(run.index, time.monotonic() - timer, self._retrain.gpus)
 
+    def _train_federated(self, run: _Run, federated: FederatedTrainer) -> TrainingResult:
+        """Run the federated rounds at the data's sites (the deployed plan); charge their time."""
+        base_pt = None if run.parent is None else run.parent.lineage.get("checkpoint")
+        timer = time.monotonic()
+        try:
+            result = federated.train(
+                run.name,
+                parent=None if run.parent is None else run.parent.version,
+                base_model=Path(base_pt) if base_pt else None,
+                base_graph=None if run.parent is None else run.parent.artifact_path,
+                workdir=self._context.workdir / "training" / run.name,
+            )
+        finally:
+            self._log.charge(run.index, time.monotonic() - timer, self._retrain.gpus)
+        return TrainingResult(
+            onnx_path=result.onnx_path,
+            pt_path=result.pt_path,
+            metrics=result.metrics,
+            ray_info={"federated": result.lineage},
+        )
+
+    def _gate_federated(
+        self, run: _Run, result: TrainingResult, federated: FederatedTrainer
+    ) -> tuple[GateResult, dict[str, Any]]:
+        """Score both models at each site on its own holdout; judge the combined scores."""
+        spec = self._context.spec
+        current = None if run.parent is None else run.parent.artifact_path
+        scores = federated.evaluate(result.onnx_path, current)
+        detail = "".join(
+            f"; {site} {s['size']}: "
+            + ("-" if s["candidate"] is None else f"{s['candidate']:.4f}")
+            + ("" if s["current"] is None else f" vs {s['current']:.4f}")
+            for site, s in scores.per_site.items()
+        )
+        verdict = gate_scores(
+            scores.candidate,
+            scores.current,
+            spec.gate,
+            metric=spec.gate_metric,
+            holdout=f"on {scores.size} holdout samples kept at {len(scores.per_site)} sites",
+            detail=detail,
+        )
+        gate_record = asdict(verdict) | {
+            "holdout_size": scores.size,
+            "metric": spec.gate_metric,
+            "task": spec.edge.task.describe(),
+            "federated": {"sites": scores.per_site, "skipped": scores.skipped},
+        }
+        return verdict, gate_record
+
     def _gate(self, run: _Run, result: TrainingResult) -> tuple[GateResult, dict[str, Any]]:
         """Judge the candidate on the holdout against the current model; record the verdict.
 
@@ -243,16 +323,19 @@ class Retrainer:
         reference and the edge slice, with how many samples each node gave it).
         """
         spec = self._context.spec
-        holdout = gate_holdout(spec, run.data)
-        current = None if run.parent is None else run.parent.artifact_path
-        verdict = gate(result.onnx_path, current, holdout, spec.gate, task=spec.edge.task)
-        # The registry's gate record says what was scored, so the model card speaks the
-        # task's metric: recall at 1 % FPR for a fraud scorer, MAE for a regression.
-        gate_record = asdict(verdict) | {
-            "holdout_size": holdout.size(),
-            "metric": spec.gate_metric,
-            "task": spec.edge.task.describe(),
-        }
+        if self.federated is not None:
+            verdict, gate_record = self._gate_federated(run, result, self.federated)
+        else:
+            holdout = gate_holdout(spec, run.data)
+            current = None if run.parent is None else run.parent.artifact_path
+            verdict = gate(result.onnx_path, current, holdout, spec.gate, task=spec.edge.task)
+            # The registry's gate record says what was scored, so the model card speaks the
+            # task's metric: recall at 1 % FPR for a fraud scorer, MAE for a regression.
+            gate_record = asdict(verdict) | {
+                "holdout_size": holdout.size(),
+                "metric": spec.gate_metric,
+                "task": spec.edge.task.describe(),
+            }
         self._record(
             AuditAction.GATE,
             run.subject,
@@ -291,7 +374,12 @@ class Retrainer:
                 "ray": result.ray_info,
                 "run": run.name,
                 "label_selector": dict(context.training_selector.root),
-            },
+            }
+            | (
+                {"federated": result.ray_info["federated"]}
+                if "federated" in result.ray_info
+                else {}
+            ),
         )
         publish_artifact(context.publish, version, chunk_size=context.settings.artifact_chunk_bytes)
         self._rollout.begin(version)

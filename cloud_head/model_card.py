@@ -104,6 +104,7 @@ def model_lineage(
             "checkpoint": lineage.get("checkpoint"),
             "ray": lineage.get("ray"),
             "metrics": dict(version.metrics),
+            "federated": lineage.get("federated"),
         },
         "gate": dict(version.gate),
         "lineage": lineage,
@@ -197,8 +198,46 @@ def _provenance_sections(lineage: Mapping[str, Any]) -> list[str]:
         ),
         "",
     ]
-    if training.get("ray"):
+    if training.get("federated"):
+        out += _federated_section(training["federated"])
+    elif training.get("ray"):
         out += [f"Ray: `{_cell(training['ray'])}`", ""]
+    return out
+
+
+def _federated_section(federated: Mapping[str, Any]) -> list[str]:
+    """The federated lineage: rounds, sites, per-site sample counts, strategy, the digest."""
+    counts = federated.get("sample_counts") or {}
+    rounds = sorted(counts, key=int)
+    sites = list(federated.get("sites") or [])
+    out = [
+        "### Federated training",
+        "",
+        f"Trained where the data lives (rule `{_cell(federated.get('rule'))}`): "
+        f"{_cell(federated.get('rounds'))} round(s) of `{_cell(federated.get('strategy'))}` over "
+        f"{len(sites)} site(s), quorum {_cell(federated.get('quorum'))}; only "
+        f"{', '.join(federated.get('crosses') or []) or 'model updates'} crossed the sites' "
+        "borders, never a sample.",
+        "",
+    ]
+    if federated.get("resumed_from_round"):
+        out += [f"Resumed after round {federated['resumed_from_round']} (a head restart).", ""]
+    if rounds and sites:
+        out += [
+            "| round | " + " | ".join(sites) + " | clipped | excluded |",
+            "|---|" + "---|" * (len(sites) + 2),
+        ]
+        for number in rounds:
+            row = counts.get(number) or {}
+            skipped = (federated.get("skipped") or {}).get(number) or {}
+            cells = [
+                str(row[s]) if s in row else ("skipped" if s in skipped else "-") for s in sites
+            ]
+            clipped = ", ".join((federated.get("clipped") or {}).get(number) or []) or "-"
+            excluded = ", ".join((federated.get("excluded") or {}).get(number) or []) or "-"
+            out.append(f"| {number} | " + " | ".join(cells) + f" | {clipped} | {excluded} |")
+        out += ["", "Cells: each site's training samples in the round (counts, never data).", ""]
+    out += [f"Aggregate sha256: `{_cell(federated.get('sha256'))}`", ""]
     return out
 
 
@@ -262,6 +301,23 @@ def _gate_parts(gate: Mapping[str, Any]) -> list[str]:
     The verdict is on both together; a reader sees here whether the candidate won on the
     sites' recent, never-trained-on samples, on the reference, or on one at the other's cost.
     """
+    federated = gate.get("federated")
+    if isinstance(federated, Mapping) and federated.get("sites"):
+        out = [
+            "Scored at each site on its own holdout (only these numbers left the sites):",
+            "",
+            "| Site | Holdout samples | Candidate | Current model |",
+            "|---|---|---|---|",
+        ]
+        for site, score in sorted(federated["sites"].items()):
+            out.append(
+                f"| {_cell(site)} | {_cell(score.get('size'))} | "
+                f"{_cell(score.get('candidate'))} | {_cell(score.get('current'))} |"
+            )
+        skipped = federated.get("skipped") or {}
+        if skipped:
+            out += ["", "Not scored: " + "; ".join(f"{s}: {w}" for s, w in sorted(skipped.items()))]
+        return [*out, ""]
     parts = gate.get("parts")
     if not isinstance(parts, Mapping) or not parts:
         return []

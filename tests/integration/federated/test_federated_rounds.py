@@ -268,6 +268,48 @@ class TestAHeadRestartMidTraining:
         second.close()
 
 
+class TestTheControllerRetrainsFederated:
+    def test_bootstrap_trains_gates_and_registers_with_federated_lineage(
+        self, sites: dict[str, Any], tmp_path: Path
+    ) -> None:
+        from cloud_head.audit import AuditAction
+        from cloud_head.model_card import model_lineage, render_model_card
+        from tests.rollout_kit import CloudRig
+
+        spec = spec_of(SITES[:3], rounds=1)
+        rig = CloudRig(tmp_path, "medica")
+        try:
+            controller = rig.controller(spec, training_plan=plan_of(spec).to_record())
+            first = controller.bootstrap()
+            lineage = first.lineage["federated"]
+            assert lineage["sites"] == list(SITES[:3]) and lineage["rounds"] == 1
+            assert lineage["sample_counts"] == {"1": {s: 92 for s in SITES[:3]}}
+            assert sorted(first.gate["federated"]["sites"]) == list(SITES[:3])
+            assert first.gate["holdout_size"] == 69 and first.gate["passed"]
+
+            controller.retrainer.run("a second federated run")
+            last = controller.trainings.last()
+            assert last is not None
+            assert last.outcome == "registered" or last.outcome.startswith("rejected by the gate")
+            gates = rig.records(AuditAction.GATE)
+            assert gates[-1].details["current_score"] is not None  # judged against v1
+            assert gates[-1].details["federated"]["sites"]["hospital-a"]["current"] is not None
+
+            runs = rig.records(AuditAction.TRAINING_RUN)
+            started = [r for r in runs if r.details.get("event") == "started"]
+            assert all(r.details["training_plan"]["mode"] == "federated" for r in started)
+            rounds = [r for r in runs if r.details.get("event") == "federated_round"]
+            assert len(rounds) == 2 and all(r.details["sha256"] for r in rounds)
+            status = controller.status()["federated"]
+            assert status["rounds"] == 2 and status["quorum"] == 2 and status["status"] is None
+
+            card = render_model_card(model_lineage(first, rig.records(), None))
+            assert "### Federated training" in card and lineage["sha256"] in card
+            assert "| hospital-a | 23 |" in card
+        finally:
+            rig.close()
+
+
 class TestASiteKilledMidRound:
     """Last in the module: the killed site's node stays down."""
 
