@@ -361,7 +361,7 @@ class FleetRegistry:
             before = backlog.state()
             shortest = min([self._heartbeat_s, *self._liveness.periods()])
             change = backlog.judge(
-                now, quiet_after_s=2 * shortest, stall_after_s=shortest / 4, unread=unread
+                now, quiet_after_s=2 * shortest, stall_after_s=shortest / 2, unread=unread
             )
             for node, live in self._liveness.silent(now):
                 offline = live.status.model_copy(update={"online": False})
