@@ -188,8 +188,9 @@ class Backlog:
         if self._count:
             self._stalls, self.stalled = 0, False
             return self._judge_window(now)
-        last = self._last_handled
-        if unread and (last is None or now - last > stall_after_s):
+        if self._last_handled is None:  # the first judgement: stalls count from now
+            self._last_handled = now
+        if unread and now - self._last_handled > stall_after_s:
             self._stalls += 1
             if self._stalls < 2:
                 self.hold = True

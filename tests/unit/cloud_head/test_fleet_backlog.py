@@ -199,6 +199,15 @@ class TestAStalledRegistryIsBehind:
         assert fleet.tick(unread=True) == []
         assert not fleet.backlog().stalled and not fleet.stats()["behind"]
 
+    def test_a_registry_yet_to_handle_its_first_message_is_not_stalled(
+        self, fleet: FleetRegistry, clock: Clock
+    ) -> None:
+        """Just connected: the broker's replay waits unread at its first ticks."""
+        assert fleet.tick(unread=True) == []
+        clock.now = 1_000.25
+        assert fleet.tick(unread=True) == []
+        assert not fleet.backlog().stalled and not fleet.stats()["behind"]
+
     def test_nothing_unread_and_nothing_handled_is_silence(
         self, fleet: FleetRegistry, clock: Clock
     ) -> None:
