@@ -218,6 +218,7 @@ class CloudHead:
                 signer=signer,
                 fleet=fleet,
                 training_selector=selectors[s.name],
+                policy_yaml=text,
             )
             for s in specs
             if s.retrain is not None

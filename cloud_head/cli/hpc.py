@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cloud_head._training_pool import ENDS_AT_LABEL, SLURM_JOB_LABEL
 from cloud_head.cli._common import add_json, print_json, wants_json
 from continuum.errors import ConfigError, NotReadyError, OperationTimeoutError
 from continuum.labels import ACCELERATOR, COUNTRY, JURISDICTION, SITE, TIER
@@ -31,8 +32,6 @@ from continuum.labels import ACCELERATOR, COUNTRY, JURISDICTION, SITE, TIER
 JOB_NAME = "continuum-ray"
 #: Where the address and ready files go when ``--state-dir`` is left out.
 STATE_DIR_ENV = "CONTINUUM_HPC_STATE_DIR"
-#: The label that ties a Ray node to its Slurm job (the sbatch script sets it).
-SLURM_JOB_LABEL = "hpc.continuum/slurm-job"
 #: The sbatch script in a source checkout (``--script`` names another).
 DEFAULT_SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "slurm" / "continuum-ray.sbatch"
 
@@ -439,6 +438,14 @@ def run_status(args: argparse.Namespace) -> int:
         for node in a["ray_nodes"] or []:
             shown = ",".join(f"{k}={v}" for k, v in sorted(node["labels"].items()))
             print(f"  {node['name']}  {'alive' if node['alive'] else 'dead'}  {shown}")
+        stops = {n["labels"].get(ENDS_AT_LABEL) for n in a["ray_nodes"] or []} - {None}
+        if len(stops) == 1 and str(next(iter(stops))).isdigit():
+            at = int(next(iter(stops)))
+            print(
+                f"  Ray stops at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(at))} (in "
+                f"{max(0, at - int(time.time())) // 60} min, ahead of the time limit): a "
+                "training run expected to take longer goes elsewhere or is refused"
+            )
     return 0
 
 

@@ -8,6 +8,7 @@ from the last checkpoint (the resumed attempt starts at an epoch > 0).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -148,6 +149,20 @@ class TestPlacedOnTheAllocation:
         assert caught.value.label == "continuum.io/jurisdiction=LU"
         assert f"Slurm allocation {allocation}" in str(caught.value)
         assert not (tmp_path / "run-2").exists()  # nothing ran
+
+    def test_a_run_that_would_outlive_the_allocation_is_refused_with_the_figures(
+        self, allocation: str, tmp_path: Path
+    ) -> None:
+        pooled = PooledTraining(_spec(pool="hpc"), train=run_training, estimate_s=lambda: 3600.0)
+        with pytest.raises(PlacementError) as caught:
+            pooled(TRAINER, *_NO_DATA, base_model=None, workdir=tmp_path / "run-4")
+        assert caught.value.rule == "hpc.time_limit"
+        # 10 min less the script's 30 s lead, less what the module's tests took so far.
+        assert re.search(
+            rf"run needs ~60 min .*, Slurm allocation {allocation} ends in \d+ min",
+            str(caught.value),
+        )
+        assert not (tmp_path / "run-4").exists()
 
 
 class TestCancelledMidRun:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -162,6 +163,9 @@ class TestOwnClusterInsideTheAllocation:
         assert [_without_end(n["labels"]) for n in mine["ray_nodes"]] == [
             {**_LABELS, SLURM_JOB_LABEL: job_id}
         ]
+        status, out, err = _run(capsys, "hpc", "status", "--state-dir", str(state_dir))
+        assert status == EXIT_OK, err
+        assert re.search(r"Ray stops at \S+ \S+ \(in \d+ min, ahead of the time limit\)", out)
 
 
 class TestTwoNodesThenDown:
