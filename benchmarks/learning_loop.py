@@ -1,36 +1,36 @@
-"""Does the loop learn whatever the camera does? The drift suite through the whole loop (issue 20).
+"""What the loop's selection buys: ours against uploading everything and against random picks.
 
-For each camera fault kind, one reduced ``continuum demo`` run: real edge-agent processes whose
-cameras never repeat a frame, mosquitto, ingest, the Parquet store, Ray Train, the gate, the
-canary and the rollout, exactly as the demo runs them, with the fault at site lux-2 from
-``--drift-at`` on. Each run's ``report.json`` gives the figures printed here:
+For each camera fault kind, three reduced ``continuum demo`` runs of the whole loop (real
+edge-agent processes whose cameras never repeat a frame, mosquitto, ingest, the Parquet store,
+Ray Train, the gate, the canary and the rollout, exactly as the demo runs them; the fault at
+site lux-2 from ``--drift-at`` on), which differ only in the uplink policy:
 
-- **detection**: seconds from the onset until the faulty camera's first telemetry window that
-  reported drift, overall and per signal. The baseline sits in the same run, on the same frames:
-  ``outputs`` (the model's confidences) is the only signal the loop had before issue 20; ``inputs``
-  (the frames' own statistics) and ``labels`` (the error rate from delayed feedback) are new.
-- **accuracy on the reserved split** (never streamed, never uplinked) under the fault: before
-  the onset (clean), right after it (the serving model with no loop: the baseline the loop must
-  beat) and at the end; the gap between live and reserved accuracy at the end (memory, not learning,
-  shows as a live figure far above the reserved one).
-- **uplink**: the faulty camera's uplinked share after the onset, and the whole run's share.
-- **seconds to recovery**: from the onset until the faulty camera first served a version within
-  0.05 of its pre-drift reserved accuracy under the fault.
+- **ours**: the demo pipeline's own policy (``pipelines/digits_inspection.py``: low
+  confidence, a boost while a drift detector fires, a small random share);
+- **random**: ``select.random(share)`` where ``share`` is the uplinked share the *ours* run of
+  the same kind measured: random picks at the same budget;
+- **all**: ``select.random(1.0)``: every frame uplinked, the upload-everything oracle.
 
-A kind passes when drift was seen within 30 s and the end's reserved accuracy is within 0.05 of
-the pre-drift one. Kinds the trainer does not augment for are marked: they are learnt from the
-uplinked samples alone.
+Each arm keeps the pipeline's drift detectors (so telemetry reports drift alike), its link
+budget, labels, retraining trigger, gate and rollout.  The arms run one after the other (a
+run is minutes; the kinds and arms are not interleaved within a run) in the order ours,
+random, all for each kind.  Each run's ``report.json`` gives, at the faulty camera:
 
-A second baseline, outside the loop and before each run, bounds what there is to learn: the
-**oracle** trains the same network from scratch on the training split plus ``ORACLE_SAMPLES``
-faulty stream-pool frames with their true labels (far more than a run uplinks) and is scored on
-the same reserved images. A fault that destroys more of an 8x8 image than any such model can
-recover (the oracle itself below pre-drift - 0.05) is reported as such: the loop is then judged
-by how much of the oracle's gain it reached, and the kind does not count as passed.
+- **reserved accuracy** (never streamed, never uplinked) under the fault: right after the
+  onset (the serving model, no loop) and at the end (the version served then);
+- **uplink**: samples uplinked over the whole run by every agent, and their wire bytes (each
+  record the same size: ``RECORD_BYTES``, a 1x8x8 float32 tensor in the sample codec);
+- **seconds to recovery**: onset until the faulty camera first served a version within 0.05
+  of its pre-drift reserved accuracy (none: not recovered in the run).
 
-Run: ``python benchmarks/learning_loop.py`` (all kinds, ~5 min each on 2 cores) or
-``--kinds mirror,zoom`` for some; ``--help`` for the flags. Each run's log and report stay
-under ``--workdir``.
+Goal (issue 18): ours reaches >= 90% of the all arm's accuracy gain (end minus right after
+the onset) with <= 10% of its uplink bytes.  Verdicts are computed per kind from these runs.
+
+Run: ``python benchmarks/learning_loop.py`` (three kinds x three arms x (170 s + start-up):
+about 35 minutes on 2 cores; ``--json PATH`` for the result), or a short check:
+``python benchmarks/learning_loop.py --kinds inversion --duration 75 --drift-at 30`` (three
+runs, about 5 minutes; too short for the loop to finish recovering: figures, not verdicts).
+Each run's log and report stay under ``--workdir``.
 """
 
 from __future__ import annotations
@@ -43,54 +43,75 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipelines.digits.faults import AUGMENTED_KINDS, DRIFT_KINDS, site_condition
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _harness as harness
 
-DETECTION_WITHIN_S = 30.0
+DEFAULT_KINDS = ("inversion", "rotation", "mirror")
+ARMS = ("ours", "random", "all")
 RECOVERY_TOLERANCE = 0.05
-#: Faulty frames the oracle learns from (a run uplinks some hundreds).
-ORACLE_SAMPLES = 2000
+GAIN_SHARE_MIN = 0.9
+BYTES_SHARE_MAX = 0.1
+
+#: The demo's pipeline with its uplink policy replaced (written per arm into the workdir).
+_ARM_MODULE = '''"""The demo's digits pipeline, uplink policy of arm {arm!r} (learning_loop)."""
+
+import pipelines.digits_inspection as _original
+from continuum import select
 
 
-def oracle_accuracy(kind: str, seed: int = 0) -> float:
-    """Return the oracle's reserved accuracy under ``kind`` (see the module docstring).
+def _arm():
+    spec = _original.pipe.spec
+    uplink = spec.uplink.model_copy(
+        update={{"policy": select.random({rate!r}), "drift": spec.uplink.detectors}}
+    )
+    return spec.model_copy(update={{"uplink": uplink}})
 
-    The reserved images are drawn exactly as the demo's report draws them
-    (``pipelines.demo._reserved``), so the figure compares with the run's.
-    """
-    from dataclasses import replace
 
+pipe = _arm()
+'''
+
+#: Runs ``continuum demo`` with the digits scenario's pipeline module swapped for an arm's.
+_BOOTSTRAP = """
+import dataclasses, sys
+sys.path.insert(0, {folder!r})
+from pipelines.demo import _scenarios
+scenarios = _scenarios._scenarios()
+scenarios["digits"] = dataclasses.replace(scenarios["digits"], pipeline_module={module!r})
+from continuum.cli import main
+sys.exit(main())
+"""
+
+
+def record_bytes() -> int:
+    """Wire bytes of one uplinked digits sample (the codec's per-record size in a batch)."""
     import numpy as np
 
-    from pipelines.demo._reserved import reserved_images
-    from pipelines.digits.data import load_splits
-    from pipelines.digits.train import SCRATCH, accuracy, fit
+    from continuum._data_class import DataClass
+    from continuum.wire import SampleBatch, SampleRecord
+    from continuum.wire.codec import encode_samples
 
-    splits = load_splits()
-    _, reserved, labels = reserved_images(kind)
-    draw = np.random.default_rng(seed)
-    picks = draw.integers(0, len(splits.stream_x), ORACLE_SAMPLES)
-    faulty = site_condition(splits.stream_x[picks], kind, rng=draw)
-    model = fit(
-        splits.train_x,
-        splits.train_y,
-        new_x=faulty,
-        new_y=splits.stream_y[picks],
-        recipe=replace(SCRATCH, new_to_base_cap=ORACLE_SAMPLES / len(splits.train_x)),
-        seed=seed,
-        threads=2,
-    )
-    return accuracy(model, reserved, labels)
+    def batch(n: int) -> bytes:
+        records = tuple(
+            SampleRecord(
+                seq=i,
+                captured_at_ns=i,
+                tensor=np.zeros((1, 8, 8), np.float32),
+                prediction=1,
+                confidence=0.5,
+            )
+            for i in range(n)
+        )
+        return encode_samples(SampleBatch("p", "n", "v", DataClass("internal"), records))
+
+    return (len(batch(101)) - len(batch(1))) // 100
 
 
-def run_kind(kind: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Run one reduced demo with fault ``kind``; return its figures (or why it failed)."""
-    workdir = args.workdir / kind
+def run_arm(kind: str, arm: str, rate: float | None, args: argparse.Namespace) -> dict[str, Any]:
+    """Run one reduced demo of ``kind`` with ``arm``'s policy; return its figures."""
+    workdir = args.workdir / kind / arm
     workdir.parent.mkdir(parents=True, exist_ok=True)
-    log_path = args.workdir / f"{kind}.log"
-    command = [
-        sys.executable,
-        "-c",
-        "import sys; from continuum.cli import main; sys.exit(main())",
+    log_path = args.workdir / kind / f"{arm}.log"
+    demo = [
         "demo",
         "--drift",
         kind,
@@ -104,71 +125,52 @@ def run_kind(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         str(workdir),
         "--no-live",
     ]
+    if rate is None:
+        code = "import sys; from continuum.cli import main; sys.exit(main())"
+    else:
+        folder = args.workdir / kind / "modules"
+        folder.mkdir(parents=True, exist_ok=True)
+        module = f"learning_loop_arm_{arm}"
+        (folder / f"{module}.py").write_text(_ARM_MODULE.format(arm=arm, rate=rate))
+        code = _BOOTSTRAP.format(folder=str(folder), module=module)
     started = time.monotonic()
     with open(log_path, "wb") as log:
-        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+        exit_code = subprocess.run(
+            [sys.executable, "-c", code, *demo], stdout=log, stderr=subprocess.STDOUT, check=False
+        ).returncode
     seconds = time.monotonic() - started
     report_path = workdir / "report.json"
     if not report_path.exists():
-        return {"kind": kind, "error": f"no report (exit {code}); see {log_path}"}
-    return figures(kind, json.loads(report_path.read_text()), code, seconds)
+        return {"kind": kind, "arm": arm, "error": f"no report (exit {exit_code}); see {log_path}"}
+    return figures(kind, arm, rate, json.loads(report_path.read_text()), exit_code, seconds)
 
 
 def figures(
-    kind: str, report: dict[str, Any], code: int, seconds: float, oracle: float | None = None
+    kind: str, arm: str, rate: float | None, report: dict[str, Any], code: int, seconds: float
 ) -> dict[str, Any]:
-    """Return the figures of one run's report at its faulty camera (``oracle``: see above)."""
+    """Return one run's figures at its faulty camera, and its uplink over the whole run."""
     (faulty,) = [a for a in report["agents"].values() if a["drifted_camera"]]
-    detection = faulty["drift_detection"]
-    before = faulty["accuracy_before_drift"]
-    after = faulty["accuracy_after_drift"]
-    end = faulty["accuracy_after_recovery"]
-    first = detection["first_s"]
-    detected = first is not None and first <= DETECTION_WITHIN_S
-    recovered = before is not None and end is not None and end >= before - RECOVERY_TOLERANCE
-    frames_after = faulty.get("frames_after_drift") or 0
-    clean = [a for a in report["agents"].values() if not a["drifted_camera"]]
+    uplinked = sum(a["uplinked"] for a in report["agents"].values())
+    frames = sum(a["frames"] for a in report["agents"].values())
     return {
         "kind": kind,
-        "augmented_for": kind in AUGMENTED_KINDS,
+        "arm": arm,
+        "random_rate": rate,
         "exit_code": code,
         "run_seconds": round(seconds, 1),
-        "detected_s": first,
-        "by_signal": detection["by_signal"],
-        "false_alarm_windows": sum(a["drift_detection"]["false_alarm_windows"] for a in clean)
-        + detection["false_alarm_windows"],
-        "reserved_before": before,
-        "reserved_after_drift": after,
-        "reserved_end": end,
-        # The loop may still be converging when the run ends: its best candidate so far.
+        "reserved_before": faulty["accuracy_before_drift"],
+        "reserved_after_drift": faulty["accuracy_after_drift"],
+        "reserved_end": faulty["accuracy_after_recovery"],
         "reserved_best_registered": max(
             (v["drifted"] for v in report["versions"].values() if v.get("parent")),
             default=None,
         ),
-        "oracle": oracle,
-        "oracle_reaches_target": (
-            None if oracle is None or before is None else oracle >= before - RECOVERY_TOLERANCE
-        ),
-        "share_of_oracle_gain": (
-            (end - after) / (oracle - after)
-            if oracle is not None and end is not None and after is not None and oracle > after
-            else None
-        ),
-        "live_end": faulty.get("live_accuracy_at_end"),
         "seconds_to_recovery": faulty["seconds_to_recovery"],
-        "uplink_share_faulty_after_onset": (
-            faulty["uplinked_after_drift"] / frames_after if frames_after else None
-        ),
-        "uplink_share_run": report["uplink_share"],
-        "trainings": [t.get("reason") for t in report["trainings"][1:]],
-        "other_targets_missed": [
-            name
-            for name, ok in report["targets"].items()
-            if not ok and name not in ("recovered", "drift_detected", "drift_matters")
-        ],
-        "detected": detected,
-        "recovered": recovered,
-        "passed": detected and recovered,
+        "detected_s": faulty["drift_detection"]["first_s"],
+        "frames": frames,
+        "uplinked": uplinked,
+        "uplink_share": uplinked / frames if frames else None,
+        "trainings": len(report["trainings"]) - 1,
     }
 
 
@@ -176,156 +178,140 @@ def _f(value: float | None, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
-    """Print one line per kind, then the verdict."""
-    header = (
-        f"{'fault':<14}{'aug':>4}{'seen s':>8}  {'outputs/inputs/labels s':<24}"
-        f"{'before':>7}{'no loop':>8}{'end':>7}{'best':>7}{'oracle':>7}{'live':>7}{'recov s':>8}"
-        f"{'up@fault':>9}{'up run':>8}  verdict"
-    )
-    print(header)
-    print("-" * len(header))
-    for row in rows:
-        if "error" in row:
-            print(f"{row['kind']:<14} ERROR: {row['error']}")
-            continue
-        signals = "/".join(
-            _f(row["by_signal"].get(s), ".0f") for s in ("outputs", "inputs", "labels")
+def judge(report: harness.Report, kind: str, rows: dict[str, dict[str, Any]]) -> None:
+    """Compute the kind's verdicts from its three runs."""
+    ours, rand, everything = rows.get("ours"), rows.get("random"), rows.get("all")
+    if not (ours and everything) or "error" in ours or "error" in everything:
+        report.verdict(harness.Verdict(f"{kind}: the runs", "ours and all ran", "error", False))
+        return
+    after = ours["reserved_after_drift"]
+    gains = [
+        None if r["reserved_end"] is None or after is None else r["reserved_end"] - after
+        for r in (ours, everything)
+    ]
+    share = gains[0] / gains[1] if None not in gains and gains[1] > 0 else None  # type: ignore[operator]
+    bytes_share = ours["uplinked"] / everything["uplinked"] if everything["uplinked"] else None
+    report.verdict(
+        harness.Verdict(
+            name=f"{kind}: ours' share of the all arm's accuracy gain",
+            target=f">= {GAIN_SHARE_MIN}",
+            measured=_f(share, ".2f"),
+            met=share is not None and share >= GAIN_SHARE_MIN,
         )
-        verdict = "PASS" if row["passed"] else "MISS"
-        why = [
-            w
-            for w, bad in (
-                ("not seen in 30 s", not row["detected"]),
-                ("not recovered", not row["recovered"]),
-            )
-            if bad
-        ]
-        if not row["recovered"] and row.get("oracle_reaches_target") is False:
-            why.append(
-                f"even the oracle gets {row['oracle']:.3f}: the fault leaves less to learn; "
-                f"the loop reached {row['share_of_oracle_gain']:.0%} of the oracle's gain"
-                if row.get("share_of_oracle_gain") is not None
-                else f"even the oracle gets {row['oracle']:.3f}"
-            )
-        if row["other_targets_missed"]:
-            why.append("also missed " + ", ".join(row["other_targets_missed"]))
-        print(
-            f"{row['kind']:<14}{'yes' if row['augmented_for'] else 'no':>4}"
-            f"{_f(row['detected_s'], '.0f'):>8}  {signals:<24}"
-            f"{_f(row['reserved_before']):>7}{_f(row['reserved_after_drift']):>8}"
-            f"{_f(row['reserved_end']):>7}{_f(row.get('reserved_best_registered')):>7}"
-            f"{_f(row.get('oracle')):>7}{_f(row['live_end']):>7}"
-            f"{_f(row['seconds_to_recovery'], '.0f'):>8}"
-            f"{_f(row['uplink_share_faulty_after_onset'], '.0%'):>9}"
-            f"{_f(row['uplink_share_run'], '.0%'):>8}  {verdict}"
-            + (f" ({'; '.join(why)})" if why else "")
-        )
-    passed = sum(1 for r in rows if r.get("passed"))
-    print(
-        f"\n{passed} of {len(rows)} fault kinds detected within {DETECTION_WITHIN_S:.0f} s and "
-        f"recovered to within {RECOVERY_TOLERANCE} of pre-drift reserved accuracy.\n"
-        "seen s: onset to the first window that reported drift (any signal; windows are 2 s); "
-        "outputs/inputs/labels: the same per signal, outputs being the only signal before issue "
-        "20 (the baseline); no loop: the serving model under the fault with nothing retrained; "
-        "end: the version served at the end; best: the best retrained version registered by "
-        "then (a later one may not have been rolled out yet); "
-        f"oracle: the network trained on {ORACLE_SAMPLES} faulty frames, the most to expect; "
-        "up@fault: the faulty camera's uplinked share after the onset; up run: the whole run's."
     )
+    report.verdict(
+        harness.Verdict(
+            name=f"{kind}: ours' uplink bytes / the all arm's",
+            target=f"<= {BYTES_SHARE_MAX}",
+            measured=_f(bytes_share, ".3f"),
+            met=bytes_share is not None and bytes_share <= BYTES_SHARE_MAX,
+        )
+    )
+    if rand and "error" not in rand and rand["reserved_end"] is not None:
+        margin = (ours["reserved_end"] or 0.0) - rand["reserved_end"]
+        report.verdict(
+            harness.Verdict(
+                name=f"{kind}: ours' end accuracy minus random's at the same budget",
+                target="> 0 (one run each: a single draw)",
+                measured=f"{margin:+.3f}",
+                met=margin > 0.0,
+            )
+        )
 
 
-def print_saved(workdir: Path) -> int:
-    """Print the table of the runs kept under ``workdir``; 0 when every kind passed."""
-    saved = json.loads((workdir / "learning_loop.json").read_text())
-    rows = []
-    for row in saved:
-        report_path = workdir / row["kind"] / "report.json"
-        if "error" in row or not report_path.exists():
-            rows.append(row)
+def print_rows(rows: list[dict[str, Any]], per_record: int) -> None:
+    """Print one line per run."""
+    table = []
+    for r in rows:
+        if "error" in r:
+            table.append([f"{r['kind']} / {r['arm']}", "ERROR: " + r["error"], *[""] * 8])
             continue
-        report = json.loads(report_path.read_text())
-        rows.append(
-            figures(row["kind"], report, row["exit_code"], row["run_seconds"], row.get("oracle"))
+        table.append(
+            [
+                f"{r['kind']} / {r['arm']}",
+                _f(r["random_rate"], ".3f") if r["random_rate"] is not None else "demo's",
+                _f(r["reserved_before"]),
+                _f(r["reserved_after_drift"]),
+                _f(r["reserved_end"]),
+                _f(r["reserved_best_registered"]),
+                _f(r["seconds_to_recovery"], ".0f"),
+                f"{r['uplinked']:,}",
+                f"{r['uplinked'] * per_record / 1e6:.2f}",
+                _f(r["uplink_share"], ".1%"),
+            ]
         )
-    print_table(rows)
-    return 0 if all(r.get("passed") for r in rows) else 1
+    harness.print_table(
+        "Runs (reserved accuracy under the fault at the faulty camera; uplink: all agents)",
+        [
+            "kind / arm",
+            "random rate",
+            "before",
+            "no loop",
+            "end",
+            "best",
+            "recov s",
+            "uplinked",
+            "MB",
+            "share",
+        ],
+        table,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the suite; 0 when every kind passed."""
+    """Run every kind's three arms; 0 when every verdict was met."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--kinds",
-        default=",".join(DRIFT_KINDS),
-        help="comma-separated fault kinds (default: all of them: " + ", ".join(DRIFT_KINDS) + ")",
+        "--kinds", default=",".join(DEFAULT_KINDS), help="comma-separated fault kinds"
     )
     parser.add_argument("--duration", type=float, default=170.0, help="seconds per run (170)")
-    parser.add_argument(
-        "--drift-at",
-        type=float,
-        default=35.0,
-        help="fault onset, s (35: the detectors fill their reference and window in 25 s at 20 fps)",
-    )
+    parser.add_argument("--drift-at", type=float, default=35.0, help="fault onset, s (35)")
     parser.add_argument("--agents", type=int, default=2, help="edge agents per run (2)")
-    parser.add_argument(
-        "--oracle",
-        choices=("missed", "all", "none"),
-        default="missed",
-        help="which kinds get the oracle baseline, trained after the runs (default: the missed)",
-    )
     parser.add_argument(
         "--workdir", type=Path, default=Path("learning-loop-runs"), help="where runs are kept"
     )
-    parser.add_argument(
-        "--table",
-        action="store_true",
-        help="print the table of the runs already under --workdir (their reports and oracle "
-        "figures) without running anything",
-    )
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH")
     args = parser.parse_args(argv)
+    from pipelines.digits.faults import DRIFT_KINDS
+
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     unknown = sorted(set(kinds) - set(DRIFT_KINDS))
     if unknown:
-        parser.error(
-            f"unknown fault kind(s) {', '.join(unknown)}; use some of {', '.join(DRIFT_KINDS)}"
-        )
+        parser.error(f"unknown fault kind(s) {', '.join(unknown)}; use {', '.join(DRIFT_KINDS)}")
     args.workdir = args.workdir.resolve()
-    if args.table:
-        return print_saved(args.workdir)
-    rows = []
-    for index, kind in enumerate(kinds, 1):
-        print(
-            f"[{index}/{len(kinds)}] {kind}: one reduced demo run ({args.duration:g} s) ...",
-            flush=True,
-        )
-        rows.append(run_kind(kind, args))
-        row = rows[-1]
-        if "error" in row:
-            print(f"    error: {row['error']}", flush=True)
-        else:
-            verdict = "PASS" if row["passed"] else "MISS"
-            print(f"    {verdict} in {row['run_seconds']:.0f} s", flush=True)
-    # The oracle trains after the runs, so that it never loads the machine under a run.
-    for row in rows:
-        if "error" in row or args.oracle == "none" or (args.oracle == "missed" and row["passed"]):
-            continue
-        print(f"oracle for {row['kind']} ({ORACLE_SAMPLES} faulty frames) ...", flush=True)
-        report = json.loads((args.workdir / row["kind"] / "report.json").read_text())
-        row.update(
-            figures(
-                row["kind"],
-                report,
-                row["exit_code"],
-                row["run_seconds"],
-                oracle_accuracy(row["kind"]),
-            )
-        )
-    (args.workdir / "learning_loop.json").write_text(json.dumps(rows, indent=2))
-    print()
-    print_table(rows)
-    print(f"\nfigures: {args.workdir / 'learning_loop.json'}")
-    return 0 if all(r.get("passed") for r in rows) else 1
+    report = harness.Report("learning_loop", paths=[args.workdir.parent])
+    per_record = record_bytes()
+    rows: list[dict[str, Any]] = []
+    for kind in kinds:
+        by_arm: dict[str, dict[str, Any]] = {}
+        for arm in ARMS:
+            rate: float | None = None
+            if arm == "all":
+                rate = 1.0
+            elif arm == "random":
+                share = by_arm["ours"].get("uplink_share")
+                if share is None:
+                    continue
+                rate = round(float(share), 4)
+            print(f"{kind} / {arm}: one reduced demo run ({args.duration:g} s) ...", flush=True)
+            row = run_arm(kind, arm, rate, args)
+            by_arm[arm] = row
+            rows.append(row)
+            done = row.get("error") or f"done in {row['run_seconds']:.0f} s"
+            print(f"    {done}", flush=True)
+            if "error" not in row:
+                report.case(
+                    f"{kind} / {arm}: reserved end",
+                    [row["reserved_end"] if row["reserved_end"] is not None else float("nan")],
+                    "accuracy",
+                    **{k: v for k, v in row.items() if k not in ("kind", "arm")},
+                    uplink_bytes=row["uplinked"] * per_record,
+                )
+        judge(report, kind, by_arm)
+    print_rows(rows, per_record)
+    print(f"(a sample is {per_record} bytes on the wire; runs under {args.workdir})")
+    result = report.finish(args.json)
+    return 0 if all(v["met"] for v in result["verdicts"]) else 1
 
 
 if __name__ == "__main__":
