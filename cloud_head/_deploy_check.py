@@ -6,13 +6,15 @@ the residency policy, recorded first.
 same model, in the deploy or in the registry (``refuse_shared_model_names``,
 ``registered_models``), and records the outcome in the tenant's audit log before anything
 starts: a refusal (``policy_refusal``, then ``PlacementError``) or one ``deploy`` record per
-pipeline. The training job's selector is the one the policy derives.
+pipeline. Retraining follows the policy's plan (``training_plan``): one central job with the
+selector the policy derives, or federated rounds at the data's sites where the policy keeps
+the data there and each site has a Ray node that may train (``check_deploy_plans``).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,9 +23,10 @@ from continuum.errors import PlacementError, SpecError
 from continuum.residency import (
     Decision,
     ResidencyPolicy,
-    derive_training_selector,
+    TrainingPlan,
     load_policy,
     pipeline_decisions,
+    training_plan,
 )
 
 if TYPE_CHECKING:
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "check_deploy",
+    "check_deploy_plans",
     "known_nodes",
     "load_residency",
     "policy_yaml",
@@ -89,31 +93,68 @@ def check_deploy(
     details: Mapping[str, Any] | None = None,
     registered: Mapping[str, str] | None = None,
 ) -> dict[str, dict[str, str] | None]:
-    """Check every pipeline against ``policy``; record the deploy or the refusal; return selectors.
+    """Check and record as ``check_deploy_plans``; return each pipeline's central training
+    selector (None: no policy, or a federated plan, which has one selector per site).
+
+    Raises:
+        SpecError, PlacementError, AuditWriteError: as ``check_deploy_plans``.
+    """
+    plans = check_deploy_plans(
+        audit,
+        specs,
+        policy,
+        nodes,
+        store_labels=store_labels,
+        details=details,
+        registered=registered,
+    )
+    return {
+        name: None if plan is None or plan.selector is None else dict(plan.selector.root)
+        for name, plan in plans.items()
+    }
+
+
+def check_deploy_plans(
+    audit: AuditTrail,
+    specs: Sequence[PipelineSpec],
+    policy: ResidencyPolicy | None,
+    nodes: Mapping[str, Mapping[str, str]] | None,
+    *,
+    store_labels: Mapping[str, str] | None = None,
+    details: Mapping[str, Any] | None = None,
+    registered: Mapping[str, str] | None = None,
+    compute_nodes: Collection[str] | None = None,
+) -> dict[str, TrainingPlan | None]:
+    """Check every pipeline against ``policy``; record the deploy or the refusal; return plans.
 
     Each pipeline's decisions (allowed and refused) are recorded: a refusal as a
     ``policy_refusal`` record, written before ``PlacementError`` is raised; when every
-    pipeline passes, one ``deploy`` record per pipeline with its spec digest, placement and
-    decisions.  Returns, per pipeline, the training selector derived from the policy (None:
-    no policy, the spec's ``retrain.where`` applies).  ``registered`` is the registry's
-    model -> pipeline (``registered_models``), checked with the deploy's own pipelines.
+    pipeline passes, one ``deploy`` record per pipeline with its spec digest, placement,
+    decisions and training plan.  Returns, per pipeline, the policy's training plan (None:
+    no policy or no retrain stage; the spec's ``retrain.where`` applies).  ``registered`` is
+    the registry's model -> pipeline (``registered_models``), checked with the deploy's own
+    pipelines.  ``compute_nodes``: the names in ``nodes`` that can run training (Ray nodes);
+    None: those named ``ray:...`` as ``known_nodes`` names them, or all when none is.
 
     Raises:
         SpecError: two pipelines name the same model, in the deploy or with the registry
             (no deploy record is written).
-        PlacementError: a stage or the training job would put data where the policy forbids.
+        PlacementError: a stage or the training job would put data where the policy forbids,
+            and federated training cannot keep it in (no node that may train at a site).
         AuditWriteError: a record could not be written.
     """
     context = {
         "known_nodes": sorted(nodes or {}),
         "store_labels": None if store_labels is None else dict(store_labels),
     }
-    planned: list[tuple[PipelineSpec, list[Decision], dict[str, str] | None]] = []
+    if compute_nodes is None and nodes and any(n.startswith("ray:") for n in nodes):
+        compute_nodes = [n for n in nodes if n.startswith("ray:")]
+    planned: list[tuple[PipelineSpec, list[Decision], TrainingPlan | None]] = []
     for spec in specs:
         decisions: list[Decision] = []
-        selector: dict[str, str] | None = None
+        plan: TrainingPlan | None = None
         if policy is not None:
-            decisions, selector, refused = _decide(spec, policy, nodes, store_labels)
+            decisions, plan, refused = _decide(spec, policy, nodes, store_labels, compute_nodes)
             if refused is not None:
                 audit.record(
                     AuditAction.POLICY_REFUSAL,
@@ -126,12 +167,18 @@ def check_deploy(
                     | context,
                 )
                 refused.raise_if_refused()
-        planned.append((spec, decisions, selector))
+        planned.append((spec, decisions, plan))
     # After the policy: a deploy it refuses is recorded as such whatever its model names.
     refuse_shared_model_names(specs, registered)
-    for spec, decisions, selector in planned:
-        training = selector
-        if training is None and spec.retrain is not None:
+    for spec, decisions, plan in planned:
+        training: dict[str, Any] | None = None
+        if plan is not None:
+            training = (
+                dict(plan.selector.root)
+                if plan.selector is not None
+                else {s: dict(v.root) for s, v in plan.site_selectors.items()}
+            )
+        elif spec.retrain is not None:
             training = dict(spec.retrain.where.root)
         audit.record(
             AuditAction.DEPLOY,
@@ -142,11 +189,12 @@ def check_deploy(
                 "placement": {"edge": dict(spec.edge.where.root), "training": training},
                 "policy": "none: no residency check" if policy is None else "checked",
                 "decisions": [d.to_record() for d in decisions],
+                "training_plan": None if plan is None else plan.to_record(),
             }
             | context
             | dict(details or {}),
         )
-    return {spec.name: selector for spec, _, selector in planned}
+    return {spec.name: plan for spec, _, plan in planned}
 
 
 def registered_models(tenant: str, paths: HeadPaths) -> dict[str, str]:
@@ -217,15 +265,21 @@ def _decide(
     policy: ResidencyPolicy,
     nodes: Mapping[str, Mapping[str, str]] | None,
     store_labels: Mapping[str, str] | None,
-) -> tuple[list[Decision], dict[str, str] | None, Decision | None]:
-    """Return one pipeline's decisions, its training selector and the first refusal, if any."""
+    compute_nodes: Collection[str] | None,
+) -> tuple[list[Decision], TrainingPlan | None, Decision | None]:
+    """Return one pipeline's decisions, its training plan and the first refusal, if any.
+
+    The training stage's own refusal (central training would take the data out of its site
+    or jurisdiction) is the plan's to settle: federated where each site has a node.
+    """
     decisions = pipeline_decisions(policy, spec, nodes, store_labels=store_labels)
-    refused = next((d for d in decisions if not d.allowed), None)
+    refused = next((d for d in decisions if not d.allowed and d.stage != "training"), None)
     if refused is not None or spec.retrain is None:
         return decisions, None, refused
-    sources = [lb for lb in (nodes or {}).values() if spec.edge.where.matches(lb)]
     try:
-        derived = derive_training_selector(policy, spec, sources, store_labels=store_labels)
+        plan = training_plan(
+            policy, spec, nodes, store_labels=store_labels, compute_nodes=compute_nodes
+        )
     except PlacementError as error:
         refusal = Decision(
             allowed=False,
@@ -235,12 +289,26 @@ def _decide(
             label=error.label,
         )
         return decisions, None, refusal
-    decisions.append(
-        Decision(
-            allowed=True,
-            rule="retrain.where",
-            reason=f"the training job runs with selector {derived}",
-            stage="training",
+    if plan.mode == "federated":
+        decisions = [d for d in decisions if d.stage != "training"]
+        at = decisions[-1:] if decisions and decisions[-1].stage == "rollout" else []
+        decisions = decisions[: len(decisions) - len(at)]
+        decisions.append(
+            Decision(
+                allowed=True,
+                rule=plan.rule,
+                reason=f"federated retraining: {plan.reason}",
+                stage="training",
+            )
         )
-    )
-    return decisions, dict(derived.root), None
+        decisions += at
+    else:
+        decisions.append(
+            Decision(
+                allowed=True,
+                rule="retrain.where",
+                reason=f"the training job runs with selector {plan.selector}",
+                stage="training",
+            )
+        )
+    return decisions, plan, None

@@ -46,7 +46,7 @@ tenants:
 STORE = {TIER: "cloud", JURISDICTION: "LU"}
 
 
-def bank_spec(tenant: str, training_where: dict[str, str]) -> PipelineSpec:
+def bank_spec(tenant: str, training_where: dict[str, str], site: str = "lux-1") -> PipelineSpec:
     return PipelineSpec(
         name="cheques",
         tenant=tenant,
@@ -54,7 +54,7 @@ def bank_spec(tenant: str, training_where: dict[str, str]) -> PipelineSpec:
         edge=EdgeStageSpec(
             model="reader",
             input=TensorSchema(shape=(1, 8, 8)),
-            where={TIER: "edge", SITE: "lux-1", JURISDICTION: "LU"},
+            where={TIER: "edge", SITE: site, JURISDICTION: "LU"},
         ),
         uplink=UplinkSpec(policy=select.random(0.1)),
         retrain=RetrainSpec(
@@ -86,13 +86,15 @@ class TestRefusedAtDeploy:
     def test_training_on_a_de_node_is_refused_naming_the_rule_and_recorded_first(
         self, tmp_path: Path, ray_cluster: Any, mqtt_broker: EmbeddedBroker
     ) -> None:
+        # The cheques are captured at lux-2, where no Ray node could train them either
+        # (federated training would have kept them in LU: issue 17).
         tenant = f"bank-{uuid.uuid4().hex[:6]}"
         paths = HeadPaths(tmp_path / "cloud")
         enrol(
             paths,
             tenant,
             {
-                "cam-lux-1": {TIER: "edge", SITE: "lux-1", JURISDICTION: "LU"},
+                "cam-lux-2": {TIER: "edge", SITE: "lux-2", JURISDICTION: "LU"},
                 "mec-fra-1": {TIER: "edge", SITE: "fra-1", JURISDICTION: "DE"},
             },
         )
@@ -103,7 +105,7 @@ class TestRefusedAtDeploy:
         with pytest.raises(PlacementError) as refused:
             CloudHead.deploy(
                 tenant,
-                [bank_spec(tenant, {SITE: "fra-1"})],
+                [bank_spec(tenant, {SITE: "fra-1"}, site="lux-2")],
                 paths,
                 BrokerSettings(host=mqtt_broker.host, port=mqtt_broker.port),
                 private_key,
@@ -117,6 +119,7 @@ class TestRefusedAtDeploy:
         assert rule in str(refused.value)
         assert f"{JURISDICTION}=DE" in str(refused.value)
         assert "mec-fra-1" in str(refused.value)
+        assert f"join a node labelled {SITE}=lux-2" in str(refused.value)
         assert refused.value.rule == rule
         assert refused.value.label == f"{JURISDICTION}=DE"
         with AuditLog(paths.audit) as log:
