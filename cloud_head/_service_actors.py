@@ -331,7 +331,8 @@ class ControllerActor:
     """One pipeline's loop on the cloud: trigger, retrain on Ray Train, gate, register, roll out.
 
     It ticks every ``settings.controller.tick_interval_s`` once ``bootstrap`` has returned;
-    ``training_selector`` is the one the residency policy derived at deploy; ``policy_yaml``
+    ``training_selector`` is the one the residency policy derived at deploy (``training_plan``
+    its whole plan: federated rounds at the data's sites, or central); ``policy_yaml``
     the policy itself, which names the rule when it refuses a Slurm allocation.
     """
 
@@ -344,6 +345,7 @@ class ControllerActor:
         fleet: Any,
         training_selector: dict[str, str] | None = None,
         policy_yaml: str | None = None,
+        training_plan: dict[str, Any] | None = None,
     ) -> None:
         from cloud_head.controller import ControllerStores, PipelineController
         from cloud_head.fleet import FleetRegistry
@@ -377,6 +379,7 @@ class ControllerActor:
             training_selector=training_selector,
             # Names the residency rule when it refuses an HPC allocation (retrain.pool).
             residency=None if policy_yaml is None else ResidencyPolicy.from_yaml(policy_yaml),
+            training_plan=training_plan,
         )
         self._tick_s = settings.controller.tick_interval_s
         self._tenants_root = settings.tenants_root

@@ -22,6 +22,7 @@ import ray
 
 from cloud_head._deploy_check import (
     check_deploy,
+    check_deploy_plans,
     known_nodes,
     load_residency,
     policy_yaml,
@@ -40,7 +41,7 @@ from cloud_head.paths import HeadPaths
 from cloud_head.settings import CloudSettings
 from continuum.errors import NotReadyError, OperationTimeoutError
 from continuum.labels import TIER
-from continuum.residency import ResidencyPolicy
+from continuum.residency import ResidencyPolicy, TrainingPlan
 from continuum.spec import PipelineSpec
 from continuum.wire.mqtt import BrokerSettings
 
@@ -124,8 +125,8 @@ class CloudHead:
         # The actors read the registry the deploy resolved, whatever their own file system shows.
         settings = settings.model_copy(update={"tenants_root": quota_root})
         _check_service_credentials(settings)  # before anything is recorded or started
-        selectors = _record_deploy(settings, specs, key, residency, actor)
-        head = cls._launch(settings, specs, key, residency, selectors)
+        plans = _record_deploy(settings, specs, key, residency, actor)
+        head = cls._launch(settings, specs, key, residency, plans)
         head.wait_ready(settings.ready_timeout_s)
         return head
 
@@ -182,7 +183,7 @@ class CloudHead:
         specs: Sequence[PipelineSpec],
         key: bytes,
         residency: ResidencyPolicy | None,
-        selectors: Mapping[str, dict[str, str] | None],
+        plans: Mapping[str, TrainingPlan | None],
     ) -> CloudHead:
         """Start (or find, when already running) every service's actor; do not wait for them."""
         tenant = settings.require_tenant()
@@ -217,7 +218,9 @@ class CloudHead:
                 s.model_dump(mode="json"),
                 signer=signer,
                 fleet=fleet,
-                training_selector=selectors[s.name],
+                training_selector=_selector(plans[s.name]),
+                # Federated: rounds at the data's sites instead of one central job.
+                training_plan=_plan_record(plans[s.name]),
                 policy_yaml=text,
             )
             for s in specs
@@ -227,7 +230,7 @@ class CloudHead:
             # The teacher reads the samples: it runs where training may (the policy's selector).
             s.name: TeacherActor.options(  # type: ignore[attr-defined]
                 name=f"teacher-{s.name}",
-                **(common | {"label_selector": selectors[s.name] or CLOUD_SELECTOR}),
+                **(common | {"label_selector": _selector(plans[s.name]) or CLOUD_SELECTOR}),
             ).remote(settings, s.model_dump(mode="json"))
             for s in specs
             if s.label.source == "teacher"
@@ -297,17 +300,27 @@ def _check_service_credentials(settings: CloudSettings) -> None:
         settings.service_broker("ingest", replica)
 
 
+def _plan_record(plan: TrainingPlan | None) -> dict[str, Any] | None:
+    """Return the plan as the controller actor takes it (it crosses Ray as data)."""
+    return None if plan is None else plan.to_record()
+
+
+def _selector(plan: TrainingPlan | None) -> dict[str, str] | None:
+    """Return a central plan's training selector (None: no policy, or federated)."""
+    return None if plan is None or plan.selector is None else dict(plan.selector.root)
+
+
 def _record_deploy(
     settings: CloudSettings,
     specs: Sequence[PipelineSpec],
     key: bytes,
     residency: ResidencyPolicy | None,
     actor: str | None,
-) -> dict[str, dict[str, str] | None]:
+) -> dict[str, TrainingPlan | None]:
     """Check the pipelines and record the deploy (or the refusal) in the tenant's audit log."""
     tenant, paths = settings.require_tenant(), settings.paths()
     with AuditLog(paths.audit, signing_keys={tenant: key}) as log:
-        return check_deploy(
+        return check_deploy_plans(
             AuditTrail(log, tenant, actor or default_actor()),
             specs,
             residency,
