@@ -78,7 +78,7 @@ class Allocation:
     ends_at: float | None
 
     def where(self) -> str:
-        """Return where it is, as its location labels say (``site lux-hpc, LU``)."""
+        """Return where it is, as its labels say (``site lux-hpc, jurisdiction LU``)."""
         return ", ".join(
             f"{k.removeprefix('continuum.io/')} {self.labels.get(k, '?')}"
             for k in (SITE, JURISDICTION)
@@ -101,7 +101,7 @@ class RunInterruptedError(PlacementError):
     """The allocation running the training ended mid-run and no other pool may take it.
 
     The checkpoint the loop last reported is kept: the pipeline's next run resumes from it.
-    ``placement`` is what ran where, for the training log and the audit log.
+    ``placement_of(error)`` says what ran where, for the training log and the audit log.
     """
 
     def __init__(self, message: str, *, placement: dict[str, Any]) -> None:
@@ -110,7 +110,8 @@ class RunInterruptedError(PlacementError):
 
 
 def allocations_of(nodes: list[dict[str, Any]]) -> list[Allocation]:
-    """Group the alive Ray nodes labelled ``tier=hpc`` by Slurm job, biggest node first."""
+    """Group the alive Ray nodes labelled ``tier=hpc`` by Slurm job (in job id order); each
+    allocation's size is its biggest node's."""
     grouped: dict[str, list[dict[str, Any]]] = {}
     for node in nodes:
         labels = node.get("Labels") or {}
@@ -322,6 +323,31 @@ class _Attempt:
     passed_over: list[str] = field(default_factory=list)
 
 
+@dataclass
+class _Run:
+    """One run across its attempts: its storage and name (an interrupted run's when resumed),
+    each attempt, and the allocations that ended under it."""
+
+    workdir: Path
+    name: str
+    resumed: str | None
+    attempts: list[_Attempt] = field(default_factory=list)
+    ended: set[str] = field(default_factory=set)
+
+    def placement(self) -> dict[str, Any]:
+        """Return what ran where, for the training log and the audit log: the last attempt's
+        pool and allocation, and every attempt (a run moved after its allocation ended has
+        several)."""
+        last = self.attempts[-1] if self.attempts else None
+        return {
+            "pool": None if last is None else last.pool,
+            "allocation": None if last is None else last.allocation,
+            "why": None if last is None else last.why,
+            "resumed_run": self.resumed,
+            "attempts": [asdict(a) for a in self.attempts],
+        }
+
+
 class PooledTraining:
     """The controller's ``train`` function, placed by ``retrain.pool`` and carried across ends.
 
@@ -373,31 +399,9 @@ class PooledTraining:
             Whatever ``train`` raises for a failure that is not the allocation's end.
         """
         selector = LabelSelector.parse(label_selector, field="retrain.where")
-        workdir, run_name, resumed = self._storage(Path(workdir))
-        attempts: list[_Attempt] = []
-        ended: set[str] = set()
+        run = _Run(*self._storage(Path(workdir)))
         while True:
-            try:
-                choice = choose_pool(
-                    self._retrain,
-                    selector,
-                    self._nodes(),
-                    estimate_s=self._estimate_s(),
-                    now=self._clock(),
-                    rule_of=self._rule_of,
-                    exclude=frozenset(ended),
-                )
-            except PlacementError as refused:
-                if not ended:
-                    _tag(refused, _placement(attempts, resumed))
-                    raise
-                self._keep_for_resume(workdir, run_name)
-                raise RunInterruptedError(
-                    f"Slurm allocation {', '.join(sorted(ended))} ended mid-run; the checkpoint "
-                    f"is kept under {workdir} and the pipeline's next run resumes from it: "
-                    f"{refused}",
-                    placement=_placement(attempts, resumed),
-                ) from refused
+            choice = self._choose(run, selector)
             attempt = _Attempt(
                 pool=choice.pool,
                 allocation=choice.allocation,
@@ -405,37 +409,62 @@ class PooledTraining:
                 started_at=self._clock(),
                 passed_over=list(choice.passed_over),
             )
-            attempts.append(attempt)
-            log.info("training run %s on the %s pool: %s", run_name, choice.pool, choice.why)
+            run.attempts.append(attempt)
+            log.info("training run %s on the %s pool: %s", run.name, choice.pool, choice.why)
             try:
                 result = self._train(
                     trainer,
                     train_x,
                     train_y,
                     base_model=base_model,
-                    workdir=workdir,
+                    workdir=run.workdir,
                     label_selector=choice.selector,
                     gpus=gpus,
                     cpus=cpus,
                     config=config,
-                    run_name=run_name,
+                    run_name=run.name,
                 )
             except Exception as error:
                 if choice.allocation is None or not self._gone(choice.allocation):
                     attempt.outcome = f"failed: {error}"
-                    _tag(error, _placement(attempts, resumed))
+                    _tag(error, run.placement())
                     raise
                 attempt.outcome = f"Slurm allocation {choice.allocation} ended mid-run"
-                log.warning("training run %s: %s; moving it", run_name, attempt.outcome)
-                ended.add(choice.allocation)
-                if len(ended) > MAX_MOVES:
-                    _tag(error, _placement(attempts, resumed))
+                log.warning("training run %s: %s; moving it", run.name, attempt.outcome)
+                run.ended.add(choice.allocation)
+                if len(run.ended) > MAX_MOVES:
+                    _tag(error, run.placement())
                     raise
                 continue
             attempt.outcome = "finished"
-            self._forget_resume(workdir)
-            info = dict(result.ray_info) | {"placement": _placement(attempts, resumed)}
-            return replace(result, ray_info=info)
+            self._forget_resume(run.workdir)
+            return replace(result, ray_info=dict(result.ray_info) | {"placement": run.placement()})
+
+    def _choose(self, run: _Run, selector: LabelSelector) -> PoolChoice:
+        """Return where the run's next attempt goes; once an allocation ended under it and
+        nowhere may take it on, keep its storage for the next run and raise
+        ``RunInterruptedError``."""
+        try:
+            return choose_pool(
+                self._retrain,
+                selector,
+                self._nodes(),
+                estimate_s=self._estimate_s(),
+                now=self._clock(),
+                rule_of=self._rule_of,
+                exclude=frozenset(run.ended),
+            )
+        except PlacementError as refused:
+            if not run.ended:
+                _tag(refused, run.placement())
+                raise
+            self._keep_for_resume(run.workdir, run.name)
+            raise RunInterruptedError(
+                f"Slurm allocation {', '.join(sorted(run.ended))} ended mid-run; the checkpoint "
+                f"is kept under {run.workdir} and the pipeline's next run resumes from it: "
+                f"{refused}",
+                placement=run.placement(),
+            ) from refused
 
     def _gone(self, job_id: str) -> bool:
         """Return whether allocation ``job_id`` has no alive node left (waiting a little)."""
@@ -481,19 +510,6 @@ _PLACEMENT = "continuum_placement"
 def _tag(error: BaseException, placement: dict[str, Any]) -> None:
     """Make ``error`` carry ``placement`` (``placement_of`` reads it), to re-raise it as is."""
     setattr(error, _PLACEMENT, placement)
-
-
-def _placement(attempts: list[_Attempt], resumed: str | None) -> dict[str, Any]:
-    """Return what ran where, for the training log and the audit log: the last attempt's pool
-    and allocation, and every attempt (a run moved after its allocation ended has several)."""
-    last = attempts[-1] if attempts else None
-    return {
-        "pool": None if last is None else last.pool,
-        "allocation": None if last is None else last.allocation,
-        "why": None if last is None else last.why,
-        "resumed_run": resumed,
-        "attempts": [asdict(a) for a in attempts],
-    }
 
 
 def _ray_nodes() -> list[dict[str, Any]]:
