@@ -83,32 +83,26 @@ def _versions(workdir: Path) -> list[dict[str, Any]]:
 
 
 def _federated_records(workdir: Path) -> list[dict[str, Any]]:
-    """Return the tenant audit log's federated records (rounds, gate, plan), in order."""
-    import json
+    """Return the tenant audit log's records of the training plan and the federated rounds
+    and gate (each record's details, with its action and subject), in order."""
+    from cloud_head.audit import AuditLog
 
+    root = workdir / "cloud" / "audit"
+    with AuditLog(root) as log:
+        if not log.exists(TENANT):
+            return []
+        records = log.records(TENANT)
     out: list[dict[str, Any]] = []
-    for path in sorted((workdir / "cloud" / "audit").rglob("*")):
-        if not path.is_file():
-            continue
-        for line in path.read_text(errors="replace").splitlines():
-            if "federated" not in line and "training_plan" not in line:
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                out.append(record)
+    for record in records:
+        details = record.details if isinstance(record.details, dict) else {}
+        event = str(details.get("event", ""))
+        if "federated" in event or "training_plan" in details or "federated" in details:
+            out.append({"action": record.action, "subject": record.subject, **details})
     return out
 
 
-def _details(record: dict[str, Any]) -> dict[str, Any]:
-    details = record.get("details")
-    return details if isinstance(details, dict) else record
-
-
 def _bytes_crossed(records: list[dict[str, Any]], weights_bytes: int) -> dict[str, Any]:
-    rounds = [_details(r) for r in records if _details(r).get("event") == "federated_round"]
+    rounds = [r for r in records if r.get("event") == "federated_round"]
     measured = [r for r in rounds if "bytes_up" in r and "bytes_down" in r]
     if rounds and len(measured) == len(rounds):
         total = sum(int(r["bytes_up"]) + int(r["bytes_down"]) for r in rounds)
