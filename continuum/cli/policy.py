@@ -20,7 +20,8 @@ from continuum.spec import load_pipeline
 
 _NODES_FORM = (
     "nodes: {cloud-lu-1: {continuum.io/tier: cloud, continuum.io/jurisdiction: LU}, ...}; "
-    "optional store: {continuum.io/jurisdiction: LU, ...}"
+    "optional store: {continuum.io/jurisdiction: LU, ...}; optional compute: [cloud-lu-1, ...] "
+    "(the nodes that can run training work, Ray nodes; default: every node)"
 )
 
 
@@ -31,6 +32,15 @@ class _Inventory(BaseModel):
 
     nodes: dict[str, dict[str, str]] = Field(default_factory=dict)
     store: dict[str, str] | None = None
+    compute: list[str] | None = None
+
+    @field_validator("compute")
+    @classmethod
+    def _check_compute(cls, value: list[str] | None, info: Any) -> list[str] | None:
+        unknown = sorted(set(value or ()) - set(info.data.get("nodes") or {}))
+        if unknown:
+            raise ValueError(f"names nodes not under nodes: {', '.join(unknown)}")
+        return value
 
     @field_validator("nodes")
     @classmethod
@@ -85,16 +95,15 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return EXIT_INVALID
 
 
-def load_inventory(
-    path: Path | None,
-) -> tuple[dict[str, dict[str, str]] | None, Mapping[str, str] | None]:
-    """Return the known nodes (None without a file) and the store's labels from ``path``.
+def load_inventory(path: Path | None) -> _Inventory | None:
+    """Return the known nodes, the store's labels and the compute nodes from ``path`` (None
+    without a file).
 
     Raises:
         SpecError: the file is missing or malformed; the message names the field.
     """
     if path is None:
-        return None, None
+        return None
     if not path.is_file():
         raise SpecError(f"no such nodes file: {path}", fix="check the path")
     try:
@@ -104,19 +113,27 @@ def load_inventory(
     if not isinstance(data, dict):
         raise SpecError(f"{path}: expected a mapping", fix=f"write {_NODES_FORM}")
     try:
-        inventory = _Inventory.model_validate(data)
+        return _Inventory.model_validate(data)
     except ValidationError as error:
         inner = spec_error(error, model=_Inventory)
         raise SpecError(f"{path}: {inner}") from error
-    return inventory.nodes, inventory.store
+
+
+def _known(
+    path: Path | None,
+) -> tuple[dict[str, dict[str, str]] | None, Mapping[str, str] | None, list[str] | None]:
+    inventory = load_inventory(path)
+    if inventory is None:
+        return None, None, None
+    return inventory.nodes, inventory.store, inventory.compute
 
 
 def run_explain(args: argparse.Namespace) -> int:
     """Print, stage by stage, where the pipeline's data may go under the policy."""
     policy = load_policy(args.policy)
     spec = load_pipeline(args.file)
-    nodes, store = load_inventory(args.nodes)
-    for line in explain(policy, spec, nodes, store_labels=store):
+    nodes, store, compute = _known(args.nodes)
+    for line in explain(policy, spec, nodes, store_labels=store, compute_nodes=compute):
         print(line)
     return 0
 
@@ -125,9 +142,9 @@ def run_check(args: argparse.Namespace) -> int:
     """Exit 0 when the pipeline keeps to the policy, else print the refusal and exit 3."""
     policy = load_policy(args.policy)
     spec = load_pipeline(args.file)
-    nodes, store = load_inventory(args.nodes)
+    nodes, store, compute = _known(args.nodes)
     try:
-        decisions = check_pipeline(policy, spec, nodes, store_labels=store)
+        decisions = check_pipeline(policy, spec, nodes, store_labels=store, compute_nodes=compute)
     except PlacementError as error:
         print(f"refused: {error}", file=sys.stderr)
         return EXIT_REFUSED

@@ -9,7 +9,14 @@ import pytest
 
 from continuum.errors import PlacementError
 from continuum.labels import JURISDICTION, SITE, TIER, LabelSelector
-from continuum.residency import CROSSES, ResidencyPolicy, TrainingPlan, training_plan
+from continuum.residency import (
+    CROSSES,
+    ResidencyPolicy,
+    TrainingPlan,
+    check_pipeline,
+    explain,
+    training_plan,
+)
 from continuum.spec import PipelineSpec
 
 POLICY = ResidencyPolicy.from_dict(
@@ -119,3 +126,39 @@ class TestRefusedWithTheFix:
         data["edge"]["where"] = {TIER: "edge"}
         with pytest.raises(PlacementError, match=r"pin continuum\.io/site in edge\.where"):
             training_plan(POLICY, PipelineSpec.model_validate(data), {"cloud-1": CLOUD})
+
+
+class TestPolicyExplainSaysThePlan:
+    def test_federated_plan_names_each_site_s_trainers_what_crosses_and_the_rule(self) -> None:
+        nodes = three_hospitals()
+        compute = [n for n in nodes if n.startswith("ray:")]
+        lines = explain(POLICY, spec("restricted"), nodes, compute_nodes=compute)
+        text = "\n".join(lines)
+        assert "training plan:" in lines
+        assert "  restricted data: rule restricted: " in text
+        assert "  federated over 3 site(s):" in lines
+        assert (
+            "    site hospital-a: trains on ray:hospital-a (selector continuum.io/site=hospital-a)"
+            in lines
+        )
+        assert (
+            "  crosses a site's border: model updates, metrics, sample counts; never a sample"
+            in (lines)
+        )
+        assert any(line.startswith("  decided by rule restricted.same_site") for line in lines)
+
+    def test_check_passes_a_federated_pipeline_and_refuses_one_missing_a_site_node(self) -> None:
+        decisions = check_pipeline(POLICY, spec("restricted"), three_hospitals())
+        training = [d for d in decisions if d.stage == "training"]
+        assert training[0].allowed and training[0].reason.startswith("federated retraining")
+        nodes = three_hospitals()
+        del nodes["ray:hospital-b"]
+        nodes.pop("agent-hospital-b")
+        nodes["agent-hospital-b"] = hospital("hospital-b")
+        with pytest.raises(PlacementError, match="hospital-b"):
+            check_pipeline(
+                POLICY,
+                spec("restricted"),
+                nodes,
+                compute_nodes=[n for n in nodes if n.startswith("ray:")],
+            )

@@ -41,6 +41,9 @@ CLOUD_LU = {TIER: "cloud", SITE: "lux-dc", COUNTRY: "LU", JURISDICTION: "LU"}
 CLOUD_DE = {TIER: "cloud", SITE: "fra-dc", COUNTRY: "DE", JURISDICTION: "DE"}
 CLOUD_US = {TIER: "cloud", SITE: "iad-dc", COUNTRY: "US", JURISDICTION: "US"}
 NODES = {"cam-lux-1": CAM_LUX_1, "cloud-lu-1": CLOUD_LU, "cloud-de-1": CLOUD_DE}
+#: The nodes that can run training work: the camera captures, it cannot train (issue 17:
+#: where the policy refuses the central pool, a site's own trainer would train federated).
+COMPUTE = ["cloud-lu-1", "cloud-de-1"]
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +187,7 @@ class TestDeployRefusesTrainingOutsideTheJurisdiction:
     ) -> None:
         spec = pipeline(retrain_where={JURISDICTION: "DE"})
         with pytest.raises(PlacementError) as caught:
-            check_pipeline(policy, spec, NODES)
+            check_pipeline(policy, spec, NODES, compute_nodes=COMPUTE)
         error = caught.value
         assert error.rule == "confidential.jurisdiction"
         assert error.label == f"{JURISDICTION}=DE"
@@ -192,14 +195,16 @@ class TestDeployRefusesTrainingOutsideTheJurisdiction:
             "confidential data may only be processed in jurisdiction LU (rule "
             "confidential.jurisdiction); the training selector allows nodes labelled "
             f"{JURISDICTION}=DE (node cloud-de-1); retrain.where has {JURISDICTION}: DE "
-            f"(fix: add `{JURISDICTION}: LU` to retrain.where)"
+            f"(fix: add `{JURISDICTION}: LU` to retrain.where); federated training would keep "
+            "each site's data at its site, but no known node there may process it (fix: join a "
+            f"node labelled {SITE}=lux-1, {JURISDICTION}=LU to the Ray cluster)"
         )
 
     def test_unconstrained_training_is_refused_when_a_de_node_is_known(
         self, policy: ResidencyPolicy
     ) -> None:
         with pytest.raises(PlacementError) as caught:
-            check_pipeline(policy, pipeline(), NODES)
+            check_pipeline(policy, pipeline(), NODES, compute_nodes=COMPUTE)
         assert caught.value.rule == "confidential.jurisdiction"
         assert "(node cloud-de-1)" in str(caught.value)
         assert f"retrain.where does not constrain {JURISDICTION}" in str(caught.value)
@@ -247,6 +252,7 @@ class TestDeployRefusesTrainingOutsideTheJurisdiction:
                 policy,
                 pipeline(retrain_where={JURISDICTION: "!DE"}),
                 {**NODES, "cloud-us-1": CLOUD_US},
+                compute_nodes=[*COMPUTE, "cloud-us-1"],
             )
 
     def test_edge_stage_outside_lu_is_refused(self, policy: ResidencyPolicy) -> None:
@@ -540,12 +546,13 @@ class TestExplain:
             "ingest/store",
             "training",
             "rollout",
+            "training plan",
         ]
         text = "\n".join(lines)
         assert "  fields: iban (restricted)" in text
         assert "restricted data (field iban) may not leave its capture site" in text
         assert "node cam-lux-1: send samples (drop iban)" in text
-        assert "  the training job runs with selector: continuum.io/jurisdiction=LU" in text
+        assert "the training job runs with selector: continuum.io/jurisdiction=LU" in text
 
     def test_explain_shows_the_refusal_instead_of_raising(self, policy: ResidencyPolicy) -> None:
         lines = explain(policy, pipeline(), NODES)
@@ -567,7 +574,10 @@ class TestPolicyCommand:
         pipe = tmp_path / "pipe.yaml"
         pipe.write_text(spec.to_yaml(), encoding="utf-8")
         nodes = tmp_path / "nodes.yaml"
-        nodes.write_text(yaml.safe_dump({"nodes": NODES, "store": CLOUD_LU}), encoding="utf-8")
+        nodes.write_text(
+            yaml.safe_dump({"nodes": NODES, "store": CLOUD_LU, "compute": COMPUTE}),
+            encoding="utf-8",
+        )
         return pipe, nodes
 
     def test_check_exits_refused_with_the_refusal(
