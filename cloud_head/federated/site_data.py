@@ -97,7 +97,6 @@ def site_stores(tenant: str, pipeline: str) -> SiteStores:
             "s3:// URI> (federated training reads the site's samples there)"
         )
     remote = "://" in root
-    samples = SampleStore(f"{root.rstrip('/')}/samples")
     if remote:
         labels_path = os.environ.get(SITE_LABELS_ENV, "").strip()
         if not labels_path:
@@ -107,6 +106,7 @@ def site_stores(tenant: str, pipeline: str) -> SiteStores:
             )
     else:
         labels_path = str(Path(root) / "labels.sqlite3")
+    samples = SampleStore(f"{root.rstrip('/')}/samples")
     reference = f"{samples.root.rsplit('/', 1)[0]}/reference/{tenant}/{pipeline}.npz"
     return SiteStores(
         root=root, samples=samples, labels=LabelStore(labels_path), reference_path=reference
