@@ -520,9 +520,11 @@ def _verdicts(
             f"({best.registry_us:.1f} us each at {best.agents:,} agents{where}; the bare "
             f"subscriber {best.bare_us:.1f} us) = {ceiling * period_s:,.0f} agents at a "
             f"{period_s:g} s period on one core.\nplan for {goal:,}: {replicas} registry "
-            "replicas, each on its own core, splitting the live heartbeats through a shared "
-            "subscription ($share/fleet/...) as ingest does, with one plain retained-status "
-            "subscriber for the replay at (re)connect and one shared store for their writes."
+            "replicas on their own cores behind a shared subscription ($share/fleet/...), as "
+            "ingest scales out. Each node's heartbeats must reach one replica (a broker "
+            "that shares by topic hash, e.g. EMQX's hash_topic), or the replicas share "
+            "last-seen through the fleet store and one of them judges silence (mosquitto "
+            "shares round-robin); the paho receive alone is the bare column's cost."
         )
         report.case(
             "per-core ceiling", [ceiling], "statuses/CPU-s", agents=best.agents, held=bool(held)
