@@ -459,7 +459,10 @@ def _plan(steps: Sequence[int], max_agents: int, capacity: int) -> tuple[list[in
             break
         if n > capacity:
             plan.append(capacity)
-            return plan, f"the file-descriptor limit caps the fleet at {capacity} agents"
+            return plan, (
+                f"the file-descriptor limit caps the fleet at {capacity} agents: raise "
+                f"`ulimit -Hn` above {n + FD_MARGIN} for {n}"
+            )
         plan.append(n)
     return plan, ""
 
@@ -487,14 +490,19 @@ def _row(step: Step, period_s: float) -> str:
 
 
 def _verdicts(
-    report: harness.Report, steps: list[Step], period_s: float, largest: int, goal: int
+    report: harness.Report,
+    steps: list[Step],
+    period_s: float,
+    largest: int,
+    goal: int,
+    capped: str,
 ) -> None:
     cpus = os.cpu_count() or 1
     report.verdict(
         harness.Verdict(
             name=f"{goal:,} agents at {1 / period_s:g} heartbeat/s held",
             target=f">= {goal:,} agents",
-            measured=f"{largest:,} agents held",
+            measured=f"{largest:,} agents held" + (f" ({capped})" if capped else ""),
             met=largest >= goal,
         )
     )
@@ -604,7 +612,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         largest = max((s.agents for s in results if s.held(args.period_s)), default=0)
         print(f"largest fleet held: {largest:,} agents" + (f"; {capped}" if capped else ""))
-        _verdicts(report, results, args.period_s, largest, GOAL_AGENTS)
+        _verdicts(report, results, args.period_s, largest, GOAL_AGENTS, capped)
         report.finish(args.json)
     return 0 if largest else 1
 
