@@ -185,11 +185,15 @@ def _mosquitto_version() -> str:
     return match.group(1) if match else "unknown"
 
 
-def environment(paths: Sequence[Path] = ()) -> dict[str, Any]:
-    """Return what the figures depend on: CPU, affinity, load, filesystems, versions."""
+def environment(paths: Sequence[Path] = (), uses: Sequence[str] = ()) -> dict[str, Any]:
+    """Return what the figures depend on: CPU, affinity, load, filesystems, versions.
+
+    Versions are given of the ``LIBRARIES`` this process imported and of those named in
+    ``uses`` (import names: what the benchmark's child processes import).
+    """
     libraries = {}
     for module, dist in LIBRARIES.items():
-        if module in sys.modules:
+        if module in sys.modules or module in uses:
             try:
                 libraries[dist] = importlib.metadata.version(dist)
             except importlib.metadata.PackageNotFoundError:
@@ -250,17 +254,19 @@ class Report:
     """One benchmark run: the environment at start, the cases, the verdicts, the output.
 
     Create it before measuring (it records the load average then); ``paths`` are the
-    directories whose filesystem matters (where the benchmark writes or fsyncs).
+    directories whose filesystem matters (where the benchmark writes or fsyncs); ``uses``
+    names libraries (import names, e.g. ``"paho"``) its child processes import.
     """
 
     benchmark: str
     paths: Sequence[Path] = ()
+    uses: Sequence[str] = ()
     date: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     cases: dict[str, dict[str, Any]] = field(default_factory=dict)
     verdicts: list[Verdict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.environment = environment(self.paths)
+        self.environment = environment(self.paths, self.uses)
         env = self.environment
         print(
             f"{self.benchmark} | {env['cpu_model']}, {env['cpu_count']} CPUs "
@@ -300,7 +306,7 @@ class Report:
 
     def finish(self, json_path: Path | None = None) -> dict[str, Any]:
         """Print the cases and verdicts, note the load at the end, write JSON; return it."""
-        end = environment(self.paths)
+        end = environment(self.paths, self.uses)
         self.environment["load_average_end"] = end["load_average"]
         self.environment["libraries"] = end["libraries"]  # what the run ended up importing
         if self.cases:

@@ -576,7 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # mosquitto holds one descriptor per agent, plus the registry's and the baseline's.
     plan, capped = _plan(steps, args.max_agents, fd_limit - FD_MARGIN)
     with tempfile.TemporaryDirectory(prefix="ctm-fleet-scale-") as tmp:
-        report = harness.Report("fleet_scale", paths=[Path(tmp)])
+        report = harness.Report("fleet_scale", paths=[Path(tmp)], uses=("paho",))
         note = f" ({capped})" if capped else ""
         print(
             f"RLIMIT_NOFILE {fd_limit}, heartbeat {args.period_s:g} s, window "

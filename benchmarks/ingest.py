@@ -29,6 +29,7 @@ import argparse
 import multiprocessing as mp
 import os
 import socket
+import statistics
 import sys
 import tempfile
 import threading
@@ -308,6 +309,21 @@ def ingest_rate(broker: EmbeddedBroker, root: Path, args: argparse.Namespace) ->
     return float(goal / max(last - first[0], 1e-9))
 
 
+def receiver_cpu(
+    into: dict[str, list[float]], name: str, args: argparse.Namespace, run: Callable[[], float]
+) -> Callable[[], float]:
+    """Wrap ``run`` to note this process's CPU per sample (us) while it received."""
+
+    def measured() -> float:
+        started = time.process_time()
+        rate = run()
+        used = time.process_time() - started
+        into.setdefault(name, []).append(1e6 * used / (expected(args) * args.per_message))
+        return rate
+
+    return measured
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=3000, help="batches per run")
@@ -328,11 +344,18 @@ def main() -> None:
         broker = EmbeddedBroker(root / "broker")
         broker.start()
         try:
+            cpu: dict[str, list[float]] = {}
             cases: dict[str, Callable[[], float]] = {
                 "publishers alone": lambda: publish_all(broker.port, "none", args, nobody=True),
-                "ceiling (bare paho, QoS 1)": lambda: ceiling_rate(broker, args),
-                "hand-written durable": lambda: handwritten_rate(broker, root, args),
-                "ingest (durable)": lambda: ingest_rate(broker, root, args),
+                "ceiling (bare paho, QoS 1)": receiver_cpu(
+                    cpu, "ceiling", args, lambda: ceiling_rate(broker, args)
+                ),
+                "hand-written durable": receiver_cpu(
+                    cpu, "hand-written", args, lambda: handwritten_rate(broker, root, args)
+                ),
+                "ingest (durable)": receiver_cpu(
+                    cpu, "ingest", args, lambda: ingest_rate(broker, root, args)
+                ),
             }
             values = harness.alternate(
                 cases,
@@ -346,6 +369,14 @@ def main() -> None:
             broker.stop()
         for name, vals in values.items():
             report.case(name, vals, "samples/s")
+        for name, vals in cpu.items():
+            report.case(f"{name} receiver CPU", vals, "us/sample")
+        print(
+            "\nthe receiver's own CPU per sample (this process, all its threads; median): "
+            + ", ".join(f"{k} {statistics.median(v):.1f} us" for k, v in cpu.items())
+            + ". A receiver whose CPU per sample times its rate nears one core is bound by "
+            "its own Python; one far below it waits on fsync or the broker."
+        )
         ingest = values["ingest (durable)"]
         ceiling = values["ceiling (bare paho, QoS 1)"]
         report.verdict(

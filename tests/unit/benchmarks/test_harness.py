@@ -72,3 +72,10 @@ class TestReport:
         assert len(env["load_average_end"]) == 3
         assert env["filesystems"][0]["path"] == str(tmp_path)
         assert env["filesystems"][0]["type"]
+
+
+class TestEnvironment:
+    def test_libraries_a_child_process_imports_can_be_named(self) -> None:
+        env = harness.environment(uses=("paho",))
+        assert env["libraries"]["paho-mqtt"]
+        assert "paho-mqtt" not in harness.environment()["libraries"] or "paho" in sys.modules
