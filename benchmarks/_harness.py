@@ -73,11 +73,21 @@ class Spread:
             raise ValueError("a spread needs at least one value: measure at least one round")
         return cls(statistics.median(vals), min(vals), max(vals), vals)
 
-    def fmt(self, spec: str = ",.4g", unit: str = "") -> str:
-        """Return ``median (min-max)`` formatted with ``spec``, ``unit`` after each number."""
+    def fmt(self, spec: str | None = None, unit: str = "") -> str:
+        """Return ``median (min-max)`` formatted with ``spec``, ``unit`` after each number.
+
+        Without ``spec``: whole numbers with thousands separators from 1,000 up, else four
+        significant digits.
+        """
+
+        def one(x: float) -> str:
+            if spec is not None:
+                return format(x, spec)
+            return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.4g}"
+
         if len(self.values) == 1:
-            return f"{self.median:{spec}}{unit}"
-        return f"{self.median:{spec}}{unit} ({self.low:{spec}}-{self.high:{spec}}{unit})"
+            return f"{one(self.median)}{unit}"
+        return f"{one(self.median)}{unit} ({one(self.low)}-{one(self.high)}{unit})"
 
     def __str__(self) -> str:
         return self.fmt()
