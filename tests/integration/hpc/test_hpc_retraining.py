@@ -1,8 +1,12 @@
 """Retraining on a real local Slurm allocation whose Ray nodes join the session's cluster.
 
 Placed by its labels (checked through the Ray state API), refused by the residency policy
-naming the rule, and, when ``scancel`` ends the allocation mid-run, resumed on the cloud pool
-from the last checkpoint (the resumed attempt starts at an epoch > 0).
+naming the rule or for the time it has left, and, when ``scancel`` ends the allocation mid-run,
+resumed on the cloud pool from the last checkpoint (the resumed attempt starts at an epoch > 0).
+A run kept for the next allocation (no fallback) reuses the same Ray Train storage and name, so
+the same restore applies; that bookkeeping is tested on the controller
+(tests/unit/cloud_head/test_training_pool_controller.py), sparing this module a second
+allocation's start (a minute and more on this machine).
 """
 
 from __future__ import annotations
@@ -57,12 +61,21 @@ def allocation(
 
     Shared by the module's tests, in order: the last one cancels it mid-run.
     """
+    job_id = _bring_up(ray_cluster, slurm_cluster, tmp_path_factory.mktemp("hpc-joined"))
+    try:
+        yield job_id
+    finally:
+        slurm_cluster.run("scancel", job_id)
+        _wait(lambda: not _alive_nodes_of(job_id), 30)
+
+
+def _bring_up(ray_cluster: LocalRayCluster, slurm_cluster: SlurmCluster, state_dir: Path) -> str:
+    """Submit a one-node allocation joining the session's cluster; return its job id once up."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(slurm_cluster.env)
     env.update(ray_cluster.client_env)
     # The allocation's Ray workers import the test trainer as the session's do.
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[3])
-    state_dir = tmp_path_factory.mktemp("hpc-joined")
     argv = [*_UP, "--state-dir", str(state_dir), "--join", ray_cluster.address]
     up = subprocess.run(
         [sys.executable, "-m", "continuum.cli", *argv],
@@ -73,12 +86,26 @@ def allocation(
         check=False,
     )
     assert up.returncode == 0, up.stderr
-    job_id = up.stdout.splitlines()[0]
-    try:
-        yield job_id
-    finally:
-        slurm_cluster.run("scancel", job_id)
-        _wait(lambda: not _alive_nodes_of(job_id), 30)
+    return up.stdout.splitlines()[0]
+
+
+def _in_background(call: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    """Start ``call()`` in a thread; its result or error lands in the returned dict."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = call()
+        except Exception as error:  # the test asserts on it
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, name="hpc-training")
+    thread.start()
+    return thread, outcome
+
+
+def _checkpoints(workdir: Path) -> list[Path]:
+    return list(workdir.glob("ray/*/checkpoint_*"))
 
 
 def _alive_nodes_of(job_id: str) -> list[dict[str, Any]]:
@@ -99,6 +126,7 @@ def _pooled(spec: PipelineSpec, **kw: Any) -> PooledTraining:
 
 
 class TestPlacedOnTheAllocation:
+    @pytest.mark.timeout(240)  # the session's Ray and Slurm and the allocation start first
     def test_the_run_lands_on_the_allocations_ray_node_by_its_labels(
         self, allocation: str, tmp_path: Path
     ) -> None:
@@ -171,24 +199,13 @@ class TestCancelledMidRun:
         self, allocation: str, slurm_cluster: SlurmCluster, tmp_path: Path
     ) -> None:
         workdir = tmp_path / "run-3"
-        outcome: dict[str, Any] = {}
-
-        def train() -> None:
-            try:
-                outcome["result"] = _pooled(_spec(pool="hpc", fallback=True))(
-                    TRAINER,
-                    *_NO_DATA,
-                    base_model=None,
-                    workdir=workdir,
-                    config={"epochs": 8, "epoch_s": 1.0},
-                )
-            except Exception as error:  # reported by the assertions below
-                outcome["error"] = error
-
-        thread = threading.Thread(target=train, name="hpc-training")
-        thread.start()
-        _wait(lambda: len(list(workdir.glob("ray/*/checkpoint_*"))) >= 2, 120)
-        assert list(workdir.glob("ray/*/checkpoint_*")), "no checkpoint before the scancel"
+        pooled = _pooled(_spec(pool="hpc", fallback=True))
+        config = {"epochs": 8, "epoch_s": 1.0}
+        thread, outcome = _in_background(
+            lambda: pooled(TRAINER, *_NO_DATA, base_model=None, workdir=workdir, config=config)
+        )
+        _wait(lambda: len(_checkpoints(workdir)) >= 2, 120)
+        assert _checkpoints(workdir), "no checkpoint before the scancel"
 
         slurm_cluster.run("scancel", allocation)
         thread.join(180)
