@@ -26,6 +26,12 @@ offsets.  Where the two cannot be told apart (a registry started on a fleet whos
 all behind its own), it reads as behind until the floors have risen, and its log line names
 both causes.  The backlog is the median excess over the floors of the newest heartbeats
 handled when it is judged, so a few nodes with skewed or jumping clocks do not move it.
+
+Stalled.  A registry whose handling stops altogether (a paused process, a blocked thread)
+handles no late heartbeat to show it: ``FleetWorker`` tells each tick whether bytes wait unread
+on its connection, and bytes waiting with nothing handled for half a period make it behind
+too (``Backlog.judge``).  A registry that hears nothing and has nothing waiting is not behind:
+its nodes, or its broker, are silent, and that shows.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ LEAVE_BEHIND: Final = 0.1
 #: The newest heartbeats of a window that decide: the queue's age now, not a tick ago.
 NEWEST: Final = 64
 #: How far a node's lag floor rises per heartbeat: this share of a period or of its excess,
-#: whichever is more (clock offsets wear off: a 6 s step at a 10 s period in ~15 beats).
+#: whichever is more (clock offsets wear off: a 6 s step at a 10 s period in ~10 beats).
 FLOOR_RISE: Final = 0.05
 #: Heartbeats kept per judgement for the median: past this, newer ones replace older ones.
 WINDOW_MAX: Final = 4096
