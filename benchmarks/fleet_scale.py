@@ -39,21 +39,16 @@ registry CPU-second; past it, the registry scales out as ingest does (the plan i
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
-import multiprocessing as mp
 import os
 import random
 import statistics
 import sys
 import tempfile
-import threading
 import time
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +56,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import _harness as harness
+from _fleet_processes import TENANT, Child, bare_main, cpu_s, registry_main
 
-from cloud_head.fleet import FleetRegistry, FleetWorker, subscriptions
 from continuum.embedded import EmbeddedBroker
-from continuum.wire.mqtt import BrokerSettings
 from tests.fleet_simulator import SimulatorProcess, raise_fd_limit
 
-TENANT = "bench"
 DEFAULT_STEPS = "1000,2500,5000,10000,15000,20000"
 GOAL_AGENTS = 20_000
 PROCESSED_MIN = 0.99
@@ -75,148 +68,6 @@ PROCESSED_MIN = 0.99
 FD_MARGIN = 64
 #: A process at this share of a core (or the machine at this share of its cores) is saturated.
 SATURATED = 0.9
-
-
-# -- child processes ------------------------------------------------------------------------
-
-
-def _cpu_s(pid: int) -> float:
-    """Return the user + system CPU seconds of process ``pid`` so far (from /proc)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _registry_main(conn: Connection, host: str, port: int, db: str, period_s: float) -> None:
-    """Run the cloud head's fleet worker and registry; answer the benchmark's questions."""
-    raise_fd_limit()
-    registry = FleetRegistry(TENANT, db, heartbeat_interval_s=period_s)
-    worker = FleetWorker(registry, BrokerSettings(host=host, port=port))
-    worker.start()
-    conn.send(("ok", None))
-    while True:
-        command, *args = conn.recv()
-        if command == "down":  # nodes held offline, the oldest last-seen of the rest, overdue
-            live = registry.liveness()
-            down = [node for node, (up, _) in live.items() if not up]
-            oldest = min((seen for up, seen in live.values() if up), default=time.time())
-            overdue = registry.backlog().overdue
-            conn.send(("ok", (down, len(live), time.time() - oldest, overdue)))
-        elif command == "flips":
-            conn.send(("ok", _watch_flips(registry, *args)))
-        elif command == "stats":
-            conn.send(("ok", (worker.stats(), registry.backlog())))
-        elif command == "stop":
-            worker.stop()
-            registry.close()
-            conn.send(("ok", None))
-            return
-
-
-def _watch_flips(
-    registry: FleetRegistry, killed: dict[str, float], timeout_s: float
-) -> dict[str, float]:
-    """Return each killed node's seconds from its kill until the registry held it offline.
-
-    A last will sets the node's last-seen time when it is applied, which times the flip
-    exactly; a node marked offline for silence keeps its older last-seen time, so the poll
-    that saw it bounds its flip instead.
-    """
-    flips: dict[str, float] = {}
-    deadline = time.time() + timeout_s
-    while len(flips) < len(killed) and time.time() < deadline:
-        time.sleep(0.2)
-        live = registry.liveness()
-        polled = time.time()
-        for node, at in killed.items():
-            up, seen = live.get(node, (True, 0.0))
-            if node not in flips and not up:
-                flips[node] = (seen if seen >= at else polled) - at
-    return flips
-
-
-def _bare_main(conn: Connection, host: str, port: int) -> None:
-    """Count what the registry's subscriptions deliver, and nothing else, while connected."""
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-    from paho.mqtt.subscribeoptions import SubscribeOptions
-
-    count = 0
-    subscribed = threading.Event()
-
-    def on_message(client: Any, userdata: Any, message: Any) -> None:
-        nonlocal count
-        count += 1
-
-    def on_subscribe(*args: Any) -> None:
-        subscribed.set()
-
-    client: Any = None
-    while True:
-        command, *_ = conn.recv()
-        if command == "connect":
-            client = mqtt.Client(
-                CallbackAPIVersion.VERSION2,
-                client_id=f"bare-{uuid.uuid4().hex[:8]}",
-                protocol=mqtt.MQTTv5,
-            )
-            client.on_message = on_message
-            client.on_subscribe = on_subscribe
-            client.connect(host, port, keepalive=30, clean_start=True)
-            client.loop_start()
-            subscribed.clear()
-            # Live messages only: the retained replay at subscribe is not a steady-state cost.
-            client.subscribe(
-                [(f, SubscribeOptions(qos=q, retainHandling=2)) for f, q in subscriptions(TENANT)]
-            )
-            conn.send(("ok", subscribed.wait(30.0)))
-        elif command == "count":
-            conn.send(("ok", count))
-        elif command == "disconnect":
-            if client is not None:
-                client.disconnect()
-                client.loop_stop()
-                client = None
-            conn.send(("ok", None))
-        elif command == "stop":
-            conn.send(("ok", None))
-            return
-
-
-class _Child:
-    """A spawned helper process answering commands over a pipe."""
-
-    def __init__(self, target: Callable[..., None], *args: Any) -> None:
-        context = mp.get_context("spawn")
-        self._conn, child = context.Pipe()
-        self.process = context.Process(target=target, args=(child, *args), daemon=True)
-        self.process.start()
-        child.close()
-
-    @property
-    def pid(self) -> int:
-        assert self.process.pid is not None
-        return self.process.pid
-
-    def call(self, *command: Any, timeout_s: float = 120.0) -> Any:
-        self._conn.send(command)
-        return self.wait(timeout_s)
-
-    def wait(self, timeout_s: float = 120.0) -> Any:
-        if not self._conn.poll(timeout_s):
-            raise TimeoutError(f"{self.process.name} did not answer within {timeout_s} s")
-        status, value = self._conn.recv()
-        if status != "ok":
-            raise RuntimeError(f"{self.process.name} failed: {value}")
-        return value
-
-    def close(self, *command: Any) -> None:
-        if self.process.is_alive():
-            with contextlib.suppress(RuntimeError, TimeoutError, OSError, EOFError):
-                self.call(*command, timeout_s=30.0)
-        self.process.join(10.0)
-        if self.process.is_alive():
-            self.process.kill()
 
 
 # -- one step -------------------------------------------------------------------------------
@@ -296,9 +147,9 @@ class Bench:
         self.window_s: float = max(args.window_s, 3 * self.period_s)
         self.broker = EmbeddedBroker(workdir / "broker", autosave_interval_s=30).start()
         host, port = self.broker.host, self.broker.port
-        self.registry = _Child(_registry_main, host, port, str(workdir / "fleet.db"), self.period_s)
+        self.registry = Child(registry_main, host, port, str(workdir / "fleet.db"), self.period_s)
         self.registry.wait(60.0)
-        self.bare = _Child(_bare_main, host, port)
+        self.bare = Child(bare_main, host, port)
         self.sims = [
             SimulatorProcess(host, port, TENANT, period_s=self.period_s)
             for _ in range(args.processes)
@@ -429,9 +280,9 @@ class Bench:
             return
         time.sleep(1.0)
         window_s = max(3.0, 3 * self.period_s)
-        count0, cpu0, t0 = self.bare.call("count"), _cpu_s(self.bare.pid), time.monotonic()
+        count0, cpu0, t0 = self.bare.call("count"), cpu_s(self.bare.pid), time.monotonic()
         time.sleep(window_s)
-        count1, cpu1, t1 = self.bare.call("count"), _cpu_s(self.bare.pid), time.monotonic()
+        count1, cpu1, t1 = self.bare.call("count"), cpu_s(self.bare.pid), time.monotonic()
         self.bare.call("disconnect")
         step.bare_rate = (count1 - count0) / (t1 - t0)
         step.bare_cpu = (cpu1 - cpu0) / (t1 - t0)
@@ -443,9 +294,9 @@ class Bench:
     def _cpu(self) -> dict[str, Any]:
         assert self.broker.pid is not None
         return {
-            "registry": _cpu_s(self.registry.pid),
-            "mosquitto": _cpu_s(self.broker.pid),
-            "sims": [_cpu_s(s.pid) for s in self.sims],
+            "registry": cpu_s(self.registry.pid),
+            "mosquitto": cpu_s(self.broker.pid),
+            "sims": [cpu_s(s.pid) for s in self.sims],
         }
 
 
