@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from continuum._spec_base import FrozenSpec
+from continuum.errors import SpecError
 
 __all__ = ["FederatedSpec", "OutlierAction", "Strategy"]
 
@@ -55,6 +56,19 @@ class FederatedSpec(FrozenSpec):
         description="What happens to an out-of-bounds update: clip (scaled to the bound) or "
         "exclude (left out of the round).",
     )
+    dp_noise_multiplier: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=100.0,
+        description="Central differential privacy (Flower's server-side fixed clipping): the "
+        "Gaussian noise multiplier; 0: off.",
+    )
+    dp_clipping_norm: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1e6,
+        description="With dp_noise_multiplier: every site's update is clipped to this L2 norm.",
+    )
     round_timeout_s: float = Field(
         default=600.0, gt=0.0, le=86400.0, description="How long a round waits for the sites."
     )
@@ -64,6 +78,18 @@ class FederatedSpec(FrozenSpec):
         le=86400.0,
         description="How long a round short of quorum keeps asking the sites before the run fails.",
     )
+
+    @model_validator(mode="after")
+    def _dp_needs_a_norm(self) -> FederatedSpec:
+        if self.dp_noise_multiplier > 0 and self.dp_clipping_norm is None:
+            raise SpecError(
+                "dp_noise_multiplier needs dp_clipping_norm: the noise is scaled to the bound "
+                "every update is clipped to",
+                field="dp_clipping_norm",
+                fix="set dp_clipping_norm (e.g. the round's typical update norm), or "
+                "dp_noise_multiplier: 0",
+            )
+        return self
 
     def quorum_of(self, sites: int) -> int:
         """Return the sites a round needs out of ``sites``: the declared quorum, or all but one

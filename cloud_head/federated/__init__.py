@@ -19,6 +19,7 @@ from cloud_head.federated.aggregate import (
     UpdateCheck,
     aggregate,
     check_updates,
+    dp_applies,
     state_digest,
     write_weights,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "UpdateCheck",
     "aggregate",
     "check_updates",
+    "dp_applies",
     "site_split",
     "site_stores",
     "state_digest",

@@ -157,12 +157,29 @@ def _check_shapes(updates: Sequence[SiteUpdate], start: State | None) -> None:
             )
 
 
+def dp_applies(options: FederatedSpec, start: State | None) -> bool:
+    """Return whether central DP applies to a round: asked for, and the round has a start.
+
+    A first model's first round has no common start to clip updates against; it is
+    aggregated without noise, and its record says so.
+    """
+    return options.dp_noise_multiplier > 0 and start is not None
+
+
 def aggregate(
-    updates: Sequence[SiteUpdate], options: FederatedSpec, server_round: int
+    updates: Sequence[SiteUpdate],
+    options: FederatedSpec,
+    server_round: int,
+    *,
+    start: State | None = None,
 ) -> dict[str, np.ndarray]:
     """Average the kept updates with Flower's strategy, weighted by their sample counts.
 
-    Integer entries (counters such as batch norm's) are rounded back to their type.
+    Integer entries (counters such as batch norm's) are rounded back to their type.  With
+    ``options.dp_noise_multiplier`` and a round ``start``, Flower's server-side fixed
+    clipping wrapper clips each update to ``dp_clipping_norm`` around the start and adds
+    Gaussian noise to the floating weights' average (``dp_applies``); integer entries,
+    which carry no gradient, are averaged without it.
 
     Raises:
         ConfigError: Flower is not installed (``pip install 'continuum[federated]'``).
@@ -174,7 +191,12 @@ def aggregate(
             expected="at least one kept update with samples",
             got=str(len(updates)),
         )
+    private = dp_applies(options, start)
+    floating = set(_floating(updates[0].state))
     strategy = _strategy(options)
+    if private:
+        assert start is not None
+        strategy = _private(strategy, options, len(updates), start, floating)
     with _flower_import():
         from flwr.app import (
             DEFAULT_TTL,
@@ -195,7 +217,11 @@ def aggregate(
             content=RecordDict(
                 {
                     "arrays": ArrayRecord(
-                        {k: Array(np.ascontiguousarray(v)) for k, v in u.state.items()}
+                        {
+                            k: Array(np.ascontiguousarray(v))
+                            for k, v in u.state.items()
+                            if not private or k in floating
+                        }
                     ),
                     "metrics": MetricRecord({"num-examples": int(u.num_examples)}),
                 }
@@ -221,6 +247,10 @@ def aggregate(
         raise InputMismatchError(
             "Flower's strategy returned no aggregate", expected="weights", got="None"
         )
+    if private:  # the counters, averaged without noise
+        arrays = dict(arrays.items()) | {
+            k: Array(np.asarray(v)) for k, v in _weighted_mean(updates, floating).items()
+        }
     kinds = {k: np.asarray(v).dtype for k, v in updates[0].state.items()}
     shapes = {k: np.asarray(v).shape for k, v in updates[0].state.items()}
     out: dict[str, np.ndarray] = {}
@@ -246,6 +276,39 @@ def _flower_import() -> Iterator[None]:
             category=DeprecationWarning,
         )
         yield
+
+
+def _weighted_mean(updates: Sequence[SiteUpdate], skip: set[str]) -> dict[str, np.ndarray]:
+    total = sum(u.num_examples for u in updates)
+    keys = [k for k in updates[0].state if k not in skip]
+    return {
+        k: np.asarray(
+            sum(np.asarray(u.state[k], dtype=np.float64) * u.num_examples for u in updates) / total
+        )
+        for k in keys
+    }
+
+
+def _private(
+    strategy: Any, options: FederatedSpec, sampled: int, start: State, floating: set[str]
+) -> Any:
+    """Wrap ``strategy`` in Flower's central DP with server-side fixed clipping."""
+    with _flower_import():
+        from flwr.app import Array, ArrayRecord
+        from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
+
+    assert options.dp_clipping_norm is not None
+    private = DifferentialPrivacyServerSideFixedClipping(
+        strategy,
+        noise_multiplier=options.dp_noise_multiplier,
+        clipping_norm=options.dp_clipping_norm,
+        num_sampled_clients=sampled,
+    )
+    # What configure_train would have set: the weights the round started from.
+    private.current_arrays = ArrayRecord(
+        {k: Array(np.ascontiguousarray(v)) for k, v in start.items() if k in floating}
+    )
+    return private
 
 
 def _strategy(options: FederatedSpec) -> Any:

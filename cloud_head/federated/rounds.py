@@ -27,6 +27,7 @@ from cloud_head.federated.aggregate import (
     SiteUpdate,
     aggregate,
     check_updates,
+    dp_applies,
     state_digest,
     write_weights,
 )
@@ -189,7 +190,8 @@ class FederatedTrainer:
             if graph is not None and not graph_path.exists():
                 graph_path.write_bytes(graph)
             check = check_updates(updates, state, self.options)
-            state = aggregate(check.kept, self.options, number)
+            private = dp_applies(self.options, state)
+            state = aggregate(check.kept, self.options, number, start=state)
             metrics = _weighted_metrics(check.kept)
             self.counters.rounds += 1
             self.counters.clipped += len(check.clipped)
@@ -207,6 +209,12 @@ class FederatedTrainer:
                 "sample_counts": {u.site: u.num_examples for u in updates},
                 "aggregated": sorted(u.site for u in check.kept),
                 "sha256": state_digest(state),
+                "differential_privacy": {
+                    "noise_multiplier": self.options.dp_noise_multiplier,
+                    "clipping_norm": self.options.dp_clipping_norm,
+                }
+                if private
+                else ("not applied: no common start" if self.options.dp_noise_multiplier else None),
                 **check.to_record(),
             }
             for site in check.clipped:

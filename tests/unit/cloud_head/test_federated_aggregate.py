@@ -13,10 +13,12 @@ from cloud_head.federated import (
     SiteUpdate,
     aggregate,
     check_updates,
+    dp_applies,
     state_digest,
     write_weights,
 )
-from continuum.errors import InputMismatchError
+from continuum import Pipeline, select
+from continuum.errors import InputMismatchError, SpecError
 from continuum.spec import FederatedSpec
 
 START = {"w": np.zeros((2, 3), np.float32), "b": np.zeros(2, np.float32), "n": np.array(4)}
@@ -133,3 +135,25 @@ class TestTheAggregateInTheGraph:
             write_weights(
                 graph.read_bytes(), {**state, "gamma": np.ones(2, np.float32)}, tmp_path / "x.onnx"
             )
+
+
+class TestCentralDifferentialPrivacy:
+    def test_flower_s_fixed_clipping_bounds_each_update_and_adds_noise(self) -> None:
+        options = FederatedSpec(dp_noise_multiplier=0.5, dp_clipping_norm=0.5)
+        first = aggregate(ROUND, options, server_round=1, start=START)
+        second = aggregate(ROUND, options, server_round=1, start=START)
+        assert not np.array_equal(first["w"], second["w"])  # fresh noise each release
+        plain = aggregate(ROUND, FederatedSpec(), server_round=1)
+        assert not np.allclose(first["w"], plain["w"], atol=0.5)  # the 60-norm site is bounded
+        assert first["n"] == plain["n"]  # counters carry no noise
+        assert first["w"].dtype == np.float32
+
+    def test_it_needs_a_clipping_norm_and_a_start(self) -> None:
+        pipe = Pipeline("risk", tenant="medica", data_class="restricted")
+        pipe.edge(model="risk", backend="onnxruntime", shape=(4,))
+        pipe.uplink(select.random(0.1))
+        with pytest.raises(SpecError, match="dp_noise_multiplier needs dp_clipping_norm"):
+            pipe.retrain("pkg.mod:train", federated={"dp_noise_multiplier": 1.0})
+        options = FederatedSpec(dp_noise_multiplier=1.0, dp_clipping_norm=1.0)
+        assert dp_applies(options, START) and not dp_applies(options, None)
+        assert not dp_applies(FederatedSpec(), START)
