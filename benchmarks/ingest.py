@@ -16,7 +16,8 @@ started together.  Each round runs every case once, in turn:
   acks and TCP_NODELAY, each message decoded with numpy (``decode_sample_columns``), written
   as its own Parquet file with pyarrow, fsync'd (file and directory), then acknowledged;
 - ingest: ``IngestWorker`` with a persistent session and manual acks, validating,
-  de-duplicating and writing Parquet with fsync before it acknowledges (it batches).
+  de-duplicating and writing Parquet with fsync before it acknowledges (it batches);
+- with ``--replicas N``: N ingest processes on one shared subscription, as ingest scales out.
 
 Rates are samples per second from the first message received to the last one counted
 (ceiling) or durably stored (hand-written, ingest); for the publishers, from the first publish
@@ -309,6 +310,81 @@ def ingest_rate(broker: EmbeddedBroker, root: Path, args: argparse.Namespace) ->
     return float(goal / max(last - first[0], 1e-9))
 
 
+def _replica(
+    port: int,
+    root: str,
+    tenant: str,
+    replica: int,
+    stored: Any,
+    first_at: Any,
+    ready: Any,
+    stop: Any,
+) -> None:
+    """One ingest replica in its own process: its own MQTT loop, GIL and service."""
+    store = SampleStore(Path(root) / "store", fsync=True)
+    labels = LabelStore(Path(root) / "labels.db")
+    service = IngestService(tenant, [_bench_spec(tenant)], store, labels, Path(root) / "seen.db")
+    settings = BrokerSettings(host="127.0.0.1", port=port, session_expiry_s=600)
+    worker = IngestWorker(service, settings, client_id=f"ingest-{tenant}-{replica}")
+    worker.start()
+    while not worker.connected:
+        time.sleep(0.01)
+    ready.release()
+    try:
+        while not stop.is_set():
+            if not first_at[replica] and (service.stats()["batches"] or worker.stats()["queued"]):
+                first_at[replica] = time.time()  # the first message arrived (wall clock)
+            stored[replica] = service.stats()["stored"]
+            time.sleep(0.001)
+        stored[replica] = service.stats()["stored"]
+    finally:
+        worker.stop()
+        service.close()
+        labels.close()
+
+
+def replicas_rate(broker: EmbeddedBroker, root: Path, args: argparse.Namespace) -> float:
+    """Samples/s through ``--replicas`` ingest processes on one shared subscription."""
+    tenant = f"rep-{uuid.uuid4().hex[:6]}"
+    base = root / tenant
+    ctx = mp.get_context("spawn")
+    n = args.replicas
+    stored: Any = ctx.Array("q", n)
+    first_at: Any = ctx.Array("d", n)
+    ready, stop = ctx.Semaphore(0), ctx.Event()
+    procs = [
+        ctx.Process(
+            target=_replica,
+            args=(broker.port, str(base), tenant, i, stored, first_at, ready, stop),
+            daemon=True,
+        )
+        for i in range(n)
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        for _ in procs:
+            if not ready.acquire(timeout=60):
+                raise RuntimeError("an ingest replica did not connect")
+        publish_all(broker.port, tenant, args)
+        goal = expected(args) * args.per_message
+        deadline = time.monotonic() + 120
+        while sum(stored) < goal:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{n} replicas stored {sum(stored)} of {goal}")
+            time.sleep(0.002)
+        last = time.time()
+    finally:
+        stop.set()
+        for proc in procs:
+            proc.join(30)
+    count = SampleStore(base / "store").count(tenant, PIPELINE)
+    if count != goal:
+        raise RuntimeError(f"the store holds {count} samples, expected {goal}")
+    first = min((t for t in first_at if t), default=last)
+    return float(goal / max(last - first, 1e-9))
+
+
 def receiver_cpu(
     into: dict[str, list[float]], name: str, args: argparse.Namespace, run: Callable[[], float]
 ) -> Callable[[], float]:
@@ -329,6 +405,12 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=3000, help="batches per run")
     parser.add_argument("--per-message", type=int, default=32, help="samples per batch")
     parser.add_argument("--publishers", type=int, default=3, help="publisher processes")
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=0,
+        help="also measure this many ingest processes on one shared subscription (0: not)",
+    )
     harness.add_arguments(parser, rounds=5)
     args = parser.parse_args()
     if args.messages < args.publishers or args.per_message < 1 or args.publishers < 1:
@@ -357,6 +439,10 @@ def main() -> None:
                     cpu, "ingest", args, lambda: ingest_rate(broker, root, args)
                 ),
             }
+            if args.replicas > 1:
+                cases[f"ingest, {args.replicas} replicas"] = lambda: replicas_rate(
+                    broker, root, args
+                )
             values = harness.alternate(
                 cases,
                 args.rounds,
@@ -390,6 +476,16 @@ def main() -> None:
                 "x",
             )
         )
+        if args.replicas > 1:
+            scaled = values[f"ingest, {args.replicas} replicas"]
+            report.verdict(
+                harness.at_least(
+                    f"ingest, {args.replicas} replicas / ceiling",
+                    harness.ratios(scaled, ceiling),
+                    CEILING_MIN,
+                    "x",
+                )
+            )
         report.verdict(
             harness.at_least(
                 "publishers alone / ceiling (publishers not the limit)",
