@@ -1,9 +1,13 @@
 """What every example trainer shares: its checkpoint (a state dict and the ONNX model the edge
-runs, side by side), the ONNX export itself, the dataset rows turned back into arrays, and the
-check of a positive numeric option in its Ray Train config."""
+runs, side by side), the ONNX export itself, the dataset rows turned back into arrays, the
+check of a positive numeric option in its Ray Train config, and the progress a long run
+reports between epochs so that a run cut short (a Slurm allocation's end, a pre-emption)
+resumes where it was rather than from the start (``EpochProgress``)."""
 
 from __future__ import annotations
 
+import tempfile
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -19,7 +23,9 @@ from continuum.errors import ConfigError
 __all__ = [
     "ONNX_NAME",
     "OPSET",
+    "PROGRESS_NAME",
     "PT_NAME",
+    "EpochProgress",
     "export_graph",
     "load_state",
     "positive_option",
@@ -30,6 +36,10 @@ __all__ = [
 
 PT_NAME = "model.pt"
 ONNX_NAME = "model.onnx"
+#: A checkpoint reported between epochs holds this file (and no ONNX: it is not a candidate).
+PROGRESS_NAME = "progress.pt"
+#: How often a run reports its progress by default: a run shorter than this never does.
+PROGRESS_EVERY_S = 30.0
 #: The ONNX opset every example model is exported with.
 OPSET = 17
 
@@ -110,3 +120,49 @@ def stacked(rows: Sequence[NDArray[Any]], shape: tuple[int, ...]) -> NDArray[np.
     if not rows:
         return np.zeros((0, *shape), dtype=np.float32)
     return np.stack(rows).astype(np.float32).reshape(-1, *shape)
+
+
+class EpochProgress:
+    """The epochs a Ray Train loop has done, reported as checkpoints and read back on resume.
+
+    A run that outlives its allocation is started again under the same name and storage
+    (``cloud_head/_training_pool.py``), and Ray Train hands the loop the last checkpoint it
+    reported (``ray.train.get_checkpoint()``). ``resume()`` returns the training state saved
+    there (model, optimiser, schedule, random generator and the epoch reached) or None;
+    ``after_epoch`` reports a new one at most every ``every_s`` seconds, so a short run pays
+    nothing and a long one loses at most that much work. The final checkpoint, with the
+    model and its ONNX, is still the loop's own last report.
+    """
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        every = positive_option(config, "checkpoint_every_s", float)
+        self.every_s = PROGRESS_EVERY_S if every is None else every
+        self._last = time.monotonic()
+
+    def resume(self) -> dict[str, Any] | None:
+        """Return the state of the last progress checkpoint of this run, or None."""
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as folder:
+            path = Path(folder) / PROGRESS_NAME
+            if not path.is_file():  # a finished run's checkpoint: the model, not progress
+                return None
+            state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+        return state
+
+    def after_epoch(self, epoch: int, state: Callable[[], dict[str, Any]]) -> None:
+        """Report ``state()`` (taken only when due) as the progress after ``epoch``."""
+        if time.monotonic() - self._last < self.every_s:
+            return
+        import ray.train
+
+        with tempfile.TemporaryDirectory(prefix="progress-") as tmp:
+            torch.save({**state(), "epoch": epoch}, Path(tmp) / PROGRESS_NAME)
+            ray.train.report(
+                {"epoch": epoch, "progress": True},
+                checkpoint=ray.train.Checkpoint.from_directory(tmp),
+            )
+        self._last = time.monotonic()

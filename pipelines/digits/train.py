@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,14 @@ from numpy.typing import NDArray
 from torch import nn
 
 from continuum.errors import ConfigError
-from pipelines._checkpoints import load_state, positive_option, rows_of, save_checkpoint, stacked
+from pipelines._checkpoints import (
+    EpochProgress,
+    load_state,
+    positive_option,
+    rows_of,
+    save_checkpoint,
+    stacked,
+)
 from pipelines.digits.augment import augment_batch, check_augment
 from pipelines.digits.data import IMAGE_SHAPE, load_splits
 from pipelines.digits.faults import DEFAULT_AUGMENT
@@ -88,10 +95,15 @@ def fit(
     recipe: Recipe = SCRATCH,
     seed: int = 0,
     threads: int = 1,
+    resume: Mapping[str, Any] | None = None,
+    on_epoch: Callable[[int, Callable[[], dict[str, Any]]], None] | None = None,
 ) -> DigitsCNN:
     """Train a ``DigitsCNN`` on ``x, y`` plus ``new_x, new_y`` repeated (see ``copies``).
 
     With ``base_state`` the model starts from those weights (fine-tuning), else from scratch.
+    ``on_epoch(epoch, state)`` is called after each epoch with a function that returns the
+    whole training state; given back as ``resume`` (same data, recipe and seed), training goes
+    on after that epoch and ends with the weights an uninterrupted run would have.
     """
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -115,8 +127,26 @@ def fit(
     steps = recipe.epochs * max(1, -(-len(data_x) // recipe.batch_size))
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=recipe.lr, total_steps=steps)
     loss_fn = nn.CrossEntropyLoss()
+    first = 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimiser.load_state_dict(resume["optimiser"])
+        schedule.load_state_dict(resume["schedule"])
+        generator.set_state(resume["generator"])
+        torch.set_rng_state(resume["torch_rng"])  # the dropout masks draw from it
+        first = int(resume["epoch"]) + 1
+
+    def state() -> dict[str, Any]:
+        return {
+            "model": model.state_dict(),
+            "optimiser": optimiser.state_dict(),
+            "schedule": schedule.state_dict(),
+            "generator": generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
     model.train()
-    for _ in range(recipe.epochs):
+    for epoch in range(first, recipe.epochs):
         order = torch.randperm(len(data_x), generator=generator)
         for start in range(0, len(order), recipe.batch_size):
             idx = order[start : start + recipe.batch_size]
@@ -126,6 +156,8 @@ def fit(
             loss.backward()
             optimiser.step()
             schedule.step()
+        if on_epoch is not None:
+            on_epoch(epoch, state)
     return model.eval()
 
 
@@ -158,7 +190,7 @@ def rows_to_arrays(
 #: trainer's own options (``pipe.retrain(options=...)``).
 CONFIG_KEYS = frozenset(
     {"base_model", "epochs", "seed", "threads", "shape"}
-    | {"replay", "split_seed", "oversample", "lr", "augment"}
+    | {"replay", "split_seed", "oversample", "lr", "augment", "checkpoint_every_s"}
 )
 
 
@@ -202,7 +234,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     Config keys: ``base_model`` (path of the parent's ``model.pt`` or None: train from scratch),
     ``epochs``, ``seed``, ``shape`` ([1, 8, 8]); optional ``replay`` (default True: add the
     pipeline's own training split), ``oversample``, ``lr``, ``augment``, ``threads`` (see
-    ``recipe_for``).  The checkpoint holds ``model.pt`` and ``model.onnx``.
+    ``recipe_for``), ``checkpoint_every_s`` (default 30: how often a long run reports its
+    progress, from which a run started again under the same name resumes; ``EpochProgress``).
+    The final checkpoint holds ``model.pt`` and ``model.onnx``.
     """
     import ray.train
 
@@ -227,6 +261,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     else:
         base_x = np.zeros((0, *IMAGE_SHAPE), dtype=np.float32)
         base_y = np.zeros((0,), dtype=np.int64)
+    progress = EpochProgress(config)
+    resumed = progress.resume()
     model = fit(
         base_x,
         base_y,
@@ -236,6 +272,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         recipe=recipe,
         seed=seed,
         threads=int(config.get("threads", 2)),
+        resume=resumed,
+        on_epoch=progress.after_epoch,
     )
     all_x = np.concatenate([base_x, new_x])
     all_y = np.concatenate([base_y, new_y])
@@ -246,6 +284,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         "replay_samples": len(base_x),
         "new_copies": copies(recipe, len(base_x), len(new_x)),
         "fine_tuned": bool(base_model),
+        "resumed_after_epoch": None if resumed is None else int(resumed["epoch"]),
         "train_seconds": time.monotonic() - started,
         **{f"recipe_{k}": v for k, v in asdict(recipe).items()},
     }
