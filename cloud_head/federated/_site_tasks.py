@@ -9,11 +9,12 @@ only what may cross the site's border: weights, counts and metrics.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -112,16 +113,17 @@ def _fit_local(
 
     loop = cast(Callable[[dict[str, Any]], Any], resolve_ref(ref, field="retrain.trainer"))
     tx, ty = _tensors(x, y)
-    trainer = TorchTrainer(
-        train_loop_per_worker=cast(
-            Callable[[dict[Any, Any]], None], functools.partial(_keeping_checkpoint, loop, out)
-        ),
-        train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=0),  # local mode: in this task's process
-        run_config=RunConfig(name=f"site-{work.name}", storage_path=str(work / "ray")),
-        datasets={"train": _dataset(tx, ty)},
-    )
-    result = trainer.fit()
+    with _data_stays_on_this_node():
+        trainer = TorchTrainer(
+            train_loop_per_worker=cast(
+                Callable[[dict[Any, Any]], None], functools.partial(_keeping_checkpoint, loop, out)
+            ),
+            train_loop_config=config,
+            scaling_config=ScalingConfig(num_workers=0),  # local mode: in this task's process
+            run_config=RunConfig(name=f"site-{work.name}", storage_path=str(work / "ray")),
+            datasets={"train": _dataset(tx, ty)},
+        )
+        result = trainer.fit()
     if not (out / _PT).is_file() or not (out / _ONNX).is_file():
         raise InputMismatchError(
             f"the training loop {ref} reported no checkpoint with {_PT} and {_ONNX}",
@@ -129,6 +131,26 @@ def _fit_local(
             got="none",
         )
     return dict(result.metrics or {})
+
+
+@contextlib.contextmanager
+def _data_stays_on_this_node() -> Iterator[None]:
+    """Pin every task Ray Data starts here to this node (its ``ray.io/node-id`` label).
+
+    Ray Data computes a block's metadata in a task of its own (``from_arrow``), and the
+    scheduler may run it on any node with a free CPU, the block of samples with it; a site's
+    node is small and busy with this very task, so that happened.
+    """
+    import ray
+    from ray.data import DataContext
+
+    options = DataContext.get_current().execution_options
+    previous = options.label_selector
+    options.label_selector = {"ray.io/node-id": ray.get_runtime_context().get_node_id()}
+    try:
+        yield
+    finally:
+        options.label_selector = previous
 
 
 def _keeping_checkpoint(

@@ -85,7 +85,7 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     try:
         cluster.start()
         cluster.connect(RAY_TEST_NAMESPACE, log_to_driver=False)
-        yield {"cluster": cluster, "test": test}
+        yield {"cluster": cluster, "test": test, "root": root}
     finally:
         ray.shutdown()
         cluster.stop()
@@ -228,6 +228,33 @@ class TestAScaledUpUpdate:
         x, y = sites["test"]
         assert evaluate(result.onnx_path, x, y, "accuracy") > 0.85
         trainer.close()
+
+
+class TestASiteOfflineForARound:
+    def test_is_skipped_then_rejoins_the_next_round(
+        self, sites: dict[str, Any], tmp_path: Path
+    ) -> None:
+        flag = sites["root"] / "hospital-c" / "offline"
+        flag.touch()
+        records: list[dict[str, Any]] = []
+
+        def back_after_round_one(record: dict[str, Any]) -> None:
+            records.append(record)
+            flag.unlink(missing_ok=True)
+
+        spec = spec_of(SITES[:3], rounds=2)
+        trainer = FederatedTrainer(
+            spec, plan_of(spec), tmp_path / "federated.sqlite3", record=back_after_round_one
+        )
+        try:
+            trainer.train("run-o", parent=None, base_model=None, base_graph=None, workdir=tmp_path)
+        finally:
+            flag.unlink(missing_ok=True)
+            trainer.close()
+        first, second = rounds_of(records)
+        assert first["participants"] == ["hospital-a", "hospital-b"]
+        assert "the site is offline" in first["skipped"]["hospital-c"]
+        assert second["participants"] == list(SITES[:3]) and second["skipped"] == {}
 
 
 class _HeadDied(BaseException):

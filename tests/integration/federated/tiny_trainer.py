@@ -4,7 +4,8 @@ cancer measurements (30 values, 2 classes), exported to ONNX with a softmax head
 It is an ordinary loop (``ray.train.get_dataset_shard``, ``ray.train.report`` with a
 checkpoint, ``base_model`` to fine-tune), the same whether it runs centrally or at a site.
 A node started with ``TINY_TRAINER_SCALE_UPDATE=<k>`` multiplies the update it reports by
-``k``: a broken or poisoned site.
+``k``: a broken or poisoned site.  A file ``offline`` in the site's data folder makes the
+loop fail, as a site whose server is down would (tests remove it to bring the site back).
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Fit the logistic model on the ``train`` shard (from ``base_model`` if given); report."""
     import ray.train
 
+    if (Path(os.environ.get("CONTINUUM_SITE_DATA", "/nonexistent")) / "offline").exists():
+        raise RuntimeError("the site is offline (its offline flag is set)")
     torch.manual_seed(int(config.get("seed") or 0))
     shard = ray.train.get_dataset_shard("train")
     tensors: list[Any] = []
