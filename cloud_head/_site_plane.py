@@ -116,7 +116,11 @@ class SiteBridge:
             f"remote_clientid {self.identity}",
             "cleansession false",
             "notifications false",
-            "try_private false",
+            # A private bridge: the central broker keeps each message's retain flag when it
+            # forwards it (a plain client loses it on live delivery), so a desired state or an
+            # artifact chunk published while the bridge is up is retained at the site too, for
+            # an agent that subscribes later.
+            "try_private true",
             "bridge_protocol_version mqttv311",
             "start_type automatic",
             "restart_timeout 1 10",

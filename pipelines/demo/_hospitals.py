@@ -138,6 +138,8 @@ class HospitalsRun:
             dashboard=True,  # the state API: where each task that read site data ran
             head_cpus=2,
             edge_cpus=1,
+            # Four Ray nodes start on one machine: on a loaded one a raylet needs longer.
+            start_timeout_s=180.0,
         )
         with self.console.status("starting mosquitto, the Ray cluster and the sites' brokers"):
             self.central.start()
@@ -206,8 +208,8 @@ class HospitalsRun:
         controller = self.head.controllers[self.spec.name]
         with self.console.status("training the first model in federated rounds at the sites"):
             first = ray.get(controller.bootstrap.remote(), timeout=900)
-        self.console.print(f"  first model {TENANT}/{first.version} registered and published")
-        self.timeline.event("first model", version=first.version)
+        self.console.print(f"  first model {TENANT}/{first} registered and published")
+        self.timeline.event("first model", version=first)
 
     def start_stations(self) -> None:
         """Start one imaging station (edge agent) per hospital on its site's broker."""
@@ -240,8 +242,8 @@ class HospitalsRun:
     # -- the loop ----------------------------------------------------------------------
 
     def watch(self) -> None:
-        """Tick the controller, ask for a retraining each ``RETRAIN_EVERY`` new site samples,
-        and print progress until the stations' time is over."""
+        """Ask the controller (which ticks itself) for a retraining each ``RETRAIN_EVERY``
+        new site samples, and print progress until the stations' time is over."""
         import ray
 
         controller = self.head.controllers[self.spec.name]

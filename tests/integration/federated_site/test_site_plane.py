@@ -67,23 +67,30 @@ class TestBridge:
             not in (plane.central.data_dir / "mosquitto.db").read_bytes()
         )
 
-    def test_desired_state_reaches_the_sites_node_only(self, plane: Plane) -> None:
+    def test_desired_state_reaches_the_sites_node_only_and_stays_retained_there(
+        self, plane: Plane
+    ) -> None:
         lux, metz = SITES["hosp-lux"], SITES["hosp-metz"]
         _bridged(plane, "hosp-lux")
         _bridged(plane, "hosp-metz")
-        box = Client(plane.nodes[lux])
-        box.subscribe(topics.node_desired(TENANT, lux))
-        time.sleep(0.5)
         control = Client(plane.control)
         try:
+            # Published while the bridges are up, before the node subscribes: the site broker
+            # must hold it retained for the node's later subscription (as an artifact chunk).
             control.send(topics.node_desired(TENANT, lux), b"desired-lux", retain=True)
             control.send(topics.node_desired(TENANT, metz), b"desired-metz", retain=True)
-            wait_for(lambda: b"desired-lux" in box.payloads())
-            time.sleep(0.5)
-            assert b"desired-metz" not in box.payloads()
+            time.sleep(1.0)
+            box = Client(plane.nodes[lux])
+            box.subscribe(topics.node_desired(TENANT, lux))
+            try:
+                wait_for(lambda: b"desired-lux" in box.payloads())
+                assert [r for t, p, r in box.got if p == b"desired-lux"] == [True]
+                time.sleep(0.5)
+                assert b"desired-metz" not in box.payloads()
+            finally:
+                box.close()
         finally:
             control.close()
-            box.close()
         plane.sites["hosp-lux"].stop()
         assert (
             b"desired-metz" not in (plane.sites["hosp-lux"].data_dir / "mosquitto.db").read_bytes()
