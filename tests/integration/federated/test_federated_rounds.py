@@ -9,6 +9,13 @@ logistic loop of ``tiny_trainer`` trains at each site in Ray Train's local mode.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -257,42 +264,73 @@ class TestASiteOfflineForARound:
         assert second["participants"] == list(SITES[:3]) and second["skipped"] == {}
 
 
-class _HeadDied(BaseException):
-    """Stands for the head process dying: nothing in the driver catches it."""
-
-
 class TestAHeadRestartMidTraining:
-    def test_resumes_after_the_last_completed_round(
+    def test_a_killed_head_resumes_after_the_last_completed_round(
         self, sites: dict[str, Any], tmp_path: Path
     ) -> None:
+        cluster: LocalRayCluster = sites["cluster"]
         spec = spec_of(SITES[:3], rounds=3)
+        plan = plan_of(spec)
+        db = tmp_path / "federated.sqlite3"
+        head = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.integration.federated._head_process",
+                cluster.address,
+                RAY_TEST_NAMESPACE,
+                spec.model_dump_json(),
+                json.dumps(plan.to_record()),
+                str(db),
+                str(tmp_path / "first"),
+            ],
+            env=os.environ | cluster.client_env | {"PYTHONPATH": _test_python_path()},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline and _completed_rounds(db) < 1:
+                assert head.poll() is None, "the head process ended before round 1"
+                time.sleep(0.2)
+            assert _completed_rounds(db) >= 1, "round 1 did not complete"
+            os.killpg(head.pid, signal.SIGKILL)  # the head dies mid-training
+            head.wait(30)
+        finally:
+            if head.poll() is None:
+                os.killpg(head.pid, signal.SIGKILL)
+                head.wait(30)
+        assert head.stdout is not None
+        before = [json.loads(line) for line in head.stdout.read().decode().splitlines()]
+        head.stdout.close()
+        done = _completed_rounds(db)
+        assert 1 <= done < 3
+
         records: list[dict[str, Any]] = []
-
-        def dies_in_round_two(record: dict[str, Any]) -> None:
-            if record.get("round") == 2:
-                raise _HeadDied
-            records.append(record)
-
-        first = FederatedTrainer(
-            spec, plan_of(spec), tmp_path / "federated.sqlite3", record=dies_in_round_two
-        )
-        with pytest.raises(_HeadDied):
-            first.train(
-                "run-1", parent=None, base_model=None, base_graph=None, workdir=tmp_path / "a"
-            )
-        first.close()
-        assert [r["round"] for r in rounds_of(records)] == [1]
-
-        second = trainer_of(spec, tmp_path, records)
+        second = FederatedTrainer(spec, plan, db, record=records.append)
         result = second.train(
-            "run-2", parent=None, base_model=None, base_graph=None, workdir=tmp_path / "b"
+            "run-2", parent=None, base_model=None, base_graph=None, workdir=tmp_path / "second"
         )
-        (resumed,) = [r for r in records if r["event"] == "federated_resumed"]
-        assert resumed["completed_rounds"] == 1
-        assert resumed["sha256"] == rounds_of(records)[0]["sha256"]
-        assert [r["round"] for r in rounds_of(records)] == [1, 2, 3]
-        assert result.lineage["resumed_from_round"] == 1 and result.lineage["rounds"] == 3
         second.close()
+        (resumed,) = [r for r in records if r["event"] == "federated_resumed"]
+        assert resumed["completed_rounds"] == done
+        stored = [r for r in before if r["event"] == "federated_round" and r["round"] <= done]
+        assert resumed["sha256"] == stored[-1]["sha256"]
+        assert [r["round"] for r in rounds_of(records)] == list(range(done + 1, 4))
+        assert result.lineage["resumed_from_round"] == done and result.lineage["rounds"] == 3
+
+
+def _completed_rounds(db: Path) -> int:
+    """Return the last round the head stored (0: none yet, or no database yet)."""
+    if not db.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(db, timeout=5)) as connection:
+        try:
+            row = connection.execute("SELECT MAX(round) FROM federated_rounds").fetchone()
+        except sqlite3.OperationalError:  # the schema is not written yet
+            return 0
+    return int(row[0] or 0)
 
 
 class TestTheControllerRetrainsFederated:
