@@ -276,17 +276,17 @@ class Classification(_Task):
                 expected="shape (batch, classes) with classes >= 2",
                 got=f"shape {values.shape}",
             )
-        if values.shape[0] <= SMALL_BATCH:  # see SMALL_BATCH: one call instead of four
+        if values.shape[0] <= SMALL_BATCH:  # see SMALL_BATCH: one array instead of four calls
             rows = values.tolist()
             tops = [max(row) for row in rows]
-            score = np.array(tops, dtype=np.float64)
             best = [float(row.index(top)) for row, top in zip(rows, tops, strict=True)]
-            prediction = np.array(best, dtype=np.float64)
-            prediction.flags.writeable = False
+            both = np.array([tops, best], dtype=np.float64)
+            both.flags.writeable = False  # its rows below are read-only views
+            score, prediction = both[0], both[1]
         else:
             score = values.max(axis=1)
+            score.flags.writeable = False
             prediction = _frozen(values.argmax(axis=1))
-        score.flags.writeable = False
         return TaskOutputs(kind="classification", score=score, prediction=prediction, probs=probs)
 
     def metrics(self) -> tuple[str, ...]:

@@ -70,3 +70,44 @@ class TestSmallBatchRead:
     def test_ties_pick_the_first_class(self) -> None:
         out = Classification().read(np.full((1, 4), 0.25, dtype=np.float32))
         assert out.prediction.tolist() == [0.0]
+
+
+class TestAnyOfSkipsIdleLeaves:
+    """any_of skips leaves that cannot select in the context (a drift leaf while its detector
+    is quiet, mistakes at inference): its picks stay the union of every leaf's picks."""
+
+    @pytest.mark.parametrize("drifted", [False, True])
+    @pytest.mark.parametrize("rows", [1, 3, 40])
+    def test_union_of_the_leaves(self, drifted: bool, rows: int) -> None:
+        from continuum import drift, select
+        from continuum.select import SelectionContext
+
+        psi, inputs = drift.psi(0.25), drift.inputs()
+        leaves = [
+            select.low_confidence(0.7),
+            select.drift(psi, rate=0.5),
+            select.drift(inputs, rate=0.5),
+            select.mistakes(),
+            select.random(0.1),
+        ]
+        policy = select.any_of(*leaves)
+        probs = np.random.default_rng(rows).dirichlet(np.ones(10), size=rows)
+        out = Classification().read(probs)
+        ctx = SelectionContext.for_node(
+            "cam-1", range(100, 100 + rows), drifted=frozenset({psi}) if drifted else frozenset()
+        )
+        kinds = ["low_confidence", "drift", "drift", "mistakes", "random"]
+
+        def picks(leaf: select.Policy) -> np.ndarray:
+            return leaf.decide(out, ctx)
+
+        union = np.zeros(rows, dtype=np.bool_)
+        for leaf in leaves:
+            union |= leaf.decide(out, ctx)
+        assert np.array_equal(policy.decide(out, ctx), union)
+        assert policy.explain(out, ctx) == [
+            next((kind for kind, leaf in zip(kinds, leaves, strict=True) if picks(leaf)[row]), None)
+            for row in range(rows)
+        ]
+        idle = select.any_of(select.drift(inputs), select.mistakes())
+        assert idle.decide(out, ctx).tolist() == [False] * rows
