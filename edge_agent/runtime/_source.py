@@ -17,6 +17,13 @@ _GAP_SMOOTHING = 0.1
 class SourceLoop(RuntimeCore):
     """The source part of ``PipelineRuntime`` (see there)."""
 
+    def _cpu_mark(self) -> float | None:
+        """This thread's CPU time now, while a frame might run here (serial mode, batches of
+        one frame); else None: a saturated source feeding larger batches pays no clock."""
+        if self._in_flight == 1 and self._sizer.cap == 1:
+            return time.thread_time()
+        return None
+
     def _pull(self) -> None:
         # Frames only flow once there is a model to run them through.
         while not self._model_ready.wait(POLL_S):
@@ -28,16 +35,17 @@ class SourceLoop(RuntimeCore):
             while not self._stopping.is_set():
                 started = time.monotonic()
                 try:
-                    cpu_mark = time.thread_time()
+                    cpu_mark = self._cpu_mark()
                     for frame in self._source:
                         if self._stopping.is_set():
                             break
                         arrived_ns = time.monotonic_ns()
-                        # This thread's CPU time to produce the frame (decoding, copying),
-                        # not the time it waited for it: what running the frame here too
-                        # would take from the source (see InferenceLoop._run_inline).
-                        cpu_s = time.thread_time() - cpu_mark
-                        self._source_cpu_s += _GAP_SMOOTHING * (cpu_s - self._source_cpu_s)
+                        if cpu_mark is not None:
+                            # This thread's CPU time to produce the frame (decoding, copying),
+                            # not the time it waited for it: what running the frame here too
+                            # would take from the source (see InferenceLoop._run_inline).
+                            cpu_s = time.thread_time() - cpu_mark
+                            self._source_cpu_s += _GAP_SMOOTHING * (cpu_s - self._source_cpu_s)
                         if last_ns is not None:
                             gap_s = (arrived_ns - last_ns) / 1e9
                             if self._arrival_gap_s == 0.0:
@@ -48,11 +56,11 @@ class SourceLoop(RuntimeCore):
                                 )
                         last_ns = arrived_ns
                         item = (frame, arrived_ns)
-                        if not self._run_inline(item):
+                        if cpu_mark is None or not self._run_inline(item):
                             while not self._frames.put(item, POLL_S):
                                 if self._stopping.is_set():
                                     break
-                        cpu_mark = time.thread_time()
+                        cpu_mark = self._cpu_mark()
                     else:
                         log.info("pipeline %s: source ended", self.name)
                     return
