@@ -11,18 +11,15 @@ attributes and the reason in words, for the audit log.  No Ray, no MQTT.
 The rooms: ``_policy`` (the declared policy), ``_decision`` (a decision and a rule's
 constraints), ``_placement`` (selectors, nodes and stores), ``_uplink`` (what leaves the edge,
 field by field), ``_pipeline`` (a pipeline's decisions stage by stage) and
-``_training_plan`` (central or federated retraining).
+``_training_plan`` (central or federated retraining) and ``_explain`` (the whole pipeline,
+for deploy's check and for people).
 """
 
 from __future__ import annotations
 
 from continuum.residency._decision import Decision, KnownNodes
-from continuum.residency._pipeline import (
-    check_pipeline,
-    derive_training_selector,
-    explain,
-    pipeline_decisions,
-)
+from continuum.residency._explain import check_pipeline, explain
+from continuum.residency._pipeline import derive_training_selector, pipeline_decisions
 from continuum.residency._placement import (
     check_placement,
     ingest_allows,
