@@ -20,6 +20,7 @@ sample left its site (``_hospitals_evidence``).
 from __future__ import annotations
 
 import contextlib
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -63,6 +64,7 @@ def run_hospitals(options: DemoOptions) -> dict[str, Any]:
     run = HospitalsRun(options=options, workdir=prepare_workdir(options.workdir), console=console)
     console.print(f"[bold]continuum demo[/] (hospitals scenario) working directory: {run.workdir}")
     interrupted = False
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)  # a clean shutdown
     try:
         try:
             run.start_infrastructure()
@@ -77,7 +79,12 @@ def run_hospitals(options: DemoOptions) -> dict[str, Any]:
             run.shut_down()
         return run.report(interrupted=interrupted)
     finally:  # whatever failed: no broker or Ray node outlives the run
+        signal.signal(signal.SIGTERM, previous_sigterm)
         run.stop_infrastructure()
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 @dataclass(kw_only=True)
@@ -256,9 +263,12 @@ class HospitalsRun:
                 self.status = ray.get(controller.status.remote(), timeout=10)
             stored = self._site_samples()
             if stored - asked_at >= RETRAIN_EVERY and not self._busy():
+                _, password = self.tenancy.operators[TENANT]  # an operator action: it proves so
                 ray.get(
                     controller.request_retrain.remote(
-                        f"{stored - asked_at} new samples stored at the sites", "continuum-demo"
+                        f"{stored - asked_at} new samples stored at the sites",
+                        password,
+                        "continuum-demo",
                     ),
                     timeout=10,
                 )

@@ -10,9 +10,9 @@ that travel) is looked for
   central broker's must hold none, each site broker's none of another site's;
 * in every other file the central head wrote (registry, audit logs, the rounds' state,
   controller databases): none;
-* and the Ray tasks and actors that read a site's data (the sites' training and evaluation
-  tasks, Ray Data's tasks in them, the site ingests) must all have run on a site's node,
-  never on the cloud head.
+* and the Ray tasks and actors that read a site's data (each site's training and evaluation
+  tasks and its ingest, on that site's node; Ray Data's tasks inside them, on a site's node)
+  must never have run on the cloud head or another site's node.
 
 ``rows_by_site`` gives the rows; ``inspect_files`` the file checks; ``ray_placement`` the
 process checks (call it while Ray runs).
@@ -26,19 +26,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SITE_TASKS", "inspect_files", "ray_placement", "rows_by_site"]
-
-#: Names of the Ray tasks and actors that touch a site's rows (substrings of their names).
-SITE_TASKS = (
-    "train_at_site",
-    "evaluate_at_site",
-    "SiteIngestActor",
-    "ReadNumpy",
-    "ReadItems",
-    "FromNumpy",
-    "MapBatches",
-    "split",
-)
+__all__ = ["inspect_files", "ray_placement", "rows_by_site"]
 
 
 def rows_by_site(seed: int = 0) -> dict[str, set[bytes]]:
@@ -136,28 +124,47 @@ def ray_placement(site_nodes: Mapping[str, str], dashboard: str) -> dict[str, An
     """Return where every Ray task and actor that touches a site's rows ran (state API).
 
     ``site_nodes`` maps each site to its Ray node id; ``dashboard`` is the cluster's
-    dashboard URL (the state API's address).  ``off_site`` lists those that ran on a
-    node that is no site's (the cloud head): none may.
+    dashboard URL (the state API's address).  A site's round tasks (``federated-train:SITE``,
+    ``federated-eval:SITE``) and its ingest actor (``site-ingest-SITE``) must run on that
+    site's node; every other plain task (Ray Data's block tasks inside a site's training)
+    on some site's node: the central services are actors, they run no plain task.
+    ``off_site`` lists what ran elsewhere: it must be empty.
     """
     from ray.util.state import list_actors, list_tasks
 
     sites_of = {node: site for site, node in site_nodes.items()}
     ran: dict[str, dict[str, int]] = {}
     off_site: list[dict[str, Any]] = []
-    records = [
-        (t.name, t.node_id)
-        for t in list_tasks(address=dashboard, limit=10_000, raise_on_missing_output=False)
-    ]
-    records += [
-        (a.class_name, a.node_id)
-        for a in list_actors(address=dashboard, limit=10_000, raise_on_missing_output=False)
-    ]
-    for name, node in records:
-        if not name or not any(key in name for key in SITE_TASKS):
-            continue
+
+    def note(kind: str, name: str, node: str | None, must_be: str | None) -> None:
         where = sites_of.get(node or "", "not a site's node")
-        ran.setdefault(name, {}).setdefault(where, 0)
-        ran[name][where] += 1
-        if where == "not a site's node":
-            off_site.append({"name": name, "node_id": node})
+        ran.setdefault(kind, {}).setdefault(where, 0)
+        ran[kind][where] += 1
+        if where != (must_be or where) or where == "not a site's node":
+            off_site.append({"name": name, "node_id": node, "site": where, "expected": must_be})
+
+    tasks = list_tasks(
+        address=dashboard,
+        filters=[("type", "=", "NORMAL_TASK")],
+        limit=10_000,
+        raise_on_missing_output=False,
+    )
+    for task in tasks:
+        name = task.name or ""
+        if task.node_id is None:  # never scheduled: it ran nowhere
+            continue
+        if name.startswith("federated-") and ":" in name:
+            kind, site = name.split(":", 1)
+            note(kind, name, task.node_id, site)
+        else:
+            note("other plain tasks (Ray Data)", name, task.node_id, None)
+    actors = list_actors(
+        address=dashboard,
+        filters=[("class_name", "=", "SiteIngestActor")],
+        limit=1_000,
+        raise_on_missing_output=False,
+    )
+    for actor in actors:
+        site = (actor.name or "").removeprefix("site-ingest-")
+        note("site ingest", actor.name or "", actor.node_id, site)
     return {"ran": ran, "off_site": off_site, "site_nodes": dict(site_nodes)}

@@ -101,20 +101,63 @@ def _federated_records(workdir: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _bytes_crossed(records: list[dict[str, Any]], weights_bytes: int) -> dict[str, Any]:
+def _state_bytes(versions: list[dict[str, Any]]) -> int:
+    """Return the size of one model's weights as a round moves them (a name -> array dict,
+    pickled as Ray pickles a task's argument or reply), measured on a registered checkpoint."""
+    import pickle
+
+    import torch
+
+    for version in versions:
+        checkpoint = Path(str(version["lineage"].get("checkpoint") or ""))
+        if checkpoint.is_file():
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            return len(pickle.dumps({k: v.numpy() for k, v in state.items()}))
+    return 0
+
+
+def _bytes_crossed(records: list[dict[str, Any]], versions: list[dict[str, Any]]) -> dict[str, Any]:
+    """Return the bytes that crossed the sites' borders in the run's rounds and gates.
+
+    The rounds' own figures where their audit records carry them (``bytes_down`` and
+    ``bytes_up``); else counted from the records: each round's participants got the global
+    weights and sent back theirs with their counts and metrics, each gate's sites got the
+    candidate's and the current model's ONNX and sent back two scores and a count.
+    """
+    import pickle
+
     rounds = [r for r in records if r.get("event") == "federated_round"]
-    measured = [r for r in rounds if "bytes_up" in r and "bytes_down" in r]
-    if rounds and len(measured) == len(rounds):
+    gates = [r for r in records if r.get("action") == "gate" and r.get("federated")]
+    if rounds and all("bytes_up" in r and "bytes_down" in r for r in rounds):
         total = sum(int(r["bytes_up"]) + int(r["bytes_down"]) for r in rounds)
-        how = "measured by the rounds (audit records bytes_down + bytes_up)"
-    else:
-        participants = sum(len(r.get("participants", [])) for r in rounds)
-        total = participants * 2 * weights_bytes
-        how = (
-            "counted: each round's participants x (global weights down + local weights up), "
-            "the weights' size measured on the registered model.pt"
-        )
-    return {"rounds": len(rounds), "total": total, "how": how}
+        return {"rounds": len(rounds), "gates": len(gates), "total": total, "how": "measured"}
+    weights = _state_bytes(versions)
+    graph = max((Path(v["artifact"]).stat().st_size for v in versions), default=0)
+    model_moves = 0
+    small = 0
+    for record in rounds:
+        for site, count in (record.get("sample_counts") or {}).items():
+            model_moves += 2  # the global weights down, the site's weights up
+            reply = {"site": site, "num_examples": count, "metrics": {"train_accuracy": 1.0}}
+            small += len(pickle.dumps(reply))
+    for record in gates:
+        for site in record["federated"].get("sites", {}):
+            model_moves += 1 if record.get("current_version") is None else 2
+            small += len(pickle.dumps({"site": site, "size": 1, "candidate": 1.0, "current": 1.0}))
+    total = weights * 2 * sum(len(r.get("sample_counts") or {}) for r in rounds)
+    total += graph * (model_moves - 2 * sum(len(r.get("sample_counts") or {}) for r in rounds))
+    total += small
+    return {
+        "rounds": len(rounds),
+        "gates": len(gates),
+        "total": total,
+        "weights_bytes": weights,
+        "onnx_bytes": graph,
+        "how": "counted from the audit records: per round and participant the global weights "
+        "down and the site's weights, count and metrics up (weights pickled as Ray moves "
+        "them, measured on a registered checkpoint); per gate and site the ONNX models down "
+        "and the scores up",
+    }
 
 
 def build_hospitals_report(run: HospitalsRun, *, interrupted: bool) -> dict[str, Any]:
@@ -146,13 +189,12 @@ def build_hospitals_report(run: HospitalsRun, *, interrupted: bool) -> dict[str,
     first = versions[0] if versions else None
     final = next((v for v in versions if v["version"] == run.status.get("current")), None)
     final = final or (versions[-1] if versions else None)
-    weights = (
-        Path(first["artifact"]).with_name("model.pt").stat().st_size
-        if first and Path(first["artifact"]).with_name("model.pt").is_file()
-        else 0
-    )
-    crossed = _bytes_crossed(records, weights)
-    shipped = baselines.shipped_bytes() + baselines.shipped_bytes(drifted=True)
+    crossed = _bytes_crossed(records, versions)
+    # Shipping the data: every site's seed rows and every sample the sites stored in the
+    # run, with its label, in the agents' own encoding (the seed rows' bytes per row).
+    seed_rows = sum(len(baselines.training_rows(s)[1]) for s in SITES)
+    seed_bytes = baselines.shipped_bytes()
+    shipped = seed_bytes + round(seed_bytes / seed_rows * sum(evidence["stored_at_site"].values()))
     figures: dict[str, Any] = {}
     targets: dict[str, bool] = {}
     if first is not None and final is not None:
