@@ -31,7 +31,7 @@ from cloud_head.federated.aggregate import (
     state_digest,
     write_weights,
 )
-from continuum.errors import ContinuumError
+from continuum.errors import ContinuumError, PlacementError
 from continuum.residency import TrainingPlan
 from continuum.spec import PipelineSpec
 
@@ -143,10 +143,13 @@ class FederatedTrainer:
 
         Raises:
             QuorumError: a round did not reach quorum within ``quorum_wait_s``.
+            PlacementError: this process runs outside the plan's aggregator selector.
         """
+        aggregator = self._check_aggregator()
         session, done = self.state.open_session(parent, run, self._clock())
         try:
             result = self._rounds(session, done, run, parent, base_model, base_graph, workdir)
+            result.lineage["aggregated_on"] = aggregator
         except Exception as error:
             self.state.finish(session, f"failed: {type(error).__name__}: {error}", self._clock())
             raise
@@ -154,6 +157,22 @@ class FederatedTrainer:
             self.status = None
         self.state.finish(session, "trained", self._clock())
         return result
+
+    def _check_aggregator(self) -> dict[str, str]:
+        """Refuse to aggregate on a node outside the plan's aggregator selector; return its
+        labels (the updates meet in this process)."""
+        import ray
+
+        found: Mapping[str, Any] = ray.get_runtime_context().get_node_labels()
+        labels = {str(k): str(v) for k, v in found.items() if "/" in k}
+        if not self.plan.aggregator.matches(labels):
+            raise PlacementError(
+                f"the federated updates would meet on a node labelled {labels}, outside the "
+                f"plan's aggregator {{{self.plan.aggregator}}} (retrain.where); run the "
+                "controller on a node it matches",
+                rule="retrain.where",
+            )
+        return labels
 
     def _rounds(
         self,

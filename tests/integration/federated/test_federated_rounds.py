@@ -10,6 +10,7 @@ logistic loop of ``tiny_trainer`` trains at each site in Ray Train's local mode.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -29,7 +30,8 @@ from cloud_head.federated import FederatedTrainer, QuorumError
 from cloud_head.gate import evaluate
 from continuum.embedded import LocalRayCluster
 from continuum.embedded._process import kill_sessions
-from continuum.labels import SITE, TIER
+from continuum.errors import PlacementError
+from continuum.labels import SITE, TIER, LabelSelector
 from continuum.residency import ResidencyPolicy, TrainingPlan, training_plan
 from continuum.spec import PipelineSpec
 from tests.conftest import RAY_TEST_NAMESPACE, _test_python_path
@@ -164,6 +166,7 @@ class TestThreeSitesProduceAModel:
             assert record["clipped"] == [] and record["excluded"] == []
         assert result.lineage["sha256"] == rounds[-1]["sha256"]
         assert result.lineage["rounds"] == 2
+        assert result.lineage["aggregated_on"][TIER] == "cloud"  # this process: on the head
         x, y = sites["test"]
         assert evaluate(result.onnx_path, x, y, "accuracy") > 0.85
 
@@ -202,6 +205,19 @@ def parent(sites: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> t
     )
     trainer.close()
     return result.pt_path, result.onnx_path
+
+
+class TestTheAggregatorsPlace:
+    def test_updates_do_not_meet_outside_the_plan_s_aggregator(
+        self, sites: dict[str, Any], tmp_path: Path
+    ) -> None:
+        spec = spec_of(SITES[:3], rounds=1)
+        plan = dataclasses.replace(plan_of(spec), aggregator=LabelSelector.parse({TIER: "hpc"}))
+        trainer = FederatedTrainer(spec, plan, tmp_path / "federated.sqlite3")
+        with pytest.raises(PlacementError, match=r"outside the plan's aggregator"):
+            trainer.train("run-x", parent=None, base_model=None, base_graph=None, workdir=tmp_path)
+        assert trainer.counters.rounds == 0
+        trainer.close()
 
 
 class TestAScaledUpUpdate:
