@@ -125,7 +125,7 @@ def ray_placement(site_nodes: Mapping[str, str], dashboard: str) -> dict[str, An
 
     ``site_nodes`` maps each site to its Ray node id; ``dashboard`` is the cluster's
     dashboard URL (the state API's address).  A site's round tasks (``federated-train:SITE``,
-    ``federated-eval:SITE``) and its ingest actor (``site-ingest-SITE``) must run on that
+    ``federated-gate:SITE``) and its ingest actor (``site-ingest-SITE``) must run on that
     site's node; every other plain task (Ray Data's block tasks inside a site's training)
     on some site's node: the central services are actors, they run no plain task.
     ``off_site`` lists what ran elsewhere: it must be empty.

@@ -36,6 +36,6 @@ def test_no_restricted_sample_is_found_outside_its_site(tmp_path: Path) -> None:
     placement = evidence["ray"]
     assert placement["off_site"] == []
     assert set(placement["ran"]["federated-train"]) == set(SITES)
-    assert set(placement["ran"]["federated-eval"]) == set(SITES)
+    assert set(placement["ran"]["federated-gate"]) == set(SITES)
     assert set(placement["ran"]["site ingest"]) == set(SITES)
     assert report["targets"]["zero_restricted_samples_outside_their_site"]
