@@ -330,7 +330,7 @@ class LoopRun:
         lab = self.lab
         camera = Camera(
             node=world.LAB_NODE,
-            site="lux-3",
+            site=world.LAB_SITE,
             drifted=False,
             tenant=lab.tenant,
             pipeline=lab.name,

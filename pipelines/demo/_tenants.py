@@ -49,8 +49,9 @@ def policy_path() -> Path:
     return Path(pipelines.__file__).resolve().parent / "residency.yaml"
 
 
-#: The lab's camera: the second tenant's one edge node.
+#: The lab's camera: the second tenant's one edge node, at the lab's own site (no Ray node).
 LAB_NODE = "lab-lux3-a"
+LAB_SITE = "lux-3"
 #: A node of each tenant enrolled only for the isolation probes (it runs no agent), so a
 #: probe never takes over a serving agent's session (one identity, one connection).
 PROBE_NODE = "probe"
@@ -175,13 +176,18 @@ def try_refused_deploy(
     refusal.
 
     The lab's pathology slides are confidential: the policy keeps them in jurisdiction LU,
-    so a training job on the Frankfurt pool must be refused at deploy, before any service
-    starts, with the rule and the offending label named (and recorded in the audit log).
+    so a training job on the Frankfurt pool is refused. Federated training would keep them
+    in LU, but the slides are scanned at the lab's own site (lux-3), which has no Ray node
+    to train on: the deploy must be refused before any service starts, with the rule, the
+    offending label and the node that would fix it named (and recorded in the audit log).
+    The hospitals scenario shows the other outcome, where each site has such a node.
     """
     from continuum.errors import PlacementError
 
+    data = spec.model_dump(mode="json")
+    edge = data["edge"] | {"where": data["edge"]["where"] | {SITE: LAB_SITE}}
     variant = type(spec).model_validate(
-        spec.model_dump(mode="json") | {"name": "pathology-slides", "data_class": "confidential"}
+        data | {"name": "pathology-slides", "data_class": "confidential", "edge": edge}
     )
     try:
         head = head_cls.deploy(

@@ -243,6 +243,8 @@ class TestTwoTenantsUnderThePolicy:
         assert refused["refused"] is True
         assert "confidential.jurisdiction" in refused["message"]
         assert "continuum.io/jurisdiction=DE" in refused["message"]
+        # Federated training would keep the slides in LU, but their site has no Ray node.
+        assert "continuum.io/site=lux-3" in refused["message"]
 
     def test_restricted_fields_never_reached_the_store_and_confidential_ones_are_hashed(
         self, loop_report: dict[str, Any]
