@@ -110,8 +110,8 @@ class SeenIndex:
             return np.zeros(0, dtype=bool)
         ordered = seqs if ascending(seqs) else np.unique(seqs)
         gaps = np.flatnonzero(np.diff(ordered) > _CLUSTER_GAP)
-        lows = ordered[np.r_[0, gaps + 1]].tolist()
-        highs = ordered[np.r_[gaps, len(ordered) - 1]].tolist()
+        lows = ordered[np.concatenate(([0], gaps + 1))].tolist()
+        highs = ordered[np.concatenate((gaps, [len(ordered) - 1]))].tolist()
         pipeline, node = key
         rows: list[tuple[int, int]] = []
         with self._lock:
@@ -257,12 +257,16 @@ class SeenIndex:
 def seq_runs(seqs: npt.NDArray[Any] | Iterable[int]) -> list[tuple[int, int]]:
     """Return the runs of consecutive values in ``seqs`` as (first, last), ascending."""
     values = np.asarray(seqs, dtype=np.int64)
-    ordered = values if ascending(values) else np.unique(values)
-    if len(ordered) == 0:
+    if len(values) == 0:
         return []
+    steps = np.diff(values)
+    if (steps == 1).all():
+        # One run (an edge batch's seqs, almost always): one pass, called once per message.
+        return [(int(values[0]), int(values[-1]))]
+    ordered = values if (steps > 0).all() else np.unique(values)
     breaks = np.flatnonzero(np.diff(ordered) != 1)
-    firsts = ordered[np.r_[0, breaks + 1]].tolist()
-    lasts = ordered[np.r_[breaks, len(ordered) - 1]].tolist()
+    firsts = ordered[np.concatenate(([0], breaks + 1))].tolist()
+    lasts = ordered[np.concatenate((breaks, [len(ordered) - 1]))].tolist()
     return list(zip(firsts, lasts, strict=True))
 
 

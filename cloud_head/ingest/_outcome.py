@@ -61,6 +61,30 @@ class Outcome:
                 "'rejected' (see FINAL_REASONS)"
             )
 
+    def naming(
+        self,
+        node: str,
+        seq_ranges: tuple[tuple[int, int], ...],
+        label_ranges: tuple[tuple[int, int], ...],
+    ) -> Outcome:
+        """Return this outcome with the node and seq ranges its receipt names.
+
+        What ``dataclasses.replace`` does, without its look-up of the fields at every call:
+        ingest names the receipt of every message.
+        """
+        return Outcome(
+            self.kind,
+            self.stored,
+            self.duplicates,
+            self.labels,
+            self.reason,
+            self.detail,
+            self.over_quota,
+            node,
+            seq_ranges,
+            label_ranges,
+        )
+
     @property
     def ack(self) -> bool:
         """Whether the message may be acknowledged to the broker."""

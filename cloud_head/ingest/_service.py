@@ -8,7 +8,6 @@ the receipts each outcome names, the counters (``_outcome``) and the audit summa
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -276,11 +275,8 @@ def _name_receipts(
         if index in held:
             seqs = np.setdiff1d(seqs.astype(np.int64), held[index])
         ranges = tuple(seq_runs(seqs))
-        done[index] = dataclasses.replace(
-            outcome,
-            node=batch.node,
-            seq_ranges=() if batch.labels else ranges,
-            label_ranges=ranges if batch.labels else (),
+        done[index] = outcome.naming(
+            batch.node, () if batch.labels else ranges, ranges if batch.labels else ()
         )
         if outcome.kind == "rejected" and ranges and not batch.labels:
             refusals.append(

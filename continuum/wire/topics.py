@@ -159,6 +159,24 @@ _NODE_KINDS = ("status", "reported", "desired", "stored")
 
 def parse(topic: str) -> ParsedTopic:
     """Take a continuum topic apart; raise ``ProtocolError`` for anything else."""
+    if type(topic) is str:  # ingest parses the same few topics at every message
+        known = _PARSED.get(topic)
+        if known is not None:
+            return known
+    parsed = _parse(topic)
+    if len(_PARSED) >= _PARSED_MAX:
+        _PARSED.clear()  # bounded: made-up topics cannot grow it without limit
+    _PARSED[topic] = parsed
+    return parsed
+
+
+#: Topics ``parse`` took apart (a ``ParsedTopic`` is immutable, and a topic's parts never
+#: change): what the next ``parse`` of the same topic returns.
+_PARSED: dict[str, ParsedTopic] = {}
+_PARSED_MAX = 4096
+
+
+def _parse(topic: str) -> ParsedTopic:
     parts = topic.split("/")
     try:
         if len(parts) < 4 or parts[0] != PREFIX:

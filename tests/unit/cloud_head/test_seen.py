@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cloud_head.seen import SeenIndex, parse_sample_id
+from cloud_head.seen import MAX_SEQ, SeenIndex, parse_sample_id, seq_runs
 from continuum.errors import ProtocolError
 
 
@@ -90,6 +90,44 @@ class TestRuns:
         assert index.prune("acme", 150) == 1
         assert not index.contains("acme", "p", "n:5")
         assert index.contains("acme", "p", "n:25")
+
+
+class TestSeqRuns:
+    """``seq_runs`` names a receipt's ranges at every message: its one-run shortcut must
+    give what the general path gives."""
+
+    @pytest.mark.parametrize(
+        ("values", "runs"),
+        [
+            ([], []),
+            ([7], [(7, 7)]),
+            ([3, 4, 5, 6], [(3, 6)]),
+            ([6, 5, 4, 3], [(3, 6)]),
+            ([1, 3, 4, 7], [(1, 1), (3, 4), (7, 7)]),
+            ([4, 4, 5], [(4, 5)]),
+            ([5, 4, 5, 6], [(4, 6)]),
+            ([2, 1, 2, 3, 9], [(1, 3), (9, 9)]),
+            ([0, MAX_SEQ], [(0, 0), (MAX_SEQ, MAX_SEQ)]),
+            ([MAX_SEQ - 1, MAX_SEQ], [(MAX_SEQ - 1, MAX_SEQ)]),
+        ],
+    )
+    def test_runs_are_ascending_and_cover_exactly_the_seqs(
+        self, values: list[int], runs: list[tuple[int, int]]
+    ) -> None:
+        assert seq_runs(np.array(values, dtype=np.int64)) == runs
+        assert seq_runs(values) == runs
+
+    def test_a_batch_decoded_as_unsigned_seqs_is_one_run_of_python_ints(self) -> None:
+        runs = seq_runs(np.arange(10, 42, dtype=np.uint64))
+        assert runs == [(10, 41)]
+        assert all(type(v) is int for run in runs for v in run)
+
+    def test_random_seqs_match_a_set_of_their_values(self) -> None:
+        rng = np.random.default_rng(11)
+        for _ in range(50):
+            values = rng.integers(0, 40, rng.integers(1, 30))
+            covered = {v for first, last in seq_runs(values) for v in range(first, last + 1)}
+            assert covered == set(values.tolist())
 
 
 class TestMigration:

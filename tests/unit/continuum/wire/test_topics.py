@@ -132,6 +132,30 @@ class TestNamesThatCannotBeTopicLevels:
         assert info.value.reason == "bad_topic"
 
 
+class TestParseOfARepeatedTopic:
+    """Ingest parses the same few topics at every message; ``parse`` remembers them."""
+
+    def test_the_same_topic_parses_the_same_every_time(self) -> None:
+        topic = topics.samples("acme", "digits", "cam-7")
+        first = topics.parse(topic)
+        assert (
+            topics.parse(topic)
+            == first
+            == ParsedTopic("acme", "samples", node="cam-7", pipeline="digits")
+        )
+
+    def test_a_rejected_topic_is_rejected_every_time(self) -> None:
+        for _ in range(2):
+            with pytest.raises(ProtocolError, match="invalid") as info:
+                topics.parse("ctm/acme/pipelines/digits/samples/CAM")
+            assert info.value.reason == "bad_name"
+
+    def test_what_it_remembers_stays_bounded(self) -> None:
+        for i in range(topics._PARSED_MAX + 10):
+            assert topics.parse(f"ctm/acme/nodes/n{i}/status").node == f"n{i}"
+        assert len(topics._PARSED) <= topics._PARSED_MAX
+
+
 class TestParseRejectsForeignTopics:
     @pytest.mark.parametrize(
         "topic",
