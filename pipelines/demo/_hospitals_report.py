@@ -101,6 +101,13 @@ def _federated_records(workdir: Path) -> list[dict[str, Any]]:
     return out
 
 
+def _total(value: Any) -> int:
+    """Return a byte count recorded as a number or as one number per site."""
+    if isinstance(value, dict):
+        return int(sum(int(v) for v in value.values()))
+    return int(value)
+
+
 def _state_bytes(versions: list[dict[str, Any]]) -> int:
     """Return the size of one model's weights as a round moves them (a name -> array dict,
     pickled as Ray pickles a task's argument or reply), measured on a registered checkpoint."""
@@ -128,9 +135,19 @@ def _bytes_crossed(records: list[dict[str, Any]], versions: list[dict[str, Any]]
 
     rounds = [r for r in records if r.get("event") == "federated_round"]
     gates = [r for r in records if r.get("action") == "gate" and r.get("federated")]
-    if rounds and all("bytes_up" in r and "bytes_down" in r for r in rounds):
-        total = sum(int(r["bytes_up"]) + int(r["bytes_down"]) for r in rounds)
-        return {"rounds": len(rounds), "gates": len(gates), "total": total, "how": "measured"}
+    moved = [r for r in rounds] + [g["federated"] for g in gates]
+    if rounds and all("bytes_up" in r and "bytes_down" in r for r in moved):
+        down = sum(_total(r["bytes_down"]) for r in moved)
+        up = sum(_total(r["bytes_up"]) for r in moved)
+        return {
+            "rounds": len(rounds),
+            "gates": len(gates),
+            "total": down + up,
+            "to_sites": down,
+            "from_sites": up,
+            "how": "measured by the rounds and the federated gate (bytes_down and bytes_up of "
+            "their audit records: what each site was sent and sent back)",
+        }
     weights = _state_bytes(versions)
     graph = max((Path(v["artifact"]).stat().st_size for v in versions), default=0)
     model_moves = 0
