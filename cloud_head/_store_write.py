@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import time
 import uuid
@@ -125,8 +126,7 @@ def columns_table(parts: list[tuple[SampleColumns, int]]) -> pa.Table:
     np.cumsum(np.repeat(item_bytes, sizes), out=offsets[1:])
     tensor: pa.Array | pa.ChunkedArray
     if offsets[-1] <= np.iinfo(np.int32).max:
-        # One gather of every tensor's bytes (little-endian, as the store keeps them).
-        data = np.concatenate([le_bytes(t) for t in tensors])
+        data = gathered_bytes(tensors)
         tensor = pa.Array.from_buffers(
             pa.binary(), rows, [None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data)]
         )
@@ -171,6 +171,22 @@ def columns_table(parts: list[tuple[SampleColumns, int]]) -> pa.Table:
         tensor,
     ]
     return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+def gathered_bytes(tensors: list[npt.NDArray[Any]]) -> npt.NDArray[np.uint8]:
+    """Return the bytes of every tensor of ``tensors`` (column sets), in order, little-endian.
+
+    Sets of one dtype and one size per tensor (one pipeline's schema: the usual group) are
+    gathered by one ``concatenate`` straight from the payload views, byte order fixed in
+    the same pass; copying each set first costs ingest a few us per message.
+    """
+    first = tensors[0]
+    per_row = math.prod(first.shape[1:])
+    if all(t.dtype == first.dtype and math.prod(t.shape[1:]) == per_row for t in tensors):
+        rows = [t.reshape(len(t), per_row) for t in tensors]
+        flat = np.concatenate(rows, dtype=first.dtype.newbyteorder("<"))
+        return flat.reshape(-1).view(np.uint8)
+    return np.concatenate([le_bytes(t) for t in tensors])
 
 
 def le_bytes(tensors: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:

@@ -23,6 +23,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
+from cloud_head._store_write import gathered_bytes
 from cloud_head.store import SCHEMA, Compactor, SampleStore, to_numpy
 from continuum.errors import InputMismatchError
 from continuum.spec import DataClass
@@ -498,3 +499,41 @@ class TestColumns:
         assert written.column("seq").to_pylist() == list(range(6))
         x, _ = to_numpy(store.read("acme", "digits"))
         np.testing.assert_array_equal(x[:, 0, 0, 0], np.arange(6, dtype=np.float32) / 100)
+
+
+class TestTensorBytes:
+    """The tensor column of a group is every tensor's bytes, little-endian, in order, however
+    the column sets' tensors are laid out (one gather for the usual group of one schema)."""
+
+    @staticmethod
+    def one_by_one(sets: list[np.ndarray]) -> bytes:
+        return b"".join(np.ascontiguousarray(t, t.dtype.newbyteorder("<")).tobytes() for t in sets)
+
+    @pytest.mark.parametrize(
+        "sets",
+        [
+            [np.arange(12, dtype="<f4").reshape(3, 1, 2, 2), np.ones((2, 1, 2, 2), "<f4")],
+            [
+                np.arange(12, dtype=">f4").reshape(3, 1, 2, 2),
+                np.arange(8, dtype=">f4").reshape(2, 4),
+            ],
+            [np.arange(6, dtype="<f4").reshape(2, 3), np.arange(8, dtype="<f4").reshape(2, 4)],
+            [np.arange(4, dtype="<f4").reshape(2, 2), np.arange(4, dtype="<i2").reshape(2, 2)],
+            [np.zeros((0, 3), "<f4"), np.arange(3, dtype="<u1").reshape(1, 3)],
+            [np.arange(4, dtype="<f8")],
+        ],
+    )
+    def test_the_bytes_are_each_tensors_little_endian_bytes_in_order(
+        self, sets: list[np.ndarray]
+    ) -> None:
+        assert gathered_bytes(sets).tobytes() == self.one_by_one(sets)
+
+    def test_views_into_payloads_are_gathered_as_their_tensors(self) -> None:
+        sets = [
+            decode_sample_columns(
+                encode_samples(make_batch(range(i, i + 3))), dtype="float32", shape=(1, 8, 8)
+            ).tensors
+            for i in (0, 3)
+        ]
+        assert not sets[0].flags.c_contiguous  # strided views into the payload
+        assert gathered_bytes(sets).tobytes() == self.one_by_one(sets)
