@@ -312,7 +312,12 @@ class Retrainer:
             "holdout_size": scores.size,
             "metric": spec.gate_metric,
             "task": spec.edge.task.describe(),
-            "federated": {"sites": scores.per_site, "skipped": scores.skipped},
+            "federated": {
+                "sites": scores.per_site,
+                "skipped": scores.skipped,
+                "bytes_down": scores.bytes_down,
+                "bytes_up": scores.bytes_up,
+            },
         }
         return verdict, gate_record
 

@@ -14,6 +14,7 @@ federated gate's measurement: both models scored at each site on the site's own 
 from __future__ import annotations
 
 import logging
+import pickle
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -68,6 +69,8 @@ class SiteScores:
     current: float | None
     size: int
     skipped: dict[str, str] = field(default_factory=dict)
+    bytes_down: dict[str, int] = field(default_factory=dict)
+    bytes_up: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -106,6 +109,7 @@ class FederatedTrainer:
         self._clock = clock
         self.status: str | None = None
         self.counters = _Counters()
+        self._last_bytes: dict[str, dict[str, int]] = {}
 
     def close(self) -> None:
         """Close the rounds database."""
@@ -228,6 +232,7 @@ class FederatedTrainer:
                 "sample_counts": {u.site: u.num_examples for u in updates},
                 "aggregated": sorted(u.site for u in check.kept),
                 "sha256": state_digest(state),
+                **self._last_bytes,
                 "differential_privacy": {
                     "noise_multiplier": self.options.dp_noise_multiplier,
                     "clipping_norm": self.options.dp_clipping_norm,
@@ -326,6 +331,7 @@ class FederatedTrainer:
             for site, reply in sorted(answers.replies.items())
         ]
         graph = next((r["graph"] for r in answers.replies.values() if "graph" in r), None)
+        self._last_bytes = {"bytes_down": answers.bytes_down, "bytes_up": answers.bytes_up}
         return updates, answers.skipped, graph
 
     def _loop_config(self) -> dict[str, Any]:
@@ -388,6 +394,8 @@ class FederatedTrainer:
             current=None if current_score is None else float(current_score),
             size=size,
             skipped=answers.skipped,
+            bytes_down=answers.bytes_down,
+            bytes_up=answers.bytes_up,
         )
 
     # -- asking the sites ----------------------------------------------------------------
@@ -443,6 +451,11 @@ class FederatedTrainer:
         remote = ray.remote(function)
         refs: dict[Any, str] = {}
         for site in sites:
+            sent = args(site)
+            # What crosses to the site, as pickled: the weights, the config, the spec.
+            answers.bytes_down[site] = answers.bytes_down.get(site, 0) + len(
+                pickle.dumps((sent, dict(kwargs)))
+            )
             options: dict[str, Any] = {
                 "name": f"federated-{kind}:{site}",
                 "label_selector": dict(self.plan.site_selectors[site].to_ray()),
@@ -451,7 +464,7 @@ class FederatedTrainer:
             }
             if kind == "train" and self.spec.retrain.gpus:
                 options["num_gpus"] = self.spec.retrain.gpus
-            refs[remote.options(**options).remote(*args(site), **kwargs)] = site
+            refs[remote.options(**options).remote(*sent, **kwargs)] = site
         ready, pending = ray.wait(
             list(refs), num_returns=len(refs), timeout=self.options.round_timeout_s
         )
@@ -467,6 +480,7 @@ class FederatedTrainer:
                 continue
             _check_node(reply, self.plan.site_selectors[site], site)
             answers.replies[site] = reply
+            answers.bytes_up[site] = answers.bytes_up.get(site, 0) + len(pickle.dumps(reply))
         for ref in pending:
             site = refs[ref]
             ray.cancel(ref, force=True)
@@ -475,8 +489,12 @@ class FederatedTrainer:
 
 @dataclass
 class _Answers:
+    """The sites' replies, who was skipped and why, and the bytes each way (pickled)."""
+
     replies: dict[str, dict[str, Any]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    bytes_down: dict[str, int] = field(default_factory=dict)
+    bytes_up: dict[str, int] = field(default_factory=dict)
 
 
 def _check_node(reply: Mapping[str, Any], selector: Any, site: str) -> None:

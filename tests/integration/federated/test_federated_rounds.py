@@ -164,6 +164,9 @@ class TestThreeSitesProduceAModel:
             assert record["skipped"] == {}
             assert all(record["sample_counts"][s] == 92 for s in SITES[:3])  # 4/5 of 115
             assert record["clipped"] == [] and record["excluded"] == []
+            # What crossed each way: weights, config and spec down, weights and counts up.
+            assert all(record["bytes_down"][s] > 400 for s in SITES[:3])
+            assert all(record["bytes_up"][s] > 400 for s in SITES[:3])
         assert result.lineage["sha256"] == rounds[-1]["sha256"]
         assert result.lineage["rounds"] == 2
         assert result.lineage["aggregated_on"][TIER] == "cloud"  # this process: on the head
@@ -375,6 +378,7 @@ class TestTheControllerRetrainsFederated:
             gates = rig.records(AuditAction.GATE)
             assert gates[-1].details["current_score"] is not None  # judged against v1
             assert gates[-1].details["federated"]["sites"]["hospital-a"]["current"] is not None
+            assert gates[-1].details["federated"]["bytes_down"]["hospital-a"] > 0
 
             runs = rig.records(AuditAction.TRAINING_RUN)
             started = [r for r in runs if r.details.get("event") == "started"]
