@@ -83,9 +83,15 @@ def explain(
     decisions = pipeline_decisions(policy, spec, known_nodes, store_labels=store_labels)
     for decision in decisions:
         verdict = "allowed" if decision.allowed else "REFUSED"
-        lines.append(f"{titles.get(decision.stage, decision.stage)}: {verdict}: {decision.reason}")
-        if decision.stage == "uplink" and store_labels is not None:
-            continue
+        # The stage's refusal is of one central job; the plan below may train federated.
+        after = (
+            " (as one central job: the training plan below decides)"
+            if (decision.stage == "training" and not decision.allowed)
+            else ""
+        )
+        lines.append(
+            f"{titles.get(decision.stage, decision.stage)}: {verdict}: {decision.reason}{after}"
+        )
     if spec.retrain is not None:
         lines.extend(_plan_lines(policy, spec, known_nodes, store_labels, compute_nodes))
     return lines
