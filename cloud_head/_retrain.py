@@ -376,7 +376,8 @@ class Retrainer:
             | {
                 "checkpoint": str(result.pt_path),
                 "reason": run.reason,
-                "ray": result.ray_info,
+                # A federated run's lineage has its own key, below, not a second copy here.
+                "ray": {k: v for k, v in result.ray_info.items() if k != "federated"},
                 "run": run.name,
                 "label_selector": dict(context.training_selector.root),
             }

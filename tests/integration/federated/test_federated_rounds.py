@@ -367,6 +367,7 @@ class TestTheControllerRetrainsFederated:
             first = controller.bootstrap()
             lineage = first.lineage["federated"]
             assert lineage["sites"] == list(SITES[:3]) and lineage["rounds"] == 1
+            assert first.lineage["ray"] == {}  # no second copy of the federated lineage
             assert lineage["sample_counts"] == {"1": {s: 92 for s in SITES[:3]}}
             assert sorted(first.gate["federated"]["sites"]) == list(SITES[:3])
             assert first.gate["holdout_size"] == 69 and first.gate["passed"]
