@@ -10,19 +10,23 @@ import pytest
 from pipelines.demo._hospitals import run_hospitals
 from pipelines.demo._options import DemoOptions
 from pipelines.hospitals.data import SITES
+from tests.integration.federated_site._plane import own_ray_connection
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.mark.timeout(1200)
-def test_no_restricted_sample_is_found_outside_its_site(tmp_path: Path) -> None:
+def test_no_restricted_sample_is_found_outside_its_site(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """Run the scenario (sites' brokers, ingests and Ray workers, federated first model and
     retraining), then search every store, broker persistence file and head file for each
     site's rows, and every Ray task and actor that read site data for its node."""
     options = DemoOptions.for_scenario(
         "hospitals", duration_s=70.0, drift_at_s=20.0, workdir=tmp_path / "demo", live=False
     )
-    report = run_hospitals(options)
+    with own_ray_connection(request):
+        report = run_hospitals(options)
     evidence = report["evidence"]
     # the loop did store samples, each at its own site...
     assert all(evidence["stored_at_site"][site] > 0 for site in SITES), evidence

@@ -28,6 +28,7 @@ from tests.integration.federated_site._plane import (
     Client,
     Plane,
     make_spec,
+    own_ray_connection,
     wait_for,
 )
 
@@ -35,9 +36,10 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def site_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def site_cluster(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[dict[str, Any]]:
     """A cloud head and one Ray node per hospital, each with its own site data folder."""
-    import ray
 
     roots = {site: tmp_path_factory.mktemp(site) for site in SITES}
     cluster = LocalRayCluster(
@@ -49,6 +51,13 @@ def site_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
         dashboard=True,  # the state API: which node each actor runs on
         env={"PYTHONPATH": _test_python_path()},
     )
+    with own_ray_connection(request):
+        yield from _connected(cluster, roots)
+
+
+def _connected(cluster: LocalRayCluster, roots: dict[str, Path]) -> Iterator[dict[str, Any]]:
+    import ray
+
     try:
         cluster.start()
         cluster.connect("continuum-tests", log_to_driver=False)
