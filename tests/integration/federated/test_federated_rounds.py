@@ -421,6 +421,8 @@ class TestASiteKilledMidRound:
             except BaseException as error:  # reported to the test thread
                 outcome["error"] = error
 
+        slow = sites["root"] / "hospital-c" / "slow"
+        slow.touch()  # the site's task runs long enough to be seen running, then killed
         thread = threading.Thread(target=train)
         thread.start()
         deadline = time.monotonic() + 120
@@ -437,6 +439,7 @@ class TestASiteKilledMidRound:
         else:
             pytest.fail("the site's task never ran")
         kill_sessions([victim.pid], timeout_s=10)
+        slow.unlink()
         thread.join(300)
         assert "error" not in outcome, outcome.get("error")
         (record,) = rounds_of(records)

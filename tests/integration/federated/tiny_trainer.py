@@ -5,13 +5,15 @@ It is an ordinary loop (``ray.train.get_dataset_shard``, ``ray.train.report`` wi
 checkpoint, ``base_model`` to fine-tune), the same whether it runs centrally or at a site.
 A node started with ``TINY_TRAINER_SCALE_UPDATE=<k>`` multiplies the update it reports by
 ``k``: a broken or poisoned site.  A file ``offline`` in the site's data folder makes the
-loop fail, as a site whose server is down would (tests remove it to bring the site back).
+loop fail, as a site whose server is down would (tests remove it to bring the site back); a
+file ``slow`` makes it take 60 s more, long enough to kill its node mid-round.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +59,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Fit the logistic model on the ``train`` shard (from ``base_model`` if given); report."""
     import ray.train
 
-    if (Path(os.environ.get("CONTINUUM_SITE_DATA", "/nonexistent")) / "offline").exists():
+    site = Path(os.environ.get("CONTINUUM_SITE_DATA", "/nonexistent"))
+    if (site / "offline").exists():
         raise RuntimeError("the site is offline (its offline flag is set)")
+    if (site / "slow").exists():
+        time.sleep(60)
     torch.manual_seed(int(config.get("seed") or 0))
     shard = ray.train.get_dataset_shard("train")
     tensors: list[Any] = []
