@@ -171,7 +171,9 @@ class Retrainer:
             run=name,
             requested_by=requested_by,
         )
-        index = self._log.start(record, labelled_samples=data.rows)
+        # A federated run trains on the samples at the sites; the trigger counts them there.
+        rows = data.rows if self.federated is None else self._site_rows()
+        index = self._log.start(record, labelled_samples=rows)
         return _Run(
             index=index,
             name=name,
@@ -265,6 +267,11 @@ class Retrainer:
         finally:
             self._log.place(run.index, placement)
             self._log.charge(run.index, time.monotonic() - timer, self._retrain.gpus)
+
+    def _site_rows(self) -> int:
+        """Return the labelled samples the sites hold now (those that answer)."""
+        assert self.federated is not None
+        return sum(self.federated.labelled_counts().values())
 
     def _train_federated(self, run: _Run, federated: FederatedTrainer) -> TrainingResult:
         """Run the federated rounds at the data's sites (the deployed plan); charge their time."""

@@ -3,7 +3,8 @@
 ``RetrainTrigger.take`` answers at each tick whether a run is due and why (the spec's
 retrain trigger, or an operator's request), and holds back the spec's trigger for
 ``quota_retry_s`` after a run was refused for the tenant's GPU-hours quota, so the refusal
-is not recorded every tick.
+is not recorded every tick.  A federated pipeline's samples stay at their sites, so its
+labelled samples are counted there (``site_counts``), at most every ``SITE_COUNT_EVERY_S``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from cloud_head.labelling import labelled
 if TYPE_CHECKING:
     from cloud_head._controller_context import ControllerContext
 
-__all__ = ["RetrainRequest", "RetrainTrigger"]
+__all__ = ["SITE_COUNT_EVERY_S", "RetrainRequest", "RetrainTrigger"]
+
+#: How often the sites are asked for their labelled-sample counts (a Ray task at each).
+SITE_COUNT_EVERY_S = 15.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,11 +36,23 @@ class RetrainRequest:
 class RetrainTrigger:
     """Decide when one pipeline retrains; thread-safe."""
 
-    def __init__(self, context: ControllerContext, eligible_nodes: Callable[[], list[str]]) -> None:
-        """Watch ``context``'s pipeline; ``eligible_nodes`` lists the nodes whose drift counts."""
+    def __init__(
+        self,
+        context: ControllerContext,
+        eligible_nodes: Callable[[], list[str]],
+        *,
+        site_counts: Callable[[], int] | None = None,
+    ) -> None:
+        """Watch ``context``'s pipeline; ``eligible_nodes`` lists the nodes whose drift counts.
+
+        ``site_counts``: the labelled samples held at the sites (a federated pipeline's);
+        None: count the central store.
+        """
         if context.spec.retrain is None:
             raise ValueError(f"pipeline {context.spec.name!r} declares no retrain stage")
         self._context = context
+        self._site_counts = site_counts
+        self._counted_at: float | None = None
         self._when = context.spec.retrain.trigger
         self._eligible_nodes = eligible_nodes
         self._lock = threading.Lock()
@@ -71,11 +87,19 @@ class RetrainTrigger:
         return RetrainRequest(reason=reason)
 
     def _labelled_count(self) -> int:
-        """Count the pipeline's labelled samples (reads the store; ``labelled`` caches it)."""
+        """Count the pipeline's labelled samples (reads the store, or asks the sites at most
+        every ``SITE_COUNT_EVERY_S``; ``labelled`` caches it)."""
         spec, stores = self._context.spec, self._context.stores
-        count = int(labelled(stores.store, stores.labels, spec.tenant, spec.name).num_rows)
-        self.labelled = count
-        return count
+        if self._site_counts is None:
+            self.labelled = int(
+                labelled(stores.store, stores.labels, spec.tenant, spec.name).num_rows
+            )
+            return self.labelled
+        now = self._context.clock()
+        if self._counted_at is None or now - self._counted_at >= SITE_COUNT_EVERY_S:
+            self.labelled = self._site_counts()
+            self._counted_at = now
+        return self.labelled
 
     def _due(self, trained_on: int, last_trained_at: float) -> str | None:
         """Return why the spec's trigger fires now, or None."""

@@ -162,8 +162,15 @@ class PipelineController:
             states=self.states,
         )
         self.trainings = TrainingLog(self.states, clock)
-        self.trigger = RetrainTrigger(self.context, self.rollout.eligible_nodes)
         self.retrainer = Retrainer(self.context, self.trainings, self.rollout)
+        federated = self.retrainer.federated
+        self.trigger = RetrainTrigger(
+            self.context,
+            self.rollout.eligible_nodes,
+            site_counts=None
+            if federated is None
+            else lambda: sum(federated.labelled_counts().values()),
+        )
         rerun = self.trainings.restore()
         if rerun is not None:  # a run the last controller did not finish: ask for it again
             self.trigger.request(rerun)

@@ -3,8 +3,9 @@
 ``train_at_site`` runs the pipeline's own Ray Train loop in Ray Train's local mode
 (``ScalingConfig(num_workers=0)``: the loop runs in this task's process, with the same
 ``ray.train`` API), on a Ray Dataset built here from the site's stores, so no sample leaves
-the node.  ``evaluate_at_site`` scores two ONNX models on the site's holdout.  Each hands back
-only what may cross the site's border: weights, counts and metrics.
+the node.  ``evaluate_at_site`` scores two ONNX models on the site's holdout, and
+``count_at_site`` counts its labelled samples (for the retrain trigger).  Each hands back only
+what may cross the site's border: weights, counts and metrics.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from cloud_head.federated.site_data import site_split, site_stores
 from continuum.errors import InputMismatchError
 from continuum.spec import PipelineSpec, resolve_ref
 
-__all__ = ["evaluate_at_site", "node_record", "train_at_site"]
+__all__ = ["count_at_site", "evaluate_at_site", "node_record", "train_at_site"]
 
 _PT = "model.pt"
 _ONNX = "model.onnx"
@@ -228,3 +229,15 @@ def evaluate_at_site(
             except InputMismatchError:  # e.g. a ranking metric on one class: not scorable here
                 reply[name] = None
     return reply
+
+
+def count_at_site(spec: PipelineSpec, site: str) -> dict[str, Any]:
+    """Count this site's labelled samples of ``spec`` (a count may cross; the rows do not)."""
+    from cloud_head.labelling import labelled
+
+    stores = site_stores(spec.tenant, spec.name)
+    try:
+        count = int(labelled(stores.samples, stores.labels, spec.tenant, spec.name).num_rows)
+    finally:
+        stores.close()
+    return {"site": site, "labelled": count, **node_record()}

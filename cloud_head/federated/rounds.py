@@ -124,6 +124,19 @@ class FederatedTrainer:
         """Return how many sites must answer a round."""
         return self.options.quorum_of(len(self.sites))
 
+    def labelled_counts(self) -> dict[str, int]:
+        """Return each answering site's count of labelled samples (a site that does not
+        answer within the round timeout is left out: its samples count when it is back).
+
+        The sample-count retrain trigger reads it: the central store holds none of a
+        federated pipeline's samples.
+        """
+        from cloud_head.federated._site_tasks import count_at_site
+
+        answers = _Answers()
+        self._ask("count", count_at_site, lambda site: (self.spec, site), {}, self.sites, answers)
+        return {site: int(reply["labelled"]) for site, reply in answers.replies.items()}
+
     # -- training ------------------------------------------------------------------------
 
     def train(

@@ -396,6 +396,55 @@ class TestTheControllerRetrainsFederated:
             rig.close()
 
 
+class TestTheSampleCountTrigger:
+    def test_counts_the_labelled_samples_held_at_the_sites(
+        self, sites: dict[str, Any], tmp_path: Path
+    ) -> None:
+        from cloud_head.store import SampleStore
+        from continuum.spec import DataClass
+        from continuum.wire.codec import SampleBatch, SampleRecord
+        from tests.rollout_kit import CloudRig
+
+        data = spec_of(SITES[:3], rounds=1).model_dump(mode="json")
+        data["name"] = "tumour-count"  # its own samples in the sites' shared stores
+        data["retrain"]["trigger"] = {"new_samples": 40}
+        spec = PipelineSpec.from_dict(data)
+        store = SampleStore(sites["root"] / "hospital-a" / "samples")
+        records = tuple(
+            SampleRecord(
+                seq=seq,
+                captured_at_ns=seq,
+                tensor=np.full(30, seq, dtype=np.float32),
+                label=seq % 2,  # labelled at the edge
+            )
+            for seq in range(45)
+        )
+        store.append(
+            "medica", SampleBatch(spec.name, "scanner-a", "v1", DataClass.RESTRICTED, records)
+        )
+        store.flush()
+        rig = CloudRig(tmp_path, "medica")
+        try:
+            controller = rig.controller(spec, training_plan=plan_of(spec).to_record())
+            assert controller.retrainer.federated is not None
+            assert controller.retrainer.federated.labelled_counts() == {
+                "hospital-a": 45,
+                "hospital-b": 0,
+                "hospital-c": 0,
+            }
+            # The central store holds none of them; the trigger counts them at their site.
+            assert rig.store.count("medica", spec.name) == 0
+            due = controller.trigger.take(trained_on=0, last_trained_at=0.0, quota_refused_at=None)
+            assert due is not None and due.reason.startswith("45 new labelled samples")
+            assert controller.status()["labelled_samples"] == 45
+            again = controller.trigger.take(
+                trained_on=45, last_trained_at=0.0, quota_refused_at=None
+            )
+            assert again is None  # a run that began with them has trained on them
+        finally:
+            rig.close()
+
+
 class TestASiteKilledMidRound:
     """Last in the module: the killed site's node stays down."""
 
