@@ -41,9 +41,6 @@ NODES = {
     "hosp-metz": "scan-metz-a",
     "hosp-trier": "scan-trier-a",
 }
-#: The demo asks for a retraining once the sites have stored this many new samples since
-#: the last one (the sites' ingests report counts; counts may cross).
-RETRAIN_EVERY = 40
 
 
 def site_labels(site: str) -> dict[str, str]:
@@ -107,7 +104,6 @@ class HospitalsRun:
     spec_path: Path = Path()
     status: dict[str, Any] = field(default_factory=dict)
     ingest_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
-    retrains_asked: list[dict[str, Any]] = field(default_factory=list)
     telemetry: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     node_ids: dict[str, str] = field(default_factory=dict)
 
@@ -249,32 +245,18 @@ class HospitalsRun:
     # -- the loop ----------------------------------------------------------------------
 
     def watch(self) -> None:
-        """Ask the controller (which ticks itself) for a retraining each ``RETRAIN_EVERY``
-        new site samples, and print progress until the stations' time is over."""
+        """Print progress until the stations' time is over. The controller retrains by
+        itself: its sample-count trigger counts the labelled samples held at the sites."""
         import ray
 
         controller = self.head.controllers[self.spec.name]
         end = self.timeline.stream_start + self.options.duration_s
-        asked_at = 0
         last_print = 0.0
         while time.time() < end:
             time.sleep(2.0)
             with contextlib.suppress(Exception):
                 self.status = ray.get(controller.status.remote(), timeout=10)
-            stored = self._site_samples()
-            if stored - asked_at >= RETRAIN_EVERY and not self._busy():
-                _, password = self.tenancy.operators[TENANT]  # an operator action: it proves so
-                ray.get(
-                    controller.request_retrain.remote(
-                        f"{stored - asked_at} new samples stored at the sites",
-                        password,
-                        "continuum-demo",
-                    ),
-                    timeout=10,
-                )
-                self.retrains_asked.append({"t": time.time(), "site_samples": stored})
-                self.timeline.event("retrain requested", site_samples=stored)
-                asked_at = stored
+            self._site_samples()
             if time.time() - last_print >= 10:
                 last_print = time.time()
                 self.console.print(

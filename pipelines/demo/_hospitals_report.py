@@ -264,7 +264,6 @@ def build_hospitals_report(run: HospitalsRun, *, interrupted: bool) -> dict[str,
         "federated_audit": records,
         "evidence": evidence | {"ray": placement},
         "site_ingest": run.ingest_stats,
-        "retrains_requested": run.retrains_asked,
         "controller": run.status,
         "timeline": {
             "stream_start": run.timeline.stream_start,
