@@ -195,6 +195,23 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRayCl
         cluster.stop()
 
 
+@contextlib.contextmanager
+def own_ray_connection(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Disconnect from the suite's session cluster while a test or a module connects to a
+    cluster of its own (a process holds one Ray connection), and connect back to it afterwards."""
+    import ray
+
+    session = request.getfixturevalue("ray_cluster") if ray.is_initialized() else None
+    if session is not None:
+        ray.shutdown()
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        if session is not None:
+            session.connect(RAY_TEST_NAMESPACE, log_to_driver=False)
+
+
 def _test_python_path() -> str:
     """Return a PYTHONPATH under which Ray workers import test modules as pytest did.
 

@@ -34,7 +34,7 @@ from continuum.errors import PlacementError
 from continuum.labels import SITE, TIER, LabelSelector
 from continuum.residency import ResidencyPolicy, TrainingPlan, training_plan
 from continuum.spec import PipelineSpec
-from tests.conftest import RAY_TEST_NAMESPACE, _test_python_path
+from tests.conftest import RAY_TEST_NAMESPACE, _test_python_path, own_ray_connection
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -76,8 +76,16 @@ def _site_data(root: Path) -> tuple[list[dict[str, str]], tuple[np.ndarray, np.n
 
 
 @pytest.fixture(scope="module")
-def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """A cluster of a cloud head and the four site nodes, this process connected to it."""
+def sites(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[dict[str, Any]]:
+    """A cluster of a cloud head and the four site nodes, this process connected to it (the
+    suite's session cluster stepped aside meanwhile)."""
+    with own_ray_connection(request):
+        yield from _site_cluster(tmp_path_factory)
+
+
+def _site_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     import ray
 
     root = tmp_path_factory.mktemp("sites")

@@ -4,7 +4,6 @@ MQTT client."""
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 import uuid
@@ -14,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as mqtt
-import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_head._site_plane import SiteBridge, SiteBroker, enrol_bridges, site_broker_files
@@ -25,7 +23,6 @@ from continuum.embedded import EmbeddedBroker
 from continuum.spec import DataClass, EdgeStageSpec, PipelineSpec, TensorSchema, UplinkSpec
 from continuum.wire import codec, identities
 from continuum.wire.mqtt import BrokerSettings
-from tests.conftest import RAY_TEST_NAMESPACE
 
 TENANT = "medica"
 PIPELINE = "screening"
@@ -185,20 +182,3 @@ def make_plane(tmp_path: Path) -> Iterator[Plane]:
         for broker in sites.values():
             broker.stop()
         central.stop()
-
-
-@contextlib.contextmanager
-def own_ray_connection(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Disconnect from the suite's session cluster while a test connects to its own (a
-    process holds one Ray connection), and connect back to it afterwards."""
-    import ray
-
-    session = request.getfixturevalue("ray_cluster") if ray.is_initialized() else None
-    if session is not None:
-        ray.shutdown()
-    try:
-        yield
-    finally:
-        ray.shutdown()
-        if session is not None:
-            session.connect(RAY_TEST_NAMESPACE, log_to_driver=False)

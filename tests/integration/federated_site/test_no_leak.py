@@ -10,7 +10,7 @@ import pytest
 from pipelines.demo._hospitals import run_hospitals
 from pipelines.demo._options import DemoOptions
 from pipelines.hospitals.data import SITES
-from tests.integration.federated_site._plane import own_ray_connection
+from tests.conftest import own_ray_connection
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -19,7 +19,7 @@ from continuum.labels import SITE, TIER
 from continuum.spec import DataClass
 from continuum.wire import codec, identities, topics
 from continuum.wire.messages import StoredReceipt
-from tests.conftest import _test_python_path
+from tests.conftest import _test_python_path, own_ray_connection
 from tests.integration.federated_site._plane import (
     CANARY,
     PIPELINE,
@@ -28,7 +28,6 @@ from tests.integration.federated_site._plane import (
     Client,
     Plane,
     make_spec,
-    own_ray_connection,
     wait_for,
 )
 
