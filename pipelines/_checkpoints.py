@@ -31,6 +31,7 @@ __all__ = [
     "positive_option",
     "rows_of",
     "save_checkpoint",
+    "shard_rows",
     "stacked",
 ]
 
@@ -113,6 +114,21 @@ def rows_of(tensors: Sequence[Any] | NDArray[Any]) -> list[NDArray[Any]]:
         np.frombuffer(t, dtype=np.float32) if isinstance(t, bytes | bytearray) else np.asarray(t)
         for t in tensors
     ]
+
+
+def shard_rows() -> tuple[list[Any], list[Any]]:
+    """Return the Ray Train run's ``train`` shard as its rows' tensors and labels (both empty
+    when the run has no dataset); ``rows_of`` and ``stacked`` make arrays of them."""
+    import ray.train
+
+    shard = ray.train.get_dataset_shard("train")
+    tensors: list[Any] = []
+    labels: list[Any] = []
+    if shard is not None:
+        for batch in shard.iter_batches(batch_size=4096, batch_format="numpy"):
+            tensors.extend(list(batch["tensor"]))
+            labels.extend(batch["label"].tolist())
+    return tensors, labels
 
 
 def stacked(rows: Sequence[NDArray[Any]], shape: tuple[int, ...]) -> NDArray[np.float32]:

@@ -26,6 +26,7 @@ from pipelines._checkpoints import (
     positive_option,
     rows_of,
     save_checkpoint,
+    shard_rows,
     stacked,
 )
 from pipelines.digits.augment import augment_batch, check_augment
@@ -247,13 +248,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     seed = int(config.get("seed", 0))
     base_model = config.get("base_model")
     recipe = recipe_for(config)
-    shard = ray.train.get_dataset_shard("train")
-    tensors: list[Any] = []
-    labels: list[Any] = []
-    if shard is not None:
-        for batch in shard.iter_batches(batch_size=1024, batch_format="numpy"):
-            tensors.extend(list(batch["tensor"]))
-            labels.extend(batch["label"].tolist())
+    tensors, labels = shard_rows()
     new_x, new_y = rows_to_arrays(tensors, labels)
     if config.get("replay", True):
         splits = load_splits(int(config.get("split_seed", 0)))

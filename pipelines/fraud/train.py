@@ -39,7 +39,14 @@ from torch import nn
 
 from continuum import metrics
 from continuum.errors import ConfigError, InputMismatchError
-from pipelines._checkpoints import load_state, positive_option, rows_of, save_checkpoint, stacked
+from pipelines._checkpoints import (
+    load_state,
+    positive_option,
+    rows_of,
+    save_checkpoint,
+    shard_rows,
+    stacked,
+)
 from pipelines.fraud.data import load_splits
 from pipelines.fraud.features import N_FEATURES, SHAPE
 from pipelines.fraud.model import FraudMLP, export_onnx
@@ -287,13 +294,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         raise ConfigError(f"the fraud trainer takes feature rows shaped {SHAPE}, got {shape}")
     recipe = recipe_for(config)
     base_model = config.get("base_model")
-    shard = ray.train.get_dataset_shard("train")
-    tensors: list[Any] = []
-    labels: list[Any] = []
-    if shard is not None:
-        for batch in shard.iter_batches(batch_size=4096, batch_format="numpy"):
-            tensors.extend(list(batch["tensor"]))
-            labels.extend(batch["label"].tolist())
+    tensors, labels = shard_rows()
     new_x, new_y = rows_to_arrays(tensors, labels)
     splits = load_splits(int(config.get("split_seed", 0)))
     if config.get("replay", True):

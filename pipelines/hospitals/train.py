@@ -28,7 +28,14 @@ from torch import nn
 
 from continuum import metrics
 from continuum.errors import ConfigError, InputMismatchError
-from pipelines._checkpoints import load_state, positive_option, rows_of, save_checkpoint, stacked
+from pipelines._checkpoints import (
+    load_state,
+    positive_option,
+    rows_of,
+    save_checkpoint,
+    shard_rows,
+    stacked,
+)
 from pipelines.hospitals.data import N_FEATURES, SHAPE
 from pipelines.hospitals.model import ScreeningMLP, export_onnx
 
@@ -215,13 +222,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         raise ConfigError(f"the screening trainer takes rows shaped {SHAPE}, got {shape}")
     recipe = recipe_for(config)
     base_model = config.get("base_model")
-    shard = ray.train.get_dataset_shard("train")
-    tensors: list[Any] = []
-    labels: list[Any] = []
-    if shard is not None:
-        for batch in shard.iter_batches(batch_size=4096, batch_format="numpy"):
-            tensors.extend(list(batch["tensor"]))
-            labels.extend(batch["label"].tolist())
+    tensors, labels = shard_rows()
     x, y = rows_to_arrays(tensors, labels)
     model = fit(
         x,

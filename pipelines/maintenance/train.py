@@ -27,7 +27,7 @@ import torch
 from numpy.typing import NDArray
 
 from continuum.errors import ConfigError
-from pipelines._checkpoints import load_state, rows_of, save_checkpoint, stacked
+from pipelines._checkpoints import load_state, rows_of, save_checkpoint, shard_rows, stacked
 from pipelines.maintenance.data import INPUT_SHAPE, load_splits
 from pipelines.maintenance.model import SpectralAutoencoder, export_onnx
 
@@ -233,13 +233,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         )
     recipe = recipe_for(config)
     base_model = config.get("base_model")
-    shard = ray.train.get_dataset_shard("train")
-    tensors: list[Any] = []
-    labels: list[Any] = []
-    if shard is not None:
-        for batch in shard.iter_batches(batch_size=1024, batch_format="numpy"):
-            tensors.extend(list(batch["tensor"]))
-            labels.extend(batch["label"].tolist())
+    tensors, labels = shard_rows()
     new_x, new_y = rows_to_arrays(tensors, labels)
     if config.get("replay", True):
         train = load_splits(int(config.get("split_seed", 0))).train
