@@ -18,7 +18,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from continuum.errors import ConfigError
+from continuum.errors import ConfigError, InputMismatchError
 
 __all__ = [
     "ONNX_NAME",
@@ -26,6 +26,7 @@ __all__ = [
     "PROGRESS_NAME",
     "PT_NAME",
     "EpochProgress",
+    "binary_labels",
     "export_graph",
     "load_state",
     "positive_option",
@@ -62,6 +63,19 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a state dict written by ``save_checkpoint``."""
     state: dict[str, torch.Tensor] = torch.load(Path(path), map_location="cpu", weights_only=True)
     return state
+
+
+def binary_labels(y: Any, what: str, model: str, meaning: tuple[str, str]) -> NDArray[np.int64]:
+    """Return ``y`` as int64 0/1 labels of a binary ``model``; refuse any other value, naming
+    what 0 and 1 mean (``meaning``) and where the labels came from (``what``)."""
+    labels = np.asarray(y).reshape(-1)
+    if labels.size and not np.isin(labels, (0, 1)).all():
+        raise InputMismatchError(
+            f"{what}: the {model} model learns labels 0 ({meaning[0]}) and 1 ({meaning[1]})",
+            expected="labels in {0, 1}",
+            got=str(np.unique(labels)[:5].tolist()),
+        )
+    return labels.astype(np.int64)
 
 
 def positive_option(config: Mapping[str, Any], key: str, kind: type[int] | type[float]) -> Any:

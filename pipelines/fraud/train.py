@@ -40,6 +40,7 @@ from torch import nn
 from continuum import metrics
 from continuum.errors import ConfigError, InputMismatchError
 from pipelines._checkpoints import (
+    binary_labels,
     load_state,
     positive_option,
     rows_of,
@@ -97,15 +98,8 @@ def _pos_weight(recipe: Recipe, y: NDArray[np.int64]) -> float:
     return {"sqrt": float(np.sqrt(ratio)), "balanced": float(ratio), "none": 1.0}[recipe.weighting]
 
 
-def _checked_labels(y: NDArray[Any], what: str) -> NDArray[np.int64]:
-    labels = np.asarray(y).reshape(-1)
-    if labels.size and not np.isin(labels, (0, 1)).all():
-        raise InputMismatchError(
-            f"{what}: the fraud model learns labels 0 (legitimate) and 1 (fraud)",
-            expected="labels in {0, 1}",
-            got=str(np.unique(labels)[:5].tolist()),
-        )
-    return labels.astype(np.int64)
+def _checked_labels(y: Any, what: str) -> NDArray[np.int64]:
+    return binary_labels(y, what, "fraud", ("legitimate", "fraud"))
 
 
 def fit(

@@ -29,6 +29,7 @@ from torch import nn
 from continuum import metrics
 from continuum.errors import ConfigError, InputMismatchError
 from pipelines._checkpoints import (
+    binary_labels,
     load_state,
     positive_option,
     rows_of,
@@ -56,14 +57,7 @@ FINE_TUNE = Recipe(epochs=20, lr=1e-2)
 
 
 def _checked_labels(y: Any, what: str) -> NDArray[np.int64]:
-    labels = np.asarray(y).reshape(-1)
-    if labels.size and not np.isin(labels, (0, 1)).all():
-        raise InputMismatchError(
-            f"{what}: the screening model learns labels 0 (benign) and 1 (malignant)",
-            expected="labels in {0, 1}",
-            got=str(np.unique(labels)[:5].tolist()),
-        )
-    return labels.astype(np.int64)
+    return binary_labels(y, what, "screening", ("benign", "malignant"))
 
 
 def fit(
