@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import random
 import signal
 import socket
 import time
@@ -13,6 +14,10 @@ from pathlib import Path
 
 _LOG_TAIL_LINES = 20
 _PICK_ATTEMPTS = 100
+_LISTEN_PORT_FLOOR = 20000
+_MIN_LISTEN_PORTS = 2000
+# Own generator: seeding the global one (tests, simulators) must not make processes agree.
+_random = random.SystemRandom()
 # Ports this process handed out recently; a bounded memory so long test sessions don't grow it.
 _handed_out: collections.deque[int] = collections.deque(maxlen=4096)
 
@@ -20,20 +25,48 @@ _handed_out: collections.deque[int] = collections.deque(maxlen=4096)
 def free_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port on ``host`` that nothing listens on and this process has not handed out.
 
-    The kernel may hand the same ephemeral port to two ``bind(0)`` calls in a row once the
-    first socket is closed, so a process that picks several ports before anything binds
-    them (a Ray node needs seven) could get one twice; Ray then refuses to start ("port
-    ... is used by other components").  Remembering the ports already handed out rules
-    that out within the process.
+    Ports come from below the kernel's ephemeral range (``_listen_port_range``), never from
+    ``bind(0)``: a port picked now is bound later, by another process (a broker, an agent's
+    metrics server, one of a Ray node's seven), and in between the kernel may give an
+    ephemeral port to any outgoing connection.  Measured in a demo run: a client's
+    connection to mosquitto took the port picked for an agent's metrics server and held it
+    for the whole run, and the agent could not start.  Remembering the ports already handed
+    out keeps one process from picking a port twice before anything binds it.
     """
+    low, high = _listen_port_range()
     for _ in range(_PICK_ATTEMPTS):
+        port = _random.randint(low, high)
+        if port in _handed_out:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((host, 0))
-            port: int = sock.getsockname()[1]
-        if port not in _handed_out:
-            _handed_out.append(port)
-            return port
-    raise OSError(f"no free TCP port on {host} in {_PICK_ATTEMPTS} tries")
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.append(port)
+        return port
+    raise OSError(f"no free TCP port on {host} in {low}-{high} after {_PICK_ATTEMPTS} tries")
+
+
+def _listen_port_range() -> tuple[int, int]:
+    """Return the ports to pick listening ports from: below the kernel's ephemeral range.
+
+    Linux hands outgoing connections ports from ``net.ipv4.ip_local_port_range`` (32768-60999
+    by default); Ray's workers pick theirs there too (``--min-worker-port=0``) and its
+    default worker range is 10002-19999, so listening ports come from 20000 up to the
+    ephemeral range's start.  Where the ephemeral range leaves too little room below it,
+    the ports above it are used instead.
+    """
+    try:
+        fields = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        ephemeral_low, ephemeral_high = int(fields[0]), int(fields[1])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low, ephemeral_high = 32768, 60999
+    if ephemeral_low - _LISTEN_PORT_FLOOR >= _MIN_LISTEN_PORTS:
+        return _LISTEN_PORT_FLOOR, ephemeral_low - 1
+    if 65535 - ephemeral_high >= _MIN_LISTEN_PORTS:
+        return ephemeral_high + 1, 65535
+    return _LISTEN_PORT_FLOOR, 65535
 
 
 def port_accepts(host: str, port: int, timeout_s: float = 0.2) -> bool:

@@ -8,7 +8,6 @@ since this machine has no thermal zone and no GPU.
 from __future__ import annotations
 
 import importlib.util
-import socket
 import urllib.request
 from importlib import metadata
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, generate_latest
 
 from continuum.embedded import EmbeddedBroker
+from continuum.embedded._process import free_port
 from edge_agent._health import HealthCollector, build_versions
 from tests.edge_agent_kit import AgentRig, pattern_source, wait_for
 from tests.tools import assert_promtool_accepts_metrics
@@ -27,18 +27,12 @@ def _render(collector: HealthCollector) -> str:
     return generate_latest(registry).decode()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 class TestARunningAgentsMetrics:
     def test_process_host_and_build_series_are_served_and_pass_promtool(
         self, tmp_path: Path, mqtt_broker: EmbeddedBroker
     ) -> None:
         rig = AgentRig(tmp_path, host=mqtt_broker.host, port=mqtt_broker.port, node="health-1")
-        port = _free_port()
+        port = free_port()
         agent = rig.agent(
             source=pattern_source([0.0], fps=50.0),
             metrics_port=port,
