@@ -23,6 +23,8 @@ import pyarrow.compute as pc
 
 from cloud_head.store import SampleStore, to_numpy
 from continuum._fs import private_dir, private_file
+from continuum.errors import ConfigError
+from continuum.task import Anomaly, Binary, Regression, Task
 from continuum.wire import topics
 from continuum.wire.codec import FeedbackBatch, sample_id
 
@@ -32,6 +34,7 @@ __all__ = [
     "LabelStore",
     "Proposal",
     "ReviewItem",
+    "fit_label",
     "labelled",
     "review_queue",
     "to_xy",
@@ -330,7 +333,13 @@ def to_xy(
 
 @dataclass(frozen=True, slots=True)
 class ReviewItem:
-    """One stored sample that has no trusted label yet, as the review queue shows it."""
+    """One stored sample that has no trusted label yet, as the review queue shows it.
+
+    ``confidence`` is what the edge recorded beside its prediction, the task's score: the
+    top probability of a classifier, P(positive) of a binary scorer, an anomaly score.
+    ``doubt`` is how sure the best guess is in the task's terms (lower is reviewed first):
+    see ``review_queue``.
+    """
 
     sample_id: str
     node: str
@@ -339,11 +348,7 @@ class ReviewItem:
     prediction: int
     confidence: float
     proposal: Proposal | None
-
-    @property
-    def doubt(self) -> float:
-        """How sure the best guess is (lower is reviewed first): the teacher's, else the edge's."""
-        return self.proposal.confidence if self.proposal is not None else self.confidence
+    doubt: float
 
 
 def review_queue(
@@ -353,6 +358,7 @@ def review_queue(
     pipeline: str,
     *,
     limit: int | None = 50,
+    task: Task | None = None,
 ) -> list[ReviewItem]:
     """Return the stored samples a human should label, least certain first.
 
@@ -360,6 +366,13 @@ def review_queue(
     none from the edge. A teacher label counts as recorded: only the teacher's proposals
     below its acceptance confidence stay pending, and those come first, as they are where
     a human's answer teaches the model most.
+
+    What "least certain" means is the pipeline's ``task``'s: a binary or anomaly score is
+    decided at its threshold, so the scores closest to it come first (a fraud score of 0.49
+    or 0.51 at threshold 0.5, not the 0.01 a top-probability order would put first); a
+    classifier's top probability (the teacher's, else the edge's) is the lowest first; a
+    regression records no spread with its samples, so they come oldest first. Without a
+    task (one not known yet) the queue orders as a classifier's.
     """
     columns = ["sample_id", "node", "captured_at_ns", "model_version", "prediction"]
     table = samples.read(tenant, pipeline, columns=[*columns, "confidence", "label"])
@@ -369,7 +382,9 @@ def review_queue(
     for row in table.filter(pc.is_null(table.column("label"))).to_pylist():
         if row["sample_id"] in known:
             continue
-        confidence = float(row["confidence"])
+        recorded = float(row["confidence"])
+        confidence = recorded if np.isfinite(recorded) else 0.0
+        proposal = proposals.get(row["sample_id"])
         items.append(
             ReviewItem(
                 sample_id=row["sample_id"],
@@ -377,9 +392,63 @@ def review_queue(
                 captured_at_ns=int(row["captured_at_ns"]),
                 model_version=row["model_version"],
                 prediction=int(row["prediction"]),
-                confidence=confidence if np.isfinite(confidence) else 0.0,
-                proposal=proposals.get(row["sample_id"]),
+                confidence=confidence,
+                proposal=proposal,
+                doubt=_doubt(task, recorded, proposal),
             )
         )
     items.sort(key=lambda item: (item.doubt, item.captured_at_ns, item.sample_id))
     return items if limit is None else items[:limit]
+
+
+def _doubt(task: Task | None, score: float, proposal: Proposal | None) -> float:
+    """How sure the best guess of one sample is under ``task`` (lower: reviewed sooner).
+
+    An unknown score (NaN) is the least sure of all.
+    """
+    if isinstance(task, Binary | Anomaly):
+        return abs(score - task.threshold) if math.isfinite(score) else 0.0
+    if isinstance(task, Regression):
+        return 0.0
+    if proposal is not None:
+        return proposal.confidence
+    return score if math.isfinite(score) else 0.0
+
+
+def fit_label(task: Task | None, label: int | float, *, classes: int | None = None) -> int | float:
+    """Return ``label`` as a pipeline of ``task`` keeps it, or refuse one it cannot learn from.
+
+    A binary or anomaly label is 0 or 1 (1: the positive, e.g. fraud; 1.0 is taken as 1), a
+    class a whole number from 0 (below ``classes``, the current model's output width, when
+    known), a regression's label any finite value. Without a task only ``classes`` bounds a
+    class. Training would leave such a label out silently (``_training_data``); a reviewer
+    typing it is told here instead.
+
+    Raises:
+        ConfigError: the label does not fit; the message names the values that do.
+    """
+    value = _label_value(label)
+    if isinstance(task, Binary | Anomaly):
+        if value not in (0, 1):
+            binary = isinstance(task, Binary)
+            positive, negative = ("fraud", "legitimate") if binary else ("anomalous", "normal")
+            raise ConfigError(
+                f"label {label!r} does not fit the pipeline's task {task.describe()}: its "
+                f"labels are 0 or 1 only (fix: give 1 for a positive sample, e.g. {positive}, "
+                f"or 0 for a negative one, e.g. {negative})"
+            )
+        return int(value)
+    if isinstance(task, Regression):
+        return float(value)
+    whole = not isinstance(value, float) or value.is_integer()
+    if task is not None and (not whole or value < 0):
+        raise ConfigError(
+            f"label {label!r} does not fit the pipeline's task {task.describe()}: its labels "
+            "are class indexes, whole numbers from 0 (fix: give the class index, e.g. 3)"
+        )
+    if classes is not None and not 0 <= value < classes:
+        raise ConfigError(
+            f"label {label!r} is not a class of the pipeline: its model has {classes} classes "
+            f"(fix: give a class index from 0 to {classes - 1})"
+        )
+    return int(value) if task is not None else value

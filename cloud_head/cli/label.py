@@ -1,15 +1,21 @@
 """``continuum label list|show|accept|fix``: the human review queue of uplinked samples.
 
 Samples that came up from the edge with no label, and that neither edge feedback nor a
-confident teacher answer labelled, wait here, least certain first. A reviewer accepts the
-teacher's (or the edge model's) guess or fixes it; the answer is recorded as a ``human``
-label, the most trusted source, which the next retraining uses.
+confident teacher answer labelled, wait here, least certain first: for a binary or anomaly
+pipeline (a fraud scorer) the scores closest to the task's threshold, for a classifier the
+lowest top probability. A reviewer accepts the teacher's (or the edge model's) guess or fixes
+it; the answer is recorded as a ``human`` label, the most trusted source (it replaces a
+chargeback's), which the next retraining uses. A label that does not fit the task (anything
+but 0 or 1 for a binary one) is refused, naming the ones that do. The task is the one the
+pipeline's registered model versions recorded; before the first, the queue orders as a
+classifier's.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -24,10 +30,12 @@ from cloud_head.cli._common import (
     state_dir,
     wants_json,
 )
-from continuum.errors import ConfigError, NotFoundError
+from continuum.errors import NotFoundError
 
 if TYPE_CHECKING:
     from cloud_head.labelling import ReviewItem
+    from cloud_head.registry import ModelVersion
+    from continuum.task import Task
 
 _SHADES = " .:-=+*#%@"
 
@@ -45,10 +53,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     listing = actions.add_parser(
         "list",
         help="list pending samples, least certain first",
-        description="List the samples that await review, least certain first. --json prints "
-        'one document: {"tenant", "pipeline", "samples": [{"sample_id", "node", '
-        '"captured_at_ns", "model_version", "prediction", "confidence", "proposal": '
-        '{"label", "confidence", "model"} or null}]}.',
+        description="List the samples that await review, least certain first in the terms "
+        "of the pipeline's task (as its model versions recorded it): a binary or anomaly "
+        "score closest to the threshold, a classifier's lowest top probability. --json prints "
+        'one document: {"tenant", "pipeline", "task" (e.g. "binary(threshold=0.5)", or '
+        'null), "samples": [{"sample_id", "node", "captured_at_ns", "model_version", '
+        '"prediction", "confidence" (the edge\'s score), "doubt" (the order\'s key, lowest '
+        'first), "proposal": {"label", "confidence", "model"} or null}]}.',
     )
     _common(listing)
     listing.add_argument(
@@ -72,7 +83,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     fix.add_argument(
         "label",
         type=_label,
-        help="the correct class index (0, 1, ...), or a regression's value (e.g. 412.5)",
+        help="the correct label, as the pipeline's task takes it: 0 or 1 for a binary or "
+        "anomaly task (1: the positive, e.g. fraud), a class index (0, 1, ...), or a "
+        "regression's value (e.g. 412.5)",
     )
     fix.set_defaults(run=run_fix)
 
@@ -139,18 +152,21 @@ def run_list(args: argparse.Namespace) -> int:
     from cloud_head.labelling import review_queue
 
     with _Stores(args) as stores:
+        task = _task(_versions(args))
         items = review_queue(
             stores.samples,
             stores.labels,
             args.tenant,
             args.pipeline,
             limit=args.limit or None,
+            task=task,
         )
     if wants_json(args):
         print_json(
             {
                 "tenant": args.tenant,
                 "pipeline": args.pipeline,
+                "task": None if task is None else task.describe(),
                 "samples": [_item_document(item) for item in items],
             }
         )
@@ -158,7 +174,11 @@ def run_list(args: argparse.Namespace) -> int:
     if not items:
         print(f"no samples of pipeline {args.pipeline!r} (tenant {args.tenant!r}) await review")
         return 0
-    print(f"{'sample id':28} {'node':14} {'captured':20} {'edge':>10} {'proposal':>16}")
+    # What the order means rides on the header line: a script skips that one line.
+    print(
+        f"{'sample id':28} {'node':14} {'captured':20} {'edge':>10} {'proposal':>16}  "
+        f"[{_order(task)}]"
+    )
     for item in items:
         captured = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(item.captured_at_ns / 1e9))
         proposal = (
@@ -181,6 +201,7 @@ def _item_document(item: ReviewItem) -> dict[str, Any]:
         "model_version": item.model_version,
         "prediction": item.prediction,
         "confidence": item.confidence,
+        "doubt": item.doubt,
         "proposal": None
         if proposal is None
         else {"label": proposal.label, "confidence": proposal.confidence, "model": proposal.model},
@@ -267,32 +288,100 @@ def run_accept(args: argparse.Namespace) -> int:
 
 @operator_command
 def run_fix(args: argparse.Namespace) -> int:
-    """Record the reviewer's label for one stored sample."""
+    """Record the reviewer's label for one stored sample, if it fits the pipeline's task."""
+    from cloud_head.labelling import fit_label
+
     with _Stores(args) as stores:
         if args.sample_id not in _stored_ids(stores, args):
             raise NotFoundError(
                 f"no stored sample {args.sample_id!r} in pipeline {args.pipeline!r} of tenant "
                 f"{args.tenant!r}; `continuum label list` prints the pending ids"
             )
-        classes = _classes(args)
-        if classes is not None and args.label >= classes:
-            raise ConfigError(
-                f"label {args.label} is not a class of pipeline {args.pipeline!r}: its model "
-                f"has {classes} classes, 0 to {classes - 1}"
-            )
-        stores.labels.put(args.tenant, args.pipeline, args.sample_id, args.label, source="human")
-    print(f"{args.sample_id}: labelled {args.label} (human)")
+        versions = _versions(args)
+        task = _task(versions)
+        # A classifier's classes are its model's output width; a binary or regression model
+        # has one output whatever its labels, so only a class is bounded by it.
+        current = versions[0] if versions else None
+        classes = (
+            current.classes()
+            if current is not None and (task is None or task.kind == "classification")
+            else None
+        )
+        label = fit_label(task, args.label, classes=classes)
+        stores.labels.put(args.tenant, args.pipeline, args.sample_id, label, source="human")
+    print(f"{args.sample_id}: labelled {label} (human)")
     return 0
 
 
-def _classes(args: argparse.Namespace) -> int | None:
-    """Return the number of classes the pipeline's current model outputs, when known."""
+def _versions(args: argparse.Namespace) -> list[ModelVersion]:
+    """Return the pipeline's registered versions, the current one first, then newest first.
+
+    Empty where the head has no registry yet (nothing was trained).
+    """
     paths = head_paths(args)
     if paths.registry_url is None and not paths.registry.exists():
-        return None
+        return []
     registry = paths.open_registry()
     try:
         current = registry.current(args.tenant, args.pipeline)
+        listed = registry.list(args.tenant, args.pipeline)
     finally:
         registry.close()
-    return None if current is None else current.classes()
+    newest = sorted(listed, key=lambda version: version.number, reverse=True)
+    return ([] if current is None else [current]) + [
+        version for version in newest if current is None or version.version != current.version
+    ]
+
+
+def _task(versions: list[ModelVersion]) -> Task | None:
+    """Return the pipeline's task as its model versions recorded it, None when none did.
+
+    The cloud head keeps no copy of the pipeline's spec that a command could read, but every
+    version the controller registers records the task its gate scored (``gate["task"]``, the
+    declaration, e.g. ``binary(threshold=0.5)``); the current version's counts first.
+    """
+    for version in versions:
+        described = version.gate.get("task")
+        if isinstance(described, str):
+            return _declared_task(described)
+    return None
+
+
+_DECLARATION = re.compile(r"(classification|binary|regression|anomaly)\((.*)\)")
+
+
+def _declared_task(text: str) -> Task | None:
+    """Return the task ``Task.describe()`` wrote as ``text``, None for one it cannot read."""
+    from continuum import task
+
+    matched = _DECLARATION.fullmatch(text.strip())
+    if matched is None:
+        return None
+    kind, arguments = matched.groups()
+    pairs = (part.partition("=") for part in arguments.split(","))
+    options = {key.strip(): value.strip() for key, _, value in pairs if key.strip()}
+    try:
+        if kind == "classification":
+            return task.classification()
+        if kind == "regression":
+            return task.regression(uncertainty=options.get("uncertainty") == "True")
+        threshold = float(options["threshold"])
+    except (KeyError, ValueError):
+        return None
+    try:
+        return task.binary(threshold) if kind == "binary" else task.anomaly(threshold)
+    except ValueError:  # SpecError: a threshold the task refuses
+        return None
+
+
+def _order(task: Task | None) -> str:
+    """Say what "least certain first" means for the pipeline's task, beside the header."""
+    from continuum.task import Anomaly, Binary
+
+    if task is None:
+        return "lowest confidence first (task not known yet: no model registered)"
+    if isinstance(task, Binary | Anomaly):
+        return f"{task.describe()}: scores closest to {task.threshold:g} first"
+    if task.kind == "regression":
+        return f"{task.describe()}: oldest first (no spread is recorded)"
+    return f"{task.describe()}: lowest top probability first"
