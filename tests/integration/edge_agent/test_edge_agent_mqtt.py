@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ import pytest
 
 from cloud_head.desired_state import DesiredStateBook, signed_desired_state
 from continuum.embedded import EmbeddedBroker
+from continuum.embedded._process import free_port
 from continuum.errors import ConfigError
 from continuum.signing import generate_keypair
 from continuum.wire import topics
@@ -600,8 +600,6 @@ class TestCommandLine:
     ) -> None:
         # The broker binds the client id to the node's identity: a second agent, or a check
         # logging in as the node, would take the running agent's session over.
-        from continuum.embedded._process import free_port
-
         port = free_port()
         agent = rig.agent(pattern=[0.0], metrics_port=port, metrics_host="127.0.0.1")
         metrics = f"http://127.0.0.1:{port}/metrics"
@@ -681,9 +679,7 @@ class TestPipelinesAreIndependent:
 
 class TestMetricsEndpoint:
     def test_the_agent_serves_its_metrics_over_http(self, rig: Rig) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
         agent = rig.agent(pattern=[0.0], metrics_port=port, metrics_host="127.0.0.1")
         rig.roll_out("v1", 1)
         wait_for(lambda: rig.sample_versions())
