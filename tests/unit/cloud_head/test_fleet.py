@@ -13,41 +13,11 @@ from continuum.errors import ConfigError, NotFoundError
 from continuum.labels import LabelSelector
 from continuum.wire import topics
 from continuum.wire.messages import NodeStatus, ReportedModel, ReportedState, Telemetry
+from tests.fleet_kit import Clock
+from tests.fleet_kit import node_status as status
 
 TENANT = "acme"
 SHA = "ab" * 32
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def status(
-    node: str,
-    *,
-    online: bool = True,
-    site: str = "lux-1",
-    tenant: str = TENANT,
-    heartbeat_s: float | None = None,
-    ts: float = 900.0,
-) -> bytes:
-    return NodeStatus(
-        node=node,
-        tenant=tenant,
-        online=online,
-        labels={"continuum.io/tier": "edge", "continuum.io/site": site},
-        backends=["onnxruntime"],
-        gpu=None,
-        tensorrt_version=None,
-        agent_version="0.1.0",
-        pipelines=["digits"],
-        heartbeat_s=heartbeat_s,
-        ts=ts,
-    ).to_payload()
 
 
 def reported(node: str, version: str = "v1", state: str = "serving") -> bytes:

@@ -11,35 +11,11 @@ import pytest
 
 from cloud_head.fleet import FleetRegistry
 from continuum.wire import topics
-from continuum.wire.messages import NodeStatus
+from tests.fleet_kit import Clock, node_status
 
 TENANT = "acme"
 PERIOD = 10.0
 NODES = ("cam-1", "cam-2", "cam-3", "cam-4")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def status(node: str, ts: float, *, online: bool = True) -> bytes:
-    return NodeStatus(
-        node=node,
-        tenant=TENANT,
-        online=online,
-        labels={"continuum.io/tier": "edge"},
-        backends=["onnxruntime"],
-        gpu=None,
-        tensorrt_version=None,
-        agent_version="0.1.0",
-        pipelines=["digits"],
-        heartbeat_s=PERIOD,
-        ts=ts,
-    ).to_payload()
 
 
 @pytest.fixture
@@ -56,7 +32,12 @@ def fleet(tmp_path: Path, clock: Clock) -> Iterator[FleetRegistry]:
 def beat(fleet: FleetRegistry, clock: Clock, at: float, node: str, sent: float) -> None:
     """The registry handles, at ``at``, the heartbeat ``node`` sent at ``sent``."""
     clock.now = at
-    assert fleet.handle(topics.node_status(TENANT, node), status(node, sent)).kind == "status"
+    assert (
+        fleet.handle(
+            topics.node_status(TENANT, node), node_status(node, ts=sent, heartbeat_s=PERIOD)
+        ).kind
+        == "status"
+    )
 
 
 def start(fleet: FleetRegistry, clock: Clock, nodes: tuple[str, ...] = NODES) -> None:
@@ -114,7 +95,10 @@ class TestABacklogWithholdsSilenceVerdicts:
         assert fleet.tick() == []
         assert fleet.stats()["behind"]
         clock.now = 1_031.5
-        fleet.handle(topics.node_status(TENANT, "cam-4"), status("cam-4", 1_010.0, online=False))
+        fleet.handle(
+            topics.node_status(TENANT, "cam-4"),
+            node_status("cam-4", ts=1_010.0, online=False, heartbeat_s=PERIOD),
+        )
         fleet.tick()
         assert online(fleet) == {"cam-1": True, "cam-2": True, "cam-3": True, "cam-4": False}
 

@@ -24,6 +24,7 @@ from continuum.residency import ResidencyPolicy, hash_field
 from continuum.spec import DataClass, EdgeStageSpec, PipelineSpec, TensorSchema, UplinkSpec
 from continuum.wire import codec, topics
 from continuum.wire.messages import SCHEMA_VERSION, NodeStatus
+from tests.fleet_kit import Clock
 
 TENANT = "bank"
 SALT = b"s" * 32
@@ -398,16 +399,6 @@ class TestBatchesThePolicyRefuses:
                 tmp_path / "seen.db",
                 policy=POLICY,
             )
-
-
-class Clock:
-    """A monotonic clock the test moves."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
