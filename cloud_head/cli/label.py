@@ -96,25 +96,25 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _label(text: str) -> int | float:
-    """A class index (a whole number >= 0, as an int) or, written with a decimal point or
-    an exponent, a regression's value (a finite float)."""
+    """A class index or 0/1 (a whole number >= 0, as an int) or, written with a decimal point
+    or an exponent, a regression's value (a finite float); ``run_fix`` checks it against the
+    pipeline's task."""
+    expected = (
+        "expected a label: 0 or 1 for a binary or anomaly task (1: the positive, e.g. fraud), "
+        "a class index (0 or more), or a regression's value with a decimal point (e.g. 412.5 "
+        f"or -1.0); got {text!r}"
+    )
     if not any(mark in text for mark in ".eE"):
         try:
             return _count(text)
         except argparse.ArgumentTypeError:
-            raise argparse.ArgumentTypeError(
-                f"expected a class index (0 or more), or a value with a decimal point "
-                f"(e.g. {text}.0 for a regression), got {text!r}"
-            ) from None
+            raise argparse.ArgumentTypeError(expected) from None
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a class index or a number, got {text!r}"
-        ) from None
+        raise argparse.ArgumentTypeError(expected) from None
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    # Which one fits is the pipeline's task: training leaves out labels that do not.
     return value
 
 
@@ -175,8 +175,9 @@ def run_list(args: argparse.Namespace) -> int:
         print(f"no samples of pipeline {args.pipeline!r} (tenant {args.tenant!r}) await review")
         return 0
     # What the order means rides on the header line: a script skips that one line.
+    width = max(28, *(len(item.sample_id) for item in items))
     print(
-        f"{'sample id':28} {'node':14} {'captured':20} {'edge':>10} {'proposal':>16}  "
+        f"{'sample id':{width}} {'node':14} {'captured':20} {'edge':>10} {'proposal':>16}  "
         f"[{_order(task)}]"
     )
     for item in items:
@@ -185,7 +186,7 @@ def run_list(args: argparse.Namespace) -> int:
             f"{item.proposal.label} ({item.proposal.confidence:.2f})" if item.proposal else "-"
         )
         print(
-            f"{item.sample_id:28} {item.node:14} {captured:20} "
+            f"{item.sample_id:{width}} {item.node:14} {captured:20} "
             f"{item.prediction:>3} ({item.confidence:.2f}) {proposal:>16}"
         )
     return 0

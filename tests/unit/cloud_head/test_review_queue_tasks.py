@@ -159,6 +159,16 @@ class TestAnalystLabels:
         assert "binary(threshold=0.5)" in error and "0 or 1 only" in error and "fix:" in error
         assert labels.get(spec.tenant, spec.name, f"{NODE}:1") is None
 
+    def test_a_word_is_refused_naming_the_labels(
+        self,
+        spec: PipelineSpec,
+        head: tuple[Path, SampleStore, LabelStore],
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        root, _, _ = head
+        assert main(["label", "fix", *who(spec, root), f"{NODE}:1", "yes"]) == 2
+        assert "0 or 1 for a binary" in capsys.readouterr().err
+
     def test_fit_label_refuses_what_the_task_cannot_learn(self, spec: PipelineSpec) -> None:
         binary = spec.edge.task
         assert fit_label(binary, 1) == 1 and fit_label(binary, 0.0) == 0
