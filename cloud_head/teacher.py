@@ -19,14 +19,15 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from cloud_head.labelling import LabelStore
 from cloud_head.registry import ModelRegistry
 from cloud_head.store import SampleStore, to_numpy
 from continuum.errors import ConfigError, InputMismatchError, NotFoundError
-from continuum.select import Probabilities
 from continuum.spec import PipelineSpec
+from continuum.task import check_label_source
 
 __all__ = ["Teacher", "TeacherPass", "teacher_artifact"]
 
@@ -84,6 +85,7 @@ class Teacher:
                 f"accept_confidence must be in (0, 1], got {accept_confidence!r}; "
                 "use e.g. 0.95 (higher sends more samples to human review)"
             )
+        check_label_source(spec.edge.task, "teacher", field="teacher")
         from continuum.backends import open_backend
 
         self.spec = spec
@@ -93,6 +95,10 @@ class Teacher:
         self.accept_confidence = accept_confidence
         self._backend = open_backend("onnxruntime", model_path, max_batch=BATCH)
         self._shape = spec.edge.input.shape
+        # The teacher answers in the pipeline's task: a class, or 0/1 at a binary task's
+        # threshold with max(p, 1 - p) as its confidence (a softmax over one column would
+        # say "0, certain" for every sample).
+        self._task = spec.edge.task
         self._dtype = spec.edge.input.dtype
 
     def run_once(self) -> TeacherPass:
@@ -124,9 +130,10 @@ class Teacher:
                 _log.warning("teacher skips %d samples: %s", chunk.num_rows, error)
                 skipped += chunk.num_rows
                 continue
-            probs = Probabilities.from_outputs(self._backend.infer(x)).values
-            guess = probs.argmax(axis=1)
-            confidence = probs.max(axis=1)
+            outputs = self._task.read(self._backend.infer(x))
+            guess = outputs.prediction.astype(np.int64)
+            confidence = outputs.confidence
+            assert confidence is not None  # a classification or binary task (checked at start)
             items = [
                 (sid, int(g), float(c)) for sid, g, c in zip(ids, guess, confidence, strict=True)
             ]

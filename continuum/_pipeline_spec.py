@@ -22,7 +22,12 @@ from continuum._stage_specs import (
     topic_name,
 )
 from continuum.errors import SpecError
-from continuum.task import check_gate_metric, check_policy_kinds, check_rollback_metric
+from continuum.task import (
+    check_gate_metric,
+    check_label_source,
+    check_policy_kinds,
+    check_rollback_metric,
+)
 
 __all__ = ["API_VERSION", "PipelineSpec"]
 
@@ -63,6 +68,7 @@ class PipelineSpec(FrozenSpec):
         task = self.edge.task
         check_policy_kinds(task, self.uplink.policy.kinds())
         check_gate_metric(task, self.gate_metric)
+        check_label_source(task, self.label.source)
         if self.rollout.rollback_on_drop is not None:
             check_rollback_metric(task, self.rollout.rollback_metric)
         return self

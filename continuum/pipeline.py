@@ -49,6 +49,7 @@ from continuum.task import (
     Task,
     TaskSpec,
     check_gate_metric,
+    check_label_source,
     check_policy_kinds,
     check_rollback_metric,
 )
@@ -253,6 +254,7 @@ class Pipeline:
         self._once("label", self._label, "keep one label source")
         data = {"source": source, "teacher_model": teacher_model}
         self._label = validate(LabelSpec, data, prefix="label")
+        self._checked_or_undone("_label")
 
     def retrain(
         self,
@@ -410,6 +412,8 @@ class Pipeline:
             check_gate_metric(task, self._gate.metric)
         if self._rollout is not None and self._rollout.rollback_on_drop is not None:
             check_rollback_metric(task, self._rollout.rollback_metric)
+        if self._label is not None:
+            check_label_source(task, self._label.source)
 
     def _checked_or_undone(self, attribute: str) -> None:
         """Check the fit; on a misfit forget the part just declared, so it may be fixed."""

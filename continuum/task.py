@@ -57,6 +57,7 @@ __all__ = [
     "anomaly",
     "binary",
     "check_gate_metric",
+    "check_label_source",
     "check_policy_kinds",
     "check_rollback_metric",
     "classification",
@@ -532,6 +533,26 @@ def check_gate_metric(task: _Task, metric: str, *, field: str = "gate.metric") -
             fix=f"use one of {', '.join(task.metrics())}",
         )
     return info
+
+
+def check_label_source(task: _Task, source: str, *, field: str = "label.source") -> None:
+    """Raise ``SpecError`` if labels from ``source`` cannot be had for ``task``.
+
+    The cloud teacher records its answer as a label when it is sure enough, so it needs a
+    task whose outputs say how sure they are (``TaskOutputs.confidence``): a class or a
+    binary decision.  A regression's value or an anomaly score carries no such measure, and
+    a teacher would label every sample with the same unjudged guess.
+
+    Raises:
+        SpecError: naming the task and the label sources that fit it.
+    """
+    if source == "teacher" and not isinstance(task, Classification | Binary):
+        raise SpecError(
+            f"a cloud teacher cannot label a {task.describe()} model's samples: its outputs "
+            "carry no confidence to accept a label by",
+            field=field,
+            fix='declare label(source="delayed_feedback") or label(source="human")',
+        )
 
 
 def check_rollback_metric(

@@ -13,7 +13,7 @@ from cloud_head.registry import ModelRegistry
 from cloud_head.store import SampleStore
 from cloud_head.teacher import Teacher, teacher_artifact
 from continuum.cli import main
-from continuum.errors import ConfigError, NotFoundError
+from continuum.errors import ConfigError, NotFoundError, SpecError
 from continuum.spec import DataClass, PipelineSpec, load_pipeline
 from continuum.wire.codec import SampleBatch, SampleRecord
 from pipelines.digits.data import load_splits
@@ -119,6 +119,70 @@ class TestTeacher:
                 teacher_artifact(registry, "acme", "inspector-large")
         finally:
             registry.close()
+
+
+def binary_teacher(path: Path, weights: np.ndarray) -> Path:
+    """An ONNX model answering P(fraud) = sigmoid(x . weights) as (batch, 1)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["z"]), helper.make_node("Sigmoid", ["z"], ["p"])],
+        "binary-teacher",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", weights.shape[0]])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["batch", 1])],
+        [numpy_helper.from_array(weights.reshape(-1, 1).astype(np.float32), "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+class TestBinaryTeacher:
+    def test_labels_at_the_tasks_threshold_with_max_p_one_minus_p_as_confidence(
+        self, tmp_path: Path
+    ) -> None:
+        # A softmax over the one column would have said "not fraud, certain" for every sample.
+        spec = load_pipeline(ROOT / "pipelines" / "fraud_scoring.py")
+        width = spec.edge.input.shape[0]
+        weights = np.zeros(width, dtype=np.float32)
+        weights[0] = 1.0  # P(fraud) = sigmoid(first feature)
+        first = [-4.0, -0.1, 0.1, 4.0]  # P ~ 0.018, 0.475, 0.525, 0.982
+        records = tuple(
+            SampleRecord(
+                seq=i,
+                captured_at_ns=1_700_000_000_000_000_000 + i,
+                tensor=np.array([value] + [0.0] * (width - 1), dtype=np.float32),
+                prediction=0,
+                confidence=0.5,
+                label=None,
+            )
+            for i, value in enumerate(first)
+        )
+        store = SampleStore(tmp_path / "store")
+        store.append(spec.tenant, SampleBatch(spec.name, "gare-1", "v1", spec.data_class, records))
+        store.flush()
+        model = binary_teacher(tmp_path / "teacher.onnx", weights)
+        with LabelStore(tmp_path / "labels.sqlite3") as labels:
+            done = Teacher(spec, store, labels, model, model_name="t", accept_confidence=0.9)
+            assert done.run_once().labelled == 2
+            got = labels.labels(spec.tenant, spec.name)
+            assert {sid: label.label for sid, label in got.items()} == {
+                "gare-1:0": 0,
+                "gare-1:3": 1,
+            }
+            proposals = labels.proposals(spec.tenant, spec.name)
+            assert proposals["gare-1:1"].label == 0 and proposals["gare-1:2"].label == 1
+            assert proposals["gare-1:1"].confidence == pytest.approx(1 - 1 / (1 + np.exp(0.1)))
+
+    def test_a_teacher_for_an_anomaly_pipeline_is_refused_naming_the_sources_that_fit(
+        self, tmp_path: Path
+    ) -> None:
+        spec = load_pipeline(ROOT / "pipelines" / "predictive_maintenance.py")
+        with LabelStore(tmp_path / "labels.sqlite3") as labels, pytest.raises(SpecError) as caught:
+            Teacher(spec, SampleStore(tmp_path / "s"), labels, tmp_path / "t.onnx", model_name="t")
+        assert "delayed_feedback" in str(caught.value)
 
 
 class TestReviewQueue:

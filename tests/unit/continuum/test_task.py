@@ -119,6 +119,25 @@ class TestSelectionFitsTheTask:
         with pytest.raises(SpecError, match="small_margin"):
             PipelineSpec.from_dict(data)
 
+    @pytest.mark.parametrize("kind", [task.regression(), task.anomaly()])
+    def test_a_teacher_is_refused_where_outputs_carry_no_confidence(self, kind: task.Task) -> None:
+        pipe = _pipe(kind)
+        with pytest.raises(SpecError) as caught:
+            pipe.label(source="teacher", teacher_model="big")
+        assert caught.value.field == "label.source"
+        assert "delayed_feedback" in str(caught.value) and "human" in str(caught.value)
+        pipe.label(source="delayed_feedback")  # the refused declaration was undone: fixable
+
+    def test_a_teacher_fits_classification_and_binary_in_yaml_too(self) -> None:
+        pipe = _pipe(task.binary())
+        pipe.uplink(select.near_threshold(0.1))
+        pipe.label(source="teacher", teacher_model="big")
+        data = pipe.spec.to_dict()
+        data["edge"]["task"] = {"kind": "regression"}
+        data["uplink"]["policy"] = {"kind": "random", "rate": 0.1}
+        with pytest.raises(SpecError, match="cloud teacher"):
+            PipelineSpec.from_dict(data)
+
     def test_near_threshold_selects_scores_close_to_the_operating_point(self) -> None:
         out = task.binary(threshold=0.3).read(np.array([[0.05], [0.25], [0.38], [0.9]]))
         ctx = select.SelectionContext(seeds=np.arange(4))
