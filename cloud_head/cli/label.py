@@ -277,10 +277,14 @@ def run_accept(args: argparse.Namespace) -> int:
                 f"not pending review: {', '.join(missing)}; `continuum label list --limit 0` "
                 "prints every pending id (a labelled sample is changed with `label fix`)"
             )
-        items = []
+        # A regression's guess is its value, which the edge sends as the sample's score
+        # (``confidence``); its ``prediction`` field carries no value.
+        regression = (task := _task(_versions(args))) is not None and task.kind == "regression"
+        items: list[tuple[str, int | float]] = []
         for sid in args.sample_ids:
             item = pending[sid]
-            items.append((sid, item.proposal.label if item.proposal else item.prediction))
+            guess: int | float = item.confidence if regression else item.prediction
+            items.append((sid, item.proposal.label if item.proposal else guess))
         written = stores.labels.put_many(args.tenant, args.pipeline, items, source="human")
     for sid, label in items:
         print(f"{sid}: labelled {label} (human)")

@@ -222,3 +222,49 @@ def test_a_recorded_declaration_reads_back_as_its_task(declared: task.Task) -> N
 def test_an_unreadable_declaration_is_no_task() -> None:
     assert _declared_task("binary(threshold=high)") is None
     assert _declared_task("ranking()") is None
+
+
+def test_accepting_a_regressions_guess_records_its_value_not_a_class(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A regression's guess is the value the edge sent as the sample's score; its prediction
+    # field is no value, and accepting it once recorded 0 for every sample.
+    tenant, pipeline = "acme", "remaining-life"
+    values = [412.5, 88.25]
+    records = tuple(
+        SampleRecord(
+            seq=seq,
+            captured_at_ns=1_800_000_000_000_000_000 + seq,
+            tensor=np.zeros((N_FEATURES,), dtype=np.float32),
+            prediction=0,
+            confidence=value,
+        )
+        for seq, value in enumerate(values)
+    )
+    store = SampleStore(tmp_path / "store")
+    store.append(tenant, SampleBatch(pipeline, NODE, "v1", DataClass.INTERNAL, records))
+    store.flush()
+    LabelStore(tmp_path / "state" / "labels.sqlite3").close()  # the head's state, as it runs
+    registry = ModelRegistry(tmp_path / "registry")
+    try:
+        version = registry.register(
+            tenant,
+            pipeline,
+            "rul",
+            export_onnx(FraudMLP(), tmp_path / "rul.onnx"),
+            sign=lambda model, version, digest: "ab" * 64,
+            parent=None,
+            code_version="git:test",
+            metrics={},
+            gate={"metric": "mae", "task": task.regression().describe()},
+            lineage={},
+        )
+        registry.set_current(tenant, pipeline, version.version, "test")
+    finally:
+        registry.close()
+    args = ["--tenant", tenant, "--pipeline", pipeline, "--root", str(tmp_path)]
+    assert main(["label", "accept", *args, f"{NODE}:0", f"{NODE}:1"]) == 0
+    assert "labelled 412.5 (human)" in capsys.readouterr().out
+    with LabelStore(tmp_path / "state" / "labels.sqlite3") as labels:
+        got = {sid: label.label for sid, label in labels.labels(tenant, pipeline).items()}
+    assert got == {f"{NODE}:0": 412.5, f"{NODE}:1": 88.25}
