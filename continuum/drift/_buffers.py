@@ -71,7 +71,11 @@ class ReferenceWindow:
             self._next = 0
             self._window_count = size
             return
-        slots = (self._next + np.arange(rows.shape[0])) % size
-        self._window[slots] = rows
-        self._next = (self._next + rows.shape[0]) % size
+        # At most two slices (up to the ring's end, then from its start): no index array.
+        start, count = self._next, rows.shape[0]
+        head = min(count, size - start)
+        self._window[start : start + head] = rows[:head]
+        if head < count:
+            self._window[: count - head] = rows[head:]
+        self._next = (start + count) % size
         self._window_count = min(size, self._window_count + rows.shape[0])

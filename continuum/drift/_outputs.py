@@ -9,7 +9,7 @@ import numpy.typing as npt
 from continuum.drift._buffers import ReferenceWindow
 from continuum.drift._monitor import NOT_READY, MonitorBase
 from continuum.drift._specs import DriftState, KSSpec, PSISpec
-from continuum.drift._stats import FloatArray, ks_sorted, population_stability_index, values_of
+from continuum.drift._stats import PSI_EPSILON, FloatArray, ks_sorted, values_of
 
 
 class DriftMonitor(MonitorBase[PSISpec | KSSpec]):
@@ -32,6 +32,9 @@ class DriftMonitor(MonitorBase[PSISpec | KSSpec]):
         self._sorted_reference: FloatArray | None = None
         self._edges: FloatArray | None = None
         self._reference_hist: FloatArray | None = None
+        #: The reference histogram's shares, floored as ``population_stability_index``
+        #: floors them: computed once per reference, not on every rescoring of the window.
+        self._reference_share: FloatArray | None = None
 
     def reset(self) -> None:
         """Forget everything; the next ``spec.reference`` values become the new reference."""
@@ -39,6 +42,7 @@ class DriftMonitor(MonitorBase[PSISpec | KSSpec]):
         self._sorted_reference = None
         self._edges = None
         self._reference_hist = None
+        self._reference_share = None
         self._state = NOT_READY
 
     def update(self, confidences: npt.ArrayLike) -> DriftState:
@@ -62,6 +66,9 @@ class DriftMonitor(MonitorBase[PSISpec | KSSpec]):
             edges = np.unique(np.quantile(reference, inner))
         self._edges = edges
         self._reference_hist = self._histogram(reference)
+        self._reference_share = np.maximum(
+            self._reference_hist / self._reference_hist.sum(), PSI_EPSILON
+        )
 
     def _histogram(self, values: FloatArray) -> FloatArray:
         assert self._edges is not None
@@ -81,6 +88,11 @@ class DriftMonitor(MonitorBase[PSISpec | KSSpec]):
                 ready=True,
                 p_value=result.pvalue,
             )
-        assert self._reference_hist is not None
-        score = population_stability_index(self._reference_hist, self._histogram(window))
+        expected = self._reference_share
+        assert expected is not None
+        # population_stability_index on histograms this monitor made itself (non-negative
+        # counts of finite values, neither empty), without checking them again on every
+        # rescoring: the same sum, term for term.
+        actual = np.maximum(self._histogram(window) / window.size, PSI_EPSILON)
+        score = float(np.sum((actual - expected) * np.log(actual / expected)))
         return DriftState(score=score, drifted=score > spec.threshold, ready=True)
