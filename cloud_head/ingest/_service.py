@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from cloud_head.fleet import FleetRegistry
 from cloud_head.ingest._audit import AuditSummary, Refusal
@@ -267,14 +268,20 @@ def _name_receipts(
     the seq ranges its receipt names, leaving out samples held by the quota; return the
     final refusals that name samples, for the audit log."""
     refusals: list[Refusal] = []
-    for index, batch in decoded.items():
+    named = [
+        (index, batch)
+        for index, batch in decoded.items()
+        if done[index].kind in ("stored", "labelled", "rejected")
+    ]  # held, deferred or failed: the node keeps them and sends them again
+    spans = single_runs([batch.seqs for _, batch in named])
+    for (index, batch), span in zip(named, spans, strict=True):
         outcome = done[index]
-        if outcome.kind not in ("stored", "labelled", "rejected"):
-            continue  # held, deferred or failed: the node keeps them and sends them again
-        seqs = batch.seqs
         if index in held:
-            seqs = np.setdiff1d(seqs.astype(np.int64), held[index])
-        ranges = tuple(seq_runs(seqs))
+            ranges = tuple(seq_runs(np.setdiff1d(batch.seqs.astype(np.int64), held[index])))
+        elif span is not None:
+            ranges = (span,)
+        else:
+            ranges = tuple(seq_runs(batch.seqs))
         done[index] = outcome.naming(
             batch.node, () if batch.labels else ranges, ranges if batch.labels else ()
         )
@@ -290,3 +297,31 @@ def _name_receipts(
                 )
             )
     return refusals
+
+
+def single_runs(batches: Sequence[npt.NDArray[Any]]) -> list[tuple[int, int] | None]:
+    """For each of ``batches`` (seqs, each within 0..MAX_SEQ), its one run (first, last)
+    when its seqs are consecutive and ascending, else None (find its runs one by one).
+
+    An edge batch's seqs are one run almost always; answering a whole group with a few
+    numpy calls, instead of ``seq_runs``'s several per message, takes per-message work
+    off the processing thread, which shares its interpreter with the MQTT network thread.
+    """
+    lengths = np.fromiter(map(len, batches), dtype=np.intp, count=len(batches))
+    if not lengths.any():
+        return [None] * len(batches)
+    # Seqs are at most MAX_SEQ (2**63 - 1), so unsigned ones fit int64 exactly.
+    values = np.concatenate(batches, dtype=np.int64, casting="unsafe")
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    # Positions p where values[p + 1] does not follow values[p]; a batch is one run when
+    # none lies in [start, end - 1).  An empty batch is none (its indexes are clipped).
+    breaks = np.flatnonzero(values[1:] - values[:-1] != 1)
+    one_run = (lengths > 0) & (np.searchsorted(breaks, starts) == np.searchsorted(breaks, ends - 1))
+    top = len(values) - 1
+    firsts = values[np.minimum(starts, top)].tolist()
+    lasts = values[np.clip(ends - 1, 0, top)].tolist()
+    return [
+        (first, last) if single else None
+        for first, last, single in zip(firsts, lasts, one_run.tolist(), strict=True)
+    ]
