@@ -159,6 +159,10 @@ class IngestService:
         accepted: list[Accepted] = []
         rules: dict[int, str] = {}  # message index -> the policy rule of its refusal
         decoded: dict[int, Decoded] = {}
+        # The pipelines as of the start of this group, looked up without the lock at each
+        # message; a pipeline added or removed meanwhile counts from the next group.
+        with self._lock:
+            spec_of = dict(self._pipelines).get
         for index, (topic, payload) in enumerate(messages):
             try:
                 accepted.append(
@@ -168,7 +172,7 @@ class IngestService:
                         payload,
                         decoded,
                         tenant=self._tenant,
-                        spec_of=self._spec,
+                        spec_of=spec_of,
                         residency=self._residency,
                     )
                 )
