@@ -14,6 +14,7 @@ import numpy as np
 
 from continuum.errors import ConfigError
 from continuum.sources import Frame
+from pipelines._pacing import paced
 from pipelines.digits.data import load_splits
 from pipelines.digits.faults import DRIFT_KINDS, NOVELTY, site_condition
 
@@ -109,21 +110,9 @@ class DigitsCamera:
 
     def __iter__(self) -> Iterator[Frame]:
         """Yield frames paced at ``fps``; a late consumer is not made up for with a burst."""
-        period = 1.0 / self.fps
-        start = self._clock()
-        onset = self._onset(start)
-        next_at = start
-        n = 0
+        onset = self._onset(self._clock())
         order = self._order_rng.permutation(len(self._labels))
-        while self.max_frames is None or n < self.max_frames:
-            now = self._clock()
-            if next_at > now:
-                self._sleep(next_at - now)
-                now = self._clock()
-            elif now - next_at > 1.0:
-                # More than a second behind: a real camera drops the frames it could not
-                # deliver rather than bursting them.
-                next_at = now
+        for n, now in paced(self.fps, self._clock, self._sleep, self.max_frames):
             if n and n % len(order) == 0:
                 order = self._order_rng.permutation(len(self._labels))
             index = int(order[n % len(order)])
@@ -141,5 +130,3 @@ class DigitsCamera:
                 captured_at_ns=int(now * 1e9),
                 fields={k: t.format(n=n, seed=self.seed) for k, t in self.fields.items()},
             )
-            n += 1
-            next_at += period

@@ -26,6 +26,7 @@ import numpy as np
 
 from continuum.errors import ConfigError
 from continuum.sources import Frame
+from pipelines._pacing import paced
 from pipelines.fraud.data import Split, load_splits
 from pipelines.fraud.transactions import BRANCHES, make_bank
 
@@ -118,22 +119,11 @@ class BranchTerminal:
 
     def __iter__(self) -> Iterator[Frame]:
         """Yield frames paced at ``tps``; a late consumer is not made up for with a burst."""
-        period = 1.0 / self.tps
         first_at = self._clock()
-        next_at = first_at
-        n = 0
         cursor = {"before": 0, "after": 0}
-        while self.max_frames is None or n < self.max_frames:
-            now = self._clock()
-            if next_at > now:
-                self._sleep(next_at - now)
-                now = self._clock()
-            elif now - next_at > 1.0:
-                next_at = now
+        for n, now in paced(self.tps, self._clock, self._sleep, self.max_frames):
             key = "after" if self._drifted(now, first_at, n) else "before"
             split = self._after if key == "after" else self._before
             i = cursor[key] % len(split.y)
             cursor[key] += 1
             yield self._frame(split, i, now)
-            n += 1
-            next_at += period

@@ -17,6 +17,7 @@ import numpy as np
 
 from continuum.errors import ConfigError
 from continuum.sources import Frame
+from pipelines._pacing import paced
 from pipelines.hospitals.data import DRIFT_SITE, SITES, load_splits, recalibrated
 
 
@@ -75,17 +76,8 @@ class SiteScanner:
 
     def __iter__(self) -> Iterator[Frame]:
         """Yield frames paced at ``rate``; a late consumer is not made up for with a burst."""
-        period = 1.0 / self.rate
-        next_at = self._clock()
         order = self._rng.permutation(len(self._y))
-        n = 0
-        while self.max_frames is None or n < self.max_frames:
-            now = self._clock()
-            if next_at > now:
-                self._sleep(next_at - now)
-                now = self._clock()
-            elif now - next_at > 1.0:
-                next_at = now
+        for n, now in paced(self.rate, self._clock, self._sleep, self.max_frames):
             if n and n % len(order) == 0:
                 order = self._rng.permutation(len(self._y))
             i = int(order[n % len(order)])
@@ -98,5 +90,3 @@ class SiteScanner:
                 label_delay_s=self.label_delay_s,
                 captured_at_ns=int(now * 1e9),
             )
-            n += 1
-            next_at += period
