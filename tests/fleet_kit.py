@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from continuum.wire.messages import NodeStatus
+from tests.fleet_simulator import sim_status
 
 
 class Clock:
@@ -25,16 +25,6 @@ def node_status(
     heartbeat_s: float | None = None,
 ) -> bytes:
     """Return the retained status payload an edge agent at ``site`` publishes."""
-    return NodeStatus(
-        node=node,
-        tenant=tenant,
-        online=online,
-        labels={"continuum.io/tier": "edge", "continuum.io/site": site},
-        backends=["onnxruntime"],
-        gpu=None,
-        tensorrt_version=None,
-        agent_version="0.1.0",
-        pipelines=["digits"],
-        heartbeat_s=heartbeat_s,
-        ts=ts,
-    ).to_payload()
+    status = sim_status(tenant, node, online=online, heartbeat_s=heartbeat_s)
+    labels = {"continuum.io/tier": "edge", "continuum.io/site": site}
+    return status.model_copy(update={"labels": labels, "ts": ts}).to_payload()
