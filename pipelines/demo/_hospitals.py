@@ -55,25 +55,16 @@ def run_hospitals(options: DemoOptions) -> dict[str, Any]:
     """Run the hospitals scenario on embedded defaults; return the report."""
     from rich.console import Console
 
+    from pipelines.demo._loop import run_until_interrupted
     from pipelines.demo.demo import prepare_workdir
 
     console = Console() if options.live else Console(width=150, force_terminal=False)
     run = HospitalsRun(options=options, workdir=prepare_workdir(options.workdir), console=console)
     console.print(f"[bold]continuum demo[/] (hospitals scenario) working directory: {run.workdir}")
-    interrupted = False
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)  # a clean shutdown
     try:
-        try:
-            run.start_infrastructure()
-            run.deploy()
-            run.first_model()
-            run.start_stations()
-            run.watch()
-        except KeyboardInterrupt:
-            interrupted = True
-            console.print("[yellow]interrupted: shutting down cleanly[/]")
-        finally:
-            run.shut_down()
+        steps = [run.start_infrastructure, run.deploy, run.first_model, run.start_stations]
+        interrupted = run_until_interrupted([*steps, run.watch], run.shut_down, console)
         return run.report(interrupted=interrupted)
     finally:  # whatever failed: no broker or Ray node outlives the run
         signal.signal(signal.SIGTERM, previous_sigterm)

@@ -13,6 +13,7 @@ import importlib
 import json
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -66,19 +67,25 @@ def run_loop(
         tenancy=tenancy,
         embedded_broker=embedded_broker,
     )
-    interrupted = False
-    try:
-        run.make_signing_keys()
-        run.deploy()
-        run.train_first_models()
-        run.start_edge()
-        run.watch()
-    except KeyboardInterrupt:
-        interrupted = True
-        console.print("[yellow]interrupted: shutting down cleanly[/]")
-    finally:
-        run.shut_down()
+    steps = (run.make_signing_keys, run.deploy, run.train_first_models, run.start_edge, run.watch)
+    interrupted = run_until_interrupted(steps, run.shut_down, console)
     return run.report(interrupted=interrupted)
+
+
+def run_until_interrupted(
+    steps: Sequence[Callable[[], object]], shut_down: Callable[[], object], console: Any
+) -> bool:
+    """Run a demo's ``steps`` in order and always ``shut_down``; return whether Ctrl-C
+    (or SIGTERM raised as one) stopped them, so the report can still be written."""
+    try:
+        for step in steps:
+            step()
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: shutting down cleanly[/]")
+        return True
+    finally:
+        shut_down()
+    return False
 
 
 @dataclass(kw_only=True)
