@@ -29,7 +29,7 @@ import argparse
 import logging
 import time
 
-from benchmarks import _harness as harness
+import _harness as harness
 
 #: How close to the oracle's accuracy the federated model must come.
 TOLERANCE = 0.02
