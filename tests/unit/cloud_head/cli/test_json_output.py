@@ -67,8 +67,11 @@ class TestLabelListJson:
             "model_version",
             "prediction",
             "confidence",
+            "doubt",
             "proposal",
         }
+        # A classifier's queue is ordered by its confidence: the doubt is the confidence.
+        assert samples[0]["doubt"] == samples[0]["confidence"]
         assert (samples[0]["node"], samples[0]["prediction"], samples[0]["proposal"]) == (
             "cam-1",
             1,
