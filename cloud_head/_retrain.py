@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from cloud_head.federated import FederatedTrainer
     from cloud_head.registry import ModelVersion
     from cloud_head.rollout import RolloutController
+    from continuum.task import Task
 
 __all__ = ["DEFAULT_RUN_ESTIMATE_S", "Retrainer", "TrainingStage"]
 
@@ -315,17 +316,19 @@ class Retrainer:
             holdout=f"on {scores.size} holdout samples kept at {len(scores.per_site)} sites",
             detail=detail,
         )
-        gate_record = asdict(verdict) | {
-            "holdout_size": scores.size,
-            "metric": spec.gate_metric,
-            "task": spec.edge.task.describe(),
-            "federated": {
-                "sites": scores.per_site,
-                "skipped": scores.skipped,
-                "bytes_down": scores.bytes_down,
-                "bytes_up": scores.bytes_up,
-            },
-        }
+        gate_record = (
+            asdict(verdict)
+            | {"holdout_size": scores.size}
+            | scored_task(spec.gate_metric, spec.edge.task)
+            | {
+                "federated": {
+                    "sites": scores.per_site,
+                    "skipped": scores.skipped,
+                    "bytes_down": scores.bytes_down,
+                    "bytes_up": scores.bytes_up,
+                }
+            }
+        )
         return verdict, gate_record
 
     def _gate(self, run: _Run, result: TrainingResult) -> tuple[GateResult, dict[str, Any]]:
@@ -343,11 +346,11 @@ class Retrainer:
             verdict = gate(result.onnx_path, current, holdout, spec.gate, task=spec.edge.task)
             # The registry's gate record says what was scored, so the model card speaks the
             # task's metric: recall at 1 % FPR for a fraud scorer, MAE for a regression.
-            gate_record = asdict(verdict) | {
-                "holdout_size": holdout.size(),
-                "metric": spec.gate_metric,
-                "task": spec.edge.task.describe(),
-            }
+            gate_record = (
+                asdict(verdict)
+                | {"holdout_size": holdout.size()}
+                | scored_task(spec.gate_metric, spec.edge.task)
+            )
         self._record(
             AuditAction.GATE,
             run.subject,
@@ -502,3 +505,18 @@ class Retrainer:
             outcome += f" (not recorded in the audit log: {audit_error})"
         self._log.finish(run.index, outcome)
         self._set_stage("failed")
+
+
+def scored_task(metric: str, task: Task) -> dict[str, Any]:
+    """What a gate record says of the task it scored.
+
+    ``metric`` and ``task`` (the declaration as text) are for people: the model card speaks
+    the task's metric.  ``task_spec`` is the declaration itself, for commands that must act
+    by the task (the review queue's order, which labels ``label fix`` takes): the cloud head
+    keeps no other copy of the pipeline's spec that such a command could read.
+    """
+    return {
+        "metric": metric,
+        "task": task.describe(),
+        "task_spec": task.model_dump(mode="json"),
+    }

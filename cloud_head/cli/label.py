@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -342,41 +342,27 @@ def _task(versions: list[ModelVersion]) -> Task | None:
     """Return the pipeline's task as its model versions recorded it, None when none did.
 
     The cloud head keeps no copy of the pipeline's spec that a command could read, but every
-    version the controller registers records the task its gate scored (``gate["task"]``, the
-    declaration, e.g. ``binary(threshold=0.5)``); the current version's counts first.
+    version the controller registers records the task its gate scored (``gate["task_spec"]``,
+    the declaration itself); the current version's first.
     """
+    from pydantic import TypeAdapter, ValidationError
+
+    from continuum.task import TaskSpec
+
     for version in versions:
-        described = version.gate.get("task")
-        if isinstance(described, str):
-            return _declared_task(described)
+        recorded = version.gate.get("task_spec")
+        if recorded is None:
+            continue
+        try:
+            return TypeAdapter(TaskSpec).validate_python(recorded)
+        except ValidationError:
+            print(
+                f"warning: model version {version.version} records a task this release cannot "
+                f"read ({recorded!r}); the queue is ordered as for a classifier",
+                file=sys.stderr,
+            )
+            return None
     return None
-
-
-_DECLARATION = re.compile(r"(classification|binary|regression|anomaly)\((.*)\)")
-
-
-def _declared_task(text: str) -> Task | None:
-    """Return the task ``Task.describe()`` wrote as ``text``, None for one it cannot read."""
-    from continuum import task
-
-    matched = _DECLARATION.fullmatch(text.strip())
-    if matched is None:
-        return None
-    kind, arguments = matched.groups()
-    pairs = (part.partition("=") for part in arguments.split(","))
-    options = {key.strip(): value.strip() for key, _, value in pairs if key.strip()}
-    try:
-        if kind == "classification":
-            return task.classification()
-        if kind == "regression":
-            return task.regression(uncertainty=options.get("uncertainty") == "True")
-        threshold = float(options["threshold"])
-    except (KeyError, ValueError):
-        return None
-    try:
-        return task.binary(threshold) if kind == "binary" else task.anomaly(threshold)
-    except ValueError:  # SpecError: a threshold the task refuses
-        return None
 
 
 def _order(task: Task | None) -> str:
@@ -384,7 +370,7 @@ def _order(task: Task | None) -> str:
     from continuum.task import Anomaly, Binary
 
     if task is None:
-        return "lowest confidence first (task not known yet: no model registered)"
+        return "lowest confidence first (task not known: no registered model version records it)"
     if isinstance(task, Binary | Anomaly):
         return f"{task.describe()}: scores closest to {task.threshold:g} first"
     if task.kind == "regression":

@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from cloud_head.cli.label import _declared_task
+from cloud_head._retrain import scored_task
+from cloud_head.cli.label import _task
 from cloud_head.labelling import LabelStore, fit_label, labelled, review_queue, to_xy
-from cloud_head.registry import ModelRegistry
+from cloud_head.registry import ModelRegistry, ModelVersion
 from cloud_head.store import SampleStore
 from continuum import task
 from continuum.cli import main
@@ -78,7 +80,7 @@ def register_fraud_model(root: Path, spec: PipelineSpec) -> None:
             parent=None,
             code_version="git:test",
             metrics={},
-            gate={"metric": spec.gate_metric, "task": spec.edge.task.describe()},
+            gate=scored_task(spec.gate_metric, spec.edge.task),
             lineage={},
         )
         registry.set_current(spec.tenant, spec.name, version.version, "test")
@@ -208,20 +210,49 @@ class TestAnalystLabels:
 @pytest.mark.parametrize(
     "declared",
     [
-        task.binary(threshold=0.37),
+        task.binary(threshold=0.123456789),  # more digits than describe() keeps
         task.anomaly(threshold=2.5),
         task.classification(),
         task.regression(uncertainty=True),
         task.regression(),
     ],
 )
-def test_a_recorded_declaration_reads_back_as_its_task(declared: task.Task) -> None:
-    assert _declared_task(declared.describe()) == declared
+def test_the_task_a_gate_record_holds_reads_back_whole(tmp_path: Path, declared: task.Task) -> None:
+    # Through the registry's own storage, as `label list` reads it.
+    assert _task(registered(tmp_path, scored_task(declared.default_metric, declared))) == declared
 
 
-def test_an_unreadable_declaration_is_no_task() -> None:
-    assert _declared_task("binary(threshold=high)") is None
-    assert _declared_task("ranking()") is None
+@pytest.mark.parametrize(
+    "gate",
+    [
+        {"task": "binary(threshold=0.5)"},  # text only: a record from before task_spec
+        {"task_spec": {"kind": "ranking"}},  # a kind this release does not know
+        {"task_spec": {"kind": "binary", "threshold": "high"}},
+    ],
+)
+def test_a_record_without_a_readable_task_is_no_task(tmp_path: Path, gate: dict[str, Any]) -> None:
+    assert _task(registered(tmp_path, gate)) is None
+
+
+def registered(root: Path, gate: dict[str, Any]) -> list[ModelVersion]:
+    """Register one version whose gate record is ``gate``; return the stored versions."""
+    registry = ModelRegistry(root / "registry")
+    try:
+        registry.register(
+            "acme",
+            "p",
+            "m",
+            export_onnx(FraudMLP(), root / "m.onnx"),
+            sign=lambda model, version, digest: "ab" * 64,
+            parent=None,
+            code_version="git:test",
+            metrics={},
+            gate=gate,
+            lineage={},
+        )
+        return registry.list("acme", "p")
+    finally:
+        registry.close()
 
 
 def test_accepting_a_regressions_guess_records_its_value_not_a_class(
@@ -256,7 +287,7 @@ def test_accepting_a_regressions_guess_records_its_value_not_a_class(
             parent=None,
             code_version="git:test",
             metrics={},
-            gate={"metric": "mae", "task": task.regression().describe()},
+            gate=scored_task("mae", task.regression()),
             lineage={},
         )
         registry.set_current(tenant, pipeline, version.version, "test")
