@@ -692,3 +692,101 @@ class TestProperties:
         decodes_or_protocol_error(
             payload[: data.draw(st.integers(0, len(payload)))], decode_feedback
         )
+
+
+@st.composite
+def uniform_batches(draw: st.DrawFn) -> SampleBatch:
+    """Batches an edge uplink sends: one dtype and shape, labels on all records or none;
+    predictions narrow, wide or mixed (a mixed batch is not one layout)."""
+    dtype = draw(wire_dtypes)
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=5))
+    labelled = draw(st.booleans())
+    predictions = draw(
+        st.sampled_from(
+            [
+                st.integers(-(2**15), 2**15 - 1),
+                st.integers(2**15, 2**31 - 1),
+                st.integers(-(2**31), 2**31 - 1),
+            ]
+        )
+    )
+    count = draw(st.integers(1, 8))
+    return SampleBatch(
+        pipeline="p",
+        node="n",
+        model_version="v1",
+        data_class=DataClass.INTERNAL,
+        records=tuple(
+            SampleRecord(
+                seq=draw(st.integers(0, 2**64 - 1)),
+                captured_at_ns=draw(st.integers(-(2**63), 2**63 - 1)),
+                tensor=draw(hnp.arrays(dtype, shape)),
+                prediction=draw(predictions),
+                confidence=draw(st.floats(width=32, allow_nan=False)),
+                label=draw(st.integers(-(2**31), 2**31 - 1)) if labelled else None,
+            )
+            for _ in range(count)
+        ),
+    )
+
+
+def record_by_record(original: SampleBatch) -> bytes:
+    """``encode_samples`` as it packs a batch whose records do not share one layout."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(codec, "_uniform_records", lambda records: None)
+        return encode_samples(original)
+
+
+class TestUniformEncoding:
+    """A batch of one layout is packed as one array: the same bytes as record by record."""
+
+    @fuzz
+    @given(uniform_batches() | sample_batches)
+    def test_the_bytes_are_those_of_the_record_path(self, original: SampleBatch) -> None:
+        payload = encode_samples(original)
+        assert payload == record_by_record(original)
+        assert decode_samples(payload) == original
+
+    def test_a_batch_of_one_layout_takes_the_array_path(self) -> None:
+        records = (record(1), record(2, label=4), record(3))
+        assert codec._uniform_records(records[::2]) is not None
+        assert codec._uniform_records(records) is None  # labelled and not: two layouts
+
+    @pytest.mark.parametrize(
+        ("bad", "message"),
+        [
+            ({"seq": -1}, "seq"),
+            ({"seq": 1.5}, "seq"),
+            ({"prediction": 2**31}, "prediction"),
+            ({"confidence": 1e39}, "record 1"),
+            ({"confidence": "high"}, "record 1"),
+        ],
+    )
+    def test_a_bad_value_in_a_uniform_batch_is_named_as_by_the_record_path(
+        self, bad: dict[str, Any], message: str
+    ) -> None:
+        good = record(1)
+        wrong = replace(record(2), **bad)
+        with pytest.raises(ProtocolError, match=message) as info:
+            encode_samples(short_batch(good, wrong))
+        assert "record 1" in str(info.value)
+
+    @pytest.mark.parametrize("uniform", [True, False])
+    def test_a_body_past_the_join_threshold_frames_alike(self, uniform: bool) -> None:
+        # 64 RGB frames of 32x32 float32 (786 KiB): CRC taken part by part, joined once.
+        rng = np.random.default_rng(7)
+        records = tuple(
+            record(seq, rng.standard_normal((3, 32, 32)).astype(np.float32), label=seq % 2)
+            for seq in range(64)
+        )
+        if not uniform:
+            records = (*records[:-1], replace(records[-1], label=None))
+        original = batch(*records)
+        payload = encode_samples(original)
+        assert len(payload) > 2 * 128 * 1024
+        assert payload == record_by_record(original)
+        assert decode_samples(payload) == original
+        body = payload[HEADER.size :]
+        assert struct.unpack_from("<I", payload, HEADER.size - 4)[0] == zlib.crc32(
+            body, zlib.crc32(payload[: HEADER.size - 4])
+        )
