@@ -166,6 +166,13 @@ class ControllerMetrics:
         self._labelled = Gauge(
             "continuum_labelled_samples", description="Labelled samples stored", tag_keys=keys
         )
+        # Federated retraining (``status()["federated"]``): what a platform team watches
+        # when sites train where their data stays: rounds done, sites that did not answer,
+        # and updates whose norm was out of bounds (a broken or poisoned site).
+        self._federated = {
+            name: _CumulativeCounter(f"continuum_federated_{name}", description, keys)
+            for name, description in _FEDERATED_COUNTERS.items()
+        }
 
     def update(self, status: Mapping[str, Any]) -> None:
         """Export one ``PipelineController.status()`` snapshot."""
@@ -180,6 +187,19 @@ class ControllerMetrics:
         self._rollbacks.update(sum(1 for h in history if h.startswith("rolled back")), self._tags)
         self._stage.set(float(ROLLOUT_STAGES.get(rollout.get("stage", ""), -1)), tags=self._tags)
         self._labelled.set(float(status.get("labelled_samples", 0)), tags=self._tags)
+        federated = status.get("federated") or {}
+        for name, counter in self._federated.items():
+            counter.update(float(federated.get(name, 0)), self._tags)
+
+
+#: The federated trainer's counters (``cloud_head.federated.rounds``) and what each counts.
+_FEDERATED_COUNTERS = {
+    "rounds": "Federated rounds aggregated",
+    "skipped": "Sites left out of a round: no answer within the round timeout, or an error",
+    "clipped": "Site updates over the norm bound, scaled down to it (on_outlier clip)",
+    "excluded": "Site updates over the norm bound, left out of the round (on_outlier exclude)",
+    "quorum_waits": "Times a round waited and asked again: fewer sites answered than its quorum",
+}
 
 
 class BrokerConnectionMetrics:

@@ -96,14 +96,34 @@ def print_status(args: argparse.Namespace, status: dict[str, Any]) -> None:
                 "rollout": status["rollout"],
                 "last_training": (status.get("trainings") or [None])[-1],
                 "gpu_hours_used": status.get("gpu_hours_used"),
+                "federated": status.get("federated"),
             }
         )
         return
     print(f"pipeline {args.pipeline}: current {status['current']}, training {status['training']}")
     for line in training_lines(status):
         print(line)
+    for line in federated_lines(status.get("federated")):
+        print(line)
     for line in rollout_lines(status["rollout"], now=time.time()):
         print(line)
+
+
+def federated_lines(federated: dict[str, Any] | None) -> list[str]:
+    """Return a federated pipeline's lines: its sites and quorum, what the rounds counted,
+    and what a run waits for ("waiting for quorum: 1 of 3 sites answered ..."); none for a
+    pipeline trained centrally."""
+    if not federated:
+        return []
+    sites = federated.get("sites") or []
+    lines = [
+        f"federated: {len(sites)} sites ({', '.join(sites)}), quorum {federated.get('quorum')};"
+        f" {federated.get('rounds', 0)} rounds, {federated.get('skipped', 0)} sites skipped,"
+        f" updates clipped {federated.get('clipped', 0)}, excluded {federated.get('excluded', 0)}"
+    ]
+    if federated.get("status"):
+        lines.append(f"  {federated['status']}")
+    return lines
 
 
 def training_lines(status: dict[str, Any]) -> list[str]:

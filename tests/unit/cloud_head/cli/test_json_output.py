@@ -188,8 +188,10 @@ class TestRolloutStatusJson:
             "rollout",
             "last_training",
             "gpu_hours_used",
+            "federated",
         }
         assert document["last_training"] is None
+        assert document["federated"] is None  # trained centrally
         assert (document["current"], document["training"]) == ("v1", "idle")
         assert document["rollout"]["stage"] == "canary"
         assert document["rollout"]["steps"][0]["nodes"] == ["cam-3"]

@@ -6,7 +6,7 @@ import time
 from dataclasses import asdict, replace
 from typing import Any
 
-from cloud_head.cli.rollout import rollout_lines
+from cloud_head.cli.rollout import federated_lines, rollout_lines
 from cloud_head.rollout import RampStep, RolloutState
 
 T0 = 1_790_000_000.0
@@ -158,3 +158,28 @@ class TestRolloutStatus:
         ]
         assert not any(line.startswith(("current step", "ramp over", "steps:")) for line in lines)
         assert lines[-1] == f"  v2 waits: {reason}"
+
+
+class TestFederatedLines:
+    def test_a_federated_pipeline_shows_its_rounds_and_what_it_waits_for(self) -> None:
+        # The keys of PipelineController._federated_status: sites, quorum, status, counters.
+        federated = {
+            "sites": ["hosp-lux", "hosp-metz", "hosp-trier"],
+            "quorum": 2,
+            "status": "waiting for quorum: 1 of 3 sites answered train (needs 2; "
+            "hosp-metz: timed out after 60 s, hosp-trier: node gone)",
+            "rounds": 4,
+            "clipped": 1,
+            "excluded": 0,
+            "skipped": 3,
+            "quorum_waits": 2,
+        }
+        assert federated_lines(federated) == [
+            "federated: 3 sites (hosp-lux, hosp-metz, hosp-trier), quorum 2; 4 rounds, "
+            "3 sites skipped, updates clipped 1, excluded 0",
+            "  waiting for quorum: 1 of 3 sites answered train (needs 2; "
+            "hosp-metz: timed out after 60 s, hosp-trier: node gone)",
+        ]
+
+    def test_a_central_pipeline_has_no_federated_line(self) -> None:
+        assert federated_lines(None) == []
