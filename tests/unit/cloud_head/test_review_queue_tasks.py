@@ -68,24 +68,8 @@ def head(tmp_path: Path, spec: PipelineSpec) -> Iterator[tuple[Path, SampleStore
 def register_fraud_model(root: Path, spec: PipelineSpec) -> None:
     """Register the fraud pipeline's real model graph (one output: P(fraud)) as the
     controller does, its gate record naming the task it scored, and make it current."""
-    artifact = export_onnx(FraudMLP(), root / "fraud-mlp.onnx")
-    registry = ModelRegistry(root / "registry")
-    try:
-        version = registry.register(
-            spec.tenant,
-            spec.name,
-            spec.edge.model,
-            artifact,
-            sign=lambda model, version, digest: "ab" * 64,
-            parent=None,
-            code_version="git:test",
-            metrics={},
-            gate=scored_task(spec.gate_metric, spec.edge.task),
-            lineage={},
-        )
-        registry.set_current(spec.tenant, spec.name, version.version, "test")
-    finally:
-        registry.close()
+    gate = scored_task(spec.gate_metric, spec.edge.task)
+    registered(root, gate, tenant=spec.tenant, pipeline=spec.name, model=spec.edge.model)
 
 
 def who(spec: PipelineSpec, root: Path) -> list[str]:
@@ -234,15 +218,18 @@ def test_a_record_without_a_readable_task_is_no_task(tmp_path: Path, gate: dict[
     assert _task(registered(tmp_path, gate)) is None
 
 
-def registered(root: Path, gate: dict[str, Any]) -> list[ModelVersion]:
-    """Register one version whose gate record is ``gate``; return the stored versions."""
+def registered(
+    root: Path, gate: dict[str, Any], *, tenant: str = "acme", pipeline: str = "p", model: str = "m"
+) -> list[ModelVersion]:
+    """Register the fraud model's graph as the current version of ``pipeline``, its gate
+    record ``gate``, as the controller does; return the stored versions."""
     registry = ModelRegistry(root / "registry")
     try:
-        registry.register(
-            "acme",
-            "p",
-            "m",
-            export_onnx(FraudMLP(), root / "m.onnx"),
+        version = registry.register(
+            tenant,
+            pipeline,
+            model,
+            export_onnx(FraudMLP(), root / f"{model}.onnx"),
             sign=lambda model, version, digest: "ab" * 64,
             parent=None,
             code_version="git:test",
@@ -250,7 +237,8 @@ def registered(root: Path, gate: dict[str, Any]) -> list[ModelVersion]:
             gate=gate,
             lineage={},
         )
-        return registry.list("acme", "p")
+        registry.set_current(tenant, pipeline, version.version, "test")
+        return registry.list(tenant, pipeline)
     finally:
         registry.close()
 
@@ -276,23 +264,7 @@ def test_accepting_a_regressions_guess_records_its_value_not_a_class(
     store.append(tenant, SampleBatch(pipeline, NODE, "v1", DataClass.INTERNAL, records))
     store.flush()
     LabelStore(tmp_path / "state" / "labels.sqlite3").close()  # the head's state, as it runs
-    registry = ModelRegistry(tmp_path / "registry")
-    try:
-        version = registry.register(
-            tenant,
-            pipeline,
-            "rul",
-            export_onnx(FraudMLP(), tmp_path / "rul.onnx"),
-            sign=lambda model, version, digest: "ab" * 64,
-            parent=None,
-            code_version="git:test",
-            metrics={},
-            gate=scored_task("mae", task.regression()),
-            lineage={},
-        )
-        registry.set_current(tenant, pipeline, version.version, "test")
-    finally:
-        registry.close()
+    registered(tmp_path, scored_task("mae", task.regression()), tenant=tenant, pipeline=pipeline)
     args = ["--tenant", tenant, "--pipeline", pipeline, "--root", str(tmp_path)]
     assert main(["label", "accept", *args, f"{NODE}:0", f"{NODE}:1"]) == 0
     assert "labelled 412.5 (human)" in capsys.readouterr().out
