@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from continuum.errors import ConfigError
+from continuum.select import SelectionContext
 from continuum.sources import Frame, Source
 from edge_agent.sources import load_source
 from pipelines.digits.camera import DigitsCamera
@@ -27,7 +28,16 @@ from pipelines.digits.data import (
 )
 from pipelines.digits.faults import site_condition
 from pipelines.digits.model import DigitsCNN, export_onnx
-from pipelines.digits.train import FINE_TUNE, SCRATCH, accuracy, fit, load_state, save
+from pipelines.digits.train import (
+    FINE_TUNE,
+    SCRATCH,
+    accuracy,
+    fit,
+    load_state,
+    predict_proba,
+    save,
+)
+from pipelines.digits_inspection import pipe
 
 DEMO_DRIFT = "blur_contrast"
 
@@ -335,3 +345,34 @@ class TestCamera:
     ) -> None:
         with pytest.raises(ConfigError, match=message):
             DigitsCamera(**kwargs)  # type: ignore[arg-type]
+
+
+class TestUplinkPolicy:
+    """The demo pipeline's uplink spends its budget where and when a camera is faulty."""
+
+    def test_a_healthy_camera_uplinks_under_three_percent_of_its_frames(
+        self, base_model: DigitsCNN
+    ) -> None:
+        """Unsure frames of a healthy camera were ~40% of the loop's bytes at
+        ``low_confidence(0.7)`` (7-13% of clean frames): the policy keeps only the very unsure."""
+        splits = load_splits()
+        view = site_condition(splits.test_x, None, rng=np.random.default_rng(12345))
+        probs = predict_proba(base_model, view).astype(np.float64)
+        probs /= probs.sum(axis=1, keepdims=True)
+        ctx = SelectionContext.for_node("cam-lux1-a", range(len(probs)))
+        assert pipe.spec.uplink.policy.decide(probs, ctx).mean() < 0.03
+
+    def test_its_drift_boosts_together_send_about_a_third_of_a_faulty_cameras_frames(
+        self,
+    ) -> None:
+        """The three boosts draw the same frames (one hash), so while all three fire the
+        camera sends a third of its frames, not 1 - 0.65^3 = 73% of them."""
+        policy = pipe.spec.uplink.policy
+        rows = 20_000
+        confident = np.full((rows, 10), 0.01 / 9)
+        confident[:, 3] = 0.99
+        ctx = SelectionContext.for_node(
+            "cam-lux2-a", range(rows), drifted=frozenset(policy.detectors())
+        )
+        share = float(policy.decide(confident, ctx).mean())
+        assert 0.33 <= share <= 0.37
