@@ -21,7 +21,7 @@ from continuum.spec import PipelineSpec, resolve_ref
 from continuum.wire.messages import Telemetry
 from edge_agent.metrics import AgentMetrics
 from edge_agent.model_manager import ServingModel
-from edge_agent.outbox import Outbox
+from edge_agent.outbox import FeedbackEntry, Outbox, SampleEntry
 from edge_agent.runtime._batching import BatchSizer
 from edge_agent.runtime._drift import DriftWatch
 from edge_agent.runtime._frames import Arrival, FrameQueue
@@ -136,6 +136,12 @@ class RuntimeCore:
         self._late = self._policy.late_leaf() if edge.task.integer_labels else None
         self._held: list[Held] = []
         self._held_bytes = 0
+        #: Selected samples (and their delayed labels) not yet committed to the outbox, and
+        #: when the first of them was selected (see ``Selection._commit_uplink``).
+        self._group: list[SampleEntry] = []
+        self._group_feedback: list[FeedbackEntry] = []
+        self._group_bytes = 0
+        self._group_since = 0.0
         self._drift = DriftWatch(
             spec.uplink.detectors, pipeline=self.name, metrics=metrics, wall_clock=wall_clock
         )

@@ -57,6 +57,8 @@ class InferenceLoop(Selection):
                 self._emit_window(final=True)
         except Exception:
             log.exception("pipeline %s: inference loop failed; the pipeline stops", self.name)
+            with self._work:
+                self._commit_after_failure()
         finally:
             self._finished.set()
 
@@ -88,6 +90,7 @@ class InferenceLoop(Selection):
                 self._maybe_emit()
             except Exception:
                 log.exception("pipeline %s: inference failed; the pipeline stops", self.name)
+                self._commit_after_failure()
                 self._inline_failed = True
                 self._stopping.set()
             return True
@@ -135,6 +138,7 @@ class InferenceLoop(Selection):
             self._emit_window(final=True)
         except Exception:
             log.exception("pipeline %s: inference loop failed; the pipeline stops", self.name)
+            self._commit_after_failure()
         finally:
             pool.shutdown(wait=True)
             self._finished.set()

@@ -232,6 +232,36 @@ class TestMicroBatching:
         assert window.latency_p50_ms is not None and window.latency_p50_ms < 25.0
 
 
+class TestGroupedCommits:
+    def test_a_backlog_commits_its_samples_in_groups_and_counts_them_only_once_committed(
+        self, tmp_path: Path, harness_factory
+    ) -> None:  # type: ignore[no-untyped-def]
+        h = harness_factory(_spec(select.random(1.0), max_batch=8), PatternSource([0.5], 400))
+        commits: list[tuple[int, int]] = []  # (samples in the commit, uplinked counted before)
+        append = h.outbox.append_samples
+
+        def observed(entries):  # type: ignore[no-untyped-def]
+            commits.append(
+                (len(entries), h.runtime._window.uplinked + sum(t.uplinked for t in h.telemetry))
+            )
+            return append(entries)
+
+        h.outbox.append_samples = observed
+        h.run(_model(tmp_path, "v1"))
+        records = h.samples()
+        assert len(records) == 400 and len({r.seq for r in records}) == 400
+        # Nothing was counted as uplinked before the commit that stored it.
+        before = 0
+        for size, counted in commits:
+            assert counted <= before
+            before += size
+        assert sum(t.uplinked for t in h.telemetry) == 400
+        batches = h.metrics.registry.get_sample_value(
+            "continuum_edge_batch_size_count", {"pipeline": "inspect"}
+        )
+        assert batches is not None and len(commits) < batches  # batches shared commits
+
+
 class TestBatchesInFlight:
     def test_every_frame_is_inferred_once_with_its_own_tensor(
         self, tmp_path: Path, harness_factory
