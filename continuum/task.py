@@ -40,7 +40,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from continuum._selection_inputs import SMALL_BATCH, Probabilities
+from continuum._selection_inputs import SMALL_BATCH, SMALL_VALUES, Probabilities
 from continuum._validation import validate
 from continuum.errors import InputMismatchError, SpecError
 
@@ -74,10 +74,6 @@ _SCORE_ATOL = 1e-3
 _RECALL_AT_FPR = re.compile(r"recall_at_fpr_(0\.\d*[1-9]\d*)")
 
 F64 = npt.NDArray[np.float64]
-#: Up to this many output values a classifier's batch is read on Python floats (see
-#: SMALL_BATCH); a wider one is read by numpy even at batch 1, since Python floats cost per
-#: value: ``read`` of one 1000-class row (SqueezeNet) took 110 us, 70 us with this by numpy.
-_SMALL_VALUES = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,8 +277,8 @@ class Classification(_Task):
                 expected="shape (batch, classes) with classes >= 2",
                 got=f"shape {values.shape}",
             )
-        # See SMALL_BATCH: a few short rows are read as one list instead of four numpy calls.
-        if values.shape[0] <= SMALL_BATCH and values.size <= _SMALL_VALUES:
+        # See SMALL_BATCH and SMALL_VALUES: a few short rows are read as one list.
+        if values.shape[0] <= SMALL_BATCH and values.size <= SMALL_VALUES:
             rows = values.tolist()
             tops = [max(row) for row in rows]
             best = [float(row.index(top)) for row, top in zip(rows, tops, strict=True)]

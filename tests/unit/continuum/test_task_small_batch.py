@@ -67,6 +67,21 @@ class TestSmallBatchRead:
         for array in (small.score, small.prediction, small.probs.values):
             assert not array.flags.writeable
 
+    @pytest.mark.parametrize("rows", [1, 4])
+    def test_a_wide_output_reads_the_same_by_numpy(
+        self, rows: int, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # An ImageNet model's 1000 classes: numpy even at batch 1 (SMALL_VALUES), as on floats.
+        x = np.random.default_rng(rows).dirichlet(np.ones(1000), size=rows).astype(np.float32)
+        by_numpy = Classification().read(x)
+        monkeypatch.setattr(selection_inputs, "SMALL_VALUES", 10**6)
+        monkeypatch.setattr(task_module, "SMALL_VALUES", 10**6)
+        on_floats = Classification().read(x)
+        assert np.array_equal(by_numpy.score, on_floats.score)
+        assert np.array_equal(by_numpy.prediction, on_floats.prediction)
+        assert by_numpy.probs is not None and on_floats.probs is not None
+        assert np.array_equal(by_numpy.probs.values, on_floats.probs.values)
+
     def test_ties_pick_the_first_class(self) -> None:
         out = Classification().read(np.full((1, 4), 0.25, dtype=np.float32))
         assert out.prediction.tolist() == [0.0]
