@@ -20,6 +20,9 @@ boosted after it), about 30 s after the retraining trigger fires.  A smaller tri
 new samples: the first retraining starts about as early at a third of the rate) and a
 third-rate boost halve that episode; the frames sent while the first retraining runs fill
 the second one's trigger, which refines the model on about twice as many faulty frames.
+Measured after it (one run per arm, 2 shared cores): ours sent 0.088 / 0.078 / 0.078 of
+the all arm's bytes for 0.96 / 1.03 / 0.97 of its accuracy gain (inversion, rotation,
+mirror), +0.074 / +0.078 / +0.253 over random picks at the same share.
 
 The images of parts are the factory's internal data: under the demo's residency policy
 they may be stored and trained on anywhere in the EU, so the central pool in Frankfurt
