@@ -111,7 +111,10 @@ class TestRunToCompletion:
         backend = RecordingBackend(build_model(tmp_path / "m.onnx"))
         _, values, _ = _run(tmp_path, _frames(cpu_s_per_frame=0.003), backend)
         assert len(backend.threads) == FRAMES
-        assert _on_source_thread(backend) < 0.1
+        # Nearly all on the inference thread (a source that ran its frames itself: > 0.9);
+        # on a loaded machine a few more frames go inline before the costs settle (0.115
+        # seen once, with two benchmarks running beside the suite).
+        assert _on_source_thread(backend) < 0.25
         assert values == EXPECTED
 
     def test_a_failure_on_the_source_thread_stops_the_pipeline(self, tmp_path: Path) -> None:
