@@ -19,8 +19,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
-from pydantic import TypeAdapter
-
 from continuum._data_class import DataClass
 from continuum._grammar import parse_duration, parse_rollback_rules
 from continuum._pipeline_spec import PipelineSpec
@@ -45,9 +43,9 @@ from continuum.imaging import ImagePrep
 from continuum.labels import TIER, LabelSelector
 from continuum.select import Policy
 from continuum.task import (
+    TASK_DATA,
     Classification,
     Task,
-    TaskSpec,
     check_gate_metric,
     check_label_source,
     check_policy_kinds,
@@ -405,7 +403,7 @@ class Pipeline:
         if self._edge is None:
             return
         given = self._edge.get("task")
-        task: Task = Classification() if given is None else _TASK.validate_python(given)
+        task: Task = Classification() if given is None else TASK_DATA.validate_python(given)
         if self._uplink is not None:
             check_policy_kinds(task, self._uplink.policy.kinds())
         if self._gate is not None and self._gate.metric is not None:
@@ -426,9 +424,6 @@ class Pipeline:
     def _once(self, part: str, current: object, fix: str) -> None:
         if current is not None:
             raise SpecError(f"{part} is declared twice", field=part, fix=fix)
-
-
-_TASK: TypeAdapter[Task] = TypeAdapter(TaskSpec)
 
 
 def _selector_data(where: Mapping[str, str] | LabelSelector) -> Any:

@@ -38,13 +38,14 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 from continuum._selection_inputs import SMALL_BATCH, SMALL_VALUES, Probabilities
 from continuum._validation import validate
 from continuum.errors import InputMismatchError, SpecError
 
 __all__ = [
+    "TASK_DATA",
     "Anomaly",
     "Binary",
     "Classification",
@@ -473,6 +474,9 @@ class Anomaly(_Task):
 Task = Classification | Binary | Regression | Anomaly
 #: The same as a pydantic field: the ``kind`` key picks the class.
 TaskSpec = Annotated[Task, Field(discriminator="kind")]
+#: Reads a declaration given as data (a spec's ``edge.task``, a gate record's ``task_spec``)
+#: into its class: ``TASK_DATA.validate_python({"kind": "binary", "threshold": 0.5})``.
+TASK_DATA: TypeAdapter[Task] = TypeAdapter(TaskSpec)
 
 
 def classification() -> Classification:

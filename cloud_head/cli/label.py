@@ -345,16 +345,16 @@ def _task(versions: list[ModelVersion]) -> Task | None:
     version the controller registers records the task its gate scored (``gate["task_spec"]``,
     the declaration itself); the current version's first.
     """
-    from pydantic import TypeAdapter, ValidationError
+    from pydantic import ValidationError
 
-    from continuum.task import TaskSpec
+    from continuum.task import TASK_DATA
 
     for version in versions:
         recorded = version.gate.get("task_spec")
         if recorded is None:
             continue
         try:
-            return TypeAdapter(TaskSpec).validate_python(recorded)
+            return TASK_DATA.validate_python(recorded)
         except ValidationError:
             print(
                 f"warning: model version {version.version} records a task this release cannot "

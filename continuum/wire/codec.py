@@ -158,10 +158,10 @@ __all__ = [
 ]
 
 _FEEDBACK_ITEM: Final = struct.Struct("<Qi")
+_FEEDBACK_FLOAT_ITEM: Final = struct.Struct("<Qd")
 #: The largest finite float32: a confidence beyond it is left to the record path (``struct``
 #: packs or refuses it, naming the record).
 _F32_MAX: Final = float(np.finfo(np.float32).max)
-_FEEDBACK_FLOAT_ITEM: Final = struct.Struct("<Qd")
 
 
 def encode_samples(batch: SampleBatch) -> bytes:
